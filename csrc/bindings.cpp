@@ -1,0 +1,119 @@
+// The one torch binding of longlive_kernels._C: argument checks, then the torch-free launchers.
+// Ops are destination-passing (outputs allocated by the Python layer) and registered under
+// TORCH_LIBRARY(longlive_kernels); the Python custom ops in longlive_kernels/ call them.
+#include <Python.h>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "longlive/launchers.h"
+
+namespace longlive {
+namespace {
+
+DType to_dtype(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16: return DType::kBF16;
+    case at::kHalf: return DType::kF16;
+    case at::kFloat: return DType::kF32;
+    default: TORCH_CHECK(false, name, " must be bf16, fp16 or fp32, got ", t.scalar_type());
+  }
+}
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+}
+
+void check_aligned16(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, " must be 16-byte aligned");
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, " failed: ", cudaGetErrorString(err));
+}
+
+void nvfp4_quantize_cuda(const at::Tensor& x, at::Tensor& data, at::Tensor& scale, at::Tensor& global_scale,
+                         at::Tensor& amax, int64_t scale_rule, bool stochastic, int64_t seed,
+                         int64_t hadamard_mask, bool block_2d, bool given_scale) {
+  check_cuda(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [rows, K] with a contiguous last dim");
+  const int64_t rows = x.size(0), k = x.size(1);
+  TORCH_CHECK(k % 16 == 0, "x: K must be a multiple of 16, got ", k);
+  check_aligned16(x, "x");
+  TORCH_CHECK((x.stride(0) * x.element_size()) % 16 == 0, "x: row stride must be a multiple of 16 bytes");
+  TORCH_CHECK(data.is_contiguous() && data.scalar_type() == at::kByte && data.numel() == rows * k / 2,
+              "data must be contiguous uint8 [rows, K/2]");
+  TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kByte && scale.numel() == rows * k / 16,
+              "scale must be contiguous uint8 [rows, K/16]");
+  TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.numel() == 1, "global_scale must be fp32 [1]");
+  TORCH_CHECK(amax.scalar_type() == at::kInt && amax.numel() == 1, "amax must be int32 [1]");
+  TORCH_CHECK(scale_rule >= 0 && scale_rule <= 2, "scale_rule must be 0, 1 or 2");
+  const c10::cuda::CUDAGuard guard(x.device());
+  NVFP4QuantizeParams p;
+  p.x = x.data_ptr();
+  p.dtype = to_dtype(x, "x");
+  p.rows = rows;
+  p.k = k;
+  p.stride_row = x.stride(0);
+  p.data = data.data_ptr<uint8_t>();
+  p.scale = scale.data_ptr<uint8_t>();
+  p.global_scale = global_scale.data_ptr<float>();
+  p.amax_bits = amax.data_ptr<int32_t>();
+  p.scale_rule = static_cast<int>(scale_rule);
+  p.stochastic = stochastic;
+  p.seed = static_cast<uint64_t>(seed);
+  p.hadamard_mask = static_cast<int>(hadamard_mask);
+  p.block_2d = block_2d;
+  p.given_scale = given_scale;
+  check_launch(nvfp4_quantize(p, at::cuda::getCurrentCUDAStream()), "nvfp4_quantize");
+}
+
+void nvfp4_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& global_scale,
+                           at::Tensor& out, int64_t hadamard_mask) {
+  check_cuda(data, "data");
+  TORCH_CHECK(data.is_contiguous() && data.scalar_type() == at::kByte, "data must be contiguous uint8");
+  TORCH_CHECK(out.is_contiguous() && out.dim() == 2, "out must be contiguous [rows, K]");
+  const int64_t rows = out.size(0), k = out.size(1);
+  TORCH_CHECK(k % 16 == 0 && data.numel() == rows * k / 2, "data must be [rows, K/2] for out [rows, K]");
+  TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kByte && scale.numel() == rows * k / 16,
+              "scale must be contiguous uint8 [rows, K/16]");
+  TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.numel() == 1, "global_scale must be fp32 [1]");
+  check_aligned16(out, "out");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(data.data_ptr()) % 8 == 0, "data must be 8-byte aligned");
+  const c10::cuda::CUDAGuard guard(data.device());
+  NVFP4DequantizeParams p;
+  p.data = data.data_ptr<uint8_t>();
+  p.scale = scale.data_ptr<uint8_t>();
+  p.global_scale = global_scale.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.out_dtype = to_dtype(out, "out");
+  p.rows = rows;
+  p.k = k;
+  p.hadamard_mask = static_cast<int>(hadamard_mask);
+  check_launch(nvfp4_dequantize(p, at::cuda::getCurrentCUDAStream()), "nvfp4_dequantize");
+}
+
+}  // namespace
+}  // namespace longlive
+
+TORCH_LIBRARY(longlive_kernels, m) {
+  m.def(
+      "nvfp4_quantize_cuda(Tensor x, Tensor(a!) data, Tensor(b!) scale, Tensor(c!) global_scale, "
+      "Tensor(d!) amax, int scale_rule, bool stochastic, int seed, int hadamard_mask, bool block_2d, "
+      "bool given_scale) -> ()");
+  m.def(
+      "nvfp4_dequantize_cuda(Tensor data, Tensor scale, Tensor global_scale, Tensor(a!) out, "
+      "int hadamard_mask) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {
+  m.impl("nvfp4_quantize_cuda", &longlive::nvfp4_quantize_cuda);
+  m.impl("nvfp4_dequantize_cuda", &longlive::nvfp4_dequantize_cuda);
+}
+
+// A plain Python module so `import longlive_kernels._C` loads the library (ops live in torch.ops).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

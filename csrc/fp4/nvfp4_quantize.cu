@@ -1,0 +1,139 @@
+// NVFP4 quantization launcher: an amax pass (skipped with a given tensor scale), then one thread per
+// 16-element block: 16-byte vector loads, fused RHT, scale selection, E2M1 encode, 8-byte packed store.
+// Thread layout: 256 threads = 16 rows x 16 column blocks, rows fastest inside a warp so that 16x16
+// tiles reduce with warp shuffles (xor 1, 2, 4, 8) in the reference's pairwise order.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "longlive/fp4/nvfp4.cuh"
+#include "longlive/launchers.h"
+
+namespace longlive {
+namespace {
+
+using fp4::kBlock;
+constexpr int kThreads = 256;
+constexpr int kRowsPerCta = 16;
+constexpr int kBlocksPerCta = kThreads / kRowsPerCta;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) amax_kernel(const T* __restrict__ x, int64_t rows, int64_t k,
+                                                         int64_t stride_row, int hadamard_mask,
+                                                         int32_t* __restrict__ amax_bits) {
+  const int64_t nb = k / kBlock;
+  const int64_t total = rows * nb;
+  float m = 0.0f;
+  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < total; b += int64_t(gridDim.x) * kThreads) {
+    const int64_t row = b / nb, cb = b % nb;
+    float v[kBlock];
+    fp4::load16<T>(x + row * stride_row + cb * kBlock, v);
+    if (hadamard_mask >= 0) fp4::rht16(v, hadamard_mask);
+    m = fmaxf(m, fp4::block_amax(v));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) atomicMax(amax_bits, __float_as_int(m));
+}
+
+__device__ __forceinline__ float tile_max16(float v) {
+#pragma unroll
+  for (int o = 1; o < 16; o *= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float tile_sum16(float v) {
+#pragma unroll
+  for (int o = 1; o < 16; o *= 2) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams p) {
+  const int row_in_tile = threadIdx.x % kRowsPerCta;
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerCta + row_in_tile;
+  const int64_t cb = int64_t(blockIdx.y) * kBlocksPerCta + threadIdx.x / kRowsPerCta;
+  const int64_t nb = p.k / kBlock;
+  const bool valid = row < p.rows && cb < nb;  // invalid threads still join the tile shuffles
+
+  float x[kBlock];
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) x[i] = 0.0f;
+  if (valid) {
+    fp4::load16<T>(static_cast<const T*>(p.x) + row * p.stride_row + cb * kBlock, x);
+    if (p.hadamard_mask >= 0) fp4::rht16(x, p.hadamard_mask);
+  }
+  float bamax = fp4::block_amax(x);
+  if (p.block_2d) bamax = tile_max16(bamax);
+
+  float gs;
+  if (p.given_scale) {
+    gs = *p.global_scale;
+  } else {
+    gs = __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
+    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *p.global_scale = gs;
+  }
+  const bool poison = (bamax == __int_as_float(0x7f800000)) || !isfinite(gs);
+  const bool zero = bamax == 0.0f;
+
+  float u[kBlock];
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) {
+    u[i] = p.stochastic ? fp4::philox_uniform(p.seed, uint64_t(row * p.k + cb * kBlock + i)) : 0.0f;
+  }
+
+  fp4::BlockResult r;
+  fp4::quantize_candidate(x, bamax, gs, fp4::rule_target(p.scale_rule), poison, zero, p.stochastic, u, r);
+  if (p.scale_rule == fp4::kFourOverSix) {
+    fp4::BlockResult r4;
+    fp4::quantize_candidate(x, bamax, gs, 4.0f, poison, zero, p.stochastic, u, r4);
+    float e6 = fp4::squared_error_tree(x, r, gs);
+    float e4 = fp4::squared_error_tree(x, r4, gs);
+    if (p.block_2d) {
+      e6 = tile_sum16(e6);
+      e4 = tile_sum16(e4);
+    }
+    if (e4 < e6) r = r4;
+  }
+  if (!valid) return;
+  fp4::pack_codes(r);
+  reinterpret_cast<uint2*>(p.data + row * (p.k / 2))[cb] = make_uint2(r.packed[0], r.packed[1]);
+  p.scale[row * nb + cb] = r.scale;
+}
+
+template <typename T>
+cudaError_t launch(const NVFP4QuantizeParams& p, cudaStream_t stream) {
+  const int64_t nb = p.k / kBlock;
+  if (!p.given_scale) {
+    cudaError_t err = cudaMemsetAsync(p.amax_bits, 0, sizeof(int32_t), stream);
+    if (err != cudaSuccess) return err;
+    int sms = 132;
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const int64_t blocks_needed = (p.rows * nb + kThreads - 1) / kThreads;
+    const int grid = static_cast<int>(blocks_needed < int64_t(sms) * 8 ? blocks_needed : int64_t(sms) * 8);
+    amax_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.x), p.rows, p.k, p.stride_row,
+                                                  p.hadamard_mask, p.amax_bits);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  const dim3 grid(static_cast<unsigned>((p.rows + kRowsPerCta - 1) / kRowsPerCta),
+                  static_cast<unsigned>((nb + kBlocksPerCta - 1) / kBlocksPerCta));
+  quantize_kernel<T><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t nvfp4_quantize(const NVFP4QuantizeParams& p, cudaStream_t stream) {
+  if (p.rows <= 0 || p.k <= 0 || p.k % kBlock != 0) return cudaErrorInvalidValue;
+  if (p.k / kBlock > int64_t(65535) * kBlocksPerCta) return cudaErrorInvalidValue;
+  switch (p.dtype) {
+    case DType::kBF16: return launch<__nv_bfloat16>(p, stream);
+    case DType::kF16: return launch<__half>(p, stream);
+    case DType::kF32: return launch<float>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace longlive

@@ -1,0 +1,265 @@
+// NVFP4 device functions (no torch, no host code). Bit-exact with longlive_kernels/fp4/reference.py:
+// every fp32 operation that the reference rounds is written with an _rn intrinsic so that nvcc
+// cannot contract it into an FMA.
+//
+// Supported: E2M1 codes, E4M3 block scales (RNE, subnormals), static6/static4/four_over_six,
+// RNE and Philox stochastic rounding, the 16-point RHT, 1x16 and 16x16 blocks.
+// Unsupported: hardware e2m1 cvt (sm_100a only; not used so that one code path serves sm_90a).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+namespace longlive {
+namespace fp4 {
+
+constexpr int kBlock = 16;
+constexpr float kE4M3Max = 448.0f;
+
+enum ScaleRule : int { kStatic6 = 0, kStatic4 = 1, kFourOverSix = 2 };
+
+__host__ __device__ inline float rule_target(int rule) { return rule == kStatic4 ? 4.0f : 6.0f; }
+__host__ __device__ inline float rule_denominator(int rule) {
+  return rule == kStatic6 ? 2688.0f : (rule == kStatic4 ? 1792.0f : 1536.0f);
+}
+
+// ---- element formats ---------------------------------------------------------------------------
+
+__device__ __forceinline__ float e2m1_magnitude(int mag_code) {
+  const float c = static_cast<float>(mag_code);
+  return mag_code < 4 ? c * 0.5f : (mag_code < 6 ? c - 2.0f : (c - 5.0f) * 2.0f + 2.0f);
+}
+
+__device__ __forceinline__ float e2m1_decode(int code) {
+  const float m = e2m1_magnitude(code & 7);
+  return (code & 8) ? -m : m;
+}
+
+__device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >> 31) & 1; }
+
+// Round to nearest E2M1, ties to even, saturating at +-6.
+__device__ __forceinline__ int e2m1_rne_code(float v) {
+  const float a = fabsf(v);
+  const int mag = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) + (a > 5.0f);
+  return mag | (sign_bit(v) << 3);
+}
+
+// Stochastic rounding: up iff u < (|v| - lo) / (hi - lo) (exact), saturating at 6.
+__device__ __forceinline__ int e2m1_stochastic_code(float v, float u) {
+  const float a = fabsf(v);
+  const int lo_code = (a >= 0.5f) + (a >= 1.0f) + (a >= 1.5f) + (a >= 2.0f) + (a >= 3.0f) + (a >= 4.0f) + (a >= 6.0f);
+  const float lo = e2m1_magnitude(lo_code);
+  const float inv_step = lo_code < 4 ? 2.0f : (lo_code < 6 ? 1.0f : 0.5f);
+  const float p = __fmul_rn(__fsub_rn(a, lo), inv_step);
+  const int up = (u < p) && (lo_code < 7);
+  return (lo_code + up) | (sign_bit(v) << 3);
+}
+
+// RNE of s in [0, 448] to E4M3 (saturating, subnormals kept); writes the decoded value.
+__device__ __forceinline__ uint8_t e4m3_rne(float s, float& value) {
+  const __nv_fp8_storage_t code = __nv_cvt_float_to_fp8(s, __NV_SATFINITE, __NV_E4M3);
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(code, __NV_E4M3);
+  value = __half2float(__half(h));
+  return static_cast<uint8_t>(code);
+}
+
+__device__ __forceinline__ float e4m3_decode(uint8_t code) {
+  if ((code & 0x7F) == 0x7F) return __int_as_float(0x7fc00000);
+  const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(code), __NV_E4M3);
+  return __half2float(__half(h));
+}
+
+// ---- Philox4x32-10 (= Triton's tl.randint(seed, offset)) -------------------------------------------
+
+__device__ __forceinline__ uint32_t philox_randint(uint64_t seed, uint64_t offset) {
+  uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#pragma unroll
+  for (int i = 0; i < 10; ++i) {
+    const uint32_t hi_b = __umulhi(0xCD9E8D57u, c2), lo_b = 0xCD9E8D57u * c2;
+    const uint32_t hi_a = __umulhi(0xD2511F53u, c0), lo_a = 0xD2511F53u * c0;
+    c0 = hi_b ^ c1 ^ k0;
+    c2 = hi_a ^ c3 ^ k1;
+    c1 = lo_b;
+    c3 = lo_a;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+__device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t offset) {
+  return static_cast<float>(philox_randint(seed, offset) >> 8) * 5.9604644775390625e-08f;
+}
+
+// ---- random Hadamard transform ----------------------------------------------------------------------
+
+// x <- x (D H16 D) / 4, butterflies in the order of reference._fwht16.
+__device__ __forceinline__ void rht16(float (&x)[kBlock], int mask) {
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) x[i] = ((mask >> i) & 1) ? -x[i] : x[i];
+#pragma unroll
+  for (int stage = 0; stage < 4; ++stage) {
+    float y[kBlock];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      y[j] = __fadd_rn(x[2 * j], x[2 * j + 1]);
+      y[8 + j] = __fsub_rn(x[2 * j], x[2 * j + 1]);
+    }
+#pragma unroll
+    for (int i = 0; i < kBlock; ++i) x[i] = y[i];
+  }
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) {
+    const float q = x[i] * 0.25f;
+    x[i] = ((mask >> i) & 1) ? -q : q;
+  }
+}
+
+// ---- vector load / store of 16 consecutive elements ---------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ void load16(const T* p, float (&x)[kBlock]);
+
+template <>
+__device__ __forceinline__ void load16<__nv_bfloat16>(const __nv_bfloat16* p, float (&x)[kBlock]) {
+  const uint4* v = reinterpret_cast<const uint4*>(p);
+  uint4 raw[2] = {__ldg(v), __ldg(v + 1)};
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    x[2 * i] = f.x;
+    x[2 * i + 1] = f.y;
+  }
+}
+
+template <>
+__device__ __forceinline__ void load16<__half>(const __half* p, float (&x)[kBlock]) {
+  const uint4* v = reinterpret_cast<const uint4*>(p);
+  uint4 raw[2] = {__ldg(v), __ldg(v + 1)};
+  const __half2* h = reinterpret_cast<const __half2*>(raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float2 f = __half22float2(h[i]);
+    x[2 * i] = f.x;
+    x[2 * i + 1] = f.y;
+  }
+}
+
+template <>
+__device__ __forceinline__ void load16<float>(const float* p, float (&x)[kBlock]) {
+  const float4* v = reinterpret_cast<const float4*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float4 f = __ldg(v + i);
+    x[4 * i] = f.x;
+    x[4 * i + 1] = f.y;
+    x[4 * i + 2] = f.z;
+    x[4 * i + 3] = f.w;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const float (&x)[kBlock]);
+
+template <>
+__device__ __forceinline__ void store16<__nv_bfloat16>(__nv_bfloat16* p, const float (&x)[kBlock]) {
+  uint4 raw[2];
+  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) h[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+  uint4* v = reinterpret_cast<uint4*>(p);
+  v[0] = raw[0];
+  v[1] = raw[1];
+}
+
+template <>
+__device__ __forceinline__ void store16<__half>(__half* p, const float (&x)[kBlock]) {
+  uint4 raw[2];
+  __half2* h = reinterpret_cast<__half2*>(raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) h[i] = __floats2half2_rn(x[2 * i], x[2 * i + 1]);
+  uint4* v = reinterpret_cast<uint4*>(p);
+  v[0] = raw[0];
+  v[1] = raw[1];
+}
+
+template <>
+__device__ __forceinline__ void store16<float>(float* p, const float (&x)[kBlock]) {
+  float4* v = reinterpret_cast<float4*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v[i] = make_float4(x[4 * i], x[4 * i + 1], x[4 * i + 2], x[4 * i + 3]);
+}
+
+// ---- block quantization ----------------------------------------------------------------------------
+
+__device__ __forceinline__ float block_amax(const float (&x)[kBlock]) {
+  float m = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) {
+    float a = fabsf(x[i]);
+    a = (a != a) ? __int_as_float(0x7f800000) : a;
+    m = fmaxf(m, a);
+  }
+  return m;
+}
+
+struct BlockResult {
+  uint32_t packed[2];  // 16 codes, element 2i in the low nibble of byte i
+  uint8_t scale;
+  float scale_value;
+  int codes[kBlock];
+};
+
+// One scale candidate; `u` holds the stochastic-rounding uniforms (ignored when !stochastic).
+__device__ __forceinline__ void quantize_candidate(const float (&x)[kBlock], float bamax, float gs, float target,
+                                                   bool poison, bool zero, bool stochastic,
+                                                   const float (&u)[kBlock], BlockResult& r) {
+  float s = fminf(__fdiv_rn(__fdiv_rn(bamax, target), gs), kE4M3Max);
+  s = (s != s) ? 0.0f : s;
+  float sv;
+  uint8_t scode = e4m3_rne(s, sv);
+  const float d = __fmul_rn(sv, gs);
+  const bool dead = (d == 0.0f) || poison || zero;
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) {
+    const float v = __fdiv_rn(x[i], d);
+    const int c = stochastic ? e2m1_stochastic_code(v, u[i]) : e2m1_rne_code(v);
+    r.codes[i] = dead ? 0 : c;
+  }
+  scode = zero ? 0 : scode;
+  r.scale = poison ? 0x7F : scode;
+  r.scale_value = sv;
+}
+
+__device__ __forceinline__ float squared_error_tree(const float (&x)[kBlock], const BlockResult& r, float gs) {
+  float e[kBlock];
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) {
+    const float xhat = __fmul_rn(__fmul_rn(e2m1_decode(r.codes[i]), r.scale_value), gs);
+    const float d = __fsub_rn(x[i], xhat);
+    e[i] = __fmul_rn(d, d);
+  }
+#pragma unroll
+  for (int width = kBlock / 2; width >= 1; width /= 2) {
+#pragma unroll
+    for (int i = 0; i < width; ++i) e[i] = __fadd_rn(e[2 * i], e[2 * i + 1]);
+  }
+  return e[0];
+}
+
+__device__ __forceinline__ void pack_codes(BlockResult& r) {
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+    uint32_t p = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) p |= static_cast<uint32_t>(r.codes[8 * w + i] & 0xF) << (4 * i);
+    r.packed[w] = p;
+  }
+}
+
+}  // namespace fp4
+}  // namespace longlive

@@ -1,0 +1,123 @@
+"""Backend selection shared by every op: ``backend="auto" | "triton" | "cuda" | "torch"``.
+
+- ``"torch"``: the plain-PyTorch reference in ``<area>/reference.py`` (any device, slow).
+- ``"triton"``: the Triton kernel. Runs on CUDA tensors, or on CPU tensors when
+  ``TRITON_INTERPRET=1`` was set before Triton was imported (the CPU test mode).
+- ``"cuda"``: the CUDA C++ kernel of the ``longlive_kernels._C`` extension (CUDA tensors only).
+- ``"auto"``: on CUDA, the op's preferred compiled backend that is available; on CPU, ``"torch"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Sequence
+
+import torch
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+
+
+def interpret_mode() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def has_triton() -> bool:
+    """True when Triton is importable."""
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def cuda_extension():
+    """The compiled ``longlive_kernels._C`` module, or ``None`` when it was not built."""
+    try:
+        return importlib.import_module("longlive_kernels._C")
+    except ImportError:
+        return None
+
+
+def has_cuda_extension() -> bool:
+    """True when the CUDA extension is built and loadable."""
+    return cuda_extension() is not None
+
+
+def resolve_backend(
+    backend: str,
+    device: torch.device,
+    *,
+    op: str,
+    supported: Sequence[str] = ("triton", "cuda", "torch"),
+    prefer: Sequence[str] = ("triton", "cuda"),
+) -> str:
+    """Turn a user's ``backend`` argument into the concrete backend that will run.
+
+    Parameters
+    ----------
+    backend : str
+        One of ``"auto"``, ``"triton"``, ``"cuda"``, ``"torch"``.
+    device : torch.device
+        Device of the op's input tensors.
+    op : str
+        Op name, used in error messages.
+    supported : sequence of str
+        Backends this op (with its current options) implements.
+    prefer : sequence of str
+        Order in which ``"auto"`` tries compiled backends on CUDA devices.
+
+    Returns
+    -------
+    str
+        ``"triton"``, ``"cuda"`` or ``"torch"``.
+
+    Raises
+    ------
+    ValueError
+        Unknown backend, a backend the op does not implement, or a backend that cannot run on
+        ``device`` (``"cuda"`` on a CPU tensor, ``"triton"`` on CPU without ``TRITON_INTERPRET=1``,
+        ``"cuda"`` without the compiled extension).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    on_cuda = device.type == "cuda"
+    if backend == "auto":
+        if on_cuda:
+            for cand in prefer:
+                if cand not in supported:
+                    continue
+                if cand == "cuda" and has_cuda_extension():
+                    return "cuda"
+                if cand == "triton" and has_triton():
+                    return "triton"
+        if "torch" in supported:
+            return "torch"
+        if "triton" in supported and has_triton() and (on_cuda or interpret_mode()):
+            return "triton"
+        raise ValueError(f"{op}: no backend can run on device {device} (supported: {tuple(supported)})")
+    if backend not in supported:
+        raise ValueError(
+            f"{op}: backend={backend!r} does not implement these options; supported: {tuple(supported)}"
+        )
+    if backend == "cuda":
+        if not on_cuda:
+            raise ValueError(f"{op}: backend='cuda' needs CUDA tensors, got a tensor on {device}")
+        if not has_cuda_extension():
+            raise ValueError(
+                f"{op}: backend='cuda' needs the compiled extension longlive_kernels._C; "
+                "rebuild with `pip install --no-build-isolation -e .` on a machine with CUDA"
+            )
+    if backend == "triton":
+        if not has_triton():
+            raise ValueError(f"{op}: backend='triton' needs the triton package")
+        if not on_cuda and not interpret_mode():
+            raise ValueError(
+                f"{op}: backend='triton' on a {device} tensor needs TRITON_INTERPRET=1 "
+                "(set before importing triton); use backend='torch' on CPU"
+            )
+    return backend

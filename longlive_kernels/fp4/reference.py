@@ -1,0 +1,278 @@
+"""Plain-PyTorch specification of every op in ``longlive_kernels.fp4`` (fp32 math, readable, slow).
+
+The Triton and CUDA kernels reproduce these functions bit for bit; where rounding order matters
+the operation order below *is* the spec:
+
+- block scale ``s = e4m3_rn(min((block_amax / target) / s_global, 448))`` (two correctly rounded
+  fp32 divisions, then RNE to E4M3 with subnormals);
+- element ``q = e2m1(x / (s · s_global))`` (fp32 product, correctly rounded division);
+- decoded value ``(q · s) · s_global`` (the first product is exact);
+- Four Over Six: squared errors summed over the 16 elements as a pairwise tree of adjacent pairs
+  ((e0+e1)+(e2+e3))+..., for 16×16 tiles the 16 row sums again as a pairwise tree.
+
+Non-finite policy: a block holding ±Inf or NaN gets the E4M3 NaN scale (0x7F) and zero codes, so it
+decodes to NaN; when the tensor scale is computed from such a tensor it is Inf and every block is
+poisoned the same way. A NaN therefore never turns silently into a finite number.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .format import BLOCK_SIZE, E2M1_VALUES, SCALE_RULES
+
+_INF = float("inf")
+_MASK32 = 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------
+# Element formats
+# ---------------------------------------------------------------------------------------------
+
+
+def e2m1_values(device: torch.device | str = "cpu") -> torch.Tensor:
+    """fp32 [16] value of each E2M1 code 0..15 (codes 8..15 are the negatives, 8 is −0)."""
+    pos = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=device)
+    return torch.cat([pos, -pos])
+
+
+def e2m1_round_rne(v: torch.Tensor) -> torch.Tensor:
+    """Round fp32 ``v`` to the nearest E2M1 code, ties to the even code, saturating at ±6.
+
+    Returns int32 codes in 0..15 (sign bit 3 from ``signbit(v)``). NaN maps to code 0.
+    """
+    grid = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=v.device)
+    mag = v.abs().clamp(max=6.0)
+    mag = torch.where(torch.isnan(mag), torch.zeros_like(mag), mag)
+    dist = (mag.unsqueeze(-1) - grid).abs()
+    best = dist == dist.amin(-1, keepdim=True)
+    codes = torch.arange(8, device=v.device)
+    unique = best.sum(-1, keepdim=True) == 1
+    pick = best & (unique | (codes % 2 == 0))
+    mag_code = pick.int().argmax(-1).to(torch.int32)
+    return mag_code | (torch.signbit(v).to(torch.int32) << 3)
+
+
+def e2m1_round_stochastic(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Stochastic rounding to E2M1: round |v| up to the next grid value iff ``u < p``, where
+    ``p = (|v| − lo) / (hi − lo)`` (exact in fp32) and ``u`` is uniform in [0, 1). Saturates at 6."""
+    grid = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=v.device)
+    mag = v.abs()
+    mag = torch.where(torch.isnan(mag), torch.zeros_like(mag), mag)
+    lo_code = (mag.unsqueeze(-1) >= grid[1:]).sum(-1).to(torch.int32)  # 0..7
+    lo = grid[lo_code.long()]
+    hi = grid[(lo_code + 1).clamp(max=7).long()]
+    p = (mag - lo) / torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    up = (u < p) & (lo_code < 7)
+    mag_code = lo_code + up.to(torch.int32)
+    return mag_code | (torch.signbit(v).to(torch.int32) << 3)
+
+
+def e4m3_round(s: torch.Tensor) -> torch.Tensor:
+    """RNE of fp32 ``s`` ≥ 0 to float8_e4m3fn (subnormals kept; caller clamps to 448 first)."""
+    return s.to(torch.float8_e4m3fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Philox4x32-10 (the counter-based RNG of Triton's tl.randint), used by stochastic rounding
+# ---------------------------------------------------------------------------------------------
+
+
+def _mul32(a: torch.Tensor | int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of the 64-bit product of two uint32 values held in int64."""
+    ah, al = (a >> 16) & 0xFFFF, a & 0xFFFF
+    bh, bl = (b >> 16) & 0xFFFF, b & 0xFFFF
+    mid = ah * bl + al * bh
+    low = al * bl
+    carry_sum = ((mid & 0xFFFF) << 16) + low
+    hi = ah * bh + (mid >> 16) + (carry_sum >> 32)
+    return hi & _MASK32, carry_sum & _MASK32
+
+
+def philox_randint(seed: int, offset: torch.Tensor) -> torch.Tensor:
+    """First uint32 output (int64 tensor) of Philox4x32-10 with key ``seed`` and counter
+    ``(offset_lo, offset_hi, 0, 0)`` — identical to ``tl.randint(seed, offset)``."""
+    offset = offset.to(torch.int64)
+    c0 = offset & _MASK32
+    c1 = (offset >> 32) & _MASK32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for _ in range(10):
+        hi_b, lo_b = _mul32(0xCD9E8D57, c2)
+        hi_a, lo_a = _mul32(0xD2511F53, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + 0x9E3779B9) & _MASK32
+        k1 = (k1 + 0xBB67AE85) & _MASK32
+    return c0
+
+
+def uniform_from_philox(seed: int, offset: torch.Tensor) -> torch.Tensor:
+    """fp32 uniform in [0, 1) with 24 random bits: ``(randint >> 8) · 2^-24`` (exact)."""
+    return (philox_randint(seed, offset) >> 8).to(torch.float32) * (2.0**-24)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random Hadamard transform
+# ---------------------------------------------------------------------------------------------
+
+
+def _fwht16(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh–Hadamard transform over the last dim (16), 4 butterfly stages in a fixed
+    order: each stage maps (x[2j], x[2j+1]) → (x[2j]+x[2j+1] at j, x[2j]−x[2j+1] at 8+j)."""
+    for _ in range(4):
+        a, b = x[..., 0::2], x[..., 1::2]
+        x = torch.cat([a + b, a - b], dim=-1)
+    return x
+
+
+def mask_to_signs(mask: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """16-bit mask → fp32 [16] of ±1 (bit i set = −1)."""
+    bits = (mask >> torch.arange(16, device=device)) & 1
+    return 1.0 - 2.0 * bits.to(torch.float32)
+
+
+def random_hadamard_transform(x: torch.Tensor, mask: int) -> torch.Tensor:
+    """``y = x · (D H16 D) / 4`` on each 16-element group of the last dim (fp32 result).
+
+    ``D = diag(signs(mask))``; the matrix is symmetric and orthonormal, hence its own inverse.
+    """
+    signs = mask_to_signs(mask, x.device)
+    xf = x.float().reshape(*x.shape[:-1], x.shape[-1] // BLOCK_SIZE, BLOCK_SIZE)
+    y = _fwht16(xf * signs) * 0.25 * signs
+    return y.reshape(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantize / dequantize
+# ---------------------------------------------------------------------------------------------
+
+
+def _pairwise_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum a power-of-two sized dim as a tree of adjacent pairs (fixed rounding order)."""
+    x = x.movedim(dim, -1)
+    while x.shape[-1] > 1:
+        x = x[..., 0::2] + x[..., 1::2]
+    return x.squeeze(-1)
+
+
+def _tile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """[rows, nb] → [ceil(rows/16), 16, nb], zero-padded."""
+    pad = (-rows) % BLOCK_SIZE
+    return F.pad(t, (0, 0, 0, pad)).view(-1, BLOCK_SIZE, t.shape[-1])
+
+
+def _untile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """[ceil(rows/16), nb] → [rows, nb] by repeating each tile's value on its 16 rows."""
+    return t.repeat_interleave(BLOCK_SIZE, dim=0)[:rows]
+
+
+def block_amax(xf: torch.Tensor, block_2d: bool) -> torch.Tensor:
+    """[rows, K] fp32 → [rows, K/16] block amax (NaN counts as +Inf; 2-D tiles replicated per row)."""
+    rows, k = xf.shape
+    mag = xf.view(rows, k // BLOCK_SIZE, BLOCK_SIZE).abs()
+    mag = torch.where(torch.isnan(mag), torch.full_like(mag, _INF), mag)
+    bamax = mag.amax(-1)
+    if block_2d:
+        bamax = _untile_rows(_tile_rows(bamax, rows).amax(1), rows)
+    return bamax
+
+
+def quantize(
+    x: torch.Tensor,
+    *,
+    global_scale: torch.Tensor | None = None,
+    scale_rule: str = "static6",
+    rounding: str = "rne",
+    seed: int = 0,
+    hadamard_mask: int | None = None,
+    block_2d: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference NVFP4 quantization of ``x`` [..., K] (K % 16 == 0).
+
+    Returns ``(data uint8 [..., K/2], scale float8_e4m3fn [..., K/16], global_scale fp32 [])``.
+    Stochastic rounding draws ``u = uniform_from_philox(seed, row·K + col)`` per element.
+    """
+    k = x.shape[-1]
+    lead = x.shape[:-1]
+    xf = x.reshape(-1, k).float()
+    if hadamard_mask is not None:
+        xf = random_hadamard_transform(xf, hadamard_mask)
+    rows, nb = xf.shape[0], k // BLOCK_SIZE
+    blocks = xf.view(rows, nb, BLOCK_SIZE)
+    bamax = block_amax(xf, block_2d)
+    _, denom = SCALE_RULES[scale_rule]
+    if global_scale is None:
+        gs = bamax.amax() / denom
+    else:
+        gs = global_scale.to(device=xf.device, dtype=torch.float32).reshape(())
+    poison = (bamax == _INF) | ~torch.isfinite(gs)
+    zero = bamax == 0
+    u = None
+    if rounding == "stochastic":
+        offs = torch.arange(rows * k, device=xf.device, dtype=torch.int64).view(rows, nb, BLOCK_SIZE)
+        u = uniform_from_philox(seed, offs)
+
+    def candidate(target: float):
+        s = torch.clamp((bamax / target) / gs, max=448.0)
+        s8 = e4m3_round(torch.nan_to_num(s, nan=0.0))
+        sv = s8.float()
+        d = sv * gs
+        v = blocks / d.unsqueeze(-1)
+        codes = e2m1_round_rne(v) if u is None else e2m1_round_stochastic(v, u)
+        dead = (d == 0) | poison | zero
+        codes = torch.where(dead.unsqueeze(-1), torch.zeros_like(codes), codes)
+        sbyte = s8.view(torch.uint8).to(torch.int32)
+        sbyte = torch.where(zero, torch.zeros_like(sbyte), sbyte)
+        sbyte = torch.where(poison, torch.full_like(sbyte, 0x7F), sbyte)
+        return codes, sbyte, sv
+
+    codes, sbyte, sv = candidate(SCALE_RULES[scale_rule][0])
+    if scale_rule == "four_over_six":
+        codes4, sbyte4, sv4 = candidate(4.0)
+        lut = e2m1_values(xf.device)
+
+        def block_error(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            xhat = (lut[c.long()] * s.unsqueeze(-1)) * gs
+            err = blocks - xhat
+            e = _pairwise_sum(err * err, dim=-1)  # [rows, nb]
+            if block_2d:
+                e = _untile_rows(_pairwise_sum(_tile_rows(e, rows), dim=1), rows)
+            return e
+
+        use4 = block_error(codes4, sv4) < block_error(codes, sv)
+        codes = torch.where(use4.unsqueeze(-1), codes4, codes)
+        sbyte = torch.where(use4, sbyte4, sbyte)
+
+    packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
+    data = packed.reshape(*lead, k // 2)
+    scale = sbyte.to(torch.uint8).view(torch.float8_e4m3fn).reshape(*lead, nb)
+    return data, scale, gs.clone()
+
+
+def unpack_codes(data: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., K/2] → int32 codes [..., K] (low nibble first)."""
+    d = data.to(torch.int32)
+    return torch.stack([d & 0xF, d >> 4], dim=-1).flatten(-2)
+
+
+def dequantize(
+    data: torch.Tensor,
+    scale: torch.Tensor,
+    global_scale: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    hadamard_mask: int | None = None,
+) -> torch.Tensor:
+    """Reference decode: ``(e2m1 · s_block) · s_global`` in fp32 (then the inverse RHT if the data
+    was transformed), cast once to ``dtype``. ``scale`` must be in the linear layout."""
+    codes = unpack_codes(data)
+    k = codes.shape[-1]
+    vals = e2m1_values(data.device)[codes.long()]
+    s = scale.float().reshape(*scale.shape[:-1], k // BLOCK_SIZE, 1)
+    gs = global_scale.to(device=data.device, dtype=torch.float32)
+    out = ((vals.view(*codes.shape[:-1], k // BLOCK_SIZE, BLOCK_SIZE) * s) * gs).reshape(codes.shape)
+    if hadamard_mask is not None:
+        out = random_hadamard_transform(out, hadamard_mask)
+    return out.to(dtype)

@@ -1,0 +1,93 @@
+"""Numerical oracles and GPU timing shared by tests and benchmarks (``shared/docs/style.md``)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+import torch
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64 (NaN anywhere → inf)."""
+    o, r = out.double(), ref.double()
+    if torch.isnan(o).any() or torch.isnan(r).any():
+        return float("inf")
+    return ((o - r).norm() / r.norm().clamp_min(1e-300)).item()
+
+
+def sqnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: 20·log10(‖ref‖ / ‖out − ref‖)."""
+    import math
+
+    o, r = out.double(), ref.double()
+    noise = (o - r).norm().item()
+    return float("inf") if noise == 0 else 20 * math.log10(r.norm().item() / noise)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of the flattened tensors (float64)."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return (a @ b / (a.norm() * b.norm()).clamp_min(1e-300)).item()
+
+
+def assert_bitwise_equal(a: torch.Tensor, b: torch.Tensor, name: str = "tensor") -> None:
+    """Assert two tensors have identical shape, dtype and bytes (any NaN equals any NaN: payloads
+    are not part of any spec here)."""
+    assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    assert a.dtype == b.dtype, f"{name}: dtype {a.dtype} != {b.dtype}"
+    if a.dtype.is_floating_point and a.element_size() >= 2:
+        nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+        assert torch.equal(nan_a, nan_b), f"{name}: NaN positions differ"
+        a, b = torch.where(nan_a, 0, a), torch.where(nan_b, 0, b)
+    av = a.contiguous().view(torch.uint8) if a.element_size() == 1 else a.contiguous().view(
+        {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    )
+    bv = b.contiguous().view(av.dtype)
+    diff = (av != bv).nonzero()
+    assert diff.numel() == 0, f"{name}: {diff.shape[0]} of {a.numel()} elements differ, first at {diff[0].tolist()}"
+
+
+def poison_like(t: torch.Tensor) -> torch.Tensor:
+    """A tensor like ``t`` filled with a value a kernel never writes (NaN, or 0xA5 bytes)."""
+    if t.dtype.is_floating_point and t.element_size() >= 2:
+        return torch.full_like(t, float("nan"))
+    return torch.full_like(t.view(torch.uint8), 0xA5).view(t.dtype)
+
+
+def cuda_time_ms(fn: Callable[[], object], *, warmup: int = 10, iters: int = 50,
+                 flush_l2: bool = True) -> float:
+    """Median time of ``fn()`` in ms, CUDA events around each call, after warm-up; the L2 is flushed
+    (a 256 MB write) before every timed call so inputs are read from HBM (METHOD.md)."""
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        if flush is not None:
+            flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30, **kw) -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second, GB/s), the memory ceiling
+    every memory-bound benchmark reports its ratio against."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    ms = cuda_time_ms(lambda: dst.copy_(src), **kw)
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+def device_header() -> str:
+    """One line naming the GPU and the torch / triton / CUDA versions (for bench/RESULTS.md)."""
+    import triton
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return f"{name} | torch {torch.__version__} | triton {triton.__version__} | cuda {torch.version.cuda}"
