@@ -3,7 +3,7 @@
 // TORCH_LIBRARY(longlive_kernels); the Python custom ops in longlive_kernels/ call them.
 #include <Python.h>
 
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -66,7 +66,7 @@ void nvfp4_quantize_cuda(const at::Tensor& x, at::Tensor& data, at::Tensor& scal
   p.hadamard_mask = static_cast<int>(hadamard_mask);
   p.block_2d = block_2d;
   p.given_scale = given_scale;
-  check_launch(nvfp4_quantize(p, at::cuda::getCurrentCUDAStream()), "nvfp4_quantize");
+  check_launch(nvfp4_quantize(p, c10::cuda::getCurrentCUDAStream()), "nvfp4_quantize");
 }
 
 void nvfp4_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& global_scale,
@@ -91,7 +91,7 @@ void nvfp4_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, cons
   p.rows = rows;
   p.k = k;
   p.hadamard_mask = static_cast<int>(hadamard_mask);
-  check_launch(nvfp4_dequantize(p, at::cuda::getCurrentCUDAStream()), "nvfp4_dequantize");
+  check_launch(nvfp4_dequantize(p, c10::cuda::getCurrentCUDAStream()), "nvfp4_dequantize");
 }
 
 }  // namespace
