@@ -8,6 +8,16 @@ from collections.abc import Callable
 import torch
 
 
+def triton_device() -> str:
+    """Device on which Triton kernels run in this process: "cuda" on a GPU machine, "cpu" under the
+    interpreter (TRITON_INTERPRET=1)."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") == "1" or not torch.cuda.is_available():
+        return "cpu"
+    return "cuda"
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """‖out − ref‖ / ‖ref‖ in float64 (NaN anywhere → inf)."""
     o, r = out.double(), ref.double()

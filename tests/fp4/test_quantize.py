@@ -22,7 +22,9 @@ from longlive_kernels.fp4 import (
 from longlive_kernels.fp4 import reference as ref
 from longlive_kernels.fp4.format import SCALE_RULES, from_blocked, to_blocked
 from longlive_kernels.fp4.nvfp4_triton import e2m1_rne_code, e4m3_rne
-from longlive_kernels.testing import assert_bitwise_equal
+from longlive_kernels.testing import assert_bitwise_equal, triton_device
+
+DEV = triton_device()
 
 RULES = tuple(SCALE_RULES)
 
@@ -44,9 +46,11 @@ def _random_input(seed: int, lead: tuple[int, ...], k: int, dtype: torch.dtype, 
 
 
 def _quantize_both(x, **kw):
-    a = quantize_nvfp4(x, backend="torch", **kw)
-    b = quantize_nvfp4(x, backend="triton", **kw)
-    return a, b
+    """(reference on CPU, Triton on DEV moved back to CPU)."""
+    gs = kw.pop("global_scale", None)
+    a = quantize_nvfp4(x, backend="torch", global_scale=gs, **kw)
+    b = quantize_nvfp4(x.to(DEV), backend="triton", global_scale=None if gs is None else gs.to(DEV), **kw)
+    return a, b.to("cpu")
 
 
 def _assert_same(a: NVFP4Tensor, b: NVFP4Tensor) -> None:
@@ -76,7 +80,7 @@ def test_triton_matches_reference_bit_exact(seed, lead, nblocks, dtype, rule, ro
     _assert_same(a, b)
     assert a.data.shape == (*lead, 8 * nblocks) and a.scale.shape == (*lead, nblocks)
     da = dequantize_nvfp4(a, torch.float32, backend="torch")
-    db = dequantize_nvfp4(b, torch.float32, backend="triton")
+    db = dequantize_nvfp4(b.to(DEV), torch.float32, backend="triton").cpu()
     assert_bitwise_equal(da, db, "dequantized")
 
 
@@ -101,9 +105,10 @@ def test_subnormal_scale_blocks_bit_exact():
 
 
 def _triton_codes(fn, v: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(v.shape, dtype=torch.int32)
+    v = v.to(DEV)
+    out = torch.empty(v.shape, dtype=torch.int32, device=DEV)
     _apply_elementwise[(triton.cdiv(v.numel(), 1024),)](v, out, v.numel(), FN=fn, BLOCK=1024)
-    return out
+    return out.cpu()
 
 
 @triton.jit
@@ -122,29 +127,18 @@ def _all_finite_bf16() -> torch.Tensor:
     return v[torch.isfinite(v)]
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available(),
-                    reason="needs the interpreter or a GPU")
 def test_e2m1_rounding_matches_ml_dtypes_on_all_bf16():
     v = _all_finite_bf16()
     expected = torch.from_numpy(v.numpy().astype(ml_dtypes.float4_e2m1fn).view(np.uint8).astype(np.int32))
     assert torch.equal(ref.e2m1_round_rne(v), expected)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    assert torch.equal(_triton_codes(0, v.to(dev)).cpu() if dev == "cpu" else _triton_codes_gpu(0, v), expected)
-
-
-def _triton_codes_gpu(fn, v):
-    vg = v.cuda()
-    out = torch.empty(vg.shape, dtype=torch.int32, device="cuda")
-    _apply_elementwise[(triton.cdiv(v.numel(), 1024),)](vg, out, v.numel(), FN=fn, BLOCK=1024)
-    return out.cpu()
+    assert torch.equal(_triton_codes(0, v), expected)
 
 
 def test_e4m3_manual_rounding_matches_torch_cast():
     v = _all_finite_bf16().abs().clamp(max=448.0)
     v = torch.cat([v, torch.rand(20000) * 2.0**-6, torch.rand(20000) * 448.0])
     expected = v.to(torch.float8_e4m3fn).view(torch.uint8).to(torch.int32)
-    got = _triton_codes(1, v) if not torch.cuda.is_available() else _triton_codes_gpu(1, v)
-    assert torch.equal(got, expected)
+    assert torch.equal(_triton_codes(1, v), expected)
 
 
 def test_packing_low_nibble_first():
@@ -200,9 +194,9 @@ def test_stochastic_rounding_reproducible_and_seed_dependent():
 
 def test_philox_reference_matches_triton_randint():
     offs = torch.arange(0, 5000, dtype=torch.int64) * 7919 + (1 << 33)
-    out = torch.empty(offs.shape, dtype=torch.int64)
-    _randint_kernel[(triton.cdiv(offs.numel(), 512),)](offs, out, offs.numel(), 123456789012, BLOCK=512)
-    assert torch.equal(out, ref.philox_randint(123456789012, offs))
+    out = torch.empty(offs.shape, dtype=torch.int64, device=DEV)
+    _randint_kernel[(triton.cdiv(offs.numel(), 512),)](offs.to(DEV), out, offs.numel(), 123456789012, BLOCK=512)
+    assert torch.equal(out.cpu(), ref.philox_randint(123456789012, offs))
 
 
 @triton.jit
@@ -220,7 +214,7 @@ def test_rht_is_orthonormal_and_self_inverse(seed, rht_seed):
     assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-5)
     back = random_hadamard_transform(y, rht_seed, backend="torch")
     assert torch.allclose(back, x, atol=1e-5)
-    yt = random_hadamard_transform(x, rht_seed, backend="triton")
+    yt = random_hadamard_transform(x.to(DEV), rht_seed, backend="triton").cpu()
     assert_bitwise_equal(y, yt, "rht triton")
 
 
@@ -265,8 +259,8 @@ def test_non_finite_policy():
     assert out[1, :16].isnan().all() and out[2, 16:].isnan().all() and out[0].isfinite().all()
     qa = quantize_nvfp4(x, backend="torch")  # auto tensor scale from an amax of Inf: all NaN
     assert qa.global_scale.isinf() and dequantize_nvfp4(qa, torch.float32, backend="torch").isnan().all()
-    _assert_same(q, quantize_nvfp4(x, global_scale=gs, backend="triton"))
-    _assert_same(qa, quantize_nvfp4(x, backend="triton"))
+    _assert_same(q, quantize_nvfp4(x.to(DEV), global_scale=gs.to(DEV), backend="triton").to("cpu"))
+    _assert_same(qa, quantize_nvfp4(x.to(DEV), backend="triton").to("cpu"))
 
 
 def test_all_zero_tensor():
