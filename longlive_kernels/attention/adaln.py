@@ -1,0 +1,813 @@
+"""Fused adaLN (LayerNorm + per-frame ``(1 + scale)·x̂ + shift``), gated residual, and the fused
+residual + next norm of the Wan block, forward and backward (spec §1.1, §4.2; nvfp4-hopper §6).
+
+One block (``x`` the residual stream, ``e0..e5`` per-frame modulation vectors)::
+
+    h    = adaln_modulate(x, e0, e1, frame_len=n)                    # LN1
+    x, h = gated_residual_layernorm(x, attn(h), e2, w3, b3, frame_len=n)   # + LN3 (affine)
+    x, h = gated_residual_adaln(x, cross(h), None, e3, e4, frame_len=n)    # + LN2
+    x    = gated_residual(x, ffn(h), e5, frame_len=n)
+
+Four memory passes over [tokens, C] instead of eleven. Kernels: a program owns a run of tokens of
+one latent frame, so the frame's modulation vectors are loaded once into registers; rows are
+prefetched one ahead; statistics and products in fp32, one rounding at the store. The backward
+writes per-program partial sums of the per-frame gradients (dscale, dshift, dgate), summed by a
+small torch reduction afterwards (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _checks
+from .._aot import register_aot
+from .._backend import interpret_mode, resolve_backend
+from . import reference
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_row(ptr, offset, cols, mask):
+    return tl.load(ptr + offset + cols, mask=mask, other=0.0)
+
+
+@triton.jit
+def _residual_norm_fwd_kernel(
+    x_ptr,  # [B, L, C] float (strides stride_xb, stride_xl, 1)
+    y_ptr,  # [B, L, C] float (strides stride_yb, stride_yl, 1); RESIDUAL
+    gate_ptr,  # [B, F, C] per-frame gate (strides stride_gb, stride_gf, 1); GATED
+    scale_ptr,  # [B, F, C] per-frame scale (strides stride_sb, stride_sf, 1); NORM
+    shift_ptr,  # [B, F, C] per-frame shift (strides stride_tb, stride_tf, 1); NORM
+    r_ptr,  # [B, L, C] out, contiguous: x + gate·y; RESIDUAL
+    h_ptr,  # [B, L, C] out, contiguous: LN(r)·m + shift; NORM
+    L,
+    C,
+    frame_len,
+    rows_per_prog,
+    stride_xb, stride_xl, stride_yb, stride_yl,
+    stride_gb, stride_gf, stride_sb, stride_sf, stride_tb, stride_tf,
+    eps,
+    RESIDUAL: tl.constexpr,
+    GATED: tl.constexpr,
+    NORM: tl.constexpr,
+    PLUS_ONE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    f = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    cols = tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    first = pid_p * rows_per_prog
+    last = tl.minimum(first + rows_per_prog, frame_len)
+    tok0 = f * frame_len
+
+    if GATED:
+        gate = _load_row(gate_ptr, b * stride_gb + f * stride_gf, cols, cmask).to(tl.float32)
+    if NORM:
+        m = _load_row(scale_ptr, b * stride_sb + f * stride_sf, cols, cmask).to(tl.float32)
+        if PLUS_ONE:
+            m = m + 1.0
+        a = _load_row(shift_ptr, b * stride_tb + f * stride_tf, cols, cmask).to(tl.float32)
+
+    # rows are prefetched one ahead so the next row's load is in flight during this row's math
+    t = tok0 + first
+    x_nxt = _load_row(x_ptr, b * stride_xb + t * stride_xl, cols, cmask)
+    if RESIDUAL:
+        y_nxt = _load_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
+    for i in range(first, last):
+        t = tok0 + i
+        x = x_nxt.to(tl.float32)
+        pmask = cmask & (i + 1 < last)
+        x_nxt = _load_row(x_ptr, b * stride_xb + (t + 1) * stride_xl, cols, pmask)
+        out_off = (b * L + t) * C
+        if RESIDUAL:
+            y = y_nxt.to(tl.float32)
+            y_nxt = _load_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
+            if GATED:
+                y = y * gate
+            r = (x + y).to(r_ptr.dtype.element_ty)
+            tl.store(r_ptr + out_off + cols, r, mask=cmask)
+            x = r.to(tl.float32)  # normalize the stored (rounded) residual, as two ops would
+        if NORM:
+            mean = tl.sum(x, axis=0) / C
+            d = tl.where(cmask, x - mean, 0.0)
+            rstd = tl.math.rsqrt(tl.sum(d * d, axis=0) / C + eps)
+            h = d * rstd * m + a
+            tl.store(h_ptr + out_off + cols, h.to(h_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _residual_norm_bwd_kernel(
+    gh_ptr,  # [B, L, C] grad of h (strides stride_ghb, stride_ghl, 1); NORM
+    gr_ptr,  # [B, L, C] grad of r (strides stride_grb, stride_grl, 1); RESIDUAL
+    r_ptr,  # [B, L, C] the normalized input (x or r) (strides stride_rb, stride_rl, 1); NORM
+    y_ptr,  # [B, L, C] residual branch (strides stride_yb, stride_yl, 1); GATED
+    gate_ptr,  # [B, F, C] per-frame gate (strides stride_gb, stride_gf, 1); GATED
+    scale_ptr,  # [B, F, C] per-frame scale (strides stride_sb, stride_sf, 1); NORM
+    dx_ptr,  # [B, L, C] out, contiguous; NORM
+    dy_ptr,  # [B, L, C] out, contiguous; GATED
+    part_ptr,  # [n_acc, B, F, P, C] fp32 out: per-program Σ of (dscale, dshift | dgate)
+    L,
+    C,
+    frame_len,
+    rows_per_prog,
+    n_prog_f,  # P: programs per frame
+    n_frames,  # F
+    stride_ghb, stride_ghl, stride_grb, stride_grl, stride_rb, stride_rl, stride_yb, stride_yl,
+    stride_gb, stride_gf, stride_sb, stride_sf,
+    eps,
+    NORM: tl.constexpr,
+    RESIDUAL: tl.constexpr,
+    GATED: tl.constexpr,
+    PLUS_ONE: tl.constexpr,
+    MOD_GRAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    f = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    n_b = tl.num_programs(2)
+    cols = tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    first = pid_p * rows_per_prog
+    last = tl.minimum(first + rows_per_prog, frame_len)
+    tok0 = f * frame_len
+
+    zero = tl.zeros([BLOCK_C], dtype=tl.float32)
+    acc_s = zero
+    acc_b = zero
+    acc_g = zero
+    if GATED:
+        gate = _load_row(gate_ptr, b * stride_gb + f * stride_gf, cols, cmask).to(tl.float32)
+    if NORM:
+        m = _load_row(scale_ptr, b * stride_sb + f * stride_sf, cols, cmask).to(tl.float32)
+        if PLUS_ONE:
+            m = m + 1.0
+
+    t = tok0 + first
+    if NORM:
+        r_nxt = _load_row(r_ptr, b * stride_rb + t * stride_rl, cols, cmask)
+        gh_nxt = _load_row(gh_ptr, b * stride_ghb + t * stride_ghl, cols, cmask)
+    if RESIDUAL:
+        gr_nxt = _load_row(gr_ptr, b * stride_grb + t * stride_grl, cols, cmask)
+    if GATED:
+        y_nxt = _load_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
+    for i in range(first, last):
+        t = tok0 + i
+        pmask = cmask & (i + 1 < last)
+        out_off = (b * L + t) * C
+        d = zero
+        if NORM:
+            x = r_nxt.to(tl.float32)
+            gh = gh_nxt.to(tl.float32)
+            r_nxt = _load_row(r_ptr, b * stride_rb + (t + 1) * stride_rl, cols, pmask)
+            gh_nxt = _load_row(gh_ptr, b * stride_ghb + (t + 1) * stride_ghl, cols, pmask)
+            mean = tl.sum(x, axis=0) / C
+            xc = tl.where(cmask, x - mean, 0.0)
+            rstd = tl.math.rsqrt(tl.sum(xc * xc, axis=0) / C + eps)
+            xhat = xc * rstd
+            gx = gh * m
+            d = rstd * (gx - tl.sum(gx, axis=0) / C - xhat * (tl.sum(gx * xhat, axis=0) / C))
+            d = tl.where(cmask, d, 0.0)
+            if MOD_GRAD:
+                acc_s += gh * xhat
+                acc_b += gh
+        if RESIDUAL:
+            d += gr_nxt.to(tl.float32)
+            gr_nxt = _load_row(gr_ptr, b * stride_grb + (t + 1) * stride_grl, cols, pmask)
+        if NORM:
+            tl.store(dx_ptr + out_off + cols, d.to(dx_ptr.dtype.element_ty), mask=cmask)
+        if GATED:
+            y = y_nxt.to(tl.float32)
+            y_nxt = _load_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
+            tl.store(dy_ptr + out_off + cols, (d * gate).to(dy_ptr.dtype.element_ty), mask=cmask)
+            if MOD_GRAD:
+                acc_g += d * y
+
+    if MOD_GRAD:
+        slot = (b * n_frames + f) * n_prog_f + pid_p  # [B, F, P] index
+        plane = n_b * n_frames * n_prog_f * C  # elements per accumulator
+        base = part_ptr + slot * C + cols
+        k = 0
+        if NORM:
+            tl.store(base, acc_s, mask=cmask)
+            tl.store(base + plane, acc_b, mask=cmask)
+            k = 2
+        if GATED:
+            tl.store(base + k * plane, acc_g, mask=cmask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+_FWD_CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 8, 16)]
+_BWD_CONFIGS = [triton.Config({}, num_warps=w) for w in (8, 16, 4)]
+_KEY = ["C", "RESIDUAL", "GATED", "NORM"]
+
+
+@functools.cache
+def _tuned(kernel, bwd: bool):
+    """The kernel wrapped in autotune on the GPU; one fixed config (4 warps) in the interpreter."""
+    if interpret_mode():
+        return kernel
+    return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a few programs per frame, so tests cover ragged row runs
+
+
+def _rows_per_program(n_rows: int, frame_len: int, device: torch.device, bwd: bool) -> int:
+    """Tokens per program. Forward: ~8 programs per SM for latency hiding (the per-frame vectors
+    are re-read once per program, from L2). Backward: ~2 per SM, so that the partial sums
+    (3·C fp32 per program) stay a few % of the traffic."""
+    target = _num_sms(device) * (2 if bwd else 8)
+    return max(1, min(frame_len, triton.cdiv(n_rows, target)))
+
+
+def _row_strides(t: torch.Tensor) -> tuple[int, int]:
+    return t.stride(0), t.stride(1)
+
+
+def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
+    """(r or None, h or None) for the residual / norm variants."""
+    bsz, n_tok, c = x.shape
+    n_frames = n_tok // frame_len
+    residual, gated, norm = y is not None, gate is not None, scale is not None
+    x = _last_dim_unit(x)
+    y = _last_dim_unit(y) if residual else x
+    gate = _last_dim_unit(gate) if gated else x
+    scale = _last_dim_unit(scale) if norm else x
+    shift = _last_dim_unit(shift) if norm else x
+    r = torch.empty((bsz, n_tok, c), dtype=x.dtype, device=x.device) if residual else x
+    h = torch.empty((bsz, n_tok, c), dtype=x.dtype, device=x.device) if norm else x
+    rows = _rows_per_program(bsz * n_tok, frame_len, x.device, bwd=False)
+    grid = (triton.cdiv(frame_len, rows), n_frames, bsz)
+    _tuned(_residual_norm_fwd_kernel, False)[grid](
+        x, y, gate, scale, shift, r, h,
+        n_tok, c, frame_len, rows,
+        *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
+        *_row_strides(shift), eps,
+        RESIDUAL=residual, GATED=gated, NORM=norm, PLUS_ONE=plus_one,
+        BLOCK_C=triton.next_power_of_2(c),
+    )
+    return (r if residual else None), (h if norm else None)
+
+
+def _bwd_triton(grad_h, grad_r, r, y, gate, scale, frame_len, eps, plus_one, mod_grad, acc_dtype,
+                dx_dtype, dy_dtype):
+    """(dx or None, dy or None, list of [B, F, C] per-frame grads (dscale, dshift | dgate) or None)."""
+    norm, residual, gated = grad_h is not None, grad_r is not None, gate is not None
+    ref = grad_h if norm else grad_r
+    bsz, n_tok, c = ref.shape
+    n_frames = n_tok // frame_len
+    dev = ref.device
+    grad_h = _last_dim_unit(grad_h) if norm else ref
+    grad_r = _last_dim_unit(grad_r) if residual else ref
+    r = _last_dim_unit(r) if norm else ref
+    y = _last_dim_unit(y) if gated else ref
+    gate = _last_dim_unit(gate) if gated else ref
+    scale = _last_dim_unit(scale) if norm else ref
+    dx = torch.empty((bsz, n_tok, c), dtype=dx_dtype, device=dev) if norm else ref
+    dy = torch.empty((bsz, n_tok, c), dtype=dy_dtype, device=dev) if gated else ref
+    rows = _rows_per_program(bsz * n_tok, frame_len, dev, bwd=True)
+    n_prog_f = triton.cdiv(frame_len, rows)
+    n_acc = (2 if norm else 0) + (1 if gated else 0)
+    part = (torch.empty((n_acc, bsz, n_frames, n_prog_f, c), dtype=torch.float32, device=dev)
+            if mod_grad and n_acc else ref)
+    grid = (n_prog_f, n_frames, bsz)
+    _tuned(_residual_norm_bwd_kernel, True)[grid](
+        grad_h, grad_r, r, y, gate, scale, dx, dy, part,
+        n_tok, c, frame_len, rows, n_prog_f, n_frames,
+        *_row_strides(grad_h), *_row_strides(grad_r), *_row_strides(r), *_row_strides(y),
+        *_row_strides(gate), *_row_strides(scale), eps,
+        NORM=norm, RESIDUAL=residual, GATED=gated, PLUS_ONE=plus_one,
+        MOD_GRAD=mod_grad and n_acc > 0, BLOCK_C=triton.next_power_of_2(c),
+    )
+    sums = [part[i].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)] if mod_grad and n_acc else None
+    return (dx if norm else None), (dy if gated else None), sums
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops
+# ---------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(*ts: torch.Tensor | None) -> torch.dtype:
+    """dtype of the per-frame gradient outputs of the backward ops (fp64 only for fp64 inputs)."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def _empty(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.new_empty((0,), dtype=dtype)
+
+
+@torch.library.custom_op("longlive_kernels::layernorm_modulate", mutates_args=())
+def _ln_mod_op(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, frame_len: int, eps: float,
+    plus_one: bool, backend: str,
+) -> torch.Tensor:
+    if backend == "torch":
+        return reference.layernorm_modulate(x, scale, shift, frame_len=frame_len, eps=eps, plus_one=plus_one)
+    return _fwd_triton(x, None, None, scale, shift, frame_len, eps, plus_one)[1]
+
+
+@_ln_mod_op.register_fake
+def _(x, scale, shift, frame_len, eps, plus_one, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("longlive_kernels::layernorm_modulate_backward", mutates_args=())
+def _ln_mod_bwd_op(
+    grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, frame_len: int, eps: float,
+    plus_one: bool, mod_grad: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    acc = _acc_dtype(x, scale)
+    if backend == "torch":
+        ct = reference._compute_dtype(x, None)
+        dx, ds, db = reference._layernorm_modulate_grads(grad, x, scale, frame_len, eps, plus_one, ct)
+        dx = dx.to(x.dtype)
+    else:
+        dx, _, sums = _bwd_triton(grad, None, x, None, None, scale, frame_len, eps, plus_one,
+                                  mod_grad, acc, x.dtype, None)
+        ds, db = (sums[0], sums[1]) if mod_grad else (None, None)
+    if not mod_grad:
+        return dx, _empty(x, acc), _empty(x, acc)
+    return dx, ds.to(acc), db.to(acc)
+
+
+@_ln_mod_bwd_op.register_fake
+def _(grad, x, scale, frame_len, eps, plus_one, mod_grad, backend):
+    acc = _acc_dtype(x, scale)
+    b, n_tok, c = x.shape
+    shape = (b, n_tok // frame_len, c) if mod_grad else (0,)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty(shape, dtype=acc), x.new_empty(shape, dtype=acc))
+
+
+def _ln_mod_setup(ctx, inputs, output):
+    x, scale, shift, frame_len, eps, plus_one, backend = inputs
+    ctx.save_for_backward(x, scale)
+    ctx.cfg = (frame_len, eps, plus_one, backend)
+    ctx.mod_dtypes = (scale.dtype, shift.dtype)
+
+
+def _ln_mod_backward(ctx, grad):
+    x, scale = ctx.saved_tensors
+    frame_len, eps, plus_one, backend = ctx.cfg
+    mod_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+    dx, ds, db = _ln_mod_bwd_op(grad, x, scale, frame_len, eps, plus_one, mod_grad, backend)
+    if not mod_grad:
+        return dx, None, None, None, None, None, None
+    return dx, ds.to(ctx.mod_dtypes[0]), db.to(ctx.mod_dtypes[1]), None, None, None, None
+
+
+_ln_mod_op.register_autograd(_ln_mod_backward, setup_context=_ln_mod_setup)
+
+
+@torch.library.custom_op("longlive_kernels::gated_residual", mutates_args=())
+def _gated_residual_op(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, frame_len: int,
+                       backend: str) -> torch.Tensor:
+    if backend == "torch":
+        return reference.gated_residual(x, y, gate, frame_len=frame_len)
+    return _fwd_triton(x, y, gate, None, None, frame_len, 0.0, False)[0]
+
+
+@_gated_residual_op.register_fake
+def _(x, y, gate, frame_len, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("longlive_kernels::gated_residual_backward", mutates_args=())
+def _gated_residual_bwd_op(grad: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, frame_len: int,
+                           gate_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    acc = _acc_dtype(y, gate)
+    if backend == "torch":
+        _, dy, dgate = reference.gated_residual_backward(grad, y, gate.to(acc), frame_len=frame_len)
+    else:
+        _, dy, sums = _bwd_triton(None, grad, None, y, gate, None, frame_len, 0.0, False, gate_grad,
+                                  acc, None, y.dtype)
+        dgate = sums[0] if gate_grad else None
+    return dy, (dgate.to(acc) if gate_grad else _empty(y, acc))
+
+
+@_gated_residual_bwd_op.register_fake
+def _(grad, y, gate, frame_len, gate_grad, backend):
+    b, n_tok, c = y.shape
+    shape = (b, n_tok // frame_len, c) if gate_grad else (0,)
+    return (torch.empty_like(y, memory_format=torch.contiguous_format),
+            y.new_empty(shape, dtype=_acc_dtype(y, gate)))
+
+
+def _gated_residual_setup(ctx, inputs, output):
+    x, y, gate, frame_len, backend = inputs
+    ctx.save_for_backward(y, gate)
+    ctx.cfg = (frame_len, backend)
+    ctx.x_dtype = x.dtype
+
+
+def _gated_residual_backward(ctx, grad):
+    y, gate = ctx.saved_tensors
+    frame_len, backend = ctx.cfg
+    gate_grad = ctx.needs_input_grad[2]
+    dy, dgate = _gated_residual_bwd_op(grad, y, gate, frame_len, gate_grad, backend)
+    return grad.to(ctx.x_dtype), dy, (dgate.to(gate.dtype) if gate_grad else None), None, None
+
+
+_gated_residual_op.register_autograd(_gated_residual_backward, setup_context=_gated_residual_setup)
+
+
+@torch.library.custom_op("longlive_kernels::residual_layernorm_modulate", mutates_args=())
+def _res_ln_mod_op(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, scale: torch.Tensor,
+    shift: torch.Tensor, frame_len: int, eps: float, plus_one: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "torch":
+        return reference.residual_layernorm_modulate(
+            x, y, gate, scale, shift, frame_len=frame_len, eps=eps, plus_one=plus_one
+        )
+    return _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one)
+
+
+@_res_ln_mod_op.register_fake
+def _(x, y, gate, scale, shift, frame_len, eps, plus_one, backend):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+@torch.library.custom_op("longlive_kernels::residual_layernorm_modulate_backward", mutates_args=())
+def _res_ln_mod_bwd_op(
+    grad_r: torch.Tensor, grad_h: torch.Tensor, r: torch.Tensor, y: torch.Tensor,
+    gate: torch.Tensor | None, scale: torch.Tensor, frame_len: int, eps: float, plus_one: bool,
+    mod_grad: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dy | empty when ungated (dy = dx), dgate | empty, dscale | empty, dshift | empty)."""
+    acc = _acc_dtype(r, scale, gate)
+    if backend == "torch":
+        ct = reference._compute_dtype(r, None)
+        dx, dy, dgate, ds, db = reference.residual_layernorm_modulate_backward(
+            grad_r, grad_h, r, y, None if gate is None else gate.to(ct), scale.to(ct),
+            frame_len=frame_len, eps=eps, plus_one=plus_one,
+        )
+        sums = [ds, db] + ([dgate] if gate is not None else [])
+    else:
+        dx, dy, sums = _bwd_triton(grad_h, grad_r, r, y if gate is not None else None, gate, scale,
+                                   frame_len, eps, plus_one, True if mod_grad else gate is not None,
+                                   acc, r.dtype, y.dtype)
+    dy = dy if gate is not None else _empty(r, y.dtype)
+    dgate = sums[2].to(acc) if gate is not None else _empty(r, acc)
+    if not mod_grad:
+        return dx, dy, dgate, _empty(r, acc), _empty(r, acc)
+    return dx, dy, dgate, sums[0].to(acc), sums[1].to(acc)
+
+
+@_res_ln_mod_bwd_op.register_fake
+def _(grad_r, grad_h, r, y, gate, scale, frame_len, eps, plus_one, mod_grad, backend):
+    acc = _acc_dtype(r, scale, gate)
+    b, n_tok, c = r.shape
+    per_frame = (b, n_tok // frame_len, c)
+    like = torch.empty_like(r, memory_format=torch.contiguous_format)
+    dy = torch.empty_like(y, memory_format=torch.contiguous_format) if gate is not None else r.new_empty((0,), dtype=y.dtype)
+    dgate = r.new_empty(per_frame if gate is not None else (0,), dtype=acc)
+    mod = per_frame if mod_grad else (0,)
+    return like, dy, dgate, r.new_empty(mod, dtype=acc), r.new_empty(mod, dtype=acc)
+
+
+def _res_ln_mod_setup(ctx, inputs, output):
+    x, y, gate, scale, shift, frame_len, eps, plus_one, backend = inputs
+    ctx.save_for_backward(output[0], y, gate, scale)
+    ctx.cfg = (frame_len, eps, plus_one, backend)
+    ctx.dtypes = (x.dtype, y.dtype, scale.dtype, shift.dtype)
+
+
+def _res_ln_mod_backward(ctx, grad_r, grad_h):
+    r, y, gate, scale = ctx.saved_tensors
+    frame_len, eps, plus_one, backend = ctx.cfg
+    x_dt, y_dt, s_dt, t_dt = ctx.dtypes
+    mod_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+    dx, dy, dgate, ds, db = _res_ln_mod_bwd_op(grad_r, grad_h, r, y, gate, scale, frame_len, eps,
+                                               plus_one, mod_grad, backend)
+    if gate is None:
+        dy, dgate = dx.to(y_dt), None
+    else:
+        dgate = dgate.to(gate.dtype)
+    ds, db = (ds.to(s_dt), db.to(t_dt)) if mod_grad else (None, None)
+    return dx.to(x_dt), dy, dgate, ds, db, None, None, None, None
+
+
+_res_ln_mod_op.register_autograd(_res_ln_mod_backward, setup_context=_res_ln_mod_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+_SUPPORTED = ("triton", "torch")
+
+
+def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
+    be = resolve_backend(backend, x.device, op=op, supported=_SUPPORTED, prefer=("triton",))
+    return be
+
+
+def _check_tokens(name: str, x: torch.Tensor, be: str) -> None:
+    dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if be == "torch" else ())
+    _checks.check_dtype(name, x, dtypes)
+    _checks.check_ndim(name, x, 3)
+    _checks.check_nonempty(name, x)
+
+
+def _check_frame_len(frame_len: object, n_tok: int) -> None:
+    if isinstance(frame_len, bool) or not isinstance(frame_len, int):
+        raise TypeError(f"frame_len must be an int, got {type(frame_len).__name__}")
+    if frame_len <= 0:
+        raise ValueError(f"frame_len must be positive, got {frame_len}")
+    if n_tok % frame_len != 0:
+        raise ValueError(
+            f"x has {n_tok} tokens, not a multiple of frame_len={frame_len} (expected L = F·frame_len)"
+        )
+
+
+def _per_frame_vector(name: str, v: torch.Tensor, x: torch.Tensor, frame_len: int, be: str) -> torch.Tensor:
+    """Check a per-frame vector [B, F, C] (or [B, F, 1, C] as chunked from e0) against x [B, L, C]."""
+    dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if be == "torch" else ())
+    _checks.check_dtype(name, v, dtypes)
+    if v.dim() == 4 and v.shape[2] == 1:
+        v = v.squeeze(2)
+    b, n_tok, c = x.shape
+    expected = (b, n_tok // frame_len, c)
+    if v.dim() != 3 or tuple(v.shape) != expected:
+        raise ValueError(
+            f"{name} must have shape [B, F, C] = {list(expected)} (F = L // frame_len = "
+            f"{n_tok} // {frame_len}), got {list(v.shape)}"
+        )
+    _checks.check_same_device(x=x, **{name: v})
+    return v
+
+
+def _check_eps(eps: object) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    return float(eps)
+
+
+def _check_residual_branch(x: torch.Tensor, y: torch.Tensor, be: str) -> None:
+    _check_tokens("y", y, be)
+    if y.shape != x.shape:
+        raise ValueError(f"y must have the shape of x {list(x.shape)}, got {list(y.shape)}")
+    _checks.check_same_device(x=x, y=y)
+
+
+def adaln_modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    frame_len: int,
+    eps: float = 1e-6,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """adaLN: ``LayerNorm(x)·(1 + scale) + shift`` with per-latent-frame shift/scale.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        [B, L, C] bf16/fp16/fp32 tokens (any strides), L = F·frame_len.
+    shift, scale : torch.Tensor
+        [B, F, C] (or [B, F, 1, C]) bf16/fp16/fp32; token ``t`` uses frame ``t // frame_len``.
+        Strided views (chunks of the [B, F, 6, C] modulation) are read in place.
+    frame_len : int
+        Tokens per latent frame (880 for 704×1280 with the 5B model).
+    eps : float
+        Added to the variance inside the rsqrt (1e-6 in Wan).
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    torch.Tensor
+        [B, L, C] contiguous, x's dtype. Statistics (biased variance) and products in fp32,
+        rounded once.
+
+    Raises
+    ------
+    TypeError
+        Non-float tensors (fp64 only with ``backend="torch"``), non-int ``frame_len``.
+    ValueError
+        x not 3-D or empty, L not a multiple of ``frame_len``, shift/scale not [B, L/frame_len, C],
+        tensors on different devices, ``eps`` ≤ 0, a backend that cannot run here.
+
+    Notes
+    -----
+    Spec §1.1 (LN1, LN2: ``norm(x)·(1 + e1) + e0``, LayerNorm without affine, eps 1e-6) and
+    §4.2 (LongLive's inference-only Triton kernel). Differentiable in x, shift and scale.
+    """
+    _checks.check_tensor("x", x)
+    be = _resolve(backend, x, "adaln_modulate")
+    _check_tokens("x", x, be)
+    _check_frame_len(frame_len, x.shape[1])
+    shift = _per_frame_vector("shift", shift, x, frame_len, be)
+    scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    return _ln_mod_op(x, scale, shift, frame_len, _check_eps(eps), True, be)
+
+
+def gated_residual(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, *, frame_len: int, backend: str = "auto"
+) -> torch.Tensor:
+    """Gated residual ``x + gate·y`` with a per-frame gate.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        [B, L, C] bf16/fp16/fp32 (any strides), same shape.
+    gate : torch.Tensor
+        [B, F, C] (or [B, F, 1, C]) per-frame gate, L = F·frame_len.
+    frame_len : int
+        Tokens per latent frame.
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    torch.Tensor
+        [B, L, C] contiguous, x's dtype (fp32 math, one rounding).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`adaln_modulate`; y not shaped like x.
+
+    Notes
+    -----
+    Spec §1.1: ``x = x + SelfAttn(·)·e2``, ``x = x + FFN(·)·e5``.
+    """
+    _checks.check_tensor("x", x)
+    be = _resolve(backend, x, "gated_residual")
+    _check_tokens("x", x, be)
+    _check_residual_branch(x, y, be)
+    _check_frame_len(frame_len, x.shape[1])
+    gate = _per_frame_vector("gate", gate, x, frame_len, be)
+    return _gated_residual_op(x, y, gate, frame_len, be)
+
+
+def gated_residual_adaln(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    *,
+    frame_len: int,
+    eps: float = 1e-6,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add then adaLN in one pass: ``r = x + gate·y`` (``x + y`` when gate is None),
+    ``h = LayerNorm(r)·(1 + scale) + shift``.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        [B, L, C] bf16/fp16/fp32, same shape (e.g. residual stream and cross-attention output).
+    gate : torch.Tensor or None
+        [B, F, C] per-frame gate, or None for an ungated residual.
+    shift, scale : torch.Tensor
+        [B, F, C] per-frame adaLN vectors (e3, e4 for LN2).
+    frame_len : int
+    eps : float
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    (r, h) : tuple of torch.Tensor
+        Both [B, L, C] contiguous in x's dtype; h normalizes r *after* its rounding to x's dtype
+        (identical to the two ops run separately).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`adaln_modulate` and :func:`gated_residual`.
+
+    Notes
+    -----
+    Spec §1.1 block: ``x = x + CrossAttn(·)`` followed by ``LN2(x)·(1 + e4) + e3``.
+    """
+    _checks.check_tensor("x", x)
+    be = _resolve(backend, x, "gated_residual_adaln")
+    _check_tokens("x", x, be)
+    _check_residual_branch(x, y, be)
+    _check_frame_len(frame_len, x.shape[1])
+    if gate is not None:
+        gate = _per_frame_vector("gate", gate, x, frame_len, be)
+    shift = _per_frame_vector("shift", shift, x, frame_len, be)
+    scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    return _res_ln_mod_op(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)
+
+
+def gated_residual_layernorm(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gate: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    frame_len: int | None = None,
+    eps: float = 1e-6,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual add then affine LayerNorm in one pass: ``r = x + gate·y``,
+    ``h = LayerNorm(r)·weight + bias``.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor
+        [B, L, C] bf16/fp16/fp32, same shape (residual stream, self-attention output).
+    gate : torch.Tensor or None
+        [B, F, C] per-frame gate (e2), or None for ``x + y``.
+    weight, bias : torch.Tensor or None
+        [C] LayerNorm affine parameters (LN3); None means 1 / 0.
+    frame_len : int, optional
+        Tokens per frame; required with a gate (default: L).
+    eps : float
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    (r, h) : tuple of torch.Tensor
+        Both [B, L, C] contiguous in x's dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`gated_residual_adaln`; weight/bias not [C].
+
+    Notes
+    -----
+    Spec §1.1 block: ``x = x + SelfAttn(·)·e2`` followed by ``LN3(x)`` (``cross_attn_norm``,
+    with affine). Differentiable in x, y, gate, weight and bias.
+    """
+    _checks.check_tensor("x", x)
+    be = _resolve(backend, x, "gated_residual_layernorm")
+    _check_tokens("x", x, be)
+    _check_residual_branch(x, y, be)
+    b, n_tok, c = x.shape
+    if frame_len is None:
+        if gate is not None:
+            raise ValueError("frame_len is required when a gate is given")
+        frame_len = n_tok
+    _check_frame_len(frame_len, n_tok)
+    if gate is not None:
+        gate = _per_frame_vector("gate", gate, x, frame_len, be)
+    n_frames = n_tok // frame_len
+    vecs = []
+    for name, v, fill in (("weight", weight, 1.0), ("bias", bias, 0.0)):
+        if v is None:
+            v = x.new_full((c,), fill, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype)
+        dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if be == "torch" else ())
+        _checks.check_dtype(name, v, dtypes)
+        if v.shape != (c,):
+            raise ValueError(f"{name} must have shape [C] = [{c}], got {list(v.shape)}")
+        _checks.check_same_device(x=x, **{name: v})
+        vecs.append(v.view(1, 1, c).expand(b, n_frames, c))  # stride-0 view: read once per program
+    return _res_ln_mod_op(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)
+
+
+# ---------------------------------------------------------------------------------------------
+# AOT specialisations (CI compiles these for sm_90a)
+# ---------------------------------------------------------------------------------------------
+
+_FWD_SIG = {
+    "x_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32",
+    "r_ptr": "*bf16", "h_ptr": "*bf16", "L": "i32", "C": "i32", "frame_len": "i32", "rows_per_prog": "i32",
+    **{s: "i64" for s in ("stride_xb", "stride_xl", "stride_yb", "stride_yl", "stride_gb", "stride_gf",
+                          "stride_sb", "stride_sf", "stride_tb", "stride_tf")},
+    "eps": "fp32",
+}
+_BWD_SIG = {
+    "gh_ptr": "*bf16", "gr_ptr": "*bf16", "r_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*fp32",
+    "scale_ptr": "*fp32", "dx_ptr": "*bf16", "dy_ptr": "*bf16", "part_ptr": "*fp32",
+    "L": "i32", "C": "i32", "frame_len": "i32", "rows_per_prog": "i32", "n_prog_f": "i32", "n_frames": "i32",
+    **{s: "i64" for s in ("stride_ghb", "stride_ghl", "stride_grb", "stride_grl", "stride_rb", "stride_rl",
+                          "stride_yb", "stride_yl", "stride_gb", "stride_gf", "stride_sb", "stride_sf")},
+    "eps": "fp32",
+}
+for _res, _gated, _norm in [(False, False, True), (True, True, True), (True, False, True), (True, True, False)]:
+    register_aot(_residual_norm_fwd_kernel, signature=_FWD_SIG,
+                 constexprs={"RESIDUAL": _res, "GATED": _gated, "NORM": _norm, "PLUS_ONE": True,
+                             "BLOCK_C": 4096})
+    register_aot(_residual_norm_bwd_kernel, signature=_BWD_SIG,
+                 constexprs={"NORM": _norm, "RESIDUAL": _res, "GATED": _gated, "PLUS_ONE": True,
+                             "MOD_GRAD": True, "BLOCK_C": 4096})
