@@ -1,3 +1,4 @@
 """Fused RoPE and adaLN (forward + backward), the FP4 KV cache and attention that reads it."""
 
 from .adaln import adaln_modulate, gated_residual, gated_residual_adaln, gated_residual_layernorm  # noqa: E402
+from .rope import apply_rope_3d  # noqa: E402

@@ -1,0 +1,559 @@
+"""Fused qk-RMSNorm + 3D RoPE (Wan2.2 interleaved pairs, (t, h, w) channel split), forward and
+backward (spec §1.1, §4.1; nvfp4-hopper §6).
+
+LongLive-2.0's Triton RoPE is inference-only (no backward; training falls back to Wan's fp64
+complex chain). Here one kernel reads q and k once (strided views of a fused QKV projection are
+fine), optionally RMS-normalizes each token over heads·D with the learnable weight, rotates the
+interleaved pairs and writes contiguous outputs; the backward kernel applies the inverse rotation
+and the RMSNorm backward, writing per-program partial sums of the weight gradients.
+
+Angles: fp64-built cos/sin tables of shape [F + H + W, D/2] (a few KB, cached per (grid, offset,
+theta, device)): row f < F holds the temporal angles of frame f + frame_offset, rows F + y and
+F + H + x the height/width angles, so any absolute temporal position (> 1024 frames, multi-shot
+offsets, SP-local slices) costs nothing extra. The kernel gathers, per pair, the row of the part
+the pair belongs to.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _checks
+from .._aot import register_aot
+from .._backend import interpret_mode, resolve_backend
+from . import reference
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _rotate_pairs(x, c, s, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotate interleaved pairs (x[:, 2j], x[:, 2j+1]) of x [BLOCK_H, BLOCK_D] by cos/sin [BLOCK_D/2]:
+    (a·c − b·s, a·s + b·c)."""
+    a, b = tl.split(tl.reshape(x, (BLOCK_H, BLOCK_D // 2, 2)))
+    c = c[None, :]
+    s = s[None, :]
+    return tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK_H, BLOCK_D))
+
+
+@triton.jit
+def _token_angles(cos_ptr, sin_ptr, tok, n_frames, GH, GW, pair, pmask,
+                  HALF: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr):
+    """cos/sin [BLOCK_D/2] of token ``tok`` (frame-major (f, y, x) order) from the packed tables."""
+    hw = GH * GW
+    f = tok // hw
+    rem = tok - f * hw
+    yy = rem // GW
+    xx = rem - yy * GW
+    row = tl.where(pair < NT, f, tl.where(pair < NT + NHP, n_frames + yy, n_frames + GH + xx))
+    off = row * HALF + pair
+    return tl.load(cos_ptr + off, mask=pmask, other=0.0), tl.load(sin_ptr + off, mask=pmask, other=0.0)
+
+
+@triton.jit
+def _rope_fwd_kernel(
+    q_ptr,  # [B, L, NH, D] float (strides sqb, sql, sqh, 1)
+    k_ptr,  # [B, L, NH, D] float (strides skb, skl, skh, 1)
+    wq_ptr,  # [NH·D] RMSNorm weight of q; NORM_Q
+    wk_ptr,  # [NH·D] RMSNorm weight of k; NORM_K
+    cos_ptr,  # [F + GH + GW, D/2] fp32
+    sin_ptr,  # [F + GH + GW, D/2] fp32
+    qo_ptr,  # [B, L, NH, D] out, contiguous
+    ko_ptr,  # [B, L, NH, D] out, contiguous
+    L,
+    NH,
+    n_frames,
+    GH,
+    GW,
+    rows_per_prog,
+    sqb, sql, sqh, skb, skl, skh,
+    eps,
+    D: tl.constexpr,
+    NT: tl.constexpr,
+    NHP: tl.constexpr,
+    NORM_Q: tl.constexpr,
+    NORM_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    HALF: tl.constexpr = D // 2
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    heads = tl.arange(0, BLOCK_H)
+    ch = tl.arange(0, BLOCK_D)
+    mask = (heads < NH)[:, None] & (ch < D)[None, :]
+    pair = tl.arange(0, BLOCK_D // 2)
+    pmask = pair < HALF
+    woff = heads[:, None] * D + ch[None, :]
+    n = NH * D
+    if NORM_Q:
+        wq = tl.load(wq_ptr + woff, mask=mask, other=0.0).to(tl.float32)
+    if NORM_K:
+        wk = tl.load(wk_ptr + woff, mask=mask, other=0.0).to(tl.float32)
+    q_in = q_ptr + b * sqb + heads[:, None] * sqh + ch[None, :]
+    k_in = k_ptr + b * skb + heads[:, None] * skh + ch[None, :]
+    out = b * L * n + woff
+    first = pid * rows_per_prog
+    last = tl.minimum(first + rows_per_prog, L)
+
+    q_nxt = tl.load(q_in + first * sql, mask=mask, other=0.0)
+    k_nxt = tl.load(k_in + first * skl, mask=mask, other=0.0)
+    tok0 = first.to(tl.int64)
+    for i in range(0, last - first):
+        t = tok0 + i
+        q = q_nxt.to(tl.float32)
+        k = k_nxt.to(tl.float32)
+        nmask = mask & (t + 1 < last)
+        q_nxt = tl.load(q_in + (t + 1) * sql, mask=nmask, other=0.0)
+        k_nxt = tl.load(k_in + (t + 1) * skl, mask=nmask, other=0.0)
+        c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
+        if NORM_Q:
+            q = q * tl.math.rsqrt(tl.sum(tl.sum(q * q, axis=1), axis=0) / n + eps) * wq
+        if NORM_K:
+            k = k * tl.math.rsqrt(tl.sum(tl.sum(k * k, axis=1), axis=0) / n + eps) * wk
+        o = out + t * n
+        tl.store(qo_ptr + o, _rotate_pairs(q, c, s, BLOCK_H, BLOCK_D).to(qo_ptr.dtype.element_ty), mask=mask)
+        tl.store(ko_ptr + o, _rotate_pairs(k, c, s, BLOCK_H, BLOCK_D).to(ko_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_rope_bwd_row(g, x, w, c, s, n, eps, NORM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(dx, du·n) for one token: inverse rotation, then the RMSNorm backward when NORM."""
+    du = _rotate_pairs(g, c, 0.0 - s, BLOCK_H, BLOCK_D)
+    if NORM:
+        rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps)
+        xn = x * rstd
+        gn = du * w
+        dot = tl.sum(tl.sum(gn * xn, axis=1), axis=0) / n
+        return rstd * (gn - xn * dot), du * xn
+    return du, du
+
+
+@triton.jit
+def _rope_bwd_kernel(
+    gq_ptr,  # [B, L, NH, D] grad of q_out (strides gqb, gql, gqh, 1)
+    gk_ptr,  # [B, L, NH, D] grad of k_out (strides gkb, gkl, gkh, 1)
+    q_ptr,  # [B, L, NH, D] forward input q (strides sqb, sql, sqh, 1); NORM_Q
+    k_ptr,  # [B, L, NH, D] forward input k (strides skb, skl, skh, 1); NORM_K
+    wq_ptr,  # [NH·D]; NORM_Q
+    wk_ptr,  # [NH·D]; NORM_K
+    cos_ptr,  # [F + GH + GW, D/2] fp32
+    sin_ptr,  # [F + GH + GW, D/2] fp32
+    dq_ptr,  # [B, L, NH, D] out, contiguous
+    dk_ptr,  # [B, L, NH, D] out, contiguous
+    part_ptr,  # [2, B, P, NH·D] fp32 out: per-program Σ du·n for wq, wk
+    L,
+    NH,
+    n_frames,
+    GH,
+    GW,
+    rows_per_prog,
+    gqb, gql, gqh, gkb, gkl, gkh, sqb, sql, sqh, skb, skl, skh,
+    eps,
+    D: tl.constexpr,
+    NT: tl.constexpr,
+    NHP: tl.constexpr,
+    NORM_Q: tl.constexpr,
+    NORM_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    HALF: tl.constexpr = D // 2
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    n_prog = tl.num_programs(0)
+    n_b = tl.num_programs(1)
+    heads = tl.arange(0, BLOCK_H)
+    ch = tl.arange(0, BLOCK_D)
+    mask = (heads < NH)[:, None] & (ch < D)[None, :]
+    pair = tl.arange(0, BLOCK_D // 2)
+    pmask = pair < HALF
+    woff = heads[:, None] * D + ch[None, :]
+    n = NH * D
+    wq = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    wk = wq
+    acc_q = wq
+    acc_k = wq
+    if NORM_Q:
+        wq = tl.load(wq_ptr + woff, mask=mask, other=0.0).to(tl.float32)
+    if NORM_K:
+        wk = tl.load(wk_ptr + woff, mask=mask, other=0.0).to(tl.float32)
+    gq_in = gq_ptr + b * gqb + heads[:, None] * gqh + ch[None, :]
+    gk_in = gk_ptr + b * gkb + heads[:, None] * gkh + ch[None, :]
+    q_in = q_ptr + b * sqb + heads[:, None] * sqh + ch[None, :]
+    k_in = k_ptr + b * skb + heads[:, None] * skh + ch[None, :]
+    out = b * L * n + woff
+    first = pid * rows_per_prog
+    last = tl.minimum(first + rows_per_prog, L)
+
+    gq_nxt = tl.load(gq_in + first * gql, mask=mask, other=0.0)
+    gk_nxt = tl.load(gk_in + first * gkl, mask=mask, other=0.0)
+    if NORM_Q:
+        q_nxt = tl.load(q_in + first * sql, mask=mask, other=0.0)
+    if NORM_K:
+        k_nxt = tl.load(k_in + first * skl, mask=mask, other=0.0)
+    tok0 = first.to(tl.int64)
+    for i in range(0, last - first):
+        t = tok0 + i
+        nmask = mask & (t + 1 < last)
+        gq = gq_nxt.to(tl.float32)
+        gk = gk_nxt.to(tl.float32)
+        gq_nxt = tl.load(gq_in + (t + 1) * gql, mask=nmask, other=0.0)
+        gk_nxt = tl.load(gk_in + (t + 1) * gkl, mask=nmask, other=0.0)
+        q = gq
+        k = gk
+        if NORM_Q:
+            q = q_nxt.to(tl.float32)
+            q_nxt = tl.load(q_in + (t + 1) * sql, mask=nmask, other=0.0)
+        if NORM_K:
+            k = k_nxt.to(tl.float32)
+            k_nxt = tl.load(k_in + (t + 1) * skl, mask=nmask, other=0.0)
+        c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
+        dq, wgq = _rms_rope_bwd_row(gq, q, wq, c, s, n, eps, NORM_Q, BLOCK_H, BLOCK_D)
+        dk, wgk = _rms_rope_bwd_row(gk, k, wk, c, s, n, eps, NORM_K, BLOCK_H, BLOCK_D)
+        if NORM_Q:
+            acc_q += wgq
+        if NORM_K:
+            acc_k += wgk
+        o = out + t * n
+        tl.store(dq_ptr + o, dq.to(dq_ptr.dtype.element_ty), mask=mask)
+        tl.store(dk_ptr + o, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+
+    plane = n_b * n_prog * n  # elements per weight's partials
+    base = part_ptr + (b * n_prog + pid) * n + woff
+    if NORM_Q:
+        tl.store(base, acc_q, mask=mask)
+    if NORM_K:
+        tl.store(base + plane, acc_k, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+_CONFIGS = [triton.Config({}, num_warps=w) for w in (8, 4, 16)]
+_KEY = ["NH", "D", "NORM_Q", "NORM_K"]
+
+
+@functools.cache
+def _tuned(kernel):
+    """The kernel wrapped in autotune on the GPU; one fixed config (4 warps) in the interpreter."""
+    if interpret_mode():
+        return kernel
+    return triton.autotune(configs=_CONFIGS, key=_KEY)(kernel)
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a few programs, so tests cover ragged token runs
+
+
+def _rows_per_program(n_rows: int, n_tok: int, device: torch.device, partials: bool) -> int:
+    """Tokens per program: ~8 programs per SM (latency hiding; weights/tables re-read per program
+    from L2), ~2 per SM when the backward writes NH·D fp32 partial sums per program."""
+    target = _num_sms(device) * (2 if partials else 8)
+    return max(1, min(n_tok, triton.cdiv(n_rows, target)))
+
+
+@functools.lru_cache(maxsize=32)
+def rope_tables(
+    frames: int, height: int, width: int, head_dim: int, frame_offset: int, theta: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed fp32 cos/sin tables [frames + height + width, head_dim/2], built in fp64.
+
+    Row ``f`` (< frames) holds, in the temporal pair columns, the angles of position
+    ``f + frame_offset``; rows ``frames + y`` and ``frames + height + x`` hold the height and width
+    angles in their pair columns; other entries are unused (0). Cached (LRU, 32 entries): one AR
+    chunk reuses its table over all layers and denoising steps. Do not build a new entry inside a
+    CUDA-graph capture (the cached tensor would live in the graph's pool).
+    """
+    parts = reference.rope_3d_split(head_dim)
+    half = head_dim // 2
+    counts = (frames, height, width)
+    ang = torch.zeros(sum(counts), half, dtype=torch.float64, device=device)
+    row, col = 0, 0
+    for p, (dim, cnt) in enumerate(zip(parts, counts)):
+        pos = torch.arange(cnt, dtype=torch.float64, device=device) + (float(frame_offset) if p == 0 else 0.0)
+        inv_freq = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
+        ang[row:row + cnt, col:col + dim // 2] = torch.outer(pos, inv_freq)
+        row, col = row + cnt, col + dim // 2
+    return ang.cos().float().contiguous(), ang.sin().float().contiguous()
+
+
+def _head_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _launch_meta(q: torch.Tensor):
+    bsz, n_tok, nh, d = q.shape
+    nt, nhh, _ = reference.rope_3d_split(d)
+    return dict(D=d, NT=nt // 2, NHP=nhh // 2, BLOCK_H=triton.next_power_of_2(nh),
+                BLOCK_D=max(2, triton.next_power_of_2(d)))
+
+
+def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
+    q, k = _unit_last(q), _unit_last(k)
+    bsz, n_tok, nh, d = q.shape
+    cos, sin = rope_tables(*grid_fhw, d, frame_offset, theta, q.device)
+    qo = torch.empty((bsz, n_tok, nh, d), dtype=q.dtype, device=q.device)
+    ko = torch.empty((bsz, n_tok, nh, d), dtype=k.dtype, device=k.device)
+    rows = _rows_per_program(bsz * n_tok, n_tok, q.device, partials=False)
+    grid = (triton.cdiv(n_tok, rows), bsz)
+    _tuned(_rope_fwd_kernel)[grid](
+        q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, qo, ko,
+        n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], rows,
+        *_head_strides(q), *_head_strides(k), eps,
+        NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(q),
+    )
+    return qo, ko
+
+
+def _rope_bwd_triton(gq, gk, q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
+    gq, gk = _unit_last(gq), _unit_last(gk)
+    q = _unit_last(q) if wq is not None else gq
+    k = _unit_last(k) if wk is not None else gk
+    bsz, n_tok, nh, d = gq.shape
+    cos, sin = rope_tables(*grid_fhw, d, frame_offset, theta, gq.device)
+    dq = torch.empty((bsz, n_tok, nh, d), dtype=q.dtype, device=gq.device)
+    dk = torch.empty((bsz, n_tok, nh, d), dtype=k.dtype, device=gq.device)
+    norm = wq is not None or wk is not None
+    rows = _rows_per_program(bsz * n_tok, n_tok, gq.device, partials=norm)
+    n_prog = triton.cdiv(n_tok, rows)
+    part = torch.empty((2, bsz, n_prog, nh * d), dtype=torch.float32, device=gq.device) if norm else gq
+    _tuned(_rope_bwd_kernel)[(n_prog, bsz)](
+        gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, cos, sin, dq, dk, part,
+        n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], rows,
+        *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k), eps,
+        NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(gq),
+    )
+    dwq = part[0].sum(dim=(0, 1)) if wq is not None else None
+    dwk = part[1].sum(dim=(0, 1)) if wk is not None else None
+    return dq, dk, dwq, dwk
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops
+# ---------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(*ts: torch.Tensor | None) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+@torch.library.custom_op("longlive_kernels::rope_3d", mutates_args=())
+def _rope_op(
+    q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor | None, weight_k: torch.Tensor | None,
+    frames: int, height: int, width: int, frame_offset: int, theta: float, eps: float, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = (frames, height, width)
+    if backend == "torch":
+        qo, ko = reference.apply_rope_3d(q, k, grid=grid, frame_offset=frame_offset, theta=theta,
+                                         norm_weight_q=weight_q, norm_weight_k=weight_k, eps=eps)
+        return qo.contiguous(), ko.contiguous()
+    return _rope_fwd_triton(q, k, weight_q, weight_k, grid, frame_offset, theta, eps)
+
+
+@_rope_op.register_fake
+def _(q, k, weight_q, weight_k, frames, height, width, frame_offset, theta, eps, backend):
+    return (q.new_empty(q.shape), k.new_empty(k.shape))
+
+
+@torch.library.custom_op("longlive_kernels::rope_3d_backward", mutates_args=())
+def _rope_bwd_op(
+    grad_q: torch.Tensor, grad_k: torch.Tensor, q: torch.Tensor | None, k: torch.Tensor | None,
+    weight_q: torch.Tensor | None, weight_k: torch.Tensor | None, frames: int, height: int,
+    width: int, frame_offset: int, theta: float, eps: float, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, d weight_q | empty, d weight_k | empty); weight grads in fp32 (fp64 for fp64)."""
+    grid = (frames, height, width)
+    if backend == "torch":
+        dq, dk, dwq, dwk = reference.apply_rope_3d_backward(
+            grad_q, grad_k, q if q is not None else grad_q, k if k is not None else grad_k, grid=grid,
+            frame_offset=frame_offset, theta=theta,
+            norm_weight_q=None if weight_q is None else weight_q.to(_acc_dtype(grad_q, weight_q)),
+            norm_weight_k=None if weight_k is None else weight_k.to(_acc_dtype(grad_k, weight_k)), eps=eps,
+        )
+        dq, dk = dq.contiguous(), dk.contiguous()
+    else:
+        dq, dk, dwq, dwk = _rope_bwd_triton(grad_q, grad_k, q, k, weight_q, weight_k, grid,
+                                            frame_offset, theta, eps)
+    acc_q, acc_k = _acc_dtype(grad_q, weight_q), _acc_dtype(grad_k, weight_k)
+    dwq = dwq.to(acc_q) if weight_q is not None else grad_q.new_empty((0,), dtype=acc_q)
+    dwk = dwk.to(acc_k) if weight_k is not None else grad_k.new_empty((0,), dtype=acc_k)
+    return dq, dk, dwq, dwk
+
+
+@_rope_bwd_op.register_fake
+def _(grad_q, grad_k, q, k, weight_q, weight_k, frames, height, width, frame_offset, theta, eps, backend):
+    n = grad_q.shape[-2] * grad_q.shape[-1]
+    acc_q, acc_k = _acc_dtype(grad_q, weight_q), _acc_dtype(grad_k, weight_k)
+    return (grad_q.new_empty(grad_q.shape), grad_k.new_empty(grad_k.shape),
+            grad_q.new_empty((n,) if weight_q is not None else (0,), dtype=acc_q),
+            grad_k.new_empty((n,) if weight_k is not None else (0,), dtype=acc_k))
+
+
+def _rope_setup(ctx, inputs, output):
+    q, k, wq, wk, frames, height, width, frame_offset, theta, eps, backend = inputs
+    # q/k are needed only to recompute the RMSNorm; without it the backward is a pure rotation
+    ctx.save_for_backward(q if wq is not None else None, k if wk is not None else None, wq, wk)
+    ctx.cfg = (frames, height, width, frame_offset, theta, eps, backend)
+
+
+def _rope_backward(ctx, grad_q, grad_k):
+    q, k, wq, wk = ctx.saved_tensors
+    dq, dk, dwq, dwk = _rope_bwd_op(grad_q, grad_k, q, k, wq, wk, *ctx.cfg)
+    dwq = dwq.to(wq.dtype) if wq is not None and ctx.needs_input_grad[2] else None
+    dwk = dwk.to(wk.dtype) if wk is not None and ctx.needs_input_grad[3] else None
+    return dq, dk, dwq, dwk, None, None, None, None, None, None, None
+
+
+_rope_op.register_autograd(_rope_backward, setup_context=_rope_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    return v
+
+
+def apply_rope_3d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    grid: tuple[int, int, int],
+    frame_offset: int = 0,
+    theta: float = 10000.0,
+    norm_weight_q: torch.Tensor | None = None,
+    norm_weight_k: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D rotary embedding of q and k, optionally fused with Wan's qk-RMSNorm.
+
+    Parameters
+    ----------
+    q, k : torch.Tensor
+        [B, L, heads, head_dim] bf16/fp16/fp32, same shape; any strides with a unit last stride
+        (e.g. ``qkv.view(B, L, 3, heads, D)[:, :, 0]``). L = F·H·W tokens in (frame, row, col)
+        order.
+    grid : (int, int, int)
+        (F, H, W) latent frames, rows, cols (e.g. (8, 22, 40) for one 704×1280 chunk).
+    frame_offset : int
+        Added to every token's frame index: the absolute start frame of the chunk, + 8·shot index
+        for the multi-shot offset (spec §2.5), or an SP rank's first local frame. Any size (the
+        angles are computed in fp64, not sliced from a 1024-row table).
+    theta : float
+        RoPE base (10000 in Wan).
+    norm_weight_q, norm_weight_k : torch.Tensor, optional
+        [heads·head_dim] RMSNorm weights; when given, each token's q (k) is first normalized over
+        all heads·head_dim channels (``x / sqrt(mean(x²) + eps) · weight``) in the same kernel.
+    eps : float
+        RMSNorm epsilon (1e-6 in Wan).
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    (q_out, k_out) : tuple of torch.Tensor
+        [B, L, heads, head_dim] contiguous, in q's / k's dtype; fp32 math, one rounding.
+
+    Raises
+    ------
+    TypeError
+        Non-float tensors (fp64 only with ``backend="torch"``), non-int grid entries or offset.
+    ValueError
+        q/k not 4-D, shapes differ, empty, head_dim odd or < 6, F·H·W != L, weights not
+        [heads·head_dim], theta/eps not positive, tensors on different devices, a backend that
+        cannot run here.
+
+    Notes
+    -----
+    Spec §1.1: head_dim splits into (t, h, w) = (d − 4⌊d/6⌋, 2⌊d/6⌋, 2⌊d/6⌋) channels (44/42/42
+    for d = 128) of interleaved complex pairs (2j, 2j+1); part p rotates pair j by
+    ``pos_p · θ^(−2j/d_p)`` with pos = (frame + frame_offset, row, col); pair (a, b) becomes
+    (a·cos − b·sin, a·sin + b·cos). RMSNorm as ``WanRMSNorm(heads·head_dim)`` (fp32 normalize,
+    × weight; Wan additionally rounds before the weight product). Differentiable in q, k and the
+    weights. §4.1: LongLive's Triton RoPE (inference only) is replaced by this op.
+    """
+    _checks.check_tensor("q", q)
+    _checks.check_tensor("k", k)
+    be = resolve_backend(backend, q.device, op="apply_rope_3d", supported=("triton", "torch"), prefer=("triton",))
+    dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if be == "torch" else ())
+    for name, t in (("q", q), ("k", k)):
+        _checks.check_dtype(name, t, dtypes)
+        _checks.check_ndim(name, t, 4)
+        _checks.check_nonempty(name, t)
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have the same shape [B, L, heads, head_dim], got {list(q.shape)} "
+                         f"and {list(k.shape)}")
+    _checks.check_same_device(q=q, k=k)
+    _, n_tok, nh, d = q.shape
+    if d % 2 != 0 or d < 6:
+        raise ValueError(f"head_dim must be even and >= 6 (split into t/h/w pair groups "
+                         f"d − 4⌊d/6⌋, 2⌊d/6⌋, 2⌊d/6⌋), got {d}")
+    if not isinstance(grid, (tuple, list)) or len(grid) != 3:
+        raise ValueError(f"grid must be a tuple (F, H, W), got {grid!r}")
+    fhw = tuple(_check_int(f"grid[{i}]", g) for i, g in enumerate(grid))
+    if min(fhw) <= 0:
+        raise ValueError(f"grid entries must be positive, got {fhw}")
+    if fhw[0] * fhw[1] * fhw[2] != n_tok:
+        raise ValueError(f"grid {fhw} has F·H·W = {fhw[0] * fhw[1] * fhw[2]} tokens but q/k have L = {n_tok}")
+    frame_offset = _check_int("frame_offset", frame_offset)
+    for name, v in (("theta", theta), ("eps", eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"{name} must be a positive float, got {v!r}")
+    for name, w in (("norm_weight_q", norm_weight_q), ("norm_weight_k", norm_weight_k)):
+        if w is None:
+            continue
+        _checks.check_dtype(name, w, dtypes)
+        if w.shape != (nh * d,):
+            raise ValueError(f"{name} must have shape [heads·head_dim] = [{nh * d}], got {list(w.shape)}")
+        _checks.check_same_device(q=q, **{name: w})
+    if norm_weight_q is not None and norm_weight_q.stride(-1) != 1:
+        norm_weight_q = norm_weight_q.contiguous()
+    if norm_weight_k is not None and norm_weight_k.stride(-1) != 1:
+        norm_weight_k = norm_weight_k.contiguous()
+    return _rope_op(q, k, norm_weight_q, norm_weight_k, fhw[0], fhw[1], fhw[2], frame_offset,
+                    float(theta), float(eps), be)
+
+
+# ---------------------------------------------------------------------------------------------
+# AOT specialisations (CI compiles these for sm_90a)
+# ---------------------------------------------------------------------------------------------
+
+_STRIDES = ("sqb", "sql", "sqh", "skb", "skl", "skh")
+_COMMON = {"L": "i32", "NH": "i32", "n_frames": "i32", "GH": "i32", "GW": "i32", "rows_per_prog": "i32"}
+_META = {"D": 128, "NT": 22, "NHP": 21, "BLOCK_H": 32, "BLOCK_D": 128}
+for _norm in (True, False):
+    register_aot(
+        _rope_fwd_kernel,
+        signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "wq_ptr": "*bf16", "wk_ptr": "*bf16",
+                   "cos_ptr": "*fp32", "sin_ptr": "*fp32", "qo_ptr": "*bf16", "ko_ptr": "*bf16",
+                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32"},
+        constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
+    )
+    register_aot(
+        _rope_bwd_kernel,
+        signature={"gq_ptr": "*bf16", "gk_ptr": "*bf16", "q_ptr": "*bf16", "k_ptr": "*bf16",
+                   "wq_ptr": "*bf16", "wk_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
+                   "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON,
+                   **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES}, "eps": "fp32"},
+        constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
+    )
