@@ -57,6 +57,40 @@ def _token_angles(cos_ptr, sin_ptr, tok, n_frames, GH, GW, pair, pmask,
 
 
 @triton.jit
+def _rope_fwd_rows(
+    x_ptr, w_ptr, o_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
+    sxb, sxl, sxh, eps,
+    D: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr, NORM: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Tokens [first, last) of batch ``b`` of one tensor (q or k): RMSNorm (NORM), rotate, store."""
+    HALF: tl.constexpr = D // 2
+    heads = tl.arange(0, BLOCK_H)
+    ch = tl.arange(0, BLOCK_D)
+    mask = (heads < NH)[:, None] & (ch < D)[None, :]
+    pair = tl.arange(0, BLOCK_D // 2)
+    pmask = pair < HALF
+    woff = heads[:, None] * D + ch[None, :]
+    n = NH * D
+    if NORM:
+        w = tl.load(w_ptr + woff, mask=mask, other=0.0).to(tl.float32)
+    x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
+    out = o_ptr + b * L * n + woff
+    tok0 = first.to(tl.int64)
+    # rows are prefetched one ahead so the next token's load is in flight during this token's math
+    x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0)
+    for i in range(0, last - first):
+        t = tok0 + i
+        x = x_nxt.to(tl.float32)
+        x_nxt = tl.load(x_in + (t + 1) * sxl, mask=mask & (t + 1 < last), other=0.0)
+        c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
+        if NORM:
+            x = x * tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps) * w
+        y = _rotate_pairs(x, c, s, BLOCK_H, BLOCK_D)
+        tl.store(out + t * n, y.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rope_fwd_kernel(
     q_ptr,  # [B, L, NH, D] float (strides sqb, sql, sqh, 1)
     k_ptr,  # [B, L, NH, D] float (strides skb, skl, skh, 1)
@@ -82,9 +116,27 @@ def _rope_fwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    HALF: tl.constexpr = D // 2
+    # q then k over the same token run: half the live registers of an interleaved q/k loop
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    first = pid * rows_per_prog
+    last = tl.minimum(first + rows_per_prog, L)
+    _rope_fwd_rows(q_ptr, wq_ptr, qo_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
+                   sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D)
+    _rope_fwd_rows(k_ptr, wk_ptr, ko_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
+                   skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D)
+
+
+@triton.jit
+def _rope_bwd_rows(
+    g_ptr, x_ptr, w_ptr, dx_ptr, part_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
+    sgb, sgl, sgh, sxb, sxl, sxh, eps,
+    D: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr, NORM: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Backward of :func:`_rope_fwd_rows`: inverse rotation, then (NORM) the RMSNorm backward
+    ``dx = r·(gn − n·mean(gn·n))`` with ``gn = du·w``; Σ du·n over the rows goes to ``part_ptr``."""
+    HALF: tl.constexpr = D // 2
     heads = tl.arange(0, BLOCK_H)
     ch = tl.arange(0, BLOCK_D)
     mask = (heads < NH)[:, None] & (ch < D)[None, :]
@@ -92,47 +144,34 @@ def _rope_fwd_kernel(
     pmask = pair < HALF
     woff = heads[:, None] * D + ch[None, :]
     n = NH * D
-    if NORM_Q:
-        wq = tl.load(wq_ptr + woff, mask=mask, other=0.0).to(tl.float32)
-    if NORM_K:
-        wk = tl.load(wk_ptr + woff, mask=mask, other=0.0).to(tl.float32)
-    q_in = q_ptr + b * sqb + heads[:, None] * sqh + ch[None, :]
-    k_in = k_ptr + b * skb + heads[:, None] * skh + ch[None, :]
-    out = b * L * n + woff
-    first = pid * rows_per_prog
-    last = tl.minimum(first + rows_per_prog, L)
-
-    q_nxt = tl.load(q_in + first * sql, mask=mask, other=0.0)
-    k_nxt = tl.load(k_in + first * skl, mask=mask, other=0.0)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    if NORM:
+        w = tl.load(w_ptr + woff, mask=mask, other=0.0).to(tl.float32)
+    g_in = g_ptr + b * sgb + heads[:, None] * sgh + ch[None, :]
+    x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
+    out = dx_ptr + b * L * n + woff
     tok0 = first.to(tl.int64)
+    g_nxt = tl.load(g_in + tok0 * sgl, mask=mask, other=0.0)
+    if NORM:
+        x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0)
     for i in range(0, last - first):
         t = tok0 + i
-        q = q_nxt.to(tl.float32)
-        k = k_nxt.to(tl.float32)
         nmask = mask & (t + 1 < last)
-        q_nxt = tl.load(q_in + (t + 1) * sql, mask=nmask, other=0.0)
-        k_nxt = tl.load(k_in + (t + 1) * skl, mask=nmask, other=0.0)
+        g = g_nxt.to(tl.float32)
+        g_nxt = tl.load(g_in + (t + 1) * sgl, mask=nmask, other=0.0)
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
-        if NORM_Q:
-            q = q * tl.math.rsqrt(tl.sum(tl.sum(q * q, axis=1), axis=0) / n + eps) * wq
-        if NORM_K:
-            k = k * tl.math.rsqrt(tl.sum(tl.sum(k * k, axis=1), axis=0) / n + eps) * wk
-        o = out + t * n
-        tl.store(qo_ptr + o, _rotate_pairs(q, c, s, BLOCK_H, BLOCK_D).to(qo_ptr.dtype.element_ty), mask=mask)
-        tl.store(ko_ptr + o, _rotate_pairs(k, c, s, BLOCK_H, BLOCK_D).to(ko_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _rms_rope_bwd_row(g, x, w, c, s, n, eps, NORM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(dx, du·n) for one token: inverse rotation, then the RMSNorm backward when NORM."""
-    du = _rotate_pairs(g, c, 0.0 - s, BLOCK_H, BLOCK_D)
+        du = _rotate_pairs(g, c, 0.0 - s, BLOCK_H, BLOCK_D)
+        if NORM:
+            x = x_nxt.to(tl.float32)
+            x_nxt = tl.load(x_in + (t + 1) * sxl, mask=nmask, other=0.0)
+            rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps)
+            xn = x * rstd
+            acc += du * xn
+            gn = du * w
+            du = rstd * (gn - xn * (tl.sum(tl.sum(gn * xn, axis=1), axis=0) / n))
+        tl.store(out + t * n, du.to(dx_ptr.dtype.element_ty), mask=mask)
     if NORM:
-        rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps)
-        xn = x * rstd
-        gn = du * w
-        dot = tl.sum(tl.sum(gn * xn, axis=1), axis=0) / n
-        return rstd * (gn - xn * dot), du * xn
-    return du, du
+        tl.store(part_ptr + woff, acc, mask=mask)
 
 
 @triton.jit
@@ -164,73 +203,18 @@ def _rope_bwd_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    HALF: tl.constexpr = D // 2
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     n_prog = tl.num_programs(0)
-    n_b = tl.num_programs(1)
-    heads = tl.arange(0, BLOCK_H)
-    ch = tl.arange(0, BLOCK_D)
-    mask = (heads < NH)[:, None] & (ch < D)[None, :]
-    pair = tl.arange(0, BLOCK_D // 2)
-    pmask = pair < HALF
-    woff = heads[:, None] * D + ch[None, :]
     n = NH * D
-    wq = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    wk = wq
-    acc_q = wq
-    acc_k = wq
-    if NORM_Q:
-        wq = tl.load(wq_ptr + woff, mask=mask, other=0.0).to(tl.float32)
-    if NORM_K:
-        wk = tl.load(wk_ptr + woff, mask=mask, other=0.0).to(tl.float32)
-    gq_in = gq_ptr + b * gqb + heads[:, None] * gqh + ch[None, :]
-    gk_in = gk_ptr + b * gkb + heads[:, None] * gkh + ch[None, :]
-    q_in = q_ptr + b * sqb + heads[:, None] * sqh + ch[None, :]
-    k_in = k_ptr + b * skb + heads[:, None] * skh + ch[None, :]
-    out = b * L * n + woff
     first = pid * rows_per_prog
     last = tl.minimum(first + rows_per_prog, L)
-
-    gq_nxt = tl.load(gq_in + first * gql, mask=mask, other=0.0)
-    gk_nxt = tl.load(gk_in + first * gkl, mask=mask, other=0.0)
-    if NORM_Q:
-        q_nxt = tl.load(q_in + first * sql, mask=mask, other=0.0)
-    if NORM_K:
-        k_nxt = tl.load(k_in + first * skl, mask=mask, other=0.0)
-    tok0 = first.to(tl.int64)
-    for i in range(0, last - first):
-        t = tok0 + i
-        nmask = mask & (t + 1 < last)
-        gq = gq_nxt.to(tl.float32)
-        gk = gk_nxt.to(tl.float32)
-        gq_nxt = tl.load(gq_in + (t + 1) * gql, mask=nmask, other=0.0)
-        gk_nxt = tl.load(gk_in + (t + 1) * gkl, mask=nmask, other=0.0)
-        q = gq
-        k = gk
-        if NORM_Q:
-            q = q_nxt.to(tl.float32)
-            q_nxt = tl.load(q_in + (t + 1) * sql, mask=nmask, other=0.0)
-        if NORM_K:
-            k = k_nxt.to(tl.float32)
-            k_nxt = tl.load(k_in + (t + 1) * skl, mask=nmask, other=0.0)
-        c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
-        dq, wgq = _rms_rope_bwd_row(gq, q, wq, c, s, n, eps, NORM_Q, BLOCK_H, BLOCK_D)
-        dk, wgk = _rms_rope_bwd_row(gk, k, wk, c, s, n, eps, NORM_K, BLOCK_H, BLOCK_D)
-        if NORM_Q:
-            acc_q += wgq
-        if NORM_K:
-            acc_k += wgk
-        o = out + t * n
-        tl.store(dq_ptr + o, dq.to(dq_ptr.dtype.element_ty), mask=mask)
-        tl.store(dk_ptr + o, dk.to(dk_ptr.dtype.element_ty), mask=mask)
-
-    plane = n_b * n_prog * n  # elements per weight's partials
-    base = part_ptr + (b * n_prog + pid) * n + woff
-    if NORM_Q:
-        tl.store(base, acc_q, mask=mask)
-    if NORM_K:
-        tl.store(base + plane, acc_k, mask=mask)
+    part = part_ptr + (b * n_prog + pid) * n
+    plane = tl.num_programs(1) * n_prog * n  # elements per weight's partials
+    _rope_bwd_rows(gq_ptr, q_ptr, wq_ptr, dq_ptr, part, cos_ptr, sin_ptr, b, first, last, L, NH,
+                   n_frames, GH, GW, gqb, gql, gqh, sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D)
+    _rope_bwd_rows(gk_ptr, k_ptr, wk_ptr, dk_ptr, part + plane, cos_ptr, sin_ptr, b, first, last, L, NH,
+                   n_frames, GH, GW, gkb, gkl, gkh, skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D)
 
 
 # ---------------------------------------------------------------------------------------------
