@@ -13,7 +13,10 @@ for step in "$@"; do
       nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
       python3 -m pip install -q --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
         || { tail -40 "$OUT/build.log"; exit 1; }
-      python3 -c "import longlive_kernels._C, torch; print('ext ok', torch.__version__)" ;;
+      python3 -c "import torch, longlive_kernels._C; print('ext ok', torch.__version__)" ;;
+    py:*)
+      f=${step#py:}; log "python $f"
+      python3 "$f" 2>&1 | tee "$OUT/$(basename "$f" .py).log" | tail -40 ;;
     test-*)
       area=${step#test-}; log "pytest $area"
       HYPOTHESIS_PROFILE=gpu python3 -m pytest -q -x tests/$area -m "gpu or not gpu" -p no:cacheprovider \

@@ -47,7 +47,7 @@ __device__ __forceinline__ float tile_sum16(float v) {
   return v;
 }
 
-template <typename T>
+template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams p) {
   const int row_in_tile = threadIdx.x % kRowsPerCta;
   const int64_t row = int64_t(blockIdx.x) * kRowsPerCta + row_in_tile;
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
   for (int i = 0; i < kBlock; ++i) x[i] = 0.0f;
   if (valid) {
     fp4::load16<T>(static_cast<const T*>(p.x) + row * p.stride_row + cb * kBlock, x);
-    if (p.hadamard_mask >= 0) fp4::rht16(x, p.hadamard_mask);
+    if (kHadamard) fp4::rht16(x, p.hadamard_mask);
   }
   float bamax = fp4::block_amax(x);
   if (p.block_2d) bamax = tile_max16(bamax);
@@ -78,26 +78,48 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
   float u[kBlock];
 #pragma unroll
   for (int i = 0; i < kBlock; ++i) {
-    u[i] = p.stochastic ? fp4::philox_uniform(p.seed, uint64_t(row * p.k + cb * kBlock + i)) : 0.0f;
+    u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(row * p.k + cb * kBlock + i)) : 0.0f;
   }
 
-  fp4::BlockResult r;
-  fp4::quantize_candidate(x, bamax, gs, fp4::rule_target(p.scale_rule), poison, zero, p.stochastic, u, r);
-  if (p.scale_rule == fp4::kFourOverSix) {
-    fp4::BlockResult r4;
-    fp4::quantize_candidate(x, bamax, gs, 4.0f, poison, zero, p.stochastic, u, r4);
-    float e6 = fp4::squared_error_tree(x, r, gs);
-    float e4 = fp4::squared_error_tree(x, r4, gs);
+  fp4::Candidate c = fp4::make_candidate(bamax, gs, fp4::rule_target(p.scale_rule), poison, zero);
+  uint32_t packed[2];
+  fp4::encode16<kStochastic>(x, c, u, packed);
+  if (kFourOverSix) {
+    const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
+    uint32_t packed4[2];
+    fp4::encode16<kStochastic>(x, c4, u, packed4);
+    float e6 = fp4::squared_error_tree(x, packed, c.scale_value, gs);
+    float e4 = fp4::squared_error_tree(x, packed4, c4.scale_value, gs);
     if (p.block_2d) {
       e6 = tile_sum16(e6);
       e4 = tile_sum16(e4);
     }
-    if (e4 < e6) r = r4;
+    if (e4 < e6) {
+      c = c4;
+      packed[0] = packed4[0];
+      packed[1] = packed4[1];
+    }
   }
   if (!valid) return;
-  fp4::pack_codes(r);
-  reinterpret_cast<uint2*>(p.data + row * (p.k / 2))[cb] = make_uint2(r.packed[0], r.packed[1]);
-  p.scale[row * nb + cb] = r.scale;
+  reinterpret_cast<uint2*>(p.data + row * (p.k / 2))[cb] = make_uint2(packed[0], packed[1]);
+  p.scale[row * nb + cb] = c.scale;
+}
+
+template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
+cudaError_t launch_quantize(const NVFP4QuantizeParams& p, dim3 grid, cudaStream_t stream) {
+  quantize_kernel<T, kFourOverSix, kStochastic, kHadamard><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, bool kFourOverSix>
+cudaError_t dispatch_flags(const NVFP4QuantizeParams& p, dim3 grid, cudaStream_t stream) {
+  const bool had = p.hadamard_mask >= 0;
+  if (p.stochastic) {
+    return had ? launch_quantize<T, kFourOverSix, true, true>(p, grid, stream)
+               : launch_quantize<T, kFourOverSix, true, false>(p, grid, stream);
+  }
+  return had ? launch_quantize<T, kFourOverSix, false, true>(p, grid, stream)
+             : launch_quantize<T, kFourOverSix, false, false>(p, grid, stream);
 }
 
 template <typename T>
@@ -119,8 +141,8 @@ cudaError_t launch(const NVFP4QuantizeParams& p, cudaStream_t stream) {
   }
   const dim3 grid(static_cast<unsigned>((p.rows + kRowsPerCta - 1) / kRowsPerCta),
                   static_cast<unsigned>((nb + kBlocksPerCta - 1) / kBlocksPerCta));
-  quantize_kernel<T><<<grid, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return p.scale_rule == fp4::kFourOverSix ? dispatch_flags<T, true>(p, grid, stream)
+                                           : dispatch_flags<T, false>(p, grid, stream);
 }
 
 }  // namespace

@@ -5,7 +5,7 @@ Semantics (``shared/docs/nvfp4-hopper.md`` §1, fouroversix for Four Over Six):
     x ≈ e2m1 · s_block · s_global
     s_global = amax / (E2M1_MAX[rule] · E4M3_MAX[rule])           (the *decode* scale, FP32)
     s_block  = e4m3_rn(min((block_amax / E2M1_TARGET) / s_global, 448))
-    q        = e2m1_rn_sat(x / (s_block · s_global))
+    q        = e2m1_rn_sat(x · r),  r = 1 / (s_block · s_global)  (TE's block_scale_inverse)
 
 Packing: element ``2i`` in the LOW nibble of byte ``i``; E2M1 code = sign<<3 | exp<<1 | mantissa.
 """

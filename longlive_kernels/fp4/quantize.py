@@ -79,7 +79,7 @@ def _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET: tl.constexpr, ST
     s = tl.where(s == s, s, 0.0)
     sv, scode = e4m3_rne(s)
     d = sv * gs
-    v = tl.math.div_rn(xb, d[:, :, None])
+    v = xb * tl.math.div_rn(1.0, d)[:, :, None]
     if STOCHASTIC:
         codes = e2m1_stochastic_code(v, u)
     else:

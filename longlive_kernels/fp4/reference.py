@@ -5,7 +5,8 @@ the operation order below *is* the spec:
 
 - block scale ``s = e4m3_rn(min((block_amax / target) / s_global, 448))`` (two correctly rounded
   fp32 divisions, then RNE to E4M3 with subnormals);
-- element ``q = e2m1(x / (s · s_global))`` (fp32 product, correctly rounded division);
+- element ``q = e2m1_rne(x · r)`` with ``r = 1 / (s · s_global)`` (fp32 product, then one correctly
+  rounded reciprocal per block; Transformer Engine's ``block_scale_inverse`` form);
 - decoded value ``(q · s) · s_global`` (the first product is exact);
 - Four Over Six: squared errors summed over the 16 elements as a pairwise tree of adjacent pairs
   ((e0+e1)+(e2+e3))+..., for 16×16 tiles the 16 row sums again as a pairwise tree.
@@ -219,7 +220,7 @@ def quantize(
         s8 = e4m3_round(torch.nan_to_num(s, nan=0.0))
         sv = s8.float()
         d = sv * gs
-        v = blocks / d.unsqueeze(-1)
+        v = blocks * (1.0 / d).unsqueeze(-1)
         codes = e2m1_round_rne(v) if u is None else e2m1_round_stochastic(v, u)
         dead = (d == 0) | poison | zero
         codes = torch.where(dead.unsqueeze(-1), torch.zeros_like(codes), codes)
@@ -276,3 +277,46 @@ def dequantize(
     if hadamard_mask is not None:
         out = random_hadamard_transform(out, hadamard_mask)
     return out.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# E2M1 block-scaled GEMM
+# ---------------------------------------------------------------------------------------------
+
+
+def nvfp4_gemm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor | None,
+    a_global_scale: torch.Tensor | None,
+    b_data: torch.Tensor,
+    b_scale: torch.Tensor,
+    b_global_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    out_dtype: torch.dtype = torch.bfloat16,
+    a_nvfp4: bool = True,
+) -> torch.Tensor:
+    """Reference of ``nvfp4_gemm``: ``a @ bᵀ`` on decoded operands, in fp64.
+
+    ``b`` (and ``a`` when ``a_nvfp4``) are [rows, K/2] packed codes with linear [rows, K/16] E4M3
+    scales. The block-decoded values ``e2m1 · s_block`` (exact) are multiplied and summed in fp64,
+    then scaled by ``fp32(s_a · s_b)`` (``s_b`` alone for a dense ``a``, times its optional fp32
+    per-tensor or per-row ``a_scale``), the bias is added and the result is rounded once to
+    ``out_dtype``. Kernels accumulate in fp32 in their own order, so they match this up to
+    summation error (not bit for bit).
+    """
+    one = torch.ones((), dtype=torch.float32, device=b_data.device)
+    bw = dequantize(b_data, b_scale, one, dtype=torch.float32).double()
+    if a_nvfp4:
+        aw = dequantize(a, a_scale, one, dtype=torch.float32).double()
+        alpha = (a_global_scale.float().reshape(()) * b_global_scale.float().reshape(())).double()
+    else:
+        aw = a.double()
+        alpha = b_global_scale.float().reshape(()).double()
+        if a_scale is not None:
+            rs = a_scale.float().reshape(-1, 1).double()
+            alpha = alpha * (rs if rs.numel() > 1 else rs.reshape(()))
+    out = (aw @ bw.T) * alpha
+    if bias is not None:
+        out = out + bias.double()
+    return out.to(out_dtype)

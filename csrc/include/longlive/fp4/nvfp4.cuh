@@ -207,39 +207,52 @@ __device__ __forceinline__ float block_amax(const float (&x)[kBlock]) {
   return m;
 }
 
-struct BlockResult {
-  uint32_t packed[2];  // 16 codes, element 2i in the low nibble of byte i
+// One scale candidate of a block: E4M3 scale byte, its value, and the per-element multiplier
+// r = 1 / (scale · s_global) (correctly rounded; TE's block_scale_inverse).
+struct Candidate {
   uint8_t scale;
   float scale_value;
-  int codes[kBlock];
+  float inv;
+  bool dead;  // all codes 0 (zero or poisoned block, or a decode factor of 0)
 };
 
-// One scale candidate; `u` holds the stochastic-rounding uniforms (ignored when !stochastic).
-__device__ __forceinline__ void quantize_candidate(const float (&x)[kBlock], float bamax, float gs, float target,
-                                                   bool poison, bool zero, bool stochastic,
-                                                   const float (&u)[kBlock], BlockResult& r) {
+__device__ __forceinline__ Candidate make_candidate(float bamax, float gs, float target, bool poison, bool zero) {
+  Candidate c;
   float s = fminf(__fdiv_rn(__fdiv_rn(bamax, target), gs), kE4M3Max);
   s = (s != s) ? 0.0f : s;
-  float sv;
-  uint8_t scode = e4m3_rne(s, sv);
-  const float d = __fmul_rn(sv, gs);
-  const bool dead = (d == 0.0f) || poison || zero;
-#pragma unroll
-  for (int i = 0; i < kBlock; ++i) {
-    const float v = __fdiv_rn(x[i], d);
-    const int c = stochastic ? e2m1_stochastic_code(v, u[i]) : e2m1_rne_code(v);
-    r.codes[i] = dead ? 0 : c;
-  }
-  scode = zero ? 0 : scode;
-  r.scale = poison ? 0x7F : scode;
-  r.scale_value = sv;
+  const uint8_t code = e4m3_rne(s, c.scale_value);
+  const float d = __fmul_rn(c.scale_value, gs);
+  c.inv = __fdiv_rn(1.0f, d);
+  c.dead = (d == 0.0f) || poison || zero;
+  c.scale = poison ? 0x7F : (zero ? 0 : code);
+  return c;
 }
 
-__device__ __forceinline__ float squared_error_tree(const float (&x)[kBlock], const BlockResult& r, float gs) {
+// Encode 16 elements with one candidate into two packed words (element 2i in the low nibble).
+template <bool kStochastic>
+__device__ __forceinline__ void encode16(const float (&x)[kBlock], const Candidate& c, const float (&u)[kBlock],
+                                         uint32_t (&packed)[2]) {
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+    uint32_t word = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float v = __fmul_rn(x[8 * w + i], c.inv);
+      const int code = kStochastic ? e2m1_stochastic_code(v, u[8 * w + i]) : e2m1_rne_code(v);
+      word |= static_cast<uint32_t>(code) << (4 * i);
+    }
+    packed[w] = c.dead ? 0u : word;
+  }
+}
+
+// Sum over the block of (x - decode)^2 as the pairwise tree of reference._pairwise_sum.
+__device__ __forceinline__ float squared_error_tree(const float (&x)[kBlock], const uint32_t (&packed)[2],
+                                                    float scale_value, float gs) {
   float e[kBlock];
 #pragma unroll
   for (int i = 0; i < kBlock; ++i) {
-    const float xhat = __fmul_rn(__fmul_rn(e2m1_decode(r.codes[i]), r.scale_value), gs);
+    const int code = (packed[i / 8] >> (4 * (i % 8))) & 0xF;
+    const float xhat = __fmul_rn(__fmul_rn(e2m1_decode(code), scale_value), gs);
     const float d = __fsub_rn(x[i], xhat);
     e[i] = __fmul_rn(d, d);
   }
@@ -249,16 +262,6 @@ __device__ __forceinline__ float squared_error_tree(const float (&x)[kBlock], co
     for (int i = 0; i < width; ++i) e[i] = __fadd_rn(e[2 * i], e[2 * i + 1]);
   }
   return e[0];
-}
-
-__device__ __forceinline__ void pack_codes(BlockResult& r) {
-#pragma unroll
-  for (int w = 0; w < 2; ++w) {
-    uint32_t p = 0;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) p |= static_cast<uint32_t>(r.codes[8 * w + i] & 0xF) << (4 * i);
-    r.packed[w] = p;
-  }
 }
 
 }  // namespace fp4
