@@ -128,6 +128,7 @@ class FrameDetections:
     orientation_phase: np.ndarray  # [T, 2] complex: Σ d²·e^{inφ} over object pixels, n = 3 and 4
     background_shift: np.ndarray  # [T] float px: frame t ≈ frame t−1 shifted left by this (0 at t=0)
     frame_mean: np.ndarray    # [T] float mean luma of the whole frame
+    frame_diff: np.ndarray    # [T] float mean |frame t − frame t−1| / 255 (0 at t=0)
     height: int
     width: int
 
@@ -163,6 +164,14 @@ def _background_shift(grey: np.ndarray, valid: np.ndarray, textured: np.ndarray,
     # prefer "no shift" unless another shift is clearly better (flat texture-less regions tie)
     shift = np.where(zero_err - errs[np.arange(len(pairs)), best] > 1.0, best - max_shift, 0)
     out[pairs] = shift
+    return out
+
+
+def _frame_diff(frames: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(frames))
+    for t in range(1, len(frames)):  # per pair: bounded memory for long videos
+        a, b = frames[t], frames[t - 1]
+        out[t] = (np.maximum(a, b) - np.minimum(a, b)).mean() / 255.0
     return out
 
 
@@ -246,7 +255,7 @@ def detect_frames(video, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> F
     return FrameDetections(colour=colour, shape=shape, count=count, background=background, centroid=centroid,
                            area=np.where(has, obj_area / np.maximum(count, 1), 0.0), object_rgb=object_rgb,
                            background_level=level, orientation_phase=phase, background_shift=shift,
-                           frame_mean=grey.mean(axis=(1, 2)), height=h, width=w)
+                           frame_mean=grey.mean(axis=(1, 2)), frame_diff=_frame_diff(frames), height=h, width=w)
 
 
 def _mode(values: np.ndarray) -> int | None:
