@@ -1,1 +1,13 @@
 """Ulysses sequence parallelism: all-to-all, quantized (NVFP4/FP8) all-to-all, UlyssesAttention."""
+
+from .quantized_all_to_all import quantized_all_to_all
+from .ulysses import AllToAllHandle, ulysses_all_to_all
+from .ulysses_attention import UlyssesAttention, sdpa_attention
+
+__all__ = [
+    "AllToAllHandle",
+    "UlyssesAttention",
+    "quantized_all_to_all",
+    "sdpa_attention",
+    "ulysses_all_to_all",
+]

@@ -1,0 +1,161 @@
+"""``UlyssesAttention``: sequence-parallel attention that only moves data.
+
+q, k, v [B, S/P, H, D] (local tokens, all heads) → all-to-all seq→head → [B, S, H/P, D] (all
+tokens, local heads; k and v optionally quantized on the wire) → a pluggable local attention →
+all-to-all head→seq → [B, S/P, H, D]. Spec: ``longlive-spec.md`` §5.1/§5.4.
+
+Token order: the attention sees the ranks' local sequences concatenated in rank order. With
+Balanced SP (local sequence = [clean_local ; noisy_local], spec §5.2) that is the rank-interleaved
+``[r0_clean, r0_noisy, r1_clean, r1_noisy, ...]``; masks and RoPE positions given to the local
+attention must be expressed in that order. UlyssesAttention never permutes tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _checks
+from .quantized_all_to_all import quantized_all_to_all
+from .ulysses import check_ranks_agree, group_size, tensor_signature, ulysses_all_to_all
+
+CHECK_RANKS = ("first", "always", "never")
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``torch.nn.functional.scaled_dot_product_attention`` on the [B, S, H, D] layout.
+
+    Keyword arguments (``attn_mask``, ``is_causal``, ``scale``, ``enable_gqa``) are passed on;
+    the output is a [B, S, H, Dv] view of SDPA's [B, H, S, Dv] result.
+    """
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kwargs)
+    return o.transpose(1, 2)
+
+
+class UlyssesAttention(nn.Module):
+    """Ulysses sequence-parallel wrapper around a local attention.
+
+    Parameters
+    ----------
+    attn : callable or nn.Module, optional
+        ``attn(q, k, v, **kwargs) -> o`` on head-sharded tensors: q [B, S, H/P, D] and k, v
+        [B, S_kv, H_kv/P, D] (dense tensors, or :class:`NVFP4Tensor` / FP8 ``(codes, scale)``
+        pairs when ``kv_output`` asks for them), o [B, S, H/P, Dv]. Default: :func:`sdpa_attention`.
+        The FP4-KV attention plugs in as
+        ``lambda q, k, v: fp4_kv_attention(q, cache, layer, current_k=k, current_v=v)``.
+        A module is registered as a submodule.
+    group : torch.distributed.ProcessGroup, optional
+        The sequence-parallel group (default: the default group; size 1 or no process group =
+        plain local attention).
+    kv_format : {None, "nvfp4", "fp8"}
+        Quantize k and v on the wire (one buffer, one collective for both). None = exact.
+    kv_output : {"dequantized", "nvfp4", "fp8"}
+        What the local attention receives for k and v when ``kv_format`` is set.
+    tensor_scale, scale_rule, backend
+        Passed to :func:`~longlive_kernels.comm.quantized_all_to_all`.
+    check_ranks : {"first", "always", "never"}
+        Verify that q/k/v shapes and dtypes agree across ranks (one tiny all-gather + host sync)
+        on the first call, every call, or never. Every rank raises the same ``ValueError``.
+
+    Notes
+    -----
+    Needs heads % P == 0 (q, k, v) and equal local token counts on every rank (tokens % P == 0
+    globally). Shape errors are raised before any collective, on every rank. Autograd works on
+    the unquantized path (backward = inverse all-to-alls); the quantized path is inference-only.
+    q's all-to-all is issued asynchronously before k/v are quantized, so the k/v amax and pack
+    kernels overlap q's transfer.
+    """
+
+    def __init__(
+        self,
+        attn: Callable[..., torch.Tensor] | nn.Module | None = None,
+        group: dist.ProcessGroup | None = None,
+        *,
+        kv_format: str | None = None,
+        kv_output: str = "dequantized",
+        tensor_scale: str = "auto",
+        scale_rule: str = "static6",
+        backend: str = "auto",
+        check_ranks: str = "first",
+    ):
+        super().__init__()
+        if attn is not None and not callable(attn):
+            raise TypeError(f"attn must be callable, got {type(attn).__name__}")
+        _checks.check_choice("kv_format", kv_format, (None, "nvfp4", "fp8"))
+        _checks.check_choice("kv_output", kv_output, ("dequantized", "nvfp4", "fp8"))
+        _checks.check_choice("check_ranks", check_ranks, CHECK_RANKS)
+        if kv_format is not None and kv_output not in ("dequantized", kv_format):
+            raise ValueError(f"kv_output={kv_output!r} needs kv_format={kv_output!r}, got {kv_format!r}")
+        if kv_format is None and kv_output != "dequantized":
+            raise ValueError(f"kv_output={kv_output!r} needs kv_format={kv_output!r}")
+        if attn is None and kv_output != "dequantized":
+            raise ValueError("the default SDPA attention needs dense k/v: pass an attention that reads "
+                             f"{kv_output} (e.g. fp4_kv_attention) or use kv_output='dequantized'")
+        self.attn = attn if attn is not None else sdpa_attention
+        self.group = group
+        self.kv_format = kv_format
+        self.kv_output = kv_output
+        self.tensor_scale = tensor_scale
+        self.scale_rule = scale_rule
+        self.backend = backend
+        self.check_ranks = check_ranks
+        self._checked = False
+
+    @property
+    def world_size(self) -> int:
+        return group_size(self.group)
+
+    def _validate(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int) -> None:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            _checks.check_dtype(name, t)
+            _checks.check_ndim(name, t, 4)
+            _checks.check_nonempty(name, t)
+            if t.shape[2] % p != 0:
+                raise ValueError(f"{name} has {t.shape[2]} heads, not divisible by the SP group size {p} "
+                                 f"(Ulysses needs heads % P == 0); shape {tuple(t.shape)}")
+        if k.shape[:3] != v.shape[:3]:
+            raise ValueError(f"k and v must agree on [B, S, H], got {tuple(k.shape)} and {tuple(v.shape)}")
+        if q.shape[0] != k.shape[0]:
+            raise ValueError(f"q and k must have the same batch, got {tuple(q.shape)} and {tuple(k.shape)}")
+        if self.kv_format is not None and k.shape != v.shape:
+            raise ValueError(f"quantized k/v share one buffer and must have one shape, got {tuple(k.shape)} "
+                             f"and {tuple(v.shape)}")
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        """q, k, v [B, S/P, H, D] local tokens → o [B, S/P, H, Dv]; ``attn_kwargs`` go to ``attn``."""
+        p = self.world_size
+        self._validate(q, k, v, p)
+        if p > 1 and (self.check_ranks == "always" or (self.check_ranks == "first" and not self._checked)):
+            sig = tensor_signature(q) + tensor_signature(k) + tensor_signature(v)
+            check_ranks_agree(self.group, q.device, sig, "UlyssesAttention")
+            self._checked = True
+
+        hq = ulysses_all_to_all(q, self.group, scatter_dim=2, gather_dim=1, async_op=True)
+        if self.kv_format is None:
+            hk = ulysses_all_to_all(k, self.group, scatter_dim=2, gather_dim=1, async_op=True)
+            hv = ulysses_all_to_all(v, self.group, scatter_dim=2, gather_dim=1, async_op=True)
+            k_h, v_h = hk.wait(), hv.wait()
+        else:
+            k_h, v_h = quantized_all_to_all(
+                (k, v), self.group, scatter_dim=2, gather_dim=1, format=self.kv_format, output=self.kv_output,
+                tensor_scale=self.tensor_scale, scale_rule=self.scale_rule, backend=self.backend,
+            )
+        o_h = self._attend(hq.wait(), k_h, v_h, attn_kwargs)
+        return ulysses_all_to_all(o_h, self.group, scatter_dim=1, gather_dim=2)
+
+    def _attend(self, q, k, v, attn_kwargs) -> torch.Tensor:
+        o = self.attn(q, k, v, **attn_kwargs)
+        if not isinstance(o, torch.Tensor) or o.dim() != 4 or o.shape[:3] != q.shape[:3]:
+            got = tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+            raise ValueError(f"attn must return a [B, S, H/P, Dv] tensor like q {tuple(q.shape)}, got {got}")
+        return o
+
+    def extra_repr(self) -> str:
+        return f"world_size={self.world_size}, kv_format={self.kv_format}, kv_output={self.kv_output}"
+
+
+__all__ = ["UlyssesAttention", "sdpa_attention"]

@@ -1,0 +1,69 @@
+"""Multi-process tests of the comm ops: gloo on CPU with 2 and 4 processes, NCCL on 2+ GPUs.
+
+One spawn per (backend, world size) runs every case of ``_workers.py`` on every rank; each test
+below asserts one case on all ranks. The spawn has a hard timeout, so a hang fails instead of
+blocking the suite.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longlive_kernels.comm._spawn import run_distributed
+
+from ._spawn_targets import fail_on_rank_1, hang_on_rank_1
+from ._workers import CASES, run_cases
+
+GLOO_TIMEOUT_S = 240.0
+ALL = list(CASES)
+P4 = ["roundtrip", "attention", "quantized_attention", "invalid"]
+
+_cache: dict[tuple[str, int], list[dict]] = {}
+
+
+def _results(backend: str, world_size: int, names: list[str], backends: list[str]) -> list[dict]:
+    key = (backend, world_size)
+    if key not in _cache:
+        device = "cuda" if backend == "nccl" else "cpu"
+        _cache[key] = run_distributed(run_cases, world_size, backend=backend, args=(device, names, backends),
+                                      timeout_s=GLOO_TIMEOUT_S if backend == "gloo" else 300.0)
+    return _cache[key]
+
+
+def _assert_case(results: list[dict], case: str) -> None:
+    for rank, res in enumerate(results):
+        r = res[case]
+        assert not r["failures"], f"rank {rank}: " + "\n".join(r["failures"])
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_gloo_2_ranks(case):
+    _assert_case(_results("gloo", 2, ALL, ["torch", "triton"]), case)
+
+
+@pytest.mark.parametrize("case", P4)
+def test_gloo_4_ranks(case):
+    _assert_case(_results("gloo", 4, P4, ["triton"]), case)
+
+
+def _gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.multigpu
+@pytest.mark.parametrize("case", ALL)
+def test_nccl(case):
+    world = 4 if _gpus() >= 4 else 2
+    _assert_case(_results("nccl", world, ALL, ["triton"]), case)
+
+
+def test_spawn_reports_rank_failures():
+    with pytest.raises(RuntimeError, match="rank 1"):
+        run_distributed(fail_on_rank_1, 2, timeout_s=60.0)
+
+
+def test_spawn_times_out_on_hang():
+    with pytest.raises(TimeoutError, match="did not finish"):
+        run_distributed(hang_on_rank_1, 2, timeout_s=30.0)
+
