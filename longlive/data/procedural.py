@@ -321,6 +321,9 @@ def _phrase_table() -> list[tuple[str, str, object]]:
 
 
 _PHRASES = _phrase_table()
+_PHRASE_VALUE = {phrase: (name, value) for phrase, name, value in _PHRASES}
+# One alternation, longest phrase first, so each match is the longest phrase starting there.
+_PHRASE_RE = re.compile(r"(?<![\w-])(" + "|".join(re.escape(p) for p, _, _ in _PHRASES) + r")(?![\w-])")
 
 
 def parse_prompt(prompt: str, *, strict: bool = True, prefix: str = SCENE_CUT_PREFIX) -> SceneAttributes:
@@ -335,16 +338,12 @@ def parse_prompt(prompt: str, *, strict: bool = True, prefix: str = SCENE_CUT_PR
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
     text = prompt[len(prefix):] if prompt.startswith(prefix) else prompt
-    text = " " + text.lower() + " "
     found: dict[str, object] = {}
-    for phrase, name, value in _PHRASES:
-        pattern = r"(?<![\w-])" + re.escape(phrase) + r"(?![\w-])"
-        while (m := re.search(pattern, text)) is not None:
-            if name in found and found[name] != value:
-                if strict:
-                    raise ValueError(f"parse_prompt: {name} is both {found[name]!r} and {value!r} in {prompt!r}")
-            found.setdefault(name, value)
-            text = text[:m.start()] + " | " + text[m.end():]
+    for m in _PHRASE_RE.finditer(text.lower()):
+        name, value = _PHRASE_VALUE[m.group(1)]
+        if name in found and found[name] != value and strict:
+            raise ValueError(f"parse_prompt: {name} is both {found[name]!r} and {value!r} in {prompt!r}")
+        found.setdefault(name, value)
     found.setdefault("count", 1)
     found.setdefault("pan", "none")
     found.setdefault("spin", False)
