@@ -155,37 +155,37 @@ class BF16KVCache:
     def reset(self) -> None:
         """Forget every chunk (buffers are kept)."""
         self._slot_of: dict[int, int] = {}
-        self.current: int | None = None
-        self.pinned: int | None = None
+        self.current_chunk: int | None = None
+        self.shot_sink: int | None = None
 
     def start_chunk(self, chunk_id: int) -> None:
         """Begin a forward for ``chunk_id``: a re-call keeps its slot, a new chunk gets one (evicting)."""
-        if chunk_id == self.current:
+        if chunk_id == self.current_chunk:
             return
-        if self.current is not None and chunk_id < self.current:
-            raise ValueError(f"BF16KVCache.start_chunk: chunk ids must not go back: current {self.current}, "
+        if self.current_chunk is not None and chunk_id < self.current_chunk:
+            raise ValueError(f"BF16KVCache.start_chunk: chunk ids must not go back: current {self.current_chunk}, "
                              f"got {chunk_id} (call reset() to start a new video)")
         used = set(self._slot_of.values())
         free = [s for s in range(self.max_chunks) if s not in used]
         if not free:
-            evictable = sorted(c for c in self._slot_of if c >= self.sink_chunks and c != self.pinned)
+            evictable = sorted(c for c in self._slot_of if c >= self.sink_chunks and c != self.shot_sink)
             if not evictable:
                 raise ValueError(f"BF16KVCache: no evictable chunk (max_chunks={self.max_chunks}, "
-                                 f"sink_chunks={self.sink_chunks}, pinned={self.pinned})")
+                                 f"sink_chunks={self.sink_chunks}, pinned={self.shot_sink})")
             free = [self._slot_of.pop(evictable[0])]
         self._slot_of[chunk_id] = free[0]
-        self.current = chunk_id
+        self.current_chunk = chunk_id
 
     def pin_shot_sink(self, chunk_id: int) -> None:
         """Keep ``chunk_id`` (first chunk of a shot) as the shot sink until the next pin."""
         if chunk_id not in self._slot_of:
             raise ValueError(f"BF16KVCache.pin_shot_sink: chunk {chunk_id} is not in the cache "
                              f"(resident: {sorted(self._slot_of)})")
-        self.pinned = chunk_id
+        self.shot_sink = chunk_id
 
     def context_chunks(self) -> list[int]:
         """Chunk ids of the cached history the current chunk attends (current excluded)."""
-        return sorted(c for c in self._slot_of if c != self.current)
+        return sorted(c for c in self._slot_of if c != self.current_chunk)
 
     def _span(self, chunk_id: int) -> slice:
         s = self._slot_of[chunk_id]
@@ -193,7 +193,7 @@ class BF16KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, chunk_id: int | None = None) -> None:
         """Write (RoPE'd) k, v [B, chunk_tokens, H, D] of the current chunk into its slot, in place."""
-        cid = self.current if chunk_id is None else chunk_id
+        cid = self.current_chunk if chunk_id is None else chunk_id
         if cid is None or cid not in self._slot_of:
             raise ValueError("BF16KVCache.update: call start_chunk(chunk_id) first")
         expect = (self.batch_size, self.chunk_tokens, self.num_heads, self.head_dim)
@@ -206,7 +206,7 @@ class BF16KVCache:
     def dequantize(self, layer: int, *, include_current: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [B, n·chunk_tokens, H, D] of the context chunks (+ current). Key order is slot order
         (attention without a mask is order-invariant); a view when the slots used are a prefix."""
-        chunks = self.context_chunks() + ([self.current] if include_current and self.current is not None else [])
+        chunks = self.context_chunks() + ([self.current_chunk] if include_current and self.current_chunk is not None else [])
         slots = sorted(self._slot_of[c] for c in chunks)
         if slots == list(range(len(slots))):
             end = len(slots) * self.chunk_tokens
@@ -237,7 +237,7 @@ def make_kv_cache(*, num_layers: int, num_heads: int, head_dim: int, chunk_token
     if cls is not None:
         return cls(num_layers=num_layers, num_heads=num_heads, head_dim=head_dim, chunk_tokens=chunk_tokens,
                    max_chunks=max_chunks, sink_chunks=sink_chunks, batch_size=batch_size, storage=storage,
-                   scale_rule=scale_rule, device=device)
+                   scale_rule=scale_rule, device=device, dtype=dtype)
     if storage == "fp4":
         raise ValueError("make_kv_cache: storage='fp4' needs longlive_kernels.attention.FP4KVCache "
                          f"(impl={impl!r}, available: {cls is not None}); use storage='bf16'")
@@ -271,10 +271,17 @@ class KVCacheAttention(AttentionBackend):
         if isinstance(cache, BF16KVCache):
             kh, vh = cache.dequantize(layer, include_current=True)  # current slot holds exactly k, v
             return sdpa_bshd(q, kh, vh)
-        from longlive_kernels.attention import fp4_kv_attention
-
-        return fp4_kv_attention(q, cache, layer, current_k=k, current_v=v, softmax_scale=1.0 / math.sqrt(q.shape[-1]),
-                                compute=self.compute, backend=self.backend)
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        try:
+            from longlive_kernels.attention import fp4_kv_attention
+        except ImportError:
+            fp4_kv_attention = None
+        if fp4_kv_attention is not None:
+            return fp4_kv_attention(q, cache, layer, current_k=k, current_v=v, softmax_scale=scale,
+                                    compute=self.compute, backend=self.backend)
+        # TODO-remove once longlive_kernels.attention.fp4_kv_attention lands: dequantize + SDPA.
+        kh, vh = cache.dequantize(layer)
+        return sdpa_bshd(q, torch.cat([kh.to(k.dtype), k], 1), torch.cat([vh.to(v.dtype), v], 1), scale=scale)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -298,7 +298,8 @@ class CausalDiT(nn.Module):
             frame_offset = chunk_id * grid[0]
         e, e0 = self.embed_time(t, x_chunk.shape[0], grid[0])
         ctx = self.embed_text(context)
-        cache.start_chunk(chunk_id)
+        if getattr(cache, "current_chunk", None) != chunk_id:
+            cache.start_chunk(chunk_id)
         attn = attention or KVCacheAttention(cache, compute=attention_compute)
         h = self._run_blocks(tokens, e0, ctx, attn=attn, layout=TokenLayout(grid, 1, frame_offset))
         return self._head(h, e, grid)
