@@ -46,19 +46,19 @@ def e4m3_decode(code):
 
 @triton.jit
 def e2m1_rne_code(v):
-    """fp32 → E2M1 code (int32 0..15), round to nearest, ties to even, saturating at ±6."""
-    a = tl.abs(v)
-    mag = (
-        (a > 0.25).to(tl.int32)
-        + (a >= 0.75).to(tl.int32)
-        + (a > 1.25).to(tl.int32)
-        + (a >= 1.75).to(tl.int32)
-        + (a > 2.5).to(tl.int32)
-        + (a >= 3.5).to(tl.int32)
-        + (a > 5.0).to(tl.int32)
-    )
-    sign = (v.to(tl.int32, bitcast=True) >> 31) & 1
-    return mag | (sign << 3)
+    """fp32 → E2M1 code (int32 0..15), round to nearest, ties to even, saturating at ±6.
+
+    Exact: on [0,2), [2,4), [4,6] the grid step (0.5, 1, 2) is the fp32 ulp of 2^22, 2^23, 2^24, so
+    adding that magic number rounds |v| to the grid (RNE) and leaves (code − base) in the low
+    mantissa bits; one integer subtraction of (magic bits − base) yields the code."""
+    a = tl.minimum(tl.abs(v), 6.0)
+    lt2 = a < 2.0
+    lt4 = a < 4.0
+    magic = tl.where(lt2, 4194304.0, tl.where(lt4, 8388608.0, 16777216.0))
+    offset = tl.where(lt2, 0x4A800000, tl.where(lt4, 0x4B000000 - 2, 0x4B800000 - 4))
+    code = (a + magic).to(tl.int32, bitcast=True) - offset
+    sign = (v.to(tl.int32, bitcast=True) >> 28) & 8
+    return code | sign
 
 
 @triton.jit

@@ -204,8 +204,14 @@ def quantize(
     blocks = xf.view(rows, nb, BLOCK_SIZE)
     bamax = block_amax(xf, block_2d)
     _, denom = SCALE_RULES[scale_rule]
+
+    def const(v: float) -> torch.Tensor:
+        # A 0-dim tensor on x's device: on CUDA, torch divides by a Python float as a multiply by
+        # its reciprocal, which is not the correctly rounded division this spec requires.
+        return torch.tensor(v, dtype=torch.float32, device=xf.device)
+
     if global_scale is None:
-        gs = bamax.amax() / denom
+        gs = bamax.amax() / const(denom)
     else:
         gs = global_scale.to(device=xf.device, dtype=torch.float32).reshape(())
     poison = (bamax == _INF) | ~torch.isfinite(gs)
@@ -216,11 +222,11 @@ def quantize(
         u = uniform_from_philox(seed, offs)
 
     def candidate(target: float):
-        s = torch.clamp((bamax / target) / gs, max=448.0)
+        s = torch.clamp((bamax / const(target)) / gs, max=448.0)
         s8 = e4m3_round(torch.nan_to_num(s, nan=0.0))
         sv = s8.float()
         d = sv * gs
-        v = blocks * (1.0 / d).unsqueeze(-1)
+        v = blocks * (const(1.0) / d).unsqueeze(-1)
         codes = e2m1_round_rne(v) if u is None else e2m1_round_stochastic(v, u)
         dead = (d == 0) | poison | zero
         codes = torch.where(dead.unsqueeze(-1), torch.zeros_like(codes), codes)
@@ -317,6 +323,39 @@ def nvfp4_gemm(
             rs = a_scale.float().reshape(-1, 1).double()
             alpha = alpha * (rs if rs.numel() > 1 else rs.reshape(()))
     out = (aw @ bw.T) * alpha
+    if bias is not None:
+        out = out + bias.double()
+    return out.to(out_dtype)
+
+
+def quantize_fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 E4M3 row-wise quantization of ``x`` [rows, K] (the FP8 path of ``fp4/fp8.py``).
+
+    ``scale = amax(|row|) / 448`` (fp32, correctly rounded; NaN counts as +Inf; 1 for an all-zero
+    row) and ``q = e4m3_rn(clamp(x / scale, ±448))`` (NaN → code 0x7F).
+    """
+    xf = x.float()
+    mag = xf.abs()
+    amax = torch.where(torch.isnan(mag), torch.full_like(mag, _INF), mag).amax(-1)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / 448.0)
+    v = (xf / scale.unsqueeze(-1)).clamp(-448.0, 448.0)
+    bits = v.to(torch.float8_e4m3fn).view(torch.uint8)
+    bits = torch.where(torch.isnan(v), torch.full_like(bits, 0x7F), bits)  # one NaN code, as the GPU
+    return bits.view(torch.float8_e4m3fn), scale
+
+
+def fp8_gemm(
+    a: torch.Tensor,
+    a_scale: torch.Tensor,
+    b: torch.Tensor,
+    b_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """``(a · a_scale) @ (b · b_scale)ᵀ + bias`` in fp64 for FP8 ``a`` [M, K], ``b`` [N, K] with row
+    scales ``a_scale`` [M], ``b_scale`` [N]; rounded once to ``out_dtype``."""
+    out = (a.double() @ b.double().T) * a_scale.double().reshape(-1, 1) * b_scale.double().reshape(1, -1)
     if bias is not None:
         out = out + bias.double()
     return out.to(out_dtype)

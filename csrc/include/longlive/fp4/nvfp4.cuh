@@ -39,11 +39,17 @@ __device__ __forceinline__ float e2m1_decode(int code) {
 
 __device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >> 31) & 1; }
 
-// Round to nearest E2M1, ties to even, saturating at +-6.
+// Round to nearest E2M1, ties to even, saturating at +-6. Exact: on [0,2), [2,4), [4,6] the grid
+// step is 0.5, 1, 2, which is the fp32 ulp of 2^22, 2^23, 2^24; adding that magic number rounds |v|
+// to the grid (RNE) and leaves (code - base) in the low mantissa bits, so one integer subtraction
+// of (magic bits - base) yields the code.
 __device__ __forceinline__ int e2m1_rne_code(float v) {
-  const float a = fabsf(v);
-  const int mag = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) + (a > 5.0f);
-  return mag | (sign_bit(v) << 3);
+  const float a = fminf(fabsf(v), 6.0f);
+  const bool lt2 = a < 2.0f, lt4 = a < 4.0f;
+  const float magic = lt2 ? 4194304.0f : (lt4 ? 8388608.0f : 16777216.0f);
+  const uint32_t offset = lt2 ? 0x4A800000u : (lt4 ? 0x4B000000u - 2u : 0x4B800000u - 4u);
+  const uint32_t code = __float_as_uint(__fadd_rn(a, magic)) - offset;
+  return static_cast<int>(code | ((__float_as_uint(v) >> 28) & 8u));
 }
 
 // Stochastic rounding: up iff u < (|v| - lo) / (hi - lo) (exact), saturating at 6.
