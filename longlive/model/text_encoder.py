@@ -32,12 +32,13 @@ from torch import nn
 from longlive.model.vae import StateDictMismatchError, check_state_dict, load_state_dict_file
 
 __all__ = [
+    "HashTextEncoder",
+    "MiniLMEncoder",
     "TextEncoder",
     "UMT5Encoder",
-    "MiniLMEncoder",
-    "HashTextEncoder",
-    "load_text_encoder",
     "clean_prompt",
+    "load_text_encoder",
+    "umt5_xxl_config",
     "wan_t5_to_hf_state_dict",
 ]
 
@@ -205,8 +206,6 @@ def wan_t5_to_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def _umt5_config_from_wan(sd: dict[str, torch.Tensor]):
-    from transformers import UMT5Config
-
     try:
         vocab, d_model = sd["token_embedding.weight"].shape
         num_layers = len({k.split(".")[1] for k in sd if re.match(r"^blocks\.\d+\.attn\.q\.weight$", k)})
@@ -220,17 +219,33 @@ def _umt5_config_from_wan(sd: dict[str, torch.Tensor]):
             hint="expected the Wan T5Encoder layout (token_embedding, blocks.i.attn.q, "
                  "blocks.i.pos_embedding.embedding, ...) of models_t5_umt5-xxl-enc-bf16.pth; a file in "
                  "Hugging Face naming (encoder.block.*) loads from its directory with config.json") from None
-    # umt5-xxl: vocab 256384, d_model 4096, 64 heads of 64, d_ff 10240, 24 layers, 32 buckets, max_dist 128
-    return UMT5Config(vocab_size=int(vocab), d_model=int(d_model), d_kv=int(inner) // int(heads),
-                      d_ff=int(d_ff), num_layers=int(num_layers), num_heads=int(heads),
-                      relative_attention_num_buckets=int(buckets), relative_attention_max_distance=128,
-                      feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
-                      is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False)
+    return _umt5_config(vocab=int(vocab), d_model=int(d_model), d_kv=int(inner) // int(heads), d_ff=int(d_ff),
+                        num_layers=int(num_layers), num_heads=int(heads), buckets=int(buckets))
+
+
+def _umt5_config(*, vocab: int, d_model: int, d_kv: int, d_ff: int, num_layers: int, num_heads: int,
+                 buckets: int):
+    from transformers import UMT5Config
+
+    return UMT5Config(vocab_size=vocab, d_model=d_model, d_kv=d_kv, d_ff=d_ff, num_layers=num_layers,
+                      num_heads=num_heads, relative_attention_num_buckets=buckets,
+                      relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+                      layer_norm_epsilon=1e-6, dropout_rate=0.0, is_encoder_decoder=False, use_cache=False,
+                      tie_word_embeddings=False)
+
+
+def umt5_xxl_config():
+    """``transformers.UMT5Config`` of the umT5-XXL encoder used by Wan2.2 (spec §1.1).
+
+    vocab 256384, width 4096, 64 heads of 64, gated tanh-GELU FFN 10240, 24 layers, 32 relative-position
+    buckets (max distance 128, one table per layer), RMSNorm eps 1e-6: 5,680,910,336 parameters.
+    """
+    return _umt5_config(vocab=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, buckets=32)
 
 
 def _find_umt5(path: str, tokenizer_path: str | None) -> tuple[str, str, str]:
     """(kind, model location, tokenizer dir) with kind in {"hf", "wan"}."""
-    has_tok = lambda d: d is not None and any(os.path.isfile(os.path.join(d, f)) for f in _TOKENIZER_FILES)  # noqa: E731
+    has_tok = lambda d: d is not None and any(os.path.isfile(os.path.join(d, f)) for f in _TOKENIZER_FILES)
     if os.path.isfile(path):
         tok = tokenizer_path or os.path.join(os.path.dirname(path), WAN_T5_TOKENIZER)
         return "wan", path, tok
@@ -314,7 +329,8 @@ class UMT5Encoder(TextEncoder):
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = _hf_tokenize(self.tokenizer, prompts, self.max_length, self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        return hidden * mask.unsqueeze(-1).to(hidden.dtype), mask.bool()
+        mask = mask.bool()
+        return hidden.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
 
 # --------------------------------------------------------------------------------------------- MiniLM
@@ -356,7 +372,8 @@ class MiniLMEncoder(TextEncoder):
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = _hf_tokenize(self.tokenizer, prompts, self.max_length, self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        return hidden * mask.unsqueeze(-1).to(hidden.dtype), mask.bool()
+        mask = mask.bool()
+        return hidden.masked_fill(~mask.unsqueeze(-1), 0.0), mask
 
 
 # ----------------------------------------------------------------------------------------------- hash

@@ -27,15 +27,15 @@ import torch
 from torch import nn
 
 __all__ = [
-    "VideoVAE",
+    "PatchVAE",
+    "StateDictMismatchError",
     "StreamDecoder",
     "StreamEncoder",
-    "StateDictMismatchError",
-    "load_state_dict_file",
-    "load_vae",
+    "VideoVAE",
     "WanVAE",
     "WanVAEConfig",
-    "PatchVAE",
+    "load_state_dict_file",
+    "load_vae",
 ]
 
 
@@ -104,10 +104,10 @@ def load_state_dict_file(path: str | os.PathLike, *, map_location: str | torch.d
         except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
             try:
                 sd = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - re-raised with the reason
+            except Exception as exc:
                 raise ValueError(f"cannot read {path!r} with torch.load(weights_only=True): {exc}. "
                                  "Convert it to .safetensors in a trusted environment.") from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ValueError(f"cannot read {path!r} with torch.load(weights_only=True): {exc}. "
                              "Convert it to .safetensors in a trusted environment.") from exc
     for wrapper in ("state_dict", "model", "module"):
@@ -155,7 +155,7 @@ class StreamDecoder:
         Totals so far (``frames_emitted == vae.latents_to_frames(latents_seen)``).
     """
 
-    def __init__(self, vae: "VideoVAE"):
+    def __init__(self, vae: VideoVAE):
         self.vae = vae
         self.latents_seen = 0
         self.frames_emitted = 0
@@ -218,7 +218,7 @@ class StreamEncoder:
     Concatenating the latents of consecutive chunks equals ``vae.encode`` of the whole video.
     """
 
-    def __init__(self, vae: "VideoVAE"):
+    def __init__(self, vae: VideoVAE):
         self.vae = vae
         self.frames_seen = 0
         self.latents_emitted = 0
@@ -399,5 +399,5 @@ def load_vae(name: str, path: str | os.PathLike | None = None, **kwargs: Any) ->
     raise ValueError(f"unknown VAE {name!r}; expected 'wan2.2' or 'patch'")
 
 
-from longlive.model.vae_patch import PatchVAE  # noqa: E402  (implementations import the interface)
-from longlive.model.vae_wan import WanVAE, WanVAEConfig  # noqa: E402
+from longlive.model.vae_patch import PatchVAE
+from longlive.model.vae_wan import WanVAE, WanVAEConfig

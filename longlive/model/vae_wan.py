@@ -39,7 +39,7 @@ from longlive.model.vae import (
     load_state_dict_file,
 )
 
-__all__ = ["WanVAE", "WanVAEConfig", "WAN22_LATENT_MEAN", "WAN22_LATENT_STD"]
+__all__ = ["WAN22_LATENT_MEAN", "WAN22_LATENT_STD", "WanVAE", "WanVAEConfig"]
 
 # Per-channel statistics of the Wan2.2 VAE latent (official constants, WanVAEWrapper / Wan2_2_VAE).
 WAN22_LATENT_MEAN = (
@@ -363,7 +363,7 @@ def _unpatchify(x: torch.Tensor) -> torch.Tensor:
 
 
 class _WanStreamDecoder(StreamDecoder):
-    def __init__(self, vae: "WanVAE"):
+    def __init__(self, vae: WanVAE):
         super().__init__(vae)
         self.cache = CausalCache()
 
@@ -385,7 +385,7 @@ class _WanStreamDecoder(StreamDecoder):
 
 
 class _WanStreamEncoder(StreamEncoder):
-    def __init__(self, vae: "WanVAE"):
+    def __init__(self, vae: WanVAE):
         super().__init__(vae)
         self.cache = CausalCache()
 
@@ -494,7 +494,7 @@ class WanVAE(VideoVAE):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", **kwargs) -> "WanVAE":
+                        device: str | torch.device = "cpu", **kwargs) -> WanVAE:
         """Load ``Wan2.2_VAE.pth`` (or a ``.safetensors`` with the same keys) from a file or directory.
 
         Widths are read from the checkpoint's shapes, then every key and shape must match exactly.

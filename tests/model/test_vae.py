@@ -26,7 +26,7 @@ def small_vae() -> WanVAE:
     # Break the all-ones norm gains and zero-ish biases so every path carries signal.
     with torch.no_grad():
         for name, p in vae.named_parameters():
-            if name.endswith("gamma") or name.endswith("bias"):
+            if name.endswith(("gamma", "bias")):
                 p.add_(0.1 * torch.randn_like(p))
     return vae
 
