@@ -29,7 +29,7 @@ from .._aot import register_aot
 from .._backend import interpret_mode, resolve_backend
 from . import reference
 from .format import BLOCK_SIZE, NVFP4Tensor
-from .gemm_dequant import OPERAND_EXP, dequant_nvfp4_tile
+from .gemm_dequant import OPERAND_SCALE, dequant_nvfp4_tile
 
 SPLIT_K_MAX_M = 128  # M at or below which the split-K configuration is used
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -82,6 +82,7 @@ def _gemm_kernel(
     HAS_BIAS: tl.constexpr,
     MMA_DTYPE: tl.constexpr,
     FAST: tl.constexpr,
+    DOT_F32: tl.constexpr,  # the CPU interpreter's tl.dot is wrong on bf16/fp16 operands
     EVEN_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     BM: tl.constexpr,
@@ -108,20 +109,23 @@ def _gemm_kernel(
 
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k in range(k_begin, k_end, BK):
+        # k is a multiple of BK: tell the compiler, so packed bytes and scales load as aligned vectors
+        kp = tl.multiple_of(k // 2, BK // 2)
+        kq = tl.multiple_of(k // 16, BK // 16)
         if EVEN_K:
-            bp = tl.load(b_rows + (k // 2 + kb)[None, :])
-            bs = tl.load(bs_rows + (k // 16 + ks)[None, :])
+            bp = tl.load(b_rows + (kp + kb)[None, :])
+            bs = tl.load(bs_rows + (kq + ks)[None, :])
         else:
-            bp = tl.load(b_rows + (k // 2 + kb)[None, :], mask=(k + 2 * kb < K)[None, :], other=0)
-            bs = tl.load(bs_rows + (k // 16 + ks)[None, :], mask=(k + 16 * ks < K)[None, :], other=0)
+            bp = tl.load(b_rows + (kp + kb)[None, :], mask=(k + 2 * kb < K)[None, :], other=0)
+            bs = tl.load(bs_rows + (kq + ks)[None, :], mask=(k + 16 * ks < K)[None, :], other=0)
         b_op = dequant_nvfp4_tile(bp, bs, BN, BK, MMA_DTYPE, FAST)
         if A_NVFP4:
             if EVEN_K:
-                ap = tl.load(a_rows + (k // 2 + kb)[None, :])
-                asc = tl.load(as_rows + (k // 16 + ks)[None, :])
+                ap = tl.load(a_rows + (kp + kb)[None, :])
+                asc = tl.load(as_rows + (kq + ks)[None, :])
             else:
-                ap = tl.load(a_rows + (k // 2 + kb)[None, :], mask=(k + 2 * kb < K)[None, :], other=0)
-                asc = tl.load(as_rows + (k // 16 + ks)[None, :], mask=(k + 16 * ks < K)[None, :], other=0)
+                ap = tl.load(a_rows + (kp + kb)[None, :], mask=(k + 2 * kb < K)[None, :], other=0)
+                asc = tl.load(as_rows + (kq + ks)[None, :], mask=(k + 16 * ks < K)[None, :], other=0)
             a_op = dequant_nvfp4_tile(ap, asc, BM, BK, MMA_DTYPE, FAST)
         else:
             if EVEN_K:
@@ -129,7 +133,10 @@ def _gemm_kernel(
             else:
                 a_op = tl.load(a_rows + (k + kk)[None, :], mask=(k + kk < K)[None, :], other=0.0)
             a_op = a_op.to(MMA_DTYPE)
-        acc = tl.dot(a_op, tl.trans(b_op), acc)
+        if DOT_F32:
+            acc = tl.dot(a_op.to(tl.float32), tl.trans(b_op.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a_op, tl.trans(b_op), acc)
 
     if SPLIT_K > 1:
         tile = pid_m * tl.cdiv(N, BN) + pid_n
@@ -156,9 +163,9 @@ def _epilogue(acc, offs_m, offs_n, M, N, a_scale_ptr, a_gs_ptr, b_gs_ptr, bias_p
               A_NVFP4: tl.constexpr, A_SCALE_MODE: tl.constexpr, HAS_BIAS: tl.constexpr):
     """out = acc · alpha (· row scale) + bias, alpha = fp32(gs_a · gs_b) · 2^(8 per NVFP4 operand)."""
     if A_NVFP4:
-        alpha = (tl.load(a_gs_ptr) * tl.load(b_gs_ptr)) * (2.0 ** (2 * OPERAND_EXP))
+        alpha = (tl.load(a_gs_ptr) * tl.load(b_gs_ptr)) * (OPERAND_SCALE * OPERAND_SCALE)
     else:
-        alpha = tl.load(b_gs_ptr) * (2.0**OPERAND_EXP)
+        alpha = tl.load(b_gs_ptr) * OPERAND_SCALE
         if A_SCALE_MODE == 1:
             alpha = alpha * tl.load(a_scale_ptr)
     acc = acc * alpha
@@ -245,7 +252,7 @@ def _launch(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out, *, a_nvfp4, a_sc
         a.stride(0), a_scale.stride(0) if (a_nvfp4 and a_scale is not None) else 0,
         b_data.stride(0), b_scale.stride(0), out.stride(0), k_per_split, triton.next_power_of_2(m),
         A_NVFP4=a_nvfp4, A_SCALE_MODE=a_scale_mode, HAS_BIAS=bias is not None, MMA_DTYPE=mma_dtype,
-        FAST=fast, EVEN_K=k % bk == 0, SPLIT_K=split, BM=bm, BN=bn, BK=bk, GROUP_M=8,
+        FAST=fast, DOT_F32=interpret_mode(), EVEN_K=k % bk == 0, SPLIT_K=split, BM=bm, BN=bn, BK=bk, GROUP_M=8,
         num_warps=warps, num_stages=stages,
     )
 
@@ -566,7 +573,7 @@ for _a_fp4, _cfg in [(False, (128, 256, 64, 8, 3)), (True, (128, 256, 64, 8, 3))
         _gemm_kernel,
         signature={**_SIG, "a_ptr": "*u8" if _a_fp4 else "*bf16"},
         constexprs={"A_NVFP4": _a_fp4, "A_SCALE_MODE": 0, "HAS_BIAS": True, "MMA_DTYPE": tl.bfloat16,
-                    "FAST": True, "EVEN_K": True, "SPLIT_K": 1, "BM": _bm, "BN": _bn, "BK": _bk, "GROUP_M": 8},
+                    "FAST": True, "DOT_F32": False, "EVEN_K": True, "SPLIT_K": 1, "BM": _bm, "BN": _bn, "BK": _bk, "GROUP_M": 8},
         options={"num_warps": _w, "num_stages": _s},
         expect_wgmma=True,
     )

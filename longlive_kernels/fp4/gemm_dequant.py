@@ -26,10 +26,11 @@ from .nvfp4_triton import e2m1_decode, e4m3_decode, unpack_nibbles
 
 # log2 of the factor every decoded NVFP4 operand value is scaled down by (undone in the epilogue).
 OPERAND_EXP = 8
+OPERAND_SCALE = tl.constexpr(2.0**OPERAND_EXP)  # the same, for kernels
 
 # bf16 lane from a clean nibble X (bits 0-3 of each 16-bit lane): take (X<<6) where the mask is set
 # (bits 6-8: magnitude; bits 12-14: known zero there) and (X<<12) elsewhere (bit 15: sign).
-_ASM_BF16 = """
+_ASM_BF16 = tl.constexpr("""
 {
 .reg .b32 l, h, x0, x1, y0, y1, u, v;
 and.b32 l, $4, 0x0F0F0F0F;
@@ -48,11 +49,11 @@ mul.rn.bf16x2 $1, x1, $6;
 mul.rn.bf16x2 $2, y0, $5;
 mul.rn.bf16x2 $3, y1, $6;
 }
-"""
+""")
 
 # fp16 lane: u = X<<9 puts the magnitude at bits 9-11 and the sign at bit 12; adding 7·(sign bit)
 # moves the sign to bit 15 (u + 7·2^12·s = 2^15·s + rest).
-_ASM_FP16 = """
+_ASM_FP16 = tl.constexpr("""
 {
 .reg .b32 l, h, x0, x1, y0, y1, s;
 and.b32 l, $4, 0x0F0F0F0F;
@@ -71,7 +72,7 @@ mul.rn.f16x2 $1, x1, $6;
 mul.rn.f16x2 $2, y0, $5;
 mul.rn.f16x2 $3, y1, $6;
 }
-"""
+""")
 
 
 @triton.jit

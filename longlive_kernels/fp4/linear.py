@@ -1,0 +1,392 @@
+"""``NVFP4Linear``: a drop-in ``nn.Linear`` for NVFP4 inference and NVFP4 training (QAT), and
+``quantize_model`` (a module swap; no monkey-patching).
+
+Modes
+-----
+- ``"bf16"``: plain ``F.linear`` (the baseline).
+- ``"nvfp4"`` (W4A4): activations quantized per call to NVFP4 (1×16 blocks), NVFP4 weights,
+  exact NVFP4 GEMM (:func:`~longlive_kernels.fp4.nvfp4_gemm`).
+- ``"w4a16"``: NVFP4 weights, bf16/fp16 activations.
+- ``"fp8"``: weights re-quantized once to FP8 E4M3 per output row, activations per token row
+  (:mod:`~longlive_kernels.fp4.fp8`); Hopper-native speed, not NVFP4-exact. Inference only.
+
+Inference modules store the packed weight as buffers (the float weight is freed):
+``weight_data`` uint8 [out, in/2], ``weight_scale`` float8_e4m3fn [out, in/16],
+``weight_global_scale`` fp32 [1] (NVFP4) or ``weight_fp8`` float8_e4m3fn [out, in], ``weight_scale``
+fp32 [out] (FP8) — plain tensors, so ``safetensors.torch.save_file(model.state_dict())`` works and a
+quantized model loads without re-quantizing. Loading a float ``weight`` into a packed module
+quantizes it on load.
+
+Training (``trainable=True``, modes ``nvfp4``/``w4a16``) keeps a high-precision master ``weight``
+Parameter and follows the NVFP4 recipe of Transformer Engine / the paper's FourOverSix linear
+(``longlive-spec.md`` §3.6): forward ``Q(X)·Q(W)ᵀ`` with 1×16 activation blocks and 16×16 weight
+blocks; dgrad ``Q_sr(dY)·Q(Wᵀ)`` (stochastic rounding on dY; with 16×16 blocks ``Q(Wᵀ) = Q(W)ᵀ``);
+wgrad ``Q_sr(H·dYᵀ)·Q(H·X̂ᵀ)ᵀ`` with the 16-point RHT ``H`` along the token dimension on both
+operands and X̂ the decoded FP4 copy of X — the only copy of X saved for backward. ``w4a16``
+training is weight-only QAT with a straight-through estimator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _checks
+from .format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
+from .fp8 import fp8_gemm, quantize_fp8_rowwise
+from .gemm import nvfp4_gemm
+from .quantize import quantize_nvfp4
+
+MODES = ("bf16", "nvfp4", "w4a16", "fp8")
+
+
+@dataclasses.dataclass(frozen=True)
+class NVFP4Recipe:
+    """Quantization choices of NVFP4 training (and of the activation quantizer at inference).
+
+    Defaults are Transformer Engine's NVFP4 recipe (standard NVFP4 everywhere); :meth:`four_over_six`
+    gives the paper's AR-stage configuration (Four Over Six for activations and gradients).
+    """
+
+    act_scale_rule: str = "static6"
+    weight_scale_rule: str = "static6"
+    grad_scale_rule: str = "static6"
+    weight_block_2d: bool | None = None  # None: 16×16 blocks when training, 1×16 for inference
+    stochastic_grad: bool = True
+    hadamard_wgrad: bool = True
+
+    def __post_init__(self):
+        for name in ("act_scale_rule", "weight_scale_rule", "grad_scale_rule"):
+            _checks.check_choice(name, getattr(self, name), tuple(SCALE_RULES))
+
+    def weight_2d(self, training: bool) -> bool:
+        """Whether weights use 16×16 blocks (TE and the paper: training yes, inference 1×16)."""
+        return training if self.weight_block_2d is None else self.weight_block_2d
+
+    @classmethod
+    def four_over_six(cls) -> NVFP4Recipe:
+        """``configs/nvfp4/train_ar_nvfp4.yaml``: activation mse, weight static_6, gradient mse."""
+        return cls(act_scale_rule="four_over_six", grad_scale_rule="four_over_six")
+
+
+def _draw_seed() -> int:
+    """Philox key for stochastic rounding, from torch's CPU generator (no device sync)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
+def _pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    pad = (-x.shape[0]) % multiple
+    return F.pad(x, (0, 0, 0, pad)) if pad else x
+
+
+class _NVFP4LinearFn(torch.autograd.Function):
+    """W4A4 linear with NVFP4 forward, dgrad and wgrad GEMMs (master weight in high precision)."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, recipe: NVFP4Recipe, backend: str):
+        xq = quantize_nvfp4(x2d, scale_rule=recipe.act_scale_rule, backend=backend)
+        wq = quantize_nvfp4(weight, scale_rule=recipe.weight_scale_rule, block_2d=recipe.weight_2d(True),
+                            backend=backend)
+        y = nvfp4_gemm(xq, wq, bias=bias, out_dtype=x2d.dtype, backend=backend)
+        ctx.save_for_backward(xq.data, xq.scale, xq.global_scale, weight)
+        ctx.recipe, ctx.backend, ctx.x_dtype, ctx.has_bias = recipe, backend, x2d.dtype, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x_data, x_scale, x_gs, weight = ctx.saved_tensors
+        r, be = ctx.recipe, ctx.backend
+        rounding = "stochastic" if r.stochastic_grad else "rne"
+        dy = dy.contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dyq = quantize_nvfp4(dy, scale_rule=r.grad_scale_rule, rounding=rounding, seed=_draw_seed(),
+                                 backend=be)
+            wtq = quantize_nvfp4(weight.t().contiguous(), scale_rule=r.weight_scale_rule,
+                                 block_2d=r.weight_2d(True), backend=be)
+            dx = nvfp4_gemm(dyq, wtq, out_dtype=ctx.x_dtype, backend=be)
+        if ctx.needs_input_grad[1]:
+            m, k = x_data.shape[0], x_data.shape[1] * 2
+            xq = NVFP4Tensor(data=x_data, scale=x_scale, global_scale=x_gs, shape=torch.Size((m, k)),
+                             dtype=ctx.x_dtype, scale_rule=r.act_scale_rule)
+            x_hat = xq.dequantize(backend=be)
+            # wgrad contracts over tokens: quantize Xᵀ and dYᵀ along M (padded to 16 with zero rows)
+            xt = _pad_rows(x_hat, BLOCK_SIZE).t().contiguous()
+            dyt = _pad_rows(dy, BLOCK_SIZE).t().contiguous()
+            xtq = quantize_nvfp4(xt, scale_rule=r.act_scale_rule, hadamard=r.hadamard_wgrad, backend=be)
+            dytq = quantize_nvfp4(dyt, scale_rule=r.grad_scale_rule, rounding=rounding, seed=_draw_seed(),
+                                  hadamard=r.hadamard_wgrad, backend=be)
+            dw = nvfp4_gemm(dytq, xtq, out_dtype=torch.float32, backend=be).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.float().sum(0)
+        return dx, dw, db, None, None
+
+
+class _W4A16LinearFn(torch.autograd.Function):
+    """Weight-only NVFP4 QAT: forward ``X·Q(W)ᵀ``, straight-through gradients in high precision."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, recipe: NVFP4Recipe, backend: str):
+        wq = quantize_nvfp4(weight, scale_rule=recipe.weight_scale_rule, block_2d=recipe.weight_2d(True),
+                            backend=backend)
+        xin = x2d if x2d.dtype in (torch.bfloat16, torch.float16) else x2d.to(torch.bfloat16)
+        y = nvfp4_gemm(xin, wq, bias=bias, out_dtype=x2d.dtype, backend=backend)
+        ctx.save_for_backward(x2d, wq.data, wq.scale, wq.global_scale)
+        ctx.backend, ctx.has_bias, ctx.w_dtype = backend, bias is not None, weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2d, wd, ws, wg = ctx.saved_tensors
+        n, k = wd.shape[0], wd.shape[1] * 2
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            w_hat = NVFP4Tensor(data=wd, scale=ws, global_scale=wg, shape=torch.Size((n, k))).dequantize(
+                dy.dtype, backend=ctx.backend)
+            dx = (dy @ w_hat).to(x2d.dtype)
+        if ctx.needs_input_grad[1]:
+            dw = (dy.float().t() @ x2d.float()).to(ctx.w_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.float().sum(0)
+        return dx, dw, db, None, None
+
+
+class NVFP4Linear(nn.Module):
+    """Drop-in replacement of ``nn.Linear`` with NVFP4 / FP8 weights (see the module docstring).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        As ``nn.Linear``. NVFP4 modes need ``in_features % 16 == 0``; NVFP4 training also
+        ``out_features % 16 == 0`` (the dgrad GEMM contracts over out_features).
+    bias : bool
+    mode : {"bf16", "nvfp4", "w4a16", "fp8"}
+    trainable : bool
+        Keep a high-precision master ``weight`` Parameter and quantize in every forward (QAT,
+        modes ``nvfp4``/``w4a16``; ``bf16`` is always trainable). Otherwise the weight is stored
+        packed and only the bias is a Parameter.
+    recipe : NVFP4Recipe, optional
+        Scale rules, 2-D weight blocks, stochastic rounding and RHT (default: TE's NVFP4 recipe).
+    backend : {"auto", "triton", "torch"}
+        Passed to every quantize/GEMM op.
+    device, dtype :
+        Of the master weight / bias (default fp32 master weights for ``trainable``; bf16 otherwise).
+
+    Raises
+    ------
+    ValueError
+        Unknown mode, sizes that are not multiples of 16 where required, ``trainable`` with ``fp8``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, mode: str = "nvfp4",
+                 trainable: bool = False, recipe: NVFP4Recipe | None = None, backend: str = "auto",
+                 device=None, dtype=None):
+        super().__init__()
+        _checks.check_choice("mode", mode, MODES)
+        if mode in ("nvfp4", "w4a16") and in_features % BLOCK_SIZE != 0:
+            raise ValueError(f"mode={mode!r} needs in_features % 16 == 0, got {in_features}")
+        if mode == "nvfp4" and trainable and out_features % BLOCK_SIZE != 0:
+            raise ValueError(f"NVFP4 training needs out_features % 16 == 0 (dgrad K), got {out_features}")
+        if mode == "fp8" and trainable:
+            raise ValueError("mode='fp8' is inference-only; use mode='nvfp4' or 'bf16' for training")
+        self.in_features, self.out_features = in_features, out_features
+        self.mode = mode
+        self.trainable = trainable or mode == "bf16"
+        self.recipe = recipe or NVFP4Recipe()
+        self.backend = backend
+        master_dtype = dtype or (torch.float32 if trainable else torch.bfloat16)
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=master_dtype)) if bias else None
+        weight = torch.empty(out_features, in_features, device=device, dtype=master_dtype)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+        if self.trainable:
+            self.weight = nn.Parameter(weight)
+        else:
+            self.weight = None
+            self._register_packed(weight)
+
+    # -- packed storage ------------------------------------------------------------------------
+
+    def _packed_names(self) -> tuple[str, ...]:
+        if self.trainable:
+            return ()
+        return ("weight_fp8", "weight_scale") if self.mode == "fp8" else (
+            "weight_data", "weight_scale", "weight_global_scale")
+
+    def _register_packed(self, weight: torch.Tensor) -> None:
+        for name, t in self._pack(weight).items():
+            self.register_buffer(name, t)
+
+    def _pack(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"weight must be [{self.out_features}, {self.in_features}], got {tuple(weight.shape)}")
+        w = weight.detach()
+        if w.dtype not in _checks.FLOAT_DTYPES:
+            w = w.float()
+        w = w.contiguous()
+        if self.mode == "fp8":
+            q, s = quantize_fp8_rowwise(w, backend=self.backend)
+            return {"weight_fp8": q, "weight_scale": s}
+        wq = quantize_nvfp4(w, scale_rule=self.recipe.weight_scale_rule, block_2d=self.recipe.weight_2d(False),
+                            backend=self.backend)
+        return {"weight_data": wq.data, "weight_scale": wq.scale,
+                "weight_global_scale": wq.global_scale.reshape(1).float()}
+
+    def packed_weight(self) -> NVFP4Tensor:
+        """The stored NVFP4 weight [out, in] (packed modules ``nvfp4``/``w4a16`` only)."""
+        if self.trainable or self.mode not in ("nvfp4", "w4a16"):
+            raise ValueError(f"packed_weight() needs a packed nvfp4/w4a16 module, got mode={self.mode!r}, "
+                             f"trainable={self.trainable}")
+        return NVFP4Tensor(data=self.weight_data, scale=self.weight_scale,
+                           global_scale=self.weight_global_scale.reshape(()),
+                           shape=torch.Size((self.out_features, self.in_features)),
+                           scale_rule=self.recipe.weight_scale_rule, block_2d=self.recipe.weight_2d(False))
+
+    @torch.no_grad()
+    def pack(self) -> NVFP4Linear:
+        """Quantize the master weight once, store it packed and free it (training → inference)."""
+        if self.mode == "bf16" or not self.trainable:
+            return self
+        weight = self.weight
+        self.weight = None
+        del self._parameters["weight"]
+        self.trainable = False
+        self._register_packed(weight)
+        return self
+
+    def _apply(self, fn, recurse=True):
+        # model.to(dtype) must not convert packed codes/scales (float8 counts as floating point).
+        packed = {n: getattr(self, n) for n in self._packed_names()}
+        super()._apply(fn, recurse)
+        for name, old in packed.items():
+            new = getattr(self, name)
+            if new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "weight"
+        if not self.trainable and key in state_dict:  # a float checkpoint into a packed module
+            weight = state_dict.pop(key)
+            for name, t in self._pack(weight.to(self._packed_device())).items():
+                state_dict[prefix + name] = t
+        elif self.trainable and self.mode != "bf16" and key not in state_dict and prefix + "weight_data" in state_dict:
+            error_msgs.append(f"{prefix}: packed NVFP4 weights cannot be loaded into a trainable module "
+                              "(it needs the high-precision master weight)")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _packed_device(self) -> torch.device:
+        return getattr(self, self._packed_names()[0]).device
+
+    # -- construction from nn.Linear -----------------------------------------------------------
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mode: str = "nvfp4", *, trainable: bool = False,
+                    recipe: NVFP4Recipe | None = None, backend: str = "auto") -> NVFP4Linear:
+        """Build from an ``nn.Linear`` (its weight is quantized once unless ``trainable``)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode, trainable=trainable,
+                  recipe=recipe, backend=backend, device="meta",
+                  dtype=w.dtype if (trainable or mode == "bf16") else None)
+        if w.device.type == "meta":
+            return mod
+        with torch.no_grad():
+            if mod.trainable:
+                mod.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+            else:
+                for name, t in mod._pack(w).items():
+                    mod._buffers[name] = t
+            if linear.bias is not None:
+                mod.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        return mod
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "bf16":
+            return F.linear(x, self.weight, self.bias)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have last dim {self.in_features}, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        if not x2d.is_contiguous():
+            x2d = x2d.contiguous()
+        out_dtype = x.dtype if x.dtype in _checks.FLOAT_DTYPES else torch.bfloat16
+        bias = self.bias
+        if self.trainable:
+            fn = _NVFP4LinearFn if self.mode == "nvfp4" else _W4A16LinearFn
+            y = fn.apply(x2d, self.weight, bias, self.recipe, self.backend)
+        elif self.mode == "fp8":
+            xq, xs = quantize_fp8_rowwise(x2d, backend=self.backend)
+            y = fp8_gemm(xq, xs, self.weight_fp8, self.weight_scale, bias=bias, out_dtype=out_dtype,
+                         backend=self.backend)
+        elif self.mode == "nvfp4":
+            xq = quantize_nvfp4(x2d, scale_rule=self.recipe.act_scale_rule, backend=self.backend)
+            y = nvfp4_gemm(xq, self.packed_weight(), bias=bias, out_dtype=out_dtype, backend=self.backend)
+        else:
+            xin = x2d if x2d.dtype in (torch.bfloat16, torch.float16) else x2d.to(torch.bfloat16)
+            y = nvfp4_gemm(xin, self.packed_weight(), bias=bias, out_dtype=out_dtype, backend=self.backend)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, mode={self.mode}, trainable={self.trainable}")
+
+
+def quantize_model(
+    model: nn.Module,
+    mode: str = "nvfp4",
+    *,
+    skip: tuple[str, ...] | list[str] = (),
+    trainable: bool = False,
+    recipe: NVFP4Recipe | None = None,
+    backend: str = "auto",
+) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` by an :class:`NVFP4Linear` (in place; returns model).
+
+    Parameters
+    ----------
+    model : nn.Module
+    mode : {"bf16", "nvfp4", "w4a16", "fp8"}
+    skip : sequence of str
+        ``fnmatch`` patterns of qualified module names to keep in high precision (e.g.
+        ``("head.*", "*.modulation", "time_embedding.*")``). Linears whose sizes the mode cannot
+        handle (in_features % 16, or out_features % 16 when training NVFP4) are kept as well.
+    trainable, recipe, backend :
+        As :class:`NVFP4Linear`.
+
+    Returns
+    -------
+    nn.Module
+        ``model``, with the swapped modules (weights quantized once unless ``trainable``; modules
+        on the meta device stay empty, ready for ``load_state_dict``/``to_empty``).
+    """
+    _checks.check_choice("mode", mode, MODES)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    targets = []
+    for name, mod in model.named_modules():
+        if type(mod) is not nn.Linear or any(fnmatch.fnmatchcase(name, p) for p in skip):
+            continue
+        if mode in ("nvfp4", "w4a16") and mod.in_features % BLOCK_SIZE != 0:
+            continue
+        if mode == "nvfp4" and trainable and mod.out_features % BLOCK_SIZE != 0:
+            continue
+        targets.append(name)
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, NVFP4Linear.from_linear(getattr(parent, child), mode, trainable=trainable,
+                                                       recipe=recipe, backend=backend))
+    return model
