@@ -222,6 +222,12 @@ def _tuned(kernel, bwd: bool):
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
 
 
+def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Fresh output buffer of a kernel (tests patch this to fill it with NaN, so any element a
+    kernel forgets to write shows up)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 @functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
@@ -255,8 +261,8 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
     gate = _last_dim_unit(gate) if gated else x
     scale = _last_dim_unit(scale) if norm else x
     shift = _last_dim_unit(shift) if norm else x
-    r = torch.empty((bsz, n_tok, c), dtype=x.dtype, device=x.device) if residual else x
-    h = torch.empty((bsz, n_tok, c), dtype=x.dtype, device=x.device) if norm else x
+    r = _new_out((bsz, n_tok, c), x.dtype, x.device) if residual else x
+    h = _new_out((bsz, n_tok, c), x.dtype, x.device) if norm else x
     rows = _rows_per_program(bsz * n_tok, frame_len, x.device, bwd=False)
     grid = (triton.cdiv(frame_len, rows), n_frames, bsz)
     _tuned(_residual_norm_fwd_kernel, False)[grid](
@@ -284,12 +290,12 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, frame_len, eps, plus_one, mod
     y = _last_dim_unit(y) if gated else ref
     gate = _last_dim_unit(gate) if gated else ref
     scale = _last_dim_unit(scale) if norm else ref
-    dx = torch.empty((bsz, n_tok, c), dtype=dx_dtype, device=dev) if norm else ref
-    dy = torch.empty((bsz, n_tok, c), dtype=dy_dtype, device=dev) if gated else ref
+    dx = _new_out((bsz, n_tok, c), dx_dtype, dev) if norm else ref
+    dy = _new_out((bsz, n_tok, c), dy_dtype, dev) if gated else ref
     rows = _rows_per_program(bsz * n_tok, frame_len, dev, bwd=True)
     n_prog_f = triton.cdiv(frame_len, rows)
     n_acc = (2 if norm else 0) + (1 if gated else 0)
-    part = (torch.empty((n_acc, bsz, n_frames, n_prog_f, c), dtype=torch.float32, device=dev)
+    part = (_new_out((n_acc, bsz, n_frames, n_prog_f, c), torch.float32, dev)
             if mod_grad and n_acc else ref)
     grid = (n_prog_f, n_frames, bsz)
     _tuned(_residual_norm_bwd_kernel, True)[grid](
@@ -521,9 +527,14 @@ _res_ln_mod_op.register_autograd(_res_ln_mod_backward, setup_context=_res_ln_mod
 _SUPPORTED = ("triton", "torch")
 
 
+@torch.compiler.assume_constant_result
+def _resolve_for(backend: str, device_type: str, op: str) -> str:
+    # evaluated eagerly under torch.compile: resolve_backend probes imports Dynamo cannot trace
+    return resolve_backend(backend, torch.device(device_type), op=op, supported=_SUPPORTED, prefer=("triton",))
+
+
 def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
-    be = resolve_backend(backend, x.device, op=op, supported=_SUPPORTED, prefer=("triton",))
-    return be
+    return _resolve_for(backend, x.device.type, op)
 
 
 def _check_tokens(name: str, x: torch.Tensor, be: str) -> None:

@@ -233,6 +233,12 @@ def _tuned(kernel):
     return triton.autotune(configs=_CONFIGS, key=_KEY)(kernel)
 
 
+def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Fresh output buffer of a kernel (tests patch this to fill it with NaN, so any element a
+    kernel forgets to write shows up)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 @functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
@@ -292,8 +298,8 @@ def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     q, k = _unit_last(q), _unit_last(k)
     bsz, n_tok, nh, d = q.shape
     cos, sin = rope_tables(*grid_fhw, d, frame_offset, theta, q.device)
-    qo = torch.empty((bsz, n_tok, nh, d), dtype=q.dtype, device=q.device)
-    ko = torch.empty((bsz, n_tok, nh, d), dtype=k.dtype, device=k.device)
+    qo = _new_out((bsz, n_tok, nh, d), q.dtype, q.device)
+    ko = _new_out((bsz, n_tok, nh, d), k.dtype, k.device)
     rows = _rows_per_program(bsz * n_tok, n_tok, q.device, partials=False)
     grid = (triton.cdiv(n_tok, rows), bsz)
     _tuned(_rope_fwd_kernel)[grid](
@@ -311,12 +317,12 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     k = _unit_last(k) if wk is not None else gk
     bsz, n_tok, nh, d = gq.shape
     cos, sin = rope_tables(*grid_fhw, d, frame_offset, theta, gq.device)
-    dq = torch.empty((bsz, n_tok, nh, d), dtype=q.dtype, device=gq.device)
-    dk = torch.empty((bsz, n_tok, nh, d), dtype=k.dtype, device=gq.device)
+    dq = _new_out((bsz, n_tok, nh, d), q.dtype, gq.device)
+    dk = _new_out((bsz, n_tok, nh, d), k.dtype, gq.device)
     norm = wq is not None or wk is not None
     rows = _rows_per_program(bsz * n_tok, n_tok, gq.device, partials=norm)
     n_prog = triton.cdiv(n_tok, rows)
-    part = torch.empty((2, bsz, n_prog, nh * d), dtype=torch.float32, device=gq.device) if norm else gq
+    part = _new_out((2, bsz, n_prog, nh * d), torch.float32, gq.device) if norm else gq
     _tuned(_rope_bwd_kernel)[(n_prog, bsz)](
         gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, cos, sin, dq, dk, part,
         n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], rows,
@@ -412,6 +418,13 @@ _rope_op.register_autograd(_rope_backward, setup_context=_rope_setup)
 # ---------------------------------------------------------------------------------------------
 
 
+@torch.compiler.assume_constant_result
+def _resolve_for(backend: str, device_type: str) -> str:
+    # evaluated eagerly under torch.compile: resolve_backend probes imports Dynamo cannot trace
+    return resolve_backend(backend, torch.device(device_type), op="apply_rope_3d", supported=("triton", "torch"),
+                           prefer=("triton",))
+
+
 def _check_int(name: str, v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise TypeError(f"{name} must be an int, got {type(v).__name__}")
@@ -478,7 +491,7 @@ def apply_rope_3d(
     """
     _checks.check_tensor("q", q)
     _checks.check_tensor("k", k)
-    be = resolve_backend(backend, q.device, op="apply_rope_3d", supported=("triton", "torch"), prefer=("triton",))
+    be = _resolve_for(backend, q.device.type)
     dtypes = _checks.FLOAT_DTYPES + ((torch.float64,) if be == "torch" else ())
     for name, t in (("q", q), ("k", k)):
         _checks.check_dtype(name, t, dtypes)
