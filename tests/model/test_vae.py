@@ -306,3 +306,27 @@ def test_load_vae_factory():
     assert load_vae("wan2.2", enc_dim=8, dec_dim=8).config == SMALL
     with pytest.raises(ValueError, match="expected 'wan2.2' or 'patch'"):
         load_vae("sdxl")
+
+
+@pytest.mark.gpu
+def test_official_size_streaming_on_gpu():
+    """Full-width Wan2.2 VAE (random weights) on the GPU: streaming decode equals whole decode, and the
+    peak memory of one 704x1280 chunk of 2 latents (8 frames after the first) is reported."""
+    torch.manual_seed(0)
+    vae = WanVAE().cuda().eval().requires_grad_(False)
+    z = torch.randn(1, 48, 3, 4, 6, device="cuda")
+    with torch.no_grad():
+        whole = vae.decode(z)
+        dec = vae.stream_decoder()
+        streamed = torch.cat([dec.decode_chunk(z[:, :, :1]), dec.decode_chunk(z[:, :, 1:])], dim=2)
+        torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)
+        assert whole.shape == (1, 3, 9, 64, 96)
+        torch.cuda.reset_peak_memory_stats()
+        dec = vae.stream_decoder()
+        big = torch.randn(1, 48, 2, 44, 80, device="cuda")
+        dec.decode_chunk(big[:, :, :1])
+        out = dec.decode_chunk(big[:, :, 1:])
+        assert out.shape == (1, 3, 4, 704, 1280)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"WanVAE fp32 stream decode at 704x1280: peak {peak:.1f} GiB, cache {dec.cache.nbytes() / 2**30:.2f} GiB")
+        assert peak < 40
