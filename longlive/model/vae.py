@@ -6,6 +6,8 @@ Conventions (every VAE here):
 - latents: float tensor ``[B, C, T', H', W']``, **normalised** (what the DiT consumes and produces):
   ``encode`` returns normalised latents and ``decode`` takes them. ``normalize`` / ``denormalize``
   convert between the autoencoder's raw latent and the normalised one.
+- dtype: ``WanVAE`` casts inputs to its parameter dtype and returns that dtype (fp32 by default, as
+  released; bf16 works); ``PatchVAE`` keeps the input dtype.
 - time: ``T = 1 + s (T' - 1)`` with ``s = temporal_stride`` (the 4k+1 rule of the Wan2.2 VAE; with
   ``s = 1`` simply ``T = T'``). Space: ``H = spatial_stride * H'``, same for ``W``.
 - streaming decode: ``stream_decoder()`` returns a ``StreamDecoder`` whose ``decode_chunk`` takes
