@@ -122,7 +122,7 @@ class FrameDetections:
     count: np.ndarray         # [T] int objects found
     background: np.ndarray    # [T] int index into BACKGROUNDS
     centroid: np.ndarray      # [T, 2] float pixels (x, y), mean over objects
-    area: np.ndarray          # [T] float pixels, mean object area
+    area: np.ndarray          # [T] float pixels, mean object area (coverage-weighted)
     object_rgb: np.ndarray    # [T, 3] float mean object colour
     background_level: np.ndarray  # [T] float mean background grey
     orientation_phase: np.ndarray  # [T, 2] complex: Σ d²·e^{inφ} over object pixels, n = 3 and 4
@@ -165,6 +165,27 @@ def _background_shift(grey: np.ndarray, valid: np.ndarray, textured: np.ndarray,
     shift = np.where(zero_err - errs[np.arange(len(pairs)), best] > 1.0, best - max_shift, 0)
     out[pairs] = shift
     return out
+
+
+def _soft_area(chroma: np.ndarray, near: np.ndarray, pixels: np.ndarray, frame_of: np.ndarray, t: int):
+    """Anti-aliasing-aware object area per frame: Σ min(1, chroma / c_full) over the pixels near objects.
+
+    Returns ``(area [T], interior)``, ``interior`` marking the object pixels of full chroma.
+
+    A grey background blended with a colour keeps the colour's chroma scaled by the coverage, so
+    this sums the coverage; ``c_full`` = mean chroma of the frame's object pixels within 15 % of the
+    brightest. Stable to ~0.1 % under sub-pixel motion (a hard mask varies by a few %).
+    """
+    c = chroma.reshape(-1)[pixels].astype(np.float64)
+    c_max = np.zeros(t)
+    np.maximum.at(c_max, frame_of, c)
+    top = c >= 0.85 * c_max[frame_of]
+    c_full = np.bincount(frame_of[top], c[top], t) / np.maximum(np.bincount(frame_of[top], minlength=t), 1)
+    near_idx = np.flatnonzero(near.reshape(-1))
+    f = near_idx // (near.shape[1] * near.shape[2])
+    cov = chroma.reshape(-1)[near_idx].astype(np.float64) / np.maximum(c_full[f], 1.0)
+    cov = np.where(chroma.reshape(-1)[near_idx] >= 12, np.minimum(cov, 1.0), 0.0)  # 12: noise gate
+    return np.bincount(f, cov, t), top
 
 
 def _frame_diff(frames: np.ndarray) -> np.ndarray:
@@ -225,8 +246,6 @@ def detect_frames(video, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> F
     obj_area = np.bincount(frame_of, minlength=t).astype(np.float64)
     centroid = np.stack([np.bincount(frame_of, px, t), np.bincount(frame_of, py, t)], axis=1)
     centroid = np.where(has[:, None], centroid / np.maximum(obj_area, 1)[:, None], np.nan)
-    object_rgb = np.stack([np.bincount(frame_of, flat_rgb[:, k], t) for k in range(3)], axis=1)
-    object_rgb = np.where(has[:, None], object_rgb / np.maximum(obj_area, 1)[:, None], np.nan)
     phase = np.zeros((t, 2), np.complex128)
     np.add.at(phase[:, 0], comp_frame[kept], zc3[kept])
     np.add.at(phase[:, 1], comp_frame[kept], zc4[kept])
@@ -242,9 +261,14 @@ def detect_frames(video, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> F
         grown[:, :, :-1] |= near[:, :, 1:]
         near = grown
     valid = ~near
+    soft_area, interior = _soft_area(chroma, near, pixels, frame_of, t)
+    fi = frame_of[interior]  # object colour from interior pixels (edges mix with the background)
+    object_rgb = np.stack([np.bincount(fi, flat_rgb[interior, k], t) for k in range(3)], axis=1)
+    object_rgb = np.where(has[:, None], object_rgb / np.maximum(np.bincount(fi, minlength=t), 1)[:, None], np.nan)
     n_row, row_mean = _masked_row_stats(grey, valid)
     n_all = np.maximum(n_row.sum(axis=1), 1)
-    level = (row_mean * n_row).sum(axis=1) / n_all
+    seen_rows = n_row > 0  # every row weighs the same: objects hiding part of a gradient do not bias it
+    level = (row_mean * seen_rows).sum(axis=1) / np.maximum(seen_rows.sum(axis=1), 1)
     resid = ((grey - row_mean[:, :, None]) ** 2 * valid).sum(axis=(1, 2)) / n_all
     q = max(1, h // 4)
     top = (row_mean[:, :q] * n_row[:, :q]).sum(1) / np.maximum(n_row[:, :q].sum(1), 1)
@@ -253,7 +277,7 @@ def detect_frames(video, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> F
     background = np.where(textured, 3, np.where(np.abs(bottom - top) > 50.0, 2, np.where(level < 110.0, 0, 1)))
     shift = _background_shift(grey, valid, textured, max_shift=max(2, int(round(0.07 * w))))
     return FrameDetections(colour=colour, shape=shape, count=count, background=background, centroid=centroid,
-                           area=np.where(has, obj_area / np.maximum(count, 1), 0.0), object_rgb=object_rgb,
+                           area=np.where(has, soft_area / np.maximum(count, 1), 0.0), object_rgb=object_rgb,
                            background_level=level, orientation_phase=phase, background_shift=shift,
                            frame_mean=grey.mean(axis=(1, 2)), frame_diff=_frame_diff(frames), height=h, width=w)
 
