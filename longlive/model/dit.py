@@ -127,7 +127,8 @@ class CausalDiT(nn.Module):
             raise NotImplementedError(
                 f"CausalDiT.quantize_({mode!r}) needs longlive_kernels.fp4.quantize_model, which is not available"
             ) from exc
-        quantize_model(self, mode, skip=list(QUANT_SKIP_MODULES), **kwargs)
+        skip = [pat for name in QUANT_SKIP_MODULES for pat in (name, f"{name}.*")]  # fnmatch patterns
+        quantize_model(self, mode, skip=skip, **kwargs)
         self.linear_mode = mode
         return self
 
