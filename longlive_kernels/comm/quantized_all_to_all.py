@@ -505,50 +505,33 @@ def quantized_all_to_all(
     output is its ``dequantize_nvfp4``. NaN/Inf follow ``fp4/reference.py`` (poisoned blocks
     decode to NaN); an FP8 row holding NaN/Inf decodes to NaN.
     """
-    single = isinstance(x, torch.Tensor)
-    xs = [x] if single else list(x)
-    if not xs:
-        raise ValueError("x must be a tensor or a non-empty sequence of tensors")
-    for i, t in enumerate(xs):
-        name = "x" if single else f"x[{i}]"
-        _checks.check_dtype(name, t)
-        _checks.check_nonempty(name, t)
-        _checks.check_ndim(name, t, 4)
-        _checks.check_last_dim_contiguous(name, t)
-        if t.shape != xs[0].shape or t.dtype != xs[0].dtype or t.device != xs[0].device:
-            raise ValueError(f"all inputs must share shape, dtype and device; x[0] is {tuple(xs[0].shape)} "
-                             f"{xs[0].dtype} on {xs[0].device}, {name} is {tuple(t.shape)} {t.dtype} on {t.device}")
-        if torch.is_grad_enabled() and t.requires_grad:
-            raise ValueError("quantized_all_to_all has no backward; run it under torch.no_grad() or use "
-                             "ulysses_all_to_all for training")
-    x0 = xs[0]
+    xs, single = _validate_inputs(x)
+    x0, n, d = xs[0], len(xs), xs[0].shape[-1]
     sd, gd = normalize_dims("x", x0, scatter_dim, gather_dim)
     if {sd, gd} != {1, 2}:
         raise ValueError(f"scatter_dim/gather_dim must be 1 and 2 (seq and heads of [B, S, H, D]), got {sd}, {gd}")
-    _checks.check_choice("format", format, FORMATS)
-    _checks.check_choice("output", output, OUTPUTS)
-    _checks.check_choice("tensor_scale", tensor_scale, TENSOR_SCALES)
-    _checks.check_choice("scale_rule", scale_rule, tuple(SCALE_RULES))
-    if output != "dequantized" and output != format:
+    for name, value, choices in (("format", format, FORMATS), ("output", output, OUTPUTS),
+                                 ("tensor_scale", tensor_scale, TENSOR_SCALES),
+                                 ("scale_rule", scale_rule, tuple(SCALE_RULES))):
+        _checks.check_choice(name, value, choices)
+    if output not in ("dequantized", format):
         raise ValueError(f"output={output!r} needs format={output!r}, got format={format!r}")
-    d = x0.shape[-1]
     if format == "nvfp4":
         _checks.check_multiple("x.shape[-1]", d, BLOCK_SIZE, "head dim for NVFP4")
     p = group_size(group)
     check_divisible("x", x0, sd, p)
-    n = len(xs)
     gss = _as_list("global_scale", global_scale, n, single)
-    for i, g in enumerate(gss):
-        if g is not None:
-            _checks.check_tensor(f"global_scale[{i}]", g)
-            if g.numel() != 1:
-                raise ValueError(f"global_scale must have 1 element, got shape {tuple(g.shape)}")
-            _checks.check_same_device(x=x0, global_scale=g)
+    for i, g in enumerate(gss if global_scale is not None else []):
+        _checks.check_tensor(f"global_scale[{i}]", g)
+        if g.numel() != 1:
+            raise ValueError(f"global_scale must have 1 element, got shape {tuple(g.shape)}")
+        _checks.check_same_device(x=x0, global_scale=g)
     if tensor_scale == "auto":
         tensor_scale = "group" if output == "nvfp4" else "per_source"
     if output == "nvfp4" and tensor_scale == "per_source" and global_scale is None:
         raise ValueError("output='nvfp4' needs one tensor scale: use tensor_scale='group' or pass global_scale")
-    out_shape = list(x0.shape)
+    chunk_shape, out_shape = list(x0.shape), list(x0.shape)
+    chunk_shape[sd] //= p
     out_shape[sd] //= p
     out_shape[gd] *= p
     outs = _as_list("out", out, n, single)
@@ -562,67 +545,82 @@ def quantized_all_to_all(
                 TENSOR_SCALES.index(tensor_scale), tuple(SCALE_RULES).index(scale_rule)]
         check_ranks_agree(group, x0.device, tensor_signature(x0) + opts, "quantized_all_to_all")
 
-    # NVFP4 decode scales: given, or amax (one pass per tensor) + optional all-reduce(max).
-    gs_all = None
-    if format == "nvfp4":
-        if global_scale is not None:
-            gs_all = [g.reshape(()).to(torch.float32) for g in gss]
-        else:
-            amax_bits = torch.zeros(n, dtype=torch.int32, device=x0.device)
-            for i, t in enumerate(xs):
-                _amax_op(t, amax_bits, i, be)
-            if tensor_scale == "group" and p > 1:
-                # fp32 bits of non-negative floats order like int32: MAX on the bits is MAX on the values
-                dist.all_reduce(amax_bits, op=dist.ReduceOp.MAX, group=group)
-            gs_vec = amax_bits.view(torch.float32) / SCALE_RULES[scale_rule][1]
-            gs_all = list(gs_vec.unbind(0))
+    # NVFP4 decode scales: given, or the amax (one pass per tensor) + optional all-reduce(max).
+    gs_all = [None] * n
+    if format == "nvfp4" and global_scale is not None:
+        gs_all = [g.reshape(()).to(torch.float32) for g in gss]
+    elif format == "nvfp4":
+        amax_bits = torch.zeros(n, dtype=torch.int32, device=x0.device)
+        for i, t in enumerate(xs):
+            _amax_op(t, amax_bits, i, be)
+        if tensor_scale == "group" and p > 1:
+            # fp32 bits of non-negative floats order like int32: MAX of the bits is MAX of the values
+            dist.all_reduce(amax_bits, op=dist.ReduceOp.MAX, group=group)
+        gs_all = list((amax_bits.view(torch.float32) / SCALE_RULES[scale_rule][1]).unbind(0))
 
-    chunk_shape = list(x0.shape)
-    chunk_shape[sd] //= p
     layout = payload_layout(format, n, chunk_shape)
     send = torch.empty((p, layout.chunk_bytes), dtype=torch.uint8, device=x0.device)
     for i, t in enumerate(xs):
-        _pack_op(t, send, None if gs_all is None else gs_all[i], p, sd, format, scale_rule,
-                 layout.data_offset(i), layout.scale_offset(i), layout.header_word(i), be)
+        _pack_op(t, send, gs_all[i], p, sd, format, scale_rule, layout.data_offset(i), layout.scale_offset(i),
+                 layout.header_word(i), be)
     recv = torch.empty_like(send) if p > 1 else send
-    works = [all_to_all_buffer(send, recv, group, async_op)] if p > 1 and async_op else []
-    if p > 1 and not async_op:
-        all_to_all_buffer(send, recv, group, async_op=False)
+    work = all_to_all_buffer(send, recv, group, async_op) if p > 1 else None
 
     def finish():
         results = []
         for i, t in enumerate(xs):
-            o = outs[i]
+            sections = (layout.data_offset(i), layout.scale_offset(i), layout.header_word(i), layout.data_bytes,
+                        layout.scale_bytes, be)
             if output == "dequantized":
-                dst = o if o is not None else torch.empty(out_shape, dtype=t.dtype, device=t.device)
-                _unpack_op(recv, dst, None, p, gd, format, True, layout.data_offset(i), layout.scale_offset(i),
-                           layout.header_word(i), layout.data_bytes, layout.scale_bytes, be)
+                dst = outs[i] if outs[i] is not None else torch.empty(out_shape, dtype=t.dtype, device=t.device)
+                _unpack_op(recv, dst, None, p, gd, format, True, *sections)
                 results.append(dst)
                 continue
-            if o is None:
-                if format == "nvfp4":
-                    data = torch.empty([*out_shape[:-1], d // 2], dtype=torch.uint8, device=t.device)
-                    sc = torch.empty([*out_shape[:-1], d // BLOCK_SIZE], dtype=torch.float8_e4m3fn, device=t.device)
-                else:
-                    data = torch.empty(out_shape, dtype=torch.float8_e4m3fn, device=t.device)
-                    sc = torch.empty([*out_shape[:-1], 1], dtype=torch.float32, device=t.device)
-            else:
-                data, sc = (o.data, o.scale) if format == "nvfp4" else o
-            _unpack_op(recv, data.view(torch.uint8) if format == "fp8" else data, sc, p, gd, format, False,
-                       layout.data_offset(i), layout.scale_offset(i), layout.header_word(i), layout.data_bytes,
-                       layout.scale_bytes, be)
+            data, sc = _quantized_destination(outs[i], format, out_shape, t.device)
+            _unpack_op(recv, data.view(torch.uint8), sc, p, gd, format, False, *sections)
             if format == "fp8":
                 results.append((data, sc))
+            elif outs[i] is not None:
+                outs[i].global_scale.copy_(gs_all[i])
+                results.append(outs[i])
             else:
-                res = NVFP4Tensor(data=data, scale=sc, global_scale=gs_all[i].clone(), shape=torch.Size(out_shape),
-                                  dtype=t.dtype, scale_rule=scale_rule)
-                if o is not None:
-                    o.global_scale.copy_(res.global_scale)
-                    res = o
-                results.append(res)
+                results.append(NVFP4Tensor(data=data, scale=sc, global_scale=gs_all[i].clone(),
+                                           shape=torch.Size(out_shape), dtype=t.dtype, scale_rule=scale_rule))
         return results[0] if single else results
 
-    return AllToAllHandle(works, finish) if async_op else finish()
+    return AllToAllHandle([work], finish) if async_op else finish()
+
+
+def _validate_inputs(x) -> tuple[list[torch.Tensor], bool]:
+    single = isinstance(x, torch.Tensor)
+    xs = [x] if single else list(x) if isinstance(x, (list, tuple)) else None
+    if not xs:
+        raise TypeError(f"x must be a tensor or a non-empty sequence of tensors, got {type(x).__name__}")
+    for i, t in enumerate(xs):
+        name = "x" if single else f"x[{i}]"
+        _checks.check_dtype(name, t)
+        _checks.check_nonempty(name, t)
+        _checks.check_ndim(name, t, 4)
+        _checks.check_last_dim_contiguous(name, t)
+        if t.shape != xs[0].shape or t.dtype != xs[0].dtype or t.device != xs[0].device:
+            raise ValueError(f"all inputs must share shape, dtype and device; x[0] is {tuple(xs[0].shape)} "
+                             f"{xs[0].dtype} on {xs[0].device}, {name} is {tuple(t.shape)} {t.dtype} on {t.device}")
+        if torch.is_grad_enabled() and t.requires_grad:
+            raise ValueError("quantized_all_to_all has no backward; run it under torch.no_grad() or use "
+                             "ulysses_all_to_all for training")
+    return xs, single
+
+
+def _quantized_destination(o, fmt: str, shape: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(data, scale) to unpack into: the caller's ``out`` or fresh tensors in the gathered layout."""
+    if o is not None:
+        return (o.data, o.scale) if fmt == "nvfp4" else tuple(o)
+    lead, d = shape[:-1], shape[-1]
+    if fmt == "nvfp4":
+        return (torch.empty([*lead, d // 2], dtype=torch.uint8, device=device),
+                torch.empty([*lead, d // BLOCK_SIZE], dtype=torch.float8_e4m3fn, device=device))
+    return (torch.empty(shape, dtype=torch.float8_e4m3fn, device=device),
+            torch.empty([*lead, 1], dtype=torch.float32, device=device))
 
 
 register_aot(

@@ -85,7 +85,9 @@ def check_ranks_agree(group: dist.ProcessGroup | None, device: torch.device, sig
     p = group_size(group)
     sig = torch.tensor(list(signature), dtype=torch.int64, device=comm_device(group, device))
     gathered = torch.empty(p * sig.numel(), dtype=torch.int64, device=sig.device)
-    dist.all_gather_into_tensor(gathered, sig, group=group)
+    # all_gather_single is the newer name (torch ≥ 2.12); the GPU machines may have an older torch
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(gathered, sig, group=group)
     rows = gathered.view(p, -1).cpu().tolist()
     if any(r != rows[0] for r in rows):
         listing = "; ".join(f"rank {i}: {r}" for i, r in enumerate(rows))
