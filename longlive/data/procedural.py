@@ -21,8 +21,9 @@ chunk's prompt starts with ``"The scene transitions. "`` (longlive-spec.md §6.4
 
 Defaults (sized for the ``tiny`` demo model, PatchVAE with 8×8 patches): 128×128 frames at
 8 fps; chunk layout of a temporal-stride-4 VAE with 2 latent frames per chunk: first chunk 5 raw
-frames, then 8 (1 s); 8 chunks; shots of 2–4 chunks. Rendering is vectorised numpy with
-1-pixel anti-aliasing (≈0.3 ms per 128×128 frame).
+frames, then 8 (1 s); 8 chunks (61 frames, 7.6 s); shots of 2–4 chunks; objects of size
+0.085–0.11 (one) or 0.07–0.09 (two) of the frame, moving 0.22 frame-widths per second. Rendering
+is vectorised numpy with 1-pixel anti-aliasing (< 1 ms per 128×128 frame on one CPU core).
 
 Prompts come from templates and synonym lists split into ``"train"`` and ``"heldout"``
 phrasings: same attributes, disjoint words and sentence structures (held-out: "Against a dim
@@ -255,7 +256,7 @@ def prompt_templates(phrasing: str) -> list[str]:
     return list(_TEMPLATES[phrasing])
 
 
-def _choose_wording(rng: np.random.Generator, phrasing: str) -> dict[str, int]:
+def _choose_wording(rng: np.random.Generator) -> dict[str, int]:
     """Random template and synonym indices; reused over a shot so unchanged content keeps its text."""
     return {k: int(rng.integers(1 << 30)) for k in ("template", "colour", "shape", "motion", "bg", "pan", "spin", "count")}
 
@@ -279,7 +280,7 @@ def describe(attrs: SceneAttributes, *, phrasing: str = "train", wording: dict[s
         if getattr(attrs, name) is None:
             raise ValueError(f"describe: attribute {name!r} must be set, got None in {attrs}")
     if wording is None:
-        wording = _choose_wording(rng, phrasing) if rng is not None else dict.fromkeys(
+        wording = _choose_wording(rng) if rng is not None else dict.fromkeys(
             ("template", "colour", "shape", "motion", "bg", "pan", "spin", "count"), 0)
     plural = attrs.count == 2
 
@@ -476,7 +477,7 @@ def generate_sample(seed: int, config: ProceduralConfig | None = None) -> Proced
         if new_shot:
             shot += 1
             chunks_left = int(rng.integers(cfg.min_chunks_per_shot, cfg.max_chunks_per_shot + 1))
-            scene, wording = _draw_shot_scene(rng, cfg), _choose_wording(rng, cfg.phrasing)
+            scene, wording = _draw_shot_scene(rng, cfg), _choose_wording(rng)
             direction = None
         elif rng.random() < cfg.colour_switch_probability:
             scene["colour"] = COLOURS[(COLOURS.index(scene["colour"]) + 1 + rng.integers(len(COLOURS) - 1))

@@ -107,6 +107,7 @@ def iter_video_frames(path: str | os.PathLike, *, target_fps: float | None = Non
         if not container.streams.video:
             raise ValueError(f"{os.fspath(path)}: no video stream")
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
         orig = _stream_fps(stream)
         ratio = 1.0 if target_fps is None else orig / target_fps
         out_fps = orig if target_fps is None else float(target_fps)
@@ -133,17 +134,19 @@ def read_video(path: str | os.PathLike, *, target_fps: float | None = None) -> t
 
 
 def _resize(rgb: np.ndarray, height: int, width: int, keep_aspect: bool) -> torch.Tensor:
-    """uint8 [H, W, 3] → float32 [3, height, width] in [−1, 1]."""
-    x = torch.from_numpy(rgb).permute(2, 0, 1).float()
+    """uint8 [H, W, 3] → float32 [3, height, width] in [−1, 1] (bilinear, antialias)."""
+    x = torch.from_numpy(rgb)
     if keep_aspect:  # centre-crop to the target aspect ratio first
-        h, w = x.shape[1:]
+        h, w = x.shape[:2]
         scale = min(h / height, w / width)
         ch, cw = round(height * scale), round(width * scale)
         y0, x0 = (h - ch) // 2, (w - cw) // 2
-        x = x[:, y0:y0 + ch, x0:x0 + cw]
-    if tuple(x.shape[1:]) != (height, width):
-        x = F.interpolate(x[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
-    return (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
+        x = x[y0:y0 + ch, x0:x0 + cw]
+    x = x.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    if tuple(x.shape[2:]) != (height, width):
+        # uint8 channels-last has a fast SIMD antialias kernel (~50x the float path); rounding ≤ 0.5/255
+        x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return (x[0].float() / 127.5 - 1.0).contiguous()
 
 
 class VideoFolderDataset(torch.utils.data.Dataset):

