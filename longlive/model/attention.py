@@ -287,14 +287,8 @@ class KVCacheAttention(AttentionBackend):
 # ---------------------------------------------------------------------------------------------
 # Ulysses sequence parallelism hook
 # ---------------------------------------------------------------------------------------------
-def _all_to_all(x: torch.Tensor, group, *, scatter_dim: int, gather_dim: int) -> torch.Tensor:
-    try:
-        from longlive_kernels.comm import ulysses_all_to_all
-    except ImportError:
-        ulysses_all_to_all = None
-    if ulysses_all_to_all is not None:
-        return ulysses_all_to_all(x, group, scatter_dim=scatter_dim, gather_dim=gather_dim)
-    # TODO-remove once longlive_kernels.comm.ulysses_all_to_all lands: autograd-aware plain torch.
+def _all_to_all_torch(x: torch.Tensor, group, *, scatter_dim: int, gather_dim: int) -> torch.Tensor:
+    """Autograd-aware plain-torch all-to-all (fallback when ``longlive_kernels.comm`` is missing)."""
     import torch.distributed as dist
     import torch.distributed.nn.functional as dnf
 
@@ -309,15 +303,30 @@ def _all_to_all(x: torch.Tensor, group, *, scatter_dim: int, gather_dim: int) ->
 class SequenceParallelAttention(AttentionBackend):
     """Ulysses: q, k, v [B, L/P, H, D] → all-to-all → [B, L, H/P, D] → ``inner`` → o back to
     [B, L/P, H, D]. ``inner`` sees the global sequence (Balanced SP: the natural interleaved
-    order ``[r0_clean, r0_noisy, r1_clean, …]``, spec §5.2) with the rank's H/P heads."""
+    order ``[r0_clean, r0_noisy, r1_clean, …]``, spec §5.2) with the rank's H/P heads; a KV cache
+    behind it holds H/P heads (``CausalDiT.make_kv_cache(num_heads=H // P)``).
+
+    Runs ``longlive_kernels.comm.UlyssesAttention`` (optionally NVFP4/FP8 K/V on the wire via
+    ``kv_format``); a plain-torch all-to-all when that package part is missing.
+    """
 
     name = "ulysses"
 
-    def __init__(self, inner: AttentionBackend, group=None):
+    def __init__(self, inner: AttentionBackend, group=None, *, kv_format: str | None = None, **ulysses_kwargs):
         self.inner, self.group = inner, group
+        try:
+            from longlive_kernels.comm import UlyssesAttention
+        except ImportError:
+            UlyssesAttention = None  # noqa: N806
+        if UlyssesAttention is None and kv_format is not None:
+            raise ValueError("SequenceParallelAttention: kv_format needs longlive_kernels.comm.UlyssesAttention")
+        self._ulysses = (UlyssesAttention(inner, group, kv_format=kv_format, **ulysses_kwargs)
+                         if UlyssesAttention is not None else None)
 
     def __call__(self, q, k, v, *, layer):
-        a2a = _all_to_all
+        if self._ulysses is not None:
+            return self._ulysses(q, k, v, layer=layer)
+        a2a = _all_to_all_torch
         q, k, v = (a2a(t, self.group, scatter_dim=2, gather_dim=1) for t in (q, k, v))
         o = self.inner(q, k, v, layer=layer)
         return a2a(o, self.group, scatter_dim=1, gather_dim=2)

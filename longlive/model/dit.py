@@ -285,14 +285,16 @@ class CausalDiT(nn.Module):
         attention_compute : {"bf16", "fp8"}
             Math of the FP4-KV attention kernel.
         attention : AttentionBackend, optional
-            Override (e.g. ``SequenceParallelAttention(KVCacheAttention(cache))``).
+            Override, e.g. Ulysses SP: ``SequenceParallelAttention(KVCacheAttention(cache), group)``
+            with this rank's frames of the chunk in ``x_chunk``, ``frame_offset`` = the chunk's
+            first frame + rank · Fc/P, and a cache of H/P heads and the full chunk's tokens.
 
         Returns
         -------
         Tensor [B, C_out, Fc, H, W] flow prediction.
         """
         tokens, grid = self.patchify(x_chunk)
-        if tokens.shape[1] != cache.chunk_tokens:
+        if attention is None and tokens.shape[1] != cache.chunk_tokens:
             raise ValueError(f"x_chunk has {tokens.shape[1]} tokens (grid {grid}); the cache was built for "
                              f"chunk_tokens={cache.chunk_tokens}")
         if frame_offset is None:
