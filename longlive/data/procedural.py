@@ -43,11 +43,30 @@ import torch
 from .prompts import SCENE_CUT_PREFIX, chunk_frame_bounds, num_frames_for_chunks
 
 __all__ = [
-    "COLOURS", "COLOUR_RGB", "SHAPES", "DIRECTIONS", "BACKGROUNDS", "PANS", "COUNTS",
-    "SceneAttributes", "ChunkTruth", "VideoTruth", "ProceduralSample", "ProceduralConfig",
-    "generate_sample", "render_scene", "describe", "parse_prompt", "prompt_templates",
-    "frames_to_tensor", "tensor_to_frames", "ProceduralVideoDataset", "ProceduralVideoStream",
-    "shape_circumradius", "with_phrasing", "write_sample_mp4",
+    "BACKGROUNDS",
+    "COLOURS",
+    "COLOUR_RGB",
+    "COUNTS",
+    "DIRECTIONS",
+    "PANS",
+    "SHAPES",
+    "ChunkTruth",
+    "ProceduralConfig",
+    "ProceduralSample",
+    "ProceduralVideoDataset",
+    "ProceduralVideoStream",
+    "SceneAttributes",
+    "VideoTruth",
+    "describe",
+    "frames_to_tensor",
+    "generate_sample",
+    "parse_prompt",
+    "prompt_templates",
+    "render_scene",
+    "shape_circumradius",
+    "tensor_to_frames",
+    "with_phrasing",
+    "write_sample_mp4",
 ]
 
 COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta")
@@ -156,7 +175,8 @@ class ProceduralConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"ProceduralConfig.{name} must be a positive int, got {v!r}")
         if min(self.height, self.width) < 32:
-            raise ValueError(f"ProceduralConfig: frames must be at least 32×32, got {self.height}×{self.width}")
+            raise ValueError(f"ProceduralConfig: frames must be at least 32×32, got "
+                             f"{self.height}×{self.width}")
         if self.min_chunks_per_shot > self.max_chunks_per_shot:
             raise ValueError(f"ProceduralConfig: min_chunks_per_shot ({self.min_chunks_per_shot}) > "
                              f"max_chunks_per_shot ({self.max_chunks_per_shot})")
@@ -190,31 +210,43 @@ _COLOUR_WORDS = {
                 "green": ["emerald", "grass-green"], "cyan": ["turquoise", "aquamarine"],
                 "blue": ["cobalt", "sapphire"], "magenta": ["fuchsia", "hot-pink"]},
 }
-_SHAPE_WORDS = {
-    "train": {"circle": [("circle", "circles"), ("ball", "balls")],
-              "square": [("square", "squares"), ("box", "boxes")],
-              "triangle": [("triangle", "triangles")]},
-    "heldout": {"circle": [("disc", "discs"), ("round dot", "round dots")],
-                "square": [("block", "blocks"), ("square tile", "square tiles")],
-                "triangle": [("three-sided shape", "three-sided shapes"), ("triangular tile", "triangular tiles")]},
-}
-_MOTION_WORDS = {
+def _plural(phrase: str) -> tuple[str, str]:
+    """(singular, plural) of a noun phrase ("box" → "boxes") or a verb phrase ("moves up" → "move up")."""
+    head, _, rest = phrase.partition(" ")
+    if head == "does":
+        return phrase, " ".join(["do", rest])
+    if head.endswith("s"):  # a verb: drop the third-person s
+        return phrase, " ".join(filter(None, [head[:-1], rest]))
+    words = phrase.split(" ")
+    words[-1] += "es" if words[-1].endswith(("x", "s", "sh", "ch")) else "s"
+    return phrase, " ".join(words)
+
+
+def _plurals(table: dict) -> dict:
+    return {side: {k: [_plural(p) for p in v] for k, v in vals.items()} for side, vals in table.items()}
+
+
+_SHAPE_WORDS = _plurals({
+    "train": {"circle": ["circle", "ball"], "square": ["square", "box"], "triangle": ["triangle"]},
+    "heldout": {"circle": ["disc", "round dot"], "square": ["block", "square tile"],
+                "triangle": ["three-sided shape", "triangular tile"]},
+})
+_MOTION_WORDS = _plurals({
     "train": {
-        "left": [("moves to the left", "move to the left"), ("slides left", "slide left"), ("travels left", "travel left")],
-        "right": [("moves to the right", "move to the right"), ("slides right", "slide right"),
-                  ("travels right", "travel right")],
-        "up": [("moves up", "move up"), ("slides upward", "slide upward"), ("rises", "rise")],
-        "down": [("moves down", "move down"), ("slides downward", "slide downward"), ("falls", "fall")],
-        "still": [("stays still", "stay still"), ("does not move", "do not move"), ("rests in place", "rest in place")],
+        "left": ["moves to the left", "slides left", "travels left"],
+        "right": ["moves to the right", "slides right", "travels right"],
+        "up": ["moves up", "slides upward", "rises"],
+        "down": ["moves down", "slides downward", "falls"],
+        "still": ["stays still", "does not move", "rests in place"],
     },
     "heldout": {
-        "left": [("drifts leftward", "drift leftward"), ("glides toward the left edge", "glide toward the left edge")],
-        "right": [("drifts rightward", "drift rightward"), ("glides toward the right edge", "glide toward the right edge")],
-        "up": [("drifts toward the top", "drift toward the top"), ("climbs skyward", "climb skyward")],
-        "down": [("drifts toward the bottom", "drift toward the bottom"), ("descends steadily", "descend steadily")],
-        "still": [("remains motionless", "remain motionless"), ("sits stationary", "sit stationary")],
+        "left": ["drifts leftward", "glides toward the left edge"],
+        "right": ["drifts rightward", "glides toward the right edge"],
+        "up": ["drifts toward the top", "climbs skyward"],
+        "down": ["drifts toward the bottom", "descends steadily"],
+        "still": ["remains motionless", "sits stationary"],
     },
-}
+})
 _BACKGROUND_WORDS = {
     "train": {"dark": ["dark", "black"], "light": ["light", "light grey"],
               "gradient": ["gradient", "dark-to-light gradient"], "checkered": ["checkered", "checkerboard"]},
@@ -228,11 +260,13 @@ _PAN_WORDS = {
                 "right": [", with the view sweeping rightward", " as the shot tracks rightward"]},
 }
 _SPIN_WORDS = {
-    "train": {False: [("", "")], True: [(" while spinning", " while spinning"), (" and rotates", " and rotate")]},
+    "train": {False: [("", "")],
+              True: [(" while spinning", " while spinning"), (" and rotates", " and rotate")]},
     "heldout": {False: [("", "")], True: [(" as it twirls", " as they twirl"),
                                           (", turning round and round", ", turning round and round")]},
 }
-_COUNT_WORDS = {"train": {1: ["a", "one"], 2: ["two"]}, "heldout": {1: ["a single", "a lone"], 2: ["a pair of"]}}
+_COUNT_WORDS = {"train": {1: ["a", "one"], 2: ["two"]},
+                "heldout": {1: ["a single", "a lone"], 2: ["a pair of"]}}
 _TEMPLATES = {
     "train": [
         "{count} {colour} {shape} {motion}{spin} on a {bg} background{pan}.",
@@ -256,9 +290,12 @@ def prompt_templates(phrasing: str) -> list[str]:
     return list(_TEMPLATES[phrasing])
 
 
+_WORDING_KEYS = ("template", "colour", "shape", "motion", "bg", "pan", "spin", "count")
+
+
 def _choose_wording(rng: np.random.Generator) -> dict[str, int]:
     """Random template and synonym indices; reused over a shot so unchanged content keeps its text."""
-    return {k: int(rng.integers(1 << 30)) for k in ("template", "colour", "shape", "motion", "bg", "pan", "spin", "count")}
+    return {k: int(rng.integers(1 << 30)) for k in _WORDING_KEYS}
 
 
 def describe(attrs: SceneAttributes, *, phrasing: str = "train", wording: dict[str, int] | None = None,
@@ -280,22 +317,21 @@ def describe(attrs: SceneAttributes, *, phrasing: str = "train", wording: dict[s
         if getattr(attrs, name) is None:
             raise ValueError(f"describe: attribute {name!r} must be set, got None in {attrs}")
     if wording is None:
-        wording = _choose_wording(rng) if rng is not None else dict.fromkeys(
-            ("template", "colour", "shape", "motion", "bg", "pan", "spin", "count"), 0)
+        wording = _choose_wording(rng) if rng is not None else dict.fromkeys(_WORDING_KEYS, 0)
     plural = attrs.count == 2
 
     def pick(options, key):
         return options[wording[key] % len(options)]
 
-    words = dict(
-        count=pick(_COUNT_WORDS[phrasing][attrs.count], "count"),
-        colour=pick(_COLOUR_WORDS[phrasing][attrs.colour], "colour"),
-        shape=pick(_SHAPE_WORDS[phrasing][attrs.shape], "shape")[plural],
-        motion=pick(_MOTION_WORDS[phrasing][attrs.direction], "motion")[plural],
-        spin=pick(_SPIN_WORDS[phrasing][bool(attrs.spin)], "spin")[plural],
-        bg=pick(_BACKGROUND_WORDS[phrasing][attrs.background], "bg"),
-        pan=pick(_PAN_WORDS[phrasing][attrs.pan], "pan"),
-    )
+    words = {
+        "count": pick(_COUNT_WORDS[phrasing][attrs.count], "count"),
+        "colour": pick(_COLOUR_WORDS[phrasing][attrs.colour], "colour"),
+        "shape": pick(_SHAPE_WORDS[phrasing][attrs.shape], "shape")[plural],
+        "motion": pick(_MOTION_WORDS[phrasing][attrs.direction], "motion")[plural],
+        "spin": pick(_SPIN_WORDS[phrasing][bool(attrs.spin)], "spin")[plural],
+        "bg": pick(_BACKGROUND_WORDS[phrasing][attrs.background], "bg"),
+        "pan": pick(_PAN_WORDS[phrasing][attrs.pan], "pan"),
+    }
     text = pick(_TEMPLATES[phrasing], "template").format(**words)
     text = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", text)
     return text[0].upper() + text[1:]
@@ -338,7 +374,7 @@ def parse_prompt(prompt: str, *, strict: bool = True, prefix: str = SCENE_CUT_PR
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    text = prompt[len(prefix):] if prompt.startswith(prefix) else prompt
+    text = prompt.removeprefix(prefix)
     found: dict[str, object] = {}
     for m in _PHRASE_RE.finditer(text.lower()):
         name, value = _PHRASE_VALUE[m.group(1)]
@@ -432,7 +468,8 @@ def _draw_shot_scene(rng: np.random.Generator, cfg: ProceduralConfig) -> dict:
     if np.any(hi <= lo):
         raise ValueError(f"frame {h}×{w} too small for two objects of size {size:.1f}")
     pos = rng.uniform(lo, hi)
-    return dict(count=count, shape=shape, background=background, levels=(float(levels[0]), float(levels[1])),
+    return dict(count=count, shape=shape, background=background,  # noqa: C408 (keyword table reads best)
+                levels=(float(levels[0]), float(levels[1])),
                 pan=pan, spin=spin, size=size, offsets=offs, lo=lo, hi=hi, pos=pos,
                 colour=COLOURS[rng.integers(len(COLOURS))],
                 angle=float(rng.uniform(0, 2 * math.pi)) if spin else 0.0,  # still shapes stay upright
@@ -489,8 +526,8 @@ def generate_sample(seed: int, config: ProceduralConfig | None = None) -> Proced
         if direction is None or direction not in options or rng.random() < cfg.direction_switch_probability:
             others = [d for d in options if d != direction] or options
             direction = others[rng.integers(len(others))]
-        attrs = SceneAttributes(scene["colour"], scene["shape"], scene["count"], direction, scene["background"],
-                                scene["pan"], scene["spin"])
+        attrs = SceneAttributes(scene["colour"], scene["shape"], scene["count"], direction,
+                                scene["background"], scene["pan"], scene["spin"])
         prompt = describe(attrs, phrasing=cfg.phrasing, wording=wording)
         cut = new_shot and c > 0
         switch = c > 0 and (cut or attrs != prev_attrs)
@@ -505,12 +542,15 @@ def generate_sample(seed: int, config: ProceduralConfig | None = None) -> Proced
                 if scene["spin"]:
                     scene["angle"] += scene["spin_sign"] * spin_step
             centres = scene["pos"][None, :] + scene["offsets"]
-            objs = [(scene["shape"], scene["colour"], cx, cy, scene["size"], scene["angle"]) for cx, cy in centres]
-            frames[t] = render_scene(h, w, scene["background"], scene["levels"], int(round(scene["pan_offset"])), objs)
+            objs = [(scene["shape"], scene["colour"], x, y, scene["size"], scene["angle"])
+                    for x, y in centres]
+            pan_px = round(scene["pan_offset"])
+            frames[t] = render_scene(h, w, scene["background"], scene["levels"], pan_px, objs)
             cents[t, :len(centres)] = centres
             tr["shot"][t], tr["chunk"][t], tr["count"][t] = shot, c, scene["count"]
             tr["colour"][t], tr["shape"][t] = COLOURS.index(scene["colour"]), SHAPES.index(scene["shape"])
-            tr["direction"][t], tr["background"][t] = DIRECTIONS.index(direction), BACKGROUNDS.index(scene["background"])
+            tr["direction"][t] = DIRECTIONS.index(direction)
+            tr["background"][t] = BACKGROUNDS.index(scene["background"])
             tr["pan"][t], spin_arr[t] = PANS.index(scene["pan"]), scene["spin"]
             size_arr[t], angle_arr[t] = scene["size"], scene["angle"]
     truth = VideoTruth(**tr, spin=spin_arr, centroids=cents, size=size_arr, angle=angle_arr, chunks=chunks)
@@ -521,7 +561,8 @@ def generate_sample(seed: int, config: ProceduralConfig | None = None) -> Proced
 # Tensors and datasets.
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 [T, H, W, 3] → float32 [3, T, H, W] in [−1, 1] (the VAE's pixel convention)."""
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+    if not (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4
+            and frames.shape[-1] == 3):
         raise ValueError(f"frames must be a uint8 array [T, H, W, 3], got "
                          f"{getattr(frames, 'dtype', type(frames).__name__)} {getattr(frames, 'shape', '')}")
     return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
@@ -530,7 +571,8 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     """float [3, T, H, W] in [−1, 1] → uint8 [T, H, W, 3] (clamped, rounded)."""
     if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[0] != 3:
-        raise ValueError(f"video must be a tensor [3, T, H, W], got {getattr(video, 'shape', type(video).__name__)}")
+        got = getattr(video, "shape", type(video).__name__)
+        raise ValueError(f"video must be a tensor [3, T, H, W], got {got}")
     x = ((video.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).contiguous().numpy()
 

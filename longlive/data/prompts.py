@@ -42,10 +42,10 @@ __all__ = [
     "ChunkPrompt",
     "PromptScheduleError",
     "chunk_frame_bounds",
-    "chunk_index_of_frame",
     "chunk_frame_counts",
-    "num_frames_for_chunks",
+    "chunk_index_of_frame",
     "load_prompt_schedule",
+    "num_frames_for_chunks",
     "parse_prompt_schedule",
     "schedule_from_chunk_prompts",
     "strip_scene_cut_prefix",
@@ -117,9 +117,13 @@ def num_frames_for_chunks(num_chunks: int, *, first_chunk_frames: int, chunk_fra
     return 0 if num_chunks == 0 else first_chunk_frames + (num_chunks - 1) * chunk_frames
 
 
-def chunk_frame_bounds(num_chunks: int, *, first_chunk_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+def chunk_frame_bounds(
+    num_chunks: int, *, first_chunk_frames: int, chunk_frames: int
+) -> list[tuple[int, int]]:
     """Half-open raw-frame ranges ``[start, stop)`` of each chunk."""
-    total = num_frames_for_chunks(num_chunks, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
+    total = num_frames_for_chunks(
+        num_chunks, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
+    )
     bounds, start = [], 0
     for c in range(num_chunks):
         stop = start + (first_chunk_frames if c == 0 else chunk_frames)
@@ -140,7 +144,7 @@ def chunk_index_of_frame(frame: int, *, first_chunk_frames: int, chunk_frames: i
 def strip_scene_cut_prefix(prompt: str, prefix: str = SCENE_CUT_PREFIX) -> tuple[str, bool]:
     """Return ``(prompt without the prefix, had_prefix)``."""
     if prompt.startswith(prefix):
-        return prompt[len(prefix):], True
+        return prompt[len(prefix) :], True
     return prompt, False
 
 
@@ -189,8 +193,9 @@ def _read_entries(path: str) -> list[tuple[int, object]]:
                 raise PromptScheduleError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
         return entries
     if ext not in (".yaml", ".yml", ".json"):
-        raise PromptScheduleError(f"{path}: unknown prompt schedule extension {ext!r}; expected .yaml, .yml, "
-                                  ".json or .jsonl")
+        raise PromptScheduleError(
+            f"{path}: unknown prompt schedule extension {ext!r}; expected .yaml, .yml, .json or .jsonl"
+        )
     try:
         data = yaml.safe_load(text)
         lines = _yaml_entry_lines(text)
@@ -200,7 +205,9 @@ def _read_entries(path: str) -> list[tuple[int, object]]:
         raise PromptScheduleError(f"{path}{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
     if isinstance(data, dict):
         if set(data) != {"prompts"}:
-            raise PromptScheduleError(f"{path}:1: a mapping must have exactly one key 'prompts', got {sorted(data)}")
+            raise PromptScheduleError(
+                f"{path}:1: a mapping must have exactly one key 'prompts', got {sorted(data)}"
+            )
         data = data["prompts"]
     if not isinstance(data, list) or lines is None:
         raise PromptScheduleError(f"{path}:1: expected a list of entries, got {type(data).__name__}")
@@ -227,25 +234,38 @@ def parse_prompt_schedule(
     for lineno, entry in entries:
         where = f"{source}:{lineno}"
         if not isinstance(entry, dict):
-            raise PromptScheduleError(f"{where}: an entry must be a mapping, got {type(entry).__name__}: {entry!r}")
+            raise PromptScheduleError(
+                f"{where}: an entry must be a mapping, got {type(entry).__name__}: {entry!r}"
+            )
         unknown = set(entry) - _ALLOWED_KEYS
         if unknown:
-            raise PromptScheduleError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: "
-                                      f"{sorted(_ALLOWED_KEYS)}")
+            raise PromptScheduleError(
+                f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(_ALLOWED_KEYS)}"
+            )
         if ("chunk" in entry) == ("second" in entry):
-            raise PromptScheduleError(f"{where}: give exactly one of 'chunk' or 'second', got {sorted(entry)}")
+            raise PromptScheduleError(
+                f"{where}: give exactly one of 'chunk' or 'second', got {sorted(entry)}"
+            )
         if "chunk" in entry:
             chunk = entry["chunk"]
             if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
                 raise PromptScheduleError(f"{where}: 'chunk' must be an int >= 0, got {chunk!r}")
         else:
             sec = entry["second"]
-            if isinstance(sec, bool) or not isinstance(sec, (int, float)) or not math.isfinite(sec) or sec < 0:
+            if (
+                isinstance(sec, bool)
+                or not isinstance(sec, (int, float))
+                or not math.isfinite(sec)
+                or sec < 0
+            ):
                 raise PromptScheduleError(f"{where}: 'second' must be a finite number >= 0, got {sec!r}")
             if fps is None or first_chunk_frames is None or chunk_frames is None:
-                raise PromptScheduleError(f"{where}: 'second' positions need fps, first_chunk_frames and chunk_frames")
-            chunk = chunk_index_of_frame(int(round(sec * fps)), first_chunk_frames=first_chunk_frames,
-                                         chunk_frames=chunk_frames)
+                raise PromptScheduleError(
+                    f"{where}: 'second' positions need fps, first_chunk_frames and chunk_frames"
+                )
+            chunk = chunk_index_of_frame(
+                int(round(sec * fps)), first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
+            )
         prompt = entry.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptScheduleError(f"{where}: 'prompt' must be a non-empty string, got {prompt!r}")
@@ -255,14 +275,22 @@ def parse_prompt_schedule(
         body, had_prefix = strip_scene_cut_prefix(prompt.strip(), prefix)
         cut = cut or had_prefix
         if starts and chunk <= starts[-1][0]:
-            raise PromptScheduleError(f"{where}: position (chunk {chunk}) must be after the previous entry's "
-                                      f"(chunk {starts[-1][0]}, line {starts[-1][1]})")
+            raise PromptScheduleError(
+                f"{where}: position (chunk {chunk}) must be after the previous entry's "
+                f"(chunk {starts[-1][0]}, line {starts[-1][1]})"
+            )
         if not starts and chunk != 0:
-            raise PromptScheduleError(f"{where}: the first entry must start at chunk 0 / second 0, got chunk {chunk}")
+            raise PromptScheduleError(
+                f"{where}: the first entry must start at chunk 0 / second 0, got chunk {chunk}"
+            )
         if not starts and cut:
-            raise PromptScheduleError(f"{where}: the first entry cannot be a scene cut (chunk 0 is the global sink)")
+            raise PromptScheduleError(
+                f"{where}: the first entry cannot be a scene cut (chunk 0 is the global sink)"
+            )
         if num_chunks is not None and chunk >= num_chunks:
-            raise PromptScheduleError(f"{where}: entry starts at chunk {chunk} but the video has {num_chunks} chunks")
+            raise PromptScheduleError(
+                f"{where}: entry starts at chunk {chunk} but the video has {num_chunks} chunks"
+            )
         starts.append((chunk, lineno, body, cut))
     if num_chunks is None:
         num_chunks = starts[-1][0] + 1
@@ -314,6 +342,12 @@ def load_prompt_schedule(
         ``path`` does not exist.
     """
     path = os.fspath(path)
-    return parse_prompt_schedule(_read_entries(path), num_chunks=num_chunks, fps=fps,
-                                 first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
-                                 prefix=prefix, source=path)
+    return parse_prompt_schedule(
+        _read_entries(path),
+        num_chunks=num_chunks,
+        fps=fps,
+        first_chunk_frames=first_chunk_frames,
+        chunk_frames=chunk_frames,
+        prefix=prefix,
+        source=path,
+    )

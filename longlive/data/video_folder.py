@@ -37,8 +37,15 @@ import torch.nn.functional as F
 
 from .prompts import SCENE_CUT_PREFIX
 
-__all__ = ["VIDEO_EXTENSIONS", "write_video", "read_video", "iter_video_frames", "VideoFolderDataset",
-           "collate_video_samples", "natural_key"]
+__all__ = [
+    "VIDEO_EXTENSIONS",
+    "VideoFolderDataset",
+    "collate_video_samples",
+    "iter_video_frames",
+    "natural_key",
+    "read_video",
+    "write_video",
+]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 
@@ -48,7 +55,9 @@ def natural_key(name: str) -> list:
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
 
 
-def write_video(path: str | os.PathLike, frames, fps: float, *, codec: str = "libx264", crf: int = 18) -> None:
+def write_video(
+    path: str | os.PathLike, frames, fps: float, *, codec: str = "libx264", crf: int = 18
+) -> None:
     """Write frames to a video file with PyAV.
 
     Parameters
@@ -66,9 +75,16 @@ def write_video(path: str | os.PathLike, frames, fps: float, *, codec: str = "li
 
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {getattr(frames, 'dtype', type(frames).__name__)} "
-                         f"{getattr(frames, 'shape', '')}")
+    if (
+        not isinstance(frames, np.ndarray)
+        or frames.dtype != np.uint8
+        or frames.ndim != 4
+        or frames.shape[-1] != 3
+    ):
+        raise ValueError(
+            f"frames must be uint8 [T, H, W, 3], got {getattr(frames, 'dtype', type(frames).__name__)} "
+            f"{getattr(frames, 'shape', '')}"
+        )
     t, h, w, _ = frames.shape
     if t == 0:
         raise ValueError("frames must contain at least one frame, got T=0")
@@ -141,7 +157,7 @@ def _resize(rgb: np.ndarray, height: int, width: int, keep_aspect: bool) -> torc
         scale = min(h / height, w / width)
         ch, cw = round(height * scale), round(width * scale)
         y0, x0 = (h - ch) // 2, (w - cw) // 2
-        x = x[y0:y0 + ch, x0:x0 + cw]
+        x = x[y0 : y0 + ch, x0 : x0 + cw]
     x = x.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
     if tuple(x.shape[2:]) != (height, width):
         # uint8 channels-last has a fast SIMD antialias kernel (~50x the float path); rounding ≤ 0.5/255
@@ -182,13 +198,30 @@ class VideoFolderDataset(torch.utils.data.Dataset):
     per chunk), ``scene_cut`` bool [chunks], ``loss_mask`` bool [chunks], ``sample`` str.
     """
 
-    def __init__(self, root: str | os.PathLike, *, height: int, width: int, target_fps: float = 24.0,
-                 first_chunk_frames: int = 29, chunk_frames: int = 32, num_chunks: int | None = None,
-                 max_chunks_per_shot: int | None = None, virtual_cut_skip_seconds: float = 1.0,
-                 allow_padding: bool = False, random_start: bool = False, seed: int = 0,
-                 keep_aspect: bool = False, scene_cut_prefix: str = SCENE_CUT_PREFIX):
-        for name, v in (("height", height), ("width", width), ("first_chunk_frames", first_chunk_frames),
-                        ("chunk_frames", chunk_frames)):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        height: int,
+        width: int,
+        target_fps: float = 24.0,
+        first_chunk_frames: int = 29,
+        chunk_frames: int = 32,
+        num_chunks: int | None = None,
+        max_chunks_per_shot: int | None = None,
+        virtual_cut_skip_seconds: float = 1.0,
+        allow_padding: bool = False,
+        random_start: bool = False,
+        seed: int = 0,
+        keep_aspect: bool = False,
+        scene_cut_prefix: str = SCENE_CUT_PREFIX,
+    ):
+        for name, v in (
+            ("height", height),
+            ("width", width),
+            ("first_chunk_frames", first_chunk_frames),
+            ("chunk_frames", chunk_frames),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         for name, v in (("num_chunks", num_chunks), ("max_chunks_per_shot", max_chunks_per_shot)):
@@ -201,19 +234,27 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         video_dir = self.root / "video"
         if not video_dir.is_dir():
-            raise FileNotFoundError(f"root: expected a folder {video_dir} (layout root/video/<sample>/*.mp4), "
-                                    f"not found")
+            raise FileNotFoundError(
+                f"root: expected a folder {video_dir} (layout root/video/<sample>/*.mp4), not found"
+            )
         self.samples: list[tuple[str, list[Path]]] = []
         for d in sorted((p for p in video_dir.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
-            clips = sorted((p for p in d.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS),
-                           key=lambda p: natural_key(p.stem))
+            clips = sorted(
+                (p for p in d.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS),
+                key=lambda p: natural_key(p.stem),
+            )
             if clips:
                 self.samples.append((d.name, clips))
         if not self.samples:
-            raise ValueError(f"root: no sample folders with video clips ({', '.join(VIDEO_EXTENSIONS)}) under "
-                             f"{video_dir}")
+            raise ValueError(
+                f"root: no sample folders with video clips ({', '.join(VIDEO_EXTENSIONS)}) under {video_dir}"
+            )
         self.height, self.width, self.target_fps = height, width, float(target_fps)
-        self.first_chunk_frames, self.chunk_frames, self.num_chunks = first_chunk_frames, chunk_frames, num_chunks
+        self.first_chunk_frames, self.chunk_frames, self.num_chunks = (
+            first_chunk_frames,
+            chunk_frames,
+            num_chunks,
+        )
         self.max_chunks_per_shot = max_chunks_per_shot
         self.virtual_cut_skip_frames = int(round(virtual_cut_skip_seconds * self.target_fps))
         self.allow_padding, self.random_start, self.seed, self.epoch = allow_padding, random_start, seed, 0
@@ -278,13 +319,17 @@ class VideoFolderDataset(torch.utils.data.Dataset):
             except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
                 self._skip(clip, f"unreadable video ({type(e).__name__}: {e})")
         if not chunks:
-            raise RuntimeError(f"VideoFolderDataset: sample {name!r} ({self.root / 'video' / name}) yields no chunk "
-                               f"of {self.first_chunk_frames} frames from readable, captioned clips")
+            raise RuntimeError(
+                f"VideoFolderDataset: sample {name!r} ({self.root / 'video' / name}) yields no chunk "
+                f"of {self.first_chunk_frames} frames from readable, captioned clips"
+            )
         mask = [True] * len(chunks)
         if self.num_chunks is not None and len(chunks) < self.num_chunks:
             if not self.allow_padding:
-                raise ValueError(f"VideoFolderDataset: sample {name!r} yields {len(chunks)} chunks, num_chunks="
-                                 f"{self.num_chunks} (use allow_padding=True or shorter samples)")
+                raise ValueError(
+                    f"VideoFolderDataset: sample {name!r} yields {len(chunks)} chunks, num_chunks="
+                    f"{self.num_chunks} (use allow_padding=True or shorter samples)"
+                )
             last, caption = chunks[-1][-1], prompts[-1].removeprefix(self.scene_cut_prefix)
             while len(chunks) < self.num_chunks:
                 chunks.append([last] * (self.first_chunk_frames if not chunks else self.chunk_frames))
@@ -292,8 +337,13 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                 cuts.append(False)
                 mask.append(False)
         video = torch.stack([f for ch in chunks for f in ch], dim=1)
-        return {"video": video, "prompts": prompts, "scene_cut": torch.tensor(cuts, dtype=torch.bool),
-                "loss_mask": torch.tensor(mask, dtype=torch.bool), "sample": name}
+        return {
+            "video": video,
+            "prompts": prompts,
+            "scene_cut": torch.tensor(cuts, dtype=torch.bool),
+            "loss_mask": torch.tensor(mask, dtype=torch.bool),
+            "sample": name,
+        }
 
     def _take_chunks(self, clip: Path, caption: str, chunks: list, prompts: list, cuts: list) -> None:
         """Append the chunks of one clip (all-or-nothing per chunk; stops at num_chunks)."""
@@ -326,10 +376,14 @@ def collate_video_samples(batch: list[dict]) -> dict:
         raise ValueError("collate_video_samples: empty batch")
     shapes = {tuple(item["video"].shape) for item in batch}
     if len(shapes) != 1:
-        raise ValueError(f"collate_video_samples: videos differ in shape {sorted(shapes)}; set num_chunks so all "
-                         f"samples have the same length")
-    out = {"video": torch.stack([item["video"] for item in batch]),
-           "prompts": [list(item["prompts"]) for item in batch]}
+        raise ValueError(
+            f"collate_video_samples: videos differ in shape {sorted(shapes)}; set num_chunks so all "
+            f"samples have the same length"
+        )
+    out = {
+        "video": torch.stack([item["video"] for item in batch]),
+        "prompts": [list(item["prompts"]) for item in batch],
+    }
     for key in ("scene_cut", "loss_mask"):
         if all(key in item for item in batch):
             out[key] = torch.stack([item[key] for item in batch])

@@ -19,7 +19,21 @@ from .metrics import (
 from .report import format_table, write_report
 
 __all__ = [
-    "AdherenceResult", "ConsistencyResult", "DriftResult", "EventLatency", "FrameDetections", "QualityResult",
-    "as_uint8_frames", "detect_chunks", "detect_frames", "drift", "evaluate_video", "format_table",
-    "prompt_adherence", "response_latency", "summarize_window", "temporal_consistency", "write_report",
+    "AdherenceResult",
+    "ConsistencyResult",
+    "DriftResult",
+    "EventLatency",
+    "FrameDetections",
+    "QualityResult",
+    "as_uint8_frames",
+    "detect_chunks",
+    "detect_frames",
+    "drift",
+    "evaluate_video",
+    "format_table",
+    "prompt_adherence",
+    "response_latency",
+    "summarize_window",
+    "temporal_consistency",
+    "write_report",
 ]

@@ -26,14 +26,21 @@ import torch
 
 from ..data.procedural import BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES, SceneAttributes
 
-__all__ = ["as_uint8_frames", "FrameDetections", "detect_frames", "summarize_window", "detect_chunks",
-           "label_components", "CHROMA_THRESHOLD"]
+__all__ = [
+    "CHROMA_THRESHOLD",
+    "FrameDetections",
+    "as_uint8_frames",
+    "detect_chunks",
+    "detect_frames",
+    "label_components",
+    "summarize_window",
+]
 
 CHROMA_THRESHOLD = 70
 MIN_AREA_FRACTION = 0.0008
-STILL_SPEED = 0.06      # frame widths per second
-PAN_SPEED = 0.04        # frame widths per second
-SPIN_SPEED = 20.0       # degrees per second
+STILL_SPEED = 0.06  # frame widths per second
+PAN_SPEED = 0.04  # frame widths per second
+SPIN_SPEED = 20.0  # degrees per second
 _TRIANGLE_MIN_H3, _SQUARE_MIN_H4 = 0.27, 0.13
 
 
@@ -61,8 +68,10 @@ def as_uint8_frames(video, *, value_range: tuple[float, float] = (-1.0, 1.0)) ->
         video = video.detach().cpu()
         video = video.float().numpy() if video.dtype != torch.uint8 else video.numpy()
     if not isinstance(video, np.ndarray) or video.ndim != 4:
-        raise ValueError(f"video must be a 4-D array [T, H, W, 3] or [3, T, H, W], got "
-                         f"{getattr(video, 'shape', type(video).__name__)}")
+        raise ValueError(
+            f"video must be a 4-D array [T, H, W, 3] or [3, T, H, W], got "
+            f"{getattr(video, 'shape', type(video).__name__)}"
+        )
     if video.shape[-1] != 3:
         if video.shape[0] != 3:
             raise ValueError(f"video must be [T, H, W, 3] or [3, T, H, W], got shape {video.shape}")
@@ -84,7 +93,7 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(pixels, labels)``: flat indices of the True pixels (sorted) and, for each, a
     component id in ``0..n-1`` (ids ordered by each component's first pixel).
     """
-    t, h, w = mask.shape
+    _, h, w = mask.shape
     flat = mask.reshape(-1)
     fg = np.flatnonzero(flat)
     if fg.size == 0:
@@ -117,18 +126,18 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class FrameDetections:
     """Per-frame detector output (length T; -1 / NaN where no object is visible)."""
 
-    colour: np.ndarray        # [T] int index into COLOURS
-    shape: np.ndarray         # [T] int index into SHAPES
-    count: np.ndarray         # [T] int objects found
-    background: np.ndarray    # [T] int index into BACKGROUNDS
-    centroid: np.ndarray      # [T, 2] float pixels (x, y), mean over objects
-    area: np.ndarray          # [T] float pixels, mean object area (coverage-weighted)
-    object_rgb: np.ndarray    # [T, 3] float mean object colour
+    colour: np.ndarray  # [T] int index into COLOURS
+    shape: np.ndarray  # [T] int index into SHAPES
+    count: np.ndarray  # [T] int objects found
+    background: np.ndarray  # [T] int index into BACKGROUNDS
+    centroid: np.ndarray  # [T, 2] float pixels (x, y), mean over objects
+    area: np.ndarray  # [T] float pixels, mean object area (coverage-weighted)
+    object_rgb: np.ndarray  # [T, 3] float mean object colour
     background_level: np.ndarray  # [T] float mean background grey
     orientation_phase: np.ndarray  # [T, 2] complex: Σ d²·e^{inφ} over object pixels, n = 3 and 4
     background_shift: np.ndarray  # [T] float px: frame t ≈ frame t−1 shifted left by this (0 at t=0)
-    frame_mean: np.ndarray    # [T] float mean luma of the whole frame
-    frame_diff: np.ndarray    # [T] float mean |frame t − frame t−1| / 255 (0 at t=0)
+    frame_mean: np.ndarray  # [T] float mean luma of the whole frame
+    frame_diff: np.ndarray  # [T] float mean |frame t − frame t−1| / 255 (0 at t=0)
     height: int
     width: int
 
@@ -142,9 +151,11 @@ def _masked_row_stats(grey: np.ndarray, valid: np.ndarray):
     return n_row, row_mean
 
 
-def _background_shift(grey: np.ndarray, valid: np.ndarray, textured: np.ndarray, max_shift: int) -> np.ndarray:
+def _background_shift(
+    grey: np.ndarray, valid: np.ndarray, textured: np.ndarray, max_shift: int
+) -> np.ndarray:
     """Integer horizontal shift s with grey[t](x) ≈ grey[t−1](x + s), for textured frame pairs."""
-    t, h, w = grey.shape
+    t, _, w = grey.shape
     out = np.zeros(t)
     pairs = np.flatnonzero(textured[1:] & textured[:-1]) + 1
     if pairs.size == 0:
@@ -264,7 +275,9 @@ def detect_frames(video, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> F
     soft_area, interior = _soft_area(chroma, near, pixels, frame_of, t)
     fi = frame_of[interior]  # object colour from interior pixels (edges mix with the background)
     object_rgb = np.stack([np.bincount(fi, flat_rgb[interior, k], t) for k in range(3)], axis=1)
-    object_rgb = np.where(has[:, None], object_rgb / np.maximum(np.bincount(fi, minlength=t), 1)[:, None], np.nan)
+    object_rgb = np.where(
+        has[:, None], object_rgb / np.maximum(np.bincount(fi, minlength=t), 1)[:, None], np.nan
+    )
     n_row, row_mean = _masked_row_stats(grey, valid)
     n_all = np.maximum(n_row.sum(axis=1), 1)
     seen_rows = n_row > 0  # every row weighs the same: objects hiding part of a gradient do not bias it
@@ -274,12 +287,26 @@ def detect_frames(video, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> F
     top = (row_mean[:, :q] * n_row[:, :q]).sum(1) / np.maximum(n_row[:, :q].sum(1), 1)
     bottom = (row_mean[:, -q:] * n_row[:, -q:]).sum(1) / np.maximum(n_row[:, -q:].sum(1), 1)
     textured = np.sqrt(resid) > 10.0
-    background = np.where(textured, 3, np.where(np.abs(bottom - top) > 50.0, 2, np.where(level < 110.0, 0, 1)))
+    background = np.where(
+        textured, 3, np.where(np.abs(bottom - top) > 50.0, 2, np.where(level < 110.0, 0, 1))
+    )
     shift = _background_shift(grey, valid, textured, max_shift=max(2, int(round(0.07 * w))))
-    return FrameDetections(colour=colour, shape=shape, count=count, background=background, centroid=centroid,
-                           area=np.where(has, soft_area / np.maximum(count, 1), 0.0), object_rgb=object_rgb,
-                           background_level=level, orientation_phase=phase, background_shift=shift,
-                           frame_mean=grey.mean(axis=(1, 2)), frame_diff=_frame_diff(frames), height=h, width=w)
+    return FrameDetections(
+        colour=colour,
+        shape=shape,
+        count=count,
+        background=background,
+        centroid=centroid,
+        area=np.where(has, soft_area / np.maximum(count, 1), 0.0),
+        object_rgb=object_rgb,
+        background_level=level,
+        orientation_phase=phase,
+        background_shift=shift,
+        frame_mean=grey.mean(axis=(1, 2)),
+        frame_diff=_frame_diff(frames),
+        height=h,
+        width=w,
+    )
 
 
 def _mode(values: np.ndarray) -> int | None:
@@ -317,7 +344,7 @@ def summarize_window(det: FrameDetections, start: int, stop: int, fps: float) ->
             direction = "down" if vel[1] > 0 else "up"
     pan = "none"
     if stop - start >= 2:
-        speed = det.background_shift[start + 1:stop].mean() * fps / det.width
+        speed = det.background_shift[start + 1 : stop].mean() * fps / det.width
         pan = "right" if speed > PAN_SPEED else "left" if speed < -PAN_SPEED else "none"
     spin = False
     if shape in (1, 2) and seen.size >= 2:
@@ -338,10 +365,17 @@ def summarize_window(det: FrameDetections, start: int, stop: int, fps: float) ->
     )
 
 
-def detect_chunks(video_or_detections, bounds: list[tuple[int, int]], fps: float, *,
-                  value_range: tuple[float, float] = (-1.0, 1.0)) -> list[SceneAttributes]:
+def detect_chunks(
+    video_or_detections,
+    bounds: list[tuple[int, int]],
+    fps: float,
+    *,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> list[SceneAttributes]:
     """Attributes of each chunk ``[start, stop)`` of ``bounds`` (a video or :class:`FrameDetections`)."""
-    det = video_or_detections if isinstance(video_or_detections, FrameDetections) else detect_frames(
-        video_or_detections, value_range=value_range)
+    det = (
+        video_or_detections
+        if isinstance(video_or_detections, FrameDetections)
+        else detect_frames(video_or_detections, value_range=value_range)
+    )
     return [summarize_window(det, a, b, fps) for a, b in bounds]
-

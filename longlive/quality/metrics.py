@@ -23,22 +23,39 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.procedural import ChunkTruth, SceneAttributes, parse_prompt
-from ..data.prompts import SCENE_CUT_PREFIX, chunk_frame_bounds, num_frames_for_chunks, schedule_from_chunk_prompts
+from ..data.prompts import (
+    SCENE_CUT_PREFIX,
+    chunk_frame_bounds,
+    num_frames_for_chunks,
+    schedule_from_chunk_prompts,
+)
 from .detectors import FrameDetections, detect_frames, summarize_window
 
-__all__ = ["AdherenceResult", "ConsistencyResult", "DriftResult", "EventLatency", "QualityResult",
-           "prompt_adherence", "temporal_consistency", "drift", "response_latency", "evaluate_video"]
+__all__ = [
+    "AdherenceResult",
+    "ConsistencyResult",
+    "DriftResult",
+    "EventLatency",
+    "QualityResult",
+    "drift",
+    "evaluate_video",
+    "prompt_adherence",
+    "response_latency",
+    "temporal_consistency",
+]
 
 FIELDS = SceneAttributes.FIELDS
 
 
 @dataclass
 class AdherenceResult:
-    score: float                       # mean over chunks of the fraction of stated attributes matched
-    strict: float                      # fraction of chunks matching every stated attribute
-    per_attribute: dict[str, float]    # accuracy per attribute over the chunks stating it
-    per_chunk: np.ndarray              # [chunks] fraction matched
-    mismatches: list[tuple[int, str, object, object]] = field(default_factory=list)  # (chunk, attr, want, got)
+    score: float  # mean over chunks of the fraction of stated attributes matched
+    strict: float  # fraction of chunks matching every stated attribute
+    per_attribute: dict[str, float]  # accuracy per attribute over the chunks stating it
+    per_chunk: np.ndarray  # [chunks] fraction matched
+    mismatches: list[tuple[int, str, object, object]] = field(
+        default_factory=list
+    )  # (chunk, attr, want, got)
 
 
 @dataclass
@@ -60,9 +77,9 @@ class DriftResult:
 @dataclass
 class EventLatency:
     chunk: int
-    kind: str                      # "scene_cut" or "switch"
-    changed: tuple[str, ...]       # attributes that changed at the event
-    latency: int | None            # chunks until they all appear; None = never before the next event
+    kind: str  # "scene_cut" or "switch"
+    changed: tuple[str, ...]  # attributes that changed at the event
+    latency: int | None  # chunks until they all appear; None = never before the next event
 
 
 @dataclass
@@ -81,8 +98,14 @@ class QualityResult:
         """Flat numbers for tables (percentages in 0..100, latencies in chunks, NaN when undefined)."""
         out = {"adherence_%": 100 * self.adherence.score, "strict_adherence_%": 100 * self.adherence.strict}
         out.update({f"{k}_%": 100 * v for k, v in self.adherence.per_attribute.items()})
-        out.update({"frame_diff": self.consistency.frame_diff, "flicker": self.consistency.flicker,
-                    "stability_%": 100 * self.consistency.stability, "drift_%": 100 * self.drift.drift})
+        out.update(
+            {
+                "frame_diff": self.consistency.frame_diff,
+                "flicker": self.consistency.flicker,
+                "stability_%": 100 * self.consistency.stability,
+                "drift_%": 100 * self.drift.drift,
+            }
+        )
         for kind in ("scene_cut", "switch"):
             ev = [e for e in self.latencies if e.kind == kind]
             got = [e.latency for e in ev if e.latency is not None]
@@ -96,12 +119,20 @@ class QualityResult:
         starts = np.array([a for a, _ in self.bounds], np.float64)
 
         def mean_over(values):
-            return np.array([np.nanmean(values[a:b]) if np.isfinite(values[a:b]).any() else np.nan
-                             for a, b in self.bounds])
+            return np.array(
+                [
+                    np.nanmean(values[a:b]) if np.isfinite(values[a:b]).any() else np.nan
+                    for a, b in self.bounds
+                ]
+            )
 
-        return {"time_s": starts / self.fps, "adherence": self.adherence.per_chunk,
-                "frame_diff": mean_over(det.frame_diff), "object_area": mean_over(np.where(det.count > 0, det.area, np.nan)),
-                "background_level": mean_over(det.background_level)}
+        return {
+            "time_s": starts / self.fps,
+            "adherence": self.adherence.per_chunk,
+            "frame_diff": mean_over(det.frame_diff),
+            "object_area": mean_over(np.where(det.count > 0, det.area, np.nan)),
+            "background_level": mean_over(det.background_level),
+        }
 
 
 def _check_lists(detected: Sequence, expected: Sequence) -> None:
@@ -113,8 +144,12 @@ def _check_lists(detected: Sequence, expected: Sequence) -> None:
                 raise TypeError(f"{name}[{i}] must be a SceneAttributes, got {type(a).__name__}")
 
 
-def prompt_adherence(detected: Sequence[SceneAttributes], expected: Sequence[SceneAttributes], *,
-                     attributes: Sequence[str] = FIELDS) -> AdherenceResult:
+def prompt_adherence(
+    detected: Sequence[SceneAttributes],
+    expected: Sequence[SceneAttributes],
+    *,
+    attributes: Sequence[str] = FIELDS,
+) -> AdherenceResult:
     """Compare per-chunk detections with the attributes each prompt states (``None`` = not stated)."""
     _check_lists(detected, expected)
     unknown = set(attributes) - set(FIELDS)
@@ -138,10 +173,13 @@ def prompt_adherence(detected: Sequence[SceneAttributes], expected: Sequence[Sce
         per_chunk.append(float(np.mean(ok)) if ok else np.nan)
     per_chunk = np.array(per_chunk)
     scored = per_chunk[np.isfinite(per_chunk)]
-    return AdherenceResult(score=float(scored.mean()) if scored.size else float("nan"),
-                           strict=float((scored == 1.0).mean()) if scored.size else float("nan"),
-                           per_attribute={a: float(np.mean(v)) for a, v in hits.items() if v},
-                           per_chunk=per_chunk, mismatches=mismatches)
+    return AdherenceResult(
+        score=float(scored.mean()) if scored.size else float("nan"),
+        strict=float((scored == 1.0).mean()) if scored.size else float("nan"),
+        per_attribute={a: float(np.mean(v)) for a, v in hits.items() if v},
+        per_chunk=per_chunk,
+        mismatches=mismatches,
+    )
 
 
 def _shot_of_frame(bounds: list[tuple[int, int]], scene_cuts: Sequence[bool], num_frames: int) -> np.ndarray:
@@ -152,8 +190,9 @@ def _shot_of_frame(bounds: list[tuple[int, int]], scene_cuts: Sequence[bool], nu
     return shot
 
 
-def temporal_consistency(det: FrameDetections, bounds: list[tuple[int, int]],
-                         scene_cuts: Sequence[bool] | None = None) -> ConsistencyResult:
+def temporal_consistency(
+    det: FrameDetections, bounds: list[tuple[int, int]], scene_cuts: Sequence[bool] | None = None
+) -> ConsistencyResult:
     """Frame-to-frame change, flicker and in-chunk attribute stability (module docstring)."""
     t = len(det)
     if not bounds or bounds[-1][1] != t:
@@ -193,16 +232,30 @@ def drift(det: FrameDetections, fps: float, *, window_seconds: float = 10.0) -> 
         return v.mean(axis=0) if len(v) else None
 
     a0, a1 = obj_mean(det.area, first), obj_mean(det.area, last)
-    size = abs(a1 - a0) / a0 if a0 is not None and a1 is not None and a0 > 0 else (0.0 if a0 is None and a1 is None else 1.0)
+    size = (
+        abs(a1 - a0) / a0
+        if a0 is not None and a1 is not None and a0 > 0
+        else (0.0 if a0 is None and a1 is None else 1.0)
+    )
     c0, c1 = obj_mean(det.object_rgb, first), obj_mean(det.object_rgb, last)
-    colour = float(np.abs(c1 - c0).max() / 255.0) if c0 is not None and c1 is not None else (0.0 if c0 is None and c1 is None else 1.0)
+    colour = (
+        float(np.abs(c1 - c0).max() / 255.0)
+        if c0 is not None and c1 is not None
+        else (0.0 if c0 is None and c1 is None else 1.0)
+    )
     background = abs(det.background_level[last].mean() - det.background_level[first].mean()) / 255.0
-    return DriftResult(drift=float(max(size, colour, background)), size=float(size), colour=colour,
-                       background=float(background), window_frames=n)
+    return DriftResult(
+        drift=float(max(size, colour, background)),
+        size=float(size),
+        colour=colour,
+        background=float(background),
+        window_frames=n,
+    )
 
 
-def response_latency(detected: Sequence[SceneAttributes], expected: Sequence[SceneAttributes],
-                     scene_cuts: Sequence[bool]) -> list[EventLatency]:
+def response_latency(
+    detected: Sequence[SceneAttributes], expected: Sequence[SceneAttributes], scene_cuts: Sequence[bool]
+) -> list[EventLatency]:
     """Chunks until the attributes that changed at each scene cut / prompt switch are detected.
 
     An event is a chunk ``c ≥ 1`` that is a scene cut or whose stated attributes differ from chunk
@@ -214,25 +267,41 @@ def response_latency(detected: Sequence[SceneAttributes], expected: Sequence[Sce
         raise ValueError(f"scene_cuts has {len(scene_cuts)} entries for {len(expected)} chunks")
     events = []
     for c in range(1, len(expected)):
-        changed = tuple(a for a in FIELDS if getattr(expected[c], a) is not None
-                        and getattr(expected[c], a) != getattr(expected[c - 1], a))
+        changed = tuple(
+            a
+            for a in FIELDS
+            if getattr(expected[c], a) is not None and getattr(expected[c], a) != getattr(expected[c - 1], a)
+        )
         if changed:
             events.append((c, "scene_cut" if scene_cuts[c] else "switch", changed))
     out = []
     for i, (c, kind, changed) in enumerate(events):
         stop = events[i + 1][0] if i + 1 < len(events) else len(expected)
-        latency = next((k - c for k in range(c, stop)
-                        if all(getattr(detected[k], a) == getattr(expected[c], a) for a in changed)), None)
+        latency = next(
+            (
+                k - c
+                for k in range(c, stop)
+                if all(getattr(detected[k], a) == getattr(expected[c], a) for a in changed)
+            ),
+            None,
+        )
         out.append(EventLatency(c, kind, changed, latency))
     return out
 
 
-def evaluate_video(video, *, fps: float, first_chunk_frames: int, chunk_frames: int,
-                   prompts: Sequence[str] | None = None,
-                   expected: Sequence[SceneAttributes | ChunkTruth] | None = None,
-                   scene_cuts: Sequence[bool] | None = None,
-                   value_range: tuple[float, float] = (-1.0, 1.0), drift_window_seconds: float = 10.0,
-                   prefix: str = SCENE_CUT_PREFIX) -> QualityResult:
+def evaluate_video(
+    video,
+    *,
+    fps: float,
+    first_chunk_frames: int,
+    chunk_frames: int,
+    prompts: Sequence[str] | None = None,
+    expected: Sequence[SceneAttributes | ChunkTruth] | None = None,
+    scene_cuts: Sequence[bool] | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    drift_window_seconds: float = 10.0,
+    prefix: str = SCENE_CUT_PREFIX,
+) -> QualityResult:
     """Score a generated video against its per-chunk prompts or known attributes.
 
     Parameters
@@ -268,10 +337,19 @@ def evaluate_video(video, *, fps: float, first_chunk_frames: int, chunk_frames: 
     det = video if isinstance(video, FrameDetections) else detect_frames(video, value_range=value_range)
     need = num_frames_for_chunks(len(want), first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames)
     if len(det) != need:
-        raise ValueError(f"video has {len(det)} frames but {len(want)} chunks of ({first_chunk_frames}, "
-                         f"{chunk_frames}) frames need {need}")
+        raise ValueError(
+            f"video has {len(det)} frames but {len(want)} chunks of ({first_chunk_frames}, "
+            f"{chunk_frames}) frames need {need}"
+        )
     got = [summarize_window(det, a, b, fps) for a, b in bounds]
-    return QualityResult(adherence=prompt_adherence(got, want), consistency=temporal_consistency(det, bounds, cuts),
-                         drift=drift(det, fps, window_seconds=drift_window_seconds),
-                         latencies=response_latency(got, want, cuts), expected=want, detected=got,
-                         detections=det, bounds=bounds, fps=float(fps))
+    return QualityResult(
+        adherence=prompt_adherence(got, want),
+        consistency=temporal_consistency(det, bounds, cuts),
+        drift=drift(det, fps, window_seconds=drift_window_seconds),
+        latencies=response_latency(got, want, cuts),
+        expected=want,
+        detected=got,
+        detections=det,
+        bounds=bounds,
+        fps=float(fps),
+    )

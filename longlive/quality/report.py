@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .metrics import QualityResult
 
-__all__ = ["format_table", "write_report", "REPORT_COLUMNS"]
+__all__ = ["REPORT_COLUMNS", "format_table", "write_report"]
 
 REPORT_COLUMNS = (
     ("adherence_%", "adherence %", "{:.1f}"),
@@ -47,8 +47,10 @@ def _check_results(results) -> dict[str, QualityResult]:
     if isinstance(results, QualityResult):
         results = {"result": results}
     if not isinstance(results, Mapping) or not results:
-        raise TypeError(f"results must be a QualityResult or a non-empty mapping name -> QualityResult, got "
-                        f"{type(results).__name__}")
+        raise TypeError(
+            f"results must be a QualityResult or a non-empty mapping name -> QualityResult, got "
+            f"{type(results).__name__}"
+        )
     for name, r in results.items():
         if not isinstance(r, QualityResult):
             raise TypeError(f"results[{name!r}] must be a QualityResult, got {type(r).__name__}")
@@ -106,8 +108,14 @@ def _plots(results: dict[str, QualityResult], stem: Path) -> list[Path]:
     return written
 
 
-def write_report(results: Mapping[str, QualityResult] | QualityResult, path: str | os.PathLike, *,
-                 title: str = "Quality benchmark", notes: str | None = None, plots: bool = True) -> list[Path]:
+def write_report(
+    results: Mapping[str, QualityResult] | QualityResult,
+    path: str | os.PathLike,
+    *,
+    title: str = "Quality benchmark",
+    notes: str | None = None,
+    plots: bool = True,
+) -> list[Path]:
     """Write the markdown report (and PNG plots next to it).
 
     Parameters
@@ -138,13 +146,17 @@ def write_report(results: Mapping[str, QualityResult] | QualityResult, path: str
     lines = [f"# {title}", ""]
     if notes:
         lines += [notes.strip(), ""]
-    lines += [format_table(results), "",
-              "adherence: mean fraction of stated attributes detected per chunk; all attrs: chunks matching every "
-              "stated attribute; frame diff / flicker: mean |Δ frame| and |Δ² mean luma| inside shots (0..1); "
-              "stability: in-chunk frame pairs with unchanged detections; drift: largest change of object area "
-              "(relative), object colour or background grey (/255) between the first and last "
-              f"{next(iter(results.values())).drift.window_frames} frames; latency: chunks until the changed "
-              "attributes appear after a scene cut / prompt switch.", ""]
+    lines += [
+        format_table(results),
+        "",
+        "adherence: mean fraction of stated attributes detected per chunk; all attrs: chunks matching every "
+        "stated attribute; frame diff / flicker: mean |Δ frame| and |Δ² mean luma| inside shots (0..1); "
+        "stability: in-chunk frame pairs with unchanged detections; drift: largest change of object area "
+        "(relative), object colour or background grey (/255) between the first and last "
+        f"{next(iter(results.values())).drift.window_frames} frames; latency: chunks until the changed "
+        "attributes appear after a scene cut / prompt switch.",
+        "",
+    ]
     for p in written:
         lines.append(f"![{p.stem}]({p.name})")
     lines.append(plot_note)

@@ -11,6 +11,10 @@ import torch
 
 from longlive.data import collate_video_samples, read_video
 from longlive.data.procedural import (
+    _BACKGROUND_WORDS,
+    _COLOUR_WORDS,
+    _MOTION_WORDS,
+    _SHAPE_WORDS,
     BACKGROUNDS,
     COLOUR_RGB,
     COLOURS,
@@ -20,10 +24,6 @@ from longlive.data.procedural import (
     ProceduralVideoDataset,
     ProceduralVideoStream,
     SceneAttributes,
-    _BACKGROUND_WORDS,
-    _COLOUR_WORDS,
-    _MOTION_WORDS,
-    _SHAPE_WORDS,
     describe,
     frames_to_tensor,
     generate_sample,
@@ -46,7 +46,18 @@ def test_deterministic_per_seed_and_seeds_differ():
     assert a.frames.dtype == np.uint8 and a.frames.shape == (SMALL.num_frames, 64, 64, 3)
     assert SMALL.num_frames == 5 + 5 * 8
     assert len(a.prompts) == len(a.truth.chunks) == SMALL.num_chunks
-    for name in ("shot", "chunk", "colour", "shape", "count", "direction", "background", "pan", "spin", "size"):
+    for name in (
+        "shot",
+        "chunk",
+        "colour",
+        "shape",
+        "count",
+        "direction",
+        "background",
+        "pan",
+        "spin",
+        "size",
+    ):
         assert len(getattr(a.truth, name)) == SMALL.num_frames
 
 
@@ -67,7 +78,11 @@ def test_prompts_match_ground_truth_and_shot_structure(phrasing):
         sched = schedule_from_chunk_prompts(s.prompts)
         for c, (prompt, ch, sc) in enumerate(zip(s.prompts, s.truth.chunks, sched)):
             assert parse_prompt(prompt) == ch.attributes, (seed, c, prompt)
-            assert prompt.startswith(SCENE_CUT_PREFIX) == ch.is_scene_cut == (c > 0 and ch.shot != s.truth.chunks[c - 1].shot)
+            assert (
+                prompt.startswith(SCENE_CUT_PREFIX)
+                == ch.is_scene_cut
+                == (c > 0 and ch.shot != s.truth.chunks[c - 1].shot)
+            )
             assert sc.is_scene_cut == ch.is_scene_cut and sc.is_switch == ch.is_switch
             a, b = ch.frames
             assert (s.truth.chunk[a:b] == c).all() and (s.truth.shot[a:b] == ch.shot).all()
@@ -90,8 +105,12 @@ def _words(table, phrasing):
 
 
 def test_heldout_words_never_appear_in_train_prompts_and_vice_versa():
-    train_only = set().union(*(_words(t, "train") for t in (_COLOUR_WORDS, _SHAPE_WORDS, _MOTION_WORDS, _BACKGROUND_WORDS)))
-    held_only = set().union(*(_words(t, "heldout") for t in (_COLOUR_WORDS, _SHAPE_WORDS, _MOTION_WORDS, _BACKGROUND_WORDS)))
+    train_only = set().union(
+        *(_words(t, "train") for t in (_COLOUR_WORDS, _SHAPE_WORDS, _MOTION_WORDS, _BACKGROUND_WORDS))
+    )
+    held_only = set().union(
+        *(_words(t, "heldout") for t in (_COLOUR_WORDS, _SHAPE_WORDS, _MOTION_WORDS, _BACKGROUND_WORDS))
+    )
     assert not train_only & held_only
     assert not set(prompt_templates("train")) & set(prompt_templates("heldout"))
 
@@ -102,7 +121,9 @@ def test_heldout_words_never_appear_in_train_prompts_and_vice_versa():
         held = generate_sample(seed, with_phrasing(SMALL, "heldout")).prompts
         train = generate_sample(seed, SMALL).prompts
         for p in held:
-            assert not any(has(w, p) for w in train_only if w not in ("square",)), p  # "square tile" reuses "square"
+            assert not any(has(w, p) for w in train_only if w not in ("square",)), (
+                p
+            )  # "square tile" reuses "square"
             assert "background" not in p
         for p in train:
             assert not any(has(w, p) for w in held_only), p
@@ -111,9 +132,13 @@ def test_heldout_words_never_appear_in_train_prompts_and_vice_versa():
 def test_every_attribute_combination_round_trips_through_every_template():
     rng = np.random.default_rng(0)
     for phrasing in ("train", "heldout"):
-        for colour, shape, count, direction, bg in itertools.product(COLOURS, SHAPES, (1, 2), DIRECTIONS, BACKGROUNDS):
+        for colour, shape, count, direction, bg in itertools.product(
+            COLOURS, SHAPES, (1, 2), DIRECTIONS, BACKGROUNDS
+        ):
             pan = ("none", "left", "right")[rng.integers(3)] if bg == "checkered" else "none"
-            attrs = SceneAttributes(colour, shape, count, direction, bg, pan, bool(shape != "circle" and rng.random() < 0.5))
+            attrs = SceneAttributes(
+                colour, shape, count, direction, bg, pan, bool(shape != "circle" and rng.random() < 0.5)
+            )
             text = describe(attrs, phrasing=phrasing, rng=rng)
             assert parse_prompt(text) == attrs, text
             assert parse_prompt(SCENE_CUT_PREFIX + text) == attrs
@@ -140,8 +165,12 @@ def test_geometry_objects_inside_frame_apart_and_moving_as_told():
         for t in range(cfg.num_frames):
             rad = shape_circumradius(SHAPES[tr.shape[t]], tr.size[t])
             cents = tr.centroids[t, : tr.count[t]]
-            assert np.isfinite(cents).all() and np.isnan(tr.centroids[t, tr.count[t]:]).all()
-            assert (cents >= rad).all() and (cents[:, 0] <= cfg.width - rad).all() and (cents[:, 1] <= cfg.height - rad).all()
+            assert np.isfinite(cents).all() and np.isnan(tr.centroids[t, tr.count[t] :]).all()
+            assert (
+                (cents >= rad).all()
+                and (cents[:, 0] <= cfg.width - rad).all()
+                and (cents[:, 1] <= cfg.height - rad).all()
+            )
             if tr.count[t] == 2:
                 assert np.hypot(*(cents[0] - cents[1])) >= 2 * rad + 6.0 - 1e-9
             if t > 0 and tr.shot[t] == tr.shot[t - 1]:
@@ -193,15 +222,18 @@ def test_datasets_and_collate():
         ProceduralVideoDataset(0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(height=16), "at least 32"),
-    (dict(num_chunks=0), "num_chunks"),
-    (dict(min_chunks_per_shot=3, max_chunks_per_shot=2), "min_chunks_per_shot"),
-    (dict(phrasing="test"), "phrasing"),
-    (dict(spin_probability=1.5), "spin_probability"),
-    (dict(fps=0.0), "fps"),
-    (dict(speed=-1.0), "speed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(height=16), "at least 32"),
+        (dict(num_chunks=0), "num_chunks"),
+        (dict(min_chunks_per_shot=3, max_chunks_per_shot=2), "min_chunks_per_shot"),
+        (dict(phrasing="test"), "phrasing"),
+        (dict(spin_probability=1.5), "spin_probability"),
+        (dict(fps=0.0), "fps"),
+        (dict(speed=-1.0), "speed"),
+    ],
+)
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ProceduralConfig(**kwargs)

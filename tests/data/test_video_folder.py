@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from longlive.data.prompts import SCENE_CUT_PREFIX
-from longlive.data.video_folder import VideoFolderDataset, collate_video_samples, natural_key, read_video, write_video
+from longlive.data.video_folder import (
+    VideoFolderDataset,
+    collate_video_samples,
+    natural_key,
+    read_video,
+    write_video,
+)
 
 SRC_FPS = 24
 
@@ -36,7 +42,9 @@ def _make(root, sample, clips: dict[str, int], captions=True):
 def _decode_ids(video: torch.Tensor):
     """(source frame index, clip id) of every output frame, from the solid colours."""
     r, g, b = ((video[:, :, 0, 0] + 1) * 127.5).tolist()  # [3, T]
-    return [(round((ri - 20) / 8) + 25 * round((bi - 60) / 60), round(gi / 40)) for ri, gi, bi in zip(r, g, b)]
+    return [
+        (round((ri - 20) / 8) + 25 * round((bi - 60) / 60), round(gi / 40)) for ri, gi, bi in zip(r, g, b)
+    ]
 
 
 @pytest.fixture()
@@ -61,15 +69,30 @@ def test_resample_chunks_prompts_and_order(folder):
     # clip ids are assigned in dict order above: "1" -> 1, "10" -> 2, "2" -> 3
     want = [(2 * k, 1) for k in range(7)] + [(2 * k, 3) for k in range(8)] + [(2 * k, 2) for k in range(8)]
     assert ids == want
-    assert item["prompts"] == ["clip 1", "clip 1", SCENE_CUT_PREFIX + "clip 2", "clip 2",
-                               SCENE_CUT_PREFIX + "clip 10", "clip 10"]
+    assert item["prompts"] == [
+        "clip 1",
+        "clip 1",
+        SCENE_CUT_PREFIX + "clip 2",
+        "clip 2",
+        SCENE_CUT_PREFIX + "clip 10",
+        "clip 10",
+    ]
     assert item["scene_cut"].tolist() == [False, False, True, False, True, False]
     assert item["loss_mask"].all() and item["sample"] == "s0"
 
 
 def test_max_chunks_per_shot_forces_virtual_cut_and_skips(folder):
-    ds = VideoFolderDataset(folder, height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4,
-                            max_chunks_per_shot=1, virtual_cut_skip_seconds=1 / 3, num_chunks=3)
+    ds = VideoFolderDataset(
+        folder,
+        height=16,
+        width=16,
+        target_fps=12,
+        first_chunk_frames=3,
+        chunk_frames=4,
+        max_chunks_per_shot=1,
+        virtual_cut_skip_seconds=1 / 3,
+        num_chunks=3,
+    )
     item = ds[0]
     ids = _decode_ids(item["video"])
     # clip "1" (10 frames at 12 fps): chunk [0, 3), skip 4, only 3 left -> clip "2" (8 frames): chunk [0, 4),
@@ -78,12 +101,20 @@ def test_max_chunks_per_shot_forces_virtual_cut_and_skips(folder):
     assert item["prompts"] == ["clip 1", SCENE_CUT_PREFIX + "clip 2", SCENE_CUT_PREFIX + "clip 10"]
     # a long clip cut into shots: virtual cuts inside one clip, 4 frames skipped each time
     _make(folder, "long", {"1": 48})
-    ds = VideoFolderDataset(folder, height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4,
-                            max_chunks_per_shot=2, virtual_cut_skip_seconds=1 / 3)
+    ds = VideoFolderDataset(
+        folder,
+        height=16,
+        width=16,
+        target_fps=12,
+        first_chunk_frames=3,
+        chunk_frames=4,
+        max_chunks_per_shot=2,
+        virtual_cut_skip_seconds=1 / 3,
+    )
     assert [name for name, _ in ds.samples] == ["long", "s0"]
     item = ds[0]
     src = [i for i, _ in _decode_ids(item["video"])]
-    assert src == [2 * k for k in list(range(0, 7)) + list(range(11, 19))]
+    assert src == [2 * k for k in list(range(7)) + list(range(11, 19))]
     assert item["prompts"] == ["clip 1", "clip 1", SCENE_CUT_PREFIX + "clip 1", "clip 1"]
 
 
@@ -116,7 +147,9 @@ def test_unreadable_and_uncaptioned_clips_are_skipped_and_counted(folder):
 
 
 def test_random_start_is_deterministic(folder):
-    kw = dict(height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4, random_start=True, seed=3)
+    kw = dict(
+        height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4, random_start=True, seed=3
+    )
     firsts = set()
     for epoch in range(8):
         a, b = VideoFolderDataset(folder, **kw), VideoFolderDataset(folder, **kw)
@@ -131,13 +164,16 @@ def test_random_start_is_deterministic(folder):
 
 def test_collate_and_errors(folder, tmp_path):
     _make(folder, "s1", {"1": 20, "2": 20})
-    ds = VideoFolderDataset(folder, height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4,
-                            num_chunks=3)
+    ds = VideoFolderDataset(
+        folder, height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4, num_chunks=3
+    )
     assert len(ds) == 2
     batch = collate_video_samples([ds[0], ds[1]])
     assert batch["video"].shape == (2, 3, 11, 16, 16) and batch["loss_mask"].shape == (2, 3)
     assert batch["sample"] == ["s0", "s1"]
-    free = VideoFolderDataset(folder, height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4)
+    free = VideoFolderDataset(
+        folder, height=16, width=16, target_fps=12, first_chunk_frames=3, chunk_frames=4
+    )
     with pytest.raises(ValueError, match="differ in shape"):
         collate_video_samples([free[0], free[1]])
     with pytest.raises(FileNotFoundError, match="video"):
@@ -157,7 +193,10 @@ def test_all_clips_unreadable_is_a_clear_error(tmp_path):
     (tmp_path / "caption" / "bad").mkdir(parents=True)
     (tmp_path / "caption" / "bad" / "1.json").write_text('{"caption": "x"}')
     ds = VideoFolderDataset(tmp_path, height=16, width=16)
-    with pytest.warns(RuntimeWarning, match="1.mp4"), pytest.raises(RuntimeError, match="'bad'.*yields no chunk"):
+    with (
+        pytest.warns(RuntimeWarning, match="1.mp4"),
+        pytest.raises(RuntimeError, match="'bad'.*yields no chunk"),
+    ):
         ds[0]
 
 

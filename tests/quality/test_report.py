@@ -14,7 +14,12 @@ CFG = ProceduralConfig(height=64, width=64, num_chunks=6)
 @pytest.fixture(scope="module")
 def results():
     s = generate_sample(2, CFG)
-    kw = dict(fps=CFG.fps, first_chunk_frames=CFG.first_chunk_frames, chunk_frames=CFG.chunk_frames, prompts=s.prompts)
+    kw = dict(
+        fps=CFG.fps,
+        first_chunk_frames=CFG.first_chunk_frames,
+        chunk_frames=CFG.chunk_frames,
+        prompts=s.prompts,
+    )
     late = s.frames.copy()
     late[13:] = s.frames[5:-8]
     return {"bf16": evaluate_video(s.frames, **kw), "delayed": evaluate_video(late, **kw)}
@@ -35,10 +40,18 @@ def test_table_has_one_row_per_variant(results):
 def test_write_report_with_plots(results, tmp_path):
     pytest.importorskip("matplotlib")
     written = write_report(results, tmp_path / "out" / "quality.md", title="Demo", notes="device: CPU")
-    assert [p.name for p in written] == ["quality.md", "quality_adherence.png", "quality_consistency.png",
-                                         "quality_drift.png"]
+    assert [p.name for p in written] == [
+        "quality.md",
+        "quality_adherence.png",
+        "quality_consistency.png",
+        "quality_drift.png",
+    ]
     text = written[0].read_text()
-    assert text.startswith("# Demo\n\ndevice: CPU\n") and "| bf16 |" in text and "![quality_drift](quality_drift.png)" in text
+    assert (
+        text.startswith("# Demo\n\ndevice: CPU\n")
+        and "| bf16 |" in text
+        and "![quality_drift](quality_drift.png)" in text
+    )
     for png in written[1:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
