@@ -49,8 +49,9 @@ class UlyssesAttention(nn.Module):
         ``lambda q, k, v: fp4_kv_attention(q, cache, layer, current_k=k, current_v=v)``.
         A module is registered as a submodule.
     group : torch.distributed.ProcessGroup, optional
-        The sequence-parallel group (default: the default group; size 1 or no process group =
-        plain local attention).
+        The sequence-parallel group (default: the default group). With one rank (or no process
+        group) no collective runs; k/v are still quantized when ``kv_format`` is set, so the
+        numerics do not depend on P.
     kv_format : {None, "nvfp4", "fp8"}
         Quantize k and v on the wire (one buffer, one collective for both). None = exact.
     kv_output : {"dequantized", "nvfp4", "fp8"}
@@ -64,10 +65,14 @@ class UlyssesAttention(nn.Module):
     Notes
     -----
     Needs heads % P == 0 (q, k, v) and equal local token counts on every rank (tokens % P == 0
-    globally). Shape errors are raised before any collective, on every rank. Autograd works on
-    the unquantized path (backward = inverse all-to-alls); the quantized path is inference-only.
-    q's all-to-all is issued asynchronously before k/v are quantized, so the k/v amax and pack
-    kernels overlap q's transfer.
+    globally). Shape errors are raised before any collective, on every rank; rank-dependent
+    shapes are caught by the ``check_ranks`` all-gather. Autograd works on the unquantized path
+    (backward = inverse all-to-alls); the quantized path is inference-only.
+
+    Overlap: q's all-to-all is issued asynchronously first. With the default per-source NVFP4
+    scale (dense ``kv_output``) the k/v amax and pack kernels run on the compute stream while q is
+    on the wire; ``tensor_scale="group"`` (forced by ``kv_output="nvfp4"``) adds a 4-byte
+    all-reduce that queues behind q's transfer on the communicator's stream.
     """
 
     def __init__(

@@ -20,9 +20,10 @@ from longlive_kernels.comm import UlyssesAttention, quantized_all_to_all, sdpa_a
 from longlive_kernels.comm import reference as ref
 from longlive_kernels.fp4 import dequantize_nvfp4, quantize_nvfp4
 from longlive_kernels.fp4.format import SCALE_RULES
-from longlive_kernels.testing import assert_bitwise_equal
+from longlive_kernels.testing import assert_bitwise_equal, triton_device
 
 qa2a = importlib.import_module("longlive_kernels.comm.quantized_all_to_all")  # the module, not the function
+DEV = triton_device()  # where Triton runs: cuda, or cpu under the interpreter
 
 
 def _inputs(seed: int, p: int, shape, dtype, spread: float) -> list[torch.Tensor]:
@@ -38,11 +39,14 @@ def _inputs(seed: int, p: int, shape, dtype, spread: float) -> list[torch.Tensor
 
 
 def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtype):
-    """Every simulated rank's unpacked result: dense tensor, or (data, scale) in the gathered layout."""
+    """Every simulated rank's unpacked result (on the CPU): dense tensor, or (data, scale) in the
+    gathered layout. The Triton backend runs on ``DEV``, the reference on the CPU."""
+    dev = DEV if backend == "triton" else "cpu"
+    xs = [x.to(dev) for x in xs]
     p = len(xs)
     amax = []
     for x in xs:
-        bits = torch.zeros(1, dtype=torch.int32)
+        bits = torch.zeros(1, dtype=torch.int32, device=dev)
         qa2a._amax_op(x, bits, 0, backend)
         amax.append(bits)
     amax = torch.cat(amax)
@@ -54,7 +58,7 @@ def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtyp
     lay = ref.payload_layout(fmt, 1, chunk)
     sent = []
     for r, x in enumerate(xs):
-        buf = torch.zeros(p, lay.chunk_bytes, dtype=torch.uint8)
+        buf = torch.zeros(p, lay.chunk_bytes, dtype=torch.uint8, device=dev)
         qa2a._pack_op(x, buf, gs[r] if fmt == "nvfp4" else None, p, sd, fmt, rule, lay.data_offset(0),
                       lay.scale_offset(0), 0, backend)
         sent.append(buf)
@@ -66,17 +70,17 @@ def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtyp
     for r in range(p):
         recv = torch.stack([sent[j][r] for j in range(p)])
         if dequant:
-            o, s = torch.full(out_shape, float("nan"), dtype=out_dtype), None
+            o, s = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev), None
         elif fmt == "nvfp4":
-            o = torch.full([*out_shape[:-1], d // 2], 0xA5, dtype=torch.uint8)
-            s = torch.full([*out_shape[:-1], d // 16], 0xA5, dtype=torch.uint8).view(torch.float8_e4m3fn)
+            o = torch.full([*out_shape[:-1], d // 2], 0xA5, dtype=torch.uint8, device=dev)
+            s = torch.full([*out_shape[:-1], d // 16], 0xA5, dtype=torch.uint8, device=dev).view(torch.float8_e4m3fn)
         else:
-            o = torch.full(out_shape, 0xA5, dtype=torch.uint8)
-            s = torch.full([*out_shape[:-1], 1], float("nan"))
+            o = torch.full(out_shape, 0xA5, dtype=torch.uint8, device=dev)
+            s = torch.full([*out_shape[:-1], 1], float("nan"), device=dev)
         qa2a._unpack_op(recv, o, s, p, gd, fmt, dequant, lay.data_offset(0), lay.scale_offset(0), 0,
                         lay.data_bytes, lay.scale_bytes, backend)
-        results.append(o if dequant else (o, s))
-    return results, gs
+        results.append(o.cpu() if dequant else (o.cpu(), s.cpu()))
+    return results, gs.cpu()
 
 
 @given(
@@ -163,13 +167,16 @@ def test_wire_bytes():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_single_rank_quantized_equals_quantize(backend):
+    dev = DEV if backend == "triton" else "cpu"
     x = torch.randn(2, 6, 3, 64, dtype=torch.bfloat16)
-    q = quantized_all_to_all(x, scatter_dim=2, gather_dim=1, output="nvfp4", backend=backend)
+    q = quantized_all_to_all(x.to(dev), scatter_dim=2, gather_dim=1, output="nvfp4", backend=backend)
     want = quantize_nvfp4(x, backend="torch")
-    assert_bitwise_equal(q.data, want.data)
-    assert_bitwise_equal(q.scale.view(torch.uint8), want.scale.view(torch.uint8))
-    y = quantized_all_to_all(x, scatter_dim=2, gather_dim=1, out=torch.empty(2, 6, 3, 64), backend=backend)
-    assert_bitwise_equal(y, dequantize_nvfp4(want, torch.float32, backend="torch"))
+    assert_bitwise_equal(q.data.cpu(), want.data)
+    assert_bitwise_equal(q.scale.view(torch.uint8).cpu(), want.scale.view(torch.uint8))
+    y = quantized_all_to_all(x.to(dev), scatter_dim=2, gather_dim=1, out=torch.empty(2, 6, 3, 64, device=dev),
+                             backend=backend)
+    assert_bitwise_equal(y.cpu(), dequantize_nvfp4(want, torch.float32, backend="torch"))
+    x = x.to(dev)
     h = quantized_all_to_all([x, x], scatter_dim=1, gather_dim=2, format="fp8", async_op=True, backend=backend)
     a, b = h.wait()
     assert_bitwise_equal(a, b)
