@@ -298,3 +298,150 @@ def residual_layernorm_modulate_backward(
 # ---------------------------------------------------------------------------------------------
 # FP4 KV cache / attention over the cache  (owner: kv_cache.py, fp4_kv_attention.py)
 # ---------------------------------------------------------------------------------------------
+#
+# Cache policy (``longlive-spec.md`` §2.3–2.4 as a set of chunks instead of a rolled buffer):
+# capacity ``max_chunks`` chunk slots including the current chunk. When chunk ``n`` starts, the
+# cache keeps the global sink chunks (ids < ``sink_chunks``), the pinned shot sink (if any) and the
+# most recent other resident chunks that still fit, evicts the rest, and gives ``n`` the lowest free
+# physical slot (in steady state: the slot of the one chunk that left). Steady state without a shot
+# sink: [0 | n−2 | n−1 | n]; with a shot sink s: [0 | s | n−1 | n] (LongLive's floating pin drifts
+# to slot 1 first, but attends to the same SET of chunks on every chunk; nothing is copied here).
+# Pinning never evicts by itself; a re-pin makes the previous shot sink an ordinary (evictable)
+# chunk. Attention order = ascending chunk id (sinks, shot sink, window, current).
+#
+# Storage (per layer, K and V): packed E2M1 [slots, B, H, T, D/2], E4M3 block scales
+# [slots, B, H, T, D/16] and one FP32 decode scale per (slot, B, H, 128-token tile): a 128×D tile
+# of one head is exactly ``quantize_nvfp4`` of that tile (its own amax). Tile granularity makes the
+# in-place update a single pass over the chunk (each program owns a tile, amax included) and costs
+# 4 bytes per 128×D values (0.04%); its round-trip error is no worse than a per-slot scale
+# (measured in ``kv_cache.py``'s module docstring).
+
+from ..fp4 import reference as _fp4_ref  # noqa: E402
+
+KV_SCALE_TILE = 128  # tokens per FP32 decode scale (per slot, batch, head)
+
+
+class KVCachePolicy:
+    """Plain-Python model of the FP4 KV cache bookkeeping (the spec that ``FP4KVCache``'s device
+    index table is tested against).
+
+    Parameters
+    ----------
+    max_chunks : int
+        Capacity in chunks, including the current chunk (LongLive: 32 frames / 8 = 4).
+    sink_chunks : int
+        Global attention sink: chunks with id < ``sink_chunks`` are never evicted.
+    """
+
+    def __init__(self, max_chunks: int, sink_chunks: int):
+        if not 0 <= sink_chunks < max_chunks:
+            raise ValueError(f"need 0 <= sink_chunks < max_chunks, got {sink_chunks}, {max_chunks}")
+        self.max_chunks = max_chunks
+        self.sink_chunks = sink_chunks
+        self.reset()
+
+    def reset(self) -> None:
+        self.current: int | None = None
+        self.shot_sink: int | None = None
+        self.slot: dict[int, int] = {}  # resident chunk id -> physical slot
+
+    def start_chunk(self, n: int) -> None:
+        """Chunk ``n`` (> every chunk started before) becomes current: evict, then assign a slot."""
+        if n < 0 or (self.current is not None and n <= self.current):
+            raise ValueError(f"chunk ids must increase: got {n} after {self.current}")
+        keep = {c for c in self.slot if c < self.sink_chunks}
+        if self.shot_sink is not None:
+            keep.add(self.shot_sink)
+        room = self.max_chunks - 1 - len(keep)
+        recent = sorted((c for c in self.slot if c not in keep), reverse=True)[:room]
+        keep.update(recent)
+        self.slot = {c: s for c, s in self.slot.items() if c in keep}
+        self.slot[n] = min(set(range(self.max_chunks)) - set(self.slot.values()))
+        self.current = n
+
+    def pin_shot_sink(self, c: int) -> None:
+        """Chunk ``c`` (resident) becomes the shot sink, replacing the previous one."""
+        if c not in self.slot:
+            raise ValueError(f"chunk {c} is not resident")
+        if c >= self.sink_chunks and self.sink_chunks + 2 > self.max_chunks:
+            raise ValueError("no room for a shot sink: needs sink_chunks + 2 <= max_chunks")
+        self.shot_sink = c
+
+    def context_chunks(self) -> list[int]:
+        """Resident chunks other than the current one, in attention order (ascending id)."""
+        return sorted(c for c in self.slot if c != self.current)
+
+    def table(self) -> list[int]:
+        """The device index table: ``[n_ctx, slot(current) or -1, slot(ctx_0), ..., -1 padding]``
+        (length ``2 + max_chunks``)."""
+        ctx = self.context_chunks()
+        cur = -1 if self.current is None else self.slot[self.current]
+        return [len(ctx), cur] + [self.slot[c] for c in ctx] + [-1] * (self.max_chunks - len(ctx))
+
+
+def kv_quantize(
+    x: torch.Tensor, *, scale_rule: str = "static6", tile: int = KV_SCALE_TILE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """NVFP4 of one chunk of K or V in the cache layout.
+
+    ``x`` [B, T, H, D] → ``(data uint8 [B, H, T, D/2], scale uint8 (E4M3 bits) [B, H, T, D/16],
+    global_scale fp32 [B, H, ceil(T/tile)])``: every [tile, D] block of one (batch, head) is
+    ``fp4.reference.quantize`` of that block alone (its amax gives its FP32 decode scale).
+    """
+    b, t, h, d = x.shape
+    xt = x.permute(0, 2, 1, 3)  # [B, H, T, D]
+    nt = -(-t // tile)
+    data = torch.empty((b, h, t, d // 2), dtype=torch.uint8, device=x.device)
+    scale = torch.empty((b, h, t, d // 16), dtype=torch.uint8, device=x.device)
+    gs = torch.empty((b, h, nt), dtype=torch.float32, device=x.device)
+    for bi in range(b):
+        for hi in range(h):
+            for ti in range(nt):
+                rows = slice(ti * tile, min(t, (ti + 1) * tile))
+                dq, sq, g = _fp4_ref.quantize(xt[bi, hi, rows], scale_rule=scale_rule)
+                data[bi, hi, rows] = dq
+                scale[bi, hi, rows] = sq.view(torch.uint8)
+                gs[bi, hi, ti] = g
+    return data, scale, gs
+
+
+def kv_dequantize(
+    data: torch.Tensor,
+    scale: torch.Tensor,
+    global_scale: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    tile: int = KV_SCALE_TILE,
+) -> torch.Tensor:
+    """Inverse of :func:`kv_quantize`: ``(e2m1 · s_block) · s_global`` in fp32, cast once →
+    [B, T, H, D] ``dtype``."""
+    b, h, t, _ = data.shape
+    gs_rows = global_scale.repeat_interleave(tile, dim=-1)[..., :t, None]  # [B, H, T, 1]
+    vals = _fp4_ref.dequantize(data, scale.view(torch.float8_e4m3fn), torch.ones((), device=data.device),
+                               dtype=torch.float32)
+    return (vals * gs_rows).to(dtype).permute(0, 2, 1, 3)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    softmax_scale: float | None = None,
+    compute_dtype: torch.dtype = torch.float64,
+    block_q: int = 1024,
+) -> torch.Tensor:
+    """Bidirectional softmax attention ``softmax(q kᵀ · scale) v`` (no mask), exact in
+    ``compute_dtype``, processed in blocks of ``block_q`` queries to bound memory.
+
+    q [B, Lq, H, D], k/v [B, Lk, H, D] → [B, Lq, H, D] in ``compute_dtype``.
+    """
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    kt = k.to(compute_dtype).permute(0, 2, 3, 1)  # [B, H, D, Lk]
+    vt = v.to(compute_dtype).permute(0, 2, 1, 3)  # [B, H, Lk, D]
+    out = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
+    for s in range(0, q.shape[1], block_q):
+        qb = q[:, s : s + block_q].to(compute_dtype).permute(0, 2, 1, 3)  # [B, H, bq, D]
+        p = torch.softmax((qb @ kt) * scale, dim=-1)
+        out[:, s : s + block_q] = (p @ vt).permute(0, 2, 1, 3)
+    return out

@@ -1,0 +1,729 @@
+"""FP4 KV cache for streaming autoregressive video diffusion: ``FP4KVCache``.
+
+Preallocated once (addresses never change, CUDA-graph friendly), per layer K and V as
+
+    data  uint8 [slots, B, H, T, D/2]     packed E2M1, element 2i in the low nibble
+    scale uint8 [slots, B, H, T, D/16]    E4M3 block scales (one per 16 along head_dim)
+    gs    fp32  [slots, B, H, T/128]      decode scale per (slot, batch, head, 128-token tile)
+
+with ``T = chunk_tokens`` and one slot per resident chunk. Head-major tiles make a 128-token K or
+V tile of one head a contiguous 8 KB + 1 KB block for the attention kernel. Which chunks are
+resident (global sink, shot sink, rolling window, current chunk) is decided by host-side Python
+bookkeeping and mirrored into a small device int32 index table that kernels read, so no roll ever
+copies data: a new chunk takes the slot of the chunk that leaves (spec: ``reference.KVCachePolicy``;
+``longlive-spec.md`` §2.3–2.4).
+
+Update = one kernel for K and V: each program owns one 128×D tile of one head, computes its amax,
+its FP32 scale, the E4M3 block scales and the packed codes, and writes them in place; the result is
+bit-identical to ``quantize_nvfp4`` of that tile. Global-scale granularity, measured (round-trip
+rel. error of K after RMSNorm+RoPE-like data with per-head gains 2^U(−3,3) and a few outlier
+tokens ×16; ``bench/attention/bench_kv_cache.py --granularity``): per (slot, K|V) 9.29e-2,
+per (slot, head) 9.27e-2, per (slot, head, 128-token tile) 9.25e-2 — the same error, but only the
+tile granularity quantizes in a single pass (no grid-wide amax before the first byte is written).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _checks
+from .._aot import register_aot
+from .._backend import cuda_extension, has_cuda_extension, resolve_backend
+from ..fp4.format import SCALE_RULES, NVFP4Tensor
+from ..fp4.nvfp4_triton import e2m1_decode, e4m3_decode, pack_nibbles, pairwise_sum_last, unpack_nibbles
+from ..fp4.quantize import _quantize_candidate
+from . import reference
+from .reference import KV_SCALE_TILE
+
+STORAGES = ("fp4", "bf16")
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_rows(x_ptr, rows, T, stride_t, D: tl.constexpr):
+    mask = rows[:, None] < T
+    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_t + tl.arange(0, D)[None, :], mask=mask, other=0.0)
+    return x.to(tl.float32), mask
+
+
+@triton.jit
+def _kv_update_kernel(
+    k_ptr,  # [B, T, H, D] new keys of one chunk, last dim contiguous
+    v_ptr,  # [B, T, H, D] new values (same dtype and strides as k)
+    data_ptr,  # [2, S, B, H, T, D/2] uint8: this layer's packed E2M1 (K, then V)
+    scale_ptr,  # [2, S, B, H, T, D/16] uint8: E4M3 block-scale bits
+    gs_ptr,  # [2, S, B, H, NT] fp32: decode scale per 128-token tile
+    slot_ptr,  # [1] int32: destination slot (an entry of the device index table)
+    T,
+    H,
+    B,
+    S,
+    stride_b,
+    stride_t,
+    stride_h,
+    DENOM: tl.constexpr,
+    TARGET: tl.constexpr,
+    FOUR_OVER_SIX: tl.constexpr,
+    D: tl.constexpr,
+    TILE: tl.constexpr,
+    BR: tl.constexpr,
+):
+    NB: tl.constexpr = D // 16
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    kv = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    src = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+    if kv == 0:
+        x_ptr = k_ptr + src
+    else:
+        x_ptr = v_ptr + src
+    slot = tl.load(slot_ptr)
+    valid_slot = (slot >= 0) & (slot < S)  # never write outside the slot table
+    slot = tl.where(valid_slot, slot, 0).to(tl.int64)
+    plane = ((kv * S + slot) * B + b) * H + h  # index of the [T, ...] plane
+    nt = tl.cdiv(T, TILE)
+
+    amax = 0.0
+    for r0 in range(0, TILE, BR):
+        rows = pid_t * TILE + r0 + tl.arange(0, BR)
+        x, _ = _load_rows(x_ptr, rows, T, stride_t, D)
+        a = tl.abs(x)
+        a = tl.where(a != a, float("inf"), a)
+        amax = tl.maximum(amax, tl.max(tl.max(a, axis=1), axis=0))
+    gs = tl.math.div_rn(amax, DENOM)
+    tl.store(gs_ptr + plane * nt + pid_t, gs, mask=valid_slot)
+
+    for r0 in range(0, TILE, BR):
+        rows = pid_t * TILE + r0 + tl.arange(0, BR)
+        x, mask = _load_rows(x_ptr, rows, T, stride_t, D)
+        xb = tl.reshape(x, (BR, NB, 16))
+        a = tl.abs(xb)
+        a = tl.where(a != a, float("inf"), a)
+        bamax = tl.max(a, axis=2)
+        gs_b = tl.zeros_like(bamax) + gs
+        poison = (bamax == float("inf")) | (gs_b != gs_b) | (tl.abs(gs_b) == float("inf"))
+        zero = bamax == 0.0
+        codes, scode, sv = _quantize_candidate(xb, bamax, gs, xb, poison, zero, TARGET, False)
+        if FOUR_OVER_SIX:
+            codes4, scode4, sv4 = _quantize_candidate(xb, bamax, gs, xb, poison, zero, 4.0, False)
+            e6 = xb - (e2m1_decode(codes) * sv[:, :, None]) * gs
+            e4 = xb - (e2m1_decode(codes4) * sv4[:, :, None]) * gs
+            use4 = pairwise_sum_last(e4 * e4, BR, NB) < pairwise_sum_last(e6 * e6, BR, NB)
+            codes = tl.where(use4[:, :, None], codes4, codes)
+            scode = tl.where(use4, scode4, scode)
+        packed = pack_nibbles(tl.reshape(codes, (BR, D)), BR, D)
+        row64 = plane * T + rows[:, None].to(tl.int64)
+        m = mask & valid_slot
+        tl.store(data_ptr + row64 * (D // 2) + tl.arange(0, D // 2)[None, :], packed, mask=m)
+        tl.store(scale_ptr + row64 * NB + tl.arange(0, NB)[None, :], scode.to(tl.uint8), mask=m)
+
+
+@triton.jit
+def _kv_dequantize_kernel(
+    data_ptr,  # [2, S, B, H, T, D/2] uint8 (one layer)
+    scale_ptr,  # [2, S, B, H, T, D/16] uint8
+    gs_ptr,  # [2, S, B, H, NT] fp32
+    table_ptr,  # [2 + S] int32 device index table
+    out_k_ptr,  # [B, n_chunks·T, H, D] out
+    out_v_ptr,  # [B, n_chunks·T, H, D] out
+    T,
+    H,
+    B,
+    S,
+    stride_ob,
+    stride_ot,
+    stride_oh,
+    D: tl.constexpr,
+    TILE: tl.constexpr,
+    BR: tl.constexpr,
+):
+    NB: tl.constexpr = D // 16
+    pid_t = tl.program_id(0)
+    pid_ckv = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    c = pid_ckv // 2
+    kv = pid_ckv % 2
+    b = pid_bh // H
+    h = pid_bh % H
+    n_ctx = tl.load(table_ptr)
+    slot = tl.where(c < n_ctx, tl.load(table_ptr + 2 + c), tl.load(table_ptr + 1))
+    slot = tl.minimum(tl.maximum(slot, 0), S - 1).to(tl.int64)
+    plane = ((kv * S + slot) * B + b) * H + h
+    nt = tl.cdiv(T, TILE)
+    rows = pid_t * BR + tl.arange(0, BR)
+    mask = rows[:, None] < T
+    row64 = plane * T + rows[:, None].to(tl.int64)
+    packed = tl.load(data_ptr + row64 * (D // 2) + tl.arange(0, D // 2)[None, :], mask=mask, other=0)
+    scode = tl.load(scale_ptr + row64 * NB + tl.arange(0, NB)[None, :], mask=mask, other=0)
+    gs = tl.load(gs_ptr + plane * nt + (pid_t * BR) // TILE)
+    vals = e2m1_decode(unpack_nibbles(packed, BR, D // 2))
+    s = e4m3_decode(scode.to(tl.int32))
+    x = tl.reshape((tl.reshape(vals, (BR, NB, 16)) * s[:, :, None]) * gs, (BR, D))
+    out_rows = (c * T + rows).to(tl.int64)
+    offs = b.to(tl.int64) * stride_ob + out_rows[:, None] * stride_ot + h * stride_oh + tl.arange(0, D)[None, :]
+    if kv == 0:
+        tl.store(out_k_ptr + offs, x.to(out_k_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(out_v_ptr + offs, x.to(out_v_ptr.dtype.element_ty), mask=mask)
+
+
+def _cuda_op_available(name: str) -> bool:
+    return has_cuda_extension() and hasattr(torch.ops.longlive_kernels, name)
+
+
+def _update_triton(k, v, data, scale, gs, table, slot_index, scale_rule):
+    _, s, b, h, t, half_d = data.shape
+    d = 2 * half_d
+    target, denom = SCALE_RULES[scale_rule]
+    br = 16 if scale_rule == "four_over_six" else 32
+    grid = (triton.cdiv(t, KV_SCALE_TILE), b * h, 2)
+    _kv_update_kernel[grid](
+        k, v, data, scale, gs, table[slot_index:], t, h, b, s, k.stride(0), k.stride(1), k.stride(2),
+        DENOM=denom, TARGET=target, FOUR_OVER_SIX=scale_rule == "four_over_six", D=d,
+        TILE=KV_SCALE_TILE, BR=br, num_warps=4, enable_fp_fusion=False,
+    )
+
+
+def _update_cuda(k, v, data, scale, gs, table, slot_index, scale_rule):
+    cuda_extension()
+    rule_id = {"static6": 0, "static4": 1, "four_over_six": 2}[scale_rule]
+    torch.ops.longlive_kernels.kv_cache_update_cuda(k, v, data, scale, gs, table, slot_index, rule_id)
+
+
+def _update_torch(k, v, data, scale, gs, table, slot_index, scale_rule):
+    idx = table[slot_index : slot_index + 1].long()
+    for i, x in enumerate((k, v)):
+        dq, sq, g = reference.kv_quantize(x, scale_rule=scale_rule)
+        data[i].index_copy_(0, idx, dq[None])
+        scale[i].index_copy_(0, idx, sq[None])
+        gs[i].index_copy_(0, idx, g[None])
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops (one layer's buffers: data [2, S, B, H, T, D/2], scale [.., D/16], gs [.., NT])
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("longlive_kernels::kv_cache_update", mutates_args=("data", "scale", "gs"))
+def _update_op(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    data: torch.Tensor,
+    scale: torch.Tensor,
+    gs: torch.Tensor,
+    table: torch.Tensor,
+    slot_index: int,
+    scale_rule: str,
+    backend: str,
+) -> None:
+    run = {"torch": _update_torch, "triton": _update_triton, "cuda": _update_cuda}[backend]
+    run(k, v, data, scale, gs, table, slot_index, scale_rule)
+
+
+@_update_op.register_fake
+def _(k, v, data, scale, gs, table, slot_index, scale_rule, backend):
+    return None
+
+
+def _dequantize_torch(data, scale, gs, table, n_chunks, dtype):
+    idx = torch.cat([table[2 : 2 + n_chunks], table[1:2]])
+    n_ctx = table[0:1]
+    pos = torch.arange(n_chunks, device=table.device)
+    idx = torch.where(pos < n_ctx, idx[:n_chunks], idx[-1]).long()  # position c -> slot
+    outs = []
+    for i in range(2):
+        d, s, g = data[i].index_select(0, idx), scale[i].index_select(0, idx), gs[i].index_select(0, idx)
+        chunks = [reference.kv_dequantize(d[c], s[c], g[c], dtype=dtype) for c in range(n_chunks)]
+        outs.append(torch.cat(chunks, dim=1))
+    return outs[0], outs[1]
+
+
+def _dequantize_triton(data, scale, gs, table, n_chunks, dtype):
+    _, s, b, h, t, half_d = data.shape
+    d = 2 * half_d
+    out_k = torch.empty((b, n_chunks * t, h, d), dtype=dtype, device=data.device)
+    out_v = torch.empty_like(out_k)
+    br = 32
+    grid = (triton.cdiv(t, br), 2 * n_chunks, b * h)
+    _kv_dequantize_kernel[grid](
+        data, scale, gs, table, out_k, out_v, t, h, b, s, out_k.stride(0), out_k.stride(1), out_k.stride(2),
+        D=d, TILE=KV_SCALE_TILE, BR=br, num_warps=4, enable_fp_fusion=False,
+    )
+    return out_k, out_v
+
+
+def _dequantize_cuda(data, scale, gs, table, n_chunks, dtype):
+    _, s, b, h, t, half_d = data.shape
+    out_k = torch.empty((b, n_chunks * t, h, 2 * half_d), dtype=dtype, device=data.device)
+    out_v = torch.empty_like(out_k)
+    cuda_extension()
+    torch.ops.longlive_kernels.kv_cache_dequantize_cuda(data, scale, gs, table, out_k, out_v)
+    return out_k, out_v
+
+
+@torch.library.custom_op("longlive_kernels::kv_cache_dequantize", mutates_args=())
+def _dequantize_op(
+    data: torch.Tensor,
+    scale: torch.Tensor,
+    gs: torch.Tensor,
+    table: torch.Tensor,
+    n_chunks: int,
+    dtype: torch.dtype,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    run = {"torch": _dequantize_torch, "triton": _dequantize_triton, "cuda": _dequantize_cuda}[backend]
+    return run(data, scale, gs, table, n_chunks, dtype)
+
+
+@_dequantize_op.register_fake
+def _(data, scale, gs, table, n_chunks, dtype, backend):
+    _, s, b, h, t, half_d = data.shape
+    out = data.new_empty((b, n_chunks * t, h, 2 * half_d), dtype=dtype)
+    return out, torch.empty_like(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side bookkeeping: a ring of physical slots (cross-checked against reference.KVCachePolicy)
+# ---------------------------------------------------------------------------------------------
+
+
+class _SlotRing:
+    """Which chunk lives in which physical slot. Sinks and the shot sink are protected; every other
+    resident chunk sits in ``window`` (oldest first) and is evicted from the left."""
+
+    def __init__(self, num_slots: int, sink_chunks: int):
+        self.num_slots = num_slots
+        self.sink_chunks = sink_chunks
+        self.chunk_in_slot = [-1] * num_slots
+        self.window: collections.deque[int] = collections.deque()
+        self.sinks: list[int] = []
+        self.shot: int | None = None
+        self.current: int | None = None
+
+    def slot_of(self, chunk: int) -> int:
+        try:
+            return self.chunk_in_slot.index(chunk)
+        except ValueError:
+            raise ValueError(f"chunk {chunk} is not resident (resident: {self.resident()})") from None
+
+    def resident(self) -> list[int]:
+        return sorted(c for c in self.chunk_in_slot if c >= 0)
+
+    def start(self, chunk: int) -> None:
+        if chunk < 0 or (self.current is not None and chunk <= self.current):
+            raise ValueError(f"chunk ids must increase: start_chunk({chunk}) after chunk {self.current}")
+        protected = len(self.sinks) + (self.shot is not None and self.shot not in self.sinks)
+        while self.window and protected + len(self.window) + 1 > self.num_slots:
+            gone = self.window.popleft()
+            self.chunk_in_slot[self.chunk_in_slot.index(gone)] = -1
+        self.chunk_in_slot[self.chunk_in_slot.index(-1)] = chunk
+        if chunk < self.sink_chunks:
+            self.sinks.append(chunk)
+        else:
+            self.window.append(chunk)
+        self.current = chunk
+
+    def pin(self, chunk: int) -> None:
+        self.slot_of(chunk)  # must be resident
+        if chunk >= self.sink_chunks and self.sink_chunks + 2 > self.num_slots:
+            raise ValueError(
+                f"no room for a shot sink: sink_chunks={self.sink_chunks} + shot sink + current chunk "
+                f"> max_chunks={self.num_slots}"
+            )
+        old = self.shot
+        if old is not None and old not in self.sinks:
+            self.window = collections.deque(sorted([*self.window, old]))  # evictable again
+        if chunk in self.window:
+            self.window.remove(chunk)
+        self.shot = chunk
+
+    def context(self) -> list[int]:
+        return [c for c in self.resident() if c != self.current]
+
+    def table(self) -> list[int]:
+        ctx = self.context()
+        cur = -1 if self.current is None else self.slot_of(self.current)
+        return [len(ctx), cur] + [self.slot_of(c) for c in ctx] + [-1] * (self.num_slots - len(ctx))
+
+
+# ---------------------------------------------------------------------------------------------
+# Public class
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class KVLayerView:
+    """One layer of an :class:`FP4KVCache` as the attention kernels read it.
+
+    ``data``/``scale``/``global_scale`` are views of the FP4 buffers ([2, S, B, H, T, D/2],
+    [2, S, B, H, T, D/16], [2, S, B, H, T/128]; index 0 = K, 1 = V), or ``values``
+    [2, S, B, H, T, D] for BF16 storage; ``table`` is the device index table
+    ``[n_ctx, slot(current), slot(ctx_0), ...]`` (int32 [2 + S]).
+    """
+
+    data: torch.Tensor | None
+    scale: torch.Tensor | None
+    global_scale: torch.Tensor | None
+    values: torch.Tensor | None
+    table: torch.Tensor
+    n_ctx: int
+    has_current: bool
+    chunk_tokens: int
+
+
+class FP4KVCache:
+    """Self-attention KV cache of a streaming AR video DiT, stored in NVFP4 (or BF16).
+
+    Parameters
+    ----------
+    num_layers, num_heads, head_dim : int
+        Model geometry (with Ulysses SP: ``num_heads`` = heads per rank). ``head_dim`` % 16 == 0.
+    chunk_tokens : int
+        Tokens per chunk (LongLive 704×1280: 8 latent frames × 880 = 7040).
+    max_chunks : int
+        Capacity in chunks including the current one (LongLive: 32 frames / 8 = 4).
+    sink_chunks : int
+        Global attention sink: chunks with id < ``sink_chunks`` are never evicted (default 1).
+    batch_size : int
+    storage : {"fp4", "bf16"}
+        NVFP4 (4.5 bits/value + one FP32 per 128×D tile) or plain BF16 with the same interface.
+    scale_rule : {"static6", "static4", "four_over_six"}
+        NVFP4 scale rule of :func:`~longlive_kernels.fp4.quantize_nvfp4` used by :meth:`update`.
+    device : torch.device or str, optional
+    dtype : torch.dtype
+        Dtype :meth:`dequantize` returns (bf16 default; fp16/fp32 allowed).
+
+    Notes
+    -----
+    Bookkeeping (which chunk is where) is host-side Python ints: no device sync. It is mirrored into
+    ``table`` (int32 [2 + max_chunks], address fixed) that the kernels read, so update and attention
+    launches are identical from chunk to chunk in steady state (CUDA-graph friendly). Policy:
+    :class:`longlive_kernels.attention.reference.KVCachePolicy`. Slots are zero-initialised; a slot
+    that was assigned but not yet written holds the previous occupant's data.
+
+    Examples
+    --------
+    >>> cache = FP4KVCache(num_layers=30, num_heads=24, head_dim=128, chunk_tokens=7040, device="cuda")
+    >>> for n in range(num_chunks):
+    ...     cache.start_chunk(n)
+    ...     for step in range(steps + 1):           # denoising steps, then the t=0 re-run
+    ...         for layer in range(30):
+    ...             cache.update(layer, k, v)       # overwrites chunk n's slot
+    ...             o = fp4_kv_attention(q, cache, layer, current_k=k, current_v=v)
+    ...     if scene_cut[n]:
+    ...         cache.pin_shot_sink(n)
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_heads: int,
+        head_dim: int,
+        chunk_tokens: int,
+        max_chunks: int = 4,
+        sink_chunks: int = 1,
+        batch_size: int = 1,
+        storage: str = "fp4",
+        scale_rule: str = "static6",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+    ):
+        for name, val, low in [("num_layers", num_layers, 1), ("num_heads", num_heads, 1),
+                               ("head_dim", head_dim, 16), ("chunk_tokens", chunk_tokens, 1),
+                               ("max_chunks", max_chunks, 2), ("sink_chunks", sink_chunks, 0),
+                               ("batch_size", batch_size, 1)]:
+            if not isinstance(val, int) or isinstance(val, bool) or val < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {val!r}")
+        _checks.check_multiple("head_dim", head_dim, 16)
+        if sink_chunks >= max_chunks:
+            raise ValueError(f"sink_chunks ({sink_chunks}) must be < max_chunks ({max_chunks}): the current "
+                             "chunk needs a slot")
+        _checks.check_choice("storage", storage, STORAGES)
+        _checks.check_choice("scale_rule", scale_rule, tuple(SCALE_RULES))
+        if dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"dtype must be bf16, fp16 or fp32, got {dtype}")
+        self.num_layers, self.num_heads, self.head_dim = num_layers, num_heads, head_dim
+        self.chunk_tokens, self.max_chunks, self.sink_chunks = chunk_tokens, max_chunks, sink_chunks
+        self.batch_size, self.storage, self.scale_rule, self.dtype = batch_size, storage, scale_rule, dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        shape = (num_layers, 2, max_chunks, batch_size, num_heads, chunk_tokens)
+        self.num_scale_tiles = -(-chunk_tokens // KV_SCALE_TILE)
+        if storage == "fp4":
+            self.data = torch.zeros((*shape, head_dim // 2), dtype=torch.uint8, device=self.device)
+            self.scale = torch.zeros((*shape, head_dim // 16), dtype=torch.uint8, device=self.device)
+            self.global_scale = torch.zeros((*shape[:-1], self.num_scale_tiles), dtype=torch.float32,
+                                            device=self.device)
+            self.values = None
+        else:
+            self.data = self.scale = self.global_scale = None
+            self.values = torch.zeros((*shape, head_dim), dtype=dtype, device=self.device)
+        self.table = torch.full((2 + max_chunks,), -1, dtype=torch.int32, device=self.device)
+        self._ring = _SlotRing(max_chunks, sink_chunks)
+        self._sync_table()
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+
+    def _sync_table(self) -> None:
+        host = torch.tensor(self._ring.table(), dtype=torch.int32)
+        if self.device.type == "cuda":
+            host = host.pin_memory()  # the caching host allocator keeps it alive until the copy ran
+        self.table.copy_(host, non_blocking=True)
+
+    def host_table(self) -> list[int]:
+        """The host mirror of :attr:`table`: ``[n_ctx, slot(current), slot(ctx_0), ..., -1...]``."""
+        return self._ring.table()
+
+    def reset(self) -> None:
+        """Forget every chunk (buffers keep their bytes; their addresses never change)."""
+        self._ring = _SlotRing(self.max_chunks, self.sink_chunks)
+        self._sync_table()
+
+    def start_chunk(self, chunk_id: int) -> None:
+        """Make ``chunk_id`` the current chunk: evict per the policy, assign it a free slot.
+
+        Call once per new chunk, before its denoising steps. ``chunk_id`` must exceed every chunk
+        started before (since the last :meth:`reset`).
+        """
+        self._ring.start(int(chunk_id))
+        self._sync_table()
+
+    def pin_shot_sink(self, chunk_id: int) -> None:
+        """At a scene cut (after the chunk's t=0 re-run): ``chunk_id`` becomes the shot sink, never
+        evicted until the next pin; the previous shot sink becomes an ordinary window chunk."""
+        self._ring.pin(int(chunk_id))
+        self._sync_table()
+
+    @property
+    def current_chunk(self) -> int | None:
+        return self._ring.current
+
+    @property
+    def shot_sink(self) -> int | None:
+        return self._ring.shot
+
+    def context_chunks(self) -> list[int]:
+        """Chunk ids the current chunk attends to (excluding itself), in attention order."""
+        return self._ring.context()
+
+    def slot_of(self, chunk_id: int) -> int:
+        """Physical slot of a resident chunk (``ValueError`` if it is not resident)."""
+        return self._ring.slot_of(int(chunk_id))
+
+    def _table_index(self, chunk_id: int | None) -> int:
+        """Index into :attr:`table` of the entry holding the slot of ``chunk_id`` (default current)."""
+        if chunk_id is None or chunk_id == self._ring.current:
+            if self._ring.current is None:
+                raise ValueError("no current chunk: call start_chunk(chunk_id) first")
+            return 1
+        ctx = self._ring.context()
+        if chunk_id not in ctx:
+            raise ValueError(f"chunk {chunk_id} is not resident (resident: {self._ring.resident()})")
+        return 2 + ctx.index(chunk_id)
+
+    # ---- writes ----------------------------------------------------------------------------------
+
+    def _check_layer(self, layer: int) -> None:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.num_layers:
+            raise ValueError(f"layer must be an int in [0, {self.num_layers}), got {layer!r}")
+
+    def _check_chunk(self, name: str, x: torch.Tensor) -> None:
+        _checks.check_dtype(name, x)
+        _checks.check_ndim(name, x, 4)
+        want = (self.batch_size, self.chunk_tokens, self.num_heads, self.head_dim)
+        if x.shape[1] > self.chunk_tokens:
+            raise ValueError(f"{name}: chunk of {x.shape[1]} tokens is larger than a slot "
+                             f"({self.chunk_tokens} tokens)")
+        if tuple(x.shape) != want:
+            raise ValueError(f"{name} must have shape [B, chunk_tokens, H, D] = {list(want)}, got "
+                             f"{list(x.shape)} (partial chunks are not supported)")
+        _checks.check_last_dim_contiguous(name, x)
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device}, the cache on {self.device}")
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, *, chunk_id: int | None = None,
+               backend: str = "auto") -> None:
+        """Quantize one chunk's K and V and write them in place into the chunk's slot (one kernel).
+
+        Parameters
+        ----------
+        layer : int
+        k, v : torch.Tensor
+            [B, chunk_tokens, H, D] bf16/fp16/fp32, same dtype, last dim contiguous, already RoPE'd.
+        chunk_id : int, optional
+            A resident chunk (default: the current one). Re-writing a chunk (later denoising
+            steps, the t=0 re-run, a prompt-switch re-cache) overwrites its slot.
+        backend : {"auto", "triton", "cuda", "torch"}
+
+        Raises
+        ------
+        TypeError
+            Non-tensor or non-float inputs, or k and v of different dtypes.
+        ValueError
+            Layer out of range, wrong shape (more tokens than a slot, other batch/heads/head_dim),
+            device mismatch, no current chunk, or a chunk that is not resident.
+        """
+        self._check_layer(layer)
+        self._check_chunk("k", k)
+        self._check_chunk("v", v)
+        if k.dtype != v.dtype:
+            raise TypeError(f"k and v must have the same dtype, got {k.dtype} and {v.dtype}")
+        if k.stride() != v.stride():
+            k, v = k.contiguous(), v.contiguous()
+        idx = self._table_index(chunk_id)
+        if self.storage == "bf16":
+            slot = self.table[idx : idx + 1].long()
+            for i, x in enumerate((k, v)):
+                self.values[layer, i].index_copy_(0, slot, x.permute(0, 2, 1, 3).to(self.dtype)[None])
+            return
+        supported = ("triton", "torch") + (("cuda",) if _cuda_op_available("kv_cache_update_cuda") else ())
+        be = resolve_backend(backend, self.device, op="FP4KVCache.update", supported=supported,
+                             prefer=("cuda", "triton"))
+        _update_op(k, v, self.data[layer], self.scale[layer], self.global_scale[layer], self.table, idx,
+                   self.scale_rule, be)
+
+    def update_quantized(self, layer: int, k: NVFP4Tensor, v: NVFP4Tensor, *,
+                         chunk_id: int | None = None) -> None:
+        """Copy already-quantized K and V (e.g. from the quantized Ulysses all-to-all) into a slot
+        without a BF16 round trip: packed codes and block scales are copied, the tensors' FP32
+        decode scale is stored in every 128-token tile of the slot.
+
+        ``k``/``v``: :class:`NVFP4Tensor` of shape [B, chunk_tokens, H, D] with one (0-dim) global
+        scale, no Hadamard transform (linear or swizzled scales).
+        """
+        self._check_layer(layer)
+        want = (self.batch_size, self.chunk_tokens, self.num_heads, self.head_dim)
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, NVFP4Tensor):
+                raise TypeError(f"{name} must be an NVFP4Tensor, got {type(t).__name__}")
+            if tuple(t.shape) != want:
+                raise ValueError(f"{name} must have shape {list(want)}, got {list(t.shape)}")
+            if t.hadamard_mask is not None:
+                raise ValueError(f"{name} holds Hadamard-transformed data; the cache stores plain NVFP4")
+            if t.global_scale.numel() != 1:
+                raise ValueError(f"{name} must have one global scale, got shape {tuple(t.global_scale.shape)}")
+            if t.device != self.device:
+                raise ValueError(f"{name} is on {t.device}, the cache on {self.device}")
+        idx = self._table_index(chunk_id)
+        slot = self.table[idx : idx + 1].long()
+        for i, t in enumerate((k.from_blocked(), v.from_blocked())):
+            if self.storage == "bf16":
+                vals = t.dequantize(self.dtype, backend="torch" if self.device.type == "cpu" else "auto")
+                self.values[layer, i].index_copy_(0, slot, vals.permute(0, 2, 1, 3)[None])
+                continue
+            d = t.data.reshape(want[:3] + (self.head_dim // 2,)).permute(0, 2, 1, 3)
+            s = t.scale.view(torch.uint8).reshape(want[:3] + (self.head_dim // 16,)).permute(0, 2, 1, 3)
+            g = t.global_scale.to(torch.float32).reshape(1, 1, 1, 1).expand(1, *self.global_scale.shape[3:])
+            self.data[layer, i].index_copy_(0, slot, d[None].contiguous())
+            self.scale[layer, i].index_copy_(0, slot, s[None].contiguous())
+            self.global_scale[layer, i].index_copy_(0, slot, g.contiguous())
+
+    # ---- reads -----------------------------------------------------------------------------------
+
+    def layer_view(self, layer: int) -> KVLayerView:
+        """The buffers of one layer as the attention kernels read them (see :class:`KVLayerView`)."""
+        self._check_layer(layer)
+        fp4 = self.storage == "fp4"
+        return KVLayerView(
+            data=self.data[layer] if fp4 else None,
+            scale=self.scale[layer] if fp4 else None,
+            global_scale=self.global_scale[layer] if fp4 else None,
+            values=None if fp4 else self.values[layer],
+            table=self.table,
+            n_ctx=len(self._ring.context()),
+            has_current=self._ring.current is not None,
+            chunk_tokens=self.chunk_tokens,
+        )
+
+    def dequantize(self, layer: int, *, include_current: bool = False,
+                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of the context chunks (+ the current chunk) as dense tensors, for any attention
+        backend.
+
+        Returns
+        -------
+        (k, v) : tuple of torch.Tensor
+            [B, n·chunk_tokens, H, D] ``dtype`` each, chunks in attention order (ascending id),
+            ``n = len(context_chunks()) + include_current``.
+        """
+        self._check_layer(layer)
+        n = len(self._ring.context())
+        if include_current:
+            if self._ring.current is None:
+                raise ValueError("include_current=True but no chunk was started")
+            n += 1
+        if self.storage == "bf16":
+            host = self._ring.table()
+            slots = torch.tensor(host[2 : 2 + host[0]] + ([host[1]] if include_current else []), dtype=torch.long)
+            vals = self.values[layer].index_select(1, slots.to(self.device))  # [2, n, B, H, T, D]
+            out = vals.permute(0, 2, 1, 4, 3, 5).reshape(2, self.batch_size, n * self.chunk_tokens,
+                                                          self.num_heads, self.head_dim)
+            return out[0].to(self.dtype), out[1].to(self.dtype)
+        if n == 0:
+            empty = torch.empty((self.batch_size, 0, self.num_heads, self.head_dim), dtype=self.dtype,
+                                device=self.device)
+            return empty, empty.clone()
+        supported = ("triton", "torch") + (("cuda",) if _cuda_op_available("kv_cache_dequantize_cuda") else ())
+        be = resolve_backend(backend, self.device, op="FP4KVCache.dequantize", supported=supported,
+                             prefer=("cuda", "triton"))
+        return _dequantize_op(self.data[layer], self.scale[layer], self.global_scale[layer], self.table, n,
+                              self.dtype, be)
+
+    # ---- memory ----------------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all cache buffers (every layer, K and V)."""
+        bufs = (self.data, self.scale, self.global_scale, self.values, self.table)
+        return sum(b.numel() * b.element_size() for b in bufs if b is not None)
+
+    @property
+    def nbytes_per_layer(self) -> int:
+        """Bytes of one layer's K and V buffers."""
+        return (self.nbytes - self.table.numel() * 4) // self.num_layers
+
+    def memory_report(self) -> dict[str, float]:
+        """Per-layer bytes, the BF16 equivalent and the compression ratio."""
+        bf16 = 2 * self.max_chunks * self.batch_size * self.num_heads * self.chunk_tokens * self.head_dim * 2
+        per_layer = self.nbytes_per_layer
+        return {
+            "bytes_per_layer": per_layer,
+            "bytes_total": self.nbytes,
+            "bf16_bytes_per_layer": bf16,
+            "compression": bf16 / per_layer,
+            "bits_per_value": 8 * per_layer / (bf16 / 2),
+        }
+
+    def __repr__(self) -> str:
+        return (f"FP4KVCache(layers={self.num_layers}, heads={self.num_heads}, head_dim={self.head_dim}, "
+                f"chunk_tokens={self.chunk_tokens}, max_chunks={self.max_chunks}, sink_chunks={self.sink_chunks}, "
+                f"storage={self.storage}, current={self.current_chunk}, context={self.context_chunks()}, "
+                f"shot_sink={self.shot_sink}, {self.nbytes / 2**20:.1f} MiB)")
+
+
+register_aot(
+    _kv_update_kernel,
+    signature={"k_ptr": "*bf16", "v_ptr": "*bf16", "data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32",
+               "slot_ptr": "*i32", "T": "i32", "H": "i32", "B": "i32", "S": "i32", "stride_b": "i64",
+               "stride_t": "i64", "stride_h": "i64"},
+    constexprs={"DENOM": 2688.0, "TARGET": 6.0, "FOUR_OVER_SIX": False, "D": 128, "TILE": KV_SCALE_TILE, "BR": 32},
+    options={"enable_fp_fusion": False},
+)
+register_aot(
+    _kv_dequantize_kernel,
+    signature={"data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32", "table_ptr": "*i32",
+               "out_k_ptr": "*bf16", "out_v_ptr": "*bf16", "T": "i32", "H": "i32", "B": "i32", "S": "i32",
+               "stride_ob": "i64", "stride_ot": "i64", "stride_oh": "i64"},
+    constexprs={"D": 128, "TILE": KV_SCALE_TILE, "BR": 32},
+    options={"enable_fp_fusion": False},
+)
