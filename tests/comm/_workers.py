@@ -242,6 +242,14 @@ def case_quantized_attention(rank, p, device, backends, chk):
         err_same = (o.double().cpu() - _shard(exact_q, rank, p)).abs().max().item()
         chk.metrics[f"{fmt}_vs_same_quant"] = err_same
         chk.true(err_same < 1e-5, f"{fmt}: err vs single-process attention on the same quantized k/v {err_same:.3g}")
+        # the plug-in contract: an attention that takes NVFP4Tensor / FP8 (codes, scale) k and v
+        # (e.g. fp4_kv_attention after FP4KVCache.update_quantized) sees the very same values
+        decode = ((lambda t: t.dequantize(torch.float32)) if fmt == "nvfp4"
+                  else (lambda t: ref.dequantize_fp8_rows(t[0], t[1], torch.float32)))
+        ua_q = UlyssesAttention(lambda q, k, v: sdpa_attention(q, decode(k), decode(v)), kv_format=fmt,
+                                kv_output=fmt, backend=backends[-1])
+        with torch.no_grad():
+            chk.bitwise(ua_q(*loc), o, f"{fmt}: quantized k/v handed to a custom attention")
         # Derived bound. Keys: |Δlogit_ij| ≤ ε_i = scale·‖q_i‖·max_j ‖Δk_j‖ (Cauchy–Schwarz), so
         # p'_j/p_j ∈ [e^-2ε, e^2ε] and ‖Δp‖₁ ≤ e^{2ε}−1; values: o is a convex combination, so
         # |Δo| ≤ ‖Δp‖₁·max|v'| + max_j|Δv_j| (per channel).
