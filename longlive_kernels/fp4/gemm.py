@@ -422,12 +422,12 @@ def _rows2d(x: torch.Tensor, cols: int) -> torch.Tensor:
 
 def _resolve_algorithm(algorithm: str, device: torch.device, a_nvfp4: bool, backend: str) -> str:
     _checks.check_choice("algorithm", algorithm, ALGORITHMS)
+    if algorithm == "scaled_mm" and not (a_nvfp4 and _has_native_fp4(device)):
+        raise ValueError("algorithm='scaled_mm' needs NVFP4 `a` and a GPU with FP4 tensor cores "
+                         "(compute capability >= 10.0) and torch.float4_e2m1fn_x2")
     if backend == "torch":
-        return "fused"
+        return "fused"  # the reference ignores the algorithm
     if algorithm != "auto":
-        if algorithm == "scaled_mm" and not (a_nvfp4 and _has_native_fp4(device)):
-            raise ValueError("algorithm='scaled_mm' needs NVFP4 `a` and a GPU with FP4 tensor cores "
-                             "(compute capability >= 10.0) and torch.float4_e2m1fn_x2")
         return algorithm
     if a_nvfp4 and _has_native_fp4(device):
         return "scaled_mm"

@@ -255,8 +255,8 @@ class NVFP4Linear(nn.Module):
         if self.mode == "bf16" or not self.trainable:
             return self
         weight = self.weight
-        self.weight = None
         del self._parameters["weight"]
+        self.weight = None
         self.trainable = False
         self._register_packed(weight)
         return self
@@ -297,8 +297,7 @@ class NVFP4Linear(nn.Module):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         w = linear.weight
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode, trainable=trainable,
-                  recipe=recipe, backend=backend, device="meta",
-                  dtype=w.dtype if (trainable or mode == "bf16") else None)
+                  recipe=recipe, backend=backend, device="meta", dtype=w.dtype)
         if w.device.type == "meta":
             return mod
         with torch.no_grad():
