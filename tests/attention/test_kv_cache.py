@@ -1,0 +1,383 @@
+"""FP4KVCache: bookkeeping vs the plain-Python policy model, update bit-exact with quantize_nvfp4 per
+128-token tile, round trip within the NVFP4 bound, poisoned buffers, update_quantized, BF16 storage,
+input errors, GPU backends at model size and CUDA-graph replay across chunks."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from longlive_kernels.attention import FP4KVCache
+from longlive_kernels.attention import reference as ref
+from longlive_kernels.attention.reference import KV_SCALE_TILE, KVCachePolicy
+from longlive_kernels.fp4 import dequantize_nvfp4, quantize_nvfp4
+from longlive_kernels.testing import assert_bitwise_equal, poison_like
+
+RULES = ("static6", "static4", "four_over_six")
+# where Triton runs (the triton_device fixture, usable inside @given tests)
+TRITON_DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
+
+def _chunk(seed: int, b: int, t: int, h: int, d: int, dtype=torch.bfloat16, device="cpu") -> torch.Tensor:
+    """K/V-like data: per-head gains over several binades, a few outlier tokens, one zero block."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, h, d, generator=g) * torch.exp2(torch.empty(1, 1, h, 1).uniform_(-3, 3, generator=g))
+    x[:, torch.randint(0, t, (max(1, t // 16),), generator=g)] *= 16
+    x[0, 0, 0, :16] = 0.0
+    return x.to(dtype).to(device)
+
+
+def _tiny_cache(max_chunks: int, sink_chunks: int) -> FP4KVCache:
+    return FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=1, max_chunks=max_chunks,
+                      sink_chunks=sink_chunks)
+
+
+# ---- bookkeeping: 10,000 random sequences against reference.KVCachePolicy ------------------------------
+
+
+def _check_same(cache: FP4KVCache, model: KVCachePolicy) -> None:
+    assert cache.host_table() == model.table()
+    assert cache.context_chunks() == model.context_chunks()
+    assert cache.current_chunk == model.current
+    for c, s in model.slot.items():
+        assert cache.slot_of(c) == s
+
+
+def _run_sequence(rng: random.Random) -> None:
+    max_chunks = rng.randint(2, 6)
+    sink = rng.randint(0, max_chunks - 1)
+    cache, model = _tiny_cache(max_chunks, sink), KVCachePolicy(max_chunks, sink)
+    nxt = 0
+    for _ in range(rng.randint(1, 24)):
+        op = rng.random()
+        if op < 0.55 or model.current is None:  # new chunk (sometimes skipping ids)
+            nxt += 1 if rng.random() < 0.9 else rng.randint(2, 4)
+            n = nxt - 1
+            cache.start_chunk(n)
+            model.start_chunk(n)
+        elif op < 0.75:  # scene cut: pin a resident chunk (usually the current one)
+            c = model.current if rng.random() < 0.7 else rng.choice(sorted(model.slot))
+            try:
+                model.pin_shot_sink(c)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    cache.pin_shot_sink(c)
+            else:
+                cache.pin_shot_sink(c)
+        elif op < 0.9:  # re-write a chunk: resident ones resolve to their table entry, others fail
+            c = rng.randint(0, nxt)
+            if c in model.slot:
+                idx = cache._table_index(c)
+                assert model.table()[idx] == model.slot[c]
+            else:
+                with pytest.raises(ValueError, match="not resident"):
+                    cache._table_index(c)
+        else:  # an id that does not increase is refused by both
+            c = rng.randint(0, model.current)
+            with pytest.raises(ValueError):
+                model.start_chunk(c)
+            with pytest.raises(ValueError):
+                cache.start_chunk(c)
+        _check_same(cache, model)
+    assert cache.table.tolist() == model.table()
+    cache.reset()
+    assert cache.host_table() == [0, -1] + [-1] * max_chunks and cache.table.tolist() == cache.host_table()
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_index_table_matches_policy_model_10000_sequences(seed):
+    rng = random.Random(seed)
+    for _ in range(400):  # 25 examples x 400 = 10,000 sequences
+        _run_sequence(rng)
+
+
+def test_policy_steady_state_matches_spec():
+    """§2.3/§2.4: [0 | n-2 | n-1 | n], and [0 | s | n-1 | n] after a shot sink s is pinned; a new
+    chunk reuses the slot of the chunk that left (nothing is copied)."""
+    cache = _tiny_cache(4, 1)
+    for n in range(6):
+        cache.start_chunk(n)
+    assert cache.context_chunks() == [0, 3, 4]
+    slot_3 = cache.slot_of(3)
+    cache.start_chunk(6)
+    assert cache.context_chunks() == [0, 4, 5] and cache.slot_of(6) == slot_3
+    cache.pin_shot_sink(6)
+    for n, ctx in ((7, [0, 5, 6]), (8, [0, 6, 7]), (9, [0, 6, 8])):
+        cache.start_chunk(n)
+        assert cache.context_chunks() == ctx
+    cache.pin_shot_sink(9)  # re-pin: 6 becomes evictable
+    cache.start_chunk(10)
+    assert cache.context_chunks() == [0, 8, 9] and cache.shot_sink == 9
+    cache.start_chunk(11)
+    assert cache.context_chunks() == [0, 9, 10]
+
+
+# ---- update: bit-exact with quantize_nvfp4 of each 128-token tile ----------------------------------------
+
+
+def _assert_slot_is_quantization(cache: FP4KVCache, layer: int, chunk: int, k, v) -> None:
+    slot = cache.slot_of(chunk)
+    t = cache.chunk_tokens
+    for i, x in enumerate((k, v)):
+        for bi in range(x.shape[0]):
+            for hi in range(x.shape[2]):
+                for t0 in range(0, t, KV_SCALE_TILE):
+                    rows = slice(t0, min(t, t0 + KV_SCALE_TILE))
+                    q = quantize_nvfp4(x[bi, rows, hi].contiguous(), scale_rule=cache.scale_rule, backend="torch")
+                    assert_bitwise_equal(cache.data[layer, i, slot, bi, hi, rows].cpu(), q.data, "data")
+                    assert_bitwise_equal(cache.scale[layer, i, slot, bi, hi, rows].cpu(), q.scale.view(torch.uint8),
+                                         "scale")
+                    assert_bitwise_equal(cache.global_scale[layer, i, slot, bi, hi, t0 // KV_SCALE_TILE].cpu(),
+                                         q.global_scale, "global scale")
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    t=st.sampled_from([1, 40, 128, 136]),
+    rule=st.sampled_from(RULES),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
+    backend=st.sampled_from(["torch", "triton"]),
+)
+@settings(max_examples=8)
+@example(seed=3, t=136, rule="four_over_six", dtype=torch.bfloat16, backend="triton")
+def test_update_bit_exact_with_quantize_nvfp4(seed, t, rule, dtype, backend):
+    dev = TRITON_DEV if backend == "triton" else "cpu"
+    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=t, max_chunks=3, scale_rule=rule,
+                       device=dev)
+    cache.start_chunk(0)
+    k, v = _chunk(seed, 1, t, 2, 32, dtype, dev), _chunk(seed + 1, 1, t, 2, 32, dtype, dev)
+    cache.update(1, k, v, backend=backend)
+    _assert_slot_is_quantization(cache, 1, 0, k.cpu(), v.cpu())
+
+
+def test_rewrite_overwrites_and_default_is_current(triton_device):
+    cache = FP4KVCache(num_layers=1, num_heads=1, head_dim=32, chunk_tokens=24, max_chunks=3, device=triton_device)
+    cache.start_chunk(0)
+    cache.start_chunk(1)
+    for seed in (1, 2):  # later denoising steps / the t=0 re-run overwrite the same slot
+        k, v = _chunk(seed, 1, 24, 1, 32, device=triton_device), _chunk(seed + 9, 1, 24, 1, 32, device=triton_device)
+        cache.update(0, k, v, backend="triton")
+        _assert_slot_is_quantization(cache, 0, 1, k.cpu(), v.cpu())
+    k0, v0 = _chunk(5, 1, 24, 1, 32, device=triton_device), _chunk(6, 1, 24, 1, 32, device=triton_device)
+    cache.update(0, k0, v0, chunk_id=0, backend="triton")  # a context chunk (prompt-switch re-cache)
+    _assert_slot_is_quantization(cache, 0, 0, k0.cpu(), v0.cpu())
+    _assert_slot_is_quantization(cache, 0, 1, k.cpu(), v.cpu())
+
+
+@given(seed=st.integers(0, 2**31 - 1), rule=st.sampled_from(["static6", "static4"]))
+@settings(max_examples=5)
+def test_round_trip_within_nvfp4_bound(seed, rule):
+    """|x̂ − x| ≤ half an E2M1 step × the block's decode scale (or the excess above 6·d)."""
+    cache = FP4KVCache(num_layers=1, num_heads=3, head_dim=64, chunk_tokens=160, max_chunks=2, scale_rule=rule,
+                       dtype=torch.float32)
+    cache.start_chunk(0)
+    k, v = _chunk(seed, 1, 160, 3, 64, torch.float32), _chunk(seed + 1, 1, 160, 3, 64, torch.float32)
+    cache.update(0, k, v, backend="torch")
+    kd, vd = cache.dequantize(0, include_current=True, backend="torch")
+    slot = cache.slot_of(0)
+    for i, (x, xh) in enumerate(((k, kd), (v, vd))):
+        s = cache.scale[0, i, slot].view(torch.float8_e4m3fn).float()  # [B, H, T, D/16]
+        gs = cache.global_scale[0, i, slot].repeat_interleave(KV_SCALE_TILE, -1)[..., :160, None]
+        d = (s * gs).repeat_interleave(16, -1).permute(0, 2, 1, 3)  # [B, T, H, D]
+        r = (x / d).abs()
+        half_step = torch.where(r <= 2, 0.25, torch.where(r <= 4, 0.5, 1.0)) * d
+        bound = torch.maximum(half_step, (x.abs() - 6 * d).clamp_min(0)) * (1 + 2**-20) + 1e-30
+        live = d > 0
+        assert ((xh - x).abs() <= bound)[live].all()
+        assert (xh[~live] == 0).all()
+
+
+def test_dequantize_triton_matches_torch_in_attention_order(triton_device):
+    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=40, max_chunks=3, device=triton_device,
+                       dtype=torch.float32)
+    data = {}
+    for n in range(4):
+        cache.start_chunk(n)
+        data[n] = (_chunk(2 * n, 1, 40, 2, 32, device=triton_device), _chunk(2 * n + 1, 1, 40, 2, 32, device=triton_device))
+        cache.update(1, *data[n], backend="triton")
+    assert cache.context_chunks() == [0, 2]
+    for include_current in (False, True):
+        kt, vt = cache.dequantize(1, include_current=include_current, backend="triton")
+        kr, vr = cache.dequantize(1, include_current=include_current, backend="torch")
+        assert_bitwise_equal(kt.cpu(), kr.cpu(), "k")
+        assert_bitwise_equal(vt.cpu(), vr.cpu(), "v")
+    chunks = [0, 2, 3]
+    for j, c in enumerate(chunks):  # each 40-token block is that chunk's reference decode
+        k_ref = ref.kv_dequantize(*ref.kv_quantize(data[c][0].cpu()), dtype=torch.float32)
+        assert_bitwise_equal(kt[:, 40 * j : 40 * (j + 1)].cpu(), k_ref, f"chunk {c}")
+
+
+# ---- poisoned buffers: a write touches exactly its slot -----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_update_writes_only_its_slot(backend, triton_device):
+    dev = triton_device if backend == "triton" else "cpu"
+    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=136, max_chunks=3, device=dev)
+    for name in ("data", "scale", "global_scale"):
+        buf = getattr(cache, name)
+        buf.copy_(poison_like(buf))
+    before = {n: getattr(cache, n).clone() for n in ("data", "scale", "global_scale")}
+    cache.start_chunk(0)
+    cache.start_chunk(1)
+    k, v = _chunk(7, 1, 136, 2, 32, device=dev), _chunk(8, 1, 136, 2, 32, device=dev)
+    cache.update(1, k, v, backend=backend)
+    slot = cache.slot_of(1)
+    for n, old in before.items():
+        new = getattr(cache, n)
+        untouched = torch.ones(new.shape[:3], dtype=torch.bool)
+        untouched[1, :, slot] = False
+        assert_bitwise_equal(new[untouched].cpu(), old[untouched].cpu(), f"{n} outside the slot")
+    _assert_slot_is_quantization(cache, 1, 1, k.cpu(), v.cpu())
+
+
+# ---- update_quantized and BF16 storage --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("storage", ["fp4", "bf16"])
+def test_update_quantized_copies_bits(storage):
+    cache = FP4KVCache(num_layers=1, num_heads=2, head_dim=32, chunk_tokens=136, max_chunks=2, storage=storage,
+                       dtype=torch.float32)
+    cache.start_chunk(0)
+    k, v = _chunk(3, 1, 136, 2, 32), _chunk(4, 1, 136, 2, 32)
+    qk, qv = quantize_nvfp4(k, backend="torch"), quantize_nvfp4(v, backend="torch").to_blocked()
+    cache.update_quantized(0, qk, qv)
+    kd, vd = cache.dequantize(0, include_current=True, backend="torch")
+    assert_bitwise_equal(kd, dequantize_nvfp4(qk, torch.float32, backend="torch"), "k")
+    assert_bitwise_equal(vd, dequantize_nvfp4(qv, torch.float32, backend="torch"), "v")
+
+
+def test_bf16_storage_same_interface():
+    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=24, max_chunks=3, storage="bf16")
+    chunks = {}
+    for n in range(4):
+        cache.start_chunk(n)
+        chunks[n] = (_chunk(n, 1, 24, 2, 32), _chunk(n + 50, 1, 24, 2, 32))
+        cache.update(1, *chunks[n])
+    k, v = cache.dequantize(1, include_current=True)
+    assert_bitwise_equal(k, torch.cat([chunks[c][0] for c in (0, 2, 3)], 1), "k")
+    assert_bitwise_equal(v, torch.cat([chunks[c][1] for c in (0, 2, 3)], 1), "v")
+    assert cache.memory_report()["compression"] == pytest.approx(1.0)
+
+
+def test_memory_report_model_geometry():
+    cache = FP4KVCache(num_layers=1, num_heads=24, head_dim=128, chunk_tokens=7040, max_chunks=4)
+    rep = cache.memory_report()
+    assert rep["bf16_bytes_per_layer"] == 2 * 4 * 7040 * 24 * 128 * 2  # 346 MB (spec §2.2)
+    assert rep["compression"] >= 3.5 and rep["bits_per_value"] < 4.6
+    assert rep["bytes_per_layer"] == cache.nbytes_per_layer == cache.nbytes - cache.table.numel() * 4
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+
+def _started(**kw) -> FP4KVCache:
+    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=8, max_chunks=3, **kw)
+    cache.start_chunk(0)
+    return cache
+
+
+@pytest.mark.parametrize(
+    "make, exc, words",
+    [
+        (lambda: _started().update(0, torch.randn(1, 9, 2, 32), torch.randn(1, 9, 2, 32)), ValueError, "larger than a slot"),
+        (lambda: _started().update(0, torch.randn(1, 7, 2, 32), torch.randn(1, 7, 2, 32)), ValueError, "partial"),
+        (lambda: _started().update(2, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)), ValueError, "layer"),
+        (lambda: _started().update(-1, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)), ValueError, "layer"),
+        (lambda: _started().update(0, torch.randn(1, 8, 3, 32), torch.randn(1, 8, 3, 32)), ValueError, "shape"),
+        (lambda: _started().update(0, torch.randn(1, 8, 2, 64), torch.randn(1, 8, 2, 64)), ValueError, "shape"),
+        (lambda: _started().update(0, torch.randn(2, 8, 2, 32), torch.randn(2, 8, 2, 32)), ValueError, "shape"),
+        (lambda: _started().update(0, torch.randn(8, 2, 32), torch.randn(8, 2, 32)), ValueError, "dims"),
+        (lambda: _started().update(0, torch.ones(1, 8, 2, 32, dtype=torch.int32), torch.randn(1, 8, 2, 32)), TypeError, "dtype"),
+        (lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32).half()), TypeError, "same dtype"),
+        (lambda: _started().update(0, torch.randn(1, 32, 2, 8).transpose(1, 3), torch.randn(1, 8, 2, 32)), ValueError, "shape|contiguous"),
+        (lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), chunk_id=5), ValueError, "not resident"),
+        (lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), backend="cuda"), ValueError, "cuda"),
+        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=8).update(
+            0, torch.randn(1, 8, 1, 16), torch.randn(1, 8, 1, 16)), ValueError, "start_chunk"),
+        (lambda: _started().update_quantized(0, torch.randn(1, 8, 2, 32), None), TypeError, "NVFP4Tensor"),
+        (lambda: _started().dequantize(3), ValueError, "layer"),
+        (lambda: _started().start_chunk(0), ValueError, "increase"),
+        (lambda: _started().pin_shot_sink(4), ValueError, "not resident"),
+        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2).pin_shot_sink(0), ValueError, "not resident"),
+        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=24, chunk_tokens=4), ValueError, "multiple of 16"),
+        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2, sink_chunks=2), ValueError, "sink_chunks"),
+        (lambda: FP4KVCache(num_layers=0, num_heads=1, head_dim=16, chunk_tokens=4), ValueError, "num_layers"),
+        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, storage="int4"), ValueError, "storage"),
+        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, scale_rule="mse"), ValueError, "scale_rule"),
+    ],
+)
+def test_bad_input_errors(make, exc, words):
+    with pytest.raises(exc, match=words):
+        make()
+
+
+def test_no_room_for_a_shot_sink():
+    cache = FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2, sink_chunks=1)
+    cache.start_chunk(0)
+    cache.pin_shot_sink(0)  # a global sink chunk may be pinned (it needs no extra slot)
+    cache.start_chunk(1)
+    with pytest.raises(ValueError, match="no room"):
+        cache.pin_shot_sink(1)
+
+
+def test_dequantize_op_fake_tensor():
+    cache = _started()
+    v = cache.layer_view(0)
+    torch.library.opcheck(
+        torch.ops.longlive_kernels.kv_cache_dequantize.default,
+        (v.data, v.scale, v.global_scale, v.table, 1, torch.float32, "torch"),
+        test_utils=("test_faketensor",),
+    )
+
+
+# ---- GPU: every backend at the model size, CUDA graphs ----------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rule", RULES)
+def test_gpu_update_and_dequant_bit_exact_model_size(rule):
+    from longlive_kernels._backend import has_cuda_extension
+
+    cache = FP4KVCache(num_layers=2, num_heads=24, head_dim=128, chunk_tokens=7040, max_chunks=4, scale_rule=rule,
+                       device="cuda", dtype=torch.float32)
+    k, v = _chunk(1, 1, 7040, 24, 128, device="cuda"), _chunk(2, 1, 7040, 24, 128, device="cuda")
+    cache.start_chunk(0)
+    cache.update(1, k, v, backend="torch")
+    want = [t[1].clone() for t in (cache.data, cache.scale, cache.global_scale)]
+    want_deq = cache.dequantize(1, include_current=True, backend="torch")
+    for be in ["triton"] + (["cuda"] if has_cuda_extension() else []):
+        for t in (cache.data, cache.scale, cache.global_scale):
+            t.copy_(poison_like(t))
+        cache.update(1, k, v, backend=be)
+        for name, t, w in zip(("data", "scale", "gs"), (cache.data, cache.scale, cache.global_scale), want):
+            assert_bitwise_equal(t[1], w, f"{be} {name}")
+        for a, b in zip(cache.dequantize(1, include_current=True, backend=be), want_deq):
+            assert_bitwise_equal(a, b, f"{be} dequant")
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_replays_across_chunks():
+    """One captured update reads its slot from the device table: replaying it after start_chunk()
+    writes the new chunk's slot (addresses never change)."""
+    cache = FP4KVCache(num_layers=1, num_heads=4, head_dim=128, chunk_tokens=256, max_chunks=3, device="cuda")
+    k = torch.empty(1, 256, 4, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.empty_like(k)
+    cache.start_chunk(0)
+    k.copy_(_chunk(0, 1, 256, 4, 128)), v.copy_(_chunk(1, 1, 256, 4, 128))
+    cache.update(0, k, v, backend="triton")  # warm-up / compile
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        cache.update(0, k, v, backend="triton")
+    for n in range(1, 5):
+        cache.start_chunk(n)
+        k.copy_(_chunk(10 * n, 1, 256, 4, 128)), v.copy_(_chunk(10 * n + 1, 1, 256, 4, 128))
+        g.replay()
+        torch.cuda.synchronize()
+        _assert_slot_is_quantization(cache, 0, n, k.cpu(), v.cpu())
