@@ -1,0 +1,127 @@
+"""Training step of one LongLive-2.0-5B block's linears in bf16 vs NVFP4 (QAT) on Hopper.
+
+The linears of one DiT block (``longlive-spec.md`` §1.1, dim 3072, FFN 14336): self-attention q, k,
+v, o and cross-attention q, o (3072→3072), FFN 3072→14336→3072 (GELU between), all fed with the
+same [M=7040, 3072] bf16 token matrix (attention itself is left out). One step = forward of all
+linears + backward with random output gradients. Reported: median step time (CUDA events, L2
+flushed) and peak memory above the model's resident weights, for ``NVFP4Linear`` in mode ``bf16``
+(plain ``F.linear``) and ``nvfp4`` (trainable: master weights bf16, NVFP4 forward/dgrad/wgrad, only
+the FP4 copy of each input saved), plus the nvfp4/bf16 ratios.
+
+Usage::
+
+    python bench/fp4/bench_linear_train.py           # M = 7040, 20 timed steps
+    python bench/fp4/bench_linear_train.py --quick   # 5 timed steps (< 1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+DIM, FFN = 3072, 14336
+LINEARS = {"self_q": (DIM, DIM), "self_k": (DIM, DIM), "self_v": (DIM, DIM), "self_o": (DIM, DIM),
+           "cross_q": (DIM, DIM), "cross_o": (DIM, DIM), "ffn_0": (DIM, FFN), "ffn_2": (FFN, DIM)}
+
+
+class Block(torch.nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        from longlive_kernels.fp4 import NVFP4Linear
+
+        for name, (k, n) in LINEARS.items():
+            setattr(self, name, NVFP4Linear(k, n, mode=mode, trainable=True, device="cuda", dtype=torch.bfloat16))
+
+    def forward(self, x):
+        outs = [self.self_k(x), self.self_v(x), self.self_o(self.self_q(x)), self.cross_o(self.cross_q(x))]
+        outs.append(self.ffn_2(F.gelu(self.ffn_0(x), approximate="tanh")))
+        return outs
+
+
+def measure(mode: str, m: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    block = Block(mode)
+    x = torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grads = [torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
+
+    def step():
+        outs = block(x)
+        torch.autograd.backward(outs, grads)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+
+    for _ in range(3):  # warm-up: compile and autotune
+        step()
+    torch.cuda.synchronize()
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+    times, fwd = [], []
+    for _ in range(steps):
+        flush.zero_()
+        e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+        e0.record()
+        outs = block(x)
+        e1.record()
+        torch.autograd.backward(outs, grads)
+        e2.record()
+        e2.synchronize()
+        times.append(e0.elapsed_time(e2))
+        fwd.append(e0.elapsed_time(e1))
+        del outs
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+    del flush
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    flops = 3 * 2 * m * sum(k * n for k, n in LINEARS.values())  # fwd + dgrad + wgrad
+    ms = statistics.median(times)
+    return {"mode": mode, "ms": ms, "fwd_ms": statistics.median(fwd), "tflops": flops / (ms * 1e-3) / 1e12,
+            "peak_mb": peak / 2**20}
+
+
+def markdown(rows) -> str:
+    base = rows[0]
+    lines = ["| mode | step ms | fwd ms | TFLOP/s | peak MB (above weights) | time / bf16 | peak / bf16 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['ms']:.2f} | {r['fwd_ms']:.2f} | {r['tflops']:.0f} | {r['peak_mb']:.0f} | "
+                     f"{r['ms'] / base['ms']:.2f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--m", type=int, default=7040, help="tokens (7040 = one 8-latent-frame chunk)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="5 timed steps")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_linear_train: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from longlive_kernels.testing import device_header
+
+    steps = 5 if args.quick else args.steps
+    rows = [measure(mode, args.m, steps) for mode in ("bf16", "nvfp4")]
+    print(f"\n{device_header()} | M={args.m}\n")
+    print(markdown(rows))
+    return 0
+
+
+def test_bench_linear_train_quick(benchmark=None):  # pytest-benchmark entry point (GPU only)
+    import pytest
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rows = [measure(mode, 1024, 2) for mode in ("bf16", "nvfp4")]
+    assert rows[1]["peak_mb"] < rows[0]["peak_mb"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
