@@ -43,7 +43,11 @@ class Timer:
 
     def __init__(self, device: torch.device, warmup: int, iters: int):
         self.device, self.warmup, self.iters = device, warmup, iters
-        self.flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=device) if device.type == "cuda" else None
+        self.flush = (
+            torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device=device)
+            if device.type == "cuda"
+            else None
+        )
 
     def __call__(self, fn: Callable[[], object], group=None) -> float:
         for _ in range(self.warmup):
@@ -94,23 +98,56 @@ def _bench_k_chunk(p, x, timer, rows):
     # (name, bytes/rank, fn, is_baseline): speed-ups are against the last baseline above the row
     cases = [
         ("bf16 `ulysses_all_to_all`", bf16_bytes, lambda: a2a(x, scatter_dim=sd, gather_dim=gd), True),
-        ("NVFP4, group amax (all-reduce) → bf16", nv_bytes,
-         lambda: qa(x, scatter_dim=sd, gather_dim=gd, tensor_scale="group"), False),
-        ("NVFP4, per-source amax → bf16", nv_bytes,
-         lambda: qa(x, scatter_dim=sd, gather_dim=gd, tensor_scale="per_source"), False),
-        ("NVFP4, given scale → bf16", nv_bytes, lambda: qa(x, scatter_dim=sd, gather_dim=gd, global_scale=gs), False),
+        (
+            "NVFP4, group amax (all-reduce) → bf16",
+            nv_bytes,
+            lambda: qa(x, scatter_dim=sd, gather_dim=gd, tensor_scale="group"),
+            False,
+        ),
+        (
+            "NVFP4, per-source amax → bf16",
+            nv_bytes,
+            lambda: qa(x, scatter_dim=sd, gather_dim=gd, tensor_scale="per_source"),
+            False,
+        ),
+        (
+            "NVFP4, given scale → bf16",
+            nv_bytes,
+            lambda: qa(x, scatter_dim=sd, gather_dim=gd, global_scale=gs),
+            False,
+        ),
         ("FP8 rows → bf16", f8_bytes, lambda: qa(x, scatter_dim=sd, gather_dim=gd, format="fp8"), False),
         # FP4 KV-cache write: without quantized comm = bf16 all-to-all, then quantize at the receiver
-        ("FP4 KV write: bf16 all-to-all + `quantize_nvfp4` at the receiver", bf16_bytes,
-         lambda: quantize_nvfp4(a2a(x, scatter_dim=sd, gather_dim=gd)), True),
-        ("FP4 KV write: NVFP4, group amax → NVFP4Tensor", nv_bytes,
-         lambda: qa(x, scatter_dim=sd, gather_dim=gd, output="nvfp4"), False),
-        ("FP4 KV write: NVFP4, given scale → NVFP4Tensor", nv_bytes,
-         lambda: qa(x, scatter_dim=sd, gather_dim=gd, output="nvfp4", global_scale=gs), False),
-        ("`all_to_all_single` only, bf16-sized buffer", bf16_bytes, lambda: dist.all_to_all_single(out_b, raw_bf16),
-         True),
-        ("`all_to_all_single` only, NVFP4-sized buffer", nv_bytes, lambda: dist.all_to_all_single(out_n, raw_nv),
-         False),
+        (
+            "FP4 KV write: bf16 all-to-all + `quantize_nvfp4` at the receiver",
+            bf16_bytes,
+            lambda: quantize_nvfp4(a2a(x, scatter_dim=sd, gather_dim=gd)),
+            True,
+        ),
+        (
+            "FP4 KV write: NVFP4, group amax → NVFP4Tensor",
+            nv_bytes,
+            lambda: qa(x, scatter_dim=sd, gather_dim=gd, output="nvfp4"),
+            False,
+        ),
+        (
+            "FP4 KV write: NVFP4, given scale → NVFP4Tensor",
+            nv_bytes,
+            lambda: qa(x, scatter_dim=sd, gather_dim=gd, output="nvfp4", global_scale=gs),
+            False,
+        ),
+        (
+            "`all_to_all_single` only, bf16-sized buffer",
+            bf16_bytes,
+            lambda: dist.all_to_all_single(out_b, raw_bf16),
+            True,
+        ),
+        (
+            "`all_to_all_single` only, NVFP4-sized buffer",
+            nv_bytes,
+            lambda: dist.all_to_all_single(out_n, raw_nv),
+            False,
+        ),
     ]
     base = None
     for name, nbytes, fn, is_base in cases:
@@ -119,8 +156,14 @@ def _bench_k_chunk(p, x, timer, rows):
         res = fn()
         if isinstance(res, NVFP4Tensor):
             res = res.dequantize(torch.bfloat16)
-        err = _rel_err(res, y_ref) if isinstance(res, torch.Tensor) and res.shape == y_ref.shape else float("nan")
-        rows.append((name + (" *(baseline)*" if is_base else ""), nbytes, bf16_bytes / nbytes, ms, base / ms, err, p))
+        err = (
+            _rel_err(res, y_ref)
+            if isinstance(res, torch.Tensor) and res.shape == y_ref.shape
+            else float("nan")
+        )
+        rows.append(
+            (name + (" *(baseline)*" if is_base else ""), nbytes, bf16_bytes / nbytes, ms, base / ms, err, p)
+        )
 
 
 def _bench_layer_comm(p, qkv, timer, rows):
@@ -159,18 +202,37 @@ def _bench_layer_comm(p, qkv, timer, rows):
         quantized_all_to_all((q, k, v), scatter_dim=2, gather_dim=1)
         return quantized_all_to_all(o_h, scatter_dim=1, gather_dim=2)
 
+    base = None
     for name, nbytes, fn, is_base in [
         ("layer q, k, v, o: bf16", 4 * per_tensor, bf16, True),
         ("layer: k, v NVFP4 (q, o bf16)", 2 * per_tensor + 2 * nv, kv_nvfp4, False),
         ("layer: q, k, v, o NVFP4", 4 * nv, all_nvfp4, False),
-        ("FP4-KV layer: bf16 q, k, v, o + `quantize_nvfp4`(k, v) at the receiver", 4 * per_tensor,
-         bf16_then_quantize_kv, True),
-        ("FP4-KV layer: k, v NVFP4 → NVFP4Tensor (q, o bf16)", 2 * per_tensor + 2 * nv, kv_nvfp4_tensor, False),
+        (
+            "FP4-KV layer: bf16 q, k, v, o + `quantize_nvfp4`(k, v) at the receiver",
+            4 * per_tensor,
+            bf16_then_quantize_kv,
+            True,
+        ),
+        (
+            "FP4-KV layer: k, v NVFP4 → NVFP4Tensor (q, o bf16)",
+            2 * per_tensor + 2 * nv,
+            kv_nvfp4_tensor,
+            False,
+        ),
     ]:
         ms = timer(fn)
         base = ms if is_base else base
-        rows.append((name + (" *(baseline)*" if is_base else ""), nbytes, 4 * per_tensor / nbytes, ms, base / ms,
-                     float("nan"), p))
+        rows.append(
+            (
+                name + (" *(baseline)*" if is_base else ""),
+                nbytes,
+                4 * per_tensor / nbytes,
+                ms,
+                base / ms,
+                float("nan"),
+                p,
+            )
+        )
 
 
 def _make_attention(ctx_k, ctx_v, s_new):
@@ -198,11 +260,13 @@ def _bench_sp_attention(world, dims, device, timer, rows):
         g = torch.Generator(device="cpu").manual_seed(0)
         q, k, v = (torch.randn(b, s, h, d, generator=g).to(device, torch.bfloat16) for _ in range(3))
         loc = [t.chunk(p, dim=1)[rank].contiguous() for t in (q, k, v)]
-        ctx_k, ctx_v = (torch.randn(b, window, h // p, d, device=device, dtype=torch.bfloat16) for _ in range(2))
+        ctx_k, ctx_v = (
+            torch.randn(b, window, h // p, d, device=device, dtype=torch.bfloat16) for _ in range(2)
+        )
         for kv_format in (None, "nvfp4"):
             ua = UlyssesAttention(_make_attention(ctx_k, ctx_v, s), group, kv_format=kv_format)
             with torch.no_grad():
-                ms = timer(lambda: ua(*loc), group=group)
+                ms = timer(lambda ua=ua, loc=loc: ua(*loc), group=group)
             dist.all_reduce(torch.zeros(1, device=device))  # keep the world in step between groups
             key = kv_format or "bf16"
             base.setdefault(key, ms)
@@ -212,19 +276,35 @@ def _bench_sp_attention(world, dims, device, timer, rows):
 
 def _format(rows_a2a, rows_layer, rows_sp, world, dims, header) -> str:
     b, s, h, d, window = dims
-    out = [f"### Ulysses all-to-all, P = {world} ({header})", "",
-           f"K chunk [{b}, {s}, {h}, {d}] bf16 ({b * s * h * d * 2 / MB:.1f} MB over the group, seq→head). "
-           "Bytes = the per-rank send buffer (the (P−1)/P part leaves the GPU). Time includes quantize + pack + "
-           "all-to-all + unpack; speed-ups are against the *(baseline)* row above. Targets: ≥ 3.5× fewer bytes; quantized ≥ 1.5× faster than bf16 on 2×H200.", "",
-           "| variant | bytes/rank | bytes vs bf16 | time (ms) | speed-up vs baseline | rel. err vs bf16 |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    intro = (
+        f"K chunk [{b}, {s}, {h}, {d}] bf16 ({b * s * h * d * 2 / MB:.1f} MB over the group, seq→head). "
+        "Bytes = the per-rank send buffer (the (P−1)/P part leaves the GPU). Time includes quantize + pack + "
+        "all-to-all + unpack; speed-ups are against the *(baseline)* row above. Targets: ≥ 3.5× fewer "
+        "bytes; quantized ≥ 1.5× faster than bf16 on 2×H200."
+    )
+    out = [
+        f"### Ulysses all-to-all, P = {world} ({header})",
+        "",
+        intro,
+        "",
+        "| variant | bytes/rank | bytes vs bf16 | time (ms) | speed-up vs baseline | rel. err vs bf16 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for name, nbytes, ratio, ms, sp, err, _ in rows_a2a + rows_layer:
         e = "" if err != err else f"{err:.3f}"
         out.append(f"| {name} | {nbytes / MB:.2f} MB | {ratio:.2f}× | {ms:.3f} | {sp:.2f}× | {e} |")
-    out += ["", f"SP attention layer: UlyssesAttention + SDPA, {s}-token chunk attending a {window}-token window "
-            "(BF16 context shard per rank), q/k/v/o all-to-alls included. Target: P = 2 ≥ 1.8× faster than P = 1.",
-            "", "| P | k/v on the wire | time (ms) | attention TFLOP/s (global) | speed-up vs P = 1 |",
-            "| ---: | --- | ---: | ---: | ---: |"]
+    sp_intro = (
+        f"SP attention layer: UlyssesAttention + SDPA, {s}-token chunk attending a {window}-token window "
+        "(BF16 context shard per rank), q/k/v/o all-to-alls included. Target: P = 2 ≥ 1.8× faster than "
+        "P = 1."
+    )
+    out += [
+        "",
+        sp_intro,
+        "",
+        "| P | k/v on the wire | time (ms) | attention TFLOP/s (global) | speed-up vs P = 1 |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
     for p, key, ms, tf, sp in rows_sp:
         out.append(f"| {p} | {key} | {ms:.3f} | {tf:.0f} | {sp:.2f}× |")
     return "\n".join(out)
@@ -232,7 +312,9 @@ def _format(rows_a2a, rows_layer, rows_sp, world, dims, header) -> str:
 
 def bench(rank: int, world: int, opts: dict) -> str | None:
     """Body run on every rank (process group initialized). Returns the table on rank 0."""
-    device = torch.device("cuda", torch.cuda.current_device()) if opts["device"] == "cuda" else torch.device("cpu")
+    device = (
+        torch.device("cuda", torch.cuda.current_device()) if opts["device"] == "cuda" else torch.device("cpu")
+    )
     if opts["smoke"]:
         dims, timer = (1, 16 * world, 8, 32, 64 * world), Timer(device, 1, 2)
     elif opts["quick"]:
@@ -263,7 +345,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="10 timed iterations instead of 50")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, 2 iterations (checks that it runs)")
-    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     ap.add_argument("--nproc", type=int, default=None, help="ranks to spawn when not started by torchrun")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args(argv)
@@ -273,7 +357,7 @@ def main(argv=None) -> int:
         for k, v in NCCL_SAFE_ENV.items():
             os.environ.setdefault(k, v)
         if args.device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
         try:
             table = bench(dist.get_rank(), dist.get_world_size(), opts)
@@ -292,8 +376,9 @@ def main(argv=None) -> int:
 
 def test_bench_all_to_all_smoke():
     """pytest entry: the gloo smoke run on 2 CPU processes completes and prints every section."""
-    table = run_distributed(_spawned, 2, backend="gloo", args=({"device": "cpu", "quick": True, "smoke": True},),
-                            timeout_s=300.0)[0]
+    table = run_distributed(
+        _spawned, 2, backend="gloo", args=({"device": "cpu", "quick": True, "smoke": True},), timeout_s=300.0
+    )[0]
     assert "speed-up vs baseline" in table and "| 2 | nvfp4 |" in table and "FP4-KV layer" in table
 
 

@@ -22,7 +22,11 @@ import torch
 import torch.multiprocessing as mp
 
 # NVLink SHARP / multicast must stay off on the shared GPU machines.
-NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+NCCL_SAFE_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
 
 
 def free_port() -> int:
@@ -138,5 +142,7 @@ def run_distributed(
     missing = [r for r in range(world_size) if r not in got]
     if missing:
         codes = {r: procs[r].exitcode for r in missing}
-        raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s (hang?); exit codes {codes}")
+        raise TimeoutError(
+            f"ranks {missing} did not finish within {timeout_s:.0f} s (hang?); exit codes {codes}"
+        )
     return [got[r] for r in range(world_size)]

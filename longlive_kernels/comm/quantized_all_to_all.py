@@ -39,7 +39,7 @@ from ..fp4.nvfp4_triton import (
 )
 from ..fp4.quantize import _quantize_candidate
 from . import reference
-from .reference import E4M3_MAX, FORMATS, payload_layout
+from .reference import FORMATS, payload_layout
 from .ulysses import (
     AllToAllHandle,
     all_to_all_buffer,
@@ -172,7 +172,7 @@ def _pack_kernel(
         tl.store(buf_ptr + (chunk + scale_off + crow * (D // 16))[:, None] + cs[None, :], scode.to(tl.uint8),
                  mask=smask)
         if pid == 0:
-            for jj in range(0, P):
+            for jj in range(P):
                 tl.store(buf32_ptr + jj * (chunk_bytes // 4) + hdr_word, gs.to(tl.int32, bitcast=True))
 
 
@@ -237,8 +237,8 @@ def _unpack_kernel(
             x = (vals * e4m3_decode(scode.to(tl.int32))[:, :, None]) * gs[:, None, None]
             c = tl.arange(0, BD)
             mask = rmask[:, None] & (c < D)[None, :]
-            tl.store(out_ptr + dst[:, None] + c[None, :], tl.reshape(x, (BR, BD)).to(out_ptr.dtype.element_ty),
-                     mask=mask)
+            x = tl.reshape(x, (BR, BD)).to(out_ptr.dtype.element_ty)
+            tl.store(out_ptr + dst[:, None] + c[None, :], x, mask=mask)
         else:
             tl.store(out_ptr + dst[:, None] + c2[None, :], packed, mask=dmask)
             tl.store(out_scale_ptr + sdst[:, None] + cs[None, :], scode, mask=smask)
@@ -279,7 +279,8 @@ def _pack_triton(x, buf, gs, world_size, scatter_dim, fmt, scale_rule, data_off,
     )
 
 
-def _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off, hdr_word):
+def _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off,
+                   hdr_word):
     b, so, ho = out.shape[:3]
     rows = b * so * ho
     sc, hc = (so // world_size, ho) if gather_dim == 1 else (so, ho // world_size)
@@ -327,7 +328,8 @@ def _pack_op(
     backend: str,
 ) -> None:
     if backend != "torch":
-        _pack_triton(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off, hdr_word)
+        _pack_triton(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off,
+                     hdr_word)
         return
     data, scales = reference.pack_tensor(x, world_size, scatter_dim, fmt=fmt, global_scale=global_scale,
                                          scale_rule=scale_rule)
@@ -361,7 +363,8 @@ def _unpack_op(
 ) -> None:
     d = out.shape[-1] if (dequant or fmt == "fp8") else out.shape[-1] * 2
     if backend != "torch":
-        _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off, hdr_word)
+        _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off,
+                       hdr_word)
         return
     chunk_shape = [*out.shape[:-1], d]
     chunk_shape[gather_dim] //= world_size
@@ -394,7 +397,8 @@ def _as_list(name: str, v, n: int, single: bool) -> list:
     if single:
         return [v]
     if not isinstance(v, (list, tuple)) or len(v) != n:
-        raise TypeError(f"{name} must be a sequence of {n} items (one per input tensor), got {type(v).__name__}")
+        raise TypeError(f"{name} must be a sequence of {n} items (one per input tensor), "
+                        f"got {type(v).__name__}")
     return list(v)
 
 
@@ -421,7 +425,8 @@ def _check_out(o, i: int, shape: list[int], fmt: str, output: str, device: torch
     for nm, t, w, dt in ((f"{name}.data", data, want[0], dts[0]), (f"{name}.scale", sc, want[1], dts[1])):
         _checks.check_tensor(nm, t)
         if list(t.shape) != w or t.dtype != dt or t.device != device:
-            raise ValueError(f"{nm} must be {tuple(w)} {dt} on {device}, got {tuple(t.shape)} {t.dtype} on {t.device}")
+            raise ValueError(f"{nm} must be {tuple(w)} {dt} on {device}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
         _checks.check_last_dim_contiguous(nm, t)
 
 
@@ -431,7 +436,7 @@ def quantized_all_to_all(
     *,
     scatter_dim: int,
     gather_dim: int,
-    format: str = "nvfp4",  # noqa: A002 - the name the API promises
+    format: str = "nvfp4",  # the name the API promises, though it shadows the builtin
     output: str = "dequantized",
     global_scale: torch.Tensor | Sequence[torch.Tensor] | None = None,
     tensor_scale: str = "auto",
@@ -509,7 +514,8 @@ def quantized_all_to_all(
     x0, n, d = xs[0], len(xs), xs[0].shape[-1]
     sd, gd = normalize_dims("x", x0, scatter_dim, gather_dim)
     if {sd, gd} != {1, 2}:
-        raise ValueError(f"scatter_dim/gather_dim must be 1 and 2 (seq and heads of [B, S, H, D]), got {sd}, {gd}")
+        raise ValueError(f"scatter_dim/gather_dim must be 1 and 2 (seq and heads of [B, S, H, D]), "
+                         f"got {sd}, {gd}")
     for name, value, choices in (("format", format, FORMATS), ("output", output, OUTPUTS),
                                  ("tensor_scale", tensor_scale, TENSOR_SCALES),
                                  ("scale_rule", scale_rule, tuple(SCALE_RULES))):
@@ -529,7 +535,8 @@ def quantized_all_to_all(
     if tensor_scale == "auto":
         tensor_scale = "group" if output == "nvfp4" else "per_source"
     if output == "nvfp4" and tensor_scale == "per_source" and global_scale is None:
-        raise ValueError("output='nvfp4' needs one tensor scale: use tensor_scale='group' or pass global_scale")
+        raise ValueError("output='nvfp4' needs one tensor scale: use tensor_scale='group' or pass "
+                         "global_scale")
     chunk_shape, out_shape = list(x0.shape), list(x0.shape)
     chunk_shape[sd] //= p
     out_shape[sd] //= p
@@ -569,10 +576,12 @@ def quantized_all_to_all(
     def finish():
         results = []
         for i, t in enumerate(xs):
-            sections = (layout.data_offset(i), layout.scale_offset(i), layout.header_word(i), layout.data_bytes,
-                        layout.scale_bytes, be)
+            sections = (layout.data_offset(i), layout.scale_offset(i), layout.header_word(i),
+                        layout.data_bytes, layout.scale_bytes, be)
             if output == "dequantized":
-                dst = outs[i] if outs[i] is not None else torch.empty(out_shape, dtype=t.dtype, device=t.device)
+                dst = outs[i]
+                if dst is None:
+                    dst = torch.empty(out_shape, dtype=t.dtype, device=t.device)
                 _unpack_op(recv, dst, None, p, gd, format, True, *sections)
                 results.append(dst)
                 continue
@@ -604,7 +613,8 @@ def _validate_inputs(x) -> tuple[list[torch.Tensor], bool]:
         _checks.check_last_dim_contiguous(name, t)
         if t.shape != xs[0].shape or t.dtype != xs[0].dtype or t.device != xs[0].device:
             raise ValueError(f"all inputs must share shape, dtype and device; x[0] is {tuple(xs[0].shape)} "
-                             f"{xs[0].dtype} on {xs[0].device}, {name} is {tuple(t.shape)} {t.dtype} on {t.device}")
+                             f"{xs[0].dtype} on {xs[0].device}, {name} is {tuple(t.shape)} {t.dtype} "
+                             f"on {t.device}")
         if torch.is_grad_enabled() and t.requires_grad:
             raise ValueError("quantized_all_to_all has no backward; run it under torch.no_grad() or use "
                              "ulysses_all_to_all for training")
@@ -633,13 +643,15 @@ for _fp8, _four6 in [(False, False), (False, True), (True, False)]:
     register_aot(
         _pack_kernel,
         signature={"x_ptr": "*bf16", "buf_ptr": "*u8", "buf32_ptr": "*i32", "gs_ptr": "*fp32", "rows": "i32",
-                   "S": "i32", "H": "i32", "D": "i32", "Sc": "i32", "Hc": "i32", "P": "i32", "stride_b": "i64",
-                   "stride_s": "i64", "stride_h": "i64", "chunk_bytes": "i64", "data_off": "i64",
-                   "scale_off": "i64", "hdr_word": "i32"},
-        constexprs={"FP8": _fp8, "TARGET": 6.0, "FOUR_OVER_SIX": _four6, "BR": 16 if _four6 else 32, "BD": 128},
+                   "S": "i32", "H": "i32", "D": "i32", "Sc": "i32", "Hc": "i32", "P": "i32",
+                   "stride_b": "i64", "stride_s": "i64", "stride_h": "i64", "chunk_bytes": "i64",
+                   "data_off": "i64", "scale_off": "i64", "hdr_word": "i32"},
+        constexprs={"FP8": _fp8, "TARGET": 6.0, "FOUR_OVER_SIX": _four6, "BR": 16 if _four6 else 32,
+                    "BD": 128},
         options={"enable_fp_fusion": False},
     )
-for _fp8, _deq, _odt in [(False, True, "*bf16"), (False, False, "*u8"), (True, True, "*bf16"), (True, False, "*u8")]:
+for _fp8, _deq, _odt in [(False, True, "*bf16"), (False, False, "*u8"), (True, True, "*bf16"),
+                         (True, False, "*u8")]:
     register_aot(
         _unpack_kernel,
         signature={"buf_ptr": "*u8", "buf32_ptr": "*i32", "out_ptr": _odt,

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from ..fp4 import reference as fp4_ref
-from ..fp4.format import BLOCK_SIZE
+from ..fp4.format import BLOCK_SIZE, SCALE_RULES
 
 E4M3_MAX = 448.0
 FORMATS = ("nvfp4", "fp8")
@@ -230,10 +230,11 @@ def quantized_all_to_all_reference(
     (``max_r amax(inputs[r]) / denominator``); ``"per_source"``: source r uses its own amax.
     """
     p = len(inputs)
-    denom = fp4_ref.SCALE_RULES[scale_rule][1]
+    denom = SCALE_RULES[scale_rule][1]
     amaxes = torch.stack([nvfp4_amax(x) for x in inputs])
     gs = [amaxes.amax() / denom if tensor_scale == "group" else a / denom for a in amaxes]
-    sent = [pack_tensor(x, p, scatter_dim, fmt=fmt, global_scale=gs[r], scale_rule=scale_rule) for r, x in enumerate(inputs)]
+    sent = [pack_tensor(x, p, scatter_dim, fmt=fmt, global_scale=gs[r], scale_rule=scale_rule)
+            for r, x in enumerate(inputs)]
     chunk_shape = list(inputs[0].shape)
     chunk_shape[scatter_dim] //= p
     outs = []

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from longlive_kernels.comm import UlyssesAttention, quantized_all_to_all, sdpa_attention, ulysses_all_to_all
 from longlive_kernels.comm import reference as ref
-from longlive_kernels.fp4 import dequantize_nvfp4, quantize_nvfp4
+from longlive_kernels.fp4 import NVFP4Tensor, dequantize_nvfp4, quantize_nvfp4
 from longlive_kernels.fp4.format import SCALE_RULES
 from longlive_kernels.testing import assert_bitwise_equal
 
@@ -71,6 +71,18 @@ def _fa_rule(out: torch.Tensor, eager: torch.Tensor, exact: torch.Tensor) -> tup
     return e_out, 2 * e_eager + 1e-6
 
 
+def _attention_on_quantized_kv(q, k, v):
+    """A stand-in for fp4_kv_attention: takes NVFP4Tensor or FP8 (codes, scale) k and v."""
+    def decode(t):
+        return (
+            t.dequantize(torch.float32)
+            if isinstance(t, NVFP4Tensor)
+            else ref.dequantize_fp8_rows(*t, torch.float32)
+        )
+
+    return sdpa_attention(q, decode(k), decode(v))
+
+
 def _attention_fp64(q, k, v, **kw) -> torch.Tensor:
     return sdpa_attention(q.double().cpu(), k.double().cpu(), v.double().cpu(), **kw)
 
@@ -94,11 +106,17 @@ def case_roundtrip(rank, p, device, backends, chk):
             x = _shard(full, rank, p)
             y = ulysses_all_to_all(x, scatter_dim=2, gather_dim=1)
             want = full.chunk(p, dim=2)[rank]
-            chk.bitwise(y.view(torch.uint8) if y.element_size() == 1 else y, want.view(torch.uint8)
-                        if want.element_size() == 1 else want, f"seq→head {dtype} B={b}")
+            chk.bitwise(
+                y.view(torch.uint8) if y.element_size() == 1 else y,
+                want.view(torch.uint8) if want.element_size() == 1 else want,
+                f"seq→head {dtype} B={b}",
+            )
             back = ulysses_all_to_all(y, scatter_dim=1, gather_dim=2, async_op=True).wait()
-            chk.bitwise(back.view(torch.uint8) if back.element_size() == 1 else back,
-                        x.view(torch.uint8) if x.element_size() == 1 else x, f"round trip {dtype} B={b}")
+            chk.bitwise(
+                back.view(torch.uint8) if back.element_size() == 1 else back,
+                x.view(torch.uint8) if x.element_size() == 1 else x,
+                f"round trip {dtype} B={b}",
+            )
     # out= (direct receive for B = 1, copy otherwise) and a 3-D tensor with other dims
     for b in (1, 2):
         full = _gen(20 + b, (b, 2 * p, 2 * p, 4), torch.float32, dev)
@@ -111,8 +129,11 @@ def case_roundtrip(rank, p, device, backends, chk):
     x = full.chunk(p, dim=0)[rank]
     y = ulysses_all_to_all(x, scatter_dim=2, gather_dim=0)
     chk.bitwise(y, full.chunk(p, dim=2)[rank], "3-D scatter 2 gather 0")
-    chk.bitwise(ref.all_to_all_reference(list(full.chunk(p, dim=0)), scatter_dim=2, gather_dim=0)[rank], y,
-                "reference simulation")
+    chk.bitwise(
+        ref.all_to_all_reference(list(full.chunk(p, dim=0)), scatter_dim=2, gather_dim=0)[rank],
+        y,
+        "reference simulation",
+    )
 
 
 def case_attention(rank, p, device, backends, chk):
@@ -127,7 +148,9 @@ def case_attention(rank, p, device, backends, chk):
         eager = _shard(sdpa_attention(qf, kf, vf, **kw), rank, p)
         err, bound = _fa_rule(o, eager, exact)
         chk.metrics[f"attn_err{kw}"] = err
-        chk.true(o.dtype == torch.bfloat16 and o.shape == (b, s // p, h, d), f"output {o.dtype} {tuple(o.shape)}")
+        chk.true(
+            o.dtype == torch.bfloat16 and o.shape == (b, s // p, h, d), f"output {o.dtype} {tuple(o.shape)}"
+        )
         chk.true(err <= bound, f"attention {kw}: err {err:.3g} > 2·eager err + tiny {bound:.3g}")
 
 
@@ -169,26 +192,39 @@ def case_quantized(rank, p, device, backends, chk):
             tag = f"[{be} sd={sd}]"
             for rule in ("static6", "four_over_six") if sd == 2 else ("static6",):
                 gs = ref.nvfp4_amax(full) / SCALE_RULES[rule][1]
-                q = quantized_all_to_all(x, scatter_dim=sd, gather_dim=gd, output="nvfp4", scale_rule=rule, backend=be)
+                q = quantized_all_to_all(
+                    x, scatter_dim=sd, gather_dim=gd, output="nvfp4", scale_rule=rule, backend=be
+                )
                 want = quantize_nvfp4(want_dense, global_scale=gs, scale_rule=rule, backend="torch")
                 chk.bitwise(q.data, want.data, f"{tag} nvfp4 data {rule}")
-                chk.bitwise(q.scale.view(torch.uint8), want.scale.view(torch.uint8), f"{tag} nvfp4 scale {rule}")
+                chk.bitwise(
+                    q.scale.view(torch.uint8), want.scale.view(torch.uint8), f"{tag} nvfp4 scale {rule}"
+                )
                 chk.bitwise(q.global_scale, gs, f"{tag} global scale {rule}")
                 chk.true(q.shape == want_dense.shape and q.scale_rule == rule, f"{tag} NVFP4Tensor metadata")
             # dense output, group scale, fp32 destination → exactly dequantize_nvfp4
             gs = ref.nvfp4_amax(full) / SCALE_RULES["static6"][1]
             dst = torch.empty(want_dense.shape, dtype=torch.float32, device=dev)
             quantized_all_to_all(x, scatter_dim=sd, gather_dim=gd, tensor_scale="group", out=dst, backend=be)
-            deq = dequantize_nvfp4(quantize_nvfp4(want_dense, global_scale=gs, backend="torch"), torch.float32,
-                                   backend="torch")
+            deq = dequantize_nvfp4(
+                quantize_nvfp4(want_dense, global_scale=gs, backend="torch"), torch.float32, backend="torch"
+            )
             chk.bitwise(dst, deq, f"{tag} dequantized (group)")
             # per-source scales (default for dense output): the reference simulation
             y = quantized_all_to_all(x.float(), scatter_dim=sd, gather_dim=gd, backend=be)
-            shards = list(full.float().chunk(p, dim=1)) if sd == 2 else [t.contiguous() for t in full.float().chunk(p, dim=2)]
-            sim = ref.quantized_all_to_all_reference(shards, scatter_dim=sd, gather_dim=gd, tensor_scale="per_source")
+            shards = (
+                list(full.float().chunk(p, dim=1))
+                if sd == 2
+                else [t.contiguous() for t in full.float().chunk(p, dim=2)]
+            )
+            sim = ref.quantized_all_to_all_reference(
+                shards, scatter_dim=sd, gather_dim=gd, tensor_scale="per_source"
+            )
             chk.bitwise(y, sim[rank], f"{tag} dequantized (per source)")
             # FP8 codes + row scales, and (k, v) sharing one buffer
-            codes, sc = quantized_all_to_all(x, scatter_dim=sd, gather_dim=gd, format="fp8", output="fp8", backend=be)
+            codes, sc = quantized_all_to_all(
+                x, scatter_dim=sd, gather_dim=gd, format="fp8", output="fp8", backend=be
+            )
             wc, ws = ref.quantize_fp8_rows(want_dense)
             chk.bitwise(codes.view(torch.uint8), wc.view(torch.uint8), f"{tag} fp8 codes")
             chk.bitwise(sc, ws, f"{tag} fp8 scales")
@@ -203,14 +239,20 @@ def case_quantized(rank, p, device, backends, chk):
         x = _shard(qkv, rank, p)[:, :, 1]
         gs = torch.tensor(0.01, device=dev)
         cache_d = torch.zeros(b, s + 3, h // p, d // 2, dtype=torch.uint8, device=dev)
-        cache_s = torch.zeros(b, s + 3, h // p, d // 16, dtype=torch.uint8, device=dev).view(torch.float8_e4m3fn)
+        cache_s = torch.zeros(b, s + 3, h // p, d // 16, dtype=torch.uint8, device=dev).view(
+            torch.float8_e4m3fn
+        )
         dst = quantize_nvfp4(torch.zeros(b, s, h // p, d, device=dev), backend="torch")
         dst.data, dst.scale = cache_d[:, 3:], cache_s[:, 3:]
-        r = quantized_all_to_all(x, scatter_dim=2, gather_dim=1, output="nvfp4", global_scale=gs, out=dst, backend=be)
+        r = quantized_all_to_all(
+            x, scatter_dim=2, gather_dim=1, output="nvfp4", global_scale=gs, out=dst, backend=be
+        )
         want = quantize_nvfp4(full2.chunk(p, dim=2)[rank], global_scale=gs, backend="torch")
         chk.true(r is dst, f"[{be}] out= NVFP4Tensor returned")
         chk.bitwise(cache_d[:, 3:], want.data, f"[{be}] strided in/out data")
-        chk.bitwise(cache_s[:, 3:].view(torch.uint8), want.scale.view(torch.uint8), f"[{be}] strided in/out scale")
+        chk.bitwise(
+            cache_s[:, 3:].view(torch.uint8), want.scale.view(torch.uint8), f"[{be}] strided in/out scale"
+        )
         chk.true(bool((cache_d[:, :3] == 0).all()), f"[{be}] out= wrote outside its slice")
     # Inf on one rank: the group scale is Inf and every block on every rank decodes to NaN
     x = _shard(full, rank, p).clone()
@@ -241,13 +283,15 @@ def case_quantized_attention(rank, p, device, backends, chk):
         exact_q = _attention_fp64(qf, kq, vq)
         err_same = (o.double().cpu() - _shard(exact_q, rank, p)).abs().max().item()
         chk.metrics[f"{fmt}_vs_same_quant"] = err_same
-        chk.true(err_same < 1e-5, f"{fmt}: err vs single-process attention on the same quantized k/v {err_same:.3g}")
+        chk.true(
+            err_same < 1e-5,
+            f"{fmt}: err vs single-process attention on the same quantized k/v {err_same:.3g}",
+        )
         # the plug-in contract: an attention that takes NVFP4Tensor / FP8 (codes, scale) k and v
         # (e.g. fp4_kv_attention after FP4KVCache.update_quantized) sees the very same values
-        decode = ((lambda t: t.dequantize(torch.float32)) if fmt == "nvfp4"
-                  else (lambda t: ref.dequantize_fp8_rows(t[0], t[1], torch.float32)))
-        ua_q = UlyssesAttention(lambda q, k, v: sdpa_attention(q, decode(k), decode(v)), kv_format=fmt,
-                                kv_output=fmt, backend=backends[-1])
+        ua_q = UlyssesAttention(
+            _attention_on_quantized_kv, kv_format=fmt, kv_output=fmt, backend=backends[-1]
+        )
         with torch.no_grad():
             chk.bitwise(ua_q(*loc), o, f"{fmt}: quantized k/v handed to a custom attention")
         # Derived bound. Keys: |Δlogit_ij| ≤ ε_i = scale·‖q_i‖·max_j ‖Δk_j‖ (Cauchy–Schwarz), so
@@ -256,8 +300,9 @@ def case_quantized_attention(rank, p, device, backends, chk):
         qd, kd, vd = qf.double().cpu(), kf.double().cpu(), vf.double().cpu()
         dk = (kd - kq.double().cpu()).norm(dim=-1).amax(dim=1, keepdim=True)  # [B, 1, H]
         eps = qd.norm(dim=-1) * dk / math.sqrt(d)  # [B, S, H]
-        bound = (torch.expm1(2 * eps)[..., None] * vq.double().cpu().abs().amax(dim=1, keepdim=True)
-                 + (vd - vq.double().cpu()).abs().amax(dim=1, keepdim=True))
+        bound = torch.expm1(2 * eps)[..., None] * vq.double().cpu().abs().amax(dim=1, keepdim=True) + (
+            vd - vq.double().cpu()
+        ).abs().amax(dim=1, keepdim=True)
         excess = ((o.double().cpu() - exact_ref).abs() - _shard(bound, rank, p) - 1e-6).max().item()
         rel = ((o.double().cpu() - exact_ref).norm() / exact_ref.norm()).item()
         chk.metrics[f"{fmt}_rel_err_vs_unquantized"] = rel
@@ -271,24 +316,59 @@ def case_invalid(rank, p, device, backends, chk):
     """Bad shapes raise the same ValueError on every rank before any collective (no hang)."""
     dev = _dev(device, rank)
     bad_heads = torch.randn(1, 4, p + 1, 16, device=dev)
-    chk.raises(lambda: ulysses_all_to_all(bad_heads, scatter_dim=2, gather_dim=1), ValueError, "divisible",
-               "a2a heads % P")
-    chk.raises(lambda: quantized_all_to_all(bad_heads, scatter_dim=2, gather_dim=1, backend=backends[-1]),
-               ValueError, "divisible", "quantized heads % P")
-    chk.raises(lambda: UlyssesAttention()(bad_heads, bad_heads, bad_heads), ValueError, "heads", "attention heads % P")
+    chk.raises(
+        lambda: ulysses_all_to_all(bad_heads, scatter_dim=2, gather_dim=1),
+        ValueError,
+        "divisible",
+        "a2a heads % P",
+    )
+    chk.raises(
+        lambda: quantized_all_to_all(bad_heads, scatter_dim=2, gather_dim=1, backend=backends[-1]),
+        ValueError,
+        "divisible",
+        "quantized heads % P",
+    )
+    chk.raises(
+        lambda: UlyssesAttention()(bad_heads, bad_heads, bad_heads),
+        ValueError,
+        "heads",
+        "attention heads % P",
+    )
     bad_tokens = torch.randn(1, 2 * p + 1, 2, 16, device=dev)
-    chk.raises(lambda: ulysses_all_to_all(bad_tokens, scatter_dim=1, gather_dim=2), ValueError, "divisible",
-               "a2a head→seq tokens % P")
-    chk.raises(lambda: quantized_all_to_all(torch.randn(1, 2, p, 20, device=dev), scatter_dim=2, gather_dim=1),
-               ValueError, "multiple of 16", "NVFP4 head dim")
+    chk.raises(
+        lambda: ulysses_all_to_all(bad_tokens, scatter_dim=1, gather_dim=2),
+        ValueError,
+        "divisible",
+        "a2a head→seq tokens % P",
+    )
+    chk.raises(
+        lambda: quantized_all_to_all(torch.randn(1, 2, p, 20, device=dev), scatter_dim=2, gather_dim=1),
+        ValueError,
+        "multiple of 16",
+        "NVFP4 head dim",
+    )
     # rank-dependent local length: caught by the cross-rank check, on every rank
     uneven = torch.randn(1, 2 + (rank == 0), 2 * p, 16, device=dev)
-    chk.raises(lambda: ulysses_all_to_all(uneven, scatter_dim=2, gather_dim=1, check_ranks=True), ValueError,
-               "disagree", "a2a rank-dependent shape")
-    chk.raises(lambda: quantized_all_to_all(uneven, scatter_dim=2, gather_dim=1, check_ranks=True,
-                                            backend=backends[-1]), ValueError, "disagree", "quantized rank-dependent")
-    chk.raises(lambda: UlyssesAttention()(uneven, uneven, uneven), ValueError, "disagree",
-               "attention rank-dependent (first call)")
+    chk.raises(
+        lambda: ulysses_all_to_all(uneven, scatter_dim=2, gather_dim=1, check_ranks=True),
+        ValueError,
+        "disagree",
+        "a2a rank-dependent shape",
+    )
+    chk.raises(
+        lambda: quantized_all_to_all(
+            uneven, scatter_dim=2, gather_dim=1, check_ranks=True, backend=backends[-1]
+        ),
+        ValueError,
+        "disagree",
+        "quantized rank-dependent",
+    )
+    chk.raises(
+        lambda: UlyssesAttention()(uneven, uneven, uneven),
+        ValueError,
+        "disagree",
+        "attention rank-dependent (first call)",
+    )
     # the group is still in step: a valid all-to-all works afterwards
     full = torch.arange(2 * p * 2 * p, dtype=torch.float32, device=dev).view(1, 2 * p, 2 * p, 1)
     y = ulysses_all_to_all(_shard(full, rank, p), scatter_dim=2, gather_dim=1)

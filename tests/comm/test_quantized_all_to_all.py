@@ -73,12 +73,27 @@ def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtyp
             o, s = torch.full(out_shape, float("nan"), dtype=out_dtype, device=dev), None
         elif fmt == "nvfp4":
             o = torch.full([*out_shape[:-1], d // 2], 0xA5, dtype=torch.uint8, device=dev)
-            s = torch.full([*out_shape[:-1], d // 16], 0xA5, dtype=torch.uint8, device=dev).view(torch.float8_e4m3fn)
+            s = torch.full([*out_shape[:-1], d // 16], 0xA5, dtype=torch.uint8, device=dev).view(
+                torch.float8_e4m3fn
+            )
         else:
             o = torch.full(out_shape, 0xA5, dtype=torch.uint8, device=dev)
             s = torch.full([*out_shape[:-1], 1], float("nan"), device=dev)
-        qa2a._unpack_op(recv, o, s, p, gd, fmt, dequant, lay.data_offset(0), lay.scale_offset(0), 0,
-                        lay.data_bytes, lay.scale_bytes, backend)
+        qa2a._unpack_op(
+            recv,
+            o,
+            s,
+            p,
+            gd,
+            fmt,
+            dequant,
+            lay.data_offset(0),
+            lay.scale_offset(0),
+            0,
+            lay.data_bytes,
+            lay.scale_bytes,
+            backend,
+        )
         results.append(o.cpu() if dequant else (o.cpu(), s.cpu()))
     return results, gs.cpu()
 
@@ -95,8 +110,18 @@ def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtyp
     rule=st.sampled_from(list(SCALE_RULES)),
     seq_to_head=st.booleans(),
 )
-@example(seed=3, p=2, b=1, s_local=2, h_mult=1, nblocks=8, dtype=torch.bfloat16, fmt="nvfp4",
-         rule="four_over_six", seq_to_head=True)
+@example(
+    seed=3,
+    p=2,
+    b=1,
+    s_local=2,
+    h_mult=1,
+    nblocks=8,
+    dtype=torch.bfloat16,
+    fmt="nvfp4",
+    rule="four_over_six",
+    seq_to_head=True,
+)
 def test_pack_unpack_bit_exact(seed, p, b, s_local, h_mult, nblocks, dtype, fmt, rule, seq_to_head):
     """Triton == reference for every byte received, and the received NVFP4/FP8 data is the
     quantization of the gathered tensor (group scale)."""
@@ -107,26 +132,50 @@ def test_pack_unpack_bit_exact(seed, p, b, s_local, h_mult, nblocks, dtype, fmt,
     xs = _inputs(seed, p, shape, dtype, 12.0 if dtype == torch.float16 else 20.0)
     got = {}
     for be in ("torch", "triton"):
-        got[be] = _simulate(xs, sd, gd, fmt=fmt, dequant=False, tensor_scale="group", rule=rule, backend=be,
-                            out_dtype=None)
+        got[be] = _simulate(
+            xs, sd, gd, fmt=fmt, dequant=False, tensor_scale="group", rule=rule, backend=be, out_dtype=None
+        )
     gathered = ref.all_to_all_reference(xs, scatter_dim=sd, gather_dim=gd)
     for r in range(p):
         (dt, st_), (dr, sr) = got["triton"][0][r], got["torch"][0][r]
         assert_bitwise_equal(dt, dr, f"data rank {r}")
         assert_bitwise_equal(st_.view(torch.uint8), sr.view(torch.uint8), f"scale rank {r}")
         if fmt == "nvfp4":
-            want = quantize_nvfp4(gathered[r], global_scale=got["torch"][1][0], scale_rule=rule, backend="torch")
+            want = quantize_nvfp4(
+                gathered[r], global_scale=got["torch"][1][0], scale_rule=rule, backend="torch"
+            )
             assert_bitwise_equal(dt, want.data, "vs quantize_nvfp4 data")
-            assert_bitwise_equal(st_.view(torch.uint8), want.scale.view(torch.uint8), "vs quantize_nvfp4 scale")
+            assert_bitwise_equal(
+                st_.view(torch.uint8), want.scale.view(torch.uint8), "vs quantize_nvfp4 scale"
+            )
         else:
             wc, ws = ref.quantize_fp8_rows(gathered[r])
             assert_bitwise_equal(dt, wc.view(torch.uint8), "vs quantize_fp8_rows codes")
             assert_bitwise_equal(st_, ws, "vs quantize_fp8_rows scales")
     # dense output in fp32 (the interpreter's bf16 cast is not faithful): per-source scales
-    dense = {be: _simulate(xs, sd, gd, fmt=fmt, dequant=True, tensor_scale="per_source", rule=rule, backend=be,
-                           out_dtype=torch.float32)[0] for be in ("torch", "triton")}
-    sim = ref.quantized_all_to_all_reference(xs, scatter_dim=sd, gather_dim=gd, fmt=fmt, tensor_scale="per_source",
-                                             scale_rule=rule, dtype=torch.float32)
+    dense = {
+        be: _simulate(
+            xs,
+            sd,
+            gd,
+            fmt=fmt,
+            dequant=True,
+            tensor_scale="per_source",
+            rule=rule,
+            backend=be,
+            out_dtype=torch.float32,
+        )[0]
+        for be in ("torch", "triton")
+    }
+    sim = ref.quantized_all_to_all_reference(
+        xs,
+        scatter_dim=sd,
+        gather_dim=gd,
+        fmt=fmt,
+        tensor_scale="per_source",
+        scale_rule=rule,
+        dtype=torch.float32,
+    )
     for r in range(p):
         assert_bitwise_equal(dense["triton"][r], dense["torch"][r], f"dense rank {r}")
         assert_bitwise_equal(dense["torch"][r], sim[r], f"dense vs simulation rank {r}")
@@ -139,8 +188,17 @@ def test_non_finite_inputs():
     x[0, 1, 1, 20] = float("inf")
     for be in ("torch", "triton"):
         for fmt in ("nvfp4", "fp8"):
-            (y,), _ = _simulate([x], 2, 1, fmt=fmt, dequant=True, tensor_scale="per_source", rule="static6",
-                                backend=be, out_dtype=torch.float32)
+            (y,), _ = _simulate(
+                [x],
+                2,
+                1,
+                fmt=fmt,
+                dequant=True,
+                tensor_scale="per_source",
+                rule="static6",
+                backend=be,
+                out_dtype=torch.float32,
+            )
             if fmt == "fp8":
                 assert torch.isnan(y[0, 0, 0]).all() and torch.isnan(y[0, 1, 1]).all()
                 assert torch.isfinite(y[0, 0, 1]).all()
@@ -157,7 +215,11 @@ def test_wire_bytes():
         f8 = ref.payload_layout("fp8", 1, chunk).chunk_bytes * p
         assert bf16 / nv >= 3.5 and bf16 / f8 >= 1.9
     lay = ref.payload_layout("nvfp4", 2, [1, 5, 3, 48])
-    assert lay.chunk_bytes % 16 == 0 and lay.scale_offset(1) % 16 == 0 and lay.data_offset(1) > lay.scale_offset(0)
+    assert (
+        lay.chunk_bytes % 16 == 0
+        and lay.scale_offset(1) % 16 == 0
+        and lay.data_offset(1) > lay.scale_offset(0)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,11 +235,14 @@ def test_single_rank_quantized_equals_quantize(backend):
     want = quantize_nvfp4(x, backend="torch")
     assert_bitwise_equal(q.data.cpu(), want.data)
     assert_bitwise_equal(q.scale.view(torch.uint8).cpu(), want.scale.view(torch.uint8))
-    y = quantized_all_to_all(x.to(dev), scatter_dim=2, gather_dim=1, out=torch.empty(2, 6, 3, 64, device=dev),
-                             backend=backend)
+    y = quantized_all_to_all(
+        x.to(dev), scatter_dim=2, gather_dim=1, out=torch.empty(2, 6, 3, 64, device=dev), backend=backend
+    )
     assert_bitwise_equal(y.cpu(), dequantize_nvfp4(want, torch.float32, backend="torch"))
     x = x.to(dev)
-    h = quantized_all_to_all([x, x], scatter_dim=1, gather_dim=2, format="fp8", async_op=True, backend=backend)
+    h = quantized_all_to_all(
+        [x, x], scatter_dim=1, gather_dim=2, format="fp8", async_op=True, backend=backend
+    )
     a, b = h.wait()
     assert_bitwise_equal(a, b)
     assert h.wait() is not None
@@ -209,22 +274,44 @@ def test_input_errors():
     _raises(ValueError, "must differ", lambda: a2a(x, scatter_dim=1, gather_dim=1))
     _raises(ValueError, "out of range", lambda: a2a(x, scatter_dim=4, gather_dim=1))
     _raises(TypeError, "must be an int", lambda: a2a(x, scatter_dim=1.0, gather_dim=2))
-    _raises(ValueError, "out must be", lambda: a2a(x, scatter_dim=2, gather_dim=1, out=torch.empty(1, 4, 2, 16)))
-    _raises(ValueError, "not differentiable",
-            lambda: a2a(x.requires_grad_(True), scatter_dim=2, gather_dim=1, out=torch.empty_like(x)))
+    _raises(
+        ValueError, "out must be", lambda: a2a(x, scatter_dim=2, gather_dim=1, out=torch.empty(1, 4, 2, 16))
+    )
+    _raises(
+        ValueError,
+        "not differentiable",
+        lambda: a2a(x.requires_grad_(True), scatter_dim=2, gather_dim=1, out=torch.empty_like(x)),
+    )
     x = x.detach()
     _raises(ValueError, "dims", lambda: qa(torch.randn(4, 2, 32), scatter_dim=1, gather_dim=0))
     _raises(ValueError, "must be 1 and 2", lambda: qa(x, scatter_dim=0, gather_dim=1))
     _raises(TypeError, "dtype", lambda: qa(x.to(torch.int32), scatter_dim=2, gather_dim=1))
-    _raises(ValueError, "needs format='nvfp4'", lambda: qa(x, scatter_dim=2, gather_dim=1, format="fp8", output="nvfp4"))
+    _raises(
+        ValueError,
+        "needs format='nvfp4'",
+        lambda: qa(x, scatter_dim=2, gather_dim=1, format="fp8", output="nvfp4"),
+    )
     _raises(ValueError, "format must be", lambda: qa(x, scatter_dim=2, gather_dim=1, format="int4"))
-    _raises(ValueError, "no backward", lambda: qa(x.clone().requires_grad_(True), scatter_dim=2, gather_dim=1))
+    _raises(
+        ValueError, "no backward", lambda: qa(x.clone().requires_grad_(True), scatter_dim=2, gather_dim=1)
+    )
     _raises(ValueError, "share shape", lambda: qa([x, x[:, :2]], scatter_dim=2, gather_dim=1))
-    _raises(ValueError, "one tensor scale",
-            lambda: qa(x, scatter_dim=2, gather_dim=1, output="nvfp4", tensor_scale="per_source"))
+    _raises(
+        ValueError,
+        "one tensor scale",
+        lambda: qa(x, scatter_dim=2, gather_dim=1, output="nvfp4", tensor_scale="per_source"),
+    )
     _raises(ValueError, "1 element", lambda: qa(x, scatter_dim=2, gather_dim=1, global_scale=torch.ones(2)))
-    _raises(ValueError, "out\\[0\\] must be", lambda: qa(x, scatter_dim=2, gather_dim=1, out=torch.empty(1, 4, 2, 16)))
-    _raises(TypeError, "NVFP4Tensor", lambda: qa(x, scatter_dim=2, gather_dim=1, output="nvfp4", out=torch.empty(1)))
+    _raises(
+        ValueError,
+        "out\\[0\\] must be",
+        lambda: qa(x, scatter_dim=2, gather_dim=1, out=torch.empty(1, 4, 2, 16)),
+    )
+    _raises(
+        TypeError,
+        "NVFP4Tensor",
+        lambda: qa(x, scatter_dim=2, gather_dim=1, output="nvfp4", out=torch.empty(1)),
+    )
     _raises(ValueError, "contiguous", lambda: qa(x.transpose(2, 3), scatter_dim=2, gather_dim=1))
     _raises(ValueError, "backend", lambda: qa(x, scatter_dim=2, gather_dim=1, backend="cuda"))
     q = torch.randn(1, 4, 2, 16)
