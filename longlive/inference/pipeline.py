@@ -40,7 +40,7 @@ from .scheduler import FlowUniPCScheduler, _check_steps
 from .sp import SPCacheAttention, SPGroup, check_sp_size
 
 __all__ = ["Pipeline", "StreamSession", "ChunkOutput", "GenerationResult", "DEMO_DIR", "PRECISIONS",
-           "resolve_length"]
+           "resolve_length", "peek_config", "read_demo_meta"]
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 PRECISIONS = ("bf16", "nvfp4", "w4a16", "fp8")
@@ -414,7 +414,7 @@ class Pipeline:
         if random_weights and cfg is None:
             raise ValueError("random_weights needs a config (--config tiny | wan2.2-ti2v-5b | FILE.yaml)")
         if checkpoint is not None and cfg is None:
-            cfg = _peek_config(checkpoint)
+            cfg = peek_config(checkpoint)
         if cfg is None:  # an official checkpoint without our metadata: the DiT's shapes decide (CPU work only)
             model = load_pretrained(checkpoint, None, device=dev, dtype=dtype, mode=precision, ops=ops)
             cfg = model.config
@@ -456,7 +456,7 @@ class Pipeline:
                 f"the bundled demo weights are not installed ({weights} is missing). Train them with "
                 "`longlive train --demo` or pass --checkpoint PATH; `longlive generate --random-weights "
                 "--config tiny` runs the same pipeline with random weights (a smoke test, the video is noise)")
-        meta = _read_demo_meta()
+        meta = read_demo_meta()
         kwargs.setdefault("fps", meta.get("fps"))
         kwargs.setdefault("vae_options", meta.get("vae"))
         kwargs.setdefault("default_prompt", meta.get("prompt", DEFAULT_PROMPT))
@@ -512,8 +512,10 @@ class Pipeline:
 
         Parameters
         ----------
-        prompts : str, list, optional
-            See :meth:`schedule` (default: the pipeline's default prompt).
+        prompts : str, list or callable, optional
+            See :meth:`schedule` (default: the pipeline's default prompt). A callable
+            ``prompts(chunk_index) -> str | ChunkPrompt | None`` is asked before every chunk
+            (interactive front-ends; a ``None`` ends the video early).
         num_chunks, num_frames, seconds :
             Length (exactly one; default 5 seconds).
         out : path or None
@@ -540,7 +542,10 @@ class Pipeline:
         if num_chunks is None and num_frames is None and seconds is None:
             seconds = 5.0
         n_chunks = self.num_chunks(num_chunks=num_chunks, num_frames=num_frames, seconds=seconds)
-        sched = self.schedule(prompts if prompts is not None else self.default_prompt, n_chunks)
+        if callable(prompts):
+            source = prompts
+        else:
+            source = self.schedule(prompts if prompts is not None else self.default_prompt, n_chunks).__getitem__
         main = self.sp is None or self.sp.is_main
         result = GenerationResult(out=os.fspath(out) if out is not None else None, num_chunks=n_chunks)
         session = self.session(**session_kwargs)
@@ -553,7 +558,10 @@ class Pipeline:
         bar = tqdm(total=n_chunks, unit="chunk", disable=not (progress and main), dynamic_ncols=True)
         t_start = time.perf_counter()
         try:
-            for p in sched:
+            for i in range(n_chunks):
+                p = source(i)
+                if p is None:
+                    break
                 chunk = session.next_chunk(p)
                 result.chunks_done += 1
                 result.frames_done += chunk.num_frames
@@ -621,7 +629,7 @@ def _check_kv_storage(storage: str, model, *, ops: str | None = None) -> None:
         raise ValueError(f"kv_cache='fp4' is not possible: {why}; use kv_cache='bf16' (--kv-cache bf16)")
 
 
-def _peek_config(checkpoint) -> ModelConfig | None:
+def peek_config(checkpoint) -> ModelConfig | None:
     """The config stored in a safetensors checkpoint's metadata (by ``save_checkpoint``), read
     without loading any tensor; None when there is none."""
     import json
@@ -639,7 +647,7 @@ def _peek_config(checkpoint) -> ModelConfig | None:
     return ModelConfig.from_dict(json.loads(meta["longlive_config"]))
 
 
-def _read_demo_meta() -> dict:
+def read_demo_meta() -> dict:
     path = DEMO_DIR / "pipeline.yaml"
     if not path.is_file():
         return {}
