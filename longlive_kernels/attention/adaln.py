@@ -50,10 +50,10 @@ def _residual_norm_fwd_kernel(
     L,
     C,
     frame_len,
-    rows_per_prog,
     stride_xb, stride_xl, stride_yb, stride_yl,
     stride_gb, stride_gf, stride_sb, stride_sf, stride_tb, stride_tf,
     eps,
+    rows_per_prog,  # tokens per program (autotuned on the GPU)
     RESIDUAL: tl.constexpr,
     GATED: tl.constexpr,
     NORM: tl.constexpr,
@@ -114,16 +114,16 @@ def _residual_norm_bwd_kernel(
     scale_ptr,  # [B, F, C] per-frame scale (strides stride_sb, stride_sf, 1); NORM
     dx_ptr,  # [B, L, C] out, contiguous; NORM
     dy_ptr,  # [B, L, C] out, contiguous; GATED
-    part_ptr,  # [n_acc, B, F, P, C] fp32 out: per-program Σ of (dscale, dshift | dgate)
+    part_ptr,  # [n_acc, B, F, P_max, C] fp32 out: per-program Σ of (dscale, dshift | dgate)
     L,
     C,
     frame_len,
-    rows_per_prog,
-    n_prog_f,  # P: programs per frame
     n_frames,  # F
+    part_stride_p,  # P_max: partial-sum slots per frame (≥ programs per frame)
     stride_ghb, stride_ghl, stride_grb, stride_grl, stride_rb, stride_rl, stride_yb, stride_yl,
     stride_gb, stride_gf, stride_sb, stride_sf,
     eps,
+    rows_per_prog,  # tokens per program (autotuned on the GPU)
     NORM: tl.constexpr,
     RESIDUAL: tl.constexpr,
     GATED: tl.constexpr,
@@ -193,8 +193,8 @@ def _residual_norm_bwd_kernel(
                 acc_g += d * y
 
     if MOD_GRAD:
-        slot = (b * n_frames + f) * n_prog_f + pid_p  # [B, F, P] index
-        plane = n_b * n_frames * n_prog_f * C  # elements per accumulator
+        slot = (b * n_frames + f) * part_stride_p + pid_p  # [B, F, P_max] index
+        plane = n_b * n_frames * part_stride_p * C  # elements per accumulator
         base = part_ptr + slot * C + cols
         k = 0
         if NORM:
@@ -209,17 +209,26 @@ def _residual_norm_bwd_kernel(
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-_FWD_CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 8, 16)]
-_BWD_CONFIGS = [triton.Config({}, num_warps=w) for w in (8, 16, 4)]
-_KEY = ["C", "RESIDUAL", "GATED", "NORM"]
+# rows per program × warps: more rows amortize the per-frame vectors (and, in the backward, the
+# partial sums); fewer rows give more programs to hide latency. 16 warps = 8 elements per thread
+# at C = 3072 (one 16-byte load per bf16 row), 4 warps = 32.
+_FWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 16, 4) for r in (8, 4, 16, 32)]
+_BWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 16, 4) for r in (16, 8, 32, 64)]
+_KEY = ["C", "L", "frame_len", "RESIDUAL", "GATED", "NORM"]
 
 
 @functools.cache
 def _tuned(kernel, bwd: bool):
-    """The kernel wrapped in autotune on the GPU; one fixed config (4 warps) in the interpreter."""
+    """The kernel wrapped in autotune (GPU); None in the interpreter (one config, no autotune)."""
     if interpret_mode():
-        return kernel
+        return None
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
+
+
+def _min_rows(kernel, interpreter_rows: int) -> int:
+    """Smallest rows per program the backward launch may use (sizes the partial-sum buffer)."""
+    tuned = _tuned(kernel, True)
+    return interpreter_rows if tuned is None else min(c.kwargs["rows_per_prog"] for c in tuned.configs)
 
 
 def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -228,19 +237,20 @@ def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few programs per frame, so tests cover ragged row runs
+def _interpreter_rows(n_rows: int, frame_len: int, bwd: bool) -> int:
+    """Rows per program in the interpreter: a few programs per frame, so tests cover ragged runs."""
+    return max(1, min(frame_len, triton.cdiv(n_rows, 8 if bwd else 32)))
 
 
-def _rows_per_program(n_rows: int, frame_len: int, device: torch.device, bwd: bool) -> int:
-    """Tokens per program. Forward: ~8 programs per SM for latency hiding (the per-frame vectors
-    are re-read once per program, from L2). Backward: ~2 per SM, so that the partial sums
-    (3·C fp32 per program) stay a few % of the traffic."""
-    target = _num_sms(device) * (2 if bwd else 8)
-    return max(1, min(frame_len, triton.cdiv(n_rows, target)))
+def _launch(kernel, bwd: bool, n_rows: int, frame_len: int, grid_rest: tuple[int, int], args, meta) -> int:
+    """Launch over (programs per frame, F, B); returns the rows per program that ran."""
+    tuned = _tuned(kernel, bwd)
+    if tuned is None:
+        rows = _interpreter_rows(n_rows, frame_len, bwd)
+        kernel[(triton.cdiv(frame_len, rows), *grid_rest)](*args, rows, num_warps=4, **meta)
+        return rows
+    tuned[lambda m: (triton.cdiv(frame_len, m["rows_per_prog"]), *grid_rest)](*args, **meta)
+    return tuned.best_config.kwargs["rows_per_prog"]
 
 
 def _row_strides(t: torch.Tensor) -> tuple[int, int]:
@@ -263,16 +273,11 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
     shift = _last_dim_unit(shift) if norm else x
     r = _new_out((bsz, n_tok, c), x.dtype, x.device) if residual else x
     h = _new_out((bsz, n_tok, c), x.dtype, x.device) if norm else x
-    rows = _rows_per_program(bsz * n_tok, frame_len, x.device, bwd=False)
-    grid = (triton.cdiv(frame_len, rows), n_frames, bsz)
-    _tuned(_residual_norm_fwd_kernel, False)[grid](
-        x, y, gate, scale, shift, r, h,
-        n_tok, c, frame_len, rows,
-        *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
-        *_row_strides(shift), eps,
-        RESIDUAL=residual, GATED=gated, NORM=norm, PLUS_ONE=plus_one,
-        BLOCK_C=triton.next_power_of_2(c),
-    )
+    args = (x, y, gate, scale, shift, r, h, n_tok, c, frame_len,
+            *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
+            *_row_strides(shift), eps)
+    meta = dict(RESIDUAL=residual, GATED=gated, NORM=norm, PLUS_ONE=plus_one, BLOCK_C=triton.next_power_of_2(c))
+    _launch(_residual_norm_fwd_kernel, False, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
     return (r if residual else None), (h if norm else None)
 
 
@@ -292,21 +297,19 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, frame_len, eps, plus_one, mod
     scale = _last_dim_unit(scale) if norm else ref
     dx = _new_out((bsz, n_tok, c), dx_dtype, dev) if norm else ref
     dy = _new_out((bsz, n_tok, c), dy_dtype, dev) if gated else ref
-    rows = _rows_per_program(bsz * n_tok, frame_len, dev, bwd=True)
-    n_prog_f = triton.cdiv(frame_len, rows)
     n_acc = (2 if norm else 0) + (1 if gated else 0)
-    part = (_new_out((n_acc, bsz, n_frames, n_prog_f, c), torch.float32, dev)
-            if mod_grad and n_acc else ref)
-    grid = (n_prog_f, n_frames, bsz)
-    _tuned(_residual_norm_bwd_kernel, True)[grid](
-        grad_h, grad_r, r, y, gate, scale, dx, dy, part,
-        n_tok, c, frame_len, rows, n_prog_f, n_frames,
-        *_row_strides(grad_h), *_row_strides(grad_r), *_row_strides(r), *_row_strides(y),
-        *_row_strides(gate), *_row_strides(scale), eps,
-        NORM=norm, RESIDUAL=residual, GATED=gated, PLUS_ONE=plus_one,
-        MOD_GRAD=mod_grad and n_acc > 0, BLOCK_C=triton.next_power_of_2(c),
-    )
-    sums = [part[i].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)] if mod_grad and n_acc else None
+    min_rows = _min_rows(_residual_norm_bwd_kernel, _interpreter_rows(bsz * n_tok, frame_len, True))
+    p_max = triton.cdiv(frame_len, min_rows)
+    part = (_new_out((n_acc, bsz, n_frames, p_max, c), torch.float32, dev) if mod_grad and n_acc else ref)
+    args = (grad_h, grad_r, r, y, gate, scale, dx, dy, part, n_tok, c, frame_len, n_frames, p_max,
+            *_row_strides(grad_h), *_row_strides(grad_r), *_row_strides(r), *_row_strides(y),
+            *_row_strides(gate), *_row_strides(scale), eps)
+    meta = dict(NORM=norm, RESIDUAL=residual, GATED=gated, PLUS_ONE=plus_one,
+                MOD_GRAD=mod_grad and n_acc > 0, BLOCK_C=triton.next_power_of_2(c))
+    rows = _launch(_residual_norm_bwd_kernel, True, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
+    n_used = triton.cdiv(frame_len, rows)  # slots [n_used, p_max) were not written
+    sums = ([part[i, :, :, :n_used].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)]
+            if mod_grad and n_acc else None)
     return (dx if norm else None), (dy if gated else None), sums
 
 
@@ -802,18 +805,18 @@ def gated_residual_layernorm(
 
 _FWD_SIG = {
     "x_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32",
-    "r_ptr": "*bf16", "h_ptr": "*bf16", "L": "i32", "C": "i32", "frame_len": "i32", "rows_per_prog": "i32",
+    "r_ptr": "*bf16", "h_ptr": "*bf16", "L": "i32", "C": "i32", "frame_len": "i32",
     **{s: "i64" for s in ("stride_xb", "stride_xl", "stride_yb", "stride_yl", "stride_gb", "stride_gf",
                           "stride_sb", "stride_sf", "stride_tb", "stride_tf")},
-    "eps": "fp32",
+    "eps": "fp32", "rows_per_prog": "i32",
 }
 _BWD_SIG = {
     "gh_ptr": "*bf16", "gr_ptr": "*bf16", "r_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*fp32",
     "scale_ptr": "*fp32", "dx_ptr": "*bf16", "dy_ptr": "*bf16", "part_ptr": "*fp32",
-    "L": "i32", "C": "i32", "frame_len": "i32", "rows_per_prog": "i32", "n_prog_f": "i32", "n_frames": "i32",
+    "L": "i32", "C": "i32", "frame_len": "i32", "n_frames": "i32", "part_stride_p": "i32",
     **{s: "i64" for s in ("stride_ghb", "stride_ghl", "stride_grb", "stride_grl", "stride_rb", "stride_rl",
                           "stride_yb", "stride_yl", "stride_gb", "stride_gf", "stride_sb", "stride_sf")},
-    "eps": "fp32",
+    "eps": "fp32", "rows_per_prog": "i32",
 }
 for _res, _gated, _norm in [(False, False, True), (True, True, True), (True, False, True), (True, True, False)]:
     register_aot(_residual_norm_fwd_kernel, signature=_FWD_SIG,

@@ -105,9 +105,9 @@ def _rope_fwd_kernel(
     n_frames,
     GH,
     GW,
-    rows_per_prog,
     sqb, sql, sqh, skb, skl, skh,
     eps,
+    rows_per_prog,  # tokens per program (autotuned on the GPU)
     D: tl.constexpr,
     NT: tl.constexpr,
     NHP: tl.constexpr,
@@ -186,15 +186,16 @@ def _rope_bwd_kernel(
     sin_ptr,  # [F + GH + GW, D/2] fp32
     dq_ptr,  # [B, L, NH, D] out, contiguous
     dk_ptr,  # [B, L, NH, D] out, contiguous
-    part_ptr,  # [2, B, P, NH·D] fp32 out: per-program Σ du·n for wq, wk
+    part_ptr,  # [2, B, P_max, NH·D] fp32 out: per-program Σ du·n for wq, wk
     L,
     NH,
     n_frames,
     GH,
     GW,
-    rows_per_prog,
+    part_stride_p,  # P_max: partial-sum slots per batch row (≥ programs)
     gqb, gql, gqh, gkb, gkl, gkh, sqb, sql, sqh, skb, skl, skh,
     eps,
+    rows_per_prog,  # tokens per program (autotuned on the GPU)
     D: tl.constexpr,
     NT: tl.constexpr,
     NHP: tl.constexpr,
@@ -205,12 +206,11 @@ def _rope_bwd_kernel(
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    n_prog = tl.num_programs(0)
     n = NH * D
     first = pid * rows_per_prog
     last = tl.minimum(first + rows_per_prog, L)
-    part = part_ptr + (b * n_prog + pid) * n
-    plane = tl.num_programs(1) * n_prog * n  # elements per weight's partials
+    part = part_ptr + (b * part_stride_p + pid) * n
+    plane = tl.num_programs(1) * part_stride_p * n  # elements per weight's partials
     _rope_bwd_rows(gq_ptr, q_ptr, wq_ptr, dq_ptr, part, cos_ptr, sin_ptr, b, first, last, L, NH,
                    n_frames, GH, GW, gqb, gql, gqh, sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D)
     _rope_bwd_rows(gk_ptr, k_ptr, wk_ptr, dk_ptr, part + plane, cos_ptr, sin_ptr, b, first, last, L, NH,
@@ -221,16 +221,26 @@ def _rope_bwd_kernel(
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-_CONFIGS = [triton.Config({}, num_warps=w) for w in (8, 4, 16)]
-_KEY = ["NH", "D", "NORM_Q", "NORM_K"]
+# rows per program × warps: a [32, 128] head tile is 16 fp32 per thread at 8 warps (two 16-byte
+# bf16 loads), 8 at 16 warps. The backward with RMSNorm writes NH·D fp32 partials per program, so
+# it prefers longer runs.
+_FWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 4, 16) for r in (8, 4, 16, 32)]
+_BWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 4, 16) for r in (16, 8, 32, 64)]
+_KEY = ["NH", "L", "NORM_Q", "NORM_K"]
 
 
 @functools.cache
-def _tuned(kernel):
-    """The kernel wrapped in autotune on the GPU; one fixed config (4 warps) in the interpreter."""
+def _tuned(kernel, bwd: bool):
+    """The kernel wrapped in autotune (GPU); None in the interpreter (one config, no autotune)."""
     if interpret_mode():
-        return kernel
-    return triton.autotune(configs=_CONFIGS, key=_KEY)(kernel)
+        return None
+    return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
+
+
+def _min_rows(kernel, interpreter_rows: int) -> int:
+    """Smallest rows per program the backward launch may use (sizes the partial-sum buffer)."""
+    tuned = _tuned(kernel, True)
+    return interpreter_rows if tuned is None else min(c.kwargs["rows_per_prog"] for c in tuned.configs)
 
 
 def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -239,18 +249,20 @@ def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few programs, so tests cover ragged token runs
+def _interpreter_rows(n_tok: int, bwd: bool) -> int:
+    """Tokens per program in the interpreter: a few programs, so tests cover ragged runs."""
+    return max(1, triton.cdiv(n_tok, 3 if bwd else 5))
 
 
-def _rows_per_program(n_rows: int, n_tok: int, device: torch.device, partials: bool) -> int:
-    """Tokens per program: ~8 programs per SM (latency hiding; weights/tables re-read per program
-    from L2), ~2 per SM when the backward writes NH·D fp32 partial sums per program."""
-    target = _num_sms(device) * (2 if partials else 8)
-    return max(1, min(n_tok, triton.cdiv(n_rows, target)))
+def _launch(kernel, bwd: bool, n_tok: int, bsz: int, args, meta) -> int:
+    """Launch over (programs, B); returns the tokens per program that ran."""
+    tuned = _tuned(kernel, bwd)
+    if tuned is None:
+        rows = _interpreter_rows(n_tok, bwd)
+        kernel[(triton.cdiv(n_tok, rows), bsz)](*args, rows, num_warps=4, **meta)
+        return rows
+    tuned[lambda m: (triton.cdiv(n_tok, m["rows_per_prog"]), bsz)](*args, **meta)
+    return tuned.best_config.kwargs["rows_per_prog"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -300,14 +312,10 @@ def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     cos, sin = rope_tables(*grid_fhw, d, frame_offset, theta, q.device)
     qo = _new_out((bsz, n_tok, nh, d), q.dtype, q.device)
     ko = _new_out((bsz, n_tok, nh, d), k.dtype, k.device)
-    rows = _rows_per_program(bsz * n_tok, n_tok, q.device, partials=False)
-    grid = (triton.cdiv(n_tok, rows), bsz)
-    _tuned(_rope_fwd_kernel)[grid](
-        q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, qo, ko,
-        n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], rows,
-        *_head_strides(q), *_head_strides(k), eps,
-        NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(q),
-    )
+    args = (q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, qo, ko,
+            n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], *_head_strides(q), *_head_strides(k), eps)
+    _launch(_rope_fwd_kernel, False, n_tok, bsz, args,
+            dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(q)))
     return qo, ko
 
 
@@ -320,17 +328,17 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     dq = _new_out((bsz, n_tok, nh, d), q.dtype, gq.device)
     dk = _new_out((bsz, n_tok, nh, d), k.dtype, gq.device)
     norm = wq is not None or wk is not None
-    rows = _rows_per_program(bsz * n_tok, n_tok, gq.device, partials=norm)
-    n_prog = triton.cdiv(n_tok, rows)
-    part = _new_out((2, bsz, n_prog, nh * d), torch.float32, gq.device) if norm else gq
-    _tuned(_rope_bwd_kernel)[(n_prog, bsz)](
-        gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, cos, sin, dq, dk, part,
-        n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], rows,
-        *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k), eps,
-        NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(gq),
-    )
-    dwq = part[0].sum(dim=(0, 1)) if wq is not None else None
-    dwk = part[1].sum(dim=(0, 1)) if wk is not None else None
+    min_rows = _min_rows(_rope_bwd_kernel, _interpreter_rows(n_tok, True))
+    p_max = triton.cdiv(n_tok, min_rows)
+    part = _new_out((2, bsz, p_max, nh * d), torch.float32, gq.device) if norm else gq
+    args = (gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, cos, sin, dq, dk, part,
+            n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], p_max,
+            *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k), eps)
+    rows = _launch(_rope_bwd_kernel, True, n_tok, bsz, args,
+                   dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(gq)))
+    n_used = triton.cdiv(n_tok, rows)  # slots [n_used, p_max) were not written
+    dwq = part[0, :, :n_used].sum(dim=(0, 1)) if wq is not None else None
+    dwk = part[1, :, :n_used].sum(dim=(0, 1)) if wk is not None else None
     return dq, dk, dwq, dwk
 
 
@@ -536,21 +544,22 @@ def apply_rope_3d(
 # ---------------------------------------------------------------------------------------------
 
 _STRIDES = ("sqb", "sql", "sqh", "skb", "skl", "skh")
-_COMMON = {"L": "i32", "NH": "i32", "n_frames": "i32", "GH": "i32", "GW": "i32", "rows_per_prog": "i32"}
+_COMMON = {"L": "i32", "NH": "i32", "n_frames": "i32", "GH": "i32", "GW": "i32"}
 _META = {"D": 128, "NT": 22, "NHP": 21, "BLOCK_H": 32, "BLOCK_D": 128}
 for _norm in (True, False):
     register_aot(
         _rope_fwd_kernel,
         signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "wq_ptr": "*bf16", "wk_ptr": "*bf16",
                    "cos_ptr": "*fp32", "sin_ptr": "*fp32", "qo_ptr": "*bf16", "ko_ptr": "*bf16",
-                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32"},
+                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32", "rows_per_prog": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )
     register_aot(
         _rope_bwd_kernel,
         signature={"gq_ptr": "*bf16", "gk_ptr": "*bf16", "q_ptr": "*bf16", "k_ptr": "*bf16",
                    "wq_ptr": "*bf16", "wk_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-                   "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON,
-                   **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES}, "eps": "fp32"},
+                   "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON, "part_stride_p": "i32",
+                   **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES}, "eps": "fp32",
+                   "rows_per_prog": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )

@@ -209,6 +209,21 @@ def test_fused_equals_unfused_composition(triton_device):
     torch.testing.assert_close(h, h2, rtol=0, atol=2 * 2.0**-10 * h2.abs().max().item())
 
 
+@pytest.mark.parametrize("rows", [3, 64])
+def test_autotuned_launch_path(monkeypatch, rows):
+    """The GPU launch path (autotune grid lambda, rows read back from best_config, partial slots
+    sized from the configs) with a one-config autotuner, which the interpreter can run."""
+    import triton
+
+    def one_config(kernel, bwd):
+        return triton.autotune(configs=[triton.Config({"rows_per_prog": rows}, num_warps=4)],
+                               key=adaln_mod._KEY)(kernel)
+
+    monkeypatch.setattr(adaln_mod, "_tuned", one_config)
+    _check_variant(21, "residual_ln", 2, 2, 7, 24, torch.float32, torch.float32, False, "triton", TRITON_DEVICE,
+                   monkeypatch)
+
+
 # ---- gradcheck of the analytic backward (torch backend, fp64) ------------------------------------
 
 

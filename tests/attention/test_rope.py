@@ -153,6 +153,20 @@ def test_many_tokens_per_program(monkeypatch):
            monkeypatch)
 
 
+@pytest.mark.parametrize("rows", [2, 64])
+def test_autotuned_launch_path(monkeypatch, rows):
+    """The GPU launch path (autotune grid lambda, rows read back from best_config, partial slots
+    sized from the configs) with a one-config autotuner, which the interpreter can run."""
+    import triton
+
+    def one_config(kernel, bwd):
+        return triton.autotune(configs=[triton.Config({"rows_per_prog": rows}, num_warps=4)],
+                               key=rope_mod._KEY)(kernel)
+
+    monkeypatch.setattr(rope_mod, "_tuned", one_config)
+    _check(6, 2, (3, 2, 2), 2, 12, torch.float32, "qkv", "both", 9, 10000.0, "triton", TRITON_DEVICE, monkeypatch)
+
+
 # ---- semantics: Wan's tables and rotation properties ---------------------------------------------
 
 
