@@ -320,3 +320,19 @@ def test_input_errors():
     _raises(TypeError, "callable", lambda: UlyssesAttention(attn=3))
     _raises(ValueError, "agree on", lambda: UlyssesAttention()(q, q, q[:, :3]))
     _raises(ValueError, "must return", lambda: UlyssesAttention(attn=lambda q, k, v: (q, None))(q, q, q))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_opcheck(backend):
+    """Schemas, mutation declarations and fake kernels of the amax / pack / unpack ops."""
+    dev = DEV if backend == "triton" else "cpu"
+    x = torch.randn(1, 2, 4, 32, dtype=torch.bfloat16, device=dev)
+    lay = ref.payload_layout("nvfp4", 1, [1, 2, 2, 32])
+    sections = (lay.data_offset(0), lay.scale_offset(0), 0)
+    torch.library.opcheck(qa2a._amax_op, (x, torch.zeros(1, dtype=torch.int32, device=dev), 0, backend))
+    buf = torch.zeros(2, lay.chunk_bytes, dtype=torch.uint8, device=dev)
+    gs = torch.tensor(0.01, device=dev)
+    torch.library.opcheck(qa2a._pack_op, (x, buf, gs, 2, 2, "nvfp4", "static6", *sections, backend))
+    out = torch.empty(1, 4, 2, 32, device=dev)
+    args = (buf, out, None, 2, 1, "nvfp4", True, *sections, lay.data_bytes, lay.scale_bytes, backend)
+    torch.library.opcheck(qa2a._unpack_op, args)
