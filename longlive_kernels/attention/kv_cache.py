@@ -396,7 +396,8 @@ class FP4KVCache:
         Global attention sink: chunks with id < ``sink_chunks`` are never evicted (default 1).
     batch_size : int
     storage : {"fp4", "bf16"}
-        NVFP4 (4.5 bits/value + one FP32 per 128×D tile) or plain BF16 with the same interface.
+        NVFP4 (4.5 bits/value + one FP32 per 128×D tile) or plain BF16 with the same interface
+        (for comparison, and for users without FP4 needs).
     scale_rule : {"static6", "static4", "four_over_six"}
         NVFP4 scale rule of :func:`~longlive_kernels.fp4.quantize_nvfp4` used by :meth:`update`.
     device : torch.device or str, optional
@@ -467,7 +468,7 @@ class FP4KVCache:
             self.values = None
         else:
             self.data = self.scale = self.global_scale = None
-            self.values = torch.zeros((*shape, head_dim), dtype=dtype, device=self.device)
+            self.values = torch.zeros((*shape, head_dim), dtype=torch.bfloat16, device=self.device)
         self.table = torch.full((2 + max_chunks,), -1, dtype=torch.int32, device=self.device)
         self._ring = _SlotRing(max_chunks, sink_chunks)
         self._sync_table()
@@ -584,7 +585,7 @@ class FP4KVCache:
         if self.storage == "bf16":
             slot = self.table[idx : idx + 1].long()
             for i, x in enumerate((k, v)):
-                self.values[layer, i].index_copy_(0, slot, x.permute(0, 2, 1, 3).to(self.dtype)[None])
+                self.values[layer, i].index_copy_(0, slot, x.permute(0, 2, 1, 3).to(torch.bfloat16)[None])
             return
         supported = ("triton", "torch") + (("cuda",) if _cuda_op_available("kv_cache_update_cuda") else ())
         be = resolve_backend(backend, self.device, op="FP4KVCache.update", supported=supported,
@@ -618,7 +619,7 @@ class FP4KVCache:
         slot = self.table[idx : idx + 1].long()
         for i, t in enumerate((k.from_blocked(), v.from_blocked())):
             if self.storage == "bf16":
-                vals = t.dequantize(self.dtype, backend="torch" if self.device.type == "cpu" else "auto")
+                vals = t.dequantize(torch.bfloat16, backend="torch" if self.device.type == "cpu" else "auto")
                 self.values[layer, i].index_copy_(0, slot, vals.permute(0, 2, 1, 3)[None])
                 continue
             d = t.data.reshape(want[:3] + (self.head_dim // 2,)).permute(0, 2, 1, 3)
