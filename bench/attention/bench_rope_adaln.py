@@ -75,7 +75,9 @@ def _frames(t: torch.Tensor, n_frames: int) -> torch.Tensor:
 
 def _eager_adaln(x, shift, scale):
     n_frames = shift.shape[1]
-    h = _frames(F.layer_norm(x, (C,), eps=EPS), n_frames) * (1 + _tok(scale, n_frames)) + _tok(shift, n_frames)
+    h = _frames(F.layer_norm(x, (C,), eps=EPS), n_frames) * (1 + _tok(scale, n_frames)) + _tok(
+        shift, n_frames
+    )
     return h.flatten(1, 2).to(x.dtype)
 
 
@@ -109,32 +111,57 @@ def _adaln_cases(n_tok: int) -> list[Case]:
 
     def ln3_ref(x, y, gate, w, b):
         wv, bv = w.view(1, 1, C).expand(1, n_frames, C), b.view(1, 1, C).expand(1, n_frames, C)
-        return ref.residual_layernorm_modulate(x, y, gate, wv, bv, frame_len=FRAME_LEN, eps=EPS, plus_one=False)
+        return ref.residual_layernorm_modulate(
+            x, y, gate, wv, bv, frame_len=FRAME_LEN, eps=EPS, plus_one=False
+        )
 
     def ln2_eager(x, y, shift, scale):
         r = x + y
         return r, _eager_adaln(r, shift, scale)
 
     return [
-        Case("adaln_modulate", shape, dict(x=x, shift=e0, scale=e1),
-             lambda x, shift, scale: adaln_modulate(x, shift, scale, frame_len=FRAME_LEN),
-             _eager_adaln,
-             lambda x, shift, scale: ref.adaln_modulate(x, shift, scale, frame_len=FRAME_LEN, eps=EPS),
-             4 * n + 2 * vec, 6 * n + 5 * vec),
-        Case("gated_residual", shape, dict(x=x, y=y, gate=e2),
-             lambda x, y, gate: gated_residual(x, y, gate, frame_len=FRAME_LEN),
-             _eager_gated,
-             lambda x, y, gate: ref.gated_residual(x, y, gate, frame_len=FRAME_LEN),
-             6 * n + vec, 4 * n + 2 * vec),
-        Case("gated_residual_adaln (LN2)", shape, dict(x=x, y=y, shift=e3, scale=e4),
-             lambda x, y, shift, scale: gated_residual_adaln(x, y, None, shift, scale, frame_len=FRAME_LEN),
-             ln2_eager,
-             lambda x, y, shift, scale: ref.residual_layernorm_modulate(x, y, None, scale, shift,
-                                                                        frame_len=FRAME_LEN, eps=EPS),
-             8 * n + 2 * vec, 8 * n + 5 * vec),
-        Case("gated_residual_layernorm (LN3)", shape, dict(x=x, y=y, gate=e2, w=w3, b=b3),
-             lambda x, y, gate, w, b: gated_residual_layernorm(x, y, gate, w, b, frame_len=FRAME_LEN),
-             ln3_eager, ln3_ref, 8 * n + vec, 12 * n + 3 * vec),
+        Case(
+            "adaln_modulate",
+            shape,
+            {"x": x, "shift": e0, "scale": e1},
+            lambda x, shift, scale: adaln_modulate(x, shift, scale, frame_len=FRAME_LEN),
+            _eager_adaln,
+            lambda x, shift, scale: ref.adaln_modulate(x, shift, scale, frame_len=FRAME_LEN, eps=EPS),
+            4 * n + 2 * vec,
+            6 * n + 5 * vec,
+        ),
+        Case(
+            "gated_residual",
+            shape,
+            {"x": x, "y": y, "gate": e2},
+            lambda x, y, gate: gated_residual(x, y, gate, frame_len=FRAME_LEN),
+            _eager_gated,
+            lambda x, y, gate: ref.gated_residual(x, y, gate, frame_len=FRAME_LEN),
+            6 * n + vec,
+            4 * n + 2 * vec,
+        ),
+        Case(
+            "gated_residual_adaln (LN2)",
+            shape,
+            {"x": x, "y": y, "shift": e3, "scale": e4},
+            lambda x, y, shift, scale: gated_residual_adaln(x, y, None, shift, scale, frame_len=FRAME_LEN),
+            ln2_eager,
+            lambda x, y, shift, scale: ref.residual_layernorm_modulate(
+                x, y, None, scale, shift, frame_len=FRAME_LEN, eps=EPS
+            ),
+            8 * n + 2 * vec,
+            8 * n + 5 * vec,
+        ),
+        Case(
+            "gated_residual_layernorm (LN3)",
+            shape,
+            {"x": x, "y": y, "gate": e2, "w": w3, "b": b3},
+            lambda x, y, gate, w, b: gated_residual_layernorm(x, y, gate, w, b, frame_len=FRAME_LEN),
+            ln3_eager,
+            ln3_ref,
+            8 * n + vec,
+            12 * n + 3 * vec,
+        ),
     ]
 
 
@@ -161,18 +188,39 @@ def _rope_cases() -> list[Case]:
         return tuple(outs)
 
     def ours(qkv, wq=None, wk=None):
-        return apply_rope_3d(qkv[:, :, 0], qkv[:, :, 1], grid=ROPE_GRID, frame_offset=offset,
-                             norm_weight_q=wq, norm_weight_k=wk)
+        return apply_rope_3d(
+            qkv[:, :, 0],
+            qkv[:, :, 1],
+            grid=ROPE_GRID,
+            frame_offset=offset,
+            norm_weight_q=wq,
+            norm_weight_k=wk,
+        )
 
     def reference(qkv, wq=None, wk=None):
-        return ref.apply_rope_3d(qkv[:, :, 0], qkv[:, :, 1], grid=ROPE_GRID, frame_offset=offset,
-                                 norm_weight_q=wq, norm_weight_k=wk, eps=EPS)
+        return ref.apply_rope_3d(
+            qkv[:, :, 0],
+            qkv[:, :, 1],
+            grid=ROPE_GRID,
+            frame_offset=offset,
+            norm_weight_q=wq,
+            norm_weight_k=wk,
+            eps=EPS,
+        )
 
     shape = f"q,k [1, {n_tok}, {HEADS}, {HEAD_DIM}]"
     return [
-        Case("rope q+k", shape, dict(qkv=qkv), ours, wan_eager, reference, 8 * n, 8 * n),
-        Case("rms_norm+rope q+k", shape, dict(qkv=qkv, wq=wq, wk=wk), ours, wan_eager, reference,
-             8 * n, 12 * n),
+        Case("rope q+k", shape, {"qkv": qkv}, ours, wan_eager, reference, 8 * n, 8 * n),
+        Case(
+            "rms_norm+rope q+k",
+            shape,
+            {"qkv": qkv, "wq": wq, "wk": wk},
+            ours,
+            wan_eager,
+            reference,
+            8 * n,
+            12 * n,
+        ),
     ]
 
 
@@ -203,17 +251,28 @@ def run(quick: bool = False) -> list[dict]:
         t_comp = _fwd_bwd_ms(compiled, case.inputs, 20)
         for i, (pass_, nbytes) in enumerate((("fwd", case.fwd_bytes), ("bwd", case.bwd_bytes))):
             gbs = nbytes / (t_ours[i] * 1e-3) / 1e9
-            rows.append(dict(
-                op=case.name, shape=case.shape, pass_=pass_, us=t_ours[i] * 1e3, gbs=gbs, x_copy=gbs / copy,
-                vs_eager=t_eager[i] / t_ours[i], vs_compile=t_comp[i] / t_ours[i],
-                compile_gbs=nbytes / (t_comp[i] * 1e-3) / 1e9, copy=copy,
-            ))
+            rows.append(
+                {
+                    "op": case.name,
+                    "shape": case.shape,
+                    "pass_": pass_,
+                    "us": t_ours[i] * 1e3,
+                    "gbs": gbs,
+                    "x_copy": gbs / copy,
+                    "vs_eager": t_eager[i] / t_ours[i],
+                    "vs_compile": t_comp[i] / t_ours[i],
+                    "compile_gbs": nbytes / (t_comp[i] * 1e-3) / 1e9,
+                    "copy": copy,
+                }
+            )
     return rows
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = ("| op | shape | pass | µs | GB/s | ×copy (≥0.80) | vs eager | vs compile(ref) (≥1.2) "
-            "| compile(ref) GB/s |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| op | shape | pass | µs | GB/s | ×copy (≥0.80) | vs eager | vs compile(ref) (≥1.2) "
+        "| compile(ref) GB/s |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
     body = "".join(
         f"| {r['op']} | {r['shape']} | {r['pass_']} | {r['us']:.1f} | {r['gbs']:.0f} | {r['x_copy']:.2f} | "
         f"{r['vs_eager']:.2f}× | {r['vs_compile']:.2f}× | {r['compile_gbs']:.0f} |\n"

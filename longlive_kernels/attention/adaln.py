@@ -39,6 +39,12 @@ def _load_row(ptr, offset, cols, mask):
 
 
 @triton.jit
+def _stream_row(ptr, offset, cols, mask):
+    """A token row read exactly once: evict it first, keep the per-frame vectors in L2."""
+    return tl.load(ptr + offset + cols, mask=mask, other=0.0, eviction_policy="evict_first")
+
+
+@triton.jit
 def _residual_norm_fwd_kernel(
     x_ptr,  # [B, L, C] float (strides stride_xb, stride_xl, 1)
     y_ptr,  # [B, L, C] float (strides stride_yb, stride_yl, 1); RESIDUAL
@@ -79,18 +85,18 @@ def _residual_norm_fwd_kernel(
 
     # rows are prefetched one ahead so the next row's load is in flight during this row's math
     t = tok0 + first
-    x_nxt = _load_row(x_ptr, b * stride_xb + t * stride_xl, cols, cmask)
+    x_nxt = _stream_row(x_ptr, b * stride_xb + t * stride_xl, cols, cmask)
     if RESIDUAL:
-        y_nxt = _load_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
+        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
     for i in range(first, last):
         t = tok0 + i
         x = x_nxt.to(tl.float32)
         pmask = cmask & (i + 1 < last)
-        x_nxt = _load_row(x_ptr, b * stride_xb + (t + 1) * stride_xl, cols, pmask)
+        x_nxt = _stream_row(x_ptr, b * stride_xb + (t + 1) * stride_xl, cols, pmask)
         out_off = (b * L + t) * C
         if RESIDUAL:
             y = y_nxt.to(tl.float32)
-            y_nxt = _load_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
+            y_nxt = _stream_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
             if GATED:
                 y = y * gate
             r = (x + y).to(r_ptr.dtype.element_ty)
@@ -154,12 +160,12 @@ def _residual_norm_bwd_kernel(
 
     t = tok0 + first
     if NORM:
-        r_nxt = _load_row(r_ptr, b * stride_rb + t * stride_rl, cols, cmask)
-        gh_nxt = _load_row(gh_ptr, b * stride_ghb + t * stride_ghl, cols, cmask)
+        r_nxt = _stream_row(r_ptr, b * stride_rb + t * stride_rl, cols, cmask)
+        gh_nxt = _stream_row(gh_ptr, b * stride_ghb + t * stride_ghl, cols, cmask)
     if RESIDUAL:
-        gr_nxt = _load_row(gr_ptr, b * stride_grb + t * stride_grl, cols, cmask)
+        gr_nxt = _stream_row(gr_ptr, b * stride_grb + t * stride_grl, cols, cmask)
     if GATED:
-        y_nxt = _load_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
+        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
     for i in range(first, last):
         t = tok0 + i
         pmask = cmask & (i + 1 < last)
@@ -168,8 +174,8 @@ def _residual_norm_bwd_kernel(
         if NORM:
             x = r_nxt.to(tl.float32)
             gh = gh_nxt.to(tl.float32)
-            r_nxt = _load_row(r_ptr, b * stride_rb + (t + 1) * stride_rl, cols, pmask)
-            gh_nxt = _load_row(gh_ptr, b * stride_ghb + (t + 1) * stride_ghl, cols, pmask)
+            r_nxt = _stream_row(r_ptr, b * stride_rb + (t + 1) * stride_rl, cols, pmask)
+            gh_nxt = _stream_row(gh_ptr, b * stride_ghb + (t + 1) * stride_ghl, cols, pmask)
             mean = tl.sum(x, axis=0) / C
             xc = tl.where(cmask, x - mean, 0.0)
             rstd = tl.math.rsqrt(tl.sum(xc * xc, axis=0) / C + eps)
@@ -182,12 +188,12 @@ def _residual_norm_bwd_kernel(
                 acc_b += gh
         if RESIDUAL:
             d += gr_nxt.to(tl.float32)
-            gr_nxt = _load_row(gr_ptr, b * stride_grb + (t + 1) * stride_grl, cols, pmask)
+            gr_nxt = _stream_row(gr_ptr, b * stride_grb + (t + 1) * stride_grl, cols, pmask)
         if NORM:
             tl.store(dx_ptr + out_off + cols, d.to(dx_ptr.dtype.element_ty), mask=cmask)
         if GATED:
             y = y_nxt.to(tl.float32)
-            y_nxt = _load_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
+            y_nxt = _stream_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
             tl.store(dy_ptr + out_off + cols, (d * gate).to(dy_ptr.dtype.element_ty), mask=cmask)
             if MOD_GRAD:
                 acc_g += d * y
@@ -276,7 +282,8 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
     args = (x, y, gate, scale, shift, r, h, n_tok, c, frame_len,
             *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
             *_row_strides(shift), eps)
-    meta = dict(RESIDUAL=residual, GATED=gated, NORM=norm, PLUS_ONE=plus_one, BLOCK_C=triton.next_power_of_2(c))
+    meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one,
+            "BLOCK_C": triton.next_power_of_2(c)}
     _launch(_residual_norm_fwd_kernel, False, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
     return (r if residual else None), (h if norm else None)
 
@@ -304,8 +311,8 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, frame_len, eps, plus_one, mod
     args = (grad_h, grad_r, r, y, gate, scale, dx, dy, part, n_tok, c, frame_len, n_frames, p_max,
             *_row_strides(grad_h), *_row_strides(grad_r), *_row_strides(r), *_row_strides(y),
             *_row_strides(gate), *_row_strides(scale), eps)
-    meta = dict(NORM=norm, RESIDUAL=residual, GATED=gated, PLUS_ONE=plus_one,
-                MOD_GRAD=mod_grad and n_acc > 0, BLOCK_C=triton.next_power_of_2(c))
+    meta = {"NORM": norm, "RESIDUAL": residual, "GATED": gated, "PLUS_ONE": plus_one,
+            "MOD_GRAD": mod_grad and n_acc > 0, "BLOCK_C": triton.next_power_of_2(c)}
     rows = _launch(_residual_norm_bwd_kernel, True, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
     n_used = triton.cdiv(frame_len, rows)  # slots [n_used, p_max) were not written
     sums = ([part[i, :, :, :n_used].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)]
@@ -492,7 +499,8 @@ def _(grad_r, grad_h, r, y, gate, scale, frame_len, eps, plus_one, mod_grad, bac
     b, n_tok, c = r.shape
     per_frame = (b, n_tok // frame_len, c)
     like = torch.empty_like(r, memory_format=torch.contiguous_format)
-    dy = torch.empty_like(y, memory_format=torch.contiguous_format) if gate is not None else r.new_empty((0,), dtype=y.dtype)
+    dy = (torch.empty_like(y, memory_format=torch.contiguous_format) if gate is not None
+          else r.new_empty((0,), dtype=y.dtype))
     dgate = r.new_empty(per_frame if gate is not None else (0,), dtype=acc)
     mod = per_frame if mod_grad else (0,)
     return like, dy, dgate, r.new_empty(mod, dtype=acc), r.new_empty(mod, dtype=acc)
@@ -533,7 +541,8 @@ _SUPPORTED = ("triton", "torch")
 @torch.compiler.assume_constant_result
 def _resolve_for(backend: str, device_type: str, op: str) -> str:
     # evaluated eagerly under torch.compile: resolve_backend probes imports Dynamo cannot trace
-    return resolve_backend(backend, torch.device(device_type), op=op, supported=_SUPPORTED, prefer=("triton",))
+    return resolve_backend(backend, torch.device(device_type), op=op, supported=_SUPPORTED,
+                           prefer=("triton",))
 
 
 def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
@@ -818,7 +827,8 @@ _BWD_SIG = {
                           "stride_yb", "stride_yl", "stride_gb", "stride_gf", "stride_sb", "stride_sf")},
     "eps": "fp32", "rows_per_prog": "i32",
 }
-for _res, _gated, _norm in [(False, False, True), (True, True, True), (True, False, True), (True, True, False)]:
+_VARIANTS = [(False, False, True), (True, True, True), (True, False, True), (True, True, False)]
+for _res, _gated, _norm in _VARIANTS:  # (RESIDUAL, GATED, NORM)
     register_aot(_residual_norm_fwd_kernel, signature=_FWD_SIG,
                  constexprs={"RESIDUAL": _res, "GATED": _gated, "NORM": _norm, "PLUS_ONE": True,
                              "BLOCK_C": 4096})

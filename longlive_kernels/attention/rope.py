@@ -78,11 +78,12 @@ def _rope_fwd_rows(
     out = o_ptr + b * L * n + woff
     tok0 = first.to(tl.int64)
     # rows are prefetched one ahead so the next token's load is in flight during this token's math
-    x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0)
-    for i in range(0, last - first):
+    x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0, eviction_policy="evict_first")
+    for i in range(last - first):
         t = tok0 + i
         x = x_nxt.to(tl.float32)
-        x_nxt = tl.load(x_in + (t + 1) * sxl, mask=mask & (t + 1 < last), other=0.0)
+        x_nxt = tl.load(x_in + (t + 1) * sxl, mask=mask & (t + 1 < last), other=0.0,
+                        eviction_policy="evict_first")
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
         if NORM:
             x = x * tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps) * w
@@ -151,19 +152,19 @@ def _rope_bwd_rows(
     x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
     out = dx_ptr + b * L * n + woff
     tok0 = first.to(tl.int64)
-    g_nxt = tl.load(g_in + tok0 * sgl, mask=mask, other=0.0)
+    g_nxt = tl.load(g_in + tok0 * sgl, mask=mask, other=0.0, eviction_policy="evict_first")
     if NORM:
-        x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0)
-    for i in range(0, last - first):
+        x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0, eviction_policy="evict_first")
+    for i in range(last - first):
         t = tok0 + i
         nmask = mask & (t + 1 < last)
         g = g_nxt.to(tl.float32)
-        g_nxt = tl.load(g_in + (t + 1) * sgl, mask=nmask, other=0.0)
+        g_nxt = tl.load(g_in + (t + 1) * sgl, mask=nmask, other=0.0, eviction_policy="evict_first")
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
         du = _rotate_pairs(g, c, 0.0 - s, BLOCK_H, BLOCK_D)
         if NORM:
             x = x_nxt.to(tl.float32)
-            x_nxt = tl.load(x_in + (t + 1) * sxl, mask=nmask, other=0.0)
+            x_nxt = tl.load(x_in + (t + 1) * sxl, mask=nmask, other=0.0, eviction_policy="evict_first")
             rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps)
             xn = x * rstd
             acc += du * xn
@@ -300,10 +301,10 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def _launch_meta(q: torch.Tensor):
-    bsz, n_tok, nh, d = q.shape
+    _bsz, _n_tok, nh, d = q.shape
     nt, nhh, _ = reference.rope_3d_split(d)
-    return dict(D=d, NT=nt // 2, NHP=nhh // 2, BLOCK_H=triton.next_power_of_2(nh),
-                BLOCK_D=max(2, triton.next_power_of_2(d)))
+    return {"D": d, "NT": nt // 2, "NHP": nhh // 2, "BLOCK_H": triton.next_power_of_2(nh),
+            "BLOCK_D": max(2, triton.next_power_of_2(d))}
 
 
 def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
@@ -429,8 +430,8 @@ _rope_op.register_autograd(_rope_backward, setup_context=_rope_setup)
 @torch.compiler.assume_constant_result
 def _resolve_for(backend: str, device_type: str) -> str:
     # evaluated eagerly under torch.compile: resolve_backend probes imports Dynamo cannot trace
-    return resolve_backend(backend, torch.device(device_type), op="apply_rope_3d", supported=("triton", "torch"),
-                           prefer=("triton",))
+    return resolve_backend(backend, torch.device(device_type), op="apply_rope_3d",
+                           supported=("triton", "torch"), prefer=("triton",))
 
 
 def _check_int(name: str, v: object) -> int:
@@ -519,7 +520,8 @@ def apply_rope_3d(
     if min(fhw) <= 0:
         raise ValueError(f"grid entries must be positive, got {fhw}")
     if fhw[0] * fhw[1] * fhw[2] != n_tok:
-        raise ValueError(f"grid {fhw} has F·H·W = {fhw[0] * fhw[1] * fhw[2]} tokens but q/k have L = {n_tok}")
+        n_grid = fhw[0] * fhw[1] * fhw[2]
+        raise ValueError(f"grid {fhw} has F·H·W = {n_grid} tokens but q/k have L = {n_tok}")
     frame_offset = _check_int("frame_offset", frame_offset)
     for name, v in (("theta", theta), ("eps", eps)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
@@ -558,7 +560,8 @@ for _norm in (True, False):
         _rope_bwd_kernel,
         signature={"gq_ptr": "*bf16", "gk_ptr": "*bf16", "q_ptr": "*bf16", "k_ptr": "*bf16",
                    "wq_ptr": "*bf16", "wk_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-                   "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON, "part_stride_p": "i32",
+                   "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON,
+                   "part_stride_p": "i32",
                    **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES}, "eps": "fp32",
                    "rows_per_prog": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},

@@ -11,21 +11,27 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from longlive_kernels._backend import interpret_mode
+from longlive_kernels.attention import adaln as adaln_mod
 from longlive_kernels.attention import (
     adaln_modulate,
     gated_residual,
     gated_residual_adaln,
     gated_residual_layernorm,
 )
-from longlive_kernels.attention import adaln as adaln_mod
 from longlive_kernels.attention import reference as ref
 from longlive_kernels.testing import poison_like
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # where Triton runs here (the triton_device fixture, usable inside @given)
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() and not interpret_mode() else "cpu"
-VARIANTS = ("adaln", "gated_residual", "residual_adaln", "residual_adaln_ungated", "residual_ln",
-            "residual_ln_ungated")
+VARIANTS = (
+    "adaln",
+    "gated_residual",
+    "residual_adaln",
+    "residual_adaln_ungated",
+    "residual_ln",
+    "residual_ln_ungated",
+)
 
 
 # ---- oracles -------------------------------------------------------------------------------
@@ -43,7 +49,7 @@ def _assert_flash_rule(name, out, truth, eager, *, interp_bf16=False):
     scale = truth.double().abs().max().item()
     floor = 4 * torch.finfo(torch.float32).eps * scale
     if interp_bf16:
-        floor += 2.0 ** -7 * scale
+        floor += 2.0**-7 * scale
     err, err_eager = _max_err(out, truth), _max_err(eager, truth)
     assert err <= 2 * err_eager + floor, f"{name}: err {err:.3g} > 2·eager {err_eager:.3g} + {floor:.3g}"
 
@@ -56,12 +62,16 @@ def _eager(variant, x, y, gate, shift, scale, w, b, frame_len, eps):
     """The same op written in eager PyTorch in x's dtype (what a DiT does without fused kernels)."""
     dt, c = x.dtype, x.shape[-1]
     if variant == "adaln":
-        return (F.layer_norm(x, (c,), eps=eps) * (1 + _tok(scale, frame_len, dt)) + _tok(shift, frame_len, dt),)
+        return (
+            F.layer_norm(x, (c,), eps=eps) * (1 + _tok(scale, frame_len, dt)) + _tok(shift, frame_len, dt),
+        )
     r = x + (y * _tok(gate, frame_len, dt) if gate is not None else y)
     if variant == "gated_residual":
         return (r,)
     if variant.startswith("residual_adaln"):
-        return r, F.layer_norm(r, (c,), eps=eps) * (1 + _tok(scale, frame_len, dt)) + _tok(shift, frame_len, dt)
+        return r, F.layer_norm(r, (c,), eps=eps) * (1 + _tok(scale, frame_len, dt)) + _tok(
+            shift, frame_len, dt
+        )
     return r, F.layer_norm(r, (c,), weight=w.to(dt), bias=b.to(dt), eps=eps)
 
 
@@ -77,18 +87,24 @@ def _ours(variant, x, y, gate, shift, scale, w, b, frame_len, eps, backend):
 
 def _truth(variant, x, y, gate, shift, scale, w, b, frame_len, eps):
     """fp64 reference (longlive_kernels.attention.reference), differentiable."""
-    d = {k: (None if v is None else v.double()) for k, v in dict(x=x, y=y, g=gate, s=shift, c=scale, w=w, b=b).items()}
+    d = {
+        k: (None if v is None else v.double())
+        for k, v in {"x": x, "y": y, "g": gate, "s": shift, "c": scale, "w": w, "b": b}.items()
+    }
     if variant == "adaln":
         return (ref.adaln_modulate(d["x"], d["s"], d["c"], frame_len=frame_len, eps=eps),)
     if variant == "gated_residual":
         return (ref.gated_residual(d["x"], d["y"], d["g"], frame_len=frame_len),)
     if variant.startswith("residual_adaln"):
-        return ref.residual_layernorm_modulate(d["x"], d["y"], d["g"], d["c"], d["s"], frame_len=frame_len, eps=eps)
+        return ref.residual_layernorm_modulate(
+            d["x"], d["y"], d["g"], d["c"], d["s"], frame_len=frame_len, eps=eps
+        )
     n_frames = x.shape[1] // frame_len
     wv = d["w"].view(1, 1, -1).expand(x.shape[0], n_frames, -1)
     bv = d["b"].view(1, 1, -1).expand(x.shape[0], n_frames, -1)
-    return ref.residual_layernorm_modulate(d["x"], d["y"], d["g"], wv, bv, frame_len=frame_len, eps=eps,
-                                           plus_one=False)
+    return ref.residual_layernorm_modulate(
+        d["x"], d["y"], d["g"], wv, bv, frame_len=frame_len, eps=eps, plus_one=False
+    )
 
 
 def _make_inputs(seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, device):
@@ -107,15 +123,39 @@ def _make_inputs(seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, s
     shift, scale, gate = e[:, :, 0], e[:, :, 1], e[:, :, 2]
     if variant.endswith("ungated"):
         gate = None
-    return x, y, gate, shift, scale, w.to(device=device, dtype=mod_dtype), b.to(device=device, dtype=mod_dtype)
+    return (
+        x,
+        y,
+        gate,
+        shift,
+        scale,
+        w.to(device=device, dtype=mod_dtype),
+        b.to(device=device, dtype=mod_dtype),
+    )
 
 
-def _check_variant(seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, backend, device,
-                   monkeypatch, mod_grad=True):
+def _check_variant(
+    seed,
+    variant,
+    bsz,
+    n_frames,
+    frame_len,
+    c,
+    dtype,
+    mod_dtype,
+    strided,
+    backend,
+    device,
+    monkeypatch,
+    mod_grad=True,
+):
     eps = 1e-6
-    x, y, gate, shift, scale, w, b = _make_inputs(seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype,
-                                                  strided, device)
-    monkeypatch.setattr(adaln_mod, "_new_out", lambda s, d, dev: poison_like(torch.empty(s, dtype=d, device=dev)))
+    x, y, gate, shift, scale, w, b = _make_inputs(
+        seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, device
+    )
+    monkeypatch.setattr(
+        adaln_mod, "_new_out", lambda s, d, dev: poison_like(torch.empty(s, dtype=d, device=dev))
+    )
     interp_bf16 = backend == "triton" and interpret_mode() and dtype == torch.bfloat16
 
     leaves = [t for t in (x, y, gate, shift, scale, w, b)]
@@ -169,13 +209,37 @@ def _check_variant(seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype,
     strided=st.booleans(),
     mod_grad=st.booleans(),
 )
-@example(seed=3, variant="residual_adaln", bsz=2, n_frames=3, frame_len=5, c=40, dtype=torch.bfloat16,
-         mod_dtype=torch.float32, strided=True, mod_grad=True)
-def test_triton_matches_fp64_reference(seed, variant, bsz, n_frames, frame_len, c, dtype,
-                                       mod_dtype, strided, mod_grad):
+@example(
+    seed=3,
+    variant="residual_adaln",
+    bsz=2,
+    n_frames=3,
+    frame_len=5,
+    c=40,
+    dtype=torch.bfloat16,
+    mod_dtype=torch.float32,
+    strided=True,
+    mod_grad=True,
+)
+def test_triton_matches_fp64_reference(
+    seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, mod_grad
+):
     with pytest.MonkeyPatch.context() as mp:
-        _check_variant(seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, "triton",
-                       TRITON_DEVICE, mp, mod_grad)
+        _check_variant(
+            seed,
+            variant,
+            bsz,
+            n_frames,
+            frame_len,
+            c,
+            dtype,
+            mod_dtype,
+            strided,
+            "triton",
+            TRITON_DEVICE,
+            mp,
+            mod_grad,
+        )
 
 
 @given(
@@ -189,19 +253,34 @@ def test_triton_matches_fp64_reference(seed, variant, bsz, n_frames, frame_len, 
 )
 def test_torch_backend_matches_fp64_reference(seed, variant, bsz, n_frames, frame_len, c, dtype):
     with pytest.MonkeyPatch.context() as mp:
-        _check_variant(seed, variant, bsz, n_frames, frame_len, c, dtype, torch.float32, False, "torch", "cpu", mp)
+        _check_variant(
+            seed, variant, bsz, n_frames, frame_len, c, dtype, torch.float32, False, "torch", "cpu", mp
+        )
 
 
 def test_long_frames_ragged_program_runs(triton_device, monkeypatch):
     """frame_len not a multiple of the rows per program (several programs per frame, a short tail)."""
-    _check_variant(7, "residual_adaln", 2, 2, 37, 24, torch.float32, torch.float32, True, "triton",
-                   triton_device, monkeypatch)
+    _check_variant(
+        7,
+        "residual_adaln",
+        2,
+        2,
+        37,
+        24,
+        torch.float32,
+        torch.float32,
+        True,
+        "triton",
+        triton_device,
+        monkeypatch,
+    )
 
 
 def test_fused_equals_unfused_composition(triton_device):
     """gated_residual_adaln == gated_residual then adaln_modulate (normalizes the rounded residual)."""
-    x, y, gate, shift, scale, _, _ = _make_inputs(5, "residual_adaln", 2, 2, 3, 40, torch.float16, torch.float32,
-                                                  False, triton_device)
+    x, y, gate, shift, scale, _, _ = _make_inputs(
+        5, "residual_adaln", 2, 2, 3, 40, torch.float16, torch.float32, False, triton_device
+    )
     r, h = gated_residual_adaln(x, y, gate, shift, scale, frame_len=3, backend="triton")
     r2 = gated_residual(x, y, gate, frame_len=3, backend="triton")
     h2 = adaln_modulate(r2, shift, scale, frame_len=3, backend="triton")
@@ -216,12 +295,25 @@ def test_autotuned_launch_path(monkeypatch, rows):
     import triton
 
     def one_config(kernel, bwd):
-        return triton.autotune(configs=[triton.Config({"rows_per_prog": rows}, num_warps=4)],
-                               key=adaln_mod._KEY)(kernel)
+        return triton.autotune(
+            configs=[triton.Config({"rows_per_prog": rows}, num_warps=4)], key=adaln_mod._KEY
+        )(kernel)
 
     monkeypatch.setattr(adaln_mod, "_tuned", one_config)
-    _check_variant(21, "residual_ln", 2, 2, 7, 24, torch.float32, torch.float32, False, "triton", TRITON_DEVICE,
-                   monkeypatch)
+    _check_variant(
+        21,
+        "residual_ln",
+        2,
+        2,
+        7,
+        24,
+        torch.float32,
+        torch.float32,
+        False,
+        "triton",
+        TRITON_DEVICE,
+        monkeypatch,
+    )
 
 
 # ---- gradcheck of the analytic backward (torch backend, fp64) ------------------------------------
@@ -229,15 +321,31 @@ def test_autotuned_launch_path(monkeypatch, rows):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradcheck_fp64(variant):
-    x, y, gate, shift, scale, w, b = _make_inputs(11, variant, 2, 2, 3, 6, torch.float64, torch.float64, True, "cpu")
+    x, y, gate, shift, scale, w, b = _make_inputs(
+        11, variant, 2, 2, 3, 6, torch.float64, torch.float64, True, "cpu"
+    )
     names = ["x", "y", "gate", "shift", "scale", "w", "b"]
-    leaves = {n: (None if t is None else t.detach().clone().requires_grad_()) for n, t in
-              zip(names, (x, y, gate, shift, scale, w, b))}
+    leaves = {
+        n: (None if t is None else t.detach().clone().requires_grad_())
+        for n, t in zip(names, (x, y, gate, shift, scale, w, b))
+    }
     order = [n for n in names if leaves[n] is not None]
 
     def fn(*ts):
         kw = dict(leaves, **dict(zip(order, ts)))
-        return _ours(variant, kw["x"], kw["y"], kw["gate"], kw["shift"], kw["scale"], kw["w"], kw["b"], 3, 1e-6, "torch")
+        return _ours(
+            variant,
+            kw["x"],
+            kw["y"],
+            kw["gate"],
+            kw["shift"],
+            kw["scale"],
+            kw["w"],
+            kw["b"],
+            3,
+            1e-6,
+            "torch",
+        )
 
     assert torch.autograd.gradcheck(fn, tuple(leaves[n] for n in order), eps=1e-6, atol=1e-8)
 
@@ -248,8 +356,9 @@ def test_gradcheck_fp64(variant):
 def _op_cases(device, backend):
     """(op, args, is_forward): forward ops get grad-requiring inputs (checks the autograd formula
     registration), backward ops plain ones."""
-    x, y, gate, shift, scale, _, _ = _make_inputs(2, "residual_adaln", 2, 2, 3, 16, torch.float32, torch.float32,
-                                                  True, device)
+    x, y, gate, shift, scale, _, _ = _make_inputs(
+        2, "residual_adaln", 2, 2, 3, 16, torch.float32, torch.float32, True, device
+    )
     g = torch.randn(2, 6, 16, device=device)
     xc = x.contiguous()
     ops = torch.ops.longlive_kernels
@@ -260,10 +369,16 @@ def _op_cases(device, backend):
         (ops.residual_layernorm_modulate.default, (x, y, None, scale, shift, 3, 1e-6, False, backend), True),
         (ops.layernorm_modulate_backward.default, (g, xc, scale, 3, 1e-6, True, True, backend), False),
         (ops.gated_residual_backward.default, (g, y, gate, 3, True, backend), False),
-        (ops.residual_layernorm_modulate_backward.default,
-         (g, g.clone(), xc, y, gate, scale, 3, 1e-6, True, True, backend), False),
-        (ops.residual_layernorm_modulate_backward.default,
-         (g, g.clone(), xc, y, None, scale, 3, 1e-6, True, False, backend), False),
+        (
+            ops.residual_layernorm_modulate_backward.default,
+            (g, g.clone(), xc, y, gate, scale, 3, 1e-6, True, True, backend),
+            False,
+        ),
+        (
+            ops.residual_layernorm_modulate_backward.default,
+            (g, g.clone(), xc, y, None, scale, 3, 1e-6, True, False, backend),
+            False,
+        ),
     ]
 
 
@@ -317,23 +432,63 @@ _E = torch.randn(2, 2, 8)
         (lambda: adaln_modulate(_X, _E, _E, frame_len=4), ValueError, "multiple of frame_len"),
         (lambda: adaln_modulate(_X, _E, _E, frame_len=0), ValueError, "frame_len must be positive"),
         (lambda: adaln_modulate(_X, _E, _E, frame_len=3.0), TypeError, "frame_len must be an int"),
-        (lambda: adaln_modulate(_X, torch.randn(2, 3, 8), _E, frame_len=3), ValueError, r"shift must have shape \[B, F, C\]"),
-        (lambda: adaln_modulate(_X, _E, torch.randn(1, 2, 8), frame_len=3), ValueError, "scale must have shape"),
-        (lambda: adaln_modulate(_X, _E, torch.randn(2, 2, 7), frame_len=3), ValueError, "scale must have shape"),
+        (
+            lambda: adaln_modulate(_X, torch.randn(2, 3, 8), _E, frame_len=3),
+            ValueError,
+            r"shift must have shape \[B, F, C\]",
+        ),
+        (
+            lambda: adaln_modulate(_X, _E, torch.randn(1, 2, 8), frame_len=3),
+            ValueError,
+            "scale must have shape",
+        ),
+        (
+            lambda: adaln_modulate(_X, _E, torch.randn(2, 2, 7), frame_len=3),
+            ValueError,
+            "scale must have shape",
+        ),
         (lambda: adaln_modulate(_X.int(), _E, _E, frame_len=3), TypeError, "x must have dtype"),
         (lambda: adaln_modulate(_X, _E.long(), _E, frame_len=3), TypeError, "shift must have dtype"),
-        (lambda: adaln_modulate(_X.double(), _E, _E, frame_len=3, backend="triton"), TypeError, "x must have dtype"),
+        (
+            lambda: adaln_modulate(_X.double(), _E, _E, frame_len=3, backend="triton"),
+            TypeError,
+            "x must have dtype",
+        ),
         (lambda: adaln_modulate(_X[0], _E, _E, frame_len=3), ValueError, "x must have 3 dims"),
-        (lambda: adaln_modulate(torch.randn(2, 0, 8), _E[:, :0], _E[:, :0], frame_len=3), ValueError, "non-empty"),
+        (
+            lambda: adaln_modulate(torch.randn(2, 0, 8), _E[:, :0], _E[:, :0], frame_len=3),
+            ValueError,
+            "non-empty",
+        ),
         (lambda: adaln_modulate(_X, _E, _E, frame_len=3, eps=0.0), ValueError, "eps"),
         (lambda: adaln_modulate(_X, _E, _E, frame_len=3, backend="cuda"), ValueError, "backend"),
         (lambda: adaln_modulate("x", _E, _E, frame_len=3), TypeError, "torch.Tensor"),
-        (lambda: gated_residual(_X, torch.randn(2, 6, 4), _E, frame_len=3), ValueError, "y must have the shape of x"),
-        (lambda: gated_residual(_X, _X, torch.randn(2, 6, 8), frame_len=3), ValueError, "gate must have shape"),
-        (lambda: gated_residual_adaln(_X, _X, _E, _E, torch.randn(2, 2, 9), frame_len=3), ValueError, "scale"),
+        (
+            lambda: gated_residual(_X, torch.randn(2, 6, 4), _E, frame_len=3),
+            ValueError,
+            "y must have the shape of x",
+        ),
+        (
+            lambda: gated_residual(_X, _X, torch.randn(2, 6, 8), frame_len=3),
+            ValueError,
+            "gate must have shape",
+        ),
+        (
+            lambda: gated_residual_adaln(_X, _X, _E, _E, torch.randn(2, 2, 9), frame_len=3),
+            ValueError,
+            "scale",
+        ),
         (lambda: gated_residual_layernorm(_X, _X, _E, None, None), ValueError, "frame_len is required"),
-        (lambda: gated_residual_layernorm(_X, _X, None, torch.ones(7), None), ValueError, r"weight must have shape \[C\]"),
-        (lambda: gated_residual_layernorm(_X, _X, None, None, torch.ones(2, 8)), ValueError, "bias must have shape"),
+        (
+            lambda: gated_residual_layernorm(_X, _X, None, torch.ones(7), None),
+            ValueError,
+            r"weight must have shape \[C\]",
+        ),
+        (
+            lambda: gated_residual_layernorm(_X, _X, None, None, torch.ones(2, 8)),
+            ValueError,
+            "bias must have shape",
+        ),
     ],
 )
 def test_bad_input_errors(make, exc, words):
@@ -358,12 +513,25 @@ def test_accepts_bfc1_chunks_and_broadcast_batch():
 @pytest.mark.parametrize("n_tok", [7040, 56320])
 def test_gpu_model_shapes(variant, n_tok, monkeypatch):
     """5B shapes: x [1, L, 3072] bf16, fp32 modulation [1, F, 6, 3072], 880 tokens per frame."""
-    _check_variant(1234, variant, 1, n_tok // 880, 880, 3072, torch.bfloat16, torch.float32, False, "triton",
-                   "cuda", monkeypatch)
+    _check_variant(
+        1234,
+        variant,
+        1,
+        n_tok // 880,
+        880,
+        3072,
+        torch.bfloat16,
+        torch.float32,
+        False,
+        "triton",
+        "cuda",
+        monkeypatch,
+    )
 
 
 @pytest.mark.gpu
 def test_gpu_batch_and_strided():
     with pytest.MonkeyPatch.context() as mp:
-        _check_variant(99, "residual_adaln", 2, 3, 880, 3072, torch.bfloat16, torch.bfloat16, True, "triton",
-                       "cuda", mp)
+        _check_variant(
+            99, "residual_adaln", 2, 3, 880, 3072, torch.bfloat16, torch.bfloat16, True, "triton", "cuda", mp
+        )

@@ -65,17 +65,37 @@ def _make_inputs(seed, bsz, grid, nh, d, dtype, layout, device):
         q, k = torch.randn(bsz, n_tok, nh, d, generator=g), torch.randn(bsz, n_tok, nh, d, generator=g)
     wq = torch.randn(nh * d, generator=g) * 0.3 + 1
     wk = torch.randn(nh * d, generator=g) * 0.3 + 1
-    return (q.to(device=device, dtype=dtype), k.to(device=device, dtype=dtype),
-            wq.to(device=device, dtype=dtype), wk.to(device=device, dtype=dtype))
+    return (
+        q.to(device=device, dtype=dtype),
+        k.to(device=device, dtype=dtype),
+        wq.to(device=device, dtype=dtype),
+        wk.to(device=device, dtype=dtype),
+    )
 
 
-def _check(seed, bsz, grid, nh, d, dtype, layout, norm, frame_offset, theta, backend, device, monkeypatch,
-           weight_grad=True):
+def _check(
+    seed,
+    bsz,
+    grid,
+    nh,
+    d,
+    dtype,
+    layout,
+    norm,
+    frame_offset,
+    theta,
+    backend,
+    device,
+    monkeypatch,
+    weight_grad=True,
+):
     eps = 1e-6
     q, k, wq, wk = _make_inputs(seed, bsz, grid, nh, d, dtype, layout, device)
     wq = wq if norm in ("q", "both") else None
     wk = wk if norm in ("k", "both") else None
-    monkeypatch.setattr(rope_mod, "_new_out", lambda s, dt, dev: poison_like(torch.empty(s, dtype=dt, device=dev)))
+    monkeypatch.setattr(
+        rope_mod, "_new_out", lambda s, dt, dev: poison_like(torch.empty(s, dtype=dt, device=dev))
+    )
     interp_bf16 = backend == "triton" and interpret_mode() and dtype == torch.bfloat16
 
     def leaves(cast=None):
@@ -89,7 +109,7 @@ def _check(seed, bsz, grid, nh, d, dtype, layout, norm, frame_offset, theta, bac
         return out
 
     a, e, t = leaves(), leaves(), leaves(torch.float64)
-    kw = dict(grid=grid, frame_offset=frame_offset, theta=theta, eps=eps)
+    kw = {"grid": grid, "frame_offset": frame_offset, "theta": theta, "eps": eps}
     outs = apply_rope_3d(a[0], a[1], norm_weight_q=a[2], norm_weight_k=a[3], backend=backend, **kw)
     eagers = _wan_eager(*e, grid, frame_offset, theta, eps)
     truths = ref.apply_rope_3d(t[0], t[1], norm_weight_q=t[2], norm_weight_k=t[3], **kw)
@@ -125,13 +145,39 @@ def _check(seed, bsz, grid, nh, d, dtype, layout, norm, frame_offset, theta, bac
     theta=st.sampled_from([10000.0, 256.0]),
     weight_grad=st.booleans(),
 )
-@example(seed=1, bsz=2, grid=(3, 2, 3), nh=3, d=32, dtype=torch.bfloat16, layout="qkv", norm="both",
-         frame_offset=1500, theta=10000.0, weight_grad=True)
-def test_triton_matches_fp64_reference(seed, bsz, grid, nh, d, dtype, layout, norm, frame_offset, theta,
-                                       weight_grad):
+@example(
+    seed=1,
+    bsz=2,
+    grid=(3, 2, 3),
+    nh=3,
+    d=32,
+    dtype=torch.bfloat16,
+    layout="qkv",
+    norm="both",
+    frame_offset=1500,
+    theta=10000.0,
+    weight_grad=True,
+)
+def test_triton_matches_fp64_reference(
+    seed, bsz, grid, nh, d, dtype, layout, norm, frame_offset, theta, weight_grad
+):
     with pytest.MonkeyPatch.context() as mp:
-        _check(seed, bsz, grid, nh, d, dtype, layout, norm, frame_offset, theta, "triton", TRITON_DEVICE, mp,
-               weight_grad)
+        _check(
+            seed,
+            bsz,
+            grid,
+            nh,
+            d,
+            dtype,
+            layout,
+            norm,
+            frame_offset,
+            theta,
+            "triton",
+            TRITON_DEVICE,
+            mp,
+            weight_grad,
+        )
 
 
 @given(
@@ -149,8 +195,21 @@ def test_torch_backend_matches_fp64_reference(seed, grid, d, dtype, norm, frame_
 
 def test_many_tokens_per_program(monkeypatch):
     """Long token runs per program (prefetch across the run, ragged last program)."""
-    _check(4, 1, (5, 3, 7), 2, 12, torch.float32, "qkv", "both", 2000, 10000.0, "triton", TRITON_DEVICE,
-           monkeypatch)
+    _check(
+        4,
+        1,
+        (5, 3, 7),
+        2,
+        12,
+        torch.float32,
+        "qkv",
+        "both",
+        2000,
+        10000.0,
+        "triton",
+        TRITON_DEVICE,
+        monkeypatch,
+    )
 
 
 @pytest.mark.parametrize("rows", [2, 64])
@@ -160,11 +219,14 @@ def test_autotuned_launch_path(monkeypatch, rows):
     import triton
 
     def one_config(kernel, bwd):
-        return triton.autotune(configs=[triton.Config({"rows_per_prog": rows}, num_warps=4)],
-                               key=rope_mod._KEY)(kernel)
+        return triton.autotune(
+            configs=[triton.Config({"rows_per_prog": rows}, num_warps=4)], key=rope_mod._KEY
+        )(kernel)
 
     monkeypatch.setattr(rope_mod, "_tuned", one_config)
-    _check(6, 2, (3, 2, 2), 2, 12, torch.float32, "qkv", "both", 9, 10000.0, "triton", TRITON_DEVICE, monkeypatch)
+    _check(
+        6, 2, (3, 2, 2), 2, 12, torch.float32, "qkv", "both", 9, 10000.0, "triton", TRITON_DEVICE, monkeypatch
+    )
 
 
 # ---- semantics: Wan's tables and rotation properties ---------------------------------------------
@@ -175,8 +237,10 @@ def test_angles_match_wan_rope_params_tables():
     [t-freqs(f + offset), h-freqs(y), w-freqs(x)]."""
 
     def rope_params(max_len, dim, theta=10000.0):
-        return torch.outer(torch.arange(max_len, dtype=torch.float64),
-                           1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64).div(dim)))
+        return torch.outer(
+            torch.arange(max_len, dtype=torch.float64),
+            1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64).div(dim)),
+        )
 
     tabs = [rope_params(1024, 44), rope_params(1024, 42), rope_params(1024, 42)]
     f, h, w, off = 3, 22, 40, 17
@@ -187,8 +251,8 @@ def test_angles_match_wan_rope_params_tables():
     assert torch.equal(ang, wan)
     cos, sin = rope_mod.rope_tables(f, h, w, 128, off, 10000.0, torch.device("cpu"))
     assert cos.shape == (f + h + w, 64) and cos.dtype == torch.float32
-    assert torch.equal(cos[:f, :22], tabs[0][off:off + f].cos().float())
-    assert torch.equal(sin[f + h:, 43:], tabs[2][:w].sin().float())
+    assert torch.equal(cos[:f, :22], tabs[0][off : off + f].cos().float())
+    assert torch.equal(sin[f + h :, 43:], tabs[2][:w].sin().float())
 
 
 def test_rotation_preserves_pair_norms_and_relative_positions():
@@ -198,7 +262,7 @@ def test_rotation_preserves_pair_norms_and_relative_positions():
     grid = (4, 2, 3)
     q0, k0 = apply_rope_3d(q, k, grid=grid, backend="torch")
     q1, k1 = apply_rope_3d(q, k, grid=grid, frame_offset=5000, backend="torch")
-    pn = lambda t: t.unflatten(-1, (-1, 2)).norm(dim=-1)  # noqa: E731
+    pn = lambda t: t.unflatten(-1, (-1, 2)).norm(dim=-1)
     torch.testing.assert_close(pn(q0), pn(q))
     s0 = torch.einsum("blhd,bmhd->bhlm", q0, k0)
     s1 = torch.einsum("blhd,bmhd->bhlm", q1, k1)
@@ -210,8 +274,15 @@ def test_sp_slice_equals_full_sequence(triton_device):
     """Roping frames [2, 4) with frame_offset=2 equals rows of the full 4-frame sequence."""
     q, k, wq, wk = _make_inputs(3, 1, (4, 2, 3), 2, 12, torch.float32, "contiguous", triton_device)
     fq, fk = apply_rope_3d(q, k, grid=(4, 2, 3), norm_weight_q=wq, norm_weight_k=wk, backend="triton")
-    sq, sk = apply_rope_3d(q[:, 12:], k[:, 12:], grid=(2, 2, 3), frame_offset=2, norm_weight_q=wq,
-                           norm_weight_k=wk, backend="triton")
+    sq, sk = apply_rope_3d(
+        q[:, 12:],
+        k[:, 12:],
+        grid=(2, 2, 3),
+        frame_offset=2,
+        norm_weight_q=wq,
+        norm_weight_k=wk,
+        backend="triton",
+    )
     torch.testing.assert_close(sq, fq[:, 12:], rtol=0, atol=0)
     torch.testing.assert_close(sk, fk[:, 12:], rtol=0, atol=0)
 
@@ -228,8 +299,9 @@ def test_gradcheck_fp64(norm):
         qq, kk = next(it), next(it)
         w1 = next(it) if wq is not None else None
         w2 = next(it) if wk is not None else None
-        return apply_rope_3d(qq, kk, grid=(2, 2, 1), frame_offset=1030, norm_weight_q=w1, norm_weight_k=w2,
-                             backend="torch")
+        return apply_rope_3d(
+            qq, kk, grid=(2, 2, 1), frame_offset=1030, norm_weight_q=w1, norm_weight_k=w2, backend="torch"
+        )
 
     assert torch.autograd.gradcheck(fn, tuple(ins), eps=1e-6, atol=1e-8)
 
@@ -247,9 +319,10 @@ def test_opcheck(triton_device, backend):
         args = [t.detach().requires_grad_() if t is not None else None for t in (q, k, w1, w2)]
         torch.library.opcheck(ops.rope_3d.default, (*args, *grid))
         g = torch.randn(2, 6, 2, 12, device=device)
-        torch.library.opcheck(ops.rope_3d_backward.default,
-                              (g, g.clone(), q if w1 is not None else None, k if w2 is not None else None,
-                               w1, w2, *grid))
+        torch.library.opcheck(
+            ops.rope_3d_backward.default,
+            (g, g.clone(), q if w1 is not None else None, k if w2 is not None else None, w1, w2, *grid),
+        )
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -259,8 +332,15 @@ def test_compile_fullgraph_no_graph_break(triton_device, backend):
     qkv = torch.stack([q, k, q * 0.5], dim=2).requires_grad_()
 
     def attn_inputs(qkv, wq, wk, offset):
-        qq, kk = apply_rope_3d(qkv[:, :, 0], qkv[:, :, 1], grid=(2, 2, 2), frame_offset=offset,
-                               norm_weight_q=wq, norm_weight_k=wk, backend=backend)
+        qq, kk = apply_rope_3d(
+            qkv[:, :, 0],
+            qkv[:, :, 1],
+            grid=(2, 2, 2),
+            frame_offset=offset,
+            norm_weight_q=wq,
+            norm_weight_k=wk,
+            backend=backend,
+        )
         return (qq * kk).sum(-1) + qkv[:, :, 2].sum(-1)
 
     torch._dynamo.reset()
@@ -286,24 +366,44 @@ _Q = torch.randn(1, 12, 2, 12)
     "make, exc, words",
     [
         (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 2)), ValueError, "F·H·W = 8 tokens but q/k have L = 12"),
-        (lambda: apply_rope_3d(torch.randn(1, 12, 2, 11), torch.randn(1, 12, 2, 11), grid=(2, 2, 3)), ValueError,
-         "head_dim must be even"),
-        (lambda: apply_rope_3d(torch.randn(1, 12, 2, 4), torch.randn(1, 12, 2, 4), grid=(2, 2, 3)), ValueError,
-         ">= 6"),
+        (
+            lambda: apply_rope_3d(torch.randn(1, 12, 2, 11), torch.randn(1, 12, 2, 11), grid=(2, 2, 3)),
+            ValueError,
+            "head_dim must be even",
+        ),
+        (
+            lambda: apply_rope_3d(torch.randn(1, 12, 2, 4), torch.randn(1, 12, 2, 4), grid=(2, 2, 3)),
+            ValueError,
+            ">= 6",
+        ),
         (lambda: apply_rope_3d(_Q, torch.randn(1, 12, 3, 12), grid=(2, 2, 3)), ValueError, "same shape"),
         (lambda: apply_rope_3d(_Q[0], _Q[0], grid=(2, 2, 3)), ValueError, "q must have 4 dims"),
         (lambda: apply_rope_3d(_Q.int(), _Q, grid=(2, 2, 3)), TypeError, "q must have dtype"),
-        (lambda: apply_rope_3d(_Q.double(), _Q.double(), grid=(2, 2, 3), backend="triton"), TypeError, "dtype"),
+        (
+            lambda: apply_rope_3d(_Q.double(), _Q.double(), grid=(2, 2, 3), backend="triton"),
+            TypeError,
+            "dtype",
+        ),
         (lambda: apply_rope_3d(_Q, _Q, grid=(6, 2)), ValueError, r"grid must be a tuple \(F, H, W\)"),
         (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3.0)), TypeError, r"grid\[2\] must be an int"),
         (lambda: apply_rope_3d(_Q, _Q, grid=(-2, -2, 3)), ValueError, "positive"),
-        (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), frame_offset=1.5), TypeError, "frame_offset must be an int"),
+        (
+            lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), frame_offset=1.5),
+            TypeError,
+            "frame_offset must be an int",
+        ),
         (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), theta=0.0), ValueError, "theta"),
         (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), eps=-1.0), ValueError, "eps"),
-        (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), norm_weight_q=torch.ones(12)), ValueError,
-         r"norm_weight_q must have shape \[heads·head_dim\] = \[24\]"),
-        (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), norm_weight_k=torch.ones(24, dtype=torch.int32)), TypeError,
-         "norm_weight_k must have dtype"),
+        (
+            lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), norm_weight_q=torch.ones(12)),
+            ValueError,
+            r"norm_weight_q must have shape \[heads·head_dim\] = \[24\]",
+        ),
+        (
+            lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), norm_weight_k=torch.ones(24, dtype=torch.int32)),
+            TypeError,
+            "norm_weight_k must have dtype",
+        ),
         (lambda: apply_rope_3d(_Q, _Q, grid=(2, 2, 3), backend="cuda"), ValueError, "backend"),
         (lambda: apply_rope_3d(None, _Q, grid=(2, 2, 3)), TypeError, "torch.Tensor"),
     ],
@@ -321,11 +421,37 @@ def test_bad_input_errors(make, exc, words):
 @pytest.mark.parametrize("frame_offset", [0, 1500])
 def test_gpu_model_shapes(norm, frame_offset, monkeypatch):
     """5B self-attention: q/k [1, 7040, 24, 128] bf16 slices of a fused QKV, grid (8, 22, 40)."""
-    _check(2024, 1, (8, 22, 40), 24, 128, torch.bfloat16, "qkv", norm, frame_offset, 10000.0, "triton", "cuda",
-           monkeypatch)
+    _check(
+        2024,
+        1,
+        (8, 22, 40),
+        24,
+        128,
+        torch.bfloat16,
+        "qkv",
+        norm,
+        frame_offset,
+        10000.0,
+        "triton",
+        "cuda",
+        monkeypatch,
+    )
 
 
 @pytest.mark.gpu
 def test_gpu_batch_two_and_fp32(monkeypatch):
-    _check(7, 2, (2, 22, 40), 24, 128, torch.float32, "heads_major", "both", 64, 10000.0, "triton", "cuda",
-           monkeypatch)
+    _check(
+        7,
+        2,
+        (2, 22, 40),
+        24,
+        128,
+        torch.float32,
+        "heads_major",
+        "both",
+        64,
+        10000.0,
+        "triton",
+        "cuda",
+        monkeypatch,
+    )
