@@ -94,6 +94,94 @@ void nvfp4_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, cons
   check_launch(nvfp4_dequantize(p, c10::cuda::getCurrentCUDAStream()), "nvfp4_dequantize");
 }
 
+void check_kv_buffers(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& gs) {
+  check_cuda(data, "data");
+  TORCH_CHECK(data.dim() == 6 && data.size(0) == 2 && data.is_contiguous() && data.scalar_type() == at::kByte,
+              "data must be contiguous uint8 [2, S, B, H, T, D/2]");
+  const int64_t d = data.size(5) * 2;
+  TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kByte && scale.dim() == 6 &&
+                  scale.sizes().slice(0, 5) == data.sizes().slice(0, 5) && scale.size(5) * 16 == d,
+              "scale must be contiguous uint8 [2, S, B, H, T, D/16]");
+  TORCH_CHECK(gs.is_contiguous() && gs.scalar_type() == at::kFloat && gs.dim() == 5 &&
+                  gs.sizes().slice(0, 4) == data.sizes().slice(0, 4) && gs.size(4) == (data.size(4) + 127) / 128,
+              "global_scale must be contiguous fp32 [2, S, B, H, ceil(T/128)]");
+  TORCH_CHECK(d % 16 == 0, "head_dim must be a multiple of 16");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(data.data_ptr()) % 8 == 0, "data must be 8-byte aligned");
+}
+
+void kv_cache_update_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor& data, at::Tensor& scale,
+                          at::Tensor& global_scale, const at::Tensor& table, int64_t slot_index, int64_t scale_rule) {
+  check_kv_buffers(data, scale, global_scale);
+  check_cuda(k, "k");
+  const int64_t slots = data.size(1), batch = data.size(2), heads = data.size(3), tokens = data.size(4);
+  const int64_t d = data.size(5) * 2;
+  TORCH_CHECK(k.dim() == 4 && k.size(0) == batch && k.size(1) == tokens && k.size(2) == heads && k.size(3) == d,
+              "k must be [B, T, H, D] matching the cache");
+  TORCH_CHECK(v.sizes() == k.sizes() && v.strides() == k.strides() && v.scalar_type() == k.scalar_type(),
+              "v must have k's shape, strides and dtype");
+  TORCH_CHECK(k.stride(3) == 1 && k.stride(0) % 8 == 0 && k.stride(1) % 8 == 0 && k.stride(2) % 8 == 0,
+              "k/v must have a contiguous last dim and strides that are multiples of 8 elements");
+  check_aligned16(k, "k");
+  check_aligned16(v, "v");
+  TORCH_CHECK(d <= 256, "head_dim must be <= 256 for the CUDA update");
+  TORCH_CHECK(table.scalar_type() == at::kInt && table.is_contiguous() && table.device() == data.device() &&
+                  slot_index >= 0 && slot_index < table.numel(),
+              "table must be int32 on the cache's device and slot_index inside it");
+  TORCH_CHECK(scale_rule >= 0 && scale_rule <= 2, "scale_rule must be 0, 1 or 2");
+  const c10::cuda::CUDAGuard guard(k.device());
+  KVCacheUpdateParams p;
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.dtype = to_dtype(k, "k");
+  p.stride_b = k.stride(0);
+  p.stride_t = k.stride(1);
+  p.stride_h = k.stride(2);
+  p.batch = batch;
+  p.tokens = tokens;
+  p.heads = heads;
+  p.head_dim = d;
+  p.slots = slots;
+  p.data = data.data_ptr<uint8_t>();
+  p.scale = scale.data_ptr<uint8_t>();
+  p.global_scale = global_scale.data_ptr<float>();
+  p.slot = table.data_ptr<int32_t>() + slot_index;
+  p.scale_rule = static_cast<int>(scale_rule);
+  check_launch(kv_cache_update(p, at::cuda::getCurrentCUDAStream()), "kv_cache_update");
+}
+
+void kv_cache_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& global_scale,
+                              const at::Tensor& table, at::Tensor& out_k, at::Tensor& out_v) {
+  check_kv_buffers(data, scale, global_scale);
+  const int64_t slots = data.size(1), batch = data.size(2), heads = data.size(3), tokens = data.size(4);
+  const int64_t d = data.size(5) * 2;
+  TORCH_CHECK(table.scalar_type() == at::kInt && table.is_contiguous() && table.numel() == 2 + slots &&
+                  table.device() == data.device(),
+              "table must be int32 [2 + S] on the cache's device");
+  TORCH_CHECK(out_k.is_contiguous() && out_k.dim() == 4 && out_k.size(0) == batch && out_k.size(2) == heads &&
+                  out_k.size(3) == d && out_k.size(1) % tokens == 0 && out_k.size(1) > 0,
+              "out_k must be contiguous [B, n*T, H, D]");
+  TORCH_CHECK(out_v.sizes() == out_k.sizes() && out_v.is_contiguous() && out_v.scalar_type() == out_k.scalar_type(),
+              "out_v must be like out_k");
+  check_aligned16(out_k, "out_k");
+  check_aligned16(out_v, "out_v");
+  const c10::cuda::CUDAGuard guard(data.device());
+  KVCacheDequantizeParams p;
+  p.data = data.data_ptr<uint8_t>();
+  p.scale = scale.data_ptr<uint8_t>();
+  p.global_scale = global_scale.data_ptr<float>();
+  p.table = table.data_ptr<int32_t>();
+  p.out_k = out_k.data_ptr();
+  p.out_v = out_v.data_ptr();
+  p.out_dtype = to_dtype(out_k, "out_k");
+  p.batch = batch;
+  p.tokens = tokens;
+  p.heads = heads;
+  p.head_dim = d;
+  p.slots = slots;
+  p.n_chunks = out_k.size(1) / tokens;
+  check_launch(kv_cache_dequantize(p, at::cuda::getCurrentCUDAStream()), "kv_cache_dequantize");
+}
+
 }  // namespace
 }  // namespace longlive
 
@@ -105,9 +193,17 @@ TORCH_LIBRARY(longlive_kernels, m) {
   m.def(
       "nvfp4_dequantize_cuda(Tensor data, Tensor scale, Tensor global_scale, Tensor(a!) out, "
       "int hadamard_mask) -> ()");
+  m.def(
+      "kv_cache_update_cuda(Tensor k, Tensor v, Tensor(a!) data, Tensor(b!) scale, Tensor(c!) global_scale, "
+      "Tensor table, int slot_index, int scale_rule) -> ()");
+  m.def(
+      "kv_cache_dequantize_cuda(Tensor data, Tensor scale, Tensor global_scale, Tensor table, Tensor(a!) out_k, "
+      "Tensor(b!) out_v) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {
+  m.impl("kv_cache_update_cuda", &longlive::kv_cache_update_cuda);
+  m.impl("kv_cache_dequantize_cuda", &longlive::kv_cache_dequantize_cuda);
   m.impl("nvfp4_quantize_cuda", &longlive::nvfp4_quantize_cuda);
   m.impl("nvfp4_dequantize_cuda", &longlive::nvfp4_dequantize_cuda);
 }

@@ -195,6 +195,9 @@ def _update_triton(k, v, data, scale, gs, table, slot_index, scale_rule):
 
 
 def _update_cuda(k, v, data, scale, gs, table, slot_index, scale_rule):
+    vec_ok = all(x.data_ptr() % 16 == 0 and all(st % 8 == 0 for st in x.stride()[:3]) for x in (k, v))
+    if not vec_ok or data.shape[-1] * 2 > 256:  # the CUDA kernel loads 16-value blocks as 16-byte vectors
+        return _update_triton(k, v, data, scale, gs, table, slot_index, scale_rule)
     cuda_extension()
     rule_id = {"static6": 0, "static4": 1, "four_over_six": 2}[scale_rule]
     torch.ops.longlive_kernels.kv_cache_update_cuda(k, v, data, scale, gs, table, slot_index, rule_id)

@@ -39,4 +39,33 @@ struct NVFP4DequantizeParams {
 };
 cudaError_t nvfp4_dequantize(const NVFP4DequantizeParams& p, cudaStream_t stream);
 
+// ---- attention/kv_cache.cu (FP4 KV cache: in-place update, decode) ---------------------------------
+// One layer's buffers: data uint8 [2, S, B, H, T, D/2], scale uint8 [2, S, B, H, T, D/16],
+// global_scale fp32 [2, S, B, H, ceil(T/128)] (index 0 = K, 1 = V).
+struct KVCacheUpdateParams {
+  const void* k = nullptr;  // [B, T, H, D] dtype, last dim contiguous, 16-byte aligned 16-value blocks
+  const void* v = nullptr;  // same dtype and strides as k
+  DType dtype = DType::kBF16;
+  int64_t stride_b = 0, stride_t = 0, stride_h = 0;  // elements
+  int64_t batch = 0, tokens = 0, heads = 0, head_dim = 0, slots = 0;  // head_dim % 16 == 0, <= 256
+  uint8_t* data = nullptr;
+  uint8_t* scale = nullptr;
+  float* global_scale = nullptr;
+  const int32_t* slot = nullptr;  // [1] destination slot, read on the device (an index-table entry)
+  int scale_rule = 0;             // 0 static6, 1 static4, 2 four_over_six
+};
+cudaError_t kv_cache_update(const KVCacheUpdateParams& p, cudaStream_t stream);
+
+struct KVCacheDequantizeParams {
+  const uint8_t* data = nullptr;
+  const uint8_t* scale = nullptr;
+  const float* global_scale = nullptr;
+  const int32_t* table = nullptr;  // [2 + S]: n_ctx, slot(current), slot(ctx_0), ...
+  void* out_k = nullptr;           // [B, n_chunks*T, H, D] out_dtype, contiguous, 16-byte aligned
+  void* out_v = nullptr;
+  DType out_dtype = DType::kBF16;
+  int64_t batch = 0, tokens = 0, heads = 0, head_dim = 0, slots = 0, n_chunks = 0;
+};
+cudaError_t kv_cache_dequantize(const KVCacheDequantizeParams& p, cudaStream_t stream);
+
 }  // namespace longlive

@@ -1,0 +1,155 @@
+// FP4 KV cache launchers: the in-place update (K and V of one chunk, one kernel) and the decode of the
+// attended chunks to a dense [B, n*T, H, D] tensor.
+//
+// Update: one CTA per (128-token tile, batch*head, K|V), 256 threads; each thread keeps its
+// kBlocksPerThread 16-value blocks in registers (one HBM read), the CTA reduces the tile amax, then
+// every thread quantizes its blocks (fused scale selection, E2M1 encode, 8-byte packed store). A warp
+// reads 4 rows x 256 contiguous bytes (bf16, D = 128) and writes 4 x 64 contiguous bytes.
+// Decode: one thread per 16-value block (8-byte load, 32-byte vector store), blocks of one token
+// consecutive so the [B, L, H, D] writes are contiguous.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "longlive/attention/kv_cache.cuh"
+#include "longlive/launchers.h"
+
+namespace longlive {
+namespace {
+
+using fp4::kBlock;
+using kv::kTileTokens;
+constexpr int kThreads = 256;
+
+template <typename T, int kBlocksPerThread>
+__global__ void __launch_bounds__(kThreads) kv_update_kernel(KVCacheUpdateParams p) {
+  __shared__ float red[kThreads / 32];
+  const int64_t tile = blockIdx.x;
+  const int64_t bh = blockIdx.y;
+  const int64_t kv_idx = blockIdx.z;
+  const int64_t b = bh / p.heads, h = bh % p.heads;
+  const int slot = *p.slot;
+  if (slot < 0 || slot >= p.slots) return;  // never write outside the slot table
+  const int64_t nb = p.head_dim / kBlock;
+  const int64_t rows_left = p.tokens - tile * kTileTokens;
+  const int64_t rows_in_tile = rows_left < kTileTokens ? rows_left : kTileTokens;
+  const T* x = static_cast<const T*>(kv_idx == 0 ? p.k : p.v) + b * p.stride_b + h * p.stride_h;
+
+  float vals[kBlocksPerThread][kBlock];
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kBlocksPerThread; ++i) {
+    const int64_t blk = threadIdx.x + int64_t(i) * kThreads;
+    const int64_t row = blk / nb, cb = blk % nb;
+#pragma unroll
+    for (int e = 0; e < kBlock; ++e) vals[i][e] = 0.0f;
+    if (row < rows_in_tile) {
+      fp4::load16<T>(x + (tile * kTileTokens + row) * p.stride_t + cb * kBlock, vals[i]);
+      amax = fmaxf(amax, fp4::block_amax(vals[i]));
+    }
+  }
+  amax = kv::cta_max<kThreads>(amax, red);
+  const float gs = __fdiv_rn(amax, fp4::rule_denominator(p.scale_rule));
+
+  const int64_t plane = kv::plane_index(kv_idx, slot, b, h, p.slots, p.batch, p.heads);
+  const int64_t n_tiles = (p.tokens + kTileTokens - 1) / kTileTokens;
+  if (threadIdx.x == 0) p.global_scale[plane * n_tiles + tile] = gs;
+#pragma unroll
+  for (int i = 0; i < kBlocksPerThread; ++i) {
+    const int64_t blk = threadIdx.x + int64_t(i) * kThreads;
+    const int64_t row = blk / nb, cb = blk % nb;
+    if (row >= rows_in_tile) continue;
+    uint2 packed;
+    uint8_t scale;
+    kv::quantize_block(vals[i], gs, p.scale_rule, packed, scale);
+    const int64_t out_row = plane * p.tokens + tile * kTileTokens + row;
+    reinterpret_cast<uint2*>(p.data + out_row * (p.head_dim / 2))[cb] = packed;
+    p.scale[out_row * nb + cb] = scale;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) kv_dequantize_kernel(KVCacheDequantizeParams p) {
+  const int64_t nb = p.head_dim / kBlock;
+  const int64_t per_token = p.heads * nb;                  // blocks of one token (all heads)
+  const int64_t per_chunk = p.batch * p.tokens * per_token;
+  const int64_t total = 2 * p.n_chunks * per_chunk;
+  const int64_t n_tiles = (p.tokens + kTileTokens - 1) / kTileTokens;
+  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
+    const int64_t kv_idx = i / (p.n_chunks * per_chunk);
+    int64_t r = i % (p.n_chunks * per_chunk);
+    const int64_t b = r / (p.n_chunks * p.tokens * per_token);
+    r %= p.n_chunks * p.tokens * per_token;
+    const int64_t c = r / (p.tokens * per_token);
+    r %= p.tokens * per_token;
+    const int64_t t = r / per_token;
+    r %= per_token;
+    const int64_t h = r / nb, cb = r % nb;
+    int slot = kv::slot_at(p.table, c);
+    slot = slot < 0 ? 0 : (slot >= p.slots ? int(p.slots - 1) : slot);
+    const int64_t plane = kv::plane_index(kv_idx, slot, b, h, p.slots, p.batch, p.heads);
+    const int64_t row = plane * p.tokens + t;
+    const uint2 packed = __ldg(reinterpret_cast<const uint2*>(p.data + row * (p.head_dim / 2)) + cb);
+    float x[kBlock];
+    kv::decode_block(packed, p.scale[row * nb + cb], __ldg(p.global_scale + plane * n_tiles + t / kTileTokens), x);
+    T* out = static_cast<T*>(kv_idx == 0 ? p.out_k : p.out_v);
+    const int64_t out_row = (b * p.n_chunks * p.tokens + c * p.tokens + t) * p.heads + h;
+    fp4::store16<T>(out + out_row * p.head_dim + cb * kBlock, x);
+  }
+}
+
+template <typename T, int kBpt>
+cudaError_t launch_update(const KVCacheUpdateParams& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.tokens + kTileTokens - 1) / kTileTokens),
+                  static_cast<unsigned>(p.batch * p.heads), 2);
+  kv_update_kernel<T, kBpt><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t dispatch_update(const KVCacheUpdateParams& p, cudaStream_t stream) {
+  const int64_t blocks_per_thread = (kTileTokens * (p.head_dim / kBlock) + kThreads - 1) / kThreads;
+  if (blocks_per_thread <= 1) return launch_update<T, 1>(p, stream);
+  if (blocks_per_thread <= 2) return launch_update<T, 2>(p, stream);
+  if (blocks_per_thread <= 4) return launch_update<T, 4>(p, stream);
+  return launch_update<T, 8>(p, stream);
+}
+
+template <typename T>
+cudaError_t launch_dequantize(const KVCacheDequantizeParams& p, cudaStream_t stream) {
+  const int64_t total = 2 * p.n_chunks * p.batch * p.tokens * p.heads * (p.head_dim / kBlock);
+  int sms = 132, dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int64_t need = (total + kThreads - 1) / kThreads;
+  const int grid = static_cast<int>(need < int64_t(sms) * 16 ? need : int64_t(sms) * 16);
+  kv_dequantize_kernel<T><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t kv_cache_update(const KVCacheUpdateParams& p, cudaStream_t stream) {
+  if (p.batch <= 0 || p.tokens <= 0 || p.heads <= 0 || p.slots <= 0) return cudaErrorInvalidValue;
+  if (p.head_dim <= 0 || p.head_dim % kBlock != 0 || p.head_dim > 256) return cudaErrorInvalidValue;
+  if (p.scale_rule < 0 || p.scale_rule > 2) return cudaErrorInvalidValue;
+  if (p.batch * p.heads > 65535) return cudaErrorInvalidValue;
+  switch (p.dtype) {
+    case DType::kBF16: return dispatch_update<__nv_bfloat16>(p, stream);
+    case DType::kF16: return dispatch_update<__half>(p, stream);
+    case DType::kF32: return dispatch_update<float>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t kv_cache_dequantize(const KVCacheDequantizeParams& p, cudaStream_t stream) {
+  if (p.batch <= 0 || p.tokens <= 0 || p.heads <= 0 || p.slots <= 0 || p.n_chunks <= 0) return cudaErrorInvalidValue;
+  if (p.head_dim <= 0 || p.head_dim % kBlock != 0) return cudaErrorInvalidValue;
+  switch (p.out_dtype) {
+    case DType::kBF16: return launch_dequantize<__nv_bfloat16>(p, stream);
+    case DType::kF16: return launch_dequantize<__half>(p, stream);
+    case DType::kF32: return launch_dequantize<float>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace longlive
