@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ARConfig", "ModelConfig", "MODEL_PRESETS", "QUANT_SKIP_MODULES"]
+__all__ = ["MODEL_PRESETS", "QUANT_SKIP_MODULES", "ARConfig", "ModelConfig"]
 
 # Modules kept in high precision when the block linears are swapped to NVFP4/FP8/W4A16
 # (spec §3.2; LayerNorm/RMSNorm weights are not Linear layers and are never swapped).
@@ -219,7 +219,7 @@ class ModelConfig:
     def num_parameters(self) -> int:
         """Exact parameter count of :class:`longlive.model.CausalDiT` built from this config."""
         d, f = self.dim, self.ffn_dim
-        lin = lambda i, o: i * o + o  # noqa: E731
+        lin = lambda i, o: i * o + o
         attn = 4 * lin(d, d) + (2 * d if self.qk_norm else 0)
         block = 2 * attn + lin(d, f) + lin(f, d) + 6 * d + (2 * d if self.cross_attn_norm else 0)
         embed = (
@@ -296,7 +296,7 @@ class ModelConfig:
         if isinstance(data, str):
             return cls.from_name(data)
         if not isinstance(data, dict):
-            raise ValueError(f"model config YAML must be a mapping or a preset name, got {type(data).__name__}")
+            raise TypeError(f"model config YAML must be a mapping or a preset name, got {type(data).__name__}")
         if "model" in data and isinstance(data["model"], (dict, str)):
             data = data["model"]
             if isinstance(data, str):

@@ -70,17 +70,19 @@ def _measure(model: CausalDiT, storage: str, *, ctx, device, warmup: int, iters:
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        ms = _time_ms(lambda: model.forward_chunk(x, t, ctx, cache=cache, chunk_id=chunks - 1),
-                      warmup=warmup, iters=iters, device=device)
-        out = model.forward_chunk(x, t, ctx, cache=cache, chunk_id=chunks - 1)
+
+        def step():
+            return model.forward_chunk(x, t, ctx, cache=cache, chunk_id=chunks - 1)
+
+        ms = _time_ms(step, warmup=warmup, iters=iters, device=device)
+        out = step()
     if not torch.isfinite(out.float()).all():
         raise RuntimeError(f"non-finite output (linears {model.linear_mode}, {storage} KV)")
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    kv_gib = getattr(cache, "nbytes", None)
-    if kv_gib is None:
-        kv_gib = 2 * cache.k.numel() * cache.k.element_size()
-    del cache
-    return {"ms": ms, "peak_gib": peak, "kv_gib": kv_gib / 2**30}
+    kv_bytes = getattr(cache, "nbytes", None)
+    if kv_bytes is None:
+        kv_bytes = 2 * cache.k.numel() * cache.k.element_size()
+    return {"ms": ms, "peak_gib": peak, "kv_gib": kv_bytes / 2**30}
 
 
 def run(quick: bool = True, *, layers: int | None = None, config: str = "wan2.2-ti2v-5b",
@@ -104,7 +106,8 @@ def run(quick: bool = True, *, layers: int | None = None, config: str = "wan2.2-
             res = fn()
             rows.append(dict(label=label, mode=mode, kv=storage, **res))
         except (ImportError, NotImplementedError, ValueError, RuntimeError, AttributeError) as exc:
-            rows.append(dict(label=label, mode=mode, kv=storage, error=f"{type(exc).__name__}: {exc}"[:160]))
+            rows.append({"label": label, "mode": mode, "kv": storage,
+                         "error": f"{type(exc).__name__}: {exc}"[:160]})
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -121,18 +124,18 @@ def run(quick: bool = True, *, layers: int | None = None, config: str = "wan2.2-
             finally:
                 del m
         add("longlive_kernels", mode, storage, job)
-    meta = dict(config=cfg.name, layers=cfg.num_layers, q_tokens=q_tok, kv_tokens=kv_tok, flops=flops,
-                iters=iters, params=model.num_parameters())
+    meta = {"config": cfg.name, "layers": cfg.num_layers, "q_tokens": q_tok, "kv_tokens": kv_tok,
+            "flops": flops, "iters": iters, "params": model.num_parameters()}
     return rows, meta
 
 
 def to_markdown(rows: list[dict], meta: dict) -> str:
     f = meta["flops"]
     base = next((r["ms"] for r in rows if "ms" in r and r["label"].startswith("eager")), None)
-    out = [f"{meta['config']} ({meta['layers']} blocks, {meta['params'] / 1e9:.3f} B params): one forward, "
+    out = [(f"{meta['config']} ({meta['layers']} blocks, {meta['params'] / 1e9:.3f} B params): one forward, "
            f"{meta['q_tokens']} query tokens vs {meta['kv_tokens']} keys; FLOPs (spec §2.9) linear "
            f"{f['linear'] / 1e12:.1f} + self-attn {f['self_attention'] / 1e12:.1f} + cross "
-           f"{f['cross'] / 1e12:.1f} = {f['total'] / 1e12:.1f} TFLOP; median of {meta['iters']} calls\n",
+           f"{f['cross'] / 1e12:.1f} = {f['total'] / 1e12:.1f} TFLOP; median of {meta['iters']} calls\n"),
            "| path | linears | KV cache | ms / forward | TFLOP/s | × eager | peak GiB | KV GiB |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -29,11 +29,11 @@ from .masks import TeacherForcingLayout
 
 __all__ = [
     "AttentionBackend",
-    "DenseAttention",
-    "MaskedAttention",
-    "KVCacheAttention",
-    "SequenceParallelAttention",
     "BF16KVCache",
+    "DenseAttention",
+    "KVCacheAttention",
+    "MaskedAttention",
+    "SequenceParallelAttention",
     "make_kv_cache",
     "sdpa_bshd",
 ]
@@ -116,7 +116,8 @@ class MaskedAttention(AttentionBackend):
 # KV cache
 # ---------------------------------------------------------------------------------------------
 class BF16KVCache:
-    """Chunk-slot KV cache in the model dtype (plain torch), same interface as ``FP4KVCache``.
+    """Chunk-slot KV cache in plain torch storing ``dtype`` (bf16 for inference; the model's fp32
+    in exactness tests), same interface as ``FP4KVCache``.
 
     Policy (spec §2.3–2.4 at chunk granularity): ``max_chunks`` slots, the current chunk included;
     the first ``sink_chunks`` chunks are never evicted; a pinned shot sink (``pin_shot_sink``) is
@@ -231,7 +232,7 @@ def make_kv_cache(*, num_layers: int, num_heads: int, head_dim: int, chunk_token
     cls = None
     if impl == "kernels":
         try:
-            from longlive_kernels.attention import FP4KVCache as cls  # noqa: N813
+            from longlive_kernels.attention import FP4KVCache as cls
         except ImportError:
             cls = None
     if cls is not None:
@@ -276,10 +277,10 @@ class KVCacheAttention(AttentionBackend):
             from longlive_kernels.attention import fp4_kv_attention
         except ImportError:
             fp4_kv_attention = None
-        if fp4_kv_attention is not None:
+        if fp4_kv_attention is not None and q.dtype in (torch.bfloat16, torch.float16):
             return fp4_kv_attention(q, cache, layer, current_k=k, current_v=v, softmax_scale=scale,
                                     compute=self.compute, backend=self.backend)
-        # TODO-remove once longlive_kernels.attention.fp4_kv_attention lands: dequantize + SDPA.
+        # fp32 models (exactness tests) or no fused kernel: dense history + current chunk, SDPA.
         kh, vh = cache.dequantize(layer)
         return sdpa_bshd(q, torch.cat([kh.to(k.dtype), k], 1), torch.cat([vh.to(v.dtype), v], 1), scale=scale)
 
@@ -317,7 +318,7 @@ class SequenceParallelAttention(AttentionBackend):
         try:
             from longlive_kernels.comm import UlyssesAttention
         except ImportError:
-            UlyssesAttention = None  # noqa: N806
+            UlyssesAttention = None
         if UlyssesAttention is None and kv_format is not None:
             raise ValueError("SequenceParallelAttention: kv_format needs longlive_kernels.comm.UlyssesAttention")
         self._ulysses = (UlyssesAttention(inner, group, kv_format=kv_format, **ulysses_kwargs)

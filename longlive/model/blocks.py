@@ -14,9 +14,11 @@ Math per block (per-frame modulation e0 [B, F, 6, C], fp32; x the residual strea
     x = x + CrossAttn(LN3(x), text)
     x = x + FFN(LN(x)·(1+e4) + e3) · e5
 
-Ops come from :mod:`longlive_kernels.attention` (``adaln_modulate``, ``apply_rope_3d`` with the
-qk-RMSNorm fused in) when ``ops="kernels"`` and the kernel exists; ``ops="torch"`` runs the plain
-eager PyTorch versions below (the benchmark baseline and the fallback while a kernel is missing).
+Ops come from :mod:`longlive_kernels.attention` when ``ops="kernels"`` and the kernel exists:
+``adaln_modulate`` (LN1 + modulation), ``apply_rope_3d`` with the qk-RMSNorm fused in,
+``gated_residual_layernorm`` (``x + e2·attn`` then LN3), ``gated_residual_adaln`` (``x + cross``
+then LN2 + modulation) and ``gated_residual`` (``x + e5·ffn``). ``ops="torch"`` runs the plain eager
+PyTorch versions below (the benchmark baseline, and the fallback while a kernel is missing).
 Self-attention goes through a pluggable backend (:mod:`longlive.model.attention`) that receives
 q, k, v [B, L, H, D] after RoPE and returns o [B, L, H, D].
 """
@@ -27,23 +29,23 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
     "OPS",
-    "TokenLayout",
-    "RMSNorm",
-    "SelfAttention",
     "CrossAttention",
     "DiTBlock",
     "Head",
+    "RMSNorm",
+    "SelfAttention",
+    "TokenLayout",
     "adaln",
     "gated_residual",
+    "kernel_ops_available",
     "residual_adaln",
     "residual_layernorm",
     "rope_qk",
-    "kernel_ops_available",
 ]
 
 OPS = ("kernels", "torch")

@@ -32,13 +32,13 @@ from ..config import MODEL_PRESETS, ModelConfig
 __all__ = [
     "CheckpointMismatchError",
     "LoadReport",
-    "read_state_dict",
-    "to_official_names",
-    "infer_architecture",
     "check_state_dict",
+    "infer_architecture",
     "load_checkpoint",
     "load_pretrained",
+    "read_state_dict",
     "save_checkpoint",
+    "to_official_names",
 ]
 
 _WRAPPERS_EMA_FIRST = ("generator_ema", "generator", "model", "state_dict", "module", "ema")
@@ -122,7 +122,7 @@ def _read_file(path: Path, meta: dict[str, str]) -> dict:
         out = {}
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta.update(fh.metadata() or {})
-            for k in fh.keys():
+            for k in fh.keys():  # noqa: SIM118 - safe_open is not iterable
                 out[k] = fh.get_tensor(k)
         return out
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
@@ -137,7 +137,7 @@ def _unwrap(obj, prefer_ema: bool) -> tuple[dict[str, torch.Tensor], str | None]
     wrapper = None
     for _ in range(4):
         if not isinstance(obj, dict):
-            raise ValueError(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+            raise TypeError(f"checkpoint holds a {type(obj).__name__}, expected a state dict")
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj, wrapper
         for key in (_WRAPPERS_EMA_FIRST if prefer_ema else _WRAPPERS):
@@ -275,9 +275,9 @@ def infer_architecture(sd: dict[str, torch.Tensor]) -> dict[str, object]:
 
 
 def _config_arch(cfg: ModelConfig) -> dict[str, object]:
-    return dict(dim=cfg.dim, in_channels=cfg.in_channels, patch_size=tuple(cfg.patch_size),
-                num_layers=cfg.num_layers, ffn_dim=cfg.ffn_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
-                out_channels=cfg.out_channels)
+    return {"dim": cfg.dim, "in_channels": cfg.in_channels, "patch_size": tuple(cfg.patch_size),
+            "num_layers": cfg.num_layers, "ffn_dim": cfg.ffn_dim, "text_dim": cfg.text_dim,
+            "freq_dim": cfg.freq_dim, "out_channels": cfg.out_channels}
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], *, report: LoadReport | None = None,
@@ -350,7 +350,7 @@ def _config_for(sd, rep: LoadReport, path) -> ModelConfig:
     if "longlive_config" in rep.metadata:
         return ModelConfig.from_dict(json.loads(rep.metadata["longlive_config"]))
     have = infer_architecture(sd)
-    for name, cfg in MODEL_PRESETS.items():
+    for cfg in MODEL_PRESETS.values():
         if have and all(_config_arch(cfg).get(k) == v for k, v in have.items()):
             return cfg
     raise CheckpointMismatchError(f"{path}: no preset matches the checkpoint's architecture {have}; "

@@ -19,8 +19,8 @@ NVFP4/W4A16/FP8 through ``longlive_kernels.fp4.quantize_model`` keeping the spec
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import QUANT_SKIP_MODULES, ModelConfig
@@ -28,7 +28,7 @@ from .attention import AttentionBackend, DenseAttention, KVCacheAttention, Maske
 from .blocks import OPS, DiTBlock, Head, TokenLayout
 from .masks import TeacherForcingLayout
 
-__all__ = ["CausalDiT", "sinusoidal_embedding", "LINEAR_MODES"]
+__all__ = ["LINEAR_MODES", "CausalDiT", "sinusoidal_embedding"]
 
 LINEAR_MODES = ("bf16", "nvfp4", "w4a16", "fp8")
 
@@ -146,7 +146,7 @@ class CausalDiT(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
             raise ValueError(f"{name} must be a 5-D latent tensor [B, C, F, H, W], got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        b, ch, f, h, w = x.shape
+        _b, ch, f, h, w = x.shape
         pt, ph, pw = c.patch_size
         if ch != c.in_channels:
             raise ValueError(f"{name} has {ch} channels; config {c.name!r} expects in_channels={c.in_channels} "

@@ -172,8 +172,8 @@ def test_5b_geometry_is_recognised_on_meta():
         five = CausalDiT(ModelConfig.from_name("wan2.2-ti2v-5b"))
         small = CausalDiT(ModelConfig.from_name("small-1.3b"))
     arch = infer_architecture(five.state_dict())
-    assert arch == dict(dim=3072, in_channels=48, patch_size=(1, 2, 2), num_layers=30, ffn_dim=14336,
-                        text_dim=4096, freq_dim=256, out_channels=48)
+    assert arch == {"dim": 3072, "in_channels": 48, "patch_size": (1, 2, 2), "num_layers": 30,
+                    "ffn_dim": 14336, "text_dim": 4096, "freq_dim": 256, "out_channels": 48}
     with pytest.raises(CheckpointMismatchError, match="matches preset 'small-1.3b'"):
         check_state_dict(five, small.state_dict())
     check_state_dict(five, five.state_dict())
