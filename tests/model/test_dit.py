@@ -2,6 +2,7 @@
 inference (the test that the §5.2 mask and the cache agree), bad inputs, compile, GPU 5B forward."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -475,8 +476,8 @@ def test_nvfp4_mode_runs():
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 def test_5b_forward_chunk_on_gpu_reports_memory():
-    """Full wan2.2-ti2v-5b on random bf16 weights: one 7040-token chunk against a 3-chunk FP4/BF16
-    cache (28,160 keys incl. the chunk). Prints peak memory."""
+    """Full wan2.2-ti2v-5b on random bf16 weights at 704x1280: chunks 0..3 of 7040 tokens, the last
+    one attending 3 cached chunks + itself (28,160 keys), BF16 and FP4 KV. Prints peak memory."""
     cfg = ModelConfig.from_name("wan2.2-ti2v-5b")
     torch.cuda.reset_peak_memory_stats()
     with torch.device("cuda"):
@@ -484,6 +485,7 @@ def test_5b_forward_chunk_on_gpu_reports_memory():
     weights = torch.cuda.memory_allocated()
     ctx = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
     for storage in ("bf16", "fp4"):
+        torch.cuda.reset_peak_memory_stats()
         try:
             cache = model.make_kv_cache(1, storage=storage)
         except ValueError as exc:  # fp4 storage needs longlive_kernels.attention.FP4KVCache
@@ -519,3 +521,25 @@ def test_5b_slice_teacher_forcing_equals_kv_cache_on_gpu():
     print(f"\n[5B slice] rel err vs fp32: teacher forcing {e_tf:.2e}, kv cache {e_kv:.2e}")
     assert e_kv <= 2 * e_tf + 1e-3
 
+
+@pytest.mark.gpu
+def test_5b_teacher_forcing_training_step_on_gpu_reports_memory():
+    """Full 5B, bf16 weights, 16 latent frames at 704x1280 = 2 chunks → 28,160 tokens [clean ; noisy],
+    compiled flex mask, gradient checkpointing: forward + backward, peak memory printed."""
+    cfg = ModelConfig.from_name("wan2.2-ti2v-5b")
+    with torch.device("cuda"):
+        model = CausalDiT(cfg, zero_init_head=False).to(torch.bfloat16).train()
+    model.gradient_checkpointing = True
+    clean, noisy = (torch.randn(1, 48, 16, 44, 80, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    t = torch.tensor([[900.0] * 8 + [300.0] * 8], device="cuda")
+    ctx = torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = model.forward_teacher_forcing(clean, noisy, t, ctx)
+    out.float().square().mean().backward()
+    torch.cuda.synchronize()
+    assert out.shape == noisy.shape and torch.isfinite(out.float()).all()
+    assert model.blocks[0].self_attn.q.weight.grad is not None
+    print(f"\n[5B TF] 28,160 tokens fwd+bwd (first call, incl. compile) {time.perf_counter() - t0:.1f} s, "
+          f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
