@@ -115,7 +115,11 @@ def _pick_files(path: Path) -> list[Path]:
                             f"model*.pt/.pth; found {[p.name for p in pts] or 'nothing'}")
 
 
-def _read_file(path: Path, meta: dict[str, str]) -> dict:
+def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+
+def _read_file(path: Path, meta: dict[str, str], dtype: torch.dtype | None = None) -> dict:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -123,7 +127,7 @@ def _read_file(path: Path, meta: dict[str, str]) -> dict:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             meta.update(fh.metadata() or {})
             for k in fh.keys():  # noqa: SIM118 - safe_open is not iterable
-                out[k] = fh.get_tensor(k)
+                out[k] = _cast(fh.get_tensor(k), dtype)  # one tensor at a time: peak = target size
         return out
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
@@ -204,7 +208,8 @@ def to_official_names(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return out, "diffusers"
 
 
-def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dict[str, torch.Tensor], LoadReport]:
+def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = True,
+                    dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Read DiT weights from a file or directory into a flat dict in the official Wan naming.
 
     Parameters
@@ -214,6 +219,9 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = True) -> tupl
         index json, a diffusers pipeline directory, or one ``model*.pt``).
     prefer_ema : bool
         With both ``generator_ema`` and ``generator`` in a training checkpoint, take the EMA weights.
+    dtype : torch.dtype, optional
+        Cast floating tensors while reading (the official 5B files are fp32: reading them as bf16
+        keeps host memory at ~10 GB instead of 20 + 10).
 
     Returns
     -------
@@ -231,12 +239,14 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = True) -> tupl
     meta: dict[str, str] = {}
     raw: dict = {}
     for f in files:
-        obj = _read_file(f, meta)
+        obj = _read_file(f, meta, dtype)
         if len(files) > 1:
             raw.update(obj)
         else:
             raw = obj
     sd, wrapper = _unwrap(raw, prefer_ema)
+    if dtype is not None:  # .pt files are memory-mapped: casting tensor by tensor stays cheap
+        sd = {k: _cast(v, dtype) for k, v in sd.items()}
     sd, stripped = _strip(sd)
     if any(k.endswith("quantized_weight_values") for k in sd):
         raise ValueError(f"{p}: FourOverSix materialised NVFP4 state dicts (model_4o6.pt) are not supported; "
@@ -346,6 +356,20 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, strict: 
     return rep
 
 
+def _peek_metadata(path) -> dict[str, str]:
+    """safetensors header metadata of the first weight file (no tensor is read); {} otherwise."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    first = _pick_files(p)[0] if p.is_dir() else p
+    if first.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(first), framework="pt", device="cpu") as fh:
+        return dict(fh.metadata() or {})
+
+
 def _config_for(sd, rep: LoadReport, path) -> ModelConfig:
     if "longlive_config" in rep.metadata:
         return ModelConfig.from_dict(json.loads(rep.metadata["longlive_config"]))
@@ -376,7 +400,8 @@ def load_pretrained(path: str | os.PathLike, config: ModelConfig | str | None = 
     """
     from .dit import CausalDiT
 
-    sd, rep = read_state_dict(path, prefer_ema=prefer_ema)
+    packed = _peek_metadata(path).get("longlive_linear_mode", "bf16") != "bf16"
+    sd, rep = read_state_dict(path, prefer_ema=prefer_ema, dtype=None if packed else dtype)
     if isinstance(config, str):
         config = ModelConfig.from_name(config)
     cfg = config or _config_for(sd, rep, path)

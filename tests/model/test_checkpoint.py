@@ -215,3 +215,9 @@ def test_load_pretrained_quantizes_on_load(model, tmp_path):
         load_checkpoint(_fresh(), packed)
     q2 = load_pretrained(packed, mode="nvfp4", dtype=torch.float32)
     _assert_same(q, q2)
+    q3 = load_pretrained(packed, mode="nvfp4", dtype=torch.bfloat16)  # packed tensors are never cast
+    s1, s3 = q.state_dict(), q3.state_dict()
+    packed_keys = [k for k, v in s1.items() if v.dtype not in (torch.float32, torch.bfloat16) or "global" in k]
+    assert packed_keys
+    for k in packed_keys:
+        assert s3[k].dtype == s1[k].dtype and torch.equal(s3[k].view(torch.uint8), s1[k].view(torch.uint8)), k
