@@ -59,6 +59,7 @@ def _residual_norm_fwd_kernel(
     stride_xb, stride_xl, stride_yb, stride_yl,
     stride_gb, stride_gf, stride_sb, stride_sf, stride_tb, stride_tf,
     eps,
+    size_class,  # bit length of B·L: autotune key only (unused)
     rows_per_prog,  # tokens per program (autotuned on the GPU)
     RESIDUAL: tl.constexpr,
     GATED: tl.constexpr,
@@ -129,6 +130,7 @@ def _residual_norm_bwd_kernel(
     stride_ghb, stride_ghl, stride_grb, stride_grl, stride_rb, stride_rl, stride_yb, stride_yl,
     stride_gb, stride_gf, stride_sb, stride_sf,
     eps,
+    size_class,  # bit length of B·L: autotune key only (unused)
     rows_per_prog,  # tokens per program (autotuned on the GPU)
     NORM: tl.constexpr,
     RESIDUAL: tl.constexpr,
@@ -220,7 +222,7 @@ def _residual_norm_bwd_kernel(
 # at C = 3072 (one 16-byte load per bf16 row), 4 warps = 32.
 _FWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 16, 4) for r in (8, 4, 16, 32)]
 _BWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 16, 4) for r in (16, 8, 32, 64)]
-_KEY = ["C", "L", "frame_len", "RESIDUAL", "GATED", "NORM"]
+_KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM"]  # size_class: a tuning per power of 2 of B·L
 
 
 @functools.cache
@@ -281,7 +283,7 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
     h = _new_out((bsz, n_tok, c), x.dtype, x.device) if norm else x
     args = (x, y, gate, scale, shift, r, h, n_tok, c, frame_len,
             *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
-            *_row_strides(shift), eps)
+            *_row_strides(shift), eps, (bsz * n_tok).bit_length())
     meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one,
             "BLOCK_C": triton.next_power_of_2(c)}
     _launch(_residual_norm_fwd_kernel, False, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
@@ -310,7 +312,7 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, frame_len, eps, plus_one, mod
     part = (_new_out((n_acc, bsz, n_frames, p_max, c), torch.float32, dev) if mod_grad and n_acc else ref)
     args = (grad_h, grad_r, r, y, gate, scale, dx, dy, part, n_tok, c, frame_len, n_frames, p_max,
             *_row_strides(grad_h), *_row_strides(grad_r), *_row_strides(r), *_row_strides(y),
-            *_row_strides(gate), *_row_strides(scale), eps)
+            *_row_strides(gate), *_row_strides(scale), eps, (bsz * n_tok).bit_length())
     meta = {"NORM": norm, "RESIDUAL": residual, "GATED": gated, "PLUS_ONE": plus_one,
             "MOD_GRAD": mod_grad and n_acc > 0, "BLOCK_C": triton.next_power_of_2(c)}
     rows = _launch(_residual_norm_bwd_kernel, True, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
@@ -817,7 +819,7 @@ _FWD_SIG = {
     "r_ptr": "*bf16", "h_ptr": "*bf16", "L": "i32", "C": "i32", "frame_len": "i32",
     **{s: "i64" for s in ("stride_xb", "stride_xl", "stride_yb", "stride_yl", "stride_gb", "stride_gf",
                           "stride_sb", "stride_sf", "stride_tb", "stride_tf")},
-    "eps": "fp32", "rows_per_prog": "i32",
+    "eps": "fp32", "size_class": "i32", "rows_per_prog": "i32",
 }
 _BWD_SIG = {
     "gh_ptr": "*bf16", "gr_ptr": "*bf16", "r_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*fp32",
@@ -825,7 +827,7 @@ _BWD_SIG = {
     "L": "i32", "C": "i32", "frame_len": "i32", "n_frames": "i32", "part_stride_p": "i32",
     **{s: "i64" for s in ("stride_ghb", "stride_ghl", "stride_grb", "stride_grl", "stride_rb", "stride_rl",
                           "stride_yb", "stride_yl", "stride_gb", "stride_gf", "stride_sb", "stride_sf")},
-    "eps": "fp32", "rows_per_prog": "i32",
+    "eps": "fp32", "size_class": "i32", "rows_per_prog": "i32",
 }
 _VARIANTS = [(False, False, True), (True, True, True), (True, False, True), (True, True, False)]
 for _res, _gated, _norm in _VARIANTS:  # (RESIDUAL, GATED, NORM)

@@ -108,6 +108,7 @@ def _rope_fwd_kernel(
     GW,
     sqb, sql, sqh, skb, skl, skh,
     eps,
+    size_class,  # bit length of B·L: autotune key only (unused)
     rows_per_prog,  # tokens per program (autotuned on the GPU)
     D: tl.constexpr,
     NT: tl.constexpr,
@@ -196,6 +197,7 @@ def _rope_bwd_kernel(
     part_stride_p,  # P_max: partial-sum slots per batch row (≥ programs)
     gqb, gql, gqh, gkb, gkl, gkh, sqb, sql, sqh, skb, skl, skh,
     eps,
+    size_class,  # bit length of B·L: autotune key only (unused)
     rows_per_prog,  # tokens per program (autotuned on the GPU)
     D: tl.constexpr,
     NT: tl.constexpr,
@@ -227,7 +229,7 @@ def _rope_bwd_kernel(
 # it prefers longer runs.
 _FWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 4, 16) for r in (8, 4, 16, 32)]
 _BWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 4, 16) for r in (16, 8, 32, 64)]
-_KEY = ["NH", "L", "NORM_Q", "NORM_K"]
+_KEY = ["NH", "D", "size_class", "NORM_Q", "NORM_K"]  # size_class: a tuning per power of 2 of B·L
 
 
 @functools.cache
@@ -314,7 +316,8 @@ def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     qo = _new_out((bsz, n_tok, nh, d), q.dtype, q.device)
     ko = _new_out((bsz, n_tok, nh, d), k.dtype, k.device)
     args = (q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, qo, ko,
-            n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], *_head_strides(q), *_head_strides(k), eps)
+            n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], *_head_strides(q), *_head_strides(k), eps,
+            (bsz * n_tok).bit_length())
     _launch(_rope_fwd_kernel, False, n_tok, bsz, args,
             dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(q)))
     return qo, ko
@@ -334,7 +337,8 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     part = _new_out((2, bsz, p_max, nh * d), torch.float32, gq.device) if norm else gq
     args = (gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, cos, sin, dq, dk, part,
             n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], p_max,
-            *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k), eps)
+            *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k), eps,
+            (bsz * n_tok).bit_length())
     rows = _launch(_rope_bwd_kernel, True, n_tok, bsz, args,
                    dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(gq)))
     n_used = triton.cdiv(n_tok, rows)  # slots [n_used, p_max) were not written
@@ -553,7 +557,8 @@ for _norm in (True, False):
         _rope_fwd_kernel,
         signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "wq_ptr": "*bf16", "wk_ptr": "*bf16",
                    "cos_ptr": "*fp32", "sin_ptr": "*fp32", "qo_ptr": "*bf16", "ko_ptr": "*bf16",
-                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32", "rows_per_prog": "i32"},
+                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32", "size_class": "i32",
+                   "rows_per_prog": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )
     register_aot(
@@ -563,6 +568,6 @@ for _norm in (True, False):
                    "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON,
                    "part_stride_p": "i32",
                    **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES}, "eps": "fp32",
-                   "rows_per_prog": "i32"},
+                   "size_class": "i32", "rows_per_prog": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )
