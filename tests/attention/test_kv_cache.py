@@ -207,6 +207,8 @@ def test_dequantize_triton_matches_torch_in_attention_order(triton_device):
         kr, vr = cache.dequantize(1, include_current=include_current, backend="torch")
         assert_bitwise_equal(kt.cpu(), kr.cpu(), "k")
         assert_bitwise_equal(vt.cpu(), vr.cpu(), "v")
+    k16, _ = cache.dequantize(1, include_current=True, dtype=torch.bfloat16, backend="triton")
+    assert k16.dtype == torch.bfloat16 and (k16.float() - kt).abs().max() <= kt.abs().max() * 2**-8
     chunks = [0, 2, 3]
     for j, c in enumerate(chunks):  # each 40-token block is that chunk's reference decode
         k_ref = ref.kv_dequantize(*ref.kv_quantize(data[c][0].cpu()), dtype=torch.float32)
@@ -249,8 +251,9 @@ def test_update_quantized_copies_bits(storage):
     qk, qv = quantize_nvfp4(k, backend="torch"), quantize_nvfp4(v, backend="torch").to_blocked()
     cache.update_quantized(0, qk, qv)
     kd, vd = cache.dequantize(0, include_current=True, backend="torch")
-    assert_bitwise_equal(kd, dequantize_nvfp4(qk, torch.float32, backend="torch"), "k")
-    assert_bitwise_equal(vd, dequantize_nvfp4(qv, torch.float32, backend="torch"), "v")
+    dt = torch.float32 if storage == "fp4" else torch.bfloat16  # BF16 storage rounds once
+    assert_bitwise_equal(kd, dequantize_nvfp4(qk, dt, backend="torch").float(), "k")
+    assert_bitwise_equal(vd, dequantize_nvfp4(qv, dt, backend="torch").float(), "v")
 
 
 def test_bf16_storage_same_interface():

@@ -1,0 +1,243 @@
+"""FP4 KV cache: memory, in-place update and decode bandwidth, and attention over the cache
+(issue 5), LongLive-2.0-5B geometry (24 heads × 128, chunk 7040 tokens, bf16).
+
+Attention rows (Lq = 7040 queries of the current chunk; Lk = context chunks + the current chunk):
+
+- ``cuDNN SDPA, BF16 cache``: the baseline — K/V already dense BF16 [1, Lk, 24, 128],
+  ``torch.nn.attention.sdpa_kernel(SDPBackend.CUDNN_ATTENTION)``;
+- ``dequant + cuDNN SDPA``: LongLive's way — decode the FP4 window to BF16, append the BF16 current
+  chunk, then cuDNN SDPA (timed end to end);
+- ``fp4_kv_attention bf16|fp8``: the fused kernel, context tiles decoded in registers, BF16 current
+  chunk (``+cache-current``: the current chunk read from its FP4 slot too);
+- ``Triton, BF16 cache``: the same kernel over ``storage="bf16"`` (the Triton flash-attention
+  ceiling without FP4 decode).
+
+FLOPs = 4·Lq·Lk·H·D. Bytes for update: read K+V bf16, write packed + scales + tile scales; for
+decode: read packed + scales, write bf16. Ratios are to a device-to-device copy (read + write)
+timed in the same run. Errors: rel. Frobenius vs fp64 attention on the exactly decoded cache plus the
+BF16 current chunk (3 heads, the first 1024 queries); the BF16-cache rows also carry the BF16
+rounding of the decoded values.
+
+Run: python bench/attention/bench_kv_cache.py [--quick] [--sweep] [--granularity]
+     (--granularity runs on the CPU: the error table of the global-scale granularity choice)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+import torch
+
+from longlive_kernels.attention import FP4KVCache, fp4_kv_attention
+from longlive_kernels.attention import reference as ref
+from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms, device_header, rel_err
+
+H, D, T = 24, 128, 7040
+DEVICE = "cuda"
+
+
+def _kv(seed: int, device: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    device = device or DEVICE
+    g = torch.Generator(device=device).manual_seed(seed)
+    gain = torch.exp2(torch.empty(1, 1, H, 1, device=device).uniform_(-2, 2, generator=g))
+    k = (torch.randn(1, T, H, D, device=device, generator=g) * gain).bfloat16()
+    v = torch.randn(1, T, H, D, device=device, generator=g).bfloat16()
+    return k, v
+
+
+def _filled(n_ctx: int, storage: str = "fp4") -> tuple[FP4KVCache, torch.Tensor, torch.Tensor]:
+    cache = FP4KVCache(num_layers=1, num_heads=H, head_dim=D, chunk_tokens=T, max_chunks=n_ctx + 1,
+                       device=DEVICE, storage=storage)
+    for n in range(n_ctx + 1):
+        cache.start_chunk(n)
+        k, v = _kv(n)
+        cache.update(0, k, v)
+    return cache, k, v
+
+
+def memory_rows() -> list[dict]:
+    cache = FP4KVCache(num_layers=1, num_heads=H, head_dim=D, chunk_tokens=T, max_chunks=4, device=DEVICE)
+    rep = cache.memory_report()
+    del cache
+    return [dict(what="per layer (4 slots: sink + 2 window + current)", fp4_mb=rep["bytes_per_layer"] / 1e6,
+                 bf16_mb=rep["bf16_bytes_per_layer"] / 1e6, ratio=rep["compression"],
+                 bits=rep["bits_per_value"]),
+            dict(what="30 layers", fp4_mb=30 * rep["bytes_per_layer"] / 1e6,
+                 bf16_mb=30 * rep["bf16_bytes_per_layer"] / 1e6, ratio=rep["compression"], bits=rep["bits_per_value"])]
+
+
+def bandwidth_rows(copy_gbs: float, iters: int) -> list[dict]:
+    from longlive_kernels._backend import has_cuda_extension
+
+    cache, k, v = _filled(3)
+    rows = []
+    n = 2 * T * H * D  # K and V values of one chunk
+    fp4_bytes = n // 2 + n // 16 + 2 * H * cache.num_scale_tiles * 4
+    backends = ["triton"] + (["cuda"] if has_cuda_extension() else [])
+    for be in backends:
+        t = cuda_time_ms(lambda: cache.update(0, k, v, backend=be), iters=iters, warmup=2)
+        rows.append(dict(op="update (K+V, 1 chunk)", backend=be, us=t * 1e3, gbs=(2 * n + fp4_bytes) / t / 1e6,
+                         copy=copy_gbs))
+    for be in backends:
+        t = cuda_time_ms(lambda: cache.dequantize(0, backend=be), iters=iters, warmup=2)
+        rows.append(dict(op="dequantize (3 context chunks)", backend=be, us=t * 1e3,
+                         gbs=3 * (fp4_bytes + 2 * n) / t / 1e6, copy=copy_gbs))
+    return rows
+
+
+def _ref_subset(q, kk, vv):
+    sub = lambda x: x[:, :, [0, 11, 23]].contiguous()  # noqa: E731
+    return ref.attention(sub(q[:, :1024]), sub(kk), sub(vv), block_q=256), sub
+
+
+def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> list[dict]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cache, k, v = _filled(n_ctx)
+    lk = (n_ctx + 1) * T
+    q = _kv(1000)[0]
+    flops = 4 * T * lk * H * D
+    kk, vv = cache.dequantize(0)
+    kk, vv = torch.cat([kk, k], 1).contiguous(), torch.cat([vv, v], 1).contiguous()  # the BF16 cache
+    k32, v32 = cache.dequantize(0, dtype=torch.float32)  # exact decode: the reference's keys
+    want, sub = _ref_subset(q, torch.cat([k32, k.float()], 1), torch.cat([v32, v.float()], 1))
+
+    def cudnn(q, kk, vv):
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2)).transpose(1, 2)
+
+    def dequant_then_cudnn():
+        kc, vc = cache.dequantize(0)
+        return cudnn(q, torch.cat([kc, k], 1), torch.cat([vc, v], 1))
+
+    bf16_cache = _filled(n_ctx, storage="bf16")[0] if with_bf16_storage else None
+    cases = [
+        ("cuDNN SDPA, BF16 cache", lambda: cudnn(q, kk, vv)),
+        ("dequant + cuDNN SDPA (LongLive)", dequant_then_cudnn),
+        ("fp4_kv_attention bf16", lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)),
+        ("fp4_kv_attention fp8", lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8")),
+        ("fp4_kv_attention fp8 +cache-current", lambda: fp4_kv_attention(q, cache, 0, compute="fp8")),
+    ] + ([("Triton, BF16 cache", lambda: fp4_kv_attention(q, bf16_cache, 0, current_k=k, current_v=v))]
+         if with_bf16_storage else [])
+    rows, base = [], {}
+    for name, fn in cases:
+        out = fn()
+        if "+cache-current" in name:  # attends to the quantized current chunk: its own reference
+            kq, vq = cache.dequantize(0, include_current=True, dtype=torch.float32)
+            err = rel_err(sub(out[:, :1024]), _ref_subset(q, kq, vq)[0])
+        elif "BF16 cache" in name and "Triton" in name:
+            kb, vb = bf16_cache.dequantize(0)
+            err = rel_err(sub(out[:, :1024]), _ref_subset(q, torch.cat([kb, k], 1), torch.cat([vb, v], 1))[0])
+        else:
+            err = rel_err(sub(out[:, :1024]), want)
+        t = cuda_time_ms(fn, iters=iters, warmup=3)
+        base.setdefault("cudnn", t)
+        if name.startswith("dequant"):
+            base["dequant"] = t
+        rows.append(dict(case=name, lk=lk, ms=t, tflops=flops / t / 1e9, err=err))
+    for r in rows:
+        r["vs_cudnn"] = base["cudnn"] / r["ms"]
+        r["vs_dequant"] = base["dequant"] / r["ms"]
+    return rows
+
+
+def sweep_rows(iters: int) -> list[dict]:
+    """Block configs of the fused kernel (env LONGLIVE_FP4_KV_ATTN_CONFIG = BM,BN,warps,stages)."""
+    cache, k, v = _filled(3)
+    q = _kv(1000)[0]
+    flops = 4 * T * 4 * T * H * D
+    rows = []
+    for cfg in ("128,128,8,2", "128,128,8,3", "128,64,8,2", "128,64,8,3", "64,128,4,2", "64,64,4,3", "128,128,4,2"):
+        os.environ["LONGLIVE_FP4_KV_ATTN_CONFIG"] = cfg
+        for compute in ("bf16", "fp8"):
+            try:
+                fn = lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute=compute)  # noqa: E731
+                fn()
+                t = cuda_time_ms(fn, iters=iters, warmup=3)
+                rows.append(dict(cfg=cfg, compute=compute, ms=t, tflops=flops / t / 1e9))
+            except Exception as exc:  # noqa: BLE001 - out of resources etc.: report and go on
+                rows.append(dict(cfg=cfg, compute=compute, ms=float("nan"), tflops=0.0, note=str(exc)[:60]))
+    os.environ.pop("LONGLIVE_FP4_KV_ATTN_CONFIG")
+    return rows
+
+
+def granularity_rows(tokens: int = 1024) -> list[dict]:
+    """Round-trip error of the FP32-scale granularity choices (CPU, fp4 reference)."""
+    from longlive_kernels.fp4 import reference as fp4_ref
+
+    torch.manual_seed(0)
+
+    def rt(x2d):
+        d, s, g = fp4_ref.quantize(x2d)
+        return fp4_ref.dequantize(d, s, g, dtype=torch.float32)
+
+    data = {
+        "Gaussian": torch.randn(tokens, H, D),
+        "K-like (head 2^U(-3,3), channel 2^U(-1,1), 1/64 tokens x16)": None,
+        "Student-t(3), head gains 2^U(-3,3)": torch.distributions.StudentT(3.0).sample((tokens, H, D))
+        * torch.exp2(torch.empty(1, H, 1).uniform_(-3, 3)),
+    }
+    x = torch.randn(tokens, H, D) * torch.exp2(torch.empty(1, H, 1).uniform_(-3, 3))
+    x = x * torch.exp2(torch.empty(1, H, D).uniform_(-1, 1))
+    x[torch.randint(0, tokens, (tokens // 64,))] *= 16
+    data["K-like (head 2^U(-3,3), channel 2^U(-1,1), 1/64 tokens x16)"] = x
+    rows = []
+    for name, x in data.items():
+        x = x.bfloat16().float()
+        per_slot = rt(x.reshape(-1, D)).reshape(x.shape)
+        per_head = torch.stack([rt(x[:, h]) for h in range(H)], 1)
+        per_tile = torch.stack([torch.cat([rt(x[t : t + 128, h]) for t in range(0, tokens, 128)]) for h in range(H)], 1)
+        rows.append(dict(data=name, slot=rel_err(per_slot, x), head=rel_err(per_head, x), tile=rel_err(per_tile, x)))
+    return rows
+
+
+def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    head = "| " + " | ".join(c[1] for c in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "".join("| " + " | ".join(format(r.get(c[0], ""), c[2]) for c in cols) + " |\n" for r in rows)
+
+
+@pytest.mark.gpu
+def test_bench_fp4_kv_attention(benchmark):
+    cache, k, v = _filled(3)
+    q = _kv(1000)[0]
+
+    def step():
+        fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)
+        torch.cuda.synchronize()
+
+    benchmark(step)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="Lk = 28160 only, fewer iterations (< 2 min)")
+    ap.add_argument("--sweep", action="store_true", help="also time the fused kernel's block configs")
+    ap.add_argument("--granularity", action="store_true", help="CPU: global-scale granularity error table")
+    args = ap.parse_args()
+    if args.granularity:
+        print(_table(granularity_rows(), [("data", "data", "s"), ("slot", "per (slot, K or V)", ".4e"),
+                                          ("head", "per (slot, head)", ".4e"), ("tile", "per (slot, head, 128 tok)", ".4e")]))
+        raise SystemExit(0)
+    print(device_header())
+    iters = 10 if args.quick else 30
+    copy = copy_bandwidth_gbs()
+    print(f"device-to-device copy: {copy:.0f} GB/s (read + write)\n")
+    print(_table(memory_rows(), [("what", "KV cache", "s"), ("fp4_mb", "FP4 MB", ".1f"), ("bf16_mb", "BF16 MB", ".1f"),
+                                 ("ratio", "compression", ".2f"), ("bits", "bits/value", ".3f")]))
+    bw = bandwidth_rows(copy, iters)
+    for r in bw:
+        r["ratio"] = r["gbs"] / r["copy"]
+    print(_table(bw, [("op", "op", "s"), ("backend", "backend", "s"), ("us", "µs", ".1f"), ("gbs", "GB/s", ".0f"),
+                      ("ratio", "× copy", ".2f")]))
+    att = []
+    for n_ctx in ((3,) if args.quick else (3, 4)):
+        att += attention_rows(n_ctx, iters, with_bf16_storage=not args.quick)
+    print(_table(att, [("case", "attention (Lq = 7040)", "s"), ("lk", "Lk", "d"), ("ms", "ms", ".3f"),
+                       ("tflops", "TFLOP/s", ".0f"), ("vs_cudnn", "× cuDNN BF16", ".2f"),
+                       ("vs_dequant", "× dequant+cuDNN", ".2f"), ("err", "rel err vs fp64", ".2e")]))
+    if args.sweep:
+        print(_table(sweep_rows(iters), [("cfg", "BM,BN,warps,stages", "s"), ("compute", "compute", "s"),
+                                         ("ms", "ms", ".3f"), ("tflops", "TFLOP/s", ".0f"), ("note", "note", "s")]))
