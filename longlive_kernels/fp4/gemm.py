@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import warnings
 
 import torch
 import triton
@@ -34,7 +36,14 @@ from .gemm_dequant import OPERAND_SCALE, dequant_nvfp4_tile
 SPLIT_K_MAX_M = 128  # M at or below which the split-K configuration is used
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DENSE_A_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
-ALGORITHMS = ("auto", "fused", "dequantize", "scaled_mm")
+ALGORITHMS = ("auto", "fused", "portable", "dequantize", "scaled_mm")
+
+try:  # the Gluon (sm_90a) kernel; LONGLIVE_GEMM_GLUON=0 disables it
+    from . import gemm_hopper as _hopper
+except ImportError:  # pragma: no cover - Triton without Gluon
+    _hopper = None
+_HOPPER_ENABLED = os.environ.get("LONGLIVE_GEMM_GLUON", "1") == "1"
+_HOPPER_FAILED: set = set()
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernel
@@ -285,7 +294,28 @@ def _pick_config(m, n, k, a_nvfp4, mma_dtype, device, run) -> tuple:
     return cfg
 
 
-def _gemm_triton(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4):
+def _try_hopper(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4):
+    """The Gluon Hopper kernel when it applies (large M, TMA-friendly operands), else None."""
+    if (_hopper is None or not _HOPPER_ENABLED or a.shape[0] <= SPLIT_K_MAX_M or interpret_mode()
+            or not _hopper.supported(a, a_nvfp4, b_data, out_dtype)):
+        return None
+    key = (a_nvfp4, a.dtype, out_dtype, bias is not None)
+    if key in _HOPPER_FAILED:
+        return None
+    try:
+        return _hopper.gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4)
+    except Exception as exc:  # noqa: BLE001 - a compile failure falls back to the portable kernel
+        _HOPPER_FAILED.add(key)
+        warnings.warn(f"nvfp4_gemm: Hopper Gluon kernel unavailable ({type(exc).__name__}: {exc}); "
+                      "using the portable Triton kernel", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _gemm_triton(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, portable=False):
+    if not portable:
+        out = _try_hopper(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4)
+        if out is not None:
+            return out
     m = a.shape[0]
     n, k = b_data.shape[0], b_data.shape[1] * 2
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
@@ -381,7 +411,7 @@ def _gemm_op(
     if algorithm == "scaled_mm":
         return _gemm_scaled_mm(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype)
     return _gemm_triton(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype,
-                        a_nvfp4)
+                        a_nvfp4, portable=algorithm == "portable")
 
 
 @_gemm_op.register_fake
@@ -465,8 +495,11 @@ def nvfp4_gemm(
     out_dtype : {torch.bfloat16, torch.float16, torch.float32}
     a_scale : torch.Tensor, optional
         Only for float8 ``a``: FP32 per-tensor (1 element) or per-row ([M]) decode scale.
-    algorithm : {"auto", "fused", "dequantize", "scaled_mm"}
-        ``fused``: the Triton kernel (decode inside the main loop; split-K for M ≤ 128).
+    algorithm : {"auto", "fused", "portable", "dequantize", "scaled_mm"}
+        ``fused``: decode inside the main loop — on Hopper for M > 128 the Gluon kernel of
+        ``gemm_hopper.py`` (weights decoded into wgmma registers, TMA pipeline; bf16/fp16 output,
+        ``K % 32 == 0``, ``N % 8 == 0``), otherwise the portable Triton kernel (split-K for M ≤ 128).
+        ``portable``: always the portable Triton kernel.
         ``dequantize``: decode operands to bf16 (exact), cuBLAS with FP32 output, torch epilogue.
         ``scaled_mm``: sm_100+ only, W4A4 through ``torch._scaled_mm`` with FP4 operands (not run
         on Hopper; rounds to bf16 before the tensor scales are applied). ``auto`` picks

@@ -1,0 +1,365 @@
+"""Hopper (sm_90a) NVFP4 GEMM in Gluon: TMA pipeline, weights decoded straight into wgmma registers.
+
+``out[M, N] = x[M, K] · Wᵀ`` with W an NVFP4 weight [N, K] and x bf16/fp16 (W4A16) or NVFP4 (W4A4).
+One CTA computes a [BW=128 weight rows × BT=256 tokens] tile with 8 warps (2 warpgroups,
+``wgmma.m64n256k16``):
+
+- A operand = the weight, in registers (wgmma RS). Each warp loads exactly the packed bytes of its
+  A fragment from shared memory — in the wgmma register layout every 32-bit A register holds the
+  two elements (k, k+1) of one packed byte — and decodes them with one inline-PTX routine per four
+  bytes, whose outputs are already the bf16x2 registers wgmma consumes (no repacking). The decode of
+  k-tile i overlaps the asynchronous wgmma of k-tile i-1 (``warpgroup_mma_wait(1)``); the previous
+  A registers stay alive through the wait, so ptxas keeps the MMAs asynchronous.
+- B operand = the activations [BT, BK] in shared memory (128-byte swizzle): loaded by TMA (W4A16),
+  or, for W4A4, TMA-loaded packed codes decoded once per CTA into a double-buffered bf16 tile.
+- TMA zero-fills out-of-range rows/columns and clips the output store, so any M, any N and K not
+  a multiple of the tile need no masks (scales and bias use masked loads).
+- Block scales come from global memory (prefetched one k-tile ahead); the decoded operands are
+  ``e2m1 · s_block · 2^-8`` (exact, ``gemm_dequant.py``), the tensor scales and bias are applied in
+  the epilogue, and the tile leaves through shared memory and a TMA store.
+
+Requirements (else :mod:`~longlive_kernels.fp4.gemm` falls back to its portable Triton kernel): a
+Hopper GPU, ``K % 32 == 0`` and ``N % 8 == 0`` (TMA strides), 16-byte aligned contiguous operands,
+bf16/fp16 output. The kernel is compiled for sm_90a on CPU machines by the tests (register use,
+spills, wgmma and asynchronous MMAs are checked there); it runs only on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+BW, BT, BK = 128, 256, 64  # weight rows, tokens, K per tile
+NUM_WARPS = 8
+
+# 4 packed bytes ($8) and 4 per-byte scale pairs ($4..$7... see constraints) → 4 registers, each the
+# bf16x2 (element 2j, element 2j+1) of byte j times its scale. Lane trick: a clean nibble X in the
+# low bits of each 16-bit lane becomes bf16 bits sign<<15 | mag<<6 = e2m1·2^-126 by taking X<<6 on
+# bits 6-8 and 12-14 (mask 0x71C0) and X<<12 elsewhere; the scale pair carries s·2^118.
+# PRMT builds X_j = (lo nibble of byte j) | (hi nibble of byte j) << 16 from L = q & 0x0F0F0F0F and
+# H = (q >> 4) & 0x0F0F0F0F; selector nibbles 8|j copy the (zero) sign bit of an L byte → 0x00.
+_DECODE_BF16 = gl.constexpr("""
+{
+.reg .b32 l, h, x, u, v;
+and.b32 l, $4, 0x0F0F0F0F;
+shr.u32 h, $4, 4;
+and.b32 h, h, 0x0F0F0F0F;
+prmt.b32 x, l, h, 0x8480; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $0, x, $5;
+prmt.b32 x, l, h, 0x9591; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $1, x, $6;
+prmt.b32 x, l, h, 0xA6A2; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $2, x, $7;
+prmt.b32 x, l, h, 0xB7B3; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $3, x, $8;
+}
+""")
+
+# fp16: each nibble becomes the E4M3 byte sign<<7 | mag<<2 (= e2m1·2^-6, exact; lanes built with one
+# LOP3 each), PRMT interleaves the low/high-nibble bytes of 2 packed bytes, and the hardware
+# cvt.rn.f16x2.e4m3x2 widens 2 elements per instruction; the scale pair carries s·2^6, so the decoded
+# value is exactly e2m1·s (no 2^-8 factor on this path).
+_DECODE_FP16 = gl.constexpr("""
+{
+.reg .b32 t, e0, e1, p0, p1;
+.reg .b16 h0, h1, h2, h3;
+and.b32 t, $4, 0x07070707;
+shl.b32 t, t, 2;
+shl.b32 e0, $4, 4;
+lop3.b32 e0, t, e0, 0x80808080, 0xF8;
+and.b32 t, $4, 0x70707070;
+shr.u32 t, t, 2;
+lop3.b32 e1, t, $4, 0x80808080, 0xF8;
+prmt.b32 p0, e0, e1, 0x5140;
+prmt.b32 p1, e0, e1, 0x7362;
+mov.b32 {h0, h1}, p0;
+mov.b32 {h2, h3}, p1;
+cvt.rn.f16x2.e4m3x2 $0, h0;
+cvt.rn.f16x2.e4m3x2 $1, h1;
+cvt.rn.f16x2.e4m3x2 $2, h2;
+cvt.rn.f16x2.e4m3x2 $3, h3;
+mul.rn.f16x2 $0, $0, $5;
+mul.rn.f16x2 $1, $1, $6;
+mul.rn.f16x2 $2, $2, $7;
+mul.rn.f16x2 $3, $3, $8;
+}
+""")
+
+# log2 of the factor the decoded operand values carry (undone in the epilogue), per operand dtype.
+BF16_OPERAND_EXP = 8
+FP16_OPERAND_EXP = 0
+
+
+@gluon.jit
+def _scale_pairs(codes, OP_DTYPE: gl.constexpr):
+    """uint8 E4M3 codes → int32 (s', s') bf16x2/f16x2 pairs, s' = s·2^118 (bf16) or s·2^6 (fp16)."""
+    s = codes.to(gl.float8e4nv, bitcast=True).to(gl.float32)
+    if OP_DTYPE == gl.bfloat16:
+        bits = (s * 3.3230699894622896e35).to(gl.bfloat16).to(gl.int16, bitcast=True)
+    else:
+        bits = (s * 64.0).to(gl.float16).to(gl.int16, bitcast=True)
+    b = bits.to(gl.int32) & 0xFFFF
+    return b | (b << 16)
+
+
+@gluon.jit
+def _decode_pairs(packed, pairs, OP_DTYPE: gl.constexpr):
+    """uint8 [..] packed bytes + int32 [..] scale pairs (broadcastable) → int32 [..] operand pairs."""
+    if OP_DTYPE == gl.bfloat16:
+        return gl.inline_asm_elementwise(_DECODE_BF16, "=r,=r,=r,=r,r,r,r,r,r", [packed, pairs], dtype=gl.int32,
+                                         is_pure=True, pack=4)
+    else:
+        return gl.inline_asm_elementwise(_DECODE_FP16, "=r,=r,=r,=r,r,r,r,r,r", [packed, pairs], dtype=gl.int32,
+                                         is_pure=True, pack=4)
+
+
+@gluon.jit
+def _split_pairs(x, OP_DTYPE: gl.constexpr):
+    """int32 pairs → (low half, high half) as OP_DTYPE tensors (LLVM folds the later re-pack)."""
+    lo = (x & 0xFFFF).to(gl.int16).to(OP_DTYPE, bitcast=True)
+    hi = (x >> 16).to(gl.int16).to(OP_DTYPE, bitcast=True)
+    return lo, hi
+
+
+@gluon.jit
+def _scale_rows(ptr, off, n_rows, stride, R: gl.constexpr, LAYOUT: gl.constexpr):
+    """Row base pointers [R, 1] of a [rows, K/16] scale matrix; rows past the end are clamped to
+    the last row (their outputs are clipped by the TMA store), so no row mask is needed."""
+    rows = gl.minimum(off + gl.arange(0, R, layout=gl.SliceLayout(1, LAYOUT)), n_rows - 1)
+    return ptr + gl.expand_dims(rows.to(gl.int64) * stride, 1)
+
+
+@gluon.jit
+def _load_scales(row_ptrs, k_tile, K, NB: gl.constexpr, EVEN_K: gl.constexpr, LAYOUT: gl.constexpr):
+    """[R, NB] uint8 block-scale codes of k-tile ``k_tile`` (zero past K)."""
+    kb = gl.expand_dims(k_tile * NB + gl.arange(0, NB, layout=gl.SliceLayout(0, LAYOUT)), 0)
+    if EVEN_K:
+        return gl.load(row_ptrs + kb)
+    else:
+        return gl.load(row_ptrs + kb, mask=kb < K // 16, other=0)
+
+
+@gluon.jit
+def _hopper_gemm_kernel(
+    w_desc,  # TMA over W packed codes [N, K/2] uint8, box [BW, BK/2]
+    x_desc,  # TMA over x [M, K] bf16/fp16 (box [BT, BK]) or its packed codes [M, K/2] (box [BT, BK/2])
+    out_desc,  # TMA over out [M, N] bf16/fp16, box [BT, BW]
+    w_scale_ptr,  # [N, K/16] uint8 E4M3, row stride stride_ws
+    x_scale_ptr,  # [M, K/16] uint8 E4M3 (X_NVFP4), row stride stride_xs
+    bias_ptr,  # [N] (HAS_BIAS)
+    w_gs_ptr,  # [1] fp32 tensor scale of W
+    x_gs_ptr,  # [1] fp32 tensor scale of x (X_NVFP4)
+    M,
+    N,
+    K,
+    stride_ws,
+    stride_xs,
+    X_NVFP4: gl.constexpr,
+    EVEN_K: gl.constexpr,
+    HAS_BIAS: gl.constexpr,
+    OP_DTYPE: gl.constexpr,
+    STAGES: gl.constexpr,
+    GROUP: gl.constexpr,
+    num_warps: gl.constexpr,
+):
+    TW: gl.constexpr = w_desc.block_type.shape[0]
+    TK2: gl.constexpr = w_desc.block_type.shape[1]
+    TK: gl.constexpr = 2 * TK2
+    TT: gl.constexpr = out_desc.block_type.shape[0]
+    NB: gl.constexpr = TK // 16
+    gl.static_assert(TW == 128 and TK == 64 and num_warps == 8, "layouts below assume a 128×64 A tile, 8 warps")
+
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, TT, 16])
+    A_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    # Packed bytes of the A fragment: byte (r, j) lives with elements (r, 2j), (r, 2j+1) of A.
+    W_BYTES: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[8, 0], [0, 4], [0, 8], [0, 16]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[[16, 0], [32, 0], [64, 0]], block_bases=[], shape=[TW, TK2])
+    W_BYTES3: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[8, 0, 0], [0, 0, 4], [0, 1, 0], [0, 2, 0]],
+        lane_bases=[[0, 0, 1], [0, 0, 2], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+        warp_bases=[[16, 0, 0], [32, 0, 0], [64, 0, 0]], block_bases=[], shape=[TW, NB, 8])
+    W_SCALES: gl.constexpr = gl.SliceLayout(2, W_BYTES3)
+    # the same distribution with the 4 k-blocks of a row in consecutive registers (one 32-bit load)
+    W_SCALES_LD: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[[16, 0], [32, 0], [64, 0]], block_bases=[], shape=[TW, NB])
+    # Activation tile decode (W4A4): one thread per token row.
+    X_BYTES: gl.constexpr = gl.BlockedLayout([1, TK2], [32, 1], [num_warps, 1], [1, 0])
+    X_BYTES3: gl.constexpr = gl.BlockedLayout([1, NB, 8], [32, 1, 1], [num_warps, 1, 1], [2, 1, 0])
+    X_SCALES: gl.constexpr = gl.SliceLayout(2, X_BYTES3)
+    X_PAIRS: gl.constexpr = gl.BlockedLayout([1, TK2], [32, 1], [num_warps, 1], [1, 0])
+
+    # Grouped tile order: GROUP weight tiles sweep the token tiles together (W stays in L2).
+    pid = gl.program_id(0)
+    num_w = gl.cdiv(N, TW)
+    num_t = gl.cdiv(M, TT)
+    per_group = GROUP * num_t
+    first_w = (pid // per_group) * GROUP
+    group_w = gl.minimum(num_w - first_w, GROUP)
+    off_w = (first_w + (pid % per_group) % group_w) * TW
+    off_t = ((pid % per_group) // group_w) * TT
+
+    w_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES, TW, TK2], w_desc.layout)
+    x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(bars.index(s), count=1)
+    if X_NVFP4:
+        B_LAYOUT: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16)
+        B_PAIRS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32)
+        b_bufs = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], B_LAYOUT)
+
+    k_tiles = gl.cdiv(K, TK)
+    nbytes: gl.constexpr = w_desc.block_type.nbytes + x_desc.block_type.nbytes
+    for s in gl.static_range(STAGES - 1):
+        pred = s < k_tiles
+        mbarrier.expect(bars.index(s), nbytes, pred=pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, s * TK2], bars.index(s), w_bufs.index(s), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, s * x_desc.block_type.shape[1]], bars.index(s),
+                                        x_bufs.index(s), pred)
+
+    w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES_LD)
+    w_sc = _load_scales(w_srows, 0, K, NB, EVEN_K, W_SCALES_LD)
+    if X_NVFP4:
+        x_srows = _scale_rows(x_scale_ptr, off_t, M, stride_xs, TT, X_SCALES)
+        x_sc = _load_scales(x_srows, 0, K, NB, EVEN_K, X_SCALES)
+
+    acc = gl.zeros((TW, TT), dtype=gl.float32, layout=mma)
+    a_prev = gl.zeros((TW, TK), dtype=OP_DTYPE, layout=A_LAYOUT)
+    for i in range(k_tiles):
+        slot = i % STAGES
+        mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
+        w_pairs_scale = _scale_pairs(gl.convert_layout(w_sc, W_SCALES, assert_trivial=True), OP_DTYPE)
+        if X_NVFP4:
+            # decode the activation tile once per CTA into the bf16 B buffer of this k-tile
+            xp = x_bufs.index(slot).load(X_BYTES).reshape([TT, NB, 8])
+            xp = gl.convert_layout(xp, X_BYTES3, assert_trivial=True)
+            x_pairs = _decode_pairs(xp, gl.expand_dims(_scale_pairs(x_sc, OP_DTYPE), 2), OP_DTYPE)
+            b_slot = b_bufs.index(i % 2)
+            b_slot._reinterpret(gl.int32, [TT, TK2], B_PAIRS).store(
+                gl.convert_layout(x_pairs.reshape([TT, TK2]), X_PAIRS, assert_trivial=True))
+        wp = gl.convert_layout(w_bufs.index(slot).load(W_BYTES).reshape([TW, NB, 8]), W_BYTES3, assert_trivial=True)
+        w_pairs = _decode_pairs(wp, gl.expand_dims(w_pairs_scale, 2), OP_DTYPE)
+        lo, hi = _split_pairs(w_pairs, OP_DTYPE)
+        a = gl.convert_layout(gl.join(lo, hi).reshape([TW, TK]), A_LAYOUT, assert_trivial=True)
+        # prefetch the next k-tile's block scales (consumed one iteration later)
+        nk = gl.minimum(i + 1, k_tiles - 1)  # (clamped: never read past the last k-tile)
+        w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES_LD)
+        if X_NVFP4:
+            x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
+            fence_async_shared()
+            gl.thread_barrier()  # the whole decoded B tile is written before wgmma reads it
+            b_op = b_bufs.index(i % 2).permute((1, 0))
+        else:
+            b_op = x_bufs.index(slot).permute((1, 0))
+        acc = warpgroup_mma(a, b_op, acc, use_acc=i > 0, is_async=True)
+        acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
+        a_prev = a
+        # wgmma i-1 is complete in both warpgroups and slot i-1 was read by every thread: order the
+        # generic-proxy reads before the TMA refill of that slot with k-tile i + STAGES - 1.
+        fence_async_shared()
+        gl.thread_barrier()
+        nxt = i + STAGES - 1
+        nslot = nxt % STAGES
+        pred = nxt < k_tiles
+        mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, nxt * TK2], bars.index(nslot), w_bufs.index(nslot), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, nxt * x_desc.block_type.shape[1]], bars.index(nslot),
+                                        x_bufs.index(nslot), pred)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(s))
+
+    if OP_DTYPE == gl.bfloat16:
+        alpha = gl.load(w_gs_ptr) * 256.0  # undo the 2^-8 of the bf16-decoded weights
+    else:
+        alpha = gl.load(w_gs_ptr)
+    if X_NVFP4:
+        alpha = alpha * gl.load(x_gs_ptr)  # W4A4 always decodes to fp16 (no extra factor)
+    acc = acc * alpha
+    if HAS_BIAS:
+        rows = off_w + gl.arange(0, TW, layout=gl.SliceLayout(1, mma))
+        bias = gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
+        acc = acc + gl.expand_dims(bias, 1)
+    c_smem = gl.allocate_shared_memory(out_desc.dtype, [TT, TW], out_desc.layout)
+    c_smem.permute((1, 0)).store(acc.to(out_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(out_desc, [off_t, off_w], c_smem)
+    tma.store_wait(pendings=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+
+STAGES_W4A16 = 4  # 4 × (32 KB x + 4 KB W) + epilogue tile: ~147 KB of shared memory
+STAGES_W4A4 = 4  # 4 × (8 KB x + 4 KB W) + 2 × 32 KB decoded x tile: ~115 KB
+GROUP = 8
+
+
+def _gl_dtype(dtype: torch.dtype):
+    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.uint8: gl.uint8}[dtype]
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.data_ptr() % 16 == 0 and t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0
+
+
+@functools.cache
+def _is_hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) == (9, 0)
+
+
+def supported(a: torch.Tensor, a_nvfp4: bool, b_data: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """Whether the Hopper kernel can run this GEMM (see the module docstring)."""
+    if a.device.type != "cuda" or out_dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if not _is_hopper(a.device.index if a.device.index is not None else torch.cuda.current_device()):
+        return False
+    n, k = b_data.shape[0], b_data.shape[1] * 2
+    if k % 32 != 0 or n % 8 != 0 or not _aligned(b_data):
+        return False
+    if a_nvfp4:
+        return a.dtype == torch.uint8 and _aligned(a)
+    return a.dtype in (torch.bfloat16, torch.float16) and _aligned(a)
+
+
+def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> torch.Tensor:
+    """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    m = a.shape[0]
+    n, k2 = b_data.shape
+    k = 2 * k2
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
+    w_desc = TensorDescriptor.from_tensor(b_data, [BW, BK // 2], u8)
+    if a_nvfp4:
+        op_dtype = gl.float16
+        x_desc = TensorDescriptor.from_tensor(a, [BT, BK // 2], u8)
+        x_scale = a_scale.view(torch.uint8)
+        stages = STAGES_W4A4
+    else:
+        op_dtype = _gl_dtype(a.dtype)
+        x_desc = TensorDescriptor.from_tensor(a, [BT, BK], gl.NVMMASharedLayout.get_default_for([BT, BK], op_dtype))
+        x_scale = b_data  # unused
+        stages = STAGES_W4A16
+    o_layout = gl.NVMMASharedLayout.get_default_for([BT, BW], _gl_dtype(out_dtype))
+    out_desc = TensorDescriptor.from_tensor(out, [BT, BW], o_layout)
+    w_scale = b_scale.view(torch.uint8)
+    grid = (triton.cdiv(n, BW) * triton.cdiv(m, BT),)
+    _hopper_gemm_kernel[grid](
+        w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs,
+        a_gs if a_gs is not None else b_gs, m, n, k, w_scale.stride(0), x_scale.stride(0),
+        X_NVFP4=a_nvfp4, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None, OP_DTYPE=op_dtype, STAGES=stages,
+        GROUP=GROUP, num_warps=NUM_WARPS,
+    )
+    return out
