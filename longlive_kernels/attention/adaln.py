@@ -60,20 +60,21 @@ def _residual_norm_fwd_kernel(
     stride_gb, stride_gf, stride_sb, stride_sf, stride_tb, stride_tf,
     eps,
     size_class,  # bit length of B·L: autotune key only (unused)
-    rows_per_prog,  # tokens per program (autotuned on the GPU)
     RESIDUAL: tl.constexpr,
     GATED: tl.constexpr,
     NORM: tl.constexpr,
     PLUS_ONE: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    first = pid_p * rows_per_prog
-    last = tl.minimum(first + rows_per_prog, frame_len)
+    rows = tl.cdiv(frame_len, tl.num_programs(0))  # each program: one run of its frame's tokens
+    first = pid_p * rows
+    last = tl.minimum(first + rows, frame_len)
     tok0 = f * frame_len
 
     if GATED:
@@ -86,9 +87,10 @@ def _residual_norm_fwd_kernel(
 
     # rows are prefetched one ahead so the next row's load is in flight during this row's math
     t = tok0 + first
-    x_nxt = _stream_row(x_ptr, b * stride_xb + t * stride_xl, cols, cmask)
+    fmask = cmask & (first < last)  # trailing programs may own no tokens
+    x_nxt = _stream_row(x_ptr, b * stride_xb + t * stride_xl, cols, fmask)
     if RESIDUAL:
-        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
+        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, fmask)
     for i in range(first, last):
         t = tok0 + i
         x = x_nxt.to(tl.float32)
@@ -131,13 +133,13 @@ def _residual_norm_bwd_kernel(
     stride_gb, stride_gf, stride_sb, stride_sf,
     eps,
     size_class,  # bit length of B·L: autotune key only (unused)
-    rows_per_prog,  # tokens per program (autotuned on the GPU)
     NORM: tl.constexpr,
     RESIDUAL: tl.constexpr,
     GATED: tl.constexpr,
     PLUS_ONE: tl.constexpr,
     MOD_GRAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
@@ -145,8 +147,9 @@ def _residual_norm_bwd_kernel(
     n_b = tl.num_programs(2)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    first = pid_p * rows_per_prog
-    last = tl.minimum(first + rows_per_prog, frame_len)
+    rows = tl.cdiv(frame_len, tl.num_programs(0))  # each program: one run of its frame's tokens
+    first = pid_p * rows
+    last = tl.minimum(first + rows, frame_len)
     tok0 = f * frame_len
 
     zero = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -161,13 +164,14 @@ def _residual_norm_bwd_kernel(
             m = m + 1.0
 
     t = tok0 + first
+    fmask = cmask & (first < last)  # trailing programs may own no tokens
     if NORM:
-        r_nxt = _stream_row(r_ptr, b * stride_rb + t * stride_rl, cols, cmask)
-        gh_nxt = _stream_row(gh_ptr, b * stride_ghb + t * stride_ghl, cols, cmask)
+        r_nxt = _stream_row(r_ptr, b * stride_rb + t * stride_rl, cols, fmask)
+        gh_nxt = _stream_row(gh_ptr, b * stride_ghb + t * stride_ghl, cols, fmask)
     if RESIDUAL:
-        gr_nxt = _stream_row(gr_ptr, b * stride_grb + t * stride_grl, cols, cmask)
+        gr_nxt = _stream_row(gr_ptr, b * stride_grb + t * stride_grl, cols, fmask)
     if GATED:
-        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, cmask)
+        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, fmask)
     for i in range(first, last):
         t = tok0 + i
         pmask = cmask & (i + 1 < last)
@@ -217,11 +221,14 @@ def _residual_norm_bwd_kernel(
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-# rows per program × warps: more rows amortize the per-frame vectors (and, in the backward, the
-# partial sums); fewer rows give more programs to hide latency. 16 warps = 8 elements per thread
-# at C = 3072 (one 16-byte load per bf16 row), 4 warps = 32.
-_FWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 16, 4) for r in (8, 4, 16, 32)]
-_BWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 16, 4) for r in (16, 8, 32, 64)]
+# Grid (P, F, B) with P programs per latent frame, P from a target number of programs per SM
+# (autotuned with the warps): more programs hide more latency; fewer programs amortize the
+# per-frame vectors and, in the backward, the fp32 partial sums (P·C·4 bytes per frame and
+# gradient, bounded by PROGS_PER_SM·SMs·C·4 in total at any sequence length). 16 warps = 8
+# elements per thread at C = 3072 (one 16-byte load per bf16 row), 4 warps = 32.
+_FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 16, 4) for f in (4, 8, 2, 16)]
+_BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 16, 4) for f in (2, 1, 4)]
+_INTERPRETER_PROGS_PER_SM = 2
 _KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM"]  # size_class: a tuning per power of 2 of B·L
 
 
@@ -233,10 +240,24 @@ def _tuned(kernel, bwd: bool):
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
 
 
-def _min_rows(kernel, interpreter_rows: int) -> int:
-    """Smallest rows per program the backward launch may use (sizes the partial-sum buffer)."""
-    tuned = _tuned(kernel, True)
-    return interpreter_rows if tuned is None else min(c.kwargs["rows_per_prog"] for c in tuned.configs)
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a few programs per frame, so tests cover ragged token runs
+
+
+def _programs_per_frame(progs_per_sm: int, groups: int, frame_len: int, device: torch.device) -> int:
+    """P for a target of ``progs_per_sm`` programs per SM over ``groups`` = B·F frames."""
+    return max(1, min(frame_len, triton.cdiv(progs_per_sm * _num_sms(device), groups)))
+
+
+def _max_programs_per_frame(kernel, bwd: bool, groups: int, frame_len: int, device: torch.device) -> int:
+    """Largest P any config may launch (sizes the backward's partial-sum buffer)."""
+    tuned = _tuned(kernel, bwd)
+    factors = ([_INTERPRETER_PROGS_PER_SM] if tuned is None
+               else [c.kwargs["PROGS_PER_SM"] for c in tuned.configs])
+    return _programs_per_frame(max(factors), groups, frame_len, device)
 
 
 def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -245,20 +266,19 @@ def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _interpreter_rows(n_rows: int, frame_len: int, bwd: bool) -> int:
-    """Rows per program in the interpreter: a few programs per frame, so tests cover ragged runs."""
-    return max(1, min(frame_len, triton.cdiv(n_rows, 8 if bwd else 32)))
-
-
-def _launch(kernel, bwd: bool, n_rows: int, frame_len: int, grid_rest: tuple[int, int], args, meta) -> int:
-    """Launch over (programs per frame, F, B); returns the rows per program that ran."""
+def _launch(kernel, bwd: bool, frame_len: int, n_frames: int, bsz: int, device, args, meta) -> int:
+    """Launch over (P, F, B); returns the P that ran (every one of its programs writes its partial
+    slot, possibly zeros when its token run is empty)."""
     tuned = _tuned(kernel, bwd)
+    groups = n_frames * bsz
     if tuned is None:
-        rows = _interpreter_rows(n_rows, frame_len, bwd)
-        kernel[(triton.cdiv(frame_len, rows), *grid_rest)](*args, rows, num_warps=4, **meta)
-        return rows
-    tuned[lambda m: (triton.cdiv(frame_len, m["rows_per_prog"]), *grid_rest)](*args, **meta)
-    return tuned.best_config.kwargs["rows_per_prog"]
+        f = _INTERPRETER_PROGS_PER_SM
+        n_p = _programs_per_frame(f, groups, frame_len, device)
+        kernel[(n_p, n_frames, bsz)](*args, PROGS_PER_SM=f, num_warps=4, **meta)
+        return n_p
+    tuned[lambda m: (_programs_per_frame(m["PROGS_PER_SM"], groups, frame_len, device), n_frames, bsz)](
+        *args, **meta)
+    return _programs_per_frame(tuned.best_config.kwargs["PROGS_PER_SM"], groups, frame_len, device)
 
 
 def _row_strides(t: torch.Tensor) -> tuple[int, int]:
@@ -286,7 +306,7 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
             *_row_strides(shift), eps, (bsz * n_tok).bit_length())
     meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one,
             "BLOCK_C": triton.next_power_of_2(c)}
-    _launch(_residual_norm_fwd_kernel, False, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
+    _launch(_residual_norm_fwd_kernel, False, frame_len, n_frames, bsz, x.device, args, meta)
     return (r if residual else None), (h if norm else None)
 
 
@@ -307,16 +327,14 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, frame_len, eps, plus_one, mod
     dx = _new_out((bsz, n_tok, c), dx_dtype, dev) if norm else ref
     dy = _new_out((bsz, n_tok, c), dy_dtype, dev) if gated else ref
     n_acc = (2 if norm else 0) + (1 if gated else 0)
-    min_rows = _min_rows(_residual_norm_bwd_kernel, _interpreter_rows(bsz * n_tok, frame_len, True))
-    p_max = triton.cdiv(frame_len, min_rows)
+    p_max = _max_programs_per_frame(_residual_norm_bwd_kernel, True, bsz * n_frames, frame_len, dev)
     part = (_new_out((n_acc, bsz, n_frames, p_max, c), torch.float32, dev) if mod_grad and n_acc else ref)
     args = (grad_h, grad_r, r, y, gate, scale, dx, dy, part, n_tok, c, frame_len, n_frames, p_max,
             *_row_strides(grad_h), *_row_strides(grad_r), *_row_strides(r), *_row_strides(y),
             *_row_strides(gate), *_row_strides(scale), eps, (bsz * n_tok).bit_length())
     meta = {"NORM": norm, "RESIDUAL": residual, "GATED": gated, "PLUS_ONE": plus_one,
             "MOD_GRAD": mod_grad and n_acc > 0, "BLOCK_C": triton.next_power_of_2(c)}
-    rows = _launch(_residual_norm_bwd_kernel, True, bsz * n_tok, frame_len, (n_frames, bsz), args, meta)
-    n_used = triton.cdiv(frame_len, rows)  # slots [n_used, p_max) were not written
+    n_used = _launch(_residual_norm_bwd_kernel, True, frame_len, n_frames, bsz, dev, args, meta)
     sums = ([part[i, :, :, :n_used].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)]
             if mod_grad and n_acc else None)
     return (dx if norm else None), (dy if gated else None), sums
@@ -819,7 +837,7 @@ _FWD_SIG = {
     "r_ptr": "*bf16", "h_ptr": "*bf16", "L": "i32", "C": "i32", "frame_len": "i32",
     **{s: "i64" for s in ("stride_xb", "stride_xl", "stride_yb", "stride_yl", "stride_gb", "stride_gf",
                           "stride_sb", "stride_sf", "stride_tb", "stride_tf")},
-    "eps": "fp32", "size_class": "i32", "rows_per_prog": "i32",
+    "eps": "fp32", "size_class": "i32",
 }
 _BWD_SIG = {
     "gh_ptr": "*bf16", "gr_ptr": "*bf16", "r_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*fp32",
@@ -827,13 +845,13 @@ _BWD_SIG = {
     "L": "i32", "C": "i32", "frame_len": "i32", "n_frames": "i32", "part_stride_p": "i32",
     **{s: "i64" for s in ("stride_ghb", "stride_ghl", "stride_grb", "stride_grl", "stride_rb", "stride_rl",
                           "stride_yb", "stride_yl", "stride_gb", "stride_gf", "stride_sb", "stride_sf")},
-    "eps": "fp32", "size_class": "i32", "rows_per_prog": "i32",
+    "eps": "fp32", "size_class": "i32",
 }
 _VARIANTS = [(False, False, True), (True, True, True), (True, False, True), (True, True, False)]
 for _res, _gated, _norm in _VARIANTS:  # (RESIDUAL, GATED, NORM)
     register_aot(_residual_norm_fwd_kernel, signature=_FWD_SIG,
                  constexprs={"RESIDUAL": _res, "GATED": _gated, "NORM": _norm, "PLUS_ONE": True,
-                             "BLOCK_C": 4096})
+                             "BLOCK_C": 4096, "PROGS_PER_SM": 4})
     register_aot(_residual_norm_bwd_kernel, signature=_BWD_SIG,
                  constexprs={"NORM": _norm, "RESIDUAL": _res, "GATED": _gated, "PLUS_ONE": True,
-                             "MOD_GRAD": True, "BLOCK_C": 4096})
+                             "MOD_GRAD": True, "BLOCK_C": 4096, "PROGS_PER_SM": 2})

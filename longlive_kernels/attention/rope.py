@@ -78,7 +78,8 @@ def _rope_fwd_rows(
     out = o_ptr + b * L * n + woff
     tok0 = first.to(tl.int64)
     # rows are prefetched one ahead so the next token's load is in flight during this token's math
-    x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0, eviction_policy="evict_first")
+    fmask = mask & (first < last)  # trailing programs may own no tokens
+    x_nxt = tl.load(x_in + tok0 * sxl, mask=fmask, other=0.0, eviction_policy="evict_first")
     for i in range(last - first):
         t = tok0 + i
         x = x_nxt.to(tl.float32)
@@ -109,7 +110,6 @@ def _rope_fwd_kernel(
     sqb, sql, sqh, skb, skl, skh,
     eps,
     size_class,  # bit length of B·L: autotune key only (unused)
-    rows_per_prog,  # tokens per program (autotuned on the GPU)
     D: tl.constexpr,
     NT: tl.constexpr,
     NHP: tl.constexpr,
@@ -117,12 +117,14 @@ def _rope_fwd_kernel(
     NORM_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     # q then k over the same token run: half the live registers of an interleaved q/k loop
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    first = pid * rows_per_prog
-    last = tl.minimum(first + rows_per_prog, L)
+    rows = tl.cdiv(L, tl.num_programs(0))  # each program: one run of consecutive tokens
+    first = pid * rows
+    last = tl.minimum(first + rows, L)
     _rope_fwd_rows(q_ptr, wq_ptr, qo_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
                    sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D)
     _rope_fwd_rows(k_ptr, wk_ptr, ko_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
@@ -153,9 +155,10 @@ def _rope_bwd_rows(
     x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
     out = dx_ptr + b * L * n + woff
     tok0 = first.to(tl.int64)
-    g_nxt = tl.load(g_in + tok0 * sgl, mask=mask, other=0.0, eviction_policy="evict_first")
+    fmask = mask & (first < last)  # trailing programs may own no tokens
+    g_nxt = tl.load(g_in + tok0 * sgl, mask=fmask, other=0.0, eviction_policy="evict_first")
     if NORM:
-        x_nxt = tl.load(x_in + tok0 * sxl, mask=mask, other=0.0, eviction_policy="evict_first")
+        x_nxt = tl.load(x_in + tok0 * sxl, mask=fmask, other=0.0, eviction_policy="evict_first")
     for i in range(last - first):
         t = tok0 + i
         nmask = mask & (t + 1 < last)
@@ -198,7 +201,6 @@ def _rope_bwd_kernel(
     gqb, gql, gqh, gkb, gkl, gkh, sqb, sql, sqh, skb, skl, skh,
     eps,
     size_class,  # bit length of B·L: autotune key only (unused)
-    rows_per_prog,  # tokens per program (autotuned on the GPU)
     D: tl.constexpr,
     NT: tl.constexpr,
     NHP: tl.constexpr,
@@ -206,12 +208,14 @@ def _rope_bwd_kernel(
     NORM_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     n = NH * D
-    first = pid * rows_per_prog
-    last = tl.minimum(first + rows_per_prog, L)
+    rows = tl.cdiv(L, tl.num_programs(0))  # each program: one run of consecutive tokens
+    first = pid * rows
+    last = tl.minimum(first + rows, L)
     part = part_ptr + (b * part_stride_p + pid) * n
     plane = tl.num_programs(1) * part_stride_p * n  # elements per weight's partials
     _rope_bwd_rows(gq_ptr, q_ptr, wq_ptr, dq_ptr, part, cos_ptr, sin_ptr, b, first, last, L, NH,
@@ -224,11 +228,13 @@ def _rope_bwd_kernel(
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-# rows per program × warps: a [32, 128] head tile is 16 fp32 per thread at 8 warps (two 16-byte
-# bf16 loads), 8 at 16 warps. The backward with RMSNorm writes NH·D fp32 partials per program, so
-# it prefers longer runs.
-_FWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 4, 16) for r in (8, 4, 16, 32)]
-_BWD_CONFIGS = [triton.Config({"rows_per_prog": r}, num_warps=w) for w in (8, 4, 16) for r in (16, 8, 32, 64)]
+# Grid (P, B) with P from a target number of programs per SM (autotuned with the warps): more
+# programs hide more latency, fewer amortize the weights/tables and the backward's NH·D fp32
+# partial sums (bounded by PROGS_PER_SM·SMs·NH·D·4 bytes per weight at any length). A [32, 128]
+# head tile is 16 fp32 per thread at 8 warps (two 16-byte bf16 loads), 8 at 16 warps.
+_FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 4, 16) for f in (4, 8, 2, 16)]
+_BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 4, 16) for f in (2, 1, 4)]
+_INTERPRETER_PROGS_PER_SM = 2
 _KEY = ["NH", "D", "size_class", "NORM_Q", "NORM_K"]  # size_class: a tuning per power of 2 of B·L
 
 
@@ -240,10 +246,24 @@ def _tuned(kernel, bwd: bool):
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
 
 
-def _min_rows(kernel, interpreter_rows: int) -> int:
-    """Smallest rows per program the backward launch may use (sizes the partial-sum buffer)."""
-    tuned = _tuned(kernel, True)
-    return interpreter_rows if tuned is None else min(c.kwargs["rows_per_prog"] for c in tuned.configs)
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: a few programs, so tests cover ragged token runs
+
+
+def _programs(progs_per_sm: int, bsz: int, n_tok: int, device: torch.device) -> int:
+    """Programs per batch row for a target of ``progs_per_sm`` programs per SM."""
+    return max(1, min(n_tok, triton.cdiv(progs_per_sm * _num_sms(device), bsz)))
+
+
+def _max_programs(kernel, bwd: bool, bsz: int, n_tok: int, device: torch.device) -> int:
+    """Largest P any config may launch (sizes the backward's partial-sum buffer)."""
+    tuned = _tuned(kernel, bwd)
+    factors = ([_INTERPRETER_PROGS_PER_SM] if tuned is None
+               else [c.kwargs["PROGS_PER_SM"] for c in tuned.configs])
+    return _programs(max(factors), bsz, n_tok, device)
 
 
 def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -252,20 +272,16 @@ def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _interpreter_rows(n_tok: int, bwd: bool) -> int:
-    """Tokens per program in the interpreter: a few programs, so tests cover ragged runs."""
-    return max(1, triton.cdiv(n_tok, 3 if bwd else 5))
-
-
-def _launch(kernel, bwd: bool, n_tok: int, bsz: int, args, meta) -> int:
-    """Launch over (programs, B); returns the tokens per program that ran."""
+def _launch(kernel, bwd: bool, n_tok: int, bsz: int, device, args, meta) -> int:
+    """Launch over (P, B); returns the P that ran (each program writes its partial slot)."""
     tuned = _tuned(kernel, bwd)
     if tuned is None:
-        rows = _interpreter_rows(n_tok, bwd)
-        kernel[(triton.cdiv(n_tok, rows), bsz)](*args, rows, num_warps=4, **meta)
-        return rows
-    tuned[lambda m: (triton.cdiv(n_tok, m["rows_per_prog"]), bsz)](*args, **meta)
-    return tuned.best_config.kwargs["rows_per_prog"]
+        f = _INTERPRETER_PROGS_PER_SM
+        n_p = _programs(f, bsz, n_tok, device)
+        kernel[(n_p, bsz)](*args, PROGS_PER_SM=f, num_warps=4, **meta)
+        return n_p
+    tuned[lambda m: (_programs(m["PROGS_PER_SM"], bsz, n_tok, device), bsz)](*args, **meta)
+    return _programs(tuned.best_config.kwargs["PROGS_PER_SM"], bsz, n_tok, device)
 
 
 @functools.lru_cache(maxsize=32)
@@ -318,7 +334,7 @@ def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     args = (q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, qo, ko,
             n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], *_head_strides(q), *_head_strides(k), eps,
             (bsz * n_tok).bit_length())
-    _launch(_rope_fwd_kernel, False, n_tok, bsz, args,
+    _launch(_rope_fwd_kernel, False, n_tok, bsz, q.device, args,
             dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(q)))
     return qo, ko
 
@@ -332,16 +348,14 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     dq = _new_out((bsz, n_tok, nh, d), q.dtype, gq.device)
     dk = _new_out((bsz, n_tok, nh, d), k.dtype, gq.device)
     norm = wq is not None or wk is not None
-    min_rows = _min_rows(_rope_bwd_kernel, _interpreter_rows(n_tok, True))
-    p_max = triton.cdiv(n_tok, min_rows)
+    p_max = _max_programs(_rope_bwd_kernel, True, bsz, n_tok, gq.device)
     part = _new_out((2, bsz, p_max, nh * d), torch.float32, gq.device) if norm else gq
     args = (gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, cos, sin, dq, dk, part,
             n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], p_max,
             *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k), eps,
             (bsz * n_tok).bit_length())
-    rows = _launch(_rope_bwd_kernel, True, n_tok, bsz, args,
+    n_used = _launch(_rope_bwd_kernel, True, n_tok, bsz, gq.device, args,
                    dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(gq)))
-    n_used = triton.cdiv(n_tok, rows)  # slots [n_used, p_max) were not written
     dwq = part[0, :, :n_used].sum(dim=(0, 1)) if wq is not None else None
     dwk = part[1, :, :n_used].sum(dim=(0, 1)) if wk is not None else None
     return dq, dk, dwq, dwk
@@ -551,14 +565,13 @@ def apply_rope_3d(
 
 _STRIDES = ("sqb", "sql", "sqh", "skb", "skl", "skh")
 _COMMON = {"L": "i32", "NH": "i32", "n_frames": "i32", "GH": "i32", "GW": "i32"}
-_META = {"D": 128, "NT": 22, "NHP": 21, "BLOCK_H": 32, "BLOCK_D": 128}
+_META = {"D": 128, "NT": 22, "NHP": 21, "BLOCK_H": 32, "BLOCK_D": 128, "PROGS_PER_SM": 4}
 for _norm in (True, False):
     register_aot(
         _rope_fwd_kernel,
         signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "wq_ptr": "*bf16", "wk_ptr": "*bf16",
                    "cos_ptr": "*fp32", "sin_ptr": "*fp32", "qo_ptr": "*bf16", "ko_ptr": "*bf16",
-                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32", "size_class": "i32",
-                   "rows_per_prog": "i32"},
+                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32", "size_class": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )
     register_aot(
@@ -568,6 +581,6 @@ for _norm in (True, False):
                    "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON,
                    "part_stride_p": "i32",
                    **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES}, "eps": "fp32",
-                   "size_class": "i32", "rows_per_prog": "i32"},
+                   "size_class": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )

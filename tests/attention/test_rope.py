@@ -212,15 +212,16 @@ def test_many_tokens_per_program(monkeypatch):
     )
 
 
-@pytest.mark.parametrize("rows", [2, 64])
-def test_autotuned_launch_path(monkeypatch, rows):
-    """The GPU launch path (autotune grid lambda, rows read back from best_config, partial slots
-    sized from the configs) with a one-config autotuner, which the interpreter can run."""
+@pytest.mark.parametrize("progs_per_sm", [1, 5, 16])
+def test_autotuned_launch_path(monkeypatch, progs_per_sm):
+    """The GPU launch path (autotune grid lambda, grid read back from best_config, partial slots
+    sized from the configs; 6 / 5 leave trailing programs with no tokens) with a one-config
+    autotuner, which the interpreter can run."""
     import triton
 
     def one_config(kernel, bwd):
         return triton.autotune(
-            configs=[triton.Config({"rows_per_prog": rows}, num_warps=4)], key=rope_mod._KEY
+            configs=[triton.Config({"PROGS_PER_SM": progs_per_sm}, num_warps=4)], key=rope_mod._KEY
         )(kernel)
 
     monkeypatch.setattr(rope_mod, "_tuned", one_config)
