@@ -320,3 +320,29 @@ def test_gpu_model_size_vs_sdpa(compute, with_current):
         emul = _fp8_emulation(subq(q)[:, :256], sub(kk), sub(vv))
         want256 = want[:, :256]
         assert err <= 2 * rel_err(emul, want256) + 1e-3 and cosine(subq(out), want) > 0.99, (err, err_sdpa)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_update_and_attention_across_chunks():
+    """update + fp4_kv_attention captured once (chunk 3, context [0, 1, 2]) and replayed for later
+    chunks: slots and the context length come from the device table, so the replay equals eager."""
+    t, h = 256, 4
+    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=128, chunk_tokens=t, max_chunks=4, device="cuda")
+    q, k, v = (torch.empty(1, t, h, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for n in range(4):
+        cache.start_chunk(n)
+        q.copy_(_rand(3 * n, 1, t, h, 128)), k.copy_(_rand(3 * n + 1, 1, t, h, 128)), v.copy_(_rand(3 * n + 2, 1, t, h, 128))
+        cache.update(0, k, v)
+    out = fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        cache.update(0, k, v)
+        out = fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)
+    for n in range(4, 8):
+        cache.start_chunk(n)
+        if n == 5:
+            cache.pin_shot_sink(5)
+        q.copy_(_rand(3 * n, 1, t, h, 128)), k.copy_(_rand(3 * n + 1, 1, t, h, 128)), v.copy_(_rand(3 * n + 2, 1, t, h, 128))
+        g.replay()
+        eager = fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)
+        assert torch.equal(out, eager), n
