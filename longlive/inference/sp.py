@@ -94,9 +94,10 @@ class SPGroup:
         if p == 1:
             return x
         x = x.contiguous()
-        out = torch.empty((p, *x.shape), dtype=x.dtype, device=x.device)
-        dist.all_gather_into_tensor(out, x, group=self.group)
-        return torch.cat(out.unbind(0), dim=dim)
+        out = torch.empty((p * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(out, x, group=self.group)
+        return torch.cat(out.chunk(p, dim=0), dim=dim)
 
     def barrier(self) -> None:
         if self.world_size > 1:
