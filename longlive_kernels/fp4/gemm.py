@@ -6,7 +6,7 @@
   This is NVFP4 × NVFP4 semantics up to the FP32 summation order (``nvfp4-hopper.md`` §3.4).
 - W4A16 (``a`` bf16/fp16) and W4A8 (``a`` float8_e4m3fn with an optional per-row / per-tensor
   scale): only ``b`` is decoded; the MMA runs in ``a``'s dtype (fp16 for fp8 ``a``: exact).
-- Small M (≤ ``SPLIT_K_MAX_M``): the same kernel with split-K over the grid's second axis; the last
+- Small M (≤ ``SPLIT_K_MAX_M`` = 256): the same kernel with split-K over the grid's second axis; the last
   program of each output tile (an atomic counter per tile, self-resetting) sums the FP32 partials in
   a fixed order — deterministic, one launch.
 - ``algorithm="dequantize"``: decode both operands (tensor scale 1, so still exact) to bf16 and run
@@ -33,7 +33,7 @@ from . import reference
 from .format import BLOCK_SIZE, NVFP4Tensor
 from .gemm_dequant import OPERAND_SCALE, dequant_nvfp4_tile
 
-SPLIT_K_MAX_M = 128  # M at or below which the split-K configuration is used
+SPLIT_K_MAX_M = 256  # M at or below which the split-K configuration is used
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DENSE_A_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
 ALGORITHMS = ("auto", "fused", "portable", "dequantize", "scaled_mm")
@@ -223,10 +223,11 @@ def _semaphores(device: torch.device, n: int) -> torch.Tensor:
 
 
 def _small_m_config(m: int, n: int, k: int, device: torch.device) -> tuple[int, int, int, int, int, int]:
-    """(BM, BN, BK, warps, stages, split_k) for memory-bound small M: enough CTAs to cover the SMs."""
-    bm = max(16, triton.next_power_of_2(m))
+    """(BM, BN, BK, warps, stages, split_k) for small M (memory-bound for M ≲ 100 with NVFP4
+    weights): 64-wide weight tiles and enough K splits that about two CTAs run per SM."""
+    bm = max(16, min(64, triton.next_power_of_2(m)))
     bn = 64
-    bk = 256 if k >= 256 else max(64, triton.next_power_of_2(k))
+    bk = (256 if bm <= 32 else 128) if k >= 256 else max(64, triton.next_power_of_2(k))
     if interpret_mode() or device.type != "cuda":
         bk = min(bk, 128)
         sms = 8
@@ -496,9 +497,9 @@ def nvfp4_gemm(
     a_scale : torch.Tensor, optional
         Only for float8 ``a``: FP32 per-tensor (1 element) or per-row ([M]) decode scale.
     algorithm : {"auto", "fused", "portable", "dequantize", "scaled_mm"}
-        ``fused``: decode inside the main loop — on Hopper for M > 128 the Gluon kernel of
+        ``fused``: decode inside the main loop — on Hopper for M > 256 the Gluon kernel of
         ``gemm_hopper.py`` (weights decoded into wgmma registers, TMA pipeline; bf16/fp16 output,
-        ``K % 32 == 0``, ``N % 8 == 0``), otherwise the portable Triton kernel (split-K for M ≤ 128).
+        ``K % 32 == 0``, ``N % 8 == 0``), otherwise the portable Triton kernel (split-K for M ≤ 256).
         ``portable``: always the portable Triton kernel.
         ``dequantize``: decode operands to bf16 (exact), cuBLAS with FP32 output, torch epilogue.
         ``scaled_mm``: sm_100+ only, W4A4 through ``torch._scaled_mm`` with FP4 operands (not run

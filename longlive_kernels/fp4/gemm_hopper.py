@@ -40,7 +40,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-BW, BT, BK = 128, 256, 64  # weight rows, tokens, K per tile
+BW, BT, BK = 128, 256, 64  # weight rows, tokens (256, or 128 when that fills the SMs better), K per tile
 NUM_WARPS = 8
 
 # 4 packed bytes ($8) and 4 per-byte scale pairs ($4..$7... see constraints) → 4 registers, each the
@@ -175,6 +175,7 @@ def _hopper_gemm_kernel(
     TT: gl.constexpr = out_desc.block_type.shape[0]
     NB: gl.constexpr = TK // 16
     gl.static_assert(TW == 128 and TK == 64 and num_warps == 8, "layouts below assume a 128×64 A tile, 8 warps")
+    gl.static_assert(TT == 128 or TT == 256, "token tile of 128 or 256 rows")
 
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, TT, 16])
     A_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -191,11 +192,12 @@ def _hopper_gemm_kernel(
     W_SCALES_LD: gl.constexpr = gl.DistributedLinearLayout(
         reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
         warp_bases=[[16, 0], [32, 0], [64, 0]], block_bases=[], shape=[TW, NB])
-    # Activation tile decode (W4A4): one thread per token row.
-    X_BYTES: gl.constexpr = gl.BlockedLayout([1, TK2], [32, 1], [num_warps, 1], [1, 0])
-    X_BYTES3: gl.constexpr = gl.BlockedLayout([1, NB, 8], [32, 1, 1], [num_warps, 1, 1], [2, 1, 0])
+    # Activation tile decode (W4A4): TPR threads per token row (1 for 256-row tiles, 2 for 128).
+    TPR: gl.constexpr = 256 // TT
+    X_BYTES: gl.constexpr = gl.BlockedLayout([1, TK2 // TPR], [32 // TPR, TPR], [num_warps, 1], [1, 0])
+    X_BYTES3: gl.constexpr = gl.BlockedLayout([1, NB // TPR, 8], [32 // TPR, TPR, 1], [num_warps, 1, 1], [2, 1, 0])
     X_SCALES: gl.constexpr = gl.SliceLayout(2, X_BYTES3)
-    X_PAIRS: gl.constexpr = gl.BlockedLayout([1, TK2], [32, 1], [num_warps, 1], [1, 0])
+    X_PAIRS: gl.constexpr = gl.BlockedLayout([1, TK2 // TPR], [32 // TPR, TPR], [num_warps, 1], [1, 0])
 
     # Grouped tile order: GROUP weight tiles sweep the token tiles together (W stays in L2).
     pid = gl.program_id(0)
@@ -332,6 +334,18 @@ def supported(a: torch.Tensor, a_nvfp4: bool, b_data: torch.Tensor, out_dtype: t
     return a.dtype in (torch.bfloat16, torch.float16) and _aligned(a)
 
 
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def token_tile(m: int, n: int, sms: int) -> int:
+    """256 or 128 token rows per tile: the one with fewer (waves × tile work), 128-row tiles charged
+    10% more per row (a narrower wgmma reads more shared memory per FLOP)."""
+    waves = lambda bt: -(-triton.cdiv(m, bt) * triton.cdiv(n, BW) // sms)  # noqa: E731
+    return 256 if waves(256) * 256 <= waves(128) * 128 * 1.1 else 128
+
+
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -339,23 +353,24 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> t
     m = a.shape[0]
     n, k2 = b_data.shape
     k = 2 * k2
+    bt = token_tile(m, n, _num_sms(a.device.index if a.device.index is not None else torch.cuda.current_device()))
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
     w_desc = TensorDescriptor.from_tensor(b_data, [BW, BK // 2], u8)
     if a_nvfp4:
         op_dtype = gl.float16
-        x_desc = TensorDescriptor.from_tensor(a, [BT, BK // 2], u8)
+        x_desc = TensorDescriptor.from_tensor(a, [bt, BK // 2], u8)
         x_scale = a_scale.view(torch.uint8)
         stages = STAGES_W4A4
     else:
         op_dtype = _gl_dtype(a.dtype)
-        x_desc = TensorDescriptor.from_tensor(a, [BT, BK], gl.NVMMASharedLayout.get_default_for([BT, BK], op_dtype))
+        x_desc = TensorDescriptor.from_tensor(a, [bt, BK], gl.NVMMASharedLayout.get_default_for([bt, BK], op_dtype))
         x_scale = b_data  # unused
-        stages = STAGES_W4A16
-    o_layout = gl.NVMMASharedLayout.get_default_for([BT, BW], _gl_dtype(out_dtype))
-    out_desc = TensorDescriptor.from_tensor(out, [BT, BW], o_layout)
+        stages = STAGES_W4A16  # bt=128: ~112 KB, two CTAs per SM
+    o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
+    out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
-    grid = (triton.cdiv(n, BW) * triton.cdiv(m, BT),)
+    grid = (triton.cdiv(n, BW) * triton.cdiv(m, bt),)
     _hopper_gemm_kernel[grid](
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs,
         a_gs if a_gs is not None else b_gs, m, n, k, w_scale.stride(0), x_scale.stride(0),

@@ -65,7 +65,7 @@ def _make_a(kind: str, x: torch.Tensor, seed: int):
 )
 @example(seed=3, m=1, n=1, kblocks=1, kind="nvfp4", has_bias=True, block_2d=False)
 def test_triton_matches_fp64_reference_small_m(seed, m, n, kblocks, kind, has_bias, block_2d):
-    """Split-K path (M ≤ 128), ragged M/N, K not a multiple of the tile, every operand kind."""
+    """Split-K path (M ≤ 256), ragged M/N, K not a multiple of the tile, every operand kind."""
     k = 16 * kblocks
     x, w = _rand(seed, m, k), _rand(seed + 1, n, k)
     bias = _rand(seed + 2, n) if has_bias else None
@@ -78,9 +78,9 @@ def test_triton_matches_fp64_reference_small_m(seed, m, n, kblocks, kind, has_bi
 
 
 @pytest.mark.parametrize("kind", ["nvfp4", "bf16"])
-@pytest.mark.parametrize("m,n,k", [(131, 37, 80), (160, 64, 128)])
+@pytest.mark.parametrize("m,n,k", [(261, 37, 80), (300, 20, 64)])
 def test_triton_matches_fp64_reference_large_m(kind, m, n, k):
-    """The non-split path (M > 128): ragged M and N, K = 80 not a multiple of the 64-wide tile."""
+    """The non-split path (M > 256): ragged M and N, K = 80 not a multiple of the 64-wide tile."""
     x, w = _rand(m + n, m, k), _rand(k, n, k)
     a, a_scale = _make_a(kind, x, 0)
     b = quantize_nvfp4(w, backend="torch")
@@ -435,7 +435,7 @@ def test_gpu_fp8_path():
 # --- the Gluon Hopper kernel: compiled for sm_90a here, run on the GPU --------------------------------
 
 
-def _compile_hopper_kernel(x_nvfp4: bool):
+def _compile_hopper_kernel(x_nvfp4: bool, bt: int):
     """AOT-compile gemm_hopper's kernel for sm_90a (as a JIT launch with aligned operands would)."""
     import os
 
@@ -454,16 +454,17 @@ def _compile_hopper_kernel(x_nvfp4: bool):
         return mangle_type(TensorDescriptor.from_tensor(torch.empty(shape, dtype=dtype), block, layout))
 
     u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
-    x_desc = desc((m, k // 2), torch.uint8, [gh.BT, gh.BK // 2], u8) if x_nvfp4 else desc(
-        (m, k), torch.bfloat16, [gh.BT, gh.BK], gl.NVMMASharedLayout.get_default_for([gh.BT, gh.BK], gl.bfloat16))
+    x_desc = desc((m, k // 2), torch.uint8, [bt, gh.BK // 2], u8) if x_nvfp4 else desc(
+        (m, k), torch.bfloat16, [bt, gh.BK], gl.NVMMASharedLayout.get_default_for([bt, gh.BK], gl.bfloat16))
     sig = {"w_desc": desc((n, k // 2), torch.uint8, [gh.BW, gh.BK // 2], u8), "x_desc": x_desc,
-           "out_desc": desc((m, n), torch.bfloat16, [gh.BT, gh.BW],
-                            gl.NVMMASharedLayout.get_default_for([gh.BT, gh.BW], gl.bfloat16)),
+           "out_desc": desc((m, n), torch.bfloat16, [bt, gh.BW],
+                            gl.NVMMASharedLayout.get_default_for([bt, gh.BW], gl.bfloat16)),
            "w_scale_ptr": "*u8", "x_scale_ptr": "*u8", "bias_ptr": "*bf16", "w_gs_ptr": "*fp32", "x_gs_ptr": "*fp32",
            "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "stride_xs": "i32"}
     constexprs = {"X_NVFP4": x_nvfp4, "EVEN_K": True, "HAS_BIAS": True,
                   "OP_DTYPE": gl.float16 if x_nvfp4 else gl.bfloat16,
-                  "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16, "GROUP": gh.GROUP, "num_warps": gh.NUM_WARPS}
+                  "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16,
+                  "GROUP": gh.GROUP, "num_warps": gh.NUM_WARPS}
     names = list(gh._hopper_gemm_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
              if t.startswith("*") or a in ("stride_ws", "stride_xs")}
@@ -475,14 +476,15 @@ def _compile_hopper_kernel(x_nvfp4: bool):
     return compiled, bindir
 
 
+@pytest.mark.parametrize("bt", [256, 128])
 @pytest.mark.parametrize("x_nvfp4", [False, True], ids=["w4a16", "w4a4"])
-def test_hopper_kernel_compiles_for_sm90a(x_nvfp4, tmp_path):
+def test_hopper_kernel_compiles_for_sm90a(x_nvfp4, bt, tmp_path):
     """wgmma in SASS, no spills, fits in shared memory, and ptxas keeps the wgmma asynchronous
     (no C7515 'wgmma.mma_async instructions are serialized' warning)."""
     import os
     import subprocess
 
-    compiled, bindir = _compile_hopper_kernel(x_nvfp4)
+    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt)
     ptx = tmp_path / "k.ptx"
     ptx.write_text(compiled.asm["ptx"])
     info = subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", "-v", str(ptx), "-o", str(tmp_path / "k.o")],
@@ -492,7 +494,7 @@ def test_hopper_kernel_compiles_for_sm90a(x_nvfp4, tmp_path):
     cubin = tmp_path / "k.cubin"
     cubin.write_bytes(compiled.asm["cubin"])
     sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
-    assert "HGMMA.64x256x16.F32" in sass
+    assert f"HGMMA.64x{bt}x16.F32" in sass
     assert compiled.metadata.shared <= 227 * 1024
 
 
