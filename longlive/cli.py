@@ -77,6 +77,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
     r.add_argument("--kv-comm", choices=("bf16", "nvfp4", "fp8"), default="nvfp4",
                    help="wire format of K/V in the SP all-to-all (torchrun only)")
     r.add_argument("--ops", choices=("kernels", "torch"), default="kernels", help="fused kernels or plain torch")
+    r.add_argument("--compile", action="store_true", help="torch.compile each block's FFN and cross-attention (CUDA)")
     r.add_argument("-v", "--verbose", action="store_true", help="one log line per chunk")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -226,7 +227,7 @@ def _generate(a: argparse.Namespace) -> int:
             a.device = str(dev)
         kwargs = dict(policy=policy, config=cfg, precision=a.precision, kv_cache=a.kv_cache, device=a.device,
                       vae_device=a.vae_device, text_encoder=a.text_encoder, sp=sp, ops=a.ops, fps=a.fps,
-                      attention_compute=a.attention_compute)
+                      attention_compute=a.attention_compute, compile=a.compile)
         if demo:
             pipe = Pipeline.demo(**kwargs)
         else:

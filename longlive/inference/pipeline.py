@@ -319,6 +319,12 @@ class Pipeline:
         Sequence-parallel group (under torchrun).
     attention_compute : {"bf16", "fp8"}
         Math of the FP4-KV attention kernel.
+    compile : bool
+        ``torch.compile`` (in place, names unchanged) the shape-static per-token parts of every
+        block — the FFN (GEMM + tanh-GELU + GEMM) and the cross-attention — on CUDA. Off by
+        default: at 7040-token chunks the GPU is saturated and launch overhead is hidden, so it
+        pays only where inductor fuses epilogues (measure with ``bench/e2e/bench_generate.py
+        --compile``). Self-attention (cache update, RoPE offsets that move every chunk) stays eager.
 
     Examples
     --------
@@ -331,7 +337,8 @@ class Pipeline:
     """
 
     def __init__(self, model, vae, text_encoder, *, policy: CachePolicy | None = None, fps: float | None = None,
-                 sp: SPGroup | None = None, attention_compute: str = "bf16", default_prompt: str = DEFAULT_PROMPT):
+                 sp: SPGroup | None = None, attention_compute: str = "bf16", default_prompt: str = DEFAULT_PROMPT,
+                 compile: bool = False):
         cfg = model.config
         if vae.latent_channels != cfg.in_channels:
             raise ValueError(f"the VAE has {vae.latent_channels} latent channels, config {cfg.name!r} expects "
@@ -352,6 +359,12 @@ class Pipeline:
         self.attention_compute = attention_compute
         self.default_prompt = default_prompt
         _check_kv_storage(self.policy.storage, model)
+        self.compiled = False
+        if compile and model.device.type == "cuda":
+            for block in model.blocks:
+                block.ffn.compile(dynamic=False)
+                block.cross_attn.compile(dynamic=False)
+            self.compiled = True
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -361,7 +374,8 @@ class Pipeline:
                         text_encoder: str | os.PathLike | None = None, random_weights: bool = False, seed: int = 0,
                         sp: SPGroup | None = None, ops: str = "kernels", fps: float | None = None,
                         policy: CachePolicy | None = None, attention_compute: str = "bf16",
-                        vae_options: dict | None = None, default_prompt: str = DEFAULT_PROMPT) -> Pipeline:
+                        vae_options: dict | None = None, default_prompt: str = DEFAULT_PROMPT,
+                        compile: bool = False) -> Pipeline:
         """Build a pipeline from a checkpoint (or random weights for smoke tests and benchmarks).
 
         Parameters
@@ -439,7 +453,7 @@ class Pipeline:
         text = _build_text_encoder(cfg, text_spec, dev)
         vae_model = _build_vae(cfg, vae_path, vdev, vae_dtype or dtype, vae_options or {})
         return cls(model.eval(), vae_model, text, policy=pol, fps=fps, sp=sp, attention_compute=attention_compute,
-                   default_prompt=default_prompt)
+                   default_prompt=default_prompt, compile=compile)
 
     @classmethod
     def demo(cls, **kwargs) -> Pipeline:

@@ -31,9 +31,11 @@ def micro_model(cfg: ModelConfig | None = None, *, seed: int = 0, ops: str = "ke
     return m
 
 
-def micro_pipeline(*, seed: int = 0, policy: CachePolicy | None = None, ops: str = "kernels", **kwargs) -> Pipeline:
-    model = micro_model(seed=seed, ops=ops)
-    return Pipeline(model, PatchVAE(4, clamp=True), HashTextEncoder(64, 8), policy=policy, **kwargs)
+def micro_pipeline(*, seed: int = 0, policy: CachePolicy | None = None, ops: str = "kernels", device="cpu",
+                   dtype=torch.float32, cfg: ModelConfig | None = None, **kwargs) -> Pipeline:
+    model = micro_model(cfg, seed=seed, ops=ops).to(device=device, dtype=dtype)
+    return Pipeline(model, PatchVAE(4, clamp=True).to(device), HashTextEncoder(64, 8, device=device),
+                    policy=policy, **kwargs)
 
 
 def micro_yaml(path) -> str:

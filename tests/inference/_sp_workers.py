@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def sp_stream(rank, world, prompts, storage, kv_comm, ops, steps, seed):
+def sp_stream(rank, world, prompts, storage, kv_comm, ops, steps, seed, device="cpu", dtype=None):
     import torch
 
     from longlive.inference import CachePolicy, SPGroup
@@ -11,6 +11,8 @@ def sp_stream(rank, world, prompts, storage, kv_comm, ops, steps, seed):
     from ._helpers import micro_pipeline
 
     torch.set_num_threads(1)
-    pipe = micro_pipeline(policy=CachePolicy(storage=storage), sp=SPGroup(kv_comm=kv_comm), ops=ops)
+    dev = f"cuda:{rank}" if device == "cuda" else device
+    pipe = micro_pipeline(policy=CachePolicy(storage=storage), sp=SPGroup(kv_comm=kv_comm), ops=ops, device=dev,
+                          dtype=dtype or torch.float32)
     out = [c.latents for c in pipe.stream(prompts, num_chunks=len(prompts), steps=steps, seed=seed)]
-    return torch.stack(out)
+    return torch.stack(out).cpu()
