@@ -48,8 +48,15 @@ def _kv(seed: int, device: str | None = None) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _filled(n_ctx: int, storage: str = "fp4") -> tuple[FP4KVCache, torch.Tensor, torch.Tensor]:
-    cache = FP4KVCache(num_layers=1, num_heads=H, head_dim=D, chunk_tokens=T, max_chunks=n_ctx + 1,
-                       device=DEVICE, storage=storage)
+    cache = FP4KVCache(
+        num_layers=1,
+        num_heads=H,
+        head_dim=D,
+        chunk_tokens=T,
+        max_chunks=n_ctx + 1,
+        device=DEVICE,
+        storage=storage,
+    )
     for n in range(n_ctx + 1):
         cache.start_chunk(n)
         k, v = _kv(n)
@@ -61,11 +68,22 @@ def memory_rows() -> list[dict]:
     cache = FP4KVCache(num_layers=1, num_heads=H, head_dim=D, chunk_tokens=T, max_chunks=4, device=DEVICE)
     rep = cache.memory_report()
     del cache
-    return [dict(what="per layer (4 slots: sink + 2 window + current)", fp4_mb=rep["bytes_per_layer"] / 1e6,
-                 bf16_mb=rep["bf16_bytes_per_layer"] / 1e6, ratio=rep["compression"],
-                 bits=rep["bits_per_value"]),
-            dict(what="30 layers", fp4_mb=30 * rep["bytes_per_layer"] / 1e6,
-                 bf16_mb=30 * rep["bf16_bytes_per_layer"] / 1e6, ratio=rep["compression"], bits=rep["bits_per_value"])]
+    return [
+        dict(
+            what="per layer (4 slots: sink + 2 window + current)",
+            fp4_mb=rep["bytes_per_layer"] / 1e6,
+            bf16_mb=rep["bf16_bytes_per_layer"] / 1e6,
+            ratio=rep["compression"],
+            bits=rep["bits_per_value"],
+        ),
+        dict(
+            what="30 layers",
+            fp4_mb=30 * rep["bytes_per_layer"] / 1e6,
+            bf16_mb=30 * rep["bf16_bytes_per_layer"] / 1e6,
+            ratio=rep["compression"],
+            bits=rep["bits_per_value"],
+        ),
+    ]
 
 
 def bandwidth_rows(copy_gbs: float, iters: int) -> list[dict]:
@@ -77,18 +95,34 @@ def bandwidth_rows(copy_gbs: float, iters: int) -> list[dict]:
     fp4_bytes = n // 2 + n // 16 + 2 * H * cache.num_scale_tiles * 4
     backends = ["triton"] + (["cuda"] if has_cuda_extension() else [])
     for be in backends:
-        t = cuda_time_ms(lambda: cache.update(0, k, v, backend=be), iters=iters, warmup=2)
-        rows.append(dict(op="update (K+V, 1 chunk)", backend=be, us=t * 1e3, gbs=(2 * n + fp4_bytes) / t / 1e6,
-                         copy=copy_gbs))
+        t = cuda_time_ms(lambda be=be: cache.update(0, k, v, backend=be), iters=iters, warmup=2)
+        rows.append(
+            dict(
+                op="update (K+V, 1 chunk)",
+                backend=be,
+                us=t * 1e3,
+                gbs=(2 * n + fp4_bytes) / t / 1e6,
+                copy=copy_gbs,
+            )
+        )
     for be in backends:
-        t = cuda_time_ms(lambda: cache.dequantize(0, backend=be), iters=iters, warmup=2)
-        rows.append(dict(op="dequantize (3 context chunks)", backend=be, us=t * 1e3,
-                         gbs=3 * (fp4_bytes + 2 * n) / t / 1e6, copy=copy_gbs))
+        t = cuda_time_ms(lambda be=be: cache.dequantize(0, backend=be), iters=iters, warmup=2)
+        rows.append(
+            dict(
+                op="dequantize (3 context chunks)",
+                backend=be,
+                us=t * 1e3,
+                gbs=3 * (fp4_bytes + 2 * n) / t / 1e6,
+                copy=copy_gbs,
+            )
+        )
     return rows
 
 
 def _ref_subset(q, kk, vv):
-    sub = lambda x: x[:, :, [0, 11, 23]].contiguous()  # noqa: E731
+    def sub(x):
+        return x[:, :, [0, 11, 23]].contiguous()
+
     return ref.attention(sub(q[:, :1024]), sub(kk), sub(vv), block_q=256), sub
 
 
@@ -107,7 +141,8 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
     def cudnn(q, kk, vv):
         with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
             return torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2)).transpose(1, 2)
+                q.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2)
+            ).transpose(1, 2)
 
     def dequant_then_cudnn():
         kc, vc = cache.dequantize(0)
@@ -118,10 +153,16 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
         ("cuDNN SDPA, BF16 cache", lambda: cudnn(q, kk, vv)),
         ("dequant + cuDNN SDPA (LongLive)", dequant_then_cudnn),
         ("fp4_kv_attention bf16", lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)),
-        ("fp4_kv_attention fp8", lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8")),
+        (
+            "fp4_kv_attention fp8",
+            lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8"),
+        ),
         ("fp4_kv_attention fp8 +cache-current", lambda: fp4_kv_attention(q, cache, 0, compute="fp8")),
-    ] + ([("Triton, BF16 cache", lambda: fp4_kv_attention(q, bf16_cache, 0, current_k=k, current_v=v))]
-         if with_bf16_storage else [])
+    ] + (
+        [("Triton, BF16 cache", lambda: fp4_kv_attention(q, bf16_cache, 0, current_k=k, current_v=v))]
+        if with_bf16_storage
+        else []
+    )
     rows, base = [], {}
     for name, fn in cases:
         out = fn()
@@ -150,15 +191,26 @@ def sweep_rows(iters: int) -> list[dict]:
     q = _kv(1000)[0]
     flops = 4 * T * 4 * T * H * D
     rows = []
-    for cfg in ("128,128,8,2", "128,128,8,3", "128,64,8,2", "128,64,8,3", "64,128,4,2", "64,64,4,3", "128,128,4,2"):
+    for cfg in (
+        "128,128,8,2",
+        "128,128,8,3",
+        "128,64,8,2",
+        "128,64,8,3",
+        "64,128,4,2",
+        "64,64,4,3",
+        "128,128,4,2",
+    ):
         os.environ["LONGLIVE_FP4_KV_ATTN_CONFIG"] = cfg
         for compute in ("bf16", "fp8"):
+
+            def fn(c=compute):
+                return fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute=c)
+
             try:
-                fn = lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute=compute)  # noqa: E731
                 fn()
                 t = cuda_time_ms(fn, iters=iters, warmup=3)
                 rows.append(dict(cfg=cfg, compute=compute, ms=t, tflops=flops / t / 1e9))
-            except Exception as exc:  # noqa: BLE001 - out of resources etc.: report and go on
+            except Exception as exc:  # noqa: BLE001 - a config out of resources: report it, go on
                 rows.append(dict(cfg=cfg, compute=compute, ms=float("nan"), tflops=0.0, note=str(exc)[:60]))
     os.environ.pop("LONGLIVE_FP4_KV_ATTN_CONFIG")
     return rows
@@ -189,14 +241,20 @@ def granularity_rows(tokens: int = 1024) -> list[dict]:
         x = x.bfloat16().float()
         per_slot = rt(x.reshape(-1, D)).reshape(x.shape)
         per_head = torch.stack([rt(x[:, h]) for h in range(H)], 1)
-        per_tile = torch.stack([torch.cat([rt(x[t : t + 128, h]) for t in range(0, tokens, 128)]) for h in range(H)], 1)
-        rows.append(dict(data=name, slot=rel_err(per_slot, x), head=rel_err(per_head, x), tile=rel_err(per_tile, x)))
+        per_tile = torch.stack(
+            [torch.cat([rt(x[t : t + 128, h]) for t in range(0, tokens, 128)]) for h in range(H)], 1
+        )
+        rows.append(
+            dict(data=name, slot=rel_err(per_slot, x), head=rel_err(per_head, x), tile=rel_err(per_tile, x))
+        )
     return rows
 
 
 def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(c[1] for c in cols) + " |\n|" + "---|" * len(cols) + "\n"
-    return head + "".join("| " + " | ".join(format(r.get(c[0], ""), c[2]) for c in cols) + " |\n" for r in rows)
+    return head + "".join(
+        "| " + " | ".join(format(r.get(c[0], ""), c[2]) for c in cols) + " |\n" for r in rows
+    )
 
 
 @pytest.mark.gpu
@@ -218,26 +276,76 @@ if __name__ == "__main__":
     ap.add_argument("--granularity", action="store_true", help="CPU: global-scale granularity error table")
     args = ap.parse_args()
     if args.granularity:
-        print(_table(granularity_rows(), [("data", "data", "s"), ("slot", "per (slot, K or V)", ".4e"),
-                                          ("head", "per (slot, head)", ".4e"), ("tile", "per (slot, head, 128 tok)", ".4e")]))
+        print(
+            _table(
+                granularity_rows(),
+                [
+                    ("data", "data", "s"),
+                    ("slot", "per (slot, K or V)", ".4e"),
+                    ("head", "per (slot, head)", ".4e"),
+                    ("tile", "per (slot, head, 128 tok)", ".4e"),
+                ],
+            )
+        )
         raise SystemExit(0)
     print(device_header())
     iters = 10 if args.quick else 30
     copy = copy_bandwidth_gbs()
     print(f"device-to-device copy: {copy:.0f} GB/s (read + write)\n")
-    print(_table(memory_rows(), [("what", "KV cache", "s"), ("fp4_mb", "FP4 MB", ".1f"), ("bf16_mb", "BF16 MB", ".1f"),
-                                 ("ratio", "compression", ".2f"), ("bits", "bits/value", ".3f")]))
+    print(
+        _table(
+            memory_rows(),
+            [
+                ("what", "KV cache", "s"),
+                ("fp4_mb", "FP4 MB", ".1f"),
+                ("bf16_mb", "BF16 MB", ".1f"),
+                ("ratio", "compression", ".2f"),
+                ("bits", "bits/value", ".3f"),
+            ],
+        )
+    )
     bw = bandwidth_rows(copy, iters)
     for r in bw:
         r["ratio"] = r["gbs"] / r["copy"]
-    print(_table(bw, [("op", "op", "s"), ("backend", "backend", "s"), ("us", "µs", ".1f"), ("gbs", "GB/s", ".0f"),
-                      ("ratio", "× copy", ".2f")]))
+    print(
+        _table(
+            bw,
+            [
+                ("op", "op", "s"),
+                ("backend", "backend", "s"),
+                ("us", "µs", ".1f"),
+                ("gbs", "GB/s", ".0f"),
+                ("ratio", "× copy", ".2f"),
+            ],
+        )
+    )
     att = []
-    for n_ctx in ((3,) if args.quick else (3, 4)):
+    for n_ctx in (3,) if args.quick else (3, 4):
         att += attention_rows(n_ctx, iters, with_bf16_storage=not args.quick)
-    print(_table(att, [("case", "attention (Lq = 7040)", "s"), ("lk", "Lk", "d"), ("ms", "ms", ".3f"),
-                       ("tflops", "TFLOP/s", ".0f"), ("vs_cudnn", "× cuDNN BF16", ".2f"),
-                       ("vs_dequant", "× dequant+cuDNN", ".2f"), ("err", "rel err vs fp64", ".2e")]))
+    print(
+        _table(
+            att,
+            [
+                ("case", "attention (Lq = 7040)", "s"),
+                ("lk", "Lk", "d"),
+                ("ms", "ms", ".3f"),
+                ("tflops", "TFLOP/s", ".0f"),
+                ("vs_cudnn", "× cuDNN BF16", ".2f"),
+                ("vs_dequant", "× dequant+cuDNN", ".2f"),
+                ("err", "rel err vs fp64", ".2e"),
+            ],
+        )
+    )
     if args.sweep:
-        print(_table(sweep_rows(iters), [("cfg", "BM,BN,warps,stages", "s"), ("compute", "compute", "s"),
-                                         ("ms", "ms", ".3f"), ("tflops", "TFLOP/s", ".0f"), ("note", "note", "s")]))
+        print(
+            _table(
+                sweep_rows(iters),
+                [
+                    ("cfg", "BM,BN,warps,stages", "s"),
+                    ("compute", "compute", "s"),
+                    ("ms", "ms", ".3f"),
+                    ("tflops", "TFLOP/s", ".0f"),
+                    ("note", "note", "s"),
+                ],
+            )
+        )

@@ -262,8 +262,8 @@ def _fp4_kv_attention_kernel(
             k_t = _fp4_tile(kd_ptr, ks_ptr, row, valid, D, BN, not ALIGNED, USE_ASM, FP8, EMULATE)
             gk = tl.load(kg_ptr + gidx)
         else:
-            k_t = _mma16(tl.load(kb_ptr + row[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(q.dtype),
-                         EMULATE)
+            k_t = tl.load(kb_ptr + row[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+            k_t = _mma16(k_t.to(q.dtype), EMULATE)
             gk = 1.0
         s = tl.dot(q_c, tl.trans(k_t))
         # decode the V tile while the QKᵀ wgmma runs
@@ -271,8 +271,8 @@ def _fp4_kv_attention_kernel(
             v_t = _fp4_tile(vd_ptr, vs_ptr, row, valid, D, BN, not ALIGNED, USE_ASM, FP8, EMULATE)
             gv = tl.load(vg_ptr + gidx)
         else:
-            v_t = _mma16(tl.load(vb_ptr + row[:, None] * D + d[None, :], mask=valid[:, None], other=0.0).to(q.dtype),
-                         EMULATE)
+            v_t = tl.load(vb_ptr + row[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+            v_t = _mma16(v_t.to(q.dtype), EMULATE)
         if ALIGNED:
             sc = qk_scale * k_unit * gk  # >= 0
             m_new = tl.maximum(m_i, tl.max(s, axis=1) * sc)
@@ -306,7 +306,8 @@ def _fp4_kv_attention_kernel(
         for start in range(0, Lc, BN):
             n_rows = start + tl.arange(0, BN)
             valid = n_rows < Lc
-            c_off = b.to(tl.int64) * stride_cb + n_rows[:, None].to(tl.int64) * stride_ct + h * stride_ch + d[None, :]
+            c_off = b.to(tl.int64) * stride_cb + n_rows[:, None].to(tl.int64) * stride_ct
+            c_off += h * stride_ch + d[None, :]
             k_t = tl.load(ck_ptr + c_off, mask=valid[:, None], other=0.0)
             s = tl.dot(_mma16(q, EMULATE), tl.trans(_mma16(k_t, EMULATE)))
             v_t = tl.load(cv_ptr + c_off, mask=valid[:, None], other=0.0)

@@ -60,7 +60,8 @@ STORAGES = ("fp4", "bf16")
 @triton.jit
 def _load_rows(x_ptr, rows, T, stride_t, D: tl.constexpr):
     mask = rows[:, None] < T
-    x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_t + tl.arange(0, D)[None, :], mask=mask, other=0.0)
+    offs = rows[:, None].to(tl.int64) * stride_t + tl.arange(0, D)[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     return x.to(tl.float32), mask
 
 
@@ -180,7 +181,8 @@ def _kv_dequantize_kernel(
     s = e4m3_decode(scode.to(tl.int32))
     x = tl.reshape((tl.reshape(vals, (BR, NB, 16)) * s[:, :, None]) * gs, (BR, D))
     out_rows = (c * T + rows).to(tl.int64)
-    offs = b.to(tl.int64) * stride_ob + out_rows[:, None] * stride_ot + h * stride_oh + tl.arange(0, D)[None, :]
+    offs = b.to(tl.int64) * stride_ob + out_rows[:, None] * stride_ot
+    offs += h * stride_oh + tl.arange(0, D)[None, :]
     if kv == 0:
         tl.store(out_k_ptr + offs, x.to(out_k_ptr.dtype.element_ty), mask=mask)
     else:
@@ -276,7 +278,7 @@ def _dequantize_triton(data, scale, gs, table, n_chunks, dtype):
 
 
 def _dequantize_cuda(data, scale, gs, table, n_chunks, dtype):
-    _, s, b, h, t, half_d = data.shape
+    _, _, b, h, t, half_d = data.shape
     out_k = torch.empty((b, n_chunks * t, h, 2 * half_d), dtype=dtype, device=data.device)
     out_v = torch.empty_like(out_k)
     cuda_extension()
@@ -300,7 +302,7 @@ def _dequantize_op(
 
 @_dequantize_op.register_fake
 def _(data, scale, gs, table, n_chunks, dtype, backend):
-    _, s, b, h, t, half_d = data.shape
+    _, _, b, h, t, half_d = data.shape
     out = data.new_empty((b, n_chunks * t, h, 2 * half_d), dtype=dtype)
     return out, torch.empty_like(out)
 
@@ -625,7 +627,8 @@ class FP4KVCache:
             if t.hadamard_mask is not None:
                 raise ValueError(f"{name} holds Hadamard-transformed data; the cache stores plain NVFP4")
             if t.global_scale.numel() != 1:
-                raise ValueError(f"{name} must have one global scale, got shape {tuple(t.global_scale.shape)}")
+                raise ValueError(f"{name} must have one global scale, got shape "
+                                 f"{tuple(t.global_scale.shape)}")
             if t.device != self.device:
                 raise ValueError(f"{name} is on {t.device}, the cache on {self.device}")
         idx = self._table_index(chunk_id)
@@ -691,7 +694,8 @@ class FP4KVCache:
             n += 1
         if self.storage == "bf16":
             host = self._ring.table()
-            slots = torch.tensor(host[2 : 2 + host[0]] + ([host[1]] if include_current else []), dtype=torch.long)
+            ids = host[2 : 2 + host[0]] + ([host[1]] if include_current else [])
+            slots = torch.tensor(ids, dtype=torch.long)
             vals = self.values[layer].index_select(1, slots.to(self.device))  # [2, n, B, H, T, D]
             out = vals.permute(0, 2, 1, 4, 3, 5).reshape(2, self.batch_size, n * self.chunk_tokens,
                                                           self.num_heads, self.head_dim)
@@ -700,7 +704,8 @@ class FP4KVCache:
             empty = torch.empty((self.batch_size, 0, self.num_heads, self.head_dim), dtype=dtype,
                                 device=self.device)
             return empty, empty.clone()
-        supported = ("triton", "torch") + (("cuda",) if _cuda_op_available("kv_cache_dequantize_cuda") else ())
+        has_cuda = _cuda_op_available("kv_cache_dequantize_cuda")
+        supported = ("triton", "torch") + (("cuda",) if has_cuda else ())
         be = resolve_backend(backend, self.device, op="FP4KVCache.dequantize", supported=supported,
                              prefer=("cuda", "triton"))
         return _dequantize_op(self.data[layer], self.scale[layer], self.global_scale[layer], self.table, n,
@@ -733,7 +738,8 @@ class FP4KVCache:
 
     def __repr__(self) -> str:
         return (f"FP4KVCache(layers={self.num_layers}, heads={self.num_heads}, head_dim={self.head_dim}, "
-                f"chunk_tokens={self.chunk_tokens}, max_chunks={self.max_chunks}, sink_chunks={self.sink_chunks}, "
+                f"chunk_tokens={self.chunk_tokens}, max_chunks={self.max_chunks}, "
+                f"sink_chunks={self.sink_chunks}, "
                 f"storage={self.storage}, current={self.current_chunk}, context={self.context_chunks()}, "
                 f"shot_sink={self.shot_sink}, {self.nbytes / 2**20:.1f} MiB)")
 
@@ -743,7 +749,8 @@ register_aot(
     signature={"k_ptr": "*bf16", "v_ptr": "*bf16", "data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32",
                "slot_ptr": "*i32", "T": "i32", "H": "i32", "B": "i32", "S": "i32", "stride_b": "i64",
                "stride_t": "i64", "stride_h": "i64"},
-    constexprs={"DENOM": 2688.0, "TARGET": 6.0, "FOUR_OVER_SIX": False, "D": 128, "TILE": KV_SCALE_TILE, "BR": 32},
+    constexprs={"DENOM": 2688.0, "TARGET": 6.0, "FOUR_OVER_SIX": False, "D": 128, "TILE": KV_SCALE_TILE,
+                "BR": 32},
     options={"enable_fp_fusion": False},
 )
 register_aot(

@@ -24,20 +24,33 @@ from longlive_kernels.attention import reference as ref
 from longlive_kernels.fp4 import reference as fp4_ref
 from longlive_kernels.testing import cosine, rel_err
 
-attn_mod = importlib.import_module("longlive_kernels.attention.fp4_kv_attention")  # (the package re-exports the function)
+attn_mod = importlib.import_module(
+    "longlive_kernels.attention.fp4_kv_attention"
+)  # (the package re-exports the function)
 TRITON_DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
 
 def _rand(seed: int, *shape: int, spread: float = 1.0, dtype=torch.bfloat16, device="cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=g) * torch.exp2(torch.empty(*shape[:-1], 1).uniform_(-spread, spread, generator=g))
+    x = torch.randn(*shape, generator=g) * torch.exp2(
+        torch.empty(*shape[:-1], 1).uniform_(-spread, spread, generator=g)
+    )
     return x.to(dtype).to(device)
 
 
 def _filled_cache(seed, *, b, h, d, t, n_chunks, max_chunks=3, device="cpu", pin=None, storage="fp4"):
     """A cache after chunks 0..n_chunks-1 (every chunk written); returns (cache, last k, last v)."""
-    cache = FP4KVCache(num_layers=2, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=max_chunks,
-                       batch_size=b, device=device, dtype=torch.float32, storage=storage)
+    cache = FP4KVCache(
+        num_layers=2,
+        num_heads=h,
+        head_dim=d,
+        chunk_tokens=t,
+        max_chunks=max_chunks,
+        batch_size=b,
+        device=device,
+        dtype=torch.float32,
+        storage=storage,
+    )
     for n in range(n_chunks):
         cache.start_chunk(n)
         k = _rand(seed + 2 * n, b, t, h, d, spread=2.0, device=device)
@@ -116,7 +129,12 @@ def test_decode_ptx_is_exact_for_every_byte_and_scale():
     s16 = (s * 128.0).astype(np.float16).view(np.uint16).astype(np.uint32)
     pair = s16 | (s16 << np.uint32(16))
     byte = np.arange(256, dtype=np.uint32)
-    word = byte[None, :] | ((255 - byte[None, :]) << 8) | (((byte[None, :] * 7) % 256) << 16) | (((byte[None, :] * 13 + 5) % 256) << 24)
+    word = (
+        byte[None, :]
+        | ((255 - byte[None, :]) << 8)
+        | (((byte[None, :] * 7) % 256) << 16)
+        | (((byte[None, :] * 13 + 5) % 256) << 24)
+    )
     word = np.broadcast_to(word, (127, 256)).ravel()
     pairs = np.broadcast_to(pair[:, None], (127, 256)).ravel()
     out = _run_ptx(asm, {4: word, 5: pairs, 6: pairs, 7: pairs, 8: pairs})
@@ -147,8 +165,9 @@ def test_decode_ptx_is_exact_for_every_byte_and_scale():
 @example(seed=1, t=48, n_chunks=4, lq=40, with_current=True, h=2, b=1)
 @example(seed=2, t=40, n_chunks=3, lq=16, with_current=False, h=1, b=2)
 def test_kernel_matches_fp64_attention_on_dequantized_cache(seed, t, n_chunks, lq, with_current, h, b):
-    cache, k, v = _filled_cache(seed, b=b, h=h, d=64, t=t, n_chunks=n_chunks, device=TRITON_DEV,
-                                pin=1 if n_chunks > 2 else None)
+    cache, k, v = _filled_cache(
+        seed, b=b, h=h, d=64, t=t, n_chunks=n_chunks, device=TRITON_DEV, pin=1 if n_chunks > 2 else None
+    )
     q = _rand(seed + 99, b, lq, h, 64, device=TRITON_DEV)
     if with_current:
         k, v = k[:, : min(t, lq + 3)].contiguous(), v[:, : min(t, lq + 3)].contiguous()  # any Lc
@@ -178,9 +197,9 @@ def _fp8_emulation(q, k, v):
     q, k, v = f8(q.double()), f8(k.double()), f8(v.double())
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
     p = torch.exp(s - s.amax(-1, keepdim=True))
-    l = p.sum(-1, keepdim=True)
+    denom = p.sum(-1, keepdim=True)
     p = (p * 256).to(torch.float8_e4m3fn).double() / 256
-    return torch.einsum("bhqk,bkhd->bqhd", p / l, v)
+    return torch.einsum("bhqk,bkhd->bqhd", p / denom, v)
 
 
 @given(seed=st.integers(0, 2**31 - 1), t=st.sampled_from([32, 40, 64]), with_current=st.booleans())
@@ -238,16 +257,38 @@ def _small():
         (lambda c, q, k, v: fp4_kv_attention(q[0], c, 1), ValueError, "dims"),
         (lambda c, q, k, v: fp4_kv_attention(q, c, 2), ValueError, "layer"),
         (lambda c, q, k, v: fp4_kv_attention(q, c, 1, current_k=k), ValueError, "both"),
-        (lambda c, q, k, v: fp4_kv_attention(q, c, 1, current_k=k.half(), current_v=v.half()), TypeError, "dtype"),
-        (lambda c, q, k, v: fp4_kv_attention(q, c, 1, current_k=k[:, :, :1], current_v=v[:, :, :1]), ValueError, "current_k"),
+        (
+            lambda c, q, k, v: fp4_kv_attention(q, c, 1, current_k=k.half(), current_v=v.half()),
+            TypeError,
+            "dtype",
+        ),
+        (
+            lambda c, q, k, v: fp4_kv_attention(q, c, 1, current_k=k[:, :, :1], current_v=v[:, :, :1]),
+            ValueError,
+            "current_k",
+        ),
         (lambda c, q, k, v: fp4_kv_attention(q, c, 1, compute="fp4"), ValueError, "compute"),
         (lambda c, q, k, v: fp4_kv_attention(q, c, 1, backend="cuda"), ValueError, "backend"),
         (lambda c, q, k, v: fp4_kv_attention(q, None, 1), TypeError, "FP4KVCache"),
-        (lambda c, q, k, v: fp4_kv_attention(q, FP4KVCache(num_layers=1, num_heads=2, head_dim=64, chunk_tokens=8), 0),
-         ValueError, "no current chunk"),
-        (lambda c, q, k, v: fp4_kv_attention(q, FP4KVCache(num_layers=1, num_heads=2, head_dim=64, chunk_tokens=8,
-                                                           storage="bf16"), 0, compute="fp8", current_k=k, current_v=v),
-         ValueError, "storage"),
+        (
+            lambda c, q, k, v: fp4_kv_attention(
+                q, FP4KVCache(num_layers=1, num_heads=2, head_dim=64, chunk_tokens=8), 0
+            ),
+            ValueError,
+            "no current chunk",
+        ),
+        (
+            lambda c, q, k, v: fp4_kv_attention(
+                q,
+                FP4KVCache(num_layers=1, num_heads=2, head_dim=64, chunk_tokens=8, storage="bf16"),
+                0,
+                compute="fp8",
+                current_k=k,
+                current_v=v,
+            ),
+            ValueError,
+            "storage",
+        ),
     ],
 )
 def test_bad_input_errors(call, exc, words):
@@ -260,8 +301,15 @@ def test_bad_input_errors(call, exc, words):
 
 
 @triton.jit
-def _decode_kernel(data_ptr, scale_ptr, out_ptr, BN: tl.constexpr, D: tl.constexpr, USE_ASM: tl.constexpr,
-                   OUT_FP8: tl.constexpr):
+def _decode_kernel(
+    data_ptr,
+    scale_ptr,
+    out_ptr,
+    BN: tl.constexpr,
+    D: tl.constexpr,
+    USE_ASM: tl.constexpr,
+    OUT_FP8: tl.constexpr,
+):
     row = tl.arange(0, BN).to(tl.int64)
     x = attn_mod._fp4_tile(data_ptr, scale_ptr, row, row >= 0, D, BN, False, USE_ASM, OUT_FP8, False)
     tl.store(out_ptr + row[:, None] * D + tl.arange(0, D)[None, :], x.to(tl.float32))
@@ -295,7 +343,9 @@ def test_gpu_asm_decode_equals_portable_decode(out_fp8):
 def test_gpu_model_size_vs_sdpa(compute, with_current):
     """Lq = 7040, 3 context chunks + current (Lk = 28160), 24 heads × 128: vs fp64 on the
     dequantized cache; bf16 compute within 2× of bf16 SDPA's own error."""
-    cache = FP4KVCache(num_layers=1, num_heads=24, head_dim=128, chunk_tokens=7040, max_chunks=4, device="cuda")
+    cache = FP4KVCache(
+        num_layers=1, num_heads=24, head_dim=128, chunk_tokens=7040, max_chunks=4, device="cuda"
+    )
     for n in range(4):
         cache.start_chunk(n)
         k = _rand(2 * n, 1, 7040, 24, 128, spread=2.0, device="cuda")
@@ -307,12 +357,17 @@ def test_gpu_model_size_vs_sdpa(compute, with_current):
     kk, vv = cache.dequantize(0, include_current=not with_current)
     if with_current:
         kk, vv = torch.cat([kk, k], 1), torch.cat([vv, v], 1)
-    heads = [0, 7, 23]
-    sub = lambda x: x[:, :, heads].contiguous()  # noqa: E731
-    subq = lambda x: sub(x[:, :1024])  # noqa: E731  (fp64 reference on 3 heads × 1024 queries)
+
+    def sub(x):  # fp64 reference on 3 heads x the first 1024 queries
+        return x[:, :, [0, 7, 23]].contiguous()
+
+    def subq(x):
+        return sub(x[:, :1024])
+
     want = ref.attention(subq(q), sub(kk), sub(vv), compute_dtype=torch.float64, block_q=256)
     sdpa = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), kk.bfloat16().transpose(1, 2), vv.bfloat16().transpose(1, 2)).transpose(1, 2)
+        q.transpose(1, 2), kk.bfloat16().transpose(1, 2), vv.bfloat16().transpose(1, 2)
+    ).transpose(1, 2)
     err, err_sdpa = rel_err(subq(out), want), rel_err(subq(sdpa), want)
     if compute == "bf16":
         assert err <= 2 * err_sdpa + 1e-6, (err, err_sdpa)
@@ -331,7 +386,11 @@ def test_gpu_cuda_graph_update_and_attention_across_chunks():
     q, k, v = (torch.empty(1, t, h, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     for n in range(4):
         cache.start_chunk(n)
-        q.copy_(_rand(3 * n, 1, t, h, 128)), k.copy_(_rand(3 * n + 1, 1, t, h, 128)), v.copy_(_rand(3 * n + 2, 1, t, h, 128))
+        (
+            q.copy_(_rand(3 * n, 1, t, h, 128)),
+            k.copy_(_rand(3 * n + 1, 1, t, h, 128)),
+            v.copy_(_rand(3 * n + 2, 1, t, h, 128)),
+        )
         cache.update(0, k, v)
     out = fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)  # compile outside the capture
     g = torch.cuda.CUDAGraph()
@@ -342,7 +401,11 @@ def test_gpu_cuda_graph_update_and_attention_across_chunks():
         cache.start_chunk(n)
         if n == 5:
             cache.pin_shot_sink(5)
-        q.copy_(_rand(3 * n, 1, t, h, 128)), k.copy_(_rand(3 * n + 1, 1, t, h, 128)), v.copy_(_rand(3 * n + 2, 1, t, h, 128))
+        (
+            q.copy_(_rand(3 * n, 1, t, h, 128)),
+            k.copy_(_rand(3 * n + 1, 1, t, h, 128)),
+            v.copy_(_rand(3 * n + 2, 1, t, h, 128)),
+        )
         g.replay()
         eager = fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)
         assert torch.equal(out, eager), n

@@ -26,15 +26,18 @@ TRITON_DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTE
 def _chunk(seed: int, b: int, t: int, h: int, d: int, dtype=torch.bfloat16, device="cpu") -> torch.Tensor:
     """K/V-like data: per-head gains over several binades, a few outlier tokens, one zero block."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, h, d, generator=g) * torch.exp2(torch.empty(1, 1, h, 1).uniform_(-3, 3, generator=g))
+    x = torch.randn(b, t, h, d, generator=g) * torch.exp2(
+        torch.empty(1, 1, h, 1).uniform_(-3, 3, generator=g)
+    )
     x[:, torch.randint(0, t, (max(1, t // 16),), generator=g)] *= 16
     x[0, 0, 0, :16] = 0.0
     return x.to(dtype).to(device)
 
 
 def _tiny_cache(max_chunks: int, sink_chunks: int) -> FP4KVCache:
-    return FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=1, max_chunks=max_chunks,
-                      sink_chunks=sink_chunks)
+    return FP4KVCache(
+        num_layers=1, num_heads=1, head_dim=16, chunk_tokens=1, max_chunks=max_chunks, sink_chunks=sink_chunks
+    )
 
 
 # ---- bookkeeping: 10,000 random sequences against reference.KVCachePolicy ------------------------------
@@ -129,12 +132,18 @@ def _assert_slot_is_quantization(cache: FP4KVCache, layer: int, chunk: int, k, v
             for hi in range(x.shape[2]):
                 for t0 in range(0, t, KV_SCALE_TILE):
                     rows = slice(t0, min(t, t0 + KV_SCALE_TILE))
-                    q = quantize_nvfp4(x[bi, rows, hi].contiguous(), scale_rule=cache.scale_rule, backend="torch")
+                    q = quantize_nvfp4(
+                        x[bi, rows, hi].contiguous(), scale_rule=cache.scale_rule, backend="torch"
+                    )
                     assert_bitwise_equal(cache.data[layer, i, slot, bi, hi, rows].cpu(), q.data, "data")
-                    assert_bitwise_equal(cache.scale[layer, i, slot, bi, hi, rows].cpu(), q.scale.view(torch.uint8),
-                                         "scale")
-                    assert_bitwise_equal(cache.global_scale[layer, i, slot, bi, hi, t0 // KV_SCALE_TILE].cpu(),
-                                         q.global_scale, "global scale")
+                    assert_bitwise_equal(
+                        cache.scale[layer, i, slot, bi, hi, rows].cpu(), q.scale.view(torch.uint8), "scale"
+                    )
+                    assert_bitwise_equal(
+                        cache.global_scale[layer, i, slot, bi, hi, t0 // KV_SCALE_TILE].cpu(),
+                        q.global_scale,
+                        "global scale",
+                    )
 
 
 @given(
@@ -148,8 +157,9 @@ def _assert_slot_is_quantization(cache: FP4KVCache, layer: int, chunk: int, k, v
 @example(seed=3, t=136, rule="four_over_six", dtype=torch.bfloat16, backend="triton")
 def test_update_bit_exact_with_quantize_nvfp4(seed, t, rule, dtype, backend):
     dev = TRITON_DEV if backend == "triton" else "cpu"
-    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=t, max_chunks=3, scale_rule=rule,
-                       device=dev)
+    cache = FP4KVCache(
+        num_layers=2, num_heads=2, head_dim=32, chunk_tokens=t, max_chunks=3, scale_rule=rule, device=dev
+    )
     cache.start_chunk(0)
     k, v = _chunk(seed, 1, t, 2, 32, dtype, dev), _chunk(seed + 1, 1, t, 2, 32, dtype, dev)
     cache.update(1, k, v, backend=backend)
@@ -157,11 +167,16 @@ def test_update_bit_exact_with_quantize_nvfp4(seed, t, rule, dtype, backend):
 
 
 def test_rewrite_overwrites_and_default_is_current(triton_device):
-    cache = FP4KVCache(num_layers=1, num_heads=1, head_dim=32, chunk_tokens=24, max_chunks=3, device=triton_device)
+    cache = FP4KVCache(
+        num_layers=1, num_heads=1, head_dim=32, chunk_tokens=24, max_chunks=3, device=triton_device
+    )
     cache.start_chunk(0)
     cache.start_chunk(1)
     for seed in (1, 2):  # later denoising steps / the t=0 re-run overwrite the same slot
-        k, v = _chunk(seed, 1, 24, 1, 32, device=triton_device), _chunk(seed + 9, 1, 24, 1, 32, device=triton_device)
+        k, v = (
+            _chunk(seed, 1, 24, 1, 32, device=triton_device),
+            _chunk(seed + 9, 1, 24, 1, 32, device=triton_device),
+        )
         cache.update(0, k, v, backend="triton")
         _assert_slot_is_quantization(cache, 0, 1, k.cpu(), v.cpu())
     k0, v0 = _chunk(5, 1, 24, 1, 32, device=triton_device), _chunk(6, 1, 24, 1, 32, device=triton_device)
@@ -174,8 +189,15 @@ def test_rewrite_overwrites_and_default_is_current(triton_device):
 @settings(max_examples=5)
 def test_round_trip_within_nvfp4_bound(seed, rule):
     """|x̂ − x| ≤ half an E2M1 step × the block's decode scale (or the excess above 6·d)."""
-    cache = FP4KVCache(num_layers=1, num_heads=3, head_dim=64, chunk_tokens=160, max_chunks=2, scale_rule=rule,
-                       dtype=torch.float32)
+    cache = FP4KVCache(
+        num_layers=1,
+        num_heads=3,
+        head_dim=64,
+        chunk_tokens=160,
+        max_chunks=2,
+        scale_rule=rule,
+        dtype=torch.float32,
+    )
     cache.start_chunk(0)
     k, v = _chunk(seed, 1, 160, 3, 64, torch.float32), _chunk(seed + 1, 1, 160, 3, 64, torch.float32)
     cache.update(0, k, v, backend="torch")
@@ -194,12 +216,22 @@ def test_round_trip_within_nvfp4_bound(seed, rule):
 
 
 def test_dequantize_triton_matches_torch_in_attention_order(triton_device):
-    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=40, max_chunks=3, device=triton_device,
-                       dtype=torch.float32)
+    cache = FP4KVCache(
+        num_layers=2,
+        num_heads=2,
+        head_dim=32,
+        chunk_tokens=40,
+        max_chunks=3,
+        device=triton_device,
+        dtype=torch.float32,
+    )
     data = {}
     for n in range(4):
         cache.start_chunk(n)
-        data[n] = (_chunk(2 * n, 1, 40, 2, 32, device=triton_device), _chunk(2 * n + 1, 1, 40, 2, 32, device=triton_device))
+        data[n] = (
+            _chunk(2 * n, 1, 40, 2, 32, device=triton_device),
+            _chunk(2 * n + 1, 1, 40, 2, 32, device=triton_device),
+        )
         cache.update(1, *data[n], backend="triton")
     assert cache.context_chunks() == [0, 2]
     for include_current in (False, True):
@@ -245,8 +277,15 @@ def test_update_writes_only_its_slot(backend, triton_device):
 
 @pytest.mark.parametrize("storage", ["fp4", "bf16"])
 def test_update_quantized_copies_bits(storage):
-    cache = FP4KVCache(num_layers=1, num_heads=2, head_dim=32, chunk_tokens=136, max_chunks=2, storage=storage,
-                       dtype=torch.float32)
+    cache = FP4KVCache(
+        num_layers=1,
+        num_heads=2,
+        head_dim=32,
+        chunk_tokens=136,
+        max_chunks=2,
+        storage=storage,
+        dtype=torch.float32,
+    )
     cache.start_chunk(0)
     k, v = _chunk(3, 1, 136, 2, 32), _chunk(4, 1, 136, 2, 32)
     qk, qv = quantize_nvfp4(k, backend="torch"), quantize_nvfp4(v, backend="torch").to_blocked()
@@ -290,31 +329,114 @@ def _started(**kw) -> FP4KVCache:
 @pytest.mark.parametrize(
     "make, exc, words",
     [
-        (lambda: _started().update(0, torch.randn(1, 9, 2, 32), torch.randn(1, 9, 2, 32)), ValueError, "larger than a slot"),
-        (lambda: _started().update(0, torch.randn(1, 7, 2, 32), torch.randn(1, 7, 2, 32)), ValueError, "partial"),
-        (lambda: _started().update(2, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)), ValueError, "layer"),
-        (lambda: _started().update(-1, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)), ValueError, "layer"),
-        (lambda: _started().update(0, torch.randn(1, 8, 3, 32), torch.randn(1, 8, 3, 32)), ValueError, "shape"),
-        (lambda: _started().update(0, torch.randn(1, 8, 2, 64), torch.randn(1, 8, 2, 64)), ValueError, "shape"),
-        (lambda: _started().update(0, torch.randn(2, 8, 2, 32), torch.randn(2, 8, 2, 32)), ValueError, "shape"),
+        (
+            lambda: _started().update(0, torch.randn(1, 9, 2, 32), torch.randn(1, 9, 2, 32)),
+            ValueError,
+            "larger than a slot",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(1, 7, 2, 32), torch.randn(1, 7, 2, 32)),
+            ValueError,
+            "partial",
+        ),
+        (
+            lambda: _started().update(2, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)),
+            ValueError,
+            "layer",
+        ),
+        (
+            lambda: _started().update(-1, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)),
+            ValueError,
+            "layer",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(1, 8, 3, 32), torch.randn(1, 8, 3, 32)),
+            ValueError,
+            "shape",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(1, 8, 2, 64), torch.randn(1, 8, 2, 64)),
+            ValueError,
+            "shape",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(2, 8, 2, 32), torch.randn(2, 8, 2, 32)),
+            ValueError,
+            "shape",
+        ),
         (lambda: _started().update(0, torch.randn(8, 2, 32), torch.randn(8, 2, 32)), ValueError, "dims"),
-        (lambda: _started().update(0, torch.ones(1, 8, 2, 32, dtype=torch.int32), torch.randn(1, 8, 2, 32)), TypeError, "dtype"),
-        (lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32).half()), TypeError, "same dtype"),
-        (lambda: _started().update(0, torch.randn(1, 32, 2, 8).transpose(1, 3), torch.randn(1, 8, 2, 32)), ValueError, "shape|contiguous"),
-        (lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), chunk_id=5), ValueError, "not resident"),
-        (lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), backend="cuda"), ValueError, "cuda"),
-        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=8).update(
-            0, torch.randn(1, 8, 1, 16), torch.randn(1, 8, 1, 16)), ValueError, "start_chunk"),
+        (
+            lambda: _started().update(
+                0, torch.ones(1, 8, 2, 32, dtype=torch.int32), torch.randn(1, 8, 2, 32)
+            ),
+            TypeError,
+            "dtype",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32).half()),
+            TypeError,
+            "same dtype",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(1, 32, 2, 8).transpose(1, 3), torch.randn(1, 8, 2, 32)),
+            ValueError,
+            "shape|contiguous",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), chunk_id=5),
+            ValueError,
+            "not resident",
+        ),
+        (
+            lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), backend="cuda"),
+            ValueError,
+            "cuda",
+        ),
+        (
+            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=8).update(
+                0, torch.randn(1, 8, 1, 16), torch.randn(1, 8, 1, 16)
+            ),
+            ValueError,
+            "start_chunk",
+        ),
         (lambda: _started().update_quantized(0, torch.randn(1, 8, 2, 32), None), TypeError, "NVFP4Tensor"),
         (lambda: _started().dequantize(3), ValueError, "layer"),
         (lambda: _started().start_chunk(0), ValueError, "increase"),
         (lambda: _started().pin_shot_sink(4), ValueError, "not resident"),
-        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2).pin_shot_sink(0), ValueError, "not resident"),
-        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=24, chunk_tokens=4), ValueError, "multiple of 16"),
-        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2, sink_chunks=2), ValueError, "sink_chunks"),
-        (lambda: FP4KVCache(num_layers=0, num_heads=1, head_dim=16, chunk_tokens=4), ValueError, "num_layers"),
-        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, storage="int4"), ValueError, "storage"),
-        (lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, scale_rule="mse"), ValueError, "scale_rule"),
+        (
+            lambda: FP4KVCache(
+                num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2
+            ).pin_shot_sink(0),
+            ValueError,
+            "not resident",
+        ),
+        (
+            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=24, chunk_tokens=4),
+            ValueError,
+            "multiple of 16",
+        ),
+        (
+            lambda: FP4KVCache(
+                num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2, sink_chunks=2
+            ),
+            ValueError,
+            "sink_chunks",
+        ),
+        (
+            lambda: FP4KVCache(num_layers=0, num_heads=1, head_dim=16, chunk_tokens=4),
+            ValueError,
+            "num_layers",
+        ),
+        (
+            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, storage="int4"),
+            ValueError,
+            "storage",
+        ),
+        (
+            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, scale_rule="mse"),
+            ValueError,
+            "scale_rule",
+        ),
     ],
 )
 def test_bad_input_errors(make, exc, words):
@@ -349,8 +471,16 @@ def test_dequantize_op_fake_tensor():
 def test_gpu_update_and_dequant_bit_exact_model_size(rule):
     from longlive_kernels._backend import has_cuda_extension
 
-    cache = FP4KVCache(num_layers=2, num_heads=24, head_dim=128, chunk_tokens=7040, max_chunks=4, scale_rule=rule,
-                       device="cuda", dtype=torch.float32)
+    cache = FP4KVCache(
+        num_layers=2,
+        num_heads=24,
+        head_dim=128,
+        chunk_tokens=7040,
+        max_chunks=4,
+        scale_rule=rule,
+        device="cuda",
+        dtype=torch.float32,
+    )
     k, v = _chunk(1, 1, 7040, 24, 128, device="cuda"), _chunk(2, 1, 7040, 24, 128, device="cuda")
     cache.start_chunk(0)
     cache.update(1, k, v, backend="torch")
@@ -360,9 +490,10 @@ def test_gpu_update_and_dequant_bit_exact_model_size(rule):
         for t in (cache.data, cache.scale, cache.global_scale):
             t.copy_(poison_like(t))
         cache.update(1, k, v, backend=be)
-        for name, t, w in zip(("data", "scale", "gs"), (cache.data, cache.scale, cache.global_scale), want):
+        bufs = (cache.data, cache.scale, cache.global_scale)
+        for name, t, w in zip(("data", "scale", "gs"), bufs, want, strict=True):
             assert_bitwise_equal(t[1], w, f"{be} {name}")
-        for a, b in zip(cache.dequantize(1, include_current=True, backend=be), want_deq):
+        for a, b in zip(cache.dequantize(1, include_current=True, backend=be), want_deq, strict=True):
             assert_bitwise_equal(a, b, f"{be} dequant")
 
 
