@@ -20,7 +20,7 @@ One CTA computes a [BW=128 weight rows × BT=256 tokens] tile with 8 warps (2 wa
 
 Requirements (else :mod:`~longlive_kernels.fp4.gemm` falls back to its portable Triton kernel): a
 Hopper GPU, ``K % 32 == 0`` and ``N % 8 == 0`` (TMA strides), 16-byte aligned contiguous operands,
-bf16/fp16 output. The kernel is compiled for sm_90a on CPU machines by the tests (register use,
+bf16/fp16/fp32 output (fp32 uses 128-token tiles). The kernel is compiled for sm_90a on CPU machines by the tests (register use,
 spills, wgmma and asynchronous MMAs are checked there); it runs only on a GPU.
 """
 
@@ -308,7 +308,8 @@ GROUP = 8
 
 
 def _gl_dtype(dtype: torch.dtype):
-    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.uint8: gl.uint8}[dtype]
+    return {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32,
+            torch.uint8: gl.uint8}[dtype]
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -322,7 +323,7 @@ def _is_hopper(device_index: int) -> bool:
 
 def supported(a: torch.Tensor, a_nvfp4: bool, b_data: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """Whether the Hopper kernel can run this GEMM (see the module docstring)."""
-    if a.device.type != "cuda" or out_dtype not in (torch.bfloat16, torch.float16):
+    if a.device.type != "cuda" or out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return False
     if not _is_hopper(a.device.index if a.device.index is not None else torch.cuda.current_device()):
         return False
@@ -353,7 +354,8 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> t
     m = a.shape[0]
     n, k2 = b_data.shape
     k = 2 * k2
-    bt = token_tile(m, n, _num_sms(a.device.index if a.device.index is not None else torch.cuda.current_device()))
+    sms = _num_sms(a.device.index if a.device.index is not None else torch.cuda.current_device())
+    bt = 128 if out_dtype == torch.float32 else token_tile(m, n, sms)  # fp32 tile: 64 KB of staging
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
     w_desc = TensorDescriptor.from_tensor(b_data, [BW, BK // 2], u8)

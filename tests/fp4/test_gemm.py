@@ -435,7 +435,7 @@ def test_gpu_fp8_path():
 # --- the Gluon Hopper kernel: compiled for sm_90a here, run on the GPU --------------------------------
 
 
-def _compile_hopper_kernel(x_nvfp4: bool, bt: int):
+def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16):
     """AOT-compile gemm_hopper's kernel for sm_90a (as a JIT launch with aligned operands would)."""
     import os
 
@@ -457,8 +457,7 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int):
     x_desc = desc((m, k // 2), torch.uint8, [bt, gh.BK // 2], u8) if x_nvfp4 else desc(
         (m, k), torch.bfloat16, [bt, gh.BK], gl.NVMMASharedLayout.get_default_for([bt, gh.BK], gl.bfloat16))
     sig = {"w_desc": desc((n, k // 2), torch.uint8, [gh.BW, gh.BK // 2], u8), "x_desc": x_desc,
-           "out_desc": desc((m, n), torch.bfloat16, [bt, gh.BW],
-                            gl.NVMMASharedLayout.get_default_for([bt, gh.BW], gl.bfloat16)),
+           "out_desc": desc((m, n), out, [bt, gh.BW], gl.NVMMASharedLayout.get_default_for([bt, gh.BW], gh._gl_dtype(out))),
            "w_scale_ptr": "*u8", "x_scale_ptr": "*u8", "bias_ptr": "*bf16", "w_gs_ptr": "*fp32", "x_gs_ptr": "*fp32",
            "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "stride_xs": "i32"}
     constexprs = {"X_NVFP4": x_nvfp4, "EVEN_K": True, "HAS_BIAS": True,
@@ -476,15 +475,16 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int):
     return compiled, bindir
 
 
-@pytest.mark.parametrize("bt", [256, 128])
+@pytest.mark.parametrize("bt,out", [(256, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32)],
+                         ids=["256-bf16", "128-bf16", "128-fp32"])
 @pytest.mark.parametrize("x_nvfp4", [False, True], ids=["w4a16", "w4a4"])
-def test_hopper_kernel_compiles_for_sm90a(x_nvfp4, bt, tmp_path):
+def test_hopper_kernel_compiles_for_sm90a(x_nvfp4, bt, out, tmp_path):
     """wgmma in SASS, no spills, fits in shared memory, and ptxas keeps the wgmma asynchronous
     (no C7515 'wgmma.mma_async instructions are serialized' warning)."""
     import os
     import subprocess
 
-    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt)
+    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, out)
     ptx = tmp_path / "k.ptx"
     ptx.write_text(compiled.asm["ptx"])
     info = subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", "-v", str(ptx), "-o", str(tmp_path / "k.o")],
@@ -517,7 +517,7 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias):
     else:
         a = x.to(torch.bfloat16 if kind == "bf16" else torch.float16)
         args = (a, None, None, False)
-    out_dtype = torch.bfloat16 if kind != "fp16" else torch.float16
+    out_dtype = torch.float32 if m == 2048 else (torch.bfloat16 if kind != "fp16" else torch.float16)
     assert gh.supported(args[0], args[3], b.data, out_dtype)
     out = gh.gemm(args[0], args[1], args[2], b.data, b.scale, b.global_scale.reshape(1).float(), bias, out_dtype,
                   args[3])
