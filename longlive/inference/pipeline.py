@@ -248,9 +248,11 @@ class StreamSession:
             switch = n > 0 and (cut or body != self._prev_body)
             text = SCENE_CUT_PREFIX + body if cut else body
         self._prev_body = body
-        sync = self.device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize(self.device)
+        # stream-level syncs: a device-wide sync would also wait for the decoder's stream and serialise
+        # decoding with denoising
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        if stream is not None:
+            stream.synchronize()
         t0 = time.perf_counter()
         ctx = self._context(text)
         plan = self.cache.begin_chunk(scene_cut=cut, switch=switch)
@@ -265,8 +267,8 @@ class StreamSession:
         self._forward(x, 0.0, ctx, plan)  # t = 0 re-run: the slot now holds the clean K/V
         self.cache.end_chunk(plan, x)
         full = self.sp.gather(x) if self.sp is not None else x
-        if sync:
-            torch.cuda.synchronize(self.device)
+        if stream is not None:
+            stream.synchronize()
         frames = self._frames[0] if n == 0 else self._frames[1]
         return ChunkOutput(n, full, frames, text, plan, time.perf_counter() - t0)
 
@@ -357,7 +359,7 @@ class Pipeline:
         self.fps = float(fps) if fps else (24.0 if cfg.vae == "wan2.2" else 8.0)
         self.sp = sp
         self.attention_compute = attention_compute
-        self.default_prompt = default_prompt
+        self.default_prompt = default_prompt or DEFAULT_PROMPT
         _check_kv_storage(self.policy.storage, model)
         self.compiled = False
         if compile and model.device.type == "cuda":
@@ -471,11 +473,10 @@ class Pipeline:
                 "`longlive train --demo` or pass --checkpoint PATH; `longlive generate --random-weights "
                 "--config tiny` runs the same pipeline with random weights (a smoke test, the video is noise)")
         meta = read_demo_meta()
-        kwargs.setdefault("fps", meta.get("fps"))
-        kwargs.setdefault("vae_options", meta.get("vae"))
-        kwargs.setdefault("default_prompt", meta.get("prompt", DEFAULT_PROMPT))
-        if meta.get("text_encoder"):
-            kwargs.setdefault("text_encoder", meta["text_encoder"])
+        for key, meta_key in (("fps", "fps"), ("vae_options", "vae"), ("default_prompt", "prompt"),
+                              ("text_encoder", "text_encoder")):
+            if kwargs.get(key) is None and meta.get(meta_key) is not None:
+                kwargs[key] = meta[meta_key]
         return cls.from_pretrained(weights, **kwargs)
 
     # ---- generation ------------------------------------------------------------------------
@@ -600,6 +601,7 @@ class Pipeline:
                 result.chunks_written = decoder.writer.chunks_written
                 result.frames_written = decoder.writer.frames_written
             result.wall_seconds = time.perf_counter() - t_start
+            result.dit_seconds = sum(result.chunk_seconds)
             if dev.type == "cuda":
                 result.peak_memory_gb = torch.cuda.max_memory_allocated(dev) / 1e9
         return result
