@@ -146,3 +146,20 @@ def test_ctrl_c_leaves_playable_mp4_of_finished_chunks(tmp_path, micro):
     done = sum(ln.startswith("chunk ") for ln in lines + rest.splitlines())
     assert 3 <= chunks == done < 500 and frames == 2 * chunks
     assert _frames(out) == frames
+
+
+def test_no_arguments_runs_the_bundled_demo(tmp_path, capsys, monkeypatch):
+    # a stand-in demo directory with the layout the demo trainer ships: model.safetensors (+ config in its
+    # metadata) and pipeline.yaml (fps, default prompt, VAE options, text encoder)
+    from longlive.model import save_checkpoint
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    save_checkpoint(micro_model(), demo / "model.safetensors")
+    (demo / "pipeline.yaml").write_text("fps: 8\nprompt: a yellow triangle spins\nvae: {patch: 4}\n"
+                                        "text_encoder: 'hash:64'\n")
+    monkeypatch.setattr("longlive.inference.pipeline.DEMO_DIR", demo)
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate"]) == 0
+    assert "wrote 20 chunks (40 frames) to longlive_demo.mp4" in capsys.readouterr().out  # 5 s at 8 fps
+    assert _frames(tmp_path / "longlive_demo.mp4") == 40
