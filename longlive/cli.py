@@ -262,6 +262,8 @@ def _generate(a: argparse.Namespace) -> int:
             print(f"chunk {chunk.index + 1}/{n} done: shot {p.shot}, {chunk.num_frames} frames, "
                   f"{chunk.seconds:.3f} s{extra}", flush=True)
 
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed VAE conv shapes per chunk
     with torch.inference_mode():
         result = pipe.generate(prompts, num_chunks=n, out=out, decode=a.decode, progress=not a.quiet, steps=a.steps,
                                seed=a.seed, guidance_scale=a.guidance_scale, negative_prompt=a.negative_prompt,
