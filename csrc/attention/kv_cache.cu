@@ -5,8 +5,8 @@
 // kBlocksPerThread 16-value blocks in registers (one HBM read), the CTA reduces the tile amax, then
 // every thread quantizes its blocks (fused scale selection, E2M1 encode, 8-byte packed store). A warp
 // reads 4 rows x 256 contiguous bytes (bf16, D = 128) and writes 4 x 64 contiguous bytes.
-// Decode: one thread per 16-value block (8-byte load, 32-byte vector store), blocks of one token
-// consecutive so the [B, L, H, D] writes are contiguous.
+// Decode: one thread per 16-value block (8-byte load, 32-byte vector store); a CTA covers 4 tokens of
+// one (chunk, batch, K|V), so its [B, L, H, D] writes are one contiguous run; 32-bit index math.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -20,7 +20,8 @@ using fp4::kBlock;
 using kv::kTileTokens;
 constexpr int kThreads = 256;
 
-template <typename T, int kBlocksPerThread>
+// kNb = head_dim / 16 as a compile-time constant (0: read it from p), so block -> (row, column) is a shift.
+template <typename T, int kBlocksPerThread, int kNb>
 __global__ void __launch_bounds__(kThreads) kv_update_kernel(KVCacheUpdateParams p) {
   __shared__ float red[kThreads / 32];
   const int64_t tile = blockIdx.x;
@@ -29,7 +30,7 @@ __global__ void __launch_bounds__(kThreads) kv_update_kernel(KVCacheUpdateParams
   const int64_t b = bh / p.heads, h = bh % p.heads;
   const int slot = *p.slot;
   if (slot < 0 || slot >= p.slots) return;  // never write outside the slot table
-  const int64_t nb = p.head_dim / kBlock;
+  const int nb = kNb > 0 ? kNb : static_cast<int>(p.head_dim / kBlock);
   const int64_t rows_left = p.tokens - tile * kTileTokens;
   const int64_t rows_in_tile = rows_left < kTileTokens ? rows_left : kTileTokens;
   const T* x = static_cast<const T*>(kv_idx == 0 ? p.k : p.v) + b * p.stride_b + h * p.stride_h;
@@ -38,8 +39,8 @@ __global__ void __launch_bounds__(kThreads) kv_update_kernel(KVCacheUpdateParams
   float amax = 0.0f;
 #pragma unroll
   for (int i = 0; i < kBlocksPerThread; ++i) {
-    const int64_t blk = threadIdx.x + int64_t(i) * kThreads;
-    const int64_t row = blk / nb, cb = blk % nb;
+    const int blk = threadIdx.x + i * kThreads;
+    const int row = blk / nb, cb = blk % nb;
 #pragma unroll
     for (int e = 0; e < kBlock; ++e) vals[i][e] = 0.0f;
     if (row < rows_in_tile) {
@@ -55,8 +56,8 @@ __global__ void __launch_bounds__(kThreads) kv_update_kernel(KVCacheUpdateParams
   if (threadIdx.x == 0) p.global_scale[plane * n_tiles + tile] = gs;
 #pragma unroll
   for (int i = 0; i < kBlocksPerThread; ++i) {
-    const int64_t blk = threadIdx.x + int64_t(i) * kThreads;
-    const int64_t row = blk / nb, cb = blk % nb;
+    const int blk = threadIdx.x + i * kThreads;
+    const int row = blk / nb, cb = blk % nb;
     if (row >= rows_in_tile) continue;
     uint2 packed;
     uint8_t scale;
@@ -67,61 +68,62 @@ __global__ void __launch_bounds__(kThreads) kv_update_kernel(KVCacheUpdateParams
   }
 }
 
+// Grid: x = groups of kTokensPerCta tokens, y = chunk * batch, z = K|V; the CTA's items are the
+// (token, head, 16-value block) triples of its tokens, consecutive in the [B, L, H, D] output.
+constexpr int kTokensPerCta = 4;
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) kv_dequantize_kernel(KVCacheDequantizeParams p) {
-  const int64_t nb = p.head_dim / kBlock;
-  const int64_t per_token = p.heads * nb;                  // blocks of one token (all heads)
-  const int64_t per_chunk = p.batch * p.tokens * per_token;
-  const int64_t total = 2 * p.n_chunks * per_chunk;
+  const int nb = static_cast<int>(p.head_dim / kBlock);
+  const int per_token = static_cast<int>(p.heads) * nb;
+  const int64_t kv_idx = blockIdx.z;
+  const int64_t c = blockIdx.y % p.n_chunks, b = blockIdx.y / p.n_chunks;
+  int slot = kv::slot_at(p.table, c);
+  slot = slot < 0 ? 0 : (slot >= p.slots ? static_cast<int>(p.slots - 1) : slot);
   const int64_t n_tiles = (p.tokens + kTileTokens - 1) / kTileTokens;
-  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
-    const int64_t kv_idx = i / (p.n_chunks * per_chunk);
-    int64_t r = i % (p.n_chunks * per_chunk);
-    const int64_t b = r / (p.n_chunks * p.tokens * per_token);
-    r %= p.n_chunks * p.tokens * per_token;
-    const int64_t c = r / (p.tokens * per_token);
-    r %= p.tokens * per_token;
-    const int64_t t = r / per_token;
-    r %= per_token;
-    const int64_t h = r / nb, cb = r % nb;
-    int slot = kv::slot_at(p.table, c);
-    slot = slot < 0 ? 0 : (slot >= p.slots ? int(p.slots - 1) : slot);
+  T* out = static_cast<T*>(kv_idx == 0 ? p.out_k : p.out_v);
+  for (int i = threadIdx.x; i < kTokensPerCta * per_token; i += kThreads) {
+    const int64_t t = int64_t(blockIdx.x) * kTokensPerCta + i / per_token;
+    if (t >= p.tokens) break;
+    const int r = i % per_token;
+    const int h = r / nb, cb = r % nb;
     const int64_t plane = kv::plane_index(kv_idx, slot, b, h, p.slots, p.batch, p.heads);
     const int64_t row = plane * p.tokens + t;
     const uint2 packed = __ldg(reinterpret_cast<const uint2*>(p.data + row * (p.head_dim / 2)) + cb);
     float x[kBlock];
     kv::decode_block(packed, p.scale[row * nb + cb], __ldg(p.global_scale + plane * n_tiles + t / kTileTokens), x);
-    T* out = static_cast<T*>(kv_idx == 0 ? p.out_k : p.out_v);
-    const int64_t out_row = (b * p.n_chunks * p.tokens + c * p.tokens + t) * p.heads + h;
+    const int64_t out_row = ((b * p.n_chunks + c) * p.tokens + t) * p.heads + h;
     fp4::store16<T>(out + out_row * p.head_dim + cb * kBlock, x);
   }
 }
 
-template <typename T, int kBpt>
+template <typename T, int kBpt, int kNb>
 cudaError_t launch_update(const KVCacheUpdateParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.tokens + kTileTokens - 1) / kTileTokens),
                   static_cast<unsigned>(p.batch * p.heads), 2);
-  kv_update_kernel<T, kBpt><<<grid, kThreads, 0, stream>>>(p);
+  kv_update_kernel<T, kBpt, kNb><<<grid, kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t dispatch_update(const KVCacheUpdateParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {  // blocks per thread = 128 * (D / 16) / 256
+    case 64: return launch_update<T, 2, 4>(p, stream);
+    case 128: return launch_update<T, 4, 8>(p, stream);
+    case 256: return launch_update<T, 8, 16>(p, stream);
+    default: break;
+  }
   const int64_t blocks_per_thread = (kTileTokens * (p.head_dim / kBlock) + kThreads - 1) / kThreads;
-  if (blocks_per_thread <= 1) return launch_update<T, 1>(p, stream);
-  if (blocks_per_thread <= 2) return launch_update<T, 2>(p, stream);
-  if (blocks_per_thread <= 4) return launch_update<T, 4>(p, stream);
-  return launch_update<T, 8>(p, stream);
+  if (blocks_per_thread <= 1) return launch_update<T, 1, 0>(p, stream);
+  if (blocks_per_thread <= 2) return launch_update<T, 2, 0>(p, stream);
+  if (blocks_per_thread <= 4) return launch_update<T, 4, 0>(p, stream);
+  return launch_update<T, 8, 0>(p, stream);
 }
 
 template <typename T>
 cudaError_t launch_dequantize(const KVCacheDequantizeParams& p, cudaStream_t stream) {
-  const int64_t total = 2 * p.n_chunks * p.batch * p.tokens * p.heads * (p.head_dim / kBlock);
-  int sms = 132, dev = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  const int64_t need = (total + kThreads - 1) / kThreads;
-  const int grid = static_cast<int>(need < int64_t(sms) * 16 ? need : int64_t(sms) * 16);
+  const dim3 grid(static_cast<unsigned>((p.tokens + kTokensPerCta - 1) / kTokensPerCta),
+                  static_cast<unsigned>(p.n_chunks * p.batch), 2);
   kv_dequantize_kernel<T><<<grid, kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
@@ -144,6 +146,7 @@ cudaError_t kv_cache_update(const KVCacheUpdateParams& p, cudaStream_t stream) {
 cudaError_t kv_cache_dequantize(const KVCacheDequantizeParams& p, cudaStream_t stream) {
   if (p.batch <= 0 || p.tokens <= 0 || p.heads <= 0 || p.slots <= 0 || p.n_chunks <= 0) return cudaErrorInvalidValue;
   if (p.head_dim <= 0 || p.head_dim % kBlock != 0) return cudaErrorInvalidValue;
+  if (p.n_chunks * p.batch > 65535 || p.heads * (p.head_dim / kBlock) > (1 << 24)) return cudaErrorInvalidValue;
   switch (p.out_dtype) {
     case DType::kBF16: return launch_dequantize<__nv_bfloat16>(p, stream);
     case DType::kF16: return launch_dequantize<__half>(p, stream);
