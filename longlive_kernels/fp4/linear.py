@@ -20,7 +20,8 @@ quantizes it on load.
 Training (``trainable=True``, modes ``nvfp4``/``w4a16``) keeps a high-precision master ``weight``
 Parameter and follows the NVFP4 recipe of Transformer Engine / the paper's FourOverSix linear
 (``longlive-spec.md`` §3.6): forward ``Q(X)·Q(W)ᵀ`` with 1×16 activation blocks and 16×16 weight
-blocks; dgrad ``Q_sr(dY)·Q(Wᵀ)`` (stochastic rounding on dY; with 16×16 blocks ``Q(Wᵀ) = Q(W)ᵀ``);
+blocks; dgrad ``Q_sr(dY)·Q(Wᵀ)`` (stochastic rounding on dY; with 16×16 blocks ``Q(Wᵀ) = Q(W)ᵀ``,
+taken by moving the packed nibbles, :func:`~longlive_kernels.fp4.gemm_operands.transpose_nvfp4`);
 wgrad ``Q_sr(H·dYᵀ)·Q(H·X̂ᵀ)ᵀ`` with the 16-point RHT ``H`` along the token dimension on both
 operands and X̂ the decoded FP4 copy of X — the only copy of X saved for backward. ``w4a16``
 training is weight-only QAT with a straight-through estimator.
@@ -40,6 +41,7 @@ from .. import _checks
 from .format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from .fp8 import fp8_gemm, quantize_fp8_rowwise
 from .gemm import nvfp4_gemm
+from .gemm_operands import transpose_nvfp4
 from .quantize import quantize_nvfp4
 
 MODES = ("bf16", "nvfp4", "w4a16", "fp8")
@@ -107,8 +109,11 @@ class _NVFP4LinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dyq = quantize_nvfp4(dy, scale_rule=r.grad_scale_rule, rounding=rounding, seed=_draw_seed(),
                                  backend=be)
-            wtq = quantize_nvfp4(weight.t().contiguous(), scale_rule=r.weight_scale_rule,
-                                 block_2d=r.weight_2d(True), backend=be)
+            if r.weight_2d(True):  # Q(Wᵀ) = Q(W)ᵀ with 16×16 blocks: re-quantize W, move nibbles
+                wq = quantize_nvfp4(weight, scale_rule=r.weight_scale_rule, block_2d=True, backend=be)
+                wtq = transpose_nvfp4(wq, backend=be)
+            else:
+                wtq = quantize_nvfp4(weight.t().contiguous(), scale_rule=r.weight_scale_rule, backend=be)
             dx = nvfp4_gemm(dyq, wtq, out_dtype=ctx.x_dtype, backend=be)
         if ctx.needs_input_grad[1]:
             m, k = x_data.shape[0], x_data.shape[1] * 2

@@ -525,3 +525,37 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias):
     assert rel_err(out, expect) <= 2.0**-8
     auto = nvfp4_gemm(a, b, bias=bias, out_dtype=out_dtype)  # the default path takes the same kernel
     assert_bitwise_equal(auto, out, "auto vs direct Hopper kernel")
+
+
+# --- transpose_nvfp4 --------------------------------------------------------------------------------
+
+
+@given(seed=st.integers(0, 2**31 - 1), rt=st.integers(1, 5), cb=st.integers(1, 6),
+       rule=st.sampled_from(["static6", "static4", "four_over_six"]))
+def test_transpose_nvfp4_is_the_quantization_of_the_transpose(seed, rt, cb, rule):
+    from longlive_kernels.fp4.gemm_operands import transpose_nvfp4
+
+    w = _rand(seed, 16 * rt, 16 * cb, spread=6.0)
+    q = quantize_nvfp4(w, block_2d=True, scale_rule=rule, backend="torch")
+    for backend in ("torch", "triton"):
+        t = transpose_nvfp4(q, backend=backend)
+        assert t.shape == (16 * cb, 16 * rt) and t.block_2d
+        assert torch.equal(t.dequantize(torch.float32, backend="torch"), q.dequantize(torch.float32, backend="torch").t())
+        if rule != "four_over_six":  # 4/6 picks per tile with a row-then-column error sum
+            qt = quantize_nvfp4(w.t().contiguous(), block_2d=True, scale_rule=rule, backend="torch")
+            assert_bitwise_equal(t.data, qt.data, "codes")
+            assert_bitwise_equal(t.scale.view(torch.uint8), qt.scale.view(torch.uint8), "scales")
+
+
+def test_transpose_nvfp4_bad_input():
+    from longlive_kernels.fp4.gemm_operands import transpose_nvfp4
+
+    w = _rand(0, 32, 32)
+    with pytest.raises(ValueError, match="16×16"):
+        transpose_nvfp4(quantize_nvfp4(w, backend="torch"))
+    with pytest.raises(ValueError, match="Hadamard"):
+        transpose_nvfp4(quantize_nvfp4(w, block_2d=True, hadamard=True, backend="torch"))
+    with pytest.raises(ValueError, match="rows"):
+        transpose_nvfp4(quantize_nvfp4(_rand(0, 20, 32), block_2d=True, backend="torch"))
+    with pytest.raises(TypeError):
+        transpose_nvfp4(w)

@@ -1,0 +1,134 @@
+"""GEMM operand preparation for NVFP4 training: ``transpose_nvfp4`` (Q(W)ᵀ without re-quantizing).
+
+With 16×16 weight blocks the quantization of Wᵀ is the transpose of the quantization of W: every
+element is divided by the same tile scale and tensor scale (Transformer Engine's reason for 2-D
+weight blocks, ``nvfp4-hopper.md`` §1.6). The dgrad GEMM ``dY · Q(Wᵀ)`` therefore reuses the forward's
+packed weight: this kernel moves nibbles and scales, reading 0.56 bytes per element instead of
+re-reading and re-quantizing the high-precision weight (and it guarantees that forward and backward
+use identical weights). For ``static6``/``static4`` it equals ``quantize_nvfp4(W.t(), block_2d=True)``
+bit for bit (tested); for ``four_over_six`` the 4/6 choice was made on W's tiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _checks
+from .._aot import register_aot
+from .._backend import resolve_backend
+from .format import BLOCK_SIZE, NVFP4Tensor
+from .nvfp4_triton import pack_nibbles, unpack_nibbles
+
+
+@triton.jit
+def _transpose_kernel(
+    data_ptr,  # [R, C/2] uint8 packed codes
+    scale_ptr,  # [R, C/16] uint8 E4M3 codes (16×16 tiles, replicated on the tile's rows)
+    out_data_ptr,  # [C, R/2] uint8 out
+    out_scale_ptr,  # [C, R/16] uint8 out
+    R,
+    C,
+    BR: tl.constexpr,
+    BC: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    r = pid_r * BR + tl.arange(0, BR)
+    c2 = pid_c * (BC // 2) + tl.arange(0, BC // 2)
+    r64 = r.to(tl.int64)
+    packed = tl.load(data_ptr + r64[:, None] * (C // 2) + c2[None, :],
+                     mask=(r < R)[:, None] & (c2 < C // 2)[None, :], other=0)
+    codes_t = tl.trans(unpack_nibbles(packed, BR, BC // 2))  # [BC, BR]
+    out = pack_nibbles(codes_t, BC, BR)  # [BC, BR/2]
+    c = pid_c * BC + tl.arange(0, BC)
+    r2 = pid_r * (BR // 2) + tl.arange(0, BR // 2)
+    tl.store(out_data_ptr + c.to(tl.int64)[:, None] * (R // 2) + r2[None, :], out,
+             mask=(c < C)[:, None] & (r2 < R // 2)[None, :])
+    # scale_t[c, j] = scale[16 j, c // 16]
+    j = pid_r * (BR // 16) + tl.arange(0, BR // 16)
+    s = tl.load(scale_ptr + (j.to(tl.int64) * 16)[None, :] * (C // 16) + (c // 16)[:, None],
+                mask=(c < C)[:, None] & (j < R // 16)[None, :], other=0)
+    tl.store(out_scale_ptr + c.to(tl.int64)[:, None] * (R // 16) + j[None, :], s,
+             mask=(c < C)[:, None] & (j < R // 16)[None, :])
+
+
+def _transpose_torch(data: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r, c = data.shape[0], data.shape[1] * 2
+    d = data.to(torch.int32)
+    codes = torch.stack([d & 0xF, d >> 4], dim=-1).reshape(r, c)
+    ct = codes.t().contiguous()
+    packed = (ct[:, 0::2] | (ct[:, 1::2] << 4)).to(torch.uint8)
+    s = scale.view(torch.uint8)[0::BLOCK_SIZE]  # one row per 16-row tile: [R/16, C/16]
+    st = s.t().repeat_interleave(BLOCK_SIZE, dim=0).contiguous()  # [C, R/16]
+    return packed, st.view(torch.float8_e4m3fn)
+
+
+@torch.library.custom_op("longlive_kernels::transpose_nvfp4", mutates_args=())
+def _transpose_op(data: torch.Tensor, scale: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if backend == "torch":
+        return _transpose_torch(data, scale)
+    r, c = data.shape[0], data.shape[1] * 2
+    out_d = torch.empty((c, r // 2), dtype=torch.uint8, device=data.device)
+    out_s = torch.empty((c, r // BLOCK_SIZE), dtype=torch.uint8, device=data.device)
+    br, bc = 32, 64
+    grid = (triton.cdiv(r, br), triton.cdiv(c, bc))
+    _transpose_kernel[grid](data, scale.view(torch.uint8), out_d, out_s, r, c, BR=br, BC=bc, num_warps=4)
+    return out_d, out_s.view(torch.float8_e4m3fn)
+
+
+@_transpose_op.register_fake
+def _(data, scale, backend):
+    r, c = data.shape[0], data.shape[1] * 2
+    return (data.new_empty((c, r // 2)), data.new_empty((c, r // BLOCK_SIZE), dtype=torch.float8_e4m3fn))
+
+
+def transpose_nvfp4(t: NVFP4Tensor, *, backend: str = "auto") -> NVFP4Tensor:
+    """The NVFP4 tensor of ``Wᵀ`` from the 16×16-block quantization of a 2-D ``W`` [R, C].
+
+    Parameters
+    ----------
+    t : NVFP4Tensor
+        2-D [R, C], ``block_2d=True``, linear scales, no Hadamard mask, R % 16 == 0 (so that Wᵀ's
+        last dim holds whole blocks).
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    NVFP4Tensor
+        [C, R], same tensor scale, rule and dtype, ``block_2d=True``.
+
+    Raises
+    ------
+    TypeError
+        ``t`` is not an NVFP4Tensor.
+    ValueError
+        Not 2-D, not 16×16 blocks, swizzled scales, a Hadamard mask, R not a multiple of 16, or a
+        backend that cannot run here.
+    """
+    if not isinstance(t, NVFP4Tensor):
+        raise TypeError(f"t must be an NVFP4Tensor, got {type(t).__name__}")
+    if len(t.shape) != 2:
+        raise ValueError(f"t must be 2-D, got shape {tuple(t.shape)}")
+    if not t.block_2d:
+        raise ValueError("transpose_nvfp4 needs 16×16 blocks (block_2d=True); 1×16 blocks must be re-quantized")
+    if t.swizzled:
+        raise ValueError("t has swizzled scales; pass t.from_blocked()")
+    if t.hadamard_mask is not None:
+        raise ValueError("t carries a Hadamard transform along its rows; its transpose is not an NVFP4 tensor")
+    r, c = t.shape
+    _checks.check_multiple("t.shape[0]", r, BLOCK_SIZE, "rows")
+    be = resolve_backend(backend, t.device, op="transpose_nvfp4", supported=("triton", "torch"))
+    data, scale = _transpose_op(t.data.contiguous(), t.scale.contiguous(), be)
+    return dataclasses.replace(t, data=data, scale=scale, shape=torch.Size((c, r)))
+
+
+register_aot(
+    _transpose_kernel,
+    signature={"data_ptr": "*u8", "scale_ptr": "*u8", "out_data_ptr": "*u8", "out_scale_ptr": "*u8", "R": "i32",
+               "C": "i32"},
+    constexprs={"BR": 32, "BC": 64},
+)
