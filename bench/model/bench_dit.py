@@ -17,7 +17,7 @@ with BF16 / NVFP4 / W4A16 / FP8 linears (``longlive_kernels.fp4.quantize_model``
 storage. Modes whose kernels are not available yet print as "n/a" with the reason.
 
 Run (H100):
-    python bench/model/bench_dit.py --quick      # < 3 min: baseline + 5 kernel rows, 5 timed calls each
+    python bench/model/bench_dit.py --quick      # < 3 min: baseline + 6 kernel rows, 5 timed calls each
     python bench/model/bench_dit.py              # every linear mode x KV storage, 20 timed calls
     python bench/model/bench_dit.py --layers 2   # a 2-block slice (debugging)
 """
@@ -35,8 +35,10 @@ import torch
 from longlive.config import ModelConfig
 from longlive.model.dit import CausalDiT
 
-QUICK = [("bf16", "bf16"), ("bf16", "fp4"), ("nvfp4", "fp4"), ("w4a16", "fp4"), ("fp8", "fp4")]
-FULL = [(m, kv) for m in ("bf16", "nvfp4", "w4a16", "fp8") for kv in ("bf16", "fp4")]
+# linear mode -> [(KV storage, attention compute)]; each mode is quantized once.
+QUICK = {"bf16": [("bf16", "bf16"), ("fp4", "bf16")], "nvfp4": [("fp4", "bf16"), ("fp4", "fp8")],
+         "w4a16": [("fp4", "bf16")], "fp8": [("fp4", "bf16")]}
+FULL = {m: [("bf16", "bf16"), ("fp4", "bf16"), ("fp4", "fp8")] for m in ("bf16", "nvfp4", "w4a16", "fp8")}
 
 
 def _time_ms(fn, *, warmup: int, iters: int, device: torch.device) -> float:
@@ -54,7 +56,8 @@ def _time_ms(fn, *, warmup: int, iters: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _measure(model: CausalDiT, storage: str, *, ctx, device, warmup: int, iters: int, chunks: int) -> dict:
+def _measure(model: CausalDiT, storage: str, *, ctx, device, warmup: int, iters: int, chunks: int,
+             compute: str = "bf16") -> dict:
     """Fill ``chunks - 1`` chunks, then time forward_chunk of the last one. Returns ms, memory."""
     cfg = model.config
     h, w = cfg.latent_size
@@ -65,14 +68,14 @@ def _measure(model: CausalDiT, storage: str, *, ctx, device, warmup: int, iters:
     with torch.no_grad():
         for n in range(chunks - 1):
             x = torch.randn(1, cfg.in_channels, cf, h, w, device=device, dtype=model.dtype, generator=gen)
-            model.forward_chunk(x, torch.zeros_like(t), ctx, cache=cache, chunk_id=n)
+            model.forward_chunk(x, torch.zeros_like(t), ctx, cache=cache, chunk_id=n, attention_compute=compute)
         x = torch.randn(1, cfg.in_channels, cf, h, w, device=device, dtype=model.dtype, generator=gen)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
 
         def step():
-            return model.forward_chunk(x, t, ctx, cache=cache, chunk_id=chunks - 1)
+            return model.forward_chunk(x, t, ctx, cache=cache, chunk_id=chunks - 1, attention_compute=compute)
 
         ms = _time_ms(step, warmup=warmup, iters=iters, device=device)
         out = step()
@@ -101,29 +104,32 @@ def run(quick: bool = True, *, layers: int | None = None, config: str = "wan2.2-
     warmup, iters = (2, 5) if quick else (3, 20)
     rows = []
 
-    def add(label, mode, storage, fn):
+    def add(label, mode, storage, compute, fn):
         try:
-            res = fn()
-            rows.append(dict(label=label, mode=mode, kv=storage, **res))
-        except (ImportError, NotImplementedError, ValueError, RuntimeError, AttributeError) as exc:
-            rows.append({"label": label, "mode": mode, "kv": storage,
+            rows.append({"label": label, "mode": mode, "kv": storage, "attn": compute, **fn()})
+        except (ImportError, NotImplementedError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+            rows.append({"label": label, "mode": mode, "kv": storage, "attn": compute,
                          "error": f"{type(exc).__name__}: {exc}"[:160]})
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
+    kw = {"ctx": ctx, "device": dev, "warmup": warmup, "iters": iters, "chunks": chunks}
     model.set_ops("torch")
-    add("eager torch (baseline)", "bf16", "bf16",
-        lambda: _measure(model, "bf16", ctx=ctx, device=dev, warmup=warmup, iters=iters, chunks=chunks))
+    add("eager torch (baseline)", "bf16", "bf16", "bf16", lambda: _measure(model, "bf16", **kw))
     model.set_ops("kernels")
-    for mode, storage in QUICK if quick else FULL:
-        def job(mode=mode, storage=storage):
+    for mode, variants in (QUICK if quick else FULL).items():
+        try:
             m = model if mode == "bf16" else copy.deepcopy(model).quantize_(mode)
-            try:
-                return _measure(m, storage, ctx=ctx, device=dev, warmup=warmup, iters=iters, chunks=chunks)
-            finally:
-                del m
-        add("longlive_kernels", mode, storage, job)
+        except (ImportError, NotImplementedError, ValueError, RuntimeError) as exc:
+            for storage, compute in variants:
+                rows.append({"label": "longlive_kernels", "mode": mode, "kv": storage, "attn": compute,
+                             "error": f"{type(exc).__name__}: {exc}"[:160]})
+            continue
+        for storage, compute in variants:
+            add("longlive_kernels", mode, storage, compute,
+                lambda m=m, storage=storage, compute=compute: _measure(m, storage, compute=compute, **kw))
+        del m
     meta = {"config": cfg.name, "layers": cfg.num_layers, "q_tokens": q_tok, "kv_tokens": kv_tok,
             "flops": flops, "iters": iters, "params": model.num_parameters()}
     return rows, meta
@@ -136,14 +142,15 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
            f"{meta['q_tokens']} query tokens vs {meta['kv_tokens']} keys; FLOPs (spec §2.9) linear "
            f"{f['linear'] / 1e12:.1f} + self-attn {f['self_attention'] / 1e12:.1f} + cross "
            f"{f['cross'] / 1e12:.1f} = {f['total'] / 1e12:.1f} TFLOP; median of {meta['iters']} calls\n"),
-           "| path | linears | KV cache | ms / forward | TFLOP/s | × eager | peak GiB | KV GiB |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| path | linears | KV cache | attention | ms / forward | TFLOP/s | × eager | peak GiB | KV GiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['label']} | {r['mode']} | {r['kv']} | n/a | | | | {r['error']} |")
+            out.append(f"| {r['label']} | {r['mode']} | {r['kv']} | {r['attn']} | n/a | | | | {r['error']} |")
             continue
         speed = f"{base / r['ms']:.2f}×" if base else ""
-        out.append(f"| {r['label']} | {r['mode']} | {r['kv']} | {r['ms']:.1f} | {f['total'] / r['ms'] / 1e9:.0f} | "
+        out.append(f"| {r['label']} | {r['mode']} | {r['kv']} | {r['attn']} | {r['ms']:.1f} | "
+                   f"{f['total'] / r['ms'] / 1e9:.0f} | "
                    f"{speed} | {r['peak_gib']:.1f} | {r['kv_gib']:.2f} |")
     return "\n".join(out)
 
@@ -171,7 +178,7 @@ def test_bench_dit_two_block_slice(benchmark):
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="baseline + 5 kernel rows, 5 timed calls (< 3 min)")
+    ap.add_argument("--quick", action="store_true", help="baseline + 6 kernel rows, 5 timed calls (< 3 min)")
     ap.add_argument("--layers", type=int, default=None, help="use the first N blocks only")
     ap.add_argument("--config", default="wan2.2-ti2v-5b", help="model preset")
     ap.add_argument("--device", default="cuda", help="cuda (timing) or cpu (smoke test with --config tiny)")
