@@ -7,16 +7,19 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
 - ``fp8 mm``: cuBLAS FP8 E4M3 row-wise ``torch._scaled_mm`` on pre-quantized operands,
 - ``fp8 path``: our FP8 path end to end (row-wise activation quantization + ``fp8_gemm``),
 - ``deq+bf16``: decode the NVFP4 weight to bf16 (our dequantize kernel), then cuBLAS,
-- ``w4a16``: ``nvfp4_gemm(x_bf16, w_nvfp4)`` (fused Triton),
+- ``w4a16``: ``nvfp4_gemm(x_bf16, w_nvfp4)`` (default path: the Gluon sm_90a kernel for M > 256,
+  the split-K Triton kernel below),
 - ``w4a4``: ``nvfp4_gemm(x_nvfp4, w_nvfp4)`` on a pre-quantized activation (the GEMM alone),
-- ``w4a4 e2e``: activation quantization + the W4A4 GEMM.
+- ``w4a4 e2e``: activation quantization + the W4A4 GEMM,
+- ``w4a16 port`` / ``w4a4 port``: the portable Triton kernel (``algorithm="portable"``), to show
+  what the Gluon kernel buys.
 
 Prints a markdown table of TFLOP/s (2·M·N·K / t) and ratios to BF16. Targets (issue 3): W4A4
 ≥ 0.85× and W4A16 ≥ 0.95× BF16 for M ≥ 1760; W4A16 ≥ 2.5× for M ≤ 64; FP8 ≥ 1.4× for M ≥ 1760.
 
 Usage::
 
-    python bench/fp4/bench_gemm.py            # all 24 shapes (~5 min on an H100)
+    python bench/fp4/bench_gemm.py            # all 24 shapes (~6 min on an H100)
     python bench/fp4/bench_gemm.py --quick    # 6 shapes (< 2 min)
 """
 
@@ -33,7 +36,7 @@ M_VALUES = (16, 64, 256, 1760, 7040, 14080)
 KN_VALUES = ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
 QUICK = ((16, 3072, 3072), (64, 3072, 14336), (1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072),
          (14080, 3072, 3072))
-COLUMNS = ("bf16", "fp8 mm", "fp8 path", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e")
+COLUMNS = ("bf16", "fp8 mm", "fp8 path", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a16 port", "w4a4 port")
 
 
 def _methods(m: int, k: int, n: int) -> dict:
@@ -61,6 +64,8 @@ def _methods(m: int, k: int, n: int) -> dict:
         "w4a16": lambda: nvfp4_gemm(x, wq),
         "w4a4": lambda: nvfp4_gemm(xq, wq),
         "w4a4 e2e": lambda: nvfp4_gemm(quantize_nvfp4(x), wq),
+        "w4a16 port": lambda: nvfp4_gemm(x, wq, algorithm="portable"),
+        "w4a4 port": lambda: nvfp4_gemm(xq, wq, algorithm="portable"),
     }
 
 
