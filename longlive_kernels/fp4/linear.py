@@ -120,9 +120,10 @@ class _NVFP4LinearFn(torch.autograd.Function):
             xq = NVFP4Tensor(data=x_data, scale=x_scale, global_scale=x_gs, shape=torch.Size((m, k)),
                              dtype=ctx.x_dtype, scale_rule=r.act_scale_rule)
             x_hat = xq.dequantize(backend=be)
-            # wgrad contracts over tokens: quantize Xᵀ and dYᵀ along M (padded to 16 with zero rows)
-            xt = _pad_rows(x_hat, BLOCK_SIZE).t().contiguous()
-            dyt = _pad_rows(dy, BLOCK_SIZE).t().contiguous()
+            # wgrad contracts over tokens: quantize Xᵀ and dYᵀ along M (zero rows pad M to a multiple
+            # of 64, the GEMM's K tile, so the TMA kernel applies to any token count)
+            xt = _pad_rows(x_hat, 64).t().contiguous()
+            dyt = _pad_rows(dy, 64).t().contiguous()
             xtq = quantize_nvfp4(xt, scale_rule=r.act_scale_rule, hadamard=r.hadamard_wgrad, backend=be)
             dytq = quantize_nvfp4(dyt, scale_rule=r.grad_scale_rule, rounding=rounding, seed=_draw_seed(),
                                   hadamard=r.hadamard_wgrad, backend=be)
