@@ -410,7 +410,11 @@ def _gemm_op(
         return _gemm_dequantize(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias,
                                 out_dtype, a_nvfp4)
     if algorithm == "scaled_mm":
-        return _gemm_scaled_mm(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype)
+        try:
+            return _gemm_scaled_mm(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype)
+        except RuntimeError as exc:  # e.g. a shape cuBLAS rejects: the fused kernel is always available
+            warnings.warn(f"nvfp4_gemm: torch._scaled_mm FP4 failed ({exc}); using the fused kernel",
+                          RuntimeWarning, stacklevel=2)
     return _gemm_triton(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype,
                         a_nvfp4, portable=algorithm == "portable")
 
