@@ -144,7 +144,8 @@ def test_ctrl_c_leaves_playable_mp4_of_finished_chunks(tmp_path, micro):
     assert m, rest + err
     chunks, frames = int(m.group(1)), int(m.group(2))
     done = sum(ln.startswith("chunk ") for ln in lines + rest.splitlines())
-    assert 3 <= chunks == done < 500 and frames == 2 * chunks
+    # every chunk reported done is in the file (one more if SIGINT landed between hand-over and the log line)
+    assert 3 <= done <= chunks <= done + 1 and chunks < 500 and frames == 2 * chunks
     assert _frames(out) == frames
 
 
