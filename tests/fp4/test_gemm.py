@@ -559,3 +559,28 @@ def test_transpose_nvfp4_bad_input():
         transpose_nvfp4(quantize_nvfp4(_rand(0, 20, 32), block_2d=True, backend="torch"))
     with pytest.raises(TypeError):
         transpose_nvfp4(w)
+
+
+def test_custom_ops_fake_tensor_and_autograd_registration():
+    """torch.library.opcheck: the fake (meta) implementations match the real outputs (torch.compile /
+    CUDA-graph tracing relies on them). Schema mutation checks need arithmetic, which CPU float8 lacks."""
+    from longlive_kernels.fp4 import fp8 as fp8_mod
+    from longlive_kernels.fp4 import gemm_operands
+
+    x, w = _rand(1, 5, 64), _rand(2, 32, 64)
+    xq, wq = quantize_nvfp4(x, backend="torch"), quantize_nvfp4(w, block_2d=True, backend="torch")
+    gs = lambda t: t.global_scale.reshape(1).float()  # noqa: E731
+    utils = ("test_faketensor", "test_autograd_registration")
+    checks = [
+        (gemm_mod._gemm_op, (xq.data, xq.scale, gs(xq), wq.data, wq.scale, gs(wq), _rand(3, 32), torch.float32, True,
+                             "fused", "torch")),
+        (gemm_mod._gemm_op, (x.bfloat16(), None, None, wq.data, wq.scale, gs(wq), None, torch.bfloat16, False, "fused",
+                             "triton")),
+        (fp8_mod._quantize_op, (x, "torch")),
+        (gemm_operands._transpose_op, (wq.data, wq.scale, "torch")),
+    ]
+    q, s = quantize_fp8_rowwise(x, backend="torch")
+    checks.append((fp8_mod._gemm_op, (q, s, q[:3].contiguous(), s[:3].contiguous(), None, torch.float32, False, "torch")))
+    for op, args in checks:
+        result = torch.library.opcheck(op, args, test_utils=utils)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
