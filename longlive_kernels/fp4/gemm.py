@@ -1,14 +1,18 @@
 """E2M1 block-scaled GEMM on Hopper: ``nvfp4_gemm(a, b) = a @ bᵀ`` with ``b`` an NVFP4 weight.
 
-- W4A4 (``a`` NVFP4): both operands are decoded inside the main loop to ``e2m1 · s_block · 2^-8``
-  (exact in bf16, ``gemm_dequant.py``), multiplied on BF16 tensor cores (wgmma) with FP32
-  accumulation; both FP32 tensor scales, the ``2^16`` and the bias are applied in the epilogue.
-  This is NVFP4 × NVFP4 semantics up to the FP32 summation order (``nvfp4-hopper.md`` §3.4).
-- W4A16 (``a`` bf16/fp16) and W4A8 (``a`` float8_e4m3fn with an optional per-row / per-tensor
-  scale): only ``b`` is decoded; the MMA runs in ``a``'s dtype (fp16 for fp8 ``a``: exact).
-- Small M (≤ ``SPLIT_K_MAX_M`` = 256): the same kernel with split-K over the grid's second axis; the last
-  program of each output tile (an atomic counter per tile, self-resetting) sums the FP32 partials in
-  a fixed order — deterministic, one launch.
+Kernels (all decode E2M1 × E4M3 inside the main loop into exact bf16/fp16 MMA operands, accumulate
+in FP32 and apply both FP32 tensor scales and the bias in the epilogue — NVFP4 × NVFP4 semantics up
+to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
+
+- Hopper, M > 256: the Gluon kernel of ``gemm_hopper.py`` (TMA pipeline, weights decoded straight
+  into wgmma A registers while the previous wgmma runs; W4A4 decodes the activation tile once per
+  CTA into shared memory).
+- Everywhere else (and ``algorithm="portable"``): the Triton kernel below. W4A4 (``a`` NVFP4) decodes
+  both operands to ``e2m1 · s_block · 2^-8`` (``gemm_dequant.py``); W4A16 (``a`` bf16/fp16) and
+  W4A8 (``a`` float8_e4m3fn with an optional per-row / per-tensor scale) decode only ``b`` and run
+  the MMA in ``a``'s dtype (fp16 for fp8 ``a``: exact). Small M (≤ ``SPLIT_K_MAX_M`` = 256) uses
+  split-K over the grid's second axis; the last program of each output tile (an atomic counter
+  per tile, self-resetting) sums the FP32 partials in a fixed order — deterministic, one launch.
 - ``algorithm="dequantize"``: decode both operands (tensor scale 1, so still exact) to bf16 and run
   cuBLAS with FP32 output, then the same epilogue in PyTorch (an exact, memory-hungrier fallback).
 - sm_100+: ``algorithm="auto"`` dispatches W4A4 to ``torch._scaled_mm`` with ``float4_e2m1fn_x2``
