@@ -290,6 +290,69 @@ def test_rope_matches_complex_formula():
     assert rel_err(out.double(), ref) < 1e-6
 
 
+def test_patchify_is_the_conv3d_and_unpatchify_is_wans_einsum():
+    cfg = ModelConfig.from_name("wan2.2-ti2v-5b").replace(num_layers=1, dim=64, num_heads=1, ffn_dim=64,
+                                                           text_dim=32)
+    torch.manual_seed(0)
+    model = CausalDiT(cfg)
+    x = torch.randn(2, 48, 3, 4, 6)
+    tokens, grid = model.patchify(x)
+    conv = torch.nn.functional.conv3d(x, model.patch_embedding.weight, model.patch_embedding.bias, stride=(1, 2, 2))
+    assert grid == (3, 2, 3)
+    assert torch.allclose(tokens, conv.flatten(2).transpose(1, 2), atol=1e-5)
+    head_out = torch.randn(2, 18, 1 * 2 * 2 * 48)
+    ref = torch.stack([torch.einsum("fhwpqrc->cfphqwr", u.view(3, 2, 3, 1, 2, 2, 48)).reshape(48, 3, 4, 6)
+                       for u in head_out])
+    assert torch.equal(model.unpatchify(head_out, grid), ref)
+
+
+def test_block_and_head_match_the_spec_formulas():
+    """One block + head against an independent eager transcription of spec §1.1 (fp64)."""
+    cfg = _tiny()
+    model = _model(cfg).double()
+    blk, fn = model.blocks[0], torch.nn.functional
+    layout = TokenLayout((2, 4, 6), 1, 3)
+    n, d, h = layout.tokens, cfg.dim, cfg.num_heads
+    x = torch.randn(1, n, d, dtype=torch.float64)
+    e0 = torch.randn(1, 2, 6, d, dtype=torch.float64)
+    ctx = torch.randn(1, 1, cfg.text_len, d, dtype=torch.float64)
+
+    def per_token(v):  # [1, F, C] -> [1, L, C]
+        return v.repeat_interleave(layout.frame_len, dim=1)
+
+    def rms(v, w):
+        return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+    def rope(v):  # [1, L, H, D] interleaved pairs, complex rotation
+        out, _ = rope_qk_torch(v.float(), v.float(), layout=layout, theta=1e4, norm_weight_q=None,
+                               norm_weight_k=None, eps=1e-6)
+        return out.double()
+
+    def attn(q, k, v):
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), v).flatten(2)
+
+    e = [per_token(t) for t in (blk.modulation.unsqueeze(0) + e0).unbind(2)]
+    sa, ca = blk.self_attn, blk.cross_attn
+    y = fn.layer_norm(x, (d,), eps=1e-6) * (1 + e[1]) + e[0]
+    q = rope(rms(sa.q(y), sa.norm_q.weight).view(1, n, h, -1))
+    k = rope(rms(sa.k(y), sa.norm_k.weight).view(1, n, h, -1))
+    ref = x + sa.o(attn(q, k, sa.v(y).view(1, n, h, -1))) * e[2]
+    y = fn.layer_norm(ref, (d,), blk.norm3.weight, blk.norm3.bias, eps=1e-6)
+    c = ctx[:, 0]
+    ref = ref + ca.o(attn(rms(ca.q(y), ca.norm_q.weight).view(1, n, h, -1),
+                          rms(ca.k(c), ca.norm_k.weight).view(1, -1, h, cfg.head_dim), ca.v(c).view(1, -1, h, cfg.head_dim)))
+    y = fn.layer_norm(ref, (d,), eps=1e-6) * (1 + e[4]) + e[3]
+    ref = ref + blk.ffn[2](fn.gelu(blk.ffn[0](y), approximate="tanh")) * e[5]
+    with torch.no_grad():
+        out = blk(x, e0, ctx, attn=DenseAttention(), layer=0, layout=layout, theta=1e4)
+        assert rel_err(out, ref) < 1e-6
+        t_e = torch.randn(1, 2, d, dtype=torch.float64)
+        mod = model.head.modulation.unsqueeze(0) + t_e[:, :, None]
+        head_ref = model.head.head(fn.layer_norm(out, (d,), eps=1e-6) * (1 + per_token(mod[:, :, 1])) + per_token(mod[:, :, 0]))
+        assert rel_err(model.head(out, t_e, frame_len=layout.frame_len), head_ref) < 1e-6
+
+
 def test_adaln_reference_math():
     x = torch.randn(2, 6, 8)
     shift, scale = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
