@@ -129,10 +129,16 @@ def _resolve_model_source(a: argparse.Namespace):
     return a.checkpoint, cfg, False
 
 
-def _interactive_source(first_prompt: str):
-    """Prompt source reading stdin on a thread: the latest line applies from the next chunk."""
+def _interactive_source(first_prompt: str, *, fps: float, first_frames: int, chunk_frames: int):
+    """Prompt source reading stdin on a thread: the latest line applies from the next chunk.
+
+    Generation is paced to playback (at most one chunk ahead of real time at ``fps``), so a new
+    prompt shows up within about two chunks instead of after a buffer of pre-generated video."""
+    import time
+
     state = {"prompt": first_prompt, "cut": False, "stop": False}
     lock = threading.Lock()
+    start = []
 
     def reader():
         for line in sys.stdin:
@@ -147,14 +153,19 @@ def _interactive_source(first_prompt: str):
                     state["prompt"], state["cut"] = line[4:].strip() or state["prompt"], True
                 else:
                     state["prompt"] = line
-        with lock:
-            state["stop"] = True
+        # end of input (Ctrl-D, or a pipe that closed): keep going with the last prompt until the length cap
 
     threading.Thread(target=reader, name="longlive-stdin", daemon=True).start()
 
     def source(i: int):
         from longlive.data.prompts import SCENE_CUT_PREFIX
 
+        if not start:
+            start.append(time.perf_counter())
+        ahead = (first_frames + (i - 2) * chunk_frames) / fps if i >= 2 else 0.0  # playback time of chunk i-1
+        wait = start[0] + ahead - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
         with lock:
             if state["stop"]:
                 return None
@@ -249,7 +260,8 @@ def _generate(a: argparse.Namespace) -> int:
     prompt = a.prompt or (meta.get("prompt") if demo else None) or pipe.default_prompt or DEFAULT_PROMPT
     prompts = schedule if schedule is not None else prompt
     if a.interactive:
-        prompts = _interactive_source(prompt)
+        first, later = chunk_frame_counts(pipe.model.config.ar.chunk_frames, pipe.vae.temporal_stride)
+        prompts = _interactive_source(prompt, fps=pipe.fps, first_frames=first, chunk_frames=later)
         print("interactive: type a prompt (applies from the next chunk), '/cut TEXT' for a new shot, '/quit' to stop",
               file=sys.stderr)
     out = a.out or (DEMO_OUT if demo else "longlive.mp4")
