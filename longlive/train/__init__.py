@@ -6,7 +6,13 @@
   mask as a tile-level FlexAttention BlockMask, SP-aware chunked VAE encode with a left halo (§5.3).
 """
 
-from longlive.train.objective import FlowMatchSchedule, add_noise, draw_targets, frame_mse, weighted_frame_loss
+from longlive.train.objective import (
+    FlowMatchSchedule,
+    add_noise,
+    draw_targets,
+    frame_mse,
+    weighted_frame_loss,
+)
 from longlive.train.sp import (
     HaloWindow,
     ParallelContext,
@@ -22,7 +28,20 @@ from longlive.train.sp import (
 )
 
 __all__ = [
-    "FlowMatchSchedule", "HaloWindow", "ParallelContext", "RankSlice", "TeacherForcingAttention", "add_noise",
-    "check_sp_geometry", "draw_targets", "encode_halo_window", "frame_mse", "init_parallel", "plan_halo_windows",
-    "rank_slice", "scatter_raw_windows", "teacher_forcing_block_mask", "weighted_frame_loss",
+    "FlowMatchSchedule",
+    "HaloWindow",
+    "ParallelContext",
+    "RankSlice",
+    "TeacherForcingAttention",
+    "add_noise",
+    "check_sp_geometry",
+    "draw_targets",
+    "encode_halo_window",
+    "frame_mse",
+    "init_parallel",
+    "plan_halo_windows",
+    "rank_slice",
+    "scatter_raw_windows",
+    "teacher_forcing_block_mask",
+    "weighted_frame_loss",
 ]

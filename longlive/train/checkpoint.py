@@ -68,7 +68,9 @@ def _is_dtensor(t) -> bool:
     return isinstance(t, DTensor)
 
 
-def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None):
+def gather_full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None
+):
     """Full (unsharded, CPU) model, optimizer and EMA state dicts on rank 0 (others get empty dicts).
 
     Collective under FSDP2: every rank must call it. ``ema`` maps parameter names to fp32 tensors
@@ -91,8 +93,13 @@ def gather_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
         params = dict(model.named_parameters())
         for name, local in ema.items():
             p = params[name]
-            full = (DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()).full_tensor()
-                    if _is_dtensor(p) else local)
+            full = (
+                DTensor.from_local(
+                    local, p.device_mesh, p.placements, shape=p.shape, stride=p.stride()
+                ).full_tensor()
+                if _is_dtensor(p)
+                else local
+            )
             if writer:
                 ema_sd[_clean(name)] = full.detach().to("cpu", copy=True)
     return (model_sd if writer else {}), (optim_sd if writer else {}), (ema_sd if writer else {})
@@ -104,7 +111,9 @@ def _clean(name: str) -> str:
     return name
 
 
-def restore_full_state(model, optimizer, ckpt: TrainingCheckpoint, ema: dict[str, torch.Tensor] | None) -> None:
+def restore_full_state(
+    model, optimizer, ckpt: TrainingCheckpoint, ema: dict[str, torch.Tensor] | None
+) -> None:
     """Load a checkpoint's full state into a (possibly FSDP2-sharded) model, its optimizer and EMA."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -123,7 +132,9 @@ def restore_full_state(model, optimizer, ckpt: TrainingCheckpoint, ema: dict[str
             full = ckpt.ema[_clean(name)]
             p = params[name]
             if _is_dtensor(p):
-                shard = distribute_tensor(full.to(local.device), p.device_mesh, p.placements, src_data_rank=None)
+                shard = distribute_tensor(
+                    full.to(local.device), p.device_mesh, p.placements, src_data_rank=None
+                )
                 local.copy_(shard.to_local())
             else:
                 local.copy_(full)
@@ -135,7 +146,10 @@ def _flatten_optimizer(osd: dict) -> tuple[dict[str, torch.Tensor], dict[str, st
         for key, value in st.items():
             t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
             tensors[f"state.{_clean(pname)}.{key}"] = t.detach().to("cpu").contiguous()
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd.get("param_groups", [])]
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in osd.get("param_groups", [])
+    ]
     for g in groups:
         g["params"] = [_clean(p) for p in g["params"]]
     return tensors, {"param_groups": json.dumps(groups)}
@@ -144,7 +158,7 @@ def _flatten_optimizer(osd: dict) -> tuple[dict[str, torch.Tensor], dict[str, st
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict:
     state: dict[str, dict] = {}
     for key, t in tensors.items():
-        pname, sub = key[len("state."):].rsplit(".", 1)
+        pname, sub = key[len("state.") :].rsplit(".", 1)
         state.setdefault(pname, {})[sub] = t
     groups = json.loads(meta["param_groups"])
     for g in groups:
@@ -154,8 +168,12 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, str])
 
 
 def _weights_metadata(model_config: dict, linear: str) -> dict[str, str]:
-    return {"format": "pt", "longlive_config": json.dumps(model_config), "longlive_linear_mode": "bf16",
-            "longlive_train_linear": linear}
+    return {
+        "format": "pt",
+        "longlive_config": json.dumps(model_config),
+        "longlive_linear_mode": "bf16",
+        "longlive_train_linear": linear,
+    }
 
 
 def _fsync_dir(path: Path) -> None:
@@ -171,8 +189,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_checkpoint(directory: str | os.PathLike, step: int, *, model_sd: dict, optim_sd: dict,
-                     ema_sd: dict | None, rng: dict[str, torch.Tensor], state: dict, keep: int = 3) -> Path:
+def write_checkpoint(
+    directory: str | os.PathLike,
+    step: int,
+    *,
+    model_sd: dict,
+    optim_sd: dict,
+    ema_sd: dict | None,
+    rng: dict[str, torch.Tensor],
+    state: dict,
+    keep: int = 3,
+) -> Path:
     """Write ``<directory>/step_<step>`` atomically (temp folder + rename), update ``latest``, prune
     to the ``keep`` newest. Call on one rank only."""
     from safetensors.torch import save_file
@@ -185,8 +212,11 @@ def write_checkpoint(directory: str | os.PathLike, step: int, *, model_sd: dict,
         shutil.rmtree(tmp)
     tmp.mkdir()
     meta = _weights_metadata(state["model_config"], state.get("linear", "bf16"))
-    save_file({_clean(k): v.detach().to("cpu").contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"),
-              metadata=meta)
+    save_file(
+        {_clean(k): v.detach().to("cpu").contiguous() for k, v in model_sd.items()},
+        str(tmp / "model.safetensors"),
+        metadata=meta,
+    )
     if ema_sd:
         save_file({k: v.contiguous() for k, v in ema_sd.items()}, str(tmp / "ema.safetensors"), metadata=meta)
     tensors, ometa = _flatten_optimizer(optim_sd)
@@ -206,7 +236,9 @@ def write_checkpoint(directory: str | os.PathLike, step: int, *, model_sd: dict,
     latest_tmp.write_text(final.name + "\n", encoding="utf-8")
     os.replace(latest_tmp, root / "latest")
     _fsync_dir(root)
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+    steps = sorted(
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+    )
     for _, old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -222,13 +254,17 @@ def find_latest_checkpoint(directory: str | os.PathLike) -> Path | None:
         cand = root / latest.read_text(encoding="utf-8").strip()
         if (cand / "trainer_state.json").is_file():
             return cand
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir()
-                   if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file())
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").is_file()
+    )
     return steps[-1][1] if steps else None
 
 
-def read_checkpoint(path: str | os.PathLike, *, expect_model_config: dict | None = None,
-                    expect_linear: str | None = None) -> TrainingCheckpoint:
+def read_checkpoint(
+    path: str | os.PathLike, *, expect_model_config: dict | None = None, expect_linear: str | None = None
+) -> TrainingCheckpoint:
     """Read a ``step_*`` folder (or a run folder: its latest checkpoint).
 
     Raises
@@ -245,26 +281,43 @@ def read_checkpoint(path: str | os.PathLike, *, expect_model_config: dict | None
     if not (p / "trainer_state.json").is_file():
         found = find_latest_checkpoint(p)
         if found is None:
-            raise FileNotFoundError(f"no training checkpoint at {str(p)!r} (expected step_*/trainer_state.json)")
+            raise FileNotFoundError(
+                f"no training checkpoint at {str(p)!r} (expected step_*/trainer_state.json)"
+            )
         p = found
     with open(p / "trainer_state.json", encoding="utf-8") as fh:
         state = json.load(fh)
     if expect_model_config is not None:
         have = state.get("model_config", {})
-        diff = sorted(k for k in set(have) | set(expect_model_config) if have.get(k) != expect_model_config.get(k))
+        diff = sorted(
+            k for k in set(have) | set(expect_model_config) if have.get(k) != expect_model_config.get(k)
+        )
         if diff:
-            detail = "; ".join(f"{k}: checkpoint {have.get(k)!r} vs config {expect_model_config.get(k)!r}" for k in diff)
-            raise CheckpointConfigMismatch(f"checkpoint {str(p)!r} was made for another model configuration ({detail}); "
-                                           "use a matching config or another checkpoint dir")
+            detail = "; ".join(
+                f"{k}: checkpoint {have.get(k)!r} vs config {expect_model_config.get(k)!r}" for k in diff
+            )
+            raise CheckpointConfigMismatch(
+                f"checkpoint {str(p)!r} was made for another model configuration ({detail}); "
+                "use a matching config or another checkpoint dir"
+            )
     if expect_linear is not None and state.get("linear", "bf16") != expect_linear:
-        raise CheckpointConfigMismatch(f"checkpoint {str(p)!r} trained {state.get('linear')!r} linears, the config asks "
-                                       f"for {expect_linear!r}")
+        raise CheckpointConfigMismatch(
+            f"checkpoint {str(p)!r} trained {state.get('linear')!r} linears, the config asks "
+            f"for {expect_linear!r}"
+        )
     with safe_open(str(p / "optimizer.safetensors"), framework="pt") as fh:
         ometa = fh.metadata() or {}
     optim = _unflatten_optimizer(load_file(str(p / "optimizer.safetensors")), ometa)
     ema = load_file(str(p / "ema.safetensors")) if (p / "ema.safetensors").is_file() else None
-    return TrainingCheckpoint(path=p, step=int(state["step"]), model=load_file(str(p / "model.safetensors")), ema=ema,
-                              optimizer=optim, rng=load_file(str(p / "rng.safetensors")), state=state)
+    return TrainingCheckpoint(
+        path=p,
+        step=int(state["step"]),
+        model=load_file(str(p / "model.safetensors")),
+        ema=ema,
+        optimizer=optim,
+        rng=load_file(str(p / "rng.safetensors")),
+        state=state,
+    )
 
 
 def collect_rng_states(device: torch.device) -> dict[str, torch.Tensor]:
@@ -279,8 +332,9 @@ def collect_rng_states(device: torch.device) -> dict[str, torch.Tensor]:
     return {f"rank{r}.{k}": v for r, d in enumerate(allr) for k, v in d.items()}
 
 
-def restore_rng_states(rng: dict[str, torch.Tensor], device: torch.device, *, rank: int, world_size: int,
-                       saved_world_size: int) -> bool:
+def restore_rng_states(
+    rng: dict[str, torch.Tensor], device: torch.device, *, rank: int, world_size: int, saved_world_size: int
+) -> bool:
     """Restore this rank's generator states; False (nothing restored) when the world size changed."""
     if saved_world_size != world_size or f"rank{rank}.cpu" not in rng:
         return False

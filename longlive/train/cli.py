@@ -20,15 +20,23 @@ import datetime
 import os
 import sys
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="longlive train",
-                                description="Teacher-forcing training of the chunk-wise AR DiT (Balanced SP, NVFP4 QAT).")
+    p = argparse.ArgumentParser(
+        prog="longlive train",
+        description="Teacher-forcing training of the chunk-wise AR DiT (Balanced SP, NVFP4 QAT).",
+    )
     p.add_argument("--config", required=True, help="training YAML (see longlive/configs/train_tiny.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config field (repeatable), e.g. --set train.steps=100")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config field (repeatable), e.g. --set train.steps=100",
+    )
     p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
     p.add_argument("--run-dir", help="shortcut for --set checkpoint.dir=DIR")
     p.add_argument("--resume", help="'auto' (default), 'never' or a checkpoint folder")
@@ -71,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = RunConfig.from_yaml(args.config, overrides)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"longlive train: {exc}", file=sys.stderr)
         return 2
     if args.print_config:

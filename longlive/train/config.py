@@ -28,8 +28,17 @@ import yaml
 from longlive.config import ModelConfig
 
 __all__ = [
-    "CheckpointConfig", "DataConfig", "EMAConfig", "LogConfig", "OptimConfig", "ParallelConfig", "RunConfig",
-    "TextConfig", "TrainConfig", "VAEConfig", "apply_overrides",
+    "CheckpointConfig",
+    "DataConfig",
+    "EMAConfig",
+    "LogConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "RunConfig",
+    "TextConfig",
+    "TrainConfig",
+    "VAEConfig",
+    "apply_overrides",
 ]
 
 
@@ -73,10 +82,15 @@ class TrainConfig:
         if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
             raise ValueError(f"train.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes!r}")
         _positive_int("train", "batch_size", self.batch_size)
-        for name, choices in (("precision", ("bf16", "fp32")), ("linear", ("bf16", "nvfp4", "w4a16")),
-                              ("nvfp4_recipe", ("four_over_six", "te")), ("ops", ("kernels", "torch")),
-                              ("attention", ("auto", "flex", "sdpa")), ("weighting", ("gaussian", "uniform")),
-                              ("device", ("auto", "cpu", "cuda"))):
+        for name, choices in (
+            ("precision", ("bf16", "fp32")),
+            ("linear", ("bf16", "nvfp4", "w4a16")),
+            ("nvfp4_recipe", ("four_over_six", "te")),
+            ("ops", ("kernels", "torch")),
+            ("attention", ("auto", "flex", "sdpa")),
+            ("weighting", ("gaussian", "uniform")),
+            ("device", ("auto", "cpu", "cuda")),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"train.{name} must be one of {choices}, got {getattr(self, name)!r}")
 
@@ -97,7 +111,9 @@ class OptimConfig:
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not self.lr > 0 or len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optim: need lr > 0 and two betas in [0, 1), got lr={self.lr}, betas={self.betas}")
+            raise ValueError(
+                f"optim: need lr > 0 and two betas in [0, 1), got lr={self.lr}, betas={self.betas}"
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip!r}")
         _positive_int("optim", "warmup_steps", self.warmup_steps, zero=True)
@@ -216,9 +232,17 @@ class CheckpointConfig:
         _positive_int("checkpoint", "keep", self.keep)
 
 
-_SECTIONS = {"train": TrainConfig, "optim": OptimConfig, "ema": EMAConfig, "parallel": ParallelConfig,
-             "data": DataConfig, "vae": VAEConfig, "text": TextConfig, "log": LogConfig,
-             "checkpoint": CheckpointConfig}
+_SECTIONS = {
+    "train": TrainConfig,
+    "optim": OptimConfig,
+    "ema": EMAConfig,
+    "parallel": ParallelConfig,
+    "data": DataConfig,
+    "vae": VAEConfig,
+    "text": TextConfig,
+    "log": LogConfig,
+    "checkpoint": CheckpointConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -252,7 +276,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Build from a mapping with the sections above (``model`` may be a preset name)."""
         if not isinstance(data, dict):
-            raise ValueError(f"training config must be a mapping, got {type(data).__name__}")
+            raise TypeError(f"training config must be a mapping, got {type(data).__name__}")
         unknown = sorted(set(data) - set(_SECTIONS) - {"model"})
         if unknown:
             raise ValueError(f"unknown config sections {unknown}; valid: {['model', *_SECTIONS]}")
@@ -262,7 +286,7 @@ class RunConfig:
         for name, klass in _SECTIONS.items():
             sec = data.get(name) or {}
             if not isinstance(sec, dict):
-                raise ValueError(f"config section {name!r} must be a mapping, got {sec!r}")
+                raise TypeError(f"config section {name!r} must be a mapping, got {sec!r}")
             valid = {f.name for f in dataclasses.fields(klass)}
             bad = sorted(set(sec) - valid)
             if bad:
@@ -295,6 +319,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[part] = {"preset": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
+                raise TypeError(f"override {item!r}: {part!r} is not a section")
         node[leaf] = yaml.safe_load(value)
     return data

@@ -22,7 +22,14 @@ import torch
 from longlive.data import ProceduralConfig, ProceduralVideoDataset, VideoFolderDataset
 from longlive.data.prompts import chunk_frame_counts
 
-__all__ = ["LatentCache", "RandomLatentDataset", "StepSampler", "TrainDataset", "build_dataset", "collate_items"]
+__all__ = [
+    "LatentCache",
+    "RandomLatentDataset",
+    "StepSampler",
+    "TrainDataset",
+    "build_dataset",
+    "collate_items",
+]
 
 
 class StepSampler(torch.utils.data.Sampler):
@@ -33,8 +40,17 @@ class StepSampler(torch.utils.data.Sampler):
     (seed, e), otherwise ``p mod n``.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, dp_rank: int = 0, dp_size: int = 1, seed: int = 0,
-                 start_step: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        seed: int = 0,
+        start_step: int = 0,
+        shuffle: bool = True,
+    ):
         self.n, self.batch_size, self.dp_rank, self.dp_size = num_samples, batch_size, dp_rank, dp_size
         self.seed, self.start_step, self.shuffle = seed, start_step, shuffle
         self._perms: dict[int, torch.Tensor] = {}
@@ -86,16 +102,23 @@ class LatentCache:
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
             lat = fh.get_tensor("latents")
-        return {"latents": lat, "prompts": json.loads(meta["prompts"]),
-                "loss_mask": torch.tensor(json.loads(meta["loss_mask"]), dtype=torch.bool), "index": index}
+        return {
+            "latents": lat,
+            "prompts": json.loads(meta["prompts"]),
+            "loss_mask": torch.tensor(json.loads(meta["loss_mask"]), dtype=torch.bool),
+            "index": index,
+        }
 
     def store(self, index: int, latents: torch.Tensor, prompts: list[str], loss_mask: torch.Tensor) -> None:
         from safetensors.torch import save_file
 
         p = self.path(index)
         tmp = p.with_suffix(f".tmp{os.getpid()}")
-        save_file({"latents": latents.detach().cpu().contiguous()}, str(tmp),
-                  metadata={"prompts": json.dumps(list(prompts)), "loss_mask": json.dumps(loss_mask.tolist())})
+        save_file(
+            {"latents": latents.detach().cpu().contiguous()},
+            str(tmp),
+            metadata={"prompts": json.dumps(list(prompts)), "loss_mask": json.dumps(loss_mask.tolist())},
+        )
         os.replace(tmp, p)
 
 
@@ -110,9 +133,14 @@ class RandomLatentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        return {"latents": torch.randn(self.shape, generator=g),
-                "prompts": [f"random sample {index} chunk {c}" for c in range(self.num_chunks)],
-                "loss_mask": torch.ones(self.num_chunks, dtype=torch.bool), "index": index}
+        return {
+            "latents": torch.randn(self.shape, generator=g),
+            "prompts": [
+                f"a random scene, chunk {c}" for c in range(self.num_chunks)
+            ],  # cached by the encoder
+            "loss_mask": torch.ones(self.num_chunks, dtype=torch.bool),
+            "index": index,
+        }
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -141,8 +169,10 @@ class TrainDataset(torch.utils.data.Dataset):
                 warnings.warn(f"training data: skipping sample {j}: {exc}", RuntimeWarning, stacklevel=2)
                 last_err = exc
         if item is None:
-            raise RuntimeError(f"training data: {self.max_retries} consecutive samples from index {index} are "
-                               f"unusable; last error: {last_err}")
+            raise RuntimeError(
+                f"training data: {self.max_retries} consecutive samples from index {index} are "
+                f"unusable; last error: {last_err}"
+            )
         item.pop("truth", None)
         item["index"] = index
         item["skipped"] = sorted(set(getattr(self.base, "skipped", {})) - skipped_before)
@@ -155,22 +185,43 @@ def collate_items(batch: list[dict]) -> list[dict]:
 
 
 def build_dataset(cfg, vae, *, model_cfg) -> torch.utils.data.Dataset:
-    """The dataset of ``cfg`` (a :class:`~longlive.train.config.RunConfig`) for ``vae``'s geometry."""
+    """The dataset of ``cfg`` (a :class:`~longlive.train.config.RunConfig`) for ``vae``'s geometry
+    (``vae`` may be None for random latents)."""
     d = cfg.data
     cf = model_cfg.ar.chunk_frames
     res_h, res_w = d.height or model_cfg.resolution[0], d.width or model_cfg.resolution[1]
     cache = LatentCache(d.latent_cache) if d.latent_cache else None
     if d.kind == "random":
         lh, lw = model_cfg.latent_size
-        return RandomLatentDataset(d.num_samples, (model_cfg.in_channels, d.num_chunks * cf, lh, lw), d.num_chunks,
-                                   seed=cfg.train.seed)
+        return RandomLatentDataset(
+            d.num_samples,
+            (model_cfg.in_channels, d.num_chunks * cf, lh, lw),
+            d.num_chunks,
+            seed=cfg.train.seed,
+        )
     first, later = chunk_frame_counts(cf, vae.temporal_stride)
     if d.kind == "procedural":
-        pcfg = ProceduralConfig(height=res_h, width=res_w, fps=d.fps or 8.0, num_chunks=d.num_chunks,
-                                first_chunk_frames=first, chunk_frames=later)
+        pcfg = ProceduralConfig(
+            height=res_h,
+            width=res_w,
+            fps=d.fps or 8.0,
+            num_chunks=d.num_chunks,
+            first_chunk_frames=first,
+            chunk_frames=later,
+        )
         base = ProceduralVideoDataset(d.num_samples, pcfg, base_seed=cfg.train.seed * 1_000_003)
     else:
-        base = VideoFolderDataset(d.root, height=res_h, width=res_w, target_fps=d.fps or 24.0, first_chunk_frames=first,
-                                  chunk_frames=later, num_chunks=d.num_chunks, max_chunks_per_shot=d.max_chunks_per_shot,
-                                  allow_padding=d.allow_padding, random_start=d.random_start, seed=cfg.train.seed)
+        base = VideoFolderDataset(
+            d.root,
+            height=res_h,
+            width=res_w,
+            target_fps=d.fps or 24.0,
+            first_chunk_frames=first,
+            chunk_frames=later,
+            num_chunks=d.num_chunks,
+            max_chunks_per_shot=d.max_chunks_per_shot,
+            allow_padding=d.allow_padding,
+            random_start=d.random_start,
+            seed=cfg.train.seed,
+        )
     return TrainDataset(base, cache=cache)

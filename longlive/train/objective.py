@@ -30,10 +30,10 @@ __all__ = [
     "FlowMatchSchedule",
     "TeacherForcingTargets",
     "add_noise",
-    "frame_mse",
-    "weighted_frame_loss",
     "draw_targets",
+    "frame_mse",
     "step_generator",
+    "weighted_frame_loss",
 ]
 
 
@@ -56,7 +56,11 @@ class FlowMatchSchedule:
     """
 
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 5.0, weighting: str = "gaussian"):
-        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+        if (
+            isinstance(num_train_timesteps, bool)
+            or not isinstance(num_train_timesteps, int)
+            or num_train_timesteps < 2
+        ):
             raise ValueError(f"num_train_timesteps must be an int >= 2, got {num_train_timesteps!r}")
         if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
             raise ValueError(f"shift must be a positive number, got {shift!r}")
@@ -79,17 +83,24 @@ class FlowMatchSchedule:
         """(sigmas, timesteps, weights) as float32 on ``device`` (cached)."""
         device = torch.device(device)
         if device not in self._on:
-            self._on[device] = tuple(t.float().to(device) for t in (self.sigmas, self.timesteps, self.weights))
+            self._on[device] = tuple(
+                t.float().to(device) for t in (self.sigmas, self.timesteps, self.weights)
+            )
         return self._on[device]
 
-    def sample_indices(self, batch: int, num_blocks: int, *, generator: torch.Generator | None = None,
-                       device=None) -> torch.Tensor:
+    def sample_indices(
+        self, batch: int, num_blocks: int, *, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor:
         """Uniform table indices u [batch, num_blocks] (int64), one per block (chunk)."""
         gen_device = generator.device if generator is not None else device
-        u = torch.randint(0, self.num_train_timesteps, (batch, num_blocks), generator=generator, device=gen_device)
+        u = torch.randint(
+            0, self.num_train_timesteps, (batch, num_blocks), generator=generator, device=gen_device
+        )
         return u.to(device) if device is not None else u
 
-    def lookup(self, indices: torch.Tensor, chunk_frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def lookup(
+        self, indices: torch.Tensor, chunk_frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-frame (σ', t, w) [B, num_blocks·chunk_frames] float32 for block indices [B, num_blocks]."""
         sig, ts, w = self.tables(indices.device)
         per_frame = indices.repeat_interleave(chunk_frames, dim=1)
@@ -107,9 +118,13 @@ def step_generator(seed: int, step: int, stream: int, device="cpu") -> torch.Gen
 def add_noise(z: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """x_t = (1 − σ) z + σ ε with per-frame σ [B, F] over latents [B, C, F, H, W] (fp32 math, z's dtype)."""
     if z.shape != noise.shape:
-        raise ValueError(f"add_noise: latents {tuple(z.shape)} and noise {tuple(noise.shape)} must have one shape")
+        raise ValueError(
+            f"add_noise: latents {tuple(z.shape)} and noise {tuple(noise.shape)} must have one shape"
+        )
     if sigma.dim() != 2 or tuple(sigma.shape) != (z.shape[0], z.shape[2]):
-        raise ValueError(f"add_noise: sigma must be [B, F] = [{z.shape[0]}, {z.shape[2]}], got {tuple(sigma.shape)}")
+        raise ValueError(
+            f"add_noise: sigma must be [B, F] = [{z.shape[0]}, {z.shape[2]}], got {tuple(sigma.shape)}"
+        )
     s = sigma.float()[:, None, :, None, None]
     return ((1.0 - s) * z.float() + s * noise.float()).to(z.dtype)
 
@@ -117,14 +132,21 @@ def add_noise(z: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torc
 def frame_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-frame mean squared error mean_{C,H,W}((pred − target)²) → [B, F] float32."""
     if pred.shape != target.shape or pred.dim() != 5:
-        raise ValueError(f"frame_mse: pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be "
-                         "[B, C, F, H, W]")
+        raise ValueError(
+            f"frame_mse: pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be "
+            "[B, C, F, H, W]"
+        )
     d = pred.float() - target.float()
     return d.pow(2).mean(dim=(1, 3, 4))
 
 
-def weighted_frame_loss(per_frame: torch.Tensor, weight: torch.Tensor, *, mask: torch.Tensor | None = None,
-                        normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+def weighted_frame_loss(
+    per_frame: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    normalizer: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Σ w·mse·m / normalizer over the given frames (a scalar).
 
     Parameters
@@ -138,12 +160,15 @@ def weighted_frame_loss(per_frame: torch.Tensor, weight: torch.Tensor, *, mask: 
         which is right only without sequence parallelism.
     """
     if per_frame.shape != weight.shape:
-        raise ValueError(f"weighted_frame_loss: per_frame {tuple(per_frame.shape)} and weight "
-                         f"{tuple(weight.shape)} differ")
+        raise ValueError(
+            f"weighted_frame_loss: per_frame {tuple(per_frame.shape)} and weight {tuple(weight.shape)} differ"
+        )
     terms = per_frame * weight.float()
     if mask is not None:
         if mask.shape != per_frame.shape:
-            raise ValueError(f"weighted_frame_loss: mask {tuple(mask.shape)} must be {tuple(per_frame.shape)}")
+            raise ValueError(
+                f"weighted_frame_loss: mask {tuple(mask.shape)} must be {tuple(per_frame.shape)}"
+            )
         terms = terms * mask.float()
     if normalizer is None:
         normalizer = mask.sum().clamp_min(1) if mask is not None else per_frame.numel()
@@ -171,8 +196,15 @@ class TeacherForcingTargets:
     weight: torch.Tensor
 
 
-def draw_targets(schedule: FlowMatchSchedule, latent_shape: tuple[int, ...], chunk_frames: int, *,
-                 generator: torch.Generator, device, dtype: torch.dtype = torch.float32) -> TeacherForcingTargets:
+def draw_targets(
+    schedule: FlowMatchSchedule,
+    latent_shape: tuple[int, ...],
+    chunk_frames: int,
+    *,
+    generator: torch.Generator,
+    device,
+    dtype: torch.dtype = torch.float32,
+) -> TeacherForcingTargets:
     """Draw ε and one timestep per block for a latent batch of ``latent_shape`` = [B, C, F, H, W].
 
     ε is drawn first (on the generator's device), then the block indices, so the draws only depend
@@ -188,7 +220,9 @@ def draw_targets(schedule: FlowMatchSchedule, latent_shape: tuple[int, ...], chu
     b, _, f, _, _ = latent_shape
     if chunk_frames < 1 or f % chunk_frames:
         raise ValueError(f"{f} latent frames are not a multiple of chunk_frames={chunk_frames}")
-    noise = torch.randn(tuple(latent_shape), generator=generator, device=generator.device, dtype=torch.float32)
+    noise = torch.randn(
+        tuple(latent_shape), generator=generator, device=generator.device, dtype=torch.float32
+    )
     idx = schedule.sample_indices(b, f // chunk_frames, generator=generator)
     noise, idx = noise.to(device=device, dtype=dtype), idx.to(device)
     sigma, ts, w = schedule.lookup(idx, chunk_frames)

@@ -58,8 +58,14 @@ LAYOUTS = ("balanced", "naive")
 # ---------------------------------------------------------------------------------------------
 # Geometry
 # ---------------------------------------------------------------------------------------------
-def check_sp_geometry(num_frames: int, chunk_frames: int, sp_size: int, *, layout: str = "balanced",
-                      num_heads: int | None = None) -> None:
+def check_sp_geometry(
+    num_frames: int,
+    chunk_frames: int,
+    sp_size: int,
+    *,
+    layout: str = "balanced",
+    num_heads: int | None = None,
+) -> None:
     """Raise ``ValueError`` unless F latent frames split over P ranks in whole chunks.
 
     Requires F % (P·chunk_frames) == 0 (spec §5.2), heads % P == 0 (Ulysses), and an even P for
@@ -73,14 +79,20 @@ def check_sp_geometry(num_frames: int, chunk_frames: int, sp_size: int, *, layou
     unit = sp_size * chunk_frames
     if num_frames % unit:
         lo = max(unit, num_frames // unit * unit)
-        raise ValueError(f"{num_frames} latent frames are not divisible by P·chunk_frames = {sp_size}·{chunk_frames} "
-                         f"= {unit}; use a multiple of {unit} (e.g. {lo} or {lo + unit} latent frames) or another "
-                         "sp_size")
+        raise ValueError(
+            f"{num_frames} latent frames are not divisible by P·chunk_frames = {sp_size}·{chunk_frames} "
+            f"= {unit}; use a multiple of {unit} (e.g. {lo} or {lo + unit} latent frames) or another "
+            "sp_size"
+        )
     if layout == "naive" and sp_size > 1 and sp_size % 2:
-        raise ValueError(f"the naive SP layout needs an even sp_size (each rank holds clean or noisy frames), "
-                         f"got {sp_size}")
+        raise ValueError(
+            f"the naive SP layout needs an even sp_size (each rank holds clean or noisy frames), "
+            f"got {sp_size}"
+        )
     if num_heads is not None and num_heads % sp_size:
-        raise ValueError(f"Ulysses SP needs num_heads % sp_size == 0, got {num_heads} heads and sp_size {sp_size}")
+        raise ValueError(
+            f"Ulysses SP needs num_heads % sp_size == 0, got {num_heads} heads and sp_size {sp_size}"
+        )
 
 
 @dataclass(frozen=True)
@@ -124,8 +136,10 @@ class RankSlice:
         if num_prompts == 1:
             return slice(0, 1)
         if num_prompts != blocks:
-            raise ValueError(f"expected 1 prompt or one per chunk ({blocks} for {self.num_frames} frames of "
-                             f"{self.chunk_frames}), got {num_prompts}")
+            raise ValueError(
+                f"expected 1 prompt or one per chunk ({blocks} for {self.num_frames} frames of "
+                f"{self.chunk_frames}), got {num_prompts}"
+            )
         return slice(self.start // self.chunk_frames, self.stop // self.chunk_frames)
 
     def attention_layout(self, frame_len: int) -> TeacherForcingLayout:
@@ -134,16 +148,25 @@ class RankSlice:
         return TeacherForcingLayout(self.num_frames, frame_len, self.chunk_frames, sp_size=sp)
 
 
-def rank_slice(layout: str, num_frames: int, chunk_frames: int, sp_size: int, rank: int,
-               *, num_heads: int | None = None) -> RankSlice:
+def rank_slice(
+    layout: str, num_frames: int, chunk_frames: int, sp_size: int, rank: int, *, num_heads: int | None = None
+) -> RankSlice:
     """The :class:`RankSlice` of SP rank ``rank`` (checks the geometry first)."""
     check_sp_geometry(num_frames, chunk_frames, sp_size, layout=layout, num_heads=num_heads)
     if not 0 <= rank < sp_size:
         raise ValueError(f"rank must be in [0, {sp_size}), got {rank}")
     if layout == "balanced" or sp_size == 1:
         local = num_frames // sp_size
-        return RankSlice(layout, rank, sp_size, num_frames, chunk_frames, rank * local, (rank + 1) * local,
-                         ("clean", "noisy"))
+        return RankSlice(
+            layout,
+            rank,
+            sp_size,
+            num_frames,
+            chunk_frames,
+            rank * local,
+            (rank + 1) * local,
+            ("clean", "noisy"),
+        )
     half = sp_size // 2
     local = 2 * num_frames // sp_size
     side = "clean" if rank < half else "noisy"
@@ -195,22 +218,34 @@ def init_parallel(sp_size: int, *, device_type: str) -> ParallelContext:
         raise ValueError(f"sp_size must be a positive int, got {sp_size!r}")
     if not (dist.is_available() and dist.is_initialized()):
         if sp_size != 1:
-            raise ValueError(f"sp_size={sp_size} needs {sp_size} processes: start with "
-                             f"`torchrun --nproc-per-node {sp_size} -m longlive.train.cli ...`")
+            raise ValueError(
+                f"sp_size={sp_size} needs {sp_size} processes: start with "
+                f"`torchrun --nproc-per-node {sp_size} -m longlive.train.cli ...`"
+            )
         return ParallelContext()
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % sp_size:
-        raise ValueError(f"world size {world} does not factor into SP × DP with sp_size={sp_size}: the world size "
-                         f"must be a multiple of sp_size (e.g. sp_size in "
-                         f"{[d for d in range(1, world + 1) if world % d == 0]})")
+        raise ValueError(
+            f"world size {world} does not factor into SP × DP with sp_size={sp_size}: the world size "
+            f"must be a multiple of sp_size (e.g. sp_size in "
+            f"{[d for d in range(1, world + 1) if world % d == 0]})"
+        )
     from torch.distributed.device_mesh import init_device_mesh
 
     dp = world // sp_size
     mesh = init_device_mesh(device_type, (dp, sp_size), mesh_dim_names=("dp", "sp"))
     world_mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("world",))
-    return ParallelContext(world_size=world, rank=rank, sp_size=sp_size, sp_rank=rank % sp_size, dp_size=dp,
-                           dp_rank=rank // sp_size, sp_group=mesh.get_group("sp"), dp_group=mesh.get_group("dp"),
-                           world_mesh=world_mesh)
+    return ParallelContext(
+        world_size=world,
+        rank=rank,
+        sp_size=sp_size,
+        sp_rank=rank % sp_size,
+        dp_size=dp,
+        dp_rank=rank // sp_size,
+        sp_group=mesh.get_group("sp"),
+        dp_group=mesh.get_group("dp"),
+        world_mesh=world_mesh,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +283,9 @@ def teacher_forcing_block_mask(layout: TeacherForcingLayout, *, device=None, blo
     starts, sides, blocks = (torch.tensor(v, dtype=torch.int64, device=device) for v in _segments(layout))
     qs, ks = sides[:, None], sides[None, :]
     qb, kb = blocks[:, None], blocks[None, :]
-    allowed = ((ks == 0) & (((qs == 0) & (kb <= qb)) | ((qs == 1) & (kb < qb)))) | ((qs == 1) & (ks == 1) & (kb == qb))
+    allowed = ((ks == 0) & (((qs == 0) & (kb <= qb)) | ((qs == 1) & (kb < qb)))) | (
+        (qs == 1) & (ks == 1) & (kb == qb)
+    )
     s = allowed.shape[0]
     pre = torch.zeros(s + 1, s + 1, dtype=torch.int64, device=device)
     pre[1:, 1:] = allowed.long().cumsum(0).cumsum(1)
@@ -283,9 +320,19 @@ def teacher_forcing_block_mask(layout: TeacherForcingLayout, *, device=None, blo
     def mask_mod(b, h, q_idx, kv_idx):
         return layout.mask_mod(b, h, q_idx, kv_idx)
 
-    return BlockMask(seq_lengths=(n, n), kv_num_blocks=kv_num, kv_indices=kv_idx, full_kv_num_blocks=full_num,
-                     full_kv_indices=full_idx, q_num_blocks=q_num, q_indices=q_idx, full_q_num_blocks=full_q_num,
-                     full_q_indices=full_q_idx, BLOCK_SIZE=(block_size, block_size), mask_mod=mask_mod)
+    return BlockMask(
+        seq_lengths=(n, n),
+        kv_num_blocks=kv_num,
+        kv_indices=kv_idx,
+        full_kv_num_blocks=full_num,
+        full_kv_indices=full_idx,
+        q_num_blocks=q_num,
+        q_indices=q_idx,
+        full_q_num_blocks=full_q_num,
+        full_q_indices=full_q_idx,
+        BLOCK_SIZE=(block_size, block_size),
+        mask_mod=mask_mod,
+    )
 
 
 _COMPILED_FLEX = None
@@ -326,15 +373,20 @@ class TeacherForcingAttention(AttentionBackend):
     def mask(self, kind: str, device) -> object:
         key = (kind, str(device))
         if key not in self._masks:
-            self._masks[key] = (teacher_forcing_block_mask(self.layout, device=device) if kind == "flex"
-                                else self.layout.dense_mask(device))
+            self._masks[key] = (
+                teacher_forcing_block_mask(self.layout, device=device)
+                if kind == "flex"
+                else self.layout.dense_mask(device)
+            )
         return self._masks[key]
 
     def __call__(self, q, k, v, *, layer):
         n = self.layout.num_tokens
         if q.shape[1] != n or k.shape[1] != n:
-            raise ValueError(f"TeacherForcingAttention: q/k have {q.shape[1]}/{k.shape[1]} tokens, the layout "
-                             f"{self.layout} has {n}")
+            raise ValueError(
+                f"TeacherForcingAttention: q/k have {q.shape[1]}/{k.shape[1]} tokens, the layout "
+                f"{self.layout} has {n}"
+            )
         impl = self.impl if self.impl != "auto" else ("flex" if q.is_cuda else "sdpa")
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if impl == "sdpa":
@@ -374,7 +426,9 @@ class HaloWindow:
         return self.raw_stop - self.raw_start
 
 
-def plan_halo_windows(num_latents: int, sp_size: int, *, halo: int = 28, temporal_stride: int = 4) -> list[HaloWindow]:
+def plan_halo_windows(
+    num_latents: int, sp_size: int, *, halo: int = 28, temporal_stride: int = 4
+) -> list[HaloWindow]:
     """Per-rank raw windows of the SP-aware chunked encode (spec §5.3, any temporal stride s).
 
     local = F/P; keep = [r·local, (r+1)·local); h = max(0, keep_start − halo);
@@ -413,17 +467,22 @@ def encode_halo_window(vae, video_window: torch.Tensor, window: HaloWindow) -> t
     Tensor [B, C, keep_stop − keep_start, H', W']: normalised latents of the rank's frames.
     """
     if video_window.dim() != 5 or video_window.shape[2] != window.num_raw:
-        raise ValueError(f"video window must be [B, 3, {window.num_raw}, H, W] (raw frames [{window.raw_start}, "
-                         f"{window.raw_stop})), got {tuple(video_window.shape)}")
+        raise ValueError(
+            f"video window must be [B, 3, {window.num_raw}, H, W] (raw frames [{window.raw_start}, "
+            f"{window.raw_stop})), got {tuple(video_window.shape)}"
+        )
     lat = vae.encode(video_window)
     if lat.shape[2] != window.drop + window.num_keep:
-        raise ValueError(f"the VAE returned {lat.shape[2]} latents for window {window}; expected "
-                         f"{window.drop + window.num_keep} (temporal stride mismatch?)")
-    return lat[:, :, window.drop:window.drop + window.num_keep]
+        raise ValueError(
+            f"the VAE returned {lat.shape[2]} latents for window {window}; expected "
+            f"{window.drop + window.num_keep} (temporal stride mismatch?)"
+        )
+    return lat[:, :, window.drop : window.drop + window.num_keep]
 
 
-def scatter_raw_windows(video: torch.Tensor | None, windows: list[HaloWindow], ctx: ParallelContext,
-                        *, device=None) -> torch.Tensor:
+def scatter_raw_windows(
+    video: torch.Tensor | None, windows: list[HaloWindow], ctx: ParallelContext, *, device=None
+) -> torch.Tensor:
     """Send every SP rank its raw window of the SP root's video (P2P ``send``/``recv``, spec §5.3).
 
     ``video`` [B, 3, T, H, W] is needed on the SP root only; others pass None. Returns this rank's
@@ -431,7 +490,7 @@ def scatter_raw_windows(video: torch.Tensor | None, windows: list[HaloWindow], c
     """
     me = windows[ctx.sp_rank]
     if ctx.sp_size == 1:
-        return video[:, :, me.raw_start:me.raw_stop].to(device)
+        return video[:, :, me.raw_start : me.raw_stop].to(device)
     root = ctx.sp_root
     meta = [None]
     if ctx.sp_rank == 0:
@@ -443,10 +502,11 @@ def scatter_raw_windows(video: torch.Tensor | None, windows: list[HaloWindow], c
     comm_dev = device if dist.get_backend(ctx.sp_group) == "nccl" else "cpu"
     if ctx.sp_rank == 0:
         for w in windows[1:]:
-            part = video[:, :, w.raw_start:w.raw_stop].to(comm_dev).contiguous()
+            part = video[:, :, w.raw_start : w.raw_stop].to(comm_dev).contiguous()
             dist.send(part, dst=ctx.sp_global_rank(w.rank), group=ctx.sp_group)
-        return video[:, :, me.raw_start:me.raw_stop].to(device)
-    buf = torch.empty((shape[0], shape[1], me.num_raw, shape[3], shape[4]), dtype=getattr(torch, dtype),
-                      device=comm_dev)
+        return video[:, :, me.raw_start : me.raw_stop].to(device)
+    buf = torch.empty(
+        (shape[0], shape[1], me.num_raw, shape[3], shape[4]), dtype=getattr(torch, dtype), device=comm_dev
+    )
     dist.recv(buf, src=root, group=ctx.sp_group)
     return buf.to(device)

@@ -46,7 +46,14 @@ from longlive.train.checkpoint import (
 )
 from longlive.train.config import RunConfig
 from longlive.train.data import LatentCache, StepSampler, build_dataset, collate_items
-from longlive.train.objective import FlowMatchSchedule, add_noise, draw_targets, frame_mse, step_generator, weighted_frame_loss
+from longlive.train.objective import (
+    FlowMatchSchedule,
+    add_noise,
+    draw_targets,
+    frame_mse,
+    step_generator,
+    weighted_frame_loss,
+)
 from longlive.train.sp import (
     ParallelContext,
     TeacherForcingAttention,
@@ -66,7 +73,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError("train.device = cuda but CUDA is not available")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def build_vae(cfg: RunConfig, device: torch.device):
@@ -78,12 +85,16 @@ def build_vae(cfg: RunConfig, device: torch.device):
         vae = PatchVAE(cfg.model.vae_stride[1])
     else:
         if cfg.vae.path is None:
-            warnings.warn("vae.path is not set: the Wan2.2 VAE has RANDOM weights (timing runs only)", stacklevel=2)
+            warnings.warn(
+                "vae.path is not set: the Wan2.2 VAE has RANDOM weights (timing runs only)", stacklevel=2
+            )
         vae = load_vae(name, cfg.vae.path)
         vae = vae.to(torch.bfloat16 if cfg.vae.dtype == "bf16" else torch.float32)
     if vae.latent_channels != cfg.model.in_channels:
-        raise ValueError(f"VAE {name!r} gives {vae.latent_channels} latent channels, model {cfg.model.name!r} expects "
-                         f"in_channels={cfg.model.in_channels}")
+        raise ValueError(
+            f"VAE {name!r} gives {vae.latent_channels} latent channels, model {cfg.model.name!r} expects "
+            f"in_channels={cfg.model.in_channels}"
+        )
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -96,7 +107,9 @@ def build_text_encoder(cfg: RunConfig, device: torch.device):
         return HashTextEncoder(cfg.model.text_dim, cfg.model.text_len, device=device)
     enc = load_text_encoder(name, max_length=cfg.model.text_len, device=device, fallback=cfg.text.fallback)
     if enc.dim != cfg.model.text_dim:
-        raise ValueError(f"text encoder {name!r} is {enc.dim} wide, model expects text_dim={cfg.model.text_dim}")
+        raise ValueError(
+            f"text encoder {name!r} is {enc.dim} wide, model expects text_dim={cfg.model.text_dim}"
+        )
     return enc
 
 
@@ -136,8 +149,14 @@ class Trainer:
             self._own_group = True
         self.pctx: ParallelContext = init_parallel(pc.sp_size, device_type=self.device.type)
         self.num_frames = cfg.num_frames
-        self.slice = rank_slice(pc.layout, self.num_frames, cfg.model.ar.chunk_frames, pc.sp_size, self.pctx.sp_rank,
-                                num_heads=cfg.model.num_heads)
+        self.slice = rank_slice(
+            pc.layout,
+            self.num_frames,
+            cfg.model.ar.chunk_frames,
+            pc.sp_size,
+            self.pctx.sp_rank,
+            num_heads=cfg.model.num_heads,
+        )
         self.is_logger = self.pctx.rank == 0
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -155,12 +174,20 @@ class Trainer:
             self._shard(model)
         self.model = model
         self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW([p for _, p in self.named_params], lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                           eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
-        self.ema = ({n: self._local(p).detach().float().clone() for n, p in self.named_params}
-                    if cfg.ema.enabled else None)
+        self.optimizer = torch.optim.AdamW(
+            [p for _, p in self.named_params],
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.ema = (
+            {n: self._local(p).detach().float().clone() for n, p in self.named_params}
+            if cfg.ema.enabled
+            else None
+        )
         self.schedule = FlowMatchSchedule(1000, shift=tc.timestep_shift, weighting=tc.weighting)
-        self.vae = vae if vae is not None else build_vae(cfg, self.device)
+        self._vae = vae  # built on first use (random-latent runs never need it)
         self.text = text_encoder if text_encoder is not None else build_text_encoder(cfg, self.device)
         self.cache = LatentCache(cfg.data.latent_cache) if cfg.data.latent_cache else None
         self.step = 0
@@ -173,21 +200,37 @@ class Trainer:
             self.step = ckpt.step
         self._loader_iter = self._make_loader() if self.pctx.sp_rank == 0 else None
         if ckpt is not None:  # last: nothing after this may consume the global generators
-            ok = restore_rng_states(ckpt.rng, self.device, rank=self.pctx.rank, world_size=self.pctx.world_size,
-                                    saved_world_size=int(ckpt.state.get("world_size", 1)))
+            ok = restore_rng_states(
+                ckpt.rng,
+                self.device,
+                rank=self.pctx.rank,
+                world_size=self.pctx.world_size,
+                saved_world_size=int(ckpt.state.get("world_size", 1)),
+            )
             if not ok and self.is_logger:
-                warnings.warn("resumed with another world size: RNG streams not restored (stochastic rounding "
-                              "differs from the original run)", stacklevel=2)
+                warnings.warn(
+                    "resumed with another world size: RNG streams not restored (stochastic rounding "
+                    "differs from the original run)",
+                    stacklevel=2,
+                )
             self._print(f"resumed from {ckpt.path} at step {self.step}")
         self._tb = None
 
     # ---- setup ----------------------------------------------------------------------------------
+    @property
+    def vae(self):
+        if self._vae is None:
+            self._vae = build_vae(self.cfg, self.device)
+        return self._vae
+
     def _shard(self, model: CausalDiT) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
         param_dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else None
         # cast_forward_inputs=False: timesteps must reach the sinusoidal embedding in fp32 (bf16 rounds t=999 to 1000)
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+        mp = MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False
+        )
         mesh = self.pctx.world_mesh
         if mesh is None:
             from torch.distributed.device_mesh import init_device_mesh
@@ -209,18 +252,33 @@ class Trainer:
         path = find_latest_checkpoint(self.run_dir) if res == "auto" else Path(res)
         if path is None:
             return None
-        return read_checkpoint(path, expect_model_config=self.cfg.model.to_dict(), expect_linear=self.cfg.train.linear)
+        return read_checkpoint(
+            path, expect_model_config=self.cfg.model.to_dict(), expect_linear=self.cfg.train.linear
+        )
 
     def _make_loader(self):
         cfg = self.cfg
-        ds = build_dataset(cfg, self.vae, model_cfg=cfg.model)
-        sampler = StepSampler(len(ds), cfg.train.batch_size, dp_rank=self.pctx.dp_rank, dp_size=self.pctx.dp_size,
-                              seed=cfg.train.seed, start_step=self.step, shuffle=cfg.data.kind == "video_folder")
+        ds = build_dataset(cfg, None if cfg.data.kind == "random" else self.vae, model_cfg=cfg.model)
+        sampler = StepSampler(
+            len(ds),
+            cfg.train.batch_size,
+            dp_rank=self.pctx.dp_rank,
+            dp_size=self.pctx.dp_size,
+            seed=cfg.train.seed,
+            start_step=self.step,
+            shuffle=cfg.data.kind == "video_folder",
+        )
         nw = cfg.data.num_workers
         loader = torch.utils.data.DataLoader(
-            ds, batch_sampler=sampler, num_workers=nw, collate_fn=collate_items, pin_memory=self.device.type == "cuda",
-            persistent_workers=nw > 0, prefetch_factor=4 if nw > 0 else None,
-            generator=torch.Generator().manual_seed(cfg.train.seed))
+            ds,
+            batch_sampler=sampler,
+            num_workers=nw,
+            collate_fn=collate_items,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=nw > 0,
+            prefetch_factor=4 if nw > 0 else None,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
         return iter(loader)
 
     def _print(self, msg: str) -> None:
@@ -249,33 +307,47 @@ class Trainer:
                 z = item["latents"][None].float()
                 for r in range(1, p):
                     rs = rank_slice(s.layout, s.num_frames, s.chunk_frames, p, r)
-                    dist.send(z[:, :, rs.frames].to(self._comm_device()).contiguous(), dst=ctx.sp_global_rank(r),
-                              group=ctx.sp_group)
+                    dist.send(
+                        z[:, :, rs.frames].to(self._comm_device()).contiguous(),
+                        dst=ctx.sp_global_rank(r),
+                        group=ctx.sp_group,
+                    )
                 return z[:, :, s.frames].to(self.device)
-            buf = torch.empty(meta["latent_shape"][:2] + [s.num_local] + meta["latent_shape"][3:],
-                              device=self._comm_device())
+            buf = torch.empty(
+                meta["latent_shape"][:2] + [s.num_local] + meta["latent_shape"][3:],
+                device=self._comm_device(),
+            )
             dist.recv(buf, src=ctx.sp_root, group=ctx.sp_group)
             return buf.to(self.device)
         vae_dtype = self._vae_dtype()
         with torch.no_grad():
             if s.layout == "balanced" and p > 1:
-                windows = plan_halo_windows(s.num_frames, p, halo=self.cfg.vae.halo_latents,
-                                            temporal_stride=self.vae.temporal_stride)
+                windows = plan_halo_windows(
+                    s.num_frames, p, halo=self.cfg.vae.halo_latents, temporal_stride=self.vae.temporal_stride
+                )
                 video = item["video"][None] if root else None
                 win = scatter_raw_windows(video, windows, ctx, device=self.device)
                 z = encode_halo_window(self.vae, win.to(vae_dtype), windows[ctx.sp_rank]).float()
                 if root and self.cache is not None:
                     parts = [torch.empty_like(z) for _ in range(p)]
                     dist.gather(z, parts, dst=ctx.sp_root, group=ctx.sp_group)
-                    self.cache.store(meta["index"], torch.cat(parts, 2)[0], meta["prompts"],
-                                     torch.tensor(meta["loss_mask"]))
+                    self.cache.store(
+                        meta["index"],
+                        torch.cat(parts, 2)[0],
+                        meta["prompts"],
+                        torch.tensor(meta["loss_mask"]),
+                    )
                 elif self.cache is not None:
                     dist.gather(z, None, dst=ctx.sp_root, group=ctx.sp_group)
                 return z
             video = item["video"] if root else None
             if p > 1:  # the baseline: every rank gets and encodes the whole clip
                 shape = meta["video_shape"]
-                buf = video.to(self._comm_device()).contiguous() if root else torch.empty(shape, device=self._comm_device())
+                buf = (
+                    video.to(self._comm_device()).contiguous()
+                    if root
+                    else torch.empty(shape, device=self._comm_device())
+                )
                 dist.broadcast(buf, src=ctx.sp_root, group=ctx.sp_group)
                 video = buf
             z = self.vae.encode(video[None].to(self.device, vae_dtype)).float()
@@ -295,10 +367,15 @@ class Trainer:
             metas = []
             for it in items:
                 self.skipped_files.update(it.get("skipped", []))
-                m = {"kind": "latents" if "latents" in it else "video", "prompts": list(it["prompts"]),
-                     "loss_mask": [bool(x) for x in it["loss_mask"]], "index": int(it["index"])}
+                m = {
+                    "kind": "latents" if "latents" in it else "video",
+                    "prompts": list(it["prompts"]),
+                    "loss_mask": [bool(x) for x in it["loss_mask"]],
+                    "index": int(it["index"]),
+                }
                 m["latent_shape" if "latents" in it else "video_shape"] = list(
-                    (it["latents"] if "latents" in it else it["video"]).shape)
+                    (it["latents"] if "latents" in it else it["video"]).shape
+                )
                 if m["kind"] == "latents":
                     m["latent_shape"] = [1] + m["latent_shape"]
                 metas.append(m)
@@ -306,8 +383,10 @@ class Trainer:
         zs = [self._local_latents(items[i] if items is not None else None, m) for i, m in enumerate(metas)]
         z = torch.cat(zs, 0)
         if z.shape[2] != self.slice.num_local:
-            raise ValueError(f"sample has {z.shape[2]} latent frames on this rank, expected {self.slice.num_local} "
-                             f"(F={self.num_frames}, layout {self.slice.layout}, P={self.pctx.sp_size})")
+            raise ValueError(
+                f"sample has {z.shape[2]} latent frames on this rank, expected {self.slice.num_local} "
+                f"(F={self.num_frames}, layout {self.slice.layout}, P={self.pctx.sp_size})"
+            )
         cf, b = self.cfg.model.ar.chunk_frames, len(metas)
         nprompts = len(metas[0]["prompts"])
         ps = self.slice.prompt_slice(nprompts)
@@ -328,24 +407,30 @@ class Trainer:
         inner = TeacherForcingAttention(s.attention_layout(frame_len), impl=self.cfg.train.attention)
         return SequenceParallelAttention(inner, self.pctx.sp_group) if self.pctx.sp_size > 1 else inner
 
-    def loss_on(self, z: torch.Tensor, ctx: torch.Tensor, frame_mask: torch.Tensor | None, valid: int,
-                step: int) -> torch.Tensor:
+    def loss_on(
+        self, z: torch.Tensor, ctx: torch.Tensor, frame_mask: torch.Tensor | None, valid: int, step: int
+    ) -> torch.Tensor:
         """This rank's share of the teacher-forcing loss for local latents ``z`` (differentiable)."""
         s, cf = self.slice, self.cfg.model.ar.chunk_frames
         b, c, _, h, w = z.shape
         gen = step_generator(self.cfg.train.seed, step, self.pctx.dp_rank, device=self.device)
         tg = draw_targets(self.schedule, (b, c, self.num_frames, h, w), cf, generator=gen, device=self.device)
-        noise, sigma, t, wgt = (x[:, :, s.frames] if x.dim() == 5 else x[:, s.frames]
-                                for x in (tg.noise, tg.sigma, tg.timesteps, tg.weight))
+        noise, sigma, t, wgt = (
+            x[:, :, s.frames] if x.dim() == 5 else x[:, s.frames]
+            for x in (tg.noise, tg.sigma, tg.timesteps, tg.weight)
+        )
         fmask = frame_mask[:, s.frames] if frame_mask is not None else None
         ph, pw = self.cfg.model.patch_size[1:]
         self._frame_tokens = (h // ph) * (w // pw)
         attn = self._attention(self._frame_tokens)
         if "clean" in s.sides and "noisy" in s.sides:
             x_t = add_noise(z, noise, sigma)
-            pred = self.model.forward_teacher_forcing(z, x_t, t, ctx, chunk_frames=cf, frame_offset=s.start,
-                                                      attention=attn)
-        elif s.sides == ("clean",):  # naive SP: clean context only; joins the backward through the all-to-alls
+            pred = self.model.forward_teacher_forcing(
+                z, x_t, t, ctx, chunk_frames=cf, frame_offset=s.start, attention=attn
+            )
+        elif s.sides == (
+            "clean",
+        ):  # naive SP: clean context only; joins the backward through the all-to-alls
             out = self.model(z, torch.zeros_like(t), ctx, frame_offset=s.start, attention=attn)
             return out.float().sum() * 0.0
         else:
@@ -358,7 +443,9 @@ class Trainer:
         base = o.lr * min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else o.lr
         if o.schedule == "cosine" and step >= o.warmup_steps:
             frac = (step - o.warmup_steps) / max(1, self.cfg.train.steps - o.warmup_steps)
-            base = o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            base = o.lr * (
+                o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            )
         return base
 
     def forward_backward(self) -> torch.Tensor:
@@ -401,7 +488,7 @@ class Trainer:
         flat /= self.pctx.dp_size
         off = 0
         for g in grads:
-            g.copy_(flat[off:off + g.numel()].view_as(g))
+            g.copy_(flat[off : off + g.numel()].view_as(g))
             off += g.numel()
 
     @torch.no_grad()
@@ -458,10 +545,16 @@ class Trainer:
         gnorm = torch.stack(norms).float().mean().item()
         tc = self.cfg.train
         tokens = 2 * self.num_frames * self._frame_tokens * tc.batch_size * self.pctx.dp_size * nsteps
-        rec = {"step": self.step, "loss": loss, "grad_norm": gnorm, "lr": self._lr(self.step - 1),
-               "it_per_s": nsteps / max(seconds, 1e-9), "tokens_per_s": tokens / max(seconds, 1e-9),
-               "samples_per_s": tc.batch_size * self.pctx.dp_size * nsteps / max(seconds, 1e-9),
-               "skipped_videos": len(self.skipped_files)}
+        rec = {
+            "step": self.step,
+            "loss": loss,
+            "grad_norm": gnorm,
+            "lr": self._lr(self.step - 1),
+            "it_per_s": nsteps / max(seconds, 1e-9),
+            "tokens_per_s": tokens / max(seconds, 1e-9),
+            "samples_per_s": tc.batch_size * self.pctx.dp_size * nsteps / max(seconds, 1e-9),
+            "skipped_videos": len(self.skipped_files),
+        }
         if self.device.type == "cuda":
             rec["mem_alloc_gb"] = torch.cuda.memory_allocated(self.device) / 2**30
             rec["mem_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -471,8 +564,10 @@ class Trainer:
             return
         mem = f" mem {rec['mem_alloc_gb']:.1f}/{rec['mem_peak_gb']:.1f} GB" if "mem_peak_gb" in rec else ""
         skip = f" skipped videos {rec['skipped_videos']}" if rec["skipped_videos"] else ""
-        self._print(f"step {self.step:>7d} loss {loss:.4f} gnorm {gnorm:.3f} lr {rec['lr']:.2e} "
-                    f"{rec['it_per_s']:.2f} it/s {rec['tokens_per_s']:,.0f} tok/s{mem}{skip}")
+        self._print(
+            f"step {self.step:>7d} loss {loss:.4f} gnorm {gnorm:.3f} lr {rec['lr']:.2e} "
+            f"{rec['it_per_s']:.2f} it/s {rec['tokens_per_s']:,.0f} tok/s{mem}{skip}"
+        )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")
@@ -484,8 +579,9 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                warnings.warn("log.tensorboard is on but tensorboard is not installed; metrics.jsonl only",
-                              stacklevel=2)
+                warnings.warn(
+                    "log.tensorboard is on but tensorboard is not installed; metrics.jsonl only", stacklevel=2
+                )
                 self._tb = False
                 return
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
@@ -501,11 +597,24 @@ class Trainer:
         rng = collect_rng_states(self.device)
         path = None
         if self.is_logger:
-            state = {"model_config": self.cfg.model.to_dict(), "linear": self.cfg.train.linear,
-                     "world_size": self.pctx.world_size, "sp_size": self.pctx.sp_size, "dp_size": self.pctx.dp_size,
-                     "run_config": self.cfg.to_dict()}
-            path = write_checkpoint(self.run_dir, self.step, model_sd=model_sd, optim_sd=optim_sd, ema_sd=ema_sd,
-                                    rng=rng, state=state, keep=self.cfg.checkpoint.keep)
+            state = {
+                "model_config": self.cfg.model.to_dict(),
+                "linear": self.cfg.train.linear,
+                "world_size": self.pctx.world_size,
+                "sp_size": self.pctx.sp_size,
+                "dp_size": self.pctx.dp_size,
+                "run_config": self.cfg.to_dict(),
+            }
+            path = write_checkpoint(
+                self.run_dir,
+                self.step,
+                model_sd=model_sd,
+                optim_sd=optim_sd,
+                ema_sd=ema_sd,
+                rng=rng,
+                state=state,
+                keep=self.cfg.checkpoint.keep,
+            )
             self._print(f"saved {path}")
         if self.pctx.distributed:
             dist.barrier()

@@ -49,7 +49,7 @@ def test_block_timesteps_are_shared_within_a_chunk_and_uniform_over_the_table():
     assert u.min().item() == 0 and u.max().item() == 999
     assert abs(u.double().mean().item() - 499.5) < 3.0
     sig, ts, w = s.lookup(u[:2], chunk_frames=3)
-    assert sig.shape == (2, 18)
+    assert sig.shape == ts.shape == w.shape == (2, 18)
     assert torch.equal(sig.view(2, 6, 3), sig.view(2, 6, 3)[:, :, :1].expand(2, 6, 3))
     assert torch.allclose(ts, sig * 1000)
 
@@ -81,7 +81,10 @@ def test_weighted_frame_loss_equals_the_per_frame_formula():
     masked = weighted_frame_loss(per, w, mask=mask)
     assert masked.item() == pytest.approx(((ref * w)[mask]).sum().item() / 6, rel=1e-6)
     # split over "ranks" with the global normaliser: the local losses sum to the global one
-    parts = [weighted_frame_loss(per[:, sl], w[:, sl], mask=mask[:, sl], normalizer=6) for sl in (slice(0, 2), slice(2, 4))]
+    parts = [
+        weighted_frame_loss(per[:, sl], w[:, sl], mask=mask[:, sl], normalizer=6)
+        for sl in (slice(0, 2), slice(2, 4))
+    ]
     assert sum(p.item() for p in parts) == pytest.approx(masked.item(), rel=1e-6)
 
 

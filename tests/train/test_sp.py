@@ -47,8 +47,10 @@ def brute_force_mask(num_frames, frame_len, chunk_frames, sp_size):
     return m
 
 
-@pytest.mark.parametrize("frames,frame_len,chunk,sp", [(4, 1, 2, 1), (8, 3, 2, 1), (8, 3, 2, 2), (8, 2, 2, 4),
-                                                       (12, 2, 4, 3), (6, 2, 3, 2), (8, 1, 4, 2)])
+@pytest.mark.parametrize(
+    "frames,frame_len,chunk,sp",
+    [(4, 1, 2, 1), (8, 3, 2, 1), (8, 3, 2, 2), (8, 2, 2, 4), (12, 2, 4, 3), (6, 2, 3, 2), (8, 1, 4, 2)],
+)
 def test_teacher_forcing_mask_equals_brute_force(frames, frame_len, chunk, sp):
     lay = TeacherForcingLayout(frames, frame_len, chunk, sp_size=sp)
     assert torch.equal(lay.dense_mask(), brute_force_mask(frames, frame_len, chunk, sp))
@@ -60,7 +62,7 @@ def _tiles_from_dense(dense, bs):
     full = torch.zeros(nb, nb, dtype=torch.bool)
     partial = torch.zeros(nb, nb, dtype=torch.bool)
     for i, j in itertools.product(range(nb), range(nb)):
-        tile = dense[i * bs:(i + 1) * bs, j * bs:(j + 1) * bs]
+        tile = dense[i * bs : (i + 1) * bs, j * bs : (j + 1) * bs]
         complete = tile.shape[1] == bs
         full[i, j] = bool(tile.all()) and complete
         partial[i, j] = bool(tile.any()) and not full[i, j]
@@ -71,18 +73,28 @@ def _rows(num, idx):
     return [sorted(idx[0, 0, r, : num[0, 0, r]].tolist()) for r in range(num.shape[-1])]
 
 
-@pytest.mark.parametrize("frames,frame_len,chunk,sp,bs", [(8, 5, 2, 1, 8), (8, 5, 2, 2, 16), (12, 7, 3, 4, 16),
-                                                          (16, 10, 4, 4, 32), (6, 9, 3, 2, 8)])
+@pytest.mark.parametrize(
+    "frames,frame_len,chunk,sp,bs",
+    [(8, 5, 2, 1, 8), (8, 5, 2, 2, 16), (12, 7, 3, 4, 16), (16, 10, 4, 4, 32), (6, 9, 3, 2, 8)],
+)
 def test_tile_block_mask_equals_dense_classification(frames, frame_len, chunk, sp, bs):
     lay = TeacherForcingLayout(frames, frame_len, chunk, sp_size=sp)
     bm = teacher_forcing_block_mask(lay, block_size=bs)
     full, partial = _tiles_from_dense(lay.dense_mask(), bs)
     nb = full.shape[0]
-    assert _rows(bm.full_kv_num_blocks, bm.full_kv_indices) == [full[r].nonzero().flatten().tolist() for r in range(nb)]
-    assert _rows(bm.kv_num_blocks, bm.kv_indices) == [partial[r].nonzero().flatten().tolist() for r in range(nb)]
+    assert _rows(bm.full_kv_num_blocks, bm.full_kv_indices) == [
+        full[r].nonzero().flatten().tolist() for r in range(nb)
+    ]
+    assert _rows(bm.kv_num_blocks, bm.kv_indices) == [
+        partial[r].nonzero().flatten().tolist() for r in range(nb)
+    ]
     # transposed lists (backward pass) are the column view of the same tiles
-    assert _rows(bm.full_q_num_blocks, bm.full_q_indices) == [full[:, c].nonzero().flatten().tolist() for c in range(nb)]
-    assert _rows(bm.q_num_blocks, bm.q_indices) == [partial[:, c].nonzero().flatten().tolist() for c in range(nb)]
+    assert _rows(bm.full_q_num_blocks, bm.full_q_indices) == [
+        full[:, c].nonzero().flatten().tolist() for c in range(nb)
+    ]
+    assert _rows(bm.q_num_blocks, bm.q_indices) == [
+        partial[:, c].nonzero().flatten().tolist() for c in range(nb)
+    ]
     assert bm.seq_lengths == (lay.num_tokens, lay.num_tokens)
 
 
@@ -101,12 +113,18 @@ def test_flex_block_mask_attention_equals_dense_sdpa_on_cpu(sp):
 # ---------------------------------------------------------------------------------------------
 def test_balanced_and_naive_rank_slices():
     bal = [rank_slice("balanced", 16, 2, 4, r) for r in range(4)]
-    assert [(s.start, s.stop, s.sides) for s in bal] == [(4 * r, 4 * r + 4, ("clean", "noisy")) for r in range(4)]
+    assert [(s.start, s.stop, s.sides) for s in bal] == [
+        (4 * r, 4 * r + 4, ("clean", "noisy")) for r in range(4)
+    ]
     assert all(s.carries_loss for s in bal)
     assert bal[2].prompt_slice(8) == slice(4, 6) and bal[2].prompt_slice(1) == slice(0, 1)
     nav = [rank_slice("naive", 16, 2, 4, r) for r in range(4)]
-    assert [(s.start, s.stop, s.sides) for s in nav] == [(0, 8, ("clean",)), (8, 16, ("clean",)),
-                                                        (0, 8, ("noisy",)), (8, 16, ("noisy",))]
+    assert [(s.start, s.stop, s.sides) for s in nav] == [
+        (0, 8, ("clean",)),
+        (8, 16, ("clean",)),
+        (0, 8, ("noisy",)),
+        (8, 16, ("noisy",)),
+    ]
     assert [s.carries_loss for s in nav] == [False, False, True, True]
     # naive: the global order after the all-to-all is the plain [clean ; noisy] layout
     assert nav[0].attention_layout(3).sp_size == 1 and bal[0].attention_layout(3).sp_size == 4
@@ -154,7 +172,7 @@ def test_halo_plan_errors():
 def _halo_encode_all(vae, video, num_latents, sp, halo):
     parts = []
     for w in plan_halo_windows(num_latents, sp, halo=halo, temporal_stride=vae.temporal_stride):
-        parts.append(encode_halo_window(vae, video[:, :, w.raw_start:w.raw_stop], w))
+        parts.append(encode_halo_window(vae, video[:, :, w.raw_start : w.raw_stop], w))
     return torch.cat(parts, dim=2)
 
 

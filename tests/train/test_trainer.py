@@ -13,15 +13,31 @@ from longlive.train.cli import main as cli_main
 from longlive.train.config import RunConfig
 from longlive.train.trainer import Trainer
 
-TINY = {"preset": "tiny", "num_layers": 2, "dim": 64, "num_heads": 2, "ffn_dim": 128, "latent_size": [4, 4],
-        "text_len": 8, "ar": {"chunk_frames": 2}}
+TINY = {
+    "preset": "tiny",
+    "num_layers": 2,
+    "dim": 64,
+    "num_heads": 2,
+    "ffn_dim": 128,
+    "latent_size": [4, 4],
+    "text_len": 8,
+    "ar": {"chunk_frames": 2},
+}
 
 
 def _cfg(tmp, **sections):
     base = {
         "model": dict(TINY),
-        "train": {"steps": 4, "batch_size": 2, "precision": "fp32", "activation_checkpointing": False, "ops": "torch",
-                  "device": "cpu", "attention": "sdpa", "seed": 0},
+        "train": {
+            "steps": 4,
+            "batch_size": 2,
+            "precision": "fp32",
+            "activation_checkpointing": False,
+            "ops": "torch",
+            "device": "cpu",
+            "attention": "sdpa",
+            "seed": 0,
+        },
         "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "warmup_steps": 2, "grad_clip": 1.0},
         "ema": {"decay": 0.5, "start_step": 1},
         "data": {"kind": "procedural", "num_chunks": 4, "num_workers": 0, "height": 32, "width": 32},
@@ -54,7 +70,7 @@ def _one_thread():
 # Kill and resume
 # ---------------------------------------------------------------------------------------------
 def test_resume_reproduces_the_loss_curve_exactly(tmp_path):
-    full, t_full = _train(_cfg(tmp_path / "a", train={"steps": 6}))
+    full, _ = _train(_cfg(tmp_path / "a", train={"steps": 6}))
     first, _ = _train(_cfg(tmp_path / "b", train={"steps": 3}, checkpoint={"every": 3}))
     rest, t_rest = _train(_cfg(tmp_path / "b", train={"steps": 6}, checkpoint={"every": 3}))
     assert t_rest.history[0]["step"] == 4  # it resumed, it did not start over
@@ -82,7 +98,9 @@ def test_resume_is_exact_with_fsdp2_bf16_and_nvfp4_qat(tmp_path, linear):
     global generator, so this also checks that the RNG state is restored."""
     from longlive_kernels.comm._spawn import run_distributed
 
-    full, resumed, ffn_type, fsdp = run_distributed(_resume_worker, 1, args=(str(tmp_path), linear), timeout_s=600.0)[0]
+    full, resumed, ffn_type, fsdp = run_distributed(
+        _resume_worker, 1, args=(str(tmp_path), linear), timeout_s=600.0
+    )[0]
     assert fsdp and ffn_type == ("NVFP4Linear" if linear == "nvfp4" else "Linear")
     assert resumed == full
     assert all(torch.isfinite(torch.tensor(full)))
@@ -121,8 +139,13 @@ def test_checkpoint_files_load_for_inference(tmp_path):
 # Learning
 # ---------------------------------------------------------------------------------------------
 def test_tiny_model_loss_falls_on_the_procedural_set(tmp_path):
-    cfg = _cfg(tmp_path, train={"steps": 40, "batch_size": 4}, optim={"lr": 2e-3, "warmup_steps": 5},
-               checkpoint={"every": 0}, log={"every": 40})
+    cfg = _cfg(
+        tmp_path,
+        train={"steps": 40, "batch_size": 4},
+        optim={"lr": 2e-3, "warmup_steps": 5},
+        checkpoint={"every": 0},
+        log={"every": 40},
+    )
     t = Trainer(cfg, log=None)
     batch = t._next_batch()  # a fixed held-out batch, fixed noise/timesteps (step id 10**6)
     with torch.no_grad():
@@ -142,7 +165,9 @@ def test_latent_cache_is_written_and_reused(tmp_path):
     losses, _ = _train(cfg)
     files = sorted(os.listdir(tmp_path / "cache"))
     assert len(files) == 4  # 2 steps × batch 2
-    again, _ = _train(_cfg(tmp_path / "run2", train={"steps": 2}, data={"latent_cache": str(tmp_path / "cache")}))
+    again, _ = _train(
+        _cfg(tmp_path / "run2", train={"steps": 2}, data={"latent_cache": str(tmp_path / "cache")})
+    )
     assert again == losses  # same latents from the cache as from the encoder
 
 
@@ -166,8 +191,11 @@ def test_unreadable_videos_are_skipped_named_and_counted(tmp_path):
     bad = root / "video" / "s1" / "1.mp4"  # read between the two good clips
     bad.write_bytes(b"not an mp4 at all")
     (root / "caption" / "s1" / "1.json").write_text(json.dumps({"caption": "broken"}))
-    cfg = _cfg(tmp_path / "run", train={"steps": 2, "batch_size": 2},
-               data={"kind": "video_folder", "root": str(root), "fps": 8.0, "random_start": False})
+    cfg = _cfg(
+        tmp_path / "run",
+        train={"steps": 2, "batch_size": 2},
+        data={"kind": "video_folder", "root": str(root), "fps": 8.0, "random_start": False},
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         t = Trainer(cfg, log=None)

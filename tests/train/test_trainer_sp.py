@@ -12,18 +12,37 @@ from longlive_kernels.testing import rel_err
 
 
 def _cfg(tmp, *, sp=1, layout="balanced", fsdp="false", kind="procedural", linear="bf16"):
-    return RunConfig.from_dict({
-        "model": {"preset": "tiny", "num_layers": 2, "dim": 64, "num_heads": 2, "ffn_dim": 128, "latent_size": [4, 4],
-                  "text_len": 8, "ar": {"chunk_frames": 2}},
-        "train": {"steps": 2, "batch_size": 2, "precision": "fp32", "linear": linear, "activation_checkpointing": True,
-                  "ops": "torch", "device": "cpu", "attention": "sdpa", "seed": 3},
-        "optim": {"lr": 1e-3, "betas": [0.9, 0.999]},
-        "parallel": {"sp_size": sp, "layout": layout, "fsdp": fsdp},
-        "data": {"kind": kind, "num_chunks": 4, "num_workers": 0, "height": 32, "width": 32},
-        "vae": {"halo_latents": 1},
-        "text": {"name": "hash"},
-        "checkpoint": {"dir": str(tmp), "resume": "never"},
-    }).to_dict()
+    return RunConfig.from_dict(
+        {
+            "model": {
+                "preset": "tiny",
+                "num_layers": 2,
+                "dim": 64,
+                "num_heads": 2,
+                "ffn_dim": 128,
+                "latent_size": [4, 4],
+                "text_len": 8,
+                "ar": {"chunk_frames": 2},
+            },
+            "train": {
+                "steps": 2,
+                "batch_size": 2,
+                "precision": "fp32",
+                "linear": linear,
+                "activation_checkpointing": True,
+                "ops": "torch",
+                "device": "cpu",
+                "attention": "sdpa",
+                "seed": 3,
+            },
+            "optim": {"lr": 1e-3, "betas": [0.9, 0.999]},
+            "parallel": {"sp_size": sp, "layout": layout, "fsdp": fsdp},
+            "data": {"kind": kind, "num_chunks": 4, "num_workers": 0, "height": 32, "width": 32},
+            "vae": {"halo_latents": 1},
+            "text": {"name": "hash"},
+            "checkpoint": {"dir": str(tmp), "resume": "never"},
+        }
+    ).to_dict()
 
 
 def _grads_worker(rank, world, cfg_dict):
