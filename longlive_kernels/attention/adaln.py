@@ -46,6 +46,18 @@ def _stream_row(ptr, offset, cols, mask):
 
 
 @triton.jit
+def _mean(v, n):
+    """Σv / n, correctly rounded (per-row scalars: exactness is free, Triton's ``/`` is approximate)."""
+    return tl.math.div_rn(tl.sum(v, axis=0), n)
+
+
+@triton.jit
+def _inv_sqrt(v):
+    """1/√v with IEEE sqrt and division (``tl.math.rsqrt`` is approximate on the GPU)."""
+    return tl.math.div_rn(1.0 + 0.0 * v, tl.sqrt_rn(v))
+
+
+@triton.jit
 def _residual_norm_fwd_kernel(
     x_ptr,  # [B, L, C] float (strides stride_xb, stride_xl, 1)
     y_ptr,  # [B, L, C] float (strides stride_yb, stride_yl, 1); RESIDUAL
@@ -107,9 +119,10 @@ def _residual_norm_fwd_kernel(
             tl.store(r_ptr + out_off + cols, r, mask=cmask)
             x = r.to(tl.float32)  # normalize the stored (rounded) residual, as two ops would
         if NORM:
-            mean = tl.sum(x, axis=0) / C
+            c_f = C.to(tl.float32)
+            mean = _mean(x, c_f)
             d = tl.where(cmask, x - mean, 0.0)
-            rstd = tl.math.rsqrt(tl.sum(d * d, axis=0) / C + eps)
+            rstd = _inv_sqrt(_mean(d * d, c_f) + eps)
             h = d * rstd * m + a
             tl.store(h_ptr + out_off + cols, h.to(h_ptr.dtype.element_ty), mask=cmask)
 
@@ -183,12 +196,13 @@ def _residual_norm_bwd_kernel(
             gh = gh_nxt.to(tl.float32)
             r_nxt = _stream_row(r_ptr, b * stride_rb + (t + 1) * stride_rl, cols, pmask)
             gh_nxt = _stream_row(gh_ptr, b * stride_ghb + (t + 1) * stride_ghl, cols, pmask)
-            mean = tl.sum(x, axis=0) / C
+            c_f = C.to(tl.float32)
+            mean = _mean(x, c_f)
             xc = tl.where(cmask, x - mean, 0.0)
-            rstd = tl.math.rsqrt(tl.sum(xc * xc, axis=0) / C + eps)
+            rstd = _inv_sqrt(_mean(xc * xc, c_f) + eps)
             xhat = xc * rstd
             gx = gh * m
-            d = rstd * (gx - tl.sum(gx, axis=0) / C - xhat * (tl.sum(gx * xhat, axis=0) / C))
+            d = rstd * (gx - _mean(gx, c_f) - xhat * _mean(gx * xhat, c_f))
             d = tl.where(cmask, d, 0.0)
             if MOD_GRAD:
                 acc_s += gh * xhat

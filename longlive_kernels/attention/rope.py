@@ -57,6 +57,19 @@ def _token_angles(cos_ptr, sin_ptr, tok, n_frames, GH, GW, pair, pmask,
 
 
 @triton.jit
+def _row_mean(v, n):
+    """Σv / n over a [BLOCK_H, BLOCK_D] tile, correctly rounded (``/`` is approximate on the GPU)."""
+    return tl.math.div_rn(tl.sum(tl.sum(v, axis=1), axis=0), n)
+
+
+@triton.jit
+def _inv_rms(x, n, eps):
+    """1/√(mean(x²) + eps) with IEEE sqrt and division (``tl.math.rsqrt`` is approximate)."""
+    ms = _row_mean(x * x, n) + eps
+    return tl.math.div_rn(1.0 + 0.0 * ms, tl.sqrt_rn(ms))
+
+
+@triton.jit
 def _rope_fwd_rows(
     x_ptr, w_ptr, o_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
     sxb, sxl, sxh, eps,
@@ -72,6 +85,7 @@ def _rope_fwd_rows(
     pmask = pair < HALF
     woff = heads[:, None] * D + ch[None, :]
     n = NH * D
+    n_f = n.to(tl.float32)
     if NORM:
         w = tl.load(w_ptr + woff, mask=mask, other=0.0).to(tl.float32)
     x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
@@ -87,7 +101,7 @@ def _rope_fwd_rows(
                         eviction_policy="evict_first")
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
         if NORM:
-            x = x * tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps) * w
+            x = x * _inv_rms(x, n_f, eps) * w
         y = _rotate_pairs(x, c, s, BLOCK_H, BLOCK_D)
         tl.store(out + t * n, y.to(o_ptr.dtype.element_ty), mask=mask)
 
@@ -148,6 +162,7 @@ def _rope_bwd_rows(
     pmask = pair < HALF
     woff = heads[:, None] * D + ch[None, :]
     n = NH * D
+    n_f = n.to(tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     if NORM:
         w = tl.load(w_ptr + woff, mask=mask, other=0.0).to(tl.float32)
@@ -169,11 +184,11 @@ def _rope_bwd_rows(
         if NORM:
             x = x_nxt.to(tl.float32)
             x_nxt = tl.load(x_in + (t + 1) * sxl, mask=nmask, other=0.0, eviction_policy="evict_first")
-            rstd = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / n + eps)
+            rstd = _inv_rms(x, n_f, eps)
             xn = x * rstd
             acc += du * xn
             gn = du * w
-            du = rstd * (gn - xn * (tl.sum(tl.sum(gn * xn, axis=1), axis=0) / n))
+            du = rstd * (gn - xn * _row_mean(gn * xn, n_f))
         tl.store(out + t * n, du.to(dx_ptr.dtype.element_ty), mask=mask)
     if NORM:
         tl.store(part_ptr + woff, acc, mask=mask)
