@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 
-__all__ = ["main", "build_generate_parser"]
+__all__ = ["build_generate_parser", "main"]
 
 DEMO_OUT = "longlive_demo.mp4"
 
@@ -32,52 +32,92 @@ def build_generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="longlive generate",
         description="Generate a long video chunk by chunk (LongLive-2.0 causal inference) and write it to an mp4 "
-                    "as it is produced. With no arguments: the bundled demo model on a default prompt.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "as it is produced. With no arguments: the bundled demo model on a default prompt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     g = p.add_argument_group("prompts")
     x = g.add_mutually_exclusive_group()
     x.add_argument("--prompt", help="one prompt for the whole video")
-    x.add_argument("--prompts", metavar="FILE", help="prompt schedule (.yaml/.jsonl): entries {chunk|second, prompt, "
-                   "scene_cut}; see longlive.data.prompts")
-    x.add_argument("--interactive", action="store_true", help="read prompts from stdin while generating: a line "
-                   "switches the prompt from the next chunk on, '/cut TEXT' starts a new shot, '/quit' stops")
+    x.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="prompt schedule (.yaml/.jsonl): entries {chunk|second, prompt, "
+        "scene_cut}; see longlive.data.prompts",
+    )
+    x.add_argument(
+        "--interactive",
+        action="store_true",
+        help="read prompts from stdin while generating: a line "
+        "switches the prompt from the next chunk on, '/cut TEXT' starts a new shot, '/quit' stops",
+    )
     g.add_argument("--negative-prompt", default=None, help="negative prompt (with --guidance-scale != 1)")
     m = p.add_argument_group("model")
-    m.add_argument("--config", help="preset (tiny, wan2.2-ti2v-5b, small-1.3b) or model YAML; default from the "
-                   "checkpoint")
+    m.add_argument(
+        "--config",
+        help="preset (tiny, wan2.2-ti2v-5b, small-1.3b) or model YAML; default from the checkpoint",
+    )
     m.add_argument("--checkpoint", help="DiT weights (file or directory); default: the bundled demo model")
     m.add_argument("--vae", help="Wan2.2_VAE.pth (default: next to the checkpoint)")
-    m.add_argument("--text-encoder", help="all-minilm-l6-v2 | hash | umT5 directory (default from the config)")
-    m.add_argument("--precision", choices=("bf16", "nvfp4", "w4a16", "fp8"), default="bf16",
-                   help="linear layers of the DiT blocks")
-    m.add_argument("--kv-cache", choices=("bf16", "fp4"), default=None, help="KV-cache storage (default: config)")
-    m.add_argument("--attention-compute", choices=("bf16", "fp8"), default="bf16",
-                   help="MMA precision of the attention over the FP4 KV cache")
-    m.add_argument("--random-weights", action="store_true",
-                   help="smoke test: random DiT weights (and random Wan VAE / hash text encoder where needed); "
-                        "the video is noise. Default config: tiny")
+    m.add_argument(
+        "--text-encoder", help="all-minilm-l6-v2 | hash | umT5 directory (default from the config)"
+    )
+    m.add_argument(
+        "--precision",
+        choices=("bf16", "nvfp4", "w4a16", "fp8"),
+        default="bf16",
+        help="linear layers of the DiT blocks",
+    )
+    m.add_argument(
+        "--kv-cache", choices=("bf16", "fp4"), default=None, help="KV-cache storage (default: config)"
+    )
+    m.add_argument(
+        "--attention-compute",
+        choices=("bf16", "fp8"),
+        default="bf16",
+        help="MMA precision of the attention over the FP4 KV cache",
+    )
+    m.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="smoke test: random DiT weights (and random Wan VAE / hash text encoder where needed); "
+        "the video is noise. Default config: tiny",
+    )
     s = p.add_argument_group("length and sampling")
     ln = s.add_mutually_exclusive_group()
     ln.add_argument("--frames", type=int, help="video frames (must be a whole number of chunks)")
-    ln.add_argument("--seconds", type=float, help="video length in seconds (rounded up to whole chunks; default 5)")
+    ln.add_argument(
+        "--seconds", type=float, help="video length in seconds (rounded up to whole chunks; default 5)"
+    )
     ln.add_argument("--chunks", type=int, help="number of chunks")
     s.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (1-8)")
     s.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=float, default=None, help="output frame rate (default 24 for the Wan VAE)")
     c = p.add_argument_group("cache policy")
-    c.add_argument("--no-recache", action="store_true", help="no KV re-cache on a prompt switch (LongLive-2.0)")
+    c.add_argument(
+        "--no-recache", action="store_true", help="no KV re-cache on a prompt switch (LongLive-2.0)"
+    )
     c.add_argument("--no-shot-sink", action="store_true", help="no multi-shot sink")
     c.add_argument("--rope-shot-offset", type=int, default=None, help="RoPE positions inserted per scene cut")
     r = p.add_argument_group("runtime")
-    r.add_argument("--out", default=None, help=f"output mp4 (default {DEMO_OUT} for the demo, else longlive.mp4)")
+    r.add_argument(
+        "--out", default=None, help=f"output mp4 (default {DEMO_OUT} for the demo, else longlive.mp4)"
+    )
     r.add_argument("--device", default=None, help="DiT device (default cuda if available)")
     r.add_argument("--vae-device", default=None, help="decode device, e.g. cuda:1 (default: the DiT's)")
     r.add_argument("--decode", choices=("async", "sync"), default="async", help="streaming decode mode")
-    r.add_argument("--kv-comm", choices=("bf16", "nvfp4", "fp8"), default="nvfp4",
-                   help="wire format of K/V in the SP all-to-all (torchrun only)")
-    r.add_argument("--ops", choices=("kernels", "torch"), default="kernels", help="fused kernels or plain torch")
-    r.add_argument("--compile", action="store_true", help="torch.compile each block's FFN and cross-attention (CUDA)")
+    r.add_argument(
+        "--kv-comm",
+        choices=("bf16", "nvfp4", "fp8"),
+        default="nvfp4",
+        help="wire format of K/V in the SP all-to-all (torchrun only)",
+    )
+    r.add_argument(
+        "--ops", choices=("kernels", "torch"), default="kernels", help="fused kernels or plain torch"
+    )
+    r.add_argument(
+        "--compile", action="store_true", help="torch.compile each block's FFN and cross-attention (CUDA)"
+    )
     r.add_argument("-v", "--verbose", action="store_true", help="one log line per chunk")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -117,9 +157,11 @@ def _resolve_model_source(a: argparse.Namespace):
     if a.checkpoint is None and not a.random_weights:
         weights = DEMO_DIR / "model.safetensors"
         if not weights.is_file():
-            raise CLIError(f"no --checkpoint given and the bundled demo weights are not installed ({weights} is "
-                           "missing). Pass --checkpoint PATH, or --random-weights for a smoke test "
-                           "(random weights: the video is noise)")
+            raise CLIError(
+                f"no --checkpoint given and the bundled demo weights are not installed ({weights} is "
+                "missing). Pass --checkpoint PATH, or --random-weights for a smoke test "
+                "(random weights: the video is noise)"
+            )
         return str(weights), _resolve_config(a.config) or peek_config(weights), True
     cfg = _resolve_config(a.config if a.config is not None else ("tiny" if a.random_weights else None))
     if cfg is None and a.checkpoint is not None:
@@ -193,7 +235,7 @@ def _generate(a: argparse.Namespace) -> int:
     from longlive.data.prompts import PromptScheduleError, chunk_frame_counts, load_prompt_schedule
     from longlive.inference.cache_policy import CachePolicy
     from longlive.inference.pipeline import DEFAULT_PROMPT, Pipeline, read_demo_meta, resolve_length
-    from longlive.inference.sp import SPGroup, check_sp_size, init_from_env
+    from longlive.inference.sp import check_sp_size, init_from_env
     from longlive.model import CheckpointMismatchError
 
     try:
@@ -204,23 +246,35 @@ def _generate(a: argparse.Namespace) -> int:
             if world > 1:
                 check_sp_size(cfg, world)
             fps = a.fps or meta.get("fps") or (24.0 if cfg.vae == "wan2.2" else 8.0)
-            length = dict(num_chunks=a.chunks, num_frames=a.frames, seconds=a.seconds)
+            length = {"num_chunks": a.chunks, "num_frames": a.frames, "seconds": a.seconds}
             stride = cfg.vae_stride[0]
             first, later = chunk_frame_counts(cfg.ar.chunk_frames, stride)
             schedule = None
             if a.prompts is not None:
-                kw = dict(fps=fps, first_chunk_frames=first, chunk_frames=later)
+                kw = {"fps": fps, "first_chunk_frames": first, "chunk_frames": later}
                 if all(v is None for v in length.values()):  # default: 5 s or up to the last entry
                     last = len(load_prompt_schedule(a.prompts, **kw))
-                    length["num_chunks"] = max(last, resolve_length(chunk_latents=cfg.ar.chunk_frames,
-                                                                    temporal_stride=stride, fps=fps, seconds=5.0))
-                n = resolve_length(chunk_latents=cfg.ar.chunk_frames, temporal_stride=stride, fps=fps, **length)
+                    length["num_chunks"] = max(
+                        last,
+                        resolve_length(
+                            chunk_latents=cfg.ar.chunk_frames, temporal_stride=stride, fps=fps, seconds=5.0
+                        ),
+                    )
+                n = resolve_length(
+                    chunk_latents=cfg.ar.chunk_frames, temporal_stride=stride, fps=fps, **length
+                )
                 schedule = load_prompt_schedule(a.prompts, num_chunks=n, **kw)
             elif all(v is None for v in length.values()):
-                n = resolve_length(chunk_latents=cfg.ar.chunk_frames, temporal_stride=stride, fps=fps,
-                                   seconds=600.0 if a.interactive else 5.0)
+                n = resolve_length(
+                    chunk_latents=cfg.ar.chunk_frames,
+                    temporal_stride=stride,
+                    fps=fps,
+                    seconds=600.0 if a.interactive else 5.0,
+                )
             else:
-                n = resolve_length(chunk_latents=cfg.ar.chunk_frames, temporal_stride=stride, fps=fps, **length)
+                n = resolve_length(
+                    chunk_latents=cfg.ar.chunk_frames, temporal_stride=stride, fps=fps, **length
+                )
         overrides = {}
         if a.no_shot_sink:
             overrides["shot_sink"] = False
@@ -236,9 +290,20 @@ def _generate(a: argparse.Namespace) -> int:
             sp, dev = init_from_env(device=a.device)
             sp.kv_comm = a.kv_comm
             a.device = str(dev)
-        kwargs = dict(policy=policy, config=cfg, precision=a.precision, kv_cache=a.kv_cache, device=a.device,
-                      vae_device=a.vae_device, text_encoder=a.text_encoder, sp=sp, ops=a.ops, fps=a.fps,
-                      attention_compute=a.attention_compute, compile=a.compile)
+        kwargs = {
+            "policy": policy,
+            "config": cfg,
+            "precision": a.precision,
+            "kv_cache": a.kv_cache,
+            "device": a.device,
+            "vae_device": a.vae_device,
+            "text_encoder": a.text_encoder,
+            "sp": sp,
+            "ops": a.ops,
+            "fps": a.fps,
+            "attention_compute": a.attention_compute,
+            "compile": a.compile,
+        }
         if demo:
             pipe = Pipeline.demo(**kwargs)
         else:
@@ -247,13 +312,17 @@ def _generate(a: argparse.Namespace) -> int:
             pipe.policy = pipe.policy.replace(**overrides)
         if cfg is None:  # official checkpoint: the config came with the weights
             cfg = pipe.model.config
-            n = pipe.num_chunks(num_chunks=a.chunks, num_frames=a.frames,
-                                seconds=a.seconds if (a.chunks or a.frames or a.seconds) else 5.0)
+            n = pipe.num_chunks(
+                num_chunks=a.chunks,
+                num_frames=a.frames,
+                seconds=a.seconds if (a.chunks or a.frames or a.seconds) else 5.0,
+            )
             schedule = None
             if a.prompts is not None:
                 first, later = chunk_frame_counts(cfg.ar.chunk_frames, pipe.vae.temporal_stride)
-                schedule = load_prompt_schedule(a.prompts, num_chunks=n, fps=pipe.fps, first_chunk_frames=first,
-                                                chunk_frames=later)
+                schedule = load_prompt_schedule(
+                    a.prompts, num_chunks=n, fps=pipe.fps, first_chunk_frames=first, chunk_frames=later
+                )
     except (PromptScheduleError, CheckpointMismatchError, ValueError, FileNotFoundError, TypeError) as exc:
         raise CLIError(str(exc)) from None
 
@@ -262,30 +331,49 @@ def _generate(a: argparse.Namespace) -> int:
     if a.interactive:
         first, later = chunk_frame_counts(pipe.model.config.ar.chunk_frames, pipe.vae.temporal_stride)
         prompts = _interactive_source(prompt, fps=pipe.fps, first_frames=first, chunk_frames=later)
-        print("interactive: type a prompt (applies from the next chunk), '/cut TEXT' for a new shot, '/quit' to stop",
-              file=sys.stderr)
+        print(
+            "interactive: type a prompt (applies from the next chunk), '/cut TEXT' for a new shot, '/quit' to stop",
+            file=sys.stderr,
+        )
     out = a.out or (DEMO_OUT if demo else "longlive.mp4")
     main_rank = sp is None or sp.is_main
 
     def log(chunk):
         if a.verbose and main_rank:
             p = chunk.plan
-            extra = (" scene cut" if p.scene_cut else "") + (f" re-cached {list(p.recache)}" if p.recache else "")
-            print(f"chunk {chunk.index + 1}/{n} done: shot {p.shot}, {chunk.num_frames} frames, "
-                  f"{chunk.seconds:.3f} s{extra}", flush=True)
+            extra = (" scene cut" if p.scene_cut else "") + (
+                f" re-cached {list(p.recache)}" if p.recache else ""
+            )
+            print(
+                f"chunk {chunk.index + 1}/{n} done: shot {p.shot}, {chunk.num_frames} frames, "
+                f"{chunk.seconds:.3f} s{extra}",
+                flush=True,
+            )
 
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed VAE conv shapes per chunk
     with torch.inference_mode():
-        result = pipe.generate(prompts, num_chunks=n, out=out, decode=a.decode, progress=not a.quiet, steps=a.steps,
-                               seed=a.seed, guidance_scale=a.guidance_scale, negative_prompt=a.negative_prompt,
-                               on_chunk=log)
+        result = pipe.generate(
+            prompts,
+            num_chunks=n,
+            out=out,
+            decode=a.decode,
+            progress=not a.quiet,
+            steps=a.steps,
+            seed=a.seed,
+            guidance_scale=a.guidance_scale,
+            negative_prompt=a.negative_prompt,
+            on_chunk=log,
+        )
     if main_rank:
         warm = 1 if result.chunks_done > 2 else 0
         head = "interrupted: " if result.interrupted else ""
-        print(f"{head}wrote {result.chunks_written} chunks ({result.frames_written} frames) to {out}; "
-              f"DiT {result.dit_fps(warm):.1f} fps, end-to-end {result.e2e_fps:.1f} fps"
-              + (f", peak {result.peak_memory_gb:.1f} GB" if result.peak_memory_gb is not None else ""), flush=True)
+        print(
+            f"{head}wrote {result.chunks_written} chunks ({result.frames_written} frames) to {out}; "
+            f"DiT {result.dit_fps(warm):.1f} fps, end-to-end {result.e2e_fps:.1f} fps"
+            + (f", peak {result.peak_memory_gb:.1f} GB" if result.peak_memory_gb is not None else ""),
+            flush=True,
+        )
     if sp is not None:
         import torch.distributed as dist
 

@@ -48,10 +48,15 @@ REFERENCE = [  # (label, hardware, DiT FPS, E2E FPS or None, 16 s E2E seconds or
     ("LongLive-2.0 BF16 (its code)", "H100 SXM (#103)", 18.6, 14.1, None, None),
     ("LongLive-2.0 FP8 W8A8 + compile", "H100 SXM (#103)", 15.5, 12.3, None, None),
 ]
-VAE_TFLOP_FIRST, VAE_TFLOP_PER_LATENT = 20.6, 66.4  # Wan2.2 decoder at 704x1280 (FlopCounterMode on meta tensors)
+VAE_TFLOP_FIRST, VAE_TFLOP_PER_LATENT = (
+    20.6,
+    66.4,
+)  # Wan2.2 decoder at 704x1280 (FlopCounterMode on meta tensors)
 ALL_MODES = "bf16:bf16,bf16:fp4,nvfp4:bf16,nvfp4:fp4,fp8:bf16,fp8:fp4"
-TARGETS = "targets on one H100: DiT loop >= 32 FPS fastest mode (goal 40), E2E >= 24 FPS, nvfp4+fp4 peak <= 16 GB; " \
-          "SP=2 on 2xH200 >= 1.7x one GPU"
+TARGETS = (
+    "targets on one H100: DiT loop >= 32 FPS fastest mode (goal 40), E2E >= 24 FPS, nvfp4+fp4 peak <= 16 GB; "
+    "SP=2 on 2xH200 >= 1.7x one GPU"
+)
 
 
 def _chunk_flops(model, chunks: int, steps: int, policy) -> float:
@@ -139,22 +144,35 @@ def _fmt(v, spec="{:.1f}"):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=TARGETS)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TARGETS,
+    )
     ap.add_argument("--chunks", type=int, default=12, help="chunks per video (12 = 381 frames = 15.9 s)")
     ap.add_argument("--warmup", type=int, default=2, help="leading chunks excluded from FPS")
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--modes", default=ALL_MODES, help="comma list of precision:kv (precision bf16|nvfp4|w4a16|fp8)")
-    ap.add_argument("--decode", choices=("both", "none", "async", "sync"), default="both",
-                    help="both = a DiT-only run and an async-decode run per mode")
+    ap.add_argument(
+        "--modes", default=ALL_MODES, help="comma list of precision:kv (precision bf16|nvfp4|w4a16|fp8)"
+    )
+    ap.add_argument(
+        "--decode",
+        choices=("both", "none", "async", "sync"),
+        default="both",
+        help="both = a DiT-only run and an async-decode run per mode",
+    )
     ap.add_argument("--vae-device", default=None, help="decode GPU (default: the DiT's, second stream)")
     ap.add_argument("--attention-compute", choices=("bf16", "fp8"), default="bf16")
     ap.add_argument("--kv-comm", choices=("bf16", "nvfp4", "fp8"), default="nvfp4", help="SP K/V wire format")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the FFN and cross-attention of every block")
+    ap.add_argument(
+        "--compile", action="store_true", help="torch.compile the FFN and cross-attention of every block"
+    )
     ap.add_argument("--layers", type=int, default=None, help="fewer DiT blocks (debugging only)")
     ap.add_argument("--no-mp4", action="store_true", help="decode but do not encode an mp4")
     ap.add_argument("--no-vae-channels-last", action="store_true", help="keep the VAE's NCDHW conv weights")
-    ap.add_argument("--compare-single", action="store_true", help="under torchrun: also time one GPU (rank 0 alone)")
+    ap.add_argument(
+        "--compare-single", action="store_true", help="under torchrun: also time one GPU (rank 0 alone)"
+    )
     a = ap.parse_args(argv)
     if a.chunks <= a.warmup:
         ap.error(f"--chunks ({a.chunks}) must exceed --warmup ({a.warmup})")
@@ -195,36 +213,61 @@ def main(argv=None) -> int:
     tmp = tempfile.TemporaryDirectory() if not a.no_mp4 else None
     if main_rank:
         world = sp.world_size if sp is not None else 1
-        print(f"# {device_header()} | SP={world} | {cfg.name}{f' ({a.layers} layers)' if a.layers else ''} | "
-              f"{a.chunks} chunks x {cfg.ar.chunk_frames} latents, {a.steps} steps, warm-up {a.warmup}", flush=True)
+        print(
+            f"# {device_header()} | SP={world} | {cfg.name}{f' ({a.layers} layers)' if a.layers else ''} | "
+            f"{a.chunks} chunks x {cfg.ar.chunk_frames} latents, {a.steps} steps, warm-up {a.warmup}",
+            flush=True,
+        )
     for prec, kv in modes:
         model = _build_model(cfg, prec, dev)
         policy = CachePolicy.from_config(cfg, storage=kv)
         flops = _chunk_flops(model, a.chunks, a.steps, policy)
-        variants = [("single", None)] if sp is None else (
-            ([("single", None)] if a.compare_single else []) + [(f"SP={sp.world_size}", sp)])
+        variants = (
+            [("single", None)]
+            if sp is None
+            else (([("single", None)] if a.compare_single else []) + [(f"SP={sp.world_size}", sp)])
+        )
         for label, group in variants:
             if group is None and sp is not None and not sp.is_main:
                 sp.barrier()  # rank 0 times one GPU alone
                 continue
-            pipe = Pipeline(model, vae, text, policy=policy, sp=group, attention_compute=a.attention_compute,
-                            default_prompt=prompt, compile=a.compile, vae_channels_last=not a.no_vae_channels_last)
+            pipe = Pipeline(
+                model,
+                vae,
+                text,
+                policy=policy,
+                sp=group,
+                attention_compute=a.attention_compute,
+                default_prompt=prompt,
+                compile=a.compile,
+                vae_channels_last=not a.no_vae_channels_last,
+            )
             for dmode in decodes:
-                r = run_mode(pipe, chunks=a.chunks, steps=a.steps, warmup=a.warmup, decode=dmode,
-                             out_dir=tmp.name if tmp else None)
-                r["tflops"] = sum(flops[a.warmup:]) / sum(r["secs"][a.warmup:]) / 1e12
+                r = run_mode(
+                    pipe,
+                    chunks=a.chunks,
+                    steps=a.steps,
+                    warmup=a.warmup,
+                    decode=dmode,
+                    out_dir=tmp.name if tmp else None,
+                )
+                r["tflops"] = sum(flops[a.warmup :]) / sum(r["secs"][a.warmup :]) / 1e12
                 r.update(mode=f"{prec} / KV {kv}", variant=label, decode=dmode)
                 rows.append(r)
                 if main_rank:
                     dec = ""
                     if "decode_s_per_chunk" in r:
                         ms = 1e3 * r["decode_s_per_chunk"]
-                        tf = (VAE_TFLOP_FIRST + VAE_TFLOP_PER_LATENT * (cfg.ar.chunk_frames * a.chunks - 1)) / a.chunks
+                        tf = (
+                            VAE_TFLOP_FIRST + VAE_TFLOP_PER_LATENT * (cfg.ar.chunk_frames * a.chunks - 1)
+                        ) / a.chunks
                         dec = f"  decode {ms:.0f} ms/chunk ({tf / ms * 1e3:.0f} TFLOP/s)"
-                    print(f"{r['mode']:>18} {label:>7} decode={dmode:<5} DiT {r['dit_fps']:6.1f} FPS "
-                          f"({r['chunk_ms']:.0f} ms/chunk, {r['tflops']:.0f} TFLOP/s)  E2E {_fmt(r.get('e2e_fps'))} FPS  "
-                          f"16s-E2E {r['wall_s']:.1f} s  peak {r['peak_gb']:.1f} GB (KV {r['kv_gb']:.2f}){dec}",
-                          flush=True)
+                    print(
+                        f"{r['mode']:>18} {label:>7} decode={dmode:<5} DiT {r['dit_fps']:6.1f} FPS "
+                        f"({r['chunk_ms']:.0f} ms/chunk, {r['tflops']:.0f} TFLOP/s)  E2E {_fmt(r.get('e2e_fps'))} FPS  "
+                        f"16s-E2E {r['wall_s']:.1f} s  peak {r['peak_gb']:.1f} GB (KV {r['kv_gb']:.2f}){dec}",
+                        flush=True,
+                    )
             if group is None and sp is not None:
                 sp.barrier()
             del pipe
@@ -241,16 +284,21 @@ def main(argv=None) -> int:
 
 
 def _table(rows, a) -> str:
-    out = ["", f"| mode | run | DiT-loop FPS | E2E FPS | {a.chunks}-chunk E2E s | peak GB | DiT TFLOP/s |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "",
+        f"| mode | run | DiT-loop FPS | E2E FPS | {a.chunks}-chunk E2E s | peak GB | DiT TFLOP/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     by = {}
     for r in rows:
         by.setdefault((r["mode"], r["variant"]), {})[r["decode"]] = r
     for (mode, variant), d in by.items():
         loop = d.get("none") or next(iter(d.values()))
         e2e = d.get("async") or d.get("sync")
-        out.append(f"| {mode} | {variant} | {loop['dit_fps']:.1f} | {_fmt(e2e and e2e.get('e2e_fps'))} | "
-                   f"{_fmt(e2e and e2e['wall_s'])} | {(e2e or loop)['peak_gb']:.1f} | {loop['tflops']:.0f} |")
+        out.append(
+            f"| {mode} | {variant} | {loop['dit_fps']:.1f} | {_fmt(e2e and e2e.get('e2e_fps'))} | "
+            f"{_fmt(e2e and e2e['wall_s'])} | {(e2e or loop)['peak_gb']:.1f} | {loop['tflops']:.0f} |"
+        )
     for label, hw, fps, e2e, e2e_s, mem in REFERENCE:
         out.append(f"| {label} | {hw} | {fps:.1f} | {_fmt(e2e)} | {_fmt(e2e_s)} | {_fmt(mem)} | - |")
     singles = {m: d["none"]["dit_fps"] for (m, v), d in by.items() if v == "single" and "none" in d}
@@ -267,7 +315,19 @@ def test_bench_generate_slice(benchmark=None):
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    argv = ["--layers", "2", "--chunks", "3", "--warmup", "1", "--modes", "bf16:fp4", "--decode", "async", "--no-mp4"]
+    argv = [
+        "--layers",
+        "2",
+        "--chunks",
+        "3",
+        "--warmup",
+        "1",
+        "--modes",
+        "bf16:fp4",
+        "--decode",
+        "async",
+        "--no-mp4",
+    ]
     if benchmark is not None:
         benchmark.pedantic(main, args=(argv,), rounds=1, iterations=1)
     else:

@@ -9,7 +9,22 @@ from .scheduler import FlowUniPCScheduler, unipc_sigmas, unipc_timesteps
 from .sp import SPGroup, check_sp_size
 
 __all__ = [
-    "CacheManager", "CachePolicy", "ChunkDecoder", "ChunkOutput", "ChunkPlan", "DEMO_DIR", "FlowUniPCScheduler",
-    "GenerationResult", "Mp4Writer", "Pipeline", "SPGroup", "StreamSession", "check_sp_size", "plan_chunks",
-    "resolve_length", "to_uint8_frames", "unipc_sigmas", "unipc_timesteps",
+    "DEMO_DIR",
+    "CacheManager",
+    "CachePolicy",
+    "ChunkDecoder",
+    "ChunkOutput",
+    "ChunkPlan",
+    "FlowUniPCScheduler",
+    "GenerationResult",
+    "Mp4Writer",
+    "Pipeline",
+    "SPGroup",
+    "StreamSession",
+    "check_sp_size",
+    "plan_chunks",
+    "resolve_length",
+    "to_uint8_frames",
+    "unipc_sigmas",
+    "unipc_timesteps",
 ]

@@ -34,14 +34,23 @@ t = 0 re-run. A scene cut never re-caches (the new shot starts fresh from the si
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from longlive.model.attention import AttentionBackend, BF16KVCache, sdpa_bshd
 
-__all__ = ["CachePolicy", "ChunkPlan", "CacheManager", "CacheAttention", "RecacheAttention", "ForwardHandle", "plan_chunks",
-           "cached_kv", "attend_with_cache"]
+__all__ = [
+    "CacheAttention",
+    "CacheManager",
+    "CachePolicy",
+    "ChunkPlan",
+    "ForwardHandle",
+    "RecacheAttention",
+    "attend_with_cache",
+    "cached_kv",
+    "plan_chunks",
+]
 
 
 @dataclass(frozen=True)
@@ -79,17 +88,23 @@ class CachePolicy:
         for name in ("max_chunks", "sink_chunks", "rope_shot_offset"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"CachePolicy.{name} must be an int, got {v!r}")
+                raise TypeError(f"CachePolicy.{name} must be an int, got {v!r}")
         if self.max_chunks < 2:
-            raise ValueError(f"CachePolicy.max_chunks must be >= 2 (one history chunk + the current), "
-                             f"got {self.max_chunks}")
+            raise ValueError(
+                f"CachePolicy.max_chunks must be >= 2 (one history chunk + the current), "
+                f"got {self.max_chunks}"
+            )
         if not 0 <= self.sink_chunks < self.max_chunks:
-            raise ValueError(f"CachePolicy.sink_chunks must be in [0, max_chunks={self.max_chunks}), "
-                             f"got {self.sink_chunks}")
+            raise ValueError(
+                f"CachePolicy.sink_chunks must be in [0, max_chunks={self.max_chunks}), "
+                f"got {self.sink_chunks}"
+            )
         if self.shot_sink and self.sink_chunks + 2 > self.max_chunks:
-            raise ValueError(f"CachePolicy: a shot sink needs sink_chunks + 2 <= max_chunks (global sink, shot sink "
-                             f"and the current chunk), got sink_chunks={self.sink_chunks}, "
-                             f"max_chunks={self.max_chunks}; set shot_sink=False or raise max_chunks")
+            raise ValueError(
+                f"CachePolicy: a shot sink needs sink_chunks + 2 <= max_chunks (global sink, shot sink "
+                f"and the current chunk), got sink_chunks={self.sink_chunks}, "
+                f"max_chunks={self.max_chunks}; set shot_sink=False or raise max_chunks"
+            )
         if self.rope_shot_offset < 0:
             raise ValueError(f"CachePolicy.rope_shot_offset must be >= 0, got {self.rope_shot_offset}")
         if self.storage not in ("fp4", "bf16"):
@@ -99,8 +114,13 @@ class CachePolicy:
     def from_config(cls, config, **overrides) -> CachePolicy:
         """The policy of a :class:`~longlive.config.ModelConfig`'s ``ar`` section, with overrides."""
         ar = config.ar
-        base = dict(max_chunks=ar.max_chunks, sink_chunks=ar.sink_chunks, rope_shot_offset=ar.multi_shot_rope_offset,
-                    storage=ar.kv_storage, shot_sink=ar.sink_chunks + 2 <= ar.max_chunks)
+        base = {
+            "max_chunks": ar.max_chunks,
+            "sink_chunks": ar.sink_chunks,
+            "rope_shot_offset": ar.multi_shot_rope_offset,
+            "storage": ar.kv_storage,
+            "shot_sink": ar.sink_chunks + 2 <= ar.max_chunks,
+        }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -138,7 +158,9 @@ class ChunkPlan:
     pin: bool = False
 
 
-def _recache_set(policy: CachePolicy, context, sinks: set[int], switch: bool, scene_cut: bool) -> tuple[int, ...]:
+def _recache_set(
+    policy: CachePolicy, context, sinks: set[int], switch: bool, scene_cut: bool
+) -> tuple[int, ...]:
     if not (policy.recache_on_switch and switch and not scene_cut):
         return ()
     return tuple(c for c in context if policy.recache_sinks or c not in sinks)
@@ -162,17 +184,29 @@ def plan_chunks(policy: CachePolicy, flags, *, frames_per_chunk: int) -> list[Ch
     plans = []
     shot, shot_sink = 0, None
     for n, f in enumerate(flags):
-        cut, switch = (f.is_scene_cut, f.is_switch) if hasattr(f, "is_scene_cut") else (bool(f[0]), bool(f[1]))
+        cut, switch = (
+            (f.is_scene_cut, f.is_switch) if hasattr(f, "is_scene_cut") else (bool(f[0]), bool(f[1]))
+        )
         cut = cut and n > 0
         shot += cut
         glob = set(range(min(n, policy.sink_chunks)))
         protected = glob | ({shot_sink} if shot_sink is not None else set())
         room = policy.max_chunks - 1 - len(protected)
-        recent = sorted((c for c in range(n) if c not in protected), reverse=True)[:max(room, 0)]
+        recent = sorted((c for c in range(n) if c not in protected), reverse=True)[: max(room, 0)]
         context = tuple(sorted(protected | set(recent)))
         pin = cut and policy.shot_sink
-        plans.append(ChunkPlan(n, shot, n * frames_per_chunk + shot * policy.rope_shot_offset, context,
-                               _recache_set(policy, context, protected, switch, cut), cut, switch, pin))
+        plans.append(
+            ChunkPlan(
+                n,
+                shot,
+                n * frames_per_chunk + shot * policy.rope_shot_offset,
+                context,
+                _recache_set(policy, context, protected, switch, cut),
+                cut,
+                switch,
+                pin,
+            )
+        )
         if pin:
             shot_sink = n
     return plans
@@ -189,7 +223,9 @@ class ForwardHandle:
         self.current_chunk = current_chunk
 
     def start_chunk(self, chunk_id: int) -> None:  # pragma: no cover - guarded by current_chunk
-        raise RuntimeError(f"ForwardHandle: forward_chunk tried to start chunk {chunk_id}; the CacheManager starts chunks")
+        raise RuntimeError(
+            f"ForwardHandle: forward_chunk tried to start chunk {chunk_id}; the CacheManager starts chunks"
+        )
 
 
 def _slot_of(cache, chunk: int) -> int:
@@ -207,7 +243,10 @@ def cached_kv(cache, layer: int, chunks) -> tuple[torch.Tensor, torch.Tensor]:
         if not spans:
             empty = cache.k.new_empty((cache.batch_size, 0, cache.num_heads, cache.head_dim))
             return empty, empty
-        return (torch.cat([cache.k[layer][:, s] for s in spans], 1), torch.cat([cache.v[layer][:, s] for s in spans], 1))
+        return (
+            torch.cat([cache.k[layer][:, s] for s in spans], 1),
+            torch.cat([cache.v[layer][:, s] for s in spans], 1),
+        )
     ctx = list(cache.context_chunks())
     missing = [c for c in chunks if c not in ctx]
     if missing:
@@ -216,8 +255,11 @@ def cached_kv(cache, layer: int, chunks) -> tuple[torch.Tensor, torch.Tensor]:
     if chunks == ctx:
         return k, v
     t = cache.chunk_tokens
-    idx = torch.cat([torch.arange(ctx.index(c) * t, (ctx.index(c) + 1) * t, device=k.device) for c in chunks]) \
-        if chunks else torch.empty(0, dtype=torch.long, device=k.device)
+    idx = (
+        torch.cat([torch.arange(ctx.index(c) * t, (ctx.index(c) + 1) * t, device=k.device) for c in chunks])
+        if chunks
+        else torch.empty(0, dtype=torch.long, device=k.device)
+    )
     return k.index_select(1, idx), v.index_select(1, idx)
 
 
@@ -234,8 +276,15 @@ def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str =
         except ImportError:
             fp4_kv_attention = None
         if fp4_kv_attention is not None:
-            return fp4_kv_attention(q, cache, layer, current_k=k, current_v=v, softmax_scale=scale,
-                                    compute=compute if cache.storage == "fp4" else "bf16")
+            return fp4_kv_attention(
+                q,
+                cache,
+                layer,
+                current_k=k,
+                current_v=v,
+                softmax_scale=scale,
+                compute=compute if cache.storage == "fp4" else "bf16",
+            )
     if chunks is None:
         chunks = cache.context_chunks()
     kc, vc = cached_kv(cache, layer, chunks)
@@ -292,12 +341,20 @@ class CacheManager:
         One per chunk begun so far (what actually happened, for inspection and tests).
     """
 
-    def __init__(self, model, policy: CachePolicy, *, batch_size: int = 1, num_heads: int | None = None, device=None):
+    def __init__(
+        self, model, policy: CachePolicy, *, batch_size: int = 1, num_heads: int | None = None, device=None
+    ):
         self.model, self.policy = model, policy
         cfg = model.config
         self.frames_per_chunk = cfg.ar.chunk_frames // cfg.patch_size[0]
-        self.cache = model.make_kv_cache(batch_size, storage=policy.storage, max_chunks=policy.max_chunks,
-                                         sink_chunks=policy.sink_chunks, num_heads=num_heads, device=device)
+        self.cache = model.make_kv_cache(
+            batch_size,
+            storage=policy.storage,
+            max_chunks=policy.max_chunks,
+            sink_chunks=policy.sink_chunks,
+            num_heads=num_heads,
+            device=device,
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -332,12 +389,23 @@ class CacheManager:
             del self.offsets[c]
         offset = n * self.frames_per_chunk + self.shot * self.policy.rope_shot_offset
         self.offsets[n] = offset
-        missing = [c for c in _recache_set(self.policy, context, self.sinks, switch, cut) if c not in self.clean]
+        missing = [
+            c for c in _recache_set(self.policy, context, self.sinks, switch, cut) if c not in self.clean
+        ]
         if missing:
-            raise RuntimeError(f"CacheManager: clean latents of chunks {missing} are gone; call end_chunk() for "
-                               "every chunk")
-        plan = ChunkPlan(n, self.shot, offset, context, _recache_set(self.policy, context, self.sinks, switch, cut),
-                         cut, bool(switch), cut and self.policy.shot_sink)
+            raise RuntimeError(
+                f"CacheManager: clean latents of chunks {missing} are gone; call end_chunk() for every chunk"
+            )
+        plan = ChunkPlan(
+            n,
+            self.shot,
+            offset,
+            context,
+            _recache_set(self.policy, context, self.sinks, switch, cut),
+            cut,
+            bool(switch),
+            cut and self.policy.shot_sink,
+        )
         self.plans.append(plan)
         self.next_chunk = n + 1
         return plan

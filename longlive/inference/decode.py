@@ -29,7 +29,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-__all__ = ["Mp4Writer", "ChunkDecoder", "to_uint8_frames", "DECODE_MODES"]
+__all__ = ["DECODE_MODES", "ChunkDecoder", "Mp4Writer", "to_uint8_frames"]
 
 DECODE_MODES = ("sync", "async")
 _STOP = object()
@@ -68,8 +68,16 @@ class Mp4Writer:
     width must be even (yuv420p).
     """
 
-    def __init__(self, path: str | os.PathLike, *, fps: float, codec: str = "libx264", crf: int = 18,
-                 preset: str = "veryfast", fragmented: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        fps: float,
+        codec: str = "libx264",
+        crf: int = 18,
+        preset: str = "veryfast",
+        fragmented: bool = True,
+    ):
         if not (isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps!r}")
         self.path = os.fspath(path)
@@ -105,9 +113,16 @@ class Mp4Writer:
             raise RuntimeError(f"Mp4Writer({self.path!r}) is closed")
         if isinstance(frames, torch.Tensor):
             frames = frames.numpy()
-        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be uint8 [T, H, W, 3], got {getattr(frames, 'dtype', type(frames))} "
-                             f"{getattr(frames, 'shape', '')}")
+        if (
+            not isinstance(frames, np.ndarray)
+            or frames.dtype != np.uint8
+            or frames.ndim != 4
+            or frames.shape[-1] != 3
+        ):
+            raise ValueError(
+                f"frames must be uint8 [T, H, W, 3], got {getattr(frames, 'dtype', type(frames))} "
+                f"{getattr(frames, 'shape', '')}"
+            )
         if self._container is None:
             self._open(frames.shape[1], frames.shape[2])
         for i, frame in enumerate(frames):
@@ -160,7 +175,9 @@ class ChunkDecoder:
         Wall time inside the decoder (worker time in async mode).
     """
 
-    def __init__(self, vae, *, mode: str = "async", sink: Callable | Mp4Writer | None = None, max_pending: int = 2):
+    def __init__(
+        self, vae, *, mode: str = "async", sink: Callable | Mp4Writer | None = None, max_pending: int = 2
+    ):
         if mode not in DECODE_MODES:
             raise ValueError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
         if not isinstance(max_pending, int) or max_pending < 1:
@@ -184,8 +201,10 @@ class ChunkDecoder:
                 self._stream = torch.cuda.Stream(device=self.device)
             self._decode_q: queue.Queue = queue.Queue(maxsize=max_pending)
             self._sink_q: queue.Queue = queue.Queue(maxsize=max_pending + 1)
-            self._threads = [threading.Thread(target=self._decode_loop, name="longlive-decode", daemon=True),
-                             threading.Thread(target=self._sink_loop, name="longlive-mp4", daemon=True)]
+            self._threads = [
+                threading.Thread(target=self._decode_loop, name="longlive-decode", daemon=True),
+                threading.Thread(target=self._sink_loop, name="longlive-mp4", daemon=True),
+            ]
             for t in self._threads:
                 t.start()
 

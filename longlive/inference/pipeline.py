@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +39,17 @@ from .cache_policy import CacheAttention, CacheManager, CachePolicy, ChunkPlan, 
 from .scheduler import FlowUniPCScheduler, _check_steps
 from .sp import SPCacheAttention, SPGroup, check_sp_size
 
-__all__ = ["Pipeline", "StreamSession", "ChunkOutput", "GenerationResult", "DEMO_DIR", "PRECISIONS",
-           "resolve_length", "peek_config", "read_demo_meta"]
+__all__ = [
+    "DEMO_DIR",
+    "PRECISIONS",
+    "ChunkOutput",
+    "GenerationResult",
+    "Pipeline",
+    "StreamSession",
+    "peek_config",
+    "read_demo_meta",
+    "resolve_length",
+]
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 PRECISIONS = ("bf16", "nvfp4", "w4a16", "fp8")
@@ -50,8 +59,15 @@ DEFAULT_PROMPT = "A red circle moves to the right on a dark background."
 # ---------------------------------------------------------------------------------------------
 # lengths
 # ---------------------------------------------------------------------------------------------
-def resolve_length(*, chunk_latents: int, temporal_stride: int, fps: float, num_chunks: int | None = None,
-                   num_frames: int | None = None, seconds: float | None = None) -> int:
+def resolve_length(
+    *,
+    chunk_latents: int,
+    temporal_stride: int,
+    fps: float,
+    num_chunks: int | None = None,
+    num_frames: int | None = None,
+    seconds: float | None = None,
+) -> int:
     """Number of chunks for exactly one of ``num_chunks``, ``num_frames`` (must be a chunk boundary)
     or ``seconds`` (rounded up to whole chunks).
 
@@ -61,7 +77,11 @@ def resolve_length(*, chunk_latents: int, temporal_stride: int, fps: float, num_
         None or several given, non-positive values, or a frame count that is not a chunk boundary
         (the message names the nearest valid counts).
     """
-    given = [n for n, v in (("num_chunks", num_chunks), ("num_frames", num_frames), ("seconds", seconds)) if v is not None]
+    given = [
+        n
+        for n, v in (("num_chunks", num_chunks), ("num_frames", num_frames), ("seconds", seconds))
+        if v is not None
+    ]
     if len(given) != 1:
         raise ValueError(f"give exactly one of num_chunks, num_frames or seconds, got {given or 'none'}")
     first, later = chunk_frame_counts(chunk_latents, temporal_stride)
@@ -78,9 +98,15 @@ def resolve_length(*, chunk_latents: int, temporal_stride: int, fps: float, num_
         lo = num_frames_for_chunks(max(1, k - 1), first_chunk_frames=first, chunk_frames=later)
         hi = num_frames_for_chunks(k, first_chunk_frames=first, chunk_frames=later)
         lo = lo if lo < num_frames else None
-        raise ValueError(f"num_frames={num_frames} is not a whole number of chunks (first chunk {first} frames, "
-                         f"then {later} per chunk); nearest valid: {', '.join(str(v) for v in (lo, hi) if v)}")
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(
+            f"num_frames={num_frames} is not a whole number of chunks (first chunk {first} frames, "
+            f"then {later} per chunk); nearest valid: {', '.join(str(v) for v in (lo, hi) if v)}"
+        )
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not (seconds > 0 and math.isfinite(seconds))
+    ):
         raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
     frames = max(1, round(seconds * fps))
     return 1 if frames <= first else 1 + math.ceil((frames - first) / later)
@@ -154,9 +180,20 @@ class StreamSession:
     Call :meth:`next_chunk` with each chunk's prompt; it returns the chunk's clean latents.
     """
 
-    def __init__(self, pipe: Pipeline, *, steps: int = 4, seed: int = 0, guidance_scale: float = 1.0,
-                 negative_prompt: str | None = None, policy: CachePolicy | None = None, shift: float = 5.0):
-        if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+    def __init__(
+        self,
+        pipe: Pipeline,
+        *,
+        steps: int = 4,
+        seed: int = 0,
+        guidance_scale: float = 1.0,
+        negative_prompt: str | None = None,
+        policy: CachePolicy | None = None,
+        shift: float = 5.0,
+    ):
+        if not (
+            isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0
+        ):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         self.pipe = pipe
         self.model = pipe.model
@@ -169,10 +206,15 @@ class StreamSession:
         cfg = self.model.config
         self.device = self.model.device
         self.num_heads = cfg.num_heads // p
-        self.cache = CacheManager(self.model, self.policy, batch_size=2 if self.cfg else 1, num_heads=self.num_heads)
+        self.cache = CacheManager(
+            self.model, self.policy, batch_size=2 if self.cfg else 1, num_heads=self.num_heads
+        )
         self._attn = CacheAttention(self.cache.cache, compute=pipe.attention_compute)
-        self._sp_attn = None if self.sp is None else SPCacheAttention(self.sp, self.cache.cache,
-                                                                      compute=pipe.attention_compute)
+        self._sp_attn = (
+            None
+            if self.sp is None
+            else SPCacheAttention(self.sp, self.cache.cache, compute=pipe.attention_compute)
+        )
         h, w = cfg.latent_size
         self.chunk_shape = (1, cfg.in_channels, cfg.ar.chunk_frames, h, w)
         self.local_tokens = self.cache.cache.chunk_tokens // p
@@ -197,8 +239,15 @@ class StreamSession:
         ctx = self._prompt[1]
         return torch.cat([ctx, self.negative], 0) if self.cfg else ctx
 
-    def _forward(self, x: torch.Tensor, t: float, ctx: torch.Tensor, plan: ChunkPlan, chunk: int | None = None,
-                 offset: int | None = None) -> torch.Tensor:
+    def _forward(
+        self,
+        x: torch.Tensor,
+        t: float,
+        ctx: torch.Tensor,
+        plan: ChunkPlan,
+        chunk: int | None = None,
+        offset: int | None = None,
+    ) -> torch.Tensor:
         """Flow prediction for this rank's frames ``x`` [1, C, F/P, H, W] at timestep ``t``."""
         xin = torch.cat([x, x], 0) if self.cfg else x
         tt = torch.full((xin.shape[0],), float(t), device=self.device)
@@ -207,14 +256,21 @@ class StreamSession:
         cache = self.cache.cache
         if self.sp is not None:
             offset += self.sp.rank * self.local_frames
-            attn = self._sp_attn if chunk is None else SPCacheAttention(
-                self.sp, cache, chunk=chunk, context=plan.context, compute=self.pipe.attention_compute)
+            attn = (
+                self._sp_attn
+                if chunk is None
+                else SPCacheAttention(
+                    self.sp, cache, chunk=chunk, context=plan.context, compute=self.pipe.attention_compute
+                )
+            )
             handle = ForwardHandle(self.local_tokens, cid)
         elif chunk is not None:
             attn, handle = self.cache.recache_attention(chunk, plan), ForwardHandle(self.local_tokens, cid)
         else:
             attn, handle = self._attn, cache
-        v = self.model.forward_chunk(xin, tt, ctx, cache=handle, chunk_id=cid, frame_offset=offset, attention=attn)
+        v = self.model.forward_chunk(
+            xin, tt, ctx, cache=handle, chunk_id=cid, frame_offset=offset, attention=attn
+        )
         if self.cfg:
             v_c, v_u = v.float().chunk(2)
             return v_u + self.guidance_scale * (v_c - v_u)
@@ -258,7 +314,9 @@ class StreamSession:
         plan = self.cache.begin_chunk(scene_cut=cut, switch=switch)
         for c in plan.recache:  # v1 KV re-cache: refresh the window's K/V with the new prompt
             self._forward(self.cache.clean[c], 0.0, ctx, plan, chunk=c, offset=self.cache.offsets[c])
-        noise = torch.randn(self.chunk_shape, generator=self.generator, device=self.device, dtype=torch.float32)
+        noise = torch.randn(
+            self.chunk_shape, generator=self.generator, device=self.device, dtype=torch.float32
+        )
         x = self.sp.local(noise) if self.sp is not None else noise
         sched = self.scheduler
         sched.reset()
@@ -292,7 +350,9 @@ def _resolve_config(config) -> ModelConfig | None:
     if config is None or isinstance(config, ModelConfig):
         return config
     if not isinstance(config, (str, os.PathLike)):
-        raise TypeError(f"config must be a preset name, a YAML path or a ModelConfig, got {type(config).__name__}")
+        raise TypeError(
+            f"config must be a preset name, a YAML path or a ModelConfig, got {type(config).__name__}"
+        )
     text = os.fspath(config)
     if os.path.exists(text):
         return ModelConfig.from_yaml(text)
@@ -343,16 +403,31 @@ class Pipeline:
     >>> c = s.next_chunk("A cat sleeps.", scene_cut=True) # new shot
     """
 
-    def __init__(self, model, vae, text_encoder, *, policy: CachePolicy | None = None, fps: float | None = None,
-                 sp: SPGroup | None = None, attention_compute: str = "bf16", default_prompt: str = DEFAULT_PROMPT,
-                 compile: bool = False, vae_channels_last: bool = True):
+    def __init__(
+        self,
+        model,
+        vae,
+        text_encoder,
+        *,
+        policy: CachePolicy | None = None,
+        fps: float | None = None,
+        sp: SPGroup | None = None,
+        attention_compute: str = "bf16",
+        default_prompt: str = DEFAULT_PROMPT,
+        compile: bool = False,
+        vae_channels_last: bool = True,
+    ):
         cfg = model.config
         if vae.latent_channels != cfg.in_channels:
-            raise ValueError(f"the VAE has {vae.latent_channels} latent channels, config {cfg.name!r} expects "
-                             f"in_channels={cfg.in_channels}")
+            raise ValueError(
+                f"the VAE has {vae.latent_channels} latent channels, config {cfg.name!r} expects "
+                f"in_channels={cfg.in_channels}"
+            )
         if getattr(text_encoder, "dim", cfg.text_dim) != cfg.text_dim:
-            raise ValueError(f"the text encoder is {text_encoder.dim} wide, config {cfg.name!r} expects "
-                             f"text_dim={cfg.text_dim}")
+            raise ValueError(
+                f"the text encoder is {text_encoder.dim} wide, config {cfg.name!r} expects "
+                f"text_dim={cfg.text_dim}"
+            )
         if attention_compute not in ("bf16", "fp8"):
             raise ValueError(f"attention_compute must be 'bf16' or 'fp8', got {attention_compute!r}")
         if sp is not None:
@@ -378,14 +453,30 @@ class Pipeline:
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, checkpoint: str | os.PathLike | None = None, *, config=None, precision: str = "bf16",
-                        kv_cache: str | None = None, device=None, dtype: torch.dtype | None = None,
-                        vae: str | os.PathLike | None = None, vae_device=None, vae_dtype: torch.dtype | None = None,
-                        text_encoder: str | os.PathLike | None = None, random_weights: bool = False, seed: int = 0,
-                        sp: SPGroup | None = None, ops: str = "kernels", fps: float | None = None,
-                        policy: CachePolicy | None = None, attention_compute: str = "bf16",
-                        vae_options: dict | None = None, default_prompt: str = DEFAULT_PROMPT,
-                        compile: bool = False) -> Pipeline:
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        *,
+        config=None,
+        precision: str = "bf16",
+        kv_cache: str | None = None,
+        device=None,
+        dtype: torch.dtype | None = None,
+        vae: str | os.PathLike | None = None,
+        vae_device=None,
+        vae_dtype: torch.dtype | None = None,
+        text_encoder: str | os.PathLike | None = None,
+        random_weights: bool = False,
+        seed: int = 0,
+        sp: SPGroup | None = None,
+        ops: str = "kernels",
+        fps: float | None = None,
+        policy: CachePolicy | None = None,
+        attention_compute: str = "bf16",
+        vae_options: dict | None = None,
+        default_prompt: str = DEFAULT_PROMPT,
+        compile: bool = False,
+    ) -> Pipeline:
         """Build a pipeline from a checkpoint (or random weights for smoke tests and benchmarks).
 
         Parameters
@@ -431,15 +522,19 @@ class Pipeline:
         vdev = _default_device(vae_device) if vae_device is not None else dev
         dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
         if checkpoint is None and not random_weights:
-            raise ValueError("no checkpoint given: pass checkpoint=PATH (--checkpoint), or random_weights=True "
-                             "(--random-weights) for a smoke test with random weights")
+            raise ValueError(
+                "no checkpoint given: pass checkpoint=PATH (--checkpoint), or random_weights=True "
+                "(--random-weights) for a smoke test with random weights"
+            )
         if checkpoint is not None and not os.path.exists(checkpoint):
             raise FileNotFoundError(f"checkpoint {os.fspath(checkpoint)!r} does not exist")
         if random_weights and cfg is None:
             raise ValueError("random_weights needs a config (--config tiny | wan2.2-ti2v-5b | FILE.yaml)")
         if checkpoint is not None and cfg is None:
             cfg = peek_config(checkpoint)
-        if cfg is None:  # an official checkpoint without our metadata: the DiT's shapes decide (CPU work only)
+        if (
+            cfg is None
+        ):  # an official checkpoint without our metadata: the DiT's shapes decide (CPU work only)
             model = load_pretrained(checkpoint, None, device=dev, dtype=dtype, mode=precision, ops=ops)
             cfg = model.config
         else:
@@ -450,7 +545,11 @@ class Pipeline:
         if kv_cache is not None and pol.storage != kv_cache:
             pol = pol.replace(storage=kv_cache)
         _check_kv_storage(pol.storage, None, ops=ops)
-        ckpt_dir = None if checkpoint is None else (Path(checkpoint) if os.path.isdir(checkpoint) else Path(checkpoint).parent)
+        ckpt_dir = (
+            None
+            if checkpoint is None
+            else (Path(checkpoint) if os.path.isdir(checkpoint) else Path(checkpoint).parent)
+        )
         text_spec = _text_encoder_spec(cfg, text_encoder, ckpt_dir, random_weights)
         vae_path = _vae_path(cfg, vae, ckpt_dir, random_weights)
         if model is None and checkpoint is not None:  # raises CheckpointMismatchError before touching the GPU
@@ -462,8 +561,17 @@ class Pipeline:
             model.quantize_(precision)
         text = _build_text_encoder(cfg, text_spec, dev)
         vae_model = _build_vae(cfg, vae_path, vdev, vae_dtype or dtype, vae_options or {})
-        return cls(model.eval(), vae_model, text, policy=pol, fps=fps, sp=sp, attention_compute=attention_compute,
-                   default_prompt=default_prompt, compile=compile)
+        return cls(
+            model.eval(),
+            vae_model,
+            text,
+            policy=pol,
+            fps=fps,
+            sp=sp,
+            attention_compute=attention_compute,
+            default_prompt=default_prompt,
+            compile=compile,
+        )
 
     @classmethod
     def demo(cls, **kwargs) -> Pipeline:
@@ -479,10 +587,15 @@ class Pipeline:
             raise FileNotFoundError(
                 f"the bundled demo weights are not installed ({weights} is missing). Train them with "
                 "`longlive train --demo` or pass --checkpoint PATH; `longlive generate --random-weights "
-                "--config tiny` runs the same pipeline with random weights (a smoke test, the video is noise)")
+                "--config tiny` runs the same pipeline with random weights (a smoke test, the video is noise)"
+            )
         meta = read_demo_meta()
-        for key, meta_key in (("fps", "fps"), ("vae_options", "vae"), ("default_prompt", "prompt"),
-                              ("text_encoder", "text_encoder")):
+        for key, meta_key in (
+            ("fps", "fps"),
+            ("vae_options", "vae"),
+            ("default_prompt", "prompt"),
+            ("text_encoder", "text_encoder"),
+        ):
             if kwargs.get(key) is None and meta.get(meta_key) is not None:
                 kwargs[key] = meta[meta_key]
         return cls.from_pretrained(weights, **kwargs)
@@ -525,12 +638,28 @@ class Pipeline:
 
     def num_chunks(self, *, num_chunks=None, num_frames=None, seconds=None) -> int:
         """Chunks for a requested length (see :func:`resolve_length`)."""
-        return resolve_length(chunk_latents=self.model.config.ar.chunk_frames, temporal_stride=self.vae.temporal_stride,
-                              fps=self.fps, num_chunks=num_chunks, num_frames=num_frames, seconds=seconds)
+        return resolve_length(
+            chunk_latents=self.model.config.ar.chunk_frames,
+            temporal_stride=self.vae.temporal_stride,
+            fps=self.fps,
+            num_chunks=num_chunks,
+            num_frames=num_frames,
+            seconds=seconds,
+        )
 
-    def generate(self, prompts=None, *, num_chunks: int | None = None, num_frames: int | None = None,
-                 seconds: float | None = None, out: str | os.PathLike | None = "longlive.mp4", decode: str = "async",
-                 progress: bool = True, on_chunk=None, **session_kwargs) -> GenerationResult:
+    def generate(
+        self,
+        prompts=None,
+        *,
+        num_chunks: int | None = None,
+        num_frames: int | None = None,
+        seconds: float | None = None,
+        out: str | os.PathLike | None = "longlive.mp4",
+        decode: str = "async",
+        progress: bool = True,
+        on_chunk=None,
+        **session_kwargs,
+    ) -> GenerationResult:
         """Generate a video and write it to ``out`` as it is produced.
 
         Parameters
@@ -568,7 +697,9 @@ class Pipeline:
         if callable(prompts):
             source = prompts
         else:
-            source = self.schedule(prompts if prompts is not None else self.default_prompt, n_chunks).__getitem__
+            source = self.schedule(
+                prompts if prompts is not None else self.default_prompt, n_chunks
+            ).__getitem__
         main = self.sp is None or self.sp.is_main
         result = GenerationResult(out=os.fspath(out) if out is not None else None, num_chunks=n_chunks)
         session = self.session(**session_kwargs)
@@ -596,8 +727,11 @@ class Pipeline:
                     on_chunk(chunk)
                 wall = time.perf_counter() - t_start
                 written = decoder.frames_decoded if decoder is not None else 0
-                bar.set_postfix_str(f"dit {result.dit_fps(1 if result.chunks_done > 1 else 0):.1f} fps, "
-                                    f"e2e {written / wall:.1f} fps, shot {chunk.plan.shot}", refresh=False)
+                bar.set_postfix_str(
+                    f"dit {result.dit_fps(1 if result.chunks_done > 1 else 0):.1f} fps, "
+                    f"e2e {written / wall:.1f} fps, shot {chunk.plan.shot}",
+                    refresh=False,
+                )
                 bar.update(1)
         except KeyboardInterrupt:
             result.interrupted = True
@@ -648,8 +782,11 @@ def _fp4_cache_available() -> bool:
 def _check_kv_storage(storage: str, model, *, ops: str | None = None) -> None:
     ops = ops or getattr(model, "ops", "kernels")
     if storage == "fp4" and (ops != "kernels" or not _fp4_cache_available()):
-        why = "ops='torch' uses the plain-torch BF16 cache" if ops != "kernels" else \
-            "longlive_kernels.attention.FP4KVCache is not available in this install"
+        why = (
+            "ops='torch' uses the plain-torch BF16 cache"
+            if ops != "kernels"
+            else "longlive_kernels.attention.FP4KVCache is not available in this install"
+        )
         raise ValueError(f"kv_cache='fp4' is not possible: {why}; use kv_cache='bf16' (--kv-cache bf16)")
 
 
@@ -680,7 +817,9 @@ def read_demo_meta() -> dict:
     with open(path, encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping (fps, prompt, vae, text_encoder), got {type(data).__name__}")
+        raise TypeError(
+            f"{path}: expected a mapping (fps, prompt, vae, text_encoder), got {type(data).__name__}"
+        )
     return data
 
 
@@ -699,8 +838,10 @@ def _text_encoder_spec(cfg: ModelConfig, name, ckpt_dir: Path | None, random_wei
         return ckpt_dir
     if random_weights:
         return ("hash", cfg.text_dim)
-    raise ValueError(f"config {cfg.name!r} uses umT5-XXL: pass its local directory with --text-encoder PATH "
-                     f"(or put {WAN_T5_CHECKPOINT} next to the checkpoint)")
+    raise ValueError(
+        f"config {cfg.name!r} uses umT5-XXL: pass its local directory with --text-encoder PATH "
+        f"(or put {WAN_T5_CHECKPOINT} next to the checkpoint)"
+    )
 
 
 def _build_text_encoder(cfg: ModelConfig, spec, device):
@@ -710,8 +851,10 @@ def _build_text_encoder(cfg: ModelConfig, spec, device):
         return HashTextEncoder(spec[1], cfg.text_len, device=device)
     enc = load_text_encoder(spec, max_length=cfg.text_len, device=device)
     if enc.dim != cfg.text_dim:
-        raise ValueError(f"text encoder {os.fspath(spec)!r} is {enc.dim} wide, config {cfg.name!r} expects "
-                         f"text_dim={cfg.text_dim}")
+        raise ValueError(
+            f"text encoder {os.fspath(spec)!r} is {enc.dim} wide, config {cfg.name!r} expects "
+            f"text_dim={cfg.text_dim}"
+        )
     return enc
 
 
@@ -746,6 +889,8 @@ def _build_vae(cfg: ModelConfig, path, device, dtype, options: dict):
         with torch.device(device), _default_dtype(dtype):
             vae = load_vae("wan2.2", **options)
     if vae.latent_channels != cfg.in_channels or vae.spatial_stride != cfg.vae_stride[1]:
-        raise ValueError(f"VAE ({vae.latent_channels} channels, stride {vae.spatial_stride}) does not fit config "
-                         f"{cfg.name!r} (in_channels={cfg.in_channels}, vae_stride={cfg.vae_stride})")
+        raise ValueError(
+            f"VAE ({vae.latent_channels} channels, stride {vae.spatial_stride}) does not fit config "
+            f"{cfg.name!r} (in_channels={cfg.in_channels}, vae_stride={cfg.vae_stride})"
+        )
     return vae.eval().requires_grad_(False)

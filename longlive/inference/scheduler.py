@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FlowUniPCScheduler", "unipc_sigmas", "unipc_timesteps", "MAX_STEPS"]
+__all__ = ["MAX_STEPS", "FlowUniPCScheduler", "unipc_sigmas", "unipc_timesteps"]
 
 MAX_STEPS = 8
 NUM_TRAIN_TIMESTEPS = 1000
@@ -38,15 +38,21 @@ SIGMA_MAX = 0.999  # 1 − 1/num_train_timesteps: the first entry of the 1000-en
 
 def _check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be an int in [1, {MAX_STEPS}] (4 default, 2-3 for few-step checkpoints), "
-                         f"got {steps!r}")
+        raise ValueError(
+            f"steps must be an int in [1, {MAX_STEPS}] (4 default, 2-3 for few-step checkpoints), "
+            f"got {steps!r}"
+        )
     return steps
 
 
 def _shifted(steps: int, shift: float) -> list[float]:
     """float64 σ'_k of the reference's numpy code (before its float32 cast)."""
     steps = _check_steps(steps)
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not (shift > 0 and math.isfinite(shift)):
+    if (
+        isinstance(shift, bool)
+        or not isinstance(shift, (int, float))
+        or not (shift > 0 and math.isfinite(shift))
+    ):
         raise ValueError(f"shift must be a positive finite number, got {shift!r}")
     sigma_max = float(torch.tensor(SIGMA_MAX, dtype=torch.float32))  # read from a float32 table
     out = []
@@ -222,8 +228,10 @@ class FlowUniPCScheduler:
         """
         k = self.step_index
         if k >= self.steps:
-            raise RuntimeError(f"FlowUniPCScheduler.step called {k + 1} times for a {self.steps}-step schedule; "
-                               "call reset() to start a new chunk")
+            raise RuntimeError(
+                f"FlowUniPCScheduler.step called {k + 1} times for a {self.steps}-step schedule; "
+                "call reset() to start a new chunk"
+            )
         if flow.shape != sample.shape:
             raise ValueError(f"flow {tuple(flow.shape)} and sample {tuple(sample.shape)} must have one shape")
         m_t = self.flow_to_x0(flow, sample)

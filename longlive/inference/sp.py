@@ -31,7 +31,7 @@ from longlive.model.attention import AttentionBackend
 
 from .cache_policy import attend_with_cache
 
-__all__ = ["SPGroup", "check_sp_size", "init_from_env", "SPCacheAttention", "KV_COMMS"]
+__all__ = ["KV_COMMS", "SPCacheAttention", "SPGroup", "check_sp_size", "init_from_env"]
 
 KV_COMMS = ("bf16", "nvfp4", "fp8")
 
@@ -47,10 +47,15 @@ def check_sp_size(config, world_size: int) -> None:
     if frames % world_size:
         bad.append(f"{frames} latent frames per chunk")
     if bad:
-        ok = [p for p in range(1, max(config.num_heads, frames) + 1)
-              if config.num_heads % p == 0 and frames % p == 0]
-        raise ValueError(f"sequence-parallel size {world_size} does not divide the {' and the '.join(bad)} of config "
-                         f"{config.name!r}; valid sizes: {ok}")
+        ok = [
+            p
+            for p in range(1, max(config.num_heads, frames) + 1)
+            if config.num_heads % p == 0 and frames % p == 0
+        ]
+        raise ValueError(
+            f"sequence-parallel size {world_size} does not divide the {' and the '.join(bad)} of config "
+            f"{config.name!r}; valid sizes: {ok}"
+        )
 
 
 @dataclass
@@ -104,7 +109,9 @@ class SPGroup:
             dist.barrier(group=self.group)
 
 
-def init_from_env(*, device: str | None = None, timeout_s: float = 600.0) -> tuple[SPGroup | None, torch.device | None]:
+def init_from_env(
+    *, device: str | None = None, timeout_s: float = 600.0
+) -> tuple[SPGroup | None, torch.device | None]:
     """Initialise the default process group from torchrun's environment (``WORLD_SIZE`` > 1).
 
     Returns ``(SPGroup, device)`` with NCCL and ``cuda:LOCAL_RANK`` when CUDA is available, gloo and
@@ -122,8 +129,11 @@ def init_from_env(*, device: str | None = None, timeout_s: float = 600.0) -> tup
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
-                                **({"device_id": dev} if use_cuda else {}))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(seconds=timeout_s),
+            **({"device_id": dev} if use_cuda else {}),
+        )
     return SPGroup(), dev
 
 
@@ -143,11 +153,20 @@ class SPCacheAttention(AttentionBackend):
         self.sp, self.cache, self.chunk, self.compute = sp, cache, chunk, compute
         self.context = None if context is None else [c for c in context if chunk is None or c < chunk]
         quantized = sp.kv_comm != "bf16"
-        to_cache = quantized and sp.kv_comm == "nvfp4" and getattr(cache, "storage", "bf16") == "fp4" \
+        to_cache = (
+            quantized
+            and sp.kv_comm == "nvfp4"
+            and getattr(cache, "storage", "bf16") == "fp4"
             and hasattr(cache, "update_quantized")
+        )
         self._packed = to_cache
-        self.ulysses = UlyssesAttention(self._attend, sp.group, kv_format=sp.kv_comm if quantized else None,
-                                        kv_output="nvfp4" if to_cache else "dequantized", check_ranks="never")
+        self.ulysses = UlyssesAttention(
+            self._attend,
+            sp.group,
+            kv_format=sp.kv_comm if quantized else None,
+            kv_output="nvfp4" if to_cache else "dequantized",
+            check_ranks="never",
+        )
 
     def _attend(self, q, k, v, *, layer):
         cache = self.cache

@@ -10,10 +10,26 @@ from longlive.config import ModelConfig
 from longlive.inference import CachePolicy, Pipeline
 from longlive.model import CausalDiT, HashTextEncoder, PatchVAE
 
-MICRO = dict(name="micro", dim=128, num_heads=2, ffn_dim=256, num_layers=2, in_channels=48, out_channels=48,
-             latent_size=(4, 4), vae_stride=(1, 4, 4), text_dim=64, text_len=8,
-             ar={"chunk_frames": 2, "max_chunks": 4, "sink_chunks": 1, "multi_shot_rope_offset": 4,
-                 "kv_storage": "bf16"})
+MICRO = {
+    "name": "micro",
+    "dim": 128,
+    "num_heads": 2,
+    "ffn_dim": 256,
+    "num_layers": 2,
+    "in_channels": 48,
+    "out_channels": 48,
+    "latent_size": (4, 4),
+    "vae_stride": (1, 4, 4),
+    "text_dim": 64,
+    "text_len": 8,
+    "ar": {
+        "chunk_frames": 2,
+        "max_chunks": 4,
+        "sink_chunks": 1,
+        "multi_shot_rope_offset": 4,
+        "kv_storage": "bf16",
+    },
+}
 
 
 def micro_config(**changes) -> ModelConfig:
@@ -31,11 +47,24 @@ def micro_model(cfg: ModelConfig | None = None, *, seed: int = 0, ops: str = "ke
     return m
 
 
-def micro_pipeline(*, seed: int = 0, policy: CachePolicy | None = None, ops: str = "kernels", device="cpu",
-                   dtype=torch.float32, cfg: ModelConfig | None = None, **kwargs) -> Pipeline:
+def micro_pipeline(
+    *,
+    seed: int = 0,
+    policy: CachePolicy | None = None,
+    ops: str = "kernels",
+    device="cpu",
+    dtype=torch.float32,
+    cfg: ModelConfig | None = None,
+    **kwargs,
+) -> Pipeline:
     model = micro_model(cfg, seed=seed, ops=ops).to(device=device, dtype=dtype)
-    return Pipeline(model, PatchVAE(4, clamp=True).to(device), HashTextEncoder(64, 8, device=device),
-                    policy=policy, **kwargs)
+    return Pipeline(
+        model,
+        PatchVAE(4, clamp=True).to(device),
+        HashTextEncoder(64, 8, device=device),
+        policy=policy,
+        **kwargs,
+    )
 
 
 def micro_yaml(path) -> str:

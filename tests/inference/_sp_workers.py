@@ -12,7 +12,12 @@ def sp_stream(rank, world, prompts, storage, kv_comm, ops, steps, seed, device="
 
     torch.set_num_threads(1)
     dev = f"cuda:{rank}" if device == "cuda" else device
-    pipe = micro_pipeline(policy=CachePolicy(storage=storage), sp=SPGroup(kv_comm=kv_comm), ops=ops, device=dev,
-                          dtype=dtype or torch.float32)
+    pipe = micro_pipeline(
+        policy=CachePolicy(storage=storage),
+        sp=SPGroup(kv_comm=kv_comm),
+        ops=ops,
+        device=dev,
+        dtype=dtype or torch.float32,
+    )
     out = [c.latents for c in pipe.stream(prompts, num_chunks=len(prompts), steps=steps, seed=seed)]
     return torch.stack(out).cpu()

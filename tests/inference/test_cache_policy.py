@@ -59,7 +59,14 @@ def test_runtime_equals_plain_python_model_50_chunks(ops, pi):
 def test_steady_state_and_shots_by_hand():
     pol = CachePolicy(storage="bf16", rope_shot_offset=8)
     F = 8
-    flags = [(False, False)] * 5 + [(True, True)] + [(False, False)] * 3 + [(False, True)] + [(True, True)] + [(False, False)]
+    flags = (
+        [(False, False)] * 5
+        + [(True, True)]
+        + [(False, False)] * 3
+        + [(False, True)]
+        + [(True, True)]
+        + [(False, False)]
+    )
     plans = plan_chunks(pol, flags, frames_per_chunk=F)
     assert [p.context for p in plans[:5]] == [(), (0,), (0, 1), (0, 1, 2), (0, 2, 3)]  # [sink | n-2, n-1]
     cut = plans[5]
@@ -92,23 +99,35 @@ def test_chunk_prompt_flags_accepted():
 def test_from_config():
     cfg = micro_config()
     p = CachePolicy.from_config(cfg)
-    assert (p.max_chunks, p.sink_chunks, p.rope_shot_offset, p.storage, p.shot_sink) == (4, 1, 4, "bf16", True)
+    assert (p.max_chunks, p.sink_chunks, p.rope_shot_offset, p.storage, p.shot_sink) == (
+        4,
+        1,
+        4,
+        "bf16",
+        True,
+    )
     assert CachePolicy.from_config(cfg, storage="fp4").storage == "fp4"
-    five = CachePolicy.from_config(__import__("longlive.config", fromlist=["x"]).ModelConfig.from_name("wan2.2-ti2v-5b"))
+    five = CachePolicy.from_config(
+        __import__("longlive.config", fromlist=["x"]).ModelConfig.from_name("wan2.2-ti2v-5b")
+    )
     assert (five.max_chunks, five.sink_chunks, five.rope_shot_offset, five.storage) == (4, 1, 8, "fp4")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_chunks=1), "max_chunks must be >= 2"),
-    (dict(sink_chunks=4), r"sink_chunks must be in \[0, max_chunks=4\)"),
-    (dict(max_chunks=3, sink_chunks=2), "shot sink needs sink_chunks \\+ 2 <= max_chunks"),
-    (dict(rope_shot_offset=-1), "rope_shot_offset must be >= 0"),
-    (dict(storage="fp8"), "storage must be 'fp4' or 'bf16'"),
-    (dict(max_chunks=2.5), "max_chunks must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_chunks": 1}, "max_chunks must be >= 2"),
+        ({"sink_chunks": 4}, r"sink_chunks must be in \[0, max_chunks=4\)"),
+        ({"max_chunks": 3, "sink_chunks": 2}, "shot sink needs sink_chunks \\+ 2 <= max_chunks"),
+        ({"rope_shot_offset": -1}, "rope_shot_offset must be >= 0"),
+        ({"storage": "fp8"}, "storage must be 'fp4' or 'bf16'"),
+    ],
+)
 def test_policy_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CachePolicy(**kwargs)
+    with pytest.raises(TypeError, match="max_chunks must be an int"):
+        CachePolicy(max_chunks=2.5)
 
 
 def test_manager_needs_end_chunk_for_recache():
@@ -121,5 +140,5 @@ def test_manager_needs_end_chunk_for_recache():
 
 def test_plan_is_frozen():
     p = ChunkPlan(0, 0, 0, ())
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         p.chunk = 1

@@ -43,25 +43,33 @@ def test_generate_runs_and_writes_mp4(tmp_path, micro, capsys):
 
 def test_generate_prompt_schedule_file(tmp_path, micro, capsys):
     sched = tmp_path / "p.yaml"
-    sched.write_text("- chunk: 0\n  prompt: a red circle\n- chunk: 2\n  prompt: a red circle moves up\n"
-                     "- second: 0.75\n  prompt: two blue squares\n  scene_cut: true\n")
+    sched.write_text(
+        "- chunk: 0\n  prompt: a red circle\n- chunk: 2\n  prompt: a red circle moves up\n"
+        "- second: 0.75\n  prompt: two blue squares\n  scene_cut: true\n"
+    )
     out = tmp_path / "v.mp4"
-    assert main(RUN + ["--config", micro, "--prompts", str(sched), "--seconds", "1.0", "--out", str(out), "-v"]) == 0
+    assert (
+        main(RUN + ["--config", micro, "--prompts", str(sched), "--seconds", "1.0", "--out", str(out), "-v"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "chunk 3/4 done: shot 0" in text and "re-cached [1]" in text  # switch at chunk 2: window chunk 1
     assert "chunk 4/4 done: shot 1" in text and "scene cut" in text  # 0.75 s at 8 fps = frame 6 = chunk 3
     assert _frames(out) == 8
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["generate", "--steps", "9"], "--steps must be in 1..8"),
-    (RUN + ["--config", "tiny-typo"], "unknown model preset 'tiny-typo'"),
-    (["generate", "--checkpoint", "/nonexistent/ckpt.safetensors"], "does not exist"),
-    (RUN + ["--checkpoint", "x"], "--checkpoint and --random-weights exclude each other"),
-    (RUN + ["--out", "/nonexistent/dir/v.mp4"], "--out directory '/nonexistent/dir' does not exist"),
-    (RUN + ["--seconds", "-2"], "--seconds must be > 0"),
-    (RUN + ["--prompts", "/nonexistent.yaml"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["generate", "--steps", "9"], "--steps must be in 1..8"),
+        (RUN + ["--config", "tiny-typo"], "unknown model preset 'tiny-typo'"),
+        (["generate", "--checkpoint", "/nonexistent/ckpt.safetensors"], "does not exist"),
+        (RUN + ["--checkpoint", "x"], "--checkpoint and --random-weights exclude each other"),
+        (RUN + ["--out", "/nonexistent/dir/v.mp4"], "--out directory '/nonexistent/dir' does not exist"),
+        (RUN + ["--seconds", "-2"], "--seconds must be > 0"),
+        (RUN + ["--prompts", "/nonexistent.yaml"], "does not exist"),
+    ],
+)
 def test_cli_argument_errors(capsys, argv, match):
     assert match in _err(capsys, argv)
 
@@ -74,7 +82,9 @@ def test_impossible_frame_count(micro, capsys):
 def test_bad_prompt_file_names_the_line(tmp_path, micro, capsys):
     bad = tmp_path / "p.yaml"
     bad.write_text("- chunk: 0\n  prompt: ok\n- chunk: 1\n  promt: typo\n")
-    assert f"{bad}:3: unknown key(s) ['promt']" in _err(capsys, RUN + ["--config", micro, "--prompts", str(bad)])
+    assert f"{bad}:3: unknown key(s) ['promt']" in _err(
+        capsys, RUN + ["--config", micro, "--prompts", str(bad)]
+    )
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"chunk": 0, "prompt": "a"}\n{"chunk": 1, "prompt": }\n')
     assert f"{jl}:2: invalid JSON" in _err(capsys, RUN + ["--config", micro, "--prompts", str(jl)])
@@ -87,7 +97,10 @@ def test_bad_prompt_file_names_the_line(tmp_path, micro, capsys):
 def test_sp_size_error_before_any_work(micro, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     err = _err(capsys, RUN + ["--config", micro])
-    assert "sequence-parallel size 3 does not divide the 2 attention heads" in err and "valid sizes: [1, 2]" in err
+    assert (
+        "sequence-parallel size 3 does not divide the 2 attention heads" in err
+        and "valid sizes: [1, 2]" in err
+    )
 
 
 def test_checkpoint_of_another_architecture(tmp_path, capsys):
@@ -95,7 +108,9 @@ def test_checkpoint_of_another_architecture(tmp_path, capsys):
 
     ck = tmp_path / "micro.safetensors"
     save_checkpoint(micro_model(), ck)
-    err = _err(capsys, ["generate", "--checkpoint", str(ck), "--config", "tiny", "--text-encoder", "hash", "-q"])
+    err = _err(
+        capsys, ["generate", "--checkpoint", str(ck), "--config", "tiny", "--text-encoder", "hash", "-q"]
+    )
     assert "does not match the model" in err and "dim=128 (expected 384)" in err
 
 
@@ -113,16 +128,24 @@ def test_train_and_bench_delegate(monkeypatch, capsys):
     assert main(["bench", "e2e", "--chunks", "3"]) == 0 and seen["argv"] == ["e2e", "--chunks", "3"]
     monkeypatch.setitem(sys.modules, "longlive.train.cli", None)  # import of a missing module
     assert main(["train", "--help"]) == 2
-    assert "longlive train: not available in this install (longlive.train.cli is missing)" in capsys.readouterr().err
+    assert (
+        "longlive train: not available in this install (longlive.train.cli is missing)"
+        in capsys.readouterr().err
+    )
     assert main(["frobnicate"]) == 2 and "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
 def test_ctrl_c_leaves_playable_mp4_of_finished_chunks(tmp_path, micro):
     out = tmp_path / "v.mp4"
-    cmd = [sys.executable, "-m", "longlive.cli"] + RUN + ["--config", micro, "--chunks", "500", "--out", str(out), "-v"]
+    cmd = (
+        [sys.executable, "-m", "longlive.cli"]
+        + RUN
+        + ["--config", micro, "--chunks", "500", "--out", str(out), "-v"]
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=str(tmp_path))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path)
+    )
     lines = []
     try:
         deadline = time.time() + 400
@@ -157,8 +180,9 @@ def test_no_arguments_runs_the_bundled_demo(tmp_path, capsys, monkeypatch):
     demo = tmp_path / "demo"
     demo.mkdir()
     save_checkpoint(micro_model(), demo / "model.safetensors")
-    (demo / "pipeline.yaml").write_text("fps: 8\nprompt: a yellow triangle spins\nvae: {patch: 4}\n"
-                                        "text_encoder: 'hash:64'\n")
+    (demo / "pipeline.yaml").write_text(
+        "fps: 8\nprompt: a yellow triangle spins\nvae: {patch: 4}\ntext_encoder: 'hash:64'\n"
+    )
     monkeypatch.setattr("longlive.inference.pipeline.DEMO_DIR", demo)
     monkeypatch.chdir(tmp_path)
     assert main(["generate"]) == 0

@@ -31,7 +31,9 @@ def test_async_decode_equals_sync_and_whole_clip(vae_kind):
     got = {}
     for mode in ("sync", "async"):
         frames = []
-        dec = ChunkDecoder(vae, mode=mode, sink=lambda i, f: frames.append((i, f.copy())), max_pending=1)
+        dec = ChunkDecoder(
+            vae, mode=mode, sink=lambda i, f, out=frames: out.append((i, f.copy())), max_pending=1
+        )
         for i, z in enumerate(chunks):
             dec.submit(i, z)
         dec.close()
@@ -60,7 +62,9 @@ def test_to_uint8_frames():
 def test_mp4_writer_chunks(tmp_path, fragmented):
     path = tmp_path / "v.mp4"
     yy, xx = np.mgrid[0:16, 0:16]
-    base = np.stack([40 + 8 * yy, 40 + 8 * xx, np.full_like(yy, 128)], -1)[None].astype(np.uint8)  # smooth (yuv420p)
+    base = np.stack([40 + 8 * yy, 40 + 8 * xx, np.full_like(yy, 128)], -1)[None].astype(
+        np.uint8
+    )  # smooth (yuv420p)
     with Mp4Writer(path, fps=8, fragmented=fragmented) as w:
         for k in range(3):
             w.write(np.repeat(base, 5, axis=0) // (k + 1))
@@ -112,7 +116,9 @@ def test_generate_writes_every_chunk_and_stops_cleanly_on_ctrl_c(tmp_path):
             raise KeyboardInterrupt
 
     out2 = tmp_path / "b.mp4"
-    r = pipe.generate("a red circle", num_chunks=20, out=out2, steps=1, progress=False, on_chunk=stop_after_three)
+    r = pipe.generate(
+        "a red circle", num_chunks=20, out=out2, steps=1, progress=False, on_chunk=stop_after_three
+    )
     assert r.interrupted and r.chunks_done == 3 and r.chunks_written == 3 and r.frames_written == 6
     assert _read_mp4(out2).shape[0] == 6
     r = pipe.generate("x", num_chunks=2, out=None, steps=1, progress=False)  # DiT only

@@ -11,9 +11,13 @@ from longlive.data.prompts import SCENE_CUT_PREFIX
 from longlive.inference import CachePolicy, ChunkDecoder, Pipeline
 from longlive.model import WanVAE, WanVAEConfig
 
-from ._helpers import micro_config, micro_pipeline
+from ._helpers import micro_pipeline
 
-PROMPTS = ["a red circle"] * 3 + ["a red circle moves up"] * 2 + [SCENE_CUT_PREFIX + "a blue square", "a blue square"]
+PROMPTS = (
+    ["a red circle"] * 3
+    + ["a red circle moves up"] * 2
+    + [SCENE_CUT_PREFIX + "a blue square", "a blue square"]
+)
 
 
 def _decode_all(vae, chunks, mode):
@@ -93,8 +97,9 @@ def test_nccl_sp2_equals_single_gpu():
 
     ref = micro_pipeline(policy=CachePolicy(storage="bf16"), ops="torch", device="cuda")
     a = torch.stack([c.latents for c in ref.stream(PROMPTS, num_chunks=len(PROMPTS), steps=2, seed=4)]).cpu()
-    outs = run_distributed(sp_stream, 2, backend="nccl", args=(PROMPTS, "bf16", "bf16", "torch", 2, 4, "cuda"),
-                           timeout_s=300)
+    outs = run_distributed(
+        sp_stream, 2, backend="nccl", args=(PROMPTS, "bf16", "bf16", "torch", 2, 4, "cuda"), timeout_s=300
+    )
     for out in outs:
         torch.testing.assert_close(out, a, rtol=1e-3, atol=1e-3)
 

@@ -31,7 +31,9 @@ def test_full_history_stream_equals_teacher_forcing_loop():
     # With a window holding every chunk, chunk n's steps must equal the model's teacher-forcing forward over
     # [clean chunks 0..n-1 ; noisy chunk n] with the §5.2 mask (an independent path: masked SDPA, no cache).
     n_chunks = 4
-    pol = CachePolicy(storage="bf16", max_chunks=n_chunks + 1, sink_chunks=0, shot_sink=False, recache_on_switch=False)
+    pol = CachePolicy(
+        storage="bf16", max_chunks=n_chunks + 1, sink_chunks=0, shot_sink=False, recache_on_switch=False
+    )
     pipe = micro_pipeline(policy=pol, ops=EXACT)
     out = [c.latents for c in pipe.stream("a red circle", num_chunks=n_chunks, steps=STEPS, seed=3)]
 
@@ -49,7 +51,7 @@ def test_full_history_stream_equals_teacher_forcing_loop():
                 noisy = torch.cat([torch.zeros_like(x)] * n + [x], dim=2)
                 t_noisy = torch.full((1, clean.shape[2]), float(t))
                 v = model.forward_teacher_forcing(clean, noisy, t_noisy, ctx, attention_impl="sdpa")
-                x = sched.step(v[:, :, n * cf:(n + 1) * cf], x)
+                x = sched.step(v[:, :, n * cf : (n + 1) * cf], x)
             ref.append(x)
     for n in range(n_chunks):
         torch.testing.assert_close(out[n], ref[n], rtol=1e-4, atol=1e-4, msg=f"chunk {n}")
@@ -84,8 +86,15 @@ def _reference_loop(pipe, raw_prompts, policy, *, seed, steps=STEPS):
     clean, outs = {}, []
 
     def run(x, t, ctx, chunk, context, offset):
-        return model.forward_chunk(x, torch.full((1,), float(t)), ctx, cache=ForwardHandle(tokens, chunk),
-                                   chunk_id=chunk, frame_offset=offset, attention=store.bind(chunk, context))
+        return model.forward_chunk(
+            x,
+            torch.full((1,), float(t)),
+            ctx,
+            cache=ForwardHandle(tokens, chunk),
+            chunk_id=chunk,
+            frame_offset=offset,
+            attention=store.bind(chunk, context),
+        )
 
     with torch.no_grad():
         for n, (p, plan) in enumerate(zip(sched_prompts, plans)):
@@ -102,15 +111,31 @@ def _reference_loop(pipe, raw_prompts, policy, *, seed, steps=STEPS):
     return outs, plans
 
 
-PROMPTS = (["a red circle"] * 4 + ["a red circle moves up"] * 3 + [SCENE_CUT_PREFIX + "two blue squares"]
-           + ["two blue squares"] + ["two blue squares spin"] * 3)
+PROMPTS = (
+    ["a red circle"] * 4
+    + ["a red circle moves up"] * 3
+    + [SCENE_CUT_PREFIX + "two blue squares"]
+    + ["two blue squares"]
+    + ["two blue squares spin"] * 3
+)
 
 
-@pytest.mark.parametrize("policy", [
-    CachePolicy(storage="bf16"),  # sink + window + shot sink + RoPE offset + re-cache
-    CachePolicy(storage="bf16", max_chunks=3, sink_chunks=0, shot_sink=False, rope_shot_offset=0, recache_sinks=True),
-    CachePolicy(storage="bf16", recache_on_switch=False, max_chunks=5, sink_chunks=2),
-], ids=["longlive", "no-sinks", "no-recache"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        CachePolicy(storage="bf16"),  # sink + window + shot sink + RoPE offset + re-cache
+        CachePolicy(
+            storage="bf16",
+            max_chunks=3,
+            sink_chunks=0,
+            shot_sink=False,
+            rope_shot_offset=0,
+            recache_sinks=True,
+        ),
+        CachePolicy(storage="bf16", recache_on_switch=False, max_chunks=5, sink_chunks=2),
+    ],
+    ids=["longlive", "no-sinks", "no-recache"],
+)
 def test_windowed_multishot_stream_equals_reference_loop(policy):
     pipe = micro_pipeline(policy=policy, ops=EXACT)
     session = pipe.session(steps=STEPS, seed=7)
@@ -136,9 +161,12 @@ def test_kernel_ops_and_bf16_fp4kvcache_match_reference_to_bf16_rounding():
 
 def test_stream_uses_bounded_window_not_full_history():
     # Same prompts, full history vs the LongLive window: outputs must differ once chunk 0-1 fall out of the window.
-    full = micro_pipeline(policy=CachePolicy(storage="bf16", max_chunks=12, shot_sink=False, recache_on_switch=False),
-                          ops=EXACT)
-    win = micro_pipeline(policy=CachePolicy(storage="bf16", shot_sink=False, recache_on_switch=False), ops=EXACT)
+    full = micro_pipeline(
+        policy=CachePolicy(storage="bf16", max_chunks=12, shot_sink=False, recache_on_switch=False), ops=EXACT
+    )
+    win = micro_pipeline(
+        policy=CachePolicy(storage="bf16", shot_sink=False, recache_on_switch=False), ops=EXACT
+    )
     a = [c.latents for c in full.stream("x", num_chunks=6, steps=1, seed=1)]
     b = [c.latents for c in win.stream("x", num_chunks=6, steps=1, seed=1)]
     for n in range(4):  # chunks 0..3 attend at most 3 earlier chunks: identical
@@ -174,7 +202,9 @@ def test_switch_and_cut_reach_cross_attention_from_the_right_chunk(monkeypatch):
     # RoPE: the scene cut at chunk 7 inserts rope_shot_offset positions from chunk 7 on; re-cache keeps old offsets
     fo = {c[1]: c[3] for c in calls if c[0] == c[1]}
     gap = pipe.policy.rope_shot_offset
-    assert [fo[k] for k in range(len(PROMPTS))] == [2 * k + (gap if k >= 7 else 0) for k in range(len(PROMPTS))]
+    assert [fo[k] for k in range(len(PROMPTS))] == [
+        2 * k + (gap if k >= 7 else 0) for k in range(len(PROMPTS))
+    ]
     assert {c[1]: c[3] for c in rec} == {2: 4, 3: 6, 8: 16 + gap}
     assert done[7].plan.scene_cut and done[7].prompt.startswith(SCENE_CUT_PREFIX)
     assert not done[8].prompt.startswith(SCENE_CUT_PREFIX)
@@ -199,19 +229,34 @@ def test_interactive_session_flags():
 def test_cfg_with_identical_negative_prompt_equals_no_cfg():
     pipe = micro_pipeline(ops=EXACT)
     plain = [c.latents for c in pipe.stream("a cat", num_chunks=3, steps=2, seed=2)]
-    same = [c.latents for c in pipe.stream("a cat", num_chunks=3, steps=2, seed=2, guidance_scale=3.0,
-                                           negative_prompt="a cat")]
-    other = [c.latents for c in pipe.stream("a cat", num_chunks=3, steps=2, seed=2, guidance_scale=3.0,
-                                            negative_prompt="blurry")]
+    same = [
+        c.latents
+        for c in pipe.stream(
+            "a cat", num_chunks=3, steps=2, seed=2, guidance_scale=3.0, negative_prompt="a cat"
+        )
+    ]
+    other = [
+        c.latents
+        for c in pipe.stream(
+            "a cat", num_chunks=3, steps=2, seed=2, guidance_scale=3.0, negative_prompt="blurry"
+        )
+    ]
     for a, b in zip(plain, same):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert (plain[1] - other[1]).abs().max() > 1e-2
 
 
 def test_fp4_kv_storage_close_to_bf16():
-    a = [c.latents for c in micro_pipeline(policy=CachePolicy(storage="bf16"), ops=EXACT).stream("x", num_chunks=4,
-                                                                                               steps=2)]
-    b = [c.latents for c in micro_pipeline(policy=CachePolicy(storage="fp4")).stream("x", num_chunks=4, steps=2)]
+    a = [
+        c.latents
+        for c in micro_pipeline(policy=CachePolicy(storage="bf16"), ops=EXACT).stream(
+            "x", num_chunks=4, steps=2
+        )
+    ]
+    b = [
+        c.latents
+        for c in micro_pipeline(policy=CachePolicy(storage="fp4")).stream("x", num_chunks=4, steps=2)
+    ]
     torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)  # no history yet
     for x, y in zip(a[1:], b[1:]):
         assert F.cosine_similarity(x.flatten(), y.flatten(), dim=0) > 0.98
@@ -227,7 +272,7 @@ def test_same_seed_same_video_other_seed_other_video():
 
 
 def test_resolve_length():
-    kw = dict(chunk_latents=8, temporal_stride=4, fps=24.0)
+    kw = {"chunk_latents": 8, "temporal_stride": 4, "fps": 24.0}
     assert resolve_length(num_frames=29, **kw) == 1 and resolve_length(num_frames=29 + 32 * 11, **kw) == 12
     with pytest.raises(ValueError, match="nearest valid: 381, 413"):
         resolve_length(num_frames=400, **kw)
@@ -257,13 +302,17 @@ def test_from_pretrained_errors_and_roundtrip(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Pipeline.from_pretrained(tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match="kv_cache='fp4' is not possible"):
-        Pipeline.from_pretrained(config=micro_config(), random_weights=True, ops="torch", kv_cache="fp4",
-                                 text_encoder="hash:64")
+        Pipeline.from_pretrained(
+            config=micro_config(), random_weights=True, ops="torch", kv_cache="fp4", text_encoder="hash:64"
+        )
     with pytest.raises(ValueError, match="needs the Wan2.2 VAE"):
-        Pipeline.from_pretrained(tmp_path / "x", config="wan2.2-ti2v-5b", text_encoder="hash:4096") \
-            if (tmp_path / "x").mkdir() is None else None
+        Pipeline.from_pretrained(tmp_path / "x", config="wan2.2-ti2v-5b", text_encoder="hash:4096") if (
+            tmp_path / "x"
+        ).mkdir() is None else None
     with pytest.raises(ValueError, match="PatchVAE; --vae takes no path"):
-        Pipeline.from_pretrained(config=micro_config(), random_weights=True, vae=tmp_path, text_encoder="hash:64")
+        Pipeline.from_pretrained(
+            config=micro_config(), random_weights=True, vae=tmp_path, text_encoder="hash:64"
+        )
     with pytest.raises(ValueError, match="text encoder 'hash:32' is 32 wide"):
         Pipeline.from_pretrained(config=micro_config(), random_weights=True, text_encoder="hash:32")
     ck = tmp_path / "micro.safetensors"

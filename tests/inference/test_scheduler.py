@@ -1,6 +1,7 @@
 """FlowUniPCScheduler: the spec §2.7 timestep table, exactness on a linear flow, golden values of
 diffusers' UniPC-bh2 step algorithm on LongLive's sigmas, bad input."""
 
+import itertools
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def test_schedule_formula_all_step_counts():
     # σ = linspace(0.999, 0, N+1)[:-1], σ' = 5σ/(1+4σ), t = int(1000σ'), strictly decreasing
     for n in range(1, 9):
         ts = unipc_timesteps(n)
-        assert ts[0] == 999 and all(a > b for a, b in zip(ts, ts[1:]))
+        assert ts[0] == 999 and all(a > b for a, b in itertools.pairwise(ts))
         for k, t in enumerate(ts):
             s = 0.999 * (1 - k / n)
             assert abs(t - 1000 * 5 * s / (1 + 4 * s)) < 1.0
@@ -70,9 +71,17 @@ def test_golden_diffusers_unipc_values(steps):
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 6, 8])
 def test_against_diffusers_if_installed(steps):
     diffusers = pytest.importorskip("diffusers")
-    d = diffusers.UniPCMultistepScheduler(num_train_timesteps=1000, solver_order=2, prediction_type="flow_prediction",
-                                          use_flow_sigmas=True, flow_shift=5.0, solver_type="bh2", predict_x0=True,
-                                          lower_order_final=True, final_sigmas_type="zero")
+    d = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=1000,
+        solver_order=2,
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=5.0,
+        solver_type="bh2",
+        predict_x0=True,
+        lower_order_final=True,
+        final_sigmas_type="zero",
+    )
     d.set_timesteps(steps)
     ours = FlowUniPCScheduler(steps)
     d.sigmas = torch.tensor(ours.sigmas, dtype=torch.float32)

@@ -14,13 +14,19 @@ from longlive_kernels.comm._spawn import run_distributed
 from ._helpers import micro_config, micro_pipeline
 from ._sp_workers import sp_stream
 
-PROMPTS = ["a red circle"] * 3 + ["a red circle moves up"] * 2 + [SCENE_CUT_PREFIX + "a blue square"] * 1 + \
-    ["a blue square"] * 2
+PROMPTS = (
+    ["a red circle"] * 3
+    + ["a red circle moves up"] * 2
+    + [SCENE_CUT_PREFIX + "a blue square"] * 1
+    + ["a blue square"] * 2
+)
 
 
 def _single(storage, ops, steps=2, seed=4):
     pipe = micro_pipeline(policy=CachePolicy(storage=storage), ops=ops)
-    return torch.stack([c.latents for c in pipe.stream(PROMPTS, num_chunks=len(PROMPTS), steps=steps, seed=seed)])
+    return torch.stack(
+        [c.latents for c in pipe.stream(PROMPTS, num_chunks=len(PROMPTS), steps=steps, seed=seed)]
+    )
 
 
 def test_sp2_bf16_wire_equals_single_rank():
@@ -45,7 +51,9 @@ def test_sp_size_checks():
     five = ModelConfig.from_name("wan2.2-ti2v-5b")
     for p in (1, 2, 4, 8):
         check_sp_size(five, p)
-    with pytest.raises(ValueError, match=r"does not divide the 24 attention heads and the 8 latent frames.*\[1, 2, 4, 8\]"):
+    with pytest.raises(
+        ValueError, match=r"does not divide the 24 attention heads and the 8 latent frames.*\[1, 2, 4, 8\]"
+    ):
         check_sp_size(five, 5)
     with pytest.raises(ValueError, match="does not divide the 8 latent frames"):
         check_sp_size(five, 3)
