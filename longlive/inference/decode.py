@@ -293,6 +293,10 @@ class ChunkDecoder:
                 self._emit(index, self._decode_one(latents, None))
             return
         event = None
+        if latents.device.type == "cuda" and self.device.type == "cuda" and latents.device != self.device:
+            # another GPU decodes: copy peer-to-peer now, from the caller's thread, while the DiT stream is idle
+            # between chunks (from the worker the copy would queue behind the next chunk's kernels)
+            latents = latents.to(self.device, non_blocking=True)
         if latents.device.type == "cuda":
             event = torch.cuda.Event()
             event.record(torch.cuda.current_stream(latents.device))
