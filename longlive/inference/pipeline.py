@@ -560,6 +560,8 @@ class Pipeline:
                 model = CausalDiT(cfg, ops=ops, zero_init_head=False)
             model.quantize_(precision)
         text = _build_text_encoder(cfg, text_spec, dev)
+        if sp is not None and not sp.is_main:  # only rank 0 decodes: a weightless stand-in elsewhere
+            vae_path, vdev = None, torch.device("meta")
         vae_model = _build_vae(cfg, vae_path, vdev, vae_dtype or dtype, vae_options or {})
         return cls(
             model.eval(),
