@@ -305,10 +305,9 @@ def test_from_pretrained_errors_and_roundtrip(tmp_path):
         Pipeline.from_pretrained(
             config=micro_config(), random_weights=True, ops="torch", kv_cache="fp4", text_encoder="hash:64"
         )
+    (tmp_path / "x").mkdir()  # a checkpoint directory without Wan2.2_VAE.pth; checked before any weight is read
     with pytest.raises(ValueError, match="needs the Wan2.2 VAE"):
-        Pipeline.from_pretrained(tmp_path / "x", config="wan2.2-ti2v-5b", text_encoder="hash:4096") if (
-            tmp_path / "x"
-        ).mkdir() is None else None
+        Pipeline.from_pretrained(tmp_path / "x", config="wan2.2-ti2v-5b", text_encoder="hash:4096")
     with pytest.raises(ValueError, match="PatchVAE; --vae takes no path"):
         Pipeline.from_pretrained(
             config=micro_config(), random_weights=True, vae=tmp_path, text_encoder="hash:64"
