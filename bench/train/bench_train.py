@@ -54,15 +54,32 @@ PAPER = {
 LATENTS_PER_SECOND = 6  # 5B geometry: 96 latent frames per 16 s (381 raw frames at 24 fps)
 MODES = ("nosp", "naive", "balanced", "balanced_nvfp4")
 _VAE: dict = {}
+# --cpu-smoke: the same code path on gloo with a 2-block 64-wide model (checks the script, not speed)
+SMOKE = {"on": False}
+SMOKE_MODEL = {
+    "preset": "tiny",
+    "num_layers": 2,
+    "dim": 64,
+    "num_heads": 4,
+    "ffn_dim": 128,
+    "latent_size": [4, 4],
+    "text_len": 8,
+    "ar": {"chunk_frames": 8},
+}
+
+
+def _cuda() -> bool:
+    return not SMOKE["on"]
 
 
 def _run_config(model: str, layers: int | None, frames: int, mode: str, world: int, ops: str, tmp: str):
     from longlive.train.config import RunConfig
 
-    mdl: dict = {"preset": model}
+    mdl: dict = dict(SMOKE_MODEL) if SMOKE["on"] else {"preset": model}
     if layers:
         mdl["num_layers"] = layers
     sp = 1 if mode == "nosp" else world
+    smoke = {"device": "cpu", "precision": "fp32", "attention": "sdpa", "ops": "torch"} if SMOKE["on"] else {}
     return RunConfig.from_dict(
         {
             "model": mdl,
@@ -75,11 +92,12 @@ def _run_config(model: str, layers: int | None, frames: int, mode: str, world: i
                 "ops": ops,
                 "attention": "flex",
                 "seed": 0,
+                **smoke,
             },
             "optim": {"lr": 1e-5, "betas": [0.0, 0.999], "grad_clip": 10.0},
             "ema": {"decay": 0.99, "start_step": 0},
             "parallel": {"sp_size": sp, "layout": "naive" if mode == "naive" else "balanced", "fsdp": "true"},
-            "data": {"kind": "random", "num_chunks": frames // 8, "num_workers": 2},
+            "data": {"kind": "random", "num_chunks": frames // 8, "num_workers": 0 if SMOKE["on"] else 2},
             "text": {"name": "hash"},
             "checkpoint": {"dir": tmp, "resume": "never", "every": 0},
         }
@@ -87,7 +105,7 @@ def _run_config(model: str, layers: int | None, frames: int, mode: str, world: i
 
 
 def _max_over_ranks(x: float) -> float:
-    t = torch.tensor([x], device="cuda")
+    t = torch.tensor([x], device="cuda" if _cuda() else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
@@ -105,8 +123,9 @@ def time_train_step(
             for _ in range(warmup):
                 loss, _ = trainer.train_step()
                 loss.item()
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            if _cuda():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
             times = []
             for _ in range(iters):
                 dist.barrier()
@@ -114,7 +133,7 @@ def time_train_step(
                 loss, _ = trainer.train_step()
                 loss.item()
                 times.append(_max_over_ranks(time.perf_counter() - t0))
-            peak = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30)
+            peak = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30 if _cuda() else 0.0)
             tokens = 2 * frames * trainer.cfg.model.tokens_per_frame
             return {
                 "iter_s": statistics.median(times),
@@ -128,7 +147,8 @@ def time_train_step(
             trainer.close()
             del trainer
             gc.collect()
-            torch.cuda.empty_cache()
+            if _cuda():
+                torch.cuda.empty_cache()
 
 
 def time_vae_encode(frames: int, mode: str, *, iters: int, halo: int = 28) -> float:
@@ -279,6 +299,9 @@ def main(argv=None) -> int:
         action="store_true",
         help="< 3 min: small-1.3b, 4 blocks, 64 latent frames, 1 warm-up + 3 iterations",
     )
+    p.add_argument(
+        "--cpu-smoke", action="store_true", help="gloo + a 64-wide 2-block model on CPU (script check)"
+    )
     p.add_argument("--json", help="write the rows as JSON")
     p.add_argument("--append-results", help="append the markdown table to this file (e.g. bench/RESULTS.md)")
     args = p.parse_args(argv)
@@ -291,6 +314,9 @@ def main(argv=None) -> int:
             3,
         )
         args.frames = args.frames or 64  # 2·64·880 = 112,640 tokens; divisible by 8·P for P = 2 and 4
+    if args.cpu_smoke:
+        SMOKE["on"] = True
+        args.seconds, args.frames, args.warmup, args.iters, args.vae = [16], 32, 1, 1, False
     if "WORLD_SIZE" not in os.environ:
         print(
             "run with torchrun, e.g. `torchrun --nproc-per-node 2 bench/train/bench_train.py --quick`",
@@ -298,13 +324,19 @@ def main(argv=None) -> int:
         )
         return 2
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=20))
+    if SMOKE["on"]:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=5))
+    else:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=20))
     try:
         t0 = time.perf_counter()
         rows = run(args)
         if dist.get_rank() == 0:
             from longlive_kernels.testing import device_header
+
+            if SMOKE["on"]:
+                device_header = lambda: "CPU smoke run (gloo): not a measurement"
 
             cmd = "torchrun --nproc-per-node {} bench/train/bench_train.py {}".format(
                 dist.get_world_size(), " ".join(argv if argv is not None else sys.argv[1:])

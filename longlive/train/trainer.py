@@ -193,6 +193,7 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.skipped_files: set[str] = set()
+        self._attn_cache: dict[int, object] = {}
         self.run_dir = Path(cfg.checkpoint.dir)
         ckpt = self._resume_source()
         if ckpt is not None:
@@ -225,6 +226,11 @@ class Trainer:
 
     def _shard(self, model: CausalDiT) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+        # the DiT returns a reshaped view of the head output; the loss never modifies it in place
+        warnings.filterwarnings(
+            "ignore", message=r"FSDP2-wrapped module \(FSDPCausalDiT\) returned a view tensor"
+        )
 
         param_dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else None
         # cast_forward_inputs=False: timesteps must reach the sinusoidal embedding in fp32 (bf16 rounds t=999 to 1000)
@@ -403,9 +409,15 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------------------
     def _attention(self, frame_len: int):
-        s = self.slice
-        inner = TeacherForcingAttention(s.attention_layout(frame_len), impl=self.cfg.train.attention)
-        return SequenceParallelAttention(inner, self.pctx.sp_group) if self.pctx.sp_size > 1 else inner
+        """The attention backend for ``frame_len`` tokens per frame, kept across steps: its BlockMask
+        is built once, and the compiled FlexAttention sees the same mask_mod (no recompiles)."""
+        if frame_len not in self._attn_cache:
+            s = self.slice
+            inner = TeacherForcingAttention(s.attention_layout(frame_len), impl=self.cfg.train.attention)
+            self._attn_cache[frame_len] = (
+                SequenceParallelAttention(inner, self.pctx.sp_group) if self.pctx.sp_size > 1 else inner
+            )
+        return self._attn_cache[frame_len]
 
     def loss_on(
         self, z: torch.Tensor, ctx: torch.Tensor, frame_mask: torch.Tensor | None, valid: int, step: int
