@@ -33,6 +33,7 @@ import torch.distributed as dist
 __all__ = [
     "CheckpointConfigMismatch",
     "TrainingCheckpoint",
+    "export_weights",
     "find_latest_checkpoint",
     "gather_full_state",
     "read_checkpoint",
@@ -342,3 +343,26 @@ def restore_rng_states(
     if device.type == "cuda" and f"rank{rank}.cuda" in rng:
         torch.cuda.set_rng_state(rng[f"rank{rank}.cuda"], device)
     return True
+
+
+def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, *, prefer_ema: bool = True) -> Path:
+    """Copy a checkpoint's EMA (else model) weights to ``out`` (a ``.safetensors`` file), atomically.
+
+    ``checkpoint`` is a ``step_*`` folder or a run folder (its newest checkpoint). The file keeps the
+    config metadata, so ``longlive generate --checkpoint out`` / ``load_pretrained(out)`` need nothing else.
+    """
+    p = Path(checkpoint)
+    if not (p / "trainer_state.json").is_file():
+        found = find_latest_checkpoint(p)
+        if found is None:
+            raise FileNotFoundError(f"no training checkpoint at {str(p)!r}")
+        p = found
+    src = (
+        p / "ema.safetensors" if prefer_ema and (p / "ema.safetensors").is_file() else p / "model.safetensors"
+    )
+    dst = Path(out)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst

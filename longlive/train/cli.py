@@ -3,6 +3,7 @@
 Usage::
 
     longlive train --config longlive/configs/train_tiny.yaml
+    longlive train --demo          # the same + export EMA weights to longlive/assets/demo/ (longlive generate)
     longlive train --config cfg.yaml --set train.steps=200 --set parallel.sp_size=1
     torchrun --nproc-per-node 4 -m longlive.train.cli --config cfg.yaml --set parallel.sp_size=4
     torchrun --nproc-per-node 4 --no-python longlive train --config cfg.yaml      # same, via the console script
@@ -19,6 +20,9 @@ import argparse
 import datetime
 import os
 import sys
+from pathlib import Path
+
+DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
 __all__ = ["build_parser", "main"]
 
@@ -28,7 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="longlive train",
         description="Teacher-forcing training of the chunk-wise AR DiT (Balanced SP, NVFP4 QAT).",
     )
-    p.add_argument("--config", required=True, help="training YAML (see longlive/configs/train_tiny.yaml)")
+    p.add_argument("--config", help="training YAML (see longlive/configs/train_tiny.yaml)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="train the bundled demo model (longlive/configs/train_tiny.yaml unless --config) and export its EMA "
+        "weights to longlive/assets/demo/ for `longlive generate`",
+    )
+    p.add_argument(
+        "--export", metavar="FILE", help="after training, copy the EMA weights to FILE (.safetensors)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -61,12 +74,31 @@ def _init_distributed() -> bool:
     return True
 
 
+def _export(cfg, out: str, *, demo: bool) -> None:
+    """Copy the newest checkpoint's EMA weights to ``out``; for the demo also write ``pipeline.yaml``
+    (frame rate and text encoder the pipeline must use with these weights)."""
+    import yaml
+
+    from longlive.train.checkpoint import export_weights
+
+    path = export_weights(cfg.checkpoint.dir, out)
+    print(f"exported {path}")
+    if demo:
+        meta = {"fps": float(cfg.data.fps or 8.0), "text_encoder": cfg.text.name or cfg.model.text_encoder}
+        with open(path.parent / "pipeline.yaml", "w", encoding="utf-8") as fh:
+            yaml.safe_dump(meta, fh, sort_keys=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``longlive train`` (``argv`` without the program name; a leading ``train`` is ignored)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None and not args.demo:
+        parser.error("--config FILE is required (or --demo)")
+    config_path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "train_tiny.yaml")
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
@@ -78,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from longlive.train.config import RunConfig
 
     try:
-        cfg = RunConfig.from_yaml(args.config, overrides)
+        cfg = RunConfig.from_yaml(config_path, overrides)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"longlive train: {exc}", file=sys.stderr)
         return 2
@@ -96,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg)
         try:
             trainer.train()
+            export = args.export or (str(DEMO_DIR / "model.safetensors") if args.demo else None)
+            if export and trainer.is_logger:
+                _export(cfg, export, demo=args.demo)
         finally:
             trainer.close()
     finally:

@@ -239,3 +239,23 @@ def test_cli_trains_and_resumes(tmp_path):
     assert cli_main(["train", "--config", str(path), "--steps", "3"]) == 0
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
+
+
+def test_cli_demo_exports_ema_weights_for_generate(tmp_path, monkeypatch):
+    import yaml
+
+    import longlive.train.cli as tcli
+    from longlive.model.checkpoint import load_pretrained
+
+    monkeypatch.setattr(tcli, "DEMO_DIR", tmp_path / "demo")
+    cfg = _cfg(tmp_path / "run", train={"steps": 1}).to_dict()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", "--demo", "--config", str(path)]) == 0
+    meta = yaml.safe_load((tmp_path / "demo" / "pipeline.yaml").read_text())
+    assert meta == {"fps": 8.0, "text_encoder": "hash"}
+    model = load_pretrained(tmp_path / "demo" / "model.safetensors", dtype=torch.float32, ops="torch")
+    ema = read_checkpoint(tmp_path / "run").ema
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    assert cli_main(["train", "--config", str(path), "--export", str(tmp_path / "w.safetensors")]) == 0
+    assert (tmp_path / "w.safetensors").is_file()
