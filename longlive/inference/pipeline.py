@@ -53,7 +53,7 @@ __all__ = [
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 PRECISIONS = ("bf16", "nvfp4", "w4a16", "fp8")
-DEFAULT_PROMPT = "A red circle moves to the right on a dark background."
+DEFAULT_PROMPT = "Dark background with one bright red ball that travels right."  # in the demo set's vocabulary
 
 
 # ---------------------------------------------------------------------------------------------
