@@ -11,6 +11,7 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
   the split-K Triton kernel below),
 - ``w4a4``: ``nvfp4_gemm(x_nvfp4, w_nvfp4)`` on a pre-quantized activation (the GEMM alone),
 - ``w4a4 e2e``: activation quantization + the W4A4 GEMM,
+- ``w4a4 predec``: W4A4 as decode-the-activation-to-bf16 + the W4A16 kernel (``algorithm="predecode"``),
 - ``w4a16 port`` / ``w4a4 port``: the portable Triton kernel (``algorithm="portable"``), to show
   what the Gluon kernel buys.
 
@@ -36,7 +37,8 @@ M_VALUES = (16, 64, 256, 1760, 7040, 14080)
 KN_VALUES = ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
 QUICK = ((16, 3072, 3072), (64, 3072, 14336), (1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072),
          (14080, 3072, 3072))
-COLUMNS = ("bf16", "fp8 mm", "fp8 path", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a16 port", "w4a4 port")
+COLUMNS = ("bf16", "fp8 mm", "fp8 path", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a4 predec", "w4a16 port",
+           "w4a4 port")
 
 
 def _methods(m: int, k: int, n: int) -> dict:
@@ -64,6 +66,7 @@ def _methods(m: int, k: int, n: int) -> dict:
         "w4a16": lambda: nvfp4_gemm(x, wq),
         "w4a4": lambda: nvfp4_gemm(xq, wq),
         "w4a4 e2e": lambda: nvfp4_gemm(quantize_nvfp4(x), wq),
+        "w4a4 predec": lambda: nvfp4_gemm(xq, wq, algorithm="predecode"),
         "w4a16 port": lambda: nvfp4_gemm(x, wq, algorithm="portable"),
         "w4a4 port": lambda: nvfp4_gemm(xq, wq, algorithm="portable"),
     }

@@ -155,13 +155,14 @@ def _hopper_gemm_kernel(
     x_scale_ptr,  # [M, K/16] uint8 E4M3 (X_NVFP4), row stride stride_xs
     bias_ptr,  # [N] (HAS_BIAS)
     w_gs_ptr,  # [1] fp32 tensor scale of W
-    x_gs_ptr,  # [1] fp32 tensor scale of x (X_NVFP4)
+    x_gs_ptr,  # [1] fp32 tensor scale of x (X_NVFP4 or X_GS)
     M,
     N,
     K,
     stride_ws,
     stride_xs,
     X_NVFP4: gl.constexpr,
+    X_GS: gl.constexpr,  # dense x carries a tensor scale (an NVFP4 activation decoded with scale 1)
     EVEN_K: gl.constexpr,
     HAS_BIAS: gl.constexpr,
     OP_DTYPE: gl.constexpr,
@@ -201,8 +202,8 @@ def _hopper_gemm_kernel(
 
     # Grouped tile order: GROUP weight tiles sweep the token tiles together (W stays in L2).
     pid = gl.program_id(0)
-    num_w = gl.cdiv(N, TW)
-    num_t = gl.cdiv(M, TT)
+    num_w = (N + TW - 1) // TW
+    num_t = (M + TT - 1) // TT
     per_group = GROUP * num_t
     first_w = (pid // per_group) * GROUP
     group_w = gl.minimum(num_w - first_w, GROUP)
@@ -219,7 +220,7 @@ def _hopper_gemm_kernel(
         B_PAIRS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32)
         b_bufs = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], B_LAYOUT)
 
-    k_tiles = gl.cdiv(K, TK)
+    k_tiles = (K + TK - 1) // TK
     nbytes: gl.constexpr = w_desc.block_type.nbytes + x_desc.block_type.nbytes
     for s in gl.static_range(STAGES - 1):
         pred = s < k_tiles
@@ -284,7 +285,7 @@ def _hopper_gemm_kernel(
         alpha = gl.load(w_gs_ptr) * 256.0  # undo the 2^-8 of the bf16-decoded weights
     else:
         alpha = gl.load(w_gs_ptr)
-    if X_NVFP4:
+    if X_NVFP4 or X_GS:
         alpha = alpha * gl.load(x_gs_ptr)  # W4A4 always decodes to fp16 (no extra factor)
     acc = acc * alpha
     if HAS_BIAS:
@@ -347,8 +348,9 @@ def token_tile(m: int, n: int, sms: int) -> int:
     return 256 if waves(256) * 256 <= waves(128) * 128 * 1.1 else 128
 
 
-def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> torch.Tensor:
-    """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`)."""
+def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None) -> torch.Tensor:
+    """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
+    ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     m = a.shape[0]
@@ -375,8 +377,9 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> t
     grid = (triton.cdiv(n, BW) * triton.cdiv(m, bt),)
     _hopper_gemm_kernel[grid](
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs,
-        a_gs if a_gs is not None else b_gs, m, n, k, w_scale.stride(0), x_scale.stride(0),
-        X_NVFP4=a_nvfp4, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None, OP_DTYPE=op_dtype, STAGES=stages,
+        a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs),
+        m, n, k, w_scale.stride(0), x_scale.stride(0),
+        X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None, OP_DTYPE=op_dtype, STAGES=stages,
         GROUP=GROUP, num_warps=NUM_WARPS,
     )
     return out

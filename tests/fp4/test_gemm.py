@@ -460,7 +460,7 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16):
            "out_desc": desc((m, n), out, [bt, gh.BW], gl.NVMMASharedLayout.get_default_for([bt, gh.BW], gh._gl_dtype(out))),
            "w_scale_ptr": "*u8", "x_scale_ptr": "*u8", "bias_ptr": "*bf16", "w_gs_ptr": "*fp32", "x_gs_ptr": "*fp32",
            "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "stride_xs": "i32"}
-    constexprs = {"X_NVFP4": x_nvfp4, "EVEN_K": True, "HAS_BIAS": True,
+    constexprs = {"X_NVFP4": x_nvfp4, "X_GS": False, "EVEN_K": True, "HAS_BIAS": True,
                   "OP_DTYPE": gl.float16 if x_nvfp4 else gl.bfloat16,
                   "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16,
                   "GROUP": gh.GROUP, "num_warps": gh.NUM_WARPS}
@@ -475,27 +475,48 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16):
     return compiled, bindir
 
 
-@pytest.mark.parametrize("bt,out", [(256, torch.bfloat16), (128, torch.bfloat16), (128, torch.float32)],
-                         ids=["256-bf16", "128-bf16", "128-fp32"])
-@pytest.mark.parametrize("x_nvfp4", [False, True], ids=["w4a16", "w4a4"])
-def test_hopper_kernel_compiles_for_sm90a(x_nvfp4, bt, out, tmp_path):
-    """wgmma in SASS, no spills, fits in shared memory, and ptxas keeps the wgmma asynchronous
-    (no C7515 'wgmma.mma_async instructions are serialized' warning)."""
+def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str) -> dict:
+    """Compile, run ptxas -v and cuobjdump; returns what the test checks (run in a subprocess)."""
     import os
     import subprocess
+    import tempfile
 
-    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, out)
-    ptx = tmp_path / "k.ptx"
-    ptx.write_text(compiled.asm["ptx"])
-    info = subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", "-v", str(ptx), "-o", str(tmp_path / "k.o")],
-                          capture_output=True, text=True).stderr
-    assert "0 bytes spill stores" in info, info
-    assert "serialized" not in info, info
-    cubin = tmp_path / "k.cubin"
-    cubin.write_bytes(compiled.asm["cubin"])
-    sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
-    assert f"HGMMA.64x{bt}x16.F32" in sass
-    assert compiled.metadata.shared <= 227 * 1024
+    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, getattr(torch, out))
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "k.ptx"), "w") as f:
+            f.write(compiled.asm["ptx"])
+        info = subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o",
+                               os.path.join(d, "k.o")], capture_output=True, text=True).stderr
+        with open(os.path.join(d, "k.cubin"), "wb") as f:
+            f.write(compiled.asm["cubin"])
+        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", os.path.join(d, "k.cubin")],
+                              capture_output=True, text=True).stdout
+    return {"ptxas": info, "wgmma": f"HGMMA.64x{bt}x16.F32" in sass, "smem": compiled.metadata.shared}
+
+
+@pytest.mark.parametrize("bt,out", [(256, "bfloat16"), (128, "bfloat16"), (128, "float32")],
+                         ids=["256-bf16", "128-bf16", "128-fp32"])
+@pytest.mark.parametrize("x_nvfp4", [False, True], ids=["w4a16", "w4a4"])
+def test_hopper_kernel_compiles_for_sm90a(x_nvfp4, bt, out):
+    """wgmma in SASS, no spills, fits in shared memory, and ptxas keeps the wgmma asynchronous
+    (no C7515 'wgmma.mma_async instructions are serialized' warning). Compiled in a fresh process:
+    Triton's CPU interpreter (used by the other tests) patches triton.language process-wide."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json, tests.fp4.test_gemm as t; "
+            f"print(json.dumps(t._hopper_compile_report({x_nvfp4}, {bt}, {out!r})))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
+    assert "serialized" not in report["ptxas"], report["ptxas"]
+    assert report["wgmma"]
+    assert report["smem"] <= 227 * 1024
 
 
 @pytest.mark.gpu
@@ -525,6 +546,9 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias):
     assert rel_err(out, expect) <= 2.0**-8
     auto = nvfp4_gemm(a, b, bias=bias, out_dtype=out_dtype)  # the default path takes the same kernel
     assert_bitwise_equal(auto, out, "auto vs direct Hopper kernel")
+    if kind == "nvfp4":
+        pre = nvfp4_gemm(a, b, bias=bias, out_dtype=out_dtype, algorithm="predecode")
+        assert rel_err(pre, expect) <= 2.0**-8
 
 
 # --- transpose_nvfp4 --------------------------------------------------------------------------------
