@@ -839,7 +839,9 @@ def gated_residual_layernorm(
         if v.shape != (c,):
             raise ValueError(f"{name} must have shape [C] = [{c}], got {list(v.shape)}")
         _checks.check_same_device(x=x, **{name: v})
-        vecs.append(v.view(1, 1, c).expand(b, n_frames, c))  # stride-0 view: read once per program
+        # fp32 before the stride-0 expand: autograd then sums the per-frame gradients in fp32 and
+        # rounds once to the parameter's dtype (read once per program by the kernel)
+        vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)).view(1, 1, c).expand(b, n_frames, c))
     return _res_ln_mod_op(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)
 
 
