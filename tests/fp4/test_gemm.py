@@ -28,8 +28,9 @@ from longlive_kernels.fp4 import gemm as gemm_mod
 from longlive_kernels.fp4 import gemm_dequant
 from longlive_kernels.fp4 import reference as ref
 from longlive_kernels.fp4.gemm_dequant import dequant_nvfp4_tile
-from longlive_kernels.testing import assert_bitwise_equal, cosine, rel_err
+from longlive_kernels.testing import assert_bitwise_equal, cosine, rel_err, triton_device
 
+DEV = triton_device()  # "cpu" under the interpreter, "cuda" on a GPU machine
 FP32_TOL = 1e-5
 BF16_TOL = 2.0**-7
 
@@ -37,7 +38,8 @@ BF16_TOL = 2.0**-7
 def _rand(seed: int, *shape: int, spread: float = 3.0) -> torch.Tensor:
     """Gaussian values times 2^U(-spread, spread): several binades, never all zero."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g) * torch.exp2(torch.empty(*shape).uniform_(-spread, spread, generator=g))
+    x = torch.randn(*shape, generator=g) * torch.exp2(torch.empty(*shape).uniform_(-spread, spread, generator=g))
+    return x.to(DEV)
 
 
 def _make_a(kind: str, x: torch.Tensor, seed: int):
@@ -51,7 +53,7 @@ def _make_a(kind: str, x: torch.Tensor, seed: int):
     q, s = quantize_fp8_rowwise(x, backend="torch")
     if kind == "fp8_row":
         return q, s
-    return q, torch.tensor(0.75)  # fp8 with a per-tensor scale
+    return q, torch.tensor(0.75, device=x.device)  # fp8 with a per-tensor scale
 
 
 @given(
@@ -124,19 +126,19 @@ def test_leading_dims_and_empty_m():
     b = quantize_nvfp4(w, backend="torch")
     out = nvfp4_gemm(quantize_nvfp4(x, backend="torch"), b, backend="triton")
     assert out.shape == (2, 3, 8)
-    empty = nvfp4_gemm(torch.empty(0, 32, dtype=torch.bfloat16), b, backend="triton")
+    empty = nvfp4_gemm(torch.empty(0, 32, dtype=torch.bfloat16, device=DEV), b, backend="triton")
     assert empty.shape == (0, 8)
 
 
 def test_split_k_is_deterministic_and_leaves_counters_zero():
     x, w = _rand(11, 5, 512), _rand(12, 40, 512)
     a, b = quantize_nvfp4(x, backend="torch"), quantize_nvfp4(w, backend="torch")
-    cfg = gemm_mod._small_m_config(5, 40, 512, torch.device("cpu"))
+    cfg = gemm_mod._small_m_config(5, 40, 512, x.device)
     assert cfg[-1] > 1, "this shape must exercise split-K"
     o1 = nvfp4_gemm(a, b, out_dtype=torch.float32, backend="triton")
     o2 = nvfp4_gemm(a, b, out_dtype=torch.float32, backend="triton")
     assert_bitwise_equal(o1, o2, "split-K output")
-    assert int(gemm_mod._semaphores(torch.device("cpu"), 1).abs().sum()) == 0
+    assert int(gemm_mod._semaphores(o1.device, 1).abs().sum()) == 0
 
 
 def test_hadamard_operands_give_the_plain_product():

@@ -17,7 +17,9 @@ from torch import nn
 from longlive_kernels.fp4 import NVFP4Linear, NVFP4Recipe, NVFP4Tensor, quantize_model, quantize_nvfp4
 from longlive_kernels.fp4 import reference as ref
 from longlive_kernels.fp4.format import TE_HADAMARD_MASK
-from longlive_kernels.testing import assert_bitwise_equal, cosine, rel_err
+from longlive_kernels.testing import assert_bitwise_equal, cosine, rel_err, triton_device
+
+DEV = triton_device()  # where backend="triton" runs: "cpu" under the interpreter, else "cuda"
 
 FWD_COS = {"bf16": 0.999999, "fp8": 0.998, "w4a16": 0.99, "nvfp4": 0.99}
 
@@ -30,8 +32,9 @@ def _linear(seed: int, k: int, n: int, bias: bool = True) -> nn.Linear:
 @pytest.mark.parametrize("mode", ["bf16", "fp8", "w4a16", "nvfp4"])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_inference_forward_close_to_nn_linear(mode, backend):
-    lin = _linear(0, 128, 48)
-    x = torch.randn(2, 9, 128)
+    dev = DEV if backend == "triton" else "cpu"
+    lin = _linear(0, 128, 48).to(dev)
+    x = torch.randn(2, 9, 128).to(dev)
     mod = NVFP4Linear.from_linear(lin, mode, backend=backend)
     y = mod(x)
     assert y.shape == (2, 9, 48) and y.dtype == x.dtype
@@ -41,8 +44,8 @@ def test_inference_forward_close_to_nn_linear(mode, backend):
 
 
 def test_triton_and_torch_backends_agree():
-    lin = _linear(1, 64, 32)
-    x = torch.randn(17, 64, dtype=torch.bfloat16)
+    lin = _linear(1, 64, 32).to(DEV)
+    x = torch.randn(17, 64, dtype=torch.bfloat16).to(DEV)
     for mode in ("nvfp4", "w4a16", "fp8"):
         a = NVFP4Linear.from_linear(lin, mode, backend="torch")
         b = NVFP4Linear.from_linear(lin, mode, backend="triton")
@@ -86,8 +89,8 @@ def test_w4a16_training_is_straight_through():
 
 def test_training_triton_matches_torch_backend():
     """Same seeds → bit-identical quantization on both backends; GEMMs differ by summation order."""
-    lin = _linear(4, 64, 32)
-    x, g = torch.randn(24, 64), torch.randn(24, 32)
+    lin = _linear(4, 64, 32).to(DEV)
+    x, g = torch.randn(24, 64).to(DEV), torch.randn(24, 32).to(DEV)
     outs = []
     for backend in ("torch", "triton"):
         mod = NVFP4Linear.from_linear(lin, "nvfp4", trainable=True, backend=backend)
@@ -148,16 +151,16 @@ class _MLP(nn.Module):
         return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
 
 
-def _train(mode: str, backend: str, steps: int) -> list[float]:
+def _train(mode: str, backend: str, steps: int, device: str = "cpu") -> list[float]:
     torch.manual_seed(0)
-    teacher = _MLP()
-    student = _MLP()
+    teacher = _MLP().to(device)
+    student = _MLP().to(device)
     if mode != "bf16":
         quantize_model(student, mode, trainable=True, backend=backend)
     opt = torch.optim.Adam(student.parameters(), lr=3e-3)
     losses = []
     for step in range(steps):
-        x = torch.randn(64, 32, generator=torch.Generator().manual_seed(step))
+        x = torch.randn(64, 32, generator=torch.Generator().manual_seed(step)).to(device)
         with torch.no_grad():
             target = teacher(x)
         loss = torch.nn.functional.mse_loss(student(x), target)
@@ -180,7 +183,7 @@ def test_tiny_mlp_trains_like_bf16():
 
 
 def test_tiny_mlp_triton_steps_match_torch():
-    assert _train("nvfp4", "triton", 3) == pytest.approx(_train("nvfp4", "torch", 3), rel=1e-4)
+    assert _train("nvfp4", "triton", 3, DEV) == pytest.approx(_train("nvfp4", "torch", 3, DEV), rel=1e-4)
 
 
 def test_safetensors_round_trip_is_exact(tmp_path):
