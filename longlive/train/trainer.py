@@ -160,7 +160,10 @@ class Trainer:
         self.is_logger = self.pctx.rank == 0
 
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
-        model = CausalDiT(cfg.model, ops=tc.ops).to(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(tc.seed)
+        with torch.device(self.device):  # initialise in place (the 5B model takes minutes on a CPU)
+            model = CausalDiT(cfg.model, ops=tc.ops)
         model.gradient_checkpointing = tc.activation_checkpointing
         if tc.linear != "bf16":
             from longlive_kernels.fp4 import NVFP4Recipe
@@ -227,9 +230,9 @@ class Trainer:
     def _shard(self, model: CausalDiT) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-        # the DiT returns a reshaped view of the head output; the loss never modifies it in place
+        # blocks and the DiT return reshaped views; nothing downstream modifies them in place
         warnings.filterwarnings(
-            "ignore", message=r"FSDP2-wrapped module \(FSDPCausalDiT\) returned a view tensor"
+            "ignore", message=r"FSDP2-wrapped module \(FSDP(CausalDiT|DiTBlock)\) returned a view tensor"
         )
 
         param_dtype = torch.bfloat16 if self.cfg.train.precision == "bf16" else None
