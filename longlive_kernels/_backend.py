@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from collections.abc import Sequence
@@ -24,9 +23,7 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.cache
-def has_triton() -> bool:
-    """True when Triton is importable."""
+def _probe_triton() -> bool:
     try:
         importlib.import_module("triton")
     except ImportError:
@@ -34,18 +31,32 @@ def has_triton() -> bool:
     return True
 
 
-@functools.cache
-def cuda_extension():
-    """The compiled ``longlive_kernels._C`` module, or ``None`` when it was not built."""
+def _probe_extension():
     try:
         return importlib.import_module("longlive_kernels._C")
     except ImportError:
         return None
 
 
+# Probed once at import, so that resolve_backend is a pure function of constants under
+# torch.compile (Dynamo cannot trace import machinery).
+_HAS_TRITON = _probe_triton()
+_EXTENSION = _probe_extension()
+
+
+def has_triton() -> bool:
+    """True when Triton is importable."""
+    return _HAS_TRITON
+
+
+def cuda_extension():
+    """The compiled ``longlive_kernels._C`` module, or ``None`` when it was not built."""
+    return _EXTENSION
+
+
 def has_cuda_extension() -> bool:
     """True when the CUDA extension is built and loadable."""
-    return cuda_extension() is not None
+    return _EXTENSION is not None
 
 
 def resolve_backend(

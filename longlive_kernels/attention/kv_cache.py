@@ -472,7 +472,10 @@ class FP4KVCache:
         self.num_layers, self.num_heads, self.head_dim = num_layers, num_heads, head_dim
         self.chunk_tokens, self.max_chunks, self.sink_chunks = chunk_tokens, max_chunks, sink_chunks
         self.batch_size, self.storage, self.scale_rule, self.dtype = batch_size, storage, scale_rule, dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" must compare equal
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
         shape = (num_layers, 2, max_chunks, batch_size, num_heads, chunk_tokens)
         self.num_scale_tiles = -(-chunk_tokens // KV_SCALE_TILE)
         if storage == "fp4":
