@@ -8,8 +8,14 @@ model's text width), ε and per-chunk timesteps are drawn, the DiT runs teacher 
 with activation checkpointing, FSDP2 bf16 mixed precision (fp32 master weights, fp32 reduce), grad
 clip, AdamW, EMA. Batch 1 per SP group. ``--vae`` also times the VAE encode stage of the same clip
 (random-weight Wan2.2 VAE, bf16, 704×1280): naive SP = every rank encodes the whole clip (the root
-broadcasts the raw frames), Balanced SP = each rank encodes its §5.3 halo window (raw windows sent
-P2P from the root); no SP = one rank encodes the whole clip.
+broadcasts the raw frames; ``--naive-vae halo``: the halo window of the rank's 2F/P latents instead),
+Balanced SP = each rank encodes the §5.3 halo window of its F/P latents (raw windows sent P2P from
+the root); no SP = every GPU encodes its own whole clip.
+
+Where the difference comes from: with Ulysses the attention is head-parallel over the *global*
+sequence, so both layouts do the same attention and linear work per rank; the DiT step differs only
+in the head/loss (on half the ranks for naive). Balanced SP's structural gain is that a rank needs
+the latents of F/P frames instead of 2F/P (or all F), which the encode stage turns into time.
 
 Modes (world = W GPUs): ``nosp`` (P = 1, DP = W: each GPU its own sample; the iteration latency of
 one sample on one GPU), ``naive`` (P = W, the [clean ; noisy] sequence cut in W pieces: clean context
@@ -26,6 +32,7 @@ Paper, Table 1 (AR training iteration time in s, 5B, hardware not stated): 16 s:
 
 Run:
     torchrun --nproc-per-node 2 bench/train/bench_train.py --quick          # < 3 min
+    torchrun --nproc-per-node 2 bench/train/bench_train.py --cpu-smoke      # (CPU, gloo) script check only
     torchrun --nproc-per-node 2 bench/train/bench_train.py                  # small-1.3b, 16 s + 32 s
     torchrun --nproc-per-node 4 bench/train/bench_train.py --model wan2.2-ti2v-5b --seconds 16 --vae
     torchrun --nproc-per-node 2 bench/train/bench_train.py --json out.json --append-results bench/RESULTS.md
@@ -151,8 +158,13 @@ def time_train_step(
                 torch.cuda.empty_cache()
 
 
-def time_vae_encode(frames: int, mode: str, *, iters: int, halo: int = 28) -> float:
-    """Encode time (max over ranks) of one clip with a random-weight Wan2.2 VAE (bf16, 704×1280)."""
+def time_vae_encode(frames: int, mode: str, *, iters: int, halo: int = 28, naive_vae: str = "full") -> float:
+    """Encode time (max over ranks) of one clip with a random-weight Wan2.2 VAE (bf16, 704×1280).
+
+    ``naive_vae="halo"`` gives the naive layout the §5.3 trick too: rank r needs latents
+    [(r mod P/2)·2F/P, +2F/P), so it encodes the halo window of that 2F/P-frame slice."""
+    import dataclasses
+
     from longlive.model.vae import WanVAE
     from longlive.train.sp import ParallelContext, encode_halo_window, plan_halo_windows, scatter_raw_windows
 
@@ -178,8 +190,12 @@ def time_vae_encode(frames: int, mode: str, *, iters: int, halo: int = 28) -> fl
         for i in range(iters + 1):
             dist.barrier()
             t0 = time.perf_counter()
-            if mode == "balanced":
-                windows = plan_halo_windows(frames, world, halo=halo, temporal_stride=4)
+            if mode == "balanced" or (mode == "naive" and naive_vae == "halo"):
+                if mode == "balanced":
+                    windows = plan_halo_windows(frames, world, halo=halo, temporal_stride=4)
+                else:
+                    half = plan_halo_windows(frames, max(1, world // 2), halo=halo, temporal_stride=4)
+                    windows = [dataclasses.replace(half[r % len(half)], rank=r) for r in range(world)]
                 win = scatter_raw_windows(video, windows, ctx, device=dev)
                 encode_halo_window(vae, win, windows[rank])
             elif mode == "naive":
@@ -263,7 +279,10 @@ def run(args) -> list[dict]:
                     )
                     if args.vae:
                         row["vae_s"] = time_vae_encode(
-                            frames, mode.removesuffix("_nvfp4"), iters=max(1, args.iters // 2)
+                            frames,
+                            mode.removesuffix("_nvfp4"),
+                            iters=max(1, args.iters // 2),
+                            naive_vae=args.naive_vae,
                         )
                 except (
                     torch.OutOfMemoryError
@@ -295,9 +314,15 @@ def main(argv=None) -> int:
         "--vae", action="store_true", help="also time the VAE encode stage (random Wan2.2 VAE, 704x1280)"
     )
     p.add_argument(
+        "--naive-vae",
+        default="full",
+        choices=("full", "halo"),
+        help="naive-SP encode: every rank the whole clip (default) or the halo window of its 2F/P latents",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
-        help="< 3 min: small-1.3b, 4 blocks, 64 latent frames, 1 warm-up + 3 iterations",
+        help="< 3 min (mostly compilation): small-1.3b, 2 blocks, 32 latent frames, 1 warm-up + 3 iterations",
     )
     p.add_argument(
         "--cpu-smoke", action="store_true", help="gloo + a 64-wide 2-block model on CPU (script check)"
@@ -309,11 +334,11 @@ def main(argv=None) -> int:
         args.model, args.seconds, args.layers, args.warmup, args.iters = (
             ["small-1.3b"],
             [16],
-            args.layers or 4,
+            args.layers or 2,
             1,
             3,
         )
-        args.frames = args.frames or 64  # 2·64·880 = 112,640 tokens; divisible by 8·P for P = 2 and 4
+        args.frames = args.frames or 32  # 2·32·880 = 56,320 tokens; divisible by 8·P for P = 2 and 4
     if args.cpu_smoke:
         SMOKE["on"] = True
         args.seconds, args.frames, args.warmup, args.iters, args.vae = [16], 32, 1, 1, False
