@@ -173,12 +173,14 @@ def _gemm_triton(a, a_scale, b, b_scale, bias, out_dtype):
     key = (triton.next_power_of_2(m), n, k, a.device.index)
     cfg = _FP8_TUNED.get(key)
     if cfg is None:
-        timings = []
+        timings, errors = [], []
         for c in _FP8_CONFIGS:
             try:
                 timings.append((triton.testing.do_bench(lambda c=c: run(c), warmup=5, rep=20), c))
-            except Exception:  # noqa: BLE001 - configs that do not fit are skipped
-                continue
+            except Exception as exc:  # noqa: BLE001 - configs that do not fit are skipped
+                errors.append(f"{c}: {type(exc).__name__}: {exc}")
+        if not timings:
+            raise RuntimeError("fp8_gemm: no kernel configuration compiled for this shape:\n" + "\n".join(errors))
         cfg = _FP8_TUNED[key] = min(timings)[1]
     run(cfg)
     return out

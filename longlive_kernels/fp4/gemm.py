@@ -284,17 +284,18 @@ def _pick_config(m, n, k, a_nvfp4, mma_dtype, device, run) -> tuple:
     key = (triton.next_power_of_2(m), n, k, a_nvfp4, str(mma_dtype), device.index)
     cfg = _AUTOTUNE_CACHE.get(key)
     if cfg is None:
-        best = None
+        best, errors = None, []
         for bm, bn, bk, w, s in _LARGE_M_CONFIGS:
             c = (bm, bn, bk, w, s, 1)
             try:
                 ms = triton.testing.do_bench(lambda c=c: run(c), warmup=5, rep=20)
-            except Exception:  # noqa: BLE001 - a config that does not fit (smem/registers) is skipped
+            except Exception as exc:  # noqa: BLE001 - a config that does not fit (smem/registers) is skipped
+                errors.append(f"{c}: {type(exc).__name__}: {exc}")
                 continue
             if best is None or ms < best[0]:
                 best = (ms, c)
         if best is None:
-            raise RuntimeError("nvfp4_gemm: no kernel configuration compiled for this shape")
+            raise RuntimeError("nvfp4_gemm: no kernel configuration compiled for this shape:\n" + "\n".join(errors))
         cfg = _AUTOTUNE_CACHE[key] = best[1]
     return cfg
 

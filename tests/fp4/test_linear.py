@@ -175,7 +175,7 @@ def test_tiny_mlp_trains_like_bf16():
     bf16 = _train("bf16", "torch", 60)
     nvfp4 = _train("nvfp4", "torch", 60)
     w4a16 = _train("w4a16", "torch", 60)
-    tail = lambda losses: sum(losses[-10:]) / 10  # noqa: E731
+    tail = lambda losses: sum(losses[-10:]) / 10
     assert tail(bf16) < 0.25 * bf16[0]
     assert tail(nvfp4) < 0.35 * nvfp4[0]
     assert tail(nvfp4) < 2.0 * tail(bf16) + 0.02 * bf16[0]
