@@ -259,3 +259,43 @@ def test_cli_demo_exports_ema_weights_for_generate(tmp_path, monkeypatch):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
     assert cli_main(["train", "--config", str(path), "--export", str(tmp_path / "w.safetensors")]) == 0
     assert (tmp_path / "w.safetensors").is_file()
+
+
+def test_sigkill_mid_run_then_resume_continues_the_same_curve(tmp_path):
+    """A real kill: the CLI trains in a subprocess that gets SIGKILL right after its first checkpoint;
+    the resumed run's per-step losses equal the uninterrupted run's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    def write(run):
+        cfg = _cfg(tmp_path / run, train={"steps": 12}, checkpoint={"every": 4}).to_dict()
+        path = tmp_path / f"{run}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    ref, _ = _train(RunConfig.from_yaml(write("ref")))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "longlive.train.cli", "train", "--config", str(write("killed"))],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while find_latest_checkpoint(tmp_path / "killed") is None:
+            assert proc.poll() is None and time.time() < deadline, "the training subprocess ended early"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    start = read_checkpoint(tmp_path / "killed").step
+    assert 4 <= start < 12
+    t = Trainer(RunConfig.from_yaml(write("killed")), log=None)
+    resumed = t.train()
+    t.close()
+    assert resumed == ref[start:]
