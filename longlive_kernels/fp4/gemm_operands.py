@@ -1,4 +1,5 @@
-"""GEMM operand preparation for NVFP4 training: ``transpose_nvfp4`` (Q(W)ᵀ without re-quantizing).
+"""GEMM operand preparation for NVFP4 training: ``transpose_nvfp4`` (Q(W)ᵀ without re-quantizing)
+and ``dequantize_nvfp4_t`` (the decoded transpose of a 1×16-block activation, for the wgrad GEMM).
 
 With 16×16 weight blocks the quantization of Wᵀ is the transpose of the quantization of W: every
 element is divided by the same tile scale and tensor scale (Transformer Engine's reason for 2-D
@@ -21,7 +22,7 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import resolve_backend
 from .format import BLOCK_SIZE, NVFP4Tensor
-from .nvfp4_triton import pack_nibbles, unpack_nibbles
+from .nvfp4_triton import e2m1_decode, e4m3_decode, pack_nibbles, unpack_nibbles
 
 
 @triton.jit
@@ -126,6 +127,108 @@ def transpose_nvfp4(t: NVFP4Tensor, *, backend: str = "auto") -> NVFP4Tensor:
     return dataclasses.replace(t, data=data, scale=scale, shape=torch.Size((c, r)))
 
 
+@triton.jit
+def _dequantize_t_kernel(
+    data_ptr,  # [M, K/2] uint8 packed codes (1×16 blocks along K)
+    scale_ptr,  # [M, K/16] uint8 E4M3 codes
+    gs_ptr,  # [1] fp32 tensor scale
+    out_ptr,  # [K, MP] out dtype: the decoded Xᵀ, columns M..MP zero
+    M,
+    K,
+    MP,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    r = pid_m * BM + tl.arange(0, BM)
+    r64 = r.to(tl.int64)[:, None]
+    c2 = pid_k * (BK // 2) + tl.arange(0, BK // 2)
+    cs = pid_k * (BK // 16) + tl.arange(0, BK // 16)
+    rmask = (r < M)[:, None]
+    packed = tl.load(data_ptr + r64 * (K // 2) + c2[None, :], mask=rmask & (c2 < K // 2)[None, :], other=0)
+    sc = tl.load(scale_ptr + r64 * (K // 16) + cs[None, :], mask=rmask & (cs < K // 16)[None, :], other=0)
+    v = e2m1_decode(unpack_nibbles(packed, BM, BK // 2))  # [BM, BK]
+    x = (tl.reshape(v, (BM, BK // 16, 16)) * e4m3_decode(sc.to(tl.int32))[:, :, None]) * tl.load(gs_ptr)
+    x = tl.where(rmask[:, :, None], x, 0.0)  # padding tokens are exact zeros (never NaN)
+    xt = tl.trans(tl.reshape(x, (BM, BK)))  # [BK, BM]
+    c = pid_k * BK + tl.arange(0, BK)
+    tl.store(out_ptr + c.to(tl.int64)[:, None] * MP + r[None, :], xt.to(out_ptr.dtype.element_ty),
+             mask=(c < K)[:, None] & (r < MP)[None, :])
+
+
+@torch.library.custom_op("longlive_kernels::dequantize_nvfp4_t", mutates_args=())
+def _dequantize_t_op(data: torch.Tensor, scale: torch.Tensor, global_scale: torch.Tensor, rows_padded: int,
+                     dtype: torch.dtype, backend: str) -> torch.Tensor:
+    m, k = data.shape[0], data.shape[1] * 2
+    if backend == "torch":
+        from . import reference
+
+        x = reference.dequantize(data, scale, global_scale, dtype=torch.float32)
+        out = torch.zeros((k, rows_padded), dtype=dtype, device=data.device)
+        out[:, :m] = x.t().to(dtype)
+        return out
+    out = torch.empty((k, rows_padded), dtype=dtype, device=data.device)
+    bm, bk = 64, 64
+    grid = (triton.cdiv(rows_padded, bm), triton.cdiv(k, bk))
+    _dequantize_t_kernel[grid](data, scale.view(torch.uint8), global_scale.reshape(1).float(), out, m, k, rows_padded,
+                               BM=bm, BK=bk, num_warps=4, enable_fp_fusion=False)
+    return out
+
+
+@_dequantize_t_op.register_fake
+def _(data, scale, global_scale, rows_padded, dtype, backend):
+    return data.new_empty((data.shape[1] * 2, rows_padded), dtype=dtype)
+
+
+def dequantize_nvfp4_t(t: NVFP4Tensor, *, pad_rows_to: int = 1, dtype: torch.dtype | None = None,
+                       backend: str = "auto") -> torch.Tensor:
+    """Decode a 2-D NVFP4 tensor [M, K] straight into its transpose [K, M'] (one pass, no [M, K] copy).
+
+    Parameters
+    ----------
+    t : NVFP4Tensor
+        2-D [M, K], linear scales, no Hadamard mask (block_2d either way).
+    pad_rows_to : int
+        M' = M rounded up to this multiple; the extra columns of the result are zeros (e.g. 64 for
+        the token dimension of the NVFP4 wgrad GEMM).
+    dtype : torch.dtype, optional
+        bf16/fp16/fp32 (default ``t.dtype``); values ``(e2m1 · s_block) · s_global`` rounded once.
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    torch.Tensor
+        [K, M'] of ``dtype``: equal to ``dequantize_nvfp4(t).t()`` with zero padding.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not an NVFP4Tensor, not 2-D, swizzled scales, a Hadamard mask, a bad dtype or padding.
+    """
+    if not isinstance(t, NVFP4Tensor):
+        raise TypeError(f"t must be an NVFP4Tensor, got {type(t).__name__}")
+    if len(t.shape) != 2 or t.swizzled or t.hadamard_mask is not None:
+        raise ValueError("dequantize_nvfp4_t needs a 2-D NVFP4Tensor with linear scales and no Hadamard mask, got "
+                         f"{t!r}")
+    dtype = dtype or t.dtype
+    if dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be bf16, fp16 or fp32, got {dtype}")
+    if pad_rows_to < 1:
+        raise ValueError(f"pad_rows_to must be >= 1, got {pad_rows_to}")
+    m = t.shape[0]
+    mp = -(-m // pad_rows_to) * pad_rows_to
+    be = resolve_backend(backend, t.device, op="dequantize_nvfp4_t", supported=("triton", "torch"))
+    return _dequantize_t_op(t.data.contiguous(), t.scale.contiguous(), t.global_scale, mp, dtype, be)
+
+
+register_aot(
+    _dequantize_t_kernel,
+    signature={"data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16", "M": "i32", "K": "i32",
+               "MP": "i32"},
+    constexprs={"BM": 64, "BK": 64},
+    options={"enable_fp_fusion": False},
+)
 register_aot(
     _transpose_kernel,
     signature={"data_ptr": "*u8", "scale_ptr": "*u8", "out_data_ptr": "*u8", "out_scale_ptr": "*u8", "R": "i32",

@@ -41,7 +41,7 @@ from .. import _checks
 from .format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from .fp8 import fp8_gemm, quantize_fp8_rowwise
 from .gemm import nvfp4_gemm
-from .gemm_operands import transpose_nvfp4
+from .gemm_operands import dequantize_nvfp4_t, transpose_nvfp4
 from .quantize import quantize_nvfp4
 
 MODES = ("bf16", "nvfp4", "w4a16", "fp8")
@@ -119,14 +119,16 @@ class _NVFP4LinearFn(torch.autograd.Function):
             m, k = x_data.shape[0], x_data.shape[1] * 2
             xq = NVFP4Tensor(data=x_data, scale=x_scale, global_scale=x_gs, shape=torch.Size((m, k)),
                              dtype=ctx.x_dtype, scale_rule=r.act_scale_rule)
-            x_hat = xq.dequantize(backend=be)
-            # wgrad contracts over tokens: quantize Xᵀ and dYᵀ along M (zero rows pad M to a multiple
-            # of 64, the GEMM's K tile, so the TMA kernel applies to any token count)
-            xt = _pad_rows(x_hat, 64).t().contiguous()
-            dyt = _pad_rows(dy, 64).t().contiguous()
+            # wgrad contracts over tokens: quantize X̂ᵀ and dYᵀ along M (zero rows pad M to a multiple
+            # of 64, the GEMM's K tile, so the TMA kernel applies to any token count). X̂ᵀ is decoded
+            # straight from the saved FP4 copy; each bf16 temporary dies once quantized.
+            xt = dequantize_nvfp4_t(xq, pad_rows_to=64, backend=be)
             xtq = quantize_nvfp4(xt, scale_rule=r.act_scale_rule, hadamard=r.hadamard_wgrad, backend=be)
+            del xt
+            dyt = _pad_rows(dy, 64).t().contiguous()
             dytq = quantize_nvfp4(dyt, scale_rule=r.grad_scale_rule, rounding=rounding, seed=_draw_seed(),
                                   hadamard=r.hadamard_wgrad, backend=be)
+            del dyt
             dw = nvfp4_gemm(dytq, xtq, out_dtype=torch.float32, backend=be).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.float().sum(0)

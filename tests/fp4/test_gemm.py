@@ -611,3 +611,20 @@ def test_custom_ops_fake_tensor_and_autograd_registration():
     for op, args in checks:
         result = torch.library.opcheck(op, args, test_utils=utils)
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 70), kb=st.integers(1, 6), pad=st.sampled_from([1, 16, 64]),
+       dtype=st.sampled_from([torch.bfloat16, torch.float32]))
+def test_dequantize_nvfp4_t_is_the_padded_transpose(seed, m, kb, pad, dtype):
+    from longlive_kernels.fp4 import dequantize_nvfp4
+    from longlive_kernels.fp4.gemm_operands import dequantize_nvfp4_t
+
+    q = quantize_nvfp4(_rand(seed, m, 16 * kb, spread=6.0), backend="torch")
+    expect = dequantize_nvfp4(q, torch.float32, backend="torch").t()
+    mp = -(-m // pad) * pad
+    for backend in ("torch", "triton"):
+        out = dequantize_nvfp4_t(q, pad_rows_to=pad, dtype=dtype, backend=backend)
+        assert out.shape == (16 * kb, mp) and out.dtype == dtype
+        assert torch.all(out[:, m:] == 0)
+        tol = 0.0 if dtype == torch.float32 else 2.0**-7  # one bf16 rounding (the interpreter truncates)
+        assert rel_err(out[:, :m], expect) <= tol
