@@ -207,6 +207,9 @@ class NVFP4Linear(nn.Module):
         self.trainable = trainable or mode == "bf16"
         self.recipe = recipe or NVFP4Recipe()
         self.backend = backend
+        # nvfp4_gemm's algorithm for the W4A4 inference GEMM ("auto"; "predecode" on Hopper trades
+        # activation traffic for the cheaper W4A16 main loop — pick it from bench_gemm numbers)
+        self.gemm_algorithm = "auto"
         master_dtype = dtype or (torch.float32 if trainable else torch.bfloat16)
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=master_dtype)) if bias else None
         weight = torch.empty(out_features, in_features, device=device, dtype=master_dtype)
@@ -340,7 +343,8 @@ class NVFP4Linear(nn.Module):
                          backend=self.backend)
         elif self.mode == "nvfp4":
             xq = quantize_nvfp4(x2d, scale_rule=self.recipe.act_scale_rule, backend=self.backend)
-            y = nvfp4_gemm(xq, self.packed_weight(), bias=bias, out_dtype=out_dtype, backend=self.backend)
+            y = nvfp4_gemm(xq, self.packed_weight(), bias=bias, out_dtype=out_dtype, algorithm=self.gemm_algorithm,
+                           backend=self.backend)
         else:
             xin = x2d if x2d.dtype in (torch.bfloat16, torch.float16) else x2d.to(torch.bfloat16)
             y = nvfp4_gemm(xin, self.packed_weight(), bias=bias, out_dtype=out_dtype, backend=self.backend)
