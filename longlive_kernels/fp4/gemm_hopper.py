@@ -242,7 +242,7 @@ def _hopper_gemm_kernel(
         mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
         w_pairs_scale = _scale_pairs(gl.convert_layout(w_sc, W_SCALES, assert_trivial=True), OP_DTYPE)
         if X_NVFP4:
-            # decode the activation tile once per CTA into the bf16 B buffer of this k-tile
+            # decode the activation tile once per CTA into the fp16 B buffer of this k-tile
             xp = x_bufs.index(slot).load(X_BYTES).reshape([TT, NB, 8])
             xp = gl.convert_layout(xp, X_BYTES3, assert_trivial=True)
             x_pairs = _decode_pairs(xp, gl.expand_dims(_scale_pairs(x_sc, OP_DTYPE), 2), OP_DTYPE)
