@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             trainer.close()
     finally:
         if own and dist.is_initialized():
+            from longlive.train.sp import release_parallel_contexts
+
+            release_parallel_contexts()
             dist.destroy_process_group()
     return 0
 

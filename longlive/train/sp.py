@@ -48,6 +48,7 @@ __all__ = [
     "init_parallel",
     "plan_halo_windows",
     "rank_slice",
+    "release_parallel_contexts",
     "scatter_raw_windows",
     "teacher_forcing_block_mask",
 ]
@@ -230,12 +231,17 @@ def init_parallel(sp_size: int, *, device_type: str) -> ParallelContext:
             f"must be a multiple of sp_size (e.g. sp_size in "
             f"{[d for d in range(1, world + 1) if world % d == 0]})"
         )
+    # one set of communicators per (default group, layout): trainers built one after another (the
+    # benchmark, tests) reuse them instead of creating new NCCL communicators each time
+    key = (id(dist.group.WORLD), world, sp_size, device_type)
+    if key in _CONTEXTS:
+        return _CONTEXTS[key]
     from torch.distributed.device_mesh import init_device_mesh
 
     dp = world // sp_size
     mesh = init_device_mesh(device_type, (dp, sp_size), mesh_dim_names=("dp", "sp"))
     world_mesh = init_device_mesh(device_type, (world,), mesh_dim_names=("world",))
-    return ParallelContext(
+    _CONTEXTS[key] = ParallelContext(
         world_size=world,
         rank=rank,
         sp_size=sp_size,
@@ -246,6 +252,15 @@ def init_parallel(sp_size: int, *, device_type: str) -> ParallelContext:
         dp_group=mesh.get_group("dp"),
         world_mesh=world_mesh,
     )
+    return _CONTEXTS[key]
+
+
+_CONTEXTS: dict[tuple, ParallelContext] = {}
+
+
+def release_parallel_contexts() -> None:
+    """Forget the cached SP × DP groups (call before destroying the default process group)."""
+    _CONTEXTS.clear()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from longlive.train.sp import (
     init_parallel,
     plan_halo_windows,
     rank_slice,
+    release_parallel_contexts,
     scatter_raw_windows,
 )
 
@@ -640,5 +641,6 @@ class Trainer:
         if self._tb:
             self._tb.close()
         if self._own_group and dist.is_initialized():
+            release_parallel_contexts()
             dist.destroy_process_group()
             self._own_group = False

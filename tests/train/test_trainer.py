@@ -299,3 +299,26 @@ def test_sigkill_mid_run_then_resume_continues_the_same_curve(tmp_path):
     resumed = t.train()
     t.close()
     assert resumed == ref[start:]
+
+
+def _sequential_own_groups(rank, world, root):
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()  # start without a group, like `longlive train` in one process
+    out = []
+    for run in ("a", "b"):  # each trainer creates and destroys its own one-rank group
+        losses, t = _train(_cfg(os.path.join(root, run), train={"steps": 1, "precision": "bf16"}))
+        out.append((losses, t.fsdp, t._own_group, dist.is_initialized()))
+    dist.init_process_group("gloo", init_method=f"file://{root}/pg", rank=0, world_size=1)  # for the spawner
+    return out
+
+
+def test_one_process_bf16_trainers_one_after_another(tmp_path):
+    from longlive_kernels.comm._spawn import run_distributed
+
+    (a, fsdp_a, own_a, init_a), (b, fsdp_b, own_b, init_b) = run_distributed(
+        _sequential_own_groups, 1, args=(str(tmp_path),), timeout_s=300.0
+    )[0]
+    assert fsdp_a and fsdp_b and not (own_a or own_b or init_a or init_b)
+    assert a == b
