@@ -81,7 +81,7 @@ def cuda_time_ms(fn: Callable[[], object], *, warmup: int = 10, iters: int = 50,
     times = []
     for _ in range(iters):
         if flush is not None:
-            torch.sum(flush, out=sink)
+            torch.sum(flush, dim=0, out=sink)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()

@@ -16,23 +16,34 @@ constexpr int kThreads = 256;
 constexpr int kRowsPerCta = 16;
 constexpr int kBlocksPerCta = kThreads / kRowsPerCta;
 
+// Tensor amax (NaN counts as +Inf): one warp per row (grid-stride), lanes over 16-element blocks,
+// one atomicMax per CTA on the fp32 bits (non-negative floats order like their bit patterns).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) amax_kernel(const T* __restrict__ x, int64_t rows, int64_t k,
                                                          int64_t stride_row, int hadamard_mask,
                                                          int32_t* __restrict__ amax_bits) {
   const int64_t nb = k / kBlock;
-  const int64_t total = rows * nb;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t warps = int64_t(gridDim.x) * (kThreads / 32);
   float m = 0.0f;
-  for (int64_t b = blockIdx.x * int64_t(kThreads) + threadIdx.x; b < total; b += int64_t(gridDim.x) * kThreads) {
-    const int64_t row = b / nb, cb = b % nb;
-    float v[kBlock];
-    fp4::load16<T>(x + row * stride_row + cb * kBlock, v);
-    if (hadamard_mask >= 0) fp4::rht16(v, hadamard_mask);
-    m = fmaxf(m, fp4::block_amax(v));
+  for (int64_t row = int64_t(blockIdx.x) * (kThreads / 32) + warp; row < rows; row += warps) {
+    const T* xr = x + row * stride_row;
+    for (int64_t cb = lane; cb < nb; cb += 32) {
+      float v[kBlock];
+      fp4::load16<T>(xr + cb * kBlock, v);
+      if (hadamard_mask >= 0) fp4::rht16(v, hadamard_mask);
+      m = fmaxf(m, fp4::block_amax(v));
+    }
   }
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if ((threadIdx.x & 31) == 0) atomicMax(amax_bits, __float_as_int(m));
+  __shared__ float warp_max[kThreads / 32];
+  if (lane == 0) warp_max[warp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kThreads / 32; ++w) m = fmaxf(m, warp_max[w]);
+    atomicMax(amax_bits, __float_as_int(m));
+  }
 }
 
 __device__ __forceinline__ float tile_max16(float v) {
@@ -47,11 +58,14 @@ __device__ __forceinline__ float tile_sum16(float v) {
   return v;
 }
 
-template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
+// kRowFastest: lanes walk rows (16x16 tiles reduce with shuffles); otherwise lanes walk column
+// blocks, so a warp reads 1 KB of one row contiguously (1x16 blocks).
+template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard, bool kRowFastest>
 __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams p) {
-  const int row_in_tile = threadIdx.x % kRowsPerCta;
+  const int row_in_tile = kRowFastest ? threadIdx.x % kRowsPerCta : threadIdx.x / kBlocksPerCta;
+  const int block_in_tile = kRowFastest ? threadIdx.x / kRowsPerCta : threadIdx.x % kBlocksPerCta;
   const int64_t row = int64_t(blockIdx.x) * kRowsPerCta + row_in_tile;
-  const int64_t cb = int64_t(blockIdx.y) * kBlocksPerCta + threadIdx.x / kRowsPerCta;
+  const int64_t cb = int64_t(blockIdx.y) * kBlocksPerCta + block_in_tile;
   const int64_t nb = p.k / kBlock;
   const bool valid = row < p.rows && cb < nb;  // invalid threads still join the tile shuffles
 
@@ -63,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
     if (kHadamard) fp4::rht16(x, p.hadamard_mask);
   }
   float bamax = fp4::block_amax(x);
-  if (p.block_2d) bamax = tile_max16(bamax);
+  if (kRowFastest && p.block_2d) bamax = tile_max16(bamax);
 
   float gs;
   if (p.given_scale) {
@@ -90,7 +104,7 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
     fp4::encode16<kStochastic>(x, c4, u, packed4);
     float e6 = fp4::squared_error_tree(x, packed, c.scale_value, gs);
     float e4 = fp4::squared_error_tree(x, packed4, c4.scale_value, gs);
-    if (p.block_2d) {
+    if (kRowFastest && p.block_2d) {
       e6 = tile_sum16(e6);
       e4 = tile_sum16(e4);
     }
@@ -107,7 +121,11 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
 
 template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 cudaError_t launch_quantize(const NVFP4QuantizeParams& p, dim3 grid, cudaStream_t stream) {
-  quantize_kernel<T, kFourOverSix, kStochastic, kHadamard><<<grid, kThreads, 0, stream>>>(p);
+  if (p.block_2d) {
+    quantize_kernel<T, kFourOverSix, kStochastic, kHadamard, true><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    quantize_kernel<T, kFourOverSix, kStochastic, kHadamard, false><<<grid, kThreads, 0, stream>>>(p);
+  }
   return cudaGetLastError();
 }
 
@@ -132,8 +150,8 @@ cudaError_t launch(const NVFP4QuantizeParams& p, cudaStream_t stream) {
     int dev = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    const int64_t blocks_needed = (p.rows * nb + kThreads - 1) / kThreads;
-    const int grid = static_cast<int>(blocks_needed < int64_t(sms) * 8 ? blocks_needed : int64_t(sms) * 8);
+    const int64_t ctas_needed = (p.rows + kThreads / 32 - 1) / (kThreads / 32);
+    const int grid = static_cast<int>(ctas_needed < int64_t(sms) * 8 ? ctas_needed : int64_t(sms) * 8);
     amax_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(p.x), p.rows, p.k, p.stride_row,
                                                   p.hadamard_mask, p.amax_bits);
     err = cudaGetLastError();
