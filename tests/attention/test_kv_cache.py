@@ -483,8 +483,9 @@ def test_gpu_update_and_dequant_bit_exact_model_size(rule):
     )
     k, v = _chunk(1, 1, 7040, 24, 128, device="cuda"), _chunk(2, 1, 7040, 24, 128, device="cuda")
     cache.start_chunk(0)
+    slot = cache.slot_of(0)
     cache.update(1, k, v, backend="torch")
-    want = [t[1].clone() for t in (cache.data, cache.scale, cache.global_scale)]
+    want = [t[1, :, slot].clone() for t in (cache.data, cache.scale, cache.global_scale)]
     want_deq = cache.dequantize(1, include_current=True, backend="torch")
     for be in ["triton"] + (["cuda"] if has_cuda_extension() else []):
         for t in (cache.data, cache.scale, cache.global_scale):
@@ -492,7 +493,7 @@ def test_gpu_update_and_dequant_bit_exact_model_size(rule):
         cache.update(1, k, v, backend=be)
         bufs = (cache.data, cache.scale, cache.global_scale)
         for name, t, w in zip(("data", "scale", "gs"), bufs, want, strict=True):
-            assert_bitwise_equal(t[1], w, f"{be} {name}")
+            assert_bitwise_equal(t[1, :, slot], w, f"{be} {name}")  # other slots stay poisoned
         for a, b in zip(cache.dequantize(1, include_current=True, backend=be), want_deq, strict=True):
             assert_bitwise_equal(a, b, f"{be} dequant")
 
