@@ -46,7 +46,8 @@ try:  # the Gluon (sm_90a) kernel; LONGLIVE_GEMM_GLUON=0 disables it
     from . import gemm_hopper as _hopper
 except ImportError:  # pragma: no cover - Triton without Gluon
     _hopper = None
-_HOPPER_ENABLED = os.environ.get("LONGLIVE_GEMM_GLUON", "1") == "1"
+# Off by default: its GPU test failed on the H100 (wrong tiles, run-to-run differences; bench/RESULTS.md).
+_HOPPER_ENABLED = os.environ.get("LONGLIVE_GEMM_GLUON", "0") == "1"
 _HOPPER_FAILED: set = set()
 
 # ---------------------------------------------------------------------------------------------
