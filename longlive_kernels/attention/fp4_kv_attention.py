@@ -18,14 +18,21 @@ the BF16 current chunk (LongLive's choice: the current chunk attends to itself u
 P (·256) in FP8 E4M3 on the FP8 tensor cores (QGMMA). Its error is the FP8 rounding itself (~5% rel.
 on random data, like an ideal per-tensor FP8 emulation; the 16-bit path is within 2× of BF16 SDPA).
 
-Performance notes (SASS of BM = BN = 128, 8 warps, sm_90a; ``tools/aot_compile.py``): 237 registers,
-no spills, 160 KB shared memory; the cache-tile loop issues ~950 instructions per thread per 128-key
-tile (HGMMA ×16), of which ~330 decode 2×16K E2M1 values (per f16 pair: PRMT, 2 LOP3, LEA, HMUL2) and
-~330 are the online softmax; the BF16 current-chunk loop issues ~620. Triton 3.6 waits for every
-wgmma whose result is used in the same iteration right after issuing it (only the accumulating PV
-dot stays asynchronous), so the QKᵀ MMA does not overlap the decode/softmax within a CTA; the next
-step beyond this kernel is an FA3-style warp-specialized kernel (producer warps decode K/V tiles into
-double-buffered shared memory while two consumer warpgroups ping-pong MMA and softmax).
+Hopper fast path (``fp4_kv_attention_hopper.py``): on sm_90 the ``compute="bf16"`` call with FP4
+storage, head_dim 128, bf16 q, ``chunk_tokens % 128 == 0`` (and a contiguous current chunk with
+``Lc % 128 == 0``) runs a Gluon FA3-style kernel instead (a producer warpgroup decodes each K/V tile
+once into fp16 shared memory; two consumer warpgroups run asynchronous wgmma and the softmax). It is
+first run once in a child process on small problems and compared with this kernel (a hang or a
+wrong result disables it with a warning; the result is cached on disk). ``LONGLIVE_FP4_KV_GLUON=0``
+disables it, ``=1`` skips the probe. This Triton kernel stays the portable path (CPU interpreter,
+fp8 compute, BF16 storage, other shapes).
+
+Performance notes of this kernel (SASS of BM = BN = 128, 8 warps, sm_90a; ``tools/aot_compile.py``):
+237 registers, no spills, 160 KB shared memory; the cache-tile loop issues ~950 instructions per
+thread per 128-key tile (HGMMA ×16), of which ~330 decode 2×16K E2M1 values and ~330 are the online
+softmax. Triton 3.6 waits for every wgmma
+whose result is used in the same iteration right after issuing it (only the accumulating PV dot
+stays asynchronous), so the QKᵀ MMA does not overlap the decode/softmax within a CTA.
 Block config override for sweeps: ``LONGLIVE_FP4_KV_ATTN_CONFIG=BM,BN,warps,stages``;
 ``LONGLIVE_FP4_KV_NO_ASM=1`` uses the portable decode instead of the inline PTX.
 """
@@ -33,6 +40,7 @@ Block config override for sweeps: ``LONGLIVE_FP4_KV_ATTN_CONFIG=BM,BN,warps,stag
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
@@ -44,8 +52,15 @@ from .._backend import interpret_mode, resolve_backend
 from ..fp4.nvfp4_triton import e4m3_decode, e4m3_rne
 from .kv_cache import KV_SCALE_TILE, FP4KVCache
 
+try:  # the Gluon (sm_90a) kernel; LONGLIVE_FP4_KV_GLUON=0 disables it, =1 skips its probe
+    from . import fp4_kv_attention_hopper as _hopper
+except ImportError:  # pragma: no cover - Triton without Gluon
+    _hopper = None
+
 COMPUTES = ("bf16", "fp8")
 _LOG2E = 1.4426950408889634
+_GLUON_MODE = os.environ.get("LONGLIVE_FP4_KV_GLUON", "auto")  # "0" | "1" | "auto" (probe first)
+_GLUON_FAILED: set = set()
 
 # E2M1 → fp16 ``e2m1·s·2^-7`` for 4 packed bytes. In: $4 = the 4 bytes (byte j holds elements 2j in
 # the low nibble and 2j+1 in the high nibble), $5..$8 = the f16x2 pair (s·2^7, s·2^7) of byte j's
@@ -354,7 +369,29 @@ def _block_sizes(head_dim: int, fp8: bool) -> tuple[int, int, int, int]:
     return 128, 128 if head_dim <= 128 else 64, 8, 2
 
 
-def _attention_triton(q, view, current_k, current_v, softmax_scale, compute):
+def _try_gluon(q, view, current_k, current_v, softmax_scale, compute):
+    """The Gluon Hopper kernel when it applies and its probe passed, else None."""
+    if _hopper is None or _GLUON_MODE == "0" or interpret_mode():
+        return None
+    if not _hopper.supported(q, view, current_k, current_v, compute):
+        return None
+    key = (q.device, current_k is not None)
+    if key in _GLUON_FAILED or (_GLUON_MODE != "1" and not _hopper.probe_ok(q.device)):
+        return None
+    try:
+        return _hopper.attention(q, view, current_k, current_v, softmax_scale)
+    except Exception as exc:  # noqa: BLE001 - a compile/launch failure falls back to the portable kernel
+        _GLUON_FAILED.add(key)
+        warnings.warn(f"fp4_kv_attention: Hopper Gluon kernel unavailable ({type(exc).__name__}: {exc}); "
+                      "using the portable Triton kernel", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _attention_triton(q, view, current_k, current_v, softmax_scale, compute, portable=False):
+    if not portable:
+        out = _try_gluon(q, view, current_k, current_v, softmax_scale, compute)
+        if out is not None:
+            return out
     b, lq, h, d = q.shape
     fp8 = compute == "fp8"
     fp4 = view.data is not None
@@ -436,6 +473,8 @@ def fp4_kv_attention(
     backend : {"auto", "triton", "torch"}
         ``"torch"`` dequantizes the window to ``cache.dtype`` and calls
         ``torch.nn.functional.scaled_dot_product_attention`` (LongLive's way; ignores ``compute``).
+        ``"triton"`` on an H100/H200 takes the Gluon kernel of ``fp4_kv_attention_hopper`` when it
+        applies (see the module docstring), else the portable Triton kernel.
 
     Returns
     -------
