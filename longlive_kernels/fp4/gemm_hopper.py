@@ -1,17 +1,24 @@
-"""Hopper (sm_90a) NVFP4 GEMM in Gluon: TMA pipeline, weights decoded straight into wgmma registers.
+"""Hopper (sm_90a) NVFP4 GEMM in Gluon: TMA pipeline, operands decoded into shared memory, async wgmma.
 
 ``out[M, N] = x[M, K] · Wᵀ`` with W an NVFP4 weight [N, K] and x bf16/fp16 (W4A16) or NVFP4 (W4A4).
 One CTA computes a [BW=128 weight rows × BT=256 tokens] tile with 8 warps (2 warpgroups,
 ``wgmma.m64n256k16``):
 
-- A operand = the weight, in registers (wgmma RS). Each warp loads exactly the packed bytes of its
-  A fragment from shared memory — in the wgmma register layout every 32-bit A register holds the
-  two elements (k, k+1) of one packed byte — and decodes them with one inline-PTX routine per four
-  bytes, whose outputs are already the bf16x2 registers wgmma consumes (no repacking). The decode of
-  k-tile i overlaps the asynchronous wgmma of k-tile i-1 (``warpgroup_mma_wait(1)``); the previous
-  A registers stay alive through the wait, so ptxas keeps the MMAs asynchronous.
+- A operand = the weight: TMA brings the packed codes of k-tile i into shared memory, every thread
+  decodes 16-byte runs of one row with one inline-PTX routine per four bytes (outputs are already
+  the bf16x2/f16x2 pairs of the operand) and stores them into a double-buffered, 128-byte-swizzled
+  operand tile that wgmma reads from shared memory (SS). The decode of k-tile i overlaps the
+  asynchronous wgmma of k-tile i-1 (``warpgroup_mma_wait(1)``).
+- Why not registers (wgmma RS, the first version of this kernel): PTX forbids writing the A
+  registers of a wgmma before a ``wgmma.wait_group`` retires it, and with a loop-carried A the
+  registers of wgmma i are rewritten by the decode of k-tile i+1 while wgmma i still runs; the
+  ptxas of Triton 3.6 (CUDA 12.8) allocated them that way (triton-lang/triton#9433, #11781 — fixed
+  in ptxas 13.3), which gave wrong tiles and run-to-run differences on the H100.
+  ``tests/fp4/test_gemm.py`` checks the compiled SASS for this hazard.
 - B operand = the activations [BT, BK] in shared memory (128-byte swizzle): loaded by TMA (W4A16),
-  or, for W4A4, TMA-loaded packed codes decoded once per CTA into a double-buffered bf16 tile.
+  or, for W4A4, TMA-loaded packed codes decoded the same way into a double-buffered fp16 tile.
+- Synchronisation per k-tile: decoded stores → ``fence.proxy.async`` → CTA barrier → wgmma i →
+  wait(≤1 pending) → barrier (wgmma i-1 retired in both warpgroups) → TMA refill of slot i-1.
 - TMA zero-fills out-of-range rows/columns and clips the output store, so any M, any N and K not
   a multiple of the tile need no masks (scales and bias use masked loads).
 - Block scales come from global memory (prefetched one k-tile ahead); the decoded operands are
@@ -20,8 +27,9 @@ One CTA computes a [BW=128 weight rows × BT=256 tokens] tile with 8 warps (2 wa
 
 Requirements (else :mod:`~longlive_kernels.fp4.gemm` falls back to its portable Triton kernel): a
 Hopper GPU, ``K % 32 == 0`` and ``N % 8 == 0`` (TMA strides), 16-byte aligned contiguous operands,
-bf16/fp16/fp32 output (fp32 uses 128-token tiles). The kernel is compiled for sm_90a on CPU machines by the tests (register use,
-spills, wgmma and asynchronous MMAs are checked there); it runs only on a GPU.
+bf16/fp16/fp32 output (fp32 uses 128-token tiles). The kernel is compiled for sm_90a on CPU machines
+by the tests (register use, spills, wgmma, asynchronous MMAs and the register hazard are checked
+there); it runs only on a GPU.
 """
 
 from __future__ import annotations
@@ -147,6 +155,20 @@ def _load_scales(row_ptrs, k_tile, K, NB: gl.constexpr, EVEN_K: gl.constexpr, LA
 
 
 @gluon.jit
+def _decode_to_smem(src, scale_codes, dst, R: gl.constexpr, TK2: gl.constexpr, OP_DTYPE: gl.constexpr,
+                    BYTES: gl.constexpr, BYTES3: gl.constexpr):
+    """Packed E2M1 codes [R, TK2] (shared, unswizzled) × E4M3 block-scale codes [R, TK2/8] (registers,
+    ``SliceLayout(2, BYTES3)``) → the decoded MMA operand [R, 2·TK2] stored into the 128-byte-swizzled
+    shared tile ``dst``. Each thread decodes whole 16-byte runs of a row (16-byte loads and stores)."""
+    NB: gl.constexpr = TK2 // 8
+    PAIRS_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32)
+    codes = gl.convert_layout(src.load(BYTES).reshape([R, NB, 8]), BYTES3, assert_trivial=True)
+    pairs = _decode_pairs(codes, gl.expand_dims(_scale_pairs(scale_codes, OP_DTYPE), 2), OP_DTYPE)
+    dst._reinterpret(gl.int32, [R, TK2], PAIRS_SMEM).store(
+        gl.convert_layout(pairs.reshape([R, TK2]), BYTES, assert_trivial=True))
+
+
+@gluon.jit
 def _hopper_gemm_kernel(
     w_desc,  # TMA over W packed codes [N, K/2] uint8, box [BW, BK/2]
     x_desc,  # TMA over x [M, K] bf16/fp16 (box [BT, BK]) or its packed codes [M, K/2] (box [BT, BK/2])
@@ -179,26 +201,19 @@ def _hopper_gemm_kernel(
     gl.static_assert(TT == 128 or TT == 256, "token tile of 128 or 256 rows")
 
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, TT, 16])
-    A_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    # Packed bytes of the A fragment: byte (r, j) lives with elements (r, 2j), (r, 2j+1) of A.
-    W_BYTES: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[8, 0], [0, 4], [0, 8], [0, 16]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
-        warp_bases=[[16, 0], [32, 0], [64, 0]], block_bases=[], shape=[TW, TK2])
-    W_BYTES3: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[8, 0, 0], [0, 0, 4], [0, 1, 0], [0, 2, 0]],
-        lane_bases=[[0, 0, 1], [0, 0, 2], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
-        warp_bases=[[16, 0, 0], [32, 0, 0], [64, 0, 0]], block_bases=[], shape=[TW, NB, 8])
+    OP_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16)
+    # Packed tiles are decoded with each thread owning a contiguous run of one row (TPR threads per
+    # row): [R, TK2] bytes, their [R, NB, 8] block view, and the [R, NB] block scales.
+    W_TPR: gl.constexpr = 32 * num_warps // TW
+    W_BYTES: gl.constexpr = gl.BlockedLayout([1, TK2 // W_TPR], [32 // W_TPR, W_TPR], [num_warps, 1], [1, 0])
+    W_BYTES3: gl.constexpr = gl.BlockedLayout([1, NB // W_TPR, 8], [32 // W_TPR, W_TPR, 1], [num_warps, 1, 1],
+                                              [2, 1, 0])
     W_SCALES: gl.constexpr = gl.SliceLayout(2, W_BYTES3)
-    # the same distribution with the 4 k-blocks of a row in consecutive registers (one 32-bit load)
-    W_SCALES_LD: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
-        warp_bases=[[16, 0], [32, 0], [64, 0]], block_bases=[], shape=[TW, NB])
-    # Activation tile decode (W4A4): TPR threads per token row (1 for 256-row tiles, 2 for 128).
-    TPR: gl.constexpr = 256 // TT
-    X_BYTES: gl.constexpr = gl.BlockedLayout([1, TK2 // TPR], [32 // TPR, TPR], [num_warps, 1], [1, 0])
-    X_BYTES3: gl.constexpr = gl.BlockedLayout([1, NB // TPR, 8], [32 // TPR, TPR, 1], [num_warps, 1, 1], [2, 1, 0])
+    X_TPR: gl.constexpr = 32 * num_warps // TT
+    X_BYTES: gl.constexpr = gl.BlockedLayout([1, TK2 // X_TPR], [32 // X_TPR, X_TPR], [num_warps, 1], [1, 0])
+    X_BYTES3: gl.constexpr = gl.BlockedLayout([1, NB // X_TPR, 8], [32 // X_TPR, X_TPR, 1], [num_warps, 1, 1],
+                                              [2, 1, 0])
     X_SCALES: gl.constexpr = gl.SliceLayout(2, X_BYTES3)
-    X_PAIRS: gl.constexpr = gl.BlockedLayout([1, TK2 // TPR], [32 // TPR, TPR], [num_warps, 1], [1, 0])
 
     # Grouped tile order: GROUP weight tiles sweep the token tiles together (W stays in L2).
     pid = gl.program_id(0)
@@ -215,12 +230,17 @@ def _hopper_gemm_kernel(
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
         mbarrier.init(bars.index(s), count=1)
+    # Decoded operands live in shared memory (wgmma SS), double-buffered: wgmma i-1 may still read
+    # buffer (i-1)%2 while buffer i%2 is written. A register A operand (wgmma RS) is not used: ptxas
+    # 12.x reuses the A registers of an in-flight wgmma (the wrong tiles and run-to-run differences
+    # measured on the H100; tests/fp4/test_gemm.py checks the SASS for it).
+    w_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TW, TK], OP_SMEM)
     if X_NVFP4:
-        B_LAYOUT: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16)
-        B_PAIRS: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32)
-        b_bufs = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], B_LAYOUT)
+        x_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], OP_SMEM)
 
-    k_tiles = (K + TK - 1) // TK
+    # K ≥ 32, so at least one k-tile; saying so removes the zero-trip path of the loop, whose
+    # accumulator initialisation ptxas would otherwise see inside the wgmma pipeline (and serialize).
+    k_tiles = gl.maximum((K + TK - 1) // TK, 1)
     nbytes: gl.constexpr = w_desc.block_type.nbytes + x_desc.block_type.nbytes
     for s in gl.static_range(STAGES - 1):
         pred = s < k_tiles
@@ -229,43 +249,34 @@ def _hopper_gemm_kernel(
         tma.async_copy_global_to_shared(x_desc, [off_t, s * x_desc.block_type.shape[1]], bars.index(s),
                                         x_bufs.index(s), pred)
 
-    w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES_LD)
-    w_sc = _load_scales(w_srows, 0, K, NB, EVEN_K, W_SCALES_LD)
+    w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES)
+    w_sc = _load_scales(w_srows, 0, K, NB, EVEN_K, W_SCALES)
     if X_NVFP4:
         x_srows = _scale_rows(x_scale_ptr, off_t, M, stride_xs, TT, X_SCALES)
         x_sc = _load_scales(x_srows, 0, K, NB, EVEN_K, X_SCALES)
 
     acc = gl.zeros((TW, TT), dtype=gl.float32, layout=mma)
-    a_prev = gl.zeros((TW, TK), dtype=OP_DTYPE, layout=A_LAYOUT)
     for i in range(k_tiles):
         slot = i % STAGES
         mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
-        w_pairs_scale = _scale_pairs(gl.convert_layout(w_sc, W_SCALES, assert_trivial=True), OP_DTYPE)
+        # Buffers i%2 were last read by wgmma i-2, retired in every warpgroup before the barrier
+        # that ended iteration i-1.
+        _decode_to_smem(w_bufs.index(slot), w_sc, w_dec.index(i % 2), TW, TK2, OP_DTYPE, W_BYTES, W_BYTES3)
         if X_NVFP4:
-            # decode the activation tile once per CTA into the fp16 B buffer of this k-tile
-            xp = x_bufs.index(slot).load(X_BYTES).reshape([TT, NB, 8])
-            xp = gl.convert_layout(xp, X_BYTES3, assert_trivial=True)
-            x_pairs = _decode_pairs(xp, gl.expand_dims(_scale_pairs(x_sc, OP_DTYPE), 2), OP_DTYPE)
-            b_slot = b_bufs.index(i % 2)
-            b_slot._reinterpret(gl.int32, [TT, TK2], B_PAIRS).store(
-                gl.convert_layout(x_pairs.reshape([TT, TK2]), X_PAIRS, assert_trivial=True))
-        wp = gl.convert_layout(w_bufs.index(slot).load(W_BYTES).reshape([TW, NB, 8]), W_BYTES3, assert_trivial=True)
-        w_pairs = _decode_pairs(wp, gl.expand_dims(w_pairs_scale, 2), OP_DTYPE)
-        lo, hi = _split_pairs(w_pairs, OP_DTYPE)
-        a = gl.convert_layout(gl.join(lo, hi).reshape([TW, TK]), A_LAYOUT, assert_trivial=True)
+            _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % 2), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
         # prefetch the next k-tile's block scales (consumed one iteration later)
         nk = gl.minimum(i + 1, k_tiles - 1)  # (clamped: never read past the last k-tile)
-        w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES_LD)
+        w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
         if X_NVFP4:
             x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
-            fence_async_shared()
-            gl.thread_barrier()  # the whole decoded B tile is written before wgmma reads it
-            b_op = b_bufs.index(i % 2).permute((1, 0))
+            b_op = x_dec.index(i % 2).permute((1, 0))
         else:
             b_op = x_bufs.index(slot).permute((1, 0))
-        acc = warpgroup_mma(a, b_op, acc, use_acc=i > 0, is_async=True)
-        acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
-        a_prev = a
+        # every thread's decoded stores are visible to the async proxy before any wgmma reads them
+        fence_async_shared()
+        gl.thread_barrier()
+        acc = warpgroup_mma(w_dec.index(i % 2), b_op, acc, use_acc=i > 0, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
         # wgmma i-1 is complete in both warpgroups and slot i-1 was read by every thread: order the
         # generic-proxy reads before the TMA refill of that slot with k-tile i + STAGES - 1.
         fence_async_shared()
@@ -278,6 +289,7 @@ def _hopper_gemm_kernel(
         tma.async_copy_global_to_shared(x_desc, [off_t, nxt * x_desc.block_type.shape[1]], bars.index(nslot),
                                         x_bufs.index(nslot), pred)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    gl.thread_barrier()  # no warpgroup still reads the operand tiles the epilogue tile may alias
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
 
@@ -295,6 +307,7 @@ def _hopper_gemm_kernel(
     c_smem = gl.allocate_shared_memory(out_desc.dtype, [TT, TW], out_desc.layout)
     c_smem.permute((1, 0)).store(acc.to(out_desc.dtype))
     fence_async_shared()
+    gl.thread_barrier()  # the whole tile is in shared memory before one thread issues the TMA store
     tma.async_copy_shared_to_global(out_desc, [off_t, off_w], c_smem)
     tma.store_wait(pendings=0)
 
@@ -303,8 +316,8 @@ def _hopper_gemm_kernel(
 # Host side
 # ---------------------------------------------------------------------------------------------
 
-STAGES_W4A16 = 4  # 4 × (32 KB x + 4 KB W) + epilogue tile: ~147 KB of shared memory
-STAGES_W4A4 = 4  # 4 × (8 KB x + 4 KB W) + 2 × 32 KB decoded x tile: ~115 KB
+STAGES_W4A16 = 4  # 4 × (32 KB x + 4 KB W) + 2 × 16 KB decoded W (epilogue tile aliased): ~176 KB
+STAGES_W4A4 = 4  # 4 × (8 KB x + 4 KB W) + 2 × (32 KB decoded x + 16 KB decoded W): ~144 KB
 GROUP = 8
 
 
@@ -370,7 +383,7 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         op_dtype = _gl_dtype(a.dtype)
         x_desc = TensorDescriptor.from_tensor(a, [bt, BK], gl.NVMMASharedLayout.get_default_for([bt, BK], op_dtype))
         x_scale = b_data  # unused
-        stages = STAGES_W4A16  # bt=128: ~112 KB, two CTAs per SM
+        stages = STAGES_W4A16  # bt=128: ~112 KB, two CTAs per SM (bt=256: one)
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
