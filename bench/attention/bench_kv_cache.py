@@ -9,9 +9,14 @@ Attention rows (Lq = 7040 queries of the current chunk; Lk = context chunks + th
   to BF16, append the BF16 current chunk, then cuDNN SDPA (timed end to end);
 - ``dequant + FA2 SDPA (LongLive)``: the same with FlashAttention-2 (``SDPBackend.FLASH_ATTENTION``),
   the kernel LongLive actually runs on Hopper (spec §2.3: FA3 is off by default);
-- ``fp4_kv_attention bf16|fp8``: the fused kernel, context tiles decoded in registers, BF16 current
-  chunk (``+cache-current``: the current chunk read from its FP4 slot too);
-- ``Triton, BF16 cache``: the same kernel over ``storage="bf16"`` (the Triton flash-attention
+- ``fused portable bf16|fp8``: the portable Triton kernel (``fp4_kv_attention.py``), context tiles
+  decoded in registers, BF16 current chunk (``+cache-current``: the current chunk read from its FP4
+  slot too);
+- ``fused Gluon bf16``: the Hopper kernel (``fp4_kv_attention_hopper.py``: producer warpgroup decodes
+  each tile once into fp16 shared memory, 2 consumer warpgroups, async wgmma), called directly; only
+  if its probe (a child process, compared with the portable kernel) passed, else the row says why;
+- ``fp4_kv_attention bf16 (auto)``: the public function (what the model runs: Gluon when it applies);
+- ``Triton, BF16 cache``: the portable kernel over ``storage="bf16"`` (the Triton flash-attention
   ceiling without FP4 decode).
 
 FLOPs = 4·Lq·Lk·H·D. Bytes for update: read K+V bf16, write packed + scales + tile scales; for
@@ -20,22 +25,26 @@ timed in the same run. Errors: rel. Frobenius vs fp64 attention on the exactly d
 BF16 current chunk (3 heads, the first 1024 queries); the BF16-cache rows also carry the BF16
 rounding of the decoded values.
 
-Run: python bench/attention/bench_kv_cache.py [--quick] [--sweep] [--granularity]
-     (--granularity runs on the CPU: the error table of the global-scale granularity choice)
+Run: python bench/attention/bench_kv_cache.py [--quick] [--attention-only] [--sweep] [--granularity]
+     (--granularity runs on the CPU: the error table of the global-scale granularity choice;
+      every attention row is printed as soon as it is timed, so a failure keeps the rows before it)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 
 import pytest
 import torch
 
 from longlive_kernels.attention import FP4KVCache, fp4_kv_attention
+from longlive_kernels.attention import fp4_kv_attention_hopper as hopper
 from longlive_kernels.attention import reference as ref
 from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms, device_header, rel_err
 
+attn_mod = importlib.import_module("longlive_kernels.attention.fp4_kv_attention")  # (not the function)
 H, D, T = 24, 128, 7040
 DEVICE = "cuda"
 
@@ -123,7 +132,7 @@ def bandwidth_rows(copy_gbs: float, iters: int) -> list[dict]:
 
 def _ref_subset(q, kk, vv):
     def sub(x):
-        return x[:, :, [0, 11, 23]].contiguous()
+        return x[:, :, [0, H // 2, H - 1]].contiguous()
 
     return ref.attention(sub(q[:, :1024]), sub(kk), sub(vv), block_q=256), sub
 
@@ -158,17 +167,29 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
                 torch.cat([vc, v], 1).transpose(1, 2),
             ).transpose(1, 2)
 
+    def portable(compute, current=True):
+        ck, cv = (k, v) if current else (None, None)
+        return lambda: attn_mod._attention_triton(q, cache.layer_view(0), ck, cv, D**-0.5, compute, portable=True)
+
+    def gluon(current=True):
+        ck, cv = (k, v) if current else (None, None)
+        return lambda: hopper.attention(q, cache.layer_view(0), ck, cv, D**-0.5)
+
+    gluon_ok, gluon_msg = False, "not Hopper / unsupported"
+    if hopper.supported(q, cache.layer_view(0), k, v, "bf16"):
+        gluon_ok = hopper.probe_ok(q.device)
+        gluon_msg = "" if gluon_ok else hopper._PROBED.get(hopper._device_index(q.device), (0, "?"))[1][:80]
     bf16_cache = _filled(n_ctx, storage="bf16")[0] if with_bf16_storage else None
     cases = [
         ("cuDNN SDPA, BF16 cache", lambda: cudnn(q, kk, vv)),
         ("dequant + cuDNN SDPA", dequant_then_cudnn),
         ("dequant + FA2 SDPA (LongLive)", dequant_then_fa2),
-        ("fp4_kv_attention bf16", lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)),
-        (
-            "fp4_kv_attention fp8",
-            lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8"),
-        ),
-        ("fp4_kv_attention fp8 +cache-current", lambda: fp4_kv_attention(q, cache, 0, compute="fp8")),
+        ("fused portable bf16", portable("bf16")),
+        ("fused portable fp8", portable("fp8")),
+        ("fused portable fp8 +cache-current", portable("fp8", current=False)),
+        ("fused Gluon bf16", gluon() if gluon_ok else None),
+        ("fused Gluon bf16 +cache-current", gluon(current=False) if gluon_ok else None),
+        ("fp4_kv_attention bf16 (auto)", lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)),
     ] + (
         [("Triton, BF16 cache", lambda: fp4_kv_attention(q, bf16_cache, 0, current_k=k, current_v=v))]
         if with_bf16_storage
@@ -176,26 +197,39 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
     )
     rows, base = [], {}
     for name, fn in cases:
-        out = fn()
-        if "+cache-current" in name:  # attends to the quantized current chunk: its own reference
-            kq, vq = cache.dequantize(0, include_current=True, dtype=torch.float32)
-            err = rel_err(sub(out[:, :1024]), _ref_subset(q, kq, vq)[0])
-        elif "BF16 cache" in name and "Triton" in name:
-            kb, vb = bf16_cache.dequantize(0)
-            err = rel_err(sub(out[:, :1024]), _ref_subset(q, torch.cat([kb, k], 1), torch.cat([vb, v], 1))[0])
-        else:
-            err = rel_err(sub(out[:, :1024]), want)
-        t = cuda_time_ms(fn, iters=iters, warmup=3)
-        base.setdefault("cudnn", t)
+        if fn is None:
+            rows.append(dict(case=name, lk=lk, ms=float("nan"), tflops=0.0, err=float("nan"),
+                             note=f"skipped: {gluon_msg}"))
+            print(f"  {name}: skipped ({gluon_msg})", flush=True)
+            continue
+        try:
+            out = fn()
+            if "+cache-current" in name:  # attends to the quantized current chunk: its own reference
+                kq, vq = cache.dequantize(0, include_current=True, dtype=torch.float32)
+                err = rel_err(sub(out[:, :1024]), _ref_subset(q, kq, vq)[0])
+            elif "BF16 cache" in name and "Triton" in name:
+                kb, vb = bf16_cache.dequantize(0)
+                err = rel_err(sub(out[:, :1024]), _ref_subset(q, torch.cat([kb, k], 1), torch.cat([vb, v], 1))[0])
+            else:
+                err = rel_err(sub(out[:, :1024]), want)
+            t = cuda_time_ms(fn, iters=iters, warmup=3)
+        except Exception as exc:  # noqa: BLE001 - report the failure, keep the other rows
+            rows.append(dict(case=name, lk=lk, ms=float("nan"), tflops=0.0, err=float("nan"),
+                             note=f"{type(exc).__name__}: {str(exc)[:60]}"))
+            print(f"  {name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            continue
+        if name.startswith("cuDNN SDPA"):
+            base["cudnn"] = t
         if name.startswith("dequant + cuDNN"):
             base["dequant"] = t
         if name.startswith("dequant + FA2"):
             base["fa2"] = t
         rows.append(dict(case=name, lk=lk, ms=t, tflops=flops / t / 1e9, err=err))
+        print(f"  {name}: Lk {lk}, {t:.3f} ms, {flops / t / 1e9:.0f} TFLOP/s, "
+              f"{base.get('cudnn', float('nan')) / t:.2f}x cuDNN, err {err:.2e}", flush=True)
     for r in rows:
-        r["vs_cudnn"] = base["cudnn"] / r["ms"]
-        r["vs_dequant"] = base["dequant"] / r["ms"]
-        r["vs_fa2"] = base["fa2"] / r["ms"]
+        for key, col in (("cudnn", "vs_cudnn"), ("dequant", "vs_dequant"), ("fa2", "vs_fa2")):
+            r[col] = base[key] / r["ms"] if key in base else float("nan")
     return rows
 
 
@@ -217,8 +251,8 @@ def sweep_rows(iters: int) -> list[dict]:
         os.environ["LONGLIVE_FP4_KV_ATTN_CONFIG"] = cfg
         for compute in ("bf16", "fp8"):
 
-            def fn(c=compute):
-                return fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute=c)
+            def fn(c=compute):  # the portable kernel (the Gluon kernel has no block-config knob)
+                return attn_mod._attention_triton(q, cache.layer_view(0), k, v, D**-0.5, c, portable=True)
 
             try:
                 fn()
@@ -264,6 +298,19 @@ def granularity_rows(tokens: int = 1024) -> list[dict]:
     return rows
 
 
+ATT_COLS = [
+    ("case", "attention (Lq = 7040)", "s"),
+    ("lk", "Lk", "d"),
+    ("ms", "ms", ".3f"),
+    ("tflops", "TFLOP/s", ".0f"),
+    ("vs_cudnn", "× cuDNN BF16", ".2f"),
+    ("vs_dequant", "× dequant+cuDNN", ".2f"),
+    ("vs_fa2", "× dequant+FA2", ".2f"),
+    ("err", "rel err vs fp64", ".2e"),
+    ("note", "note", "s"),
+]
+
+
 def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(c[1] for c in cols) + " |\n|" + "---|" * len(cols) + "\n"
     return head + "".join(
@@ -288,6 +335,7 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="Lk = 28160 only, fewer iterations (< 2 min)")
     ap.add_argument("--sweep", action="store_true", help="also time the fused kernel's block configs")
     ap.add_argument("--granularity", action="store_true", help="CPU: global-scale granularity error table")
+    ap.add_argument("--attention-only", action="store_true", help="only the attention table")
     args = ap.parse_args()
     if args.granularity:
         print(
@@ -304,6 +352,12 @@ if __name__ == "__main__":
         raise SystemExit(0)
     print(device_header())
     iters = 10 if args.quick else 30
+    if args.attention_only:
+        att = []
+        for n_ctx in (3,) if args.quick else (3, 4):
+            att += attention_rows(n_ctx, iters, with_bf16_storage=not args.quick)
+        print(_table(att, ATT_COLS))
+        raise SystemExit(0)
     copy = copy_bandwidth_gbs()
     print(f"device-to-device copy: {copy:.0f} GB/s (read + write)\n")
     print(
@@ -336,21 +390,7 @@ if __name__ == "__main__":
     att = []
     for n_ctx in (3,) if args.quick else (3, 4):
         att += attention_rows(n_ctx, iters, with_bf16_storage=not args.quick)
-    print(
-        _table(
-            att,
-            [
-                ("case", "attention (Lq = 7040)", "s"),
-                ("lk", "Lk", "d"),
-                ("ms", "ms", ".3f"),
-                ("tflops", "TFLOP/s", ".0f"),
-                ("vs_cudnn", "× cuDNN BF16", ".2f"),
-                ("vs_dequant", "× dequant+cuDNN", ".2f"),
-                ("vs_fa2", "× dequant+FA2", ".2f"),
-                ("err", "rel err vs fp64", ".2e"),
-            ],
-        )
-    )
+    print(_table(att, ATT_COLS))
     if args.sweep:
         print(
             _table(
