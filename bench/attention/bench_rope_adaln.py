@@ -17,11 +17,19 @@ counted too but are < 0.1 %; the backward's fp32 partial sums are *not* counted,
 | rope q+k (no norm) | read q, k, write q, k: 8N | 8N |
 | rms+rope q+k | 8N | + read q, k: 12N |
 
-Every row: µs (CUDA events, L2 flushed, median), GB/s over those bytes, the ratio to a
-device-to-device copy timed in the same run (target ≥ 0.80), the speed-up over eager PyTorch as
-Wan/LongLive write it (adaLN via F.layer_norm + broadcast mul/add, RoPE via the fp64 complex
-chain), and over ``torch.compile`` of ``longlive_kernels.attention.reference`` (target ≥ 1.2×).
-Backward rows time ``torch.autograd.grad`` of each implementation's own graph.
+Every row: µs = GPU time of the call (CUDA events, L2 flushed by a read, median), with the host's
+launch overhead hidden by a ~1 ms GPU spin queued before the start event (the Python dispatch of
+a custom op + autotuner + autograd is 50-300 µs, comparable to the kernels; a plain event pair
+would time the host, not the kernels, and differently for each implementation); GB/s over those
+bytes, the ratio to a device-to-device copy timed in the same run (target ≥ 0.80), the speed-up
+over eager PyTorch as Wan/LongLive write it (adaLN via F.layer_norm + broadcast mul/add, RoPE via
+the fp64 complex chain), and over ``torch.compile`` of ``longlive_kernels.attention.reference``
+(target ≥ 1.2×), all timed the same way. "call µs" is our time per call *with* the host overhead
+(plain event pair, as ``cuda_time_ms``), for reference. Backward rows time
+``torch.autograd.grad`` of each implementation's own graph w.r.t. the op's inputs; q and k are
+leaves that are strided views of one fused QKV tensor (the forward reads them in place), so the
+backward rows time the op, not autograd's scatter of dq/dk into a zero-filled d(qkv). The
+autotuned configs of our kernels are printed after the table.
 
 Run: python bench/attention/bench_rope_adaln.py [--quick]   (prints a markdown table)
 """
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 from collections.abc import Callable
 
 import pytest
@@ -169,17 +178,20 @@ def _rope_cases() -> list[Case]:
     n_tok = ROPE_GRID[0] * ROPE_GRID[1] * ROPE_GRID[2]
     n = n_tok * HEADS * HEAD_DIM
     g = torch.Generator(device="cuda").manual_seed(1)
-    qkv = torch.randn(1, n_tok, 3, HEADS, HEAD_DIM, device="cuda", generator=g).bfloat16().requires_grad_()
+    qkv = torch.randn(1, n_tok, 3, HEADS, HEAD_DIM, device="cuda", generator=g).bfloat16()
+    # q, k: leaves that are strided views of the fused QKV output (row stride 3·heads·D)
+    q_in = qkv[:, :, 0].detach().requires_grad_()
+    k_in = qkv[:, :, 1].detach().requires_grad_()
     wq = (torch.randn(HEADS * HEAD_DIM, device="cuda", generator=g) * 0.1 + 1).bfloat16().requires_grad_()
     wk = (torch.randn(HEADS * HEAD_DIM, device="cuda", generator=g) * 0.1 + 1).bfloat16().requires_grad_()
     offset = 1500  # a chunk late in a long video (beyond Wan's 1024-row table)
     ang = ref.rope_3d_angles(ROPE_GRID, HEAD_DIM, frame_offset=offset, device="cuda")
     freqs = torch.polar(torch.ones_like(ang), ang)
 
-    def wan_eager(qkv, wq=None, wk=None):
+    def wan_eager(q, k, wq=None, wk=None):
         """Wan/LongLive training path: WanRMSNorm on the flat 3072 q/k, then fp64 complex RoPE."""
         outs = []
-        for x, w in ((qkv[:, :, 0], wq), (qkv[:, :, 1], wk)):
+        for x, w in ((q, wq), (k, wk)):
             if w is not None:
                 xf = x.flatten(2).float()
                 x = ((xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).type_as(x) * w).view_as(x)
@@ -187,20 +199,20 @@ def _rope_cases() -> list[Case]:
             outs.append(torch.view_as_real(xc * freqs[None, :, None]).flatten(3).to(x.dtype))
         return tuple(outs)
 
-    def ours(qkv, wq=None, wk=None):
+    def ours(q, k, wq=None, wk=None):
         return apply_rope_3d(
-            qkv[:, :, 0],
-            qkv[:, :, 1],
+            q,
+            k,
             grid=ROPE_GRID,
             frame_offset=offset,
             norm_weight_q=wq,
             norm_weight_k=wk,
         )
 
-    def reference(qkv, wq=None, wk=None):
+    def reference(q, k, wq=None, wk=None):
         return ref.apply_rope_3d(
-            qkv[:, :, 0],
-            qkv[:, :, 1],
+            q,
+            k,
             grid=ROPE_GRID,
             frame_offset=offset,
             norm_weight_q=wq,
@@ -210,11 +222,11 @@ def _rope_cases() -> list[Case]:
 
     shape = f"q,k [1, {n_tok}, {HEADS}, {HEAD_DIM}]"
     return [
-        Case("rope q+k", shape, {"qkv": qkv}, ours, wan_eager, reference, 8 * n, 8 * n),
+        Case("rope q+k", shape, {"q": q_in, "k": k_in}, ours, wan_eager, reference, 8 * n, 8 * n),
         Case(
             "rms_norm+rope q+k",
             shape,
-            {"qkv": qkv, "wq": wq, "wk": wk},
+            {"q": q_in, "k": k_in, "wq": wq, "wk": wk},
             ours,
             wan_eager,
             reference,
@@ -228,15 +240,70 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
-def _fwd_bwd_ms(fn: Callable, inputs: dict[str, torch.Tensor], iters: int) -> tuple[float, float]:
-    """(forward ms, backward ms) of ``fn(**inputs)``; the backward times autograd.grad on one graph."""
-    with torch.no_grad():
-        t_fwd = cuda_time_ms(lambda: fn(**inputs), iters=iters)
-    outs = _as_tuple(fn(**inputs))
+# ≈ 1 ms of GPU spin (at ≤ 2 GHz) queued before each timed call: the host enqueues the call meanwhile
+_HIDE_HOST_CYCLES = 2_000_000
+
+
+def _gpu_time_ms(fn: Callable[[], object], iters: int, warmup: int = 10) -> float:
+    """Median GPU time of ``fn()`` in ms without its host overhead: as ``cuda_time_ms`` (L2 flushed
+    by reading 256 MB before every call), plus a GPU spin queued before the start event, so the
+    span between the events holds only ``fn``'s kernels as long as the host enqueues them within
+    the spin."""
+    flush = torch.empty(64 * 1024 * 1024, dtype=torch.float32, device="cuda").fill_(1.0)
+    sink = torch.empty((), dtype=torch.float32, device="cuda")
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        torch.sum(flush, dim=0, out=sink)
+        torch.cuda._sleep(_HIDE_HOST_CYCLES)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _fwd_bwd_ms(fn: Callable, inputs: dict[str, torch.Tensor], iters: int, with_host: bool = False):
+    """(forward ms, backward ms[, forward ms with host overhead, backward ms with host overhead])
+    of ``fn(**inputs)``; the backward times autograd.grad on one graph."""
     leaves = [t for t in inputs.values() if t.requires_grad]
+
+    def fwd():
+        with torch.no_grad():
+            return fn(**inputs)
+
+    outs = _as_tuple(fn(**inputs))
     grads = [torch.randn_like(o) for o in outs]
-    t_bwd = cuda_time_ms(lambda: torch.autograd.grad(outs, leaves, grads, retain_graph=True), iters=iters)
-    return t_fwd, t_bwd
+
+    def bwd():
+        return torch.autograd.grad(outs, leaves, grads, retain_graph=True)
+
+    times = (_gpu_time_ms(fwd, iters), _gpu_time_ms(bwd, iters))
+    if with_host:
+        times += (cuda_time_ms(fwd, iters=iters), cuda_time_ms(bwd, iters=iters))
+    return times
+
+
+def autotune_choices() -> str:
+    """The config each autotuned kernel picked, per autotune key (for the log next to the table)."""
+    from longlive_kernels.attention import adaln as adaln_mod
+    from longlive_kernels.attention import rope as rope_mod
+
+    lines = []
+    pairs = ((adaln_mod, (adaln_mod._residual_norm_fwd_kernel, adaln_mod._residual_norm_bwd_kernel)),
+             (rope_mod, (rope_mod._rope_fwd_kernel, rope_mod._rope_bwd_kernel)))
+    for mod, kernels in pairs:
+        for bwd, kernel in enumerate(kernels):
+            tuned = mod._tuned(kernel, bool(bwd))
+            if tuned is None:
+                continue
+            for key, cfg in tuned.cache.items():
+                lines.append(f"- {kernel.fn.__name__} key={list(key)}: {cfg}")
+    return "\n".join(lines)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -245,7 +312,7 @@ def run(quick: bool = False) -> list[dict]:
     cases = _adaln_cases(7040) + _rope_cases() + ([] if quick else _adaln_cases(56320))
     rows = []
     for case in cases:
-        t_ours = _fwd_bwd_ms(case.ours, case.inputs, 50)
+        t_ours = _fwd_bwd_ms(case.ours, case.inputs, 50, with_host=True)
         t_eager = _fwd_bwd_ms(case.eager, case.inputs, 10)
         compiled = torch.compile(case.reference, dynamic=False)
         t_comp = _fwd_bwd_ms(compiled, case.inputs, 20)
@@ -262,6 +329,7 @@ def run(quick: bool = False) -> list[dict]:
                     "vs_eager": t_eager[i] / t_ours[i],
                     "vs_compile": t_comp[i] / t_ours[i],
                     "compile_gbs": nbytes / (t_comp[i] * 1e-3) / 1e9,
+                    "call_us": t_ours[2 + i] * 1e3,
                     "copy": copy,
                 }
             )
@@ -271,11 +339,11 @@ def run(quick: bool = False) -> list[dict]:
 def to_markdown(rows: list[dict]) -> str:
     head = (
         "| op | shape | pass | µs | GB/s | ×copy (≥0.80) | vs eager | vs compile(ref) (≥1.2) "
-        "| compile(ref) GB/s |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| compile(ref) GB/s | call µs (host incl.) |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
         f"| {r['op']} | {r['shape']} | {r['pass_']} | {r['us']:.1f} | {r['gbs']:.0f} | {r['x_copy']:.2f} | "
-        f"{r['vs_eager']:.2f}× | {r['vs_compile']:.2f}× | {r['compile_gbs']:.0f} |\n"
+        f"{r['vs_eager']:.2f}× | {r['vs_compile']:.2f}× | {r['compile_gbs']:.0f} | {r['call_us']:.1f} |\n"
         for r in rows
     )
     return head + body
@@ -324,3 +392,4 @@ if __name__ == "__main__":
     result = run(args.quick)
     print(f"device-to-device copy: {result[0]['copy']:.0f} GB/s (read + write)\n")
     print(to_markdown(result))
+    print("autotuned configs:\n" + autotune_choices())

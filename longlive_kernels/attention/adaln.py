@@ -9,11 +9,12 @@ One block (``x`` the residual stream, ``e0..e5`` per-frame modulation vectors)::
     x    = gated_residual(x, ffn(h), e5, frame_len=n)
 
 Four memory passes over [tokens, C] where eager PyTorch makes about a dozen (each LayerNorm,
-``1 + scale``, product, sum, gate product and residual add is its own kernel). Kernels: a program
-owns a run of tokens of one latent frame, so the frame's modulation vectors are loaded once into
-registers; rows are prefetched one ahead; statistics and products in fp32, one rounding at the
-store. The backward writes per-program partial sums of the per-frame gradients (dscale, dshift,
-dgate), summed by a small torch reduction afterwards (deterministic, no atomics).
+``1 + scale``, product, sum, gate product and residual add is its own kernel). Kernels: the P
+programs of a latent frame take its rows round-robin (adjacent rows in flight together), keep the
+frame's modulation vectors in registers, and software-pipeline the row loads (cp.async, several
+rows in flight per program); statistics and products in fp32, one rounding at the store. The
+backward writes per-program partial sums of the per-frame gradients (dscale, dshift, dgate),
+summed by one small torch reduction afterwards (deterministic, no atomics).
 """
 
 from __future__ import annotations
@@ -40,12 +41,6 @@ def _load_row(ptr, offset, cols, mask):
 
 
 @triton.jit
-def _stream_row(ptr, offset, cols, mask):
-    """A token row read exactly once: evict it first, keep the per-frame vectors in L2."""
-    return tl.load(ptr + offset + cols, mask=mask, other=0.0, eviction_policy="evict_first")
-
-
-@triton.jit
 def _mean(v, n):
     """Σv / n, correctly rounded (per-row scalars: exactness is free, Triton's ``/`` is approximate)."""
     return tl.math.div_rn(tl.sum(v, axis=0), n)
@@ -55,6 +50,19 @@ def _mean(v, n):
 def _inv_sqrt(v):
     """1/√v with IEEE sqrt and division (``tl.math.rsqrt`` is approximate on the GPU)."""
     return tl.math.div_rn(1.0 + 0.0 * v, tl.sqrt_rn(v))
+
+
+@triton.jit
+def _add_pairs(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
+
+
+# Work split (both kernels): grid (P, F, B); program p of frame f handles the frame's rows p, p + P,
+# p + 2P, ... so the P programs of a frame stream through *adjacent* rows together (one contiguous
+# region in flight per frame, not P regions a run apart), and keeps the frame's modulation vectors in
+# registers for all its rows. The row loads are software-pipelined (``tl.range(num_stages=STAGES)``:
+# cp.async into shared memory, STAGES - 1 rows in flight per program) so a few programs per SM keep
+# enough bytes in flight to saturate HBM without holding prefetched rows in registers.
 
 
 @triton.jit
@@ -78,6 +86,7 @@ def _residual_norm_fwd_kernel(
     NORM: tl.constexpr,
     PLUS_ONE: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipeline depth of the row loop
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid_p = tl.program_id(0)
@@ -85,10 +94,7 @@ def _residual_norm_fwd_kernel(
     b = tl.program_id(2).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    rows = tl.cdiv(frame_len, tl.num_programs(0))  # each program: one run of its frame's tokens
-    first = pid_p * rows
-    last = tl.minimum(first + rows, frame_len)
-    tok0 = f * frame_len
+    c_f = C.to(tl.float32)
 
     if GATED:
         gate = _load_row(gate_ptr, b * stride_gb + f * stride_gf, cols, cmask).to(tl.float32)
@@ -98,33 +104,27 @@ def _residual_norm_fwd_kernel(
             m = m + 1.0
         a = _load_row(shift_ptr, b * stride_tb + f * stride_tf, cols, cmask).to(tl.float32)
 
-    # rows are prefetched one ahead so the next row's load is in flight during this row's math
-    t = tok0 + first
-    fmask = cmask & (first < last)  # trailing programs may own no tokens
-    x_nxt = _stream_row(x_ptr, b * stride_xb + t * stride_xl, cols, fmask)
-    if RESIDUAL:
-        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, fmask)
-    for i in range(first, last):
+    tok0 = f * frame_len  # int64: so are the row offsets below
+    x_row = x_ptr + b * stride_xb + cols
+    y_row = y_ptr + b * stride_yb + cols
+    out_row = b * L * C + cols
+    for i in tl.range(pid_p, frame_len, tl.num_programs(0), num_stages=STAGES):
         t = tok0 + i
-        x = x_nxt.to(tl.float32)
-        pmask = cmask & (i + 1 < last)
-        x_nxt = _stream_row(x_ptr, b * stride_xb + (t + 1) * stride_xl, cols, pmask)
-        out_off = (b * L + t) * C
+        x = tl.load(x_row + t * stride_xl, mask=cmask, other=0.0).to(tl.float32)
+        out_off = out_row + t * C
         if RESIDUAL:
-            y = y_nxt.to(tl.float32)
-            y_nxt = _stream_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
+            y = tl.load(y_row + t * stride_yl, mask=cmask, other=0.0).to(tl.float32)
             if GATED:
                 y = y * gate
             r = (x + y).to(r_ptr.dtype.element_ty)
-            tl.store(r_ptr + out_off + cols, r, mask=cmask)
+            tl.store(r_ptr + out_off, r, mask=cmask)
             x = r.to(tl.float32)  # normalize the stored (rounded) residual, as two ops would
         if NORM:
-            c_f = C.to(tl.float32)
             mean = _mean(x, c_f)
             d = tl.where(cmask, x - mean, 0.0)
             rstd = _inv_sqrt(_mean(d * d, c_f) + eps)
             h = d * rstd * m + a
-            tl.store(h_ptr + out_off + cols, h.to(h_ptr.dtype.element_ty), mask=cmask)
+            tl.store(h_ptr + out_off, h.to(h_ptr.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -153,18 +153,15 @@ def _residual_norm_bwd_kernel(
     PLUS_ONE: tl.constexpr,
     MOD_GRAD: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipeline depth of the row loop
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    n_b = tl.num_programs(2)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
-    rows = tl.cdiv(frame_len, tl.num_programs(0))  # each program: one run of its frame's tokens
-    first = pid_p * rows
-    last = tl.minimum(first + rows, frame_len)
-    tok0 = f * frame_len
+    c_f = C.to(tl.float32)
 
     zero = tl.zeros([BLOCK_C], dtype=tl.float32)
     acc_s = zero
@@ -177,51 +174,44 @@ def _residual_norm_bwd_kernel(
         if PLUS_ONE:
             m = m + 1.0
 
-    t = tok0 + first
-    fmask = cmask & (first < last)  # trailing programs may own no tokens
-    if NORM:
-        r_nxt = _stream_row(r_ptr, b * stride_rb + t * stride_rl, cols, fmask)
-        gh_nxt = _stream_row(gh_ptr, b * stride_ghb + t * stride_ghl, cols, fmask)
-    if RESIDUAL:
-        gr_nxt = _stream_row(gr_ptr, b * stride_grb + t * stride_grl, cols, fmask)
-    if GATED:
-        y_nxt = _stream_row(y_ptr, b * stride_yb + t * stride_yl, cols, fmask)
-    for i in range(first, last):
+    tok0 = f * frame_len  # int64: so are the row offsets below
+    gh_row = gh_ptr + b * stride_ghb + cols
+    gr_row = gr_ptr + b * stride_grb + cols
+    r_row = r_ptr + b * stride_rb + cols
+    y_row = y_ptr + b * stride_yb + cols
+    out_row = b * L * C + cols
+    for i in tl.range(pid_p, frame_len, tl.num_programs(0), num_stages=STAGES):
         t = tok0 + i
-        pmask = cmask & (i + 1 < last)
-        out_off = (b * L + t) * C
+        out_off = out_row + t * C
         d = zero
         if NORM:
-            x = r_nxt.to(tl.float32)
-            gh = gh_nxt.to(tl.float32)
-            r_nxt = _stream_row(r_ptr, b * stride_rb + (t + 1) * stride_rl, cols, pmask)
-            gh_nxt = _stream_row(gh_ptr, b * stride_ghb + (t + 1) * stride_ghl, cols, pmask)
-            c_f = C.to(tl.float32)
+            x = tl.load(r_row + t * stride_rl, mask=cmask, other=0.0).to(tl.float32)
+            gh = tl.load(gh_row + t * stride_ghl, mask=cmask, other=0.0).to(tl.float32)
             mean = _mean(x, c_f)
             xc = tl.where(cmask, x - mean, 0.0)
             rstd = _inv_sqrt(_mean(xc * xc, c_f) + eps)
             xhat = xc * rstd
             gx = gh * m
-            d = rstd * (gx - _mean(gx, c_f) - xhat * _mean(gx * xhat, c_f))
+            # both row sums in one reduction (one round of shuffles and barriers, not two)
+            s_gx, s_gxx = tl.reduce((gx, gx * xhat), 0, _add_pairs)
+            d = rstd * (gx - tl.math.div_rn(s_gx, c_f) - xhat * tl.math.div_rn(s_gxx, c_f))
             d = tl.where(cmask, d, 0.0)
             if MOD_GRAD:
                 acc_s += gh * xhat
                 acc_b += gh
         if RESIDUAL:
-            d += gr_nxt.to(tl.float32)
-            gr_nxt = _stream_row(gr_ptr, b * stride_grb + (t + 1) * stride_grl, cols, pmask)
+            d += tl.load(gr_row + t * stride_grl, mask=cmask, other=0.0).to(tl.float32)
         if NORM:
-            tl.store(dx_ptr + out_off + cols, d.to(dx_ptr.dtype.element_ty), mask=cmask)
+            tl.store(dx_ptr + out_off, d.to(dx_ptr.dtype.element_ty), mask=cmask)
         if GATED:
-            y = y_nxt.to(tl.float32)
-            y_nxt = _stream_row(y_ptr, b * stride_yb + (t + 1) * stride_yl, cols, pmask)
-            tl.store(dy_ptr + out_off + cols, (d * gate).to(dy_ptr.dtype.element_ty), mask=cmask)
+            y = tl.load(y_row + t * stride_yl, mask=cmask, other=0.0).to(tl.float32)
+            tl.store(dy_ptr + out_off, (d * gate).to(dy_ptr.dtype.element_ty), mask=cmask)
             if MOD_GRAD:
                 acc_g += d * y
 
     if MOD_GRAD:
         slot = (b * n_frames + f) * part_stride_p + pid_p  # [B, F, P_max] index
-        plane = n_b * n_frames * part_stride_p * C  # elements per accumulator
+        plane = tl.num_programs(2) * n_frames * part_stride_p * C  # elements per accumulator
         base = part_ptr + slot * C + cols
         k = 0
         if NORM:
@@ -236,14 +226,19 @@ def _residual_norm_bwd_kernel(
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-# Grid (P, F, B) with P programs per latent frame, P from a target number of programs per SM
-# (autotuned with the warps): more programs hide more latency; fewer programs amortize the
-# per-frame vectors and, in the backward, the fp32 partial sums (P·C·4 bytes per frame and
-# gradient, bounded by PROGS_PER_SM·SMs·C·4 in total at any sequence length). 16 warps = 8
-# elements per thread at C = 3072 (one 16-byte load per bf16 row), 4 warps = 32.
-_FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 16, 4) for f in (4, 8, 2, 16)]
-_BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 16, 4) for f in (2, 1, 4)]
-_INTERPRETER_PROGS_PER_SM = 2
+# Grid (P, F, B): P programs per latent frame, P·F·B ≈ PROGS_PER_SM·SMs (rounded down, so the
+# grid is one wave when PROGS_PER_SM programs fit on an SM). The configs pair warps / pipeline
+# depth / register cap with the programs per SM their sm_90a build allows at C = 3072 (BLOCK_C =
+# 4096): forward 8 warps ≈ 40-120 registers → 2-6 programs per SM; backward 8 warps ≈ 76-128 (gated,
+# adaLN, LN2: 2-3 programs) and 175 for LN3's four streams (1 program; capped at 128 registers, a
+# few spills, 2). Fewer, longer programs amortize the per-frame vectors and the backward's fp32
+# partial sums (P·C·4 bytes per frame and gradient). STAGES - 1 rows per program are in flight.
+_FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w)
+                for w, s, p in ((8, 4, 2), (8, 3, 3), (16, 4, 2), (4, 4, 3), (4, 3, 4))]
+_BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
+                for w, s, p, r in ((8, 3, 2, None), (8, 4, 2, None), (8, 3, 3, None), (8, 3, 2, 128),
+                                   (8, 4, 1, None), (16, 3, 1, None), (16, 3, 2, 64))]
+_INTERPRETER_CONFIG = {"PROGS_PER_SM": 2, "STAGES": 3}
 _KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM"]  # size_class: a tuning per power of 2 of B·L
 
 
@@ -259,18 +254,19 @@ def _tuned(kernel, bwd: bool):
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few programs per frame, so tests cover ragged token runs
+    return 4  # interpreter: a few programs per frame, so tests cover ragged row splits
 
 
 def _programs_per_frame(progs_per_sm: int, groups: int, frame_len: int, device: torch.device) -> int:
-    """P for a target of ``progs_per_sm`` programs per SM over ``groups`` = B·F frames."""
-    return max(1, min(frame_len, triton.cdiv(progs_per_sm * _num_sms(device), groups)))
+    """P for a target of ``progs_per_sm`` programs per SM over ``groups`` = B·F frames (at most
+    one row per program, at least one program per frame)."""
+    return max(1, min(frame_len, progs_per_sm * _num_sms(device) // groups))
 
 
 def _max_programs_per_frame(kernel, bwd: bool, groups: int, frame_len: int, device: torch.device) -> int:
     """Largest P any config may launch (sizes the backward's partial-sum buffer)."""
     tuned = _tuned(kernel, bwd)
-    factors = ([_INTERPRETER_PROGS_PER_SM] if tuned is None
+    factors = ([_INTERPRETER_CONFIG["PROGS_PER_SM"]] if tuned is None
                else [c.kwargs["PROGS_PER_SM"] for c in tuned.configs])
     return _programs_per_frame(max(factors), groups, frame_len, device)
 
@@ -283,13 +279,13 @@ def _new_out(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -
 
 def _launch(kernel, bwd: bool, frame_len: int, n_frames: int, bsz: int, device, args, meta) -> int:
     """Launch over (P, F, B); returns the P that ran (every one of its programs writes its partial
-    slot, possibly zeros when its token run is empty)."""
+    slot)."""
     tuned = _tuned(kernel, bwd)
     groups = n_frames * bsz
     if tuned is None:
-        f = _INTERPRETER_PROGS_PER_SM
-        n_p = _programs_per_frame(f, groups, frame_len, device)
-        kernel[(n_p, n_frames, bsz)](*args, PROGS_PER_SM=f, num_warps=4, **meta)
+        cfg = _INTERPRETER_CONFIG
+        n_p = _programs_per_frame(cfg["PROGS_PER_SM"], groups, frame_len, device)
+        kernel[(n_p, n_frames, bsz)](*args, **cfg, num_warps=4, **meta)
         return n_p
     tuned[lambda m: (_programs_per_frame(m["PROGS_PER_SM"], groups, frame_len, device), n_frames, bsz)](
         *args, **meta)
@@ -350,6 +346,7 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, frame_len, eps, plus_one, mod
     meta = {"NORM": norm, "RESIDUAL": residual, "GATED": gated, "PLUS_ONE": plus_one,
             "MOD_GRAD": mod_grad and n_acc > 0, "BLOCK_C": triton.next_power_of_2(c)}
     n_used = _launch(_residual_norm_bwd_kernel, True, frame_len, n_frames, bsz, dev, args, meta)
+    # separate tensors (op outputs may not alias each other)
     sums = ([part[i, :, :, :n_used].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)]
             if mod_grad and n_acc else None)
     return (dx if norm else None), (dy if gated else None), sums
@@ -868,7 +865,8 @@ _VARIANTS = [(False, False, True), (True, True, True), (True, False, True), (Tru
 for _res, _gated, _norm in _VARIANTS:  # (RESIDUAL, GATED, NORM)
     register_aot(_residual_norm_fwd_kernel, signature=_FWD_SIG,
                  constexprs={"RESIDUAL": _res, "GATED": _gated, "NORM": _norm, "PLUS_ONE": True,
-                             "BLOCK_C": 4096, "PROGS_PER_SM": 4})
+                             "BLOCK_C": 4096, "STAGES": 4, "PROGS_PER_SM": 2}, options={"num_warps": 8})
     register_aot(_residual_norm_bwd_kernel, signature=_BWD_SIG,
                  constexprs={"NORM": _norm, "RESIDUAL": _res, "GATED": _gated, "PLUS_ONE": True,
-                             "MOD_GRAD": True, "BLOCK_C": 4096, "PROGS_PER_SM": 2})
+                             "MOD_GRAD": True, "BLOCK_C": 4096, "STAGES": 3, "PROGS_PER_SM": 2},
+                 options={"num_warps": 8})

@@ -5,7 +5,8 @@ LongLive-2.0's Triton RoPE is inference-only (no backward; training falls back t
 complex chain). Here one kernel reads q and k once (strided views of a fused QKV projection are
 fine), optionally RMS-normalizes each token over heads·D with the learnable weight, rotates the
 interleaved pairs and writes contiguous outputs; the backward kernel applies the inverse rotation
-and the RMSNorm backward, writing per-program partial sums of the weight gradients.
+and the RMSNorm backward, writing per-program partial sums of the weight gradients. Programs take
+tokens round-robin with software-pipelined (cp.async) loads.
 
 Angles: fp64-built cos/sin tables of shape [F + H + W, D/2] (a few KB, cached per (grid, offset,
 theta, device)): row f < F holds the temporal angles of frame f + frame_offset, rows F + y and
@@ -45,7 +46,8 @@ def _rotate_pairs(x, c, s, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
 @triton.jit
 def _token_angles(cos_ptr, sin_ptr, tok, n_frames, GH, GW, pair, pmask,
                   HALF: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr):
-    """cos/sin [BLOCK_D/2] of token ``tok`` (frame-major (f, y, x) order) from the packed tables."""
+    """cos/sin [BLOCK_D/2] of token ``tok`` (int32, frame-major (f, y, x) order) from the packed
+    tables (32-bit divisions: a 64-bit one is a ~70-instruction software routine)."""
     hw = GH * GW
     f = tok // hw
     rem = tok - f * hw
@@ -69,14 +71,21 @@ def _inv_rms(x, n, eps):
     return tl.math.div_rn(1.0 + 0.0 * ms, tl.sqrt_rn(ms))
 
 
+# Work split (both kernels): grid (P, B); program p takes tokens p, p + P, p + 2P, ... of its batch
+# row, so the P programs stream through adjacent tokens together, and the token loads are
+# software-pipelined (``tl.range(num_stages=STAGES)``: cp.async into shared memory, STAGES - 1
+# tokens in flight per program). q is done first, then k (half the live registers of a joint loop).
+
+
 @triton.jit
 def _rope_fwd_rows(
-    x_ptr, w_ptr, o_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
+    x_ptr, w_ptr, o_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
     sxb, sxl, sxh, eps,
     D: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Tokens [first, last) of batch ``b`` of one tensor (q or k): RMSNorm (NORM), rotate, store."""
+    """Tokens pid, pid + n_p, ... of batch ``b`` of one tensor (q or k): RMSNorm (NORM), rotate,
+    store."""
     HALF: tl.constexpr = D // 2
     heads = tl.arange(0, BLOCK_H)
     ch = tl.arange(0, BLOCK_D)
@@ -90,20 +99,14 @@ def _rope_fwd_rows(
         w = tl.load(w_ptr + woff, mask=mask, other=0.0).to(tl.float32)
     x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
     out = o_ptr + b * L * n + woff
-    tok0 = first.to(tl.int64)
-    # rows are prefetched one ahead so the next token's load is in flight during this token's math
-    fmask = mask & (first < last)  # trailing programs may own no tokens
-    x_nxt = tl.load(x_in + tok0 * sxl, mask=fmask, other=0.0, eviction_policy="evict_first")
-    for i in range(last - first):
-        t = tok0 + i
-        x = x_nxt.to(tl.float32)
-        x_nxt = tl.load(x_in + (t + 1) * sxl, mask=mask & (t + 1 < last), other=0.0,
-                        eviction_policy="evict_first")
+    for t in tl.range(pid, L, n_p, num_stages=STAGES):
+        t64 = tl.cast(t, tl.int64)
+        x = tl.load(x_in + t64 * sxl, mask=mask, other=0.0).to(tl.float32)
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
         if NORM:
             x = x * _inv_rms(x, n_f, eps) * w
         y = _rotate_pairs(x, c, s, BLOCK_H, BLOCK_D)
-        tl.store(out + t * n, y.to(o_ptr.dtype.element_ty), mask=mask)
+        tl.store(out + t64 * n, y.to(o_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -131,26 +134,24 @@ def _rope_fwd_kernel(
     NORM_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipeline depth of the token loops
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
-    # q then k over the same token run: half the live registers of an interleaved q/k loop
     pid = tl.program_id(0)
+    n_p = tl.num_programs(0)
     b = tl.program_id(1).to(tl.int64)
-    rows = tl.cdiv(L, tl.num_programs(0))  # each program: one run of consecutive tokens
-    first = pid * rows
-    last = tl.minimum(first + rows, L)
-    _rope_fwd_rows(q_ptr, wq_ptr, qo_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
-                   sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D)
-    _rope_fwd_rows(k_ptr, wk_ptr, ko_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
-                   skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D)
+    _rope_fwd_rows(q_ptr, wq_ptr, qo_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
+                   sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D, STAGES)
+    _rope_fwd_rows(k_ptr, wk_ptr, ko_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
+                   skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D, STAGES)
 
 
 @triton.jit
 def _rope_bwd_rows(
-    g_ptr, x_ptr, w_ptr, dx_ptr, part_ptr, cos_ptr, sin_ptr, b, first, last, L, NH, n_frames, GH, GW,
+    g_ptr, x_ptr, w_ptr, dx_ptr, part_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
     sgb, sgl, sgh, sxb, sxl, sxh, eps,
     D: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Backward of :func:`_rope_fwd_rows`: inverse rotation, then (NORM) the RMSNorm backward
     ``dx = r·(gn − n·mean(gn·n))`` with ``gn = du·w``; Σ du·n over the rows goes to ``part_ptr``."""
@@ -169,27 +170,19 @@ def _rope_bwd_rows(
     g_in = g_ptr + b * sgb + heads[:, None] * sgh + ch[None, :]
     x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
     out = dx_ptr + b * L * n + woff
-    tok0 = first.to(tl.int64)
-    fmask = mask & (first < last)  # trailing programs may own no tokens
-    g_nxt = tl.load(g_in + tok0 * sgl, mask=fmask, other=0.0, eviction_policy="evict_first")
-    if NORM:
-        x_nxt = tl.load(x_in + tok0 * sxl, mask=fmask, other=0.0, eviction_policy="evict_first")
-    for i in range(last - first):
-        t = tok0 + i
-        nmask = mask & (t + 1 < last)
-        g = g_nxt.to(tl.float32)
-        g_nxt = tl.load(g_in + (t + 1) * sgl, mask=nmask, other=0.0, eviction_policy="evict_first")
+    for t in tl.range(pid, L, n_p, num_stages=STAGES):
+        t64 = tl.cast(t, tl.int64)
+        g = tl.load(g_in + t64 * sgl, mask=mask, other=0.0).to(tl.float32)
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
         du = _rotate_pairs(g, c, 0.0 - s, BLOCK_H, BLOCK_D)
         if NORM:
-            x = x_nxt.to(tl.float32)
-            x_nxt = tl.load(x_in + (t + 1) * sxl, mask=nmask, other=0.0, eviction_policy="evict_first")
+            x = tl.load(x_in + t64 * sxl, mask=mask, other=0.0).to(tl.float32)
             rstd = _inv_rms(x, n_f, eps)
             xn = x * rstd
             acc += du * xn
             gn = du * w
             du = rstd * (gn - xn * _row_mean(gn * xn, n_f))
-        tl.store(out + t * n, du.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(out + t64 * n, du.to(dx_ptr.dtype.element_ty), mask=mask)
     if NORM:
         tl.store(part_ptr + woff, acc, mask=mask)
 
@@ -223,33 +216,42 @@ def _rope_bwd_kernel(
     NORM_K: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipeline depth of the token loops
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid = tl.program_id(0)
+    n_p = tl.num_programs(0)
     b = tl.program_id(1).to(tl.int64)
     n = NH * D
-    rows = tl.cdiv(L, tl.num_programs(0))  # each program: one run of consecutive tokens
-    first = pid * rows
-    last = tl.minimum(first + rows, L)
     part = part_ptr + (b * part_stride_p + pid) * n
     plane = tl.num_programs(1) * part_stride_p * n  # elements per weight's partials
-    _rope_bwd_rows(gq_ptr, q_ptr, wq_ptr, dq_ptr, part, cos_ptr, sin_ptr, b, first, last, L, NH,
-                   n_frames, GH, GW, gqb, gql, gqh, sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D)
-    _rope_bwd_rows(gk_ptr, k_ptr, wk_ptr, dk_ptr, part + plane, cos_ptr, sin_ptr, b, first, last, L, NH,
-                   n_frames, GH, GW, gkb, gkl, gkh, skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D)
+    _rope_bwd_rows(gq_ptr, q_ptr, wq_ptr, dq_ptr, part, cos_ptr, sin_ptr, b, pid, n_p, L, NH,
+                   n_frames, GH, GW, gqb, gql, gqh, sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D,
+                   STAGES)
+    _rope_bwd_rows(gk_ptr, k_ptr, wk_ptr, dk_ptr, part + plane, cos_ptr, sin_ptr, b, pid, n_p, L, NH,
+                   n_frames, GH, GW, gkb, gkl, gkh, skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D,
+                   STAGES)
 
 
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-# Grid (P, B) with P from a target number of programs per SM (autotuned with the warps): more
-# programs hide more latency, fewer amortize the weights/tables and the backward's NH·D fp32
-# partial sums (bounded by PROGS_PER_SM·SMs·NH·D·4 bytes per weight at any length). A [32, 128]
-# head tile is 16 fp32 per thread at 8 warps (two 16-byte bf16 loads), 8 at 16 warps.
-_FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 4, 16) for f in (4, 8, 2, 16)]
-_BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": f}, num_warps=w) for w in (8, 4, 16) for f in (2, 1, 4)]
-_INTERPRETER_PROGS_PER_SM = 2
+# Grid (P, B): P·B ≈ PROGS_PER_SM·SMs programs (rounded down: one wave when that many fit on an
+# SM). The configs pair warps / pipeline depth / register cap with the programs per SM their sm_90a
+# build allows at 24 heads × 128: 4 warps give each thread 4 heads × 8 channels, so one cos/sin
+# gather serves 4 heads (8 and 16 warps: 2 and 1 heads, 1.3× and 2.5× the instructions per token);
+# plain rotation ≈ 80 registers (6 programs per SM), with the RMSNorm ≈ 170 forward and 255
+# backward (3 and 2 programs; 8 warps capped at 128 registers: 2 programs of 8 warps). STAGES - 1
+# tokens per program are in flight (cp.async). Fewer programs amortize the weights and the
+# backward's NH·D fp32 partial sums (PROGS_PER_SM·SMs·NH·D·4 bytes per weight at any length).
+_FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
+                for w, s, p, r in ((4, 3, 4, None), (4, 3, 6, None), (4, 4, 3, None), (4, 3, 3, None),
+                                   (4, 4, 2, None), (8, 3, 2, 128))]
+_BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
+                for w, s, p, r in ((4, 3, 2, None), (4, 3, 4, None), (4, 4, 2, None), (4, 3, 6, None),
+                                   (8, 3, 2, 128), (16, 3, 1, None))]
+_INTERPRETER_CONFIG = {"PROGS_PER_SM": 2, "STAGES": 3}
 _KEY = ["NH", "D", "size_class", "NORM_Q", "NORM_K"]  # size_class: a tuning per power of 2 of B·L
 
 
@@ -265,18 +267,19 @@ def _tuned(kernel, bwd: bool):
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few programs, so tests cover ragged token runs
+    return 4  # interpreter: a few programs, so tests cover ragged token splits
 
 
 def _programs(progs_per_sm: int, bsz: int, n_tok: int, device: torch.device) -> int:
-    """Programs per batch row for a target of ``progs_per_sm`` programs per SM."""
-    return max(1, min(n_tok, triton.cdiv(progs_per_sm * _num_sms(device), bsz)))
+    """Programs per batch row for a target of ``progs_per_sm`` programs per SM (at most one per
+    token, at least one per batch row)."""
+    return max(1, min(n_tok, progs_per_sm * _num_sms(device) // bsz))
 
 
 def _max_programs(kernel, bwd: bool, bsz: int, n_tok: int, device: torch.device) -> int:
     """Largest P any config may launch (sizes the backward's partial-sum buffer)."""
     tuned = _tuned(kernel, bwd)
-    factors = ([_INTERPRETER_PROGS_PER_SM] if tuned is None
+    factors = ([_INTERPRETER_CONFIG["PROGS_PER_SM"]] if tuned is None
                else [c.kwargs["PROGS_PER_SM"] for c in tuned.configs])
     return _programs(max(factors), bsz, n_tok, device)
 
@@ -291,9 +294,9 @@ def _launch(kernel, bwd: bool, n_tok: int, bsz: int, device, args, meta) -> int:
     """Launch over (P, B); returns the P that ran (each program writes its partial slot)."""
     tuned = _tuned(kernel, bwd)
     if tuned is None:
-        f = _INTERPRETER_PROGS_PER_SM
-        n_p = _programs(f, bsz, n_tok, device)
-        kernel[(n_p, bsz)](*args, PROGS_PER_SM=f, num_warps=4, **meta)
+        cfg = _INTERPRETER_CONFIG
+        n_p = _programs(cfg["PROGS_PER_SM"], bsz, n_tok, device)
+        kernel[(n_p, bsz)](*args, **cfg, num_warps=4, **meta)
         return n_p
     tuned[lambda m: (_programs(m["PROGS_PER_SM"], bsz, n_tok, device), bsz)](*args, **meta)
     return _programs(tuned.best_config.kwargs["PROGS_PER_SM"], bsz, n_tok, device)
@@ -580,7 +583,7 @@ def apply_rope_3d(
 
 _STRIDES = ("sqb", "sql", "sqh", "skb", "skl", "skh")
 _COMMON = {"L": "i32", "NH": "i32", "n_frames": "i32", "GH": "i32", "GW": "i32"}
-_META = {"D": 128, "NT": 22, "NHP": 21, "BLOCK_H": 32, "BLOCK_D": 128, "PROGS_PER_SM": 4}
+_META = {"D": 128, "NT": 22, "NHP": 21, "BLOCK_H": 32, "BLOCK_D": 128, "STAGES": 3, "PROGS_PER_SM": 2}
 for _norm in (True, False):
     register_aot(
         _rope_fwd_kernel,

@@ -288,16 +288,17 @@ def test_fused_equals_unfused_composition(triton_device):
     torch.testing.assert_close(h, h2, rtol=0, atol=2 * 2.0**-10 * h2.abs().max().item())
 
 
-@pytest.mark.parametrize("progs_per_sm", [1, 6, 16])
-def test_autotuned_launch_path(monkeypatch, progs_per_sm):
+@pytest.mark.parametrize("progs_per_sm, stages", [(1, 2), (3, 3), (16, 4)])
+def test_autotuned_launch_path(monkeypatch, progs_per_sm, stages):
     """The GPU launch path (autotune grid lambda, grid read back from best_config, partial slots
-    sized from the configs; 6 / 5 leave trailing programs with no tokens) with a one-config
-    autotuner, which the interpreter can run."""
+    sized from the configs; 3 programs over 7-row frames leave a ragged round-robin split, 16 is
+    capped at one program per row) with a one-config autotuner, which the interpreter can run."""
     import triton
 
     def one_config(kernel, bwd):
         return triton.autotune(
-            configs=[triton.Config({"PROGS_PER_SM": progs_per_sm}, num_warps=4)], key=adaln_mod._KEY
+            configs=[triton.Config({"PROGS_PER_SM": progs_per_sm, "STAGES": stages}, num_warps=4)],
+            key=adaln_mod._KEY,
         )(kernel)
 
     monkeypatch.setattr(adaln_mod, "_tuned", one_config)

@@ -212,16 +212,17 @@ def test_many_tokens_per_program(monkeypatch):
     )
 
 
-@pytest.mark.parametrize("progs_per_sm", [1, 5, 16])
-def test_autotuned_launch_path(monkeypatch, progs_per_sm):
+@pytest.mark.parametrize("progs_per_sm, stages", [(1, 2), (5, 3), (16, 4)])
+def test_autotuned_launch_path(monkeypatch, progs_per_sm, stages):
     """The GPU launch path (autotune grid lambda, grid read back from best_config, partial slots
-    sized from the configs; 6 / 5 leave trailing programs with no tokens) with a one-config
-    autotuner, which the interpreter can run."""
+    sized from the configs; 5 programs over 12 tokens give a ragged round-robin split, 16 is capped
+    at one program per token) with a one-config autotuner, which the interpreter can run."""
     import triton
 
     def one_config(kernel, bwd):
         return triton.autotune(
-            configs=[triton.Config({"PROGS_PER_SM": progs_per_sm}, num_warps=4)], key=rope_mod._KEY
+            configs=[triton.Config({"PROGS_PER_SM": progs_per_sm, "STAGES": stages}, num_warps=4)],
+            key=rope_mod._KEY,
         )(kernel)
 
     monkeypatch.setattr(rope_mod, "_tuned", one_config)
