@@ -2,20 +2,28 @@
 
 The fast path of :func:`~longlive_kernels.attention.fp4_kv_attention` on H100/H200 (FlashAttention-3
 structure, FlashInfer's lesson for low-bit KV on Hopper: decode each tile once into 16-bit staging,
-not once per MMA; ``nvfp4-hopper.md`` §4.2). One CTA = 128 query rows of one (batch, head):
+not once per MMA; ``nvfp4-hopper.md`` §4.2). One CTA = 128 query rows of one (batch, head), 12 warps:
 
-- **producer** (1 warpgroup, few registers): TMA loads the packed E2M1 codes + E4M3 block scales of
-  each 128-token K and V tile (3-stage ring, 18 KB per stage), decodes them **once** into
+- **producer** (1 warpgroup, ``setmaxnreg`` 40): TMA loads the packed E2M1 codes + E4M3 block scales
+  of each 128-token K and V tile (3-stage ring, 18 KB per stage), decodes them **once** into
   double-buffered 128B-swizzled fp16 tiles (``e2m1 · s_block · 2^-14``, exact: one ``mul.f16x2``
   per two values), and signals the consumers through mbarriers. Tiles of the BF16 current chunk
   are TMA-loaded straight into the fp16 buffers and converted in place (scaled by a power of two
-  per tile into the fp16 range; bf16 → fp16 is then exact).
-- **consumers** (2 warpgroups, 64 rows each): asynchronous wgmma for S = Q·Kᵀ (Q scaled into fp16
-  by a power of two, in shared memory) and O += P·V (P in registers, fp16), online softmax in fp32
-  registers (base 2). Software pipelining inside a warpgroup (FA3): the QKᵀ wgmma of tile j and
-  the PV wgmma of tile j-1 are issued together, and the softmax of tile j runs while PV(j-1) is
-  on the tensor cores. K and V buffers are released separately (K after its QKᵀ, V after its PV),
-  so the producer always has about a tile of slack.
+  per tile into the fp16 range, ``current_scales``; bf16 → fp16 is then exact).
+- **consumers** (2 warpgroups × 64 rows, ``setmaxnreg`` 232): Q (scaled into fp16 by a power of
+  two) stays in registers as the A operand of S = Q·Kᵀ; P goes to shared memory for O += P·V (both
+  B operands from shared memory). Online softmax in fp32 registers (base 2). Pipelining inside a
+  warpgroup (FA3): QKᵀ(j) and PV(j-1) are issued back to back, and the softmax of tile j runs while
+  PV(j-1) is on the tensor cores. K and V buffers are released separately (K after its QKᵀ, V once
+  its PV retired), so the producer always has about a tile of slack.
+
+Scheduling details that the SASS needed (``compile_report``, checked by the tests): ptxas moves a
+``wgmma.wait_group`` to the earliest point of its basic block, which put the PV wait right after
+the first shuffle of the softmax (no overlap): the softmax sits in a block of its own (an
+always-taken branch), and no CTA barrier follows the PV wait inside an iteration (P(j-1) is stored
+and V(j-2) released at the top of the next one). A register operand of an in-flight wgmma is never
+rewritten (Q is loop-invariant; P is in shared memory): the ptxas of Triton 3.6 does not protect
+those (``gemm_hopper.py``).
 
 Math = the portable kernel's (``fp4_kv_attention.py``): the same exact decode, the FP32 tile scale
 folded into the softmax scale (K) and into the output accumulator's unit (V), fp32 softmax; P is
@@ -23,16 +31,17 @@ fp16 for every tile (the portable kernel uses bf16 P for the current chunk: this
 more precise there).
 
 Decode: the E2M1 nibble ``sEEM`` becomes the fp16 bits ``s·2^15 | EEM·2^9`` (= e2m1·2^-14), two
-values per 32-bit register, three logic ops per pair after a shift (``_DECODE_ASM``). The pair a
-register naturally holds is (element k, element k+4) of a 4-byte word, so the kernel works in a
-permuted head_dim order ``σ = [0, 4, 1, 5, 2, 6, 3, 7]`` within every group of 8: Q is loaded in
-that order (QKᵀ is invariant under a common permutation of head_dim) and O is stored with the
-inverse permutation (PV permutes the output columns).
+values per 32-bit register, 3-4 logic ops per pair (``_DECODE_ASM``; SASS: IMAD.SHL, 2 LOP3,
+LEA.HI, HMUL2). The pair a register naturally holds is (element k, element k+4) of a 4-byte word,
+so the kernel works in a permuted head_dim order ``σ = [0, 4, 1, 5, 2, 6, 3, 7]`` within every
+group of 8: Q is loaded in that order (QKᵀ is invariant under a common permutation of head_dim)
+and O is stored with the inverse permutation (PV permutes the output columns).
 
 Requirements (else the portable kernel runs): Hopper GPU, head_dim 128, FP4 storage, q bf16,
-``chunk_tokens % 128 == 0``, a current chunk (if passed) that is contiguous with ``Lc % 128 == 0``.
-The kernel compiles for sm_90a on CPU machines (tests check registers, spills, wgmma and
-asynchrony); it runs only on a GPU.
+``compute="bf16"``, ``chunk_tokens % 128 == 0``, a current chunk (if passed) that is contiguous with
+``Lc % 128 == 0``. The kernel compiles for sm_90a on CPU machines (tests check registers, spills,
+wgmma count, asynchrony and the placement of the PV wait); it runs only on a GPU, after
+:func:`probe_ok` ran it once in a child process.
 """
 
 from __future__ import annotations
@@ -60,7 +69,7 @@ BLOCK_N = 128  # keys per tile (= KV_SCALE_TILE: one FP32 tile scale per tile)
 HEAD_DIM = 128
 NUM_WARPS = 8  # the consumer warpgroups; the producer warpgroup comes on top
 STAGES = 3  # packed K+V tiles in flight (18 KB each)
-PRODUCER_REGS = 88
+PRODUCER_REGS = 40  # the decode fits (34 used); consumers get (3·168 - 40) / 2 = 232
 assert BLOCK_N == KV_SCALE_TILE
 # the same, as constants of the Gluon kernels
 _BM = gl.constexpr(BLOCK_M)
@@ -278,11 +287,11 @@ def _issue_current(j, n_cache, Lc, b, h, c_desc, dst, bar):
 
 
 @gluon.jit
-def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, c_desc, dec, ready, empty, cur_bar,
-             pk_ready, HAS_CURRENT: gl.constexpr, D: gl.constexpr, PK3: gl.constexpr, DEC: gl.constexpr,
+def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, dec, ready, empty, cur_bar, pk_ready,
+             HAS_CURRENT: gl.constexpr, D: gl.constexpr, PK3: gl.constexpr, DEC: gl.constexpr,
              W3: gl.constexpr, CONV: gl.constexpr):
-    """Fill dec[j % 2] with tile j of K (x=0) or V (x=1), signal it, and prefetch tile j+1 when it
-    is a current-chunk tile (those are TMA-loaded into the decode buffer itself)."""
+    """Fill dec[j % 2] with tile j of K (x=0) or V (x=1) and signal it. A current-chunk tile was
+    TMA-loaded into the buffer itself earlier (``_prefetch_current``) and is converted in place."""
     buf = dec.index(j % 2)
     if HAS_CURRENT:
         is_cur = j >= n_cache
@@ -290,7 +299,7 @@ def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, c_desc
         is_cur = j < 0
     if is_cur:
         jc = j - n_cache
-        mbarrier.wait(cur_bar, jc & 1)  # (issued, after the empty wait, while tile j-1 was produced)
+        mbarrier.wait(cur_bar, jc & 1)
         g = gl.load(cg_ptr + x * B * H * NTC + (b * H + h) * NTC + jc)
         mult = gl.where(g > 0, gl.div_rn(1.0, g), 1.0)  # exact: a power of two (0 for an all-zero tile)
         src = buf._reinterpret(gl.bfloat16, buf.shape, buf.layout)
@@ -307,11 +316,15 @@ def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, c_desc
             _decode_rows(pk.index(s).slice(r, _SUB), sc_rows.slice(r, _SUB), buf.slice(r, _SUB), _SUB, D, PK3, DEC)
     fence_async_shared()  # generic-proxy writes → the consumers' wgmma (async proxy)
     mbarrier.arrive(ready.index(j % 2), count=1)
+
+
+@gluon.jit
+def _prefetch_current(j, n_cache, n_tiles, Lc, b, h, c_desc, dec, empty, cur_bar, HAS_CURRENT: gl.constexpr):
+    """When tile j is a current-chunk tile: wait until its buffer is released, TMA it there."""
     if HAS_CURRENT:
-        nj = j + 1
-        if (nj >= n_cache) & (nj < n_tiles):
-            mbarrier.wait(empty.index(nj % 2), ((nj // 2) & 1) ^ 1)
-            _issue_current(nj, n_cache, Lc, b, h, c_desc, dec.index(nj % 2), cur_bar)
+        if (j >= n_cache) & (j < n_tiles):
+            mbarrier.wait(empty.index(j % 2), ((j // 2) & 1) ^ 1)
+            _issue_current(j, n_cache, Lc, b, h, c_desc, dec.index(j % 2), cur_bar)
 
 
 @gluon.jit
@@ -341,11 +354,14 @@ def _producer(kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, tabl
     if HAS_CURRENT:
         if n_cache == 0:
             _issue_current(0, n_cache, Lc, b, h, ck_desc, k_dec.index(0), cur_bars.index(0))
-            _issue_current(0, n_cache, Lc, b, h, cv_desc, v_dec.index(0), cur_bars.index(1))
+    # Order (deadlock-free with the consumers' releases): K(j) → [TMA K(j+1) if current: needs
+    # QKᵀ(j-1) done] → [TMA V(j) if current: needs V(j-2) released = the consumers hold K(j)] → V(j).
     for j in range(n_tiles):
-        _produce(0, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, k_pk, k_sc, ck_desc, k_dec, k_ready, k_empty,
+        _produce(0, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, k_pk, k_sc, k_dec, k_ready, k_empty,
                  cur_bars.index(0), pk_ready, HAS_CURRENT, D, PK3, DEC, W3, CONV)
-        _produce(1, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, v_pk, v_sc, cv_desc, v_dec, v_ready, v_empty,
+        _prefetch_current(j + 1, n_cache, n_tiles, Lc, b, h, ck_desc, k_dec, k_empty, cur_bars.index(0), HAS_CURRENT)
+        _prefetch_current(j, n_cache, n_tiles, Lc, b, h, cv_desc, v_dec, v_empty, cur_bars.index(1), HAS_CURRENT)
+        _produce(1, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, v_pk, v_sc, v_dec, v_ready, v_empty,
                  cur_bars.index(1), pk_ready, HAS_CURRENT, D, PK3, DEC, W3, CONV)
         nxt = j + stages
         if nxt < n_cache:
@@ -355,15 +371,14 @@ def _producer(kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, tabl
 
 
 @gluon.jit
-def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, q_smem, k_dec, v_dec, k_ready, k_empty, v_ready,
+def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, p_smem, k_dec, v_dec, k_ready, k_empty, v_ready,
               v_empty, qk_scale, Lq, Lc, T, H, B, NTC, stride_qb, stride_qt, stride_qh, stride_ob, stride_ot,
               stride_oh, HAS_CURRENT: gl.constexpr):
-    D: gl.constexpr = q_smem.shape[1]
-    ROWS: gl.constexpr = q_smem.shape[0]
+    D: gl.constexpr = p_smem.shape[1]
+    ROWS: gl.constexpr = p_smem.shape[0]
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[_CONSUMER_WARPS, 1],
                                                   instr_shape=[16, 128, 16])
-    P_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    QL: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [_CONSUMER_WARPS, 1], [1, 0])
+    Q_OP: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     ROW: gl.constexpr = gl.SliceLayout(1, MMA)
 
     pid_m = gl.program_id(0)
@@ -372,9 +387,10 @@ def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, q_smem, k_dec, v_
     h = pid_bh % H
     n_ctx, cur_slot, tpc, n_cache, n_tiles = _num_tiles(table_ptr, T, Lc, HAS_CURRENT)
 
-    # Q tile, σ-ordered, scaled by 2^-e (max |q| in [1, 2)) into fp16, to shared memory
-    rows = pid_m * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, QL))
-    cols = _perm_cols(gl.arange(0, D, layout=gl.SliceLayout(0, QL)))
+    # Q tile, σ-ordered, scaled by 2^-e (max |q| in [1, 2)) into fp16, loaded straight into the
+    # registers of the QKᵀ wgmma's A operand (loop-invariant: never rewritten while a wgmma runs)
+    rows = pid_m * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, Q_OP))
+    cols = _perm_cols(gl.arange(0, D, layout=gl.SliceLayout(0, Q_OP)))
     q_off = (b.to(gl.int64) * stride_qb + gl.expand_dims(rows.to(gl.int64) * stride_qt, 1) + h * stride_qh
              + gl.expand_dims(cols, 0))
     qf = gl.load(q_ptr + q_off, mask=gl.expand_dims(rows < Lq, 1), other=0.0).to(gl.float32)
@@ -382,9 +398,7 @@ def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, q_smem, k_dec, v_
     e_q = gl.minimum(gl.maximum(((amax_q.to(gl.int32, bitcast=True) >> 23) & 0xFF) - 127, -126), 126)
     q_down = ((127 - e_q) << 23).to(gl.float32, bitcast=True)
     q_up = ((127 + e_q) << 23).to(gl.float32, bitcast=True)
-    q_smem.store((qf * q_down).to(gl.float16))
-    fence_async_shared()
-    gl.thread_barrier()
+    q_op = (qf * q_down).to(gl.float16)
     q_sc = qk_scale * q_up
 
     zero = gl.zeros([ROWS, D], gl.float32, layout=MMA)
@@ -392,7 +406,7 @@ def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, q_smem, k_dec, v_
     fk, fv = _tile_factors(0, n_cache, tpc, n_ctx, cur_slot, table_ptr, kg_ptr, vg_ptr, cg_ptr, b, h, B, H, T, NTC,
                            HAS_CURRENT)
     mbarrier.wait(k_ready.index(0), 0)
-    s_tok = warpgroup_mma(q_smem, k_dec.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
+    s_tok = warpgroup_mma(q_op, k_dec.index(0).permute((1, 0)), zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s_tok,))
     mbarrier.arrive(k_empty.index(0), count=1)
     sc = q_sc * fk
@@ -400,39 +414,64 @@ def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, q_smem, k_dec, v_
     p = gl.exp2(s * sc - gl.expand_dims(m_i, 1))
     l_i = gl.sum(p, axis=1)
     g_acc = gl.where(fv > 0, fv, 1.0)
-    p16 = gl.convert_layout(p.to(gl.float16), P_OP)
+    p16 = p.to(gl.float16)
     acc = zero
 
+    # Iteration j: QKᵀ(j) and PV(j-1) are issued back to back; the softmax of tile j runs while
+    # PV(j-1) is on the tensor cores. No CTA barrier may follow the PV wait inside the iteration
+    # (ptxas hoists a bar.sync, and the wait with it, above the softmax): P(j-1) is stored, and
+    # V(j-2) released, at the top of the next iteration instead.
+    fk, fv = _tile_factors(gl.minimum(1, n_tiles - 1), n_cache, tpc, n_ctx, cur_slot, table_ptr, kg_ptr, vg_ptr,
+                           cg_ptr, b, h, B, H, T, NTC, HAS_CURRENT)
     for j in range(1, n_tiles):
         bj = j % 2
         bp = (j - 1) % 2
-        fk, fv = _tile_factors(j, n_cache, tpc, n_ctx, cur_slot, table_ptr, kg_ptr, vg_ptr, cg_ptr, b, h, B, H, T,
-                               NTC, HAS_CURRENT)
+        fk_j, fv_j = fk, fv
+        # the next tile's factors, a whole iteration before their use (global-load latency)
+        fk, fv = _tile_factors(gl.minimum(j + 1, n_tiles - 1), n_cache, tpc, n_ctx, cur_slot, table_ptr, kg_ptr,
+                               vg_ptr, cg_ptr, b, h, B, H, T, NTC, HAS_CURRENT)
         mbarrier.wait(k_ready.index(bj), (j // 2) & 1)
-        s_tok = warpgroup_mma(q_smem, k_dec.index(bj).permute((1, 0)), zero, use_acc=False, is_async=True)
+        s_tok = warpgroup_mma(q_op, k_dec.index(bj).permute((1, 0)), zero, use_acc=False, is_async=True)
+        p_smem.store(p16)  # P(j-1); PV(j-2), the last reader of p_smem, retired in iteration j-1
+        fence_async_shared()
+        gl.thread_barrier()  # all P rows stored before the wgmma reads them
+        mbarrier.arrive(v_empty.index(bj), count=1, pred=j >= 2)  # V(j-2): PV(j-2) retired
         mbarrier.wait(v_ready.index(bp), ((j - 1) // 2) & 1)
-        o_tok = warpgroup_mma(p16, v_dec.index(bp), acc, is_async=True)
+        o_tok = warpgroup_mma(p_smem, v_dec.index(bp), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=(s_tok,))  # QKᵀ(j) done; PV(j-1) may still run
         mbarrier.arrive(k_empty.index(bj), count=1)
-        sc = q_sc * fk
-        m_new = gl.maximum(m_i, gl.max(s, axis=1) * sc)
-        p = gl.exp2(s * sc - gl.expand_dims(m_new, 1))
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, axis=1)
+        # The softmax of tile j, while PV(j-1) runs. ptxas schedules a wgmma wait as early as its
+        # basic block allows (right after the softmax's first shuffle: the softmax then never
+        # overlapped PV), so the softmax gets a block of its own: the branch is always taken (tile
+        # factors are >= 0 or NaN by construction; a negative one, i.e. corrupted cache memory,
+        # would skip the tile: wrong values, no hang).
+        if not (fk_j < 0.0):
+            sc = q_sc * fk_j
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * sc)
+            p = gl.exp2(s * sc - gl.expand_dims(m_new, 1))
+            alpha = gl.exp2(m_i - m_new)
+            l_new = l_i * alpha + gl.sum(p, axis=1)
+            p16 = p.to(gl.float16)
+        else:
+            m_new = m_i
+            alpha = gl.full_like(m_i, 1.0)
+            l_new = l_i
+            p16 = gl.zeros_like(s).to(gl.float16)
         m_i = m_new
-        g_new = gl.where(fv > 0, fv, g_acc)  # an all-zero V tile has scale 0
-        p16_new = gl.convert_layout(p.to(gl.float16), P_OP)
-        acc, p16 = warpgroup_mma_wait(0, deps=(o_tok, p16))
-        mbarrier.arrive(v_empty.index(bp), count=1)
+        l_i = l_new
+        g_new = gl.where(fv_j > 0, fv_j, g_acc)  # an all-zero V tile has scale 0
+        acc = warpgroup_mma_wait(0, deps=(o_tok,))
         acc = acc * gl.expand_dims(alpha * (g_acc / g_new), 1)
         g_acc = g_new
-        p16 = p16_new
 
     bl = (n_tiles - 1) % 2
+    p_smem.store(p16)
+    fence_async_shared()
+    gl.thread_barrier()
+    # (V(n-2) and V(n-1) are not released: the producer has no tile left to put there)
     mbarrier.wait(v_ready.index(bl), ((n_tiles - 1) // 2) & 1)
-    o_tok = warpgroup_mma(p16, v_dec.index(bl), acc, is_async=True)
+    o_tok = warpgroup_mma(p_smem, v_dec.index(bl), acc, is_async=True)
     acc = warpgroup_mma_wait(0, deps=(o_tok,))
-    mbarrier.arrive(v_empty.index(bl), count=1)
 
     out = acc * gl.expand_dims(g_acc / l_i, 1)
     o_rows = pid_m * ROWS + gl.arange(0, ROWS, layout=ROW)
@@ -475,7 +514,7 @@ def _fp4_kv_attention_hopper_kernel(
     D: gl.constexpr = 2 * kd_desc.block_type.shape[1]
     gl.static_assert(num_warps == _CONSUMER_WARPS)
     F16_TILE: gl.constexpr = gl.NVMMASharedLayout.get_default_for([_BN, D], gl.float16)
-    q_smem = gl.allocate_shared_memory(gl.float16, [_BM, D], F16_TILE)
+    p_smem = gl.allocate_shared_memory(gl.float16, [_BM, _BN], F16_TILE)
     k_dec = gl.allocate_shared_memory(gl.float16, [2, _BN, D], F16_TILE)
     v_dec = gl.allocate_shared_memory(gl.float16, [2, _BN, D], F16_TILE)
     k_pk = gl.allocate_shared_memory(gl.uint8, [_STAGES] + kd_desc.block_type.shape, kd_desc.layout)
@@ -498,7 +537,7 @@ def _fp4_kv_attention_hopper_kernel(
         mbarrier.init(v_empty.index(i), count=1)
 
     gl.warp_specialize([
-        (_consumer, (q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, q_smem, k_dec, v_dec, k_ready, k_empty, v_ready,
+        (_consumer, (q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, p_smem, k_dec, v_dec, k_ready, k_empty, v_ready,
                      v_empty, qk_scale, Lq, Lc, T, H, B, NTC, stride_qb, stride_qt, stride_qh, stride_ob, stride_ot,
                      stride_oh, HAS_CURRENT)),
         (_producer, (kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, table_ptr, k_pk, k_sc, v_pk, v_sc,
@@ -786,6 +825,29 @@ def _probe_main() -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def setmaxnreg_regions(sass: str) -> list[tuple[str, int, int]]:
+    """[(address, register limit, highest register used + 1)] for the code after each
+    ``USETMAXREG`` in program order, up to the next one (a partition's body after its setmaxnreg)."""
+    import re
+
+    out, limit, used, start = [], None, 0, None
+    for line in sass.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
+        if not m:
+            continue
+        text = m.group(2)
+        if "USETMAXREG" in text:
+            if limit is not None:
+                out.append((start, limit, used))
+            limit, used, start = int(text.split()[-1], 0), 0, m.group(1)
+            continue
+        for r in re.findall(r"\bR(\d+)\b", text):
+            used = max(used, int(r) + 1)
+    if limit is not None:
+        out.append((start, limit, used))
+    return out
+
+
 def compile_report(has_current: bool = True) -> dict:
     """Compile the kernel for sm_90a (as a launch at the model shape would), run ptxas -v and
     cuobjdump: registers, spills, shared memory, wgmma count and SASS instruction histogram of the
@@ -840,6 +902,8 @@ def compile_report(has_current: bool = True) -> dict:
     ptx = compiled.asm["ptx"]
     regs = re.search(r"Used (\d+) registers", ptxas)
     return {
+        "sass": sass,
+        "regions": setmaxnreg_regions(sass),
         "ptxas": ptxas,
         "registers": int(regs.group(1)) if regs else None,
         "spills": "0 bytes spill stores, 0 bytes spill loads" not in ptxas,

@@ -635,14 +635,27 @@ def test_gpu_cuda_graph_update_and_attention_across_chunks():
 def test_gluon_kernel_compiles_for_sm90a():
     """Compiled for sm_90a here (fresh process: the interpreter patches triton.language): no spills,
     wgmma asynchronous (no ptxas 'serialized' warning), 32 HGMMA.64x128x16 (QKᵀ and PV, 8 k-steps
-    each: prologue S, loop S + PV, epilogue PV), shared memory within 227 KB, producer 88 registers."""
+    each: prologue S, loop S + PV, epilogue PV), shared memory within 227 KB, the producer within its
+    setmaxnreg budget, the PV wait after the softmax (ptxas hoists it to the top of its basic block:
+    the kernel gives the softmax a block of its own), and no register operand of an in-flight wgmma
+    rewritten (the SASS walk of tests/fp4/test_gemm.py)."""
     import json
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json; from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
-            "for cur in (True, False):\n    r = h.compile_report(cur); print(json.dumps(r))")
+    code = ("import json, re\n"
+            "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
+            "try:\n    from tests.fp4.test_gemm import wgmma_register_a_hazards\n"
+            "except ImportError:\n    wgmma_register_a_hazards = lambda sass: []\n"
+            "for cur in (True, False):\n"
+            "    r = h.compile_report(cur); sass = r.pop('sass')\n"
+            "    r['hazards'] = wgmma_register_a_hazards(sass)\n"
+            "    ins = [l for l in sass.splitlines() if re.match(r'\\s+/\\*[0-9a-f]{4,}\\*/', l)]\n"
+            "    pv = [i for i, l in enumerate(ins) if 'HGMMA' in l and 'tnspB' in l and 'gsb0' in l]\n"
+            "    w0 = next(i for i in range(pv[0], len(ins)) if 'DEPBAR.LE gsb0, 0x0' in ins[i])\n"
+            "    r['ex2_before_pv_wait'] = sum('MUFU.EX2' in l for l in ins[pv[0]:w0])\n"
+            "    print(json.dumps(r))\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
                           check=False, timeout=1200)
@@ -654,6 +667,10 @@ def test_gluon_kernel_compiles_for_sm90a():
         assert rep["hgmma"] == 32
         assert rep["smem"] <= 227 * 1024
         assert str(hopper.PRODUCER_REGS) in rep["setmaxnreg"]
+        for _, limit, used in rep["regions"]:
+            assert used <= limit, rep["regions"]
+        assert rep["hazards"] == [], rep["hazards"]
+        assert rep["ex2_before_pv_wait"] >= 64, rep["ex2_before_pv_wait"]  # the softmax overlaps PV
 
 
 def _gluon_or_skip():
