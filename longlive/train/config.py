@@ -61,6 +61,8 @@ class TrainConfig:
     timestep_shift, weighting : the objective (spec §6.1).
     device : "auto" (cuda:LOCAL_RANK when available, else cpu), "cpu" or "cuda".
     time_limit_minutes : stop (and save) at the first log step past this wall-clock budget.
+    init : optional weights file (safetensors, e.g. an exported EMA) to start from instead of the
+        random initialisation (fine-tuning; a fresh run, not a resume: optimizer and step start anew).
     """
 
     steps: int = 600
@@ -76,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     time_limit_minutes: float | None = None
+    init: str | None = None
 
     def __post_init__(self):
         _positive_int("train", "steps", self.steps)

@@ -166,6 +166,11 @@ class Trainer:
         with torch.device(self.device):  # initialise in place (the 5B model takes minutes on a CPU)
             model = CausalDiT(cfg.model, ops=tc.ops)
         model.gradient_checkpointing = tc.activation_checkpointing
+        if tc.init:
+            from longlive.model.checkpoint import load_checkpoint
+
+            load_checkpoint(model, tc.init)
+            log(f"initialised from {tc.init}")
         if tc.linear != "bf16":
             from longlive_kernels.fp4 import NVFP4Recipe
 
