@@ -62,6 +62,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .._aot import register_aot
 from .kv_cache import KV_SCALE_TILE
 
 BLOCK_M = 128  # query rows per CTA (2 consumer warpgroups × 64)
@@ -418,9 +419,9 @@ def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, p_smem, k_dec, v_
     acc = zero
 
     # Iteration j: QKᵀ(j) and PV(j-1) are issued back to back; the softmax of tile j runs while
-    # PV(j-1) is on the tensor cores. No CTA barrier may follow the PV wait inside the iteration
-    # (ptxas hoists a bar.sync, and the wait with it, above the softmax): P(j-1) is stored, and
-    # V(j-2) released, at the top of the next iteration instead.
+    # PV(j-1) is on the tensor cores. P(j-1) is stored, and V(j-2) released, at the top of the
+    # next iteration: no CTA barrier follows the PV wait (ptxas would hoist it, and the wait with
+    # it, above the softmax).
     fk, fv = _tile_factors(gl.minimum(1, n_tiles - 1), n_cache, tpc, n_ctx, cur_slot, table_ptr, kg_ptr, vg_ptr,
                            cg_ptr, b, h, B, H, T, NTC, HAS_CURRENT)
     for j in range(1, n_tiles):
@@ -588,6 +589,14 @@ def _current_scales_kernel(
     g = ((e - 14 + 127) << 23).to(tl.float32, bitcast=True)
     g = tl.where(amax > 0, g, 0.0)  # an all-zero tile: factor 0, like a zero cache tile
     tl.store(out_ptr + ((kv * B + b) * H + h) * NTC + pid_t, g)
+
+
+register_aot(
+    _current_scales_kernel,
+    signature={"k_ptr": "*bf16", "v_ptr": "*bf16", "out_ptr": "*fp32", "Lc": "i32", "H": "i32", "B": "i32",
+               "NTC": "i32", "stride_b": "i64", "stride_t": "i64", "stride_h": "i64"},
+    constexprs={"D": 128, "BR": 32},
+)
 
 
 def current_scales(current_k: torch.Tensor, current_v: torch.Tensor) -> torch.Tensor:
