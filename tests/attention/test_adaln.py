@@ -364,21 +364,23 @@ def _op_cases(device, backend):
     g = torch.randn(2, 6, 16, device=device)
     xc = x.contiguous()
     ops = torch.ops.longlive_kernels
+    # (mean, rstd) of xc as the forward op returns them ([B, L, 2] from Triton, empty from torch)
+    stats = ops.layernorm_modulate.default(xc, scale, shift, 3, 1e-6, True, backend)[1]
     return [
         (ops.layernorm_modulate.default, (x, scale, shift, 3, 1e-6, True, backend), True),
         (ops.gated_residual.default, (x, y, gate, 3, backend), True),
         (ops.residual_layernorm_modulate.default, (x, y, gate, scale, shift, 3, 1e-6, True, backend), True),
         (ops.residual_layernorm_modulate.default, (x, y, None, scale, shift, 3, 1e-6, False, backend), True),
-        (ops.layernorm_modulate_backward.default, (g, xc, scale, 3, 1e-6, True, True, backend), False),
+        (ops.layernorm_modulate_backward.default, (g, xc, scale, stats, 3, 1e-6, True, True, backend), False),
         (ops.gated_residual_backward.default, (g, y, gate, 3, True, backend), False),
         (
             ops.residual_layernorm_modulate_backward.default,
-            (g, g.clone(), xc, y, gate, scale, 3, 1e-6, True, True, backend),
+            (g, g.clone(), xc, y, gate, scale, stats, 3, 1e-6, True, True, backend),
             False,
         ),
         (
             ops.residual_layernorm_modulate_backward.default,
-            (g, g.clone(), xc, y, None, scale, 3, 1e-6, True, False, backend),
+            (g, g.clone(), xc, y, None, scale, stats, 3, 1e-6, True, False, backend),
             False,
         ),
     ]
