@@ -322,10 +322,9 @@ def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, dec, r
 @gluon.jit
 def _prefetch_current(j, n_cache, n_tiles, Lc, b, h, c_desc, dec, empty, cur_bar, HAS_CURRENT: gl.constexpr):
     """When tile j is a current-chunk tile: wait until its buffer is released, TMA it there."""
-    if HAS_CURRENT:
-        if (j >= n_cache) & (j < n_tiles):
-            mbarrier.wait(empty.index(j % 2), ((j // 2) & 1) ^ 1)
-            _issue_current(j, n_cache, Lc, b, h, c_desc, dec.index(j % 2), cur_bar)
+    if HAS_CURRENT and (j >= n_cache) & (j < n_tiles):
+        mbarrier.wait(empty.index(j % 2), ((j // 2) & 1) ^ 1)
+        _issue_current(j, n_cache, Lc, b, h, c_desc, dec.index(j % 2), cur_bar)
 
 
 @gluon.jit
@@ -352,9 +351,8 @@ def _producer(kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, tabl
         if i < n_cache:
             _issue_packed(i, n_cache, tpc, n_ctx, cur_slot, table_ptr, b, h, B, H, T, kd_desc, ks_desc, vd_desc,
                           vs_desc, k_pk, k_sc, v_pk, v_sc, pk_ready)
-    if HAS_CURRENT:
-        if n_cache == 0:
-            _issue_current(0, n_cache, Lc, b, h, ck_desc, k_dec.index(0), cur_bars.index(0))
+    if HAS_CURRENT and n_cache == 0:
+        _issue_current(0, n_cache, Lc, b, h, ck_desc, k_dec.index(0), cur_bars.index(0))
     # Order (deadlock-free with the consumers' releases): K(j) → [TMA K(j+1) if current: needs
     # QKᵀ(j-1) done] → [TMA V(j) if current: needs V(j-2) released = the consumers hold K(j)] → V(j).
     for j in range(n_tiles):
@@ -633,7 +631,7 @@ def supported(q, view, current_k, current_v, compute: str) -> bool:
         return False
     if not _is_hopper(_device_index(q.device)):
         return False
-    b, lq, h, d = q.shape
+    d = q.shape[-1]
     if d != HEAD_DIM or q.dtype != torch.bfloat16 or q.stride(-1) != 1:
         return False
     if view.chunk_tokens % BLOCK_N != 0 or view.data[0].numel() // (d // 2) >= 2**31 - BLOCK_N:
@@ -811,8 +809,8 @@ def _probe_main() -> int:
         q = torch.randn(b, lq, h, 128, device=dev).bfloat16()
         cur = {}
         if lc is not None:
-            cur = dict(current_k=torch.randn(b, lc, h, 128, device=dev).bfloat16() * 3,
-                       current_v=torch.randn(b, lc, h, 128, device=dev).bfloat16())
+            cur = {"current_k": torch.randn(b, lc, h, 128, device=dev).bfloat16() * 3,
+                   "current_v": torch.randn(b, lc, h, 128, device=dev).bfloat16()}
         view = cache.layer_view(0)
         ck, cv = cur.get("current_k"), cur.get("current_v")
         assert supported(q, view, ck, cv, "bf16"), name
@@ -920,7 +918,7 @@ def compile_report(has_current: bool = True) -> dict:
         "smem": compiled.metadata.shared,
         "hgmma": len(re.findall(r"\bHGMMA\.64x128x16\.F32\b", sass)),
         "setmaxnreg": re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
-        "sass_instructions": len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.M)),
+        "sass_instructions": len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.MULTILINE)),
         "mufu_ex2": len(re.findall(r"MUFU\.EX2", sass)),
         "hmul2": len(re.findall(r"\bHMUL2\b", sass)),
     }

@@ -484,59 +484,63 @@ def _cache_tiles(cache, layer, include_current):
     return out
 
 
+def _emulated_step(st, s, sc, v_op, p_dtype, g_new):
+    """One online-softmax step of the kernels on state ``st`` (fp32 S, P rounded to ``p_dtype``)."""
+    m_new = torch.maximum(st["m"], s.amax(-1, keepdim=True) * sc)
+    p = torch.exp2(s * sc - m_new)
+    alpha = torch.exp2(st["m"] - m_new)
+    st["l"] = st["l"] * alpha + p.sum(-1, keepdim=True)
+    st["m"] = m_new
+    pv = (p.to(p_dtype).double() @ v_op.double()).float()
+    st["acc"] = st["acc"] * (alpha * (st["g"] / g_new)) + pv
+    st["g"] = g_new
+
+
+def _emulated_fp16_tile(st, q16, q_up, qk_scale, k16, fk, v16, fv):
+    """A tile whose K/V are fp16 with per-tile factors (cache tiles; Gluon's current tiles)."""
+    s = (q16.double() @ k16.double().transpose(-1, -2)).float()
+    g_new = torch.where(fv > 0, fv, st["g"][..., 0, 0])[..., None, None]
+    _emulated_step(st, s, qk_scale * q_up * fk[..., None, None], v16, torch.float16, g_new)
+
+
+def _emulated_fp16_copy(x):
+    """Gluon's current-chunk tile: fp16 ``x · 2^(14-e)`` and its factor ``2^(e-14)`` (0: all-zero)."""
+    a = x.float().abs().amax(dim=(-1, -2))
+    g = torch.exp2(_exp_field(a).clamp(-112, 127).float() - 14) * (a > 0)
+    return (x.float() / torch.where(g > 0, g, 1.0)[..., None, None]).half(), g
+
+
 def _emulate_gpu(q, cache, layer, current=None, mode="portable"):
     """fp4_kv_attention with every rounding the GPU kernels do (128-row Q blocks, 128-key tiles):
     fp16 Q scaled by 2^-e, exact fp16 K/V tiles, fp32 S/softmax/accumulator (products exact, sums in
     fp64 then rounded: the wgmma accumulation order is not modelled), P rounded to fp16 (cache tiles;
     ``"gluon"``: every tile) or bf16 (the portable kernel's current chunk), bf16 output. ``"gluon"``
     also stores the current chunk as fp16 ``x · 2^(14-e)`` per tile."""
-    f32, f64 = torch.float32, torch.float64
     b, lq, h, d = q.shape
-    qk_scale = torch.tensor(d**-0.5 * attn_mod._LOG2E, dtype=f32)
+    qk_scale = torch.tensor(d**-0.5 * attn_mod._LOG2E, dtype=torch.float32)
     k_tiles, v_tiles = _cache_tiles(cache, layer, include_current=current is None)
     out = torch.empty_like(q)
     for m0 in range(0, lq, 128):
         qb = q[:, m0 : m0 + 128].permute(0, 2, 1, 3).float()
         e_q = _exp_field(qb.abs().amax(dim=(-1, -2))).clamp(-126, 126).float()[..., None, None]
-        q16 = (qb * torch.exp2(-e_q)).half()
+        q16, q_up = (qb * torch.exp2(-e_q)).half(), torch.exp2(e_q)
         rows = qb.shape[2]
-        st = dict(m=torch.full((b, h, rows, 1), -torch.inf), l=torch.zeros((b, h, rows, 1)),
-                  acc=torch.zeros((b, h, rows, d)), g=torch.ones((b, h, 1, 1)))
-
-        def step(s, sc, v_op, p_dtype, g_new):
-            m_new = torch.maximum(st["m"], s.amax(-1, keepdim=True) * sc)
-            p = torch.exp2(s * sc - m_new)
-            alpha = torch.exp2(st["m"] - m_new)
-            st["l"] = st["l"] * alpha + p.sum(-1, keepdim=True)
-            st["m"] = m_new
-            pv = (p.to(p_dtype).to(f64) @ v_op.to(f64)).to(f32)
-            st["acc"] = st["acc"] * (alpha * (st["g"] / g_new)) + pv
-            st["g"] = g_new
-
-        def tile16(k16, fk, v16, fv, p_dtype=torch.float16):
-            s = (q16.to(f64) @ k16.to(f64).transpose(-1, -2)).to(f32)
-            g_new = torch.where(fv > 0, fv, st["g"][..., 0, 0])[..., None, None]
-            step(s, qk_scale * torch.exp2(e_q) * fk[..., None, None], v16, p_dtype, g_new)
-
+        st = {"m": torch.full((b, h, rows, 1), -torch.inf), "l": torch.zeros((b, h, rows, 1)),
+              "acc": torch.zeros((b, h, rows, d)), "g": torch.ones((b, h, 1, 1))}
         for (es_k, gk), (es_v, gv) in zip(k_tiles, v_tiles):
             k16, v16 = (es_k * 2.0**-14).half(), (es_v * 2.0**-14).half()
-            assert torch.equal(k16.to(f64), es_k.to(f64) * 2.0**-14)  # the decode is exact
-            tile16(k16, gk * 16384.0, v16, gv * 16384.0)
+            assert torch.equal(k16.double(), es_k.double() * 2.0**-14)  # the decode is exact
+            _emulated_fp16_tile(st, q16, q_up, qk_scale, k16, gk * 16384.0, v16, gv * 16384.0)
         if current is not None:
             ck, cv = (x.permute(0, 2, 1, 3) for x in current)
             for n0 in range(0, ck.shape[2], 128):
                 kt, vt = ck[:, :, n0 : n0 + 128], cv[:, :, n0 : n0 + 128]
                 if mode == "gluon":
-                    def conv(x):
-                        a = x.float().abs().amax(dim=(-1, -2))
-                        g = torch.exp2(_exp_field(a).clamp(-112, 127).float() - 14) * (a > 0)
-                        return (x.float() / torch.where(g > 0, g, 1.0)[..., None, None]).half(), g
-
-                    (k16, fk), (v16, fv) = conv(kt), conv(vt)
-                    tile16(k16, fk, v16, fv)
+                    (k16, fk), (v16, fv) = _emulated_fp16_copy(kt), _emulated_fp16_copy(vt)
+                    _emulated_fp16_tile(st, q16, q_up, qk_scale, k16, fk, v16, fv)
                 else:
-                    s = (qb.bfloat16().to(f64) @ kt.to(f64).transpose(-1, -2)).to(f32)
-                    step(s, qk_scale, vt, torch.bfloat16, torch.ones((b, h, 1, 1)))
+                    s = (qb.bfloat16().double() @ kt.double().transpose(-1, -2)).float()
+                    _emulated_step(st, s, qk_scale, vt, torch.bfloat16, torch.ones((b, h, 1, 1)))
         out[:, m0 : m0 + 128] = (st["acc"] * (st["g"] / st["l"])).permute(0, 2, 1, 3).to(q.dtype)
     return out
 
@@ -556,7 +560,7 @@ def test_emulated_gpu_rounding_meets_model_size_oracle(mode, with_current):
     q = _rand(100, 1, 256, 2, 128)
     current = (k, v) if with_current else None
     out = _emulate_gpu(q, cache, 0, current, mode)
-    err, _, err_compute = _check_model_size(out, q, cache, 0, k, v, with_current, "bf16", [0, 1], 256)
+    _, _, err_compute = _check_model_size(out, q, cache, 0, k, v, with_current, "bf16", [0, 1], 256)
     kk, vv = cache.dequantize(0, include_current=not with_current)  # bf16: the rounded oracle
     if with_current:
         kk, vv = torch.cat([kk, k], 1), torch.cat([vv, v], 1)
@@ -736,7 +740,7 @@ def test_gpu_gluon_matches_portable_and_fp64(t, n_chunks, lq, lc, h, b):
     if cur:
         kk, vv = torch.cat([kk, ck.float()], 1), torch.cat([vv, cv.float()], 1)
     _check_against_reference(got[:, :n_q], q[:, :n_q], kk, vv)
-    kw = dict(current_k=ck, current_v=cv) if cur else {}
+    kw = {"current_k": ck, "current_v": cv} if cur else {}
     assert torch.equal(fp4_kv_attention(q, cache, 0, **kw), got)  # the public function takes it
 
 
