@@ -4,9 +4,12 @@ Kernels (all decode E2M1 × E4M3 inside the main loop into exact bf16/fp16 MMA o
 in FP32 and apply both FP32 tensor scales and the bias in the epilogue — NVFP4 × NVFP4 semantics up
 to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
 
-- Hopper, M > 256: the Gluon kernel of ``gemm_hopper.py`` (TMA pipeline, weights decoded straight
-  into wgmma A registers while the previous wgmma runs; W4A4 decodes the activation tile once per
-  CTA into shared memory).
+- Hopper, M > 256 (``LONGLIVE_GEMM_GLUON=1``): the Gluon kernel of ``gemm_hopper.py`` (TMA pipeline,
+  weight and W4A4 activation tiles decoded into shared memory while the previous wgmma runs).
+- sm_80+, M ≤ 64 (``LONGLIVE_GEMM_GEMV=1`` or ``algorithm="gemv"``): the Gluon GEMV-style kernel of
+  ``gemm_gemv.py`` (weight rows streamed once from global memory straight into ``mma.sync``
+  registers, K permuted so every thread's loads are contiguous; one launch).
+- Both Gluon kernels are off by default until their GPU tests pass on the H100.
 - Everywhere else (and ``algorithm="portable"``): the Triton kernel below. W4A4 (``a`` NVFP4) decodes
   both operands to ``e2m1 · s_block · 2^-8`` (``gemm_dequant.py``); W4A16 (``a`` bf16/fp16) and
   W4A8 (``a`` float8_e4m3fn with an optional per-row / per-tensor scale) decode only ``b`` and run
@@ -40,14 +43,19 @@ from .gemm_dequant import OPERAND_SCALE, dequant_nvfp4_tile
 SPLIT_K_MAX_M = 256  # M at or below which the split-K configuration is used
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DENSE_A_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
-ALGORITHMS = ("auto", "fused", "portable", "predecode", "dequantize", "scaled_mm")
+ALGORITHMS = ("auto", "fused", "gemv", "portable", "predecode", "dequantize", "scaled_mm")
 
-try:  # the Gluon (sm_90a) kernel; LONGLIVE_GEMM_GLUON=0 disables it
+try:  # the Gluon kernels (sm_90a large M, sm_80+ small M)
+    from . import gemm_gemv as _gemv
     from . import gemm_hopper as _hopper
 except ImportError:  # pragma: no cover - Triton without Gluon
-    _hopper = None
-# Off by default: its GPU test failed on the H100 (wrong tiles, run-to-run differences; bench/RESULTS.md).
+    _hopper = _gemv = None
+# Off by default until their GPU tests pass (LONGLIVE_GEMM_GLUON=1 / LONGLIVE_GEMM_GEMV=1 turn them on;
+# algorithm="gemv" forces the small-M kernel). The large-M kernel's first version (wgmma with the
+# weight in registers) gave wrong tiles on the H100 (gemm_hopper's docstring); this one reads both
+# operands from shared memory.
 _HOPPER_ENABLED = os.environ.get("LONGLIVE_GEMM_GLUON", "0") == "1"
+_GEMV_ENABLED = os.environ.get("LONGLIVE_GEMM_GEMV", "0") == "1"
 _HOPPER_FAILED: set = set()
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +221,16 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+# Host-side integer helpers: triton.cdiv / triton.next_power_of_2 are constexpr functions whose every
+# host call costs microseconds (an import and argument unwrapping), several per GEMM call.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
 _SEMAPHORES: dict[tuple, torch.Tensor] = {}
 
 
@@ -227,19 +245,17 @@ def _semaphores(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-def _small_m_config(m: int, n: int, k: int, device: torch.device) -> tuple[int, int, int, int, int, int]:
+@functools.lru_cache(maxsize=4096)
+def _small_m_config(m: int, n: int, k: int, sms: int, interp: bool) -> tuple[int, int, int, int, int, int]:
     """(BM, BN, BK, warps, stages, split_k) for small M (memory-bound for M ≲ 100 with NVFP4
     weights): 64-wide weight tiles and enough K splits that about two CTAs run per SM."""
-    bm = max(16, min(64, triton.next_power_of_2(m)))
+    bm = max(16, min(64, _pow2(m)))
     bn = 64
-    bk = (256 if bm <= 32 else 128) if k >= 256 else max(64, triton.next_power_of_2(k))
-    if interpret_mode() or device.type != "cuda":
+    bk = (256 if bm <= 32 else 128) if k >= 256 else max(64, _pow2(k))
+    if interp:
         bk = min(bk, 128)
-        sms = 8
-    else:
-        sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    k_iters = triton.cdiv(k, bk)
+    tiles = _cdiv(m, bm) * _cdiv(n, bn)
+    k_iters = _cdiv(k, bk)
     split = max(1, min(k_iters, (2 * sms + tiles - 1) // tiles, 16))
     return bm, bn, bk, 4, 4, split
 
@@ -249,9 +265,9 @@ def _launch(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out, *, a_nvfp4, a_sc
     m, n = out.shape
     k = b_data.shape[1] * 2
     bm, bn, bk, warps, stages, split = config
-    k_per_split = triton.cdiv(triton.cdiv(k, bk), split) * bk
-    split = triton.cdiv(k, k_per_split)
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    k_per_split = _cdiv(_cdiv(k, bk), split) * bk
+    split = _cdiv(k, k_per_split)
+    tiles = _cdiv(m, bm) * _cdiv(n, bn)
     dev = out.device
     if split > 1:
         ws = torch.empty(split * tiles * bm * bn, dtype=torch.float32, device=dev)
@@ -265,7 +281,7 @@ def _launch(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out, *, a_nvfp4, a_sc
         b_data, b_scale.view(torch.uint8), b_gs, bias if bias is not None else dummy, out, ws, sem,
         m, n, k,
         a.stride(0), a_scale.stride(0) if (a_nvfp4 and a_scale is not None) else 0,
-        b_data.stride(0), b_scale.stride(0), out.stride(0), k_per_split, triton.next_power_of_2(m),
+        b_data.stride(0), b_scale.stride(0), out.stride(0), k_per_split, _pow2(m),
         A_NVFP4=a_nvfp4, A_SCALE_MODE=a_scale_mode, HAS_BIAS=bias is not None, MMA_DTYPE=mma_dtype,
         FAST=fast, DOT_F32=interpret_mode(), EVEN_K=k % bk == 0, SPLIT_K=split, BM=bm, BN=bn, BK=bk, GROUP_M=8,
         num_warps=warps, num_stages=stages,
@@ -278,11 +294,13 @@ _AUTOTUNE_CACHE: dict[tuple, tuple] = {}
 def _pick_config(m, n, k, a_nvfp4, mma_dtype, device, run) -> tuple:
     """Small M: heuristic split-K config. Large M: the fastest of ``_LARGE_M_CONFIGS`` (timed once
     per (M bucket, N, K, operand kinds) on the GPU; the interpreter uses one small config)."""
+    interp = interpret_mode() or device.type != "cuda"
     if m <= SPLIT_K_MAX_M:
-        return _small_m_config(m, n, k, device)
-    if interpret_mode() or device.type != "cuda":
+        sms = 8 if interp else _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+        return _small_m_config(m, n, k, sms, interp)
+    if interp:
         return (32, 32, 64, 4, 1, 1)
-    key = (triton.next_power_of_2(m), n, k, a_nvfp4, str(mma_dtype), device.index)
+    key = (_pow2(m), n, k, a_nvfp4, str(mma_dtype), device.index)
     cfg = _AUTOTUNE_CACHE.get(key)
     if cfg is None:
         best, errors = None, []
@@ -318,9 +336,29 @@ def _try_hopper(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp
         return None
 
 
-def _gemm_triton(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, portable=False):
+def _try_gemv(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, force=False):
+    """The Gluon small-M kernel (``gemm_gemv.py``) when it applies (M ≤ 64, sm_80+), else None."""
+    if _gemv is None or not (force or _GEMV_ENABLED) or interpret_mode() or not _gemv.supported(
+            a, a_nvfp4, b_data, out_dtype):
+        return None
+    key = ("gemv", a_nvfp4, a.dtype, out_dtype, bias is not None)
+    if key in _HOPPER_FAILED:
+        return None
+    try:
+        return _gemv.gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4)
+    except Exception as exc:  # noqa: BLE001 - a compile failure falls back to the portable kernel
+        _HOPPER_FAILED.add(key)
+        warnings.warn(f"nvfp4_gemm: small-M Gluon kernel unavailable ({type(exc).__name__}: {exc}); "
+                      "using the portable Triton kernel", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _gemm_triton(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, portable=False,
+                 force_gemv=False):
     if not portable:
-        out = _try_hopper(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4)
+        out = _try_gemv(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, force_gemv)
+        if out is None:
+            out = _try_hopper(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4)
         if out is not None:
             return out
     m = a.shape[0]
@@ -407,20 +445,9 @@ def _gemm_scaled_mm(a_data, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtyp
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("longlive_kernels::nvfp4_gemm", mutates_args=())
-def _gemm_op(
-    a: torch.Tensor,
-    a_scale: torch.Tensor | None,
-    a_global_scale: torch.Tensor | None,
-    b_data: torch.Tensor,
-    b_scale: torch.Tensor,
-    b_global_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-    a_nvfp4: bool,
-    algorithm: str,
-    backend: str,
-) -> torch.Tensor:
+def _gemm_impl(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype, a_nvfp4, algorithm,
+               backend):
+    """The op's implementation (called directly in eager mode, see :func:`_direct_call_ok`)."""
     if backend == "torch":
         return reference.nvfp4_gemm(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias,
                                     out_dtype=out_dtype, a_nvfp4=a_nvfp4)
@@ -438,7 +465,36 @@ def _gemm_op(
             warnings.warn(f"nvfp4_gemm: torch._scaled_mm FP4 failed ({exc}); using the fused kernel",
                           RuntimeWarning, stacklevel=2)
     return _gemm_triton(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype,
-                        a_nvfp4, portable=algorithm == "portable")
+                        a_nvfp4, portable=algorithm == "portable", force_gemv=algorithm == "gemv")
+
+
+@torch.library.custom_op("longlive_kernels::nvfp4_gemm", mutates_args=())
+def _gemm_op(
+    a: torch.Tensor,
+    a_scale: torch.Tensor | None,
+    a_global_scale: torch.Tensor | None,
+    b_data: torch.Tensor,
+    b_scale: torch.Tensor,
+    b_global_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    a_nvfp4: bool,
+    algorithm: str,
+    backend: str,
+) -> torch.Tensor:
+    return _gemm_impl(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype, a_nvfp4,
+                      algorithm, backend)
+
+
+def _direct_call_ok(*tensors: torch.Tensor | None) -> bool:
+    """Whether an op may run its implementation without the dispatcher (which costs 20-80 µs of host
+    time per call, as much as the whole small-M GEMM): plain eager execution — not traced by
+    torch.compile, no dispatch mode (FakeTensorMode, ...) or functorch transform active, and no input
+    that autograd would have to see."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            torch._C._are_functorch_transforms_active():
+        return False
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 @_gemm_op.register_fake
@@ -522,10 +578,12 @@ def nvfp4_gemm(
     out_dtype : {torch.bfloat16, torch.float16, torch.float32}
     a_scale : torch.Tensor, optional
         Only for float8 ``a``: FP32 per-tensor (1 element) or per-row ([M]) decode scale.
-    algorithm : {"auto", "fused", "portable", "dequantize", "scaled_mm"}
-        ``fused``: decode inside the main loop — on Hopper for M > 256 the Gluon kernel of
-        ``gemm_hopper.py`` (weights decoded into wgmma registers, TMA pipeline; bf16/fp16 output,
-        ``K % 32 == 0``, ``N % 8 == 0``), otherwise the portable Triton kernel (split-K for M ≤ 256).
+    algorithm : {"auto", "fused", "gemv", "portable", "predecode", "dequantize", "scaled_mm"}
+        ``fused``: decode inside the main loop — when enabled (module docstring), the Gluon kernels:
+        ``gemm_gemv.py`` for M ≤ 64 (bf16/fp16 or NVFP4 ``a``), ``gemm_hopper.py`` on Hopper for
+        M > 256 (TMA pipeline; ``K % 32 == 0``, ``N % 8 == 0``); otherwise the portable Triton kernel
+        (split-K for M ≤ 256). ``gemv``: the small-M Gluon kernel even when not enabled by default
+        (where it applies; otherwise as ``fused``).
         ``portable``: always the portable Triton kernel.
         ``predecode`` (W4A4, Hopper, M > 256): decode ``a`` once to bf16 (exact) and run the W4A16
         kernel — cheaper main loop for extra memory traffic; otherwise as ``fused``.
@@ -615,8 +673,8 @@ def nvfp4_gemm(
                 a.global_scale.reshape(1).float(), True)
     else:
         args = (_rows2d(a, k), a_scale, None, False)
-    out = _gemm_op(args[0], args[1], args[2], bd, bs, b.global_scale.reshape(1).float(), bias,
-                   out_dtype, args[3], algo, be)
+    op = _gemm_impl if _direct_call_ok(args[0], args[1], bias) else _gemm_op
+    out = op(args[0], args[1], args[2], bd, bs, b.global_scale.reshape(1).float(), bias, out_dtype, args[3], algo, be)
     return out.reshape(*lead, n)
 
 

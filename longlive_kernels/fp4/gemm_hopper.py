@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -349,6 +348,10 @@ def supported(a: torch.Tensor, a_nvfp4: bool, b_data: torch.Tensor, out_dtype: t
     return a.dtype in (torch.bfloat16, torch.float16) and _aligned(a)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # (triton.cdiv costs microseconds per host call)
+
+
 @functools.cache
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
@@ -357,7 +360,7 @@ def _num_sms(device_index: int) -> int:
 def token_tile(m: int, n: int, sms: int) -> int:
     """256 or 128 token rows per tile: the one with fewer (waves × tile work), 128-row tiles charged
     10% more per row (a narrower wgmma reads more shared memory per FLOP)."""
-    waves = lambda bt: -(-triton.cdiv(m, bt) * triton.cdiv(n, BW) // sms)
+    waves = lambda bt: _cdiv(_cdiv(m, bt) * _cdiv(n, BW), sms)  # noqa: E731
     return 256 if waves(256) * 256 <= waves(128) * 128 * 1.1 else 128
 
 
@@ -387,7 +390,7 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
-    grid = (triton.cdiv(n, BW) * triton.cdiv(m, bt),)
+    grid = (_cdiv(n, BW) * _cdiv(m, bt),)
     _hopper_gemm_kernel[grid](
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs,
         a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs),

@@ -133,7 +133,7 @@ def test_leading_dims_and_empty_m():
 def test_split_k_is_deterministic_and_leaves_counters_zero():
     x, w = _rand(11, 5, 512), _rand(12, 40, 512)
     a, b = quantize_nvfp4(x, backend="torch"), quantize_nvfp4(w, backend="torch")
-    cfg = gemm_mod._small_m_config(5, 40, 512, x.device)
+    cfg = gemm_mod._small_m_config(5, 40, 512, 8, True)  # (the interpreter's SM count)
     assert cfg[-1] > 1, "this shape must exercise split-K"
     o1 = nvfp4_gemm(a, b, out_dtype=torch.float32, backend="triton")
     o2 = nvfp4_gemm(a, b, out_dtype=torch.float32, backend="triton")
@@ -325,17 +325,20 @@ def _run_ptx(asm: str, operands: list[int]) -> list[int]:
 
 
 def _decode_cases():
-    from longlive_kernels.fp4 import gemm_hopper
+    from longlive_kernels.fp4 import gemm_gemv, gemm_hopper
 
     return [
         ("dequant-bf16", gemm_dequant._ASM_BF16.value, torch.bfloat16, 2.0**118, -8, False),
         ("dequant-fp16", gemm_dequant._ASM_FP16.value, torch.float16, 64.0, -8, False),
         ("hopper-bf16", gemm_hopper._DECODE_BF16.value, torch.bfloat16, 2.0**118, -gemm_hopper.BF16_OPERAND_EXP, True),
         ("hopper-fp16", gemm_hopper._DECODE_FP16.value, torch.float16, 64.0, -gemm_hopper.FP16_OPERAND_EXP, True),
+        ("gemv-bf16", gemm_gemv._WORD_BF16.value, torch.bfloat16, 2.0**118, -8, "word"),
+        ("gemv-fp16", gemm_gemv._WORD_FP16.value, torch.float16, 64.0, 0, "word"),
     ]
 
 
-@pytest.mark.parametrize("case", range(4), ids=["dequant-bf16", "dequant-fp16", "hopper-bf16", "hopper-fp16"])
+@pytest.mark.parametrize("case", range(6), ids=["dequant-bf16", "dequant-fp16", "hopper-bf16", "hopper-fp16",
+                                                 "gemv-bf16", "gemv-fp16"])
 def test_inline_ptx_decoders_are_exact(case):
     """Every byte with random E4M3 scale codes (all finite codes, both signs, subnormals): the GPU
     decode routines give e2m1 · s · 2^exp exactly (interpreted instruction by instruction)."""
@@ -347,11 +350,17 @@ def test_inline_ptx_decoders_are_exact(case):
     for start in range(0, 256, 4):
         byte = list(range(start, start + 4))
         sc = codes[torch.randint(0, codes.numel(), (4,), generator=g)].tolist()
+        if pairs == "word":  # one scale for the whole 32-bit word
+            sc = sc[:1] * 4
         s = torch.tensor(sc, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
         sbits = (s.double() * mult).to(dtype).view(torch.int16).int().tolist()
         sbits = [b & 0xFFFF for b in sbits]
         packed = byte[0] | byte[1] << 8 | byte[2] << 16 | byte[3] << 24
-        if pairs:
+        if pairs == "word":  # $4..$11: copies of the word, $12..$19: copies of the scale pair
+            out = _run_ptx(asm, [0, 0, 0, 0] + [packed] * 8 + [sbits[0] | sbits[0] << 16] * 8)
+            lo = [o & 0xFFFF for o in out[:4]]
+            hi = [o >> 16 for o in out[:4]]
+        elif pairs:
             out = _run_ptx(asm, [0, 0, 0, 0, packed] + [b | b << 16 for b in sbits])
             lo = [o & 0xFFFF for o in out[:4]]
             hi = [o >> 16 for o in out[:4]]
@@ -531,6 +540,134 @@ def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out):
     assert report["smem"] <= 227 * 1024
     assert report["register_a"] == 0, "wgmma takes A from registers (RS): see gemm_hopper's docstring"
     assert report["hazards"] == [], report["hazards"]
+
+
+# --- the Gluon small-M (GEMV) kernel: compiled for sm_90a here, run on the GPU ---------------------
+
+
+def _gemv_compile_report(x_nvfp4: bool, bm: int, rt: int, kt: int, split: int, op: str, even_k: bool) -> dict:
+    """Compile gemm_gemv's kernel for sm_90a (as a launch with 16-divisible strides would) and report
+    what the test checks (run in a subprocess)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from longlive_kernels.fp4 import gemm_gemv as gv
+
+    sig = {"w_ptr": "*i32", "w_scale_ptr": "*u8", "w_gs_ptr": "*fp32", "x_ptr": "*i32", "x_scale_ptr": "*u8",
+           "x_gs_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "sem_ptr": "*i32",
+           "M": "i32", "N": "i32", "K": "i32", "stride_wn": "i32", "stride_wsn": "i32", "stride_xm": "i32",
+           "stride_xsm": "i32", "stride_om": "i32", "k_per_split": "i32"}
+    constexprs = {"X_NVFP4": x_nvfp4, "HAS_BIAS": True, "EVEN_K": even_k,
+                  "OP_DTYPE": gl.float16 if op == "fp16" else gl.bfloat16, "BM": bm, "RT": rt, "KT": kt,
+                  "SPLIT_K": split, "num_warps": gv.NUM_WARPS}
+    names = list(gv._gemv_kernel.arg_names)
+    div = [a for a, t in sig.items() if t.startswith("*")] + (["stride_wn", "stride_xm", "k_per_split"] if even_k
+                                                             else [])
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div}
+    for c in constexprs:
+        sig[c] = "constexpr"
+    src = GluonASTSource(fn=gv._gemv_kernel, signature=sig, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": gv.NUM_WARPS})
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "k.ptx"), "w") as f:
+            f.write(compiled.asm["ptx"])
+        info = subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o",
+                               os.path.join(d, "k.o")], capture_output=True, text=True, check=False).stderr
+        with open(os.path.join(d, "k.cubin"), "wb") as f:
+            f.write(compiled.asm["cubin"])
+        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", os.path.join(d, "k.cubin")],
+                              capture_output=True, text=True, check=False).stdout
+    ins = _sass_instructions(sass)
+    loop = []
+    for addr, op_, args in ins:  # the main loop: from the target of the first backward branch to it
+        if op_ == "BRA" and int(args[-1], 0) < addr:
+            loop = [o for a, o, _ in ins if int(args[-1], 0) <= a <= addr]
+            break
+    return {"ptxas": info, "hmma_in_loop": sum(o.startswith("HMMA") for o in loop),
+            "shared_in_loop": sum(o.startswith(("STS", "LDS", "BAR")) for o in loop),
+            "ldg128": sum(o.startswith("LDG.E.128") for o in loop), "loop_len": len(loop),
+            "local": bool(re.search(r"\b(LDL|STL)\b", sass))}
+
+
+@pytest.mark.parametrize("cfg", [
+    (False, 8, 1, 32, 1, "bf16", True), (False, 16, 2, 32, 4, "bf16", True), (False, 32, 2, 32, 1, "fp16", True),
+    (False, 64, 2, 16, 2, "bf16", True), (True, 16, 1, 32, 3, "bf16", True), (True, 64, 1, 16, 1, "bf16", False),
+    (False, 8, 1, 32, 2, "bf16", False)],
+    ids=["w4a16-m8", "w4a16-m16-split", "w4a16-m32-fp16", "w4a16-m64", "w4a4-m16", "w4a4-m64-raggedk",
+         "w4a16-raggedk"])
+def test_gemv_kernel_compiles_for_sm90a(cfg):
+    """The small-M kernel builds for sm_90a with no spills or local memory; its main loop is
+    registers only (the reshape/permute of the loaded words reach the mma.sync operand layouts without
+    shared memory: ``assert_trivial`` conversions compile), issues mma.sync (HMMA: RT·(BM/8)·(KT/4) per
+    warp and k-step) and, with 16-divisible strides, loads weights with 16-byte (KT=32) vectors."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    x_nvfp4, bm, rt, kt, split, op, even_k = cfg
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json, tests.fp4.test_gemm as t; "
+            f"print(json.dumps(t._gemv_compile_report({x_nvfp4}, {bm}, {rt}, {kt}, {split}, {op!r}, {even_k})))")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
+    assert not report["local"]
+    assert report["hmma_in_loop"] == rt * (bm // 8) * (kt // 4), report
+    assert report["shared_in_loop"] == 0, report
+    if even_k and kt == 32:
+        assert report["ldg128"] >= 2 * rt, report
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["nvfp4", "bf16", "fp16"])
+@pytest.mark.parametrize("m", [1, 7, 16, 33, 64])
+@pytest.mark.parametrize("k,n", [(3072, 3072), (96, 1000), (14336, 3072), (3072, 14336), (3088, 72)])
+def test_gpu_gemv_kernel(kind, m, k, n):
+    """The small-M Gluon kernel (called directly, no fallback) against the exact dequantize path (fp32
+    output: FP32 summation order only), its low-precision outputs one rounding away, bit-identical over
+    repeated calls, split-K counters left zeroed; ``algorithm="gemv"`` takes the same kernel."""
+    from longlive_kernels.fp4 import gemm_gemv as gv
+
+    g = torch.Generator(device="cuda").manual_seed(m * 7 + k + n)
+    x = torch.randn(m, k, device="cuda", generator=g)
+    w = torch.randn(n, k, device="cuda", generator=g) / k**0.5
+    b = quantize_nvfp4(w)
+    bias = torch.randn(n, device="cuda", generator=g)
+    if kind == "nvfp4":
+        a = quantize_nvfp4(x)
+        args = (a.data, a.scale, a.global_scale.reshape(1).float(), True)
+    else:
+        a = x.to(torch.bfloat16 if kind == "bf16" else torch.float16)
+        args = (a, None, None, False)
+    assert gv.supported(args[0], args[3], b.data, torch.float32)
+
+    def direct(out_dtype):
+        return gv.gemm(args[0], args[1], args[2], b.data, b.scale, b.global_scale.reshape(1).float(), bias,
+                       out_dtype, args[3])
+
+    out = direct(torch.float32)
+    expect = nvfp4_gemm(a, b, bias=bias, out_dtype=torch.float32, algorithm="dequantize")
+    assert rel_err(out, expect) <= FP32_TOL
+    for _ in range(2):
+        assert_bitwise_equal(direct(torch.float32), out, "repeated small-M kernel call")
+    for _, (ws, sem) in gv._WORKSPACE.items():
+        assert int(sem.abs().sum()) == 0
+    low = torch.bfloat16 if kind != "fp16" else torch.float16
+    assert rel_err(direct(low), out) <= 2.0**-8
+    assert_bitwise_equal(nvfp4_gemm(a, b, bias=bias, out_dtype=torch.float32, algorithm="gemv"), out,
+                         "algorithm='gemv' vs direct call")
 
 
 # --- wgmma register-operand hazard (SASS walk) ----------------------------------------------------
