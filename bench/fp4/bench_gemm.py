@@ -5,7 +5,9 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
 
 - ``bf16``: cuBLAS BF16 ``x @ wᵀ`` (the baseline of every ratio),
 - ``fp8 mm``: cuBLAS FP8 E4M3 row-wise ``torch._scaled_mm`` on pre-quantized operands,
-- ``fp8 path``: our FP8 path end to end (row-wise activation quantization + ``fp8_gemm``),
+- ``fp8 path``: the FP8 path as two ops (``fp8_gemm(*quantize_fp8_rowwise(x), ...)``),
+- ``fp8 linear``: the FP8 path in one call (``gemm_fp8.fp8_linear``: fused row-wise quantization,
+  one HBM read of the activation, then cuBLAS; no dispatcher round trips in eager mode),
 - ``deq+bf16``: decode the NVFP4 weight to bf16 (our dequantize kernel), then cuBLAS,
 - ``w4a16``: ``nvfp4_gemm(x_bf16, w_nvfp4)`` (default path: the Gluon sm_90a kernel for M > 256,
   the split-K Triton kernel below),
@@ -13,7 +15,14 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
 - ``w4a4 e2e``: activation quantization + the W4A4 GEMM,
 - ``w4a4 predec``: W4A4 as decode-the-activation-to-bf16 + the W4A16 kernel (``algorithm="predecode"``),
 - ``w4a16 port`` / ``w4a4 port``: the portable Triton kernel (``algorithm="portable"``), to show
-  what the Gluon kernel buys.
+  what the Gluon kernels buy,
+- ``w4a16 gemv`` / ``w4a4 gemv`` (M ≤ 64): the small-M Gluon kernel (``algorithm="gemv"``).
+
+The Gluon kernels are off by default in ``nvfp4_gemm``; ``--gluon`` turns both on for the default
+columns (``w4a16``, ``w4a4``, ...). ``--timing graph`` replays each call from a CUDA graph (device time
+only); the default ``events`` times eager calls, so host time shows wherever a call's Python and
+launches take longer than its kernels (each timed call follows a ~0.1 ms L2-flush kernel, which hides
+that much host time). ``--launches`` adds kernel launches per call (torch.profiler).
 
 Prints a markdown table of TFLOP/s (2·M·N·K / t) and ratios to BF16. Targets (issue 3): W4A4
 ≥ 0.85× and W4A16 ≥ 0.95× BF16 for M ≥ 1760; W4A16 ≥ 2.5× for M ≤ 64; FP8 ≥ 1.4× for M ≥ 1760.
@@ -22,6 +31,7 @@ Usage::
 
     python bench/fp4/bench_gemm.py            # all 24 shapes (~6 min on an H100)
     python bench/fp4/bench_gemm.py --quick    # 6 shapes (< 2 min)
+    python bench/fp4/bench_gemm.py --quick --gluon --timing graph --launches
 """
 
 from __future__ import annotations
@@ -37,8 +47,8 @@ M_VALUES = (16, 64, 256, 1760, 7040, 14080)
 KN_VALUES = ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
 QUICK = ((16, 3072, 3072), (64, 3072, 14336), (1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072),
          (14080, 3072, 3072))
-COLUMNS = ("bf16", "fp8 mm", "fp8 path", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a4 predec", "w4a16 port",
-           "w4a4 port")
+COLUMNS = ("bf16", "fp8 mm", "fp8 path", "fp8 linear", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a4 predec",
+           "w4a16 port", "w4a4 port", "w4a16 gemv", "w4a4 gemv")
 
 
 def _methods(m: int, k: int, n: int) -> dict:
@@ -49,6 +59,7 @@ def _methods(m: int, k: int, n: int) -> dict:
         quantize_fp8_rowwise,
         quantize_nvfp4,
     )
+    from longlive_kernels.fp4.gemm_fp8 import fp8_linear
 
     g = torch.Generator(device="cuda").manual_seed(m * 131 + n * 7 + k)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -62,6 +73,7 @@ def _methods(m: int, k: int, n: int) -> dict:
         "fp8 mm": lambda: torch._scaled_mm(x8, w8.t(), scale_a=xs8.reshape(-1, 1), scale_b=ws8.reshape(1, -1),
                                            out_dtype=torch.bfloat16, use_fast_accum=True),
         "fp8 path": lambda: fp8_gemm(*quantize_fp8_rowwise(x), w8, ws8),
+        "fp8 linear": lambda: fp8_linear(x, w8, ws8),
         "deq+bf16": lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)),
         "w4a16": lambda: nvfp4_gemm(x, wq),
         "w4a4": lambda: nvfp4_gemm(xq, wq),
@@ -69,10 +81,39 @@ def _methods(m: int, k: int, n: int) -> dict:
         "w4a4 predec": lambda: nvfp4_gemm(xq, wq, algorithm="predecode"),
         "w4a16 port": lambda: nvfp4_gemm(x, wq, algorithm="portable"),
         "w4a4 port": lambda: nvfp4_gemm(xq, wq, algorithm="portable"),
+        **({"w4a16 gemv": lambda: nvfp4_gemm(x, wq, algorithm="gemv"),
+            "w4a4 gemv": lambda: nvfp4_gemm(xq, wq, algorithm="gemv")} if m <= 64 else {}),
     }
 
 
-def run(shapes, iters: int, columns=COLUMNS) -> list[dict]:
+def _graph_replay(fn):
+    """``fn`` captured in a CUDA graph (after warm-up calls on a side stream): its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def count_launches(fn) -> int:
+    """Kernels one call of ``fn`` launches (torch.profiler's CUDA kernel events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
+
+
+def run(shapes, iters: int, columns=COLUMNS, timing: str = "events", launches: bool = False) -> list[dict]:
     from longlive_kernels.testing import cuda_time_ms
 
     rows = []
@@ -84,8 +125,11 @@ def run(shapes, iters: int, columns=COLUMNS) -> list[dict]:
                 continue
             try:
                 fn()  # compile / autotune outside the timed region
-                ms = cuda_time_ms(fn, warmup=5, iters=iters)
+                timed = _graph_replay(fn) if timing == "graph" else fn
+                ms = cuda_time_ms(timed, warmup=5, iters=iters)
                 row[name] = flops / (ms * 1e-3) / 1e12
+                if launches:
+                    row[f"{name} launches"] = count_launches(fn)
             except Exception as exc:  # noqa: BLE001 - report and keep benchmarking
                 print(f"# {name} M={m} K={k} N={n}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 row[name] = float("nan")
@@ -102,8 +146,15 @@ def markdown(rows, columns=COLUMNS) -> str:
     lines = [head, sep]
     for r in rows:
         base = r["bf16"]
-        vals = [f"{r[c]:.0f}" for c in columns] + [f"{r[c] / base:.2f}" for c in columns[1:]]
+        vals = [f"{r.get(c, float('nan')):.0f}" for c in columns]
+        vals += [f"{r.get(c, float('nan')) / base:.2f}" for c in columns[1:]]
         lines.append(f"| {r['M']} | {r['K']} | {r['N']} | " + " | ".join(vals) + " |")
+    if any(f"{c} launches" in r for r in rows for c in columns):
+        lines += ["", "| M | K | N | " + " | ".join(f"{c} launches" for c in columns) + " |",
+                  "|" + "---|" * (3 + len(columns))]
+        for r in rows:
+            lines.append(f"| {r['M']} | {r['K']} | {r['N']} | "
+                         + " | ".join(str(r.get(f"{c} launches", "-")) for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -111,15 +162,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="6 representative shapes (< 2 minutes)")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--gluon", action="store_true", help="enable both Gluon kernels in nvfp4_gemm's default path")
+    ap.add_argument("--timing", choices=("events", "graph"), default="events",
+                    help="events: eager calls (host time shows); graph: CUDA-graph replay (device time)")
+    ap.add_argument("--launches", action="store_true", help="also count kernel launches per call")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gemm: needs a CUDA GPU", file=sys.stderr)
         return 2
+    from longlive_kernels.fp4 import gemm as gemm_mod
     from longlive_kernels.testing import device_header
 
+    if args.gluon:
+        gemm_mod._HOPPER_ENABLED = gemm_mod._GEMV_ENABLED = True
     shapes = QUICK if args.quick else [(m, k, n) for k, n in KN_VALUES for m in M_VALUES]
-    rows = run(shapes, args.iters)
-    print(f"\n{device_header()}\n")
+    rows = run(shapes, args.iters, timing=args.timing, launches=args.launches)
+    print(f"\n{device_header()} | timing {args.timing} | gluon {'on' if args.gluon else 'off'}\n")
     print(markdown(rows))
     return 0
 

@@ -257,6 +257,96 @@ def test_fp8_bad_input(make, exc):
         make(q, s)
 
 
+# --- fp8_linear: the FP8 path in one call (fused row-wise quantization + FP8 GEMM) -----------------
+
+
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 11), k=st.sampled_from([16, 48, 200, 1024, 1040, 2064]),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]))
+@example(seed=1, rows=3, k=2064, dtype=torch.bfloat16)  # the interpreter's two-pass path (K > 1024)
+def test_fp8_linear_quantization_bit_exact(seed, rows, k, dtype):
+    """The fused row-wise kernel (one HBM read per row) gives the reference's codes and scales bit for
+    bit: single-pass rows and the chunked two-pass path, all-zero rows (scale 1)."""
+    from longlive_kernels.fp4 import gemm_fp8
+
+    x = _rand(seed, rows, k, spread=8.0).to(dtype)
+    if rows > 2:
+        x[1] = 0.0
+    q1, s1 = ref.quantize_fp8_rowwise(x)
+    q2, s2 = gemm_fp8._quantize(x)
+    assert_bitwise_equal(q1.view(torch.uint8), q2.view(torch.uint8), "fp8 codes")
+    assert_bitwise_equal(s1, s2, "row scales")
+
+
+@pytest.mark.parametrize("lead,n,k", [((1,), 24, 64), ((37,), 50, 96), ((2, 5), 16, 2064)])
+@pytest.mark.parametrize("prequantized", [False, True])
+def test_fp8_linear_matches_the_two_op_path(lead, n, k, prequantized):
+    """fp8_linear == fp8_gemm(*quantize_fp8_rowwise(x), w, w_scale) (same quantization, same GEMM);
+    leading dims; an already quantized (x, x_scale) pair."""
+    from longlive_kernels.fp4.gemm_fp8 import fp8_linear
+
+    x = _rand(31, *lead, k)
+    wq, ws = quantize_fp8_rowwise(_rand(32, n, k), backend="torch")
+    bias = _rand(33, n)
+    xq, xs = quantize_fp8_rowwise(x, backend="torch")
+    expect = fp8_gemm(xq, xs, wq, ws, bias=bias, out_dtype=torch.float32, backend="triton")
+    if prequantized:
+        out = fp8_linear(xq, wq, ws, x_scale=xs, bias=bias, out_dtype=torch.float32, backend="triton")
+    else:
+        out = fp8_linear(x, wq, ws, bias=bias, out_dtype=torch.float32, backend="triton")
+    assert out.shape == (*lead, n)
+    assert_bitwise_equal(out, expect, "fp8_linear vs quantize + fp8_gemm")
+    ref_out = fp8_linear(x, wq, ws, bias=bias, out_dtype=torch.float32, backend="torch")
+    assert rel_err(out, ref_out) <= FP32_TOL
+
+
+@pytest.mark.parametrize(
+    "make, exc",
+    [
+        (lambda x, w, s: fp8_linear_(x, w.float(), s), TypeError),
+        (lambda x, w, s: fp8_linear_(x[:, :16], w, s), ValueError),
+        (lambda x, w, s: fp8_linear_(x, w, s[:2]), ValueError),
+        (lambda x, w, s: fp8_linear_(x, w, s, x_scale=torch.ones(8)), ValueError),
+        (lambda x, w, s: fp8_linear_(x.to(torch.float8_e4m3fn), w, s), ValueError),
+        (lambda x, w, s: fp8_linear_(x, w, s, out_dtype=torch.int32), TypeError),
+        (lambda x, w, s: fp8_linear_(x, w, s, bias=torch.zeros(3)), ValueError),
+    ],
+)
+def test_fp8_linear_bad_input(make, exc):
+    x = _rand(0, 8, 32)
+    w, s = quantize_fp8_rowwise(_rand(1, 8, 32), backend="torch")
+    with pytest.raises(exc):
+        make(x, w, s)
+
+
+def fp8_linear_(*args, **kw):
+    from longlive_kernels.fp4.gemm_fp8 import fp8_linear
+
+    return fp8_linear(*args, **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(1, 3072, 3072), (1760, 3072, 3072), (7040, 3072, 14336), (300, 14336, 3072),
+                                   (64, 20480, 256), (33, 96, 48)])
+def test_gpu_fp8_linear(m, k, n):
+    """On the GPU: the fused quantization is bit-identical to the reference (single-pass rows up to
+    K = 16384, two passes beyond), and fp8_linear equals the two-op path bit for bit (same cuBLAS call)."""
+    from longlive_kernels.fp4 import gemm_fp8
+
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    x[0, :7] = 0.0
+    if m > 2:
+        x[1] = 0.0
+    w = torch.randn(n, k, device="cuda") / k**0.5
+    wq, ws = quantize_fp8_rowwise(w)
+    bias = torch.randn(n, device="cuda")
+    q1, s1 = ref.quantize_fp8_rowwise(x)
+    q2, s2 = gemm_fp8._quantize(x)
+    assert_bitwise_equal(q1.view(torch.uint8), q2.view(torch.uint8), "fp8 codes")
+    assert_bitwise_equal(s1, s2, "row scales")
+    out = gemm_fp8.fp8_linear(x, wq, ws, bias=bias)
+    assert_bitwise_equal(out, fp8_gemm(*quantize_fp8_rowwise(x), wq, ws, bias=bias), "fp8_linear vs two ops")
+
+
 # --- the inline-PTX decoders, emulated on the CPU ---------------------------------------------------
 
 _M32 = 0xFFFFFFFF

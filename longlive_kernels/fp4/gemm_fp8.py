@@ -1,0 +1,260 @@
+"""The FP8 path as one call: ``fp8_linear(x, w_fp8, w_scale) = quantize_rowwise(x) @ w_fp8ᵀ`` (scaled).
+
+The FP8 path (``fp8.py``: row-wise E4M3 activations and weights, cuBLAS ``torch._scaled_mm`` with
+row/column scales) spent as much time between its two kernels as in them when called as
+``fp8_gemm(*quantize_fp8_rowwise(x), w8, ws8)``: two dispatcher round trips and two Python layers per
+call (~0.1–0.3 ms of host time on the H100 host, during which the GPU idles — bench/RESULTS.md). Here:
+
+- one row-wise quantization kernel that reads each activation row from HBM once: a program holds
+  whole rows in registers (16-byte loads, K ≤ 16384), reduces the row amax, and writes the E4M3 codes
+  (``q = e4m3_rn_sat(x / s)``, ``s = amax/448`` correctly rounded — bit-identical to
+  ``reference.quantize_fp8_rowwise``) and the FP32 row scale. Traffic: M·K·(2 + 1) bytes + 4·M.
+  Longer rows take two passes (the second from L2).
+- then ``torch._scaled_mm`` (row-wise scales, fast accumulation, bias in cuBLAS's epilogue);
+- in eager mode the custom op is bypassed (``gemm._direct_call_ok``): two launches per call, no
+  other host work than the checks.
+
+Roofline note (derived): the activation pass costs at least 3·M·K bytes of HBM traffic, which at
+M = 1760, K = N = 3072 is ~6 µs next to cuBLAS FP8's ~30 µs; so that shape cannot reach 1.4× BF16 with a
+separate quantization pass — the activation must arrive in FP8 from its producer (``fp8_linear``
+also takes an already quantized ``(q, scale)`` pair).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _checks
+from .._aot import register_aot
+from .._backend import interpret_mode, resolve_backend
+from . import reference
+from .fp8 import _e4m3_signed_code
+from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
+from .fp8 import _gemm_triton as _fp8_gemm_triton
+from .fp8 import _scaled_mm_works
+
+MAX_SINGLE_PASS_K = 16384  # longest row held in registers
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernel
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_amax_scale(amax):
+    """Decode scale amax/448 (correctly rounded; 1 for an all-zero row)."""
+    scale = tl.math.div_rn(amax, 448.0)
+    return tl.where(amax == 0.0, 1.0, scale)
+
+
+@triton.jit
+def _fp8_rowwise_kernel(
+    x_ptr,  # [rows, K] float, row stride stride_x
+    q_ptr,  # [rows, K] uint8 out: E4M3 codes, contiguous
+    scale_ptr,  # [rows] fp32 out: decode scale amax/448
+    rows,
+    K,
+    stride_x,
+    BR: tl.constexpr,  # rows per program
+    BK: tl.constexpr,  # columns per chunk (a power of two ≥ K when SINGLE_PASS)
+    VEC: tl.constexpr,  # contiguous elements per thread (16-byte loads of bf16/fp16)
+    SINGLE_PASS: tl.constexpr,
+    FAST: tl.constexpr,
+):
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    rmask = r < rows
+    x_rows = x_ptr + r[:, None] * stride_x
+    q_rows = q_ptr + r[:, None] * K
+    c = tl.max_contiguous(tl.multiple_of(tl.arange(0, BK), VEC), VEC)
+    if SINGLE_PASS:  # the whole row in registers: one HBM read
+        m = rmask[:, None] & (c < K)[None, :]
+        x = tl.load(x_rows + c[None, :], mask=m, other=0.0).to(tl.float32)
+        a = tl.abs(x)
+        amax = tl.max(tl.where(a != a, float("inf"), a), axis=1)
+        scale = _row_amax_scale(amax)
+        code = _e4m3_signed_code(tl.math.div_rn(x, scale[:, None]), FAST)
+        tl.store(q_rows + c[None, :], code.to(tl.uint8), mask=m)
+    else:  # amax over chunks, then quantize them again (the second read mostly hits L2)
+        amax = tl.zeros((BR,), dtype=tl.float32)
+        for k in range(0, K, BK):
+            m = rmask[:, None] & (k + c < K)[None, :]
+            a = tl.abs(tl.load(x_rows + (k + c)[None, :], mask=m, other=0.0).to(tl.float32))
+            amax = tl.maximum(amax, tl.max(tl.where(a != a, float("inf"), a), axis=1))
+        scale = _row_amax_scale(amax)
+        for k in range(0, K, BK):
+            m = rmask[:, None] & (k + c < K)[None, :]
+            x = tl.load(x_rows + (k + c)[None, :], mask=m, other=0.0).to(tl.float32)
+            code = _e4m3_signed_code(tl.math.div_rn(x, scale[:, None]), FAST)
+            tl.store(q_rows + (k + c)[None, :], code.to(tl.uint8), mask=m)
+    tl.store(scale_ptr + r, scale, mask=rmask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _quant_config(rows: int, k: int, elem_bytes: int, interp: bool) -> tuple[int, int, int, bool, int]:
+    """(BR, BK, VEC, single_pass, warps): whole rows of ≤ 16384 elements per program, 8-32 elements
+    per thread; several short rows per program so that every program moves ≥ 16 KB."""
+    vec = max(1, 16 // elem_bytes)
+    if interp:
+        return 4, min(1024, max(16, triton.next_power_of_2(k))), vec, k <= 1024, 4
+    if k <= MAX_SINGLE_PASS_K:
+        bk = max(vec * 32, triton.next_power_of_2(k))
+        br = max(1, min(8, 8192 // bk))
+        warps = max(1, min(8, br * bk // (32 * 16)))  # ~16 elements per thread
+        return br, bk, vec, True, warps
+    return 1, 4096, vec, False, 8
+
+
+def _quantize(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, k = x2d.shape
+    q = torch.empty((rows, k), dtype=torch.uint8, device=x2d.device)
+    scale = torch.empty((rows,), dtype=torch.float32, device=x2d.device)
+    interp = interpret_mode() or not x2d.is_cuda
+    br, bk, vec, single, warps = _quant_config(rows, k, x2d.element_size(), interp)
+    _fp8_rowwise_kernel[(-(-rows // br),)](
+        x2d, q, scale, rows, k, x2d.stride(0), BR=br, BK=bk, VEC=vec, SINGLE_PASS=single, FAST=not interp,
+        num_warps=warps, enable_fp_fusion=False,
+    )
+    return q.view(torch.float8_e4m3fn), scale
+
+
+def _linear_impl(x2d, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, backend):
+    if backend == "torch":
+        if x_scale is None:
+            x2d, x_scale = reference.quantize_fp8_rowwise(x2d)
+        return reference.fp8_gemm(x2d, x_scale, w, w_scale, bias, out_dtype=out_dtype)
+    if x_scale is None:
+        x2d, x_scale = _quantize(x2d)
+    if use_scaled_mm:
+        return _scaled_mm_rowwise(x2d, x_scale, w, w_scale, bias, out_dtype)
+    return _fp8_gemm_triton(x2d, x_scale, w, w_scale, bias.contiguous() if bias is not None else None, out_dtype)
+
+
+@torch.library.custom_op("longlive_kernels::fp8_linear", mutates_args=())
+def _linear_op(x: torch.Tensor, x_scale: torch.Tensor | None, w: torch.Tensor, w_scale: torch.Tensor,
+               bias: torch.Tensor | None, out_dtype: torch.dtype, use_scaled_mm: bool, backend: str) -> torch.Tensor:
+    return _linear_impl(x, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, backend)
+
+
+@_linear_op.register_fake
+def _(x, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, backend):
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public function
+# ---------------------------------------------------------------------------------------------
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    *,
+    x_scale: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    use_scaled_mm: bool | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``quantize_rowwise(x) @ (w · w_scale)ᵀ + bias`` — the FP8 path of a linear layer in one call.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        [..., K] bf16/fp16/fp32 activations (quantized here, row-wise E4M3, the numerics of
+        :func:`~longlive_kernels.fp4.quantize_fp8_rowwise`), or float8_e4m3fn codes with ``x_scale``.
+    w : torch.Tensor
+        [N, K] float8_e4m3fn weight (from :func:`~longlive_kernels.fp4.quantize_fp8_rowwise`).
+    w_scale : torch.Tensor
+        [N] fp32 row scales of ``w``.
+    x_scale : torch.Tensor, optional
+        [...] fp32 row scales, only with a float8_e4m3fn ``x`` (already quantized activations).
+    bias : torch.Tensor, optional
+        [N] float.
+    out_dtype : {torch.bfloat16, torch.float16, torch.float32}, optional
+        Default: ``x``'s dtype, bf16 for fp32/fp8 ``x``.
+    use_scaled_mm : bool, optional
+        cuBLAS through ``torch._scaled_mm`` (default on sm_89+ when K and N are multiples of 16), else
+        the Triton FP8 kernel of ``fp8.py``.
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    torch.Tensor
+        [..., N] of ``out_dtype``. Same result as ``fp8_gemm(*quantize_fp8_rowwise(x), w, w_scale)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Wrong dtypes or shapes, K mismatch, ``x_scale`` without FP8 ``x`` (or the reverse), tensors on
+        different devices, backend unavailable.
+
+    Notes
+    -----
+    Two kernel launches on CUDA (row-wise quantization, cuBLAS FP8 GEMM); one with ``x_scale``.
+    """
+    _checks.check_dtype("w", w, (torch.float8_e4m3fn,))
+    _checks.check_dtype("w_scale", w_scale, (torch.float32,))
+    _checks.check_ndim("w", w, 2)
+    n, k = w.shape
+    fp8_x = x.dtype == torch.float8_e4m3fn
+    if fp8_x != (x_scale is not None):
+        raise ValueError("x_scale must be given exactly when x is float8_e4m3fn (already quantized), got "
+                         f"x of {x.dtype} and x_scale {'None' if x_scale is None else tuple(x_scale.shape)}")
+    if not fp8_x:
+        _checks.check_dtype("x", x)
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dim, got a scalar")
+    if x.shape[-1] != k:
+        raise ValueError(f"K mismatch: x has K={x.shape[-1]}, w has K={k} (w is [N, K])")
+    _checks.check_last_dim_contiguous("x", x)
+    _checks.check_last_dim_contiguous("w", w)
+    lead = tuple(x.shape[:-1])
+    if x_scale is not None:
+        _checks.check_dtype("x_scale", x_scale, (torch.float32,))
+        if tuple(x_scale.shape) != lead:
+            raise ValueError(f"x_scale must have shape {lead}, got {tuple(x_scale.shape)}")
+    if w_scale.shape != (n,):
+        raise ValueError(f"w_scale must have shape ({n},), got {tuple(w_scale.shape)}")
+    if bias is not None:
+        _checks.check_dtype("bias", bias)
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if out_dtype is None:
+        out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"out_dtype must be bf16, fp16 or fp32, got {out_dtype}")
+    dev = _checks.check_same_device(x=x, w=w, w_scale=w_scale, x_scale=x_scale, bias=bias)
+    be = resolve_backend(backend, dev, op="fp8_linear", supported=("triton", "torch"), prefer=("triton",))
+    if use_scaled_mm is None:
+        use_scaled_mm = (be == "triton" and dev.type == "cuda" and not interpret_mode() and k % 16 == 0
+                         and n % 16 == 0 and _scaled_mm_works(dev.index or 0))
+    x2d = x.reshape(-1, k)
+    if x2d.shape[0] == 0:
+        return torch.empty((*lead, n), dtype=out_dtype, device=dev)
+    xs = x_scale.reshape(-1).contiguous() if x_scale is not None else None
+    from .gemm import _direct_call_ok
+
+    op = _linear_impl if _direct_call_ok(x2d, bias) else _linear_op
+    out = op(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm), be)
+    return out.reshape(*lead, n)
+
+
+register_aot(
+    _fp8_rowwise_kernel,
+    signature={"x_ptr": "*bf16", "q_ptr": "*u8", "scale_ptr": "*fp32", "rows": "i32", "K": "i32",
+               "stride_x": "i32"},
+    constexprs={"BR": 2, "BK": 4096, "VEC": 8, "SINGLE_PASS": True, "FAST": True},
+    options={"enable_fp_fusion": False, "num_warps": 8},
+)
+
+__all__ = ["fp8_linear"]
