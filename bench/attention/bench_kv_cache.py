@@ -26,6 +26,7 @@ BF16 current chunk (3 heads, the first 1024 queries); the BF16-cache rows also c
 rounding of the decoded values.
 
 Run: python bench/attention/bench_kv_cache.py [--quick] [--attention-only] [--sweep] [--granularity]
+                                              [--gluon-probe]
      (--granularity runs on the CPU: the error table of the global-scale granularity choice;
       every attention row is printed as soon as it is timed, so a failure keeps the rows before it)
 """
@@ -336,6 +337,8 @@ if __name__ == "__main__":
     ap.add_argument("--sweep", action="store_true", help="also time the fused kernel's block configs")
     ap.add_argument("--granularity", action="store_true", help="CPU: global-scale granularity error table")
     ap.add_argument("--attention-only", action="store_true", help="only the attention table")
+    ap.add_argument("--gluon-probe", action="store_true",
+                    help="run the Hopper Gluon kernel's probe (a child process, 300 s limit) and print its result")
     args = ap.parse_args()
     if args.granularity:
         print(
@@ -352,6 +355,10 @@ if __name__ == "__main__":
         raise SystemExit(0)
     print(device_header())
     iters = 10 if args.quick else 30
+    if args.gluon_probe:
+        ok, msg = hopper.run_probe(torch.cuda.current_device())
+        print(f"Gluon probe: {'OK' if ok else 'FAILED'}\n{msg}")
+        raise SystemExit(0 if ok else 1)
     if args.attention_only:
         att = []
         for n_ctx in (3,) if args.quick else (3, 4):
