@@ -1,9 +1,10 @@
 """The FP8 path as one call: ``fp8_linear(x, w_fp8, w_scale) = quantize_rowwise(x) @ w_fp8ᵀ`` (scaled).
 
 The FP8 path (``fp8.py``: row-wise E4M3 activations and weights, cuBLAS ``torch._scaled_mm`` with
-row/column scales) spent as much time between its two kernels as in them when called as
-``fp8_gemm(*quantize_fp8_rowwise(x), w8, ws8)``: two dispatcher round trips and two Python layers per
-call (~0.1–0.3 ms of host time on the H100 host, during which the GPU idles — bench/RESULTS.md). Here:
+row/column scales) called as ``fp8_gemm(*quantize_fp8_rowwise(x), w8, ws8)`` measured 150–270 µs slower
+than ``_scaled_mm`` alone on the H100 at M ≥ 1760 (bench_gemm, 2026-11-21), several times the
+quantization's own traffic (≤ 130 MB, ~45 µs): host time between the two kernels (two dispatcher
+round trips and two Python layers per call) during which the GPU idled. Here:
 
 - one row-wise quantization kernel that reads each activation row from HBM once: a program holds
   whole rows in registers (16-byte loads, K ≤ 16384), reduces the row amax, and writes the E4M3 codes
@@ -36,6 +37,7 @@ from .fp8 import _e4m3_signed_code
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
 from .fp8 import _gemm_triton as _fp8_gemm_triton
 from .fp8 import _scaled_mm_works
+from .gemm import _direct_call_ok
 
 MAX_SINGLE_PASS_K = 16384  # longest row held in registers
 
@@ -242,8 +244,6 @@ def fp8_linear(
     if x2d.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
     xs = x_scale.reshape(-1).contiguous() if x_scale is not None else None
-    from .gemm import _direct_call_ok
-
     op = _linear_impl if _direct_call_ok(x2d, bias) else _linear_op
     out = op(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm), be)
     return out.reshape(*lead, n)

@@ -431,13 +431,13 @@ def supported(a: torch.Tensor, a_nvfp4: bool, b_data: torch.Tensor, out_dtype: t
 
 def config(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]:
     """(BM, RT, KT, SPLIT_K): the token tile covering M; 16-element runs when 64 tokens would not fit
-    the registers with 32; one 16-row tile per warp, two when N is large (halves the activation
-    re-reads); split K until about two CTAs per SM."""
+    the registers with 32; two 16-row tiles per warp for 32+ tokens or long N (fewer instructions and
+    activation re-reads per weight byte), else one (fewer K splits, so fewer FP32 partials); split K
+    until about two CTAs run per SM (each warp keeps two k-steps of loads in flight)."""
     bm = max(8, 1 << max(0, (m - 1).bit_length()))
     kt = 32 if bm <= 32 else 16
-    rt = 2 if n >= 16 * 2 * NUM_WARPS * 2 * sms else 1
-    rows = 16 * rt * NUM_WARPS
-    tiles = -(-n // rows)
+    rt = 2 if (bm >= 32 or n >= 8192) else 1
+    tiles = -(-n // (16 * rt * NUM_WARPS))
     steps = -(-k // (4 * kt))
     split = max(1, min(steps, -(-2 * sms // tiles), 16))
     return bm, rt, kt, split
