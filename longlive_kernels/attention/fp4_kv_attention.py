@@ -19,8 +19,8 @@ P (·256) in FP8 E4M3 on the FP8 tensor cores (QGMMA). Its error is the FP8 roun
 on random data, like an ideal per-tensor FP8 emulation; the 16-bit path is within 2× of BF16 SDPA).
 
 Hopper fast path (``fp4_kv_attention_hopper.py``): on sm_90 the ``compute="bf16"`` call with FP4
-storage, head_dim 128, bf16 q, ``chunk_tokens % 128 == 0`` (and a contiguous current chunk with
-``Lc % 128 == 0``) runs a Gluon FA3-style kernel instead (a producer warpgroup decodes each K/V tile
+storage, head_dim 128, bf16 q, ``chunk_tokens % 128 == 0`` (and a current chunk with ``Lc % 128 == 0``
+whose tokens have one row stride, e.g. contiguous or sliced from a fused QKV tensor) runs a Gluon FA3-style kernel instead (a producer warpgroup decodes each K/V tile
 once into fp16 shared memory; two consumer warpgroups run asynchronous wgmma and the softmax). It is
 first run once in a child process on small problems and compared with this kernel (a hang or a
 wrong result disables it with a warning; the result is cached on disk). ``LONGLIVE_FP4_KV_GLUON=0``

@@ -38,8 +38,8 @@ group of 8: Q is loaded in that order (QKᵀ is invariant under a common permuta
 and O is stored with the inverse permutation (PV permutes the output columns).
 
 Requirements (else the portable kernel runs): Hopper GPU, head_dim 128, FP4 storage, q bf16,
-``compute="bf16"``, ``chunk_tokens % 128 == 0``, a current chunk (if passed) that is contiguous with
-``Lc % 128 == 0``. The kernel compiles for sm_90a on CPU machines (tests check registers, spills,
+``compute="bf16"``, ``chunk_tokens % 128 == 0``, a current chunk (if passed) with ``Lc % 128 == 0``
+whose tokens are rows of one stride (contiguous, or the K/V slice of a fused QKV tensor). The kernel compiles for sm_90a on CPU machines (tests check registers, spills,
 wgmma count, asynchrony and the placement of the PV wait); it runs only on a GPU, after
 :func:`probe_ok` ran it once in a child process.
 """
@@ -601,6 +601,8 @@ def current_scales(current_k: torch.Tensor, current_v: torch.Tensor) -> torch.Te
     """[2, B, H, Lc/128] fp32 ``2^(⌊log2 amax⌋ - 14)`` of every 128-token tile of the current chunk's
     K and V (the kernel stores ``x / factor`` in fp16: max magnitude in [2^14, 2^15)); 0 for an
     all-zero tile."""
+    if current_k.stride() != current_v.stride():  # the kernel reads both with K's strides
+        current_k, current_v = current_k.contiguous(), current_v.contiguous()
     b, lc, h, d = current_k.shape
     ntc = triton.cdiv(lc, 128)
     out = torch.empty((2, b, h, ntc), dtype=torch.float32, device=current_k.device)
@@ -638,11 +640,26 @@ def supported(q, view, current_k, current_v, compute: str) -> bool:
         return False
     if current_k is not None:
         for x in (current_k, current_v):
-            if x.dtype != torch.bfloat16 or not x.is_contiguous() or x.data_ptr() % 16 != 0:
+            if x.dtype != torch.bfloat16 or not _token_rows(x):
                 return False
         if current_k.shape[1] % BLOCK_N != 0 or current_k.shape[0] * current_k.shape[1] >= 2**31 - BLOCK_N:
             return False
     return True
+
+
+def _token_rows(x: torch.Tensor) -> bool:
+    """[B, L, H, D] readable by TMA as the 2-D view [B·L, H·D] (row stride = the token stride):
+    contiguous, or e.g. the K/V slice of a fused [B, L, 3, H, D] QKV tensor."""
+    b, l, h, d = x.shape
+    return (x.stride(3) == 1 and x.stride(2) == d and (b == 1 or x.stride(0) == l * x.stride(1))
+            and (x.stride(1) * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0)
+
+
+def _token_rows_descriptor(x: torch.Tensor, layout):
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    b, l, h, d = x.shape
+    return TensorDescriptor(x, [b * l, h * d], [x.stride(1), 1], [BLOCK_N, d], layout)
 
 
 _DUMMY: dict[int, torch.Tensor] = {}
@@ -671,8 +688,8 @@ def attention(q, view, current_k, current_v, softmax_scale: float) -> torch.Tens
     has_cur = current_k is not None
     if has_cur:
         lc = current_k.shape[1]
-        ck_desc = TensorDescriptor.from_tensor(current_k.view(b * lc, h * d), [BLOCK_N, d], _bf16_tile_layout())
-        cv_desc = TensorDescriptor.from_tensor(current_v.view(b * lc, h * d), [BLOCK_N, d], _bf16_tile_layout())
+        ck_desc = _token_rows_descriptor(current_k, _bf16_tile_layout())
+        cv_desc = _token_rows_descriptor(current_v, _bf16_tile_layout())
         cg = current_scales(current_k, current_v)
         ntc = cg.shape[-1]
     else:

@@ -745,6 +745,22 @@ def test_gpu_gluon_matches_portable_and_fp64(t, n_chunks, lq, lc, h, b):
 
 
 @pytest.mark.gpu
+def test_gpu_gluon_current_chunk_sliced_from_fused_qkv():
+    """The current K/V as slices of a fused [B, Lc, 3, H, D] QKV tensor (strided token rows, as the
+    model passes them): the Gluon kernel takes them (TMA over the strided 2-D view)."""
+    _gluon_or_skip()
+    cache, q, (ck, cv) = _gluon_case(5, 256, 3, 300, 256, 2, 2)
+    qkv = torch.stack([q[:, :256], ck, cv], dim=2)  # [B, Lc, 3, H, D]
+    k_view, v_view = qkv[:, :, 1], qkv[:, :, 2]
+    view = cache.layer_view(0)
+    assert not k_view.is_contiguous() and hopper.supported(q, view, k_view, v_view, "bf16")
+    got = fp4_kv_attention(q, cache, 0, current_k=k_view, current_v=v_view)
+    assert torch.equal(got, hopper.attention(q, view, ck, cv, 128**-0.5))  # same as contiguous copies
+    want = attn_mod._attention_triton(q, view, ck, cv, 128**-0.5, "bf16", portable=True)
+    assert rel_err(got, want) <= 5e-3
+
+
+@pytest.mark.gpu
 def test_gpu_gluon_unsupported_calls_fall_back():
     """Lc not a multiple of 128, fp16 q, fp8 compute, a non-contiguous current chunk: the portable
     kernel runs (same result as calling it directly)."""
