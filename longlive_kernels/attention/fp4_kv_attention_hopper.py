@@ -311,10 +311,13 @@ def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, dec, r
         stages: gl.constexpr = pk.shape[0]
         s = j % stages
         mbarrier.wait(pk_ready.index(s), (j // stages) & 1)
-        sc_rows = sc.index(s)._reinterpret(gl.uint8, [128, D // 16],
-                                           gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+        # TMA wrote both boxes dense and row-major (no swizzle): read them through explicit
+        # row-major views (the scale box is [64, 16]: two 8-byte rows per 16-byte TMA line)
+        row_major: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
+        pk_rows = pk.index(s)._reinterpret(gl.uint8, [128, D // 2], row_major)
+        sc_rows = sc.index(s)._reinterpret(gl.uint8, [128, D // 16], row_major)
         for r in gl.static_range(0, 128, _SUB):
-            _decode_rows(pk.index(s).slice(r, _SUB), sc_rows.slice(r, _SUB), buf.slice(r, _SUB), _SUB, D, PK3, DEC)
+            _decode_rows(pk_rows.slice(r, _SUB), sc_rows.slice(r, _SUB), buf.slice(r, _SUB), _SUB, D, PK3, DEC)
     fence_async_shared()  # generic-proxy writes → the consumers' wgmma (async proxy)
     mbarrier.arrive(ready.index(j % 2), count=1)
 
