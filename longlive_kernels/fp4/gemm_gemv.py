@@ -91,6 +91,13 @@ mul.rn.f16x2 $3, $3, $12;
 """)
 _WORD_CONSTRAINTS = gl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 16))
 
+# The K permutation (module docstring): the permutes that bring the decoded weight words and the
+# loaded activation pairs into MMA k order k = 16s + 8j + 2q + e (tests/fp4/test_gemm.py replays them
+# on index tensors).
+_W_PERM_KT32 = gl.constexpr((0, 2, 3, 4, 5, 1, 6))
+_W_PERM_KT16 = gl.constexpr((0, 2, 3, 4, 1, 5))
+_X_PERM = gl.constexpr((2, 3, 1, 4, 0))
+
 
 @gluon.jit
 def _as_halves(words, OP_DTYPE: gl.constexpr, PAIRS: gl.constexpr):
@@ -227,12 +234,10 @@ def _decode_step(words, scale_codes, R: gl.constexpr, KT: gl.constexpr, OP_DTYPE
     p8 = gl.expand_dims(gl.expand_dims(p, 2), 3)
     v = _decode_words(w8.broadcast_to([R, NB, 2, 8]), p8.broadcast_to([R, NB, 2, 8]), OP_DTYPE)
     # v[r, nb, w, 4h + 2j + e] is element 16·nb + 8w + 4h + 2j + e of the step
-    if KT == 32:  # nb = 2q + n1, s = 4·n1 + 2w + h
-        v = v.reshape([R, 4, 2, 2, 2, 2, 2])  # [r, q, n1, w, h, j, e]
-        v = v.permute((0, 2, 3, 4, 5, 1, 6))  # [r, n1, w, h, j, q, e]
-    else:  # nb = q, s = 2w + h
-        v = v.reshape([R, 4, 2, 2, 2, 2])  # [r, q, w, h, j, e]
-        v = v.permute((0, 2, 3, 4, 1, 5))  # [r, w, h, j, q, e]
+    if KT == 32:  # nb = 2q + n1, s = 4·n1 + 2w + h: [r, q, n1, w, h, j, e] → [r, n1, w, h, j, q, e]
+        v = v.reshape([R, 4, 2, 2, 2, 2, 2]).permute(_W_PERM_KT32.value)
+    else:  # nb = q, s = 2w + h: [r, q, w, h, j, e] → [r, w, h, j, q, e]
+        v = v.reshape([R, 4, 2, 2, 2, 2]).permute(_W_PERM_KT16.value)
     return v.reshape([R, 4 * KT])
 
 
@@ -345,7 +350,7 @@ def _gemv_kernel(
                 xv_n = gl.load(x_ptrs, mask=kn // 2 + x_cols < K // 2, other=0)
             # element KT·q + 4s + 2j + e at [t, q, s, j, e] → MMA k order (s, j, q, e)
             xe = _as_halves(xv, OP_DTYPE, X_HALVES).reshape([BM, 4, NB, 2, 2])
-            b = xe.permute((2, 3, 1, 4, 0)).reshape([BK, BM])
+            b = xe.permute(_X_PERM.value).reshape([BK, BM])
         a = _decode_step(wq, wsc, ROWS, KT, OP_DTYPE, W_WORDS8)
         acc = mma_v2(gl.convert_layout(a, DOT_A, assert_trivial=True),
                      gl.convert_layout(b, DOT_B, assert_trivial=True), acc)

@@ -720,6 +720,30 @@ def test_gemv_kernel_compiles_for_sm90a(cfg):
         assert report["ldg128"] >= 2 * rt, report
 
 
+@pytest.mark.parametrize("kt", [16, 32])
+def test_gemv_k_permutation_is_shared_by_both_operands(kt):
+    """The small-M kernel's reshape/permute chains (replayed with torch on element-index tensors, same
+    row-major semantics as Gluon's) give the weights and the activations the same K permutation, the
+    documented one (MMA k = 16s + 8j + 2q + e ↔ element KT·q + 4s + 2j + e), a bijection of the step."""
+    from longlive_kernels.fp4 import gemm_gemv as gv
+
+    nb = kt // 4
+    # weights: decoded words [R, NB, 2 words, 8 elements], element 16·nb + 8w + t
+    w_idx = torch.arange(4 * kt).reshape(1, nb, 2, 8)
+    if kt == 32:
+        w_mma = w_idx.reshape(1, 4, 2, 2, 2, 2, 2).permute(gv._W_PERM_KT32.value).reshape(1, 4 * kt)[0]
+    else:
+        w_mma = w_idx.reshape(1, 4, 2, 2, 2, 2).permute(gv._W_PERM_KT16.value).reshape(1, 4 * kt)[0]
+    # activations: 32-bit pairs [BM, 2·KT] as halves [BM, 2·KT, 2], element 2·word + e
+    x_idx = torch.arange(4 * kt).reshape(1, 2 * kt, 2)
+    x_mma = x_idx.reshape(1, 4, nb, 2, 2).permute(gv._X_PERM.value).reshape(4 * kt, 1)[:, 0]
+    assert torch.equal(w_mma, x_mma)
+    kk = torch.arange(4 * kt)
+    s, j, q, e = kk // 16, (kk // 8) % 2, (kk // 2) % 4, kk % 2
+    assert torch.equal(w_mma, kt * q + 4 * s + 2 * j + e)
+    assert torch.equal(torch.sort(w_mma).values, kk)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["nvfp4", "bf16", "fp16"])
 @pytest.mark.parametrize("m", [1, 7, 16, 33, 64])
