@@ -34,13 +34,13 @@ from . import reference
 
 
 @triton.jit
-def _rotate_pairs(x, c, s, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rotate interleaved pairs (x[:, 2j], x[:, 2j+1]) of x [BLOCK_H, BLOCK_D] by cos/sin [BLOCK_D/2]:
+def _rotate_pairs(x, c, s, HG: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotate interleaved pairs (x[:, 2j], x[:, 2j+1]) of x [HG, BLOCK_D] by cos/sin [BLOCK_D/2]:
     (a·c − b·s, a·s + b·c)."""
-    a, b = tl.split(tl.reshape(x, (BLOCK_H, BLOCK_D // 2, 2)))
+    a, b = tl.split(tl.reshape(x, (HG, BLOCK_D // 2, 2)))
     c = c[None, :]
     s = s[None, :]
-    return tl.reshape(tl.join(a * c - b * s, a * s + b * c), (BLOCK_H, BLOCK_D))
+    return tl.reshape(tl.join(a * c - b * s, a * s + b * c), (HG, BLOCK_D))
 
 
 @triton.jit
@@ -59,54 +59,90 @@ def _token_angles(cos_ptr, sin_ptr, tok, n_frames, GH, GW, pair, pmask,
 
 
 @triton.jit
-def _row_mean(v, n):
-    """Σv / n over a [BLOCK_H, BLOCK_D] tile, correctly rounded (``/`` is approximate on the GPU)."""
-    return tl.math.div_rn(tl.sum(tl.sum(v, axis=1), axis=0), n)
+def _tile_sum(v):
+    """Σ over a [HG, BLOCK_D] tile, as one reduction (element order is irrelevant to a sum)."""
+    return tl.sum(tl.reshape(v, (v.shape[0] * v.shape[1],), can_reorder=True), axis=0)
 
 
 @triton.jit
-def _inv_rms(x, n, eps):
-    """1/√(mean(x²) + eps) with IEEE sqrt and division (``tl.math.rsqrt`` is approximate)."""
-    ms = _row_mean(x * x, n) + eps
-    return tl.math.div_rn(1.0 + 0.0 * ms, tl.sqrt_rn(ms))
+def _offsets(heads, ch, g, stride_h, HG: tl.constexpr):
+    """[HG, BLOCK_D] element offsets of heads g·HG + heads (head stride ``stride_h``)."""
+    return (g * HG + heads)[:, None] * stride_h + ch[None, :]
+
+
+@triton.jit
+def _group_mask(heads, ch, g, NH, D: tl.constexpr, HG: tl.constexpr):
+    return (g * HG + heads < NH)[:, None] & (ch < D)[None, :]
 
 
 # Work split (both kernels): grid (P, B); program p takes tokens p, p + P, p + 2P, ... of its batch
 # row, so the P programs stream through adjacent tokens together, and the token loads are
 # software-pipelined (``tl.range(num_stages=STAGES)``: cp.async into shared memory, STAGES - 1
 # tokens in flight per program). q is done first, then k (half the live registers of a joint loop).
+# A token's NH heads are NHG tiles of HG heads (24 = 3 × 8): no padded lanes, where one
+# next-power-of-2 tile of 32 heads would compute 25 % masked lanes. NHG is 1 or 3 (written out: a
+# Triton loop cannot carry a list of tensors); other head counts use one padded tile (NHG = 1).
 
 
 @triton.jit
 def _rope_fwd_rows(
-    x_ptr, w_ptr, o_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
+    x_ptr, w_ptr, o_ptr, rstd_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
     sxb, sxl, sxh, eps,
     D: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
+    HG: tl.constexpr, NHG: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Tokens pid, pid + n_p, ... of batch ``b`` of one tensor (q or k): RMSNorm (NORM), rotate,
-    store."""
+    """Tokens pid, pid + n_p, ... of batch ``b`` of one tensor (q or k): RMSNorm over all heads
+    (NORM; 1/rms of each token to ``rstd_ptr`` for the backward), rotate, store."""
     HALF: tl.constexpr = D // 2
-    heads = tl.arange(0, BLOCK_H)
+    heads = tl.arange(0, HG)
     ch = tl.arange(0, BLOCK_D)
-    mask = (heads < NH)[:, None] & (ch < D)[None, :]
     pair = tl.arange(0, BLOCK_D // 2)
     pmask = pair < HALF
-    woff = heads[:, None] * D + ch[None, :]
     n = NH * D
     n_f = n.to(tl.float32)
+    x_in = x_ptr + b * sxb
+    out = o_ptr + b * L * n
+    m0 = _group_mask(heads, ch, 0, NH, D, HG)
     if NORM:
-        w = tl.load(w_ptr + woff, mask=mask, other=0.0).to(tl.float32)
-    x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
-    out = o_ptr + b * L * n + woff
+        w0 = tl.load(w_ptr + _offsets(heads, ch, 0, D, HG), mask=m0, other=0.0).to(tl.float32)
+    if NHG == 3:
+        m1 = _group_mask(heads, ch, 1, NH, D, HG)
+        if NORM:
+            w1 = tl.load(w_ptr + _offsets(heads, ch, 1, D, HG), mask=m1, other=0.0).to(tl.float32)
+        m2 = _group_mask(heads, ch, 2, NH, D, HG)
+        if NORM:
+            w2 = tl.load(w_ptr + _offsets(heads, ch, 2, D, HG), mask=m2, other=0.0).to(tl.float32)
     for t in tl.range(pid, L, n_p, num_stages=STAGES):
         t64 = tl.cast(t, tl.int64)
-        x = tl.load(x_in + t64 * sxl, mask=mask, other=0.0).to(tl.float32)
+        row = x_in + t64 * sxl
+        x0 = tl.load(row + _offsets(heads, ch, 0, sxh, HG), mask=m0, other=0.0).to(tl.float32)
+        if NHG == 3:
+            x1 = tl.load(row + _offsets(heads, ch, 1, sxh, HG), mask=m1, other=0.0).to(tl.float32)
+            x2 = tl.load(row + _offsets(heads, ch, 2, sxh, HG), mask=m2, other=0.0).to(tl.float32)
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
         if NORM:
-            x = x * _inv_rms(x, n_f, eps) * w
-        y = _rotate_pairs(x, c, s, BLOCK_H, BLOCK_D)
-        tl.store(out + t64 * n, y.to(o_ptr.dtype.element_ty), mask=mask)
+            # Σx² of all tiles in one reduction (same layout: add the tiles first)
+            sq = x0 * x0
+            if NHG == 3:
+                sq += x1 * x1
+                sq += x2 * x2
+            ss = _tile_sum(sq)
+            # 1/√(mean(x²) + eps) with IEEE sqrt and division (rsqrt and ``/`` are approximate)
+            ms = tl.math.div_rn(ss, n_f) + eps
+            rstd = tl.math.div_rn(1.0 + 0.0 * ms, tl.sqrt_rn(ms))
+            tl.store(rstd_ptr + b * L + t64, rstd)
+            x0 = x0 * rstd * w0
+            if NHG == 3:
+                x1 = x1 * rstd * w1
+                x2 = x2 * rstd * w2
+        orow = out + t64 * n
+        ty = o_ptr.dtype.element_ty
+        tl.store(orow + _offsets(heads, ch, 0, D, HG), _rotate_pairs(x0, c, s, HG, BLOCK_D).to(ty), mask=m0)
+        if NHG == 3:
+            tl.store(orow + _offsets(heads, ch, 1, D, HG), _rotate_pairs(x1, c, s, HG, BLOCK_D).to(ty),
+                     mask=m1)
+            tl.store(orow + _offsets(heads, ch, 2, D, HG), _rotate_pairs(x2, c, s, HG, BLOCK_D).to(ty),
+                     mask=m2)
 
 
 @triton.jit
@@ -119,6 +155,7 @@ def _rope_fwd_kernel(
     sin_ptr,  # [F + GH + GW, D/2] fp32
     qo_ptr,  # [B, L, NH, D] out, contiguous
     ko_ptr,  # [B, L, NH, D] out, contiguous
+    rstd_ptr,  # [2, B, L] fp32 out: 1/rms of each token of q (plane 0) and k (plane 1); NORM_Q/K
     L,
     NH,
     n_frames,
@@ -132,7 +169,8 @@ def _rope_fwd_kernel(
     NHP: tl.constexpr,
     NORM_Q: tl.constexpr,
     NORM_K: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    HG: tl.constexpr,  # heads per tile (a power of 2)
+    NHG: tl.constexpr,  # tiles per token (1 or 3)
     BLOCK_D: tl.constexpr,
     STAGES: tl.constexpr,  # software-pipeline depth of the token loops
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
@@ -140,51 +178,95 @@ def _rope_fwd_kernel(
     pid = tl.program_id(0)
     n_p = tl.num_programs(0)
     b = tl.program_id(1).to(tl.int64)
-    _rope_fwd_rows(q_ptr, wq_ptr, qo_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
-                   sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D, STAGES)
-    _rope_fwd_rows(k_ptr, wk_ptr, ko_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
-                   skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D, STAGES)
+    plane = tl.num_programs(1) * L
+    _rope_fwd_rows(q_ptr, wq_ptr, qo_ptr, rstd_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
+                   sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, HG, NHG, BLOCK_D, STAGES)
+    _rope_fwd_rows(k_ptr, wk_ptr, ko_ptr, rstd_ptr + plane, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames,
+                   GH, GW, skb, skl, skh, eps, D, NT, NHP, NORM_K, HG, NHG, BLOCK_D, STAGES)
+
+
+@triton.jit
+def _unnorm_grad(du, x, w, rstd, acc):
+    """Per tile of the RMSNorm backward: (n = x·rstd, gn = du·w, acc + du·n)."""
+    xn = x * rstd
+    return xn, du * w, acc + du * xn
 
 
 @triton.jit
 def _rope_bwd_rows(
-    g_ptr, x_ptr, w_ptr, dx_ptr, part_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
-    sgb, sgl, sgh, sxb, sxl, sxh, eps,
+    g_ptr, x_ptr, w_ptr, dx_ptr, part_ptr, rstd_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames,
+    GH, GW, sgb, sgl, sgh, sxb, sxl, sxh,
     D: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr, NORM: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
+    HG: tl.constexpr, NHG: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Backward of :func:`_rope_fwd_rows`: inverse rotation, then (NORM) the RMSNorm backward
-    ``dx = r·(gn − n·mean(gn·n))`` with ``gn = du·w``; Σ du·n over the rows goes to ``part_ptr``."""
+    ``dx = r·(gn − n·mean(gn·n))`` with ``gn = du·w``, ``n = x·r`` and the forward's ``r`` =
+    1/rms; Σ du·n over the program's tokens goes to ``part_ptr``."""
     HALF: tl.constexpr = D // 2
-    heads = tl.arange(0, BLOCK_H)
+    heads = tl.arange(0, HG)
     ch = tl.arange(0, BLOCK_D)
-    mask = (heads < NH)[:, None] & (ch < D)[None, :]
     pair = tl.arange(0, BLOCK_D // 2)
     pmask = pair < HALF
-    woff = heads[:, None] * D + ch[None, :]
     n = NH * D
     n_f = n.to(tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    g_in = g_ptr + b * sgb
+    x_in = x_ptr + b * sxb
+    out = dx_ptr + b * L * n
+    zero = tl.zeros([HG, BLOCK_D], dtype=tl.float32)
+    m0 = _group_mask(heads, ch, 0, NH, D, HG)
+    acc0 = zero
     if NORM:
-        w = tl.load(w_ptr + woff, mask=mask, other=0.0).to(tl.float32)
-    g_in = g_ptr + b * sgb + heads[:, None] * sgh + ch[None, :]
-    x_in = x_ptr + b * sxb + heads[:, None] * sxh + ch[None, :]
-    out = dx_ptr + b * L * n + woff
+        w0 = tl.load(w_ptr + _offsets(heads, ch, 0, D, HG), mask=m0, other=0.0).to(tl.float32)
+    if NHG == 3:
+        m1 = _group_mask(heads, ch, 1, NH, D, HG)
+        acc1 = zero
+        if NORM:
+            w1 = tl.load(w_ptr + _offsets(heads, ch, 1, D, HG), mask=m1, other=0.0).to(tl.float32)
+        m2 = _group_mask(heads, ch, 2, NH, D, HG)
+        acc2 = zero
+        if NORM:
+            w2 = tl.load(w_ptr + _offsets(heads, ch, 2, D, HG), mask=m2, other=0.0).to(tl.float32)
     for t in tl.range(pid, L, n_p, num_stages=STAGES):
         t64 = tl.cast(t, tl.int64)
-        g = tl.load(g_in + t64 * sgl, mask=mask, other=0.0).to(tl.float32)
+        grow = g_in + t64 * sgl
         c, s = _token_angles(cos_ptr, sin_ptr, t, n_frames, GH, GW, pair, pmask, HALF, NT, NHP)
-        du = _rotate_pairs(g, c, 0.0 - s, BLOCK_H, BLOCK_D)
+        s = 0.0 - s  # inverse rotation (sign of a zero sine is irrelevant)
+        g0 = tl.load(grow + _offsets(heads, ch, 0, sgh, HG), mask=m0, other=0.0).to(tl.float32)
+        du0 = _rotate_pairs(g0, c, s, HG, BLOCK_D)
+        if NHG == 3:
+            g1 = tl.load(grow + _offsets(heads, ch, 1, sgh, HG), mask=m1, other=0.0).to(tl.float32)
+            du1 = _rotate_pairs(g1, c, s, HG, BLOCK_D)
+            g2 = tl.load(grow + _offsets(heads, ch, 2, sgh, HG), mask=m2, other=0.0).to(tl.float32)
+            du2 = _rotate_pairs(g2, c, s, HG, BLOCK_D)
         if NORM:
-            x = tl.load(x_in + t64 * sxl, mask=mask, other=0.0).to(tl.float32)
-            rstd = _inv_rms(x, n_f, eps)
-            xn = x * rstd
-            acc += du * xn
-            gn = du * w
-            du = rstd * (gn - xn * _row_mean(gn * xn, n_f))
-        tl.store(out + t64 * n, du.to(dx_ptr.dtype.element_ty), mask=mask)
+            rstd = tl.load(rstd_ptr + b * L + t64)
+            xrow = x_in + t64 * sxl
+            x0 = tl.load(xrow + _offsets(heads, ch, 0, sxh, HG), mask=m0, other=0.0).to(tl.float32)
+            xn0, gn0, acc0 = _unnorm_grad(du0, x0, w0, rstd, acc0)
+            sg = gn0 * xn0
+            if NHG == 3:
+                x1 = tl.load(xrow + _offsets(heads, ch, 1, sxh, HG), mask=m1, other=0.0).to(tl.float32)
+                xn1, gn1, acc1 = _unnorm_grad(du1, x1, w1, rstd, acc1)
+                sg += gn1 * xn1
+                x2 = tl.load(xrow + _offsets(heads, ch, 2, sxh, HG), mask=m2, other=0.0).to(tl.float32)
+                xn2, gn2, acc2 = _unnorm_grad(du2, x2, w2, rstd, acc2)
+                sg += gn2 * xn2
+            mg = tl.math.div_rn(_tile_sum(sg), n_f)  # one reduction over all tiles
+            du0 = rstd * (gn0 - xn0 * mg)
+            if NHG == 3:
+                du1 = rstd * (gn1 - xn1 * mg)
+                du2 = rstd * (gn2 - xn2 * mg)
+        orow = out + t64 * n
+        ty = dx_ptr.dtype.element_ty
+        tl.store(orow + _offsets(heads, ch, 0, D, HG), du0.to(ty), mask=m0)
+        if NHG == 3:
+            tl.store(orow + _offsets(heads, ch, 1, D, HG), du1.to(ty), mask=m1)
+            tl.store(orow + _offsets(heads, ch, 2, D, HG), du2.to(ty), mask=m2)
     if NORM:
-        tl.store(part_ptr + woff, acc, mask=mask)
+        tl.store(part_ptr + _offsets(heads, ch, 0, D, HG), acc0, mask=m0)
+        if NHG == 3:
+            tl.store(part_ptr + _offsets(heads, ch, 1, D, HG), acc1, mask=m1)
+            tl.store(part_ptr + _offsets(heads, ch, 2, D, HG), acc2, mask=m2)
 
 
 @triton.jit
@@ -195,6 +277,7 @@ def _rope_bwd_kernel(
     k_ptr,  # [B, L, NH, D] forward input k (strides skb, skl, skh, 1); NORM_K
     wq_ptr,  # [NH·D]; NORM_Q
     wk_ptr,  # [NH·D]; NORM_K
+    rstd_ptr,  # [2, B, L] fp32: the forward's 1/rms of each token of q, k; NORM_Q/K
     cos_ptr,  # [F + GH + GW, D/2] fp32
     sin_ptr,  # [F + GH + GW, D/2] fp32
     dq_ptr,  # [B, L, NH, D] out, contiguous
@@ -207,14 +290,14 @@ def _rope_bwd_kernel(
     GW,
     part_stride_p,  # P_max: partial-sum slots per batch row (≥ programs)
     gqb, gql, gqh, gkb, gkl, gkh, sqb, sql, sqh, skb, skl, skh,
-    eps,
     size_class,  # bit length of B·L: autotune key only (unused)
     D: tl.constexpr,
     NT: tl.constexpr,
     NHP: tl.constexpr,
     NORM_Q: tl.constexpr,
     NORM_K: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    HG: tl.constexpr,  # heads per tile (a power of 2)
+    NHG: tl.constexpr,  # tiles per token (1 or 3)
     BLOCK_D: tl.constexpr,
     STAGES: tl.constexpr,  # software-pipeline depth of the token loops
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
@@ -225,12 +308,13 @@ def _rope_bwd_kernel(
     n = NH * D
     part = part_ptr + (b * part_stride_p + pid) * n
     plane = tl.num_programs(1) * part_stride_p * n  # elements per weight's partials
-    _rope_bwd_rows(gq_ptr, q_ptr, wq_ptr, dq_ptr, part, cos_ptr, sin_ptr, b, pid, n_p, L, NH,
-                   n_frames, GH, GW, gqb, gql, gqh, sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, BLOCK_H, BLOCK_D,
+    rstd_plane = tl.num_programs(1) * L
+    _rope_bwd_rows(gq_ptr, q_ptr, wq_ptr, dq_ptr, part, rstd_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH,
+                   n_frames, GH, GW, gqb, gql, gqh, sqb, sql, sqh, D, NT, NHP, NORM_Q, HG, NHG, BLOCK_D,
                    STAGES)
-    _rope_bwd_rows(gk_ptr, k_ptr, wk_ptr, dk_ptr, part + plane, cos_ptr, sin_ptr, b, pid, n_p, L, NH,
-                   n_frames, GH, GW, gkb, gkl, gkh, skb, skl, skh, eps, D, NT, NHP, NORM_K, BLOCK_H, BLOCK_D,
-                   STAGES)
+    _rope_bwd_rows(gk_ptr, k_ptr, wk_ptr, dk_ptr, part + plane, rstd_ptr + rstd_plane, cos_ptr, sin_ptr, b,
+                   pid, n_p, L, NH, n_frames, GH, GW, gkb, gkl, gkh, skb, skl, skh, D, NT, NHP, NORM_K,
+                   HG, NHG, BLOCK_D, STAGES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,28 +420,43 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _head_tiles(nh: int) -> tuple[int, int]:
+    """(HG, NHG): NHG = 3 tiles of HG heads when nh = 3·2^k (24 → 3 × 8), else one tile of
+    next_power_of_2(nh) heads (exact for powers of 2, padded otherwise)."""
+    hg = nh & -nh  # largest power of 2 dividing nh
+    if nh // hg == 3:
+        return hg, 3
+    return triton.next_power_of_2(nh), 1
+
+
 def _launch_meta(q: torch.Tensor):
     _bsz, _n_tok, nh, d = q.shape
     nt, nhh, _ = reference.rope_3d_split(d)
-    return {"D": d, "NT": nt // 2, "NHP": nhh // 2, "BLOCK_H": triton.next_power_of_2(nh),
+    hg, nhg = _head_tiles(nh)
+    return {"D": d, "NT": nt // 2, "NHP": nhh // 2, "HG": hg, "NHG": nhg,
             "BLOCK_D": max(2, triton.next_power_of_2(d))}
 
 
 def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
+    """(q_out, k_out, [2, B, L] fp32 1/rms of each token of q, k — or None without RMSNorm)."""
     q, k = _unit_last(q), _unit_last(k)
     bsz, n_tok, nh, d = q.shape
     cos, sin = rope_tables(*grid_fhw, d, frame_offset, theta, q.device)
     qo = _new_out((bsz, n_tok, nh, d), q.dtype, q.device)
     ko = _new_out((bsz, n_tok, nh, d), k.dtype, k.device)
+    norm = wq is not None or wk is not None
+    rstd = _new_out((2, bsz, n_tok), torch.float32, q.device) if norm else None
     args = (q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, qo, ko,
-            n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], *_head_strides(q), *_head_strides(k), eps,
-            (bsz * n_tok).bit_length())
+            qo if rstd is None else rstd, n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2],
+            *_head_strides(q), *_head_strides(k), eps, (bsz * n_tok).bit_length())
     _launch(_rope_fwd_kernel, False, n_tok, bsz, q.device, args,
             dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(q)))
-    return qo, ko
+    if norm and (wq is None or wk is None):  # the plane of the tensor without RMSNorm: defined
+        rstd[0 if wq is None else 1].zero_()
+    return qo, ko, rstd
 
 
-def _rope_bwd_triton(gq, gk, q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
+def _rope_bwd_triton(gq, gk, q, k, wq, wk, rstd, grid_fhw, frame_offset, theta):
     gq, gk = _unit_last(gq), _unit_last(gk)
     q = _unit_last(q) if wq is not None else gq
     k = _unit_last(k) if wk is not None else gk
@@ -368,9 +467,9 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
     norm = wq is not None or wk is not None
     p_max = _max_programs(_rope_bwd_kernel, True, bsz, n_tok, gq.device)
     part = _new_out((2, bsz, p_max, nh * d), torch.float32, gq.device) if norm else gq
-    args = (gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, cos, sin, dq, dk, part,
-            n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], p_max,
-            *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k), eps,
+    args = (gq, gk, q, k, gq if wq is None else wq, gk if wk is None else wk, rstd if norm else gq, cos, sin,
+            dq, dk, part, n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2], p_max,
+            *_head_strides(gq), *_head_strides(gk), *_head_strides(q), *_head_strides(k),
             (bsz * n_tok).bit_length())
     n_used = _launch(_rope_bwd_kernel, True, n_tok, bsz, gq.device, args,
                    dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(gq)))
@@ -388,29 +487,39 @@ def _acc_dtype(*ts: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
 
 
+def _stats_like(q: torch.Tensor, weight_q, weight_k, backend: str) -> torch.Tensor:
+    """The forward op's statistics output: [2, B, L] fp32 1/rms of each token of q, k from the
+    Triton kernel with an RMSNorm; empty otherwise (the torch backward recomputes them)."""
+    if backend == "torch" or (weight_q is None and weight_k is None):
+        return q.new_empty((0,), dtype=torch.float32)
+    return q.new_empty((2, q.shape[0], q.shape[1]), dtype=torch.float32)
+
+
 @torch.library.custom_op("longlive_kernels::rope_3d", mutates_args=())
 def _rope_op(
     q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor | None, weight_k: torch.Tensor | None,
     frames: int, height: int, width: int, frame_offset: int, theta: float, eps: float, backend: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q_out, k_out, statistics for the backward: see :func:`_stats_like`)."""
     grid = (frames, height, width)
     if backend == "torch":
         qo, ko = reference.apply_rope_3d(q, k, grid=grid, frame_offset=frame_offset, theta=theta,
                                          norm_weight_q=weight_q, norm_weight_k=weight_k, eps=eps)
-        return qo.contiguous(), ko.contiguous()
-    return _rope_fwd_triton(q, k, weight_q, weight_k, grid, frame_offset, theta, eps)
+        return qo.contiguous(), ko.contiguous(), _stats_like(q, weight_q, weight_k, backend)
+    qo, ko, rstd = _rope_fwd_triton(q, k, weight_q, weight_k, grid, frame_offset, theta, eps)
+    return qo, ko, (rstd if rstd is not None else _stats_like(q, None, None, backend))
 
 
 @_rope_op.register_fake
 def _(q, k, weight_q, weight_k, frames, height, width, frame_offset, theta, eps, backend):
-    return (q.new_empty(q.shape), k.new_empty(k.shape))
+    return (q.new_empty(q.shape), k.new_empty(k.shape), _stats_like(q, weight_q, weight_k, backend))
 
 
 @torch.library.custom_op("longlive_kernels::rope_3d_backward", mutates_args=())
 def _rope_bwd_op(
     grad_q: torch.Tensor, grad_k: torch.Tensor, q: torch.Tensor | None, k: torch.Tensor | None,
-    weight_q: torch.Tensor | None, weight_k: torch.Tensor | None, frames: int, height: int,
-    width: int, frame_offset: int, theta: float, eps: float, backend: str,
+    weight_q: torch.Tensor | None, weight_k: torch.Tensor | None, stats: torch.Tensor, frames: int,
+    height: int, width: int, frame_offset: int, theta: float, eps: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, d weight_q | empty, d weight_k | empty); weight grads in fp32 (fp64 for fp64)."""
     grid = (frames, height, width)
@@ -423,8 +532,8 @@ def _rope_bwd_op(
         )
         dq, dk = dq.contiguous(), dk.contiguous()
     else:
-        dq, dk, dwq, dwk = _rope_bwd_triton(grad_q, grad_k, q, k, weight_q, weight_k, grid,
-                                            frame_offset, theta, eps)
+        dq, dk, dwq, dwk = _rope_bwd_triton(grad_q, grad_k, q, k, weight_q, weight_k, stats, grid,
+                                            frame_offset, theta)
     acc_q, acc_k = _acc_dtype(grad_q, weight_q), _acc_dtype(grad_k, weight_k)
     dwq = dwq.to(acc_q) if weight_q is not None else grad_q.new_empty((0,), dtype=acc_q)
     dwk = dwk.to(acc_k) if weight_k is not None else grad_k.new_empty((0,), dtype=acc_k)
@@ -432,7 +541,8 @@ def _rope_bwd_op(
 
 
 @_rope_bwd_op.register_fake
-def _(grad_q, grad_k, q, k, weight_q, weight_k, frames, height, width, frame_offset, theta, eps, backend):
+def _(grad_q, grad_k, q, k, weight_q, weight_k, stats, frames, height, width, frame_offset, theta, eps,
+      backend):
     n = grad_q.shape[-2] * grad_q.shape[-1]
     acc_q, acc_k = _acc_dtype(grad_q, weight_q), _acc_dtype(grad_k, weight_k)
     return (grad_q.new_empty(grad_q.shape), grad_k.new_empty(grad_k.shape),
@@ -442,14 +552,15 @@ def _(grad_q, grad_k, q, k, weight_q, weight_k, frames, height, width, frame_off
 
 def _rope_setup(ctx, inputs, output):
     q, k, wq, wk, frames, height, width, frame_offset, theta, eps, backend = inputs
-    # q/k are needed only to recompute the RMSNorm; without it the backward is a pure rotation
-    ctx.save_for_backward(q if wq is not None else None, k if wk is not None else None, wq, wk)
+    # q/k are needed only for the RMSNorm backward; without it the backward is a pure rotation
+    ctx.save_for_backward(q if wq is not None else None, k if wk is not None else None, wq, wk, output[2])
+    ctx.mark_non_differentiable(output[2])
     ctx.cfg = (frames, height, width, frame_offset, theta, eps, backend)
 
 
-def _rope_backward(ctx, grad_q, grad_k):
-    q, k, wq, wk = ctx.saved_tensors
-    dq, dk, dwq, dwk = _rope_bwd_op(grad_q, grad_k, q, k, wq, wk, *ctx.cfg)
+def _rope_backward(ctx, grad_q, grad_k, _grad_stats):
+    q, k, wq, wk, stats = ctx.saved_tensors
+    dq, dk, dwq, dwk = _rope_bwd_op(grad_q, grad_k, q, k, wq, wk, stats, *ctx.cfg)
     dwq = dwq.to(wq.dtype) if wq is not None and ctx.needs_input_grad[2] else None
     dwk = dwk.to(wk.dtype) if wk is not None and ctx.needs_input_grad[3] else None
     return dq, dk, dwq, dwk, None, None, None, None, None, None, None
@@ -574,7 +685,7 @@ def apply_rope_3d(
     if norm_weight_k is not None and norm_weight_k.stride(-1) != 1:
         norm_weight_k = norm_weight_k.contiguous()
     return _rope_op(q, k, norm_weight_q, norm_weight_k, fhw[0], fhw[1], fhw[2], frame_offset,
-                    float(theta), float(eps), be)
+                    float(theta), float(eps), be)[:2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,22 +694,23 @@ def apply_rope_3d(
 
 _STRIDES = ("sqb", "sql", "sqh", "skb", "skl", "skh")
 _COMMON = {"L": "i32", "NH": "i32", "n_frames": "i32", "GH": "i32", "GW": "i32"}
-_META = {"D": 128, "NT": 22, "NHP": 21, "BLOCK_H": 32, "BLOCK_D": 128, "STAGES": 3, "PROGS_PER_SM": 2}
+_META = {"D": 128, "NT": 22, "NHP": 21, "HG": 8, "NHG": 3, "BLOCK_D": 128, "STAGES": 3, "PROGS_PER_SM": 2}
 for _norm in (True, False):
     register_aot(
         _rope_fwd_kernel,
         signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "wq_ptr": "*bf16", "wk_ptr": "*bf16",
                    "cos_ptr": "*fp32", "sin_ptr": "*fp32", "qo_ptr": "*bf16", "ko_ptr": "*bf16",
-                   **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32", "size_class": "i32"},
+                   "rstd_ptr": "*fp32", **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32",
+                   "size_class": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )
     register_aot(
         _rope_bwd_kernel,
         signature={"gq_ptr": "*bf16", "gk_ptr": "*bf16", "q_ptr": "*bf16", "k_ptr": "*bf16",
-                   "wq_ptr": "*bf16", "wk_ptr": "*bf16", "cos_ptr": "*fp32", "sin_ptr": "*fp32",
-                   "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON,
+                   "wq_ptr": "*bf16", "wk_ptr": "*bf16", "rstd_ptr": "*fp32", "cos_ptr": "*fp32",
+                   "sin_ptr": "*fp32", "dq_ptr": "*bf16", "dk_ptr": "*bf16", "part_ptr": "*fp32", **_COMMON,
                    "part_stride_p": "i32",
-                   **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES}, "eps": "fp32",
+                   **{s: "i64" for s in ("gqb", "gql", "gqh", "gkb", "gkl", "gkh") + _STRIDES},
                    "size_class": "i32"},
         constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
     )
