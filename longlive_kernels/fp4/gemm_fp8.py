@@ -33,10 +33,9 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import interpret_mode, resolve_backend
 from . import reference
-from .fp8 import _e4m3_signed_code
+from .fp8 import _e4m3_signed_code, _scaled_mm_works
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
 from .fp8 import _gemm_triton as _fp8_gemm_triton
-from .fp8 import _scaled_mm_works
 from .gemm import _direct_call_ok
 
 MAX_SINGLE_PASS_K = 16384  # longest row held in registers
@@ -44,6 +43,13 @@ MAX_SINGLE_PASS_K = 16384  # longest row held in registers
 # ---------------------------------------------------------------------------------------------
 # Triton kernel
 # ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _abs_nan_inf(x):
+    """|x| with NaN counted as +Inf (a row holding NaN gets scale Inf, as the reference)."""
+    a = tl.abs(x)
+    return tl.where(a != a, float("inf"), a)  # noqa: PLR0124 (the NaN test)
 
 
 @triton.jit
@@ -75,8 +81,7 @@ def _fp8_rowwise_kernel(
     if SINGLE_PASS:  # the whole row in registers: one HBM read
         m = rmask[:, None] & (c < K)[None, :]
         x = tl.load(x_rows + c[None, :], mask=m, other=0.0).to(tl.float32)
-        a = tl.abs(x)
-        amax = tl.max(tl.where(a != a, float("inf"), a), axis=1)
+        amax = tl.max(_abs_nan_inf(x), axis=1)
         scale = _row_amax_scale(amax)
         code = _e4m3_signed_code(tl.math.div_rn(x, scale[:, None]), FAST)
         tl.store(q_rows + c[None, :], code.to(tl.uint8), mask=m)
@@ -84,8 +89,8 @@ def _fp8_rowwise_kernel(
         amax = tl.zeros((BR,), dtype=tl.float32)
         for k in range(0, K, BK):
             m = rmask[:, None] & (k + c < K)[None, :]
-            a = tl.abs(tl.load(x_rows + (k + c)[None, :], mask=m, other=0.0).to(tl.float32))
-            amax = tl.maximum(amax, tl.max(tl.where(a != a, float("inf"), a), axis=1))
+            x = tl.load(x_rows + (k + c)[None, :], mask=m, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(_abs_nan_inf(x), axis=1))
         scale = _row_amax_scale(amax)
         for k in range(0, K, BK):
             m = rmask[:, None] & (k + c < K)[None, :]

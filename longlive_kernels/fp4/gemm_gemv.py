@@ -140,15 +140,15 @@ def _words_layout(R, KT, num_warps, WEIGHTS, RANK):
     [R, KT/4 blocks, 2 words] (RANK 3). Lane (g, q) holds the KT/8 words [KT/8·q, KT/8·(q+1)) of rows
     g + 8i (WEIGHTS: + 16·W·t, warp w owning the 16-row bands w + W·t) or tokens g + 8t (every warp
     holding the same tokens)."""
-    lg = lambda v: int(v).bit_length() - 1  # noqa: E731
+    lg = lambda v: int(v).bit_length() - 1
     if RANK == 2:
         regs = [[0, 1 << b] for b in range(lg(KT // 8))]
         qb = [[0, KT // 8], [0, KT // 4]]
-        row = lambda r: [r, 0]  # noqa: E731
+        row = lambda r: [r, 0]
     else:
         regs = [[0, 0, 1]] + ([[0, 1, 0]] if KT == 32 else [])
         qb = [[0, KT // 16, 0], [0, KT // 8, 0]]
-        row = lambda r: [r, 0, 0]  # noqa: E731
+        row = lambda r: [r, 0, 0]
     if WEIGHTS:
         regs += [row(8)] + [row(16 * num_warps << t) for t in range(lg(R // (16 * num_warps)))]
         warps = [row(16 << i) for i in range(lg(num_warps))]
@@ -175,7 +175,7 @@ def _with_elements(layout):
 def _token_pairs_layout(BM, KT, num_warps, HALVES):
     """Dense activations of one k-step as 32-bit words [BM, 2·KT] (two elements each; HALVES: as
     [BM, 2·KT, 2] elements): lane (g, q) holds tokens g + 8t, elements [KT·q, KT·(q+1))."""
-    lg = lambda v: int(v).bit_length() - 1  # noqa: E731
+    lg = lambda v: int(v).bit_length() - 1
     z = [0] if HALVES else []
     regs = ([[0, 0, 1]] if HALVES else []) + [[0, 1 << b] + z for b in range(lg(KT // 2))]
     regs += [[8 << t, 0] + z for t in range(lg(BM // 8))]
@@ -411,6 +411,10 @@ def _epilogue(acc, rows, toks, M, N, w_gs_ptr, x_gs_ptr, bias_ptr, out_ptr, stri
 NUM_WARPS = 4
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 @functools.cache
 def _device_info(device_index: int) -> tuple[bool, int]:
     props = torch.cuda.get_device_properties(device_index)
@@ -442,9 +446,8 @@ def config(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]:
     bm = max(8, 1 << max(0, (m - 1).bit_length()))
     kt = 32 if bm <= 32 else 16
     rt = 2 if (bm >= 32 or n >= 8192) else 1
-    tiles = -(-n // (16 * rt * NUM_WARPS))
-    steps = -(-k // (4 * kt))
-    split = max(1, min(steps, -(-2 * sms // tiles), 16))
+    tiles = _cdiv(n, 16 * rt * NUM_WARPS)
+    split = max(1, min(_cdiv(k, 4 * kt), _cdiv(2 * sms, tiles), 16))
     return bm, rt, kt, split
 
 
@@ -472,10 +475,10 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> t
     _, sms = _device_info(dev.index if dev.index is not None else torch.cuda.current_device())
     bm, rt, kt, split = config(m, n, k, sms)
     bk = 4 * kt
-    k_per_split = -(-(-(-k // bk)) // split) * bk
-    split = -(-k // k_per_split)
+    k_per_split = _cdiv(_cdiv(k, bk), split) * bk
+    split = _cdiv(k, k_per_split)
     rows = 16 * rt * NUM_WARPS
-    tiles = -(-n // rows)
+    tiles = _cdiv(n, rows)
     out = torch.empty((m, n), dtype=out_dtype, device=dev)
     if split > 1:
         ws, sem = _workspace(dev, split * tiles * rows * bm, tiles)

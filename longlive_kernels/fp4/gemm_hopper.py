@@ -360,7 +360,7 @@ def _num_sms(device_index: int) -> int:
 def token_tile(m: int, n: int, sms: int) -> int:
     """256 or 128 token rows per tile: the one with fewer (waves × tile work), 128-row tiles charged
     10% more per row (a narrower wgmma reads more shared memory per FLOP)."""
-    waves = lambda bt: _cdiv(_cdiv(m, bt) * _cdiv(n, BW), sms)  # noqa: E731
+    waves = lambda bt: _cdiv(_cdiv(m, bt) * _cdiv(n, BW), sms)
     return 256 if waves(256) * 256 <= waves(128) * 128 * 1.1 else 128
 
 
