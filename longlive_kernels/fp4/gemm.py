@@ -20,6 +20,12 @@ to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
   cuBLAS with FP32 output, then the same epilogue in PyTorch (an exact, memory-hungrier fallback).
 - sm_100+: ``algorithm="auto"`` dispatches W4A4 to ``torch._scaled_mm`` with ``float4_e2m1fn_x2``
   and 128×4-swizzled scales (cuBLAS block-scaled FP4). Never run on the Hopper machines used here.
+
+Host time matters at small M (the whole GEMM takes a few µs): in plain eager mode ``nvfp4_gemm`` calls
+the implementation directly instead of through the ``torch.library`` dispatcher (``_direct_call_ok``),
+and host-side sizes use Python integers (``triton.cdiv`` costs µs per call). Every path is one
+kernel launch except ``predecode`` and ``dequantize`` (two) and W4A4 with quantization (``quantize_nvfp4``
+adds its own).
 """
 
 from __future__ import annotations

@@ -720,6 +720,15 @@ def test_gemv_kernel_compiles_for_sm90a(cfg):
         assert report["ldg128"] >= 2 * rt, report
 
 
+def test_gemv_algorithm_falls_back_where_the_kernel_cannot_run():
+    """algorithm='gemv' where the Gluon kernel cannot run (the CPU interpreter, M > 64, fp8 ``a``)
+    gives the portable kernel's result."""
+    w = quantize_nvfp4(_rand(41, 24, 64), backend="torch")
+    for x in (_rand(42, 5, 64).bfloat16(), _rand(43, 70, 64).bfloat16()):
+        assert_bitwise_equal(nvfp4_gemm(x, w, algorithm="gemv", backend="triton"),
+                             nvfp4_gemm(x, w, algorithm="portable", backend="triton"), "gemv fallback")
+
+
 @pytest.mark.parametrize("kt", [16, 32])
 def test_gemv_k_permutation_is_shared_by_both_operands(kt):
     """The small-M kernel's reshape/permute chains (replayed with torch on element-index tensors, same
