@@ -23,9 +23,9 @@ to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
 
 Host time matters at small M (the whole GEMM takes a few µs): in plain eager mode ``nvfp4_gemm`` calls
 the implementation directly instead of through the ``torch.library`` dispatcher (``_direct_call_ok``),
-and host-side sizes use Python integers (``triton.cdiv`` costs µs per call). Every path is one
-kernel launch except ``predecode`` and ``dequantize`` (two) and W4A4 with quantization (``quantize_nvfp4``
-adds its own).
+and host-side sizes use Python integers (``triton.cdiv`` costs µs per call). The fused paths are one
+kernel launch per call (``predecode``: two; ``dequantize``: the decodes, cuBLAS and the PyTorch
+epilogue ops; quantizing an activation with ``quantize_nvfp4`` adds its own launches).
 """
 
 from __future__ import annotations
