@@ -36,11 +36,6 @@ from . import reference
 
 
 @triton.jit
-def _load_row(ptr, offset, cols, mask):
-    return tl.load(ptr + offset + cols, mask=mask, other=0.0)
-
-
-@triton.jit
 def _mean(v, n):
     """Σv / n, correctly rounded (per-row scalars: exactness is free, Triton's ``/`` is approximate)."""
     return tl.math.div_rn(tl.sum(v, axis=0), n)
@@ -57,12 +52,56 @@ def _add_pairs(a0, a1, b0, b1):
     return a0 + b0, a1 + b1
 
 
+@triton.jit
+def _scale_tile(scale_v, cols, cmask, PLUS_ONE: tl.constexpr):
+    """The multiplier of x̂ in fp32: 1 + scale (adaLN) or the LayerNorm weight."""
+    m = tl.load(scale_v + cols, mask=cmask, other=0.0).to(tl.float32)
+    if PLUS_ONE:
+        m = m + 1.0
+    return m
+
+
+@triton.jit
+def _tile_cols(g, C, CG: tl.constexpr, NCG: tl.constexpr, EVEN: tl.constexpr):
+    """Columns and mask of the g-th tile of CG columns; with EVEN (C == NCG·CG) the mask is a
+    compile-time "true" the compiler folds away (no compares, selects or predicated loads)."""
+    cols = g * CG + tl.arange(0, CG)
+    bound = C
+    if EVEN:
+        bound = NCG * CG
+    return cols, cols < bound
+
+
 # Work split (both kernels): grid (P, F, B); program p of frame f handles the frame's rows p, p + P,
 # p + 2P, ... so the P programs of a frame stream through *adjacent* rows together (one contiguous
 # region in flight per frame, not P regions a run apart), and keeps the frame's modulation vectors in
 # registers for all its rows. The row loads are software-pipelined (``tl.range(num_stages=STAGES)``:
 # cp.async into shared memory, STAGES - 1 rows in flight per program) so a few programs per SM keep
 # enough bytes in flight to saturate HBM without holding prefetched rows in registers.
+# A row is NCG tiles of CG columns (C = 3072: 3 × 1024) rather than one next-power-of-2 tile of 4096
+# with a quarter of its lanes masked: 25 % fewer instructions and registers per row. NCG is 1 or 3
+# (tiles written out: a Triton loop cannot carry a list of tensors); row sums add the tiles first.
+
+
+@triton.jit
+def _residual_tile(x_row, y_row, r_row, cols, cmask, gate, RESIDUAL: tl.constexpr, GATED: tl.constexpr):
+    """One column tile in fp32: x, or (RESIDUAL) r = x + gate·y stored to ``r_row`` and returned
+    after its rounding (the norm sees the stored residual, as two separate ops would)."""
+    x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    if RESIDUAL:
+        y = tl.load(y_row + cols, mask=cmask, other=0.0).to(tl.float32)
+        if GATED:
+            y = y * gate
+        r = (x + y).to(r_row.dtype.element_ty)
+        tl.store(r_row + cols, r, mask=cmask)
+        x = r.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _modulate_tile(d, rstd, m, a, h_row, cols, cmask):
+    """h = (x − mean)·rstd·m + a of one tile (``d`` = x − mean), stored to ``h_row``."""
+    tl.store(h_row + cols, (d * rstd * m + a).to(h_row.dtype.element_ty), mask=cmask)
 
 
 @triton.jit
@@ -86,48 +125,96 @@ def _residual_norm_fwd_kernel(
     GATED: tl.constexpr,
     NORM: tl.constexpr,
     PLUS_ONE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    CG: tl.constexpr,  # columns per tile (a power of 2)
+    NCG: tl.constexpr,  # tiles per row (1 or 3)
+    EVEN: tl.constexpr,  # C == NCG·CG (no masked columns)
     STAGES: tl.constexpr,  # software-pipeline depth of the row loop
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    cols = tl.arange(0, BLOCK_C)
-    cmask = cols < C
     c_f = C.to(tl.float32)
+    c0, k0 = _tile_cols(0, C, CG, NCG, EVEN)
+    if NCG == 3:
+        c1, k1 = _tile_cols(1, C, CG, NCG, EVEN)
+        c2, k2 = _tile_cols(2, C, CG, NCG, EVEN)
 
+    # the frame's vectors, once per program (unused ones are never read)
+    g0 = 0.0
+    g1 = 0.0
+    g2 = 0.0
+    gate_v = gate_ptr + b * stride_gb + f * stride_gf
+    scale_v = scale_ptr + b * stride_sb + f * stride_sf
+    shift_v = shift_ptr + b * stride_tb + f * stride_tf
     if GATED:
-        gate = _load_row(gate_ptr, b * stride_gb + f * stride_gf, cols, cmask).to(tl.float32)
+        g0 = tl.load(gate_v + c0, mask=k0, other=0.0).to(tl.float32)
+        if NCG == 3:
+            g1 = tl.load(gate_v + c1, mask=k1, other=0.0).to(tl.float32)
+            g2 = tl.load(gate_v + c2, mask=k2, other=0.0).to(tl.float32)
     if NORM:
-        m = _load_row(scale_ptr, b * stride_sb + f * stride_sf, cols, cmask).to(tl.float32)
-        if PLUS_ONE:
-            m = m + 1.0
-        a = _load_row(shift_ptr, b * stride_tb + f * stride_tf, cols, cmask).to(tl.float32)
+        m0 = _scale_tile(scale_v, c0, k0, PLUS_ONE)
+        a0 = tl.load(shift_v + c0, mask=k0, other=0.0).to(tl.float32)
+        if NCG == 3:
+            m1 = _scale_tile(scale_v, c1, k1, PLUS_ONE)
+            a1 = tl.load(shift_v + c1, mask=k1, other=0.0).to(tl.float32)
+            m2 = _scale_tile(scale_v, c2, k2, PLUS_ONE)
+            a2 = tl.load(shift_v + c2, mask=k2, other=0.0).to(tl.float32)
 
     tok0 = f * frame_len  # int64: so are the row offsets below
-    x_row = x_ptr + b * stride_xb + cols
-    y_row = y_ptr + b * stride_yb + cols
-    out_row = b * L * C + cols
     for i in tl.range(pid_p, frame_len, tl.num_programs(0), num_stages=STAGES):
         t = tok0 + i
-        x = tl.load(x_row + t * stride_xl, mask=cmask, other=0.0).to(tl.float32)
-        out_off = out_row + t * C
-        if RESIDUAL:
-            y = tl.load(y_row + t * stride_yl, mask=cmask, other=0.0).to(tl.float32)
-            if GATED:
-                y = y * gate
-            r = (x + y).to(r_ptr.dtype.element_ty)
-            tl.store(r_ptr + out_off, r, mask=cmask)
-            x = r.to(tl.float32)  # normalize the stored (rounded) residual, as two ops would
+        x_row = x_ptr + b * stride_xb + t * stride_xl
+        y_row = y_ptr + b * stride_yb + t * stride_yl
+        out_off = (b * L + t) * C
+        r_row = r_ptr + out_off
+        x0 = _residual_tile(x_row, y_row, r_row, c0, k0, g0, RESIDUAL, GATED)
+        if NCG == 3:
+            x1 = _residual_tile(x_row, y_row, r_row, c1, k1, g1, RESIDUAL, GATED)
+            x2 = _residual_tile(x_row, y_row, r_row, c2, k2, g2, RESIDUAL, GATED)
         if NORM:
-            mean = _mean(x, c_f)
-            d = tl.where(cmask, x - mean, 0.0)
-            rstd = _inv_sqrt(_mean(d * d, c_f) + eps)
-            h = d * rstd * m + a
-            tl.store(h_ptr + out_off, h.to(h_ptr.dtype.element_ty), mask=cmask)
+            s = x0  # masked lanes are 0
+            if NCG == 3:
+                s = s + x1 + x2
+            mean = _mean(s, c_f)
+            d0 = tl.where(k0, x0 - mean, 0.0)
+            sq = d0 * d0
+            if NCG == 3:
+                d1 = tl.where(k1, x1 - mean, 0.0)
+                d2 = tl.where(k2, x2 - mean, 0.0)
+                sq = sq + d1 * d1 + d2 * d2
+            rstd = _inv_sqrt(_mean(sq, c_f) + eps)
+            h_row = h_ptr + out_off
+            _modulate_tile(d0, rstd, m0, a0, h_row, c0, k0)
+            if NCG == 3:
+                _modulate_tile(d1, rstd, m1, a1, h_row, c1, k1)
+                _modulate_tile(d2, rstd, m2, a2, h_row, c2, k2)
             tl.store(stats_ptr + (b * L + t) * 2, mean)
             tl.store(stats_ptr + (b * L + t) * 2 + 1, rstd)
+
+
+@triton.jit
+def _norm_grad_tile(r_row, gh_row, cols, cmask, mean, rstd, m):
+    """(g_h, x̂, g_h·m) of one tile in fp32 (x̂ = 0 on masked lanes)."""
+    x = tl.load(r_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    gh = tl.load(gh_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    xhat = tl.where(cmask, (x - mean) * rstd, 0.0)
+    return gh, xhat, gh * m
+
+
+@triton.jit
+def _input_grad_tile(d, gr_row, dx_row, y_row, dy_row, cols, cmask, gate, acc_g,
+                     NORM: tl.constexpr, RESIDUAL: tl.constexpr, GATED: tl.constexpr):
+    """Finish one tile: dx = d (+ g_r), stored (NORM); dy = dx·gate stored, Σ dx·y (GATED)."""
+    if RESIDUAL:
+        d += tl.load(gr_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    if NORM:
+        tl.store(dx_row + cols, d.to(dx_row.dtype.element_ty), mask=cmask)
+    if GATED:
+        y = tl.load(y_row + cols, mask=cmask, other=0.0).to(tl.float32)
+        tl.store(dy_row + cols, (d * gate).to(dy_row.dtype.element_ty), mask=cmask)
+        acc_g += d * y
+    return acc_g
 
 
 @triton.jit
@@ -155,75 +242,113 @@ def _residual_norm_bwd_kernel(
     GATED: tl.constexpr,
     PLUS_ONE: tl.constexpr,
     MOD_GRAD: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    CG: tl.constexpr,  # columns per tile (a power of 2)
+    NCG: tl.constexpr,  # tiles per row (1 or 3)
+    EVEN: tl.constexpr,  # C == NCG·CG (no masked columns)
     STAGES: tl.constexpr,  # software-pipeline depth of the row loop
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    cols = tl.arange(0, BLOCK_C)
-    cmask = cols < C
     c_f = C.to(tl.float32)
+    c0, k0 = _tile_cols(0, C, CG, NCG, EVEN)
+    if NCG == 3:
+        c1, k1 = _tile_cols(1, C, CG, NCG, EVEN)
+        c2, k2 = _tile_cols(2, C, CG, NCG, EVEN)
 
-    zero = tl.zeros([BLOCK_C], dtype=tl.float32)
-    acc_s = zero
-    acc_b = zero
-    acc_g = zero
+    zero = tl.zeros([CG], dtype=tl.float32)
+    # per-tile Σ over the program's rows: g_h·x̂ (dscale), g_h (dshift), dx·y (dgate)
+    s0 = zero
+    s1 = zero
+    s2 = zero
+    h0 = zero
+    h1 = zero
+    h2 = zero
+    q0 = zero
+    q1 = zero
+    q2 = zero
+    g0 = 0.0
+    g1 = 0.0
+    g2 = 0.0
+    gate_v = gate_ptr + b * stride_gb + f * stride_gf
+    scale_v = scale_ptr + b * stride_sb + f * stride_sf
     if GATED:
-        gate = _load_row(gate_ptr, b * stride_gb + f * stride_gf, cols, cmask).to(tl.float32)
+        g0 = tl.load(gate_v + c0, mask=k0, other=0.0).to(tl.float32)
+        if NCG == 3:
+            g1 = tl.load(gate_v + c1, mask=k1, other=0.0).to(tl.float32)
+            g2 = tl.load(gate_v + c2, mask=k2, other=0.0).to(tl.float32)
     if NORM:
-        m = _load_row(scale_ptr, b * stride_sb + f * stride_sf, cols, cmask).to(tl.float32)
-        if PLUS_ONE:
-            m = m + 1.0
+        m0 = _scale_tile(scale_v, c0, k0, PLUS_ONE)
+        if NCG == 3:
+            m1 = _scale_tile(scale_v, c1, k1, PLUS_ONE)
+            m2 = _scale_tile(scale_v, c2, k2, PLUS_ONE)
 
     tok0 = f * frame_len  # int64: so are the row offsets below
-    gh_row = gh_ptr + b * stride_ghb + cols
-    gr_row = gr_ptr + b * stride_grb + cols
-    r_row = r_ptr + b * stride_rb + cols
-    y_row = y_ptr + b * stride_yb + cols
-    out_row = b * L * C + cols
     for i in tl.range(pid_p, frame_len, tl.num_programs(0), num_stages=STAGES):
         t = tok0 + i
-        out_off = out_row + t * C
-        d = zero
+        out_off = (b * L + t) * C
+        gr_row = gr_ptr + b * stride_grb + t * stride_grl
+        y_row = y_ptr + b * stride_yb + t * stride_yl
+        dx_row = dx_ptr + out_off
+        dy_row = dy_ptr + out_off
+        d0 = zero
+        d1 = zero
+        d2 = zero
         if NORM:
-            x = tl.load(r_row + t * stride_rl, mask=cmask, other=0.0).to(tl.float32)
-            gh = tl.load(gh_row + t * stride_ghl, mask=cmask, other=0.0).to(tl.float32)
-            # the forward's statistics (bitwise what recomputing them would give): two row
-            # reductions and ~20 % of the instructions fewer per row
+            # the forward's statistics (bitwise what recomputing them would give, two row
+            # reductions fewer)
             mean = tl.load(stats_ptr + (b * L + t) * 2)
             rstd = tl.load(stats_ptr + (b * L + t) * 2 + 1)
-            xhat = tl.where(cmask, (x - mean) * rstd, 0.0)
-            gx = gh * m
+            r_row = r_ptr + b * stride_rb + t * stride_rl
+            gh_row = gh_ptr + b * stride_ghb + t * stride_ghl
+            gh0, xh0, gx0 = _norm_grad_tile(r_row, gh_row, c0, k0, mean, rstd, m0)
+            sum_gx = gx0
+            sum_gxx = gx0 * xh0
+            if NCG == 3:
+                gh1, xh1, gx1 = _norm_grad_tile(r_row, gh_row, c1, k1, mean, rstd, m1)
+                gh2, xh2, gx2 = _norm_grad_tile(r_row, gh_row, c2, k2, mean, rstd, m2)
+                sum_gx = sum_gx + gx1 + gx2
+                sum_gxx = sum_gxx + gx1 * xh1 + gx2 * xh2
             # both row sums in one reduction (one round of shuffles and barriers, not two)
-            s_gx, s_gxx = tl.reduce((gx, gx * xhat), 0, _add_pairs)
-            d = rstd * (gx - tl.math.div_rn(s_gx, c_f) - xhat * tl.math.div_rn(s_gxx, c_f))
-            d = tl.where(cmask, d, 0.0)
+            s_gx, s_gxx = tl.reduce((sum_gx, sum_gxx), 0, _add_pairs)
+            mg = tl.math.div_rn(s_gx, c_f)
+            mgx = tl.math.div_rn(s_gxx, c_f)
+            d0 = tl.where(k0, rstd * (gx0 - mg - xh0 * mgx), 0.0)
+            if NCG == 3:
+                d1 = tl.where(k1, rstd * (gx1 - mg - xh1 * mgx), 0.0)
+                d2 = tl.where(k2, rstd * (gx2 - mg - xh2 * mgx), 0.0)
             if MOD_GRAD:
-                acc_s += gh * xhat
-                acc_b += gh
-        if RESIDUAL:
-            d += tl.load(gr_row + t * stride_grl, mask=cmask, other=0.0).to(tl.float32)
-        if NORM:
-            tl.store(dx_ptr + out_off, d.to(dx_ptr.dtype.element_ty), mask=cmask)
-        if GATED:
-            y = tl.load(y_row + t * stride_yl, mask=cmask, other=0.0).to(tl.float32)
-            tl.store(dy_ptr + out_off, (d * gate).to(dy_ptr.dtype.element_ty), mask=cmask)
-            if MOD_GRAD:
-                acc_g += d * y
+                s0 += gh0 * xh0
+                h0 += gh0
+                if NCG == 3:
+                    s1 += gh1 * xh1
+                    h1 += gh1
+                    s2 += gh2 * xh2
+                    h2 += gh2
+        q0 = _input_grad_tile(d0, gr_row, dx_row, y_row, dy_row, c0, k0, g0, q0, NORM, RESIDUAL, GATED)
+        if NCG == 3:
+            q1 = _input_grad_tile(d1, gr_row, dx_row, y_row, dy_row, c1, k1, g1, q1, NORM, RESIDUAL, GATED)
+            q2 = _input_grad_tile(d2, gr_row, dx_row, y_row, dy_row, c2, k2, g2, q2, NORM, RESIDUAL, GATED)
 
     if MOD_GRAD:
         slot = (b * n_frames + f) * part_stride_p + pid_p  # [B, F, P_max] index
         plane = tl.num_programs(2) * n_frames * part_stride_p * C  # elements per accumulator
-        base = part_ptr + slot * C + cols
-        k = 0
+        base = part_ptr + slot * C
         if NORM:
-            tl.store(base, acc_s, mask=cmask)
-            tl.store(base + plane, acc_b, mask=cmask)
-            k = 2
+            tl.store(base + c0, s0, mask=k0)
+            tl.store(base + plane + c0, h0, mask=k0)
+            if NCG == 3:
+                tl.store(base + c1, s1, mask=k1)
+                tl.store(base + plane + c1, h1, mask=k1)
+                tl.store(base + c2, s2, mask=k2)
+                tl.store(base + plane + c2, h2, mask=k2)
+            base += 2 * plane
         if GATED:
-            tl.store(base + k * plane, acc_g, mask=cmask)
+            tl.store(base + c0, q0, mask=k0)
+            if NCG == 3:
+                tl.store(base + c1, q1, mask=k1)
+                tl.store(base + c2, q2, mask=k2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,18 +357,20 @@ def _residual_norm_bwd_kernel(
 
 # Grid (P, F, B): P programs per latent frame, P·F·B ≈ PROGS_PER_SM·SMs (rounded down, so the
 # grid is one wave when PROGS_PER_SM programs fit on an SM). The configs pair warps / pipeline
-# depth / register cap with the programs per SM their sm_90a build allows at C = 3072 (BLOCK_C =
-# 4096): forward 8 warps ≈ 40-120 registers → 2-6 programs per SM; backward 8 warps ≈ 76-128 (gated,
-# adaLN, LN2: 2-3 programs) and 175 for LN3's four streams (1 program; capped at 128 registers, a
-# few spills, 2). Fewer, longer programs amortize the per-frame vectors and the backward's fp32
-# partial sums (P·C·4 bytes per frame and gradient). STAGES - 1 rows per program are in flight.
+# depth / register cap with the programs per SM their sm_90a build allows at C = 3072 (3 tiles of
+# 1024): forward 4 warps ≈ 48-128 registers → 4-9 programs per SM (the fewest instructions per
+# row: 750-1950 warp-instructions), 8 warps ≈ 32-74 → 3-8; backward 4 warps ≈ 80-230 → 2-6,
+# 8 warps ≈ 40-124 → 2-6 (capped at 80 registers: 3). Fewer, longer programs amortize the
+# per-frame vectors and the backward's fp32 partial sums (P·C·4 bytes per frame and gradient).
+# STAGES - 1 rows per program are in flight.
 _FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w)
-                for w, s, p in ((8, 4, 2), (8, 3, 3), (16, 4, 2), (4, 4, 3), (4, 3, 4))]
+                for w, s, p in ((4, 3, 4), (4, 4, 3), (4, 3, 6), (8, 3, 3), (8, 4, 2), (16, 4, 2))]
 _BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
-                for w, s, p, r in ((8, 3, 2, None), (8, 4, 2, None), (8, 3, 3, None), (8, 3, 2, 128),
-                                   (8, 4, 1, None), (16, 3, 1, None), (16, 3, 2, 64))]
+                for w, s, p, r in ((8, 3, 2, None), (8, 4, 2, None), (8, 3, 3, 80), (4, 3, 3, None),
+                                   (4, 3, 2, None), (4, 4, 3, None), (8, 3, 4, None))]
 _INTERPRETER_CONFIG = {"PROGS_PER_SM": 2, "STAGES": 3}
-_KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM"]  # size_class: a tuning per power of 2 of B·L
+# size_class: a tuning per power of 2 of B·L; MOD_GRAD (backward only) is skipped by the forward
+_KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM", "PLUS_ONE", "MOD_GRAD"]
 
 
 @functools.cache
@@ -296,6 +423,14 @@ def _launch(kernel, bwd: bool, frame_len: int, n_frames: int, bsz: int, device, 
     return _programs_per_frame(tuned.best_config.kwargs["PROGS_PER_SM"], groups, frame_len, device)
 
 
+def _col_tiles(c: int) -> dict[str, int]:
+    """CG, NCG, EVEN: 3 tiles of CG columns when c = 3·2^k (3072 → 3 × 1024), else one tile of
+    next_power_of_2(c) columns (exact for powers of 2, padded otherwise)."""
+    cg = c & -c  # largest power of 2 dividing c
+    cg, ncg = (cg, 3) if c // cg == 3 else (triton.next_power_of_2(c), 1)
+    return {"CG": cg, "NCG": ncg, "EVEN": c == cg * ncg}
+
+
 def _row_strides(t: torch.Tensor) -> tuple[int, int]:
     return t.stride(0), t.stride(1)
 
@@ -321,8 +456,7 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
     args = (x, y, gate, scale, shift, r, h, stats, n_tok, c, frame_len,
             *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
             *_row_strides(shift), eps, (bsz * n_tok).bit_length())
-    meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one,
-            "BLOCK_C": triton.next_power_of_2(c)}
+    meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one, **_col_tiles(c)}
     _launch(_residual_norm_fwd_kernel, False, frame_len, n_frames, bsz, x.device, args, meta)
     return (r if residual else None), (h if norm else None), (stats if norm else None)
 
@@ -351,7 +485,7 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, m
             *_row_strides(grad_h), *_row_strides(grad_r), *_row_strides(r), *_row_strides(y),
             *_row_strides(gate), *_row_strides(scale), (bsz * n_tok).bit_length())
     meta = {"NORM": norm, "RESIDUAL": residual, "GATED": gated, "PLUS_ONE": plus_one,
-            "MOD_GRAD": mod_grad and n_acc > 0, "BLOCK_C": triton.next_power_of_2(c)}
+            "MOD_GRAD": mod_grad and n_acc > 0, **_col_tiles(c)}
     n_used = _launch(_residual_norm_bwd_kernel, True, frame_len, n_frames, bsz, dev, args, meta)
     # separate tensors (op outputs may not alias each other)
     sums = ([part[i, :, :, :n_used].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)]
@@ -891,8 +1025,11 @@ _VARIANTS = [(False, False, True), (True, True, True), (True, False, True), (Tru
 for _res, _gated, _norm in _VARIANTS:  # (RESIDUAL, GATED, NORM)
     register_aot(_residual_norm_fwd_kernel, signature=_FWD_SIG,
                  constexprs={"RESIDUAL": _res, "GATED": _gated, "NORM": _norm, "PLUS_ONE": True,
-                             "BLOCK_C": 4096, "STAGES": 4, "PROGS_PER_SM": 2}, options={"num_warps": 8})
+                             "CG": 1024, "NCG": 3, "EVEN": True, "STAGES": 4,
+                             "PROGS_PER_SM": 2},
+                 options={"num_warps": 8})
     register_aot(_residual_norm_bwd_kernel, signature=_BWD_SIG,
                  constexprs={"NORM": _norm, "RESIDUAL": _res, "GATED": _gated, "PLUS_ONE": True,
-                             "MOD_GRAD": True, "BLOCK_C": 4096, "STAGES": 3, "PROGS_PER_SM": 2},
+                             "MOD_GRAD": True, "CG": 1024, "NCG": 3, "EVEN": True, "STAGES": 3,
+                             "PROGS_PER_SM": 2},
                  options={"num_warps": 8})
