@@ -443,7 +443,10 @@ class Pipeline:
         _check_kv_storage(self.policy.storage, model)
         vae_param = next(iter(vae.parameters()), None)
         if vae_channels_last and vae_param is not None and vae_param.device.type == "cuda":
-            self.vae.to(memory_format=torch.channels_last_3d)
+            # Module.to(memory_format=...) rejects the VAE's non-5-D parameters: convert the conv weights only.
+            for param in self.vae.parameters():
+                if param.dim() == 5:
+                    param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
         self.compiled = False
         if compile and model.device.type == "cuda":
             for block in model.blocks:
