@@ -204,16 +204,19 @@ def _norm_grad_tile(r_row, gh_row, cols, cmask, mean, rstd, m):
 
 @triton.jit
 def _input_grad_tile(d, gr_row, dx_row, y_row, dy_row, cols, cmask, gate, acc_g,
-                     NORM: tl.constexpr, RESIDUAL: tl.constexpr, GATED: tl.constexpr):
-    """Finish one tile: dx = d (+ g_r), stored (NORM); dy = dx·gate stored, Σ dx·y (GATED)."""
+                     NORM: tl.constexpr, RESIDUAL: tl.constexpr, GATED: tl.constexpr,
+                     MOD_GRAD: tl.constexpr):
+    """Finish one tile: dx = d (+ g_r), stored (NORM); dy = dx·gate stored (GATED), and Σ dx·y
+    (GATED and MOD_GRAD: y is read only for the gate's gradient)."""
     if RESIDUAL:
         d += tl.load(gr_row + cols, mask=cmask, other=0.0).to(tl.float32)
     if NORM:
         tl.store(dx_row + cols, d.to(dx_row.dtype.element_ty), mask=cmask)
     if GATED:
-        y = tl.load(y_row + cols, mask=cmask, other=0.0).to(tl.float32)
         tl.store(dy_row + cols, (d * gate).to(dy_row.dtype.element_ty), mask=cmask)
-        acc_g += d * y
+        if MOD_GRAD:
+            y = tl.load(y_row + cols, mask=cmask, other=0.0).to(tl.float32)
+            acc_g += d * y
     return acc_g
 
 
@@ -326,10 +329,13 @@ def _residual_norm_bwd_kernel(
                     h1 += gh1
                     s2 += gh2 * xh2
                     h2 += gh2
-        q0 = _input_grad_tile(d0, gr_row, dx_row, y_row, dy_row, c0, k0, g0, q0, NORM, RESIDUAL, GATED)
+        q0 = _input_grad_tile(d0, gr_row, dx_row, y_row, dy_row, c0, k0, g0, q0, NORM, RESIDUAL, GATED,
+                                MOD_GRAD)
         if NCG == 3:
-            q1 = _input_grad_tile(d1, gr_row, dx_row, y_row, dy_row, c1, k1, g1, q1, NORM, RESIDUAL, GATED)
-            q2 = _input_grad_tile(d2, gr_row, dx_row, y_row, dy_row, c2, k2, g2, q2, NORM, RESIDUAL, GATED)
+            q1 = _input_grad_tile(d1, gr_row, dx_row, y_row, dy_row, c1, k1, g1, q1, NORM, RESIDUAL,
+                                    GATED, MOD_GRAD)
+            q2 = _input_grad_tile(d2, gr_row, dx_row, y_row, dy_row, c2, k2, g2, q2, NORM, RESIDUAL,
+                                    GATED, MOD_GRAD)
 
     if MOD_GRAD:
         slot = (b * n_frames + f) * part_stride_p + pid_p  # [B, F, P_max] index

@@ -71,8 +71,13 @@ def _offsets(heads, ch, g, stride_h, HG: tl.constexpr):
 
 
 @triton.jit
-def _group_mask(heads, ch, g, NH, D: tl.constexpr, HG: tl.constexpr):
-    return (g * HG + heads < NH)[:, None] & (ch < D)[None, :]
+def _group_mask(heads, ch, g, NH, D: tl.constexpr, HG: tl.constexpr, NHG: tl.constexpr):
+    """Mask of tile g; a compile-time "true" (folded away) when the tiles hold exactly NH heads of
+    D = BLOCK_D channels."""
+    bound = NH
+    if NHG == 3:  # NH == 3·HG exactly
+        bound = 3 * HG
+    return (g * HG + heads < bound)[:, None] & (ch < D)[None, :]
 
 
 # Work split (both kernels): grid (P, B); program p takes tokens p, p + P, p + 2P, ... of its batch
@@ -102,14 +107,14 @@ def _rope_fwd_rows(
     n_f = n.to(tl.float32)
     x_in = x_ptr + b * sxb
     out = o_ptr + b * L * n
-    m0 = _group_mask(heads, ch, 0, NH, D, HG)
+    m0 = _group_mask(heads, ch, 0, NH, D, HG, NHG)
     if NORM:
         w0 = tl.load(w_ptr + _offsets(heads, ch, 0, D, HG), mask=m0, other=0.0).to(tl.float32)
     if NHG == 3:
-        m1 = _group_mask(heads, ch, 1, NH, D, HG)
+        m1 = _group_mask(heads, ch, 1, NH, D, HG, NHG)
         if NORM:
             w1 = tl.load(w_ptr + _offsets(heads, ch, 1, D, HG), mask=m1, other=0.0).to(tl.float32)
-        m2 = _group_mask(heads, ch, 2, NH, D, HG)
+        m2 = _group_mask(heads, ch, 2, NH, D, HG, NHG)
         if NORM:
             w2 = tl.load(w_ptr + _offsets(heads, ch, 2, D, HG), mask=m2, other=0.0).to(tl.float32)
     for t in tl.range(pid, L, n_p, num_stages=STAGES):
@@ -213,16 +218,16 @@ def _rope_bwd_rows(
     x_in = x_ptr + b * sxb
     out = dx_ptr + b * L * n
     zero = tl.zeros([HG, BLOCK_D], dtype=tl.float32)
-    m0 = _group_mask(heads, ch, 0, NH, D, HG)
+    m0 = _group_mask(heads, ch, 0, NH, D, HG, NHG)
     acc0 = zero
     if NORM:
         w0 = tl.load(w_ptr + _offsets(heads, ch, 0, D, HG), mask=m0, other=0.0).to(tl.float32)
     if NHG == 3:
-        m1 = _group_mask(heads, ch, 1, NH, D, HG)
+        m1 = _group_mask(heads, ch, 1, NH, D, HG, NHG)
         acc1 = zero
         if NORM:
             w1 = tl.load(w_ptr + _offsets(heads, ch, 1, D, HG), mask=m1, other=0.0).to(tl.float32)
-        m2 = _group_mask(heads, ch, 2, NH, D, HG)
+        m2 = _group_mask(heads, ch, 2, NH, D, HG, NHG)
         acc2 = zero
         if NORM:
             w2 = tl.load(w_ptr + _offsets(heads, ch, 2, D, HG), mask=m2, other=0.0).to(tl.float32)
