@@ -89,7 +89,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
         "--seconds", type=float, help="video length in seconds (rounded up to whole chunks; default 5)"
     )
     ln.add_argument("--chunks", type=int, help="number of chunks")
-    s.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (1-8)")
+    s.add_argument("--steps", type=int, default=None,
+                   help="denoising steps per chunk (1-8; default 4, or the demo model's own default)")
     s.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=float, default=None, help="output frame rate (default 24 for the Wan VAE)")
@@ -124,7 +125,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a: argparse.Namespace) -> None:
-    if not 1 <= a.steps <= 8:
+    if a.steps is not None and not 1 <= a.steps <= 8:
         raise CLIError(f"--steps must be in 1..8, got {a.steps}")
     for name in ("frames", "chunks"):
         v = getattr(a, name)

@@ -440,6 +440,9 @@ class Pipeline:
         self.sp = sp
         self.attention_compute = attention_compute
         self.default_prompt = default_prompt or DEFAULT_PROMPT
+        # Sampling defaults a checkpoint can carry (the demo's pipeline.yaml: ``steps``, ``shift``);
+        # explicit session/generate arguments win.
+        self.sampling_defaults: dict = {}
         _check_kv_storage(self.policy.storage, model)
         vae_param = next(iter(vae.parameters()), None)
         if vae_channels_last and vae_param is not None and vae_param.device.type == "cuda":
@@ -603,7 +606,9 @@ class Pipeline:
         ):
             if kwargs.get(key) is None and meta.get(meta_key) is not None:
                 kwargs[key] = meta[meta_key]
-        return cls.from_pretrained(weights, **kwargs)
+        pipe = cls.from_pretrained(weights, **kwargs)
+        pipe.sampling_defaults = {k: meta[k] for k in ("steps", "shift") if meta.get(k) is not None}
+        return pipe
 
     # ---- generation ------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> torch.Tensor:
@@ -612,8 +617,13 @@ class Pipeline:
         return emb.to(self.model.device, self.model.dtype)
 
     def session(self, **kwargs) -> StreamSession:
-        """A fresh :class:`StreamSession` (``steps``, ``seed``, ``guidance_scale``, ``negative_prompt``, ``policy``)."""
-        return StreamSession(self, **kwargs)
+        """A fresh :class:`StreamSession` (``steps``, ``seed``, ``guidance_scale``, ``negative_prompt``, ``policy``).
+
+        ``steps``/``shift`` left as ``None`` come from :attr:`sampling_defaults` (else 4 / 5.0)."""
+        for key, value in self.sampling_defaults.items():
+            if kwargs.get(key) is None:
+                kwargs[key] = value
+        return StreamSession(self, **{k: v for k, v in kwargs.items() if v is not None})
 
     def schedule(self, prompts, num_chunks: int) -> list[ChunkPrompt]:
         """Per-chunk prompts from a str (whole video), a list of per-chunk strings or ChunkPrompts."""
