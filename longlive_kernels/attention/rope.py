@@ -328,12 +328,12 @@ def _rope_bwd_kernel(
 
 # Grid (P, B): P·B ≈ PROGS_PER_SM·SMs programs (rounded down: one wave when that many fit on an
 # SM). The configs pair warps / pipeline depth / register cap with the programs per SM their sm_90a
-# build allows at 24 heads × 128: 4 warps give each thread 4 heads × 8 channels, so one cos/sin
-# gather serves 4 heads (8 and 16 warps: 2 and 1 heads, 1.3× and 2.5× the instructions per token);
-# plain rotation ≈ 80 registers (6 programs per SM), with the RMSNorm ≈ 170 forward and 255
-# backward (3 and 2 programs; 8 warps capped at 128 registers: 2 programs of 8 warps). STAGES - 1
-# tokens per program are in flight (cp.async). Fewer programs amortize the weights and the
-# backward's NH·D fp32 partial sums (PROGS_PER_SM·SMs·NH·D·4 bytes per weight at any length).
+# build allows at 24 heads × 128 (3 tiles of 8 heads): at 4 warps a thread holds the same 8
+# channels of 3 heads, so one cos/sin gather serves 3 heads (8 warps: 1.5-1.9× the instructions
+# per token). Plain rotation ≈ 72 registers (7 programs per SM), with the RMSNorm ≈ 154 forward
+# and 254 backward (3 and 2 programs; 8 warps capped at 128 registers: 2 programs of 8 warps).
+# STAGES - 1 tokens per program are in flight (cp.async). Fewer programs amortize the weights and
+# the backward's NH·D fp32 partial sums (PROGS_PER_SM·SMs·NH·D·4 bytes per weight at any length).
 _FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
                 for w, s, p, r in ((4, 3, 4, None), (4, 3, 6, None), (4, 4, 3, None), (4, 3, 3, None),
                                    (4, 4, 2, None), (8, 3, 2, 128))]
