@@ -1,4 +1,4 @@
-"""Objective quality of the demo model under each precision mode (issue 10: ``longlive bench quality``).
+"""Objective quality of the demo model under each precision mode (issue 10; `longlive bench quality`).
 
 What runs, per mode (bf16, nvfp4 = W4A4 linears, fp4-kv = NVFP4 KV cache, fp8 = W8A8 linears, GPU
 only, nvfp4+fp4-kv), with the same noise seeds for every mode:
@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"targets: {TARGETS}; CPU generation of the default video <= 90 s on 2 cores",
     )
     d = Settings()
-    p.add_argument("--full", action="store_true", help=f"the full setting: {FULL}")
+    p.add_argument("--full", action="store_true", help=f"the full setting: {FULL.samples} held-out samples, "
+                   f"{FULL.drift_prompts} x {FULL.drift_seconds:g} s single shots, {FULL.drift_window:g} s drift windows")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--samples", type=int, help=f"held-out multi-shot samples (default {d.samples})")
     p.add_argument("--chunks", type=int, help=f"chunks per held-out sample (default {d.chunks})")

@@ -115,6 +115,10 @@ def write_quality_report(path, runs, truth, *, header: dict, generate_seconds=No
         "",
     ]
     if settings.samples:
+        n_chunks = settings.samples * settings.chunks
+        lines += [f"Resolution: {n_chunks} held-out chunks, so one chunk moves adherence by up to "
+                  f"{100 / n_chunks:.1f} points" + ("; compare modes with `--full`." if n_chunks < 64 else "."), ""]
+    if settings.samples:
         rows = []
         for r in [truth, *ran]:
             if r.heldout:
@@ -250,7 +254,8 @@ def _plots(stem: Path, runs, layout) -> list[Path]:
         x = np.arange(len(names))
         for off, kind, label in ((-0.2, "scene_cut", "scene cut"), (0.2, "switch", "prompt switch")):
             vals = [heldout_summary(r.heldout)[f"{kind}_latency"] for r in with_held]
-            ax1.bar(x + off, np.nan_to_num(vals, nan=0.0), width=0.4, label=label)
+            bars = ax1.bar(x + off, np.nan_to_num(vals, nan=0.0), width=0.4, label=label)
+            ax1.bar_label(bars, labels=["–" if math.isnan(v) else f"{v:.1f}" for v in vals], fontsize=7)
         ax1.set_xticks(x, names, rotation=20, fontsize=8)
         ax1.set(ylabel="chunks until new content", title="response latency (mean)")
         ax1.legend(fontsize=7)
