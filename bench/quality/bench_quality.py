@@ -87,7 +87,7 @@ class Settings:
     drift_seconds: float = 4.0  # length of each long single-shot video
     drift_window: float = 1.0  # seconds compared at its start and end
     drift_prompts: int = 1
-    steps: int = 4
+    steps: int | None = None  # None: the model's default (the demo's pipeline.yaml: 8; else 4)
     seed: int = 0
 
 
@@ -134,6 +134,7 @@ class ModeRun:
     chunk_seconds: list[float] = field(default_factory=list)
     chunk_frames: list[int] = field(default_factory=list)
     load_seconds: float = 0.0
+    steps: int | None = None
     skipped: str | None = None
     note: str | None = None
 
@@ -297,15 +298,16 @@ def run_mode(mode: str, src: ModelSource, settings: Settings, log=print) -> tupl
     if MODES[mode][0] == "nvfp4" and pipe.model.device.type == "cpu" and src.cpu_nvfp4 == "emulate":
         run.note = "W4A4 through the exact fp32 emulation (cpu_nvfp4.py)"
     layout = layout_of(pipe)
+    run.steps = settings.steps or pipe.sampling_defaults.get("steps", 4)
     for i, sample in enumerate(heldout_samples(settings, layout)):
-        frames = generate_frames(pipe, sample.prompts, steps=settings.steps, seed=settings.seed + i, run=run)
+        frames = generate_frames(pipe, sample.prompts, steps=run.steps, seed=settings.seed + i, run=run)
         res = score(frames, sample.prompts, layout, drift_window=settings.drift_window)
         run.heldout.append(Video(f"sample {sample.seed}", sample.prompts, frames, res))
         log(f"[{mode}] held-out sample {i + 1}/{settings.samples}: adherence {100 * res.adherence.score:.1f} %")
     n = layout.chunks_for(settings.drift_seconds)
     for k in range(settings.drift_prompts):
         prompt, _, _ = drift_scene(k, layout)
-        frames = generate_frames(pipe, [prompt] * n, steps=settings.steps, seed=settings.seed + 10_000 + k, run=run)
+        frames = generate_frames(pipe, [prompt] * n, steps=run.steps, seed=settings.seed + 10_000 + k, run=run)
         res = score(frames, [prompt] * n, layout, drift_window=settings.drift_window)
         run.drift.append(Video(f"single shot {k}", [prompt] * n, frames, res))
         log(f"[{mode}] {layout.frames_for(n) / layout.fps:.0f} s single shot {k + 1}: drift "
@@ -381,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-seconds", type=float, help=f"long single-shot length (default {d.drift_seconds})")
     p.add_argument("--drift-window", type=float, help=f"drift window, seconds (default {d.drift_window})")
     p.add_argument("--drift-prompts", type=int, help=f"long single-shot videos (default {d.drift_prompts})")
-    p.add_argument("--steps", type=int, help=f"denoising steps per chunk (default {d.steps})")
+    p.add_argument("--steps", type=int, help="denoising steps per chunk (default: the model's, 8 for the demo)")
     p.add_argument("--seed", type=int, help="noise seed of the first video")
     m = p.add_argument_group("model (default: the bundled demo model)")
     m.add_argument("--checkpoint", help="DiT weights (file or directory)")
@@ -408,14 +410,14 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         if getattr(a, k) is not None
     }
     s = dataclasses.replace(s, **changes)
-    for name in ("samples", "chunks", "drift_prompts", "steps"):
+    for name in ("samples", "chunks", "drift_prompts"):
         if getattr(s, name) < (0 if name in ("samples", "drift_prompts") else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(s, name)}")
     if s.samples + s.drift_prompts == 0:
         raise ValueError("nothing to do: --samples 0 and --drift-prompts 0")
     if not (s.drift_seconds > 0 and s.drift_window > 0):
         raise ValueError("--drift-seconds and --drift-window must be > 0")
-    if not 1 <= s.steps <= 8:
+    if s.steps is not None and not 1 <= s.steps <= 8:
         raise ValueError(f"--steps must be in 1..8, got {s.steps}")
     return s
 

@@ -102,7 +102,8 @@ def write_quality_report(path, runs, truth, *, header: dict, generate_seconds=No
         f"- command: `{header['command']}`",
         f"- model: {header['model']}",
         f"- video: {layout.width}x{layout.height} at {layout.fps:g} fps, chunks of {layout.first_chunk_frames} "
-        f"(first) / {layout.chunk_frames} frames, {settings.steps} denoising steps",
+        f"(first) / {layout.chunk_frames} frames, "
+        f"{', '.join(sorted({str(r.steps) for r in ran})) or '-'} denoising steps per chunk",
         f"- held-out set: {settings.samples} procedural multi-shot samples x {settings.chunks} chunks, prompts in "
         "the held-out phrasing (words and templates never seen in training); long single shot: "
         f"{settings.drift_prompts} x {settings.drift_seconds:g} s, drift window {settings.drift_window:g} s",
