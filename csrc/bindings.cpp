@@ -34,7 +34,7 @@ void check_launch(cudaError_t err, const char* op) {
 }
 
 void nvfp4_quantize_cuda(const at::Tensor& x, at::Tensor& data, at::Tensor& scale, at::Tensor& global_scale,
-                         at::Tensor& amax, int64_t scale_rule, bool stochastic, int64_t seed,
+                         const at::Tensor& global_scale_in, at::Tensor& amax, int64_t scale_rule, bool stochastic, int64_t seed,
                          int64_t hadamard_mask, bool block_2d, bool given_scale) {
   check_cuda(x, "x");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [rows, K] with a contiguous last dim");
@@ -47,6 +47,9 @@ void nvfp4_quantize_cuda(const at::Tensor& x, at::Tensor& data, at::Tensor& scal
   TORCH_CHECK(scale.is_contiguous() && scale.scalar_type() == at::kByte && scale.numel() == rows * k / 16,
               "scale must be contiguous uint8 [rows, K/16]");
   TORCH_CHECK(global_scale.scalar_type() == at::kFloat && global_scale.numel() == 1, "global_scale must be fp32 [1]");
+  TORCH_CHECK(!given_scale || (global_scale_in.is_cuda() && global_scale_in.scalar_type() == at::kFloat &&
+                               global_scale_in.numel() == 1),
+              "global_scale_in must be a CUDA fp32 tensor of one element when given_scale");
   TORCH_CHECK(amax.scalar_type() == at::kInt && amax.numel() == 1, "amax must be int32 [1]");
   TORCH_CHECK(scale_rule >= 0 && scale_rule <= 2, "scale_rule must be 0, 1 or 2");
   const c10::cuda::CUDAGuard guard(x.device());
@@ -59,6 +62,7 @@ void nvfp4_quantize_cuda(const at::Tensor& x, at::Tensor& data, at::Tensor& scal
   p.data = data.data_ptr<uint8_t>();
   p.scale = scale.data_ptr<uint8_t>();
   p.global_scale = global_scale.data_ptr<float>();
+  p.global_scale_in = global_scale_in.data_ptr<float>();
   p.amax_bits = amax.data_ptr<int32_t>();
   p.scale_rule = static_cast<int>(scale_rule);
   p.stochastic = stochastic;
@@ -188,7 +192,7 @@ void kv_cache_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, c
 TORCH_LIBRARY(longlive_kernels, m) {
   m.def(
       "nvfp4_quantize_cuda(Tensor x, Tensor(a!) data, Tensor(b!) scale, Tensor(c!) global_scale, "
-      "Tensor(d!) amax, int scale_rule, bool stochastic, int seed, int hadamard_mask, bool block_2d, "
+      "Tensor global_scale_in, Tensor(d!) amax, int scale_rule, bool stochastic, int seed, int hadamard_mask, bool block_2d, "
       "bool given_scale) -> ()");
   m.def(
       "nvfp4_dequantize_cuda(Tensor data, Tensor scale, Tensor global_scale, Tensor(a!) out, "

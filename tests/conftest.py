@@ -1,6 +1,12 @@
 """Test configuration: CPU machines run Triton kernels in the interpreter; GPU-only tests skip."""
 
 import os
+import pathlib
+
+# Subprocess tests (`python -m longlive.cli ...` in a tmp dir) import this checkout even when it is not
+# pip-installed.
+_ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
 if "TRITON_INTERPRET" not in os.environ:
     import torch

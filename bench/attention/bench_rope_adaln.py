@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 from collections.abc import Callable
 
 import pytest
@@ -240,31 +239,9 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return out if isinstance(out, tuple) else (out,)
 
 
-# ≈ 1 ms of GPU spin (at ≤ 2 GHz) queued before each timed call: the host enqueues the call meanwhile
-_HIDE_HOST_CYCLES = 2_000_000
-
-
 def _gpu_time_ms(fn: Callable[[], object], iters: int, warmup: int = 10) -> float:
-    """Median GPU time of ``fn()`` in ms without its host overhead: as ``cuda_time_ms`` (L2 flushed
-    by reading 256 MB before every call), plus a GPU spin queued before the start event, so the
-    span between the events holds only ``fn``'s kernels as long as the host enqueues them within
-    the spin."""
-    flush = torch.empty(64 * 1024 * 1024, dtype=torch.float32, device="cuda").fill_(1.0)
-    sink = torch.empty((), dtype=torch.float32, device="cuda")
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        torch.sum(flush, dim=0, out=sink)
-        torch.cuda._sleep(_HIDE_HOST_CYCLES)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median GPU time of ``fn()`` in ms without its host overhead (L2 flushed, host hidden)."""
+    return cuda_time_ms(fn, iters=iters, warmup=warmup, hide_host=True)
 
 
 def _fwd_bwd_ms(fn: Callable, inputs: dict[str, torch.Tensor], iters: int, with_host: bool = False):

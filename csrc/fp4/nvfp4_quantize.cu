@@ -79,13 +79,9 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
   float bamax = fp4::block_amax(x);
   if (kRowFastest && p.block_2d) bamax = tile_max16(bamax);
 
-  float gs;
-  if (p.given_scale) {
-    gs = *p.global_scale;
-  } else {
-    gs = __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
-    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *p.global_scale = gs;
-  }
+  const float gs = p.given_scale ? *p.global_scale_in
+                                 : __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *p.global_scale = gs;
   const bool poison = (bamax == __int_as_float(0x7f800000)) || !isfinite(gs);
   const bool zero = bamax == 0.0f;
 
@@ -97,13 +93,15 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
 
   fp4::Candidate c = fp4::make_candidate(bamax, gs, fp4::rule_target(p.scale_rule), poison, zero);
   uint32_t packed[2];
-  fp4::encode16<kStochastic>(x, c, u, packed);
+  float xq[kBlock];
+  fp4::encode16<kStochastic>(x, c, u, packed, xq);
   if (kFourOverSix) {
     const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
     uint32_t packed4[2];
-    fp4::encode16<kStochastic>(x, c4, u, packed4);
-    float e6 = fp4::squared_error_tree(x, packed, c.scale_value, gs);
-    float e4 = fp4::squared_error_tree(x, packed4, c4.scale_value, gs);
+    float xq4[kBlock];
+    fp4::encode16<kStochastic>(x, c4, u, packed4, xq4);
+    float e6 = fp4::squared_error_tree(x, xq, c, gs);
+    float e4 = fp4::squared_error_tree(x, xq4, c4, gs);
     if (kRowFastest && p.block_2d) {
       e6 = tile_sum16(e6);
       e4 = tile_sum16(e4);

@@ -204,11 +204,13 @@ def _quantize_cuda(x2d, gs_in, rule, rounding, seed, hadamard_mask, block_2d):
     dev = x2d.device
     data = torch.empty((rows, k // 2), dtype=torch.uint8, device=dev)
     scale = torch.empty((rows, k // BLOCK_SIZE), dtype=torch.uint8, device=dev)
-    gs = gs_in.to(torch.float32).reshape(1).clone() if gs_in is not None else torch.empty(1, dtype=torch.float32, device=dev)
-    amax = torch.zeros(1, dtype=torch.int32, device=dev)
+    # The launcher zeroes `amax` and the kernel copies a given scale into `gs`: no extra torch launches.
+    gs = torch.empty(1, dtype=torch.float32, device=dev)
+    gs_read = gs_in.to(device=dev, dtype=torch.float32).reshape(1) if gs_in is not None else gs
+    amax = torch.empty(1, dtype=torch.int32, device=dev)
     cuda_extension()  # loads the library that registers the op
     torch.ops.longlive_kernels.nvfp4_quantize_cuda(
-        x2d, data, scale, gs, amax, _RULE_IDS[rule], rounding == "stochastic", seed,
+        x2d, data, scale, gs, gs_read, amax, _RULE_IDS[rule], rounding == "stochastic", seed,
         -1 if hadamard_mask is None else hadamard_mask, block_2d, gs_in is not None,
     )
     return data, scale.view(torch.float8_e4m3fn), gs.reshape(())

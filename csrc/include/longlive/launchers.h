@@ -16,7 +16,8 @@ struct NVFP4QuantizeParams {
   int64_t rows = 0, k = 0, stride_row = 0;
   uint8_t* data = nullptr;     // [rows, k/2] out
   uint8_t* scale = nullptr;    // [rows, k/16] out (E4M3 bits)
-  float* global_scale = nullptr;  // [1] in (given_scale) or out
+  float* global_scale = nullptr;  // [1] out: the tensor scale used (a copy of global_scale_in if given)
+  const float* global_scale_in = nullptr;  // [1] in, read when given_scale
   int32_t* amax_bits = nullptr;   // [1] workspace, zeroed by the launcher
   int scale_rule = 0;          // 0 static6, 1 static4, 2 four_over_six
   bool stochastic = false;

@@ -53,13 +53,15 @@ __device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], fl
   const float u[fp4::kBlock] = {};  // RNE only: encode16<false> never reads u
   const fp4::Candidate c = fp4::make_candidate(bamax, gs, fp4::rule_target(rule), poison, zero);
   uint32_t words[2];
-  fp4::encode16<false>(x, c, u, words);
+  float xq[fp4::kBlock];
+  fp4::encode16<false>(x, c, u, words, xq);
   scale = c.scale;
   if (rule == fp4::kFourOverSix) {
     const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
     uint32_t words4[2];
-    fp4::encode16<false>(x, c4, u, words4);
-    if (fp4::squared_error_tree(x, words4, c4.scale_value, gs) < fp4::squared_error_tree(x, words, c.scale_value, gs)) {
+    float xq4[fp4::kBlock];
+    fp4::encode16<false>(x, c4, u, words4, xq4);
+    if (fp4::squared_error_tree(x, xq4, c4, gs) < fp4::squared_error_tree(x, xq, c, gs)) {
       words[0] = words4[0];
       words[1] = words4[1];
       scale = c4.scale;

@@ -39,17 +39,25 @@ __device__ __forceinline__ float e2m1_decode(int code) {
 
 __device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >> 31) & 1; }
 
-// Round to nearest E2M1, ties to even, saturating at +-6. Exact: on [0,2), [2,4), [4,6] the grid
-// step is 0.5, 1, 2, which is the fp32 ulp of 2^22, 2^23, 2^24; adding that magic number rounds |v|
-// to the grid (RNE) and leaves (code - base) in the low mantissa bits, so one integer subtraction
-// of (magic bits - base) yields the code.
+// Round |v| to the E2M1 grid, ties to even, saturating at 6; returns the 3-bit magnitude code.
+// On [0,2), [2,4), [4,6] the grid step 0.5, 1, 2 is the fp32 ulp of magic = 2^(22+e) with
+// e = max(floor(log2 |v|), 0) in {0, 1, 2}: one correctly rounded add a + magic rounds |v| to the grid
+// (RNE) and leaves n = round(|v| / step) <= 4 in the low mantissa bits, while the sum's exponent field
+// carries e (bits >> 22 == 298 + 2e). The code is n + 2e (the codes below segment e).
+// Integer-only after the add (8 instructions on sm_90a instead of 11 with compares and selects).
+// `rounded` gets the grid value sum - magic (exact: both lie in one binade), i.e. the decoded magnitude.
+__device__ __forceinline__ uint32_t e2m1_rne_magnitude(float v, float& rounded) {
+  const float a = fminf(fabsf(v), 6.0f);  // NaN -> 6 (only in dead blocks)
+  const uint32_t exp_bits = max(__float_as_uint(a) & 0x7F800000u, 0x3F800000u);
+  const float magic = __uint_as_float(exp_bits + (22u << 23));
+  const uint32_t sum = __float_as_uint(__fadd_rn(a, magic));
+  rounded = __fsub_rn(__uint_as_float(sum), magic);
+  return (sum & 7u) + (sum >> 22) - 298u;
+}
+
 __device__ __forceinline__ int e2m1_rne_code(float v) {
-  const float a = fminf(fabsf(v), 6.0f);
-  const bool lt2 = a < 2.0f, lt4 = a < 4.0f;
-  const float magic = lt2 ? 4194304.0f : (lt4 ? 8388608.0f : 16777216.0f);
-  const uint32_t offset = lt2 ? 0x4A800000u : (lt4 ? 0x4B000000u - 2u : 0x4B800000u - 4u);
-  const uint32_t code = __float_as_uint(__fadd_rn(a, magic)) - offset;
-  return static_cast<int>(code | ((__float_as_uint(v) >> 28) & 8u));
+  float unused;
+  return static_cast<int>(e2m1_rne_magnitude(v, unused) | ((__float_as_uint(v) >> 28) & 8u));
 }
 
 // Stochastic rounding: up iff u < (|v| - lo) / (hi - lo) (exact), saturating at 6.
@@ -132,13 +140,12 @@ __device__ __forceinline__ void load16(const T* p, float (&x)[kBlock]);
 template <>
 __device__ __forceinline__ void load16<__nv_bfloat16>(const __nv_bfloat16* p, float (&x)[kBlock]) {
   const uint4* v = reinterpret_cast<const uint4*>(p);
-  uint4 raw[2] = {__ldg(v), __ldg(v + 1)};
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(raw);
+  const uint4 raw[2] = {__ldg(v), __ldg(v + 1)};
+  const uint32_t* w = reinterpret_cast<const uint32_t*>(raw);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    x[2 * i] = f.x;
-    x[2 * i + 1] = f.y;
+  for (int i = 0; i < 8; ++i) {  // a bf16 is the high half of its fp32: one shift or mask each
+    x[2 * i] = __uint_as_float(w[i] << 16);
+    x[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
   }
 }
 
@@ -202,15 +209,24 @@ __device__ __forceinline__ void store16<float>(float* p, const float (&x)[kBlock
 
 // ---- block quantization ----------------------------------------------------------------------------
 
+// max |x| over the block with NaN counted as +Inf (the reference's poison rule). max.NaN propagates a
+// NaN through the tree, so one compare per block replaces a compare and select per element.
+__device__ __forceinline__ float fmax_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
 __device__ __forceinline__ float block_amax(const float (&x)[kBlock]) {
-  float m = 0.0f;
+  float m[kBlock / 2];
 #pragma unroll
-  for (int i = 0; i < kBlock; ++i) {
-    float a = fabsf(x[i]);
-    a = (a != a) ? __int_as_float(0x7f800000) : a;
-    m = fmaxf(m, a);
+  for (int i = 0; i < kBlock / 2; ++i) m[i] = fmax_nan(fabsf(x[2 * i]), fabsf(x[2 * i + 1]));
+#pragma unroll
+  for (int w = kBlock / 4; w >= 1; w /= 2) {
+#pragma unroll
+    for (int i = 0; i < w; ++i) m[i] = fmax_nan(m[2 * i], m[2 * i + 1]);
   }
-  return m;
+  return (m[0] != m[0]) ? __int_as_float(0x7f800000) : m[0];
 }
 
 // One scale candidate of a block: E4M3 scale byte, its value, and the per-element multiplier
@@ -234,31 +250,43 @@ __device__ __forceinline__ Candidate make_candidate(float bamax, float gs, float
   return c;
 }
 
-// Encode 16 elements with one candidate into two packed words (element 2i in the low nibble).
+// Encode 16 elements with one candidate into two packed words (element 2i in the low nibble) and the
+// signed E2M1 values they decode to (`xq`; 0 for a dead candidate), for the Four Over Six error.
 template <bool kStochastic>
 __device__ __forceinline__ void encode16(const float (&x)[kBlock], const Candidate& c, const float (&u)[kBlock],
-                                         uint32_t (&packed)[2]) {
+                                         uint32_t (&packed)[2], float (&xq)[kBlock]) {
 #pragma unroll
   for (int w = 0; w < 2; ++w) {
     uint32_t word = 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float v = __fmul_rn(x[8 * w + i], c.inv);
-      const int code = kStochastic ? e2m1_stochastic_code(v, u[8 * w + i]) : e2m1_rne_code(v);
-      word |= static_cast<uint32_t>(code) << (4 * i);
+      if (kStochastic) {
+        const int code = e2m1_stochastic_code(v, u[8 * w + i]);
+        word |= static_cast<uint32_t>(code) << (4 * i);
+        xq[8 * w + i] = e2m1_decode(code);
+      } else {
+        float r;
+        const uint32_t mag = e2m1_rne_magnitude(v, r);
+        const uint32_t sign = (__float_as_uint(v) >> (28 - 4 * i)) & (8u << (4 * i));
+        word = (word | sign) + (mag << (4 * i));  // disjoint bits
+        xq[8 * w + i] = __uint_as_float(__float_as_uint(r) | (__float_as_uint(v) & 0x80000000u));
+      }
     }
     packed[w] = c.dead ? 0u : word;
   }
 }
 
-// Sum over the block of (x - decode)^2 as the pairwise tree of reference._pairwise_sum.
-__device__ __forceinline__ float squared_error_tree(const float (&x)[kBlock], const uint32_t (&packed)[2],
-                                                    float scale_value, float gs) {
+// Sum over the block of (x - xhat)^2, xhat = (e2m1 * s_block) * s_global, as the pairwise tree of
+// reference._pairwise_sum. `xq` from encode16; a dead candidate decodes to zero (scale forced to 0:
+// x - (+-0) is x for every nonzero x, and a zero x has zero error either way).
+__device__ __forceinline__ float squared_error_tree(const float (&x)[kBlock], const float (&xq)[kBlock],
+                                                    const Candidate& c, float gs) {
+  const float scale_value = c.dead ? 0.0f : c.scale_value;
   float e[kBlock];
 #pragma unroll
   for (int i = 0; i < kBlock; ++i) {
-    const int code = (packed[i / 8] >> (4 * (i % 8))) & 0xF;
-    const float xhat = __fmul_rn(__fmul_rn(e2m1_decode(code), scale_value), gs);
+    const float xhat = __fmul_rn(__fmul_rn(xq[i], scale_value), gs);
     const float d = __fsub_rn(x[i], xhat);
     e[i] = __fmul_rn(d, d);
   }
