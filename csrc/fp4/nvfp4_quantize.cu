@@ -117,9 +117,80 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
   p.scale[row * nb + cb] = c.scale;
 }
 
+// Contiguous rows, 1x16 blocks: the blocks are numbered flat (block b = elements 16b..16b+15, codes at
+// byte 8b, scale at byte b), so a persistent grid strides over them with no row/column arithmetic, and
+// each thread loads its next block before it encodes the current one (the loads stay in flight while
+// the ~200 instructions of a block issue).
+template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
+__global__ void __launch_bounds__(kThreads) quantize_flat_kernel(NVFP4QuantizeParams p) {
+  const int64_t n_blocks = p.rows * (p.k / kBlock);
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  int64_t b = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  const T* x_ptr = static_cast<const T*>(p.x);
+  const float gs = p.given_scale
+                       ? *p.global_scale_in
+                       : __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
+  if (b == 0) *p.global_scale = gs;
+  const bool gs_bad = !isfinite(gs);
+  const float target = fp4::rule_target(p.scale_rule);
+
+  fp4::RawBlock<T> next;
+  if (b < n_blocks) next = fp4::load_raw16(x_ptr + b * kBlock);
+#pragma unroll 2
+  for (; b < n_blocks; b += stride) {
+    const fp4::RawBlock<T> cur = next;
+    if (b + stride < n_blocks) next = fp4::load_raw16(x_ptr + (b + stride) * kBlock);
+    float x[kBlock];
+    fp4::unpack16<T>(cur, x);
+    if (kHadamard) fp4::rht16(x, p.hadamard_mask);
+    const float bamax = fp4::block_amax(x);
+    const bool poison = (bamax == __int_as_float(0x7f800000)) || gs_bad;
+    const bool zero = bamax == 0.0f;
+    float u[kBlock];
+#pragma unroll
+    for (int i = 0; i < kBlock; ++i) u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(b * kBlock + i)) : 0.0f;
+    fp4::Candidate c = fp4::make_candidate(bamax, gs, target, poison, zero);
+    uint32_t packed[2];
+    float xq[kBlock];
+    fp4::encode16<kStochastic>(x, c, u, packed, xq);
+    if (kFourOverSix) {
+      const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
+      uint32_t packed4[2];
+      float xq4[kBlock];
+      fp4::encode16<kStochastic>(x, c4, u, packed4, xq4);
+      if (fp4::squared_error_tree(x, xq4, c4, gs) < fp4::squared_error_tree(x, xq, c, gs)) {
+        c = c4;
+        packed[0] = packed4[0];
+        packed[1] = packed4[1];
+      }
+    }
+    reinterpret_cast<uint2*>(p.data)[b] = make_uint2(packed[0], packed[1]);
+    p.scale[b] = c.scale;
+  }
+}
+
+// Persistent grid of the flat kernel: as many CTAs as fit on the device at once.
+template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
+int flat_grid(int64_t n_blocks) {
+  static int ctas = 0;  // per instantiation; the device does not change under one process's kernels
+  if (ctas == 0) {
+    int dev = 0, sms = 132, per_sm = 1;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, quantize_flat_kernel<T, kFourOverSix, kStochastic, kHadamard>, kThreads, 0);
+    ctas = sms * (per_sm > 0 ? per_sm : 1);
+  }
+  const int64_t needed = (n_blocks + kThreads - 1) / kThreads;
+  return static_cast<int>(needed < ctas ? needed : ctas);
+}
+
 template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 cudaError_t launch_quantize(const NVFP4QuantizeParams& p, dim3 grid, cudaStream_t stream) {
-  if (p.block_2d) {
+  if (!p.block_2d && p.stride_row == p.k) {
+    const int ctas = flat_grid<T, kFourOverSix, kStochastic, kHadamard>(p.rows * (p.k / kBlock));
+    quantize_flat_kernel<T, kFourOverSix, kStochastic, kHadamard><<<ctas, kThreads, 0, stream>>>(p);
+  } else if (p.block_2d) {
     quantize_kernel<T, kFourOverSix, kStochastic, kHadamard, true><<<grid, kThreads, 0, stream>>>(p);
   } else {
     quantize_kernel<T, kFourOverSix, kStochastic, kHadamard, false><<<grid, kThreads, 0, stream>>>(p);

@@ -366,9 +366,13 @@ def test_gpu_backends_bit_exact(rule, rounding, block_2d, hadamard, dtype):
     kw = dict(scale_rule=rule, rounding=rounding, seed=11, block_2d=block_2d, hadamard=hadamard)
     ref_q = quantize_nvfp4(x, backend="torch", **kw)
     backends = ["triton"] + (["cuda"] if has_cuda_extension() else [])
+    # Rows with a stride beyond K (a column slice) take the CUDA backend's row-tiled kernel instead of
+    # its flat one.
+    strided = torch.cat([x, x[:, :64]], dim=1)[:, :3072]
     for be in backends:
         q = _kernel_quantize(x, be, **kw)
         _assert_same(ref_q, q)
+        _assert_same(ref_q, _kernel_quantize(strided, be, **kw))
         for out_dtype in (torch.bfloat16, torch.float32):
             assert_bitwise_equal(dequantize_nvfp4(ref_q, out_dtype, backend="torch"),
                                  dequantize_nvfp4(q, out_dtype, backend=be), f"dequant {be}")

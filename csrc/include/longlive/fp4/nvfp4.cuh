@@ -134,14 +134,27 @@ __device__ __forceinline__ void rht16(float (&x)[kBlock], int mask) {
 
 // ---- vector load / store of 16 consecutive elements ---------------------------------------------------
 
+// 16-byte words holding one block of T.
 template <typename T>
-__device__ __forceinline__ void load16(const T* p, float (&x)[kBlock]);
+struct RawBlock {
+  uint4 v[sizeof(T) * kBlock / 16];
+};
+
+template <typename T>
+__device__ __forceinline__ RawBlock<T> load_raw16(const T* p) {
+  RawBlock<T> r;
+  const uint4* src = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+  for (int i = 0; i < int(sizeof(r.v) / 16); ++i) r.v[i] = __ldg(src + i);
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack16(const RawBlock<T>& r, float (&x)[kBlock]);
 
 template <>
-__device__ __forceinline__ void load16<__nv_bfloat16>(const __nv_bfloat16* p, float (&x)[kBlock]) {
-  const uint4* v = reinterpret_cast<const uint4*>(p);
-  const uint4 raw[2] = {__ldg(v), __ldg(v + 1)};
-  const uint32_t* w = reinterpret_cast<const uint32_t*>(raw);
+__device__ __forceinline__ void unpack16<__nv_bfloat16>(const RawBlock<__nv_bfloat16>& r, float (&x)[kBlock]) {
+  const uint32_t w[8] = {r.v[0].x, r.v[0].y, r.v[0].z, r.v[0].w, r.v[1].x, r.v[1].y, r.v[1].z, r.v[1].w};
 #pragma unroll
   for (int i = 0; i < 8; ++i) {  // a bf16 is the high half of its fp32: one shift or mask each
     x[2 * i] = __uint_as_float(w[i] << 16);
@@ -150,29 +163,30 @@ __device__ __forceinline__ void load16<__nv_bfloat16>(const __nv_bfloat16* p, fl
 }
 
 template <>
-__device__ __forceinline__ void load16<__half>(const __half* p, float (&x)[kBlock]) {
-  const uint4* v = reinterpret_cast<const uint4*>(p);
-  uint4 raw[2] = {__ldg(v), __ldg(v + 1)};
-  const __half2* h = reinterpret_cast<const __half2*>(raw);
+__device__ __forceinline__ void unpack16<__half>(const RawBlock<__half>& r, float (&x)[kBlock]) {
+  const uint32_t w[8] = {r.v[0].x, r.v[0].y, r.v[0].z, r.v[0].w, r.v[1].x, r.v[1].y, r.v[1].z, r.v[1].w};
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float2 f = __half22float2(h[i]);
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
     x[2 * i] = f.x;
     x[2 * i + 1] = f.y;
   }
 }
 
 template <>
-__device__ __forceinline__ void load16<float>(const float* p, float (&x)[kBlock]) {
-  const float4* v = reinterpret_cast<const float4*>(p);
+__device__ __forceinline__ void unpack16<float>(const RawBlock<float>& r, float (&x)[kBlock]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float4 f = __ldg(v + i);
-    x[4 * i] = f.x;
-    x[4 * i + 1] = f.y;
-    x[4 * i + 2] = f.z;
-    x[4 * i + 3] = f.w;
+    x[4 * i] = __uint_as_float(r.v[i].x);
+    x[4 * i + 1] = __uint_as_float(r.v[i].y);
+    x[4 * i + 2] = __uint_as_float(r.v[i].z);
+    x[4 * i + 3] = __uint_as_float(r.v[i].w);
   }
+}
+
+template <typename T>
+__device__ __forceinline__ void load16(const T* p, float (&x)[kBlock]) {
+  unpack16<T>(load_raw16(p), x);
 }
 
 template <typename T>
@@ -238,9 +252,20 @@ struct Candidate {
   bool dead;  // all codes 0 (zero or poisoned block, or a decode factor of 0)
 };
 
+// __fdiv_rn(x, target) for the rules' targets 4 and 6 without a division: x/4 is a correctly rounded
+// product; x/6 is q0 = x·RN(1/6) plus one FMA correction, checked equal to x/6 on every finite fp32
+// x >= 2^-125 (exhaustive, 2026-11-21); smaller x (subnormal quotients), Inf and NaN take __fdiv_rn.
+__device__ __forceinline__ float div_by_target(float x, float target) {
+  if (target == 4.0f) return __fmul_rn(x, 0.25f);
+  constexpr float kSixth = 1.0f / 6.0f;
+  if (target != 6.0f || !(x >= 0x1p-125f && x <= 3.4028234663852886e38f)) return __fdiv_rn(x, target);
+  const float q0 = __fmul_rn(x, kSixth);
+  return __fmaf_rn(__fmaf_rn(-6.0f, q0, x), kSixth, q0);
+}
+
 __device__ __forceinline__ Candidate make_candidate(float bamax, float gs, float target, bool poison, bool zero) {
   Candidate c;
-  float s = fminf(__fdiv_rn(__fdiv_rn(bamax, target), gs), kE4M3Max);
+  float s = fminf(__fdiv_rn(div_by_target(bamax, target), gs), kE4M3Max);
   s = (s != s) ? 0.0f : s;
   const uint8_t code = e4m3_rne(s, c.scale_value);
   const float d = __fmul_rn(c.scale_value, gs);
