@@ -39,25 +39,50 @@ __device__ __forceinline__ float e2m1_decode(int code) {
 
 __device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >> 31) & 1; }
 
-// Round |v| to the E2M1 grid, ties to even, saturating at 6; returns the 3-bit magnitude code.
-// On [0,2), [2,4), [4,6] the grid step 0.5, 1, 2 is the fp32 ulp of magic = 2^(22+e) with
-// e = max(floor(log2 |v|), 0) in {0, 1, 2}: one correctly rounded add a + magic rounds |v| to the grid
-// (RNE) and leaves n = round(|v| / step) <= 4 in the low mantissa bits, while the sum's exponent field
-// carries e (bits >> 22 == 298 + 2e). The code is n + 2e (the codes below segment e).
-// Integer-only after the add (8 instructions on sm_90a instead of 11 with compares and selects).
-// `rounded` gets the grid value sum - magic (exact: both lie in one binade), i.e. the decoded magnitude.
-__device__ __forceinline__ uint32_t e2m1_rne_magnitude(float v, float& rounded) {
+// Round |v| to the E2M1 grid, ties to even, saturating at 6, on the FMA pipe where possible (the ALU
+// pipe issues at half rate on sm_90 and bounds this kernel). On [0,2), [2,4), [4,6] the grid step
+// 0.5, 1, 2 is the fp32 ulp of the binade [2^(22+e), 2^(23+e)), e = max(floor(log2 |v|), 0): adding
+// any magic from that binade rounds |v| to the grid in one correctly rounded add, if the sum stays in
+// the binade. magic = max(a, 1) * 2^22 with mantissa bit 22 cleared (so magic + 6 cannot leave it);
+// r = (a + magic) - magic is then the rounded magnitude, exactly. Its code: r * 2^-126 is exact and
+// its fp32 bits 22..25 are the E2M1 code (E2M1 is fp32 with the exponent cut to 2 bits and the
+// mantissa to 1; the scaling puts E2M1's subnormal 0.5 at fp32's 2^-127).
+// Checked against the grid definition on every fp32 value (2026-11-21).
+__device__ __forceinline__ float e2m1_rne_value(float v) {
   const float a = fminf(fabsf(v), 6.0f);  // NaN -> 6 (only in dead blocks)
-  const uint32_t exp_bits = max(__float_as_uint(a) & 0x7F800000u, 0x3F800000u);
-  const float magic = __uint_as_float(exp_bits + (22u << 23));
-  const uint32_t sum = __float_as_uint(__fadd_rn(a, magic));
-  rounded = __fsub_rn(__uint_as_float(sum), magic);
-  return (sum & 7u) + (sum >> 22) - 298u;
+  const float magic = __uint_as_float(__float_as_uint(__fmul_rn(fmaxf(a, 1.0f), 0x1p22f)) & ~0x00400000u);
+  return __fsub_rn(__fadd_rn(a, magic), magic);
+}
+
+// The E2M1 code of a grid value r from e2m1_rne_value, shifted left by `shift` (0, 4, ..., 28) and
+// added to `acc`, as one integer multiply-add (FMA pipe) on bits = bits(r * 2^-126) = code << 22. The
+// multipliers are not powers of two, so that ptxas keeps the multiply instead of an ALU shift: for
+// shift <= 20, hi(bits * (2^(10+shift) + 1)) = code << shift (the low word, code << 22, cannot carry);
+// above, lo(bits * (2^(shift-22) + 2^30)) = code << shift (code << 52 vanishes mod 2^32).
+__device__ __forceinline__ uint32_t e2m1_code_add(float r, int shift, uint32_t acc) {
+  float scaled;  // subnormal for r < 1: inline PTX, so that no -ftz build flag can flush it
+  asm("mul.rn.f32 %0, %1, 0f00800000;" : "=f"(scaled) : "f"(r));
+  const uint32_t bits = __float_as_uint(scaled);
+  uint32_t out;
+  if (shift <= 20) {
+    asm("mad.hi.u32 %0, %1, %2, %3;" : "=r"(out) : "r"(bits), "r"((1u << (10 + shift)) + 1u), "r"(acc));
+  } else {
+    asm("mad.lo.u32 %0, %1, %2, %3;" : "=r"(out) : "r"(bits), "r"((1u << (shift - 22)) + (1u << 30)), "r"(acc));
+  }
+  return out;
 }
 
 __device__ __forceinline__ int e2m1_rne_code(float v) {
-  float unused;
-  return static_cast<int>(e2m1_rne_magnitude(v, unused) | ((__float_as_uint(v) >> 28) & 8u));
+  return static_cast<int>(e2m1_code_add(e2m1_rne_value(v), 0, 0u) | ((__float_as_uint(v) >> 28) & 8u));
+}
+
+// Sign bits of 8 consecutive values at the nibble sign positions 4i+3: the sign bytes gathered with
+// 6 byte permutes instead of a shift and a mask per value.
+__device__ __forceinline__ uint32_t nibble_signs8(const float* x) {
+  const auto b = [](float f) { return __float_as_uint(f); };
+  const uint32_t even = __byte_perm(__byte_perm(b(x[0]), b(x[2]), 0x0073), __byte_perm(b(x[4]), b(x[6]), 0x0073), 0x5410);
+  const uint32_t odd = __byte_perm(__byte_perm(b(x[1]), b(x[3]), 0x0073), __byte_perm(b(x[5]), b(x[7]), 0x0073), 0x5410);
+  return ((even >> 4) & 0x08080808u) | (odd & 0x80808080u);
 }
 
 // Stochastic rounding: up iff u < (|v| - lo) / (hi - lo) (exact), saturating at 6.
@@ -291,13 +316,13 @@ __device__ __forceinline__ void encode16(const float (&x)[kBlock], const Candida
         word |= static_cast<uint32_t>(code) << (4 * i);
         xq[8 * w + i] = e2m1_decode(code);
       } else {
-        float r;
-        const uint32_t mag = e2m1_rne_magnitude(v, r);
-        const uint32_t sign = (__float_as_uint(v) >> (28 - 4 * i)) & (8u << (4 * i));
-        word = (word | sign) + (mag << (4 * i));  // disjoint bits
+        const float r = e2m1_rne_value(v);
+        word = e2m1_code_add(r, 4 * i, word);
         xq[8 * w + i] = __uint_as_float(__float_as_uint(r) | (__float_as_uint(v) & 0x80000000u));
       }
     }
+    // A live candidate has inv > 0, so sign(v) == sign(x); a dead one stores 0.
+    if (!kStochastic) word |= nibble_signs8(&x[8 * w]);
     packed[w] = c.dead ? 0u : word;
   }
 }
