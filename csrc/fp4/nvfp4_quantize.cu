@@ -1,9 +1,9 @@
 // NVFP4 quantization launcher: an amax pass (skipped with a given tensor scale), then one thread per
 // 16-element block: 16-byte vector loads, fused RHT, scale selection, E2M1 encode, 8-byte packed store.
-// Thread layout: 256 threads = 16 rows x 16 column blocks, rows fastest inside a warp so that 16x16
-// tiles reduce with warp shuffles (xor 1, 2, 4, 8) in the reference's pairwise order.
-#include <cstdlib>
-
+// Two kernels: a flat persistent one for contiguous rows with a static rule (the common case), and a
+// row-tiled one for strided rows, 16x16 blocks and Four Over Six. Row-tiled layout: 256 threads = 16
+// rows x 16 column blocks, rows fastest inside a warp so that 16x16 tiles reduce with warp shuffles
+// (xor 1, 2, 4, 8) in the reference's pairwise order.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -121,12 +121,13 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
 
 // Contiguous rows, 1x16 blocks, static rules: the blocks are numbered flat (block b = elements
 // 16b..16b+15, codes at byte 8b, scale at byte b), so a persistent grid strides over them with no
-// row/column arithmetic. Each round a thread encodes kDepth blocks (b, b + stride, ...) while the
-// loads of its next kDepth are in flight: with one block (32 B) per thread in flight an H200 SM held
-// too few bytes in flight to cover HBM latency (0.77x copy at 1-deep; the encode is not the limit).
+// row/column arithmetic, and each thread loads its next block before it encodes the current one.
+// Measured on an H200 (2026-11-21): 128-thread CTAs at 51 registers beat 256-thread ones, 2-4 blocks in
+// flight per thread (more registers, fewer warps) and capped registers (spills); the same access
+// pattern without the encode runs at 0.99x copy, so the encode's instruction issue is what remains.
 constexpr int kFlatThreads = 128;
 
-template <typename T, bool kStochastic, bool kHadamard, int kDepth>
+template <typename T, bool kStochastic, bool kHadamard>
 __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4QuantizeParams p) {
   const int64_t n_blocks = p.rows * (p.k / kBlock);
   const int64_t stride = int64_t(gridDim.x) * kFlatThreads;
@@ -139,70 +140,43 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
   const bool gs_bad = !isfinite(gs);
   const float target = fp4::rule_target(p.scale_rule);
 
-  fp4::RawBlock<T> next[kDepth];
+  fp4::RawBlock<T> next;
+  if (b < n_blocks) next = fp4::load_raw16(x_ptr + b * kBlock);
+  for (; b < n_blocks; b += stride) {
+    const fp4::RawBlock<T> cur = next;
+    if (b + stride < n_blocks) next = fp4::load_raw16(x_ptr + (b + stride) * kBlock);
+    float x[kBlock];
+    fp4::unpack16<T>(cur, x);
+    if (kHadamard) fp4::rht16(x, p.hadamard_mask);
+    const float bamax = fp4::block_amax(x);
+    const bool poison = (bamax == __int_as_float(0x7f800000)) || gs_bad;
+    float u[kBlock];
 #pragma unroll
-  for (int j = 0; j < kDepth; ++j) {
-    if (b + j * stride < n_blocks) next[j] = fp4::load_raw16(x_ptr + (b + j * stride) * kBlock);
-  }
-  for (; b < n_blocks; b += kDepth * stride) {
-    fp4::RawBlock<T> cur[kDepth];
-#pragma unroll
-    for (int j = 0; j < kDepth; ++j) {
-      cur[j] = next[j];
-      const int64_t nb = b + (kDepth + j) * stride;
-      if (nb < n_blocks) next[j] = fp4::load_raw16(x_ptr + nb * kBlock);
-    }
-#pragma unroll
-    for (int j = 0; j < kDepth; ++j) {
-      const int64_t bj = b + j * stride;
-      if (bj >= n_blocks) break;
-      float x[kBlock];
-      fp4::unpack16<T>(cur[j], x);
-      if (kHadamard) fp4::rht16(x, p.hadamard_mask);
-      const float bamax = fp4::block_amax(x);
-      const bool poison = (bamax == __int_as_float(0x7f800000)) || gs_bad;
-      float u[kBlock];
-#pragma unroll
-      for (int i = 0; i < kBlock; ++i) u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(bj * kBlock + i)) : 0.0f;
-      const fp4::Candidate c = fp4::make_candidate(bamax, gs, target, poison, bamax == 0.0f);
-      uint32_t packed[2];
-      float xq[kBlock];
-      fp4::encode16<kStochastic>(x, c, u, packed, xq);
-      reinterpret_cast<uint2*>(p.data)[bj] = make_uint2(packed[0], packed[1]);
-      p.scale[bj] = c.scale;
-    }
+    for (int i = 0; i < kBlock; ++i) u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(b * kBlock + i)) : 0.0f;
+    const fp4::Candidate c = fp4::make_candidate(bamax, gs, target, poison, bamax == 0.0f);
+    uint32_t packed[2];
+    float xq[kBlock];
+    fp4::encode16<kStochastic>(x, c, u, packed, xq);
+    reinterpret_cast<uint2*>(p.data)[b] = make_uint2(packed[0], packed[1]);
+    p.scale[b] = c.scale;
   }
 }
 
 // Persistent grid of the flat kernel: as many CTAs as fit on the device at once.
-template <typename T, bool kStochastic, bool kHadamard, int kDepth>
-int flat_grid(int64_t n_blocks) {
+template <typename T, bool kStochastic, bool kHadamard>
+void launch_flat(const NVFP4QuantizeParams& p, cudaStream_t stream) {
   static int ctas = 0;  // per instantiation; the device does not change under one process's kernels
   if (ctas == 0) {
     int dev = 0, sms = 132, per_sm = 1;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, quantize_flat_kernel<T, kStochastic, kHadamard, kDepth>, kFlatThreads, 0);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, quantize_flat_kernel<T, kStochastic, kHadamard>,
+                                                  kFlatThreads, 0);
     ctas = sms * (per_sm > 0 ? per_sm : 1);
   }
-  const int64_t needed = (n_blocks + kFlatThreads - 1) / kFlatThreads;
-  return static_cast<int>(needed < ctas ? needed : ctas);
-}
-
-template <typename T, bool kStochastic, bool kHadamard, int kDepth>
-void launch_flat(const NVFP4QuantizeParams& p, cudaStream_t stream) {
-  const int ctas = flat_grid<T, kStochastic, kHadamard, kDepth>(p.rows * (p.k / kBlock));
-  quantize_flat_kernel<T, kStochastic, kHadamard, kDepth><<<ctas, kFlatThreads, 0, stream>>>(p);
-}
-
-// TEMPORARY sweep knob (LONGLIVE_QUANT_DEPTH = 1..4), removed once the depth is chosen on the GPU.
-inline int flat_depth() {
-  static int d = [] {
-    const char* e = getenv("LONGLIVE_QUANT_DEPTH");
-    return e ? atoi(e) : 2;
-  }();
-  return d;
+  const int64_t needed = (p.rows * (p.k / kBlock) + kFlatThreads - 1) / kFlatThreads;
+  const int grid = static_cast<int>(needed < ctas ? needed : ctas);
+  quantize_flat_kernel<T, kStochastic, kHadamard><<<grid, kFlatThreads, 0, stream>>>(p);
 }
 
 template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
@@ -210,12 +184,7 @@ cudaError_t launch_quantize(const NVFP4QuantizeParams& p, dim3 grid, cudaStream_
   // Four Over Six keeps the row-tiled kernel: its two candidates needed ~110 registers in the flat,
   // prefetching one, whose occupancy then halved (measured slower on an H200).
   if (!kFourOverSix && !p.block_2d && p.stride_row == p.k) {
-    switch (flat_depth()) {
-      case 1: launch_flat<T, kStochastic, kHadamard, 1>(p, stream); break;
-      case 3: launch_flat<T, kStochastic, kHadamard, 3>(p, stream); break;
-      case 4: launch_flat<T, kStochastic, kHadamard, 4>(p, stream); break;
-      default: launch_flat<T, kStochastic, kHadamard, 2>(p, stream); break;
-    }
+    launch_flat<T, kStochastic, kHadamard>(p, stream);
   } else if (p.block_2d) {
     quantize_kernel<T, kFourOverSix, kStochastic, kHadamard, true><<<grid, kThreads, 0, stream>>>(p);
   } else {
