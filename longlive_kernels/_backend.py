@@ -23,6 +23,13 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def autotune_enabled() -> bool:
+    """False with ``LONGLIVE_AUTOTUNE=0``: autotuned Triton kernels launch one fixed config instead of
+    benchmarking their candidates per new shape (the GPU test suite sets it: hypothesis draws many
+    shapes, and tuning each one dominated the run)."""
+    return os.environ.get("LONGLIVE_AUTOTUNE", "1") != "0"
+
+
 def _probe_triton() -> bool:
     try:
         importlib.import_module("triton")

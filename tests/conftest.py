@@ -8,6 +8,9 @@ import pathlib
 _ROOT = str(pathlib.Path(__file__).resolve().parent.parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH", "")) if p)
 
+# One fixed config per Triton kernel instead of autotuning every shape hypothesis draws (benchmarks tune).
+os.environ.setdefault("LONGLIVE_AUTOTUNE", "0")
+
 if "TRITON_INTERPRET" not in os.environ:
     import torch
 

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import interpret_mode, resolve_backend
+from .._backend import autotune_enabled, interpret_mode, resolve_backend
 from . import reference
 
 # ---------------------------------------------------------------------------------------------
@@ -381,8 +381,9 @@ _KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM", "PLUS_ONE", "MOD_GRAD"]
 
 @functools.cache
 def _tuned(kernel, bwd: bool):
-    """The kernel wrapped in autotune (GPU); None in the interpreter (one config, no autotune)."""
-    if interpret_mode():
+    """The kernel wrapped in autotune (GPU); None in the interpreter or with autotuning off (one
+    config)."""
+    if interpret_mode() or not autotune_enabled():
         return None
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
 

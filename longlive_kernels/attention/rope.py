@@ -25,7 +25,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import interpret_mode, resolve_backend
+from .._backend import autotune_enabled, interpret_mode, resolve_backend
 from . import reference
 
 # ---------------------------------------------------------------------------------------------
@@ -346,8 +346,9 @@ _KEY = ["NH", "D", "size_class", "NORM_Q", "NORM_K"]  # size_class: a tuning per
 
 @functools.cache
 def _tuned(kernel, bwd: bool):
-    """The kernel wrapped in autotune (GPU); None in the interpreter (one config, no autotune)."""
-    if interpret_mode():
+    """The kernel wrapped in autotune (GPU); None in the interpreter or with autotuning off (one
+    config)."""
+    if interpret_mode() or not autotune_enabled():
         return None
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
 

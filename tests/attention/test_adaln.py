@@ -454,7 +454,8 @@ _E = torch.randn(2, 2, 8)
         (lambda: adaln_modulate(_X.int(), _E, _E, frame_len=3), TypeError, "x must have dtype"),
         (lambda: adaln_modulate(_X, _E.long(), _E, frame_len=3), TypeError, "shift must have dtype"),
         (
-            lambda: adaln_modulate(_X.double(), _E, _E, frame_len=3, backend="triton"),
+            lambda: adaln_modulate(_X.double().to(TRITON_DEVICE), _E.to(TRITON_DEVICE), _E.to(TRITON_DEVICE),
+                                   frame_len=3, backend="triton"),
             TypeError,
             "x must have dtype",
         ),

@@ -385,7 +385,8 @@ _Q = torch.randn(1, 12, 2, 12)
         (lambda: apply_rope_3d(_Q[0], _Q[0], grid=(2, 2, 3)), ValueError, "q must have 4 dims"),
         (lambda: apply_rope_3d(_Q.int(), _Q, grid=(2, 2, 3)), TypeError, "q must have dtype"),
         (
-            lambda: apply_rope_3d(_Q.double(), _Q.double(), grid=(2, 2, 3), backend="triton"),
+            lambda: apply_rope_3d(_Q.double().to(TRITON_DEVICE), _Q.double().to(TRITON_DEVICE), grid=(2, 2, 3),
+                                  backend="triton"),
             TypeError,
             "dtype",
         ),
