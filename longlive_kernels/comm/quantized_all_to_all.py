@@ -38,6 +38,7 @@ from ..fp4.nvfp4_triton import (
     unpack_nibbles,
 )
 from ..fp4.quantize import _quantize_candidate
+from ..fp4.reference import div_rn
 from . import reference
 from .reference import FORMATS, payload_layout
 from .ulysses import (
@@ -563,7 +564,7 @@ def quantized_all_to_all(
         if tensor_scale == "group" and p > 1:
             # fp32 bits of non-negative floats order like int32: MAX of the bits is MAX of the values
             dist.all_reduce(amax_bits, op=dist.ReduceOp.MAX, group=group)
-        gs_all = list((amax_bits.view(torch.float32) / SCALE_RULES[scale_rule][1]).unbind(0))
+        gs_all = list(div_rn(amax_bits.view(torch.float32), SCALE_RULES[scale_rule][1]).unbind(0))
 
     layout = payload_layout(format, n, chunk_shape)
     send = torch.empty((p, layout.chunk_bytes), dtype=torch.uint8, device=x0.device)

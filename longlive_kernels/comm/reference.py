@@ -34,6 +34,7 @@ import torch
 
 from ..fp4 import reference as fp4_ref
 from ..fp4.format import BLOCK_SIZE, SCALE_RULES
+from ..fp4.reference import div_rn
 
 E4M3_MAX = 448.0
 FORMATS = ("nvfp4", "fp8")
@@ -85,7 +86,7 @@ def quantize_fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     mag = xf.abs()
     amax = torch.where(torch.isnan(mag), torch.full_like(mag, float("inf")), mag).amax(-1, keepdim=True)
-    scale = amax / E4M3_MAX
+    scale = div_rn(amax, E4M3_MAX)
     ok = torch.isfinite(scale) & (scale > 0)
     safe = torch.where(ok, scale, torch.ones_like(scale))
     codes = (xf / safe).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
@@ -232,7 +233,7 @@ def quantized_all_to_all_reference(
     p = len(inputs)
     denom = SCALE_RULES[scale_rule][1]
     amaxes = torch.stack([nvfp4_amax(x) for x in inputs])
-    gs = [amaxes.amax() / denom if tensor_scale == "group" else a / denom for a in amaxes]
+    gs = [div_rn(amaxes.amax(), denom) if tensor_scale == "group" else div_rn(a, denom) for a in amaxes]
     sent = [pack_tensor(x, p, scatter_dim, fmt=fmt, global_scale=gs[r], scale_rule=scale_rule)
             for r, x in enumerate(inputs)]
     chunk_shape = list(inputs[0].shape)

@@ -145,6 +145,16 @@ def random_hadamard_transform(x: torch.Tensor, mask: int) -> torch.Tensor:
     return y.reshape(x.shape)
 
 
+
+def div_rn(a: torch.Tensor, b: float) -> torch.Tensor:
+    """``a / b`` correctly rounded on every device (the spec's divisions by a constant).
+
+    torch on CUDA divides a tensor by a Python float as a multiply by the float's reciprocal, which
+    differs from the division in the last bit for some inputs; a 0-dim divisor tensor on ``a``'s
+    device takes the true division.
+    """
+    return a / torch.tensor(b, dtype=a.dtype, device=a.device)
+
 # ---------------------------------------------------------------------------------------------
 # Quantize / dequantize
 # ---------------------------------------------------------------------------------------------
@@ -205,13 +215,8 @@ def quantize(
     bamax = block_amax(xf, block_2d)
     _, denom = SCALE_RULES[scale_rule]
 
-    def const(v: float) -> torch.Tensor:
-        # A 0-dim tensor on x's device: on CUDA, torch divides by a Python float as a multiply by
-        # its reciprocal, which is not the correctly rounded division this spec requires.
-        return torch.tensor(v, dtype=torch.float32, device=xf.device)
-
     if global_scale is None:
-        gs = bamax.amax() / const(denom)
+        gs = div_rn(bamax.amax(), denom)
     else:
         gs = global_scale.to(device=xf.device, dtype=torch.float32).reshape(())
     poison = (bamax == _INF) | ~torch.isfinite(gs)
@@ -222,11 +227,11 @@ def quantize(
         u = uniform_from_philox(seed, offs)
 
     def candidate(target: float):
-        s = torch.clamp((bamax / const(target)) / gs, max=448.0)
+        s = torch.clamp(div_rn(bamax, target) / gs, max=448.0)
         s8 = e4m3_round(torch.nan_to_num(s, nan=0.0))
         sv = s8.float()
         d = sv * gs
-        v = blocks * (const(1.0) / d).unsqueeze(-1)
+        v = blocks * (torch.ones_like(d) / d).unsqueeze(-1)  # correctly rounded 1/d on every device
         codes = e2m1_round_rne(v) if u is None else e2m1_round_stochastic(v, u)
         dead = (d == 0) | poison | zero
         codes = torch.where(dead.unsqueeze(-1), torch.zeros_like(codes), codes)
@@ -337,7 +342,7 @@ def quantize_fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     mag = xf.abs()
     amax = torch.where(torch.isnan(mag), torch.full_like(mag, _INF), mag).amax(-1)
-    scale = torch.where(amax == 0, torch.ones_like(amax), amax / 448.0)
+    scale = torch.where(amax == 0, torch.ones_like(amax), div_rn(amax, 448.0))
     v = (xf / scale.unsqueeze(-1)).clamp(-448.0, 448.0)
     bits = v.to(torch.float8_e4m3fn).view(torch.uint8)
     bits = torch.where(torch.isnan(v), torch.full_like(bits, 0x7F), bits)  # one NaN code, as the GPU

@@ -18,6 +18,7 @@ from longlive_kernels.comm import UlyssesAttention, quantized_all_to_all, sdpa_a
 from longlive_kernels.comm import reference as ref
 from longlive_kernels.fp4 import NVFP4Tensor, dequantize_nvfp4, quantize_nvfp4
 from longlive_kernels.fp4.format import SCALE_RULES
+from longlive_kernels.fp4.reference import div_rn
 from longlive_kernels.testing import assert_bitwise_equal
 
 
@@ -191,7 +192,7 @@ def case_quantized(rank, p, device, backends, chk):
             x2, want_dense2 = _gathered(full2, rank, p, sd, gd)
             tag = f"[{be} sd={sd}]"
             for rule in ("static6", "four_over_six") if sd == 2 else ("static6",):
-                gs = ref.nvfp4_amax(full) / SCALE_RULES[rule][1]
+                gs = div_rn(ref.nvfp4_amax(full), SCALE_RULES[rule][1])
                 q = quantized_all_to_all(
                     x, scatter_dim=sd, gather_dim=gd, output="nvfp4", scale_rule=rule, backend=be
                 )
@@ -203,7 +204,7 @@ def case_quantized(rank, p, device, backends, chk):
                 chk.bitwise(q.global_scale, gs, f"{tag} global scale {rule}")
                 chk.true(q.shape == want_dense.shape and q.scale_rule == rule, f"{tag} NVFP4Tensor metadata")
             # dense output, group scale, fp32 destination → exactly dequantize_nvfp4
-            gs = ref.nvfp4_amax(full) / SCALE_RULES["static6"][1]
+            gs = div_rn(ref.nvfp4_amax(full), SCALE_RULES["static6"][1])
             dst = torch.empty(want_dense.shape, dtype=torch.float32, device=dev)
             quantized_all_to_all(x, scatter_dim=sd, gather_dim=gd, tensor_scale="group", out=dst, backend=be)
             deq = dequantize_nvfp4(
@@ -229,11 +230,11 @@ def case_quantized(rank, p, device, backends, chk):
             chk.bitwise(codes.view(torch.uint8), wc.view(torch.uint8), f"{tag} fp8 codes")
             chk.bitwise(sc, ws, f"{tag} fp8 scales")
             kq, vq = quantized_all_to_all((x, x2), scatter_dim=sd, gather_dim=gd, output="nvfp4", backend=be)
-            gs2 = ref.nvfp4_amax(full2) / SCALE_RULES["static6"][1]
+            gs2 = div_rn(ref.nvfp4_amax(full2), SCALE_RULES["static6"][1])
             wv = quantize_nvfp4(want_dense2, global_scale=gs2, backend="torch")
             chk.bitwise(vq.data, wv.data, f"{tag} (k, v) v data")
             chk.bitwise(vq.scale.view(torch.uint8), wv.scale.view(torch.uint8), f"{tag} (k, v) v scale")
-            chk.bitwise(kq.global_scale, ref.nvfp4_amax(full) / 2688.0, f"{tag} (k, v) k scale")
+            chk.bitwise(kq.global_scale, div_rn(ref.nvfp4_amax(full), 2688.0), f"{tag} (k, v) k scale")
         # strided input (a slice of a fused QKV tensor) into strided slices of an FP4 "cache"
         qkv = torch.stack([full, full2, full], dim=2)  # [B, S, 3, H, D]
         x = _shard(qkv, rank, p)[:, :, 1]

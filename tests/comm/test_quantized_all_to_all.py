@@ -20,6 +20,7 @@ from longlive_kernels.comm import UlyssesAttention, quantized_all_to_all, sdpa_a
 from longlive_kernels.comm import reference as ref
 from longlive_kernels.fp4 import dequantize_nvfp4, quantize_nvfp4
 from longlive_kernels.fp4.format import SCALE_RULES
+from longlive_kernels.fp4.reference import div_rn
 from longlive_kernels.testing import assert_bitwise_equal, triton_device
 
 qa2a = importlib.import_module("longlive_kernels.comm.quantized_all_to_all")  # the module, not the function
@@ -52,7 +53,7 @@ def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtyp
     amax = torch.cat(amax)
     if tensor_scale == "group":
         amax = amax.max().expand(p)
-    gs = amax.contiguous().view(torch.float32) / SCALE_RULES[rule][1]
+    gs = div_rn(amax.contiguous().view(torch.float32), SCALE_RULES[rule][1])
     chunk = list(xs[0].shape)
     chunk[sd] //= p
     lay = ref.payload_layout(fmt, 1, chunk)

@@ -376,3 +376,15 @@ def test_gpu_backends_bit_exact(rule, rounding, block_2d, hadamard, dtype):
         for out_dtype in (torch.bfloat16, torch.float32):
             assert_bitwise_equal(dequantize_nvfp4(ref_q, out_dtype, backend="torch"),
                                  dequantize_nvfp4(q, out_dtype, backend=be), f"dequant {be}")
+
+
+@pytest.mark.gpu
+def test_reference_divisions_are_correctly_rounded_on_cuda():
+    # torch on CUDA divides by a Python float as a multiply by its reciprocal; the references' spec
+    # divisions go through div_rn, which must equal the float64 quotient rounded once to fp32.
+    from longlive_kernels.fp4.reference import div_rn
+
+    x = torch.rand(1 << 16, device="cuda") * torch.exp2(torch.randint(-20, 20, (1 << 16,), device="cuda").float())
+    for d in (6.0, 448.0, 2688.0, 1536.0):
+        want = (x.double() / d).float()
+        assert_bitwise_equal(div_rn(x, d), want, f"div_rn by {d}")
