@@ -85,26 +85,26 @@ def _ours(variant, x, y, gate, shift, scale, w, b, frame_len, eps, backend):
     return gated_residual_layernorm(x, y, gate, w, b, frame_len=frame_len, eps=eps, backend=backend)
 
 
-def _truth(variant, x, y, gate, shift, scale, w, b, frame_len, eps):
-    """fp64 reference (longlive_kernels.attention.reference), differentiable."""
+def _truth(variant, x, y, gate, shift, scale, w, b, frame_len, eps, r_dtype):
+    """fp64 reference (longlive_kernels.attention.reference), differentiable. As the spec says, the
+    normalization of the fused residual variants reads r after its rounding to the activations'
+    dtype ``r_dtype`` (the cast is the identity for autograd)."""
     d = {
         k: (None if v is None else v.double())
         for k, v in {"x": x, "y": y, "g": gate, "s": shift, "c": scale, "w": w, "b": b}.items()
     }
     if variant == "adaln":
         return (ref.adaln_modulate(d["x"], d["s"], d["c"], frame_len=frame_len, eps=eps),)
+    r = ref.gated_residual(d["x"], d["y"], d["g"], frame_len=frame_len)
     if variant == "gated_residual":
-        return (ref.gated_residual(d["x"], d["y"], d["g"], frame_len=frame_len),)
+        return (r,)
+    r_read = r.to(r_dtype).double()
     if variant.startswith("residual_adaln"):
-        return ref.residual_layernorm_modulate(
-            d["x"], d["y"], d["g"], d["c"], d["s"], frame_len=frame_len, eps=eps
-        )
+        return r, ref.layernorm_modulate(r_read, d["c"], d["s"], frame_len=frame_len, eps=eps)
     n_frames = x.shape[1] // frame_len
     wv = d["w"].view(1, 1, -1).expand(x.shape[0], n_frames, -1)
     bv = d["b"].view(1, 1, -1).expand(x.shape[0], n_frames, -1)
-    return ref.residual_layernorm_modulate(
-        d["x"], d["y"], d["g"], wv, bv, frame_len=frame_len, eps=eps, plus_one=False
-    )
+    return r, ref.layernorm_modulate(r_read, wv, bv, frame_len=frame_len, eps=eps, plus_one=False)
 
 
 def _make_inputs(seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, device):
@@ -175,7 +175,7 @@ def _check_variant(
     ours_in, eager_in, truth_in = fresh(), fresh(), fresh(torch.float64)
     outs = _ours(variant, *ours_in, frame_len, eps, backend)
     eagers = _eager(variant, *eager_in, frame_len, eps)
-    truths = _truth(variant, *truth_in, frame_len, eps)
+    truths = _truth(variant, *truth_in, frame_len, eps, r_dtype=x.dtype)
     for i, (o, e_, t) in enumerate(zip(outs, eagers, truths)):
         assert o.dtype == x.dtype and o.is_contiguous()
         _assert_flash_rule(f"{variant} out{i}", o, t, e_, interp_bf16=interp_bf16)
@@ -208,6 +208,18 @@ def _check_variant(
     mod_dtype=st.sampled_from([torch.float32, torch.bfloat16]),
     strided=st.booleans(),
     mod_grad=st.booleans(),
+)
+@example(  # the fp64 truth once normalized the unrounded r; eager's double-rounded r landed closer
+    seed=258,
+    variant="residual_ln",
+    bsz=1,
+    n_frames=3,
+    frame_len=3,
+    c=24,
+    dtype=torch.float16,
+    mod_dtype=torch.bfloat16,
+    strided=False,
+    mod_grad=False,
 )
 @example(
     seed=3,
