@@ -55,6 +55,23 @@ def natural_key(name: str) -> list:
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
 
 
+def as_rgb_frames(frames) -> np.ndarray:
+    """``frames`` (numpy or torch) as a numpy uint8 [T, H, W, 3] array; ValueError otherwise."""
+    if isinstance(frames, torch.Tensor):
+        frames = frames.detach().cpu().numpy()
+    if (
+        not isinstance(frames, np.ndarray)
+        or frames.dtype != np.uint8
+        or frames.ndim != 4
+        or frames.shape[-1] != 3
+    ):
+        raise ValueError(
+            f"frames must be uint8 [T, H, W, 3], got {getattr(frames, 'dtype', type(frames).__name__)} "
+            f"{getattr(frames, 'shape', '')}"
+        )
+    return frames
+
+
 def write_video(
     path: str | os.PathLike, frames, fps: float, *, codec: str = "libx264", crf: int = 18
 ) -> None:
@@ -73,18 +90,7 @@ def write_video(
     """
     import av
 
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu().numpy()
-    if (
-        not isinstance(frames, np.ndarray)
-        or frames.dtype != np.uint8
-        or frames.ndim != 4
-        or frames.shape[-1] != 3
-    ):
-        raise ValueError(
-            f"frames must be uint8 [T, H, W, 3], got {getattr(frames, 'dtype', type(frames).__name__)} "
-            f"{getattr(frames, 'shape', '')}"
-        )
+    frames = as_rgb_frames(frames)
     t, h, w, _ = frames.shape
     if t == 0:
         raise ValueError("frames must contain at least one frame, got T=0")

@@ -29,6 +29,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from ..data.video_folder import as_rgb_frames
+
 __all__ = ["DECODE_MODES", "ChunkDecoder", "Mp4Writer", "to_uint8_frames"]
 
 DECODE_MODES = ("sync", "async")
@@ -111,18 +113,7 @@ class Mp4Writer:
 
         if self._closed:
             raise RuntimeError(f"Mp4Writer({self.path!r}) is closed")
-        if isinstance(frames, torch.Tensor):
-            frames = frames.numpy()
-        if (
-            not isinstance(frames, np.ndarray)
-            or frames.dtype != np.uint8
-            or frames.ndim != 4
-            or frames.shape[-1] != 3
-        ):
-            raise ValueError(
-                f"frames must be uint8 [T, H, W, 3], got {getattr(frames, 'dtype', type(frames))} "
-                f"{getattr(frames, 'shape', '')}"
-            )
+        frames = as_rgb_frames(frames)
         if self._container is None:
             self._open(frames.shape[1], frames.shape[2])
         for i, frame in enumerate(frames):
