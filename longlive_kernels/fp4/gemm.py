@@ -325,21 +325,27 @@ def _pick_config(m, n, k, a_nvfp4, mma_dtype, device, run) -> tuple:
     return cfg
 
 
+def _run_gluon(module, label, key, args):
+    """``module.gemm(*args)``, or None (with one warning per ``key``) when it fails to compile or
+    launch: the caller then takes the portable Triton kernel."""
+    if key in _HOPPER_FAILED:
+        return None
+    try:
+        return module.gemm(*args)
+    except Exception as exc:  # noqa: BLE001 - a compile failure falls back to the portable kernel
+        _HOPPER_FAILED.add(key)
+        warnings.warn(f"nvfp4_gemm: {label} Gluon kernel unavailable ({type(exc).__name__}: {exc}); "
+                      "using the portable Triton kernel", RuntimeWarning, stacklevel=4)
+        return None
+
+
 def _try_hopper(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4):
     """The Gluon Hopper kernel when it applies (large M, TMA-friendly operands), else None."""
     if (_hopper is None or not _HOPPER_ENABLED or a.shape[0] <= SPLIT_K_MAX_M or interpret_mode()
             or not _hopper.supported(a, a_nvfp4, b_data, out_dtype)):
         return None
-    key = (a_nvfp4, a.dtype, out_dtype, bias is not None)
-    if key in _HOPPER_FAILED:
-        return None
-    try:
-        return _hopper.gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4)
-    except Exception as exc:  # noqa: BLE001 - a compile failure falls back to the portable kernel
-        _HOPPER_FAILED.add(key)
-        warnings.warn(f"nvfp4_gemm: Hopper Gluon kernel unavailable ({type(exc).__name__}: {exc}); "
-                      "using the portable Triton kernel", RuntimeWarning, stacklevel=3)
-        return None
+    return _run_gluon(_hopper, "Hopper", (a_nvfp4, a.dtype, out_dtype, bias is not None),
+                      (a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4))
 
 
 def _try_gemv(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, force=False):
@@ -347,16 +353,8 @@ def _try_gemv(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4,
     if _gemv is None or not (force or _GEMV_ENABLED) or interpret_mode() or not _gemv.supported(
             a, a_nvfp4, b_data, out_dtype):
         return None
-    key = ("gemv", a_nvfp4, a.dtype, out_dtype, bias is not None)
-    if key in _HOPPER_FAILED:
-        return None
-    try:
-        return _gemv.gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4)
-    except Exception as exc:  # noqa: BLE001 - a compile failure falls back to the portable kernel
-        _HOPPER_FAILED.add(key)
-        warnings.warn(f"nvfp4_gemm: small-M Gluon kernel unavailable ({type(exc).__name__}: {exc}); "
-                      "using the portable Triton kernel", RuntimeWarning, stacklevel=3)
-        return None
+    return _run_gluon(_gemv, "small-M", ("gemv", a_nvfp4, a.dtype, out_dtype, bias is not None),
+                      (a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4))
 
 
 def _gemm_triton(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, portable=False,
