@@ -38,7 +38,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from .gemm_hopper import _scale_pairs
+from .gemm_hopper import _scale_pairs, decode_bf16_ptx, decode_fp16_ptx
 
 MAX_M = 64  # largest M this kernel is used for
 
@@ -51,44 +51,8 @@ MAX_M = 64  # largest M this kernel is used for
 # of them. inline_asm_elementwise sees the word broadcast over its 8 elements (pack=8: operands
 # $4..$11 are copies of the word, $12..$19 of the scale pair) and returns the 8 elements as the four
 # bf16x2/f16x2 registers $0..$3 (byte i → elements 2i, 2i+1), which are the MMA operand registers.
-_WORD_BF16 = gl.constexpr("""
-{
-.reg .b32 l, h, x, u, v;
-and.b32 l, $4, 0x0F0F0F0F;
-shr.u32 h, $4, 4;
-and.b32 h, h, 0x0F0F0F0F;
-prmt.b32 x, l, h, 0x8480; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $0, x, $12;
-prmt.b32 x, l, h, 0x9591; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $1, x, $12;
-prmt.b32 x, l, h, 0xA6A2; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $2, x, $12;
-prmt.b32 x, l, h, 0xB7B3; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $3, x, $12;
-}
-""")
-
-_WORD_FP16 = gl.constexpr("""
-{
-.reg .b32 t, e0, e1, q0, q1;
-.reg .b16 c0, c1, c2, c3;
-and.b32 t, $4, 0x07070707;
-shl.b32 t, t, 2;
-shl.b32 e0, $4, 4;
-lop3.b32 e0, t, e0, 0x80808080, 0xF8;
-and.b32 t, $4, 0x70707070;
-shr.u32 t, t, 2;
-lop3.b32 e1, t, $4, 0x80808080, 0xF8;
-prmt.b32 q0, e0, e1, 0x5140;
-prmt.b32 q1, e0, e1, 0x7362;
-mov.b32 {c0, c1}, q0;
-mov.b32 {c2, c3}, q1;
-cvt.rn.f16x2.e4m3x2 $0, c0;
-cvt.rn.f16x2.e4m3x2 $1, c1;
-cvt.rn.f16x2.e4m3x2 $2, c2;
-cvt.rn.f16x2.e4m3x2 $3, c3;
-mul.rn.f16x2 $0, $0, $12;
-mul.rn.f16x2 $1, $1, $12;
-mul.rn.f16x2 $2, $2, $12;
-mul.rn.f16x2 $3, $3, $12;
-}
-""")
+_WORD_BF16 = gl.constexpr(decode_bf16_ptx(("$12",) * 4))
+_WORD_FP16 = gl.constexpr(decode_fp16_ptx(("$12",) * 4))
 _WORD_CONSTRAINTS = gl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 16))
 
 # The K permutation (module docstring): the permutes that bring the decoded weight words and the

@@ -56,48 +56,36 @@ NUM_WARPS = 8
 # bits 6-8 and 12-14 (mask 0x71C0) and X<<12 elsewhere; the scale pair carries s·2^118.
 # PRMT builds X_j = (lo nibble of byte j) | (hi nibble of byte j) << 16 from L = q & 0x0F0F0F0F and
 # H = (q >> 4) & 0x0F0F0F0F; selector nibbles 8|j copy the (zero) sign bit of an L byte → 0x00.
-_DECODE_BF16 = gl.constexpr("""
-{
-.reg .b32 l, h, x, u, v;
-and.b32 l, $4, 0x0F0F0F0F;
-shr.u32 h, $4, 4;
-and.b32 h, h, 0x0F0F0F0F;
-prmt.b32 x, l, h, 0x8480; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $0, x, $5;
-prmt.b32 x, l, h, 0x9591; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $1, x, $6;
-prmt.b32 x, l, h, 0xA6A2; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $2, x, $7;
-prmt.b32 x, l, h, 0xB7B3; shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 $3, x, $8;
-}
-""")
+def decode_bf16_ptx(scales: tuple[str, str, str, str]) -> str:
+    """The bf16 decode of the packed word ``$4`` into ``$0..$3``, byte j scaled by ``scales[j]``."""
+    sel = ("0x8480", "0x9591", "0xA6A2", "0xB7B3")
+    rows = "".join(
+        f"prmt.b32 x, l, h, {sel[j]}; shl.b32 u, x, 6; shl.b32 v, x, 12; "
+        f"lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 ${j}, x, {scales[j]};\n"
+        for j in range(4)
+    )
+    return ("\n{\n.reg .b32 l, h, x, u, v;\nand.b32 l, $4, 0x0F0F0F0F;\nshr.u32 h, $4, 4;\n"
+            "and.b32 h, h, 0x0F0F0F0F;\n" + rows + "}\n")
+
+
+_DECODE_BF16 = gl.constexpr(decode_bf16_ptx(("$5", "$6", "$7", "$8")))
 
 # fp16: each nibble becomes the E4M3 byte sign<<7 | mag<<2 (= e2m1·2^-6, exact; lanes built with one
 # LOP3 each), PRMT interleaves the low/high-nibble bytes of 2 packed bytes, and the hardware
 # cvt.rn.f16x2.e4m3x2 widens 2 elements per instruction; the scale pair carries s·2^6, so the decoded
 # value is exactly e2m1·s (no 2^-8 factor on this path).
-_DECODE_FP16 = gl.constexpr("""
-{
-.reg .b32 t, e0, e1, p0, p1;
-.reg .b16 h0, h1, h2, h3;
-and.b32 t, $4, 0x07070707;
-shl.b32 t, t, 2;
-shl.b32 e0, $4, 4;
-lop3.b32 e0, t, e0, 0x80808080, 0xF8;
-and.b32 t, $4, 0x70707070;
-shr.u32 t, t, 2;
-lop3.b32 e1, t, $4, 0x80808080, 0xF8;
-prmt.b32 p0, e0, e1, 0x5140;
-prmt.b32 p1, e0, e1, 0x7362;
-mov.b32 {h0, h1}, p0;
-mov.b32 {h2, h3}, p1;
-cvt.rn.f16x2.e4m3x2 $0, h0;
-cvt.rn.f16x2.e4m3x2 $1, h1;
-cvt.rn.f16x2.e4m3x2 $2, h2;
-cvt.rn.f16x2.e4m3x2 $3, h3;
-mul.rn.f16x2 $0, $0, $5;
-mul.rn.f16x2 $1, $1, $6;
-mul.rn.f16x2 $2, $2, $7;
-mul.rn.f16x2 $3, $3, $8;
-}
-""")
+def decode_fp16_ptx(scales: tuple[str, str, str, str]) -> str:
+    """The fp16 decode of the packed word ``$4`` into ``$0..$3``, byte j scaled by ``scales[j]``."""
+    return ("\n{\n.reg .b32 t, e0, e1, p0, p1;\n.reg .b16 h0, h1, h2, h3;\n"
+            "and.b32 t, $4, 0x07070707;\nshl.b32 t, t, 2;\nshl.b32 e0, $4, 4;\n"
+            "lop3.b32 e0, t, e0, 0x80808080, 0xF8;\nand.b32 t, $4, 0x70707070;\nshr.u32 t, t, 2;\n"
+            "lop3.b32 e1, t, $4, 0x80808080, 0xF8;\nprmt.b32 p0, e0, e1, 0x5140;\n"
+            "prmt.b32 p1, e0, e1, 0x7362;\nmov.b32 {h0, h1}, p0;\nmov.b32 {h2, h3}, p1;\n"
+            + "".join(f"cvt.rn.f16x2.e4m3x2 ${j}, h{j};\n" for j in range(4))
+            + "".join(f"mul.rn.f16x2 ${j}, ${j}, {scales[j]};\n" for j in range(4)) + "}\n")
+
+
+_DECODE_FP16 = gl.constexpr(decode_fp16_ptx(("$5", "$6", "$7", "$8")))
 
 # log2 of the factor the decoded operand values carry (undone in the epilogue), per operand dtype.
 BF16_OPERAND_EXP = 8
