@@ -10,20 +10,13 @@ import torch
 from longlive.train.config import RunConfig
 from longlive_kernels.testing import rel_err
 
+from .test_trainer import TINY
+
 
 def _cfg(tmp, *, sp=1, layout="balanced", fsdp="false", kind="procedural", linear="bf16"):
     return RunConfig.from_dict(
         {
-            "model": {
-                "preset": "tiny",
-                "num_layers": 2,
-                "dim": 64,
-                "num_heads": 2,
-                "ffn_dim": 128,
-                "latent_size": [4, 4],
-                "text_len": 8,
-                "ar": {"chunk_frames": 2},
-            },
+            "model": dict(TINY),
             "train": {
                 "steps": 2,
                 "batch_size": 2,
