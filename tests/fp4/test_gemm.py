@@ -578,13 +578,12 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=t
     return compiled, bindir
 
 
-def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfloat16") -> dict:
-    """Compile, run ptxas -v and cuobjdump; returns what the test checks (run in a subprocess)."""
+def _ptxas_and_sass(compiled, bindir: str) -> tuple[str, str]:
+    """(``ptxas -v`` report for sm_90a, ``cuobjdump -sass`` text) of a compiled Triton/Gluon kernel."""
     import os
     import subprocess
     import tempfile
 
-    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, getattr(torch, out), getattr(torch, x_dtype))
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "k.ptx"), "w") as f:
             f.write(compiled.asm["ptx"])
@@ -594,6 +593,31 @@ def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfl
             f.write(compiled.asm["cubin"])
         sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", os.path.join(d, "k.cubin")],
                               capture_output=True, text=True, check=False).stdout
+    return info, sass
+
+
+def _report_in_fresh_process(call: str) -> dict:
+    """``tests.fp4.test_gemm.<call>`` run in a new interpreter without TRITON_INTERPRET (the CPU
+    interpreter patches triton.language process-wide); its JSON result."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = f"import json, tests.fp4.test_gemm as t; print(json.dumps(t.{call}))"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfloat16") -> dict:
+    """Compile, run ptxas -v and cuobjdump; returns what the test checks (run in a subprocess)."""
+
+    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, getattr(torch, out), getattr(torch, x_dtype))
+    info, sass = _ptxas_and_sass(compiled, bindir)
     hgmma = [i for i in _sass_instructions(sass) if i[1].startswith("HGMMA")]
     return {"ptxas": info, "wgmma": f"HGMMA.64x{bt}x16.F32" in sass, "smem": compiled.metadata.shared,
             "register_a": sum(1 for _, _, args in hgmma if len(args) > 1 and args[1].startswith("R")),
@@ -609,21 +633,10 @@ def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out):
     overwritten while the wgmma runs (operands come from shared memory; the SASS walk finds no
     hazard). Compiled in a fresh process: Triton's CPU interpreter (used by the other tests)
     patches triton.language process-wide."""
-    import json
-    import os
-    import subprocess
-    import sys
 
     x_nvfp4 = x_kind == "nvfp4"
     x_dtype = "bfloat16" if x_nvfp4 else x_kind
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json, tests.fp4.test_gemm as t; "
-            f"print(json.dumps(t._hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r})))")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _report_in_fresh_process(f"_hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r})")
     assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
     assert "serialized" not in report["ptxas"], report["ptxas"]
     assert report["wgmma"]
@@ -640,8 +653,6 @@ def _gemv_compile_report(x_nvfp4: bool, bm: int, rt: int, kt: int, split: int, o
     what the test checks (run in a subprocess)."""
     import os
     import re
-    import subprocess
-    import tempfile
 
     import triton
     from triton.backends.compiler import GPUTarget
@@ -666,15 +677,7 @@ def _gemv_compile_report(x_nvfp4: bool, bm: int, rt: int, kt: int, split: int, o
     src = GluonASTSource(fn=gv._gemv_kernel, signature=sig, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": gv.NUM_WARPS})
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as d:
-        with open(os.path.join(d, "k.ptx"), "w") as f:
-            f.write(compiled.asm["ptx"])
-        info = subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o",
-                               os.path.join(d, "k.o")], capture_output=True, text=True, check=False).stderr
-        with open(os.path.join(d, "k.cubin"), "wb") as f:
-            f.write(compiled.asm["cubin"])
-        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", os.path.join(d, "k.cubin")],
-                              capture_output=True, text=True, check=False).stdout
+    info, sass = _ptxas_and_sass(compiled, bindir)
     ins = _sass_instructions(sass)
     loop = []
     for addr, op_, args in ins:  # the main loop: from the target of the first backward branch to it
@@ -698,20 +701,10 @@ def test_gemv_kernel_compiles_for_sm90a(cfg):
     registers only (the reshape/permute of the loaded words reach the mma.sync operand layouts without
     shared memory: ``assert_trivial`` conversions compile), issues mma.sync (HMMA: RT·(BM/8)·(KT/4) per
     warp and k-step) and, with 16-divisible strides, loads weights with 16-byte (KT=32) vectors."""
-    import json
-    import os
-    import subprocess
-    import sys
 
     x_nvfp4, bm, rt, kt, split, op, even_k = cfg
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json, tests.fp4.test_gemm as t; "
-            f"print(json.dumps(t._gemv_compile_report({x_nvfp4}, {bm}, {rt}, {kt}, {split}, {op!r}, {even_k})))")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _report_in_fresh_process(
+        f"_gemv_compile_report({x_nvfp4}, {bm}, {rt}, {kt}, {split}, {op!r}, {even_k})")
     assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
     assert not report["local"]
     assert report["hmma_in_loop"] == rt * (bm // 8) * (kt // 4), report
