@@ -283,6 +283,40 @@ def autotune_choices() -> str:
     return "\n".join(lines)
 
 
+def profile(quick: bool = False, iters: int = 20) -> str:
+    """Per-kernel GPU time of our forward and backward of every case (torch.profiler), to see
+    which launches a row's time goes to."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cases = _adaln_cases(7040) + _rope_cases() + ([] if quick else _adaln_cases(56320))
+    lines = []
+    for case in cases:
+        leaves = [t for t in case.inputs.values() if t.requires_grad]
+        outs = _as_tuple(case.ours(**case.inputs))
+        grads = [torch.randn_like(o) for o in outs]
+        for pass_ in ("fwd", "bwd"):
+            def step():
+                if pass_ == "fwd":
+                    with torch.no_grad():
+                        case.ours(**case.inputs)
+                else:
+                    torch.autograd.grad(outs, leaves, grads, retain_graph=True)
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(iters):
+                    step()
+                torch.cuda.synchronize()
+            kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+            total = sum(e.device_time_total for e in kernels) / iters
+            lines.append(f"{case.name} {case.shape} {pass_}: {total:.1f} us of kernels per call")
+            for e in sorted(kernels, key=lambda e: -e.device_time_total):
+                lines.append(f"    {e.device_time_total / iters:8.1f} us  x{e.count // iters}  {e.key[:90]}")
+    return "\n".join(lines)
+
+
 def run(quick: bool = False) -> list[dict]:
     copy = copy_bandwidth_gbs()
     torch._dynamo.config.cache_size_limit = 64
@@ -364,8 +398,12 @@ def test_bench_rope_fwd_bwd(benchmark, case_index):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the 7040-token shapes")
+    ap.add_argument("--profile", action="store_true", help="per-kernel times instead of the table")
     args = ap.parse_args()
     print(device_header())
+    if args.profile:
+        print(profile(args.quick))
+        raise SystemExit(0)
     result = run(args.quick)
     print(f"device-to-device copy: {result[0]['copy']:.0f} GB/s (read + write)\n")
     print(to_markdown(result))

@@ -91,6 +91,7 @@ def _fp8_gemm_kernel(
     stride_om,
     HAS_BIAS: tl.constexpr,
     DOT_F32: tl.constexpr,
+    PROMOTE: tl.constexpr,  # FP8 products summed in the tensor core's accumulator before an fp32 add
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -117,7 +118,7 @@ def _fp8_gemm_kernel(
         if DOT_F32:
             acc = tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a, tl.trans(b), acc)
+            acc = tl.dot(a, tl.trans(b), acc, max_num_imprecise_acc=PROMOTE)
     m_mask = offs_m < M
     n_mask = offs_n < N
     acc = acc * tl.load(a_scale_ptr + offs_m, mask=m_mask, other=0.0)[:, None]
@@ -146,6 +147,12 @@ def _quantize_triton(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(torch.float8_e4m3fn), scale
 
 
+# Hopper's FP8 MMA accumulates with ~13 mantissa bits, truncating (DeepSeek-V3 §3.5.2; SageAttention2
+# measured FP22). Triton's default on sm_90 never promotes, so the error grows with K (1e-3 relative at
+# K = 3072); promoting to an fp32 register sum after every BK = 128 products (DeepGEMM's interval)
+# bounds it by ~(BK/32 + 1)·2^-13 whatever K is. None = Triton's default (for measurements).
+FP8_PROMOTE_EVERY: int | None = 128
+
 # (BM, BN, BK, warps, stages) for the Triton FP8 GEMM on Hopper; the interpreter uses the first.
 _FP8_CONFIGS = [(128, 256, 128, 8, 3), (128, 128, 128, 4, 4), (256, 128, 128, 8, 3), (64, 128, 128, 4, 4)]
 _FP8_TUNED: dict[tuple, tuple] = {}
@@ -164,6 +171,7 @@ def _gemm_triton(a, a_scale, b, b_scale, bias, out_dtype):
         _fp8_gemm_kernel[grid](
             a, b, a_scale, b_scale, bias_in if bias_in is not None else a_scale, out, m, n, k,
             a.stride(0), b.stride(0), out.stride(0), HAS_BIAS=bias is not None, DOT_F32=interp,
+            PROMOTE=min(bk, FP8_PROMOTE_EVERY) if FP8_PROMOTE_EVERY else None,
             BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=w, num_stages=s,
         )
 
@@ -192,14 +200,34 @@ def _scaled_mm_works(device_index: int) -> bool:
     return cap >= (8, 9) and hasattr(torch, "_scaled_mm")
 
 
+def _scaled_mm_by_default(backend: str, dev: torch.device, k: int, n: int, out_dtype: torch.dtype) -> bool:
+    """cuBLAS unless the output is wider than its bf16 (it would round an fp32 request to bf16)."""
+    return (backend == "triton" and dev.type == "cuda" and not interpret_mode() and k % 16 == 0 and n % 16 == 0
+            and out_dtype == torch.bfloat16 and _scaled_mm_works(dev.index or 0))
+
+
+# (M, N, K, device) that cuBLAS has no row-wise FP8 algorithm for (CUBLAS_STATUS_NOT_SUPPORTED from its
+# heuristic, e.g. M = 64, K = 20480, N = 256 on an H200): those run the Triton kernel.
+_SCALED_MM_UNSUPPORTED: set[tuple[int, int, int, int]] = set()
+
+
 def _gemm_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
-    """cuBLAS row-wise scaled FP8 GEMM (``torch._scaled_mm``, fast accumulation), bf16 output."""
-    out = torch._scaled_mm(
-        a, b.t(), scale_a=a_scale.reshape(-1, 1), scale_b=b_scale.reshape(1, -1),
-        bias=bias.to(torch.bfloat16) if bias is not None else None, out_dtype=torch.bfloat16,
-        use_fast_accum=True,
-    )
-    return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
+    """cuBLAS row-wise scaled FP8 GEMM (``torch._scaled_mm``, fast accumulation), bf16 output;
+    the Triton kernel for shapes cuBLAS does not support."""
+    key = (a.shape[0], b.shape[0], a.shape[1], a.device.index)
+    if key not in _SCALED_MM_UNSUPPORTED:
+        try:
+            out = torch._scaled_mm(
+                a, b.t(), scale_a=a_scale.reshape(-1, 1), scale_b=b_scale.reshape(1, -1),
+                bias=bias.to(torch.bfloat16) if bias is not None else None, out_dtype=torch.bfloat16,
+                use_fast_accum=True,
+            )
+            return out if out_dtype == torch.bfloat16 else out.to(out_dtype)
+        except RuntimeError as exc:  # a host-side heuristic failure: nothing was launched
+            if "NOT_SUPPORTED" not in str(exc):
+                raise
+            _SCALED_MM_UNSUPPORTED.add(key)
+    return _gemm_triton(a, a_scale, b, b_scale, bias.contiguous() if bias is not None else None, out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +330,8 @@ def fp8_gemm(
     use_scaled_mm : bool, optional
         Use cuBLAS through ``torch._scaled_mm`` (row-wise scales, fast accumulation, bf16 output
         then cast). Default: on CUDA devices with FP8 support (sm_89+) when K and N are multiples
-        of 16; otherwise the Triton kernel.
+        of 16 and ``out_dtype`` is bf16; otherwise the Triton kernel (fp32 partial sums promoted
+        every 128 products, see ``FP8_PROMOTE_EVERY``), which also runs the shapes cuBLAS rejects.
     backend : {"auto", "triton", "torch"}
 
     Returns
@@ -341,8 +370,7 @@ def fp8_gemm(
     dev = _checks.check_same_device(a=a, b=b, a_scale=a_scale, b_scale=b_scale, bias=bias)
     be = resolve_backend(backend, dev, op="fp8_gemm", supported=("triton", "torch"), prefer=("triton",))
     if use_scaled_mm is None:
-        use_scaled_mm = (be == "triton" and dev.type == "cuda" and not interpret_mode() and k % 16 == 0
-                         and n % 16 == 0 and _scaled_mm_works(dev.index or 0))
+        use_scaled_mm = _scaled_mm_by_default(be, dev, k, n, out_dtype)
     a2 = a.reshape(-1, k)
     if a2.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
@@ -364,7 +392,7 @@ for _cfg in _FP8_CONFIGS[:2]:
         signature={"a_ptr": "*fp8e4nv", "b_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32",
                    "bias_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
                    "stride_am": "i32", "stride_bn": "i32", "stride_om": "i32"},
-        constexprs={"HAS_BIAS": True, "DOT_F32": False, "BM": _cfg[0], "BN": _cfg[1], "BK": _cfg[2],
+        constexprs={"HAS_BIAS": True, "DOT_F32": False, "PROMOTE": _cfg[2], "BM": _cfg[0], "BN": _cfg[1], "BK": _cfg[2],
                     "GROUP_M": 8},
         options={"num_warps": _cfg[3], "num_stages": _cfg[4]},
         expect_wgmma=True,

@@ -33,7 +33,7 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import interpret_mode, resolve_backend
 from . import reference
-from .fp8 import _e4m3_signed_code, _scaled_mm_works
+from .fp8 import _e4m3_signed_code, _scaled_mm_by_default
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
 from .fp8 import _gemm_triton as _fp8_gemm_triton
 from .gemm import _direct_call_ok
@@ -190,8 +190,8 @@ def fp8_linear(
     out_dtype : {torch.bfloat16, torch.float16, torch.float32}, optional
         Default: ``x``'s dtype, bf16 for fp32/fp8 ``x``.
     use_scaled_mm : bool, optional
-        cuBLAS through ``torch._scaled_mm`` (default on sm_89+ when K and N are multiples of 16), else
-        the Triton FP8 kernel of ``fp8.py``.
+        cuBLAS through ``torch._scaled_mm`` (default on sm_89+ when K and N are multiples of 16 and
+        ``out_dtype`` is bf16), else the Triton FP8 kernel of ``fp8.py``.
     backend : {"auto", "triton", "torch"}
 
     Returns
@@ -243,8 +243,7 @@ def fp8_linear(
     dev = _checks.check_same_device(x=x, w=w, w_scale=w_scale, x_scale=x_scale, bias=bias)
     be = resolve_backend(backend, dev, op="fp8_linear", supported=("triton", "torch"), prefer=("triton",))
     if use_scaled_mm is None:
-        use_scaled_mm = (be == "triton" and dev.type == "cuda" and not interpret_mode() and k % 16 == 0
-                         and n % 16 == 0 and _scaled_mm_works(dev.index or 0))
+        use_scaled_mm = _scaled_mm_by_default(be, dev, k, n, out_dtype)
     x2d = x.reshape(-1, k)
     if x2d.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
