@@ -28,6 +28,7 @@ import triton.language as tl
 from .. import _checks
 from .._aot import register_aot
 from .._backend import autotune_enabled, interpret_mode, resolve_backend
+from .partial_sums import sum_partials
 from . import reference
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +374,8 @@ _FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w)
                 for w, s, p in ((4, 3, 4), (4, 4, 3), (4, 3, 6), (8, 3, 3), (8, 4, 2), (16, 4, 2))]
 _BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
                 for w, s, p, r in ((8, 3, 2, None), (8, 4, 2, None), (8, 3, 3, 80), (4, 3, 3, None),
-                                   (4, 3, 2, None), (4, 4, 3, None), (8, 3, 4, None))]
+                                   (4, 3, 2, None), (4, 4, 3, None), (8, 3, 4, None), (4, 3, 6, None),
+                                   (4, 4, 4, None), (4, 2, 8, None))]
 _INTERPRETER_CONFIG = {"PROGS_PER_SM": 2, "STAGES": 3}
 # size_class: a tuning per power of 2 of B·L; MOD_GRAD (backward only) is skipped by the forward
 _KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM", "PLUS_ONE", "MOD_GRAD"]
@@ -494,9 +496,12 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, m
     meta = {"NORM": norm, "RESIDUAL": residual, "GATED": gated, "PLUS_ONE": plus_one,
             "MOD_GRAD": mod_grad and n_acc > 0, **_col_tiles(c)}
     n_used = _launch(_residual_norm_bwd_kernel, True, frame_len, n_frames, bsz, dev, args, meta)
-    # separate tensors (op outputs may not alias each other)
-    sums = ([part[i, :, :, :n_used].sum(dim=2, dtype=acc_dtype) for i in range(n_acc)]
-            if mod_grad and n_acc else None)
+    sums = None
+    if mod_grad and n_acc:
+        # separate tensors (op outputs may not alias each other), summed in one launch
+        sums = [torch.empty((bsz, n_frames, c), dtype=acc_dtype, device=dev) for _ in range(n_acc)]
+        sum_partials(part, sums, n_rows=n_used, rows_inner=n_used, outer_stride=0, group_stride=p_max * c,
+                     acc_stride=bsz * n_frames * p_max * c)
     return (dx if norm else None), (dy if gated else None), sums
 
 

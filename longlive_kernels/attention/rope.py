@@ -27,6 +27,7 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import autotune_enabled, interpret_mode, resolve_backend
 from . import reference
+from .partial_sums import sum_partials
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -479,8 +480,14 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, rstd, grid_fhw, frame_offset, theta):
             (bsz * n_tok).bit_length())
     n_used = _launch(_rope_bwd_kernel, True, n_tok, bsz, gq.device, args,
                    dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(gq)))
-    dwq = part[0, :, :n_used].sum(dim=(0, 1)) if wq is not None else None
-    dwk = part[1, :, :n_used].sum(dim=(0, 1)) if wk is not None else None
+    if not norm:
+        return dq, dk, None, None
+    n = nh * d
+    dwq = torch.empty(n, dtype=torch.float32, device=gq.device) if wq is not None else None
+    dwk = torch.empty(n, dtype=torch.float32, device=gq.device) if wk is not None else None
+    planes = part if wq is not None else part[1:]  # the first plane summed is wq's, or wk's alone
+    sum_partials(planes, [w for w in (dwq, dwk) if w is not None], n_rows=bsz * n_used, rows_inner=n_used,
+                 outer_stride=p_max * n, group_stride=0, acc_stride=bsz * p_max * n)
     return dq, dk, dwq, dwk
 
 
