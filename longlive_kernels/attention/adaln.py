@@ -14,7 +14,9 @@ programs of a latent frame take its rows round-robin (adjacent rows in flight to
 frame's modulation vectors in registers, and software-pipeline the row loads (cp.async, several
 rows in flight per program); statistics and products in fp32, one rounding at the store. The
 backward writes per-program partial sums of the per-frame gradients (dscale, dshift, dgate),
-summed by one small torch reduction afterwards (deterministic, no atomics).
+summed by one small kernel afterwards (``partial_sums.py``: deterministic, no atomics). The plain
+gated residual's backward has no row reduction and its own 2-D-tiled kernel
+(``gated_residual_bwd.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import triton.language as tl
 from .. import _checks
 from .._aot import register_aot
 from .._backend import autotune_enabled, interpret_mode, resolve_backend
+from .gated_residual_bwd import gated_residual_backward
 from .partial_sums import sum_partials
 from . import reference
 
@@ -499,7 +502,7 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, m
     sums = None
     if mod_grad and n_acc:
         # separate tensors (op outputs may not alias each other), summed in one launch
-        sums = [torch.empty((bsz, n_frames, c), dtype=acc_dtype, device=dev) for _ in range(n_acc)]
+        sums = [_new_out((bsz, n_frames, c), acc_dtype, dev) for _ in range(n_acc)]
         sum_partials(part, sums, n_rows=n_used, rows_inner=n_used, outer_stride=0, group_stride=p_max * c,
                      acc_stride=bsz * n_frames * p_max * c)
     return (dx if norm else None), (dy if gated else None), sums
@@ -528,7 +531,10 @@ def _stats_like(x: torch.Tensor, backend: str) -> torch.Tensor:
 
 
 def _no_stats_grad(ctx, output: tuple[torch.Tensor, ...]) -> None:
+    """The statistics output gets no gradient, not even a zero-filled one (a launch per call): the
+    backward receives None for it, and for an output that received no gradient."""
     ctx.mark_non_differentiable(output[-1])
+    ctx.set_materialize_grads(False)
 
 
 @torch.library.custom_op("longlive_kernels::layernorm_modulate", mutates_args=())
@@ -586,6 +592,8 @@ def _ln_mod_setup(ctx, inputs, output):
 
 
 def _ln_mod_backward(ctx, grad, _grad_stats):
+    if grad is None:  # only the (non-differentiable) statistics were differentiated
+        return None, None, None, None, None, None, None
     x, scale, stats = ctx.saved_tensors
     frame_len, eps, plus_one, backend = ctx.cfg
     mod_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
@@ -618,9 +626,8 @@ def _gated_residual_bwd_op(grad: torch.Tensor, y: torch.Tensor, gate: torch.Tens
     if backend == "torch":
         _, dy, dgate = reference.gated_residual_backward(grad, y, gate.to(acc), frame_len=frame_len)
     else:
-        _, dy, sums = _bwd_triton(None, grad, None, y, gate, None, None, frame_len, False, gate_grad,
-                                  acc, None, y.dtype)
-        dgate = sums[0] if gate_grad else None
+        dy, dgate = gated_residual_backward(_last_dim_unit(grad), _last_dim_unit(y), _last_dim_unit(gate),
+                                            frame_len, gate_grad, acc)
     return dy, (dgate.to(acc) if gate_grad else _empty(y, acc))
 
 
@@ -718,7 +725,11 @@ def _res_ln_mod_setup(ctx, inputs, output):
 
 
 def _res_ln_mod_backward(ctx, grad_r, grad_h, _grad_stats):
+    if grad_r is None and grad_h is None:
+        return None, None, None, None, None, None, None, None, None
     r, y, gate, scale, stats = ctx.saved_tensors
+    grad_r = torch.zeros_like(grad_h) if grad_r is None else grad_r  # r and h have one shape
+    grad_h = torch.zeros_like(grad_r) if grad_h is None else grad_h
     frame_len, eps, plus_one, backend = ctx.cfg
     x_dt, y_dt, s_dt, t_dt = ctx.dtypes
     mod_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]

@@ -483,8 +483,8 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, rstd, grid_fhw, frame_offset, theta):
     if not norm:
         return dq, dk, None, None
     n = nh * d
-    dwq = torch.empty(n, dtype=torch.float32, device=gq.device) if wq is not None else None
-    dwk = torch.empty(n, dtype=torch.float32, device=gq.device) if wk is not None else None
+    dwq = _new_out((n,), wq.dtype, gq.device) if wq is not None else None  # summed in fp32, stored
+    dwk = _new_out((n,), wk.dtype, gq.device) if wk is not None else None  # in the weight's dtype
     planes = part if wq is not None else part[1:]  # the first plane summed is wq's, or wk's alone
     sum_partials(planes, [w for w in (dwq, dwk) if w is not None], n_rows=bsz * n_used, rows_inner=n_used,
                  outer_stride=p_max * n, group_stride=0, acc_stride=bsz * p_max * n)
@@ -534,7 +534,8 @@ def _rope_bwd_op(
     weight_q: torch.Tensor | None, weight_k: torch.Tensor | None, stats: torch.Tensor, frames: int,
     height: int, width: int, frame_offset: int, theta: float, eps: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, d weight_q | empty, d weight_k | empty); weight grads in fp32 (fp64 for fp64)."""
+    """(dq, dk, d weight_q | empty, d weight_k | empty); weight grads summed in fp32 (fp64 for
+    fp64) and rounded once to the weight's dtype."""
     grid = (frames, height, width)
     if backend == "torch":
         dq, dk, dwq, dwk = reference.apply_rope_3d_backward(
@@ -547,9 +548,8 @@ def _rope_bwd_op(
     else:
         dq, dk, dwq, dwk = _rope_bwd_triton(grad_q, grad_k, q, k, weight_q, weight_k, stats, grid,
                                             frame_offset, theta)
-    acc_q, acc_k = _acc_dtype(grad_q, weight_q), _acc_dtype(grad_k, weight_k)
-    dwq = dwq.to(acc_q) if weight_q is not None else grad_q.new_empty((0,), dtype=acc_q)
-    dwk = dwk.to(acc_k) if weight_k is not None else grad_k.new_empty((0,), dtype=acc_k)
+    dwq = dwq.to(weight_q.dtype) if weight_q is not None else grad_q.new_empty((0,))
+    dwk = dwk.to(weight_k.dtype) if weight_k is not None else grad_k.new_empty((0,))
     return dq, dk, dwq, dwk
 
 
@@ -557,10 +557,9 @@ def _rope_bwd_op(
 def _(grad_q, grad_k, q, k, weight_q, weight_k, stats, frames, height, width, frame_offset, theta, eps,
       backend):
     n = grad_q.shape[-2] * grad_q.shape[-1]
-    acc_q, acc_k = _acc_dtype(grad_q, weight_q), _acc_dtype(grad_k, weight_k)
     return (grad_q.new_empty(grad_q.shape), grad_k.new_empty(grad_k.shape),
-            grad_q.new_empty((n,) if weight_q is not None else (0,), dtype=acc_q),
-            grad_k.new_empty((n,) if weight_k is not None else (0,), dtype=acc_k))
+            grad_q.new_empty((0,)) if weight_q is None else weight_q.new_empty((n,)),
+            grad_k.new_empty((0,)) if weight_k is None else weight_k.new_empty((n,)))
 
 
 def _rope_setup(ctx, inputs, output):
@@ -568,11 +567,16 @@ def _rope_setup(ctx, inputs, output):
     # q/k are needed only for the RMSNorm backward; without it the backward is a pure rotation
     ctx.save_for_backward(q if wq is not None else None, k if wk is not None else None, wq, wk, output[2])
     ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the statistics (a launch each call)
     ctx.cfg = (frames, height, width, frame_offset, theta, eps, backend)
 
 
 def _rope_backward(ctx, grad_q, grad_k, _grad_stats):
+    if grad_q is None and grad_k is None:
+        return None, None, None, None, None, None, None, None, None, None, None
     q, k, wq, wk, stats = ctx.saved_tensors
+    grad_q = torch.zeros_like(grad_k) if grad_q is None else grad_q  # q and k have one shape
+    grad_k = torch.zeros_like(grad_q) if grad_k is None else grad_k
     dq, dk, dwq, dwk = _rope_bwd_op(grad_q, grad_k, q, k, wq, wk, stats, *ctx.cfg)
     dwq = dwq.to(wq.dtype) if wq is not None and ctx.needs_input_grad[2] else None
     dwk = dwk.to(wk.dtype) if wk is not None and ctx.needs_input_grad[3] else None

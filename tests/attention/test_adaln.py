@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from longlive_kernels._backend import interpret_mode
 from longlive_kernels.attention import adaln as adaln_mod
+from longlive_kernels.attention import gated_residual_bwd
 from longlive_kernels.attention import (
     adaln_modulate,
     gated_residual,
@@ -153,9 +154,8 @@ def _check_variant(
     x, y, gate, shift, scale, w, b = _make_inputs(
         seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, device
     )
-    monkeypatch.setattr(
-        adaln_mod, "_new_out", lambda s, d, dev: poison_like(torch.empty(s, dtype=d, device=dev))
-    )
+    for mod in (adaln_mod, gated_residual_bwd):
+        monkeypatch.setattr(mod, "_new_out", lambda s, d, dev: poison_like(torch.empty(s, dtype=d, device=dev)))
     interp_bf16 = backend == "triton" and interpret_mode() and dtype == torch.bfloat16
 
     leaves = [t for t in (x, y, gate, shift, scale, w, b)]
@@ -298,6 +298,27 @@ def test_fused_equals_unfused_composition(triton_device):
     h2 = adaln_modulate(r2, shift, scale, frame_len=3, backend="triton")
     assert torch.equal(r, r2)
     torch.testing.assert_close(h, h2, rtol=0, atol=2 * 2.0**-10 * h2.abs().max().item())
+
+
+@pytest.mark.parametrize("used", ["r", "h"])
+def test_backward_through_one_output(triton_device, used):
+    """Only r or only h reaches the loss (the other gets no gradient, not a zero-filled one): the
+    gradients equal the torch backend's."""
+    grads = []
+    for backend in ("triton", "torch"):
+        x, y, gate, shift, scale, _, _ = _make_inputs(
+            9, "residual_adaln", 1, 2, 5, 40, torch.float32, torch.float32, False, triton_device
+        )
+        leaves = [t.detach().clone().requires_grad_() for t in (x, y, gate, shift, scale)]
+        r, h = gated_residual_adaln(*leaves, frame_len=5, backend=backend)
+        out = r if used == "r" else h
+        (out * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for name, a, b in zip(("x", "y", "gate", "shift", "scale"), *grads):
+        if b is None:
+            assert a is None or not a.any(), name
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("progs_per_sm, stages", [(1, 2), (3, 3), (16, 4)])

@@ -272,6 +272,24 @@ def test_rotation_preserves_pair_norms_and_relative_positions():
     assert not torch.allclose(q0, q1)
 
 
+def test_backward_through_q_alone(triton_device):
+    """k unused (no gradient reaches it, not even zeros): dq and the q-norm weight's gradient equal
+    the torch backend's, dk is zero."""
+    grads = []
+    for backend in ("triton", "torch"):
+        q, k, wq, wk = _make_inputs(4, 1, (2, 2, 3), 2, 12, torch.float32, "contiguous", triton_device)
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, wq, wk)]
+        oq, _ = apply_rope_3d(leaves[0], leaves[1], grid=(2, 2, 3), norm_weight_q=leaves[2],
+                              norm_weight_k=leaves[3], backend=backend)
+        (oq * torch.linspace(-1, 1, oq.numel(), device=oq.device).view_as(oq)).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for name, a, b in zip(("q", "k", "wq", "wk"), *grads):
+        if b is None or not b.any():
+            assert a is None or not a.any(), name
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_sp_slice_equals_full_sequence(triton_device):
     """Roping frames [2, 4) with frame_offset=2 equals rows of the full 4-frame sequence."""
     q, k, wq, wk = _make_inputs(3, 1, (4, 2, 3), 2, 12, torch.float32, "contiguous", triton_device)
