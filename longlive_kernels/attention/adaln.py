@@ -88,12 +88,20 @@ def _tile_cols(g, C, CG: tl.constexpr, NCG: tl.constexpr, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _residual_tile(x_row, y_row, r_row, cols, cmask, gate, RESIDUAL: tl.constexpr, GATED: tl.constexpr):
-    """One column tile in fp32: x, or (RESIDUAL) r = x + gate·y stored to ``r_row`` and returned
-    after its rounding (the norm sees the stored residual, as two separate ops would)."""
+def _input_tiles(x_row, y_row, cols, cmask, RESIDUAL: tl.constexpr):
+    """(x, y) of one tile in fp32 (y = 0 without RESIDUAL)."""
     x = tl.load(x_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    y = 0.0
     if RESIDUAL:
         y = tl.load(y_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    return x, y
+
+
+@triton.jit
+def _residual_tile(x, y, r_row, cols, cmask, gate, RESIDUAL: tl.constexpr, GATED: tl.constexpr):
+    """x, or (RESIDUAL) r = x + gate·y stored to ``r_row`` and returned after its rounding (the
+    norm sees the stored residual, as two separate ops would)."""
+    if RESIDUAL:
         if GATED:
             y = y * gate
         r = (x + y).to(r_row.dtype.element_ty)
@@ -172,10 +180,15 @@ def _residual_norm_fwd_kernel(
         y_row = y_ptr + b * stride_yb + t * stride_yl
         out_off = (b * L + t) * C
         r_row = r_ptr + out_off
-        x0 = _residual_tile(x_row, y_row, r_row, c0, k0, g0, RESIDUAL, GATED)
+        # every load of the row before its first store (a load may not pass an earlier store)
+        x0, y0 = _input_tiles(x_row, y_row, c0, k0, RESIDUAL)
         if NCG == 3:
-            x1 = _residual_tile(x_row, y_row, r_row, c1, k1, g1, RESIDUAL, GATED)
-            x2 = _residual_tile(x_row, y_row, r_row, c2, k2, g2, RESIDUAL, GATED)
+            x1, y1 = _input_tiles(x_row, y_row, c1, k1, RESIDUAL)
+            x2, y2 = _input_tiles(x_row, y_row, c2, k2, RESIDUAL)
+        x0 = _residual_tile(x0, y0, r_row, c0, k0, g0, RESIDUAL, GATED)
+        if NCG == 3:
+            x1 = _residual_tile(x1, y1, r_row, c1, k1, g1, RESIDUAL, GATED)
+            x2 = _residual_tile(x2, y2, r_row, c2, k2, g2, RESIDUAL, GATED)
         if NORM:
             s = x0  # masked lanes are 0
             if NCG == 3:
@@ -207,19 +220,32 @@ def _norm_grad_tile(r_row, gh_row, cols, cmask, mean, rstd, m):
 
 
 @triton.jit
-def _input_grad_tile(d, gr_row, dx_row, y_row, dy_row, cols, cmask, gate, acc_g,
+def _branch_tiles(gr_row, y_row, cols, cmask, RESIDUAL: tl.constexpr, LOAD_Y: tl.constexpr):
+    """(g_r, y) of one tile in fp32 (0 where not needed), loaded before the row's first store: a
+    load after a store may not pass it (the compiler cannot rule out aliasing), which serialized
+    one more DRAM latency per tile."""
+    gr = 0.0
+    y = 0.0
+    if RESIDUAL:
+        gr = tl.load(gr_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    if LOAD_Y:
+        y = tl.load(y_row + cols, mask=cmask, other=0.0).to(tl.float32)
+    return gr, y
+
+
+@triton.jit
+def _input_grad_tile(d, gr, y, dx_row, dy_row, cols, cmask, gate, acc_g,
                      NORM: tl.constexpr, RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                      MOD_GRAD: tl.constexpr):
     """Finish one tile: dx = d (+ g_r), stored (NORM); dy = dx·gate stored (GATED), and Σ dx·y
     (GATED and MOD_GRAD: y is read only for the gate's gradient)."""
     if RESIDUAL:
-        d += tl.load(gr_row + cols, mask=cmask, other=0.0).to(tl.float32)
+        d += gr
     if NORM:
         tl.store(dx_row + cols, d.to(dx_row.dtype.element_ty), mask=cmask)
     if GATED:
         tl.store(dy_row + cols, (d * gate).to(dy_row.dtype.element_ty), mask=cmask)
         if MOD_GRAD:
-            y = tl.load(y_row + cols, mask=cmask, other=0.0).to(tl.float32)
             acc_g += d * y
     return acc_g
 
@@ -302,6 +328,10 @@ def _residual_norm_bwd_kernel(
         d0 = zero
         d1 = zero
         d2 = zero
+        gr0, y0 = _branch_tiles(gr_row, y_row, c0, k0, RESIDUAL, GATED and MOD_GRAD)
+        if NCG == 3:
+            gr1, y1 = _branch_tiles(gr_row, y_row, c1, k1, RESIDUAL, GATED and MOD_GRAD)
+            gr2, y2 = _branch_tiles(gr_row, y_row, c2, k2, RESIDUAL, GATED and MOD_GRAD)
         if NORM:
             # the forward's statistics (bitwise what recomputing them would give, two row
             # reductions fewer)
@@ -333,13 +363,12 @@ def _residual_norm_bwd_kernel(
                     h1 += gh1
                     s2 += gh2 * xh2
                     h2 += gh2
-        q0 = _input_grad_tile(d0, gr_row, dx_row, y_row, dy_row, c0, k0, g0, q0, NORM, RESIDUAL, GATED,
-                                MOD_GRAD)
+        q0 = _input_grad_tile(d0, gr0, y0, dx_row, dy_row, c0, k0, g0, q0, NORM, RESIDUAL, GATED, MOD_GRAD)
         if NCG == 3:
-            q1 = _input_grad_tile(d1, gr_row, dx_row, y_row, dy_row, c1, k1, g1, q1, NORM, RESIDUAL,
-                                    GATED, MOD_GRAD)
-            q2 = _input_grad_tile(d2, gr_row, dx_row, y_row, dy_row, c2, k2, g2, q2, NORM, RESIDUAL,
-                                    GATED, MOD_GRAD)
+            q1 = _input_grad_tile(d1, gr1, y1, dx_row, dy_row, c1, k1, g1, q1, NORM, RESIDUAL, GATED,
+                                  MOD_GRAD)
+            q2 = _input_grad_tile(d2, gr2, y2, dx_row, dy_row, c2, k2, g2, q2, NORM, RESIDUAL, GATED,
+                                  MOD_GRAD)
 
     if MOD_GRAD:
         slot = (b * n_frames + f) * part_stride_p + pid_p  # [B, F, P_max] index
