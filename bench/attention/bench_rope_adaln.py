@@ -11,7 +11,7 @@ counted too but are < 0.1 %; the backward's fp32 partial sums are *not* counted,
 | op | forward | backward |
 |---|---|---|
 | adaln_modulate | read x, write h: 4N | read x, g_h, write dx: 6N |
-| gated_residual | read x, y, write r: 6N | read g, y, write dy: 4N (dx = g, no copy) |
+| gated_residual | read x, y, write r: 6N | read g, y, write dy: 6N (dx = g, no copy) |
 | gated_residual_adaln (LN2, ungated) | read x, y, write r, h: 8N | read r, g_r, g_h, write dx: 8N |
 | gated_residual_layernorm (LN3, gated) | 8N | read r, y, g_r, g_h, write dx, dy: 12N |
 | rope q+k (no norm) | read q, k, write q, k: 8N | 8N |
@@ -146,7 +146,7 @@ def _adaln_cases(n_tok: int) -> list[Case]:
             _eager_gated,
             lambda x, y, gate: ref.gated_residual(x, y, gate, frame_len=FRAME_LEN),
             6 * n + vec,
-            4 * n + 2 * vec,
+            6 * n + 2 * vec,
         ),
         Case(
             "gated_residual_adaln (LN2)",

@@ -14,9 +14,7 @@ programs of a latent frame take its rows round-robin (adjacent rows in flight to
 frame's modulation vectors in registers, and software-pipeline the row loads (cp.async, several
 rows in flight per program); statistics and products in fp32, one rounding at the store. The
 backward writes per-program partial sums of the per-frame gradients (dscale, dshift, dgate),
-summed by one small kernel afterwards (``partial_sums.py``: deterministic, no atomics). The plain
-gated residual's backward has no row reduction and its own 2-D-tiled kernel
-(``gated_residual_bwd.py``).
+summed by one small kernel afterwards (``partial_sums.py``: deterministic, no atomics).
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ import triton.language as tl
 from .. import _checks
 from .._aot import register_aot
 from .._backend import autotune_enabled, interpret_mode, resolve_backend
-from .gated_residual_bwd import gated_residual_backward
 from .partial_sums import sum_partials
 from . import reference
 
@@ -473,7 +470,8 @@ def _col_tiles(c: int) -> dict[str, int]:
 
 
 def _row_strides(t: torch.Tensor) -> tuple[int, int]:
-    return t.stride(0), t.stride(1)
+    """(batch, row) strides of a [B, L, C] tensor; (0, 0) for a [C] vector shared by all rows."""
+    return (0, 0) if t.dim() == 1 else (t.stride(0), t.stride(1))
 
 
 def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
@@ -504,6 +502,7 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
 
 def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, mod_grad, acc_dtype,
                 dx_dtype, dy_dtype):
+    shared_mod = scale is not None and scale.dim() == 1
     """(dx or None, dy or None, list of [B, F, C] per-frame grads (dscale, dshift | dgate) or None)."""
     norm, residual, gated = grad_h is not None, grad_r is not None, gate is not None
     ref = grad_h if norm else grad_r
@@ -530,10 +529,12 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, m
     n_used = _launch(_residual_norm_bwd_kernel, True, frame_len, n_frames, bsz, dev, args, meta)
     sums = None
     if mod_grad and n_acc:
-        # separate tensors (op outputs may not alias each other), summed in one launch
-        sums = [_new_out((bsz, n_frames, c), acc_dtype, dev) for _ in range(n_acc)]
-        sum_partials(part, sums, n_rows=n_used, rows_inner=n_used, outer_stride=0, group_stride=p_max * c,
-                     acc_stride=bsz * n_frames * p_max * c)
+        # separate tensors (op outputs may not alias each other), summed in one launch; a scale /
+        # shift shared by all frames ([C]: the affine LayerNorm) gets its gradient summed over them
+        shared = [shared_mod] * (n_acc - gated) + [False] * gated
+        sums = [_new_out((c,) if s else (bsz, n_frames, c), acc_dtype, dev) for s in shared]
+        sum_partials(part, sums, n_used=n_used, n_groups=bsz * n_frames, group_stride=p_max * c,
+                     acc_stride=bsz * n_frames * p_max * c, shared=shared)
     return (dx if norm else None), (dy if gated else None), sums
 
 
@@ -655,8 +656,9 @@ def _gated_residual_bwd_op(grad: torch.Tensor, y: torch.Tensor, gate: torch.Tens
     if backend == "torch":
         _, dy, dgate = reference.gated_residual_backward(grad, y, gate.to(acc), frame_len=frame_len)
     else:
-        dy, dgate = gated_residual_backward(_last_dim_unit(grad), _last_dim_unit(y), _last_dim_unit(gate),
-                                            frame_len, gate_grad, acc)
+        _, dy, sums = _bwd_triton(None, grad, None, y, gate, None, None, frame_len, False, gate_grad,
+                                  acc, None, y.dtype)
+        dgate = sums[0] if gate_grad else None
     return dy, (dgate.to(acc) if gate_grad else _empty(y, acc))
 
 
@@ -691,10 +693,12 @@ def _res_ln_mod_op(
     x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, scale: torch.Tensor,
     shift: torch.Tensor, frame_len: int, eps: float, plus_one: bool, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(r, h, statistics of r for the backward: see :func:`_stats_like`)."""
+    """(r, h, statistics of r for the backward: see :func:`_stats_like`). scale / shift are
+    [B, F, C] per frame, or [C] shared by every frame."""
     if backend == "torch":
         r, h = reference.residual_layernorm_modulate(
-            x, y, gate, scale, shift, frame_len=frame_len, eps=eps, plus_one=plus_one
+            x, y, gate, _per_frame(scale, x, frame_len), _per_frame(shift, x, frame_len), frame_len=frame_len,
+            eps=eps, plus_one=plus_one,
         )
         return r, h, _stats_like(x, backend)
     return _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one)
@@ -717,9 +721,11 @@ def _res_ln_mod_bwd_op(
     if backend == "torch":
         ct = reference._compute_dtype(r, None)
         dx, dy, dgate, ds, db = reference.residual_layernorm_modulate_backward(
-            grad_r, grad_h, r, y, None if gate is None else gate.to(ct), scale.to(ct),
+            grad_r, grad_h, r, y, None if gate is None else gate.to(ct), _per_frame(scale, r, frame_len).to(ct),
             frame_len=frame_len, eps=eps, plus_one=plus_one,
         )
+        if scale.dim() == 1:
+            ds, db = ds.sum(dim=(0, 1)), db.sum(dim=(0, 1))
         sums = [ds, db] + ([dgate] if gate is not None else [])
     else:
         dx, dy, sums = _bwd_triton(grad_h, grad_r, r, y if gate is not None else None, gate, scale,
@@ -741,8 +747,15 @@ def _(grad_r, grad_h, r, y, gate, scale, stats, frame_len, eps, plus_one, mod_gr
     dy = (torch.empty_like(y, memory_format=torch.contiguous_format) if gate is not None
           else r.new_empty((0,), dtype=y.dtype))
     dgate = r.new_empty(per_frame if gate is not None else (0,), dtype=acc)
-    mod = per_frame if mod_grad else (0,)
+    mod = ((c,) if scale.dim() == 1 else per_frame) if mod_grad else (0,)
     return like, dy, dgate, r.new_empty(mod, dtype=acc), r.new_empty(mod, dtype=acc)
+
+
+def _per_frame(v: torch.Tensor, x: torch.Tensor, frame_len: int) -> torch.Tensor:
+    """A [C] vector shared by every frame as a [B, F, C] view; per-frame vectors as they are."""
+    if v.dim() != 1:
+        return v
+    return v.view(1, 1, -1).expand(x.shape[0], x.shape[1] // frame_len, -1)
 
 
 def _res_ln_mod_setup(ctx, inputs, output):
@@ -1030,7 +1043,7 @@ def gated_residual_layernorm(
     be = _resolve(backend, x, "gated_residual_layernorm")
     _check_tokens("x", x, be)
     _check_residual_branch(x, y, be)
-    b, n_tok, c = x.shape
+    _, n_tok, c = x.shape
     if frame_len is None:
         if gate is not None:
             raise ValueError("frame_len is required when a gate is given")
@@ -1038,7 +1051,6 @@ def gated_residual_layernorm(
     _check_frame_len(frame_len, n_tok)
     if gate is not None:
         gate = _per_frame_vector("gate", gate, x, frame_len, be)
-    n_frames = n_tok // frame_len
     vecs = []
     for name, v, fill in (("weight", weight, 1.0), ("bias", bias, 0.0)):
         if v is None:
@@ -1048,9 +1060,9 @@ def gated_residual_layernorm(
         if v.shape != (c,):
             raise ValueError(f"{name} must have shape [C] = [{c}], got {list(v.shape)}")
         _checks.check_same_device(x=x, **{name: v})
-        # fp32 before the stride-0 expand: autograd then sums the per-frame gradients in fp32 and
-        # rounds once to the parameter's dtype (read once per program by the kernel)
-        vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)).view(1, 1, c).expand(b, n_frames, c))
+        # one [C] vector for every frame: the backward sums its gradient over the frames in fp32
+        # (in the same launch as the per-frame sums) and autograd rounds once to its dtype
+        vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)))
     return _res_ln_mod_op(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)[:2]
 
 

@@ -1,9 +1,11 @@
 """Deterministic second stage of the backward kernels' per-column gradient sums.
 
 The adaLN / gated-residual and RMSNorm+RoPE backward kernels each write one fp32 partial sum per
-program (``[n_acc, groups, P_max, C]``: P programs share a latent frame or a batch row). This kernel
-adds them for every accumulator in one launch, in a fixed order (bitwise reproducible), instead of
-one ``torch.sum`` launch per accumulator — those cost 3-9 µs each on an H200 next to a 35 µs
+program, ``part[a, g, p, c]`` for accumulator a, group g (a latent frame, or a batch row) and
+program p < n_used of the group. This kernel adds them for every accumulator in one launch, in a
+fixed order (bitwise reproducible), either per group (a per-frame gradient, [groups, C]) or over
+all groups (a gradient shared by every frame, [C]), instead of a ``torch.sum`` launch per
+accumulator and another for the sum over frames: those took 3-9 µs each on an H200 next to a 35 µs
 backward at 7040 tokens (``bench/attention/bench_rope_adaln.py --profile``).
 """
 
@@ -19,85 +21,96 @@ from .._backend import interpret_mode
 
 @triton.jit
 def _sum_partials_kernel(
-    part_ptr,  # fp32 partials; accumulator a, group g, row j, column c at
-    # a·acc_stride + g·group_stride + (j // rows_inner)·outer_stride + (j % rows_inner)·C + c
-    out0_ptr,  # [groups, C] sums of accumulator 0
-    out1_ptr,  # [groups, C] of accumulator 1 (3rd grid dim > 1)
-    out2_ptr,  # [groups, C] of accumulator 2 (3rd grid dim > 2)
+    part_ptr,  # fp32: accumulator a, group g, program p, column c at a·acc_stride + g·group_stride + p·C + c
+    out0_ptr,  # sums of accumulator 0: [groups, C], or [C] when shared
+    out1_ptr,  # of accumulator 1 (3rd grid dim > 1)
+    out2_ptr,  # of accumulator 2 (3rd grid dim > 2)
     C,
-    n_rows,  # rows summed per (accumulator, group, column)
-    rows_inner,
-    outer_stride,
+    n_used,  # programs per group that wrote a partial
+    n_groups,
     group_stride,
     acc_stride,
+    SHARED: tl.constexpr,  # bit a set: accumulator a is summed over all groups into [C]
     F64: tl.constexpr,  # sum in fp64 (fp64 outputs)
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
-    g = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(1)
     a = tl.program_id(2)
+    shared = ((SHARED >> a) & 1) != 0
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
+    cmask = (cols < C) & ((g == 0) | (not shared))  # a shared sum is written by group 0's programs
     acc_ty = tl.float64 if F64 else tl.float32
-    base = part_ptr + a.to(tl.int64) * acc_stride + g * group_stride
+    # a shared accumulator reads the n_groups·n_used rows of all groups, in order; a per-group one
+    # the n_used rows of its group
+    n_rows = tl.where(shared, n_groups * n_used, n_used)
+    base = part_ptr + a.to(tl.int64) * acc_stride + tl.where(shared, 0, g).to(tl.int64) * group_stride
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=acc_ty)
-    # narrow column blocks and tall row blocks: many programs, few dependent steps each (the
-    # partials are L2-resident; a long serial loop per program made this a latency-bound 20 µs)
-    for j0 in tl.range(0, n_rows, BLOCK_R, num_stages=3):
+    # narrow column blocks, tall row blocks, no pipelining: many programs with one or two steps
+    # each (the partials are L2-resident; a long serial loop per program took 20 µs)
+    for j0 in range(0, n_rows, BLOCK_R):
         j = j0 + tl.arange(0, BLOCK_R)
-        row_off = (j // rows_inner).to(tl.int64) * outer_stride + (j % rows_inner).to(tl.int64) * C
+        row_off = (j // n_used).to(tl.int64) * group_stride + (j % n_used).to(tl.int64) * C
         v = tl.load(base + row_off[:, None] + cols[None, :], mask=(j < n_rows)[:, None] & cmask[None, :],
                     other=0.0)
         acc += v.to(acc_ty)
     total = tl.sum(acc, axis=0)
+    out_off = tl.where(shared, 0, g).to(tl.int64) * C + cols
     if a == 0:
-        tl.store(out0_ptr + g * C + cols, total.to(out0_ptr.dtype.element_ty), mask=cmask)
+        tl.store(out0_ptr + out_off, total.to(out0_ptr.dtype.element_ty), mask=cmask)
     elif a == 1:
-        tl.store(out1_ptr + g * C + cols, total.to(out1_ptr.dtype.element_ty), mask=cmask)
+        tl.store(out1_ptr + out_off, total.to(out1_ptr.dtype.element_ty), mask=cmask)
     else:
-        tl.store(out2_ptr + g * C + cols, total.to(out2_ptr.dtype.element_ty), mask=cmask)
+        tl.store(out2_ptr + out_off, total.to(out2_ptr.dtype.element_ty), mask=cmask)
 
 
-def sum_partials(part: torch.Tensor, outs: list[torch.Tensor], *, n_rows: int, rows_inner: int,
-                 outer_stride: int, group_stride: int, acc_stride: int) -> None:
-    """``outs[a][g, c] = Σ_j part[a, g, j, c]`` over ``n_rows`` rows j (layout in the kernel's
-    comment), one launch for up to 3 accumulators, summed in a fixed order.
+def sum_partials(part: torch.Tensor, outs: list[torch.Tensor], *, n_used: int, n_groups: int, group_stride: int,
+                 acc_stride: int, shared: list[bool] | None = None) -> None:
+    """``outs[a][g, c] = Σ_{p < n_used} part[a, g, p, c]``, or ``outs[a][c] = Σ_g Σ_p part[a, g, p, c]``
+    where ``shared[a]``; one launch for up to 3 accumulators, summed in a fixed order.
 
     Parameters
     ----------
     part : torch.Tensor
-        fp32 partial sums (any shape; addressed through the strides, in elements).
+        fp32 partial sums, addressed through ``group_stride`` / ``acc_stride`` (elements); the
+        programs of a group are C apart.
     outs : list of torch.Tensor
-        1-3 contiguous outputs of ``groups·C`` elements each (fp32 or fp64), C = their last dim.
+        1-3 contiguous outputs (fp32 or fp64; bf16/fp16 round the fp32 sum once): [n_groups, C], or
+        [C] when shared. C = their last dim.
+    shared : list of bool, optional
+        Per accumulator (default: none shared).
 
     Raises
     ------
     ValueError
-        ``outs`` empty or longer than 3.
+        ``outs`` empty or longer than 3, or ``shared`` of another length.
     """
     if not 1 <= len(outs) <= 3:
         raise ValueError(f"outs must hold 1 to 3 tensors, got {len(outs)}")
+    shared = [False] * len(outs) if shared is None else list(shared)
+    if len(shared) != len(outs):
+        raise ValueError(f"shared must have one flag per output ({len(outs)}), got {len(shared)}")
     c = outs[0].shape[-1]
-    groups = outs[0].numel() // c
     if interpret_mode() or not part.is_cuda:
         block_c, block_r, warps = min(64, triton.next_power_of_2(c)), 8, 4
-    else:
-        block_c = 32
-        block_r = min(128, max(16, triton.next_power_of_2(n_rows)))
-        warps = 8 if block_r >= 128 else 4
+    else:  # measured on an H200 at the 5B model's sizes (tools/diag_sum_partials.py)
+        block_c = 128 if n_used <= 16 and not any(shared) else 32
+        block_r = min(64, max(16, triton.next_power_of_2(n_used * (n_groups if any(shared) else 1))))
+        warps = 4
+    groups = 1 if all(shared) else n_groups
     padded = outs + [outs[0]] * (3 - len(outs))
     _sum_partials_kernel[(triton.cdiv(c, block_c), groups, len(outs))](
-        part, *padded, c, n_rows, rows_inner, outer_stride, group_stride, acc_stride,
-        F64=outs[0].dtype == torch.float64, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+        part, *padded, c, n_used, n_groups, group_stride, acc_stride,
+        SHARED=sum(1 << i for i, s in enumerate(shared) if s), F64=outs[0].dtype == torch.float64,
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )
 
 
 register_aot(
     _sum_partials_kernel,
     signature={"part_ptr": "*fp32", "out0_ptr": "*fp32", "out1_ptr": "*fp32", "out2_ptr": "*fp32", "C": "i32",
-               "n_rows": "i32", "rows_inner": "i32", "outer_stride": "i64", "group_stride": "i64",
-               "acc_stride": "i64"},
-    constexprs={"F64": False, "BLOCK_R": 128, "BLOCK_C": 32},
-    options={"num_warps": 8},
+               "n_used": "i32", "n_groups": "i32", "group_stride": "i64", "acc_stride": "i64"},
+    constexprs={"SHARED": 3, "F64": False, "BLOCK_R": 64, "BLOCK_C": 32},
+    options={"num_warps": 4},
 )

@@ -486,8 +486,9 @@ def _rope_bwd_triton(gq, gk, q, k, wq, wk, rstd, grid_fhw, frame_offset, theta):
     dwq = _new_out((n,), wq.dtype, gq.device) if wq is not None else None  # summed in fp32, stored
     dwk = _new_out((n,), wk.dtype, gq.device) if wk is not None else None  # in the weight's dtype
     planes = part if wq is not None else part[1:]  # the first plane summed is wq's, or wk's alone
-    sum_partials(planes, [w for w in (dwq, dwk) if w is not None], n_rows=bsz * n_used, rows_inner=n_used,
-                 outer_stride=p_max * n, group_stride=0, acc_stride=bsz * p_max * n)
+    outs = [w for w in (dwq, dwk) if w is not None]
+    sum_partials(planes, outs, n_used=n_used, n_groups=bsz, group_stride=p_max * n, acc_stride=bsz * p_max * n,
+                 shared=[True] * len(outs))
     return dq, dk, dwq, dwk
 
 
