@@ -19,6 +19,11 @@ from .._aot import register_aot
 from .._backend import interpret_mode
 
 
+# Rows one program sums for a shared accumulator in a single launch (about 5 steps of 64 rows: at
+# 64 frames × 12 programs that one long loop cost ~100 µs; two short launches cost ~5).
+_MAX_SHARED_ROWS = 320
+
+
 @triton.jit
 def _sum_partials_kernel(
     part_ptr,  # fp32: accumulator a, group g, program p, column c at a·acc_stride + g·group_stride + p·C + c
@@ -44,7 +49,7 @@ def _sum_partials_kernel(
     acc_ty = tl.float64 if F64 else tl.float32
     # a shared accumulator reads the n_groups·n_used rows of all groups, in order; a per-group one
     # the n_used rows of its group
-    n_rows = tl.where(shared, n_groups * n_used, n_used)
+    n_rows = tl.where(shared, tl.where(g == 0, n_groups * n_used, 0), n_used)
     base = part_ptr + a.to(tl.int64) * acc_stride + tl.where(shared, 0, g).to(tl.int64) * group_stride
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=acc_ty)
     # narrow column blocks, tall row blocks, no pipelining: many programs with one or two steps
@@ -92,6 +97,16 @@ def sum_partials(part: torch.Tensor, outs: list[torch.Tensor], *, n_used: int, n
     if len(shared) != len(outs):
         raise ValueError(f"shared must have one flag per output ({len(outs)}), got {len(shared)}")
     c = outs[0].shape[-1]
+    if any(shared) and n_groups * n_used > _MAX_SHARED_ROWS and n_groups > 1:
+        # too many rows for one program per column block: per-group sums first, then their sum
+        per_group = torch.empty((sum(shared), n_groups, c), dtype=torch.float32, device=part.device)
+        stage = iter(per_group)
+        firsts = [next(stage) if s else o for o, s in zip(outs, shared)]
+        sum_partials(part, firsts, n_used=n_used, n_groups=n_groups, group_stride=group_stride,
+                     acc_stride=acc_stride)
+        sum_partials(per_group, [o for o, s in zip(outs, shared) if s], n_used=n_groups, n_groups=1,
+                     group_stride=0, acc_stride=n_groups * c)
+        return
     if interpret_mode() or not part.is_cuda:
         block_c, block_r, warps = min(64, triton.next_power_of_2(c)), 8, 4
     else:  # measured on an H200 at the 5B model's sizes (tools/diag_sum_partials.py)

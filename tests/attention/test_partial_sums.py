@@ -60,3 +60,20 @@ def test_deterministic_low_precision_output_and_bad_arguments():
         sum_partials(part, [], n_used=1, n_groups=1, group_stride=0, acc_stride=0)
     with pytest.raises(ValueError, match="shared"):
         sum_partials(part, runs[0][:1], n_used=1, n_groups=1, group_stride=0, acc_stride=0, shared=[True, False])
+
+
+def test_many_shared_rows_take_two_stages(monkeypatch):
+    """Above _MAX_SHARED_ROWS a shared sum goes through per-group sums first: same values (to fp32
+    rounding), per-group accumulators untouched by the detour."""
+    from longlive_kernels.attention import partial_sums
+
+    part = torch.randn(2, 6, 9, 40, device=DEV)
+    kw = dict(n_used=7, n_groups=6, group_stride=9 * 40, acc_stride=6 * 9 * 40, shared=[True, False])
+    one = [torch.empty(40, device=DEV), torch.empty(6, 40, device=DEV)]
+    partial_sums.sum_partials(part, one, **kw)
+    monkeypatch.setattr(partial_sums, "_MAX_SHARED_ROWS", 8)
+    two = [torch.full((40,), float("nan"), device=DEV), torch.full((6, 40), float("nan"), device=DEV)]
+    partial_sums.sum_partials(part, two, **kw)
+    torch.testing.assert_close(two[0], one[0], rtol=1e-6, atol=1e-5)
+    assert_bitwise_equal(two[1], one[1], "per-group accumulator")
+    torch.testing.assert_close(two[0].double(), part[0, :, :7].double().sum(dim=(0, 1)), rtol=0, atol=1e-4)
