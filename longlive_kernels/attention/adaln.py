@@ -11,8 +11,8 @@ One block (``x`` the residual stream, ``e0..e5`` per-frame modulation vectors)::
 Four memory passes over [tokens, C] where eager PyTorch makes about a dozen (each LayerNorm,
 ``1 + scale``, product, sum, gate product and residual add is its own kernel). Kernels: the P
 programs of a latent frame take its rows round-robin (adjacent rows in flight together), keep the
-frame's modulation vectors in registers, and software-pipeline the row loads (cp.async, several
-rows in flight per program); statistics and products in fp32, one rounding at the store. The
+frame's modulation vectors in registers, and issue every load of a row before its first store;
+statistics and products in fp32, one rounding at the store. The
 backward writes per-program partial sums of the per-frame gradients (dscale, dshift, dgate),
 summed by one small kernel afterwards (``partial_sums.py``: deterministic, no atomics).
 """
@@ -76,9 +76,11 @@ def _tile_cols(g, C, CG: tl.constexpr, NCG: tl.constexpr, EVEN: tl.constexpr):
 # Work split (both kernels): grid (P, F, B); program p of frame f handles the frame's rows p, p + P,
 # p + 2P, ... so the P programs of a frame stream through *adjacent* rows together (one contiguous
 # region in flight per frame, not P regions a run apart), and keeps the frame's modulation vectors in
-# registers for all its rows. The row loads are software-pipelined (``tl.range(num_stages=STAGES)``:
-# cp.async into shared memory, STAGES - 1 rows in flight per program) so a few programs per SM keep
-# enough bytes in flight to saturate HBM without holding prefetched rows in registers.
+# registers for all its rows. ``tl.range(num_stages=STAGES)`` asks Triton to pipeline the row loads,
+# but Triton 3.6 leaves these non-dot loads unpipelined (the sm_90a builds use no shared-memory
+# stages): the bytes in flight come from several programs per SM, and from issuing all of a row's
+# loads before its first store (a load may not pass an earlier store the compiler cannot prove
+# disjoint; that ordering had serialized one DRAM latency per tile).
 # A row is NCG tiles of CG columns (C = 3072: 3 × 1024) rather than one next-power-of-2 tile of 4096
 # with a quarter of its lanes masked: 25 % fewer instructions and registers per row. NCG is 1 or 3
 # (tiles written out: a Triton loop cannot carry a list of tensors); row sums add the tiles first.
@@ -398,7 +400,7 @@ def _residual_norm_bwd_kernel(
 # row: 750-1950 warp-instructions), 8 warps ≈ 32-74 → 3-8; backward 4 warps ≈ 80-230 → 2-6,
 # 8 warps ≈ 40-124 → 2-6 (capped at 80 registers: 3). Fewer, longer programs amortize the
 # per-frame vectors and the backward's fp32 partial sums (P·C·4 bytes per frame and gradient).
-# STAGES - 1 rows per program are in flight.
+# STAGES is kept as a tuning knob (it changes the generated loop, not the loads in flight).
 _FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w)
                 for w, s, p in ((4, 3, 4), (4, 4, 3), (4, 3, 6), (8, 3, 3), (8, 4, 2), (16, 4, 2))]
 _BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
