@@ -579,8 +579,8 @@ def _rope_backward(ctx, grad_q, grad_k, _grad_stats):
     grad_q = torch.zeros_like(grad_k) if grad_q is None else grad_q  # q and k have one shape
     grad_k = torch.zeros_like(grad_q) if grad_k is None else grad_k
     dq, dk, dwq, dwk = _rope_bwd_op(grad_q, grad_k, q, k, wq, wk, stats, *ctx.cfg)
-    dwq = dwq.to(wq.dtype) if wq is not None and ctx.needs_input_grad[2] else None
-    dwk = dwk.to(wk.dtype) if wk is not None and ctx.needs_input_grad[3] else None
+    dwq = dwq if wq is not None and ctx.needs_input_grad[2] else None  # already in the weights' dtypes
+    dwk = dwk if wk is not None and ctx.needs_input_grad[3] else None
     return dq, dk, dwq, dwk, None, None, None, None, None, None, None
 
 

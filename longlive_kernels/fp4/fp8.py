@@ -227,7 +227,7 @@ def _gemm_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
             if "NOT_SUPPORTED" not in str(exc):
                 raise
             _SCALED_MM_UNSUPPORTED.add(key)
-    return _gemm_triton(a, a_scale, b, b_scale, bias.contiguous() if bias is not None else None, out_dtype)
+    return _gemm_triton(a, a_scale, b, b_scale, bias, out_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
