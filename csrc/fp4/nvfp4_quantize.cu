@@ -31,10 +31,15 @@ __global__ void __launch_bounds__(kThreads) amax_kernel(const T* __restrict__ x,
   for (int64_t row = int64_t(blockIdx.x) * (kThreads / 32) + warp; row < rows; row += warps) {
     const T* xr = x + row * stride_row;
     for (int64_t cb = lane; cb < nb; cb += 32) {
-      float v[kBlock];
-      fp4::load16<T>(xr + cb * kBlock, v);
-      if (hadamard_mask >= 0) fp4::rht16(v, hadamard_mask);
-      m = fmaxf(m, fp4::block_amax(v));
+      const fp4::RawBlock<T> raw = fp4::load_raw16(xr + cb * kBlock);
+      if (hadamard_mask >= 0) {
+        float v[kBlock];
+        fp4::unpack16<T>(raw, v);
+        fp4::rht16(v, hadamard_mask);
+        m = fmaxf(m, fp4::block_amax(v));
+      } else {
+        m = fmaxf(m, fp4::raw_block_amax(raw));
+      }
     }
   }
 #pragma unroll
@@ -148,7 +153,7 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
     float x[kBlock];
     fp4::unpack16<T>(cur, x);
     if (kHadamard) fp4::rht16(x, p.hadamard_mask);
-    const float bamax = fp4::block_amax(x);
+    const float bamax = kHadamard ? fp4::block_amax(x) : fp4::raw_block_amax(cur);
     const bool poison = (bamax == __int_as_float(0x7f800000)) || gs_bad;
     float u[kBlock];
 #pragma unroll

@@ -517,3 +517,49 @@ def test_gpu_cuda_graph_replays_across_chunks():
         g.replay()
         torch.cuda.synchronize()
         _assert_slot_is_quantization(cache, 0, n, k.cpu(), v.cpu())
+
+
+@pytest.mark.gpu
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    t=st.sampled_from([1, 40, 128, 136, 300]),
+    d=st.sampled_from([16, 32, 64, 80, 128, 256]),
+    rule=st.sampled_from(RULES),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
+    specials=st.booleans(),
+    strided=st.booleans(),
+)
+@settings(max_examples=40, deadline=None)
+def test_gpu_cuda_update_any_shape_bit_exact_and_in_its_slot(seed, t, d, rule, dtype, specials, strided):
+    """The CUDA update (every template instance: head_dim 16..256, partial 128-token tiles, the three
+    input dtypes, NaN/Inf blocks, K/V as views of a fused QKV-like buffer) equals quantize_nvfp4 per
+    tile and leaves every other slot's poisoned bytes alone."""
+    from longlive_kernels._backend import has_cuda_extension
+
+    if not has_cuda_extension():
+        pytest.skip("CUDA extension not built")
+    h = 3
+    cache = FP4KVCache(num_layers=2, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=3, scale_rule=rule,
+                       device="cuda")
+    for name in ("data", "scale", "global_scale"):
+        getattr(cache, name).copy_(poison_like(getattr(cache, name)))
+    before = {n: getattr(cache, n).clone() for n in ("data", "scale", "global_scale")}
+    cache.start_chunk(0)
+    cache.start_chunk(1)
+    k, v = _chunk(seed, 1, t, h, d, dtype), _chunk(seed + 1, 1, t, h, d, dtype)
+    if specials:
+        k[0, t // 2, 1, d // 2] = float("nan")
+        v[0, t - 1, h - 1, 0] = float("-inf")
+    if strided:  # K and V as slices of one [B, T, H, 2D] buffer
+        kv_buf = torch.cat([k, v], dim=-1).cuda()
+        k_dev, v_dev = kv_buf[..., :d], kv_buf[..., d:]
+    else:
+        k_dev, v_dev = k.cuda(), v.cuda()
+    cache.update(0, k_dev, v_dev, backend="cuda")
+    slot = cache.slot_of(1)
+    for n, old in before.items():
+        new = getattr(cache, n)
+        untouched = torch.ones(new.shape[:3], dtype=torch.bool)
+        untouched[0, :, slot] = False
+        assert_bitwise_equal(new[untouched].cpu(), old[untouched].cpu(), f"{n} outside the slot")
+    _assert_slot_is_quantization(cache, 0, 1, k, v)

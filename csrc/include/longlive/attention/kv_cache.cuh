@@ -43,20 +43,21 @@ __device__ __forceinline__ float cta_max(float v, float* red) {
   return v;
 }
 
-// NVFP4 of one 16-value block with the tile's decode scale `gs` (the candidate logic of
-// fp4::make_candidate / encode16; Four Over Six keeps the smaller squared error, ties -> 6).
-__device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], float gs, int rule,
+// NVFP4 of one 16-value block whose amax (NaN -> +Inf) is `bamax`, with the tile's decode scale `gs`
+// (the candidate logic of fp4::make_candidate / encode16). Static rules encode with `target`; Four
+// Over Six keeps the candidate (6 or 4) with the smaller squared error, ties -> 6.
+template <bool kFourOverSix>
+__device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], float bamax, float gs, float target,
                                                uint2& packed, uint8_t& scale) {
-  const float bamax = fp4::block_amax(x);
   const bool poison = (bamax == __int_as_float(0x7f800000)) || !isfinite(gs);
   const bool zero = bamax == 0.0f;
   const float u[fp4::kBlock] = {};  // RNE only: encode16<false> never reads u
-  const fp4::Candidate c = fp4::make_candidate(bamax, gs, fp4::rule_target(rule), poison, zero);
+  const fp4::Candidate c = fp4::make_candidate(bamax, gs, kFourOverSix ? 6.0f : target, poison, zero);
   uint32_t words[2];
   float xq[fp4::kBlock];
   fp4::encode16<false>(x, c, u, words, xq);
   scale = c.scale;
-  if (rule == fp4::kFourOverSix) {
+  if (kFourOverSix) {
     const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
     uint32_t words4[2];
     float xq4[fp4::kBlock];

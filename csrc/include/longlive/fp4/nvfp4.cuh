@@ -12,6 +12,8 @@
 #include <cuda_fp8.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 namespace longlive {
 namespace fp4 {
 
@@ -265,6 +267,37 @@ __device__ __forceinline__ float block_amax(const float (&x)[kBlock]) {
   return (m[0] != m[0]) ? __int_as_float(0x7f800000) : m[0];
 }
 
+// block_amax straight from the raw words, without unpacking: with the sign bits cleared, IEEE
+// values order as unsigned integers and every NaN pattern sorts above Inf, so an unsigned max (two
+// 16-bit lanes per instruction for 16-bit types) gives the same max, NaN -> +Inf.
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits, const __nv_bfloat16*) {
+  return __uint_as_float(bits << 16);
+}
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits, const __half*) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+}
+
+template <typename T>
+__device__ __forceinline__ float raw_block_amax(const RawBlock<T>& r) {
+  if constexpr (sizeof(T) == 2) {
+    const uint32_t w[8] = {r.v[0].x, r.v[0].y, r.v[0].z, r.v[0].w, r.v[1].x, r.v[1].y, r.v[1].z, r.v[1].w};
+    uint32_t m[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m[i] = __vmaxu2(w[2 * i] & 0x7FFF7FFFu, w[2 * i + 1] & 0x7FFF7FFFu);
+    const uint32_t mm = __vmaxu2(__vmaxu2(m[0], m[1]), __vmaxu2(m[2], m[3]));
+    const uint32_t top = max(mm >> 16, mm & 0xFFFFu);
+    constexpr uint32_t inf_bits = std::is_same<T, __half>::value ? 0x7C00u : 0x7F80u;
+    return top > inf_bits ? __int_as_float(0x7f800000) : half_bits_to_float(top, static_cast<const T*>(nullptr));
+  } else {
+    uint32_t m = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      m = max(m, max(max(r.v[i].x & 0x7FFFFFFFu, r.v[i].y & 0x7FFFFFFFu), max(r.v[i].z & 0x7FFFFFFFu, r.v[i].w & 0x7FFFFFFFu)));
+    }
+    return m > 0x7F800000u ? __int_as_float(0x7f800000) : __uint_as_float(m);
+  }
+}
+
 // One scale candidate of a block: E4M3 scale byte, its value, and the per-element multiplier
 // r = 1 / (scale · s_global) (correctly rounded; TE's block_scale_inverse).
 struct Candidate {
@@ -291,7 +324,7 @@ __device__ __forceinline__ Candidate make_candidate(float bamax, float gs, float
   s = (s != s) ? 0.0f : s;
   const uint8_t code = e4m3_rne(s, c.scale_value);
   const float d = __fmul_rn(c.scale_value, gs);
-  c.inv = __fdiv_rn(1.0f, d);
+  c.inv = __frcp_rn(d);  // = __fdiv_rn(1, d) (both correctly rounded), fewer instructions
   c.dead = (d == 0.0f) || poison || zero;
   c.scale = poison ? 0x7F : (zero ? 0 : code);
   return c;
