@@ -40,9 +40,23 @@ __all__ = [
 
 
 def sdpa_bshd(q, k, v, *, mask=None, scale=None) -> torch.Tensor:
-    """``scaled_dot_product_attention`` on [B, L, H, D] tensors (mask: bool [Lq, Lk], True = keep)."""
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       attn_mask=mask, scale=scale)
+    """``scaled_dot_product_attention`` on [B, L, H, D] tensors (mask: bool [Lq, Lk], True = keep).
+
+    On Hopper, cuDNN attention goes first in SDPA's priority (torch's default order starts with
+    FlashAttention-2, measured at half cuDNN's speed on an H100 at the 5B model's shapes,
+    bench/RESULTS.md issue 5); shapes cuDNN cannot serve fall back to the default order.
+    """
+    try:
+        from longlive_kernels.attention.fp4_kv_attention_sdpa import cudnn_first
+    except ImportError:  # the model runs without the kernel package (plain-torch baseline)
+        import contextlib
+
+        def cudnn_first(device):
+            return contextlib.nullcontext()
+
+    with cudnn_first(q.device):
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=mask, scale=scale)
     return o.transpose(1, 2)
 
 

@@ -50,6 +50,7 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import interpret_mode, resolve_backend
 from ..fp4.nvfp4_triton import e4m3_decode, e4m3_rne
+from . import fp4_kv_attention_sdpa
 from .kv_cache import KV_SCALE_TILE, FP4KVCache
 
 try:  # the Gluon (sm_90a) kernel; LONGLIVE_FP4_KV_GLUON=0 disables it, =1 skips its probe
@@ -470,11 +471,15 @@ def fp4_kv_attention(
     compute : {"bf16", "fp8"}
         16-bit tensor-core MMAs (cache tiles decoded exactly to fp16), or FP8 E4M3 Q/K/P/V on the
         FP8 tensor cores for the cache tiles (FP4 storage only; the current chunk stays 16-bit).
-    backend : {"auto", "triton", "torch"}
-        ``"torch"`` dequantizes the window to ``cache.dtype`` and calls
-        ``torch.nn.functional.scaled_dot_product_attention`` (LongLive's way; ignores ``compute``).
-        ``"triton"`` on an H100/H200 takes the Gluon kernel of ``fp4_kv_attention_hopper`` when it
-        applies (see the module docstring), else the portable Triton kernel.
+    backend : {"auto", "sdpa", "triton", "torch"}
+        ``"sdpa"`` decodes the window with the cache's decode kernel into a workspace reused by every
+        layer, then runs torch SDPA with cuDNN attention first (``fp4_kv_attention_sdpa``;
+        ``compute="bf16"`` only). ``"triton"``: the fused kernel that decodes K/V tiles in
+        registers — on an H100/H200 the Gluon kernel of ``fp4_kv_attention_hopper`` when it applies
+        (see the module docstring), else the portable Triton kernel. ``"torch"`` dequantizes the
+        window with plain torch ops and calls SDPA (LongLive's way; ignores ``compute``). ``"auto"``:
+        ``"sdpa"`` on Hopper GPUs for ``compute="bf16"`` (measured 2× the fused kernel there,
+        bench/RESULTS.md), ``"triton"`` on other GPUs, ``"torch"`` on the CPU.
 
     Returns
     -------
@@ -489,7 +494,8 @@ def fp4_kv_attention(
     ValueError
         Shape/head/head_dim/batch mismatch, only one of current_k/current_v, no current chunk
         while current_k is omitted, layer out of range, bad ``compute``/``backend``,
-        ``compute="fp8"`` with BF16 storage, head_dim not in {64, 128} for the Triton kernel.
+        ``compute="fp8"`` with BF16 storage or with ``backend="sdpa"``, head_dim not in {64, 128}
+        for the Triton kernel.
     """
     if not isinstance(cache, FP4KVCache):
         raise TypeError(f"cache must be an FP4KVCache, got {type(cache).__name__}")
@@ -526,6 +532,11 @@ def fp4_kv_attention(
     if compute == "fp8" and cache.storage != "fp4":
         raise ValueError("compute='fp8' needs storage='fp4'")
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
+    if backend == "sdpa" or (backend == "auto" and compute == "bf16" and q.is_cuda
+                             and torch.cuda.get_device_capability(q.device)[0] == 9):
+        if compute != "bf16":
+            raise ValueError(f"backend='sdpa' computes in q's dtype; compute must be 'bf16', got {compute!r}")
+        return fp4_kv_attention_sdpa.attention(q, cache, layer, current_k, current_v, scale)
     supported = ("triton", "torch") if d in (64, 128) else ("torch",)
     be = resolve_backend(backend, q.device, op="fp4_kv_attention", supported=supported, prefer=("triton",))
     if be == "torch":

@@ -263,11 +263,14 @@ def _dequantize_torch(data, scale, gs, table, n_chunks, dtype):
     return outs[0], outs[1]
 
 
-def _dequantize_triton(data, scale, gs, table, n_chunks, dtype):
+def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_v=None):
     _, s, b, h, t, half_d = data.shape
     d = 2 * half_d
-    out_k = torch.empty((b, n_chunks * t, h, d), dtype=dtype, device=data.device)
-    out_v = torch.empty_like(out_k)
+    if out_k is None:
+        out_k = torch.empty((b, n_chunks * t, h, d), dtype=dtype, device=data.device)
+        out_v = torch.empty_like(out_k)
+    elif out_k.stride() != out_v.stride():
+        raise ValueError("out_k and out_v must have the same strides")
     br = 32
     grid = (triton.cdiv(t, br), 2 * n_chunks, b * h)
     _kv_dequantize_kernel[grid](
@@ -305,6 +308,34 @@ def _(data, scale, gs, table, n_chunks, dtype, backend):
     _, _, b, h, t, half_d = data.shape
     out = data.new_empty((b, n_chunks * t, h, 2 * half_d), dtype=dtype)
     return out, torch.empty_like(out)
+
+
+@torch.library.custom_op("longlive_kernels::kv_cache_dequantize_into", mutates_args=("out_k", "out_v"))
+def _dequantize_into_op(
+    data: torch.Tensor,
+    scale: torch.Tensor,
+    gs: torch.Tensor,
+    table: torch.Tensor,
+    out_k: torch.Tensor,
+    out_v: torch.Tensor,
+    backend: str,
+) -> None:
+    n_chunks = out_k.shape[1] // data.shape[4]
+    if backend == "triton" or (backend == "cuda" and not (out_k.is_contiguous() and out_v.is_contiguous())):
+        _dequantize_triton(data, scale, gs, table, n_chunks, out_k.dtype, out_k, out_v)  # (strided outputs)
+        return
+    if backend == "cuda":
+        cuda_extension()
+        torch.ops.longlive_kernels.kv_cache_dequantize_cuda(data, scale, gs, table, out_k, out_v)
+        return
+    k, v = _dequantize_torch(data, scale, gs, table, n_chunks, out_k.dtype)
+    out_k.copy_(k)
+    out_v.copy_(v)
+
+
+@_dequantize_into_op.register_fake
+def _(data, scale, gs, table, out_k, out_v, backend):
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,7 +697,8 @@ class FP4KVCache:
         )
 
     def dequantize(self, layer: int, *, include_current: bool = False, dtype: torch.dtype | None = None,
-                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                   backend: str = "auto", out: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the context chunks (+ the current chunk) as dense tensors, for any attention
         backend.
 
@@ -679,22 +711,46 @@ class FP4KVCache:
             bf16, fp16 or fp32 (default: the cache's ``dtype``); values are ``(e2m1 · s_block) ·
             s_tile`` in fp32, rounded once.
         backend : {"auto", "triton", "cuda", "torch"}
+            ``"auto"`` on CUDA takes the Triton kernel first: it measured faster than the CUDA one
+            (H100, 2026-11-22, three 7040-token chunks: 131.8 vs 153.6 µs, 0.84 vs 0.72× copy).
+        out : (torch.Tensor, torch.Tensor), optional
+            Destinations for K and V, each exactly [B, n·chunk_tokens, H, D] (any strides with a
+            contiguous last dim, e.g. the head of a larger workspace); ``dtype`` is theirs. Written
+            in place and returned.
 
         Returns
         -------
         (k, v) : tuple of torch.Tensor
             [B, n·chunk_tokens, H, D] each, chunks in attention order (ascending id),
             ``n = len(context_chunks()) + include_current``.
+
+        Raises
+        ------
+        TypeError
+            ``dtype`` (or ``out``'s dtype) not bf16/fp16/fp32; ``out`` not a pair of tensors.
+        ValueError
+            Layer out of range, ``include_current`` without a started chunk, ``out`` of another
+            shape or device, with a non-contiguous last dim, or K and V of different dtypes.
         """
         self._check_layer(layer)
-        dtype = self.dtype if dtype is None else dtype
-        if dtype not in _checks.FLOAT_DTYPES:
-            raise TypeError(f"dtype must be bf16, fp16 or fp32, got {dtype}")
         n = len(self._ring.context())
         if include_current:
             if self._ring.current is None:
                 raise ValueError("include_current=True but no chunk was started")
             n += 1
+        if out is not None:
+            out_dtype = self._check_out(out, n)
+            if dtype is not None and dtype != out_dtype:
+                raise ValueError(f"dtype {dtype} differs from out's dtype {out_dtype}")
+            dtype = out_dtype
+        dtype = self.dtype if dtype is None else dtype
+        if dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"dtype must be bf16, fp16 or fp32, got {dtype}")
+        if self.storage == "bf16" and out is not None:
+            for dst, src in zip(out, self.dequantize(layer, include_current=include_current, dtype=dtype),
+                                strict=True):
+                dst.copy_(src)
+            return out
         if self.storage == "bf16":
             host = self._ring.table()
             ids = host[2 : 2 + host[0]] + ([host[1]] if include_current else [])
@@ -704,15 +760,36 @@ class FP4KVCache:
                                                           self.num_heads, self.head_dim)
             return out[0].to(dtype), out[1].to(dtype)
         if n == 0:
+            if out is not None:
+                return out
             empty = torch.empty((self.batch_size, 0, self.num_heads, self.head_dim), dtype=dtype,
                                 device=self.device)
             return empty, empty.clone()
         has_cuda = _cuda_op_available("kv_cache_dequantize_cuda")
         supported = ("triton", "torch") + (("cuda",) if has_cuda else ())
         be = resolve_backend(backend, self.device, op="FP4KVCache.dequantize", supported=supported,
-                             prefer=("cuda", "triton"))
+                             prefer=("triton", "cuda"))
+        if out is not None:
+            _dequantize_into_op(self.data[layer], self.scale[layer], self.global_scale[layer], self.table,
+                                out[0], out[1], be)
+            return out
         return _dequantize_op(self.data[layer], self.scale[layer], self.global_scale[layer], self.table, n,
                               dtype, be)
+
+    def _check_out(self, out: object, n: int) -> torch.dtype:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+            raise TypeError(f"out must be a pair of tensors (k, v), got {type(out).__name__}")
+        want = (self.batch_size, n * self.chunk_tokens, self.num_heads, self.head_dim)
+        for name, t in zip(("out[0]", "out[1]"), out, strict=True):
+            if tuple(t.shape) != want:
+                raise ValueError(f"{name} must have shape {list(want)}, got {list(t.shape)}")
+            _checks.check_dtype(name, t)
+            _checks.check_last_dim_contiguous(name, t)
+            if t.device != self.device:
+                raise ValueError(f"{name} is on {t.device}, the cache on {self.device}")
+        if out[0].dtype != out[1].dtype:
+            raise ValueError(f"out[0] and out[1] must have one dtype, got {out[0].dtype} and {out[1].dtype}")
+        return out[0].dtype
 
     # ---- memory ----------------------------------------------------------------------------------
 

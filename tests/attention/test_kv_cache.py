@@ -563,3 +563,45 @@ def test_gpu_cuda_update_any_shape_bit_exact_and_in_its_slot(seed, t, d, rule, d
         untouched[0, :, slot] = False
         assert_bitwise_equal(new[untouched].cpu(), old[untouched].cpu(), f"{n} outside the slot")
     _assert_slot_is_quantization(cache, 0, 1, k, v)
+
+
+# ---- dequantize(out=...): into the head of a larger (poisoned) workspace ----------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("include_current", [False, True])
+def test_dequantize_into_out_writes_exactly_its_rows(backend, include_current, triton_device):
+    dev = triton_device if backend == "triton" else "cpu"
+    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=40, max_chunks=4, batch_size=2,
+                       device=dev)
+    for n in range(4):
+        cache.start_chunk(n)
+        cache.update(1, _chunk(3 * n, 2, 40, 2, 32, device=dev), _chunk(3 * n + 1, 2, 40, 2, 32, device=dev),
+                     backend=backend)
+    want = cache.dequantize(1, include_current=include_current, dtype=torch.float32, backend="torch")
+    rows = want[0].shape[1]  # fp32: exact decode (Triton's interpreter truncates to bf16)
+    ws = poison_like(torch.empty(2, 2, rows + 17, 2, 32, dtype=torch.float32, device=dev))
+    before = ws.clone()
+    out = (ws[0, :, :rows], ws[1, :, :rows])
+    got = cache.dequantize(1, include_current=include_current, backend=backend, out=out)
+    assert got[0].data_ptr() == ws[0].data_ptr()
+    for g, w in zip(got, want, strict=True):
+        assert_bitwise_equal(g.cpu(), w.cpu(), "decoded rows")
+    assert_bitwise_equal(ws[:, :, rows:].cpu(), before[:, :, rows:].cpu(), "rows past out")
+
+
+def test_dequantize_out_errors():
+    cache = FP4KVCache(num_layers=1, num_heads=2, head_dim=32, chunk_tokens=8, max_chunks=3)
+    cache.start_chunk(0)
+    cache.start_chunk(1)
+    good = torch.empty(1, 8, 2, 32)
+    with pytest.raises(TypeError, match="pair"):
+        cache.dequantize(0, out=good)
+    with pytest.raises(ValueError, match=r"out\[1\] must have shape \[1, 8, 2, 32\]"):
+        cache.dequantize(0, out=(good, torch.empty(1, 16, 2, 32)))
+    with pytest.raises(ValueError, match="one dtype"):
+        cache.dequantize(0, out=(good, good.bfloat16()))
+    with pytest.raises(ValueError, match="differs"):
+        cache.dequantize(0, dtype=torch.float16, out=(good, good.clone()))
+    with pytest.raises(TypeError, match="dtype"):
+        cache.dequantize(0, out=(good.int(), good.int()))

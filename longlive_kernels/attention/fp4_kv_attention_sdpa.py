@@ -1,0 +1,78 @@
+"""``fp4_kv_attention(..., backend="sdpa")``: decode the attended chunks into a reused workspace with
+the cache's decode kernel, then ``torch.nn.functional.scaled_dot_product_attention`` with cuDNN
+attention first in the backend priority.
+
+Why this path exists on Hopper: cuDNN's attention runs at ~700 TFLOP/s on an H100 at the 5B model's
+shape (Lq 7040, Lk 28160, 24 heads × 128), while the fused Triton kernel that decodes FP4 tiles in
+registers reaches 0.46× of it and FlashAttention-2 (torch's default SDPA priority puts it first)
+0.49×. Decoding three context chunks costs ~130 µs (0.84× copy), 4% of one cuDNN call, so decode +
+cuDNN keeps the NVFP4 cache's memory saving at close to BF16-cache speed. The price is a workspace of
+one layer's window in the compute dtype (4 slots of 7040 tokens × 24 × 128: 346 MB for K and V),
+allocated once per cache and reused by every layer and chunk (fixed addresses, CUDA-graph friendly):
+the BF16 window exists for one layer at a time, never for the whole model.
+
+Measured on an H100 (2026-11-22, ``bench/attention/bench_kv_cache.py --quick --attention-only``,
+Lq 7040, Lk 28160): 3.848 ms = 0.91× cuDNN over a BF16 cache, 1.80× LongLive's dequantize + FA2.
+Accuracy is LongLive's: the decoded K/V are rounded to q's dtype, rel. error 4.95e-3 vs fp64 on the
+exactly decoded cache, where the fused kernel (``backend="triton"``, which keeps e2m1·scale exact in
+fp16 and applies the FP32 tile scale in fp32) reaches 1.73e-3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# cuDNN first, then torch's own order (FlashAttention-2, memory-efficient, math): shapes cuDNN cannot
+# serve fall back as before.
+_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.MATH]
+
+
+def cudnn_first(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context that puts cuDNN attention first in SDPA's priority on Hopper (sm_90), where it measured
+    2× FlashAttention-2 (bench/RESULTS.md, issue 5 table); a no-op elsewhere."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
+        return sdpa_kernel(_PRIORITY, set_priority=True)
+    return contextlib.nullcontext()
+
+
+def sdpa_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    """SDPA on [B, L, H, D] tensors (no mask), cuDNN first on Hopper; returns [B, Lq, H, D] contiguous."""
+    with cudnn_first(q.device):
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale
+        )
+    return o.transpose(1, 2).contiguous()
+
+
+def _workspace(cache, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V workspace views [B, rows, H, D] owned by ``cache``; grown (re-allocated) only when a call
+    needs more rows or another dtype."""
+    ws = getattr(cache, "_sdpa_workspace", None)
+    if ws is None or ws.dtype != dtype or ws.shape[2] < rows:
+        cap = max(rows, (cache.max_chunks - 1) * cache.chunk_tokens + cache.chunk_tokens)
+        ws = torch.empty((2, cache.batch_size, cap, cache.num_heads, cache.head_dim), dtype=dtype,
+                         device=cache.device)
+        cache._sdpa_workspace = ws
+    return ws[0, :, :rows], ws[1, :, :rows]
+
+
+def attention(q, cache, layer, current_k, current_v, softmax_scale):
+    """Attention of ``q`` [B, Lq, H, D] over the cache's context chunks plus the current chunk
+    (``current_k``/``current_v`` [B, Lc, H, D] in q's dtype, or the cache's current slot when None).
+    Inputs are checked by :func:`fp4_kv_attention`."""
+    n_ctx = len(cache.context_chunks())
+    ctx_rows = n_ctx * cache.chunk_tokens
+    if current_k is None:
+        k, v = _workspace(cache, ctx_rows + cache.chunk_tokens, q.dtype)
+        cache.dequantize(layer, include_current=True, out=(k, v))
+    else:
+        k, v = _workspace(cache, ctx_rows + current_k.shape[1], q.dtype)
+        if n_ctx:
+            cache.dequantize(layer, out=(k[:, :ctx_rows], v[:, :ctx_rows]))
+        k[:, ctx_rows:].copy_(current_k)
+        v[:, ctx_rows:].copy_(current_v)
+    return sdpa_bshd(q, k, v, softmax_scale)
