@@ -20,12 +20,25 @@ with the same method names as ``FP4KVCache`` (``start_chunk``, ``pin_shot_sink``
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
 from .masks import TeacherForcingLayout
+
+
+@functools.cache
+def _cudnn_first():
+    """``longlive_kernels``' cuDNN-first SDPA context, looked up once (lazily: importing the model
+    does not import the kernels); a no-op context without the kernel package."""
+    try:
+        from longlive_kernels.attention.fp4_kv_attention_sdpa import cudnn_first
+    except ImportError:  # the plain-torch baseline runs without the kernel package
+        return lambda device: contextlib.nullcontext()
+    return cudnn_first
 
 __all__ = [
     "AttentionBackend",
@@ -46,15 +59,7 @@ def sdpa_bshd(q, k, v, *, mask=None, scale=None) -> torch.Tensor:
     FlashAttention-2, measured at half cuDNN's speed on an H100 at the 5B model's shapes,
     bench/RESULTS.md issue 5); shapes cuDNN cannot serve fall back to the default order.
     """
-    try:
-        from longlive_kernels.attention.fp4_kv_attention_sdpa import cudnn_first
-    except ImportError:  # the model runs without the kernel package (plain-torch baseline)
-        import contextlib
-
-        def cudnn_first(device):
-            return contextlib.nullcontext()
-
-    with cudnn_first(q.device):
+    with _cudnn_first()(q.device):
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            attn_mask=mask, scale=scale)
     return o.transpose(1, 2)

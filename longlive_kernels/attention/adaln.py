@@ -28,8 +28,8 @@ import triton.language as tl
 from .. import _checks
 from .._aot import register_aot
 from .._backend import autotune_enabled, interpret_mode, resolve_backend
-from .partial_sums import sum_partials
 from . import reference
+from .partial_sums import sum_partials
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -504,8 +504,9 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
 
 def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, mod_grad, acc_dtype,
                 dx_dtype, dy_dtype):
+    """(dx or None, dy or None, list of per-frame grads (dscale, dshift | dgate) or None): [B, F, C],
+    or [C] for a scale / shift shared by every frame."""
     shared_mod = scale is not None and scale.dim() == 1
-    """(dx or None, dy or None, list of [B, F, C] per-frame grads (dscale, dshift | dgate) or None)."""
     norm, residual, gated = grad_h is not None, grad_r is not None, gate is not None
     ref = grad_h if norm else grad_r
     bsz, n_tok, c = ref.shape

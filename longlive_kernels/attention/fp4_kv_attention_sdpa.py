@@ -53,7 +53,7 @@ def _workspace(cache, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torc
     needs more rows or another dtype."""
     ws = getattr(cache, "_sdpa_workspace", None)
     if ws is None or ws.dtype != dtype or ws.shape[2] < rows:
-        cap = max(rows, (cache.max_chunks - 1) * cache.chunk_tokens + cache.chunk_tokens)
+        cap = max(rows, cache.max_chunks * cache.chunk_tokens)  # every context chunk + a current one
         ws = torch.empty((2, cache.batch_size, cap, cache.num_heads, cache.head_dim), dtype=dtype,
                          device=cache.device)
         cache._sdpa_workspace = ws

@@ -269,8 +269,6 @@ def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_
     if out_k is None:
         out_k = torch.empty((b, n_chunks * t, h, d), dtype=dtype, device=data.device)
         out_v = torch.empty_like(out_k)
-    elif out_k.stride() != out_v.stride():
-        raise ValueError("out_k and out_v must have the same strides")
     br = 32
     grid = (triton.cdiv(t, br), 2 * n_chunks, b * h)
     _kv_dequantize_kernel[grid](
@@ -730,7 +728,8 @@ class FP4KVCache:
             ``dtype`` (or ``out``'s dtype) not bf16/fp16/fp32; ``out`` not a pair of tensors.
         ValueError
             Layer out of range, ``include_current`` without a started chunk, ``out`` of another
-            shape or device, with a non-contiguous last dim, or K and V of different dtypes.
+            shape or device, with a non-contiguous last dim, or K and V of different dtypes or
+            strides.
         """
         self._check_layer(layer)
         n = len(self._ring.context())
@@ -789,6 +788,9 @@ class FP4KVCache:
                 raise ValueError(f"{name} is on {t.device}, the cache on {self.device}")
         if out[0].dtype != out[1].dtype:
             raise ValueError(f"out[0] and out[1] must have one dtype, got {out[0].dtype} and {out[1].dtype}")
+        if out[0].stride() != out[1].stride():  # the decode kernel takes one set of strides for both
+            raise ValueError(f"out[0] and out[1] must have the same strides, got {out[0].stride()} and "
+                             f"{out[1].stride()}")
         return out[0].dtype
 
     # ---- memory ----------------------------------------------------------------------------------

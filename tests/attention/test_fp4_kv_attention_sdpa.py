@@ -34,7 +34,7 @@ def test_sdpa_backend_equals_torch_backend(seed, n_chunks, with_current, storage
     rounding of the output dtype, whatever the number of context chunks (0..3) and the eviction state."""
     cache = _cache(seed, n_chunks, storage, b=b)
     q = _rand(seed + 99, b, 20, 2, 32)
-    kw = dict(current_k=_rand(seed + 7, b, 24, 2, 32), current_v=_rand(seed + 8, b, 24, 2, 32)) if with_current else {}
+    kw = {"current_k": _rand(seed + 7, b, 24, 2, 32), "current_v": _rand(seed + 8, b, 24, 2, 32)} if with_current else {}
     got = fp4_kv_attention(q, cache, 1, backend="sdpa", **kw)
     want = fp4_kv_attention(q, cache, 1, backend="torch", **kw)
     assert got.shape == q.shape and got.dtype == q.dtype and got.is_contiguous()

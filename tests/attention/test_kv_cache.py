@@ -250,25 +250,34 @@ def test_dequantize_triton_matches_torch_in_attention_order(triton_device):
 
 # ---- poisoned buffers: a write touches exactly its slot -----------------------------------------------
 
+_BUFFERS = ("data", "scale", "global_scale")
+
+
+def _poison(cache: FP4KVCache) -> dict[str, torch.Tensor]:
+    """Fill every buffer of ``cache`` with poison; returns copies to compare against."""
+    for name in _BUFFERS:
+        getattr(cache, name).copy_(poison_like(getattr(cache, name)))
+    return {n: getattr(cache, n).clone() for n in _BUFFERS}
+
+
+def _assert_only_slot_written(cache: FP4KVCache, before: dict[str, torch.Tensor], layer: int, slot: int) -> None:
+    for n, old in before.items():
+        new = getattr(cache, n)
+        untouched = torch.ones(new.shape[:3], dtype=torch.bool)
+        untouched[layer, :, slot] = False
+        assert_bitwise_equal(new[untouched].cpu(), old[untouched].cpu(), f"{n} outside the slot")
+
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_update_writes_only_its_slot(backend, triton_device):
     dev = triton_device if backend == "triton" else "cpu"
     cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=136, max_chunks=3, device=dev)
-    for name in ("data", "scale", "global_scale"):
-        buf = getattr(cache, name)
-        buf.copy_(poison_like(buf))
-    before = {n: getattr(cache, n).clone() for n in ("data", "scale", "global_scale")}
+    before = _poison(cache)
     cache.start_chunk(0)
     cache.start_chunk(1)
     k, v = _chunk(7, 1, 136, 2, 32, device=dev), _chunk(8, 1, 136, 2, 32, device=dev)
     cache.update(1, k, v, backend=backend)
-    slot = cache.slot_of(1)
-    for n, old in before.items():
-        new = getattr(cache, n)
-        untouched = torch.ones(new.shape[:3], dtype=torch.bool)
-        untouched[1, :, slot] = False
-        assert_bitwise_equal(new[untouched].cpu(), old[untouched].cpu(), f"{n} outside the slot")
+    _assert_only_slot_written(cache, before, 1, cache.slot_of(1))
     _assert_slot_is_quantization(cache, 1, 1, k.cpu(), v.cpu())
 
 
@@ -541,9 +550,7 @@ def test_gpu_cuda_update_any_shape_bit_exact_and_in_its_slot(seed, t, d, rule, d
     h = 3
     cache = FP4KVCache(num_layers=2, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=3, scale_rule=rule,
                        device="cuda")
-    for name in ("data", "scale", "global_scale"):
-        getattr(cache, name).copy_(poison_like(getattr(cache, name)))
-    before = {n: getattr(cache, n).clone() for n in ("data", "scale", "global_scale")}
+    before = _poison(cache)
     cache.start_chunk(0)
     cache.start_chunk(1)
     k, v = _chunk(seed, 1, t, h, d, dtype), _chunk(seed + 1, 1, t, h, d, dtype)
@@ -556,12 +563,7 @@ def test_gpu_cuda_update_any_shape_bit_exact_and_in_its_slot(seed, t, d, rule, d
     else:
         k_dev, v_dev = k.cuda(), v.cuda()
     cache.update(0, k_dev, v_dev, backend="cuda")
-    slot = cache.slot_of(1)
-    for n, old in before.items():
-        new = getattr(cache, n)
-        untouched = torch.ones(new.shape[:3], dtype=torch.bool)
-        untouched[0, :, slot] = False
-        assert_bitwise_equal(new[untouched].cpu(), old[untouched].cpu(), f"{n} outside the slot")
+    _assert_only_slot_written(cache, before, 0, cache.slot_of(1))
     _assert_slot_is_quantization(cache, 0, 1, k, v)
 
 
@@ -605,3 +607,5 @@ def test_dequantize_out_errors():
         cache.dequantize(0, dtype=torch.float16, out=(good, good.clone()))
     with pytest.raises(TypeError, match="dtype"):
         cache.dequantize(0, out=(good.int(), good.int()))
+    with pytest.raises(ValueError, match="same strides"):
+        cache.dequantize(0, out=(good, torch.empty(1, 2, 8, 32).transpose(1, 2)))
