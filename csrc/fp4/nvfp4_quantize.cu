@@ -98,17 +98,24 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
     u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(row * p.k + cb * kBlock + i)) : 0.0f;
   }
 
-  fp4::Candidate c = fp4::make_candidate(bamax, gs, fp4::rule_target(p.scale_rule), poison, zero);
+  fp4::Candidate c = fp4::make_candidate(bamax, gs, kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule), poison, zero);
   uint32_t packed[2];
-  float xq[kBlock];
-  fp4::encode16<kStochastic>(x, c, u, packed, xq);
-  if (kFourOverSix) {
+  if (!kFourOverSix) {
+    float xq[kBlock];
+    fp4::encode16<kStochastic>(x, c, u, packed, xq);
+  } else {
     const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
     uint32_t packed4[2];
-    float xq4[kBlock];
-    fp4::encode16<kStochastic>(x, c4, u, packed4, xq4);
-    float e6 = fp4::squared_error_tree(x, xq, c, gs);
-    float e4 = fp4::squared_error_tree(x, xq4, c4, gs);
+    float e6, e4;
+    if (kStochastic) {
+      float xq[kBlock], xq4[kBlock];
+      fp4::encode16<true>(x, c, u, packed, xq);
+      fp4::encode16<true>(x, c4, u, packed4, xq4);
+      e6 = fp4::squared_error_tree(x, xq, c, gs);
+      e4 = fp4::squared_error_tree(x, xq4, c4, gs);
+    } else {
+      fp4::four_over_six_candidates(x, bamax, gs, c, c4, packed, packed4, e6, e4);
+    }
     if (kRowFastest && p.block_2d) {
       e6 = tile_sum16(e6);
       e4 = tile_sum16(e4);
@@ -132,8 +139,9 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
 // pattern without the encode runs at 0.99x copy, so the encode's instruction issue is what remains.
 constexpr int kFlatThreads = 128;
 
-template <typename T, bool kStochastic, bool kHadamard>
+template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4QuantizeParams p) {
+  static_assert(!(kFourOverSix && kStochastic), "stochastic Four Over Six takes the row-tiled kernel");
   const int64_t n_blocks = p.rows * (p.k / kBlock);
   const int64_t stride = int64_t(gridDim.x) * kFlatThreads;
   const T* x_ptr = static_cast<const T*>(p.x);
@@ -143,7 +151,7 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
                        : __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
   if (b == 0) *p.global_scale = gs;
   const bool gs_bad = !isfinite(gs);
-  const float target = fp4::rule_target(p.scale_rule);
+  const float target = kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule);
 
   fp4::RawBlock<T> next;
   if (b < n_blocks) next = fp4::load_raw16(x_ptr + b * kBlock);
@@ -155,42 +163,59 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
     if (kHadamard) fp4::rht16(x, p.hadamard_mask);
     const float bamax = kHadamard ? fp4::block_amax(x) : fp4::raw_block_amax(cur);
     const bool poison = (bamax == __int_as_float(0x7f800000)) || gs_bad;
-    float u[kBlock];
-#pragma unroll
-    for (int i = 0; i < kBlock; ++i) u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(b * kBlock + i)) : 0.0f;
     const fp4::Candidate c = fp4::make_candidate(bamax, gs, target, poison, bamax == 0.0f);
     uint32_t packed[2];
-    float xq[kBlock];
-    fp4::encode16<kStochastic>(x, c, u, packed, xq);
+    uint8_t scale = c.scale;
+    if (kFourOverSix) {
+      const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, bamax == 0.0f);
+      uint32_t packed4[2];
+      float e6, e4;
+      fp4::four_over_six_candidates(x, bamax, gs, c, c4, packed, packed4, e6, e4);
+      if (e4 < e6) {
+        packed[0] = packed4[0];
+        packed[1] = packed4[1];
+        scale = c4.scale;
+      }
+    } else {
+      float u[kBlock];
+#pragma unroll
+      for (int i = 0; i < kBlock; ++i) {
+        u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(b * kBlock + i)) : 0.0f;
+      }
+      float xq[kBlock];
+      fp4::encode16<kStochastic>(x, c, u, packed, xq);
+    }
     reinterpret_cast<uint2*>(p.data)[b] = make_uint2(packed[0], packed[1]);
-    p.scale[b] = c.scale;
+    p.scale[b] = scale;
   }
 }
 
 // Persistent grid of the flat kernel: as many CTAs as fit on the device at once.
-template <typename T, bool kStochastic, bool kHadamard>
+template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 void launch_flat(const NVFP4QuantizeParams& p, cudaStream_t stream) {
+  const auto kernel = quantize_flat_kernel<T, kFourOverSix, kStochastic, kHadamard>;
   static int ctas = 0;  // per instantiation; the device does not change under one process's kernels
   if (ctas == 0) {
     int dev = 0, sms = 132, per_sm = 1;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, quantize_flat_kernel<T, kStochastic, kHadamard>,
-                                                  kFlatThreads, 0);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFlatThreads, 0);
     ctas = sms * (per_sm > 0 ? per_sm : 1);
   }
   const int64_t needed = (p.rows * (p.k / kBlock) + kFlatThreads - 1) / kFlatThreads;
   const int grid = static_cast<int>(needed < ctas ? needed : ctas);
-  quantize_flat_kernel<T, kStochastic, kHadamard><<<grid, kFlatThreads, 0, stream>>>(p);
+  kernel<<<grid, kFlatThreads, 0, stream>>>(p);
 }
 
 template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 cudaError_t launch_quantize(const NVFP4QuantizeParams& p, dim3 grid, cudaStream_t stream) {
-  // Four Over Six keeps the row-tiled kernel: its two candidates needed ~110 registers in the flat,
-  // prefetching one, whose occupancy then halved (measured slower on an H200).
-  if (!kFourOverSix && !p.block_2d && p.stride_row == p.k) {
-    launch_flat<T, kStochastic, kHadamard>(p, stream);
-  } else if (p.block_2d) {
+  if constexpr (!(kFourOverSix && kStochastic)) {
+    if (!p.block_2d && p.stride_row == p.k) {
+      launch_flat<T, kFourOverSix, kStochastic, kHadamard>(p, stream);
+      return cudaGetLastError();
+    }
+  }
+  if (p.block_2d) {
     quantize_kernel<T, kFourOverSix, kStochastic, kHadamard, true><<<grid, kThreads, 0, stream>>>(p);
   } else {
     quantize_kernel<T, kFourOverSix, kStochastic, kHadamard, false><<<grid, kThreads, 0, stream>>>(p);

@@ -51,22 +51,23 @@ __device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], fl
                                                uint2& packed, uint8_t& scale) {
   const bool poison = (bamax == __int_as_float(0x7f800000)) || !isfinite(gs);
   const bool zero = bamax == 0.0f;
-  const float u[fp4::kBlock] = {};  // RNE only: encode16<false> never reads u
   const fp4::Candidate c = fp4::make_candidate(bamax, gs, kFourOverSix ? 6.0f : target, poison, zero);
   uint32_t words[2];
-  float xq[fp4::kBlock];
-  fp4::encode16<false>(x, c, u, words, xq);
   scale = c.scale;
   if (kFourOverSix) {
     const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
     uint32_t words4[2];
-    float xq4[fp4::kBlock];
-    fp4::encode16<false>(x, c4, u, words4, xq4);
-    if (fp4::squared_error_tree(x, xq4, c4, gs) < fp4::squared_error_tree(x, xq, c, gs)) {
+    float e6, e4;
+    fp4::four_over_six_candidates(x, bamax, gs, c, c4, words, words4, e6, e4);
+    if (e4 < e6) {
       words[0] = words4[0];
       words[1] = words4[1];
       scale = c4.scale;
     }
+  } else {
+    const float u[fp4::kBlock] = {};  // RNE only: encode16<false> never reads u
+    float xq[fp4::kBlock];
+    fp4::encode16<false>(x, c, u, words, xq);
   }
   packed = make_uint2(words[0], words[1]);
 }
