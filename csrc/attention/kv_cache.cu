@@ -75,6 +75,7 @@ __global__ void __launch_bounds__(kThreads, update_min_ctas<T, kBlocksPerThread,
   amax = kv::cta_max<kThreads>(amax, red);
   const float gs = __fdiv_rn(amax, fp4::rule_denominator(p.scale_rule));
   const float target = fp4::rule_target(p.scale_rule);
+  const fp4::TensorScale ts = fp4::tensor_scale(gs);
 
   const int64_t plane = kv::plane_index(kv_idx, slot, b, h, p.slots, p.batch, p.heads);
   const int64_t n_tiles = (p.tokens + kTileTokens - 1) / kTileTokens;
@@ -91,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, update_min_ctas<T, kBlocksPerThread,
     fp4::unpack16<T>(raw[i], vals);
     uint2 packed;
     uint8_t s;
-    kv::quantize_block<kFourOverSix>(vals, bamax[i], gs, target, packed, s);
+    kv::quantize_block<kFourOverSix>(vals, bamax[i], ts, target, packed, s);
     data[blk] = packed;
     scale[blk] = s;
   }

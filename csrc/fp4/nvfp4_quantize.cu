@@ -89,7 +89,8 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
   const float gs = p.given_scale ? *p.global_scale_in
                                  : __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
   if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *p.global_scale = gs;
-  const bool poison = (bamax == __int_as_float(0x7f800000)) || !isfinite(gs);
+  const fp4::TensorScale ts = fp4::tensor_scale(gs);
+  const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
   const bool zero = bamax == 0.0f;
 
   float u[kBlock];
@@ -98,28 +99,30 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
     u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(row * p.k + cb * kBlock + i)) : 0.0f;
   }
 
-  fp4::Candidate c = fp4::make_candidate(bamax, gs, kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule), poison, zero);
+  fp4::Candidate c = fp4::make_candidate(bamax, ts, kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule), poison, zero);
   uint32_t packed[2];
   if (!kFourOverSix) {
     float xq[kBlock];
     fp4::encode16<kStochastic>(x, c, u, packed, xq);
   } else {
-    const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
+    const fp4::Candidate c4 = fp4::make_candidate(bamax, ts, 4.0f, poison, zero);
     uint32_t packed4[2];
     float e6, e4;
     if (kStochastic) {
       float xq[kBlock], xq4[kBlock];
       fp4::encode16<true>(x, c, u, packed, xq);
       fp4::encode16<true>(x, c4, u, packed4, xq4);
-      e6 = fp4::squared_error_tree(x, xq, c, gs);
-      e4 = fp4::squared_error_tree(x, xq4, c4, gs);
+      e6 = fp4::scaled_error_sum(x, xq, c);
+      e4 = fp4::scaled_error_sum(x, xq4, c4);
     } else {
-      fp4::four_over_six_candidates(x, bamax, gs, c, c4, packed, packed4, e6, e4);
+      fp4::four_over_six_candidates(x, bamax, c, c4, packed, packed4, e6, e4);
     }
     if (kRowFastest && p.block_2d) {
       e6 = tile_sum16(e6);
       e4 = tile_sum16(e4);
     }
+    e6 = fp4::four_over_six_error(e6, c);
+    e4 = fp4::four_over_six_error(e4, c4);
     if (e4 < e6) {
       c = c4;
       packed[0] = packed4[0];
@@ -150,7 +153,7 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
                        ? *p.global_scale_in
                        : __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
   if (b == 0) *p.global_scale = gs;
-  const bool gs_bad = !isfinite(gs);
+  const fp4::TensorScale ts = fp4::tensor_scale(gs);
   const float target = kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule);
 
   fp4::RawBlock<T> next;
@@ -162,16 +165,16 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
     fp4::unpack16<T>(cur, x);
     if (kHadamard) fp4::rht16(x, p.hadamard_mask);
     const float bamax = kHadamard ? fp4::block_amax(x) : fp4::raw_block_amax(cur);
-    const bool poison = (bamax == __int_as_float(0x7f800000)) || gs_bad;
-    const fp4::Candidate c = fp4::make_candidate(bamax, gs, target, poison, bamax == 0.0f);
+    const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
+    const fp4::Candidate c = fp4::make_candidate(bamax, ts, target, poison, bamax == 0.0f);
     uint32_t packed[2];
     uint8_t scale = c.scale;
     if (kFourOverSix) {
-      const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, bamax == 0.0f);
+      const fp4::Candidate c4 = fp4::make_candidate(bamax, ts, 4.0f, poison, bamax == 0.0f);
       uint32_t packed4[2];
       float e6, e4;
-      fp4::four_over_six_candidates(x, bamax, gs, c, c4, packed, packed4, e6, e4);
-      if (e4 < e6) {
+      fp4::four_over_six_candidates(x, bamax, c, c4, packed, packed4, e6, e4);
+      if (fp4::four_over_six_error(e4, c4) < fp4::four_over_six_error(e6, c)) {
         packed[0] = packed4[0];
         packed[1] = packed4[1];
         scale = c4.scale;

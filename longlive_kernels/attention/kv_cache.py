@@ -45,8 +45,8 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import cuda_extension, has_cuda_extension, resolve_backend
 from ..fp4.format import SCALE_RULES, NVFP4Tensor
-from ..fp4.nvfp4_triton import e2m1_decode, e4m3_decode, pack_nibbles, pairwise_sum_last, unpack_nibbles
-from ..fp4.quantize import _quantize_candidate
+from ..fp4.nvfp4_triton import e2m1_decode, e4m3_decode, pack_nibbles, unpack_nibbles
+from ..fp4.quantize import _quantize_blocks
 from . import reference
 from .reference import KV_SCALE_TILE
 
@@ -124,14 +124,7 @@ def _kv_update_kernel(
         gs_b = tl.zeros_like(bamax) + gs
         poison = (bamax == float("inf")) | (gs_b != gs_b) | (tl.abs(gs_b) == float("inf"))
         zero = bamax == 0.0
-        codes, scode, sv = _quantize_candidate(xb, bamax, gs, xb, poison, zero, TARGET, False)
-        if FOUR_OVER_SIX:
-            codes4, scode4, sv4 = _quantize_candidate(xb, bamax, gs, xb, poison, zero, 4.0, False)
-            e6 = xb - (e2m1_decode(codes) * sv[:, :, None]) * gs
-            e4 = xb - (e2m1_decode(codes4) * sv4[:, :, None]) * gs
-            use4 = pairwise_sum_last(e4 * e4, BR, NB) < pairwise_sum_last(e6 * e6, BR, NB)
-            codes = tl.where(use4[:, :, None], codes4, codes)
-            scode = tl.where(use4, scode4, scode)
+        codes, scode = _quantize_blocks(xb, bamax, gs, xb, poison, zero, TARGET, FOUR_OVER_SIX, False, BR, NB)
         packed = pack_nibbles(tl.reshape(codes, (BR, D)), BR, D)
         row64 = plane * T + rows[:, None].to(tl.int64)
         m = mask & valid_slot

@@ -34,10 +34,9 @@ from ..fp4.nvfp4_triton import (
     e4m3_decode,
     e4m3_rne,
     pack_nibbles,
-    pairwise_sum_last,
     unpack_nibbles,
 )
-from ..fp4.quantize import _quantize_candidate
+from ..fp4.quantize import _quantize_blocks
 from ..fp4.reference import div_rn
 from . import reference
 from .reference import FORMATS, payload_layout
@@ -156,14 +155,7 @@ def _pack_kernel(
         gs_b = tl.zeros_like(bamax) + gs
         poison = (bamax == float("inf")) | (gs_b != gs_b) | (tl.abs(gs_b) == float("inf"))
         zero = bamax == 0.0
-        codes, scode, sv = _quantize_candidate(xb, bamax, gs, xb, poison, zero, TARGET, False)
-        if FOUR_OVER_SIX:
-            codes4, scode4, sv4 = _quantize_candidate(xb, bamax, gs, xb, poison, zero, 4.0, False)
-            e6 = xb - (e2m1_decode(codes) * sv[:, :, None]) * gs
-            e4 = xb - (e2m1_decode(codes4) * sv4[:, :, None]) * gs
-            use4 = pairwise_sum_last(e4 * e4, BR, NB) < pairwise_sum_last(e6 * e6, BR, NB)
-            codes = tl.where(use4[:, :, None], codes4, codes)
-            scode = tl.where(use4, scode4, scode)
+        codes, scode = _quantize_blocks(xb, bamax, gs, xb, poison, zero, TARGET, FOUR_OVER_SIX, False, BR, NB)
         packed = pack_nibbles(tl.reshape(codes, (BR, BD)), BR, BD)
         c2 = tl.arange(0, BD // 2)
         dmask = rmask[:, None] & (c2 < D // 2)[None, :]

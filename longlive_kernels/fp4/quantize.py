@@ -74,7 +74,8 @@ def _amax_kernel(
 
 @triton.jit
 def _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """One scale candidate for blocks ``xb`` [BR, NB, 16]: returns (codes, scale code, scale value)."""
+    """One scale candidate for blocks ``xb`` [BR, NB, 16]: returns (codes, scale code, scaled
+    values v, decode factor d, dead); codes are zeroed where dead."""
     s = tl.minimum(tl.math.div_rn(tl.math.div_rn(bamax, TARGET), gs), 448.0)
     s = tl.where(s == s, s, 0.0)
     sv, scode = e4m3_rne(s)
@@ -85,10 +86,38 @@ def _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET: tl.constexpr, ST
     else:
         codes = e2m1_rne_code(v)
     dead = (d == 0) | poison | zero
-    codes = tl.where(dead[:, :, None], 0, codes)
     scode = tl.where(zero, 0, scode)
     scode = tl.where(poison, 0x7F, scode)
-    return codes, scode, sv
+    return codes, scode, v, d, dead
+
+
+@triton.jit
+def _scaled_error_sum(v, codes, BR: tl.constexpr, NB: tl.constexpr):
+    """[BR, NB]: Σ (|v| - |e2m1|)² per block, the tree of ``reference._four_over_six_error``."""
+    t = tl.abs(v) - e2m1_decode(codes & 7)
+    return pairwise_sum_last(t * t, BR, NB)
+
+
+@triton.jit
+def _four_over_six_error(e, d, dead):
+    return tl.where(dead, float("inf"), (e * d) * d)
+
+
+@triton.jit
+def _quantize_blocks(xb, bamax, gs, u, poison, zero, TARGET: tl.constexpr, FOUR_OVER_SIX: tl.constexpr,
+                     STOCHASTIC: tl.constexpr, BR: tl.constexpr, NB: tl.constexpr):
+    """Codes [BR, NB, 16] and scale codes [BR, NB] of 1×16 blocks under a static rule (``TARGET``) or
+    Four Over Six (the smaller scaled error of the →6 and →4 candidates, ties → 6)."""
+    codes, scode, v, d, dead = _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET, STOCHASTIC)
+    if FOUR_OVER_SIX:
+        codes4, scode4, v4, d4, dead4 = _quantize_candidate(xb, bamax, gs, u, poison, zero, 4.0, STOCHASTIC)
+        err6 = _four_over_six_error(_scaled_error_sum(v, codes, BR, NB), d, dead)
+        err4 = _four_over_six_error(_scaled_error_sum(v4, codes4, BR, NB), d4, dead4)
+        use4 = err4 < err6
+        codes = tl.where(use4[:, :, None], codes4, codes)
+        scode = tl.where(use4, scode4, scode)
+        dead = tl.where(use4, dead4, dead)
+    return tl.where(dead[:, :, None], 0, codes), scode
 
 
 @triton.jit
@@ -141,19 +170,20 @@ def _quantize_kernel(
         offs = r[:, None].to(tl.int64) * K + c[None, :]
         u = tl.reshape(philox_uniform(seed, offs), (BR, NB, 16))
 
-    codes, scode, sv = _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET, STOCHASTIC)
-    if FOUR_OVER_SIX:
-        codes4, scode4, sv4 = _quantize_candidate(xb, bamax, gs, u, poison, zero, 4.0, STOCHASTIC)
-        e6 = xb - (e2m1_decode(codes) * sv[:, :, None]) * gs
-        e4 = xb - (e2m1_decode(codes4) * sv4[:, :, None]) * gs
-        err6 = pairwise_sum_last(e6 * e6, BR, NB)
-        err4 = pairwise_sum_last(e4 * e4, BR, NB)
-        if BLOCK_2D:
-            err6 = broadcast_rows16(pairwise_sum_rows16(err6, BR // 16, NB), BR // 16, NB)
-            err4 = broadcast_rows16(pairwise_sum_rows16(err4, BR // 16, NB), BR // 16, NB)
-        use4 = err4 < err6
+    if BLOCK_2D and FOUR_OVER_SIX:  # the tile's 16 rows sum their errors before the 4/6 choice
+        codes, scode, v, d, dead = _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET, STOCHASTIC)
+        codes4, scode4, v4, d4, dead4 = _quantize_candidate(xb, bamax, gs, u, poison, zero, 4.0, STOCHASTIC)
+        e6 = pairwise_sum_rows16(_scaled_error_sum(v, codes, BR, NB), BR // 16, NB)
+        e4 = pairwise_sum_rows16(_scaled_error_sum(v4, codes4, BR, NB), BR // 16, NB)
+        err6 = broadcast_rows16(e6, BR // 16, NB)
+        err4 = broadcast_rows16(e4, BR // 16, NB)
+        use4 = _four_over_six_error(err4, d4, dead4) < _four_over_six_error(err6, d, dead)
         codes = tl.where(use4[:, :, None], codes4, codes)
         scode = tl.where(use4, scode4, scode)
+        dead = tl.where(use4, dead4, dead)
+        codes = tl.where(dead[:, :, None], 0, codes)
+    else:
+        codes, scode = _quantize_blocks(xb, bamax, gs, u, poison, zero, TARGET, FOUR_OVER_SIX, STOCHASTIC, BR, NB)
 
     packed = pack_nibbles(tl.reshape(codes, (BR, BK)), BR, BK)
     c2 = pid_k * (BK // 2) + tl.arange(0, BK // 2)

@@ -8,8 +8,9 @@ the operation order below *is* the spec:
 - element ``q = e2m1_rne(x · r)`` with ``r = 1 / (s · s_global)`` (fp32 product, then one correctly
   rounded reciprocal per block; Transformer Engine's ``block_scale_inverse`` form);
 - decoded value ``(q · s) · s_global`` (the first product is exact);
-- Four Over Six: squared errors summed over the 16 elements as a pairwise tree of adjacent pairs
-  ((e0+e1)+(e2+e3))+..., for 16×16 tiles the 16 row sums again as a pairwise tree.
+- Four Over Six: per candidate ``e = Σ (|v| - |e2m1(v)|)²`` over the block's scaled values ``v = x · r``
+  as a pairwise tree of adjacent pairs ((e0+e1)+(e2+e3))+... (16×16 tiles: the 16 row sums again as
+  a pairwise tree), compared as ``(e · d) · d`` with ``d = s · s_global``; ties keep 6.
 
 Non-finite policy: a block holding ±Inf or NaN gets the E4M3 NaN scale (0x7F) and zero codes, so it
 decodes to NaN; when the tensor scale is computed from such a tensor it is Inf and every block is
@@ -179,6 +180,25 @@ def _untile_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return t.repeat_interleave(BLOCK_SIZE, dim=0)[:rows]
 
 
+def _four_over_six_error(
+    v: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, dead: torch.Tensor, rows: int, block_2d: bool
+) -> torch.Tensor:
+    """Four Over Six's error of one candidate, [rows, nb] fp32 (+Inf where the candidate is dead).
+
+    Measured in the scaled domain, where the rounding happened: ``e = Σ (|v| - |e2m1(v)|)²`` over the
+    block (pairwise tree; 16×16 tiles then sum their 16 rows' ``e`` the same way), compared as
+    ``(e · d) · d`` with ``d = s_block · s_global``. Up to fp32 rounding this is the squared error of
+    the decoded block, ``Σ (x - e2m1 · d)²``, at two multiplies per element fewer than decoding.
+    """
+    mag = e2m1_values(v.device)[(codes & 7).long()]
+    t = v.abs() - mag
+    e = _pairwise_sum(t * t, dim=-1)
+    if block_2d:
+        e = _untile_rows(_pairwise_sum(_tile_rows(e, rows), dim=1), rows)
+    err = (e * d) * d
+    return torch.where(dead, torch.full_like(err, _INF), err)
+
+
 def block_amax(xf: torch.Tensor, block_2d: bool) -> torch.Tensor:
     """[rows, K] fp32 → [rows, K/16] block amax (NaN counts as +Inf; 2-D tiles replicated per row)."""
     rows, k = xf.shape
@@ -229,31 +249,23 @@ def quantize(
     def candidate(target: float):
         s = torch.clamp(div_rn(bamax, target) / gs, max=448.0)
         s8 = e4m3_round(torch.nan_to_num(s, nan=0.0))
-        sv = s8.float()
-        d = sv * gs
+        d = s8.float() * gs
         v = blocks * (torch.ones_like(d) / d).unsqueeze(-1)  # correctly rounded 1/d on every device
         codes = e2m1_round_rne(v) if u is None else e2m1_round_stochastic(v, u)
         dead = (d == 0) | poison | zero
+        err = None
+        if scale_rule == "four_over_six":
+            err = _four_over_six_error(v, codes, d, dead, rows, block_2d)
         codes = torch.where(dead.unsqueeze(-1), torch.zeros_like(codes), codes)
         sbyte = s8.view(torch.uint8).to(torch.int32)
         sbyte = torch.where(zero, torch.zeros_like(sbyte), sbyte)
         sbyte = torch.where(poison, torch.full_like(sbyte, 0x7F), sbyte)
-        return codes, sbyte, sv
+        return codes, sbyte, err
 
-    codes, sbyte, sv = candidate(SCALE_RULES[scale_rule][0])
+    codes, sbyte, err6 = candidate(SCALE_RULES[scale_rule][0])
     if scale_rule == "four_over_six":
-        codes4, sbyte4, sv4 = candidate(4.0)
-        lut = e2m1_values(xf.device)
-
-        def block_error(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            xhat = (lut[c.long()] * s.unsqueeze(-1)) * gs
-            err = blocks - xhat
-            e = _pairwise_sum(err * err, dim=-1)  # [rows, nb]
-            if block_2d:
-                e = _untile_rows(_pairwise_sum(_tile_rows(e, rows), dim=1), rows)
-            return e
-
-        use4 = block_error(codes4, sv4) < block_error(codes, sv)
+        codes4, sbyte4, err4 = candidate(4.0)
+        use4 = err4 < err6
         codes = torch.where(use4.unsqueeze(-1), codes4, codes)
         sbyte = torch.where(use4, sbyte4, sbyte)
 

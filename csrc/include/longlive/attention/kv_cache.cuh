@@ -45,11 +45,11 @@ __device__ __forceinline__ float cta_max(float v, float* red) {
 
 // NVFP4 of one 16-value block whose amax (NaN -> +Inf) is `bamax`, with the tile's decode scale `gs`
 // (the candidate logic of fp4::make_candidate / encode16). Static rules encode with `target`; Four
-// Over Six keeps the candidate (6 or 4) with the smaller squared error, ties -> 6.
+// Over Six keeps the candidate (6 or 4) with the smaller scaled squared error, ties -> 6.
 template <bool kFourOverSix>
-__device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], float bamax, float gs, float target,
-                                               uint2& packed, uint8_t& scale) {
-  const bool poison = (bamax == __int_as_float(0x7f800000)) || !isfinite(gs);
+__device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], float bamax, const fp4::TensorScale& gs,
+                                               float target, uint2& packed, uint8_t& scale) {
+  const bool poison = (bamax == __int_as_float(0x7f800000)) || gs.bad;
   const bool zero = bamax == 0.0f;
   const fp4::Candidate c = fp4::make_candidate(bamax, gs, kFourOverSix ? 6.0f : target, poison, zero);
   uint32_t words[2];
@@ -58,8 +58,8 @@ __device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], fl
     const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
     uint32_t words4[2];
     float e6, e4;
-    fp4::four_over_six_candidates(x, bamax, gs, c, c4, words, words4, e6, e4);
-    if (e4 < e6) {
+    fp4::four_over_six_candidates(x, bamax, c, c4, words, words4, e6, e4);
+    if (fp4::four_over_six_error(e4, c4) < fp4::four_over_six_error(e6, c)) {
       words[0] = words4[0];
       words[1] = words4[1];
       scale = c4.scale;

@@ -42,17 +42,18 @@ __device__ __forceinline__ float e2m1_decode(int code) {
 __device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >> 31) & 1; }
 
 // Round |v| to the E2M1 grid, ties to even, saturating at 6, on the FMA pipe where possible (the ALU
-// pipe runs at half the issue rate on sm_90). On [0,2), [2,4), [4,6] the grid step
-// 0.5, 1, 2 is the fp32 ulp of the binade [2^(22+e), 2^(23+e)), e = max(floor(log2 |v|), 0): adding
-// any magic from that binade rounds |v| to the grid in one correctly rounded add, if the sum stays in
-// the binade. magic = max(a, 1) * 2^22 with mantissa bit 22 cleared (so magic + 6 cannot leave it);
-// r = (a + magic) - magic is then the rounded magnitude, exactly. Its code: r * 2^-126 is exact and
-// its fp32 bits 22..25 are the E2M1 code (E2M1 is fp32 with the exponent cut to 2 bits and the
-// mantissa to 1; the scaling puts E2M1's subnormal 0.5 at fp32's 2^-127).
-// Checked against the grid definition on the host (2026-11-21): every fp32 value up to 7.5, every
-// 4099th above (all clamp to 6), NaN.
+// pipe runs at half the issue rate on sm_90). On [0,2), [2,4), [4,6] the grid step 0.5, 1, 2 is the
+// fp32 ulp of the binade [2^(22+e), 2^(23+e)), e = max(floor(log2 a), 0): adding a magic from that
+// binade rounds a to the grid in one correctly rounded add, if the sum stays in the binade; then
+// r = (a + magic) - magic is the rounded magnitude, exactly. magic = max(a, 1.5) * (2^22 - 4): the
+// factor below 2^22 keeps magic + a under the binade's top; just above a power of two the product
+// falls one binade low, where the step is halved, but such an a rounds to that power of two under
+// either step (no AND on the ALU pipe to clear a mantissa bit, as the previous form needed). Checked
+// against the grid definition on the host for every fp32 a in [0, 7) (2026-11-22).
+// The code of r: r * 2^-126 is exact and its fp32 bits 22..25 are the E2M1 code (E2M1 is fp32 with
+// the exponent cut to 2 bits and the mantissa to 1; the scaling puts E2M1's 0.5 at fp32's 2^-127).
 __device__ __forceinline__ float e2m1_rne_below7(float a) {  // a in [0, 7): [6, 7) rounds to 6
-  const float magic = __uint_as_float(__float_as_uint(__fmul_rn(fmaxf(a, 1.0f), 0x1p22f)) & ~0x00400000u);
+  const float magic = __fmul_rn(fmaxf(a, 1.5f), 4194300.0f);
   return __fsub_rn(__fadd_rn(a, magic), magic);
 }
 
@@ -306,9 +307,28 @@ __device__ __forceinline__ float raw_block_amax(const RawBlock<T>& r) {
 struct Candidate {
   uint8_t scale;
   float scale_value;
+  float decode;  // scale_value * s_global
   float inv;
   bool dead;  // all codes 0 (zero or poisoned block, or a decode factor of 0)
 };
+
+// The tensor's decode scale with what every block's candidates reuse: its correctly rounded
+// reciprocal, computed once per thread instead of once per division.
+struct TensorScale {
+  float gs;
+  float rcp;  // RN(1 / gs)
+  bool bad;   // gs is Inf or NaN: every block is poisoned
+  bool fast;  // gs in [2^-60, 2^60]: see make_candidate
+};
+
+__device__ __forceinline__ TensorScale tensor_scale(float gs) {
+  TensorScale t;
+  t.gs = gs;
+  t.rcp = __frcp_rn(gs);
+  t.bad = !isfinite(gs);
+  t.fast = gs >= 0x1p-60f && gs <= 0x1p60f;
+  return t;
+}
 
 // __fdiv_rn(x, target) for the rules' targets 4 and 6 without a division: x/4 is a correctly rounded
 // product; x/6 is q0 = x·RN(1/6) plus one FMA correction, checked equal to x/6 on every finite fp32
@@ -321,20 +341,54 @@ __device__ __forceinline__ float div_by_target(float x, float target) {
   return __fmaf_rn(__fmaf_rn(-6.0f, q0, x), kSixth, q0);
 }
 
-__device__ __forceinline__ Candidate make_candidate(float bamax, float gs, float target, bool poison, bool zero) {
+// __frcp_rn(d) for d in [2^-125, 2^125]: the approximate reciprocal and one Newton step, the
+// sequence __frcp_rn itself runs after its range check.
+__device__ __forceinline__ float rcp_rn_normal(float d) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(d));
+  return __fmaf_rn(y, -__fmaf_rn(d, y, -1.0f), y);
+}
+
+__device__ __forceinline__ Candidate finish_candidate(float s, float gs, bool poison, bool zero, bool fast) {
   Candidate c;
-  float s = fminf(__fdiv_rn(div_by_target(bamax, target), gs), kE4M3Max);
-  s = (s != s) ? 0.0f : s;
   const uint8_t code = e4m3_rne(s, c.scale_value);
   const float d = __fmul_rn(c.scale_value, gs);
-  c.inv = __frcp_rn(d);  // = __fdiv_rn(1, d) (both correctly rounded), fewer instructions
+  c.decode = d;
+  if (fast) {  // d = 0 (an E4M3 scale of 0) or d in [2^-69, 2^69]
+    c.inv = d == 0.0f ? __int_as_float(0x7f800000) : rcp_rn_normal(d);
+  } else {
+    c.inv = __frcp_rn(d);  // = __fdiv_rn(1, d) (both correctly rounded), fewer instructions
+  }
   c.dead = (d == 0.0f) || poison || zero;
   c.scale = poison ? 0x7F : (zero ? 0 : code);
   return c;
 }
 
+// When gs and bamax lie in [2^-60, 2^60] and [2^-58, 2^58] (every block of any real tensor), the
+// quotient (bamax / target) / gs is normal and is taken as Markstein's q + (y - gs q) rcp with
+// q = y rcp, which equals __fdiv_rn when rcp is the correctly rounded reciprocal (checked on the
+// host against exact rationals for 181k operand pairs, edge significands included, 2026-11-22).
+__device__ __forceinline__ bool fast_block(const TensorScale& t, float bamax) {
+  return t.fast && bamax >= 0x1p-58f && bamax <= 0x1p58f;
+}
+
+__device__ __forceinline__ Candidate make_candidate(float bamax, const TensorScale& t, float target, bool poison,
+                                                    bool zero) {
+  if (fast_block(t, bamax)) {
+    const float y = target == 4.0f ? __fmul_rn(bamax, 0.25f)
+                                   : __fmaf_rn(__fmaf_rn(-6.0f, __fmul_rn(bamax, 1.0f / 6.0f), bamax), 1.0f / 6.0f,
+                                               __fmul_rn(bamax, 1.0f / 6.0f));
+    const float q = __fmul_rn(y, t.rcp);
+    const float s = __fmaf_rn(__fmaf_rn(-t.gs, q, y), t.rcp, q);
+    return finish_candidate(fminf(s, kE4M3Max), t.gs, poison, zero, true);
+  }
+  float s = fminf(__fdiv_rn(div_by_target(bamax, target), t.gs), kE4M3Max);
+  s = (s != s) ? 0.0f : s;
+  return finish_candidate(s, t.gs, poison, zero, false);
+}
+
 // Encode 16 elements with one candidate into two packed words (element 2i in the low nibble) and the
-// signed E2M1 values they decode to (`xq`; 0 for a dead candidate), for the Four Over Six error.
+// signed E2M1 values of the codes (`xq`, before a dead candidate's codes are zeroed), for Four Over Six.
 template <bool kStochastic>
 __device__ __forceinline__ void encode16(const float (&x)[kBlock], const Candidate& c, const float (&u)[kBlock],
                                          uint32_t (&packed)[2], float (&xq)[kBlock]) {
@@ -376,29 +430,32 @@ __device__ __forceinline__ float pairwise_sum16(float (&e)[kBlock]) {
   return e[0];
 }
 
-// Sum over the block of (x - xhat)^2, xhat = (e2m1 * s_block) * s_global, as the pairwise tree of
-// reference._pairwise_sum. `xq` from encode16; a dead candidate decodes to zero (scale forced to 0:
-// x - (+-0) is x for every nonzero x, and a zero x has zero error either way).
-__device__ __forceinline__ float squared_error_tree(const float (&x)[kBlock], const float (&xq)[kBlock],
-                                                    const Candidate& c, float gs) {
-  const float scale_value = c.dead ? 0.0f : c.scale_value;
-  float e[kBlock];
+// Four Over Six's error of one candidate, in the scaled domain (reference._four_over_six_error):
+// e = sum over the block of (|x * inv| - |e2m1|)^2 as the pairwise tree of reference._pairwise_sum;
+// 16x16 tiles sum their 16 rows' e the same way; the compared error is then (e * decode) * decode,
+// +Inf for a dead candidate. `xq` from encode16.
+__device__ __forceinline__ float scaled_error_sum(const float (&x)[kBlock], const float (&xq)[kBlock],
+                                                  const Candidate& c) {
+  float t[kBlock];
 #pragma unroll
   for (int i = 0; i < kBlock; ++i) {
-    const float xhat = __fmul_rn(__fmul_rn(xq[i], scale_value), gs);
-    const float d = __fsub_rn(x[i], xhat);
-    e[i] = __fmul_rn(d, d);
+    const float d = __fsub_rn(fabsf(__fmul_rn(x[i], c.inv)), fabsf(xq[i]));
+    t[i] = __fmul_rn(d, d);
   }
-  return pairwise_sum16(e);
+  return pairwise_sum16(t);
 }
 
-// Both Four Over Six candidates of one RNE block (targets 6 and 4): packed codes and squared errors,
-// bit-exact with encode16 + squared_error_tree. `bamax` bounds the block's magnitudes (the tile's
-// amax for 16x16 blocks). When both scaled blocks stay below 7 -- every live block whose scale is
-// neither saturated nor an E4M3 subnormal -- the rounding needs no clamp ([6, 7) rounds to 6 with or
-// without it) and the error is taken on |x| (x - xhat = sign(x) (|x| - |xhat|)): two compares and the
-// signed decode per element fewer, which is what Four Over Six's instruction issue is made of.
-__device__ __forceinline__ void four_over_six_candidates(const float (&x)[kBlock], float bamax, float gs,
+__device__ __forceinline__ float four_over_six_error(float e, const Candidate& c) {
+  return c.dead ? __int_as_float(0x7f800000) : __fmul_rn(__fmul_rn(e, c.decode), c.decode);
+}
+
+// Both Four Over Six candidates of one RNE block (targets 6 and 4): packed codes and the error sums
+// e of scaled_error_sum, bit-exact with encode16 + scaled_error_sum. `bamax` bounds the block's
+// magnitudes (the tile's amax for 16x16 blocks). When both scaled blocks stay below 7 -- every live
+// block whose scale is neither saturated nor an E4M3 subnormal -- the rounding needs no clamp ([6, 7)
+// rounds to 6 with or without it) and works on |x| (|x * inv| = |x| * inv), which is the bulk of the
+// instructions saved; other blocks take encode16.
+__device__ __forceinline__ void four_over_six_candidates(const float (&x)[kBlock], float bamax,
                                                          const Candidate& c6, const Candidate& c4,
                                                          uint32_t (&w6)[2], uint32_t (&w4)[2], float& e6,
                                                          float& e4) {
@@ -410,12 +467,11 @@ __device__ __forceinline__ void four_over_six_candidates(const float (&x)[kBlock
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const float ax = fabsf(x[8 * w + i]);
-        const float r6 = e2m1_rne_below7(__fmul_rn(ax, c6.inv));
-        const float r4 = e2m1_rne_below7(__fmul_rn(ax, c4.inv));
+        const float a6 = __fmul_rn(ax, c6.inv), a4 = __fmul_rn(ax, c4.inv);
+        const float r6 = e2m1_rne_below7(a6), r4 = e2m1_rne_below7(a4);
         codes6 = e2m1_code_add(r6, 4 * i, codes6);
         codes4 = e2m1_code_add(r4, 4 * i, codes4);
-        const float d6 = __fsub_rn(ax, __fmul_rn(__fmul_rn(r6, c6.scale_value), gs));
-        const float d4 = __fsub_rn(ax, __fmul_rn(__fmul_rn(r4, c4.scale_value), gs));
+        const float d6 = __fsub_rn(a6, r6), d4 = __fsub_rn(a4, r4);
         t6[8 * w + i] = __fmul_rn(d6, d6);
         t4[8 * w + i] = __fmul_rn(d4, d4);
       }
@@ -431,8 +487,8 @@ __device__ __forceinline__ void four_over_six_candidates(const float (&x)[kBlock
   float xq6[kBlock], xq4[kBlock];
   encode16<false>(x, c6, u, w6, xq6);
   encode16<false>(x, c4, u, w4, xq4);
-  e6 = squared_error_tree(x, xq6, c6, gs);
-  e4 = squared_error_tree(x, xq4, c4, gs);
+  e6 = scaled_error_sum(x, xq6, c6);
+  e4 = scaled_error_sum(x, xq4, c4);
 }
 
 }  // namespace fp4
