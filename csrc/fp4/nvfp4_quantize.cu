@@ -134,13 +134,15 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
   p.scale[row * nb + cb] = c.scale;
 }
 
-// Contiguous rows, 1x16 blocks, static rules: the blocks are numbered flat (block b = elements
-// 16b..16b+15, codes at byte 8b, scale at byte b), so a persistent grid strides over them with no
-// row/column arithmetic, and each thread loads its next block before it encodes the current one.
-// Measured on an H200 (2026-11-21): 128-thread CTAs at 51 registers beat 256-thread ones, 2-4 blocks in
-// flight per thread (more registers, fewer warps) and capped registers (spills); the same access
-// pattern without the encode runs at 0.99x copy, so the encode's instruction issue is what remains.
+// Contiguous rows, 1x16 blocks, static rules or RNE Four Over Six: the blocks are numbered flat (block b
+// = elements 16b..16b+15, codes at byte 8b, scale at byte b), so the grid strides over them with no
+// row/column arithmetic. Measured on an H200 (2026-11-21): 128-thread CTAs beat 256-thread ones, 2-4
+// blocks in flight per thread (more registers, fewer warps) and capped registers (spills) were slower.
+// Measured on an H100 (2026-11-22): four waves of CTAs without prefetching the next block beat one
+// persistent wave with it (Four Over Six 0.69 -> 0.74x copy at 7040x14336, static6 0.97 -> 0.99x), and
+// beat one CTA per 128 blocks (0.69x); both rules are bound by instruction issue, not by memory.
 constexpr int kFlatThreads = 128;
+constexpr int kFlatWaves = 4;
 
 template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4QuantizeParams p) {
@@ -156,11 +158,8 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
   const fp4::TensorScale ts = fp4::tensor_scale(gs);
   const float target = kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule);
 
-  fp4::RawBlock<T> next;
-  if (b < n_blocks) next = fp4::load_raw16(x_ptr + b * kBlock);
   for (; b < n_blocks; b += stride) {
-    const fp4::RawBlock<T> cur = next;
-    if (b + stride < n_blocks) next = fp4::load_raw16(x_ptr + (b + stride) * kBlock);
+    const fp4::RawBlock<T> cur = fp4::load_raw16(x_ptr + b * kBlock);
     float x[kBlock];
     fp4::unpack16<T>(cur, x);
     if (kHadamard) fp4::rht16(x, p.hadamard_mask);
@@ -171,14 +170,7 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
     uint8_t scale = c.scale;
     if (kFourOverSix) {
       const fp4::Candidate c4 = fp4::make_candidate(bamax, ts, 4.0f, poison, bamax == 0.0f);
-      uint32_t packed4[2];
-      float e6, e4;
-      fp4::four_over_six_candidates(x, bamax, c, c4, packed, packed4, e6, e4);
-      if (fp4::four_over_six_error(e4, c4) < fp4::four_over_six_error(e6, c)) {
-        packed[0] = packed4[0];
-        packed[1] = packed4[1];
-        scale = c4.scale;
-      }
+      if (fp4::four_over_six_block(x, bamax, c, c4, packed)) scale = c4.scale;
     } else {
       float u[kBlock];
 #pragma unroll
@@ -194,6 +186,8 @@ __global__ void __launch_bounds__(kFlatThreads) quantize_flat_kernel(NVFP4Quanti
 }
 
 // Persistent grid of the flat kernel: as many CTAs as fit on the device at once.
+// Grid of the flat kernel: kFlatWaves times as many CTAs as fit on the device at once, each striding
+// over the blocks (a few blocks per thread at the 5B model's shapes).
 template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>
 void launch_flat(const NVFP4QuantizeParams& p, cudaStream_t stream) {
   const auto kernel = quantize_flat_kernel<T, kFourOverSix, kStochastic, kHadamard>;
@@ -206,7 +200,7 @@ void launch_flat(const NVFP4QuantizeParams& p, cudaStream_t stream) {
     ctas = sms * (per_sm > 0 ? per_sm : 1);
   }
   const int64_t needed = (p.rows * (p.k / kBlock) + kFlatThreads - 1) / kFlatThreads;
-  const int grid = static_cast<int>(needed < ctas ? needed : ctas);
+  const int grid = static_cast<int>(needed < int64_t(ctas) * kFlatWaves ? needed : int64_t(ctas) * kFlatWaves);
   kernel<<<grid, kFlatThreads, 0, stream>>>(p);
 }
 

@@ -56,14 +56,7 @@ __device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], fl
   scale = c.scale;
   if (kFourOverSix) {
     const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
-    uint32_t words4[2];
-    float e6, e4;
-    fp4::four_over_six_candidates(x, bamax, c, c4, words, words4, e6, e4);
-    if (fp4::four_over_six_error(e4, c4) < fp4::four_over_six_error(e6, c)) {
-      words[0] = words4[0];
-      words[1] = words4[1];
-      scale = c4.scale;
-    }
+    if (fp4::four_over_six_block(x, bamax, c, c4, words)) scale = c4.scale;
   } else {
     const float u[fp4::kBlock] = {};  // RNE only: encode16<false> never reads u
     float xq[fp4::kBlock];

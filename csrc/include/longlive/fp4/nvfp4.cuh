@@ -61,21 +61,35 @@ __device__ __forceinline__ float e2m1_rne_value(float v) {
   return e2m1_rne_below7(fminf(fabsf(v), 6.0f));  // NaN -> 6 (only in dead blocks)
 }
 
-// The E2M1 code of a grid value r from e2m1_rne_value, shifted left by `shift` (0, 4, ..., 28) and
-// added to `acc`, as one integer multiply-add (FMA pipe) on bits = bits(r * 2^-126) = code << 22. The
-// multipliers are not powers of two, so that ptxas keeps the multiply instead of an ALU shift: for
-// shift <= 20, hi(bits * (2^(10+shift) + 1)) = code << shift (the low word, code << 22, cannot carry);
-// above, lo(bits * (2^(shift-22) + 2^30)) = code << shift (code << 52 vanishes mod 2^32).
-__device__ __forceinline__ uint32_t e2m1_code_add(float r, int shift, uint32_t acc) {
-  float scaled;  // subnormal for r < 1: inline PTX, so that no -ftz build flag can flush it
+// bits(r * 2^-126) = code << 22 for a grid value r from e2m1_rne_*: inline PTX, so that no -ftz
+// build flag can flush the subnormal product.
+__device__ __forceinline__ uint32_t e2m1_code_bits(float r) {
+  float scaled;
   asm("mul.rn.f32 %0, %1, 0f00800000;" : "=f"(scaled) : "f"(r));
-  const uint32_t bits = __float_as_uint(scaled);
-  uint32_t out;
-  if (shift <= 20) {
-    asm("mad.hi.u32 %0, %1, %2, %3;" : "=r"(out) : "r"(bits), "r"((1u << (10 + shift)) + 1u), "r"(acc));
-  } else {
-    asm("mad.lo.u32 %0, %1, %2, %3;" : "=r"(out) : "r"(bits), "r"((1u << (shift - 22)) + (1u << 30)), "r"(acc));
+  return __float_as_uint(scaled);
+}
+
+// The E2M1 codes of 8 grid values r, element i at nibble i, ORed with `signs`, in 9 integer
+// multiply-adds and LOP3s on the FMA pipe. A pair (a, b) becomes p = bits_a + bits_b * 16 (code_a at
+// bit 22, code_b at 26; bits_b * 2^10 vanishes mod 2^32, which keeps the multiplier from being a
+// power of two that ptxas would turn into an ALU shift); pair k then moves to bits 8k.. with
+// hi(p * (2^(10+8k) + 1)) for k <= 2 (p's low word, shifted, lands wholly in the high word, so the +1
+// term cannot carry into it) and with lo(p * (4 + 2^10)) for k = 3.
+__device__ __forceinline__ uint32_t e2m1_codes8(const float* r, uint32_t signs) {
+  uint32_t pair[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    asm("mad.lo.u32 %0, %1, %2, %3;"
+        : "=r"(pair[k])
+        : "r"(e2m1_code_bits(r[2 * k + 1])), "r"(16u + 1024u), "r"(e2m1_code_bits(r[2 * k])));
   }
+  uint32_t t[3];
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    asm("mul.hi.u32 %0, %1, %2;" : "=r"(t[k]) : "r"(pair[k]), "r"((1u << (10 + 8 * k)) + 1u));
+  }
+  uint32_t out;
+  asm("mad.lo.u32 %0, %1, %2, %3;" : "=r"(out) : "r"(pair[3]), "r"(4u + 1024u), "r"((t[0] | t[1]) | (t[2] | signs)));
   return out;
 }
 
@@ -349,18 +363,10 @@ __device__ __forceinline__ float rcp_rn_normal(float d) {
   return __fmaf_rn(y, -__fmaf_rn(d, y, -1.0f), y);
 }
 
-__device__ __forceinline__ Candidate finish_candidate(float s, float gs, bool poison, bool zero, bool fast) {
+__device__ __forceinline__ Candidate finish_candidate(float s, float gs) {
   Candidate c;
-  const uint8_t code = e4m3_rne(s, c.scale_value);
-  const float d = __fmul_rn(c.scale_value, gs);
-  c.decode = d;
-  if (fast) {  // d = 0 (an E4M3 scale of 0) or d in [2^-69, 2^69]
-    c.inv = d == 0.0f ? __int_as_float(0x7f800000) : rcp_rn_normal(d);
-  } else {
-    c.inv = __frcp_rn(d);  // = __fdiv_rn(1, d) (both correctly rounded), fewer instructions
-  }
-  c.dead = (d == 0.0f) || poison || zero;
-  c.scale = poison ? 0x7F : (zero ? 0 : code);
+  c.scale = e4m3_rne(s, c.scale_value);
+  c.decode = __fmul_rn(c.scale_value, gs);
   return c;
 }
 
@@ -374,17 +380,23 @@ __device__ __forceinline__ bool fast_block(const TensorScale& t, float bamax) {
 
 __device__ __forceinline__ Candidate make_candidate(float bamax, const TensorScale& t, float target, bool poison,
                                                     bool zero) {
-  if (fast_block(t, bamax)) {
+  if (fast_block(t, bamax)) {  // implies !poison && !zero
     const float y = target == 4.0f ? __fmul_rn(bamax, 0.25f)
                                    : __fmaf_rn(__fmaf_rn(-6.0f, __fmul_rn(bamax, 1.0f / 6.0f), bamax), 1.0f / 6.0f,
                                                __fmul_rn(bamax, 1.0f / 6.0f));
     const float q = __fmul_rn(y, t.rcp);
-    const float s = __fmaf_rn(__fmaf_rn(-t.gs, q, y), t.rcp, q);
-    return finish_candidate(fminf(s, kE4M3Max), t.gs, poison, zero, true);
+    Candidate c = finish_candidate(fminf(__fmaf_rn(__fmaf_rn(-t.gs, q, y), t.rcp, q), kE4M3Max), t.gs);
+    // d = 0 (an E4M3 scale of 0) or d in [2^-69, 2^69]
+    c.dead = c.decode == 0.0f;
+    c.inv = c.dead ? __int_as_float(0x7f800000) : rcp_rn_normal(c.decode);
+    return c;
   }
   float s = fminf(__fdiv_rn(div_by_target(bamax, target), t.gs), kE4M3Max);
-  s = (s != s) ? 0.0f : s;
-  return finish_candidate(s, t.gs, poison, zero, false);
+  Candidate c = finish_candidate((s != s) ? 0.0f : s, t.gs);
+  c.inv = __frcp_rn(c.decode);  // = __fdiv_rn(1, d) (both correctly rounded), fewer instructions
+  c.dead = (c.decode == 0.0f) || poison || zero;
+  c.scale = poison ? 0x7F : (zero ? 0 : c.scale);
+  return c;
 }
 
 // Encode 16 elements with one candidate into two packed words (element 2i in the low nibble) and the
@@ -395,6 +407,7 @@ __device__ __forceinline__ void encode16(const float (&x)[kBlock], const Candida
 #pragma unroll
   for (int w = 0; w < 2; ++w) {
     uint32_t word = 0;
+    float r[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float v = __fmul_rn(x[8 * w + i], c.inv);
@@ -403,13 +416,12 @@ __device__ __forceinline__ void encode16(const float (&x)[kBlock], const Candida
         word |= static_cast<uint32_t>(code) << (4 * i);
         xq[8 * w + i] = e2m1_decode(code);
       } else {
-        const float r = e2m1_rne_value(v);
-        word = e2m1_code_add(r, 4 * i, word);
-        xq[8 * w + i] = __uint_as_float(__float_as_uint(r) | (__float_as_uint(v) & 0x80000000u));
+        r[i] = e2m1_rne_value(v);
+        xq[8 * w + i] = __uint_as_float(__float_as_uint(r[i]) | (__float_as_uint(v) & 0x80000000u));
       }
     }
     // A live candidate has inv > 0, so sign(v) == sign(x); a dead one stores 0.
-    if (!kStochastic) word |= nibble_signs8(&x[8 * w]);
+    if (!kStochastic) word = e2m1_codes8(r, nibble_signs8(&x[8 * w]));
     packed[w] = c.dead ? 0u : word;
   }
 }
@@ -449,38 +461,49 @@ __device__ __forceinline__ float four_over_six_error(float e, const Candidate& c
   return c.dead ? __int_as_float(0x7f800000) : __fmul_rn(__fmul_rn(e, c.decode), c.decode);
 }
 
+// Four Over Six's fast path: when both scaled blocks stay below 7 -- every live block whose scale is
+// neither saturated nor an E4M3 subnormal -- the rounding needs no clamp ([6, 7) rounds to 6 with or
+// without it) and works on |x| (|x * inv| = |x| * inv). `bamax` bounds the block's magnitudes (the
+// tile's amax for 16x16 blocks); false for dead candidates (inv Inf or NaN).
+__device__ __forceinline__ bool four_over_six_fast(float bamax, const Candidate& c6, const Candidate& c4) {
+  return __fmul_rn(bamax, c6.inv) < 7.0f && __fmul_rn(bamax, c4.inv) < 7.0f;
+}
+
+// The fast path's grid values of both candidates and their error sums (bit-exact with encode16 +
+// scaled_error_sum).
+__device__ __forceinline__ void four_over_six_grid(const float (&x)[kBlock], const Candidate& c6,
+                                                   const Candidate& c4, float (&r6)[kBlock], float (&r4)[kBlock],
+                                                   float& e6, float& e4) {
+  float t6[kBlock], t4[kBlock];
+#pragma unroll
+  for (int i = 0; i < kBlock; ++i) {
+    const float ax = fabsf(x[i]);
+    const float a6 = __fmul_rn(ax, c6.inv), a4 = __fmul_rn(ax, c4.inv);
+    r6[i] = e2m1_rne_below7(a6);
+    r4[i] = e2m1_rne_below7(a4);
+    const float d6 = __fsub_rn(a6, r6[i]), d4 = __fsub_rn(a4, r4[i]);
+    t6[i] = __fmul_rn(d6, d6);
+    t4[i] = __fmul_rn(d4, d4);
+  }
+  e6 = pairwise_sum16(t6);
+  e4 = pairwise_sum16(t4);
+}
+
 // Both Four Over Six candidates of one RNE block (targets 6 and 4): packed codes and the error sums
-// e of scaled_error_sum, bit-exact with encode16 + scaled_error_sum. `bamax` bounds the block's
-// magnitudes (the tile's amax for 16x16 blocks). When both scaled blocks stay below 7 -- every live
-// block whose scale is neither saturated nor an E4M3 subnormal -- the rounding needs no clamp ([6, 7)
-// rounds to 6 with or without it) and works on |x| (|x * inv| = |x| * inv), which is the bulk of the
-// instructions saved; other blocks take encode16.
+// of scaled_error_sum, for 16x16 tiles, whose errors are summed over the tile before the choice.
 __device__ __forceinline__ void four_over_six_candidates(const float (&x)[kBlock], float bamax,
                                                          const Candidate& c6, const Candidate& c4,
                                                          uint32_t (&w6)[2], uint32_t (&w4)[2], float& e6,
                                                          float& e4) {
-  if (__fmul_rn(bamax, c6.inv) < 7.0f && __fmul_rn(bamax, c4.inv) < 7.0f) {  // false for dead candidates
-    float t6[kBlock], t4[kBlock];
+  if (four_over_six_fast(bamax, c6, c4)) {
+    float r6[kBlock], r4[kBlock];
+    four_over_six_grid(x, c6, c4, r6, r4, e6, e4);
 #pragma unroll
     for (int w = 0; w < 2; ++w) {
-      uint32_t codes6 = 0, codes4 = 0;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const float ax = fabsf(x[8 * w + i]);
-        const float a6 = __fmul_rn(ax, c6.inv), a4 = __fmul_rn(ax, c4.inv);
-        const float r6 = e2m1_rne_below7(a6), r4 = e2m1_rne_below7(a4);
-        codes6 = e2m1_code_add(r6, 4 * i, codes6);
-        codes4 = e2m1_code_add(r4, 4 * i, codes4);
-        const float d6 = __fsub_rn(a6, r6), d4 = __fsub_rn(a4, r4);
-        t6[8 * w + i] = __fmul_rn(d6, d6);
-        t4[8 * w + i] = __fmul_rn(d4, d4);
-      }
       const uint32_t signs = nibble_signs8(&x[8 * w]);
-      w6[w] = codes6 | signs;
-      w4[w] = codes4 | signs;
+      w6[w] = e2m1_codes8(&r6[8 * w], signs);
+      w4[w] = e2m1_codes8(&r4[8 * w], signs);
     }
-    e6 = pairwise_sum16(t6);
-    e4 = pairwise_sum16(t4);
     return;
   }
   const float u[kBlock] = {};  // RNE: encode16<false> never reads u
@@ -489,6 +512,31 @@ __device__ __forceinline__ void four_over_six_candidates(const float (&x)[kBlock
   encode16<false>(x, c4, u, w4, xq4);
   e6 = scaled_error_sum(x, xq6, c6);
   e4 = scaled_error_sum(x, xq4, c4);
+}
+
+// Four Over Six of one 1x16 RNE block: the packed codes of the candidate with the smaller error
+// (ties -> 6); returns whether that is the 4 candidate. The fast path encodes only the kept one.
+__device__ __forceinline__ bool four_over_six_block(const float (&x)[kBlock], float bamax, const Candidate& c6,
+                                                    const Candidate& c4, uint32_t (&packed)[2]) {
+  if (four_over_six_fast(bamax, c6, c4)) {
+    float r6[kBlock], r4[kBlock], e6, e4;
+    four_over_six_grid(x, c6, c4, r6, r4, e6, e4);
+    const bool use4 = four_over_six_error(e4, c4) < four_over_six_error(e6, c6);
+#pragma unroll
+    for (int i = 0; i < kBlock; ++i) r6[i] = use4 ? r4[i] : r6[i];
+#pragma unroll
+    for (int w = 0; w < 2; ++w) packed[w] = e2m1_codes8(&r6[8 * w], nibble_signs8(&x[8 * w]));
+    return use4;
+  }
+  uint32_t w4[2];
+  float e6, e4;
+  four_over_six_candidates(x, bamax, c6, c4, packed, w4, e6, e4);
+  const bool use4 = four_over_six_error(e4, c4) < four_over_six_error(e6, c6);
+  if (use4) {
+    packed[0] = w4[0];
+    packed[1] = w4[1];
+  }
+  return use4;
 }
 
 }  // namespace fp4
