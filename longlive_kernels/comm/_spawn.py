@@ -3,7 +3,8 @@
 Used by the multi-process tests (gloo on CPU, NCCL on GPUs) and by the all-to-all benchmark when it
 is started without torchrun. ``fn(rank, world_size, *args)`` must be a module-level function (it
 is pickled by reference for the ``spawn`` start method); its return value is serialized with
-``torch.save`` and handed back to the parent, one entry per rank.
+``torch.save`` and handed back to the parent, one entry per rank, where it is read with
+``weights_only=True`` (tensors, numbers, strings, and lists / tuples / dicts of them).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def run_distributed(
     Parameters
     ----------
     fn : callable
-        Module-level function; its return value must be ``torch.save``-able.
+        Module-level function; its return value must be made of tensors, numbers, strings and
+        lists / tuples / dicts of them (it is loaded back with ``weights_only=True``).
     world_size : int
         Number of processes (ranks 0..world_size-1; with NCCL, rank r uses ``cuda:r``).
     backend : {"gloo", "nccl"}
@@ -123,7 +125,7 @@ def run_distributed(
                     break
                 continue
             if status == "ok":
-                got[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+                got[rank] = torch.load(io.BytesIO(payload), weights_only=True)
             else:
                 errors[rank] = payload
     finally:
