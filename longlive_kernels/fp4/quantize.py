@@ -334,7 +334,8 @@ def quantize_nvfp4(
         ``static6`` is standard NVFP4 (block amax → 6, tensor denominator 6·448 = 2688);
         ``static4`` maps block amax → 4 (4·448); ``four_over_six`` keeps, per block, whichever of
         the →6 and →4 scales gives the smaller squared error (ties → 6), denominator 6·256
-        (Four Over Six, arXiv 2512.02010; ``nvfp4-hopper.md`` §2).
+        (Four Over Six, arXiv 2512.02010; ``nvfp4-hopper.md`` §2); the error is measured on the
+        scaled values, where the rounding happens (``reference._four_over_six_error``).
     rounding : {"rne", "stochastic"}
         Round to nearest even, or stochastic rounding with Philox4x32-10 (unbiased; used for
         gradients). Element ``(row, col)`` of the flattened [rows, K] input draws counter
