@@ -90,11 +90,9 @@ __global__ void __launch_bounds__(kThreads, update_min_ctas<T, kBlocksPerThread,
     if (blk / nb >= rows_in_tile) continue;
     float vals[kBlock];
     fp4::unpack16<T>(raw[i], vals);
-    uint2 packed;
-    uint8_t s;
-    kv::quantize_block<kFourOverSix>(vals, bamax[i], ts, target, packed, s);
-    data[blk] = packed;
-    scale[blk] = s;
+    uint32_t packed[2];
+    fp4::quantize_block_rne<kFourOverSix>(vals, bamax[i], ts, target, packed, scale[blk]);
+    data[blk] = make_uint2(packed[0], packed[1]);
   }
 }
 

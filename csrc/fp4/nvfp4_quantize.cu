@@ -166,28 +166,25 @@ __global__ void __launch_bounds__(kFlatThreads, kFourOverSix ? 8 : 1) quantize_f
     fp4::unpack16<T>(cur, x);
     if (kHadamard) fp4::rht16(x, p.hadamard_mask);
     const float bamax = kHadamard ? fp4::block_amax(x) : fp4::raw_block_amax(cur);
-    const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
-    const fp4::Candidate c = fp4::make_candidate(bamax, ts, target, poison, bamax == 0.0f);
     uint32_t packed[2];
-    uint8_t scale = c.scale;
-    if (kFourOverSix) {
-      const fp4::Candidate c4 = fp4::make_candidate(bamax, ts, 4.0f, poison, bamax == 0.0f);
-      if (fp4::four_over_six_block(x, bamax, c, c4, packed)) scale = c4.scale;
-    } else {
+    uint8_t scale;
+    if constexpr (kStochastic) {
+      const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
+      const fp4::Candidate c = fp4::make_candidate(bamax, ts, target, poison, bamax == 0.0f);
       float u[kBlock];
 #pragma unroll
-      for (int i = 0; i < kBlock; ++i) {
-        u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(b * kBlock + i)) : 0.0f;
-      }
+      for (int i = 0; i < kBlock; ++i) u[i] = fp4::philox_uniform(p.seed, uint64_t(b * kBlock + i));
       float xq[kBlock];
-      fp4::encode16<kStochastic>(x, c, u, packed, xq);
+      fp4::encode16<true>(x, c, u, packed, xq);
+      scale = c.scale;
+    } else {
+      fp4::quantize_block_rne<kFourOverSix>(x, bamax, ts, target, packed, scale);
     }
     reinterpret_cast<uint2*>(p.data)[b] = make_uint2(packed[0], packed[1]);
     p.scale[b] = scale;
   }
 }
 
-// Persistent grid of the flat kernel: as many CTAs as fit on the device at once.
 // Grid of the flat kernel: kFlatWaves times as many CTAs as fit on the device at once, each striding
 // over the blocks (a few blocks per thread at the 5B model's shapes).
 template <typename T, bool kFourOverSix, bool kStochastic, bool kHadamard>

@@ -124,7 +124,8 @@ def _kv_update_kernel(
         gs_b = tl.zeros_like(bamax) + gs
         poison = (bamax == float("inf")) | (gs_b != gs_b) | (tl.abs(gs_b) == float("inf"))
         zero = bamax == 0.0
-        codes, scode = _quantize_blocks(xb, bamax, gs, xb, poison, zero, TARGET, FOUR_OVER_SIX, False, BR, NB)
+        codes, scode = _quantize_blocks(xb, bamax, gs, xb, poison, zero, TARGET, FOUR_OVER_SIX, False, BR, NB,
+                                        False)
         packed = pack_nibbles(tl.reshape(codes, (BR, D)), BR, D)
         row64 = plane * T + rows[:, None].to(tl.int64)
         m = mask & valid_slot

@@ -155,7 +155,8 @@ def _pack_kernel(
         gs_b = tl.zeros_like(bamax) + gs
         poison = (bamax == float("inf")) | (gs_b != gs_b) | (tl.abs(gs_b) == float("inf"))
         zero = bamax == 0.0
-        codes, scode = _quantize_blocks(xb, bamax, gs, xb, poison, zero, TARGET, FOUR_OVER_SIX, False, BR, NB)
+        codes, scode = _quantize_blocks(xb, bamax, gs, xb, poison, zero, TARGET, FOUR_OVER_SIX, False, BR, NB,
+                                        False)
         packed = pack_nibbles(tl.reshape(codes, (BR, BD)), BR, BD)
         c2 = tl.arange(0, BD // 2)
         dmask = rmask[:, None] & (c2 < D // 2)[None, :]

@@ -105,15 +105,20 @@ def _four_over_six_error(e, d, dead):
 
 @triton.jit
 def _quantize_blocks(xb, bamax, gs, u, poison, zero, TARGET: tl.constexpr, FOUR_OVER_SIX: tl.constexpr,
-                     STOCHASTIC: tl.constexpr, BR: tl.constexpr, NB: tl.constexpr):
-    """Codes [BR, NB, 16] and scale codes [BR, NB] of 1×16 blocks under a static rule (``TARGET``) or
-    Four Over Six (the smaller scaled error of the →6 and →4 candidates, ties → 6)."""
+                     STOCHASTIC: tl.constexpr, BR: tl.constexpr, NB: tl.constexpr,
+                     BLOCK_2D: tl.constexpr):
+    """Codes [BR, NB, 16] and scale codes [BR, NB] of the blocks under a static rule (``TARGET``) or
+    Four Over Six (the smaller scaled error of the →6 and →4 candidates, ties → 6; with ``BLOCK_2D``
+    each 16-row tile sums its rows' errors before the choice)."""
     codes, scode, v, d, dead = _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET, STOCHASTIC)
     if FOUR_OVER_SIX:
         codes4, scode4, v4, d4, dead4 = _quantize_candidate(xb, bamax, gs, u, poison, zero, 4.0, STOCHASTIC)
-        err6 = _four_over_six_error(_scaled_error_sum(v, codes, BR, NB), d, dead)
-        err4 = _four_over_six_error(_scaled_error_sum(v4, codes4, BR, NB), d4, dead4)
-        use4 = err4 < err6
+        e6 = _scaled_error_sum(v, codes, BR, NB)
+        e4 = _scaled_error_sum(v4, codes4, BR, NB)
+        if BLOCK_2D:
+            e6 = broadcast_rows16(pairwise_sum_rows16(e6, BR // 16, NB), BR // 16, NB)
+            e4 = broadcast_rows16(pairwise_sum_rows16(e4, BR // 16, NB), BR // 16, NB)
+        use4 = _four_over_six_error(e4, d4, dead4) < _four_over_six_error(e6, d, dead)
         codes = tl.where(use4[:, :, None], codes4, codes)
         scode = tl.where(use4, scode4, scode)
         dead = tl.where(use4, dead4, dead)
@@ -170,20 +175,8 @@ def _quantize_kernel(
         offs = r[:, None].to(tl.int64) * K + c[None, :]
         u = tl.reshape(philox_uniform(seed, offs), (BR, NB, 16))
 
-    if BLOCK_2D and FOUR_OVER_SIX:  # the tile's 16 rows sum their errors before the 4/6 choice
-        codes, scode, v, d, dead = _quantize_candidate(xb, bamax, gs, u, poison, zero, TARGET, STOCHASTIC)
-        codes4, scode4, v4, d4, dead4 = _quantize_candidate(xb, bamax, gs, u, poison, zero, 4.0, STOCHASTIC)
-        e6 = pairwise_sum_rows16(_scaled_error_sum(v, codes, BR, NB), BR // 16, NB)
-        e4 = pairwise_sum_rows16(_scaled_error_sum(v4, codes4, BR, NB), BR // 16, NB)
-        err6 = broadcast_rows16(e6, BR // 16, NB)
-        err4 = broadcast_rows16(e4, BR // 16, NB)
-        use4 = _four_over_six_error(err4, d4, dead4) < _four_over_six_error(err6, d, dead)
-        codes = tl.where(use4[:, :, None], codes4, codes)
-        scode = tl.where(use4, scode4, scode)
-        dead = tl.where(use4, dead4, dead)
-        codes = tl.where(dead[:, :, None], 0, codes)
-    else:
-        codes, scode = _quantize_blocks(xb, bamax, gs, u, poison, zero, TARGET, FOUR_OVER_SIX, STOCHASTIC, BR, NB)
+    codes, scode = _quantize_blocks(xb, bamax, gs, u, poison, zero, TARGET, FOUR_OVER_SIX, STOCHASTIC, BR, NB,
+                                    BLOCK_2D)
 
     packed = pack_nibbles(tl.reshape(codes, (BR, BK)), BR, BK)
     c2 = pid_k * (BK // 2) + tl.arange(0, BK // 2)

@@ -43,28 +43,6 @@ __device__ __forceinline__ float cta_max(float v, float* red) {
   return v;
 }
 
-// NVFP4 of one 16-value block whose amax (NaN -> +Inf) is `bamax`, with the tile's decode scale `gs`
-// (the candidate logic of fp4::make_candidate / encode16). Static rules encode with `target`; Four
-// Over Six keeps the candidate (6 or 4) with the smaller scaled squared error, ties -> 6.
-template <bool kFourOverSix>
-__device__ __forceinline__ void quantize_block(const float (&x)[fp4::kBlock], float bamax, const fp4::TensorScale& gs,
-                                               float target, uint2& packed, uint8_t& scale) {
-  const bool poison = (bamax == __int_as_float(0x7f800000)) || gs.bad;
-  const bool zero = bamax == 0.0f;
-  const fp4::Candidate c = fp4::make_candidate(bamax, gs, kFourOverSix ? 6.0f : target, poison, zero);
-  uint32_t words[2];
-  scale = c.scale;
-  if (kFourOverSix) {
-    const fp4::Candidate c4 = fp4::make_candidate(bamax, gs, 4.0f, poison, zero);
-    if (fp4::four_over_six_block(x, bamax, c, c4, words)) scale = c4.scale;
-  } else {
-    const float u[fp4::kBlock] = {};  // RNE only: encode16<false> never reads u
-    float xq[fp4::kBlock];
-    fp4::encode16<false>(x, c, u, words, xq);
-  }
-  packed = make_uint2(words[0], words[1]);
-}
-
 // ((e2m1 * s_block) * gs) of one block, rounded once at the store.
 __device__ __forceinline__ void decode_block(uint2 packed, uint8_t scale, float gs, float (&x)[fp4::kBlock]) {
   const float s = fp4::e4m3_decode(scale);

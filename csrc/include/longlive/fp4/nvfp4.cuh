@@ -48,7 +48,7 @@ __device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >>
 // r = (a + magic) - magic is the rounded magnitude, exactly. magic = max(a, 1.5) * (2^22 - 4): the
 // factor below 2^22 keeps magic + a under the binade's top; just above a power of two the product
 // falls one binade low, where the step is halved, but such an a rounds to that power of two under
-// either step (no AND on the ALU pipe to clear a mantissa bit, as the previous form needed). Checked
+// either step (so no AND on the ALU pipe has to clear a mantissa bit to keep the sum in). Checked
 // against the grid definition on the host for every fp32 a in [0, 7) (2026-11-22).
 // The code of r: r * 2^-126 is exact and its fp32 bits 22..25 are the E2M1 code (E2M1 is fp32 with
 // the exponent cut to 2 bits and the mantissa to 1; the scaling puts E2M1's 0.5 at fp32's 2^-127).
@@ -347,12 +347,16 @@ __device__ __forceinline__ TensorScale tensor_scale(float gs) {
 // __fdiv_rn(x, target) for the rules' targets 4 and 6 without a division: x/4 is a correctly rounded
 // product; x/6 is q0 = x·RN(1/6) plus one FMA correction, checked equal to x/6 on every finite fp32
 // x >= 2^-125 (exhaustive, 2026-11-21); smaller x (subnormal quotients), Inf and NaN take __fdiv_rn.
-__device__ __forceinline__ float div_by_target(float x, float target) {
-  if (target == 4.0f) return __fmul_rn(x, 0.25f);
+__device__ __forceinline__ float div_by_six_normal(float x) {  // finite x >= 2^-125
   constexpr float kSixth = 1.0f / 6.0f;
-  if (target != 6.0f || !(x >= 0x1p-125f && x <= 3.4028234663852886e38f)) return __fdiv_rn(x, target);
   const float q0 = __fmul_rn(x, kSixth);
   return __fmaf_rn(__fmaf_rn(-6.0f, q0, x), kSixth, q0);
+}
+
+__device__ __forceinline__ float div_by_target(float x, float target) {
+  if (target == 4.0f) return __fmul_rn(x, 0.25f);
+  if (target != 6.0f || !(x >= 0x1p-125f && x <= 3.4028234663852886e38f)) return __fdiv_rn(x, target);
+  return div_by_six_normal(x);
 }
 
 // __frcp_rn(d) for d in [2^-125, 2^125]: the approximate reciprocal and one Newton step, the
@@ -381,9 +385,7 @@ __device__ __forceinline__ bool fast_block(const TensorScale& t, float bamax) {
 __device__ __forceinline__ Candidate make_candidate(float bamax, const TensorScale& t, float target, bool poison,
                                                     bool zero) {
   if (fast_block(t, bamax)) {  // implies !poison && !zero
-    const float y = target == 4.0f ? __fmul_rn(bamax, 0.25f)
-                                   : __fmaf_rn(__fmaf_rn(-6.0f, __fmul_rn(bamax, 1.0f / 6.0f), bamax), 1.0f / 6.0f,
-                                               __fmul_rn(bamax, 1.0f / 6.0f));
+    const float y = target == 4.0f ? __fmul_rn(bamax, 0.25f) : div_by_six_normal(bamax);
     const float q = __fmul_rn(y, t.rcp);
     Candidate c = finish_candidate(fminf(__fmaf_rn(__fmaf_rn(-t.gs, q, y), t.rcp, q), kE4M3Max), t.gs);
     // d = 0 (an E4M3 scale of 0) or d in [2^-69, 2^69]
@@ -537,6 +539,25 @@ __device__ __forceinline__ bool four_over_six_block(const float (&x)[kBlock], fl
     packed[1] = w4[1];
   }
   return use4;
+}
+
+// NVFP4 of one 1x16 RNE block whose amax (NaN -> +Inf) is `bamax`: static rules encode with `target`;
+// Four Over Six keeps the candidate (6 or 4) with the smaller scaled squared error, ties -> 6.
+template <bool kFourOverSix>
+__device__ __forceinline__ void quantize_block_rne(const float (&x)[kBlock], float bamax, const TensorScale& ts,
+                                                   float target, uint32_t (&packed)[2], uint8_t& scale) {
+  const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
+  const bool zero = bamax == 0.0f;
+  const Candidate c = make_candidate(bamax, ts, kFourOverSix ? 6.0f : target, poison, zero);
+  scale = c.scale;
+  if (kFourOverSix) {
+    const Candidate c4 = make_candidate(bamax, ts, 4.0f, poison, zero);
+    if (four_over_six_block(x, bamax, c, c4, packed)) scale = c4.scale;
+  } else {
+    const float u[kBlock] = {};  // RNE: encode16<false> never reads u
+    float xq[kBlock];
+    encode16<false>(x, c, u, packed, xq);
+  }
 }
 
 }  // namespace fp4
