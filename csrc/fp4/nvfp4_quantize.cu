@@ -154,6 +154,8 @@ __global__ void __launch_bounds__(kFlatThreads, kFourOverSix || kStochastic ? 8 
   const int64_t stride = int64_t(gridDim.x) * kFlatThreads;
   const T* x_ptr = static_cast<const T*>(p.x);
   int64_t b = int64_t(blockIdx.x) * kFlatThreads + threadIdx.x;
+  if (b >= n_blocks) return;
+  fp4::RawBlock<T> cur = fp4::load_raw16(x_ptr + b * kBlock);  // in flight while the tensor scale loads
   const float gs = p.given_scale
                        ? *p.global_scale_in
                        : __fdiv_rn(__int_as_float(*p.amax_bits), fp4::rule_denominator(p.scale_rule));
@@ -161,8 +163,7 @@ __global__ void __launch_bounds__(kFlatThreads, kFourOverSix || kStochastic ? 8 
   const fp4::TensorScale ts = fp4::tensor_scale(gs);
   const float target = kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule);
 
-  for (; b < n_blocks; b += stride) {
-    const fp4::RawBlock<T> cur = fp4::load_raw16(x_ptr + b * kBlock);
+  for (;;) {
     float x[kBlock];
     fp4::unpack16<T>(cur, x);
     if (kHadamard) fp4::rht16(x, p.hadamard_mask);
@@ -183,6 +184,9 @@ __global__ void __launch_bounds__(kFlatThreads, kFourOverSix || kStochastic ? 8 
     }
     reinterpret_cast<uint2*>(p.data)[b] = make_uint2(packed[0], packed[1]);
     p.scale[b] = scale;
+    b += stride;
+    if (b >= n_blocks) break;
+    cur = fp4::load_raw16(x_ptr + b * kBlock);
   }
 }
 

@@ -41,20 +41,21 @@ __device__ __forceinline__ float e2m1_decode(int code) {
 
 __device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >> 31) & 1; }
 
-// Round |v| to the E2M1 grid, ties to even, saturating at 6, on the FMA pipe where possible (the ALU
-// pipe runs at half the issue rate on sm_90). On [0,2), [2,4), [4,6] the grid step 0.5, 1, 2 is the
-// fp32 ulp of the binade [2^(22+e), 2^(23+e)), e = max(floor(log2 a), 0): adding a magic from that
-// binade rounds a to the grid in one correctly rounded add, if the sum stays in the binade; then
-// r = (a + magic) - magic is the rounded magnitude, exactly. magic = max(a, 1.5) * (2^22 - 4): the
-// factor below 2^22 keeps magic + a under the binade's top; just above a power of two the product
-// falls one binade low, where the step is halved, but such an a rounds to that power of two under
-// either step (so no AND on the ALU pipe has to clear a mantissa bit to keep the sum in). Checked
-// against the grid definition on the host for every fp32 a in [0, 7) (2026-11-22).
+// Round |v| to the E2M1 grid, ties to even, saturating at 6, in three FMA-pipe-heavy instructions
+// (the ALU pipe runs at half the issue rate on sm_90). On [0,2), [2,4), [4,6] the grid step 0.5, 1, 2
+// is the fp32 ulp of the binade [2^(22+e), 2^(23+e)), e = max(floor(log2 a), 0). With
+// M = max(a, 1.5) * 2^22 (exact inside the FMA, and a multiple of that ulp), s = RN(M - a) lies in
+// M's binade, so r = M - s (exact) is a rounded to the grid; M / ulp is even at every tie (0.25, 0.75,
+// 1.25, 1.75, 2.5, 3.5, 5), so s's ties to even are r's. Subtracting keeps s below the binade's top;
+// just above a power of two s can fall one binade low, where the step is halved, but such an a rounds
+// to that power of two under either step. Checked against the grid definition on the host for every
+// fp32 a in [0, 7) (2026-11-22).
 // The code of r: r * 2^-126 is exact and its fp32 bits 22..25 are the E2M1 code (E2M1 is fp32 with
 // the exponent cut to 2 bits and the mantissa to 1; the scaling puts E2M1's 0.5 at fp32's 2^-127).
 __device__ __forceinline__ float e2m1_rne_below7(float a) {  // a in [0, 7): [6, 7) rounds to 6
-  const float magic = __fmul_rn(fmaxf(a, 1.5f), 4194300.0f);
-  return __fsub_rn(__fadd_rn(a, magic), magic);
+  const float m = fmaxf(a, 1.5f);
+  const float s = __fmaf_rn(m, 4194304.0f, -a);
+  return __fmaf_rn(m, 4194304.0f, -s);
 }
 
 __device__ __forceinline__ float e2m1_rne_value(float v) {
@@ -401,6 +402,37 @@ __device__ __forceinline__ Candidate make_candidate(float bamax, const TensorSca
   return c;
 }
 
+// Both Four Over Six candidates (targets 6 and 4) of a block: make_candidate twice, but a fast block
+// (fast_block) converts both scales to E4M3 and back in one paired cvt each way.
+__device__ __forceinline__ void four_over_six_candidate_pair(float bamax, const TensorScale& t, bool poison,
+                                                             bool zero, Candidate& c6, Candidate& c4) {
+  if (!fast_block(t, bamax)) {
+    c6 = make_candidate(bamax, t, 6.0f, poison, zero);
+    c4 = make_candidate(bamax, t, 4.0f, poison, zero);
+    return;
+  }
+  const float y6 = div_by_six_normal(bamax), y4 = __fmul_rn(bamax, 0.25f);
+  const float q6 = __fmul_rn(y6, t.rcp), q4 = __fmul_rn(y4, t.rcp);
+  const float s6 = __fmaf_rn(__fmaf_rn(-t.gs, q6, y6), t.rcp, q6);
+  const float s4 = __fmaf_rn(__fmaf_rn(-t.gs, q4, y4), t.rcp, q4);
+  // satfinite RNE = e4m3_rne: s > 448 saturates to 448 as fminf(s, 448) would; s is finite here
+  uint16_t codes;  // s6 -> low byte, s4 -> high byte
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(codes) : "f"(s4), "f"(s6));
+  uint32_t halves;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(halves) : "h"(codes));
+  const float2 v = __half22float2(*reinterpret_cast<const __half2*>(&halves));
+  c6.scale = static_cast<uint8_t>(codes & 0xFF);
+  c4.scale = static_cast<uint8_t>(codes >> 8);
+  c6.scale_value = v.x;
+  c4.scale_value = v.y;
+  c6.decode = __fmul_rn(v.x, t.gs);
+  c4.decode = __fmul_rn(v.y, t.gs);
+  c6.dead = c6.decode == 0.0f;
+  c4.dead = c4.decode == 0.0f;
+  c6.inv = c6.dead ? __int_as_float(0x7f800000) : rcp_rn_normal(c6.decode);
+  c4.inv = c4.dead ? __int_as_float(0x7f800000) : rcp_rn_normal(c4.decode);
+}
+
 // Encode 16 elements with one candidate into two packed words (element 2i in the low nibble) and the
 // signed E2M1 values of the codes (`xq`, before a dead candidate's codes are zeroed), for Four Over Six.
 template <bool kStochastic>
@@ -466,9 +498,10 @@ __device__ __forceinline__ float four_over_six_error(float e, const Candidate& c
 // Four Over Six's fast path: when both scaled blocks stay below 7 -- every live block whose scale is
 // neither saturated nor an E4M3 subnormal -- the rounding needs no clamp ([6, 7) rounds to 6 with or
 // without it) and works on |x| (|x * inv| = |x| * inv). `bamax` bounds the block's magnitudes (the
-// tile's amax for 16x16 blocks); false for dead candidates (inv Inf or NaN).
+// tile's amax for 16x16 blocks); false for dead candidates (inv Inf or NaN). bamax >= 0 scales
+// monotonically, so one product with the larger inv (NaN kept) decides for both candidates.
 __device__ __forceinline__ bool four_over_six_fast(float bamax, const Candidate& c6, const Candidate& c4) {
-  return __fmul_rn(bamax, c6.inv) < 7.0f && __fmul_rn(bamax, c4.inv) < 7.0f;
+  return __fmul_rn(bamax, fmax_nan(c6.inv, c4.inv)) < 7.0f;
 }
 
 // The fast path's grid values of both candidates and their error sums (bit-exact with encode16 +
@@ -548,15 +581,16 @@ __device__ __forceinline__ void quantize_block_rne(const float (&x)[kBlock], flo
                                                    float target, uint32_t (&packed)[2], uint8_t& scale) {
   const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
   const bool zero = bamax == 0.0f;
-  const Candidate c = make_candidate(bamax, ts, kFourOverSix ? 6.0f : target, poison, zero);
-  scale = c.scale;
   if (kFourOverSix) {
-    const Candidate c4 = make_candidate(bamax, ts, 4.0f, poison, zero);
-    if (four_over_six_block(x, bamax, c, c4, packed)) scale = c4.scale;
+    Candidate c6, c4;
+    four_over_six_candidate_pair(bamax, ts, poison, zero, c6, c4);
+    scale = four_over_six_block(x, bamax, c6, c4, packed) ? c4.scale : c6.scale;
   } else {
+    const Candidate c = make_candidate(bamax, ts, target, poison, zero);
     const float u[kBlock] = {};  // RNE: encode16<false> never reads u
     float xq[kBlock];
     encode16<false>(x, c, u, packed, xq);
+    scale = c.scale;
   }
 }
 
