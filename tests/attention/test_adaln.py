@@ -11,9 +11,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from longlive_kernels._backend import interpret_mode
-from longlive_kernels.attention import adaln as adaln_mod
 from longlive_kernels.attention import (
     adaln_modulate,
+    adaln_ops,
     gated_residual,
     gated_residual_adaln,
     gated_residual_layernorm,
@@ -154,7 +154,7 @@ def _check_variant(
         seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, device
     )
     monkeypatch.setattr(
-        adaln_mod, "_new_out", lambda s, d, dev: poison_like(torch.empty(s, dtype=d, device=dev))
+        adaln_ops, "_new_out", lambda s, d, dev: poison_like(torch.empty(s, dtype=d, device=dev))
     )
     interp_bf16 = backend == "triton" and interpret_mode() and dtype == torch.bfloat16
 
@@ -331,10 +331,10 @@ def test_autotuned_launch_path(monkeypatch, progs_per_sm, stages):
     def one_config(kernel, bwd):
         return triton.autotune(
             configs=[triton.Config({"PROGS_PER_SM": progs_per_sm, "STAGES": stages}, num_warps=4)],
-            key=adaln_mod._KEY,
+            key=adaln_ops._KEY,
         )(kernel)
 
-    monkeypatch.setattr(adaln_mod, "_tuned", one_config)
+    monkeypatch.setattr(adaln_ops, "_tuned", one_config)
     _check_variant(
         21,
         "residual_ln",
