@@ -4,8 +4,11 @@ mp4, and Ulysses sequence parallelism. ``longlive.Pipeline`` is the entry point.
 
 from .cache_policy import CacheManager, CachePolicy, ChunkPlan, plan_chunks
 from .decode import ChunkDecoder, Mp4Writer, to_uint8_frames
-from .pipeline import DEMO_DIR, ChunkOutput, GenerationResult, Pipeline, StreamSession, resolve_length
+from .pipeline import DEMO_DIR, Pipeline
+from .prompt_schedule import resolve_length
+from .results import ChunkOutput, GenerationResult
 from .scheduler import FlowUniPCScheduler, unipc_sigmas, unipc_timesteps
+from .session import StreamSession
 from .sp import SPGroup, check_sp_size
 
 __all__ = [

@@ -4,9 +4,11 @@ The per-chunk loop is spec §2.8: for chunk n, (re-cache the window with the new
 prompt switch, v1 semantics), draw noise, run ``steps`` UniPC steps (every call writes the
 chunk's K/V into its cache slot), then re-run the model at t = 0 on the clean latents so the
 slot holds clean K/V, pin the chunk at a scene cut, and hand the clean latents to the
-streaming decoder. Everything about the cache is in :mod:`longlive.inference.cache_policy`,
-decoding in :mod:`longlive.inference.decode`, sequence parallelism in
-:mod:`longlive.inference.sp`.
+streaming decoder. The loop is :class:`~longlive.inference.session.StreamSession`, the
+per-chunk prompts and the video's length are in :mod:`longlive.inference.prompt_schedule`,
+building the model, VAE and text encoder in :mod:`longlive.inference.loading`; everything
+about the cache is in :mod:`longlive.inference.cache_policy`, decoding in
+:mod:`longlive.inference.decode`, sequence parallelism in :mod:`longlive.inference.sp`.
 
 Interactive use: :meth:`Pipeline.session` returns a :class:`StreamSession` whose
 :meth:`~StreamSession.next_chunk` takes the prompt of the next chunk — a user can switch
@@ -16,28 +18,33 @@ prompts or cut to a new shot between any two chunks while the video plays.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from longlive.config import ModelConfig
-from longlive.data.prompts import (
-    SCENE_CUT_PREFIX,
-    ChunkPrompt,
-    chunk_frame_counts,
-    num_frames_for_chunks,
-    schedule_from_chunk_prompts,
-    strip_scene_cut_prefix,
-)
+from longlive.data.prompts import ChunkPrompt
 
-from .cache_policy import CacheAttention, CacheManager, CachePolicy, ChunkPlan, ForwardHandle
-from .scheduler import FlowUniPCScheduler, _check_steps
-from .sp import SPCacheAttention, SPGroup, check_sp_size
+from .cache_policy import CachePolicy
+from .loading import (
+    PRECISIONS,
+    _build_text_encoder,
+    _build_vae,
+    _check_kv_storage,
+    _default_device,
+    _default_dtype,
+    _fp4_cache_available,  # noqa: F401 (was defined here: still importable from here)
+    _resolve_config,
+    _text_encoder_spec,
+    _vae_path,
+    peek_config,
+)
+from .prompt_schedule import resolve_length, schedule_prompts
+from .results import ChunkOutput, GenerationResult
+from .session import StreamSession
+from .sp import SPGroup, check_sp_size
 
 __all__ = [
     "DEMO_DIR",
@@ -51,314 +58,12 @@ __all__ = [
     "resolve_length",
 ]
 
+# Read here at call time (Pipeline.demo, read_demo_meta): tests and the quality bench point it
+# elsewhere with monkeypatch.setattr("longlive.inference.pipeline.DEMO_DIR", ...).
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
-PRECISIONS = ("bf16", "nvfp4", "w4a16", "fp8")
-DEFAULT_PROMPT = "Dark background with one bright red ball that travels right."  # in the demo set's vocabulary
-
-
-# ---------------------------------------------------------------------------------------------
-# lengths
-# ---------------------------------------------------------------------------------------------
-def resolve_length(
-    *,
-    chunk_latents: int,
-    temporal_stride: int,
-    fps: float,
-    num_chunks: int | None = None,
-    num_frames: int | None = None,
-    seconds: float | None = None,
-) -> int:
-    """Number of chunks for exactly one of ``num_chunks``, ``num_frames`` (must be a chunk boundary)
-    or ``seconds`` (rounded up to whole chunks).
-
-    Raises
-    ------
-    ValueError
-        None or several given, non-positive values, or a frame count that is not a chunk boundary
-        (the message names the nearest valid counts).
-    """
-    given = [
-        n
-        for n, v in (("num_chunks", num_chunks), ("num_frames", num_frames), ("seconds", seconds))
-        if v is not None
-    ]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of num_chunks, num_frames or seconds, got {given or 'none'}")
-    first, later = chunk_frame_counts(chunk_latents, temporal_stride)
-    if num_chunks is not None:
-        if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
-            raise ValueError(f"num_chunks must be a positive int, got {num_chunks!r}")
-        return num_chunks
-    if num_frames is not None:
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-        k = max(1, 1 + math.ceil((num_frames - first) / later)) if num_frames > first else 1
-        if num_frames_for_chunks(k, first_chunk_frames=first, chunk_frames=later) == num_frames:
-            return k
-        lo = num_frames_for_chunks(max(1, k - 1), first_chunk_frames=first, chunk_frames=later)
-        hi = num_frames_for_chunks(k, first_chunk_frames=first, chunk_frames=later)
-        lo = lo if lo < num_frames else None
-        raise ValueError(
-            f"num_frames={num_frames} is not a whole number of chunks (first chunk {first} frames, "
-            f"then {later} per chunk); nearest valid: {', '.join(str(v) for v in (lo, hi) if v)}"
-        )
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, (int, float))
-        or not (seconds > 0 and math.isfinite(seconds))
-    ):
-        raise ValueError(f"seconds must be a positive finite number, got {seconds!r}")
-    frames = max(1, round(seconds * fps))
-    return 1 if frames <= first else 1 + math.ceil((frames - first) / later)
-
-
-# ---------------------------------------------------------------------------------------------
-# results
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class ChunkOutput:
-    """One generated chunk.
-
-    Attributes
-    ----------
-    index : int
-        Chunk index in the video.
-    latents : Tensor [1, C, F, H, W] fp32
-        Clean latents of the chunk (all frames, also under sequence parallelism).
-    num_frames : int
-        Video frames this chunk decodes to.
-    prompt : str
-        Prompt given to the text encoder (with the scene-cut prefix on a shot's first chunk).
-    plan : ChunkPlan
-        Cache bookkeeping (shot, RoPE offset, attended chunks, re-cached chunks).
-    seconds : float
-        Wall time of the chunk's forwards (re-cache + denoising + t = 0 re-run), device-synchronised.
-    """
-
-    index: int
-    latents: torch.Tensor
-    num_frames: int
-    prompt: str
-    plan: ChunkPlan
-    seconds: float
-
-
-@dataclass
-class GenerationResult:
-    """Summary of :meth:`Pipeline.generate` (also after Ctrl-C: ``interrupted=True``)."""
-
-    out: str | None
-    num_chunks: int
-    chunks_done: int = 0
-    chunks_written: int = 0
-    frames_written: int = 0
-    frames_done: int = 0
-    dit_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    interrupted: bool = False
-    chunk_seconds: list[float] = field(default_factory=list)
-    chunk_frames: list[int] = field(default_factory=list)
-    peak_memory_gb: float | None = None
-
-    def dit_fps(self, warmup: int = 0) -> float:
-        """Output frames / denoising time over chunks after the first ``warmup``."""
-        s = sum(self.chunk_seconds[warmup:])
-        return sum(self.chunk_frames[warmup:]) / s if s > 0 else float("nan")
-
-    @property
-    def e2e_fps(self) -> float:
-        """Frames written / wall time from the first chunk to the closed file."""
-        return self.frames_written / self.wall_seconds if self.wall_seconds > 0 else float("nan")
-
-
-# ---------------------------------------------------------------------------------------------
-# the per-video state
-# ---------------------------------------------------------------------------------------------
-class StreamSession:
-    """Generation state of one video: KV cache, shot, RNG. Make with :meth:`Pipeline.session`.
-
-    Call :meth:`next_chunk` with each chunk's prompt; it returns the chunk's clean latents.
-    """
-
-    def __init__(
-        self,
-        pipe: Pipeline,
-        *,
-        steps: int = 4,
-        seed: int = 0,
-        guidance_scale: float = 1.0,
-        negative_prompt: str | None = None,
-        policy: CachePolicy | None = None,
-        shift: float = 5.0,
-    ):
-        if not (
-            isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale) and guidance_scale >= 0
-        ):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        self.pipe = pipe
-        self.model = pipe.model
-        self.scheduler = FlowUniPCScheduler(_check_steps(steps), shift=shift)
-        self.guidance_scale = float(guidance_scale)
-        self.cfg = self.guidance_scale != 1.0
-        self.policy = policy or pipe.policy
-        self.sp = pipe.sp
-        p = self.sp.world_size if self.sp is not None else 1
-        cfg = self.model.config
-        self.device = self.model.device
-        self.num_heads = cfg.num_heads // p
-        self.cache = CacheManager(
-            self.model, self.policy, batch_size=2 if self.cfg else 1, num_heads=self.num_heads
-        )
-        self._attn = CacheAttention(self.cache.cache, compute=pipe.attention_compute)
-        self._sp_attn = (
-            None
-            if self.sp is None
-            else SPCacheAttention(self.sp, self.cache.cache, compute=pipe.attention_compute)
-        )
-        h, w = cfg.latent_size
-        self.chunk_shape = (1, cfg.in_channels, cfg.ar.chunk_frames, h, w)
-        self.local_tokens = self.cache.cache.chunk_tokens // p
-        self.local_frames = (cfg.ar.chunk_frames // cfg.patch_size[0]) // p
-        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        self.negative = None
-        if self.cfg:
-            self.negative = pipe.encode_prompt(negative_prompt if negative_prompt is not None else "")
-        self._prompt: tuple[str, torch.Tensor] | None = None
-        self._prev_body: str | None = None
-        first, later = chunk_frame_counts(cfg.ar.chunk_frames, pipe.vae.temporal_stride)
-        self._frames = (first, later)
-
-    @property
-    def chunk_index(self) -> int:
-        """Index of the next chunk."""
-        return self.cache.next_chunk
-
-    def _context(self, text: str) -> torch.Tensor:
-        if self._prompt is None or self._prompt[0] != text:
-            self._prompt = (text, self.pipe.encode_prompt(text))
-        ctx = self._prompt[1]
-        return torch.cat([ctx, self.negative], 0) if self.cfg else ctx
-
-    def _forward(
-        self,
-        x: torch.Tensor,
-        t: float,
-        ctx: torch.Tensor,
-        plan: ChunkPlan,
-        chunk: int | None = None,
-        offset: int | None = None,
-    ) -> torch.Tensor:
-        """Flow prediction for this rank's frames ``x`` [1, C, F/P, H, W] at timestep ``t``."""
-        xin = torch.cat([x, x], 0) if self.cfg else x
-        tt = torch.full((xin.shape[0],), float(t), device=self.device)
-        cid = plan.chunk if chunk is None else chunk
-        offset = plan.frame_offset if offset is None else offset
-        cache = self.cache.cache
-        if self.sp is not None:
-            offset += self.sp.rank * self.local_frames
-            attn = (
-                self._sp_attn
-                if chunk is None
-                else SPCacheAttention(
-                    self.sp, cache, chunk=chunk, context=plan.context, compute=self.pipe.attention_compute
-                )
-            )
-            handle = ForwardHandle(self.local_tokens, cid)
-        elif chunk is not None:
-            attn, handle = self.cache.recache_attention(chunk, plan), ForwardHandle(self.local_tokens, cid)
-        else:
-            attn, handle = self._attn, cache
-        v = self.model.forward_chunk(
-            xin, tt, ctx, cache=handle, chunk_id=cid, frame_offset=offset, attention=attn
-        )
-        if self.cfg:
-            v_c, v_u = v.float().chunk(2)
-            return v_u + self.guidance_scale * (v_c - v_u)
-        return v
-
-    @torch.no_grad()
-    def next_chunk(self, prompt: str | ChunkPrompt, *, scene_cut: bool | None = None) -> ChunkOutput:
-        """Generate the next chunk.
-
-        Parameters
-        ----------
-        prompt : str or ChunkPrompt
-            The chunk's prompt. A prompt starting with ``"The scene transitions. "`` is a scene
-            cut; a prompt whose text differs from the previous chunk's is a switch (re-cache).
-        scene_cut : bool, optional
-            Force (True) or forbid (False) a scene cut; the prefix is added/removed accordingly.
-
-        Returns
-        -------
-        ChunkOutput
-        """
-        n = self.chunk_index
-        if isinstance(prompt, ChunkPrompt):
-            text, cut, switch = prompt.prompt, prompt.is_scene_cut, prompt.is_switch
-            body, _ = strip_scene_cut_prefix(text)
-        else:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-            body, had = strip_scene_cut_prefix(prompt.strip())
-            cut = (had if scene_cut is None else bool(scene_cut)) and n > 0
-            switch = n > 0 and (cut or body != self._prev_body)
-            text = SCENE_CUT_PREFIX + body if cut else body
-        self._prev_body = body
-        # stream-level syncs: a device-wide sync would also wait for the decoder's stream and serialise
-        # decoding with denoising
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-        if stream is not None:
-            stream.synchronize()
-        t0 = time.perf_counter()
-        ctx = self._context(text)
-        plan = self.cache.begin_chunk(scene_cut=cut, switch=switch)
-        for c in plan.recache:  # v1 KV re-cache: refresh the window's K/V with the new prompt
-            self._forward(self.cache.clean[c], 0.0, ctx, plan, chunk=c, offset=self.cache.offsets[c])
-        noise = torch.randn(
-            self.chunk_shape, generator=self.generator, device=self.device, dtype=torch.float32
-        )
-        x = self.sp.local(noise) if self.sp is not None else noise
-        sched = self.scheduler
-        sched.reset()
-        for t in sched.timesteps:
-            x = sched.step(self._forward(x, t, ctx, plan), x)
-        self._forward(x, 0.0, ctx, plan)  # t = 0 re-run: the slot now holds the clean K/V
-        self.cache.end_chunk(plan, x)
-        full = self.sp.gather(x) if self.sp is not None else x
-        if stream is not None:
-            stream.synchronize()
-        frames = self._frames[0] if n == 0 else self._frames[1]
-        return ChunkOutput(n, full, frames, text, plan, time.perf_counter() - t0)
-
-
-# ---------------------------------------------------------------------------------------------
-# the pipeline
-# ---------------------------------------------------------------------------------------------
-def _default_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
-def _resolve_config(config) -> ModelConfig | None:
-    if config is None or isinstance(config, ModelConfig):
-        return config
-    if not isinstance(config, (str, os.PathLike)):
-        raise TypeError(
-            f"config must be a preset name, a YAML path or a ModelConfig, got {type(config).__name__}"
-        )
-    text = os.fspath(config)
-    if os.path.exists(text):
-        return ModelConfig.from_yaml(text)
-    if text.endswith((".yaml", ".yml")):
-        raise FileNotFoundError(f"config file {text!r} does not exist")
-    return ModelConfig.from_name(text)
+DEFAULT_PROMPT = (
+    "Dark background with one bright red ball that travels right."  # in the demo set's vocabulary
+)
 
 
 class Pipeline:
@@ -627,22 +332,7 @@ class Pipeline:
 
     def schedule(self, prompts, num_chunks: int) -> list[ChunkPrompt]:
         """Per-chunk prompts from a str (whole video), a list of per-chunk strings or ChunkPrompts."""
-        if isinstance(prompts, str):
-            prompts = [prompts] * num_chunks
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("prompts must not be empty")
-        if all(isinstance(p, ChunkPrompt) for p in prompts):
-            sched = prompts
-        elif all(isinstance(p, str) for p in prompts):
-            sched = schedule_from_chunk_prompts(prompts)
-        else:
-            raise TypeError("prompts must be a str, a list of str or a list of ChunkPrompt")
-        if len(sched) < num_chunks:  # the last prompt lasts until the end
-            last = sched[-1]
-            body, _ = strip_scene_cut_prefix(last.prompt)
-            sched = sched + [ChunkPrompt(body, False, False)] * (num_chunks - len(sched))
-        return sched[:num_chunks]
+        return schedule_prompts(prompts, num_chunks)
 
     def stream(self, prompts, *, num_chunks: int, **session_kwargs) -> Iterator[ChunkOutput]:
         """Yield :class:`ChunkOutput` chunk by chunk (see :meth:`schedule` for ``prompts``)."""
@@ -776,53 +466,6 @@ def _keyboard_interrupt_deferred(result: GenerationResult):
         result.interrupted = True
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def _fp4_cache_available() -> bool:
-    try:
-        from longlive_kernels.attention import FP4KVCache  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _check_kv_storage(storage: str, model, *, ops: str | None = None) -> None:
-    ops = ops or getattr(model, "ops", "kernels")
-    if storage == "fp4" and (ops != "kernels" or not _fp4_cache_available()):
-        why = (
-            "ops='torch' uses the plain-torch BF16 cache"
-            if ops != "kernels"
-            else "longlive_kernels.attention.FP4KVCache is not available in this install"
-        )
-        raise ValueError(f"kv_cache='fp4' is not possible: {why}; use kv_cache='bf16' (--kv-cache bf16)")
-
-
-def peek_config(checkpoint) -> ModelConfig | None:
-    """The config stored in a safetensors checkpoint's metadata (by ``save_checkpoint``), read
-    without loading any tensor; None when there is none."""
-    import json
-
-    path = Path(checkpoint)
-    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-    if not files or files[0].suffix != ".safetensors":
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(files[0]), framework="pt", device="cpu") as fh:
-        meta = fh.metadata() or {}
-    if "longlive_config" not in meta:
-        return None
-    return ModelConfig.from_dict(json.loads(meta["longlive_config"]))
-
-
 def read_demo_meta() -> dict:
     path = DEMO_DIR / "pipeline.yaml"
     if not path.is_file():
@@ -836,76 +479,3 @@ def read_demo_meta() -> dict:
             f"{path}: expected a mapping (fps, prompt, vae, text_encoder), got {type(data).__name__}"
         )
     return data
-
-
-def _text_encoder_spec(cfg: ModelConfig, name, ckpt_dir: Path | None, random_weights: bool):
-    """What to load as the text encoder (checked up front): a name, a path, or ("hash", dim)."""
-    from longlive.model.text_encoder import WAN_T5_CHECKPOINT
-
-    if name is not None:
-        text = os.fspath(name)
-        if ("/" in text or os.sep in text) and not os.path.exists(text):
-            raise FileNotFoundError(f"text encoder path {text!r} does not exist")
-        return text
-    if cfg.text_encoder != "umt5-xxl":
-        return cfg.text_encoder
-    if ckpt_dir is not None and (ckpt_dir / WAN_T5_CHECKPOINT).is_file():
-        return ckpt_dir
-    if random_weights:
-        return ("hash", cfg.text_dim)
-    raise ValueError(
-        f"config {cfg.name!r} uses umT5-XXL: pass its local directory with --text-encoder PATH "
-        f"(or put {WAN_T5_CHECKPOINT} next to the checkpoint)"
-    )
-
-
-def _build_text_encoder(cfg: ModelConfig, spec, device):
-    from longlive.model import HashTextEncoder, load_text_encoder
-
-    if isinstance(spec, tuple):  # random-weights stand-in for umT5: a weight-free test double
-        return HashTextEncoder(spec[1], cfg.text_len, device=device)
-    enc = load_text_encoder(spec, max_length=cfg.text_len, device=device)
-    if enc.dim != cfg.text_dim:
-        raise ValueError(
-            f"text encoder {os.fspath(spec)!r} is {enc.dim} wide, config {cfg.name!r} expects "
-            f"text_dim={cfg.text_dim}"
-        )
-    return enc
-
-
-def _vae_path(cfg: ModelConfig, path, ckpt_dir: Path | None, random_weights: bool):
-    if cfg.vae == "patch":
-        if path is not None:
-            raise ValueError(f"config {cfg.name!r} uses the weight-free PatchVAE; --vae takes no path")
-        return None
-    if path is not None:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"VAE checkpoint {os.fspath(path)!r} does not exist")
-        return path
-    if ckpt_dir is not None:
-        for name in ("Wan2.2_VAE.pth", "Wan2.2_VAE.safetensors"):
-            if (ckpt_dir / name).is_file():
-                return ckpt_dir / name
-    if not random_weights:
-        raise ValueError(f"config {cfg.name!r} needs the Wan2.2 VAE: pass --vae PATH (Wan2.2_VAE.pth)")
-    return None
-
-
-def _build_vae(cfg: ModelConfig, path, device, dtype, options: dict):
-    from longlive.model import PatchVAE, WanVAE, load_vae
-
-    if cfg.vae == "patch":
-        opts = {"patch": cfg.vae_stride[1], "clamp": True}
-        opts.update(options)
-        vae = PatchVAE(**opts).to(device)
-    elif path is not None:
-        vae = WanVAE.from_pretrained(path, dtype=dtype, device=device, **options)
-    else:  # random weights (benchmarks, smoke tests)
-        with torch.device(device), _default_dtype(dtype):
-            vae = load_vae("wan2.2", **options)
-    if vae.latent_channels != cfg.in_channels or vae.spatial_stride != cfg.vae_stride[1]:
-        raise ValueError(
-            f"VAE ({vae.latent_channels} channels, stride {vae.spatial_stride}) does not fit config "
-            f"{cfg.name!r} (in_channels={cfg.in_channels}, vae_stride={cfg.vae_stride})"
-        )
-    return vae.eval().requires_grad_(False)
