@@ -385,6 +385,41 @@ def test_gpu_backends_bit_exact(rule, rounding, block_2d, hadamard, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda_extension(), reason="needs the CUDA extension")
+def test_four_over_six_near_ties_bit_exact_on_cuda():
+    # Blocks of quarter-integer levels with amax 6: the two candidates' errors tie exactly (levels
+    # shared by both grids: ties go to 6) or within a few ulps, where any error sum other than the
+    # reference's pairwise tree of rounded squares would pick differently.
+    g = torch.Generator().manual_seed(7)
+    rows, k = 2048, 512
+    q = torch.randint(-24, 25, (rows, k // 16, 16), generator=g).float() / 4
+    shared = torch.tensor([0.0, 1.5, 3.0, 6.0])[torch.randint(0, 4, (rows, k // 16, 16), generator=g)]
+    q = torch.where((torch.arange(k // 16) % 3 == 0).view(1, -1, 1), shared, q)
+    q[..., 0] = 6.0
+    q = q * torch.randn(rows, k // 16, 16, generator=g).sign()
+    x = (q * torch.exp2(torch.randint(-8, 9, (rows, 1, 1), generator=g).float())).reshape(rows, k)
+    gs = torch.tensor(2.0**-6)
+
+    # The data really holds ties and near-ties: errors in float64 (scaled domain, as the reference).
+    xb = x.view(rows, k // 16, 16).double()
+    grid = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=torch.float64)
+    errs = []
+    for target in (6.0, 4.0):
+        d = ref.e4m3_round((xb.abs().amax(-1) / target / gs.double()).float()).double() * gs.double()
+        v = (xb.abs() / d.unsqueeze(-1)).clamp(max=6)
+        r = grid[(v.unsqueeze(-1) - grid).abs().argmin(-1)]
+        errs.append(((v - r) ** 2).sum(-1) * d * d)
+    e6, e4 = errs
+    assert (e6 == e4).sum() > 100
+    near = (e6 != e4) & ((e6 - e4).abs() <= 2.0**-14 * (e6 + e4))
+    assert near.sum() > 0, "no near-tie blocks"
+
+    want = quantize_nvfp4(x, scale_rule="four_over_six", global_scale=gs, backend="torch")
+    got = _kernel_quantize(x.cuda(), "cuda", scale_rule="four_over_six", global_scale=gs.cuda())
+    _assert_same(want, got.to("cpu"))
+
+
+@pytest.mark.gpu
 def test_reference_divisions_are_correctly_rounded_on_cuda():
     # torch on CUDA divides by a Python float as a multiply by its reciprocal; the references' spec
     # divisions go through div_rn, which must equal the float64 quotient rounded once to fp32.
