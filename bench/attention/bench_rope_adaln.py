@@ -267,12 +267,11 @@ def _fwd_bwd_ms(fn: Callable, inputs: dict[str, torch.Tensor], iters: int, with_
 
 def autotune_choices() -> str:
     """The config each autotuned kernel picked, per autotune key (for the log next to the table)."""
-    from longlive_kernels.attention import adaln_ops, adaln_triton
-    from longlive_kernels.attention import rope as rope_mod
+    from longlive_kernels.attention import adaln_ops, adaln_triton, rope_ops, rope_triton
 
     lines = []
     pairs = ((adaln_ops, (adaln_triton._residual_norm_fwd_kernel, adaln_triton._residual_norm_bwd_kernel)),
-             (rope_mod, (rope_mod._rope_fwd_kernel, rope_mod._rope_bwd_kernel)))
+             (rope_ops, (rope_triton._rope_fwd_kernel, rope_triton._rope_bwd_kernel)))
     for mod, kernels in pairs:
         for bwd, kernel in enumerate(kernels):
             tuned = mod._tuned(kernel, bool(bwd))

@@ -10,7 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from longlive_kernels._backend import interpret_mode
-from longlive_kernels.attention import apply_rope_3d
+from longlive_kernels.attention import apply_rope_3d, rope_ops
 from longlive_kernels.attention import reference as ref
 from longlive_kernels.attention import rope as rope_mod
 from longlive_kernels.testing import poison_like
@@ -94,7 +94,7 @@ def _check(
     wq = wq if norm in ("q", "both") else None
     wk = wk if norm in ("k", "both") else None
     monkeypatch.setattr(
-        rope_mod, "_new_out", lambda s, dt, dev: poison_like(torch.empty(s, dtype=dt, device=dev))
+        rope_ops, "_new_out", lambda s, dt, dev: poison_like(torch.empty(s, dtype=dt, device=dev))
     )
     interp_bf16 = backend == "triton" and interpret_mode() and dtype == torch.bfloat16
 
@@ -222,10 +222,10 @@ def test_autotuned_launch_path(monkeypatch, progs_per_sm, stages):
     def one_config(kernel, bwd):
         return triton.autotune(
             configs=[triton.Config({"PROGS_PER_SM": progs_per_sm, "STAGES": stages}, num_warps=4)],
-            key=rope_mod._KEY,
+            key=rope_ops._KEY,
         )(kernel)
 
-    monkeypatch.setattr(rope_mod, "_tuned", one_config)
+    monkeypatch.setattr(rope_ops, "_tuned", one_config)
     _check(
         6, 2, (3, 2, 2), 2, 12, torch.float32, "qkv", "both", 9, 10000.0, "triton", TRITON_DEVICE, monkeypatch
     )
