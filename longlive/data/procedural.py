@@ -29,17 +29,37 @@ Prompts come from templates and synonym lists split into ``"train"`` and ``"held
 phrasings: same attributes, disjoint words and sentence structures (held-out: "Against a dim
 backdrop, a crimson disc drifts leftward."). :func:`parse_prompt` maps either back to
 :class:`SceneAttributes`.
+
+The prompt language lives in :mod:`longlive.data.procedural_prompts` and the renderer in
+:mod:`longlive.data.procedural_render`; this module generates the samples and re-exports both.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from .procedural_prompts import (
+    _BACKGROUND_WORDS,  # noqa: F401 (the word tables: tests import them from here)
+    _COLOUR_WORDS,  # noqa: F401
+    _MOTION_WORDS,  # noqa: F401
+    _SHAPE_WORDS,  # noqa: F401
+    BACKGROUNDS,
+    COLOURS,
+    COUNTS,
+    DIRECTIONS,
+    PANS,
+    SHAPES,
+    SceneAttributes,
+    _choose_wording,
+    describe,
+    parse_prompt,
+    prompt_templates,
+)
+from .procedural_render import COLOUR_RGB, render_scene, shape_circumradius
 from .prompts import SCENE_CUT_PREFIX, chunk_frame_bounds, num_frames_for_chunks
 
 __all__ = [
@@ -69,39 +89,7 @@ __all__ = [
     "write_sample_mp4",
 ]
 
-COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta")
-COLOUR_RGB = {
-    "red": (225, 35, 35), "yellow": (235, 215, 30), "green": (35, 190, 55),
-    "cyan": (30, 200, 215), "blue": (40, 70, 230), "magenta": (215, 45, 215),
-}
-SHAPES = ("circle", "square", "triangle")
-DIRECTIONS = ("left", "right", "up", "down", "still")
-BACKGROUNDS = ("dark", "light", "gradient", "checkered")
-PANS = ("none", "left", "right")
-COUNTS = (1, 2)
 _UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
-# Circumradius of each shape in units of the object size s (similar visual weight).
-_CIRCUMRADIUS = {"circle": 1.0, "square": 1.15, "triangle": 1.3}
-
-
-def shape_circumradius(shape: str, size: float) -> float:
-    """Largest distance from the centre to the outline of ``shape`` of size ``size`` (pixels)."""
-    return _CIRCUMRADIUS[shape] * size
-
-
-@dataclass(frozen=True)
-class SceneAttributes:
-    """What a prompt says about a chunk (``None`` = not stated, not checked)."""
-
-    colour: str | None
-    shape: str | None
-    count: int | None
-    direction: str | None
-    background: str | None
-    pan: str | None = "none"
-    spin: bool | None = False
-
-    FIELDS = ("colour", "shape", "count", "direction", "background", "pan", "spin")
 
 
 @dataclass(frozen=True)
@@ -197,248 +185,6 @@ class ProceduralConfig:
     def num_frames(self) -> int:
         return num_frames_for_chunks(self.num_chunks, first_chunk_frames=self.first_chunk_frames,
                                      chunk_frames=self.chunk_frames)
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompt vocabulary: per attribute value, (singular, plural) phrases for "train" and "heldout".
-# Held-out words never occur in train phrases; both sides mean exactly the same attribute.
-_COLOUR_WORDS = {
-    "train": {"red": ["red", "bright red"], "yellow": ["yellow", "bright yellow"],
-              "green": ["green", "bright green"], "cyan": ["cyan", "aqua"],
-              "blue": ["blue", "deep blue"], "magenta": ["magenta", "pink"]},
-    "heldout": {"red": ["crimson", "scarlet"], "yellow": ["golden", "lemon-coloured"],
-                "green": ["emerald", "grass-green"], "cyan": ["turquoise", "aquamarine"],
-                "blue": ["cobalt", "sapphire"], "magenta": ["fuchsia", "hot-pink"]},
-}
-def _plural(phrase: str) -> tuple[str, str]:
-    """(singular, plural) of a noun phrase ("box" → "boxes") or a verb phrase ("moves up" → "move up")."""
-    head, _, rest = phrase.partition(" ")
-    if head == "does":
-        return phrase, " ".join(["do", rest])
-    if head.endswith("s"):  # a verb: drop the third-person s
-        return phrase, " ".join(filter(None, [head[:-1], rest]))
-    words = phrase.split(" ")
-    words[-1] += "es" if words[-1].endswith(("x", "s", "sh", "ch")) else "s"
-    return phrase, " ".join(words)
-
-
-def _plurals(table: dict) -> dict:
-    return {side: {k: [_plural(p) for p in v] for k, v in vals.items()} for side, vals in table.items()}
-
-
-_SHAPE_WORDS = _plurals({
-    "train": {"circle": ["circle", "ball"], "square": ["square", "box"], "triangle": ["triangle"]},
-    "heldout": {"circle": ["disc", "round dot"], "square": ["block", "square tile"],
-                "triangle": ["three-sided shape", "triangular tile"]},
-})
-_MOTION_WORDS = _plurals({
-    "train": {
-        "left": ["moves to the left", "slides left", "travels left"],
-        "right": ["moves to the right", "slides right", "travels right"],
-        "up": ["moves up", "slides upward", "rises"],
-        "down": ["moves down", "slides downward", "falls"],
-        "still": ["stays still", "does not move", "rests in place"],
-    },
-    "heldout": {
-        "left": ["drifts leftward", "glides toward the left edge"],
-        "right": ["drifts rightward", "glides toward the right edge"],
-        "up": ["drifts toward the top", "climbs skyward"],
-        "down": ["drifts toward the bottom", "descends steadily"],
-        "still": ["remains motionless", "sits stationary"],
-    },
-})
-_BACKGROUND_WORDS = {
-    "train": {"dark": ["dark", "black"], "light": ["light", "light grey"],
-              "gradient": ["gradient", "dark-to-light gradient"], "checkered": ["checkered", "checkerboard"]},
-    "heldout": {"dark": ["pitch-dark", "dim"], "light": ["pale", "whitish"],
-                "gradient": ["softly shaded", "fading grey"], "checkered": ["chequered", "tiled"]},
-}
-_PAN_WORDS = {
-    "train": {"none": [""], "left": [" while the camera pans left", ", the camera panning to the left"],
-              "right": [" while the camera pans right", ", the camera panning to the right"]},
-    "heldout": {"none": [""], "left": [", with the view sweeping leftward", " as the shot tracks leftward"],
-                "right": [", with the view sweeping rightward", " as the shot tracks rightward"]},
-}
-_SPIN_WORDS = {
-    "train": {False: [("", "")],
-              True: [(" while spinning", " while spinning"), (" and rotates", " and rotate")]},
-    "heldout": {False: [("", "")], True: [(" as it twirls", " as they twirl"),
-                                          (", turning round and round", ", turning round and round")]},
-}
-_COUNT_WORDS = {"train": {1: ["a", "one"], 2: ["two"]},
-                "heldout": {1: ["a single", "a lone"], 2: ["a pair of"]}}
-_TEMPLATES = {
-    "train": [
-        "{count} {colour} {shape} {motion}{spin} on a {bg} background{pan}.",
-        "On a {bg} background, {count} {colour} {shape} {motion}{spin}{pan}.",
-        "{count} {colour} {shape} {motion}{spin} over a {bg} background{pan}.",
-        "A video of {count} {colour} {shape} that {motion}{spin} on a {bg} background{pan}.",
-        "{bg} background with {count} {colour} {shape} that {motion}{spin}{pan}.",
-    ],
-    "heldout": [
-        "Against a {bg} backdrop, {count} {colour} {shape} {motion}{spin}{pan}.",
-        "Here {count} {colour} {shape} {motion}{spin}; the setting is a {bg} backdrop{pan}.",
-        "The clip shows {count} {colour} {shape} that {motion}{spin} in front of a {bg} backdrop{pan}.",
-    ],
-}
-
-
-def prompt_templates(phrasing: str) -> list[str]:
-    """The sentence templates of ``phrasing`` (``"train"`` or ``"heldout"``)."""
-    if phrasing not in _TEMPLATES:
-        raise ValueError(f"phrasing must be 'train' or 'heldout', got {phrasing!r}")
-    return list(_TEMPLATES[phrasing])
-
-
-_WORDING_KEYS = ("template", "colour", "shape", "motion", "bg", "pan", "spin", "count")
-
-
-def _choose_wording(rng: np.random.Generator) -> dict[str, int]:
-    """Random template and synonym indices; reused over a shot so unchanged content keeps its text."""
-    return {k: int(rng.integers(1 << 30)) for k in _WORDING_KEYS}
-
-
-def describe(attrs: SceneAttributes, *, phrasing: str = "train", wording: dict[str, int] | None = None,
-             rng: np.random.Generator | None = None) -> str:
-    """Render ``attrs`` as a prompt sentence.
-
-    Parameters
-    ----------
-    attrs : SceneAttributes
-        All fields must be set.
-    phrasing : {"train", "heldout"}
-        Vocabulary and templates to draw from.
-    wording : dict, optional
-        Choice indices (template and synonyms); default drawn from ``rng`` (or the first choices).
-    """
-    if phrasing not in _TEMPLATES:
-        raise ValueError(f"phrasing must be 'train' or 'heldout', got {phrasing!r}")
-    for name in SceneAttributes.FIELDS:
-        if getattr(attrs, name) is None:
-            raise ValueError(f"describe: attribute {name!r} must be set, got None in {attrs}")
-    if wording is None:
-        wording = _choose_wording(rng) if rng is not None else dict.fromkeys(_WORDING_KEYS, 0)
-    plural = attrs.count == 2
-
-    def pick(options, key):
-        return options[wording[key] % len(options)]
-
-    words = {
-        "count": pick(_COUNT_WORDS[phrasing][attrs.count], "count"),
-        "colour": pick(_COLOUR_WORDS[phrasing][attrs.colour], "colour"),
-        "shape": pick(_SHAPE_WORDS[phrasing][attrs.shape], "shape")[plural],
-        "motion": pick(_MOTION_WORDS[phrasing][attrs.direction], "motion")[plural],
-        "spin": pick(_SPIN_WORDS[phrasing][bool(attrs.spin)], "spin")[plural],
-        "bg": pick(_BACKGROUND_WORDS[phrasing][attrs.background], "bg"),
-        "pan": pick(_PAN_WORDS[phrasing][attrs.pan], "pan"),
-    }
-    text = pick(_TEMPLATES[phrasing], "template").format(**words)
-    text = re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", text)
-    return text[0].upper() + text[1:]
-
-
-def _phrase_table() -> list[tuple[str, str, object]]:
-    table = []
-    for phrasing in ("train", "heldout"):
-        for value, ws in _COLOUR_WORDS[phrasing].items():
-            table += [(w, "colour", value) for w in ws]
-        for value, ws in _SHAPE_WORDS[phrasing].items():
-            table += [(w, "shape", value) for pair in ws for w in pair]
-        for value, ws in _MOTION_WORDS[phrasing].items():
-            table += [(w, "direction", value) for pair in ws for w in pair]
-        for value, ws in _BACKGROUND_WORDS[phrasing].items():
-            table += [(w, "background", value) for w in ws]
-        for value, ws in _PAN_WORDS[phrasing].items():
-            table += [(w.strip(" ,"), "pan", value) for w in ws if w]
-        for value, ws in _SPIN_WORDS[phrasing].items():
-            table += [(w.strip(" ,"), "spin", value) for pair in ws for w in pair if w]
-        table += [(w, "count", 2) for w in _COUNT_WORDS[phrasing][2]]
-    table.sort(key=lambda t: -len(t[0]))  # longest phrase first ("light grey" before "light")
-    return table
-
-
-_PHRASES = _phrase_table()
-_PHRASE_VALUE = {phrase: (name, value) for phrase, name, value in _PHRASES}
-# One alternation, longest phrase first, so each match is the longest phrase starting there.
-_PHRASE_RE = re.compile(r"(?<![\w-])(" + "|".join(re.escape(p) for p, _, _ in _PHRASES) + r")(?![\w-])")
-
-
-def parse_prompt(prompt: str, *, strict: bool = True, prefix: str = SCENE_CUT_PREFIX) -> SceneAttributes:
-    """Recover the attributes of a prompt written in either phrasing (scene-cut prefix ignored).
-
-    Raises
-    ------
-    ValueError
-        ``strict`` and colour/shape/direction/background not all found, or two different values
-        for one attribute. With ``strict=False`` missing ones are ``None``.
-    """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    text = prompt.removeprefix(prefix)
-    found: dict[str, object] = {}
-    for m in _PHRASE_RE.finditer(text.lower()):
-        name, value = _PHRASE_VALUE[m.group(1)]
-        if name in found and found[name] != value and strict:
-            raise ValueError(f"parse_prompt: {name} is both {found[name]!r} and {value!r} in {prompt!r}")
-        found.setdefault(name, value)
-    found.setdefault("count", 1)
-    found.setdefault("pan", "none")
-    found.setdefault("spin", False)
-    missing = [n for n in ("colour", "shape", "direction", "background") if n not in found]
-    if missing and strict:
-        raise ValueError(f"parse_prompt: could not find {missing} in {prompt!r}")
-    return SceneAttributes(**{n: found.get(n) for n in SceneAttributes.FIELDS})
-
-
-# ----------------------------------------------------------------------------------------------
-# Rendering.
-def _background(kind: str, h: int, w: int, levels: tuple[float, float], pan_offset: int) -> np.ndarray:
-    """Grey background [H, W] float32 in 0..255."""
-    lo, hi = levels
-    if kind in ("dark", "light"):
-        return np.full((h, w), lo, np.float32)
-    if kind == "gradient":
-        return np.broadcast_to(np.linspace(lo, hi, h, dtype=np.float32)[:, None], (h, w))
-    cell = max(4, w // 8)
-    ys, xs = np.arange(h)[:, None], np.arange(w)[None, :] + pan_offset
-    return np.where(((ys // cell) + (xs // cell)) % 2 == 0, lo, hi).astype(np.float32)
-
-
-def _coverage(shape: str, cx: float, cy: float, size: float, angle: float, h: int, w: int):
-    """Anti-aliased coverage in [0, 1] over a bounding window: (window slices, alpha)."""
-    rad = shape_circumradius(shape, size)
-    x0, x1 = max(0, int(cx - rad - 2)), min(w, int(cx + rad + 3))
-    y0, y1 = max(0, int(cy - rad - 2)), min(h, int(cy + rad + 3))
-    px = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx
-    py = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy
-    if shape == "circle":
-        sdf = np.sqrt(px * px + py * py) - rad
-    else:
-        c, s = math.cos(angle), math.sin(angle)
-        u, v = c * px + s * py, -s * px + c * py  # rotate the sample points by -angle
-        if shape == "square":
-            sdf = np.maximum(np.abs(u), np.abs(v)) - rad / math.sqrt(2.0)
-        else:  # equilateral triangle, apex up; max of the three edge half-plane distances
-            sdf = np.full(u.shape, -np.inf, np.float32)
-            for k in range(3):
-                a = math.pi / 2 + k * 2 * math.pi / 3
-                sdf = np.maximum(sdf, u * math.cos(a) + v * math.sin(a))
-            sdf = sdf - rad / 2.0
-    return (slice(y0, y1), slice(x0, x1)), np.clip(0.5 - sdf, 0.0, 1.0)
-
-
-def render_scene(h: int, w: int, background: str, levels: tuple[float, float], pan_offset: int,
-                 objects: list[tuple[str, str, float, float, float, float]]) -> np.ndarray:
-    """Render one frame [H, W, 3] uint8.
-
-    ``objects``: ``(shape, colour, cx, cy, size, angle)`` in pixels/radians, drawn in order.
-    """
-    img = np.repeat(_background(background, h, w, levels, pan_offset)[:, :, None], 3, axis=2)
-    for shape, colour, cx, cy, size, angle in objects:
-        win, alpha = _coverage(shape, cx, cy, size, angle, h, w)
-        a = alpha[:, :, None]
-        img[win] = img[win] * (1.0 - a) + np.asarray(COLOUR_RGB[colour], np.float32) * a
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
 def _draw_shot_scene(rng: np.random.Generator, cfg: ProceduralConfig) -> dict:

@@ -5,7 +5,9 @@
 - :mod:`longlive.train.sp` — Balanced and naive sequence-parallel layouts, SP × DP groups, the §5.2
   mask as a tile-level FlexAttention BlockMask, SP-aware chunked VAE encode with a left halo (§5.3).
 - :mod:`longlive.train.trainer` — :class:`Trainer` (FSDP2 bf16 / NVFP4 QAT, activation checkpointing,
-  AdamW, clip, EMA, metrics); :mod:`longlive.train.checkpoint` — atomic safetensors checkpoints with
+  AdamW, clip, EMA, metrics); :mod:`longlive.train.batches` — its data path (loader on the SP root,
+  latents and prompts to every SP rank); :mod:`longlive.train.builders` — device, VAE and text
+  encoder from the config; :mod:`longlive.train.checkpoint` — atomic safetensors checkpoints with
   exact resume; :mod:`longlive.train.config` — :class:`RunConfig` (YAML); :mod:`longlive.train.data`
   — datasets, the resumable step sampler, the latent cache; :mod:`longlive.train.cli` — ``longlive train``.
 """

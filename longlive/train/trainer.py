@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -35,6 +34,8 @@ import torch.distributed as dist
 
 from longlive.model.attention import SequenceParallelAttention
 from longlive.model.dit import CausalDiT
+from longlive.train.batches import SPBatchMixin
+from longlive.train.builders import build_text_encoder, build_vae, resolve_device
 from longlive.train.checkpoint import (
     collect_rng_states,
     find_latest_checkpoint,
@@ -45,7 +46,7 @@ from longlive.train.checkpoint import (
     write_checkpoint,
 )
 from longlive.train.config import RunConfig
-from longlive.train.data import LatentCache, StepSampler, build_dataset, collate_items
+from longlive.train.data import LatentCache
 from longlive.train.objective import (
     FlowMatchSchedule,
     add_noise,
@@ -57,64 +58,15 @@ from longlive.train.objective import (
 from longlive.train.sp import (
     ParallelContext,
     TeacherForcingAttention,
-    encode_halo_window,
     init_parallel,
-    plan_halo_windows,
     rank_slice,
     release_parallel_contexts,
-    scatter_raw_windows,
 )
 
 __all__ = ["Trainer", "build_text_encoder", "build_vae", "resolve_device"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: cuda:LOCAL_RANK when CUDA is available, else cpu."""
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("train.device = cuda but CUDA is not available")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def build_vae(cfg: RunConfig, device: torch.device):
-    """The VAE named by ``vae.name`` (default the model's), frozen, in ``vae.dtype`` on ``device``."""
-    from longlive.model.vae import PatchVAE, load_vae
-
-    name = cfg.vae.name or cfg.model.vae
-    if name == "patch":
-        vae = PatchVAE(cfg.model.vae_stride[1])
-    else:
-        if cfg.vae.path is None:
-            warnings.warn(
-                "vae.path is not set: the Wan2.2 VAE has RANDOM weights (timing runs only)", stacklevel=2
-            )
-        vae = load_vae(name, cfg.vae.path)
-        vae = vae.to(torch.bfloat16 if cfg.vae.dtype == "bf16" else torch.float32)
-    if vae.latent_channels != cfg.model.in_channels:
-        raise ValueError(
-            f"VAE {name!r} gives {vae.latent_channels} latent channels, model {cfg.model.name!r} expects "
-            f"in_channels={cfg.model.in_channels}"
-        )
-    return vae.to(device).eval().requires_grad_(False)
-
-
-def build_text_encoder(cfg: RunConfig, device: torch.device):
-    """``text.name`` (default the model's encoder; ``hash`` = the weight-free test double)."""
-    from longlive.model.text_encoder import HashTextEncoder, load_text_encoder
-
-    name = cfg.text.name or cfg.model.text_encoder
-    if name == "hash":
-        return HashTextEncoder(cfg.model.text_dim, cfg.model.text_len, device=device)
-    enc = load_text_encoder(name, max_length=cfg.model.text_len, device=device, fallback=cfg.text.fallback)
-    if enc.dim != cfg.model.text_dim:
-        raise ValueError(
-            f"text encoder {name!r} is {enc.dim} wide, model expects text_dim={cfg.model.text_dim}"
-        )
-    return enc
-
-
-class Trainer:
+class Trainer(SPBatchMixin):
     """Teacher-forcing trainer for :class:`~longlive.model.CausalDiT` (single process or torchrun SP × DP).
 
     Parameters
@@ -271,150 +223,9 @@ class Trainer:
             path, expect_model_config=self.cfg.model.to_dict(), expect_linear=self.cfg.train.linear
         )
 
-    def _make_loader(self):
-        cfg = self.cfg
-        ds = build_dataset(cfg, None if cfg.data.kind == "random" else self.vae, model_cfg=cfg.model)
-        sampler = StepSampler(
-            len(ds),
-            cfg.train.batch_size,
-            dp_rank=self.pctx.dp_rank,
-            dp_size=self.pctx.dp_size,
-            seed=cfg.train.seed,
-            start_step=self.step,
-            shuffle=cfg.data.kind == "video_folder",
-        )
-        nw = cfg.data.num_workers
-        loader = torch.utils.data.DataLoader(
-            ds,
-            batch_sampler=sampler,
-            num_workers=nw,
-            collate_fn=collate_items,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=nw > 0,
-            prefetch_factor=4 if nw > 0 else None,
-            generator=torch.Generator().manual_seed(cfg.train.seed),
-        )
-        return iter(loader)
-
     def _print(self, msg: str) -> None:
         if self.is_logger and self._log is not None:
             self._log(msg)
-
-    # ---- data -----------------------------------------------------------------------------------
-    def _sp_broadcast(self, obj):
-        if self.pctx.sp_size == 1:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=self.pctx.sp_root, group=self.pctx.sp_group)
-        return box[0]
-
-    def _comm_device(self):
-        return self.device if dist.get_backend(self.pctx.sp_group) == "nccl" else torch.device("cpu")
-
-    def _local_latents(self, item: dict | None, meta: dict) -> torch.Tensor:
-        """Latents [1, C, F_local, H', W'] of this rank's frames for one sample."""
-        ctx, s, p = self.pctx, self.slice, self.pctx.sp_size
-        root = ctx.sp_rank == 0
-        if meta["kind"] == "latents":
-            if p == 1:
-                return item["latents"][None].to(self.device, torch.float32)
-            if root:
-                z = item["latents"][None].float()
-                for r in range(1, p):
-                    rs = rank_slice(s.layout, s.num_frames, s.chunk_frames, p, r)
-                    dist.send(
-                        z[:, :, rs.frames].to(self._comm_device()).contiguous(),
-                        dst=ctx.sp_global_rank(r),
-                        group=ctx.sp_group,
-                    )
-                return z[:, :, s.frames].to(self.device)
-            buf = torch.empty(
-                meta["latent_shape"][:2] + [s.num_local] + meta["latent_shape"][3:],
-                device=self._comm_device(),
-            )
-            dist.recv(buf, src=ctx.sp_root, group=ctx.sp_group)
-            return buf.to(self.device)
-        vae_dtype = self._vae_dtype()
-        with torch.no_grad():
-            if s.layout == "balanced" and p > 1:
-                windows = plan_halo_windows(
-                    s.num_frames, p, halo=self.cfg.vae.halo_latents, temporal_stride=self.vae.temporal_stride
-                )
-                video = item["video"][None] if root else None
-                win = scatter_raw_windows(video, windows, ctx, device=self.device)
-                z = encode_halo_window(self.vae, win.to(vae_dtype), windows[ctx.sp_rank]).float()
-                if root and self.cache is not None:
-                    parts = [torch.empty_like(z) for _ in range(p)]
-                    dist.gather(z, parts, dst=ctx.sp_root, group=ctx.sp_group)
-                    self.cache.store(
-                        meta["index"],
-                        torch.cat(parts, 2)[0],
-                        meta["prompts"],
-                        torch.tensor(meta["loss_mask"]),
-                    )
-                elif self.cache is not None:
-                    dist.gather(z, None, dst=ctx.sp_root, group=ctx.sp_group)
-                return z
-            video = item["video"] if root else None
-            if p > 1:  # the baseline: every rank gets and encodes the whole clip
-                shape = meta["video_shape"]
-                buf = (
-                    video.to(self._comm_device()).contiguous()
-                    if root
-                    else torch.empty(shape, device=self._comm_device())
-                )
-                dist.broadcast(buf, src=ctx.sp_root, group=ctx.sp_group)
-                video = buf
-            z = self.vae.encode(video[None].to(self.device, vae_dtype)).float()
-            if root and self.cache is not None:
-                self.cache.store(meta["index"], z[0], meta["prompts"], torch.tensor(meta["loss_mask"]))
-            return z[:, :, s.frames]
-
-    def _vae_dtype(self) -> torch.dtype:
-        p = next(iter(self.vae.parameters()), None)
-        return p.dtype if p is not None else torch.float32
-
-    def _next_batch(self):
-        """(z_local [B, C, F_l, H', W'], context [B, S_l, Lt, D], frame mask [B, F] or None, valid frames)."""
-        items = next(self._loader_iter) if self.pctx.sp_rank == 0 else None
-        metas = None
-        if items is not None:
-            metas = []
-            for it in items:
-                self.skipped_files.update(it.get("skipped", []))
-                m = {
-                    "kind": "latents" if "latents" in it else "video",
-                    "prompts": list(it["prompts"]),
-                    "loss_mask": [bool(x) for x in it["loss_mask"]],
-                    "index": int(it["index"]),
-                }
-                m["latent_shape" if "latents" in it else "video_shape"] = list(
-                    (it["latents"] if "latents" in it else it["video"]).shape
-                )
-                if m["kind"] == "latents":
-                    m["latent_shape"] = [1] + m["latent_shape"]
-                metas.append(m)
-        metas = self._sp_broadcast(metas)
-        zs = [self._local_latents(items[i] if items is not None else None, m) for i, m in enumerate(metas)]
-        z = torch.cat(zs, 0)
-        if z.shape[2] != self.slice.num_local:
-            raise ValueError(
-                f"sample has {z.shape[2]} latent frames on this rank, expected {self.slice.num_local} "
-                f"(F={self.num_frames}, layout {self.slice.layout}, P={self.pctx.sp_size})"
-            )
-        cf, b = self.cfg.model.ar.chunk_frames, len(metas)
-        nprompts = len(metas[0]["prompts"])
-        ps = self.slice.prompt_slice(nprompts)
-        prompts = [pr for m in metas for pr in m["prompts"][ps]]
-        emb, _ = self.text.encode(prompts)
-        ctx = emb.to(self.device).view(b, ps.stop - ps.start, *emb.shape[1:])
-        mask = torch.tensor([m["loss_mask"] for m in metas], dtype=torch.bool, device=self.device)
-        if mask.all():
-            return z, ctx, None, b * self.num_frames
-        if mask.shape[1] != self.num_frames // cf:
-            raise ValueError(f"loss_mask has {mask.shape[1]} chunks, expected {self.num_frames // cf}")
-        frame_mask = mask.repeat_interleave(cf, dim=1)
-        return z, ctx, frame_mask, int(frame_mask.sum().item())
 
     # ---- one step -------------------------------------------------------------------------------
     def _attention(self, frame_len: int):
