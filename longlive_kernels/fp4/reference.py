@@ -152,9 +152,11 @@ def div_rn(a: torch.Tensor, b: float) -> torch.Tensor:
 
     torch on CUDA divides a tensor by a Python float as a multiply by the float's reciprocal, which
     differs from the division in the last bit for some inputs; a 0-dim divisor tensor on ``a``'s
-    device takes the true division.
+    device takes the true division. The divisor is filled on the device: ``torch.tensor(b,
+    device=cuda)`` copies from pageable host memory and so waits for the stream (a host sync in
+    every all-to-all that derived its scale from the amax).
     """
-    return a / torch.tensor(b, dtype=a.dtype, device=a.device)
+    return a / torch.full((), b, dtype=a.dtype, device=a.device)
 
 # ---------------------------------------------------------------------------------------------
 # Quantize / dequantize
