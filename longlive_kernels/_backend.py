@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Sequence
@@ -16,6 +17,15 @@ from collections.abc import Sequence
 import torch
 
 BACKENDS = ("auto", "triton", "cuda", "torch")
+
+
+@functools.cache
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device``; 4 elsewhere (the Triton interpreter), so that
+    kernels sized "programs per SM" launch a few programs and the tests cover ragged splits."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
 
 
 def interpret_mode() -> bool:

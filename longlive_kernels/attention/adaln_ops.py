@@ -10,7 +10,7 @@ import functools
 import torch
 import triton
 
-from .._backend import autotune_enabled, interpret_mode
+from .._backend import autotune_enabled, interpret_mode, num_sms
 from . import reference
 from .adaln_triton import _residual_norm_bwd_kernel, _residual_norm_fwd_kernel
 from .partial_sums import sum_partials
@@ -47,17 +47,10 @@ def _tuned(kernel, bwd: bool):
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few programs per frame, so tests cover ragged row splits
-
-
 def _programs_per_frame(progs_per_sm: int, groups: int, frame_len: int, device: torch.device) -> int:
     """P for a target of ``progs_per_sm`` programs per SM over ``groups`` = B·F frames (at most
     one row per program, at least one program per frame)."""
-    return max(1, min(frame_len, progs_per_sm * _num_sms(device) // groups))
+    return max(1, min(frame_len, progs_per_sm * num_sms(device) // groups))
 
 
 def _max_programs_per_frame(kernel, bwd: bool, groups: int, frame_len: int, device: torch.device) -> int:

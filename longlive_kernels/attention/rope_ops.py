@@ -11,7 +11,7 @@ import functools
 import torch
 import triton
 
-from .._backend import autotune_enabled, interpret_mode
+from .._backend import autotune_enabled, interpret_mode, num_sms
 from . import reference
 from .partial_sums import sum_partials
 from .rope_triton import _rope_bwd_kernel, _rope_fwd_kernel
@@ -47,17 +47,10 @@ def _tuned(kernel, bwd: bool):
     return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # interpreter: a few programs, so tests cover ragged token splits
-
-
 def _programs(progs_per_sm: int, bsz: int, n_tok: int, device: torch.device) -> int:
     """Programs per batch row for a target of ``progs_per_sm`` programs per SM (at most one per
     token, at least one per batch row)."""
-    return max(1, min(n_tok, progs_per_sm * _num_sms(device) // bsz))
+    return max(1, min(n_tok, progs_per_sm * num_sms(device) // bsz))
 
 
 def _max_programs(kernel, bwd: bool, bsz: int, n_tok: int, device: torch.device) -> int:
