@@ -1,6 +1,7 @@
 """FP4KVCache: bookkeeping vs the plain-Python policy model, update bit-exact with quantize_nvfp4 per
 128-token tile, round trip within the NVFP4 bound, poisoned buffers, update_quantized, BF16 storage,
-input errors, GPU backends at model size and CUDA-graph replay across chunks."""
+dequantize into a workspace. Input errors: ``test_kv_cache_bad_input.py``; GPU backends at model size
+and CUDA-graph replay across chunks: ``test_kv_cache_gpu.py``."""
 
 from __future__ import annotations
 
@@ -18,20 +19,10 @@ from longlive_kernels.attention.reference import KV_SCALE_TILE, KVCachePolicy
 from longlive_kernels.fp4 import dequantize_nvfp4, quantize_nvfp4
 from longlive_kernels.testing import assert_bitwise_equal, poison_like
 
-RULES = ("static6", "static4", "four_over_six")
+from ._kv_cache_helpers import RULES, _assert_only_slot_written, _assert_slot_is_quantization, _chunk, _poison
+
 # where Triton runs (the triton_device fixture, usable inside @given tests)
 TRITON_DEV = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-
-
-def _chunk(seed: int, b: int, t: int, h: int, d: int, dtype=torch.bfloat16, device="cpu") -> torch.Tensor:
-    """K/V-like data: per-head gains over several binades, a few outlier tokens, one zero block."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, t, h, d, generator=g) * torch.exp2(
-        torch.empty(1, 1, h, 1).uniform_(-3, 3, generator=g)
-    )
-    x[:, torch.randint(0, t, (max(1, t // 16),), generator=g)] *= 16
-    x[0, 0, 0, :16] = 0.0
-    return x.to(dtype).to(device)
 
 
 def _tiny_cache(max_chunks: int, sink_chunks: int) -> FP4KVCache:
@@ -122,28 +113,6 @@ def test_policy_steady_state_matches_spec():
 
 
 # ---- update: bit-exact with quantize_nvfp4 of each 128-token tile ----------------------------------------
-
-
-def _assert_slot_is_quantization(cache: FP4KVCache, layer: int, chunk: int, k, v) -> None:
-    slot = cache.slot_of(chunk)
-    t = cache.chunk_tokens
-    for i, x in enumerate((k, v)):
-        for bi in range(x.shape[0]):
-            for hi in range(x.shape[2]):
-                for t0 in range(0, t, KV_SCALE_TILE):
-                    rows = slice(t0, min(t, t0 + KV_SCALE_TILE))
-                    q = quantize_nvfp4(
-                        x[bi, rows, hi].contiguous(), scale_rule=cache.scale_rule, backend="torch"
-                    )
-                    assert_bitwise_equal(cache.data[layer, i, slot, bi, hi, rows].cpu(), q.data, "data")
-                    assert_bitwise_equal(
-                        cache.scale[layer, i, slot, bi, hi, rows].cpu(), q.scale.view(torch.uint8), "scale"
-                    )
-                    assert_bitwise_equal(
-                        cache.global_scale[layer, i, slot, bi, hi, t0 // KV_SCALE_TILE].cpu(),
-                        q.global_scale,
-                        "global scale",
-                    )
 
 
 @given(
@@ -250,23 +219,6 @@ def test_dequantize_triton_matches_torch_in_attention_order(triton_device):
 
 # ---- poisoned buffers: a write touches exactly its slot -----------------------------------------------
 
-_BUFFERS = ("data", "scale", "global_scale")
-
-
-def _poison(cache: FP4KVCache) -> dict[str, torch.Tensor]:
-    """Fill every buffer of ``cache`` with poison; returns copies to compare against."""
-    for name in _BUFFERS:
-        getattr(cache, name).copy_(poison_like(getattr(cache, name)))
-    return {n: getattr(cache, n).clone() for n in _BUFFERS}
-
-
-def _assert_only_slot_written(cache: FP4KVCache, before: dict[str, torch.Tensor], layer: int, slot: int) -> None:
-    for n, old in before.items():
-        new = getattr(cache, n)
-        untouched = torch.ones(new.shape[:3], dtype=torch.bool)
-        untouched[layer, :, slot] = False
-        assert_bitwise_equal(new[untouched].cpu(), old[untouched].cpu(), f"{n} outside the slot")
-
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_update_writes_only_its_slot(backend, triton_device):
@@ -324,247 +276,6 @@ def test_memory_report_model_geometry():
     assert rep["bf16_bytes_per_layer"] == 2 * 4 * 7040 * 24 * 128 * 2  # 346 MB (spec §2.2)
     assert rep["compression"] >= 3.5 and rep["bits_per_value"] < 4.6
     assert rep["bytes_per_layer"] == cache.nbytes_per_layer == cache.nbytes - cache.table.numel() * 4
-
-
-# ---- bad input ------------------------------------------------------------------------------------------
-
-
-def _started(**kw) -> FP4KVCache:
-    cache = FP4KVCache(num_layers=2, num_heads=2, head_dim=32, chunk_tokens=8, max_chunks=3, **kw)
-    cache.start_chunk(0)
-    return cache
-
-
-@pytest.mark.parametrize(
-    "make, exc, words",
-    [
-        (
-            lambda: _started().update(0, torch.randn(1, 9, 2, 32), torch.randn(1, 9, 2, 32)),
-            ValueError,
-            "larger than a slot",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(1, 7, 2, 32), torch.randn(1, 7, 2, 32)),
-            ValueError,
-            "partial",
-        ),
-        (
-            lambda: _started().update(2, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)),
-            ValueError,
-            "layer",
-        ),
-        (
-            lambda: _started().update(-1, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32)),
-            ValueError,
-            "layer",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(1, 8, 3, 32), torch.randn(1, 8, 3, 32)),
-            ValueError,
-            "shape",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(1, 8, 2, 64), torch.randn(1, 8, 2, 64)),
-            ValueError,
-            "shape",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(2, 8, 2, 32), torch.randn(2, 8, 2, 32)),
-            ValueError,
-            "shape",
-        ),
-        (lambda: _started().update(0, torch.randn(8, 2, 32), torch.randn(8, 2, 32)), ValueError, "dims"),
-        (
-            lambda: _started().update(
-                0, torch.ones(1, 8, 2, 32, dtype=torch.int32), torch.randn(1, 8, 2, 32)
-            ),
-            TypeError,
-            "dtype",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32).half()),
-            TypeError,
-            "same dtype",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(1, 32, 2, 8).transpose(1, 3), torch.randn(1, 8, 2, 32)),
-            ValueError,
-            "shape|contiguous",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), chunk_id=5),
-            ValueError,
-            "not resident",
-        ),
-        (
-            lambda: _started().update(0, torch.randn(1, 8, 2, 32), torch.randn(1, 8, 2, 32), backend="cuda"),
-            ValueError,
-            "cuda",
-        ),
-        (
-            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=8).update(
-                0, torch.randn(1, 8, 1, 16), torch.randn(1, 8, 1, 16)
-            ),
-            ValueError,
-            "start_chunk",
-        ),
-        (lambda: _started().update_quantized(0, torch.randn(1, 8, 2, 32), None), TypeError, "NVFP4Tensor"),
-        (lambda: _started().dequantize(3), ValueError, "layer"),
-        (lambda: _started().start_chunk(0), ValueError, "increase"),
-        (lambda: _started().pin_shot_sink(4), ValueError, "not resident"),
-        (
-            lambda: FP4KVCache(
-                num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2
-            ).pin_shot_sink(0),
-            ValueError,
-            "not resident",
-        ),
-        (
-            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=24, chunk_tokens=4),
-            ValueError,
-            "multiple of 16",
-        ),
-        (
-            lambda: FP4KVCache(
-                num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2, sink_chunks=2
-            ),
-            ValueError,
-            "sink_chunks",
-        ),
-        (
-            lambda: FP4KVCache(num_layers=0, num_heads=1, head_dim=16, chunk_tokens=4),
-            ValueError,
-            "num_layers",
-        ),
-        (
-            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, storage="int4"),
-            ValueError,
-            "storage",
-        ),
-        (
-            lambda: FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, scale_rule="mse"),
-            ValueError,
-            "scale_rule",
-        ),
-    ],
-)
-def test_bad_input_errors(make, exc, words):
-    with pytest.raises(exc, match=words):
-        make()
-
-
-def test_no_room_for_a_shot_sink():
-    cache = FP4KVCache(num_layers=1, num_heads=1, head_dim=16, chunk_tokens=4, max_chunks=2, sink_chunks=1)
-    cache.start_chunk(0)
-    cache.pin_shot_sink(0)  # a global sink chunk may be pinned (it needs no extra slot)
-    cache.start_chunk(1)
-    with pytest.raises(ValueError, match="no room"):
-        cache.pin_shot_sink(1)
-
-
-def test_dequantize_op_fake_tensor():
-    cache = _started()
-    v = cache.layer_view(0)
-    torch.library.opcheck(
-        torch.ops.longlive_kernels.kv_cache_dequantize.default,
-        (v.data, v.scale, v.global_scale, v.table, 1, torch.float32, "torch"),
-        test_utils=("test_faketensor",),
-    )
-
-
-# ---- GPU: every backend at the model size, CUDA graphs ----------------------------------------------------
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("rule", RULES)
-def test_gpu_update_and_dequant_bit_exact_model_size(rule):
-    from longlive_kernels._backend import has_cuda_extension
-
-    cache = FP4KVCache(
-        num_layers=2,
-        num_heads=24,
-        head_dim=128,
-        chunk_tokens=7040,
-        max_chunks=4,
-        scale_rule=rule,
-        device="cuda",
-        dtype=torch.float32,
-    )
-    k, v = _chunk(1, 1, 7040, 24, 128, device="cuda"), _chunk(2, 1, 7040, 24, 128, device="cuda")
-    cache.start_chunk(0)
-    slot = cache.slot_of(0)
-    cache.update(1, k, v, backend="torch")
-    want = [t[1, :, slot].clone() for t in (cache.data, cache.scale, cache.global_scale)]
-    want_deq = cache.dequantize(1, include_current=True, backend="torch")
-    for be in ["triton"] + (["cuda"] if has_cuda_extension() else []):
-        for t in (cache.data, cache.scale, cache.global_scale):
-            t.copy_(poison_like(t))
-        cache.update(1, k, v, backend=be)
-        bufs = (cache.data, cache.scale, cache.global_scale)
-        for name, t, w in zip(("data", "scale", "gs"), bufs, want, strict=True):
-            assert_bitwise_equal(t[1, :, slot], w, f"{be} {name}")  # other slots stay poisoned
-        for a, b in zip(cache.dequantize(1, include_current=True, backend=be), want_deq, strict=True):
-            assert_bitwise_equal(a, b, f"{be} dequant")
-
-
-@pytest.mark.gpu
-def test_gpu_cuda_graph_replays_across_chunks():
-    """One captured update reads its slot from the device table: replaying it after start_chunk()
-    writes the new chunk's slot (addresses never change)."""
-    cache = FP4KVCache(num_layers=1, num_heads=4, head_dim=128, chunk_tokens=256, max_chunks=3, device="cuda")
-    k = torch.empty(1, 256, 4, 128, device="cuda", dtype=torch.bfloat16)
-    v = torch.empty_like(k)
-    cache.start_chunk(0)
-    k.copy_(_chunk(0, 1, 256, 4, 128)), v.copy_(_chunk(1, 1, 256, 4, 128))
-    cache.update(0, k, v, backend="triton")  # warm-up / compile
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        cache.update(0, k, v, backend="triton")
-    for n in range(1, 5):
-        cache.start_chunk(n)
-        k.copy_(_chunk(10 * n, 1, 256, 4, 128)), v.copy_(_chunk(10 * n + 1, 1, 256, 4, 128))
-        g.replay()
-        torch.cuda.synchronize()
-        _assert_slot_is_quantization(cache, 0, n, k.cpu(), v.cpu())
-
-
-@pytest.mark.gpu
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    t=st.sampled_from([1, 40, 128, 136, 300]),
-    d=st.sampled_from([16, 32, 64, 80, 128, 256]),
-    rule=st.sampled_from(RULES),
-    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
-    specials=st.booleans(),
-    strided=st.booleans(),
-)
-@settings(max_examples=40, deadline=None)
-def test_gpu_cuda_update_any_shape_bit_exact_and_in_its_slot(seed, t, d, rule, dtype, specials, strided):
-    """The CUDA update (every template instance: head_dim 16..256, partial 128-token tiles, the three
-    input dtypes, NaN/Inf blocks, K/V as views of a fused QKV-like buffer) equals quantize_nvfp4 per
-    tile and leaves every other slot's poisoned bytes alone."""
-    from longlive_kernels._backend import has_cuda_extension
-
-    if not has_cuda_extension():
-        pytest.skip("CUDA extension not built")
-    h = 3
-    cache = FP4KVCache(num_layers=2, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=3, scale_rule=rule,
-                       device="cuda")
-    before = _poison(cache)
-    cache.start_chunk(0)
-    cache.start_chunk(1)
-    k, v = _chunk(seed, 1, t, h, d, dtype), _chunk(seed + 1, 1, t, h, d, dtype)
-    if specials:
-        k[0, t // 2, 1, d // 2] = float("nan")
-        v[0, t - 1, h - 1, 0] = float("-inf")
-    if strided:  # K and V as slices of one [B, T, H, 2D] buffer
-        kv_buf = torch.cat([k, v], dim=-1).cuda()
-        k_dev, v_dev = kv_buf[..., :d], kv_buf[..., d:]
-    else:
-        k_dev, v_dev = k.cuda(), v.cuda()
-    cache.update(0, k_dev, v_dev, backend="cuda")
-    _assert_only_slot_written(cache, before, 0, cache.slot_of(1))
-    _assert_slot_is_quantization(cache, 0, 1, k, v)
 
 
 # ---- dequantize(out=...): into the head of a larger (poisoned) workspace ----------------------------------
