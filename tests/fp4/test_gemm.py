@@ -21,6 +21,7 @@ from longlive_kernels.fp4 import (
     NVFP4Tensor,
     fp8_gemm,
     gemm_dequant,
+    gemm_ops,
     nvfp4_gemm,
     quantize_fp8_rowwise,
     quantize_nvfp4,
@@ -930,7 +931,7 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
     for _ in range(3):  # a race shows up as run-to-run differences
         assert_bitwise_equal(direct(), out, "repeated Hopper kernel call")
     if m > gemm_mod.SPLIT_K_MAX_M:  # the default path takes the same kernel when it is enabled
-        monkeypatch.setattr(gemm_mod, "_HOPPER_ENABLED", True)
+        monkeypatch.setattr(gemm_ops, "_HOPPER_ENABLED", True)  # read by gemm_ops._try_hopper
         assert_bitwise_equal(nvfp4_gemm(a, b, bias=bias, out_dtype=out_dtype), out, "auto vs direct Hopper kernel")
         if kind == "nvfp4":
             pre = nvfp4_gemm(a, b, bias=bias, out_dtype=out_dtype, algorithm="predecode")

@@ -1,0 +1,161 @@
+"""Launchers of the quantized all-to-all Triton kernels (``quantized_all_to_all_triton.py``) and the
+``longlive_kernels::`` ``torch.library`` ops behind ``quantized_all_to_all.py`` (amax, quantize +
+pack into the wire buffer, unpack into the destinations; fake registrations); each op runs the
+Triton launcher or ``comm/reference.py`` as its resolved ``backend`` argument says.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .._backend import interpret_mode
+from ..fp4.format import SCALE_RULES
+from . import reference
+from .quantized_all_to_all_triton import _amax_kernel, _pack_kernel, _unpack_kernel
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _tile(d: int, four_over_six: bool = False) -> tuple[int, int]:
+    """(BR, BD): whole rows per program, ~4K elements (2K for Four Over Six's two candidates)."""
+    bd = max(16, triton.next_power_of_2(d))
+    budget = 2048 if four_over_six else 4096
+    br = 16 if interpret_mode() else max(1, min(64, budget // bd))
+    return br, bd
+
+
+def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _amax_triton(x, amax_bits, index):
+    b, s, h, d = x.shape
+    rows = b * s * h
+    br, bd = _tile(d)
+    _amax_kernel[(triton.cdiv(rows, br),)](x, amax_bits[index:], rows, s, h, d, *_strides3(x), BR=br, BD=bd,
+                                           num_warps=4)
+
+
+def _pack_triton(x, buf, gs, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off, hdr_word):
+    b, s, h, d = x.shape
+    rows = b * s * h
+    sc, hc = (s // world_size, h) if scatter_dim == 1 else (s, h // world_size)
+    four6 = fmt == "nvfp4" and scale_rule == "four_over_six"
+    br, bd = _tile(d, four6)
+    chunk_bytes = buf.shape[1]
+    _pack_kernel[(triton.cdiv(rows, br),)](
+        x, buf, buf.view(torch.int32), gs if gs is not None else buf, rows, s, h, d, sc, hc, world_size,
+        *_strides3(x), chunk_bytes, data_off, scale_off, hdr_word,
+        FP8=fmt == "fp8", TARGET=SCALE_RULES[scale_rule][0], FOUR_OVER_SIX=four6, BR=br, BD=bd,
+        num_warps=4, enable_fp_fusion=False,
+    )
+
+
+def _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off,
+                   hdr_word):
+    b, so, ho = out.shape[:3]
+    rows = b * so * ho
+    sc, hc = (so // world_size, ho) if gather_dim == 1 else (so, ho // world_size)
+    br, bd = _tile(d)
+    o = out if dequant else out.view(torch.uint8)
+    osc = o if dequant else (out_scale.view(torch.uint8) if fmt == "nvfp4" else out_scale.view(torch.int32))
+    _unpack_kernel[(triton.cdiv(rows, br),)](
+        buf, buf.view(torch.int32), o, osc, rows, so, ho, d, sc, hc, *_strides3(o), *_strides3(osc),
+        buf.shape[1], data_off, scale_off, hdr_word,
+        FP8=fmt == "fp8", DEQUANT=dequant, BR=br, BD=bd, num_warps=4, enable_fp_fusion=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops (pack/unpack mutate the wire buffer / the destinations)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("longlive_kernels::a2a_amax", mutates_args=("amax_bits",))
+def _amax_op(x: torch.Tensor, amax_bits: torch.Tensor, index: int, backend: str) -> None:
+    if backend == "torch":
+        bits = reference.nvfp4_amax(x).reshape(1).view(torch.int32)
+        amax_bits[index:index + 1] = torch.maximum(amax_bits[index:index + 1], bits)
+    else:
+        _amax_triton(x, amax_bits, index)
+
+
+@_amax_op.register_fake
+def _(x, amax_bits, index, backend):
+    return None
+
+
+@torch.library.custom_op("longlive_kernels::a2a_quantize_pack", mutates_args=("buf",))
+def _pack_op(
+    x: torch.Tensor,
+    buf: torch.Tensor,
+    global_scale: torch.Tensor | None,
+    world_size: int,
+    scatter_dim: int,
+    fmt: str,
+    scale_rule: str,
+    data_off: int,
+    scale_off: int,
+    hdr_word: int,
+    backend: str,
+) -> None:
+    if backend != "torch":
+        _pack_triton(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off,
+                     hdr_word)
+        return
+    data, scales = reference.pack_tensor(x, world_size, scatter_dim, fmt=fmt, global_scale=global_scale,
+                                         scale_rule=scale_rule)
+    buf[:, data_off:data_off + data.shape[1]] = data
+    buf[:, scale_off:scale_off + scales.shape[1]] = scales
+    if fmt == "nvfp4":
+        gs_bits = global_scale.reshape(1).to(torch.float32).view(torch.uint8)
+        buf[:, 4 * hdr_word:4 * hdr_word + 4] = gs_bits
+
+
+@_pack_op.register_fake
+def _(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off, hdr_word, backend):
+    return None
+
+
+@torch.library.custom_op("longlive_kernels::a2a_unpack", mutates_args=("out", "out_scale"))
+def _unpack_op(
+    buf: torch.Tensor,
+    out: torch.Tensor,
+    out_scale: torch.Tensor | None,
+    world_size: int,
+    gather_dim: int,
+    fmt: str,
+    dequant: bool,
+    data_off: int,
+    scale_off: int,
+    hdr_word: int,
+    data_bytes: int,
+    scale_bytes: int,
+    backend: str,
+) -> None:
+    d = out.shape[-1] if (dequant or fmt == "fp8") else out.shape[-1] * 2
+    if backend != "torch":
+        _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off,
+                       hdr_word)
+        return
+    chunk_shape = [*out.shape[:-1], d]
+    chunk_shape[gather_dim] //= world_size
+    gs = buf[:, 4 * hdr_word:4 * hdr_word + 4].contiguous().view(torch.float32).reshape(-1)
+    res = reference.unpack_tensor(
+        buf[:, data_off:data_off + data_bytes], buf[:, scale_off:scale_off + scale_bytes],
+        gs if fmt == "nvfp4" else None, chunk_shape, gather_dim, fmt=fmt, dequantize=dequant, dtype=out.dtype,
+    )
+    if dequant:
+        out.copy_(res)
+    else:
+        out.copy_(res[0].view(out.dtype))
+        out_scale.copy_(res[1].view(out_scale.dtype))
+
+
+@_unpack_op.register_fake
+def _(buf, out, out_scale, world_size, gather_dim, fmt, dequant, data_off, scale_off, hdr_word, data_bytes,
+      scale_bytes, backend):
+    return None
