@@ -41,8 +41,8 @@ __device__ __forceinline__ float e2m1_decode(int code) {
 
 __device__ __forceinline__ int sign_bit(float v) { return (__float_as_uint(v) >> 31) & 1; }
 
-// Round |v| to the E2M1 grid, ties to even, saturating at 6, in three FMA-pipe-heavy instructions
-// (the ALU pipe runs at half the issue rate on sm_90). On [0,2), [2,4), [4,6] the grid step 0.5, 1, 2
+// Round |v| to the E2M1 grid, ties to even, saturating at 6, in three instructions, two of them on the
+// FMA pipe (the ALU pipe runs at half the issue rate on sm_90). On [0,2), [2,4), [4,6] the grid step 0.5, 1, 2
 // is the fp32 ulp of the binade [2^(22+e), 2^(23+e)), e = max(floor(log2 a), 0). With
 // M = max(a, 1.5) * 2^22 (exact inside the FMA, and a multiple of that ulp), s = RN(M - a) lies in
 // M's binade, so r = M - s (exact) is a rounded to the grid; M / ulp is even at every tie (0.25, 0.75,
