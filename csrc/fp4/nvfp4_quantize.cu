@@ -99,13 +99,17 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
     u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(row * p.k + cb * kBlock + i)) : 0.0f;
   }
 
-  fp4::Candidate c = fp4::make_candidate(bamax, ts, kFourOverSix ? 6.0f : fp4::rule_target(p.scale_rule), poison, zero);
+  fp4::Candidate c, c4;
+  if (kFourOverSix) {
+    fp4::four_over_six_candidate_pair(bamax, ts, poison, zero, c, c4);
+  } else {
+    c = fp4::make_candidate(bamax, ts, fp4::rule_target(p.scale_rule), poison, zero);
+  }
   uint32_t packed[2];
   if (!kFourOverSix) {
     float xq[kBlock];
     fp4::encode16<kStochastic>(x, c, u, packed, xq);
   } else {
-    const fp4::Candidate c4 = fp4::make_candidate(bamax, ts, 4.0f, poison, zero);
     uint32_t packed4[2];
     float e6, e4;
     if (kStochastic) {
