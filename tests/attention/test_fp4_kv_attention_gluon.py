@@ -29,8 +29,7 @@ def test_gluon_kernel_compiles_for_sm90a():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, re\n"
             "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
-            "try:\n    from tests.fp4._gemm_helpers import wgmma_register_a_hazards\n"
-            "except ImportError:\n    wgmma_register_a_hazards = lambda sass: []\n"
+            "from tests.fp4._gemm_helpers import wgmma_register_a_hazards\n"
             "for cur in (True, False):\n"
             "    r = h.compile_report(cur); sass = r.pop('sass')\n"
             "    r['hazards'] = wgmma_register_a_hazards(sass)\n"
