@@ -5,6 +5,7 @@
 #   test:<path>[::k-expr]      pytest on <path> incl. @gpu tests (HYPOTHESIS_PROFILE=gpu)
 #   bench:<file.py>[,args]     python <file.py> args (commas become spaces)
 #   py:<file.py>[,args]        any python script
+#   torchrun:<N>,<file.py>[,args]  torchrun --nproc-per-node N <file.py> args (multi-GPU benches)
 # Each step has a time limit (STEP_TIMEOUT, default 300 s). Everything goes to $OUT/session.log;
 # the markdown tables each bench prints also go to $OUT/tables.md.
 set -uo pipefail
@@ -34,6 +35,14 @@ for step in "$@"; do
       timeout "$T" python3 "$f" $args > "$OUT/step.tmp" 2>&1; rc=$?
       cat "$OUT/step.tmp" >> "$LOG"; echo "rc=$rc" >> "$LOG"
       { echo "### $f $args (rc=$rc)"; grep -E "^\||^[A-Za-z].*(GB/s|TFLOP|FPS|copy|device)" "$OUT/step.tmp"; echo; } >> "$TABLES"
+      tail -25 "$OUT/step.tmp"; echo "rc=$rc" ;;
+    torchrun:*)
+      spec=${step#torchrun:}; n=${spec%%,*}; rest=${spec#*,}; f=${rest%%,*}; args=""
+      [[ "$rest" == *,* ]] && args=${rest#*,}; args=${args//,/ }
+      log "torchrun -n $n $f $args"
+      timeout "$T" torchrun --nproc-per-node "$n" "$f" $args > "$OUT/step.tmp" 2>&1; rc=$?
+      cat "$OUT/step.tmp" >> "$LOG"; echo "rc=$rc" >> "$LOG"
+      { echo "### torchrun -n $n $f $args (rc=$rc)"; grep -E "^\||^[A-Za-z#].*(GB/s|TFLOP|FPS|copy|device)" "$OUT/step.tmp"; echo; } >> "$TABLES"
       tail -25 "$OUT/step.tmp"; echo "rc=$rc" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

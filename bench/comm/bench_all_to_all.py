@@ -20,6 +20,7 @@ op; median over iterations; the reported time is the max over ranks of the per-r
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -237,17 +238,19 @@ def _bench_layer_comm(p, qkv, timer, rows):
 
 def _make_attention(ctx_k, ctx_v, s_new):
     """Local attention over [BF16 context shard | current chunk]: writes k, v into the window
-    (as a KV-cache update would), then SDPA of the chunk's queries over the whole window."""
+    (as a KV-cache update would), then SDPA of the chunk's queries over the whole window; with
+    ``head_chunks`` it gets one head group of the shard at a time."""
 
-    def attn(q, k, v):
-        ctx_k[:, -s_new:].copy_(k)
-        ctx_v[:, -s_new:].copy_(v)
-        return sdpa_attention(q, ctx_k, ctx_v)
+    def attn(q, k, v, head_slice=slice(None)):
+        ck, cv = ctx_k[:, :, head_slice], ctx_v[:, :, head_slice]
+        ck[:, -s_new:].copy_(k)
+        cv[:, -s_new:].copy_(v)
+        return sdpa_attention(q, ck, cv)
 
     return attn
 
 
-def _bench_sp_attention(world, dims, device, timer, rows):
+def _bench_sp_attention(world, dims, device, timer, rows, head_chunks=(1,)):
     b, s, h, d, window = dims
     flops = 4 * b * s * window * h * d
     p = 1
@@ -264,13 +267,18 @@ def _bench_sp_attention(world, dims, device, timer, rows):
             torch.randn(b, window, h // p, d, device=device, dtype=torch.bfloat16) for _ in range(2)
         )
         for kv_format in (None, "nvfp4"):
-            ua = UlyssesAttention(_make_attention(ctx_k, ctx_v, s), group, kv_format=kv_format)
-            with torch.no_grad():
-                ms = timer(lambda ua=ua, loc=loc: ua(*loc), group=group)
-            dist.all_reduce(torch.zeros(1, device=device))  # keep the world in step between groups
-            key = kv_format or "bf16"
-            base.setdefault(key, ms)
-            rows.append((p, key, ms, flops / (ms * 1e-3) / 1e12, base[key] / ms))
+            # head groups pipeline the transfers against attention; nothing to hide at P = 1
+            for chunks in [c for c in head_chunks if (h // p) % c == 0 and (p > 1 or c == 1)]:
+                ua = UlyssesAttention(
+                    _make_attention(ctx_k, ctx_v, s), group, kv_format=kv_format, head_chunks=chunks
+                )
+                with torch.no_grad():
+                    ms = timer(lambda ua=ua, loc=loc: ua(*loc), group=group)
+                dist.all_reduce(torch.zeros(1, device=device))  # keep the world in step between groups
+                key = kv_format or "bf16"
+                base.setdefault(key, ms)
+                label = key if chunks == 1 else f"{key}, {chunks} head groups pipelined"
+                rows.append((p, label, ms, flops / (ms * 1e-3) / 1e12, base[key] / ms))
         p *= 2
 
 
@@ -291,7 +299,7 @@ def _format(rows_a2a, rows_layer, rows_sp, world, dims, header) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, nbytes, ratio, ms, sp, err, _ in rows_a2a + rows_layer:
-        e = "" if err != err else f"{err:.3f}"
+        e = "" if math.isnan(err) else f"{err:.3f}"
         out.append(f"| {name} | {nbytes / MB:.2f} MB | {ratio:.2f}× | {ms:.3f} | {sp:.2f}× | {e} |")
     sp_intro = (
         f"SP attention layer: UlyssesAttention + SDPA, {s}-token chunk attending a {window}-token window "
@@ -325,10 +333,11 @@ def bench(rank: int, world: int, opts: dict) -> str | None:
     g = torch.Generator(device="cpu").manual_seed(1 + rank)
     qkv = [torch.randn(b, s // world, h, d, generator=g).to(device, torch.bfloat16) for _ in range(3)]
     rows_a2a, rows_layer, rows_sp = [], [], []
-    with torch.no_grad():
-        _bench_k_chunk(world, qkv[1], timer, rows_a2a)
-        _bench_layer_comm(world, qkv, timer, rows_layer)
-    _bench_sp_attention(world, dims, device, timer, rows_sp)
+    if not opts.get("sp_only"):
+        with torch.no_grad():
+            _bench_k_chunk(world, qkv[1], timer, rows_a2a)
+            _bench_layer_comm(world, qkv, timer, rows_layer)
+    _bench_sp_attention(world, dims, device, timer, rows_sp, opts.get("head_chunks", (1,)))
     if rank != 0:
         return None
     header = device_header() if device.type == "cuda" else "cpu / gloo smoke test"
@@ -350,8 +359,20 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--nproc", type=int, default=None, help="ranks to spawn when not started by torchrun")
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument(
+        "--head-chunks",
+        default="1,2,3,4",
+        help="UlyssesAttention head_chunks values timed for the SP layer (comma list)",
+    )
+    ap.add_argument("--sp-only", action="store_true", help="only the SP attention layer section")
     args = ap.parse_args(argv)
-    opts = {"device": args.device, "quick": args.quick, "smoke": args.smoke or args.device == "cpu"}
+    opts = {
+        "device": args.device,
+        "quick": args.quick,
+        "smoke": args.smoke or args.device == "cpu",
+        "head_chunks": tuple(int(c) for c in args.head_chunks.split(",")),
+        "sp_only": args.sp_only,
+    }
     backend = "nccl" if args.device == "cuda" else "gloo"
     if "RANK" in os.environ:  # torchrun
         for k, v in NCCL_SAFE_ENV.items():
@@ -377,9 +398,14 @@ def main(argv=None) -> int:
 def test_bench_all_to_all_smoke():
     """pytest entry: the gloo smoke run on 2 CPU processes completes and prints every section."""
     table = run_distributed(
-        _spawned, 2, backend="gloo", args=({"device": "cpu", "quick": True, "smoke": True},), timeout_s=300.0
+        _spawned,
+        2,
+        backend="gloo",
+        args=({"device": "cpu", "quick": True, "smoke": True, "head_chunks": (1, 2)},),
+        timeout_s=300.0,
     )[0]
     assert "speed-up vs baseline" in table and "| 2 | nvfp4 |" in table and "FP4-KV layer" in table
+    assert "| 2 | bf16, 2 head groups pipelined |" in table
 
 
 if __name__ == "__main__":

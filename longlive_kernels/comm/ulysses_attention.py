@@ -21,16 +21,27 @@ from torch import nn
 
 from .. import _checks
 from .quantized_all_to_all import quantized_all_to_all
-from .ulysses import check_ranks_agree, group_size, tensor_signature, ulysses_all_to_all
+from .ulysses import (
+    all_to_all_buffer,
+    check_ranks_agree,
+    gather_from_buffer,
+    group_size,
+    scatter_to_buffer,
+    tensor_signature,
+    ulysses_all_to_all,
+)
 
 CHECK_RANKS = ("first", "always", "never")
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, head_slice: slice | None = None, **kwargs
+) -> torch.Tensor:
     """``torch.nn.functional.scaled_dot_product_attention`` on the [B, S, H, D] layout.
 
     Keyword arguments (``attn_mask``, ``is_causal``, ``scale``, ``enable_gqa``) are passed on;
-    the output is a [B, S, H, Dv] view of SDPA's [B, H, S, Dv] result.
+    the output is a [B, S, H, Dv] view of SDPA's [B, H, S, Dv] result. ``head_slice`` (given by
+    ``UlyssesAttention(head_chunks>1)``) is not needed: the heads are those of q, k, v.
     """
     o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kwargs)
     return o.transpose(1, 2)
@@ -61,6 +72,15 @@ class UlyssesAttention(nn.Module):
     check_ranks : {"first", "always", "never"}
         Verify that q/k/v shapes and dtypes agree across ranks (one tiny all-gather + host sync)
         on the first call, every call, or never. Every rank raises the same ``ValueError``.
+    head_chunks : int
+        G > 1 pipelines the layer over G groups of each rank's H/P heads (inference only): group
+        g attends while the q/k/v all-to-alls of the later groups and the output all-to-all of the
+        earlier ones are on the wire, so only group 0's inbound and group G−1's outbound transfer
+        stay exposed. ``attn`` is then called G times, with the keyword ``head_slice`` =
+        ``slice(g·h, (g+1)·h)``, h = H/(P·G): which of the rank's local heads it gets (e.g. to
+        address its KV-cache shard). Needs (H/P) % G == 0, q and k/v with the same head count,
+        dense k/v for ``attn`` (``kv_output="dequantized"``) and no autograd. With quantized k/v
+        the per-source tensor scale is taken per group.
 
     Notes
     -----
@@ -86,6 +106,7 @@ class UlyssesAttention(nn.Module):
         scale_rule: str = "static6",
         backend: str = "auto",
         check_ranks: str = "first",
+        head_chunks: int = 1,
     ):
         super().__init__()
         if attn is not None and not callable(attn):
@@ -97,9 +118,18 @@ class UlyssesAttention(nn.Module):
             raise ValueError(f"kv_output={kv_output!r} needs kv_format={kv_output!r}, got {kv_format!r}")
         if kv_format is None and kv_output != "dequantized":
             raise ValueError(f"kv_output={kv_output!r} needs kv_format={kv_output!r}")
+        if not isinstance(head_chunks, int) or isinstance(head_chunks, bool) or head_chunks < 1:
+            raise ValueError(f"head_chunks must be an int >= 1, got {head_chunks!r}")
+        if head_chunks > 1 and kv_output != "dequantized":
+            raise ValueError(
+                f"head_chunks={head_chunks} needs kv_output='dequantized' (dense k/v per head "
+                f"group), got kv_output={kv_output!r}"
+            )
         if attn is None and kv_output != "dequantized":
-            raise ValueError("the default SDPA attention needs dense k/v: pass an attention that reads "
-                             f"{kv_output} (e.g. fp4_kv_attention) or use kv_output='dequantized'")
+            raise ValueError(
+                "the default SDPA attention needs dense k/v: pass an attention that reads "
+                f"{kv_output} (e.g. fp4_kv_attention) or use kv_output='dequantized'"
+            )
         self.attn = attn if attn is not None else sdpa_attention
         self.group = group
         self.kv_format = kv_format
@@ -108,6 +138,7 @@ class UlyssesAttention(nn.Module):
         self.scale_rule = scale_rule
         self.backend = backend
         self.check_ranks = check_ranks
+        self.head_chunks = head_chunks
         self._checked = False
 
     @property
@@ -120,15 +151,31 @@ class UlyssesAttention(nn.Module):
             _checks.check_ndim(name, t, 4)
             _checks.check_nonempty(name, t)
             if t.shape[2] % p != 0:
-                raise ValueError(f"{name} has {t.shape[2]} heads, not divisible by the SP group size {p} "
-                                 f"(Ulysses needs heads % P == 0); shape {tuple(t.shape)}")
+                raise ValueError(
+                    f"{name} has {t.shape[2]} heads, not divisible by the SP group size {p} "
+                    f"(Ulysses needs heads % P == 0); shape {tuple(t.shape)}"
+                )
         if k.shape[:3] != v.shape[:3]:
             raise ValueError(f"k and v must agree on [B, S, H], got {tuple(k.shape)} and {tuple(v.shape)}")
         if q.shape[0] != k.shape[0]:
             raise ValueError(f"q and k must have the same batch, got {tuple(q.shape)} and {tuple(k.shape)}")
         if self.kv_format is not None and k.shape != v.shape:
-            raise ValueError(f"quantized k/v share one buffer and must have one shape, got {tuple(k.shape)} "
-                             f"and {tuple(v.shape)}")
+            raise ValueError(
+                f"quantized k/v share one buffer and must have one shape, got {tuple(k.shape)} "
+                f"and {tuple(v.shape)}"
+            )
+        g = self.head_chunks
+        if g > 1:
+            if (q.shape[2] // p) % g != 0 or q.shape[2] != k.shape[2]:
+                raise ValueError(
+                    f"head_chunks={g} needs q and k/v with the same heads and (heads / P) % "
+                    f"head_chunks == 0; got q {tuple(q.shape)}, k {tuple(k.shape)}, P = {p}"
+                )
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+                raise ValueError(
+                    f"head_chunks={g} is inference-only: run under torch.no_grad() or use "
+                    "head_chunks=1 to train"
+                )
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **attn_kwargs) -> torch.Tensor:
         """q, k, v [B, S/P, H, D] local tokens → o [B, S/P, H, Dv]; ``attn_kwargs`` go to ``attn``."""
@@ -138,6 +185,8 @@ class UlyssesAttention(nn.Module):
             sig = tensor_signature(q) + tensor_signature(k) + tensor_signature(v)
             check_ranks_agree(self.group, q.device, sig, "UlyssesAttention")
             self._checked = True
+        if self.head_chunks > 1:
+            return self._forward_head_chunks(q, k, v, p, attn_kwargs)
 
         hq = ulysses_all_to_all(q, self.group, scatter_dim=2, gather_dim=1, async_op=True)
         if self.kv_format is None:
@@ -146,11 +195,81 @@ class UlyssesAttention(nn.Module):
             k_h, v_h = hk.wait(), hv.wait()
         else:
             k_h, v_h = quantized_all_to_all(
-                (k, v), self.group, scatter_dim=2, gather_dim=1, format=self.kv_format, output=self.kv_output,
-                tensor_scale=self.tensor_scale, scale_rule=self.scale_rule, backend=self.backend,
+                (k, v),
+                self.group,
+                scatter_dim=2,
+                gather_dim=1,
+                format=self.kv_format,
+                output=self.kv_output,
+                tensor_scale=self.tensor_scale,
+                scale_rule=self.scale_rule,
+                backend=self.backend,
             )
         o_h = self._attend(hq.wait(), k_h, v_h, attn_kwargs)
         return ulysses_all_to_all(o_h, self.group, scatter_dim=1, gather_dim=2)
+
+    def _inbound(self, q, k, v, p: int, g: int):
+        """Start the seq→head transfer of head group ``g``: returns a function giving its q, k, v."""
+        chunks = self.head_chunks
+
+        def group_of(t):  # [B, S/P, H, D] → the heads r·H/P + g·h + [0, h) for every destination r
+            return t.unflatten(2, (p, chunks, -1)).select(3, g)  # [B, S/P, P, h, D]
+
+        def send(t):
+            if p == 1:
+                return lambda: group_of(t).flatten(2, 3)
+            buf = group_of(t).movedim(2, 0).contiguous()  # [P, B, S/P, h, D]
+            recv = torch.empty_like(buf)
+            work = all_to_all_buffer(buf, recv, self.group, async_op=True)
+
+            def finish():
+                work.wait()
+                return gather_from_buffer(recv, 1)  # [B, S, h, D]
+
+            return finish
+
+        fq = send(q)
+        if self.kv_format is None:
+            fk, fv = send(k), send(v)
+            return lambda: (fq(), fk(), fv())
+        handle = quantized_all_to_all(
+            tuple(group_of(t).flatten(2, 3) for t in (k, v)),
+            self.group,
+            scatter_dim=2,
+            gather_dim=1,
+            format=self.kv_format,
+            tensor_scale=self.tensor_scale,
+            scale_rule=self.scale_rule,
+            backend=self.backend,
+            async_op=True,
+        )
+        return lambda: (fq(), *handle.wait())
+
+    def _forward_head_chunks(self, q, k, v, p: int, attn_kwargs) -> torch.Tensor:
+        chunks = self.head_chunks
+        h = q.shape[2] // (p * chunks)
+        # every inbound transfer is queued first: the communicator runs them in order while the
+        # compute stream attends group by group, each waiting only for its own data
+        inbound = [self._inbound(q, k, v, p, g) for g in range(chunks)]
+        outbound = []
+        out = None
+        for g, start in enumerate(inbound):
+            o_h = self._attend(*start(), {**attn_kwargs, "head_slice": slice(g * h, (g + 1) * h)})
+            if out is None:
+                out = o_h.new_empty(q.shape[0], q.shape[1], q.shape[2], o_h.shape[-1])
+            if p == 1:
+                outbound.append((None, o_h.unsqueeze(0)))
+                continue
+            buf = scatter_to_buffer(o_h, p, 1)  # [P, B, S/P, h, Dv]
+            recv = torch.empty_like(buf)
+            outbound.append((all_to_all_buffer(buf, recv, self.group, async_op=True), recv))
+        # heads of the output: (source rank r, group g, i) ↔ r·H/P + g·h + i
+        dst = out.unflatten(2, (p, chunks, h))
+        for g, (work, recv) in enumerate(outbound):
+            if work is not None:
+                work.wait()
+            dst.select(3, g).copy_(recv.movedim(0, 2) if p > 1 else recv.squeeze(0).unsqueeze(2))
+        return out
 
     def _attend(self, q, k, v, attn_kwargs) -> torch.Tensor:
         o = self.attn(q, k, v, **attn_kwargs)
@@ -160,7 +279,10 @@ class UlyssesAttention(nn.Module):
         return o
 
     def extra_repr(self) -> str:
-        return f"world_size={self.world_size}, kv_format={self.kv_format}, kv_output={self.kv_output}"
+        return (
+            f"world_size={self.world_size}, kv_format={self.kv_format}, kv_output={self.kv_output}, "
+            f"head_chunks={self.head_chunks}"
+        )
 
 
 __all__ = ["UlyssesAttention", "sdpa_attention"]

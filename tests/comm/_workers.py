@@ -74,6 +74,7 @@ def _fa_rule(out: torch.Tensor, eager: torch.Tensor, exact: torch.Tensor) -> tup
 
 def _attention_on_quantized_kv(q, k, v):
     """A stand-in for fp4_kv_attention: takes NVFP4Tensor or FP8 (codes, scale) k and v."""
+
     def decode(t):
         return (
             t.dequantize(torch.float32)
@@ -376,6 +377,73 @@ def case_invalid(rank, p, device, backends, chk):
     chk.bitwise(y, full.chunk(p, dim=2)[rank], "collective after the rejections")
 
 
+def case_head_chunks(rank, p, device, backends, chk):
+    """Head-group pipelining (``head_chunks``): the attention gets each group's heads with the right
+    ``head_slice`` (a cache shard written through it ends up whole), the output equals
+    single-process attention (FlashAttention rule), and with FP8 / NVFP4 k/v it equals attention over
+    k/v quantized the same way (FP8 rows; NVFP4 with one amax scale per source rank and group)."""
+    dev = _dev(device, rank)
+    b, s, h, d = 1, 4 * p, 4 * p, 16
+    qf, kf, vf = (_gen(90 + i, (b, s, h, d), torch.bfloat16, dev) for i in range(3))
+    loc = [_shard(t, rank, p) for t in (qf, kf, vf)]
+    exact = _shard(_attention_fp64(qf, kf, vf), rank, p)
+    eager = _shard(sdpa_attention(qf, kf, vf), rank, p)
+    for chunks in (2, 4):
+        hg, seen = h // p // chunks, []
+        ctx_k, ctx_v = (
+            torch.full((b, s, h // p, d), float("nan"), dtype=torch.bfloat16, device=dev) for _ in range(2)
+        )
+
+        def attn(q, k, v, *, head_slice, seen=seen, ctx_k=ctx_k, ctx_v=ctx_v):
+            seen.append((head_slice.start, head_slice.stop))
+            ctx_k[:, :, head_slice], ctx_v[:, :, head_slice] = k, v
+            return sdpa_attention(q, ctx_k[:, :, head_slice], ctx_v[:, :, head_slice])
+
+        with torch.no_grad():
+            o = UlyssesAttention(attn, head_chunks=chunks)(*loc)
+        chk.true(seen == [(g * hg, (g + 1) * hg) for g in range(chunks)], f"G={chunks}: head slices {seen}")
+        chk.bitwise(ctx_k, kf.chunk(p, dim=2)[rank], f"G={chunks}: k shard written through head_slice")
+        chk.bitwise(ctx_v, vf.chunk(p, dim=2)[rank], f"G={chunks}: v shard written through head_slice")
+        err, bound = _fa_rule(o, eager, exact)
+        chk.metrics[f"head_chunks{chunks}_err"] = err
+        chk.true(
+            o.shape == (b, s // p, h, d) and err <= bound,
+            f"G={chunks}: {tuple(o.shape)} err {err:.3g} > 2·eager err + tiny {bound:.3g}",
+        )
+    q32, k32, v32 = (t.float() for t in (qf, kf, vf))
+    loc32 = [_shard(t, rank, p) for t in (q32, k32, v32)]
+    chunks = 2
+
+    def nvfp4_per_source_group(t):  # what the receivers decode: one scale per (source, head group)
+        out = torch.empty_like(t)
+        for r in range(p):
+            rows = slice(r * s // p, (r + 1) * s // p)
+            for g in range(chunks):
+                src = t[:, rows].unflatten(2, (p, chunks, -1))[:, :, :, g].contiguous()
+                dq = dequantize_nvfp4(quantize_nvfp4(src, backend="torch"), torch.float32, backend="torch")
+                out[:, rows].unflatten(2, (p, chunks, -1))[:, :, :, g] = dq
+        return out
+
+    for fmt in ("fp8", "nvfp4"):
+        if fmt == "fp8":
+            kq, vq = (ref.dequantize_fp8_rows(*ref.quantize_fp8_rows(t), torch.float32) for t in (k32, v32))
+        else:
+            kq, vq = nvfp4_per_source_group(k32), nvfp4_per_source_group(v32)
+        with torch.no_grad():
+            o = UlyssesAttention(kv_format=fmt, head_chunks=chunks, backend=backends[-1])(*loc32)
+        err = (o.double().cpu() - _shard(_attention_fp64(q32, kq, vq), rank, p)).abs().max().item()
+        chk.metrics[f"head_chunks_{fmt}_err"] = err
+        chk.true(err < 1e-5, f"G={chunks} {fmt}: err vs attention on the same quantized k/v {err:.3g}")
+    # bad head_chunks: raised on every rank before any collective
+    chk.raises(lambda: UlyssesAttention(head_chunks=3)(*loc), ValueError, "head_chunks", "(H/P) % G")
+    chk.raises(
+        lambda: UlyssesAttention(head_chunks=2)(*(t.requires_grad_() for t in loc32)),
+        ValueError,
+        "inference-only",
+        "autograd with head_chunks",
+    )
+
+
 CASES = {
     "roundtrip": case_roundtrip,
     "attention": case_attention,
@@ -383,6 +451,7 @@ CASES = {
     "quantized": case_quantized,
     "quantized_attention": case_quantized_attention,
     "invalid": case_invalid,
+    "head_chunks": case_head_chunks,
 }
 
 

@@ -18,7 +18,7 @@ from ._workers import CASES, run_cases
 
 GLOO_TIMEOUT_S = 240.0
 ALL = list(CASES)
-P4 = ["roundtrip", "attention", "quantized_attention", "invalid"]
+P4 = ["roundtrip", "attention", "quantized_attention", "invalid", "head_chunks"]
 # gloo ranks hold CPU tensors: Triton runs there only under the interpreter (CPU machines)
 GLOO_BACKENDS = ["torch", "triton"] if interpret_mode() else ["torch"]
 
