@@ -361,8 +361,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument(
         "--head-chunks",
-        default="1,2,3,4",
-        help="UlyssesAttention head_chunks values timed for the SP layer (comma list)",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3, 4],
+        help="UlyssesAttention head_chunks values timed for the SP layer",
     )
     ap.add_argument("--sp-only", action="store_true", help="only the SP attention layer section")
     args = ap.parse_args(argv)
@@ -370,7 +372,7 @@ def main(argv=None) -> int:
         "device": args.device,
         "quick": args.quick,
         "smoke": args.smoke or args.device == "cpu",
-        "head_chunks": tuple(int(c) for c in args.head_chunks.split(",")),
+        "head_chunks": tuple(args.head_chunks),
         "sp_only": args.sp_only,
     }
     backend = "nccl" if args.device == "cuda" else "gloo"
