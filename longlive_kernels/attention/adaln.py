@@ -21,8 +21,13 @@ from __future__ import annotations
 import torch
 
 from .. import _checks
-from .._backend import resolve_backend
+from .._backend import eager_op, resolve_backend
 from .adaln_ops import _gated_residual_op, _ln_mod_op, _res_ln_mod_op
+
+# eager inference calls skip the dispatcher (same computation; see _backend.direct_call_ok)
+_ln_mod = eager_op(_ln_mod_op)
+_gated_residual = eager_op(_gated_residual_op)
+_res_ln_mod = eager_op(_res_ln_mod_op)
 
 _SUPPORTED = ("triton", "torch")
 
@@ -135,7 +140,7 @@ def adaln_modulate(
     _check_frame_len(frame_len, x.shape[1])
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
-    return _ln_mod_op(x, scale, shift, frame_len, _check_eps(eps), True, be)[0]
+    return _ln_mod(x, scale, shift, frame_len, _check_eps(eps), True, be)[0]
 
 
 def gated_residual(
@@ -173,7 +178,7 @@ def gated_residual(
     _check_residual_branch(x, y, be)
     _check_frame_len(frame_len, x.shape[1])
     gate = _per_frame_vector("gate", gate, x, frame_len, be)
-    return _gated_residual_op(x, y, gate, frame_len, be)
+    return _gated_residual(x, y, gate, frame_len, be)
 
 
 def gated_residual_adaln(
@@ -226,7 +231,7 @@ def gated_residual_adaln(
         gate = _per_frame_vector("gate", gate, x, frame_len, be)
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
-    return _res_ln_mod_op(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)[:2]
+    return _res_ln_mod(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)[:2]
 
 
 def gated_residual_layernorm(
@@ -295,4 +300,4 @@ def gated_residual_layernorm(
         # one [C] vector for every frame: the backward sums its gradient over the frames in fp32
         # (in the same launch as the per-frame sums) and autograd rounds once to its dtype
         vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)))
-    return _res_ln_mod_op(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)[:2]
+    return _res_ln_mod(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)[:2]

@@ -43,11 +43,14 @@ import dataclasses
 import torch
 
 from .. import _checks
-from .._backend import resolve_backend
+from .._backend import eager_op, resolve_backend
 from ..fp4.format import SCALE_RULES, NVFP4Tensor
 from .kv_cache_ops import _cuda_op_available, _dequantize_into_op, _dequantize_op, _update_op
 from .kv_cache_slots import _SlotRing
 from .reference import KV_SCALE_TILE
+
+# eager calls skip the dispatcher (same computation; see _backend.direct_call_ok)
+_update, _dequantize, _dequantize_into = (eager_op(op) for op in (_update_op, _dequantize_op, _dequantize_into_op))
 
 STORAGES = ("fp4", "bf16")
 
@@ -289,7 +292,7 @@ class FP4KVCache:
         supported = ("triton", "torch") + (("cuda",) if _cuda_op_available("kv_cache_update_cuda") else ())
         be = resolve_backend(backend, self.device, op="FP4KVCache.update", supported=supported,
                              prefer=("cuda", "triton"))
-        _update_op(k, v, self.data[layer], self.scale[layer], self.global_scale[layer], self.table, idx,
+        _update(k, v, self.data[layer], self.scale[layer], self.global_scale[layer], self.table, idx,
                    self.scale_rule, be)
 
     def update_quantized(self, layer: int, k: NVFP4Tensor, v: NVFP4Tensor, *,
@@ -421,10 +424,10 @@ class FP4KVCache:
         be = resolve_backend(backend, self.device, op="FP4KVCache.dequantize", supported=supported,
                              prefer=("triton", "cuda"))
         if out is not None:
-            _dequantize_into_op(self.data[layer], self.scale[layer], self.global_scale[layer], self.table,
+            _dequantize_into(self.data[layer], self.scale[layer], self.global_scale[layer], self.table,
                                 out[0], out[1], be)
             return out
-        return _dequantize_op(self.data[layer], self.scale[layer], self.global_scale[layer], self.table, n,
+        return _dequantize(self.data[layer], self.scale[layer], self.global_scale[layer], self.table, n,
                               dtype, be)
 
     def _check_out(self, out: object, n: int) -> torch.dtype:

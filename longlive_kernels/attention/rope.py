@@ -24,8 +24,10 @@ from __future__ import annotations
 import torch
 
 from .. import _checks
-from .._backend import resolve_backend
+from .._backend import eager_op, resolve_backend
 from .rope_ops import _rope_op, rope_tables  # noqa: F401 (rope_tables: re-exported)
+
+_rope = eager_op(_rope_op)  # eager inference calls skip the dispatcher (_backend.direct_call_ok)
 
 
 @torch.compiler.assume_constant_result
@@ -138,5 +140,5 @@ def apply_rope_3d(
         norm_weight_q = norm_weight_q.contiguous()
     if norm_weight_k is not None and norm_weight_k.stride(-1) != 1:
         norm_weight_k = norm_weight_k.contiguous()
-    return _rope_op(q, k, norm_weight_q, norm_weight_k, fhw[0], fhw[1], fhw[2], frame_offset,
+    return _rope(q, k, norm_weight_q, norm_weight_k, fhw[0], fhw[1], fhw[2], frame_offset,
                     float(theta), float(eps), be)[:2]

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _checks
-from .._backend import resolve_backend
+from .._backend import eager_op, resolve_backend
 from ..fp4.format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from ..fp4.reference import div_rn
 from .quantized_all_to_all_ops import _amax_op, _pack_op, _unpack_op
@@ -42,6 +42,9 @@ from .ulysses import (
     normalize_dims,
     tensor_signature,
 )
+
+# eager calls skip the dispatcher (same computation; see _backend.direct_call_ok)
+_amax, _pack, _unpack = (eager_op(op) for op in (_amax_op, _pack_op, _unpack_op))
 
 OUTPUTS = ("dequantized", "nvfp4", "fp8")
 TENSOR_SCALES = ("auto", "group", "per_source")
@@ -220,7 +223,7 @@ def quantized_all_to_all(
     elif format == "nvfp4":
         amax_bits = torch.zeros(n, dtype=torch.int32, device=x0.device)
         for i, t in enumerate(xs):
-            _amax_op(t, amax_bits, i, be)
+            _amax(t, amax_bits, i, be)
         if tensor_scale == "group" and p > 1:
             # fp32 bits of non-negative floats order like int32: MAX of the bits is MAX of the values
             dist.all_reduce(amax_bits, op=dist.ReduceOp.MAX, group=group)
@@ -229,7 +232,7 @@ def quantized_all_to_all(
     layout = payload_layout(format, n, chunk_shape)
     send = torch.empty((p, layout.chunk_bytes), dtype=torch.uint8, device=x0.device)
     for i, t in enumerate(xs):
-        _pack_op(t, send, gs_all[i], p, sd, format, scale_rule, layout.data_offset(i), layout.scale_offset(i),
+        _pack(t, send, gs_all[i], p, sd, format, scale_rule, layout.data_offset(i), layout.scale_offset(i),
                  layout.header_word(i), be)
     recv = torch.empty_like(send) if p > 1 else send
     work = all_to_all_buffer(send, recv, group, async_op) if p > 1 else None
@@ -243,11 +246,11 @@ def quantized_all_to_all(
                 dst = outs[i]
                 if dst is None:
                     dst = torch.empty(out_shape, dtype=t.dtype, device=t.device)
-                _unpack_op(recv, dst, None, p, gd, format, True, *sections)
+                _unpack(recv, dst, None, p, gd, format, True, *sections)
                 results.append(dst)
                 continue
             data, sc = _quantized_destination(outs[i], format, out_shape, t.device)
-            _unpack_op(recv, data.view(torch.uint8), sc, p, gd, format, False, *sections)
+            _unpack(recv, data.view(torch.uint8), sc, p, gd, format, False, *sections)
             if format == "fp8":
                 results.append((data, sc))
             elif outs[i] is not None:

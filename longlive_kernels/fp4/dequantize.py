@@ -9,7 +9,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import cuda_extension, resolve_backend
+from .._backend import cuda_extension, eager_op, resolve_backend
 from . import reference
 from .format import BLOCK_SIZE, NVFP4Tensor
 from .nvfp4_triton import e2m1_decode, e4m3_decode, rht16, unpack_nibbles
@@ -101,6 +101,9 @@ def _(data, scale, global_scale, dtype, hadamard_mask, backend):
     return data.new_empty((*data.shape[:-1], data.shape[-1] * 2), dtype=dtype)
 
 
+_dequantize_eager = eager_op(_dequantize_op)  # eager calls skip the dispatcher (_backend.direct_call_ok)
+
+
 def dequantize_nvfp4(
     t: NVFP4Tensor, dtype: torch.dtype | None = None, *, backend: str = "auto"
 ) -> torch.Tensor:
@@ -142,7 +145,7 @@ def dequantize_nvfp4(
         )
     be = resolve_backend(backend, t.device, op="dequantize_nvfp4", prefer=("cuda", "triton"))
     hmask = -1 if t.hadamard_mask is None else t.hadamard_mask
-    return _dequantize_op(t.data, t.scale, t.global_scale, dtype, hmask, be)
+    return _dequantize_eager(t.data, t.scale, t.global_scale, dtype, hmask, be)
 
 
 register_aot(

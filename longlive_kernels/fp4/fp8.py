@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import interpret_mode, resolve_backend
+from .._backend import eager_op, interpret_mode, resolve_backend
 from . import reference
 from .nvfp4_triton import e4m3_rne
 
@@ -266,6 +266,10 @@ def _(a, a_scale, b, b_scale, bias, out_dtype, use_scaled_mm, backend):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
 
 
+# eager calls skip the dispatcher (same computation; see _backend.direct_call_ok)
+_quantize_eager, _gemm_eager = eager_op(_quantize_op), eager_op(_gemm_op)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +302,7 @@ def quantize_fp8_rowwise(x: torch.Tensor, *, backend: str = "auto") -> tuple[tor
         raise ValueError("x must have at least 1 dim, got a scalar")
     _checks.check_last_dim_contiguous("x", x)
     be = resolve_backend(backend, x.device, op="quantize_fp8_rowwise", supported=("triton", "torch"))
-    return _quantize_op(x, be)
+    return _quantize_eager(x, be)
 
 
 def fp8_gemm(
@@ -374,7 +378,7 @@ def fp8_gemm(
     a2 = a.reshape(-1, k)
     if a2.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
-    out = _gemm_op(a2, a_scale.reshape(-1).contiguous(), b, b_scale.contiguous(), bias, out_dtype,
+    out = _gemm_eager(a2, a_scale.reshape(-1).contiguous(), b, b_scale.contiguous(), bias, out_dtype,
                    bool(use_scaled_mm), be)
     return out.reshape(*lead, n)
 

@@ -22,7 +22,7 @@ to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
   and 128×4-swizzled scales (cuBLAS block-scaled FP4). Never run on the Hopper machines used here.
 
 Host time matters at small M (the whole GEMM takes a few µs): in plain eager mode ``nvfp4_gemm`` calls
-the implementation directly instead of through the ``torch.library`` dispatcher (``_direct_call_ok``),
+the implementation directly instead of through the ``torch.library`` dispatcher (``_backend.direct_call_ok``),
 and host-side sizes use Python integers (``triton.cdiv`` costs µs per call). The fused paths are one
 kernel launch per call (``predecode``: two; ``dequantize``: the decodes, cuBLAS and the PyTorch
 epilogue ops; quantizing an activation with ``quantize_nvfp4`` adds its own launches).
@@ -39,11 +39,10 @@ import math
 import torch
 
 from .. import _checks
-from .._backend import resolve_backend
+from .._backend import direct_call_ok, resolve_backend
 from .format import BLOCK_SIZE, NVFP4Tensor
 from .gemm_ops import (
     SPLIT_K_MAX_M,  # noqa: F401 (defined in gemm_ops: still importable from here)
-    _direct_call_ok,  # (gemm_fp8 imports it from here)
     _gemm_impl,
     _gemm_op,
     _semaphores,  # noqa: F401 (tests call these two from here)
@@ -225,6 +224,6 @@ def nvfp4_gemm(
                 a.global_scale.reshape(1).float(), True)
     else:
         args = (_rows2d(a, k), a_scale, None, False)
-    op = _gemm_impl if _direct_call_ok(args[0], args[1], bias) else _gemm_op
+    op = _gemm_impl if direct_call_ok(args[0], args[1], bias) else _gemm_op
     out = op(args[0], args[1], args[2], bd, bs, b.global_scale.reshape(1).float(), bias, out_dtype, args[3], algo, be)
     return out.reshape(*lead, n)

@@ -12,7 +12,7 @@ round trips and two Python layers per call) during which the GPU idled. Here:
   ``reference.quantize_fp8_rowwise``) and the FP32 row scale. Traffic: M·K·(2 + 1) bytes + 4·M.
   Longer rows take two passes (the second from L2).
 - then ``torch._scaled_mm`` (row-wise scales, fast accumulation, bias in cuBLAS's epilogue);
-- in eager mode the custom op is bypassed (``gemm._direct_call_ok``): two launches per call, no
+- in eager mode the custom op is bypassed (``_backend.direct_call_ok``): two launches per call, no
   other host work than the checks.
 
 Roofline note (derived): the activation pass costs at least 3·M·K bytes of HBM traffic, which at
@@ -31,12 +31,11 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import interpret_mode, resolve_backend
+from .._backend import direct_call_ok, interpret_mode, resolve_backend
 from . import reference
 from .fp8 import _e4m3_signed_code, _scaled_mm_by_default
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
 from .fp8 import _gemm_triton as _fp8_gemm_triton
-from .gemm import _direct_call_ok
 
 MAX_SINGLE_PASS_K = 16384  # longest row held in registers
 
@@ -248,7 +247,7 @@ def fp8_linear(
     if x2d.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
     xs = x_scale.reshape(-1).contiguous() if x_scale is not None else None
-    op = _linear_impl if _direct_call_ok(x2d, bias) else _linear_op
+    op = _linear_impl if direct_call_ok(x2d, bias) else _linear_op
     out = op(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm), be)
     return out.reshape(*lead, n)
 

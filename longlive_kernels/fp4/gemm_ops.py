@@ -279,7 +279,7 @@ def _gemm_scaled_mm(a_data, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtyp
 
 def _gemm_impl(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype, a_nvfp4, algorithm,
                backend):
-    """The op's implementation (called directly in eager mode, see :func:`_direct_call_ok`)."""
+    """The op's implementation (called directly in eager mode, see :func:`longlive_kernels._backend.direct_call_ok`)."""
     if backend == "torch":
         return reference.nvfp4_gemm(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias,
                                     out_dtype=out_dtype, a_nvfp4=a_nvfp4)
@@ -316,17 +316,6 @@ def _gemm_op(
 ) -> torch.Tensor:
     return _gemm_impl(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype, a_nvfp4,
                       algorithm, backend)
-
-
-def _direct_call_ok(*tensors: torch.Tensor | None) -> bool:
-    """Whether an op may run its implementation without the dispatcher (which costs 20-80 µs of host
-    time per call, as much as the whole small-M GEMM): plain eager execution — not traced by
-    torch.compile, no dispatch mode (FakeTensorMode, ...) or functorch transform active, and no input
-    that autograd would have to see."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
-            torch._C._are_functorch_transforms_active():
-        return False
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
 
 
 @_gemm_op.register_fake

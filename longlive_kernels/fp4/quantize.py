@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import cuda_extension, resolve_backend
+from .._backend import cuda_extension, eager_op, resolve_backend
 from . import reference
 from .format import (
     BLOCK_SIZE,
@@ -281,6 +281,9 @@ def _(x, global_scale, scale_rule, rounding, seed, hadamard_mask, block_2d, back
     )
 
 
+_quantize_eager = eager_op(_quantize_op)  # eager calls skip the dispatcher (_backend.direct_call_ok)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +377,7 @@ def quantize_nvfp4(
         _checks.check_same_device(x=x, global_scale=global_scale)
     hmask = resolve_hadamard(hadamard, hadamard_seed)
     be = resolve_backend(backend, x.device, op="quantize_nvfp4", prefer=("cuda", "triton"))
-    data, scale, gs = _quantize_op(
+    data, scale, gs = _quantize_eager(
         x, global_scale, scale_rule, rounding, int(seed or 0), -1 if hmask is None else hmask, block_2d, be
     )
     return NVFP4Tensor(
