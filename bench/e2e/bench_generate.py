@@ -202,7 +202,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--layers", type=int, default=None, help="fewer DiT blocks (debugging only)")
     ap.add_argument("--no-mp4", action="store_true", help="decode but do not encode an mp4")
-    ap.add_argument("--no-vae-channels-last", action="store_true", help="keep the VAE's NCDHW conv weights")
+    ap.add_argument(
+        "--vae-channels-last",
+        action="store_true",
+        help="channels-last-3d VAE conv weights (slower on Hopper: bench_vae_decode.py)",
+    )
+    ap.add_argument("--no-vae-channels-last", action="store_true", help=argparse.SUPPRESS)  # the default now
     ap.add_argument(
         "--compare-single", action="store_true", help="under torchrun: also time one GPU (rank 0 alone)"
     )
@@ -276,7 +281,7 @@ def main(argv=None) -> int:
                 attention_compute=a.attention_compute,
                 default_prompt=prompt,
                 compile=a.compile,
-                vae_channels_last=not a.no_vae_channels_last,
+                vae_channels_last=a.vae_channels_last,
             )
             for dmode in decodes:
                 r = run_mode(

@@ -93,10 +93,11 @@ class Pipeline:
         pays only where inductor fuses epilogues (measure with ``bench/e2e/bench_generate.py
         --compile``). Self-attention (cache update, RoPE offsets that move every chunk) stays eager.
     vae_channels_last : bool
-        Store a CUDA VAE's 5-D conv weights channels-last (NDHWC), so cuDNN runs its conv3d as
-        implicit GEMMs on the tensor cores without layout transposes. The Wan2.2 decoder costs
-        ≈ 66 TFLOP per latent frame at 704×1280 (≈ 530 TFLOP per 32-frame chunk, 0.8× the DiT's
-        4-step chunk), so its conv throughput bounds the end-to-end FPS on one GPU.
+        Store a CUDA VAE's 5-D conv weights channels-last (NDHWC). Off by default: on Hopper with
+        torch 2.11 / cuDNN the Wan2.2 decoder runs its conv3d at 408-429 TFLOP/s with NCDHW weights
+        and 256-272 TFLOP/s channels-last (H200, ``bench/e2e/bench_vae_decode.py``). The decoder
+        costs ≈ 66 TFLOP per latent frame at 704×1280 (≈ 530 TFLOP per 32-frame chunk, 0.8× the
+        DiT's 4-step chunk), so its conv throughput bounds the end-to-end FPS.
 
     Examples
     --------
@@ -120,7 +121,7 @@ class Pipeline:
         attention_compute: str = "bf16",
         default_prompt: str = DEFAULT_PROMPT,
         compile: bool = False,
-        vae_channels_last: bool = True,
+        vae_channels_last: bool = False,
     ):
         cfg = model.config
         if vae.latent_channels != cfg.in_channels:
