@@ -42,12 +42,16 @@ def _max_err(out: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def _assert_flash_rule(name, out, truth, eager, *, interp_bf16=False):
-    """err(out) ≤ 2·err(eager) + floor; the floor is 4 fp32 ulps of max|truth|, plus one ulp of
-    the output dtype when the Triton interpreter truncates bf16 casts (it does not round)."""
+    """err(out) ≤ 2·err(eager) + floor; the floor is 4 fp32 ulps of max|truth| (the fp32 math)
+    plus the final rounding to the output dtype, half an ulp of max|truth| in that dtype (eager
+    may round its worst element luckily, so 2·err(eager) alone does not bound one rounding), plus
+    one ulp when the Triton interpreter truncates bf16 casts (it does not round)."""
     assert out.shape == truth.shape, f"{name}: shape {tuple(out.shape)} != {tuple(truth.shape)}"
     assert not torch.isnan(out).any(), f"{name}: NaN in output (unwritten element?)"
     scale = truth.double().abs().max().item()
     floor = 4 * torch.finfo(torch.float32).eps * scale
+    if out.dtype != torch.float32:
+        floor += 0.5 * torch.finfo(out.dtype).eps * scale
     if interp_bf16:
         floor += 2.0**-7 * scale
     err, err_eager = _max_err(out, truth), _max_err(eager, truth)
@@ -232,6 +236,18 @@ def _check_variant(
     mod_dtype=torch.float32,
     strided=True,
     mod_grad=True,
+)
+@example(  # one fp16 rounding of dx at the worst element, where eager happened to round well
+    seed=1,
+    variant="residual_adaln_ungated",
+    bsz=1,
+    n_frames=1,
+    frame_len=1,
+    c=40,
+    dtype=torch.float16,
+    mod_dtype=torch.float32,
+    strided=True,
+    mod_grad=False,
 )
 def test_triton_matches_fp64_reference(
     seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, mod_grad
