@@ -91,7 +91,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
     ln.add_argument("--chunks", type=int, help="number of chunks")
     s.add_argument("--steps", type=int, default=None,
                    help="denoising steps per chunk (1-8; default 4, or the demo model's own default)")
-    s.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = off)")
+    s.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance (1 = off; default 1, or the demo model's own default)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=float, default=None, help="output frame rate (default 24 for the Wan VAE)")
     c = p.add_argument_group("cache policy")
@@ -133,7 +134,7 @@ def _check_args(a: argparse.Namespace) -> None:
             raise CLIError(f"--{name} must be >= 1, got {v}")
     if a.seconds is not None and not a.seconds > 0:
         raise CLIError(f"--seconds must be > 0, got {a.seconds}")
-    if a.guidance_scale < 0:
+    if a.guidance_scale is not None and a.guidance_scale < 0:
         raise CLIError(f"--guidance-scale must be >= 0, got {a.guidance_scale}")
     if a.fps is not None and not a.fps > 0:
         raise CLIError(f"--fps must be > 0, got {a.fps}")

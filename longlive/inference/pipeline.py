@@ -313,7 +313,9 @@ class Pipeline:
             if kwargs.get(key) is None and meta.get(meta_key) is not None:
                 kwargs[key] = meta[meta_key]
         pipe = cls.from_pretrained(weights, **kwargs)
-        pipe.sampling_defaults = {k: meta[k] for k in ("steps", "shift") if meta.get(k) is not None}
+        pipe.sampling_defaults = {
+            k: meta[k] for k in ("steps", "shift", "guidance_scale") if meta.get(k) is not None
+        }
         return pipe
 
     # ---- generation ------------------------------------------------------------------------
@@ -325,7 +327,8 @@ class Pipeline:
     def session(self, **kwargs) -> StreamSession:
         """A fresh :class:`StreamSession` (``steps``, ``seed``, ``guidance_scale``, ``negative_prompt``, ``policy``).
 
-        ``steps``/``shift`` left as ``None`` come from :attr:`sampling_defaults` (else 4 / 5.0)."""
+        ``steps``/``shift``/``guidance_scale`` left as ``None`` come from :attr:`sampling_defaults`
+        (else 4 / 5.0 / 1.0: no guidance)."""
         for key, value in self.sampling_defaults.items():
             if kwargs.get(key) is None:
                 kwargs[key] = value

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from longlive.train.data import StepSampler, build_dataset, collate_items
+from longlive.train.objective import drop_captions, step_generator
 from longlive.train.sp import encode_halo_window, plan_halo_windows, rank_slice, scatter_raw_windows
 
 __all__ = ["SPBatchMixin"]
@@ -157,7 +158,11 @@ class SPBatchMixin:
         cf, b = self.cfg.model.ar.chunk_frames, len(metas)
         nprompts = len(metas[0]["prompts"])
         ps = self.slice.prompt_slice(nprompts)
-        prompts = [pr for m in metas for pr in m["prompts"][ps]]
+        per_sample = [m["prompts"][ps] for m in metas]
+        if self.cfg.train.caption_dropout > 0:
+            gen = step_generator(self.cfg.train.seed + 1, self.step, self.pctx.dp_rank)
+            per_sample = drop_captions(per_sample, self.cfg.train.caption_dropout, gen)
+        prompts = [pr for sample in per_sample for pr in sample]
         emb, _ = self.text.encode(prompts)
         ctx = emb.to(self.device).view(b, ps.stop - ps.start, *emb.shape[1:])
         mask = torch.tensor([m["loss_mask"] for m in metas], dtype=torch.bool, device=self.device)

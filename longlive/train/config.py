@@ -63,6 +63,8 @@ class TrainConfig:
     time_limit_minutes : stop (and save) at the first log step past this wall-clock budget.
     init : optional weights file (safetensors, e.g. an exported EMA) to start from instead of the
         random initialisation (fine-tuning; a fresh run, not a resume: optimizer and step start anew).
+    caption_dropout : probability in [0, 1) that a sample trains with empty prompts (classifier-free
+        guidance at inference needs it; 0 = off, the paper's fine-tuning setting).
     """
 
     steps: int = 600
@@ -79,9 +81,12 @@ class TrainConfig:
     device: str = "auto"
     time_limit_minutes: float | None = None
     init: str | None = None
+    caption_dropout: float = 0.0
 
     def __post_init__(self):
         _positive_int("train", "steps", self.steps)
+        if not (isinstance(self.caption_dropout, (int, float)) and 0.0 <= self.caption_dropout < 1.0):
+            raise ValueError(f"train.caption_dropout must be in [0, 1), got {self.caption_dropout!r}")
         if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
             raise ValueError(f"train.time_limit_minutes must be > 0 or null, got {self.time_limit_minutes!r}")
         _positive_int("train", "batch_size", self.batch_size)

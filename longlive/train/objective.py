@@ -115,6 +115,22 @@ def step_generator(seed: int, step: int, stream: int, device="cpu") -> torch.Gen
     return g
 
 
+def drop_captions(prompts: list[list[str]], p: float, generator: torch.Generator) -> list[list[str]]:
+    """Caption dropout for classifier-free guidance: each sample's prompts (all its chunks together)
+    become ``""`` with probability ``p``, so the model also learns the unconditional flow that
+    ``guidance_scale > 1`` needs (the pipeline's negative prompt defaults to ``""``).
+
+    ``prompts`` holds one list of per-chunk prompts per sample; the draw comes from ``generator``
+    (:func:`step_generator`), so every SP rank of a group and a resumed run drop the same samples.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"caption dropout must be in [0, 1), got {p!r}")
+    if p == 0.0:
+        return prompts
+    drop = (torch.rand(len(prompts), generator=generator) < p).tolist()
+    return [[""] * len(ps) if d else list(ps) for ps, d in zip(prompts, drop)]
+
+
 def add_noise(z: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """x_t = (1 − σ) z + σ ε with per-frame σ [B, F] over latents [B, C, F, H, W] (fp32 math, z's dtype)."""
     if z.shape != noise.shape:

@@ -9,6 +9,7 @@ import torch
 from longlive.train.objective import (
     FlowMatchSchedule,
     add_noise,
+    drop_captions,
     draw_targets,
     frame_mse,
     step_generator,
@@ -108,3 +109,30 @@ def test_schedule_bad_arguments():
         FlowMatchSchedule(weighting="lognormal")
     with pytest.raises(ValueError, match="num_train_timesteps"):
         FlowMatchSchedule(1)
+
+
+def test_drop_captions_per_sample_deterministic_and_at_rate():
+    """Whole samples (all chunk prompts) become "" at rate p; the same generator state drops the same
+    samples (SP ranks, resumed runs); p = 0 is the identity; p outside [0, 1) is rejected."""
+    prompts = [[f"sample {i} chunk {c}" for c in range(3)] for i in range(4000)]
+    a = drop_captions(prompts, 0.1, step_generator(0, 5, 0))
+    b = drop_captions(prompts, 0.1, step_generator(0, 5, 0))
+    c = drop_captions(prompts, 0.1, step_generator(0, 6, 0))
+    assert a == b and a != c
+    dropped = [i for i, ps in enumerate(a) if ps[0] == ""]
+    assert all(a[i] == ["", "", ""] for i in dropped)
+    assert all(a[i] == prompts[i] for i in range(len(prompts)) if i not in set(dropped))
+    # binomial(4000, 0.1): mean 400, sd 19; 6 sd either side
+    assert 286 <= len(dropped) <= 514, len(dropped)
+    assert drop_captions(prompts, 0.0, step_generator(0, 5, 0)) is prompts
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="caption dropout"):
+            drop_captions(prompts, bad, step_generator(0, 5, 0))
+
+
+def test_caption_dropout_config_range():
+    from longlive.train.config import TrainConfig
+
+    assert TrainConfig(caption_dropout=0.1).caption_dropout == 0.1
+    with pytest.raises(ValueError, match="caption_dropout"):
+        TrainConfig(caption_dropout=1.0)
