@@ -27,6 +27,7 @@ def split(src: str, out_dir: str) -> None:
         cur[k] = v.contiguous()
         size += v.numel() * v.element_size()
     shards.append(cur)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     for i, shard in enumerate(shards):
         save_file(shard, str(Path(out_dir) / f"demo_part{i}.safetensors"), metadata=meta)
     print(f"{len(shards)} shards, {len(tensors)} tensors")
