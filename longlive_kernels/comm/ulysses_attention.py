@@ -194,17 +194,7 @@ class UlyssesAttention(nn.Module):
             hv = ulysses_all_to_all(v, self.group, scatter_dim=2, gather_dim=1, async_op=True)
             k_h, v_h = hk.wait(), hv.wait()
         else:
-            k_h, v_h = quantized_all_to_all(
-                (k, v),
-                self.group,
-                scatter_dim=2,
-                gather_dim=1,
-                format=self.kv_format,
-                output=self.kv_output,
-                tensor_scale=self.tensor_scale,
-                scale_rule=self.scale_rule,
-                backend=self.backend,
-            )
+            k_h, v_h = self._send_kv(k, v)
         o_h = self._attend(hq.wait(), k_h, v_h, attn_kwargs)
         return ulysses_all_to_all(o_h, self.group, scatter_dim=1, gather_dim=2)
 
@@ -232,18 +222,23 @@ class UlyssesAttention(nn.Module):
         if self.kv_format is None:
             fk, fv = send(k), send(v)
             return lambda: (fq(), fk(), fv())
-        handle = quantized_all_to_all(
-            tuple(group_of(t).flatten(2, 3) for t in (k, v)),
+        handle = self._send_kv(*(group_of(t).flatten(2, 3) for t in (k, v)), async_op=True)
+        return lambda: (fq(), *handle.wait())
+
+    def _send_kv(self, k, v, *, async_op: bool = False):
+        """k and v seq→head through one quantized all-to-all with this module's wire options."""
+        return quantized_all_to_all(
+            (k, v),
             self.group,
             scatter_dim=2,
             gather_dim=1,
             format=self.kv_format,
+            output=self.kv_output,
             tensor_scale=self.tensor_scale,
             scale_rule=self.scale_rule,
             backend=self.backend,
-            async_op=True,
+            async_op=async_op,
         )
-        return lambda: (fq(), *handle.wait())
 
     def _forward_head_chunks(self, q, k, v, p: int, attn_kwargs) -> torch.Tensor:
         chunks = self.head_chunks
