@@ -50,7 +50,9 @@ from .kv_cache_slots import _SlotRing
 from .reference import KV_SCALE_TILE
 
 # eager calls skip the dispatcher (same computation; see _backend.direct_call_ok)
-_update, _dequantize, _dequantize_into = (eager_op(op) for op in (_update_op, _dequantize_op, _dequantize_into_op))
+_update = eager_op(_update_op)
+_dequantize = eager_op(_dequantize_op)
+_dequantize_into = eager_op(_dequantize_into_op)
 
 STORAGES = ("fp4", "bf16")
 
@@ -293,7 +295,7 @@ class FP4KVCache:
         be = resolve_backend(backend, self.device, op="FP4KVCache.update", supported=supported,
                              prefer=("cuda", "triton"))
         _update(k, v, self.data[layer], self.scale[layer], self.global_scale[layer], self.table, idx,
-                   self.scale_rule, be)
+                self.scale_rule, be)
 
     def update_quantized(self, layer: int, k: NVFP4Tensor, v: NVFP4Tensor, *,
                          chunk_id: int | None = None) -> None:
@@ -425,10 +427,10 @@ class FP4KVCache:
                              prefer=("triton", "cuda"))
         if out is not None:
             _dequantize_into(self.data[layer], self.scale[layer], self.global_scale[layer], self.table,
-                                out[0], out[1], be)
+                             out[0], out[1], be)
             return out
         return _dequantize(self.data[layer], self.scale[layer], self.global_scale[layer], self.table, n,
-                              dtype, be)
+                           dtype, be)
 
     def _check_out(self, out: object, n: int) -> torch.dtype:
         if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):

@@ -141,4 +141,4 @@ def apply_rope_3d(
     if norm_weight_k is not None and norm_weight_k.stride(-1) != 1:
         norm_weight_k = norm_weight_k.contiguous()
     return _rope(q, k, norm_weight_q, norm_weight_k, fhw[0], fhw[1], fhw[2], frame_offset,
-                    float(theta), float(eps), be)[:2]
+                 float(theta), float(eps), be)[:2]

@@ -44,7 +44,7 @@ from .ulysses import (
 )
 
 # eager calls skip the dispatcher (same computation; see _backend.direct_call_ok)
-_amax, _pack, _unpack = (eager_op(op) for op in (_amax_op, _pack_op, _unpack_op))
+_amax, _pack, _unpack = eager_op(_amax_op), eager_op(_pack_op), eager_op(_unpack_op)
 
 OUTPUTS = ("dequantized", "nvfp4", "fp8")
 TENSOR_SCALES = ("auto", "group", "per_source")
@@ -233,7 +233,7 @@ def quantized_all_to_all(
     send = torch.empty((p, layout.chunk_bytes), dtype=torch.uint8, device=x0.device)
     for i, t in enumerate(xs):
         _pack(t, send, gs_all[i], p, sd, format, scale_rule, layout.data_offset(i), layout.scale_offset(i),
-                 layout.header_word(i), be)
+              layout.header_word(i), be)
     recv = torch.empty_like(send) if p > 1 else send
     work = all_to_all_buffer(send, recv, group, async_op) if p > 1 else None
 

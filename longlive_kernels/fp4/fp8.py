@@ -379,7 +379,7 @@ def fp8_gemm(
     if a2.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
     out = _gemm_eager(a2, a_scale.reshape(-1).contiguous(), b, b_scale.contiguous(), bias, out_dtype,
-                   bool(use_scaled_mm), be)
+                      bool(use_scaled_mm), be)
     return out.reshape(*lead, n)
 
 
