@@ -39,15 +39,16 @@ import math
 import torch
 
 from .. import _checks
-from .._backend import direct_call_ok, resolve_backend
+from .._backend import eager_op, resolve_backend
 from .format import BLOCK_SIZE, NVFP4Tensor
 from .gemm_ops import (
     SPLIT_K_MAX_M,  # noqa: F401 (defined in gemm_ops: still importable from here)
-    _gemm_impl,
     _gemm_op,
     _semaphores,  # noqa: F401 (tests call these two from here)
     _small_m_config,  # noqa: F401
 )
+
+_gemm_eager = eager_op(_gemm_op)  # eager calls skip the dispatcher (_backend.direct_call_ok)
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DENSE_A_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
@@ -224,6 +225,5 @@ def nvfp4_gemm(
                 a.global_scale.reshape(1).float(), True)
     else:
         args = (_rows2d(a, k), a_scale, None, False)
-    op = _gemm_impl if direct_call_ok(args[0], args[1], bias) else _gemm_op
-    out = op(args[0], args[1], args[2], bd, bs, b.global_scale.reshape(1).float(), bias, out_dtype, args[3], algo, be)
+    out = _gemm_eager(args[0], args[1], args[2], bd, bs, b.global_scale.reshape(1).float(), bias, out_dtype, args[3], algo, be)
     return out.reshape(*lead, n)

@@ -31,7 +31,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import direct_call_ok, interpret_mode, resolve_backend
+from .._backend import eager_op, interpret_mode, resolve_backend
 from . import reference
 from .fp8 import _e4m3_signed_code, _scaled_mm_by_default
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
@@ -132,27 +132,26 @@ def _quantize(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(torch.float8_e4m3fn), scale
 
 
-def _linear_impl(x2d, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, backend):
-    if backend == "torch":
-        if x_scale is None:
-            x2d, x_scale = reference.quantize_fp8_rowwise(x2d)
-        return reference.fp8_gemm(x2d, x_scale, w, w_scale, bias, out_dtype=out_dtype)
-    if x_scale is None:
-        x2d, x_scale = _quantize(x2d)
-    if use_scaled_mm:
-        return _scaled_mm_rowwise(x2d, x_scale, w, w_scale, bias, out_dtype)
-    return _fp8_gemm_triton(x2d, x_scale, w, w_scale, bias.contiguous() if bias is not None else None, out_dtype)
-
-
 @torch.library.custom_op("longlive_kernels::fp8_linear", mutates_args=())
 def _linear_op(x: torch.Tensor, x_scale: torch.Tensor | None, w: torch.Tensor, w_scale: torch.Tensor,
                bias: torch.Tensor | None, out_dtype: torch.dtype, use_scaled_mm: bool, backend: str) -> torch.Tensor:
-    return _linear_impl(x, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, backend)
+    if backend == "torch":
+        if x_scale is None:
+            x, x_scale = reference.quantize_fp8_rowwise(x)
+        return reference.fp8_gemm(x, x_scale, w, w_scale, bias, out_dtype=out_dtype)
+    if x_scale is None:
+        x, x_scale = _quantize(x)
+    if use_scaled_mm:
+        return _scaled_mm_rowwise(x, x_scale, w, w_scale, bias, out_dtype)
+    return _fp8_gemm_triton(x, x_scale, w, w_scale, bias.contiguous() if bias is not None else None, out_dtype)
 
 
 @_linear_op.register_fake
 def _(x, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, backend):
     return x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype)
+
+
+_linear_eager = eager_op(_linear_op)  # eager calls skip the dispatcher (_backend.direct_call_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,8 +246,7 @@ def fp8_linear(
     if x2d.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
     xs = x_scale.reshape(-1).contiguous() if x_scale is not None else None
-    op = _linear_impl if direct_call_ok(x2d, bias) else _linear_op
-    out = op(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm), be)
+    out = _linear_eager(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm), be)
     return out.reshape(*lead, n)
 
 

@@ -277,9 +277,21 @@ def _gemm_scaled_mm(a_data, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtyp
 # ---------------------------------------------------------------------------------------------
 
 
-def _gemm_impl(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype, a_nvfp4, algorithm,
-               backend):
-    """The op's implementation (called directly in eager mode, see :func:`longlive_kernels._backend.direct_call_ok`)."""
+@torch.library.custom_op("longlive_kernels::nvfp4_gemm", mutates_args=())
+def _gemm_op(
+    a: torch.Tensor,
+    a_scale: torch.Tensor | None,
+    a_global_scale: torch.Tensor | None,
+    b_data: torch.Tensor,
+    b_scale: torch.Tensor,
+    b_global_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    a_nvfp4: bool,
+    algorithm: str,
+    backend: str,
+) -> torch.Tensor:
+    """Eager calls reach this body directly (``_backend.eager_op``), bypassing the dispatcher."""
     if backend == "torch":
         return reference.nvfp4_gemm(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias,
                                     out_dtype=out_dtype, a_nvfp4=a_nvfp4)
@@ -298,24 +310,6 @@ def _gemm_impl(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias
                           RuntimeWarning, stacklevel=2)
     return _gemm_triton(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype,
                         a_nvfp4, portable=algorithm == "portable", force_gemv=algorithm == "gemv")
-
-
-@torch.library.custom_op("longlive_kernels::nvfp4_gemm", mutates_args=())
-def _gemm_op(
-    a: torch.Tensor,
-    a_scale: torch.Tensor | None,
-    a_global_scale: torch.Tensor | None,
-    b_data: torch.Tensor,
-    b_scale: torch.Tensor,
-    b_global_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-    a_nvfp4: bool,
-    algorithm: str,
-    backend: str,
-) -> torch.Tensor:
-    return _gemm_impl(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype, a_nvfp4,
-                      algorithm, backend)
 
 
 @_gemm_op.register_fake
