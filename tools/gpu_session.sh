@@ -14,6 +14,14 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 LOG="$OUT/session.log"; TABLES="$OUT/tables.md"
 T=${STEP_TIMEOUT:-300}
 log() { echo "== $* ($(date +%T))" | tee -a "$LOG"; }
+# run_script CMD...: time-limited, output to the log, markdown tables and result lines to $TABLES
+run_script() {
+  log "$*"
+  timeout "$T" "$@" > "$OUT/step.tmp" 2>&1; local rc=$?
+  cat "$OUT/step.tmp" >> "$LOG"; echo "rc=$rc" >> "$LOG"
+  { echo "### $* (rc=$rc)"; grep -E "^\||^[A-Za-z#].*(GB/s|TFLOP|FPS|copy|device)" "$OUT/step.tmp"; echo; } >> "$TABLES"
+  tail -25 "$OUT/step.tmp"; echo "rc=$rc"
+}
 for step in "$@"; do
   case "$step" in
     build)
@@ -30,20 +38,12 @@ for step in "$@"; do
       echo "rc=$?" >> "$OUT/pytest.tmp"
       cat "$OUT/pytest.tmp" >> "$LOG"; grep -E "passed|failed|error|rc=" "$OUT/pytest.tmp" | tail -4 ;;
     bench:*|py:*)
-      spec=${step#*:}; f=${spec%%,*}; args=""; [[ "$spec" == *,* ]] && args=${spec#*,}; args=${args//,/ }
-      log "python $f $args"
-      timeout "$T" python3 "$f" $args > "$OUT/step.tmp" 2>&1; rc=$?
-      cat "$OUT/step.tmp" >> "$LOG"; echo "rc=$rc" >> "$LOG"
-      { echo "### $f $args (rc=$rc)"; grep -E "^\||^[A-Za-z].*(GB/s|TFLOP|FPS|copy|device)" "$OUT/step.tmp"; echo; } >> "$TABLES"
-      tail -25 "$OUT/step.tmp"; echo "rc=$rc" ;;
+      spec=${step#*:}; f=${spec%%,*}; args=""; [[ "$spec" == *,* ]] && args=${spec#*,}
+      run_script python3 "$f" ${args//,/ } ;;
     torchrun:*)
       spec=${step#torchrun:}; n=${spec%%,*}; rest=${spec#*,}; f=${rest%%,*}; args=""
-      [[ "$rest" == *,* ]] && args=${rest#*,}; args=${args//,/ }
-      log "torchrun -n $n $f $args"
-      timeout "$T" torchrun --nproc-per-node "$n" "$f" $args > "$OUT/step.tmp" 2>&1; rc=$?
-      cat "$OUT/step.tmp" >> "$LOG"; echo "rc=$rc" >> "$LOG"
-      { echo "### torchrun -n $n $f $args (rc=$rc)"; grep -E "^\||^[A-Za-z#].*(GB/s|TFLOP|FPS|copy|device)" "$OUT/step.tmp"; echo; } >> "$TABLES"
-      tail -25 "$OUT/step.tmp"; echo "rc=$rc" ;;
+      [[ "$rest" == *,* ]] && args=${rest#*,}
+      run_script torchrun --nproc-per-node "$n" "$f" ${args//,/ } ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -252,7 +252,7 @@ class UlyssesAttention(nn.Module):
             o_h = self._attend(*start(), {**attn_kwargs, "head_slice": slice(g * h, (g + 1) * h)})
             if out is None:
                 out = o_h.new_empty(q.shape[0], q.shape[1], q.shape[2], o_h.shape[-1])
-            if p == 1:
+            if p == 1:  # as if received from the one rank: [1, B, S, h, Dv]
                 outbound.append((None, o_h.unsqueeze(0)))
                 continue
             buf = scatter_to_buffer(o_h, p, 1)  # [P, B, S/P, h, Dv]
@@ -263,7 +263,7 @@ class UlyssesAttention(nn.Module):
         for g, (work, recv) in enumerate(outbound):
             if work is not None:
                 work.wait()
-            dst.select(3, g).copy_(recv.movedim(0, 2) if p > 1 else recv.squeeze(0).unsqueeze(2))
+            dst.select(3, g).copy_(recv.movedim(0, 2))
         return out
 
     def _attend(self, q, k, v, attn_kwargs) -> torch.Tensor:
