@@ -4,12 +4,14 @@ Kernels (all decode E2M1 × E4M3 inside the main loop into exact bf16/fp16 MMA o
 in FP32 and apply both FP32 tensor scales and the bias in the epilogue — NVFP4 × NVFP4 semantics up
 to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
 
-- Hopper, M > 256 (``LONGLIVE_GEMM_GLUON=1``): the Gluon kernel of ``gemm_hopper.py`` (TMA pipeline,
-  weight and W4A4 activation tiles decoded into shared memory while the previous wgmma runs).
-- sm_80+, M ≤ 64 (``LONGLIVE_GEMM_GEMV=1`` or ``algorithm="gemv"``): the Gluon GEMV-style kernel of
-  ``gemm_gemv.py`` (weight rows streamed once from global memory straight into ``mma.sync``
-  registers, K permuted so every thread's loads are contiguous; one launch).
-- Both Gluon kernels are off by default until their GPU tests pass on the H100.
+- Hopper, M > 256 (default; ``LONGLIVE_GEMM_GLUON=0`` turns it off): the Gluon kernel of
+  ``gemm_hopper.py`` (TMA pipeline, weight and W4A4 activation tiles decoded into shared memory while
+  the previous wgmmas run). W4A4 there defaults to ``predecode`` (the activation decoded once to
+  bf16, exactly, then the W4A16 kernel): faster on the H100 than decoding both operands per tile.
+- sm_80+, M ≤ 64 (opt-in: ``LONGLIVE_GEMM_GEMV=1`` or ``algorithm="gemv"``): the Gluon GEMV-style
+  kernel of ``gemm_gemv.py`` (weight rows streamed once from global memory straight into
+  ``mma.sync`` registers, K permuted so every thread's loads are contiguous; one launch). Correct on
+  the H100, not yet faster than the portable split-K kernel there.
 - Everywhere else (and ``algorithm="portable"``): the portable Triton kernel. W4A4 (``a`` NVFP4) decodes
   both operands to ``e2m1 · s_block · 2^-8`` (``gemm_dequant.py``); W4A16 (``a`` bf16/fp16) and
   W4A8 (``a`` float8_e4m3fn with an optional per-row / per-tensor scale) decode only ``b`` and run
@@ -96,6 +98,8 @@ def _resolve_algorithm(algorithm: str, device: torch.device, a_nvfp4: bool, back
         return algorithm
     if a_nvfp4 and _has_native_fp4(device):
         return "scaled_mm"
+    if a_nvfp4 and device.type == "cuda":
+        return "predecode"  # (itself "fused" where the Hopper kernel does not apply)
     return "fused"
 
 
@@ -142,7 +146,7 @@ def nvfp4_gemm(
         ``dequantize``: decode operands to bf16 (exact), cuBLAS with FP32 output, torch epilogue.
         ``scaled_mm``: sm_100+ only, W4A4 through ``torch._scaled_mm`` with FP4 operands (not run
         on Hopper; rounds to bf16 before the tensor scales are applied). ``auto`` picks
-        ``scaled_mm`` on sm_100+ for W4A4, else ``fused``.
+        ``scaled_mm`` on sm_100+ for W4A4, ``predecode`` for W4A4 on other GPUs, else ``fused``.
     backend : {"auto", "triton", "torch"}
         ``torch`` is the reference (``reference.nvfp4_gemm``: fp64 products of the decoded values).
 

@@ -208,7 +208,7 @@ class NVFP4Linear(nn.Module):
         self.trainable = trainable or mode == "bf16"
         self.recipe = recipe or NVFP4Recipe()
         self.backend = backend
-        # nvfp4_gemm's algorithm for the W4A4 inference GEMM ("auto"; "predecode" on Hopper trades
+        # nvfp4_gemm's algorithm for the W4A4 inference GEMM ("auto": "predecode" on Hopper for M > 256 trades
         # activation traffic for the cheaper W4A16 main loop — pick it from bench_gemm numbers)
         self.gemm_algorithm = "auto"
         master_dtype = dtype or (torch.float32 if trainable else torch.bfloat16)
