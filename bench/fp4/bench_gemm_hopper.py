@@ -7,12 +7,11 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
 
 - ``bf16``: cuBLAS BF16 ``x @ wᵀ`` (the baseline of every ratio),
 - ``deq+bf16``: decode the NVFP4 weight to bf16, then cuBLAS (what the kernel must beat),
-- ``w4a16 <tile>/<stages>/<sync>/s<ahead>/d<depth>``: the W4A16 kernel with 256- or 128-token tiles, a
-  pipeline depth, one (``1b``) or two (``2b``) CTA barriers per k-tile, the scale prefetch distance
-  and the wgmmas in flight during a decode,
+- ``w4a16 <tile>/<stages>``: the W4A16 kernel with the default token tile (``auto``: 256 or 128 rows by
+  wave efficiency) or a forced one, and a pipeline depth,
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
-- ``w4a4 d<depth>`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel).
+- ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel).
 
 Every variant is first checked against the exact dequantize path (relative Frobenius error ≤ 2^-8)
 and against the default variant bit for bit (same K order per output). Prints a markdown table
@@ -36,10 +35,8 @@ import torch.nn.functional as F
 SHAPES = [(m, k, n) for k, n in ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
           for m in (1760, 7040, 14080)]
 QUICK = [(1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072)]
-# (token tile, stages, sync_once, scale_ahead, mma_depth) of the W4A16 variants; the first is the module
-# default at 256
-W4A16_VARIANTS = [(None, 4, False, 2, 2), (256, 4, False, 2, 2), (128, 4, False, 2, 2), (256, 4, False, 1, 2),
-                  (256, 4, False, 1, 1), (256, 4, True, 1, 1)]
+# (token tile, stages) of the W4A16 variants; the first is the default (tile by wave efficiency)
+W4A16_VARIANTS = [(None, 4), (256, 4), (128, 4), (256, 3), (128, 3)]
 # timing-only ablations of the first variant (wrong results, not checked): scales loaded once, no decode
 ABLATIONS = {"scales once": 1, "no decode": 2}
 
@@ -58,20 +55,18 @@ def _variants(m: int, k: int, n: int):
     exact16 = nvfp4_gemm(x, wq, out_dtype=torch.float32, algorithm="dequantize")
     exact4 = nvfp4_gemm(xq, wq, out_dtype=torch.float32, algorithm="dequantize")
 
-    def w4a16(bt, stages, sync, ahead, depth, ablate=0):
+    def w4a16(bt, stages, ablate=0):
         return lambda: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, token_rows=bt,
-                               stages=stages, sync_once=sync, scale_ahead=ahead, mma_depth=depth, ablate=ablate)
+                               stages=stages, ablate=ablate)
 
     fns = {"bf16": (lambda: F.linear(x, w), None),
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
-    for bt, st, sync, ahead, depth in W4A16_VARIANTS:
-        fns[f"w4a16 {bt or 'auto'}/{st}/{'1b' if sync else '2b'}/s{ahead}/d{depth}"] = (w4a16(bt, st, sync, ahead, depth),
-                                                                              exact16)
+    for bt, st in W4A16_VARIANTS:
+        fns[f"w4a16 {bt or 'auto'}/{st}"] = (w4a16(bt, st), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
-    for depth in (1, 2):
-        fns[f"w4a4 d{depth}"] = (lambda d=depth: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None,
-                                                         torch.bfloat16, True, mma_depth=d), exact4)
+    fns["w4a4"] = (lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True),
+                   exact4)
     fns["w4a4 predec"] = (lambda: nvfp4_gemm(xq, wq, algorithm="predecode"), exact4)
 
     checks = {}

@@ -176,9 +176,6 @@ def _hopper_gemm_kernel(
     HAS_BIAS: gl.constexpr,
     OP_DTYPE: gl.constexpr,
     STAGES: gl.constexpr,
-    SYNC_ONCE: gl.constexpr,  # W4A16: one CTA barrier per k-tile instead of two
-    MMA_DEPTH: gl.constexpr,  # wgmmas left in flight while the next k-tile is decoded (1 or 2)
-    SCALE_AHEAD: gl.constexpr,  # k-tiles ahead the weight block scales are loaded (1 or 2)
     ABLATE: gl.constexpr,  # timing experiments only (wrong results): 1 scales loaded once, 2 no decode
     GROUP: gl.constexpr,
     num_warps: gl.constexpr,
@@ -225,21 +222,15 @@ def _hopper_gemm_kernel(
     # buffer (i-1)%2 while buffer i%2 is written. A register A operand (wgmma RS) is not used: ptxas
     # 12.x reuses the A registers of an in-flight wgmma (the wrong tiles and run-to-run differences
     # measured on the H100; tests/fp4/test_gemm.py checks the SASS for it).
-    DEC: gl.constexpr = MMA_DEPTH + 1  # decoded-operand buffers: one per wgmma in flight + the one written
-    w_dec = gl.allocate_shared_memory(OP_DTYPE, [DEC, TW, TK], OP_SMEM)
+    w_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TW, TK], OP_SMEM)
     if X_NVFP4:
-        x_dec = gl.allocate_shared_memory(OP_DTYPE, [DEC, TT, TK], OP_SMEM)
+        x_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], OP_SMEM)
 
     # K ≥ 32, so at least one k-tile; saying so removes the zero-trip path of the loop, whose
     # accumulator initialisation ptxas would otherwise see inside the wgmma pipeline (and serialize).
     k_tiles = gl.maximum((K + TK - 1) // TK, 1)
     nbytes: gl.constexpr = w_desc.block_type.nbytes + x_desc.block_type.nbytes
-    # Iteration i refills the slot of k-tile i-DEC (SYNC_ONCE: free once the CTA barrier of iteration i
-    # has passed) or i-DEC+1 (free after the second barrier), LEAD k-tiles ahead of the one consumed.
-    LEAD: gl.constexpr = STAGES - DEC if SYNC_ONCE else STAGES - DEC + 1
-    gl.static_assert(LEAD >= 1, "STAGES too small for MMA_DEPTH")
-    gl.static_assert(not (SYNC_ONCE and X_NVFP4), "SYNC_ONCE: the decoded x tile is shared by both warpgroups")
-    for s in gl.static_range(LEAD):
+    for s in gl.static_range(STAGES - 1):
         pred = s < k_tiles
         mbarrier.expect(bars.index(s), nbytes, pred=pred)
         tma.async_copy_global_to_shared(w_desc, [off_w, s * TK2], bars.index(s), w_bufs.index(s), pred)
@@ -248,8 +239,6 @@ def _hopper_gemm_kernel(
 
     w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES)
     w_sc = _load_scales(w_srows, 0, K, NB, EVEN_K, W_SCALES)
-    if SCALE_AHEAD == 2:
-        w_sc1 = _load_scales(w_srows, gl.minimum(1, k_tiles - 1), K, NB, EVEN_K, W_SCALES)
     if X_NVFP4:
         x_srows = _scale_rows(x_scale_ptr, off_t, M, stride_xs, TT, X_SCALES)
         x_sc = _load_scales(x_srows, 0, K, NB, EVEN_K, X_SCALES)
@@ -258,56 +247,37 @@ def _hopper_gemm_kernel(
     for i in range(k_tiles):
         slot = i % STAGES
         mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
-        # Buffers i%DEC were last read by wgmma i-DEC, retired (in the warpgroup that reads them: each
-        # decodes the weight rows its own wgmma consumes) by the wait of iteration i-1; the decoded x
-        # tile of W4A4 is read by both warpgroups, hence the second barrier of that path.
+        # Buffers i%2 were last read by wgmma i-2, retired in every warpgroup before the barrier
+        # that ended iteration i-1.
         if ABLATE != 2:
-            _decode_to_smem(w_bufs.index(slot), w_sc, w_dec.index(i % DEC), TW, TK2, OP_DTYPE, W_BYTES, W_BYTES3)
+            _decode_to_smem(w_bufs.index(slot), w_sc, w_dec.index(i % 2), TW, TK2, OP_DTYPE, W_BYTES, W_BYTES3)
         if X_NVFP4:
-            _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % DEC), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
-        # prefetch the block scales SCALE_AHEAD k-tiles ahead (clamped: never read past the last k-tile)
-        nk = gl.minimum(i + SCALE_AHEAD, k_tiles - 1)
+            _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % 2), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
+        # prefetch the next k-tile's block scales (consumed one iteration later)
+        nk = gl.minimum(i + 1, k_tiles - 1)  # (clamped: never read past the last k-tile)
         if ABLATE == 0:
-            if SCALE_AHEAD == 2:
-                w_sc = w_sc1
-                w_sc1 = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
-            else:
-                w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
+            w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
         if X_NVFP4:
             x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
-            b_op = x_dec.index(i % DEC).permute((1, 0))
+            b_op = x_dec.index(i % 2).permute((1, 0))
         else:
             b_op = x_bufs.index(slot).permute((1, 0))
-        # every thread's decoded stores (and its earlier reads of packed slots) are ordered before
-        # the async proxy's wgmma reads (and TMA writes) issued after the barrier
+        # every thread's decoded stores are visible to the async proxy before any wgmma reads them
         fence_async_shared()
         gl.thread_barrier()
-        if SYNC_ONCE:
-            # every warpgroup retired wgmma i-DEC in iteration i-1 and every thread has read the packed
-            # k-tile i-DEC: its slot takes k-tile i + LEAD
-            nxt = i + LEAD
-            nslot = nxt % STAGES
-            pred = nxt < k_tiles
-            mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
-            tma.async_copy_global_to_shared(w_desc, [off_w, nxt * TK2], bars.index(nslot), w_bufs.index(nslot),
-                                            pred)
-            tma.async_copy_global_to_shared(x_desc, [off_t, nxt * x_desc.block_type.shape[1]], bars.index(nslot),
-                                            x_bufs.index(nslot), pred)
-        acc = warpgroup_mma(w_dec.index(i % DEC), b_op, acc, use_acc=i > 0, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=MMA_DEPTH, deps=(acc,))
-        if not SYNC_ONCE:
-            # wgmma i-DEC+1 is complete in both warpgroups and its slot was read by every thread: order
-            # the generic-proxy reads before the TMA refill of that slot with k-tile i + LEAD.
-            fence_async_shared()
-            gl.thread_barrier()
-            nxt = i + LEAD
-            nslot = nxt % STAGES
-            pred = nxt < k_tiles
-            mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
-            tma.async_copy_global_to_shared(w_desc, [off_w, nxt * TK2], bars.index(nslot), w_bufs.index(nslot),
-                                            pred)
-            tma.async_copy_global_to_shared(x_desc, [off_t, nxt * x_desc.block_type.shape[1]], bars.index(nslot),
-                                            x_bufs.index(nslot), pred)
+        acc = warpgroup_mma(w_dec.index(i % 2), b_op, acc, use_acc=i > 0, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+        # wgmma i-1 is complete in both warpgroups and slot i-1 was read by every thread: order the
+        # generic-proxy reads before the TMA refill of that slot with k-tile i + STAGES - 1.
+        fence_async_shared()
+        gl.thread_barrier()
+        nxt = i + STAGES - 1
+        nslot = nxt % STAGES
+        pred = nxt < k_tiles
+        mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, nxt * TK2], bars.index(nslot), w_bufs.index(nslot), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, nxt * x_desc.block_type.shape[1]], bars.index(nslot),
+                                        x_bufs.index(nslot), pred)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     gl.thread_barrier()  # no warpgroup still reads the operand tiles the epilogue tile may alias
     for s in gl.static_range(STAGES):
@@ -336,16 +306,8 @@ def _hopper_gemm_kernel(
 # Host side
 # ---------------------------------------------------------------------------------------------
 
-# W4A16 pipeline depth by token tile: 4 × (32 KB x + 4 KB W) + 3 × 16 KB decoded W = 192 KB at 256
-# (the epilogue tile aliases them); 4 × (16 + 4) + 48 = 128 KB at 128 (one CTA per SM either way).
-STAGES_W4A16 = {256: 4, 128: 4}
-# wgmmas in flight during the decode of the next k-tile (decoded-operand buffers: one more). Two give
-# the decode of k-tile i+1 the time of two wgmmas (W4A16: +4-11% on the H100, bench_gemm_hopper.py);
-# W4A4 decodes both operands into 48 KB per k-tile and measured no gain from it.
-MMA_DEPTH = {False: 2, True: 1}  # by "activation is NVFP4"
-SCALE_AHEAD = 2  # k-tiles ahead the weight block scales are loaded
-SYNC_ONCE = False  # W4A16: one CTA barrier per k-tile (False: the two-barrier loop of W4A4)
-STAGES_W4A4 = 4  # 4 × (8 KB x + 4 KB W) + 2 × (32 KB decoded x + 16 KB decoded W): ~144 KB (depth 1)
+STAGES_W4A16 = 4  # 4 × (32 KB x + 4 KB W) + 2 × 16 KB decoded W (epilogue tile aliased): ~176 KB
+STAGES_W4A4 = 4  # 4 × (8 KB x + 4 KB W) + 2 × (32 KB decoded x + 16 KB decoded W): ~144 KB
 GROUP = 8
 
 
@@ -394,13 +356,12 @@ def token_tile(m: int, n: int, sms: int) -> int:
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, sync_once=None, scale_ahead=None, mma_depth=None,
-         ablate=0) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
-    ``token_rows`` / ``stages`` / ``sync_once`` / ``scale_ahead`` / ``mma_depth`` override the tile,
-    pipeline depth, barrier scheme, scale prefetch distance and wgmmas in flight (``bench/fp4/bench_gemm_hopper.py`` compares them);
-    ``ablate`` 1 / 2 (wrong results, timing experiments only) loads the scales once / skips the decode."""
+    ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``ablate`` 1 / 2 (wrong
+    results: timing experiments of ``bench/fp4/bench_gemm_hopper.py``) loads the weight scales once /
+    skips the weight decode."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     m = a.shape[0]
@@ -417,13 +378,11 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         x_desc = TensorDescriptor.from_tensor(a, [bt, BK // 2], u8)
         x_scale = a_scale.view(torch.uint8)
         stages = stages or STAGES_W4A4
-        sync_once = False
     else:
         op_dtype = _gl_dtype(a.dtype)
         x_desc = TensorDescriptor.from_tensor(a, [bt, BK], gl.NVMMASharedLayout.get_default_for([bt, BK], op_dtype))
         x_scale = b_data  # unused
-        stages = stages or STAGES_W4A16[bt]
-        sync_once = SYNC_ONCE if sync_once is None else sync_once
+        stages = stages or STAGES_W4A16  # bt=128: ~112 KB, two CTAs per SM (bt=256: one)
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
@@ -433,7 +392,6 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs),
         m, n, k, w_scale.stride(0), x_scale.stride(0),
         X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None, OP_DTYPE=op_dtype, STAGES=stages,
-        SYNC_ONCE=sync_once, SCALE_AHEAD=scale_ahead or SCALE_AHEAD, MMA_DEPTH=mma_depth or MMA_DEPTH[bool(a_nvfp4)],
         ABLATE=ablate,
         GROUP=GROUP, num_warps=NUM_WARPS,
     )

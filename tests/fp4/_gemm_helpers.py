@@ -42,7 +42,7 @@ def _make_a(kind: str, x: torch.Tensor, seed: int):
 # --- the Gluon kernels compiled for sm_90a (run in a fresh process) --------------------------------
 
 
-def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=torch.bfloat16, sync_once=None):
+def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=torch.bfloat16):
     """AOT-compile gemm_hopper's kernel for sm_90a (as a JIT launch with aligned operands would);
     ``x_dtype`` is the dense activation dtype of W4A16 (bf16 or fp16)."""
     import os
@@ -71,9 +71,8 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=t
            "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "stride_xs": "i32"}
     constexprs = {"X_NVFP4": x_nvfp4, "X_GS": False, "EVEN_K": True, "HAS_BIAS": True,
                   "OP_DTYPE": gl.float16 if x_nvfp4 else x_gl,
-                  "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16[bt],
-                  "SYNC_ONCE": (not x_nvfp4 and gh.SYNC_ONCE) if sync_once is None else sync_once,
-                  "SCALE_AHEAD": gh.SCALE_AHEAD, "MMA_DEPTH": gh.MMA_DEPTH[x_nvfp4], "ABLATE": 0,
+                  "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16,
+                  "ABLATE": 0,
                   "GROUP": gh.GROUP, "num_warps": gh.NUM_WARPS}
     names = list(gh._hopper_gemm_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
@@ -121,10 +120,10 @@ def _report_in_fresh_process(call: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfloat16", sync_once=None) -> dict:
+def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfloat16") -> dict:
     """Compile, run ptxas -v and cuobjdump; returns what the test checks (run in a subprocess)."""
 
-    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, getattr(torch, out), getattr(torch, x_dtype), sync_once)
+    compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, getattr(torch, out), getattr(torch, x_dtype))
     info, sass = _ptxas_and_sass(compiled, bindir)
     hgmma = [i for i in _sass_instructions(sass) if i[1].startswith("HGMMA")]
     return {"ptxas": info, "wgmma": f"HGMMA.64x{bt}x16.F32" in sass, "smem": compiled.metadata.shared,
