@@ -7,8 +7,8 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
 
 - ``bf16``: cuBLAS BF16 ``x @ wᵀ`` (the baseline of every ratio),
 - ``deq+bf16``: decode the NVFP4 weight to bf16, then cuBLAS (what the kernel must beat),
-- ``w4a16 <tile>/<stages>``: the W4A16 kernel with the default token tile (``auto``: 256 or 128 rows by
-  wave efficiency) or a forced one, and a pipeline depth,
+- ``w4a16 <tile>/<stages>``: the W4A16 kernel with the default token tile (``auto``: 256 rows for a
+  bf16/fp16 output) or a forced one, and a pipeline depth,
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
 - ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel).
@@ -35,8 +35,8 @@ import torch.nn.functional as F
 SHAPES = [(m, k, n) for k, n in ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
           for m in (1760, 7040, 14080)]
 QUICK = [(1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072)]
-# (token tile, stages) of the W4A16 variants; the first is the default (tile by wave efficiency)
-W4A16_VARIANTS = [(None, 4), (256, 4), (128, 4), (256, 3), (128, 3)]
+# (token tile, stages) of the W4A16 variants; the first is the default (256 tokens, 4 stages)
+W4A16_VARIANTS = [(None, 4), (128, 4), (256, 3), (128, 3)]
 # timing-only ablations of the first variant (wrong results, not checked): scales loaded once, no decode
 ABLATIONS = {"scales once": 1, "no decode": 2}
 

@@ -47,7 +47,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-BW, BT, BK = 128, 256, 64  # weight rows, tokens (256, or 128 when that fills the SMs better), K per tile
+BW, BT, BK = 128, 256, 64  # weight rows, tokens (128 for fp32 output), K per tile
 NUM_WARPS = 8
 
 # 4 packed bytes ($8) and 4 per-byte scale pairs ($4..$7... see constraints) → 4 registers, each the
@@ -343,18 +343,6 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)  # (triton.cdiv costs microseconds per host call)
 
 
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def token_tile(m: int, n: int, sms: int) -> int:
-    """256 or 128 token rows per tile: the one with fewer (waves × tile work), 128-row tiles charged
-    10% more per row (a narrower wgmma reads more shared memory per FLOP)."""
-    waves = lambda bt: _cdiv(_cdiv(m, bt) * _cdiv(n, BW), sms)
-    return 256 if waves(256) * 256 <= waves(128) * 128 * 1.1 else 128
-
-
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
          token_rows=None, stages=None, ablate=0) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
@@ -367,9 +355,9 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     m = a.shape[0]
     n, k2 = b_data.shape
     k = 2 * k2
-    sms = _num_sms(a.device.index if a.device.index is not None else torch.cuda.current_device())
-    bt = 128 if out_dtype == torch.float32 else token_tile(m, n, sms)  # fp32 tile: 64 KB of staging
-    bt = token_rows or bt
+    # 256-token tiles (one CTA per SM) beat 128 (two per SM) at every large-M shape of issue 3 on the
+    # H100, wave quantization included (bench_gemm_hopper.py); fp32 output keeps 128 (64 KB staging).
+    bt = token_rows or (128 if out_dtype == torch.float32 else 256)
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
     w_desc = TensorDescriptor.from_tensor(b_data, [BW, BK // 2], u8)
