@@ -88,6 +88,7 @@ class Settings:
     drift_window: float = 1.0  # seconds compared at its start and end
     drift_prompts: int = 1
     steps: int | None = None  # None: the model's default (the demo's pipeline.yaml: 8; else 4)
+    guidance_scale: float | None = None  # None: the model's default (the demo's pipeline.yaml; else 1 = off)
     seed: int = 0
 
 
@@ -135,6 +136,7 @@ class ModeRun:
     chunk_frames: list[int] = field(default_factory=list)
     load_seconds: float = 0.0
     steps: int | None = None
+    guidance_scale: float | None = None
     skipped: str | None = None
     note: str | None = None
 
@@ -268,14 +270,19 @@ def layout_of(pipe) -> Layout:
     return Layout(h, w, float(pipe.fps), first, later)
 
 
-def generate_frames(pipe, prompts: list[str], *, steps: int, seed: int, run: ModeRun) -> np.ndarray:
-    """Generate one video chunk by chunk (one prompt per chunk) and decode it to uint8 frames."""
+def generate_frames(
+    pipe, prompts: list[str], *, steps: int, seed: int, run: ModeRun, guidance_scale: float = 1.0
+) -> np.ndarray:
+    """Generate one video chunk by chunk (one prompt per chunk) and decode it to uint8 frames
+    (``guidance_scale`` != 1: classifier-free guidance against the empty prompt)."""
     from longlive.inference import ChunkDecoder
 
     parts: list[np.ndarray] = []
     decoder = ChunkDecoder(pipe.vae, mode="sync", sink=lambda index, frames: parts.append(frames.copy()))
     with torch.inference_mode():
-        for chunk in pipe.stream(prompts, num_chunks=len(prompts), steps=steps, seed=seed):
+        for chunk in pipe.stream(
+            prompts, num_chunks=len(prompts), steps=steps, seed=seed, guidance_scale=guidance_scale
+        ):
             run.chunk_seconds.append(chunk.seconds)
             run.chunk_frames.append(chunk.num_frames)
             decoder.submit(chunk.index, chunk.latents)
@@ -299,15 +306,20 @@ def run_mode(mode: str, src: ModelSource, settings: Settings, log=print) -> tupl
         run.note = "W4A4 through the exact fp32 emulation (cpu_nvfp4.py)"
     layout = layout_of(pipe)
     run.steps = settings.steps or pipe.sampling_defaults.get("steps", 4)
+    run.guidance_scale = float(
+        settings.guidance_scale if settings.guidance_scale is not None
+        else pipe.sampling_defaults.get("guidance_scale", 1.0)
+    )
+    gen = {"steps": run.steps, "guidance_scale": run.guidance_scale}
     for i, sample in enumerate(heldout_samples(settings, layout)):
-        frames = generate_frames(pipe, sample.prompts, steps=run.steps, seed=settings.seed + i, run=run)
+        frames = generate_frames(pipe, sample.prompts, seed=settings.seed + i, run=run, **gen)
         res = score(frames, sample.prompts, layout, drift_window=settings.drift_window)
         run.heldout.append(Video(f"sample {sample.seed}", sample.prompts, frames, res))
         log(f"[{mode}] held-out sample {i + 1}/{settings.samples}: adherence {100 * res.adherence.score:.1f} %")
     n = layout.chunks_for(settings.drift_seconds)
     for k in range(settings.drift_prompts):
         prompt, _, _ = drift_scene(k, layout)
-        frames = generate_frames(pipe, [prompt] * n, steps=run.steps, seed=settings.seed + 10_000 + k, run=run)
+        frames = generate_frames(pipe, [prompt] * n, seed=settings.seed + 10_000 + k, run=run, **gen)
         res = score(frames, [prompt] * n, layout, drift_window=settings.drift_window)
         run.drift.append(Video(f"single shot {k}", [prompt] * n, frames, res))
         log(f"[{mode}] {layout.frames_for(n) / layout.fps:.0f} s single shot {k + 1}: drift "
@@ -384,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drift-window", type=float, help=f"drift window, seconds (default {d.drift_window})")
     p.add_argument("--drift-prompts", type=int, help=f"long single-shot videos (default {d.drift_prompts})")
     p.add_argument("--steps", type=int, help="denoising steps per chunk (default: the model's, 8 for the demo)")
+    p.add_argument("--guidance-scale", type=float,
+                   help="classifier-free guidance (1 = off; default: the model's, from the demo's pipeline.yaml)")
     p.add_argument("--seed", type=int, help="noise seed of the first video")
     m = p.add_argument_group("model (default: the bundled demo model)")
     m.add_argument("--checkpoint", help="DiT weights (file or directory)")
@@ -406,7 +420,8 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
     s = FULL if a.full else Settings()
     changes = {
         k: getattr(a, k)
-        for k in ("samples", "chunks", "drift_seconds", "drift_window", "drift_prompts", "steps", "seed")
+        for k in ("samples", "chunks", "drift_seconds", "drift_window", "drift_prompts", "steps", "guidance_scale",
+                  "seed")
         if getattr(a, k) is not None
     }
     s = dataclasses.replace(s, **changes)
@@ -419,6 +434,8 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
         raise ValueError("--drift-seconds and --drift-window must be > 0")
     if s.steps is not None and not 1 <= s.steps <= 8:
         raise ValueError(f"--steps must be in 1..8, got {s.steps}")
+    if s.guidance_scale is not None and not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 0):
+        raise ValueError(f"--guidance-scale must be a finite number >= 0, got {s.guidance_scale}")
     return s
 
 

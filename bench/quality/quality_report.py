@@ -103,7 +103,8 @@ def write_quality_report(path, runs, truth, *, header: dict, generate_seconds=No
         f"- model: {header['model']}",
         f"- video: {layout.width}x{layout.height} at {layout.fps:g} fps, chunks of {layout.first_chunk_frames} "
         f"(first) / {layout.chunk_frames} frames, "
-        f"{', '.join(sorted({str(r.steps) for r in ran})) or '-'} denoising steps per chunk",
+        f"{', '.join(sorted({str(r.steps) for r in ran})) or '-'} denoising steps per chunk, guidance scale "
+        f"{', '.join(sorted({f'{r.guidance_scale:g}' for r in ran if r.guidance_scale is not None})) or '1'}",
         f"- held-out set: {settings.samples} procedural multi-shot samples x {settings.chunks} chunks, prompts in "
         "the held-out phrasing (words and templates never seen in training); long single shot: "
         f"{settings.drift_prompts} x {settings.drift_seconds:g} s, drift window {settings.drift_window:g} s",

@@ -76,7 +76,9 @@ def _init_distributed() -> bool:
 
 def _export(cfg, out: str, *, demo: bool) -> None:
     """Copy the newest checkpoint's EMA weights to ``out``; for the demo also write ``pipeline.yaml``
-    (frame rate and text encoder the pipeline must use with these weights)."""
+    (frame rate and text encoder the pipeline must use with these weights). The other keys of an
+    existing ``pipeline.yaml`` (sampling defaults such as ``steps`` / ``guidance_scale``, the default
+    prompt) are kept."""
     import yaml
 
     from longlive.train.checkpoint import export_weights
@@ -84,8 +86,14 @@ def _export(cfg, out: str, *, demo: bool) -> None:
     path = export_weights(cfg.checkpoint.dir, out)
     print(f"exported {path}")
     if demo:
+        meta_path = path.parent / "pipeline.yaml"
+        old = {}
+        if meta_path.is_file():
+            with open(meta_path, encoding="utf-8") as fh:
+                old = yaml.safe_load(fh) or {}
         meta = {"fps": float(cfg.data.fps or 8.0), "text_encoder": cfg.text.name or cfg.model.text_encoder}
-        with open(path.parent / "pipeline.yaml", "w", encoding="utf-8") as fh:
+        meta.update({k: v for k, v in (old.items() if isinstance(old, dict) else ()) if k not in meta})
+        with open(meta_path, "w", encoding="utf-8") as fh:
             yaml.safe_dump(meta, fh, sort_keys=False)
 
 

@@ -254,6 +254,11 @@ def test_cli_demo_exports_ema_weights_for_generate(tmp_path, monkeypatch):
     assert cli_main(["train", "--demo", "--config", str(path)]) == 0
     meta = yaml.safe_load((tmp_path / "demo" / "pipeline.yaml").read_text())
     assert meta == {"fps": 8.0, "text_encoder": "hash"}
+    # a re-export (e.g. a fine-tune) keeps the sampling defaults and prompt already in pipeline.yaml
+    (tmp_path / "demo" / "pipeline.yaml").write_text("fps: 4.0\nsteps: 8\nguidance_scale: 3.0\nprompt: P\n")
+    assert cli_main(["train", "--demo", "--config", str(path), "--set", "train.steps=2"]) == 0
+    meta = yaml.safe_load((tmp_path / "demo" / "pipeline.yaml").read_text())
+    assert meta == {"fps": 8.0, "text_encoder": "hash", "steps": 8, "guidance_scale": 3.0, "prompt": "P"}
     model = load_pretrained(tmp_path / "demo" / "model.safetensors", dtype=torch.float32, ops="torch")
     ema = read_checkpoint(tmp_path / "run").ema
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
