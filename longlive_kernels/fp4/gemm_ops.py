@@ -27,7 +27,7 @@ try:  # the Gluon kernels (sm_90a large M, sm_80+ small M)
     from . import gemm_hopper as _hopper
 except ImportError:  # pragma: no cover - Triton without Gluon
     _hopper = _gemv = None
-# The large-M Hopper kernel is on by default (its GPU tests pass on the H100 and it is 1.4-1.6× the
+# The large-M Hopper kernel is on by default (its GPU tests pass on the H100 and it is 1.3-1.6× the
 # portable kernel there; LONGLIVE_GEMM_GLUON=0 turns it off). The small-M kernel stays opt-in
 # (LONGLIVE_GEMM_GEMV=1, or algorithm="gemv"): correct on the H100 but not faster than the split-K
 # portable kernel at M = 64 (bench/RESULTS.md).
