@@ -120,6 +120,12 @@ def build_generate_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--compile", action="store_true", help="torch.compile each block's FFN and cross-attention (CUDA)"
     )
+    r.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="run every chunk forward eagerly (default: replay CUDA graphs on CUDA)",
+    )
     r.add_argument("-v", "--verbose", action="store_true", help="one log line per chunk")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -305,6 +311,7 @@ def _generate(a: argparse.Namespace) -> int:
             "fps": a.fps,
             "attention_compute": a.attention_compute,
             "compile": a.compile,
+            "cuda_graphs": a.cuda_graphs,
         }
         if demo:
             pipe = Pipeline.demo(**kwargs)

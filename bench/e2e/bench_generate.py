@@ -132,6 +132,7 @@ def run_mode(
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     starts, secs, frames = [], [], []
+    last = None
     t_all = time.perf_counter()
     with torch.inference_mode():
         for n in range(chunks):
@@ -146,6 +147,7 @@ def run_mode(
                 frames.append(out.num_frames)
             if decoder is not None:
                 decoder.submit(n, out.latents)
+            last = out.latents
     if decoder is not None:
         decoder.close()
         if writer is not None:
@@ -161,6 +163,9 @@ def run_mode(
         "peak_gb": torch.cuda.max_memory_allocated(dev) / 1e9 if cuda else float("nan"),
         "kv_gb": getattr(session.cache.cache, "nbytes", float("nan")) / 1e9,
         "secs": secs,
+        "last_latents": last.float().cpu(),
+        "graphs": session.graphs.num_graphs,
+        "graphs_off": session.graphs.disabled_reason,
     }
     if written:
         # rate at which frames appear in the output after the warm-up chunks were written
@@ -210,6 +215,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-vae-channels-last", action="store_true", help=argparse.SUPPRESS)  # the default now
     ap.add_argument(
         "--compare-single", action="store_true", help="under torchrun: also time one GPU (rank 0 alone)"
+    )
+    ap.add_argument(
+        "--graphs",
+        choices=("on", "off", "both"),
+        default="on",
+        help="CUDA graphs of the chunk forward (both: off, then on, and compare the latents)",
     )
     ap.add_argument(
         "--profile", action="store_true", help="torch.profiler on the last chunk (rank 0; excluded from FPS)"
@@ -268,7 +279,10 @@ def main(argv=None) -> int:
             if sp is None
             else (([("single", None)] if a.compare_single else []) + [(f"SP={sp.world_size}", sp)])
         )
-        for label, group in variants:
+        graph_modes = {"on": [True], "off": [False], "both": [False, True]}[a.graphs]
+        variants = [(f"{lab}{'+graphs' if g else ''}", grp, g) for lab, grp in variants for g in graph_modes]
+        reference = {}
+        for label, group, graphs in variants:
             if group is None and sp is not None and not sp.is_main:
                 sp.barrier()  # rank 0 times one GPU alone
                 continue
@@ -282,6 +296,7 @@ def main(argv=None) -> int:
                 default_prompt=prompt,
                 compile=a.compile,
                 vae_channels_last=a.vae_channels_last,
+                cuda_graphs=graphs,
             )
             for dmode in decodes:
                 r = run_mode(
@@ -297,6 +312,11 @@ def main(argv=None) -> int:
                 r["tflops"] = sum(flops[a.warmup : timed]) / sum(r["secs"][a.warmup :]) / 1e12
                 r.update(mode=f"{prec} / KV {kv}", variant=label, decode=dmode)
                 rows.append(r)
+                ref_key = (group is None, dmode)
+                if ref_key in reference:  # same seed, same kernels: graphs must not change the latents
+                    r["graph_diff"] = (r["last_latents"] - reference[ref_key]).abs().max().item()
+                else:
+                    reference[ref_key] = r["last_latents"]
                 if main_rank:
                     dec = ""
                     if "decode_s_per_chunk" in r:
@@ -308,7 +328,9 @@ def main(argv=None) -> int:
                     print(
                         f"{r['mode']:>18} {label:>7} decode={dmode:<5} DiT {r['dit_fps']:6.1f} FPS "
                         f"({r['chunk_ms']:.0f} ms/chunk, {r['tflops']:.0f} TFLOP/s)  E2E {_fmt(r.get('e2e_fps'))} FPS  "
-                        f"16s-E2E {r['wall_s']:.1f} s  peak {r['peak_gb']:.1f} GB (KV {r['kv_gb']:.2f}){dec}",
+                        f"16s-E2E {r['wall_s']:.1f} s  peak {r['peak_gb']:.1f} GB (KV {r['kv_gb']:.2f}){dec}  "
+                        f"graphs {r['graphs']}{' OFF: ' + r['graphs_off'] if r['graphs_off'] else ''}"
+                        + (f"  max|latents - eager| {r['graph_diff']:.3g}" if "graph_diff" in r else ""),
                         flush=True,
                     )
             if group is None and sp is not None:
@@ -344,10 +366,11 @@ def _table(rows, a) -> str:
         )
     for label, hw, fps, e2e, e2e_s, mem in REFERENCE:
         out.append(f"| {label} | {hw} | {fps:.1f} | {_fmt(e2e)} | {_fmt(e2e_s)} | {_fmt(mem)} | - |")
-    singles = {m: d["none"]["dit_fps"] for (m, v), d in by.items() if v == "single" and "none" in d}
+    singles = {(m, v): d["none"]["dit_fps"] for (m, v), d in by.items() if v.startswith("single") and "none" in d}
     for (m, v), d in by.items():
-        if v.startswith("SP=") and "none" in d and m in singles:
-            out.append(f"\n{m}: {v} speed-up over one GPU: {d['none']['dit_fps'] / singles[m]:.2f}x")
+        for (m1, v1), fps1 in singles.items():
+            if v.startswith("SP=") and "none" in d and m1 == m:
+                out.append(f"\n{m}: {v} speed-up over one GPU ({v1}): {d['none']['dit_fps'] / fps1:.2f}x")
     out.append(f"\n{TARGETS}")
     return "\n".join(out)
 

@@ -98,6 +98,12 @@ class Pipeline:
         and 256-272 TFLOP/s channels-last (H200, ``bench/e2e/bench_vae_decode.py``). The decoder
         costs ≈ 66 TFLOP per latent frame at 704×1280 (≈ 530 TFLOP per 32-frame chunk, 0.8× the
         DiT's 4-step chunk), so its conv throughput bounds the end-to-end FPS.
+    cuda_graphs : bool
+        Replay each denoising forward of the current chunk as a CUDA graph (one graph per context
+        length, :class:`~longlive.inference.graphs.ChunkGraphs`) on CUDA with the fused ops and
+        ``FP4KVCache`` (either storage); elsewhere, and if a capture fails, forwards run eagerly.
+        Results are the same either way; graphs remove the per-kernel host cost, which bounds
+        Ulysses SP generation (bench/RESULTS.md).
 
     Examples
     --------
@@ -122,6 +128,7 @@ class Pipeline:
         default_prompt: str = DEFAULT_PROMPT,
         compile: bool = False,
         vae_channels_last: bool = False,
+        cuda_graphs: bool = True,
     ):
         cfg = model.config
         if vae.latent_channels != cfg.in_channels:
@@ -156,6 +163,7 @@ class Pipeline:
             for param in self.vae.parameters():
                 if param.dim() == 5:
                     param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+        self.cuda_graphs = bool(cuda_graphs)
         self.compiled = False
         if compile and model.device.type == "cuda":
             for block in model.blocks:
@@ -188,6 +196,7 @@ class Pipeline:
         vae_options: dict | None = None,
         default_prompt: str = DEFAULT_PROMPT,
         compile: bool = False,
+        cuda_graphs: bool = True,
     ) -> Pipeline:
         """Build a pipeline from a checkpoint (or random weights for smoke tests and benchmarks).
 
@@ -216,6 +225,8 @@ class Pipeline:
             Random DiT (and Wan VAE) weights: a smoke-test / benchmark option, the video is noise.
         sp : SPGroup, optional
             Sequence parallelism (``torchrun``); the model is replicated on every rank.
+        cuda_graphs : bool
+            See :class:`Pipeline`.
 
         Raises
         ------
@@ -285,6 +296,7 @@ class Pipeline:
             attention_compute=attention_compute,
             default_prompt=default_prompt,
             compile=compile,
+            cuda_graphs=cuda_graphs,
         )
 
     @classmethod

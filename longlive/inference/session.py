@@ -13,6 +13,7 @@ import torch
 from longlive.data.prompts import ChunkPrompt, chunk_frame_counts
 
 from .cache_policy import CacheAttention, CacheManager, CachePolicy, ChunkPlan, ForwardHandle
+from .graphs import ChunkGraphs
 from .prompt_schedule import resolve_chunk_prompt
 from .results import ChunkOutput
 from .scheduler import FlowUniPCScheduler, _check_steps
@@ -77,6 +78,14 @@ class StreamSession:
         self._prev_body: str | None = None
         first, later = chunk_frame_counts(cfg.ar.chunk_frames, pipe.vae.temporal_stride)
         self._frames = (first, later)
+        # Graphs need the device-side slot table of FP4KVCache (both storages) and the fused ops.
+        graphable = (
+            getattr(pipe, "cuda_graphs", False)
+            and self.device.type == "cuda"
+            and self.model.ops == "kernels"
+            and hasattr(self.cache.cache, "table")
+        )
+        self.graphs = ChunkGraphs(enabled=graphable)
 
     @property
     def chunk_index(self) -> int:
@@ -118,9 +127,16 @@ class StreamSession:
             attn, handle = self.cache.recache_attention(chunk, plan), ForwardHandle(self.local_tokens, cid)
         else:
             attn, handle = self._attn, cache
-        v = self.model.forward_chunk(
-            xin, tt, ctx, cache=handle, chunk_id=cid, frame_offset=offset, attention=attn
-        )
+
+        def forward(x_in, t_in, ctx_in, frame_offset):
+            return self.model.forward_chunk(
+                x_in, t_in, ctx_in, cache=handle, chunk_id=cid, frame_offset=frame_offset, attention=attn
+            )
+
+        if chunk is None:  # the current chunk's forwards: one graph per context length
+            v = self.graphs(forward, (len(plan.context),), offset, xin, tt, ctx)
+        else:  # re-cache forwards are rare (prompt switches): eager
+            v = forward(xin, tt, ctx, offset)
         if self.cfg:
             v_c, v_u = v.float().chunk(2)
             return v_u + self.guidance_scale * (v_c - v_u)

@@ -408,10 +408,12 @@ class FP4KVCache:
                 dst.copy_(src)
             return out
         if self.storage == "bf16":
-            host = self._ring.table()
-            ids = host[2 : 2 + host[0]] + ([host[1]] if include_current else [])
-            slots = torch.tensor(ids, dtype=torch.long)
-            vals = self.values[layer].index_select(1, slots.to(self.device))  # [2, n, B, H, T, D]
+            # slots from the device table (no host-to-device copy: a CUDA graph replays this for any slots)
+            n_ctx = n - int(include_current)
+            slots = self.table[2 : 2 + n_ctx]
+            if include_current:
+                slots = torch.cat([slots, self.table[1:2]])
+            vals = self.values[layer].index_select(1, slots.long())  # [2, n, B, H, T, D]
             out = vals.permute(0, 2, 1, 4, 3, 5).reshape(2, self.batch_size, n * self.chunk_tokens,
                                                           self.num_heads, self.head_dim)
             return out[0].to(dtype), out[1].to(dtype)

@@ -25,7 +25,7 @@ import torch
 
 from .. import _checks
 from .._backend import eager_op, resolve_backend
-from .rope_ops import _rope_op, rope_tables  # noqa: F401 (rope_tables: re-exported)
+from .rope_ops import RopeTableBuffers, _rope_op, rope_tables  # noqa: F401 (tables: re-exported)
 
 _rope = eager_op(_rope_op)  # eager inference calls skip the dispatcher (_backend.direct_call_ok)
 

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import torch
@@ -79,7 +81,6 @@ def _launch(kernel, bwd: bool, n_tok: int, bsz: int, device, args, meta) -> int:
     return _programs(tuned.best_config.kwargs["PROGS_PER_SM"], bsz, n_tok, device)
 
 
-@functools.lru_cache(maxsize=32)
 def rope_tables(
     frames: int, height: int, width: int, head_dim: int, frame_offset: int, theta: float,
     device: torch.device,
@@ -89,9 +90,22 @@ def rope_tables(
     Row ``f`` (< frames) holds, in the temporal pair columns, the angles of position
     ``f + frame_offset``; rows ``frames + y`` and ``frames + height + x`` hold the height and width
     angles in their pair columns; other entries are unused (0). Cached (LRU, 32 entries): one AR
-    chunk reuses its table over all layers and denoising steps. Do not build a new entry inside a
-    CUDA-graph capture (the cached tensor would live in the graph's pool).
+    chunk reuses its table over all layers and denoising steps. Inside
+    :meth:`RopeTableBuffers.active` the buffers' fixed-address tables are returned instead.
     """
+    buffers = _ACTIVE_TABLES.get()
+    if buffers is not None:
+        return buffers.lookup(frames, height, width, head_dim, frame_offset, theta, device)
+    return _cached_tables(frames, height, width, head_dim, frame_offset, theta, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_tables(
+    frames: int, height: int, width: int, head_dim: int, frame_offset: int, theta: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables of :func:`rope_tables`, LRU-cached by geometry and offset. Never built inside a
+    CUDA-graph capture (the cached tensor would live in the graph's pool)."""
     parts = reference.rope_3d_split(head_dim)
     half = head_dim // 2
     counts = (frames, height, width)
@@ -103,6 +117,74 @@ def rope_tables(
         ang[row:row + cnt, col:col + dim // 2] = torch.outer(pos, inv_freq)
         row, col = row + cnt, col + dim // 2
     return ang.cos().float().contiguous(), ang.sin().float().contiguous()
+
+
+_ACTIVE_TABLES: contextvars.ContextVar[RopeTableBuffers | None] = contextvars.ContextVar(
+    "longlive_rope_table_buffers", default=None)
+
+
+class RopeTableBuffers:
+    """Fixed-address RoPE tables, so that a CUDA graph captured at one temporal offset replays at
+    any other.
+
+    The RoPE kernels read their cos/sin tables from memory and take ``frame_offset`` only to pick
+    the table. Inside :meth:`active`, :func:`rope_tables` returns this object's buffer pair of the
+    requested geometry (frames, height, width, head_dim, theta, device), created on first use and
+    holding the tables of :attr:`frame_offset`; :meth:`set_offset` rewrites every buffer in place.
+    A graph captured inside :meth:`active` therefore reads whatever offset was last set before
+    its replay.
+
+    Raises
+    ------
+    ValueError
+        A lookup for another offset than :attr:`frame_offset` (the caller forgot
+        :meth:`set_offset`), or before any offset was set.
+    RuntimeError
+        A new geometry looked up while a CUDA graph is being captured (run the forward once
+        eagerly inside :meth:`active` first).
+    """
+
+    def __init__(self) -> None:
+        self.frame_offset: int | None = None
+        self._buffers: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def set_offset(self, frame_offset: int) -> None:
+        """Make every buffer hold the tables of ``frame_offset`` (device copies, stream-ordered;
+        call outside a capture)."""
+        if isinstance(frame_offset, bool) or not isinstance(frame_offset, int):
+            raise TypeError(f"frame_offset must be an int, got {frame_offset!r}")
+        if frame_offset != self.frame_offset:
+            for (f, h, w, d, theta, device), (cos, sin) in self._buffers.items():
+                new_cos, new_sin = _cached_tables(f, h, w, d, frame_offset, theta, device)
+                cos.copy_(new_cos)
+                sin.copy_(new_sin)
+        self.frame_offset = frame_offset
+
+    def lookup(self, frames: int, height: int, width: int, head_dim: int, frame_offset: int, theta: float,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The buffer pair of this geometry (see the class docstring for the errors)."""
+        if frame_offset != self.frame_offset:
+            raise ValueError(f"RopeTableBuffers: a kernel asked for frame_offset={frame_offset}, the buffers "
+                             f"hold {self.frame_offset} (call set_offset first)")
+        key = (frames, height, width, head_dim, float(theta), torch.device(device))
+        pair = self._buffers.get(key)
+        if pair is None:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"RopeTableBuffers: new RoPE geometry {key} during a CUDA-graph capture; "
+                                   "run the forward once eagerly inside active() first")
+            pair = tuple(t.clone() for t in _cached_tables(frames, height, width, head_dim, frame_offset,
+                                                           theta, device))
+            self._buffers[key] = pair
+        return pair
+
+    @contextlib.contextmanager
+    def active(self):
+        """Within the block (this thread/context), :func:`rope_tables` answers from these buffers."""
+        token = _ACTIVE_TABLES.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE_TABLES.reset(token)
 
 
 def _head_strides(t: torch.Tensor) -> tuple[int, int, int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from longlive_kernels._backend import interpret_mode
@@ -479,3 +479,44 @@ def test_gpu_batch_two_and_fp32(monkeypatch):
         "cuda",
         monkeypatch,
     )
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(off_a=st.integers(0, 4000), off_b=st.integers(0, 4000), seed=st.integers(0, 2**31 - 1))
+@example(off_a=0, off_b=8, seed=1)
+def test_fixed_address_tables_follow_set_offset(triton_device, off_a, off_b, seed):
+    """Kernels launched inside ``RopeTableBuffers.active()`` read the buffers (same addresses at any
+    offset); after ``set_offset(b)`` they hold offset b's tables exactly, so a CUDA graph captured at
+    offset a replays correctly at b."""
+    grid, nh, d = (2, 3, 5), 3, 32
+    q, k, wq, wk = _make_inputs(seed, 1, grid, nh, d, torch.float32, "plain", triton_device)
+    buffers = rope_ops.RopeTableBuffers()
+    buffers.set_offset(off_a)
+    with buffers.active():
+        first = rope_ops.rope_tables(*grid, d, off_a, 10000.0, torch.device(triton_device))
+        apply_rope_3d(q, k, grid=grid, frame_offset=off_a, norm_weight_q=wq, norm_weight_k=wk, backend="triton")
+    addresses = [t.data_ptr() for t in first]
+    buffers.set_offset(off_b)
+    with buffers.active():
+        again = rope_ops.rope_tables(*grid, d, off_b, 10000.0, torch.device(triton_device))
+        got = apply_rope_3d(q, k, grid=grid, frame_offset=off_b, norm_weight_q=wq, norm_weight_k=wk,
+                            backend="triton")
+        with pytest.raises(ValueError, match="frame_offset"):
+            rope_ops.rope_tables(*grid, d, off_b + 1, 10000.0, torch.device(triton_device))
+    assert [t.data_ptr() for t in again] == addresses
+    want_tables = rope_ops.rope_tables(*grid, d, off_b, 10000.0, torch.device(triton_device))
+    for buf, want in zip(again, want_tables, strict=True):
+        assert torch.equal(buf, want)
+    want = apply_rope_3d(q, k, grid=grid, frame_offset=off_b, norm_weight_q=wq, norm_weight_k=wk,
+                         backend="triton")
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_fixed_address_tables_errors():
+    buffers = rope_ops.RopeTableBuffers()
+    with buffers.active(), pytest.raises(ValueError, match="set_offset"):
+        rope_ops.rope_tables(2, 3, 4, 32, 0, 10000.0, torch.device("cpu"))
+    with pytest.raises(TypeError, match="frame_offset"):
+        buffers.set_offset(1.5)
+    assert rope_ops._ACTIVE_TABLES.get() is None  # the context is left
