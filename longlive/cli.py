@@ -115,6 +115,13 @@ def build_generate_parser() -> argparse.ArgumentParser:
         help="wire format of K/V in the SP all-to-all (torchrun only)",
     )
     r.add_argument(
+        "--sp-transport",
+        choices=("nccl", "peer"),
+        default="nccl",
+        help="SP exchanges through NCCL, or as stores into the peers' symmetric memory (one node; needs "
+        "--kv-comm bf16)",
+    )
+    r.add_argument(
         "--ops", choices=("kernels", "torch"), default="kernels", help="fused kernels or plain torch"
     )
     r.add_argument(
@@ -296,7 +303,7 @@ def _generate(a: argparse.Namespace) -> int:
         sp = None
         if world > 1:
             sp, dev = init_from_env(device=a.device)
-            sp.kv_comm = a.kv_comm
+            sp.kv_comm, sp.transport = a.kv_comm, a.sp_transport
             a.device = str(dev)
         kwargs = {
             "policy": policy,

@@ -266,11 +266,17 @@ def _bench_sp_attention(world, dims, device, timer, rows, head_chunks=(1,)):
         ctx_k, ctx_v = (
             torch.randn(b, window, h // p, d, device=device, dtype=torch.bfloat16) for _ in range(2)
         )
-        for kv_format in (None, "nvfp4"):
+        # peer stores (symmetric memory) need CUDA and a second rank
+        transports = ("nccl", "peer") if device.type == "cuda" and p > 1 else ("nccl",)
+        for kv_format, transport in [(f, t) for t in transports for f in (None, "nvfp4")
+                                     if t == "nccl" or f is None]:
             # head groups pipeline the transfers against attention; nothing to hide at P = 1
             for chunks in [c for c in head_chunks if (h // p) % c == 0 and (p > 1 or c == 1)]:
+                if transport == "peer" and chunks > 1:
+                    continue
                 ua = UlyssesAttention(
-                    _make_attention(ctx_k, ctx_v, s), group, kv_format=kv_format, head_chunks=chunks
+                    _make_attention(ctx_k, ctx_v, s), group, kv_format=kv_format, head_chunks=chunks,
+                    transport=transport,
                 )
                 with torch.no_grad():
                     ms = timer(lambda ua=ua, loc=loc: ua(*loc), group=group)
@@ -278,6 +284,7 @@ def _bench_sp_attention(world, dims, device, timer, rows, head_chunks=(1,)):
                 key = kv_format or "bf16"
                 base.setdefault(key, ms)
                 label = key if chunks == 1 else f"{key}, {chunks} head groups pipelined"
+                label += ", peer stores" if transport == "peer" else ""
                 rows.append((p, label, ms, flops / (ms * 1e-3) / 1e12, base[key] / ms))
         p *= 2
 

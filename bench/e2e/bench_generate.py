@@ -203,6 +203,9 @@ def main(argv=None) -> int:
     ap.add_argument("--attention-compute", choices=("bf16", "fp8"), default="bf16")
     ap.add_argument("--kv-comm", choices=("bf16", "nvfp4", "fp8"), default="nvfp4", help="SP K/V wire format")
     ap.add_argument(
+        "--sp-transport", choices=("nccl", "peer"), default="nccl", help="SP exchanges: NCCL or peer stores"
+    )
+    ap.add_argument(
         "--compile", action="store_true", help="torch.compile the FFN and cross-attention of every block"
     )
     ap.add_argument("--layers", type=int, default=None, help="fewer DiT blocks (debugging only)")
@@ -251,7 +254,7 @@ def main(argv=None) -> int:
     sp, dev = init_from_env()
     if sp is not None:
         check_sp_size(cfg, sp.world_size)
-        sp.kv_comm = a.kv_comm
+        sp.kv_comm, sp.transport = a.kv_comm, a.sp_transport
     else:
         dev = torch.device("cuda")
     main_rank = sp is None or sp.is_main

@@ -34,6 +34,7 @@ from .cache_policy import attend_with_cache
 __all__ = ["KV_COMMS", "SPCacheAttention", "SPGroup", "check_sp_size", "init_from_env"]
 
 KV_COMMS = ("bf16", "nvfp4", "fp8")
+TRANSPORTS = ("nccl", "peer")
 
 
 def check_sp_size(config, world_size: int) -> None:
@@ -68,14 +69,20 @@ class SPGroup:
         The SP group (None = the default group).
     kv_comm : {"bf16", "nvfp4", "fp8"}
         Wire format of k and v in the seq→head all-to-all (q and o always travel in BF16).
+    transport : {"nccl", "peer"}
+        How the exchanges travel: the process group's all-to-all, or stores into the peers'
+        symmetric memory (GPUs of one node; bf16 k/v only), see ``UlyssesAttention(transport=)``.
     """
 
     group: object = None
     kv_comm: str = "bf16"
+    transport: str = "nccl"
 
     def __post_init__(self):
         if self.kv_comm not in KV_COMMS:
             raise ValueError(f"kv_comm must be one of {KV_COMMS}, got {self.kv_comm!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
 
     @property
     def world_size(self) -> int:
@@ -152,6 +159,8 @@ class SPCacheAttention(AttentionBackend):
 
         self.sp, self.cache, self.chunk, self.compute = sp, cache, chunk, compute
         self.context = None if context is None else [c for c in context if chunk is None or c < chunk]
+        if sp.transport == "peer" and sp.kv_comm != "bf16":
+            raise ValueError(f"SP transport 'peer' sends bf16 k/v: set kv_comm='bf16', got {sp.kv_comm!r}")
         quantized = sp.kv_comm != "bf16"
         to_cache = (
             quantized
@@ -166,6 +175,7 @@ class SPCacheAttention(AttentionBackend):
             kv_format=sp.kv_comm if quantized else None,
             kv_output="nvfp4" if to_cache else "dequantized",
             check_ranks="never",
+            transport=sp.transport,
         )
 
     def _attend(self, q, k, v, *, layer):

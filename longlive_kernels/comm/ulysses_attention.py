@@ -81,6 +81,11 @@ class UlyssesAttention(nn.Module):
         address its KV-cache shard). Needs (H/P) % G == 0, q and k/v with the same head count,
         dense k/v for ``attn`` (``kv_output="dequantized"``) and no autograd. With quantized k/v
         the per-source tensor scale is taken per group.
+    transport : {"nccl", "peer"}
+        ``"peer"``: the exchanges are stores into the peers' symmetric-memory buffers
+        (:class:`~longlive_kernels.comm.peer_exchange.PeerExchange`: GPUs of one node, CUDA,
+        inference only, exact k/v, ``head_chunks=1``, q/k/v of one shape); the default sends
+        through the process group's all-to-all (NCCL or gloo).
 
     Notes
     -----
@@ -107,6 +112,7 @@ class UlyssesAttention(nn.Module):
         backend: str = "auto",
         check_ranks: str = "first",
         head_chunks: int = 1,
+        transport: str = "nccl",
     ):
         super().__init__()
         if attn is not None and not callable(attn):
@@ -125,6 +131,10 @@ class UlyssesAttention(nn.Module):
                 f"head_chunks={head_chunks} needs kv_output='dequantized' (dense k/v per head "
                 f"group), got kv_output={kv_output!r}"
             )
+        _checks.check_choice("transport", transport, ("nccl", "peer"))
+        if transport == "peer" and (kv_format is not None or head_chunks != 1):
+            raise ValueError(f"transport='peer' sends exact k/v in one exchange: needs kv_format=None and "
+                             f"head_chunks=1, got kv_format={kv_format!r}, head_chunks={head_chunks}")
         if attn is None and kv_output != "dequantized":
             raise ValueError(
                 "the default SDPA attention needs dense k/v: pass an attention that reads "
@@ -139,6 +149,7 @@ class UlyssesAttention(nn.Module):
         self.backend = backend
         self.check_ranks = check_ranks
         self.head_chunks = head_chunks
+        self.transport = transport
         self._checked = False
 
     @property
@@ -187,6 +198,10 @@ class UlyssesAttention(nn.Module):
             self._checked = True
         if self.head_chunks > 1:
             return self._forward_head_chunks(q, k, v, p, attn_kwargs)
+        if self.transport == "peer" and p > 1:
+            ex = self._peer_exchange(q, k, v)
+            o_h = self._attend(*ex.seq_to_head(q, k, v), attn_kwargs)
+            return ex.head_to_seq(o_h)
 
         hq = ulysses_all_to_all(q, self.group, scatter_dim=2, gather_dim=1, async_op=True)
         if self.kv_format is None:
@@ -224,6 +239,19 @@ class UlyssesAttention(nn.Module):
             return lambda: (fq(), fk(), fv())
         handle = self._send_kv(*(group_of(t).flatten(2, 3) for t in (k, v)), async_op=True)
         return lambda: (fq(), *handle.wait())
+
+    def _peer_exchange(self, q, k, v):
+        """The :class:`PeerExchange` for q's shape (built collectively on first use or a new shape)."""
+        from .peer_exchange import PeerExchange
+
+        if k.shape != q.shape or v.shape != q.shape or k.dtype != q.dtype or v.dtype != q.dtype:
+            raise ValueError(f"transport='peer' needs q, k, v of one shape and dtype, got {tuple(q.shape)}, "
+                             f"{tuple(k.shape)}, {tuple(v.shape)}")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise ValueError("transport='peer' is inference-only: run under torch.no_grad()")
+        b, t, h, d = q.shape
+        return PeerExchange.shared(self.group, batch=b, tokens=t, heads=h, head_dim=d, dtype=q.dtype,
+                                   device=q.device, backend=self.backend)
 
     def _send_kv(self, k, v, *, async_op: bool = False):
         """k and v seq→head through one quantized all-to-all with this module's wire options."""
@@ -276,7 +304,7 @@ class UlyssesAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"world_size={self.world_size}, kv_format={self.kv_format}, kv_output={self.kv_output}, "
-            f"head_chunks={self.head_chunks}"
+            f"head_chunks={self.head_chunks}, transport={self.transport}"
         )
 
 

@@ -444,6 +444,27 @@ def case_head_chunks(rank, p, device, backends, chk):
     )
 
 
+def case_peer(rank, p, device, backends, chk):
+    """transport='peer' (stores into symmetric memory): bit-identical to the NCCL all-to-all path
+    over consecutive calls (both buffer slots reused, fresh inputs each call); argument errors
+    everywhere (on gloo/CPU only the errors are checked: symmetric memory needs CUDA)."""
+    chk.raises(lambda: UlyssesAttention(transport="peer", kv_format="nvfp4"), ValueError, "kv_format=None",
+               "peer with quantized k/v")
+    chk.raises(lambda: UlyssesAttention(transport="tcp"), ValueError, "transport", "unknown transport")
+    if device != "cuda":
+        return
+    dev = _dev(device, rank)
+    b, s, h, d = 2, 8 * p, 3 * p, 64
+    peer, nccl = UlyssesAttention(transport="peer"), UlyssesAttention()
+    with torch.no_grad():
+        for call in range(3):
+            qf, kf, vf = (_gen(90 + 3 * call + i, (b, s, h, d), torch.bfloat16, dev) for i in range(3))
+            loc = [_shard(t, rank, p) for t in (qf, kf, vf)]
+            chk.bitwise(peer(*loc), nccl(*loc), f"peer == nccl, call {call}")
+    chk.raises(lambda: peer(*(t.requires_grad_() for t in (x.float() for x in loc))), ValueError,
+               "inference-only", "peer under autograd")
+
+
 CASES = {
     "roundtrip": case_roundtrip,
     "attention": case_attention,
@@ -452,6 +473,7 @@ CASES = {
     "quantized_attention": case_quantized_attention,
     "invalid": case_invalid,
     "head_chunks": case_head_chunks,
+    "peer": case_peer,
 }
 
 

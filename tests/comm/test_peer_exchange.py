@@ -1,0 +1,75 @@
+"""``scatter_heads`` / ``scatter_tokens``: the store kernels of ``PeerExchange`` (Ulysses over
+symmetric memory). Destinations here are local tensors standing in for peer buffers; the
+multi-GPU exchange itself is tested in ``_workers.case_peer`` on NCCL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from longlive_kernels.comm.peer_exchange import scatter_heads, scatter_tokens
+
+POISON = -777.0
+
+
+def _poisoned(n, shape, dtype, device):
+    return [torch.full(shape, POISON, dtype=dtype, device=device) for _ in range(n)]
+
+
+shapes = st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(1, 4), st.integers(1, 3),
+                   st.sampled_from([16, 32]), st.integers(0, 3), st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=shapes, dtype=st.sampled_from([torch.bfloat16, torch.float32]))
+@example(shape=(1, 3, 2, 2, 16, 1, 0), dtype=torch.bfloat16)
+def test_scatter_heads_writes_exactly_the_rank_block(triton_device, shape, dtype):
+    b, s, p, h, d, rank, seed = shape
+    rank %= p
+    g = torch.Generator().manual_seed(seed)
+    # a fused-qkv slice: token stride 3·H·D, not contiguous over the heads of other tensors
+    qkv = torch.randn(b, s, 3, p * h, d, generator=g).to(triton_device, dtype)
+    x = qkv[:, :, 1]
+    got = _poisoned(p, (b, p * s, h, d), dtype, triton_device)
+    want = _poisoned(p, (b, p * s, h, d), dtype, triton_device)
+    scatter_heads(x, got, rank, backend="triton")
+    scatter_heads(x, want, rank, backend="torch")
+    for dest in range(p):
+        assert torch.equal(got[dest], want[dest])
+        block = got[dest][:, rank * s:(rank + 1) * s]
+        assert torch.equal(block, x[:, :, dest * h:(dest + 1) * h])
+        rest = torch.cat([got[dest][:, : rank * s], got[dest][:, (rank + 1) * s:]], 1)
+        assert bool((rest == POISON).all())  # nothing outside the rank's token block
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=shapes, dtype=st.sampled_from([torch.bfloat16, torch.float32]))
+@example(shape=(2, 2, 3, 1, 32, 2, 5), dtype=torch.float32)
+def test_scatter_tokens_writes_exactly_the_rank_heads(triton_device, shape, dtype):
+    b, s, p, h, d, rank, seed = shape
+    rank %= p
+    g = torch.Generator().manual_seed(seed)
+    o = torch.randn(b, h, p * s, d, generator=g).to(triton_device, dtype).transpose(1, 2)  # SDPA's layout
+    got = _poisoned(p, (b, s, p * h, d), dtype, triton_device)
+    scatter_tokens(o, got, rank, backend="triton")
+    for dest in range(p):
+        assert torch.equal(got[dest][:, :, rank * h:(rank + 1) * h], o[:, dest * s:(dest + 1) * s])
+        others = torch.cat([got[dest][:, :, : rank * h], got[dest][:, :, (rank + 1) * h:]], 2)
+        assert bool((others == POISON).all())
+
+
+def test_scatter_errors_name_the_problem():
+    x = torch.randn(1, 4, 6, 16)
+    with pytest.raises(ValueError, match="not divisible"):
+        scatter_heads(x, [torch.empty(1, 16, 1, 16)] * 4, 0, backend="torch")
+    with pytest.raises(ValueError, match="destination 1"):
+        scatter_heads(x, [torch.empty(1, 8, 3, 16), torch.empty(1, 8, 3, 8)], 0, backend="torch")
+    with pytest.raises(ValueError, match="rank"):
+        scatter_heads(x, [torch.empty(1, 8, 3, 16)] * 2, 2, backend="torch")
+    with pytest.raises(ValueError, match="contiguous"):
+        scatter_tokens(torch.randn(1, 8, 3, 16), [torch.empty(1, 8, 6, 16).transpose(1, 2)] * 2, 0,
+                       backend="torch")
+    with pytest.raises(TypeError):
+        scatter_tokens(torch.zeros(1, 8, 3, 16, dtype=torch.int32), [torch.empty(1, 4, 6, 16)] * 2, 0)
