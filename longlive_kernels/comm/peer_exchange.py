@@ -33,15 +33,18 @@ _BLOCK_ROWS = 32
 _SHARED: dict[tuple, PeerExchange] = {}
 
 
-def _copy_rows(src, dsts, *, dst_offset, n_i, n_j, s_dest, dst_strides) -> None:
-    """Triton launch: rows (b, i, j) of D = src.shape[-1] elements from ``src`` (strides of dims 0, 1,
-    2 plus ``s_dest`` per destination) to ``dsts[dest]`` at ``dst_offset`` + ``dst_strides``."""
+def _copy_rows(srcs, dsts, *, dst_offset, n_i, n_j, s_dest, dst_strides, d_src=0) -> None:
+    """Triton launch: rows (b, i, j) of D = src.shape[-1] elements from each of ``srcs`` (1-3
+    tensors of one shape and strides: dims 0, 1, 2 plus ``s_dest`` per destination) to
+    ``dsts[dest]`` at ``n·d_src + dst_offset`` + ``dst_strides``."""
+    src = srcs[0]
     n_rows = src.shape[0] * n_i * n_j
     ptrs = list(dsts) + [dsts[0]] * (MAX_DESTINATIONS - len(dsts))
-    grid = (triton.cdiv(n_rows, _BLOCK_ROWS), len(dsts))
+    sources = list(srcs) + [src] * (3 - len(srcs))
+    grid = (triton.cdiv(n_rows, _BLOCK_ROWS), len(dsts), len(srcs))
     _rows_to_peers_kernel[grid](
-        src, *ptrs, dst_offset, n_i, n_j, n_rows, src.stride(0), src.stride(1), src.stride(2), s_dest,
-        *dst_strides, D=src.shape[-1], BLOCK_R=_BLOCK_ROWS, P=len(dsts), num_warps=4,
+        *sources, *ptrs, dst_offset, n_i, n_j, n_rows, src.stride(0), src.stride(1), src.stride(2), s_dest,
+        *dst_strides, d_src, D=src.shape[-1], BLOCK_R=_BLOCK_ROWS, P=len(dsts), num_warps=4,
     )
 
 
@@ -92,7 +95,7 @@ def scatter_heads(x: torch.Tensor, dsts, rank: int, *, backend: str = "auto") ->
     h = heads // max(p, 1)
     _check_transfer("x", x, dsts, rank, (b, p * s, h, d))
     if _triton_ok(x, backend, "scatter_heads"):
-        _copy_rows(x, dsts, dst_offset=rank * s * h * d, n_i=s, n_j=h, s_dest=h * x.stride(2),
+        _copy_rows([x], dsts, dst_offset=rank * s * h * d, n_i=s, n_j=h, s_dest=h * x.stride(2),
                    dst_strides=(p * s * h * d, h * d, d))
         return
     for dest, dst in enumerate(dsts):
@@ -125,7 +128,7 @@ def scatter_tokens(o: torch.Tensor, dsts, rank: int, *, backend: str = "auto") -
     s = tokens // max(p, 1)
     _check_transfer("o", o, dsts, rank, (b, s, p * h, d))
     if _triton_ok(o, backend, "scatter_tokens"):
-        _copy_rows(o, dsts, dst_offset=rank * h * d, n_i=s, n_j=h, s_dest=s * o.stride(1),
+        _copy_rows([o], dsts, dst_offset=rank * h * d, n_i=s, n_j=h, s_dest=s * o.stride(1),
                    dst_strides=(s * p * h * d, p * h * d, d))
         return
     for dest, dst in enumerate(dsts):
@@ -205,8 +208,17 @@ class PeerExchange:
             raise ValueError(f"PeerExchange.seq_to_head: expected {self.inputs} tensors of shape "
                              f"{list(self.shape)}, got {[list(x.shape) for x in xs]}")
         self._in_handle.barrier(channel=0)  # every peer is done reading its buffer
-        for i, x in enumerate(xs):
-            scatter_heads(x, [buf[i] for buf in self._in_peers], self.rank, backend=self.backend)
+        x0 = xs[0]
+        if len(xs) <= 3 and all(x.stride() == x0.stride() for x in xs) and _triton_ok(x0, self.backend, "seq_to_head"):
+            b, s, heads, d = self.shape
+            p, h = self.world_size, heads // self.world_size
+            _check_transfer("x", x0, [buf[0] for buf in self._in_peers], self.rank, (b, p * s, h, d))
+            _copy_rows(list(xs), [buf[0] for buf in self._in_peers], dst_offset=self.rank * s * h * d, n_i=s,
+                       n_j=h, s_dest=h * x0.stride(2), dst_strides=(p * s * h * d, h * d, d),
+                       d_src=self._in[0].numel())  # one launch: q, k, v to every destination
+        else:
+            for i, x in enumerate(xs):
+                scatter_heads(x, [buf[i] for buf in self._in_peers], self.rank, backend=self.backend)
         self._in_handle.barrier(channel=0)  # every store has landed
         return tuple(self._in[i] for i in range(self.inputs))
 
@@ -216,7 +228,17 @@ class PeerExchange:
         want = (b, self.world_size * t, heads // self.world_size, d)
         if tuple(o.shape) != want:
             raise ValueError(f"PeerExchange.head_to_seq: o must be {list(want)}, got {list(o.shape)}")
+        p, r = self.world_size, self.rank
+        h = heads // p
+        out = torch.empty(self.shape, dtype=o.dtype, device=o.device)
         self._out_handle.barrier(channel=0)
-        scatter_tokens(o, self._out_peers, self.rank, backend=self.backend)
+        # own heads of own tokens go straight into the output; only the peers' blocks are copied out
+        # of the shared buffer after the barrier
+        dsts = [out if d == r else buf for d, buf in enumerate(self._out_peers)]
+        scatter_tokens(o, dsts, r, backend=self.backend)
         self._out_handle.barrier(channel=0)
-        return self._out.clone()
+        if r > 0:
+            out[:, :, : r * h].copy_(self._out[:, :, : r * h])
+        if r < p - 1:
+            out[:, :, (r + 1) * h:].copy_(self._out[:, :, (r + 1) * h:])
+        return out

@@ -18,16 +18,18 @@ def _store_to(dst, off, x, mask):
 
 @triton.jit
 def _rows_to_peers_kernel(
-    src, dst0, dst1, dst2, dst3, dst4, dst5, dst6, dst7,
+    src0, src1, src2, dst0, dst1, dst2, dst3, dst4, dst5, dst6, dst7,
     dst_offset, n_i, n_j, n_rows,
     s_b, s_i, s_j, s_dest,
-    d_b, d_i, d_j,
+    d_b, d_i, d_j, d_src,
     D: tl.constexpr, BLOCK_R: tl.constexpr, P: tl.constexpr,
 ):
-    """Program (r, dest): rows r·BLOCK_R … of destination ``dest``. Row (b, i, j) reads
-    ``src[b·s_b + i·s_i + j·s_j + dest·s_dest + (0..D)]`` and writes
-    ``dst_dest[dst_offset + b·d_b + i·d_i + j·d_j + (0..D)]`` (element strides)."""
+    """Program (r, dest, n): rows r·BLOCK_R … of source n (up to 3 sources of one shape and
+    strides, e.g. q, k, v) for destination ``dest``. Row (b, i, j) reads
+    ``src_n[b·s_b + i·s_i + j·s_j + dest·s_dest + (0..D)]`` and writes
+    ``dst_dest[n·d_src + dst_offset + b·d_b + i·d_i + j·d_j + (0..D)]`` (element strides)."""
     dest = tl.program_id(1)
+    which = tl.program_id(2)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = (rows < n_rows)[:, None]
     j = rows % n_j
@@ -36,8 +38,13 @@ def _rows_to_peers_kernel(
     b = t // n_i
     cols = tl.arange(0, D)[None, :]
     src_off = (b * s_b + i * s_i + j * s_j + dest * s_dest)[:, None] + cols
-    dst_off = (dst_offset + b * d_b + i * d_i + j * d_j)[:, None] + cols
-    x = tl.load(src + src_off, mask=mask)
+    dst_off = (which * d_src + dst_offset + b * d_b + i * d_i + j * d_j)[:, None] + cols
+    if which == 0:
+        x = tl.load(src0 + src_off, mask=mask)
+    elif which == 1:
+        x = tl.load(src1 + src_off, mask=mask)
+    else:
+        x = tl.load(src2 + src_off, mask=mask)
     # a pointer per destination argument (not an address table): Triton then knows each base is
     # 16-byte aligned and vectorizes the stores
     if dest == 0:
