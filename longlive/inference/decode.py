@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data.video_folder import as_rgb_frames
+from .graphs import CAPTURE_LOCK
 
 __all__ = ["DECODE_MODES", "ChunkDecoder", "Mp4Writer", "to_uint8_frames"]
 
@@ -245,7 +246,7 @@ class ChunkDecoder:
                 return
             index, latents, event = item
             try:
-                with torch.no_grad():
+                with CAPTURE_LOCK, torch.no_grad():  # no CUDA-graph capture of the DiT meanwhile
                     host = self._decode_one(latents, event)
                 del latents
                 self._to_sink((index, host))

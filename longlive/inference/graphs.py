@@ -24,12 +24,19 @@ runner warns once and stays eager: graphs change speed, never results.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 
 import torch
 
-__all__ = ["ChunkGraphs"]
+__all__ = ["CAPTURE_LOCK", "ChunkGraphs"]
+
+#: Held by a capture, and by other threads of this process while they issue CUDA work (the
+#: streaming decoder): a capture must not overlap calls that are illegal during one (pinned-memory
+#: allocation, device-wide syncs), and a failed capture also breaks the other thread's work
+#: (measured: the async decoder died with "operation not permitted when stream is capturing").
+CAPTURE_LOCK = threading.Lock()
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -116,7 +123,8 @@ class ChunkGraphs:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            with self.rope.active(), torch.cuda.graph(graph, pool=self._pool):
+            with CAPTURE_LOCK, self.rope.active(), torch.cuda.graph(graph, pool=self._pool,
+                                                                    capture_error_mode="thread_local"):
                 output = forward(*inputs, frame_offset)
         except Exception as exc:  # noqa: BLE001 - any capture failure means: stay eager
             self.enabled = False
