@@ -18,8 +18,10 @@ What lets one graph serve many chunks: a forward depends on host state only thro
 So a window of ``max_chunks`` needs at most ``max_chunks`` graphs (context lengths 0 … max − 1),
 all drawing from one memory pool (they are replayed one after another on one stream). The first
 call of a key runs eagerly (Triton autotuning, lazily built workspaces and tables must exist
-before a capture), the second captures. If a capture fails (an op that syncs with the host), the
-runner warns once and stays eager: graphs change speed, never results.
+before a capture), a later one captures — unless another thread (the streaming decoder) holds
+:data:`CAPTURE_LOCK`, then the call runs eagerly and the next one tries again. If a capture fails
+(an op that syncs with the host), the runner warns once and stays eager: graphs change speed,
+never results.
 """
 
 from __future__ import annotations
@@ -110,8 +112,9 @@ class ChunkGraphs:
                 with self.rope.active():
                     return forward(x, t, context, frame_offset)
             captured = self._capture(forward, full_key, frame_offset, x, t, context)
-            if captured is None:
-                return forward(x, t, context, frame_offset)
+            if captured is None:  # capture failed, or the decoder is busy: eager this time
+                with self.rope.active():
+                    return forward(x, t, context, frame_offset)
         for dst, src in zip(captured.inputs, (x, t, context), strict=True):
             dst.copy_(src)
         captured.graph.replay()
@@ -121,10 +124,12 @@ class ChunkGraphs:
         inputs = (x.clone(), t.clone(), context.clone())
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        # never wait for the decoder (a chunk's decode takes seconds): try again at the next call
+        if not CAPTURE_LOCK.acquire(blocking=False):
+            return None
         graph = torch.cuda.CUDAGraph()
         try:
-            with CAPTURE_LOCK, self.rope.active(), torch.cuda.graph(graph, pool=self._pool,
-                                                                    capture_error_mode="thread_local"):
+            with self.rope.active(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 output = forward(*inputs, frame_offset)
         except Exception as exc:  # noqa: BLE001 - any capture failure means: stay eager
             self.enabled = False
@@ -133,6 +138,8 @@ class ChunkGraphs:
             warnings.warn(f"CUDA graphs of the chunk step are off for this session: the capture failed "
                           f"({self.disabled_reason})", RuntimeWarning, stacklevel=3)
             return None
+        finally:
+            CAPTURE_LOCK.release()
         captured = _Captured(graph, inputs, output)
         self._graphs[full_key] = captured
         return captured

@@ -49,3 +49,28 @@ def test_graphed_stream_equals_eager_stream(storage):
             assert 1 <= session.graphs.num_graphs <= 4
     for eager, graphed in zip(*runs, strict=True):
         assert torch.equal(eager, graphed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphs_with_async_decode_on_the_same_gpu():
+    """The async decoder's thread works on the DiT's GPU while the session captures its graphs:
+    both finish (captures happen only while the decoder is idle) and the frames equal a graph-free
+    run's."""
+    from longlive.inference import ChunkDecoder, Pipeline
+
+    frames = []
+    for graphs in (False, True):
+        pipe = Pipeline.from_pretrained(config="tiny", random_weights=True, text_encoder="hash", device="cuda",
+                                        cuda_graphs=graphs)
+        got = []
+        decoder = ChunkDecoder(pipe.vae, mode="async", sink=lambda i, f, got=got: got.append(f.copy()))
+        session = pipe.session(steps=2, seed=5)
+        for n in range(6):
+            decoder.submit(n, session.next_chunk("a red ball").latents)
+        decoder.close()
+        assert session.graphs.disabled_reason is None
+        frames.append(got)
+    assert len(frames[0]) == len(frames[1]) == 6
+    for a, b in zip(*frames, strict=True):
+        assert (a == b).all()
