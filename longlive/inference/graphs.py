@@ -121,14 +121,14 @@ class ChunkGraphs:
         return captured.output.clone()
 
     def _capture(self, forward: Forward, full_key: tuple, frame_offset: int, x, t, context) -> _Captured | None:
-        inputs = (x.clone(), t.clone(), context.clone())
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
         # never wait for the decoder (a chunk's decode takes seconds): try again at the next call
         if not CAPTURE_LOCK.acquire(blocking=False):
             return None
-        graph = torch.cuda.CUDAGraph()
         try:
+            inputs = (x.clone(), t.clone(), context.clone())
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
             with self.rope.active(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
                 output = forward(*inputs, frame_offset)
         except Exception as exc:  # noqa: BLE001 - any capture failure means: stay eager

@@ -88,18 +88,31 @@ def scatter_heads(x: torch.Tensor, dsts, rank: int, *, backend: str = "auto") ->
     ValueError
         Heads not divisible by P, destination of another shape/dtype/device or not contiguous.
     """
+    _scatter_heads([x], [dst.unsqueeze(0) for dst in dsts], rank, backend)
+
+
+def _scatter_heads(xs, dsts, rank: int, backend: str) -> None:
+    """:func:`scatter_heads` of n inputs of one shape: ``dsts[d]`` is [n, B, P·s, H/P, D] and input i
+    lands in ``dsts[d][i]``. Inputs of one stride pattern (n ≤ 3) go in one launch."""
+    x = xs[0]
     p = len(dsts)
     if x.dim() == 4 and x.shape[2] % max(p, 1):
         raise ValueError(f"x has {x.shape[2]} heads, not divisible by {p} destinations")
     b, s, heads, d = x.shape if x.dim() == 4 else (0, 0, 0, 0)
     h = heads // max(p, 1)
-    _check_transfer("x", x, dsts, rank, (b, p * s, h, d))
+    for xi in xs:
+        _check_transfer("x", xi, [dst[0] for dst in dsts], rank, (b, p * s, h, d))
     if _triton_ok(x, backend, "scatter_heads"):
-        _copy_rows([x], dsts, dst_offset=rank * s * h * d, n_i=s, n_j=h, s_dest=h * x.stride(2),
-                   dst_strides=(p * s * h * d, h * d, d))
+        step = b * p * s * h * d  # elements between the inputs' blocks of a destination
+        fused = len(xs) <= 3 and all(xi.stride() == x.stride() for xi in xs)
+        launches = [(0, list(xs))] if fused else [(i, [xi]) for i, xi in enumerate(xs)]
+        for first, group in launches:
+            _copy_rows(group, dsts, dst_offset=first * step + rank * s * h * d, n_i=s, n_j=h,
+                       s_dest=h * group[0].stride(2), dst_strides=(p * s * h * d, h * d, d), d_src=step)
         return
-    for dest, dst in enumerate(dsts):
-        dst[:, rank * s:(rank + 1) * s].copy_(x[:, :, dest * h:(dest + 1) * h])
+    for i, xi in enumerate(xs):
+        for dest, dst in enumerate(dsts):
+            dst[i, :, rank * s:(rank + 1) * s].copy_(xi[:, :, dest * h:(dest + 1) * h])
 
 
 def scatter_tokens(o: torch.Tensor, dsts, rank: int, *, backend: str = "auto") -> None:
@@ -208,17 +221,7 @@ class PeerExchange:
             raise ValueError(f"PeerExchange.seq_to_head: expected {self.inputs} tensors of shape "
                              f"{list(self.shape)}, got {[list(x.shape) for x in xs]}")
         self._in_handle.barrier(channel=0)  # every peer is done reading its buffer
-        x0 = xs[0]
-        if len(xs) <= 3 and all(x.stride() == x0.stride() for x in xs) and _triton_ok(x0, self.backend, "seq_to_head"):
-            b, s, heads, d = self.shape
-            p, h = self.world_size, heads // self.world_size
-            _check_transfer("x", x0, [buf[0] for buf in self._in_peers], self.rank, (b, p * s, h, d))
-            _copy_rows(list(xs), [buf[0] for buf in self._in_peers], dst_offset=self.rank * s * h * d, n_i=s,
-                       n_j=h, s_dest=h * x0.stride(2), dst_strides=(p * s * h * d, h * d, d),
-                       d_src=self._in[0].numel())  # one launch: q, k, v to every destination
-        else:
-            for i, x in enumerate(xs):
-                scatter_heads(x, [buf[i] for buf in self._in_peers], self.rank, backend=self.backend)
+        _scatter_heads(xs, self._in_peers, self.rank, self.backend)  # q, k, v: one launch
         self._in_handle.barrier(channel=0)  # every store has landed
         return tuple(self._in[i] for i in range(self.inputs))
 

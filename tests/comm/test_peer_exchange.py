@@ -75,17 +75,20 @@ def test_scatter_errors_name_the_problem():
         scatter_tokens(torch.zeros(1, 8, 3, 16, dtype=torch.int32), [torch.empty(1, 4, 6, 16)] * 2, 0)
 
 
-def test_fused_qkv_launch_fills_each_input_block(triton_device):
-    """``PeerExchange.seq_to_head``'s single launch for q, k, v (grid axis 2 = the input): each
-    input lands in its own [B, S, h, D] block of every destination's [3, B, S, h, D] buffer."""
-    from longlive_kernels.comm.peer_exchange import _copy_rows
+@pytest.mark.parametrize("same_strides", [True, False])
+def test_fused_qkv_launch_fills_each_input_block(triton_device, same_strides):
+    """``PeerExchange.seq_to_head``'s stores of q, k, v (one launch, grid axis 2 = the input, when
+    their strides agree; one launch each otherwise): each input lands in its own [B, S, h, D] block
+    of every destination's [3, B, S, h, D] buffer."""
+    from longlive_kernels.comm.peer_exchange import _scatter_heads
 
     b, s, p, h, d, rank = 2, 3, 2, 2, 16, 1
     g = torch.Generator().manual_seed(7)
     xs = [torch.randn(b, s, p * h, d, generator=g).to(triton_device) for _ in range(3)]
+    if not same_strides:  # a slice of a fused projection output next to two dense tensors
+        xs[0] = torch.randn(b, s, 2, p * h, d, generator=g).to(triton_device)[:, :, 1]
     dsts = _poisoned(p, (3, b, p * s, h, d), torch.float32, triton_device)
-    _copy_rows(xs, dsts, dst_offset=rank * s * h * d, n_i=s, n_j=h, s_dest=h * xs[0].stride(2),
-               dst_strides=(p * s * h * d, h * d, d), d_src=dsts[0][0].numel())
+    _scatter_heads(xs, dsts, rank, "triton")
     for dest in range(p):
         for i, x in enumerate(xs):
             assert torch.equal(dsts[dest][i, :, rank * s:(rank + 1) * s], x[:, :, dest * h:(dest + 1) * h])
