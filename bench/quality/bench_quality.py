@@ -90,6 +90,7 @@ class Settings:
     steps: int | None = None  # None: the model's default (the demo's pipeline.yaml: 8; else 4)
     guidance_scale: float | None = None  # None: the model's default (the demo's pipeline.yaml; else 1 = off)
     seed: int = 0
+    phrasing: str = "heldout"  # "train": the training phrasing, to tell a generalization gap from no adherence
 
 
 FULL = Settings(samples=16, chunks=8, drift_seconds=60.0, drift_window=10.0, drift_prompts=2)
@@ -153,7 +154,7 @@ def heldout_samples(settings: Settings, layout: Layout):
         num_chunks=settings.chunks,
         first_chunk_frames=layout.first_chunk_frames,
         chunk_frames=layout.chunk_frames,
-        phrasing="heldout",
+        phrasing=settings.phrasing,
     )
     return [generate_sample(HELDOUT_SEED_BASE + i, cfg) for i in range(settings.samples)]
 
@@ -399,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale", type=float,
                    help="classifier-free guidance (1 = off; default: the model's, from the demo's pipeline.yaml)")
     p.add_argument("--seed", type=int, help="noise seed of the first video")
+    p.add_argument("--phrasing", choices=("heldout", "train"),
+                   help="prompt phrasing of the multi-shot samples (default heldout; train is a diagnostic)")
     m = p.add_argument_group("model (default: the bundled demo model)")
     m.add_argument("--checkpoint", help="DiT weights (file or directory)")
     m.add_argument("--config", help="model preset or YAML (default: from the checkpoint)")
@@ -421,7 +424,7 @@ def settings_from_args(a: argparse.Namespace) -> Settings:
     changes = {
         k: getattr(a, k)
         for k in ("samples", "chunks", "drift_seconds", "drift_window", "drift_prompts", "steps", "guidance_scale",
-                  "seed")
+                  "seed", "phrasing")
         if getattr(a, k) is not None
     }
     s = dataclasses.replace(s, **changes)

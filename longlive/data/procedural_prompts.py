@@ -49,14 +49,24 @@ class SceneAttributes:
 
 # Prompt vocabulary: per attribute value, (singular, plural) phrases for "train" and "heldout".
 # Held-out words never occur in train phrases; both sides mean exactly the same attribute.
+# The train side is deliberately rich (several common synonyms per value, nine templates): a model
+# conditioned on MiniLM token features transfers to unseen words only as far as its training words cover
+# MiniLM's space around them (bench/quality/probe_text_encoder.py measures that ceiling).
 _COLOUR_WORDS = {
-    "train": {"red": ["red", "bright red"], "yellow": ["yellow", "bright yellow"],
-              "green": ["green", "bright green"], "cyan": ["cyan", "aqua"],
-              "blue": ["blue", "deep blue"], "magenta": ["magenta", "pink"]},
+    "train": {"red": ["red", "bright red", "ruby", "cherry-red", "blood-red", "vermilion", "brick-red", "tomato-red"],
+              "yellow": ["yellow", "bright yellow", "canary-yellow", "sunflower-yellow", "banana-yellow",
+                         "mustard-yellow"],
+              "green": ["green", "bright green", "lime", "lime-green", "jade", "leaf-green", "kelly-green",
+                        "forest-green"],
+              "cyan": ["cyan", "aqua", "teal", "bright cyan", "electric cyan"],
+              "blue": ["blue", "deep blue", "navy", "navy-blue", "royal blue", "ultramarine", "bright blue"],
+              "magenta": ["magenta", "pink", "rose", "orchid", "bubblegum-pink", "neon pink", "bright magenta"]},
     "heldout": {"red": ["crimson", "scarlet"], "yellow": ["golden", "lemon-coloured"],
                 "green": ["emerald", "grass-green"], "cyan": ["turquoise", "aquamarine"],
                 "blue": ["cobalt", "sapphire"], "magenta": ["fuchsia", "hot-pink"]},
 }
+
+
 def _plural(phrase: str) -> tuple[str, str]:
     """(singular, plural) of a noun phrase ("box" → "boxes") or a verb phrase ("moves up" → "move up")."""
     head, _, rest = phrase.partition(" ")
@@ -74,17 +84,21 @@ def _plurals(table: dict) -> dict:
 
 
 _SHAPE_WORDS = _plurals({
-    "train": {"circle": ["circle", "ball"], "square": ["square", "box"], "triangle": ["triangle"]},
+    "train": {"circle": ["circle", "ball", "sphere", "orb", "round shape"],
+              "square": ["square", "box", "cube", "crate"],
+              "triangle": ["triangle", "pyramid", "wedge", "arrowhead"]},
     "heldout": {"circle": ["disc", "round dot"], "square": ["block", "square tile"],
                 "triangle": ["three-sided shape", "triangular tile"]},
 })
 _MOTION_WORDS = _plurals({
     "train": {
-        "left": ["moves to the left", "slides left", "travels left"],
-        "right": ["moves to the right", "slides right", "travels right"],
-        "up": ["moves up", "slides upward", "rises"],
-        "down": ["moves down", "slides downward", "falls"],
-        "still": ["stays still", "does not move", "rests in place"],
+        "left": ["moves to the left", "slides left", "travels left", "heads left", "shifts to the left",
+                 "floats left"],
+        "right": ["moves to the right", "slides right", "travels right", "heads right", "shifts to the right",
+                  "floats right"],
+        "up": ["moves up", "slides upward", "rises", "heads upward", "floats up", "ascends"],
+        "down": ["moves down", "slides downward", "falls", "heads downward", "sinks", "drops"],
+        "still": ["stays still", "does not move", "rests in place", "stays put", "holds still", "stands still"],
     },
     "heldout": {
         "left": ["drifts leftward", "glides toward the left edge"],
@@ -95,24 +109,31 @@ _MOTION_WORDS = _plurals({
     },
 })
 _BACKGROUND_WORDS = {
-    "train": {"dark": ["dark", "black"], "light": ["light", "light grey"],
-              "gradient": ["gradient", "dark-to-light gradient"], "checkered": ["checkered", "checkerboard"]},
+    "train": {"dark": ["dark", "black", "jet-black", "inky", "ebony", "deep black"],
+              "light": ["light", "light grey", "white", "off-white", "silver"],
+              "gradient": ["gradient", "dark-to-light gradient", "ombre", "graduated", "smooth gradient"],
+              "checkered": ["checkered", "checkerboard", "chessboard", "checked", "grid"]},
     "heldout": {"dark": ["pitch-dark", "dim"], "light": ["pale", "whitish"],
                 "gradient": ["softly shaded", "fading grey"], "checkered": ["chequered", "tiled"]},
 }
 _PAN_WORDS = {
-    "train": {"none": [""], "left": [" while the camera pans left", ", the camera panning to the left"],
-              "right": [" while the camera pans right", ", the camera panning to the right"]},
+    "train": {"none": [""],
+              "left": [" while the camera pans left", ", the camera panning to the left",
+                       " as the camera pans to the left", " with the camera moving left"],
+              "right": [" while the camera pans right", ", the camera panning to the right",
+                        " as the camera pans to the right", " with the camera moving right"]},
     "heldout": {"none": [""], "left": [", with the view sweeping leftward", " as the shot tracks leftward"],
                 "right": [", with the view sweeping rightward", " as the shot tracks rightward"]},
 }
 _SPIN_WORDS = {
     "train": {False: [("", "")],
-              True: [(" while spinning", " while spinning"), (" and rotates", " and rotate")]},
+              True: [(" while spinning", " while spinning"), (" and rotates", " and rotate"),
+                     (" while rotating", " while rotating"), (" and spins", " and spin"),
+                     (" and revolves", " and revolve")]},
     "heldout": {False: [("", "")], True: [(" as it twirls", " as they twirl"),
                                           (", turning round and round", ", turning round and round")]},
 }
-_COUNT_WORDS = {"train": {1: ["a", "one"], 2: ["two"]},
+_COUNT_WORDS = {"train": {1: ["a", "one", "just one", "only one"], 2: ["two", "a couple of", "twin"]},
                 "heldout": {1: ["a single", "a lone"], 2: ["a pair of"]}}
 _TEMPLATES = {
     "train": [
@@ -121,6 +142,10 @@ _TEMPLATES = {
         "{count} {colour} {shape} {motion}{spin} over a {bg} background{pan}.",
         "A video of {count} {colour} {shape} that {motion}{spin} on a {bg} background{pan}.",
         "{bg} background with {count} {colour} {shape} that {motion}{spin}{pan}.",
+        "In this video, {count} {colour} {shape} {motion}{spin} on a {bg} background{pan}.",
+        "Footage of {count} {colour} {shape} that {motion}{spin} on a {bg} background{pan}.",
+        "A {bg} background where {count} {colour} {shape} {motion}{spin}{pan}.",
+        "We see {count} {colour} {shape} that {motion}{spin} over a {bg} background{pan}.",
     ],
     "heldout": [
         "Against a {bg} backdrop, {count} {colour} {shape} {motion}{spin}{pan}.",
