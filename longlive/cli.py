@@ -74,7 +74,9 @@ def build_generate_parser() -> argparse.ArgumentParser:
         "--attention-compute",
         choices=("bf16", "fp8"),
         default="bf16",
-        help="MMA precision of the attention over the FP4 KV cache",
+        help="MMA precision of the attention over the FP4 KV cache; fp8 on Hopper with "
+        "nvidia-cudnn-frontend (pip install longlive[fp8-attention]) runs cuDNN FP8 attention: "
+        "DiT loop 35.8 vs 29.4 FPS on an H100, attention rel. error ~0.1 (bench/RESULTS.md)",
     )
     m.add_argument(
         "--random-weights",

@@ -171,6 +171,9 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
         gluon_ok = hopper.probe_ok(q.device)
         gluon_msg = "" if gluon_ok else hopper._PROBED.get(hopper._device_index(q.device), (0, "?"))[1][:80]
     bf16_cache = _filled(n_ctx, storage="bf16")[0] if with_bf16_storage else None
+    from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available
+
+    fp8_ok = cudnn_fp8_sdpa_available(q.device)
     cases = [
         ("cuDNN SDPA, BF16 cache", lambda: cudnn(q, kk, vv)),
         ("dequant + cuDNN SDPA", dequant_then_cudnn),
@@ -181,6 +184,11 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
         ("fused Gluon bf16", gluon() if gluon_ok else None),
         ("fused Gluon bf16 +cache-current", gluon(current=False) if gluon_ok else None),
         ("fp4_kv_attention bf16 (auto)", lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v)),
+        # cuDNN FP8 SDPA over the FP8-decoded window (Hopper + nvidia-cudnn-frontend), q/K/V/O conversions included
+        ("fp4_kv_attention fp8 (auto: cuDNN FP8)",
+         (lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8")) if fp8_ok else None),
+        ("fp4_kv_attention fp8 (auto) +cache-current",
+         (lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
     ] + (
         [("Triton, BF16 cache", lambda: fp4_kv_attention(q, bf16_cache, 0, current_k=k, current_v=v))]
         if with_bf16_storage
@@ -189,9 +197,10 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
     rows, base = [], {}
     for name, fn in cases:
         if fn is None:
+            why = gluon_msg if "Gluon" in name else "no cuDNN FP8 SDPA (Hopper + nvidia-cudnn-frontend)"
             rows.append(dict(case=name, lk=lk, ms=float("nan"), tflops=0.0, err=float("nan"),
-                             note=f"skipped: {gluon_msg}"))
-            print(f"  {name}: skipped ({gluon_msg})", flush=True)
+                             note=f"skipped: {why}"))
+            print(f"  {name}: skipped ({why})", flush=True)
             continue
         try:
             out = fn()

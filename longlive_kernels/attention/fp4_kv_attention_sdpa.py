@@ -76,3 +76,30 @@ def attention(q, cache, layer, current_k, current_v, softmax_scale):
         k[:, ctx_rows:].copy_(current_k)
         v[:, ctx_rows:].copy_(current_v)
     return sdpa_bshd(q, k, v, softmax_scale)
+
+
+def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
+    """:func:`attention` with FP8 E4M3 math (cuDNN FP8 SDPA, :mod:`fp8_sdpa`): the FP4 window is decoded
+    straight into an FP8 workspace with one scale per K and V, ``6 · max`` of the layer's FP32 tile
+    scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
+    current chunk are quantized with per-tensor scales. Inputs are checked by :func:`fp4_kv_attention`."""
+    from .fp8_sdpa import E4M3_MAX, amax, fp8_sdpa, quantize_fp8_per_tensor, scale_cast
+    from .kv_cache_ops import _dequantize_triton
+
+    n_ctx = len(cache.context_chunks())
+    ctx_rows = n_ctx * cache.chunk_tokens
+    cur_rows = cache.chunk_tokens if current_k is None else current_k.shape[1]
+    k8, v8 = _workspace(cache, ctx_rows + cur_rows, torch.float8_e4m3fn)
+    gs = cache.global_scale[layer]  # [2, S, B, H, NT]: every slot of this layer, so no host sync
+    descale = (gs.flatten(1).amax(1) * (6.0 * 448.0 / E4M3_MAX)).clamp_min(torch.finfo(torch.float32).tiny)
+    if current_k is not None:
+        descale = torch.maximum(descale, torch.cat([amax(current_k), amax(current_v)]) / E4M3_MAX)
+    n = n_ctx + (current_k is None)
+    if n:
+        _dequantize_triton(cache.data[layer], cache.scale[layer], gs, cache.table, n, torch.float8_e4m3fn,
+                           k8[:, : n * cache.chunk_tokens], v8[:, : n * cache.chunk_tokens], 1.0 / descale)
+    if current_k is not None:
+        scale_cast(current_k, descale[0:1], k8[:, ctx_rows:], divide=True)
+        scale_cast(current_v, descale[1:2], v8[:, ctx_rows:], divide=True)
+    q8, descale_q = quantize_fp8_per_tensor(q)
+    return fp8_sdpa(q8, k8, v8, descale_q, descale[0:1], descale[1:2], softmax_scale, out_dtype=q.dtype)

@@ -94,7 +94,10 @@ def _dequantize_torch(data, scale, gs, table, n_chunks, dtype):
     return outs[0], outs[1]
 
 
-def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_v=None):
+def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_v=None, inv_scale=None):
+    """Decode ``n_chunks`` chunks (context, then the current slot); with ``inv_scale`` ([2] fp32 on the
+    device) the values are multiplied by ``inv_scale[0]`` (K) / ``inv_scale[1]`` (V) before the store
+    (FP8 outputs with a per-tensor scale)."""
     _, s, b, h, t, half_d = data.shape
     d = 2 * half_d
     if out_k is None:
@@ -103,8 +106,9 @@ def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_
     br = 32
     grid = (triton.cdiv(t, br), 2 * n_chunks, b * h)
     _kv_dequantize_kernel[grid](
-        data, scale, gs, table, out_k, out_v, t, h, b, s, out_k.stride(0), out_k.stride(1), out_k.stride(2),
-        D=d, TILE=KV_SCALE_TILE, BR=br, num_warps=4, enable_fp_fusion=False,
+        data, scale, gs, table, out_k, out_v, gs if inv_scale is None else inv_scale, t, h, b, s,
+        out_k.stride(0), out_k.stride(1), out_k.stride(2),
+        D=d, TILE=KV_SCALE_TILE, BR=br, SCALED=inv_scale is not None, num_warps=4, enable_fp_fusion=False,
     )
     return out_k, out_v
 

@@ -102,6 +102,7 @@ def _kv_dequantize_kernel(
     table_ptr,  # [2 + S] int32 device index table
     out_k_ptr,  # [B, n_chunks·T, H, D] out
     out_v_ptr,  # [B, n_chunks·T, H, D] out
+    inv_scale_ptr,  # [2] fp32 multipliers for K and V (read only when SCALED: FP8 outputs)
     T,
     H,
     B,
@@ -112,6 +113,7 @@ def _kv_dequantize_kernel(
     D: tl.constexpr,
     TILE: tl.constexpr,
     BR: tl.constexpr,
+    SCALED: tl.constexpr = False,
 ):
     NB: tl.constexpr = D // 16
     pid_t = tl.program_id(0)
@@ -135,6 +137,8 @@ def _kv_dequantize_kernel(
     vals = e2m1_decode(unpack_nibbles(packed, BR, D // 2))
     s = e4m3_decode(scode.to(tl.int32))
     x = tl.reshape((tl.reshape(vals, (BR, NB, 16)) * s[:, :, None]) * gs, (BR, D))
+    if SCALED:  # per-tensor FP8: x / descale, rounded once (RNE) by the store's conversion
+        x = x * tl.load(inv_scale_ptr + kv)
     out_rows = (c * T + rows).to(tl.int64)
     offs = b.to(tl.int64) * stride_ob + out_rows[:, None] * stride_ot
     offs += h * stride_oh + tl.arange(0, D)[None, :]
@@ -157,11 +161,12 @@ register_aot(
                 "BR": 32},
     options={"enable_fp_fusion": False},
 )
-register_aot(
-    _kv_dequantize_kernel,
-    signature={"data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32", "table_ptr": "*i32",
-               "out_k_ptr": "*bf16", "out_v_ptr": "*bf16", "T": "i32", "H": "i32", "B": "i32", "S": "i32",
-               "stride_ob": "i64", "stride_ot": "i64", "stride_oh": "i64"},
-    constexprs={"D": 128, "TILE": KV_SCALE_TILE, "BR": 32},
-    options={"enable_fp_fusion": False},
-)
+for _out, _scaled in (("*bf16", False), ("*fp8e4nv", True)):  # bf16 window; FP8 window (cuDNN FP8 SDPA)
+    register_aot(
+        _kv_dequantize_kernel,
+        signature={"data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32", "table_ptr": "*i32",
+                   "out_k_ptr": _out, "out_v_ptr": _out, "inv_scale_ptr": "*fp32", "T": "i32", "H": "i32",
+                   "B": "i32", "S": "i32", "stride_ob": "i64", "stride_ot": "i64", "stride_oh": "i64"},
+        constexprs={"D": 128, "TILE": KV_SCALE_TILE, "BR": 32, "SCALED": _scaled},
+        options={"enable_fp_fusion": False},
+    )

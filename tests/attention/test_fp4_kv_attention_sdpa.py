@@ -63,3 +63,70 @@ def test_sdpa_backend_refuses_fp8_compute():
     cache = _cache(1, 2, "fp4")
     with pytest.raises(ValueError, match="compute"):
         fp4_kv_attention(_rand(2, 1, 8, 2, 32), cache, 1, compute="fp8", backend="sdpa")
+
+
+def _fp8_sdpa_or_skip():
+    from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available
+
+    if not torch.cuda.is_available() or not cudnn_fp8_sdpa_available(torch.device("cuda")):
+        pytest.skip("cuDNN FP8 SDPA needs a Hopper GPU and nvidia-cudnn-frontend")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("with_current", [True, False])
+def test_gpu_cudnn_fp8_compute_error_and_stale_rows(with_current):
+    """compute="fp8" on Hopper (cuDNN FP8 SDPA over the FP8-decoded window): within the error of five
+    E4M3 roundings (Q, K, V, P, O: 2^-4 each) of the BF16 path, really FP8 (not bit-equal to BF16), the
+    workspace's stale rows (NaN-poisoned) never read, and the same result when replayed in a CUDA graph."""
+    _fp8_sdpa_or_skip()
+    dev = torch.device("cuda")
+    h, d, t = 4, 128, 256
+    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for n in range(5):  # 3 context chunks after eviction + the current one
+        cache.start_chunk(n)
+        k, v = (torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2))
+        cache.update(0, k, v)
+    q = (torch.randn(1, t, h, d, generator=g) * 2).to(dev, torch.bfloat16)
+    # a current chunk of half a slot: the window is shorter than the workspace, stale rows follow it
+    kw = {"current_k": k[:, : t // 2], "current_v": v[:, : t // 2]} if with_current else {}
+    ref = fp4_kv_attention(q, cache, 0, backend="sdpa", **kw).float()
+    fp4_kv_attention(q, cache, 0, compute="fp8", **kw)
+    cache._sdpa_workspace.view(torch.uint8).fill_(0x7F)  # E4M3 NaN everywhere; attended rows are rewritten
+    out = fp4_kv_attention(q, cache, 0, compute="fp8", **kw)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape and not out.isnan().any()
+    rel = ((out.float() - ref).norm() / ref.norm()).item()
+    assert 1e-3 < rel < 0.15, rel
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        fp4_kv_attention(q, cache, 0, compute="fp8", **kw)  # warm-up on the capture stream
+        with torch.cuda.graph(graph, stream=stream):
+            captured = fp4_kv_attention(q, cache, 0, compute="fp8", **kw)
+    torch.cuda.current_stream().wait_stream(stream)
+    captured.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(captured, out, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_scale_cast_is_one_rne_rounding_into_strided_rows():
+    """The one-pass cast of fp8_sdpa: bf16 → E4M3 (divide) and E4M3 → bf16 (multiply) equal torch's
+    fp32 math rounded once, written into a strided workspace slice without touching the rows around it."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from longlive_kernels.attention.fp8_sdpa import scale_cast
+
+    dev = torch.device("cuda")
+    g = torch.Generator(device="cpu").manual_seed(3)
+    x = (torch.randn(2, 77, 4, 128, generator=g) * 3).to(dev, torch.bfloat16)
+    s = torch.tensor([0.037], device=dev)
+    ws = torch.full((2, 100, 4, 128), float("nan"), device=dev).to(torch.float8_e4m3fn)
+    scale_cast(x, s, ws[:, 10:87], divide=True)
+    want = (x.float() / s).to(torch.float8_e4m3fn)
+    assert torch.equal(ws[:, 10:87].view(torch.uint8), want.view(torch.uint8))
+    assert ws[:, :10].float().isnan().all() and ws[:, 87:].float().isnan().all()
+    back = scale_cast(ws[:, 10:87], s, torch.empty(x.shape, dtype=torch.bfloat16, device=dev), divide=False)
+    assert torch.equal(back, (want.float() * s).to(torch.bfloat16))

@@ -320,3 +320,33 @@ def test_dequantize_out_errors():
         cache.dequantize(0, out=(good.int(), good.int()))
     with pytest.raises(ValueError, match="same strides"):
         cache.dequantize(0, out=(good, torch.empty(1, 2, 8, 32).transpose(1, 2)))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float8_e4m3fn])
+def test_dequantize_with_per_tensor_scale_is_one_rounding(triton_device, out_dtype):
+    """The FP8 window of ``compute="fp8"``: each code is RNE(decoded value · inv_scale) in E4M3, bit for
+    bit, for K and V with different scales; rows outside the decoded window stay untouched. (fp32 output:
+    the scaling itself, exact; FP8 output only on a GPU: the interpreter's fp32 → E4M3 conversion is wrong
+    where rounding carries into the exponent, e.g. 0.4997 → 0.25.)"""
+    if out_dtype == torch.float8_e4m3fn and triton_device == "cpu":
+        pytest.skip("E4M3 conversion is checked on the GPU (the interpreter's is wrong at binade carries)")
+    cache = FP4KVCache(num_layers=1, num_heads=2, head_dim=32, chunk_tokens=40, max_chunks=3, device=triton_device,
+                       dtype=torch.float32)
+    for n in range(3):
+        cache.start_chunk(n)
+        cache.update(0, _chunk(3 * n, 1, 40, 2, 32, device=triton_device),
+                     _chunk(3 * n + 1, 1, 40, 2, 32, device=triton_device), backend="triton")
+    from longlive_kernels.attention.kv_cache_ops import _dequantize_triton
+
+    k32, v32 = cache.dequantize(0, include_current=True, backend="torch")
+    inv = torch.tensor([448.0 / k32.abs().max().item(), 300.0 / v32.abs().max().item()], device=triton_device)
+    poison = torch.full((1, 3 * 40 + 8, 2, 32), -448.0).to(out_dtype).to(triton_device)
+    out_k, out_v = poison.clone(), poison.clone()
+    _dequantize_triton(cache.data[0], cache.scale[0], cache.global_scale[0], cache.table, 3, out_dtype,
+                       out_k[:, :120], out_v[:, :120], inv)
+    bits = torch.uint8 if out_dtype == torch.float8_e4m3fn else torch.int32
+    for got, ref32, s in ((out_k, k32, inv[0]), (out_v, v32, inv[1])):
+        want = (ref32.cpu() * s.cpu()).to(out_dtype)
+        assert_bitwise_equal(got[:, :120].cpu().view(bits), want.view(bits), "scaled window")
+        assert_bitwise_equal(got[:, 120:].cpu().view(bits), poison[:, 120:].cpu().view(bits), "tail")
+    assert abs(out_k[:, :120].float().abs().max().item() - 448.0) < 1e-3  # the scale maps amax to the top code
