@@ -83,7 +83,8 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     straight into an FP8 workspace with one scale per K and V, ``6 · max`` of the layer's FP32 tile
     scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
     current chunk are quantized with per-tensor scales. Inputs are checked by :func:`fp4_kv_attention`."""
-    from .fp8_sdpa import E4M3_MAX, amax, fp8_sdpa, quantize_fp8_per_tensor, scale_cast
+    from ..fp4.format import E2M1_MAX, E4M3_MAX
+    from .fp8_sdpa import amax, fp8_sdpa, quantize_fp8_per_tensor, scale_cast
     from .kv_cache_ops import _dequantize_triton
 
     n_ctx = len(cache.context_chunks())
@@ -91,7 +92,8 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     cur_rows = cache.chunk_tokens if current_k is None else current_k.shape[1]
     k8, v8 = _workspace(cache, ctx_rows + cur_rows, torch.float8_e4m3fn)
     gs = cache.global_scale[layer]  # [2, S, B, H, NT]: every slot of this layer, so no host sync
-    descale = (gs.flatten(1).amax(1) * (6.0 * 448.0 / E4M3_MAX)).clamp_min(torch.finfo(torch.float32).tiny)
+    # |value| ≤ E2M1_MAX · E4M3_MAX · tile scale, so descale = E2M1_MAX · max tile scale maps it into E4M3
+    descale = (gs.flatten(1).amax(1) * E2M1_MAX).clamp_min(torch.finfo(torch.float32).tiny)
     if current_k is not None:
         descale = torch.maximum(descale, torch.cat([amax(current_k), amax(current_v)]) / E4M3_MAX)
     n = n_ctx + (current_k is None)

@@ -24,7 +24,7 @@ import functools
 import torch
 import triton
 
-E4M3_MAX = 448.0
+from ..fp4.format import E4M3_MAX
 
 __all__ = ["amax", "cudnn_fp8_sdpa_available", "fp8_sdpa", "quantize_fp8_per_tensor", "scale_cast"]
 
