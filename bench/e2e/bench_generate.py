@@ -9,7 +9,8 @@ Per mode (linear precision x KV storage):
 
 - DiT-loop FPS: output frames / denoising time of chunks 2.. (decode off; every chunk's forwards
   are device-synchronised at its end). This is what LongLive's "FPS" measures.
-- E2E FPS: the same loop with the Wan2.2 VAE (random weights, bf16) decoding each finished chunk
+- E2E FPS: the same loop with the Wan2.2 VAE (random weights, bf16; ``--vae lightvae``: its decoder
+  channel-pruned as Matrix-Game-3.0's MG-LightVAE, which LongLive-2.0's streaming decode uses) decoding each finished chunk
   on a second CUDA stream (or ``--vae-device cuda:1``) while the next chunk denoises, frames
   encoded into an H.264 mp4 on a CPU thread; the steady rate at which frames reach the mp4:
   frames of chunks 2.. / time from chunk 1's last frame written to the last chunk's. "16 s E2E" = wall time of all 12 chunks including warm-up (Table 3's
@@ -48,10 +49,8 @@ REFERENCE = [  # (label, hardware, DiT FPS, E2E FPS or None, 16 s E2E seconds or
     ("LongLive-2.0 BF16 (its code)", "H100 SXM (#103)", 18.6, 14.1, None, None),
     ("LongLive-2.0 FP8 W8A8 + compile", "H100 SXM (#103)", 15.5, 12.3, None, None),
 ]
-VAE_TFLOP_FIRST, VAE_TFLOP_PER_LATENT = (
-    20.6,
-    66.4,
-)  # Wan2.2 decoder at 704x1280 (FlopCounterMode on meta tensors)
+# decoder TFLOP at 704x1280 for latent 0 and every later latent (FlopCounterMode on meta tensors)
+VAE_TFLOP = {"wan2.2": (20.6, 66.4), "lightvae": (1.30, 4.19)}
 ALL_MODES = "bf16:bf16,bf16:fp4,nvfp4:bf16,nvfp4:fp4,fp8:bf16,fp8:fp4"
 TARGETS = (
     "targets on one H100: DiT loop >= 32 FPS fastest mode (goal 40), E2E >= 24 FPS, nvfp4+fp4 peak <= 16 GB; "
@@ -200,6 +199,13 @@ def main(argv=None) -> int:
         help="both = a DiT-only run and an async-decode run per mode",
     )
     ap.add_argument("--vae-device", default=None, help="decode GPU (default: the DiT's, second stream)")
+    ap.add_argument(
+        "--vae",
+        choices=tuple(VAE_TFLOP),
+        default="wan2.2",
+        help="decoder: the full Wan2.2 VAE, or LightVAE (its decoder channel-pruned 0.75, as MG-LightVAE, "
+        "the decoder of LongLive-2.0's streaming E2E; ~1/16 of the decode FLOPs)",
+    )
     ap.add_argument("--attention-compute", choices=("bf16", "fp8"), default="bf16")
     ap.add_argument("--kv-comm", choices=("bf16", "nvfp4", "fp8"), default="nvfp4", help="SP K/V wire format")
     ap.add_argument(
@@ -260,7 +266,7 @@ def main(argv=None) -> int:
     main_rank = sp is None or sp.is_main
     vdev = torch.device(a.vae_device) if a.vae_device else dev
     with torch.device(vdev), _default_dtype(torch.bfloat16):
-        vae = load_vae("wan2.2").eval().requires_grad_(False)
+        vae = load_vae(a.vae).eval().requires_grad_(False)
     text = HashTextEncoder(cfg.text_dim, cfg.text_len, device=dev)
     prompt = "A corgi surfs a wave at sunset, cinematic lighting, slow motion."
     decodes = {"both": ["none", "async"], "none": ["none"], "async": ["async"], "sync": ["sync"]}[a.decode]
@@ -270,7 +276,8 @@ def main(argv=None) -> int:
         world = sp.world_size if sp is not None else 1
         print(
             f"# {device_header()} | SP={world} | {cfg.name}{f' ({a.layers} layers)' if a.layers else ''} | "
-            f"{a.chunks} chunks x {cfg.ar.chunk_frames} latents, {a.steps} steps, warm-up {a.warmup}",
+            f"{a.chunks} chunks x {cfg.ar.chunk_frames} latents, {a.steps} steps, warm-up {a.warmup} | "
+            f"VAE {a.vae}",
             flush=True,
         )
     for prec, kv in modes:
@@ -324,9 +331,8 @@ def main(argv=None) -> int:
                     dec = ""
                     if "decode_s_per_chunk" in r:
                         ms = 1e3 * r["decode_s_per_chunk"]
-                        tf = (
-                            VAE_TFLOP_FIRST + VAE_TFLOP_PER_LATENT * (cfg.ar.chunk_frames * a.chunks - 1)
-                        ) / a.chunks
+                        first, per_latent = VAE_TFLOP[a.vae]
+                        tf = (first + per_latent * (cfg.ar.chunk_frames * a.chunks - 1)) / a.chunks
                         dec = f"  decode {ms:.0f} ms/chunk ({tf / ms * 1e3:.0f} TFLOP/s)"
                     print(
                         f"{r['mode']:>18} {label:>7} decode={dmode:<5} DiT {r['dit_fps']:6.1f} FPS "

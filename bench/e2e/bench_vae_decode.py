@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-TFLOP_PER_LATENT = 66.4  # Wan2.2 decoder at 704x1280 (see bench_generate.VAE_TFLOP_PER_LATENT)
+TFLOP_PER_LATENT = {"wan2.2": 66.4, "lightvae": 4.19}  # decoder at 704x1280 (see bench_generate.VAE_TFLOP)
 
 
 def _to_memory_format(vae, channels_last: bool) -> None:
@@ -61,6 +61,10 @@ def main(argv=None) -> int:
         "--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="decode_latents_per_step values"
     )
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--vae", choices=tuple(TFLOP_PER_LATENT), default="wan2.2",
+                    help="full Wan2.2 decoder or the LightVAE one (channel-pruned 0.75)")
+    ap.add_argument("--layouts", choices=("both", "ncdhw"), default="both",
+                    help="conv weight layouts timed (channels-last-3d is the slower one on Hopper)")
     ap.add_argument("--chunk-latents", type=int, default=8)
     ap.add_argument("--height", type=int, default=704)
     ap.add_argument("--width", type=int, default=1280)
@@ -73,15 +77,15 @@ def main(argv=None) -> int:
 
     torch.backends.cudnn.benchmark = True
     with torch.device("cuda"):
-        vae = load_vae("wan2.2").to(torch.bfloat16).eval().requires_grad_(False)
-    tflop = TFLOP_PER_LATENT * a.chunk_latents * (a.height * a.width) / (704 * 1280)
+        vae = load_vae(a.vae).to(torch.bfloat16).eval().requires_grad_(False)
+    tflop = TFLOP_PER_LATENT[a.vae] * a.chunk_latents * (a.height * a.width) / (704 * 1280)
     frames = 4 * a.chunk_latents
     print(
-        f"# {device_header()} | Wan2.2 VAE decode, {a.height}x{a.width}, {a.chunk_latents}-latent chunks "
+        f"# {device_header()} | {a.vae} VAE decode, {a.height}x{a.width}, {a.chunk_latents}-latent chunks "
         f"({frames} frames, {tflop:.0f} TFLOP)"
     )
     rows, base = [], None
-    for channels_last in (False, True):
+    for channels_last in (False, True) if a.layouts == "both" else (False,):
         _to_memory_format(vae, channels_last)
         for n in a.steps:
             sec, peak = time_decode(

@@ -22,6 +22,7 @@ Source: ``shared/docs/longlive-spec.md`` §1.2, §5.3, §7.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -377,29 +378,39 @@ def load_vae(name: str, path: str | os.PathLike | None = None, **kwargs: Any) ->
 
     Parameters
     ----------
-    name : {"wan2.2", "patch"}
+    name : {"wan2.2", "lightvae", "patch"}
         ``"wan2.2"``: ``WanVAE.from_pretrained(path, **kwargs)`` (random weights if ``path`` is None,
-        for benchmarks and tests); ``"patch"``: ``PatchVAE(**kwargs)``.
+        for benchmarks and tests); ``"lightvae"``: the same class with the decoder channel-pruned as
+        Matrix-Game-3.0's MG-LightVAE (``WanVAEConfig.lightvae(pruning)``, keyword ``pruning``,
+        default 0.75; a ``path`` is loaded with its widths read from the file); ``"patch"``:
+        ``PatchVAE(**kwargs)``.
     path : path-like, optional
-        ``Wan2.2_VAE.pth`` (or a ``.safetensors`` of the same state dict), or a directory holding it.
+        ``Wan2.2_VAE.pth`` / ``MG-LightVAE.pth`` (or a ``.safetensors`` of the same state dict), or a
+        directory holding ``Wan2.2_VAE.*``.
 
     Raises
     ------
     ValueError
-        Unknown ``name``, or ``path`` given for the weight-free ``"patch"``.
+        Unknown ``name``, ``path`` given for the weight-free ``"patch"``, or a bad ``pruning``.
     """
     key = name.lower().replace("_", "-")
-    if key in ("wan2.2", "wan2.2-vae", "wan", "wan22"):
+    light = key in ("lightvae", "light-vae", "mg-lightvae", "light")
+    if key in ("wan2.2", "wan2.2-vae", "wan", "wan22") or light:
+        if "pruning" in kwargs and not (light and path is None):
+            raise ValueError("pruning applies to a random-weight 'lightvae' only (a checkpoint's widths are "
+                             "read from the file)")
+        pruning = kwargs.pop("pruning", LIGHTVAE_PRUNING)
         if path is None:
-            return WanVAE(WanVAEConfig(**{k: kwargs.pop(k) for k in list(kwargs)
-                                          if k in WanVAEConfig.__dataclass_fields__}), **kwargs)
+            cfg = WanVAEConfig.lightvae(pruning) if light else WanVAEConfig()
+            fields = {k: kwargs.pop(k) for k in list(kwargs) if k in WanVAEConfig.__dataclass_fields__}
+            return WanVAE(dataclasses.replace(cfg, **fields), **kwargs)
         return WanVAE.from_pretrained(path, **kwargs)
     if key in ("patch", "patchvae", "patch-vae"):
         if path is not None:
             raise ValueError("the 'patch' VAE has no weights; got a path")
         return PatchVAE(**kwargs)
-    raise ValueError(f"unknown VAE {name!r}; expected 'wan2.2' or 'patch'")
+    raise ValueError(f"unknown VAE {name!r}; expected 'wan2.2', 'lightvae' or 'patch'")
 
 
 from longlive.model.vae_patch import PatchVAE
-from longlive.model.vae_wan import WanVAE, WanVAEConfig
+from longlive.model.vae_wan import LIGHTVAE_PRUNING, WanVAE, WanVAEConfig

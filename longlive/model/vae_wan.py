@@ -39,7 +39,7 @@ from longlive.model.vae import (
     load_state_dict_file,
 )
 
-__all__ = ["WAN22_LATENT_MEAN", "WAN22_LATENT_STD", "WanVAE", "WanVAEConfig"]
+__all__ = ["LIGHTVAE_PRUNING", "WAN22_LATENT_MEAN", "WAN22_LATENT_STD", "WanVAE", "WanVAEConfig"]
 
 # Per-channel statistics of the Wan2.2 VAE latent (official constants, WanVAEWrapper / Wan2_2_VAE).
 WAN22_LATENT_MEAN = (
@@ -55,6 +55,7 @@ WAN22_LATENT_STD = (
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 )
 PATCH = 2  # the checkpoint's first/last convs are fixed at 3·2·2 = 12 channels
+LIGHTVAE_PRUNING = 0.75  # MG-LightVAE's decoder channel pruning (spec §1.2: its fallback rate)
 CHECKPOINT_NAMES = ("Wan2.2_VAE.safetensors", "Wan2.2_VAE.pth")
 
 
@@ -84,6 +85,25 @@ class WanVAEConfig:
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
             raise ValueError(f"temporal_downsample needs {len(self.dim_mult) - 1} entries (one per "
                              f"downsampling stage), got {self.temporal_downsample}")
+
+    @classmethod
+    def lightvae(cls, pruning: float = LIGHTVAE_PRUNING) -> WanVAEConfig:
+        """The LightVAE widths: the Wan2.2 VAE with its decoder channel-pruned by ``pruning``.
+
+        Matrix-Game-3.0's ``MG-LightVAE`` (the decoder behind LongLive-2.0's streaming decode, spec
+        §1.2 and §7) keeps the Wan2.2 structure and prunes the decoder's channels; its pruning rate is
+        ``1 − conv_in.out / 1024`` (default 0.75, so the decoder is ``64 [4, 4, 4, 2, 1]`` wide and its
+        convolutions cost ~1/16 of the full decoder's). The encoder keeps the full widths.
+
+        Raises
+        ------
+        ValueError
+            ``pruning`` outside [0, 1) or not leaving an integer decoder width (256 · (1 − pruning)).
+        """
+        width = 256 * (1.0 - float(pruning))
+        if not 0.0 <= float(pruning) < 1.0 or abs(width - round(width)) > 1e-9 or round(width) < 1:
+            raise ValueError(f"pruning must be in [0, 1) with 256 * (1 - pruning) an integer, got {pruning!r}")
+        return cls(dec_dim=round(width))
 
     @property
     def temporal_stride(self) -> int:

@@ -29,7 +29,11 @@ from .peer_exchange_triton import MAX_DESTINATIONS, _rows_to_peers_kernel
 
 __all__ = ["PeerExchange", "scatter_heads", "scatter_tokens"]
 
-_BLOCK_ROWS = 32
+_BLOCK_ROWS = 32  # rows of D elements per program (tools/probe_peer_exchange.py sweeps these two)
+_NUM_WARPS = 4
+# destination as the fastest grid index: local and NVLink stores interleave instead of running one
+# after the other (2xH200: q, k, v + o exchanges 0.190 -> 0.174 ms, tools/probe_peer_exchange.py)
+_DEST_FIRST = True
 _SHARED: dict[tuple, PeerExchange] = {}
 
 
@@ -41,10 +45,13 @@ def _copy_rows(srcs, dsts, *, dst_offset, n_i, n_j, s_dest, dst_strides, d_src=0
     n_rows = src.shape[0] * n_i * n_j
     ptrs = list(dsts) + [dsts[0]] * (MAX_DESTINATIONS - len(dsts))
     sources = list(srcs) + [src] * (3 - len(srcs))
-    grid = (triton.cdiv(n_rows, _BLOCK_ROWS), len(dsts), len(srcs))
+    blocks = triton.cdiv(n_rows, _BLOCK_ROWS)
+    dest_first = _DEST_FIRST and blocks <= 65535  # grid y/z are limited to 65535
+    grid = (len(dsts), blocks, len(srcs)) if dest_first else (blocks, len(dsts), len(srcs))
     _rows_to_peers_kernel[grid](
         *sources, *ptrs, dst_offset, n_i, n_j, n_rows, src.stride(0), src.stride(1), src.stride(2), s_dest,
-        *dst_strides, d_src, D=src.shape[-1], BLOCK_R=_BLOCK_ROWS, P=len(dsts), num_warps=4,
+        *dst_strides, d_src, D=src.shape[-1], BLOCK_R=_BLOCK_ROWS, P=len(dsts), DEST_FIRST=dest_first,
+        num_warps=_NUM_WARPS,
     )
 
 

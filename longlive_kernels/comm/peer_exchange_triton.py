@@ -22,15 +22,22 @@ def _rows_to_peers_kernel(
     dst_offset, n_i, n_j, n_rows,
     s_b, s_i, s_j, s_dest,
     d_b, d_i, d_j, d_src,
-    D: tl.constexpr, BLOCK_R: tl.constexpr, P: tl.constexpr,
+    D: tl.constexpr, BLOCK_R: tl.constexpr, P: tl.constexpr, DEST_FIRST: tl.constexpr,
 ):
-    """Program (r, dest, n): rows r·BLOCK_R … of source n (up to 3 sources of one shape and
-    strides, e.g. q, k, v) for destination ``dest``. Row (b, i, j) reads
+    """Program (r, dest, n) — (dest, r, n) with ``DEST_FIRST`` — : rows r·BLOCK_R … of source n (up
+    to 3 sources of one shape and strides, e.g. q, k, v) for destination ``dest``. ``DEST_FIRST``
+    makes the destination the fastest-varying grid index, so that consecutive programs alternate
+    between the local copy and the NVLink stores instead of running them one after the other. Row (b, i, j) reads
     ``src_n[b·s_b + i·s_i + j·s_j + dest·s_dest + (0..D)]`` and writes
     ``dst_dest[n·d_src + dst_offset + b·d_b + i·d_i + j·d_j + (0..D)]`` (element strides)."""
-    dest = tl.program_id(1)
+    if DEST_FIRST:
+        dest = tl.program_id(0)
+        block = tl.program_id(1)
+    else:
+        dest = tl.program_id(1)
+        block = tl.program_id(0)
     which = tl.program_id(2)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = block.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask = (rows < n_rows)[:, None]
     j = rows % n_j
     t = rows // n_j

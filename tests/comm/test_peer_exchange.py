@@ -9,9 +9,19 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from longlive_kernels.comm import peer_exchange
 from longlive_kernels.comm.peer_exchange import scatter_heads, scatter_tokens
 
 POISON = -777.0
+
+
+@pytest.fixture(params=[False, True], ids=["block_first", "dest_first"])
+def grid_order(request):
+    """Both grid orders of the store kernel (destination as the slowest or the fastest index)."""
+    saved = peer_exchange._DEST_FIRST
+    peer_exchange._DEST_FIRST = request.param
+    yield request.param
+    peer_exchange._DEST_FIRST = saved
 
 
 def _poisoned(n, shape, dtype, device):
@@ -25,7 +35,7 @@ shapes = st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(1, 4), st.i
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=shapes, dtype=st.sampled_from([torch.bfloat16, torch.float32]))
 @example(shape=(1, 3, 2, 2, 16, 1, 0), dtype=torch.bfloat16)
-def test_scatter_heads_writes_exactly_the_rank_block(triton_device, shape, dtype):
+def test_scatter_heads_writes_exactly_the_rank_block(triton_device, grid_order, shape, dtype):
     b, s, p, h, d, rank, seed = shape
     rank %= p
     g = torch.Generator().manual_seed(seed)
@@ -47,7 +57,7 @@ def test_scatter_heads_writes_exactly_the_rank_block(triton_device, shape, dtype
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=shapes, dtype=st.sampled_from([torch.bfloat16, torch.float32]))
 @example(shape=(2, 2, 3, 1, 32, 2, 5), dtype=torch.float32)
-def test_scatter_tokens_writes_exactly_the_rank_heads(triton_device, shape, dtype):
+def test_scatter_tokens_writes_exactly_the_rank_heads(triton_device, grid_order, shape, dtype):
     b, s, p, h, d, rank, seed = shape
     rank %= p
     g = torch.Generator().manual_seed(seed)
@@ -76,7 +86,7 @@ def test_scatter_errors_name_the_problem():
 
 
 @pytest.mark.parametrize("same_strides", [True, False])
-def test_fused_qkv_launch_fills_each_input_block(triton_device, same_strides):
+def test_fused_qkv_launch_fills_each_input_block(triton_device, grid_order, same_strides):
     """``PeerExchange.seq_to_head``'s stores of q, k, v (one launch, grid axis 2 = the input, when
     their strides agree; one launch each otherwise): each input lands in its own [B, S, h, D] block
     of every destination's [3, B, S, h, D] buffer."""

@@ -1,5 +1,6 @@
 """VAEs: WanVAE structure/loading/streaming on random weights at reduced width, PatchVAE exactness."""
 
+import dataclasses
 import os
 
 import pytest
@@ -304,8 +305,43 @@ def test_patch_vae_normalisation():
 def test_load_vae_factory():
     assert isinstance(load_vae("patch"), PatchVAE)
     assert load_vae("wan2.2", enc_dim=8, dec_dim=8).config == SMALL
-    with pytest.raises(ValueError, match="expected 'wan2.2' or 'patch'"):
+    with pytest.raises(ValueError, match="expected 'wan2.2', 'lightvae' or 'patch'"):
         load_vae("sdxl")
+    with pytest.raises(ValueError, match="pruning applies"):
+        load_vae("wan2.2", pruning=0.5)
+
+
+# ------------------------------------------------------------------------------------ LightVAE
+def test_lightvae_widths_follow_the_pruning_rate():
+    """MG-LightVAE's rule (spec §1.2): pruning = 1 - decoder conv_in.out / 1024; only the decoder shrinks."""
+    for pruning, conv_in in ((0.75, 256), (0.5, 512), (0.0, 1024)):
+        with torch.device("meta"):
+            vae = load_vae("lightvae", pruning=pruning)
+        sd = vae.state_dict()
+        assert sd["decoder.conv1.weight"].shape[0] == conv_in
+        assert 1 - sd["decoder.conv1.weight"].shape[0] / 1024 == pruning
+        assert sd["decoder.head.2.weight"].shape == (12, conv_in // 4, 3, 3, 3)
+        assert sd["encoder.conv1.weight"].shape == (160, 12, 3, 3, 3)  # the encoder keeps its widths
+    assert WanVAEConfig.lightvae() == WanVAEConfig(dec_dim=64)
+    for bad in (1.0, -0.1, 0.3):  # 0.3 leaves 179.2 channels
+        with pytest.raises(ValueError, match="pruning"):
+            WanVAEConfig.lightvae(bad)
+
+
+def test_lightvae_checkpoint_loads_with_its_widths(tmp_path):
+    cfg = dataclasses.replace(WanVAEConfig.lightvae(0.75), enc_dim=8)  # pruned decoder 64 wide
+    vae = WanVAE(cfg)
+    path = tmp_path / "MG-LightVAE.pth"
+    torch.save(vae.state_dict(), path)
+    loaded = load_vae("lightvae", path)
+    assert loaded.config == cfg
+    z = _latents(2)
+    assert torch.equal(loaded.decode(z), vae.decode(z))
+    dec = loaded.stream_decoder()  # streaming decode of the pruned decoder equals the whole decode
+    streamed = torch.cat([dec.decode_chunk(z[:, :, :1]), dec.decode_chunk(z[:, :, 1:])], dim=2)
+    torch.testing.assert_close(streamed, loaded.decode(z), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pruning applies"):
+        load_vae("lightvae", path, pruning=0.5)
 
 
 @pytest.mark.gpu
