@@ -57,7 +57,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
         help="preset (tiny, wan2.2-ti2v-5b, small-1.3b) or model YAML; default from the checkpoint",
     )
     m.add_argument("--checkpoint", help="DiT weights (file or directory); default: the bundled demo model")
-    m.add_argument("--vae", help="Wan2.2_VAE.pth (default: next to the checkpoint)")
+    m.add_argument("--vae", help="Wan2.2_VAE.pth or a LightVAE checkpoint (default: next to the checkpoint); "
+                   "with --random-weights, 'lightvae' = the random-weight pruned decoder")
     m.add_argument(
         "--text-encoder", help="all-minilm-l6-v2 | hash | umT5 directory (default from the config)"
     )

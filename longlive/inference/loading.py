@@ -128,12 +128,20 @@ def _build_text_encoder(cfg: ModelConfig, spec, device):
     return enc
 
 
+RANDOM_LIGHTVAE = "lightvae"  # --vae value: random-weight LightVAE (decoder channel-pruned, spec §1.2)
+
+
 def _vae_path(cfg: ModelConfig, path, ckpt_dir: Path | None, random_weights: bool):
     if cfg.vae == "patch":
         if path is not None:
             raise ValueError(f"config {cfg.name!r} uses the weight-free PatchVAE; --vae takes no path")
         return None
     if path is not None:
+        if os.fspath(path).lower() == RANDOM_LIGHTVAE and not os.path.exists(path):
+            if not random_weights:
+                raise ValueError("--vae lightvae names the random-weight LightVAE decoder (with --random-weights); "
+                                 "for real weights pass the LightVAE checkpoint's path")
+            return RANDOM_LIGHTVAE
         if not os.path.exists(path):
             raise FileNotFoundError(f"VAE checkpoint {os.fspath(path)!r} does not exist")
         return path
@@ -153,6 +161,9 @@ def _build_vae(cfg: ModelConfig, path, device, dtype, options: dict):
         opts = {"patch": cfg.vae_stride[1], "clamp": True}
         opts.update(options)
         vae = PatchVAE(**opts).to(device)
+    elif path == RANDOM_LIGHTVAE:
+        with torch.device(device), _default_dtype(dtype):
+            vae = load_vae("lightvae", **options)
     elif path is not None:
         vae = WanVAE.from_pretrained(path, dtype=dtype, device=device, **options)
     else:  # random weights (benchmarks, smoke tests)

@@ -214,7 +214,10 @@ class Pipeline:
         device, dtype :
             DiT device (default CUDA when available) and dtype (bf16 on CUDA, fp32 on CPU).
         vae : path, optional
-            ``Wan2.2_VAE.pth`` (or a directory holding it; default: the checkpoint directory).
+            ``Wan2.2_VAE.pth`` (or a directory holding it; default: the checkpoint directory), or a
+            LightVAE checkpoint in the same key layout (decoder widths read from the file). With
+            ``random_weights``, ``"lightvae"`` gives the random-weight LightVAE decoder (channel-pruned
+            0.75: ~1/16 of the Wan2.2 decode FLOPs; spec §1.2, §7).
         vae_device, vae_dtype :
             Decode device (default the DiT's; ``"cuda:1"`` decodes on a second GPU) and dtype.
         text_encoder : str or path, optional

@@ -308,6 +308,8 @@ def test_from_pretrained_errors_and_roundtrip(tmp_path):
     (tmp_path / "x").mkdir()  # a checkpoint directory without Wan2.2_VAE.pth; checked before any weight is read
     with pytest.raises(ValueError, match="needs the Wan2.2 VAE"):
         Pipeline.from_pretrained(tmp_path / "x", config="wan2.2-ti2v-5b", text_encoder="hash:4096")
+    with pytest.raises(ValueError, match="names the random-weight LightVAE"):
+        Pipeline.from_pretrained(tmp_path / "x", config="wan2.2-ti2v-5b", vae="lightvae", text_encoder="hash:4096")
     with pytest.raises(ValueError, match="PatchVAE; --vae takes no path"):
         Pipeline.from_pretrained(
             config=micro_config(), random_weights=True, vae=tmp_path, text_encoder="hash:64"
@@ -320,3 +322,17 @@ def test_from_pretrained_errors_and_roundtrip(tmp_path):
     assert pipe.model.config == micro_config() and pipe.policy.storage == "bf16"
     with pytest.raises(CheckpointMismatchError, match="does not match"):
         Pipeline.from_pretrained(ck, config=micro_config(dim=256, num_heads=4), text_encoder="hash:64")
+
+
+def test_random_lightvae_is_selected_by_name():
+    """``vae="lightvae"`` with random weights: the Wan2.2 VAE with its decoder pruned as MG-LightVAE."""
+    from longlive.config import ModelConfig
+    from longlive.inference.loading import _build_vae, _vae_path
+
+    cfg = ModelConfig.from_name("wan2.2-ti2v-5b")
+    path = _vae_path(cfg, "lightvae", None, random_weights=True)
+    vae = _build_vae(cfg, path, torch.device("meta"), torch.bfloat16, {})
+    assert vae.config.dec_dim == 64 and vae.decoder.conv1.weight.shape[0] == 256
+    assert vae.dtype == torch.bfloat16 and vae.spatial_stride == 16
+    full = _build_vae(cfg, _vae_path(cfg, None, None, random_weights=True), torch.device("meta"), torch.bfloat16, {})
+    assert full.config.dec_dim == 256
