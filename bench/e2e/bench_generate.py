@@ -14,7 +14,9 @@ Per mode (linear precision x KV storage):
   on a second CUDA stream (or ``--vae-device cuda:1``) while the next chunk denoises, frames
   encoded into an H.264 mp4 on a CPU thread; the steady rate at which frames reach the mp4:
   frames of chunks 2..N-2 / time from chunk 1's frames written to chunk N-2's (the last chunk's
-  decode runs alone after the loop, so it is left out). "16 s E2E" = wall time of all 12 chunks including warm-up (Table 3's
+  decode runs alone after the loop, so it is left out), capped by the DiT-loop FPS of the same run
+  (frames cannot reach the mp4 faster than the loop makes them; the window alone reads high when
+  chunk 1's decode waited for a CUDA-graph capture). "16 s E2E" = wall time of all 12 chunks including warm-up (Table 3's
   metric; model loading excluded).
 - peak GPU memory (``max_memory_allocated`` over the E2E run: weights + KV cache + activations +
   VAE on the same GPU; text encoder excluded, it is a stand-in).
@@ -173,7 +175,10 @@ def run_mode(
         # ended, which would flatter the steady rate whenever the decode shares the GPU
         steady = written[warmup:-1] if len(written) - warmup >= 2 else written[warmup:]
         t0 = written[warmup - 1][1] if warmup >= 1 else starts[0]
-        res["e2e_fps"] = sum(f for f, _ in steady) / (steady[-1][1] - t0)
+        # frames cannot reach the mp4 faster than the loop makes them: the window rate alone is
+        # flattered when chunk 1's decode waited for a CUDA-graph capture (the two exclude each other)
+        res["e2e_window_fps"] = sum(f for f, _ in steady) / (steady[-1][1] - t0)
+        res["e2e_fps"] = min(res["e2e_window_fps"], res["dit_fps"])
         res["e2e_total_fps"] = sum(f for f, _ in written) / (written[-1][1] - t_all)
         res["decode_s_per_chunk"] = decoder.decode_seconds / max(1, decoder.chunks_decoded)
     return res
@@ -336,7 +341,8 @@ def main(argv=None) -> int:
                         ms = 1e3 * r["decode_s_per_chunk"]
                         first, per_latent = VAE_TFLOP[a.vae]
                         tf = (first + per_latent * (cfg.ar.chunk_frames * a.chunks - 1)) / a.chunks
-                        dec = f"  decode {ms:.0f} ms/chunk ({tf / ms * 1e3:.0f} TFLOP/s)"
+                        dec = (f"  decode {ms:.0f} ms/chunk ({tf / ms * 1e3:.0f} TFLOP/s)  "
+                               f"E2E window {r['e2e_window_fps']:.1f} FPS")
                     print(
                         f"{r['mode']:>18} {label:>7} decode={dmode:<5} DiT {r['dit_fps']:6.1f} FPS "
                         f"({r['chunk_ms']:.0f} ms/chunk, {r['tflops']:.0f} TFLOP/s)  E2E {_fmt(r.get('e2e_fps'))} FPS  "
