@@ -1,4 +1,7 @@
-"""Probe (device): cuDNN FP8 SDPA forward through cudnn-frontend vs cuDNN BF16 SDPA at the 5B chunk shapes."""
+"""Probe (device): cuDNN FP8 SDPA forward through cudnn-frontend vs cuDNN BF16 SDPA at the 5B chunk shapes.
+
+``--layouts``: instead, the FP8 kernel's time for memory layouts of q, k, v (BSHD as the KV workspace,
+BHSD, and V stored transposed [B, H, D, S], which the FP8 P·V product wants K-major)."""
 import sys
 import time
 
@@ -31,11 +34,12 @@ def to_fp8(x):
     return (x.float() * scale).to(torch.float8_e4m3fn), (1.0 / scale).reshape(1, 1, 1, 1)
 
 
-def build(q8, k8, v8, out_dtype, sm_scale):
+def build(q8, k8, v8, out_dtype, sm_scale, views=None):
     handle = cudnn.create_handle()
     g = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
                       compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-    tq, tk, tv = (g.tensor_like(t.transpose(1, 2)) for t in (q8, k8, v8))  # [B, H, S, D] views of BSHD
+    views = views or [t.transpose(1, 2) for t in (q8, k8, v8)]  # [B, H, S, D] views of BSHD
+    tq, tk, tv = (g.tensor_like(t) for t in views)
     one = torch.ones(1, 1, 1, 1, device=dev, dtype=torch.float32)
     dq, dk, dv, ds, ss, so = (g.tensor_like(one) for _ in range(6))
     o, _, amax_s, amax_o = g.sdpa_fp8(q=tq, k=tk, v=tv, descale_q=dq, descale_k=dk, descale_v=dv, descale_s=ds,
@@ -50,6 +54,53 @@ def build(q8, k8, v8, out_dtype, sm_scale):
     ws = torch.empty(g.get_workspace_size(), device=dev, dtype=torch.uint8)
     return g, handle, ws, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o)
 
+
+def layouts(h=24, sq=7040, skv=28160):
+    """FP8 kernel time per q/k/v memory layout (fp8 output), against cuDNN BF16 over BSHD."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, s, h, 128, device=dev, dtype=torch.bfloat16) for s in (sq, skv, skv))
+    flops = 4 * sq * skv * h * 128
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+        ref_fn = lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        ref = ref_fn().transpose(1, 2).float()
+        t_bf16 = timeit(ref_fn)
+    print(f"H={h}: cuDNN bf16 BSHD {t_bf16:.3f} ms", flush=True)
+    (q8, dqv), (k8, dkv), (v8, dvv) = to_fp8(q), to_fp8(k), to_fp8(v)
+    bhsd = [t.transpose(1, 2).contiguous() for t in (q8, k8, v8)]
+    v_t = v8.permute(0, 2, 3, 1).contiguous().transpose(2, 3)  # stored [B, H, D, S], viewed [B, H, S, D]
+    k_t = k8.permute(0, 2, 3, 1).contiguous().transpose(2, 3)
+    variants = {
+        "BSHD q, k, v": [t.transpose(1, 2) for t in (q8, k8, v8)],
+        "BHSD q, k, v": bhsd,
+        "BSHD q, k; V [B,H,D,S]": [q8.transpose(1, 2), k8.transpose(1, 2), v_t],
+        "BHSD q, k; V [B,H,D,S]": [bhsd[0], bhsd[1], v_t],
+        "BSHD q; K, V [B,H,D,S]": [q8.transpose(1, 2), k_t, v_t],
+    }
+    for name, views in variants.items():
+        try:
+            g, handle, ws, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o) = build(
+                q8, k8, v8, cudnn.data_type.FP8_E4M3, 128 ** -0.5, views)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {name}: not supported: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            continue
+        out = torch.empty(1, sq, h, 128, device=dev, dtype=torch.float8_e4m3fn)
+        s_scale = torch.full((1, 1, 1, 1), E4M3_MAX, device=dev)
+        o_scale = torch.full((1, 1, 1, 1), E4M3_MAX / 4, device=dev)
+        a_s, a_o = torch.zeros(1, 1, 1, 1, device=dev), torch.zeros(1, 1, 1, 1, device=dev)
+        pack = {tq: views[0], tk: views[1], tv: views[2], dq: dqv, dk: dkv, dv: dvv, ds: 1.0 / s_scale, ss: s_scale,
+                so: o_scale, o: out.transpose(1, 2), amax_s: a_s, amax_o: a_o}
+        run = lambda: g.execute(pack, ws, handle=handle)
+        run(); torch.cuda.synchronize()
+        err = ((out.float() / o_scale.reshape(1) - ref).norm() / ref.norm()).item()
+        t = timeit(run)
+        print(f"  {name}: {t:.3f} ms {flops / t / 1e9:.0f} TFLOP/s = {t_bf16 / t:.2f}x bf16, rel err {err:.4f}",
+              flush=True)
+
+
+if "--layouts" in sys.argv:
+    layouts()
+    layouts(h=12)
+    sys.exit(0)
 
 for (h, sq, skv, spread) in [(24, 7040, 28160, 1.0), (24, 7040, 28160, 3.0), (12, 7040, 28160, 1.0)]:
     torch.manual_seed(0)
