@@ -97,9 +97,13 @@ class WanVAEConfig:
 
         Raises
         ------
+        TypeError
+            ``pruning`` not a number.
         ValueError
             ``pruning`` outside [0, 1) or not leaving an integer decoder width (256 · (1 − pruning)).
         """
+        if isinstance(pruning, bool) or not isinstance(pruning, (int, float)):
+            raise TypeError(f"pruning must be a float in [0, 1), got {type(pruning).__name__} {pruning!r}")
         width = 256 * (1.0 - float(pruning))
         if not 0.0 <= float(pruning) < 1.0 or abs(width - round(width)) > 1e-9 or round(width) < 1:
             raise ValueError(f"pruning must be in [0, 1) with 256 * (1 - pruning) an integer, got {pruning!r}")

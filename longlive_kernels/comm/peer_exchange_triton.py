@@ -27,8 +27,8 @@ def _rows_to_peers_kernel(
     """Program (r, dest, n) — (dest, r, n) with ``DEST_FIRST`` — : rows r·BLOCK_R … of source n (up
     to 3 sources of one shape and strides, e.g. q, k, v) for destination ``dest``. ``DEST_FIRST``
     makes the destination the fastest-varying grid index, so that consecutive programs alternate
-    between the local copy and the NVLink stores instead of running them one after the other. Row (b, i, j) reads
-    ``src_n[b·s_b + i·s_i + j·s_j + dest·s_dest + (0..D)]`` and writes
+    between the local copy and the NVLink stores instead of running one after the other.
+    Row (b, i, j) reads ``src_n[b·s_b + i·s_i + j·s_j + dest·s_dest + (0..D)]`` and writes
     ``dst_dest[n·d_src + dst_offset + b·d_b + i·d_i + j·d_j + (0..D)]`` (element strides)."""
     if DEST_FIRST:
         dest = tl.program_id(0)

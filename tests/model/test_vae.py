@@ -326,6 +326,8 @@ def test_lightvae_widths_follow_the_pruning_rate():
     for bad in (1.0, -0.1, 0.3):  # 0.3 leaves 179.2 channels
         with pytest.raises(ValueError, match="pruning"):
             WanVAEConfig.lightvae(bad)
+    with pytest.raises(TypeError, match="pruning must be a float"):
+        WanVAEConfig.lightvae("0.75")
 
 
 def test_lightvae_checkpoint_loads_with_its_widths(tmp_path):
