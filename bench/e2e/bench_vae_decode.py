@@ -20,8 +20,7 @@ import statistics
 import sys
 
 import torch
-
-TFLOP_PER_LATENT = {"wan2.2": 66.4, "lightvae": 4.19}  # decoder at 704x1280 (see bench_generate.VAE_TFLOP)
+from bench_generate import VAE_TFLOP  # (latent 0, every later latent) decoder TFLOP at 704x1280
 
 
 def _to_memory_format(vae, channels_last: bool) -> None:
@@ -61,7 +60,7 @@ def main(argv=None) -> int:
         "--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="decode_latents_per_step values"
     )
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--vae", choices=tuple(TFLOP_PER_LATENT), default="wan2.2",
+    ap.add_argument("--vae", choices=tuple(VAE_TFLOP), default="wan2.2",
                     help="full Wan2.2 decoder or the LightVAE one (channel-pruned 0.75)")
     ap.add_argument("--layouts", choices=("both", "ncdhw"), default="both",
                     help="conv weight layouts timed (channels-last-3d is the slower one on Hopper)")
@@ -78,7 +77,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = True
     with torch.device("cuda"):
         vae = load_vae(a.vae).to(torch.bfloat16).eval().requires_grad_(False)
-    tflop = TFLOP_PER_LATENT[a.vae] * a.chunk_latents * (a.height * a.width) / (704 * 1280)
+    tflop = VAE_TFLOP[a.vae][1] * a.chunk_latents * (a.height * a.width) / (704 * 1280)
     frames = 4 * a.chunk_latents
     print(
         f"# {device_header()} | {a.vae} VAE decode, {a.height}x{a.width}, {a.chunk_latents}-latent chunks "
