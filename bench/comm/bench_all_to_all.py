@@ -238,19 +238,35 @@ def _bench_layer_comm(p, qkv, timer, rows):
 
 def _make_attention(ctx_k, ctx_v, s_new):
     """Local attention over [BF16 context shard | current chunk]: writes k, v into the window
-    (as a KV-cache update would), then SDPA of the chunk's queries over the whole window; with
+    (as a KV-cache update would) unless they are already there (``UlyssesAttention(kv_out=)``
+    put them in the window), then SDPA of the chunk's queries over the whole window; with
     ``head_chunks`` it gets one head group of the shard at a time."""
 
     def attn(q, k, v, head_slice=slice(None)):
         ck, cv = ctx_k[:, :, head_slice], ctx_v[:, :, head_slice]
-        ck[:, -s_new:].copy_(k)
-        cv[:, -s_new:].copy_(v)
+        if k.data_ptr() != ck[:, -s_new:].data_ptr():
+            ck[:, -s_new:].copy_(k)
+            cv[:, -s_new:].copy_(v)
         return sdpa_attention(q, ck, cv)
 
     return attn
 
 
+def _sp_variants(p: int, cuda: bool, head_chunks) -> list[tuple[str | None, str, int, bool]]:
+    """(k/v wire format, transport, head groups, into the window): the SP layer's variants at P.
+    "into the window" passes the window's tail as ``kv_out`` (and, for the peer transport, a
+    symmetric output buffer as ``out``): the exchange writes k, v where the attention reads them."""
+    out = []
+    for chunks in [c for c in head_chunks if p > 1 or c == 1]:  # nothing to pipeline at P = 1
+        out += [(f, "nccl", chunks, False) for f in (None, "nvfp4")]
+    if cuda and p > 1:  # peer stores (symmetric memory) need CUDA and a second rank
+        out += [(None, "peer", 1, False), (None, "peer", 1, True)]
+    return out
+
+
 def _bench_sp_attention(world, dims, device, timer, rows, head_chunks=(1,)):
+    from longlive_kernels.comm.peer_exchange import symmetric_empty
+
     b, s, h, d, window = dims
     flops = 4 * b * s * window * h * d
     p = 1
@@ -263,29 +279,31 @@ def _bench_sp_attention(world, dims, device, timer, rows, head_chunks=(1,)):
         g = torch.Generator(device="cpu").manual_seed(0)
         q, k, v = (torch.randn(b, s, h, d, generator=g).to(device, torch.bfloat16) for _ in range(3))
         loc = [t.chunk(p, dim=1)[rank].contiguous() for t in (q, k, v)]
-        ctx_k, ctx_v = (
-            torch.randn(b, window, h // p, d, device=device, dtype=torch.bfloat16) for _ in range(2)
-        )
-        # peer stores (symmetric memory) need CUDA and a second rank
-        transports = ("nccl", "peer") if device.type == "cuda" and p > 1 else ("nccl",)
-        for kv_format, transport in [(f, t) for t in transports for f in (None, "nvfp4")
-                                     if t == "nccl" or f is None]:
-            # head groups pipeline the transfers against attention; nothing to hide at P = 1
-            for chunks in [c for c in head_chunks if (h // p) % c == 0 and (p > 1 or c == 1)]:
-                if transport == "peer" and chunks > 1:
-                    continue
-                ua = UlyssesAttention(
-                    _make_attention(ctx_k, ctx_v, s), group, kv_format=kv_format, head_chunks=chunks,
-                    transport=transport,
-                )
-                with torch.no_grad():
-                    ms = timer(lambda ua=ua, loc=loc: ua(*loc), group=group)
-                dist.all_reduce(torch.zeros(1, device=device))  # keep the world in step between groups
-                key = kv_format or "bf16"
-                base.setdefault(key, ms)
-                label = key if chunks == 1 else f"{key}, {chunks} head groups pipelined"
-                label += ", peer stores" if transport == "peer" else ""
-                rows.append((p, label, ms, flops / (ms * 1e-3) / 1e12, base[key] / ms))
+        cuda = device.type == "cuda"
+        # the window in symmetric memory: the peer transport can then store k, v straight into it
+        ctx = (symmetric_empty((2, b, window, h // p, d), dtype=torch.bfloat16, device=device, group=group)
+               if cuda and p > 1 else torch.empty(2, b, window, h // p, d, dtype=torch.bfloat16, device=device))
+        ctx.normal_()
+        ctx_k, ctx_v = ctx[0], ctx[1]
+        tail = (ctx_k[:, -s:], ctx_v[:, -s:])
+        out = (symmetric_empty((b, s // p, h, d), dtype=torch.bfloat16, device=device, group=group)
+               if cuda and p > 1 else None)
+        for kv_format, transport, chunks, into in [v for v in _sp_variants(p, cuda, head_chunks)
+                                                   if (h // p) % v[2] == 0]:
+            ua = UlyssesAttention(
+                _make_attention(ctx_k, ctx_v, s), group, kv_format=kv_format, head_chunks=chunks,
+                transport=transport,
+            )
+            kw = {"kv_out": tail, "out": out if transport == "peer" else None} if into else {}
+            with torch.no_grad():
+                ms = timer(lambda ua=ua, loc=loc, kw=kw: ua(*loc, **kw), group=group)
+            dist.all_reduce(torch.zeros(1, device=device))  # keep the world in step between groups
+            key = kv_format or "bf16"
+            base.setdefault(key, ms)
+            label = key if chunks == 1 else f"{key}, {chunks} head groups pipelined"
+            label += ", peer stores" if transport == "peer" else ""
+            label += " into the window and the output" if into else ""
+            rows.append((p, label, ms, flops / (ms * 1e-3) / 1e12, base[key] / ms))
         p *= 2
 
 

@@ -188,10 +188,33 @@ class UlyssesAttention(nn.Module):
                     "head_chunks=1 to train"
                 )
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **attn_kwargs) -> torch.Tensor:
-        """q, k, v [B, S/P, H, D] local tokens → o [B, S/P, H, Dv]; ``attn_kwargs`` go to ``attn``."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, kv_out=None,
+                out: torch.Tensor | None = None, **attn_kwargs) -> torch.Tensor:
+        """q, k, v [B, S/P, H, D] local tokens → o [B, S/P, H, Dv]; ``attn_kwargs`` go to ``attn``.
+
+        Parameters
+        ----------
+        kv_out : (torch.Tensor, torch.Tensor), optional
+            [B, S, H_kv/P, D] / [B, S, H_kv/P, Dv] tensors of k's dtype that receive the gathered k
+            and v (e.g. the current chunk's slot of a BF16 KV cache whose whole window ``attn``
+            reads); ``attn`` then gets them as k and v. With ``transport="peer"`` they must be views
+            of :func:`~longlive_kernels.comm.peer_exchange.symmetric_empty` tensors of the group
+            (the same views on every rank) and the peers' stores land there directly; otherwise (and
+            at P = 1) the received k, v are copied in. Dense k/v only (``kv_output="dequantized"``,
+            ``head_chunks=1``), no autograd.
+        out : torch.Tensor, optional
+            [B, S/P, H, Dv] tensor for the output, under the same rules (``transport="peer"``: a
+            ``symmetric_empty`` view the peers store into, no copy out of the exchange buffer).
+
+        Raises
+        ------
+        ValueError
+            As the class notes say, and for ``kv_out`` / ``out`` of the wrong shape, dtype or device,
+            or (peer transport) not in symmetric memory.
+        """
         p = self.world_size
         self._validate(q, k, v, p)
+        self._validate_outputs(q, k, v, p, kv_out, out)
         if p > 1 and (self.check_ranks == "always" or (self.check_ranks == "first" and not self._checked)):
             sig = tensor_signature(q) + tensor_signature(k) + tensor_signature(v)
             check_ranks_agree(self.group, q.device, sig, "UlyssesAttention")
@@ -200,8 +223,8 @@ class UlyssesAttention(nn.Module):
             return self._forward_head_chunks(q, k, v, p, attn_kwargs)
         if self.transport == "peer" and p > 1:
             ex = self._peer_exchange(q, k, v)
-            o_h = self._attend(*ex.seq_to_head(q, k, v), attn_kwargs)
-            return ex.head_to_seq(o_h)
+            q_h, k_h, v_h = ex.seq_to_head(q, k, v, out=(None, *(kv_out or (None, None))))
+            return ex.head_to_seq(self._attend(q_h, k_h, v_h, attn_kwargs), out=out)
 
         hq = ulysses_all_to_all(q, self.group, scatter_dim=2, gather_dim=1, async_op=True)
         if self.kv_format is None:
@@ -210,8 +233,37 @@ class UlyssesAttention(nn.Module):
             k_h, v_h = hk.wait(), hv.wait()
         else:
             k_h, v_h = self._send_kv(k, v)
+        if kv_out is not None:
+            k_h, v_h = kv_out[0].copy_(k_h), kv_out[1].copy_(v_h)
         o_h = self._attend(hq.wait(), k_h, v_h, attn_kwargs)
-        return ulysses_all_to_all(o_h, self.group, scatter_dim=1, gather_dim=2)
+        o = ulysses_all_to_all(o_h, self.group, scatter_dim=1, gather_dim=2)
+        return o if out is None else out.copy_(o)
+
+    def _validate_outputs(self, q, k, v, p: int, kv_out, out) -> None:
+        """Shape/dtype/device of ``kv_out`` and ``out`` (symmetric memory is checked by the exchange)."""
+        if kv_out is not None:
+            if (not isinstance(kv_out, (tuple, list)) or len(kv_out) != 2
+                    or not all(isinstance(t, torch.Tensor) for t in kv_out)):
+                raise TypeError(f"kv_out must be a pair of tensors (k, v), got {type(kv_out).__name__}")
+            if self.head_chunks > 1 or self.kv_output != "dequantized":
+                raise ValueError(f"kv_out needs dense k/v in one exchange: head_chunks=1 and kv_output='dequantized', "
+                                 f"got head_chunks={self.head_chunks}, kv_output={self.kv_output!r}")
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+                raise ValueError("kv_out is inference-only: run under torch.no_grad()")
+            for name, src, dst in (("kv_out[0]", k, kv_out[0]), ("kv_out[1]", v, kv_out[1])):
+                want = (src.shape[0], src.shape[1] * p, src.shape[2] // p, src.shape[3])
+                if tuple(dst.shape) != want or dst.dtype != src.dtype or dst.device != src.device:
+                    raise ValueError(f"{name} must be a {src.dtype} tensor {list(want)} on {src.device} (the "
+                                     f"gathered shape), got {dst.dtype} {list(dst.shape)} on {dst.device}")
+        if out is not None:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"out must be a tensor, got {type(out).__name__}")
+            if self.head_chunks > 1 or (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+                raise ValueError("out needs head_chunks=1 and no autograd (run under torch.no_grad())")
+            want = (*q.shape[:3], v.shape[3])
+            if tuple(out.shape) != want or out.dtype != q.dtype or out.device != q.device:
+                raise ValueError(f"out must be a {q.dtype} tensor {list(want)} on {q.device}, got {out.dtype} "
+                                 f"{list(out.shape)} on {out.device}")
 
     def _inbound(self, q, k, v, p: int, g: int):
         """Start the seq→head transfer of head group ``g``: returns a function giving its q, k, v."""

@@ -451,6 +451,7 @@ def case_peer(rank, p, device, backends, chk):
     chk.raises(lambda: UlyssesAttention(transport="peer", kv_format="nvfp4"), ValueError, "kv_format=None",
                "peer with quantized k/v")
     chk.raises(lambda: UlyssesAttention(transport="tcp"), ValueError, "transport", "unknown transport")
+    _case_kv_out_copies(rank, p, _dev(device, rank), chk)
     if device != "cuda":
         return
     dev = _dev(device, rank)
@@ -461,8 +462,76 @@ def case_peer(rank, p, device, backends, chk):
             qf, kf, vf = (_gen(90 + 3 * call + i, (b, s, h, d), torch.bfloat16, dev) for i in range(3))
             loc = [_shard(t, rank, p) for t in (qf, kf, vf)]
             chk.bitwise(peer(*loc), nccl(*loc), f"peer == nccl, call {call}")
+    _case_peer_into_window(rank, p, dev, chk, loc)
     chk.raises(lambda: peer(*(t.requires_grad_() for t in (x.float() for x in loc))), ValueError,
                "inference-only", "peer under autograd")
+
+
+def _case_kv_out_copies(rank, p, dev, chk):
+    """``kv_out`` / ``out`` on the all-to-all transport: the gathered k, v (this rank's heads of
+    every token) land in ``kv_out`` and the attention gets those tensors; the output is written to
+    ``out`` and equals the call without them; bad ``kv_out`` is refused before any collective."""
+    b, s, h, d = 1, 4 * p, 2 * p, 16
+    qf, kf, vf = (_gen(120 + i, (b, s, h, d), torch.float32, dev) for i in range(3))
+    loc = [_shard(t, rank, p) for t in (qf, kf, vf)]
+    seen = []
+
+    def attn(q, k, v):
+        seen.append((k.data_ptr(), v.data_ptr()))
+        return sdpa_attention(q, k, v)
+
+    kv = [torch.full((b, s, h // p, d), -7.0, device=dev) for _ in range(2)]
+    out = torch.full((b, s // p, h, d), -7.0, device=dev)
+    ua = UlyssesAttention(attn)
+    with torch.no_grad():
+        want = ua(*loc)
+        got = ua(*loc, kv_out=kv, out=out)
+        chk.bitwise(got, want, "kv_out/out output == plain output")
+        chk.true(got.data_ptr() == out.data_ptr(), "output written to out")
+        heads = slice(rank * h // p, (rank + 1) * h // p)
+        chk.bitwise(kv[0], kf[:, :, heads], "kv_out[0] holds the gathered k")
+        chk.bitwise(kv[1], vf[:, :, heads], "kv_out[1] holds the gathered v")
+        chk.true(seen[-1] == (kv[0].data_ptr(), kv[1].data_ptr()), "attention got the kv_out tensors")
+        chk.raises(lambda: ua(*loc, kv_out=kv[0]), TypeError, "kv_out", "kv_out not a pair")
+        chk.raises(lambda: ua(*loc, kv_out=(kv[0], kv[1].half())), ValueError, "kv_out[1]", "kv_out dtype")
+        chk.raises(lambda: ua(*loc, out=out[:, 1:]), ValueError, "out must", "out shape")
+    chk.raises(lambda: ua(*(t.clone().requires_grad_() for t in loc), kv_out=kv), ValueError, "inference-only",
+               "kv_out under autograd")
+
+
+def _case_peer_into_window(rank, p, dev, chk, loc):
+    """``kv_out`` / ``out``: the peer stores land in a symmetric KV window's tail and output buffer
+    (nothing else of the window written), bit-identical to the NCCL path that copies them there;
+    a window outside symmetric memory is refused."""
+    from longlive_kernels.comm.peer_exchange import symmetric_empty
+
+    b, s_loc, h, d = loc[0].shape
+    ctx = 5
+    win = symmetric_empty((2, b, ctx + p * s_loc, h // p, d), dtype=torch.bfloat16, device=dev)
+    out = symmetric_empty((b, s_loc, h, d), dtype=torch.bfloat16, device=dev)
+    plain = torch.empty(2, b, ctx + p * s_loc, h // p, d, dtype=torch.bfloat16, device=dev)
+
+    def attn(window):
+        return lambda q, k, v: sdpa_attention(q, window[0], window[1])
+
+    with torch.no_grad():
+        for call in range(2):
+            for w in (win, plain):
+                w.fill_(-7.0)
+                w[:, :, :ctx].normal_(generator=torch.Generator(device=dev).manual_seed(call))
+            want = UlyssesAttention(attn(plain))(*loc, kv_out=(plain[0, :, ctx:], plain[1, :, ctx:]))
+            got = UlyssesAttention(attn(win), transport="peer")(*loc, kv_out=(win[0, :, ctx:], win[1, :, ctx:]),
+                                                                  out=out)
+            chk.bitwise(got, want, f"peer into window == nccl, call {call}")
+            chk.true(got.data_ptr() == out.data_ptr(), "peer output is the given buffer")
+            chk.bitwise(win, plain, f"window after the exchange, call {call}")
+            chk.true(bool((win[:, :, ctx:] != -7.0).all()), "every tail element written")
+    ua = UlyssesAttention(attn(plain), transport="peer")
+    with torch.no_grad():
+        chk.raises(lambda: ua(*loc, kv_out=(plain[0, :, ctx:], plain[1, :, ctx:])), ValueError,
+                   "symmetric_empty", "kv_out outside symmetric memory")
+        chk.raises(lambda: ua(*loc, kv_out=(win[0, :, ctx + 1:], win[1, :, ctx + 1:])), ValueError,
+                   "kv_out[0]", "kv_out of the wrong shape")
 
 
 CASES = {

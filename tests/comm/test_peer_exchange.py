@@ -78,9 +78,12 @@ def test_scatter_errors_name_the_problem():
         scatter_heads(x, [torch.empty(1, 8, 3, 16), torch.empty(1, 8, 3, 8)], 0, backend="torch")
     with pytest.raises(ValueError, match="rank"):
         scatter_heads(x, [torch.empty(1, 8, 3, 16)] * 2, 2, backend="torch")
-    with pytest.raises(ValueError, match="contiguous"):
-        scatter_tokens(torch.randn(1, 8, 3, 16), [torch.empty(1, 8, 6, 16).transpose(1, 2)] * 2, 0,
+    with pytest.raises(ValueError, match="contiguous last dim"):
+        scatter_tokens(torch.randn(1, 8, 3, 16), [torch.empty(1, 4, 16, 6).transpose(2, 3)] * 2, 0,
                        backend="torch")
+    with pytest.raises(ValueError, match="strides of destination 0"):
+        scatter_tokens(torch.randn(1, 8, 3, 16), [torch.empty(1, 4, 6, 16), torch.empty(1, 6, 4, 16).transpose(1, 2)],
+                       0, backend="torch")
     with pytest.raises(TypeError):
         scatter_tokens(torch.zeros(1, 8, 3, 16, dtype=torch.int32), [torch.empty(1, 4, 6, 16)] * 2, 0)
 
@@ -98,8 +101,34 @@ def test_fused_qkv_launch_fills_each_input_block(triton_device, grid_order, same
     if not same_strides:  # a slice of a fused projection output next to two dense tensors
         xs[0] = torch.randn(b, s, 2, p * h, d, generator=g).to(triton_device)[:, :, 1]
     dsts = _poisoned(p, (3, b, p * s, h, d), torch.float32, triton_device)
-    _scatter_heads(xs, dsts, rank, "triton")
+    _scatter_heads(xs, [[dst[i] for dst in dsts] for i in range(3)], rank, "triton")
     for dest in range(p):
         for i, x in enumerate(xs):
             assert torch.equal(dsts[dest][i, :, rank * s:(rank + 1) * s], x[:, :, dest * h:(dest + 1) * h])
             assert bool((dsts[dest][i, :, : rank * s] == POISON).all())
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(b=st.integers(1, 2), p=st.integers(1, 3), window=st.integers(0, 3), rank=st.integers(0, 2),
+       seed=st.integers(0, 2**31 - 1))
+def test_inputs_land_in_their_own_destinations(triton_device, grid_order, b, p, window, rank, seed):
+    """q into an exchange buffer, k and v into the tails of a KV window (``kv_out``): destinations
+    of other allocations and strides than q's, written in as few launches as the strides allow,
+    and nothing of the window outside the rank's token block of the tail is touched."""
+    from longlive_kernels.comm.peer_exchange import _scatter_heads
+
+    rank %= p
+    s, h, d = 2, 2, 16
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(b, s, p * h, d, generator=g).to(triton_device) for _ in range(3)]
+    q_dst = _poisoned(p, (b, p * s, h, d), torch.float32, triton_device)
+    win = _poisoned(p, (2, b, window + p * s, h, d), torch.float32, triton_device)
+    dsts = [q_dst, [w[0, :, window:] for w in win], [w[1, :, window:] for w in win]]
+    _scatter_heads(xs, dsts, rank, "triton")
+    for dest in range(p):
+        for x, dst in zip(xs, (q_dst[dest], win[dest][0, :, window:], win[dest][1, :, window:])):
+            assert torch.equal(dst[:, rank * s:(rank + 1) * s], x[:, :, dest * h:(dest + 1) * h])
+        block = torch.zeros(win[dest].shape, dtype=torch.bool, device=triton_device)
+        block[:, :, window + rank * s: window + (rank + 1) * s] = True
+        assert bool((win[dest][~block] == POISON).all())
+        assert bool((q_dst[dest][:, : rank * s] == POISON).all())
