@@ -1,0 +1,71 @@
+"""Probe (issue 6): device time of the quantized all-to-all's pack and unpack kernels on one GPU.
+
+The SP=2 wire payload of one chunk's K ([1, 3520, 24, 128] bf16 per rank, NVFP4 given scale or
+FP8 rows): quantize + pack into the per-destination buffer, unpack to an NVFP4Tensor's data +
+scales or to bf16, against a device-to-device copy of the same bf16 tensor (L2 flushed, host
+hidden behind a GPU spin, median of 30).
+
+Usage::
+
+    python tools/probe_a2a_kernels.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+import torch
+
+from longlive_kernels.comm.quantized_all_to_all_ops import _pack_triton, _unpack_triton
+from longlive_kernels.comm.reference import payload_layout
+
+
+def device_us(fn, flush, iters=30, warmup=3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        flush.zero_()
+        torch.cuda._sleep(1_000_000)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> int:
+    dev = torch.device("cuda")
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
+    p, b, s, h, d = 2, 1, 3520, 24, 128
+    x = torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    gs = torch.tensor([x.abs().max().item() / (6 * 448)], device=dev)
+    copy = device_us(lambda: y.copy_(x), flush)
+    print(f"# {torch.cuda.get_device_name()}: bf16 copy of {x.numel() * 2 / 1e6:.1f} MB: {copy:.1f} us")
+    print("| kernel | format | us | x copy time |")
+    print("|---|---|---:|---:|")
+    for fmt in ("nvfp4", "fp8"):
+        chunk = [b, s, h // p, d]
+        lay = payload_layout(fmt, 1, chunk)
+        buf = torch.zeros(p, lay.chunk_bytes, dtype=torch.uint8, device=dev)
+        args = (lay.data_offset(0), lay.scale_offset(0), lay.header_word(0))
+        pack = device_us(lambda: _pack_triton(x, buf, gs, p, 2, fmt, "static6", *args), flush)
+        print(f"| pack (seq→head) | {fmt} | {pack:.1f} | {pack / copy:.2f} |")
+        out_shape = (b, s * p, h // p, d)
+        deq = torch.empty(out_shape, dtype=torch.bfloat16, device=dev)
+        un = device_us(lambda: _unpack_triton(buf, deq, None, p, 1, fmt, True, d, *args), flush)
+        print(f"| unpack → bf16 | {fmt} | {un:.1f} | {un / copy:.2f} |")
+        if fmt == "nvfp4":
+            data = torch.empty((*out_shape[:3], d // 2), dtype=torch.uint8, device=dev)
+            sc = torch.empty((*out_shape[:3], d // 16), dtype=torch.float8_e4m3fn, device=dev)
+            un = device_us(lambda: _unpack_triton(buf, data, sc, p, 1, fmt, False, d, *args), flush)
+            print(f"| unpack → NVFP4Tensor | {fmt} | {un:.1f} | {un / copy:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
