@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from functools import partial
 
 import torch
 
@@ -53,16 +54,16 @@ def main() -> int:
         lay = payload_layout(fmt, 1, chunk)
         buf = torch.zeros(p, lay.chunk_bytes, dtype=torch.uint8, device=dev)
         args = (lay.data_offset(0), lay.scale_offset(0), lay.header_word(0))
-        pack = device_us(lambda: _pack_triton(x, buf, gs, p, 2, fmt, "static6", *args), flush)
+        pack = device_us(partial(_pack_triton, x, buf, gs, p, 2, fmt, "static6", *args), flush)
         print(f"| pack (seq→head) | {fmt} | {pack:.1f} | {pack / copy:.2f} |")
         out_shape = (b, s * p, h // p, d)
         deq = torch.empty(out_shape, dtype=torch.bfloat16, device=dev)
-        un = device_us(lambda: _unpack_triton(buf, deq, None, p, 1, fmt, True, d, *args), flush)
+        un = device_us(partial(_unpack_triton, buf, deq, None, p, 1, fmt, True, d, *args), flush)
         print(f"| unpack → bf16 | {fmt} | {un:.1f} | {un / copy:.2f} |")
         if fmt == "nvfp4":
             data = torch.empty((*out_shape[:3], d // 2), dtype=torch.uint8, device=dev)
             sc = torch.empty((*out_shape[:3], d // 16), dtype=torch.float8_e4m3fn, device=dev)
-            un = device_us(lambda: _unpack_triton(buf, data, sc, p, 1, fmt, False, d, *args), flush)
+            un = device_us(partial(_unpack_triton, buf, data, sc, p, 1, fmt, False, d, *args), flush)
             print(f"| unpack → NVFP4Tensor | {fmt} | {un:.1f} | {un / copy:.2f} |")
     return 0
 
