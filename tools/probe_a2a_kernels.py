@@ -3,7 +3,7 @@
 The SP=2 wire payload of one chunk's K ([1, 3520, 24, 128] bf16 per rank, NVFP4 given scale or
 FP8 rows): quantize + pack into the per-destination buffer, unpack to an NVFP4Tensor's data +
 scales or to bf16, against a device-to-device copy of the same bf16 tensor (L2 flushed, host
-hidden behind a GPU spin, median of 30).
+hidden behind a GPU spin, median of 30), for each (elements per program, warps) of the sweep.
 
 Usage::
 
@@ -12,14 +12,18 @@ Usage::
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 from functools import partial
 
 import torch
 
+from longlive_kernels.comm import quantized_all_to_all_ops as ops
 from longlive_kernels.comm.quantized_all_to_all_ops import _pack_triton, _unpack_triton
 from longlive_kernels.comm.reference import payload_layout
+
+SWEEP = [(2048, 4), (4096, 4), (8192, 4), (8192, 8), (16384, 8)]
 
 
 def device_us(fn, flush, iters=30, warmup=3) -> float:
@@ -47,24 +51,25 @@ def main() -> int:
     gs = torch.tensor([x.abs().max().item() / (6 * 448)], device=dev)
     copy = device_us(lambda: y.copy_(x), flush)
     print(f"# {torch.cuda.get_device_name()}: bf16 copy of {x.numel() * 2 / 1e6:.1f} MB: {copy:.1f} us")
-    print("| kernel | format | us | x copy time |")
-    print("|---|---|---:|---:|")
-    for fmt in ("nvfp4", "fp8"):
+    print("| elements/program | warps | kernel | format | us | x copy time |")
+    print("|---:|---:|---|---|---:|---:|")
+    for (ops._ELEMENTS, ops._NUM_WARPS), fmt in itertools.product(SWEEP, ("nvfp4", "fp8")):
+        cfg = f"| {ops._ELEMENTS} | {ops._NUM_WARPS} "
         chunk = [b, s, h // p, d]
         lay = payload_layout(fmt, 1, chunk)
         buf = torch.zeros(p, lay.chunk_bytes, dtype=torch.uint8, device=dev)
         args = (lay.data_offset(0), lay.scale_offset(0), lay.header_word(0))
         pack = device_us(partial(_pack_triton, x, buf, gs, p, 2, fmt, "static6", *args), flush)
-        print(f"| pack (seq→head) | {fmt} | {pack:.1f} | {pack / copy:.2f} |")
+        print(cfg + f"| pack (seq→head) | {fmt} | {pack:.1f} | {pack / copy:.2f} |")
         out_shape = (b, s * p, h // p, d)
         deq = torch.empty(out_shape, dtype=torch.bfloat16, device=dev)
         un = device_us(partial(_unpack_triton, buf, deq, None, p, 1, fmt, True, d, *args), flush)
-        print(f"| unpack → bf16 | {fmt} | {un:.1f} | {un / copy:.2f} |")
+        print(cfg + f"| unpack → bf16 | {fmt} | {un:.1f} | {un / copy:.2f} |")
         if fmt == "nvfp4":
             data = torch.empty((*out_shape[:3], d // 2), dtype=torch.uint8, device=dev)
             sc = torch.empty((*out_shape[:3], d // 16), dtype=torch.float8_e4m3fn, device=dev)
             un = device_us(partial(_unpack_triton, buf, data, sc, p, 1, fmt, False, d, *args), flush)
-            print(f"| unpack → NVFP4Tensor | {fmt} | {un:.1f} | {un / copy:.2f} |")
+            print(cfg + f"| unpack → NVFP4Tensor | {fmt} | {un:.1f} | {un / copy:.2f} |")
     return 0
 
 

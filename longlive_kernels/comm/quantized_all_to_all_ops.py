@@ -19,12 +19,23 @@ from .quantized_all_to_all_triton import _amax_kernel, _pack_kernel, _unpack_ker
 # ---------------------------------------------------------------------------------------------
 
 
+_ELEMENTS = 4096  # per program (half for Four Over Six's two candidates); tools/probe_a2a_kernels.py sweeps
+_NUM_WARPS = 4
+_MAX_ROWS = 2**31 - 2**16  # the kernels index rows in int32
+
+
 def _tile(d: int, four_over_six: bool = False) -> tuple[int, int]:
-    """(BR, BD): whole rows per program, ~4K elements (2K for Four Over Six's two candidates)."""
+    """(BR, BD): whole rows per program, ~``_ELEMENTS`` elements."""
     bd = max(16, triton.next_power_of_2(d))
-    budget = 2048 if four_over_six else 4096
-    br = 16 if interpret_mode() else max(1, min(64, budget // bd))
+    budget = _ELEMENTS // 2 if four_over_six else _ELEMENTS
+    br = 16 if interpret_mode() else max(1, min(128, budget // bd))
     return br, bd
+
+
+def _check_rows(rows: int) -> None:
+    if rows > _MAX_ROWS:
+        raise ValueError(f"quantized_all_to_all: {rows} rows of [B, S, H] exceed the kernels' int32 row index "
+                         f"(at most {_MAX_ROWS})")
 
 
 def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
@@ -42,15 +53,16 @@ def _amax_triton(x, amax_bits, index):
 def _pack_triton(x, buf, gs, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off, hdr_word):
     b, s, h, d = x.shape
     rows = b * s * h
+    _check_rows(rows)
     sc, hc = (s // world_size, h) if scatter_dim == 1 else (s, h // world_size)
     four6 = fmt == "nvfp4" and scale_rule == "four_over_six"
     br, bd = _tile(d, four6)
     chunk_bytes = buf.shape[1]
     _pack_kernel[(triton.cdiv(rows, br),)](
-        x, buf, buf.view(torch.int32), gs if gs is not None else buf, rows, s, h, d, sc, hc, world_size,
-        *_strides3(x), chunk_bytes, data_off, scale_off, hdr_word,
+        x, buf, buf.view(torch.int32), gs if gs is not None else buf, rows, s, h, sc, hc, world_size,
+        *_strides3(x), chunk_bytes, data_off, scale_off, hdr_word, D=d,
         FP8=fmt == "fp8", TARGET=SCALE_RULES[scale_rule][0], FOUR_OVER_SIX=four6, BR=br, BD=bd,
-        num_warps=4, enable_fp_fusion=False,
+        num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
 
 
@@ -58,14 +70,15 @@ def _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d,
                    hdr_word):
     b, so, ho = out.shape[:3]
     rows = b * so * ho
+    _check_rows(rows)
     sc, hc = (so // world_size, ho) if gather_dim == 1 else (so, ho // world_size)
     br, bd = _tile(d)
     o = out if dequant else out.view(torch.uint8)
     osc = o if dequant else (out_scale.view(torch.uint8) if fmt == "nvfp4" else out_scale.view(torch.int32))
     _unpack_kernel[(triton.cdiv(rows, br),)](
-        buf, buf.view(torch.int32), o, osc, rows, so, ho, d, sc, hc, *_strides3(o), *_strides3(osc),
-        buf.shape[1], data_off, scale_off, hdr_word,
-        FP8=fmt == "fp8", DEQUANT=dequant, BR=br, BD=bd, num_warps=4, enable_fp_fusion=False,
+        buf, buf.view(torch.int32), o, osc, rows, so, ho, sc, hc, *_strides3(o), *_strides3(osc),
+        buf.shape[1], data_off, scale_off, hdr_word, D=d,
+        FP8=fmt == "fp8", DEQUANT=dequant, BR=br, BD=bd, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
 
 
