@@ -150,8 +150,11 @@ def quantized_all_to_all(
     check_ranks : bool
         All-gather shapes/options first and raise the same ``ValueError`` on every rank if they
         differ (one tiny collective + host sync; for debugging and first calls).
-    backend : {"auto", "triton", "torch"}
-        ``"auto"``: Triton on CUDA, the reference (``comm/reference.py``) on CPU.
+    backend : {"auto", "cuda", "triton", "torch"}
+        ``"cuda"``: the CUDA quantize / dequantize kernels of ``csrc/fp4`` for the NVFP4 pack and
+        dequantizing unpack where each destination chunk is a row-strided matrix (B = 1 or
+        contiguous inputs), Triton for the rest. ``"auto"``: CUDA where the extension is built,
+        else Triton on GPUs; the reference (``comm/reference.py``) on CPU.
 
     Returns
     -------
@@ -209,8 +212,8 @@ def quantized_all_to_all(
     for i, o in enumerate(outs):
         if o is not None:
             _check_out(o, i, out_shape, format, output, x0.device)
-    be = resolve_backend(backend, x0.device, op="quantized_all_to_all", supported=("triton", "torch"),
-                         prefer=("triton",))
+    be = resolve_backend(backend, x0.device, op="quantized_all_to_all", supported=("cuda", "triton", "torch"),
+                         prefer=("cuda", "triton"))
     if check_ranks and p > 1:
         opts = [sd, gd, FORMATS.index(format), OUTPUTS.index(output), n, global_scale is None,
                 TENSOR_SCALES.index(tensor_scale), tuple(SCALE_RULES).index(scale_rule)]

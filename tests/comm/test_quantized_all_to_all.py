@@ -16,6 +16,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from longlive_kernels._backend import has_cuda_extension
 from longlive_kernels.comm import UlyssesAttention, quantized_all_to_all, sdpa_attention, ulysses_all_to_all
 from longlive_kernels.comm import reference as ref
 from longlive_kernels.fp4 import dequantize_nvfp4, quantize_nvfp4
@@ -42,7 +43,7 @@ def _inputs(seed: int, p: int, shape, dtype, spread: float) -> list[torch.Tensor
 def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtype):
     """Every simulated rank's unpacked result (on the CPU): dense tensor, or (data, scale) in the
     gathered layout. The Triton backend runs on ``DEV``, the reference on the CPU."""
-    dev = DEV if backend == "triton" else "cpu"
+    dev = DEV if backend in ("triton", "cuda") else "cpu"
     xs = [x.to(dev) for x in xs]
     p = len(xs)
     amax = []
@@ -180,6 +181,37 @@ def test_pack_unpack_bit_exact(seed, p, b, s_local, h_mult, nblocks, dtype, fmt,
     for r in range(p):
         assert_bitwise_equal(dense["triton"][r], dense["torch"][r], f"dense rank {r}")
         assert_bitwise_equal(dense["torch"][r], sim[r], f"dense vs simulation rank {r}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_extension()), reason="needs the CUDA extension")
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    p=st.sampled_from([2, 4]),
+    b=st.integers(1, 2),
+    s_local=st.integers(1, 40),
+    nblocks=st.sampled_from([1, 3, 8]),
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
+    rule=st.sampled_from(list(SCALE_RULES)),
+    seq_to_head=st.booleans(),
+)
+def test_cuda_pack_unpack_equal_triton(seed, p, b, s_local, nblocks, dtype, rule, seq_to_head):
+    """backend="cuda" (the csrc quantize/dequantize kernels per destination chunk, Triton where a
+    chunk is not a row-strided matrix): every received byte and every dequantized value equal the
+    Triton backend's, with per-source scales (each chunk decoded with its own header)."""
+    d = 16 * nblocks
+    shape = (b, s_local, 2 * p, d) if seq_to_head else (b, s_local * p, 2, d)
+    sd, gd = (2, 1) if seq_to_head else (1, 2)
+    xs = _inputs(seed, p, shape, dtype, 12.0 if dtype == torch.float16 else 20.0)
+    for dequant, out_dtype in ((False, None), (True, torch.float32), (True, torch.bfloat16)):
+        got = {be: _simulate(xs, sd, gd, fmt="nvfp4", dequant=dequant, tensor_scale="per_source", rule=rule,
+                             backend=be, out_dtype=out_dtype)[0] for be in ("cuda", "triton")}
+        for r in range(p):
+            if dequant:
+                assert_bitwise_equal(got["cuda"][r], got["triton"][r], f"dense rank {r}")
+            else:
+                for a, c in zip(got["cuda"][r], got["triton"][r]):
+                    assert_bitwise_equal(a.view(torch.uint8), c.view(torch.uint8), f"codes rank {r}")
 
 
 def test_non_finite_inputs():
