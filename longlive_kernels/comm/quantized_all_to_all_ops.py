@@ -95,12 +95,18 @@ def _unpack_cuda(buf, out, world_size, gather_dim, data_off, scale_off, hdr_word
     return True
 
 
+def _amax_programs(x: torch.Tensor) -> int:
+    """Programs of the amax grid: 4 per SM (each strides over the row tiles)."""
+    return 4 * torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 64
+
+
 def _amax_triton(x, amax_bits, index):
     b, s, h, d = x.shape
     rows = b * s * h
+    _check_rows(rows)
     br, bd = _tile(d)
-    _amax_kernel[(triton.cdiv(rows, br),)](x, amax_bits[index:], rows, s, h, d, *_strides3(x), BR=br, BD=bd,
-                                           num_warps=4)
+    programs = min(triton.cdiv(rows, br), _amax_programs(x))
+    _amax_kernel[(programs,)](x, amax_bits[index:], rows, s, h, d, *_strides3(x), BR=br, BD=bd, num_warps=4)
 
 
 def _pack_triton(x, buf, gs, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off, hdr_word):

@@ -59,16 +59,20 @@ def _amax_kernel(
     BR: tl.constexpr,
     BD: tl.constexpr,
 ):
-    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
-    h = r % H
-    s = (r // H) % S
-    b = r // (H * S)
+    # a grid of a few programs per SM striding over the row tiles: one atomic per program (an
+    # atomic per tile, thousands on one word, serialized at the L2)
     c = tl.arange(0, BD)
-    mask = (r < rows)[:, None] & (c < D)[None, :]
-    src = x_ptr + (b * stride_b + s * stride_s + h * stride_h)[:, None] + c[None, :]
-    a = tl.abs(tl.load(src, mask=mask, other=0.0).to(tl.float32))
-    a = tl.where(a != a, float("inf"), a)
-    tl.atomic_max(amax_ptr, tl.max(tl.max(a, axis=1), axis=0).to(tl.int32, bitcast=True))
+    m = tl.zeros((BR, BD), dtype=tl.float32)
+    for tile in range(tl.program_id(0), tl.cdiv(rows, BR), tl.num_programs(0)):
+        r = tile * BR + tl.arange(0, BR)  # int32: rows < 2^31, checked by the launcher
+        h = r % H
+        s = (r // H) % S
+        b = r // (H * S)
+        mask = (r < rows)[:, None] & (c < D)[None, :]
+        src = x_ptr + (b * stride_b + s * stride_s + h * stride_h)[:, None] + c[None, :]
+        a = tl.abs(tl.load(src, mask=mask, other=0.0).to(tl.float32))
+        m = tl.maximum(m, tl.where(a != a, float("inf"), a))
+    tl.atomic_max(amax_ptr, tl.max(tl.max(m, axis=1), axis=0).to(tl.int32, bitcast=True))
 
 
 @triton.jit

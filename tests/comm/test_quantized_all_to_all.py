@@ -214,6 +214,24 @@ def test_cuda_pack_unpack_equal_triton(seed, p, b, s_local, nblocks, dtype, rule
                     assert_bitwise_equal(a.view(torch.uint8), c.view(torch.uint8), f"codes rank {r}")
 
 
+@pytest.mark.parametrize("programs", [1, 3])
+@pytest.mark.parametrize("poison", [None, "nan", "inf"])
+def test_amax_grid_strides_over_every_tile(monkeypatch, programs, poison):
+    """The amax kernel's few programs each stride over many row tiles: the result is max|x| (NaN
+    read as +Inf) wherever the extreme value sits, including the last, ragged tile."""
+    ops = importlib.import_module("longlive_kernels.comm.quantized_all_to_all_ops")
+    monkeypatch.setattr(ops, "_amax_programs", lambda x: programs)
+    g = torch.Generator().manual_seed(programs)
+    x = torch.randn(2, 13, 3, 32, generator=g)
+    for row in (0, 40, 77):  # first tile, a middle one, the ragged last tile
+        y = x.clone()
+        y.view(-1, 32)[row, 5] = {None: 1e3, "nan": float("nan"), "inf": float("-inf")}[poison]
+        bits = torch.zeros(1, dtype=torch.int32, device=DEV)
+        qa2a._amax_op(y.to(DEV), bits, 0, "triton")
+        want = 1e3 if poison is None else float("inf")
+        assert bits.view(torch.float32).item() == want, (row, bits.view(torch.float32).item())
+
+
 def test_non_finite_inputs():
     """NaN/Inf blocks (NVFP4) and rows (FP8) decode to NaN, never to a finite number."""
     x = torch.randn(1, 2, 2, 32)
