@@ -11,35 +11,19 @@ Usage::
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from longlive_kernels.testing import cuda_time_ms
+
 BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
-
-
-def device_ms(fn, flush, iters=20, warmup=3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        flush.zero_()
-        torch.cuda._sleep(2_000_000)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> int:
     dev = torch.device("cuda")
-    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=dev)
     s, w, d = 7040, 28160, 128
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("| heads | layout | backend | ms | TFLOP/s | ms per head |")
@@ -60,7 +44,7 @@ def main() -> int:
                     with sdpa_kernel(be):
                         return F.scaled_dot_product_attention(q, k, v)
                 try:
-                    ms = device_ms(call, flush)
+                    ms = cuda_time_ms(call, warmup=3, iters=20, hide_host=True)
                 except RuntimeError as e:  # a backend that refuses the layout
                     print(f"| {heads} | {layout} | {name} | refused: {str(e).splitlines()[0][:80]} | | |")
                     continue
