@@ -31,7 +31,7 @@ from .. import _checks
 from .._backend import eager_op, resolve_backend
 from ..fp4.format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from ..fp4.reference import div_rn
-from .quantized_all_to_all_ops import _amax_op, _pack_op, _unpack_op, pack_derives_scale
+from .quantized_all_to_all_ops import _amax_op, _pack_op, _unpack_op
 from .reference import FORMATS, payload_layout
 from .ulysses import (
     AllToAllHandle,
@@ -230,17 +230,13 @@ def quantized_all_to_all(
         if tensor_scale == "group" and p > 1:
             # fp32 bits of non-negative floats order like int32: MAX of the bits is MAX of the values
             dist.all_reduce(amax_bits, op=dist.ReduceOp.MAX, group=group)
-        # the CUDA pack divides in-kernel and writes the scale into each chunk header (two kernels
-        # fewer per call); the receiver then reads the scale from the header
-        if not all(pack_derives_scale(t, p, sd, be) for t in xs):
-            gs_all = list(div_rn(amax_bits.view(torch.float32), SCALE_RULES[scale_rule][1]).unbind(0))
+        gs_all = list(div_rn(amax_bits.view(torch.float32), SCALE_RULES[scale_rule][1]).unbind(0))
 
     layout = payload_layout(format, n, chunk_shape)
     send = torch.empty((p, layout.chunk_bytes), dtype=torch.uint8, device=x0.device)
     for i, t in enumerate(xs):
-        amax_i = amax_bits[i:i + 1] if format == "nvfp4" and gs_all[i] is None else None
         _pack(t, send, gs_all[i], p, sd, format, scale_rule, layout.data_offset(i), layout.scale_offset(i),
-              layout.header_word(i), be, amax_i)
+              layout.header_word(i), be)
     recv = torch.empty_like(send) if p > 1 else send
     work = all_to_all_buffer(send, recv, group, async_op) if p > 1 else None
 
@@ -260,15 +256,11 @@ def quantized_all_to_all(
             _unpack(recv, data.view(torch.uint8), sc, p, gd, format, False, *sections)
             if format == "fp8":
                 results.append((data, sc))
-                continue
-            # one group scale: every chunk header carries it
-            gs = gs_all[i] if gs_all[i] is not None else recv[0, 4 * layout.header_word(i):][:4].view(
-                torch.float32).reshape(())
-            if outs[i] is not None:
-                outs[i].global_scale.copy_(gs)
+            elif outs[i] is not None:
+                outs[i].global_scale.copy_(gs_all[i])
                 results.append(outs[i])
             else:
-                results.append(NVFP4Tensor(data=data, scale=sc, global_scale=gs.clone(),
+                results.append(NVFP4Tensor(data=data, scale=sc, global_scale=gs_all[i].clone(),
                                            shape=torch.Size(out_shape), dtype=t.dtype, scale_rule=scale_rule))
         return results[0] if single else results
 

@@ -61,34 +61,20 @@ def _chunk_matrices(t: torch.Tensor, p: int, split_dim: int):
     return [t[:, :, j * hc:(j + 1) * hc].as_strided((b * s, hc * d), (t.stride(1), 1)) for j in range(p)]
 
 
-def _cuda_pack_chunks(x, world_size, scatter_dim):
-    """The destination chunks of ``x`` as matrices the CUDA quantize kernel takes, or None."""
+def _pack_cuda(x, buf, gs, world_size, scatter_dim, scale_rule, data_off, scale_off, hdr_word) -> bool:
+    """NVFP4 pack through the CUDA quantize kernel, one launch per destination; False where the
+    chunks are not row-strided matrices (the caller falls back to Triton)."""
     mats = _chunk_matrices(x, world_size, scatter_dim)
-    return None if mats is None or (x.stride(1) * x.element_size()) % 16 else mats
-
-
-def pack_derives_scale(x: torch.Tensor, world_size: int, scatter_dim: int, backend: str) -> bool:
-    """True when the NVFP4 pack of ``x`` can derive the tensor scale from the amax itself (the CUDA
-    path: one correctly rounded division in the kernel, no separate scale kernels)."""
-    return backend == "cuda" and x.is_cuda and _cuda_pack_chunks(x, world_size, scatter_dim) is not None
-
-
-def _pack_cuda(x, buf, gs, amax, world_size, scatter_dim, scale_rule, data_off, scale_off, hdr_word) -> bool:
-    """NVFP4 pack through the CUDA quantize kernel, one launch per destination, with the decode
-    scale ``gs`` or derived from ``amax`` (int32 fp32 bits) in the kernel; every chunk header gets
-    the scale. False where the chunks are not row-strided matrices (the caller falls back to Triton)."""
-    mats = _cuda_pack_chunks(x, world_size, scatter_dim)
-    if mats is None or (gs is None and amax is None):
+    if mats is None or gs is None or (x.stride(1) * x.element_size()) % 16:
         return False
     rows, k = mats[0].shape
+    amax = torch.empty(1, dtype=torch.int32, device=x.device)  # unused: the scale is given
     cuda_extension()
     for j, m in enumerate(mats):
-        header = buf[j, 4 * hdr_word:4 * hdr_word + 4].view(torch.float32)
         torch.ops.longlive_kernels.nvfp4_quantize_cuda(
             m, buf[j, data_off:data_off + rows * k // 2], buf[j, scale_off:scale_off + rows * k // 16],
-            header, header if gs is None else gs.reshape(1),
-            amax if gs is None else torch.empty(1, dtype=torch.int32, device=x.device),
-            _RULE_IDS[scale_rule], False, 0, -1, False, gs is not None,
+            buf[j, 4 * hdr_word:4 * hdr_word + 4].view(torch.float32), gs.reshape(1), amax,
+            _RULE_IDS[scale_rule], False, 0, -1, False, True,
         )
     return True
 
@@ -187,13 +173,10 @@ def _pack_op(
     scale_off: int,
     hdr_word: int,
     backend: str,
-    amax: torch.Tensor | None = None,
 ) -> None:
-    if backend == "cuda" and fmt == "nvfp4" and _pack_cuda(x, buf, global_scale, amax, world_size, scatter_dim,
+    if backend == "cuda" and fmt == "nvfp4" and _pack_cuda(x, buf, global_scale, world_size, scatter_dim,
                                                             scale_rule, data_off, scale_off, hdr_word):
         return
-    if fmt == "nvfp4" and global_scale is None:
-        raise ValueError("the NVFP4 pack needs global_scale unless the CUDA pack derives it from amax")
     if backend != "torch":
         _pack_triton(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off,
                      hdr_word)
@@ -208,8 +191,7 @@ def _pack_op(
 
 
 @_pack_op.register_fake
-def _(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off, hdr_word, backend,
-      amax=None):
+def _(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, scale_off, hdr_word, backend):
     return None
 
 
