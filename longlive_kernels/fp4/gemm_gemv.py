@@ -373,6 +373,7 @@ def _epilogue(acc, rows, toks, M, N, w_gs_ptr, x_gs_ptr, bias_ptr, out_ptr, stri
 # ---------------------------------------------------------------------------------------------
 
 NUM_WARPS = 4
+CTAS_PER_SM = 2  # K is split until about this many CTAs run per SM (tools/probe_gemv.py sweeps both)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -406,12 +407,12 @@ def config(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]:
     """(BM, RT, KT, SPLIT_K): the token tile covering M; 16-element runs when 64 tokens would not fit
     the registers with 32; two 16-row tiles per warp for 32+ tokens or long N (fewer instructions and
     activation re-reads per weight byte), else one (fewer K splits, so fewer FP32 partials); split K
-    until about two CTAs run per SM (each warp keeps two k-steps of loads in flight)."""
+    until about ``CTAS_PER_SM`` CTAs run per SM (each warp keeps two k-steps of loads in flight)."""
     bm = max(8, 1 << max(0, (m - 1).bit_length()))
     kt = 32 if bm <= 32 else 16
     rt = 2 if (bm >= 32 or n >= 8192) else 1
     tiles = _cdiv(n, 16 * rt * NUM_WARPS)
-    split = max(1, min(_cdiv(k, 4 * kt), _cdiv(2 * sms, tiles), 16))
+    split = max(1, min(_cdiv(k, 4 * kt), _cdiv(CTAS_PER_SM * sms, tiles), 16))
     return bm, rt, kt, split
 
 
