@@ -42,6 +42,7 @@ import torch
 
 from longlive_kernels.attention import FP4KVCache, fp4_kv_attention
 from longlive_kernels.attention import fp4_kv_attention_hopper as hopper
+from longlive_kernels.attention import fp4_kv_attention_hopper_check as hopper_check
 from longlive_kernels.attention import reference as ref
 from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms, device_header, rel_err
 
@@ -169,7 +170,7 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
     gluon_ok, gluon_msg = False, "not Hopper / unsupported"
     if hopper.supported(q, cache.layer_view(0), k, v, "bf16"):
         gluon_ok = hopper.probe_ok(q.device)
-        gluon_msg = "" if gluon_ok else hopper._PROBED.get(hopper._device_index(q.device), (0, "?"))[1][:80]
+        gluon_msg = "" if gluon_ok else hopper_check._PROBED.get(hopper._device_index(q.device), (0, "?"))[1][:80]
     bf16_cache = _filled(n_ctx, storage="bf16")[0] if with_bf16_storage else None
     from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available
 

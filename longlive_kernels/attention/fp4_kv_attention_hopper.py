@@ -31,7 +31,8 @@ fp16 for every tile (the portable kernel uses bf16 P for the current chunk: this
 more precise there).
 
 Decode: the E2M1 nibble ``sEEM`` becomes the fp16 bits ``s·2^15 | EEM·2^9`` (= e2m1·2^-14), two
-values per 32-bit register, 3-4 logic ops per pair (``_DECODE_ASM``; SASS: IMAD.SHL, 2 LOP3,
+values per 32-bit register, 3-4 logic ops per pair (``_DECODE_ASM`` in
+``fp4_kv_attention_hopper_operands.py``, with the current chunk's conversion; SASS: IMAD.SHL, 2 LOP3,
 LEA.HI, HMUL2). The pair a register naturally holds is (element k, element k+4) of a 4-byte word,
 so the kernel works in a permuted head_dim order ``σ = [0, 4, 1, 5, 2, 6, 3, 7]`` within every
 group of 8: Q is loaded in that order (QKᵀ is invariant under a common permutation of head_dim)
@@ -39,19 +40,18 @@ and O is stored with the inverse permutation (PV permutes the output columns).
 
 Requirements (else the portable kernel runs): Hopper GPU, head_dim 128, FP4 storage, q bf16,
 ``compute="bf16"``, ``chunk_tokens % 128 == 0``, a current chunk (if passed) with ``Lc % 128 == 0``
-whose tokens are rows of one stride (contiguous, or the K/V slice of a fused QKV tensor). The kernel compiles for sm_90a on CPU machines (tests check registers, spills,
-wgmma count, asynchrony and the placement of the PV wait); it runs only on a GPU, after
-:func:`probe_ok` ran it once in a child process.
+whose tokens are rows of one stride (contiguous, or the K/V slice of a fused QKV tensor). The
+kernel compiles for sm_90a on CPU machines (tests check registers, spills, wgmma count, asynchrony
+and the placement of the PV wait: ``fp4_kv_attention_hopper_check.compile_report``); it runs only on
+a GPU, after :func:`probe_ok` ran it once in a child process.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
-import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -62,7 +62,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .._aot import register_aot
+from .fp4_kv_attention_hopper_operands import _convert_rows, _decode_rows, _perm_cols, current_scales
 from .kv_cache import KV_SCALE_TILE
 
 BLOCK_M = 128  # query rows per CTA (2 consumer warpgroups × 64)
@@ -82,137 +82,9 @@ _PRODUCER_REGS = gl.constexpr(PRODUCER_REGS)
 _SUB = gl.constexpr(32)  # rows the producer decodes per step (bounds its registers)
 _LOG2E = 1.4426950408889634
 
-# 4 packed bytes ($4: elements 0..7 of one 16-value block, element 2i in the low nibble of byte i) →
-# 4 f16x2 registers, $k = (element k, element k+4) · s, with $5 = the f16x2 pair (s, s) of the
-# block's E4M3 scale. A left shift by 12-4k puts nibbles k and k+4 at bits 12-15 of the two 16-bit
-# lanes; the sign stays at bit 15, EEM moves to bits 9-11: the fp16 bits of e2m1·2^-14 (code 1 →
-# the subnormal 2^-15). One mul.rn.f16x2 by the scale is exact (e2m1·e4m3·2^-14 is a multiple of
-# 2^-24 with at most 6 significant bits, and at most 0.17).
-_DECODE_ASM = gl.constexpr("""
-{
-.reg .b32 x, t;
-shl.b32 x, $4, 12;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $0, x, $5;
-shl.b32 x, $4, 8;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $1, x, $5;
-shl.b32 x, $4, 4;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $2, x, $5;
-and.b32 t, $4, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, $4, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $3, x, $5;
-}
-""")
-
-# 4 bf16x2 words ($4..$7 = elements (0,1), (2,3), (4,5), (6,7) of a group of 8) → 4 f16x2 words in
-# the σ order, $k = (element k, element k+4) · $8 (a power of two; cvt.rn once, exact for values
-# that land in fp16's normal range).
-_CONVERT_ASM = gl.constexpr("""
-{
-.reg .b32 a, b;
-.reg .f32 fa, fb;
-shl.b32 a, $4, 16;
-shl.b32 b, $6, 16;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $0, fb, fa;
-and.b32 a, $4, 0xFFFF0000;
-and.b32 b, $6, 0xFFFF0000;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $1, fb, fa;
-shl.b32 a, $5, 16;
-shl.b32 b, $7, 16;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $2, fb, fa;
-and.b32 a, $5, 0xFFFF0000;
-and.b32 b, $7, 0xFFFF0000;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $3, fb, fa;
-}
-""")
-
-
-def sigma_permutation(d: int) -> torch.Tensor:
-    """Original head_dim column of every column the kernel works in (σ within each group of 8)."""
-    c = torch.arange(d)
-    return (c & ~7) | ((c & 1) << 2) | ((c >> 1) & 3)
-
-
 # ---------------------------------------------------------------------------------------------
 # Device helpers
 # ---------------------------------------------------------------------------------------------
-
-
-@gluon.jit
-def _perm_cols(c):
-    """Logical (σ-ordered) column → original head_dim column."""
-    return (c & -8) | ((c & 1) << 2) | ((c >> 1) & 3)
-
-
-@gluon.jit
-def _pairs_to_f16(w, R: gl.constexpr, D: gl.constexpr, LAYOUT: gl.constexpr):
-    """int32 [R, .., ..] f16x2 words → fp16 [R, D] (word p holds columns 2p, 2p+1; LLVM keeps the
-    registers as they are)."""
-    lo = (w & 0xFFFF).to(gl.int16).to(gl.float16, bitcast=True)
-    hi = (w >> 16).to(gl.int16).to(gl.float16, bitcast=True)
-    return gl.convert_layout(gl.join(lo, hi).reshape([R, D]), LAYOUT, assert_trivial=True)
-
-
-@gluon.jit
-def _decode_rows(pk_smem, sc_smem, dst, R: gl.constexpr, D: gl.constexpr, PK3: gl.constexpr,
-                 OUT: gl.constexpr):
-    """Decode R cache rows: packed [R, D/2] uint8 + E4M3 codes [R, D/16] (shared) → fp16 σ-ordered
-    ``e2m1 · s · 2^-14`` [R, D] into ``dst``."""
-    NB: gl.constexpr = D // 16
-    SC: gl.constexpr = gl.SliceLayout(2, PK3)
-    PK2: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
-    packed = gl.convert_layout(pk_smem.load(PK2).reshape([R, NB, 8]), PK3, assert_trivial=True)
-    codes = sc_smem.load(SC)
-    s16 = codes.to(gl.float8e4nv, bitcast=True).to(gl.float32).to(gl.float16)  # exact
-    sb = s16.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-    pairs = gl.expand_dims(sb | (sb << 16), 2)
-    w = gl.inline_asm_elementwise(_DECODE_ASM, "=r,=r,=r,=r,r,r,r,r,r", [packed, pairs], dtype=gl.int32,
-                                  is_pure=True, pack=4)
-    dst.store(_pairs_to_f16(w, R, D, OUT))
-
-
-@gluon.jit
-def _convert_rows(src, dst, mult, R: gl.constexpr, D: gl.constexpr, W3: gl.constexpr, OUT: gl.constexpr):
-    """In place (``src`` = ``dst`` viewed as bf16): R rows of a TMA-written bf16 tile → fp16
-    σ-ordered ``x · mult``. Every thread reads and writes the same 16-byte units (σ permutes within
-    a unit), so no barrier is needed between the loads and the stores."""
-    x = src.load(OUT)
-    bits = x.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-    lo, hi = gl.split(bits.reshape([R, D // 2, 2]))
-    w = gl.convert_layout((lo | (hi << 16)).reshape([R, D // 8, 4]), W3, assert_trivial=True)
-    m = gl.full([R, D // 8, 4], 0.0, gl.float32, layout=W3) + mult
-    y = gl.inline_asm_elementwise(_CONVERT_ASM, "=r,=r,=r,=r,r,r,r,r,f,f,f,f", [w, m], dtype=gl.int32,
-                                  is_pure=True, pack=4)
-    dst.store(_pairs_to_f16(y, R, D, OUT))
 
 
 @gluon.jit
@@ -549,74 +421,6 @@ def _fp4_kv_attention_hopper_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Current-chunk tile factors (Triton): 2^(e-14) per 128-token tile of K and V, e = ⌊log2 amax⌋
-# ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _current_scales_kernel(
-    k_ptr,  # [B, Lc, H, D] bf16 current-chunk K
-    v_ptr,  # [B, Lc, H, D] bf16 current-chunk V (same strides)
-    out_ptr,  # [2, B, H, NTC] fp32 out: the value of one unit of the tile's fp16 copy
-    Lc,
-    H,
-    B,
-    NTC,
-    stride_b,
-    stride_t,
-    stride_h,
-    D: tl.constexpr,
-    BR: tl.constexpr,
-):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    kv = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    base = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
-    if kv == 0:
-        x_ptr = k_ptr + base
-    else:
-        x_ptr = v_ptr + base
-    amax = 0.0
-    for r0 in range(0, 128, BR):
-        rows = pid_t * 128 + r0 + tl.arange(0, BR)
-        offs = rows[:, None].to(tl.int64) * stride_t + tl.arange(0, D)[None, :]
-        a = tl.abs(tl.load(x_ptr + offs, mask=rows[:, None] < Lc, other=0.0).to(tl.float32))
-        a = tl.where(a != a, float("inf"), a)  # NaN: any finite factor; the NaN itself propagates
-        amax = tl.maximum(amax, tl.max(tl.max(a, axis=1), axis=0))
-    e = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-    e = tl.minimum(tl.maximum(e, -112), 127)  # the factor and its inverse stay normal fp32
-    g = ((e - 14 + 127) << 23).to(tl.float32, bitcast=True)
-    g = tl.where(amax > 0, g, 0.0)  # an all-zero tile: factor 0, like a zero cache tile
-    tl.store(out_ptr + ((kv * B + b) * H + h) * NTC + pid_t, g)
-
-
-register_aot(
-    _current_scales_kernel,
-    signature={"k_ptr": "*bf16", "v_ptr": "*bf16", "out_ptr": "*fp32", "Lc": "i32", "H": "i32", "B": "i32",
-               "NTC": "i32", "stride_b": "i64", "stride_t": "i64", "stride_h": "i64"},
-    constexprs={"D": 128, "BR": 32},
-)
-
-
-def current_scales(current_k: torch.Tensor, current_v: torch.Tensor) -> torch.Tensor:
-    """[2, B, H, Lc/128] fp32 ``2^(⌊log2 amax⌋ - 14)`` of every 128-token tile of the current chunk's
-    K and V (the kernel stores ``x / factor`` in fp16: max magnitude in [2^14, 2^15)); 0 for an
-    all-zero tile."""
-    if current_k.stride() != current_v.stride():  # the kernel reads both with K's strides
-        current_k, current_v = current_k.contiguous(), current_v.contiguous()
-    b, lc, h, d = current_k.shape
-    ntc = triton.cdiv(lc, 128)
-    out = torch.empty((2, b, h, ntc), dtype=torch.float32, device=current_k.device)
-    _current_scales_kernel[(ntc, b * h, 2)](
-        current_k, current_v, out, lc, h, b, ntc, current_k.stride(0), current_k.stride(1), current_k.stride(2),
-        D=d, BR=32, num_warps=4,
-    )
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # Host side
 # ---------------------------------------------------------------------------------------------
 
@@ -712,247 +516,15 @@ def attention(q, view, current_k, current_v, softmax_scale: float) -> torch.Tens
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Probe: run the kernel once in a child process (a hang or a crash cannot take the caller down)
-# ---------------------------------------------------------------------------------------------
+# the checks live in their own module; re-exported here, where callers and tests look for them
+from .fp4_kv_attention_hopper_check import (
+    PROBE_TIMEOUT_S,
+    compile_report,
+    probe_ok,
+    run_probe,
+    setmaxnreg_regions,
+)
+from .fp4_kv_attention_hopper_operands import sigma_permutation
 
-PROBE_TIMEOUT_S = 300
-
-
-def _probe_key(device_index: int) -> str:
-    import hashlib
-
-    with open(__file__, "rb") as f:
-        src = hashlib.sha1(f.read()).hexdigest()[:16]
-    return f"{src}|triton {triton.__version__}|torch {torch.__version__}|{torch.cuda.get_device_name(device_index)}"
-
-
-def _probe_cache_path() -> str:
-    root = os.environ.get("LONGLIVE_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "longlive_kernels"))
-    return os.path.join(root, "fp4_kv_gluon_probe.json")
-
-
-def run_probe(device_index: int, timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
-    """Compile and run the kernel on small problems in a fresh process, compare with the portable
-    kernel; (ok, message). A hang is killed after ``timeout`` seconds."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["CUDA_VISIBLE_DEVICES"] = str(device_index) if "CUDA_VISIBLE_DEVICES" not in os.environ else \
-        os.environ["CUDA_VISIBLE_DEVICES"].split(",")[device_index]
-    cmd = [sys.executable, "-m", "longlive_kernels.attention.fp4_kv_attention_hopper", "--probe"]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return False, f"probe timed out after {timeout:.0f} s (kernel hang?)"
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    if proc.returncode != 0 or "PROBE OK" not in proc.stdout:
-        return False, f"probe failed (exit {proc.returncode}):\n{tail}"
-    return True, proc.stdout.strip().splitlines()[-1]
-
-
-_PROBED: dict[int, tuple[bool, str]] = {}
-
-
-def probe_ok(device: torch.device) -> bool:
-    """Result of :func:`run_probe` for this device (run once per process; cached on disk by kernel
-    source, Triton/torch versions and GPU name). False while a CUDA graph is being captured and the
-    probe has not run yet."""
-    import json
-    import warnings
-
-    idx = _device_index(device)
-    if idx in _PROBED:
-        return _PROBED[idx][0]
-    if torch.cuda.is_current_stream_capturing():
-        return False
-    key = _probe_key(idx)
-    path = _probe_cache_path()
-    cache = {}
-    try:
-        with open(path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
-        pass
-    if key in cache:
-        _PROBED[idx] = (bool(cache[key][0]), str(cache[key][1]))
-    else:
-        _PROBED[idx] = run_probe(idx)
-        cache[key] = list(_PROBED[idx])
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                json.dump(cache, f, indent=1)
-        except OSError:
-            pass
-    if not _PROBED[idx][0]:
-        warnings.warn(f"fp4_kv_attention: Hopper Gluon kernel disabled: {_PROBED[idx][1]}", RuntimeWarning,
-                      stacklevel=3)
-    return _PROBED[idx][0]
-
-
-def _probe_cases():
-    """(name, chunk_tokens, n_chunks, Lq, Lc or None, heads, batch): tiles per chunk 1 and 3, odd and
-    even tile counts, a partial query tile, with and without a BF16 current chunk, zero tiles."""
-    return [
-        ("ctx3+cur", 384, 4, 200, 256, 2, 1),
-        ("ctx3+slot", 384, 4, 128, None, 3, 1),
-        ("t128,b2", 128, 3, 300, 128, 2, 2),
-        ("t128,slot", 128, 2, 64, None, 1, 1),
-        ("first-chunk+cur", 256, 1, 130, 384, 1, 1),
-    ]
-
-
-def _probe_main() -> int:
-    import time
-
-    from . import fp4_kv_attention as portable
-    from .kv_cache import FP4KVCache
-
-    torch.manual_seed(0)
-    dev = torch.device("cuda", 0)
-    worst = 0.0
-    t0 = time.time()
-    for name, t, n, lq, lc, h, b in _probe_cases():
-        cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=128, chunk_tokens=t, max_chunks=4, batch_size=b,
-                           device=dev)
-        for c in range(n):
-            cache.start_chunk(c)
-            scale = torch.exp2(torch.randint(-3, 4, (1, 1, h, 1), device=dev).float())
-            k = (torch.randn(b, t, h, 128, device=dev) * scale).bfloat16()
-            v = (torch.randn(b, t, h, 128, device=dev) * scale).bfloat16()
-            if c == 1:
-                v[:, :128] = 0  # an all-zero V tile (tile scale 0)
-            cache.update(0, k, v)
-        q = torch.randn(b, lq, h, 128, device=dev).bfloat16()
-        cur = {}
-        if lc is not None:
-            cur = {"current_k": torch.randn(b, lc, h, 128, device=dev).bfloat16() * 3,
-                   "current_v": torch.randn(b, lc, h, 128, device=dev).bfloat16()}
-        view = cache.layer_view(0)
-        ck, cv = cur.get("current_k"), cur.get("current_v")
-        assert supported(q, view, ck, cv, "bf16"), name
-        got = attention(q, view, ck, cv, 128**-0.5)
-        want = portable._attention_triton(q, view, ck, cv, 128**-0.5, "bf16", portable=True)
-        torch.cuda.synchronize()
-        err = ((got.double() - want.double()).norm() / want.double().norm()).item()
-        worst = max(worst, err)
-        print(f"{name}: rel. err vs portable kernel {err:.2e}", flush=True)
-        if not err <= 5e-3:
-            print(f"PROBE MISMATCH {name}: {err:.3e}")
-            return 1
-    print(f"PROBE OK: worst rel. err vs portable {worst:.2e} ({time.time() - t0:.1f} s)")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# sm_90a compile report (CPU machines: tests; no GPU needed)
-# ---------------------------------------------------------------------------------------------
-
-
-def setmaxnreg_regions(sass: str) -> list[tuple[str, int, int]]:
-    """[(address, register limit, highest register used + 1)] for the code after each
-    ``USETMAXREG`` in program order, up to the next one (a partition's body after its setmaxnreg)."""
-    import re
-
-    out, limit, used, start = [], None, 0, None
-    for line in sass.splitlines():
-        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line)
-        if not m:
-            continue
-        text = m.group(2)
-        if "USETMAXREG" in text:
-            if limit is not None:
-                out.append((start, limit, used))
-            limit, used, start = int(text.split()[-1], 0), 0, m.group(1)
-            continue
-        for r in re.findall(r"\bR(\d+)\b", text):
-            used = max(used, int(r) + 1)
-    if limit is not None:
-        out.append((start, limit, used))
-    return out
-
-
-def compile_report(has_current: bool = True) -> dict:
-    """Compile the kernel for sm_90a (as a launch at the model shape would), run ptxas -v and
-    cuobjdump: registers, spills, shared memory, wgmma count and SASS instruction histogram of the
-    consumer loop. Must run in a process without TRITON_INTERPRET."""
-    import re
-    import subprocess
-    import tempfile
-
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
-    u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
-
-    def desc(shape, dtype, block, layout):
-        return mangle_type(TensorDescriptor.from_tensor(torch.empty(shape, dtype=dtype), block, layout))
-
-    rows = 4 * 24 * 7040
-    sig = {"q_ptr": "*bf16", "o_ptr": "*bf16",
-           "kd_desc": desc((rows, 64), torch.uint8, [BLOCK_N, 64], u8),
-           "ks_desc": desc((rows // 2, 16), torch.uint8, [BLOCK_N // 2, 16], u8),
-           "vd_desc": desc((rows, 64), torch.uint8, [BLOCK_N, 64], u8),
-           "vs_desc": desc((rows // 2, 16), torch.uint8, [BLOCK_N // 2, 16], u8),
-           "ck_desc": desc((7040, 24 * 128), torch.bfloat16, [BLOCK_N, 128], _bf16_tile_layout()),
-           "cv_desc": desc((7040, 24 * 128), torch.bfloat16, [BLOCK_N, 128], _bf16_tile_layout()),
-           "kg_ptr": "*fp32", "vg_ptr": "*fp32", "cg_ptr": "*fp32", "table_ptr": "*i32", "qk_scale": "fp32"}
-    for n in ("Lq", "Lc", "T", "H", "B", "NTC"):
-        sig[n] = "i32"
-    for n in ("stride_qb", "stride_qt", "stride_qh", "stride_ob", "stride_ot", "stride_oh"):
-        sig[n] = "i64"
-    fn = _fp4_kv_attention_hopper_kernel
-    names = list(fn.arg_names)
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, v in sig.items()
-             if (isinstance(v, str) and v.startswith("*")) or a in ("stride_qt", "stride_qh", "stride_ot",
-                                                                     "stride_oh", "T", "Lc")}
-    constexprs = {"HAS_CURRENT": has_current, "num_warps": NUM_WARPS}
-    for c in constexprs:
-        sig[c] = "constexpr"
-    src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS})
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "k.ptx"), "w") as f:
-            f.write(compiled.asm["ptx"])
-        ptxas = subprocess.run([os.path.join(bindir, "ptxas"), "-arch=sm_90a", "-v", os.path.join(tmp, "k.ptx"),
-                                "-o", os.path.join(tmp, "k.o")], capture_output=True, text=True, check=False).stderr
-        with open(os.path.join(tmp, "k.cubin"), "wb") as f:
-            f.write(compiled.asm["cubin"])
-        sass = subprocess.run([os.path.join(bindir, "cuobjdump"), "-sass", os.path.join(tmp, "k.cubin")],
-                              capture_output=True, text=True, check=False).stdout
-    ptx = compiled.asm["ptx"]
-    regs = re.search(r"Used (\d+) registers", ptxas)
-    return {
-        "sass": sass,
-        "regions": setmaxnreg_regions(sass),
-        "ptxas": ptxas,
-        "registers": int(regs.group(1)) if regs else None,
-        "spills": "0 bytes spill stores, 0 bytes spill loads" not in ptxas,
-        "serialized": "serialized" in ptxas,
-        "smem": compiled.metadata.shared,
-        "hgmma": len(re.findall(r"\bHGMMA\.64x128x16\.F32\b", sass)),
-        "setmaxnreg": re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
-        "sass_instructions": len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, flags=re.MULTILINE)),
-        "mufu_ex2": len(re.findall(r"MUFU\.EX2", sass)),
-        "hmul2": len(re.findall(r"\bHMUL2\b", sass)),
-    }
-
-
-if __name__ == "__main__":
-    import sys
-
-    if "--probe" in sys.argv:
-        sys.exit(_probe_main())
-    if "--report" in sys.argv:
-        import json
-
-        for cur in (True, False):
-            rep = compile_report(cur)
-            rep.pop("ptxas")
-            print(json.dumps({"has_current": cur, **rep}))
+__all__ = ["PROBE_TIMEOUT_S", "attention", "compile_report", "current_scales", "probe_ok", "run_probe",
+           "setmaxnreg_regions", "sigma_permutation", "supported"]

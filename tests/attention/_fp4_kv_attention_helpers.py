@@ -22,6 +22,8 @@ attn_mod = importlib.import_module(
     "longlive_kernels.attention.fp4_kv_attention"
 )  # (the package re-exports the function)
 hopper = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_hopper")
+hopper_operands = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_hopper_operands")
+hopper_check = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_hopper_check")
 
 
 def _rand(seed: int, *shape: int, spread: float = 1.0, dtype=torch.bfloat16, device="cpu") -> torch.Tensor:

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from longlive_kernels.fp4 import reference as fp4_ref
 
-from ._fp4_kv_attention_helpers import _rand, attn_mod, hopper
+from ._fp4_kv_attention_helpers import _rand, attn_mod, hopper, hopper_operands
 
 # ---- the decode PTX, executed by a small emulator on every byte and every E4M3 scale ---------------------
 
@@ -103,7 +103,7 @@ def _words_every_byte():
 def test_gluon_decode_ptx_is_exact_in_sigma_order():
     """Gluon decode: output k of a 4-byte word = (element k, element k+4) · s · 2^-14 as f16x2, exact,
     for every byte value in every lane and every finite E4M3 scale; σ = the column order it implies."""
-    asm = hopper._DECODE_ASM.value
+    asm = hopper_operands._DECODE_ASM.value
     codes = np.arange(127, dtype=np.uint32)
     s = torch.from_numpy(codes.astype(np.uint8)).view(torch.float8_e4m3fn).float().numpy()
     s16 = s.astype(np.float16).view(np.uint16).astype(np.uint32)
@@ -139,7 +139,7 @@ def test_gluon_convert_ptx_reorders_and_scales_bf16():
     e = rng.integers(-24, 7, n)  # down to fp16 subnormal outputs; no overflow (the kernel keeps |x| < 2^15)
     mult = np.exp2(e).astype(np.float32)
     m = mult.view(np.uint32)
-    out = _run_ptx(hopper._CONVERT_ASM.value, {4: words[0], 5: words[1], 6: words[2], 7: words[3],
+    out = _run_ptx(hopper_operands._CONVERT_ASM.value, {4: words[0], 5: words[1], 6: words[2], 7: words[3],
                                                8: m, 9: m, 10: m, 11: m})
     x = bf.float().numpy() * mult[:, None]
     for k in range(4):

@@ -12,7 +12,7 @@ import torch
 from longlive_kernels.attention import FP4KVCache, fp4_kv_attention
 from longlive_kernels.testing import rel_err
 
-from ._fp4_kv_attention_helpers import _check_against_reference, _rand, attn_mod, hopper
+from ._fp4_kv_attention_helpers import _check_against_reference, _rand, attn_mod, hopper, hopper_check
 
 
 def test_gluon_kernel_compiles_for_sm90a():
@@ -64,7 +64,7 @@ def _gluon_or_skip():
         pytest.skip("the Gluon kernel needs an sm_90 GPU")
     dev = torch.device("cuda", torch.cuda.current_device())
     if not hopper.probe_ok(dev):
-        pytest.fail(f"Gluon kernel probe failed: {hopper._PROBED[dev.index][1]}")
+        pytest.fail(f"Gluon kernel probe failed: {hopper_check._PROBED[dev.index][1]}")
 
 
 @pytest.mark.gpu
