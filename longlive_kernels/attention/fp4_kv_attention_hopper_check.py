@@ -7,6 +7,8 @@ Usage::
 
     python -m longlive_kernels.attention.fp4_kv_attention_hopper_check --probe   # on a GPU
     python -m longlive_kernels.attention.fp4_kv_attention_hopper_check --report  # anywhere
+
+(runpy warns that the package imported the module first; harmless.)
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def run_probe(device_index: int, timeout: float = PROBE_TIMEOUT_S) -> tuple[bool
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = str(device_index) if "CUDA_VISIBLE_DEVICES" not in os.environ else \
         os.environ["CUDA_VISIBLE_DEVICES"].split(",")[device_index]
-    cmd = [sys.executable, "-m", "longlive_kernels.attention.fp4_kv_attention_hopper_check", "--probe"]
+    # -c rather than -m: the package imports this module before runpy would run it as __main__
+    code = "from longlive_kernels.attention.fp4_kv_attention_hopper_check import _probe_main; " \
+        "raise SystemExit(_probe_main())"
+    cmd = [sys.executable, "-c", code]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=timeout, check=False)
