@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -131,7 +132,8 @@ def _probe_cases():
 def _probe_main() -> int:
     import time
 
-    from . import fp4_kv_attention as portable
+    # importlib: the package attribute `fp4_kv_attention` is the function, not the module
+    portable = importlib.import_module("longlive_kernels.attention.fp4_kv_attention")
     from .kv_cache import FP4KVCache
 
     torch.manual_seed(0)
