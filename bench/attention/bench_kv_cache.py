@@ -321,7 +321,7 @@ ATT_COLS = [
 def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(c[1] for c in cols) + " |\n|" + "---|" * len(cols) + "\n"
     return head + "".join(
-        "| " + " | ".join(format(r.get(c[0], ""), c[2]) for c in cols) + " |\n" for r in rows
+        "| " + " | ".join(format(r[c[0]], c[2]) if c[0] in r else "–" for c in cols) + " |\n" for r in rows
     )
 
 

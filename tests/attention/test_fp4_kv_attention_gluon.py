@@ -102,7 +102,7 @@ def _gluon_case(seed, t, n_chunks, lq, lc, h, b):
 def test_gpu_gluon_matches_portable_and_fp64(t, n_chunks, lq, lc, h, b):
     """The Gluon kernel (called directly) vs the portable kernel (≤ 5e-3 rel.: the same math; P is
     fp16 instead of bf16 on the current chunk) and vs fp64 (FlashAttention rule); the public function
-    takes it (bitwise equal) once the probe passed."""
+    with backend="triton" takes it (bitwise equal) once the probe passed."""
     _gluon_or_skip()
     cache, q, cur = _gluon_case(7, t, n_chunks, lq, lc, h, b)
     view = cache.layer_view(0)
@@ -119,7 +119,7 @@ def test_gpu_gluon_matches_portable_and_fp64(t, n_chunks, lq, lc, h, b):
         kk, vv = torch.cat([kk, ck.float()], 1), torch.cat([vv, cv.float()], 1)
     _check_against_reference(got[:, :n_q], q[:, :n_q], kk, vv)
     kw = {"current_k": ck, "current_v": cv} if cur else {}
-    assert torch.equal(fp4_kv_attention(q, cache, 0, **kw), got)  # the public function takes it
+    assert torch.equal(fp4_kv_attention(q, cache, 0, backend="triton", **kw), got)  # the fused backend takes it
 
 
 @pytest.mark.gpu
@@ -132,7 +132,7 @@ def test_gpu_gluon_current_chunk_sliced_from_fused_qkv():
     k_view, v_view = qkv[:, :, 1], qkv[:, :, 2]
     view = cache.layer_view(0)
     assert not k_view.is_contiguous() and hopper.supported(q, view, k_view, v_view, "bf16")
-    got = fp4_kv_attention(q, cache, 0, current_k=k_view, current_v=v_view)
+    got = fp4_kv_attention(q, cache, 0, current_k=k_view, current_v=v_view, backend="triton")
     assert torch.equal(got, hopper.attention(q, view, ck, cv, 128**-0.5))  # same as contiguous copies
     want = attn_mod._attention_triton(q, view, ck, cv, 128**-0.5, "bf16", portable=True)
     assert rel_err(got, want) <= 5e-3
@@ -151,6 +151,6 @@ def test_gpu_gluon_unsupported_calls_fall_back():
               "bf16")]
     for qq, k, v, compute in cases:
         assert not hopper.supported(qq, view, k, v, compute)
-        got = fp4_kv_attention(qq, cache, 0, current_k=k, current_v=v, compute=compute)
+        got = fp4_kv_attention(qq, cache, 0, current_k=k, current_v=v, compute=compute, backend="triton")
         want = attn_mod._attention_triton(qq, view, k, v, 128**-0.5, compute, portable=True)
         assert torch.equal(got, want)
