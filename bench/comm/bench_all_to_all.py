@@ -265,7 +265,7 @@ def _sp_variants(p: int, cuda: bool, head_chunks) -> list[tuple[str | None, str,
 
 
 def _bench_sp_attention(world, dims, device, timer, rows, head_chunks=(1,)):
-    from longlive_kernels.comm.peer_exchange import symmetric_empty
+    from longlive_kernels.comm import symmetric_empty
 
     b, s, h, d, window = dims
     flops = 4 * b * s * window * h * d

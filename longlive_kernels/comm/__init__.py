@@ -1,5 +1,6 @@
 """Ulysses sequence parallelism: all-to-all, quantized (NVFP4/FP8) all-to-all, UlyssesAttention."""
 
+from .peer_exchange import symmetric_empty
 from .quantized_all_to_all import quantized_all_to_all
 from .ulysses import AllToAllHandle, ulysses_all_to_all
 from .ulysses_attention import UlyssesAttention, sdpa_attention
@@ -9,5 +10,6 @@ __all__ = [
     "UlyssesAttention",
     "quantized_all_to_all",
     "sdpa_attention",
+    "symmetric_empty",
     "ulysses_all_to_all",
 ]

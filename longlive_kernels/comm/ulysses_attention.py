@@ -198,7 +198,7 @@ class UlyssesAttention(nn.Module):
             [B, S, H_kv/P, D] / [B, S, H_kv/P, Dv] tensors of k's dtype that receive the gathered k
             and v (e.g. the current chunk's slot of a BF16 KV cache whose whole window ``attn``
             reads); ``attn`` then gets them as k and v. With ``transport="peer"`` they must be views
-            of :func:`~longlive_kernels.comm.peer_exchange.symmetric_empty` tensors of the group
+            of :func:`~longlive_kernels.comm.symmetric_empty` tensors of the group
             (the same views on every rank) and the peers' stores land there directly; otherwise (and
             at P = 1) the received k, v are copied in. Dense k/v only (``kv_output="dequantized"``,
             ``head_chunks=1``), no autograd.

@@ -503,7 +503,7 @@ def _case_peer_into_window(rank, p, dev, chk, loc):
     """``kv_out`` / ``out``: the peer stores land in a symmetric KV window's tail and output buffer
     (nothing else of the window written), bit-identical to the NCCL path that copies them there;
     a window outside symmetric memory is refused."""
-    from longlive_kernels.comm.peer_exchange import symmetric_empty
+    from longlive_kernels.comm import symmetric_empty
 
     b, s_loc, h, d = loc[0].shape
     ctx = 5
