@@ -17,6 +17,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from .._aot import register_aot
+from .kv_cache_triton import kv_tile_program
+
 
 # 4 packed bytes ($4: elements 0..7 of one 16-value block, element 2i in the low nibble of byte i) →
 # 4 f16x2 registers, $k = (element k, element k+4) · s, with $5 = the f16x2 pair (s, s) of the
@@ -24,72 +26,36 @@ from .._aot import register_aot
 # lanes; the sign stays at bit 15, EEM moves to bits 9-11: the fp16 bits of e2m1·2^-14 (code 1 →
 # the subnormal 2^-15). One mul.rn.f16x2 by the scale is exact (e2m1·e4m3·2^-14 is a multiple of
 # 2^-24 with at most 6 significant bits, and at most 0.17).
-_DECODE_ASM = gl.constexpr("""
-{
-.reg .b32 x, t;
-shl.b32 x, $4, 12;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $0, x, $5;
-shl.b32 x, $4, 8;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $1, x, $5;
-shl.b32 x, $4, 4;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $2, x, $5;
-and.b32 t, $4, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, $4, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $3, x, $5;
-}
-""")
+def _decode_asm() -> str:
+    """The PTX of ``_DECODE_ASM``: output $k from nibbles k, k+4 (left shift 12, 8, 4, 0)."""
+    body = []
+    for k, shift in enumerate((12, 8, 4, 0)):
+        src = "x" if shift else "$4"
+        if shift:
+            body.append(f"shl.b32 x, $4, {shift};")
+        body += [f"and.b32 t, {src}, 0x70007000;", "shr.b32 t, t, 3;", f"and.b32 x, {src}, 0x80008000;",
+                 "or.b32 x, x, t;", f"mul.rn.f16x2 ${k}, x, $5;"]
+    return "\n{\n.reg .b32 x, t;\n" + "\n".join(body) + "\n}\n"
+
+
+_DECODE_ASM = gl.constexpr(_decode_asm())
 
 # 4 bf16x2 words ($4..$7 = elements (0,1), (2,3), (4,5), (6,7) of a group of 8) → 4 f16x2 words in
 # the σ order, $k = (element k, element k+4) · $8 (a power of two; cvt.rn once, exact for values
 # that land in fp16's normal range).
-_CONVERT_ASM = gl.constexpr("""
-{
-.reg .b32 a, b;
-.reg .f32 fa, fb;
-shl.b32 a, $4, 16;
-shl.b32 b, $6, 16;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $0, fb, fa;
-and.b32 a, $4, 0xFFFF0000;
-and.b32 b, $6, 0xFFFF0000;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $1, fb, fa;
-shl.b32 a, $5, 16;
-shl.b32 b, $7, 16;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $2, fb, fa;
-and.b32 a, $5, 0xFFFF0000;
-and.b32 b, $7, 0xFFFF0000;
-mov.b32 fa, a;
-mov.b32 fb, b;
-mul.rn.f32 fa, fa, $8;
-mul.rn.f32 fb, fb, $8;
-cvt.rn.f16x2.f32 $3, fb, fa;
-}
-""")
+def _convert_asm() -> str:
+    """The PTX of ``_CONVERT_ASM``: output $k from the low (k even) or high (k odd) halves of
+    words ($4, $6) for k < 2, ($5, $7) otherwise."""
+    body = []
+    for k in range(4):
+        lo, hi = ("$4", "$6") if k < 2 else ("$5", "$7")
+        op = "shl.b32 {r}, {src}, 16;" if k % 2 == 0 else "and.b32 {r}, {src}, 0xFFFF0000;"
+        body += [op.format(r="a", src=lo), op.format(r="b", src=hi), "mov.b32 fa, a;", "mov.b32 fb, b;",
+                 "mul.rn.f32 fa, fa, $8;", "mul.rn.f32 fb, fb, $8;", f"cvt.rn.f16x2.f32 ${k}, fb, fa;"]
+    return "\n{\n.reg .b32 a, b;\n.reg .f32 fa, fb;\n" + "\n".join(body) + "\n}\n"
+
+
+_CONVERT_ASM = gl.constexpr(_convert_asm())
 
 
 def sigma_permutation(d: int) -> torch.Tensor:
@@ -169,15 +135,7 @@ def _current_scales_kernel(
     BR: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    kv = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    base = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
-    if kv == 0:
-        x_ptr = k_ptr + base
-    else:
-        x_ptr = v_ptr + base
+    x_ptr, b, h, kv = kv_tile_program(k_ptr, v_ptr, H, stride_b, stride_h)
     amax = 0.0
     for r0 in range(0, 128, BR):
         rows = pid_t * 128 + r0 + tl.arange(0, BR)

@@ -19,6 +19,22 @@ from .reference import KV_SCALE_TILE
 
 
 @triton.jit
+def kv_tile_program(k_ptr, v_ptr, H, stride_b, stride_h):
+    """Program (token tile, b·H + h, K or V) of a [B, L, H, D] K/V pair: (that tensor's pointer at
+    (b, 0, h), b, h, 0 for K / 1 for V)."""
+    pid_bh = tl.program_id(1)
+    kv = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    base = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+    if kv == 0:
+        x_ptr = k_ptr + base
+    else:
+        x_ptr = v_ptr + base
+    return x_ptr, b, h, kv
+
+
+@triton.jit
 def _load_rows(x_ptr, rows, T, stride_t, D: tl.constexpr):
     mask = rows[:, None] < T
     offs = rows[:, None].to(tl.int64) * stride_t + tl.arange(0, D)[None, :]
@@ -50,15 +66,7 @@ def _kv_update_kernel(
 ):
     NB: tl.constexpr = D // 16
     pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    kv = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    src = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
-    if kv == 0:
-        x_ptr = k_ptr + src
-    else:
-        x_ptr = v_ptr + src
+    x_ptr, b, h, kv = kv_tile_program(k_ptr, v_ptr, H, stride_b, stride_h)
     slot = tl.load(slot_ptr)
     valid_slot = (slot >= 0) & (slot < S)  # never write outside the slot table
     slot = tl.where(valid_slot, slot, 0).to(tl.int64)
