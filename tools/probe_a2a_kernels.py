@@ -63,8 +63,6 @@ def main() -> int:
                 ref = buf.clone()
                 pack = _us(partial(ops._pack_cuda, x, buf, gs, p, 2, "static6", *args))
                 print(f"| – | – | pack, CUDA quantize per chunk | {fmt} | {pack:.1f} | {pack / copy:.2f} |")
-                un = _us(partial(ops._unpack_cuda, buf, deq, p, 1, *args))
-                print(f"| – | – | unpack → bf16, CUDA dequantize per chunk | {fmt} | {un:.1f} | {un / copy:.2f} |")
                 print(f"# CUDA pack bytes equal Triton's: {torch.equal(ref, buf)}")
     return 0
 

@@ -151,9 +151,8 @@ def quantized_all_to_all(
         All-gather shapes/options first and raise the same ``ValueError`` on every rank if they
         differ (one tiny collective + host sync; for debugging and first calls).
     backend : {"auto", "cuda", "triton", "torch"}
-        ``"cuda"``: the CUDA quantize / dequantize kernels of ``csrc/fp4`` for the NVFP4 pack and
-        dequantizing unpack where each destination chunk is a row-strided matrix (B = 1 or
-        contiguous inputs), Triton for the rest. ``"auto"``: CUDA where the extension is built,
+        ``"cuda"``: the CUDA quantize kernel of ``csrc/fp4`` for the NVFP4 pack where each
+        destination chunk is a row-strided matrix (B = 1 or contiguous inputs), Triton for the rest. ``"auto"``: CUDA where the extension is built,
         else Triton on GPUs; the reference (``comm/reference.py``) on CPU.
 
     Returns

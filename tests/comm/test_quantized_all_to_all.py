@@ -196,9 +196,9 @@ def test_pack_unpack_bit_exact(seed, p, b, s_local, h_mult, nblocks, dtype, fmt,
     seq_to_head=st.booleans(),
 )
 def test_cuda_pack_unpack_equal_triton(seed, p, b, s_local, nblocks, dtype, rule, seq_to_head):
-    """backend="cuda" (the csrc quantize/dequantize kernels per destination chunk, Triton where a
-    chunk is not a row-strided matrix): every received byte and every dequantized value equal the
-    Triton backend's, with per-source scales (each chunk decoded with its own header)."""
+    """backend="cuda" (the csrc quantize kernel per destination chunk, Triton where a chunk is not a
+    row-strided matrix): every received byte and every dequantized value equal the Triton
+    backend's, with per-source scales (each chunk decoded with its own header)."""
     d = 16 * nblocks
     shape = (b, s_local, 2 * p, d) if seq_to_head else (b, s_local * p, 2, d)
     sd, gd = (2, 1) if seq_to_head else (1, 2)
