@@ -234,7 +234,6 @@ def _gemv_kernel(
     RT: gl.constexpr,  # 16-row weight tiles per warp
     KT: gl.constexpr,  # elements of a row per thread per k-step: 16 or 32
     SPLIT_K: gl.constexpr,
-    AHEAD: gl.constexpr,  # weight k-steps in flight ahead of the one being multiplied: 1 or 2
     num_warps: gl.constexpr,
 ):
     ROWS: gl.constexpr = 16 * RT * num_warps
@@ -284,16 +283,6 @@ def _gemv_kernel(
     live = k_begin < k_end
     wq = _load_words(w_ptrs, live, k0 // 8, K, NW, EVEN_K, W_WORDS)
     wsc = _load_scales(ws_ptrs, live, k0 // 16, K, NB, EVEN_K)
-    wq1 = wq
-    wsc1 = wsc
-    if AHEAD == 2:  # the weights of step k_begin + BK too; the pointers then stay one step ahead
-        live1 = k_begin + BK < k_end
-        adv1 = gl.where(live1, 1, 0)
-        w_ptrs += adv1 * NW
-        ws_ptrs += adv1 * NB
-        k1 = gl.where(live1, k0 + BK, k0)
-        wq1 = _load_words(w_ptrs, live1, k1 // 8, K, NW, EVEN_K, W_WORDS)
-        wsc1 = _load_scales(ws_ptrs, live1, k1 // 16, K, NB, EVEN_K)
     if X_NVFP4:
         xq = _load_words(x_ptrs, live, k0 // 8, K, NW, EVEN_K, X_WORDS)
         xsc = _load_scales(xs_ptrs, live, k0 // 16, K, NB, EVEN_K)
@@ -307,17 +296,10 @@ def _gemv_kernel(
         live = k + BK < k_end
         kn = gl.where(live, k + BK, k)
         adv = gl.where(live, 1, 0)
-        if AHEAD == 2:
-            live_w = k + 2 * BK < k_end
-            kw = gl.where(live_w, k + 2 * BK, k)
-            adv_w = gl.where(live_w, 1, 0)
-        else:
-            kw = kn
-            adv_w = adv
-        w_ptrs += adv_w * NW
-        ws_ptrs += adv_w * NB
-        wq_n = _load_words(w_ptrs, True, kw // 8, K, NW, EVEN_K, W_WORDS)
-        wsc_n = _load_scales(ws_ptrs, True, kw // 16, K, NB, EVEN_K)
+        w_ptrs += adv * NW
+        ws_ptrs += adv * NB
+        wq_n = _load_words(w_ptrs, True, kn // 8, K, NW, EVEN_K, W_WORDS)
+        wsc_n = _load_scales(ws_ptrs, True, kn // 16, K, NB, EVEN_K)
         if X_NVFP4:
             x_ptrs += adv * NW
             xs_ptrs += adv * NB
@@ -336,14 +318,8 @@ def _gemv_kernel(
         a = _decode_step(wq, wsc, ROWS, KT, OP_DTYPE, W_WORDS8)
         acc = mma_v2(gl.convert_layout(a, DOT_A, assert_trivial=True),
                      gl.convert_layout(b, DOT_B, assert_trivial=True), acc)
-        if AHEAD == 2:
-            wq = wq1
-            wsc = wsc1
-            wq1 = wq_n
-            wsc1 = wsc_n
-        else:
-            wq = wq_n
-            wsc = wsc_n
+        wq = wq_n
+        wsc = wsc_n
         if X_NVFP4:
             xq = xq_n
             xsc = xsc_n
@@ -397,8 +373,7 @@ def _epilogue(acc, rows, toks, M, N, w_gs_ptr, x_gs_ptr, bias_ptr, out_ptr, stri
 # ---------------------------------------------------------------------------------------------
 
 NUM_WARPS = 4
-CTAS_PER_SM = 2  # K is split until about this many CTAs run per SM (tools/probe_gemv.py sweeps these)
-AHEAD = 1  # weight k-steps loaded ahead of the multiply (registers): 1 or 2
+CTAS_PER_SM = 2  # K is split until about this many CTAs run per SM (tools/probe_gemv.py sweeps both)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -484,7 +459,7 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> t
         bias if bias is not None else b_gs, out, ws, sem,
         m, n, k, w_words.stride(0), b_scale.stride(0), x.stride(0), x_scale.stride(0), out.stride(0), k_per_split,
         X_NVFP4=a_nvfp4, HAS_BIAS=bias is not None, EVEN_K=k % bk == 0, OP_DTYPE=op_dtype, BM=bm, RT=rt, KT=kt,
-        SPLIT_K=split, AHEAD=AHEAD, num_warps=NUM_WARPS,
+        SPLIT_K=split, num_warps=NUM_WARPS,
     )
     return out
 

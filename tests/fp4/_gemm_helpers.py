@@ -131,8 +131,7 @@ def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfl
             "hazards": wgmma_register_a_hazards(sass)}
 
 
-def _gemv_compile_report(x_nvfp4: bool, bm: int, rt: int, kt: int, split: int, op: str, even_k: bool,
-                         ahead: int = 1) -> dict:
+def _gemv_compile_report(x_nvfp4: bool, bm: int, rt: int, kt: int, split: int, op: str, even_k: bool) -> dict:
     """Compile gemm_gemv's kernel for sm_90a (as a launch with 16-divisible strides would) and report
     what the test checks (run in a subprocess)."""
     import os
@@ -151,7 +150,7 @@ def _gemv_compile_report(x_nvfp4: bool, bm: int, rt: int, kt: int, split: int, o
            "stride_xsm": "i32", "stride_om": "i32", "k_per_split": "i32"}
     constexprs = {"X_NVFP4": x_nvfp4, "HAS_BIAS": True, "EVEN_K": even_k,
                   "OP_DTYPE": gl.float16 if op == "fp16" else gl.bfloat16, "BM": bm, "RT": rt, "KT": kt,
-                  "SPLIT_K": split, "AHEAD": ahead, "num_warps": gv.NUM_WARPS}
+                  "SPLIT_K": split, "num_warps": gv.NUM_WARPS}
     names = list(gv._gemv_kernel.arg_names)
     div = [a for a, t in sig.items() if t.startswith("*")] + (["stride_wn", "stride_xm", "k_per_split"] if even_k
                                                              else [])

@@ -84,20 +84,18 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
 @pytest.mark.parametrize("cfg", [
     (False, 8, 1, 32, 1, "bf16", True), (False, 16, 2, 32, 4, "bf16", True), (False, 32, 2, 32, 1, "fp16", True),
     (False, 64, 2, 16, 2, "bf16", True), (True, 16, 1, 32, 3, "bf16", True), (True, 64, 1, 16, 1, "bf16", False),
-    (False, 8, 1, 32, 2, "bf16", False), (False, 16, 2, 32, 4, "bf16", True, 2), (True, 16, 1, 32, 3, "bf16", True, 2),
-    (False, 8, 1, 32, 2, "bf16", False, 2)],
+    (False, 8, 1, 32, 2, "bf16", False)],
     ids=["w4a16-m8", "w4a16-m16-split", "w4a16-m32-fp16", "w4a16-m64", "w4a4-m16", "w4a4-m64-raggedk",
-         "w4a16-raggedk", "w4a16-m16-ahead2", "w4a4-m16-ahead2", "w4a16-raggedk-ahead2"])
+         "w4a16-raggedk"])
 def test_gemv_kernel_compiles_for_sm90a(cfg):
     """The small-M kernel builds for sm_90a with no spills or local memory; its main loop is
     registers only (the reshape/permute of the loaded words reach the mma.sync operand layouts without
     shared memory: ``assert_trivial`` conversions compile), issues mma.sync (HMMA: RT·(BM/8)·(KT/4) per
-    warp and k-step) and, with 16-divisible strides, loads weights with 16-byte (KT=32) vectors; also
-    with the weights of two k-steps in flight (``AHEAD=2``)."""
+    warp and k-step) and, with 16-divisible strides, loads weights with 16-byte (KT=32) vectors."""
 
-    x_nvfp4, bm, rt, kt, split, op, even_k, *ahead = cfg
+    x_nvfp4, bm, rt, kt, split, op, even_k = cfg
     report = _report_in_fresh_process(
-        f"_gemv_compile_report({x_nvfp4}, {bm}, {rt}, {kt}, {split}, {op!r}, {even_k}, {ahead[0] if ahead else 1})")
+        f"_gemv_compile_report({x_nvfp4}, {bm}, {rt}, {kt}, {split}, {op!r}, {even_k})")
     assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
     assert not report["local"]
     assert report["hmma_in_loop"] == rt * (bm // 8) * (kt // 4), report
