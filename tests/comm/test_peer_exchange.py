@@ -132,3 +132,14 @@ def test_inputs_land_in_their_own_destinations(triton_device, grid_order, b, p, 
         block[:, :, window + rank * s: window + (rank + 1) * s] = True
         assert bool((win[dest][~block] == POISON).all())
         assert bool((q_dst[dest][:, : rank * s] == POISON).all())
+
+
+def test_symmetric_destinations_are_checked():
+    """``symmetric_empty`` refuses a CPU device; a destination that is no view of a symmetric
+    allocation of the group is refused with a message naming ``symmetric_empty``."""
+    from longlive_kernels.comm import symmetric_empty
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        symmetric_empty((2, 3), dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="symmetric_empty"):
+        peer_exchange._peer_views(torch.empty(4, 8), "no-such-group", "kv_out[0]")
