@@ -17,7 +17,12 @@ from longlive.model.attention import (
     MaskedAttention,
     SequenceParallelAttention,
 )
-from longlive.model.checkpoint import CheckpointMismatchError, load_checkpoint, load_pretrained, save_checkpoint
+from longlive.model.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint,
+    load_pretrained,
+    save_checkpoint,
+)
 from longlive.model.dit import CausalDiT
 from longlive.model.masks import TeacherForcingLayout
 from longlive.model.text_encoder import (
@@ -37,3 +42,30 @@ from longlive.model.vae import (
     WanVAEConfig,
     load_vae,
 )
+
+__all__ = [
+    "BF16KVCache",
+    "CausalDiT",
+    "CheckpointMismatchError",
+    "DenseAttention",
+    "HashTextEncoder",
+    "KVCacheAttention",
+    "MaskedAttention",
+    "MiniLMEncoder",
+    "PatchVAE",
+    "SequenceParallelAttention",
+    "StateDictMismatchError",
+    "StreamDecoder",
+    "StreamEncoder",
+    "TeacherForcingLayout",
+    "TextEncoder",
+    "UMT5Encoder",
+    "VideoVAE",
+    "WanVAE",
+    "WanVAEConfig",
+    "load_checkpoint",
+    "load_pretrained",
+    "load_text_encoder",
+    "load_vae",
+    "save_checkpoint",
+]

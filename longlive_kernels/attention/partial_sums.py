@@ -18,7 +18,6 @@ import triton.language as tl
 from .._aot import register_aot
 from .._backend import interpret_mode
 
-
 # Rows one program sums for a shared accumulator in a single launch (about 5 steps of 64 rows: at
 # 64 frames × 12 programs that one long loop cost ~100 µs; two short launches cost ~5).
 _MAX_SHARED_ROWS = 320

@@ -3,11 +3,11 @@ NVFP4Linear."""
 
 from .dequantize import dequantize_nvfp4
 from .format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor, from_blocked, to_blocked
-from .hadamard import random_hadamard_transform
-from .quantize import quantize_nvfp4
 from .fp8 import fp8_gemm, quantize_fp8_rowwise
 from .gemm import nvfp4_gemm
+from .hadamard import random_hadamard_transform
 from .linear import NVFP4Linear, NVFP4Recipe, quantize_model
+from .quantize import quantize_nvfp4
 
 __all__ = [
     "BLOCK_SIZE",
