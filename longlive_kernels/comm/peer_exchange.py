@@ -61,6 +61,11 @@ def _copy_rows(srcs, dsts, *, dst_offset, n_i, n_j, s_dest) -> None:
     )
 
 
+def _span(t: torch.Tensor) -> int:
+    """Elements from ``t``'s first to its last element (inclusive): the extent a strided view covers."""
+    return 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+
+
 def _strides(t: torch.Tensor) -> tuple[int, ...]:
     """Strides that matter: those of dims of size 1 are never used and read as 0."""
     return tuple(st if n > 1 else 0 for n, st in zip(t.shape, t.stride()))
@@ -187,9 +192,8 @@ class _SymmetricBuffer:
         views = self.views.get(key)
         if views is None:
             offset = (t.data_ptr() - self.start) // t.element_size()
-            span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
             views = [t if r == self.rank else
-                     self.handle.get_buffer(r, (span,), t.dtype, offset).as_strided(t.shape, t.stride())
+                     self.handle.get_buffer(r, (_span(t),), t.dtype, offset).as_strided(t.shape, t.stride())
                      for r in range(self.world)]
             self.views[key] = views
         return views
@@ -244,7 +248,7 @@ def symmetric_empty(shape, *, dtype: torch.dtype, device, group=None) -> torch.T
 
 def _record(t: torch.Tensor, group_name: str, name: str) -> _SymmetricBuffer:
     """The :func:`symmetric_empty` allocation of the group that holds all of ``t``."""
-    end = t.data_ptr() + (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))) * t.element_size()
+    end = t.data_ptr() + _span(t) * t.element_size()
     for rec in _SYMMETRIC:
         if rec.group_name == group_name and rec.device == t.device and rec.start <= t.data_ptr() and end <= rec.end:
             return rec
@@ -348,17 +352,19 @@ class PeerExchange:
             raise ValueError(f"PeerExchange.head_to_seq: out must be {list(self.shape)}, got {list(out.shape)}")
         p, r = self.world_size, self.rank
         h = heads // p
+        fresh = out is None
+        if fresh:
+            out = torch.empty(self.shape, dtype=o.dtype, device=o.device)
+            # own heads of own tokens go straight into the output; only the peers' blocks are
+            # copied out of the shared buffer after the barrier
+            dsts = [out if dest == r else buf for dest, buf in enumerate(self._out_peers)]
+        else:  # a symmetric ``out``: every block lands there (checked before any barrier)
+            dsts = _peer_views(out, self.group.group_name, "out")
         self._in_handle.barrier(channel=0)
-        if out is not None:
-            scatter_tokens(o, _peer_views(out, self.group.group_name, "out"), r, backend=self.backend)
-            self._in_handle.barrier(channel=0)
-            return out
-        out = torch.empty(self.shape, dtype=o.dtype, device=o.device)
-        # own heads of own tokens go straight into the output; only the peers' blocks are copied out
-        # of the shared buffer after the barrier
-        dsts = [out if dest == r else buf for dest, buf in enumerate(self._out_peers)]
         scatter_tokens(o, dsts, r, backend=self.backend)
         self._in_handle.barrier(channel=0)
+        if not fresh:
+            return out
         if r > 0:
             out[:, :, : r * h].copy_(self._out[:, :, : r * h])
         if r < p - 1:
