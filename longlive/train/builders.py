@@ -13,12 +13,14 @@ __all__ = ["build_text_encoder", "build_vae", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"``: cuda:LOCAL_RANK when CUDA is available, else cpu."""
+    """``"auto"``: cuda:LOCAL_RANK when CUDA is available (torchrun), else the current CUDA device
+    (the one a launcher that does not set LOCAL_RANK selected with ``torch.cuda.set_device``), else cpu."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ValueError("train.device = cuda but CUDA is not available")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    local = os.environ.get("LOCAL_RANK")
+    return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
 
 
 def build_vae(cfg: RunConfig, device: torch.device):

@@ -327,3 +327,20 @@ def test_one_process_bf16_trainers_one_after_another(tmp_path):
     )[0]
     assert fsdp_a and fsdp_b and not (own_a or own_b or init_a or init_b)
     assert a == b
+
+
+@pytest.mark.parametrize(("local_rank", "current", "want"), [("3", 1, 3), (None, 2, 2)])
+def test_auto_device_follows_local_rank_else_the_current_cuda_device(monkeypatch, local_rank, current, want):
+    """torchrun sets LOCAL_RANK; a launcher that only calls torch.cuda.set_device (our spawn harness)
+    must get that device, not cuda:0 on every rank (NCCL: "Duplicate GPU detected")."""
+    from longlive.train.builders import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert resolve_device("auto") == torch.device("cuda", want)
+    assert resolve_device("cuda") == torch.device("cuda", want)
+    assert resolve_device("cpu") == torch.device("cpu")
