@@ -26,9 +26,11 @@ BF16 current chunk (3 heads, the first 1024 queries); the BF16-cache rows also c
 rounding of the decoded values.
 
 Run: python bench/attention/bench_kv_cache.py [--quick] [--attention-only | --bandwidth-only] [--sweep] [--granularity]
-                                              [--gluon-probe]
+                                              [--gluon-probe] [--gluon-ablations]
      (--granularity runs on the CPU: the error table of the global-scale granularity choice;
-      every attention row is printed as soon as it is timed, so a failure keeps the rows before it)
+      every attention row is printed as soon as it is timed, so a failure keeps the rows before it;
+      --gluon-ablations adds timing-only rows of the Gluon kernel without its K/V decode and/or its
+      exponentials, to see which part of its work bounds it)
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def _ref_subset(q, kk, vv):
     return ref.attention(sub(q[:, :1024]), sub(kk), sub(vv), block_q=256), sub
 
 
-def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> list[dict]:
+def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
+                   gluon_ablations: bool = False) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     cache, k, v = _filled(n_ctx)
@@ -163,9 +166,9 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
         ck, cv = (k, v) if current else (None, None)
         return lambda: attn_mod._attention_triton(q, cache.layer_view(0), ck, cv, D**-0.5, compute, portable=True)
 
-    def gluon(current=True):
+    def gluon(current=True, ablate=0):
         ck, cv = (k, v) if current else (None, None)
-        return lambda: hopper.attention(q, cache.layer_view(0), ck, cv, D**-0.5)
+        return lambda: hopper.attention(q, cache.layer_view(0), ck, cv, D**-0.5, _ablate=ablate)
 
     gluon_ok, gluon_msg = False, "not Hopper / unsupported"
     if hopper.supported(q, cache.layer_view(0), k, v, "bf16"):
@@ -191,6 +194,12 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
         ("fp4_kv_attention fp8 (auto) +cache-current",
          (lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
     ] + (
+        # where the Gluon kernel's time goes: the same pipeline without parts of its work
+        [(f"Gluon ablation *(timing only, wrong output)*: {what}",
+          gluon(current=False, ablate=a) if gluon_ok else None)
+         for a, what in ((1, "no K/V decode"), (2, "no exponentials"), (3, "neither"))]
+        if gluon_ablations else []
+    ) + (
         [("Triton, BF16 cache", lambda: fp4_kv_attention(q, bf16_cache, 0, current_k=k, current_v=v))]
         if with_bf16_storage
         else []
@@ -205,7 +214,7 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True) -> li
             continue
         try:
             out = fn()
-            if "+cache-current" in name:  # attends to the quantized current chunk: its own reference
+            if "+cache-current" in name or "ablation" in name:  # attends to the quantized current chunk: its own reference
                 kq, vq = cache.dequantize(0, include_current=True, dtype=torch.float32)
                 err = rel_err(sub(out[:, :1024]), _ref_subset(q, kq, vq)[0])
             elif "BF16 cache" in name and "Triton" in name:
@@ -344,6 +353,8 @@ if __name__ == "__main__":
     ap.add_argument("--granularity", action="store_true", help="CPU: global-scale granularity error table")
     ap.add_argument("--attention-only", action="store_true", help="only the attention table")
     ap.add_argument("--bandwidth-only", action="store_true", help="only the memory and update/decode tables")
+    ap.add_argument("--gluon-ablations", action="store_true",
+                    help="add timing-only rows of the Gluon kernel without its decode / exponentials (wrong output)")
     ap.add_argument("--gluon-probe", action="store_true",
                     help="run the Hopper Gluon kernel's probe (a child process, 300 s limit) and print its result")
     args = ap.parse_args()
@@ -369,7 +380,8 @@ if __name__ == "__main__":
     if args.attention_only:
         att = []
         for n_ctx in (3,) if args.quick else (3, 4):
-            att += attention_rows(n_ctx, iters, with_bf16_storage=not args.quick)
+            att += attention_rows(n_ctx, iters, with_bf16_storage=not args.quick,
+                                  gluon_ablations=args.gluon_ablations)
         print(_table(att, ATT_COLS))
         raise SystemExit(0)
     copy = copy_bandwidth_gbs()

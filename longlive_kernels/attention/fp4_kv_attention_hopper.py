@@ -162,7 +162,7 @@ def _issue_current(j, n_cache, Lc, b, h, c_desc, dst, bar):
 @gluon.jit
 def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, dec, ready, empty, cur_bar, pk_ready,
              HAS_CURRENT: gl.constexpr, D: gl.constexpr, PK3: gl.constexpr, DEC: gl.constexpr,
-             W3: gl.constexpr, CONV: gl.constexpr):
+             W3: gl.constexpr, CONV: gl.constexpr, ABLATE: gl.constexpr):
     """Fill dec[j % 2] with tile j of K (x=0) or V (x=1) and signal it. A current-chunk tile was
     TMA-loaded into the buffer itself earlier (``_prefetch_current``) and is converted in place."""
     buf = dec.index(j % 2)
@@ -188,8 +188,9 @@ def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, dec, r
         row_major: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0])
         pk_rows = pk.index(s)._reinterpret(gl.uint8, [128, D // 2], row_major)
         sc_rows = sc.index(s)._reinterpret(gl.uint8, [128, D // 16], row_major)
-        for r in gl.static_range(0, 128, _SUB):
-            _decode_rows(pk_rows.slice(r, _SUB), sc_rows.slice(r, _SUB), buf.slice(r, _SUB), _SUB, D, PK3, DEC)
+        if (ABLATE & 1) == 0:
+            for r in gl.static_range(0, 128, _SUB):
+                _decode_rows(pk_rows.slice(r, _SUB), sc_rows.slice(r, _SUB), buf.slice(r, _SUB), _SUB, D, PK3, DEC)
     fence_async_shared()  # generic-proxy writes → the consumers' wgmma (async proxy)
     mbarrier.arrive(ready.index(j % 2), count=1)
 
@@ -205,7 +206,7 @@ def _prefetch_current(j, n_cache, n_tiles, Lc, b, h, c_desc, dec, empty, cur_bar
 @gluon.jit
 def _producer(kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, table_ptr, k_pk, k_sc, v_pk, v_sc,
               k_dec, v_dec, pk_ready, cur_bars, k_ready, k_empty, v_ready, v_empty, Lc, T, H, B, NTC,
-              HAS_CURRENT: gl.constexpr):
+              HAS_CURRENT: gl.constexpr, ABLATE: gl.constexpr):
     D: gl.constexpr = 2 * kd_desc.block_type.shape[1]
     NB: gl.constexpr = D // 16
     gl.static_assert(D == 128 and _SUB == 32, "layouts below assume head_dim 128, 32-row decode steps")
@@ -232,11 +233,11 @@ def _producer(kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, tabl
     # QKᵀ(j-1) done] → [TMA V(j) if current: needs V(j-2) released = the consumers hold K(j)] → V(j).
     for j in range(n_tiles):
         _produce(0, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, k_pk, k_sc, k_dec, k_ready, k_empty,
-                 cur_bars.index(0), pk_ready, HAS_CURRENT, D, PK3, DEC, W3, CONV)
+                 cur_bars.index(0), pk_ready, HAS_CURRENT, D, PK3, DEC, W3, CONV, ABLATE)
         _prefetch_current(j + 1, n_cache, n_tiles, Lc, b, h, ck_desc, k_dec, k_empty, cur_bars.index(0), HAS_CURRENT)
         _prefetch_current(j, n_cache, n_tiles, Lc, b, h, cv_desc, v_dec, v_empty, cur_bars.index(1), HAS_CURRENT)
         _produce(1, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, v_pk, v_sc, v_dec, v_ready, v_empty,
-                 cur_bars.index(1), pk_ready, HAS_CURRENT, D, PK3, DEC, W3, CONV)
+                 cur_bars.index(1), pk_ready, HAS_CURRENT, D, PK3, DEC, W3, CONV, ABLATE)
         nxt = j + stages
         if nxt < n_cache:
             gl.thread_barrier()  # every producer thread has read stage j % stages (fenced above)
@@ -247,7 +248,7 @@ def _producer(kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, tabl
 @gluon.jit
 def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, p_smem, k_dec, v_dec, k_ready, k_empty, v_ready,
               v_empty, qk_scale, Lq, Lc, T, H, B, NTC, stride_qb, stride_qt, stride_qh, stride_ob, stride_ot,
-              stride_oh, HAS_CURRENT: gl.constexpr):
+              stride_oh, HAS_CURRENT: gl.constexpr, ABLATE: gl.constexpr):
     D: gl.constexpr = p_smem.shape[1]
     ROWS: gl.constexpr = p_smem.shape[0]
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[_CONSUMER_WARPS, 1],
@@ -322,8 +323,12 @@ def _consumer(q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, p_smem, k_dec, v_
         if not (fk_j < 0.0):
             sc = q_sc * fk_j
             m_new = gl.maximum(m_i, gl.max(s, axis=1) * sc)
-            p = gl.exp2(s * sc - gl.expand_dims(m_new, 1))
-            alpha = gl.exp2(m_i - m_new)
+            if (ABLATE & 2) != 0:  # timing only: the softmax without its exponentials (MUFU.EX2)
+                p = s * sc - gl.expand_dims(m_new, 1)
+                alpha = m_i - m_new + 1.0
+            else:
+                p = gl.exp2(s * sc - gl.expand_dims(m_new, 1))
+                alpha = gl.exp2(m_i - m_new)
             l_new = l_i * alpha + gl.sum(p, axis=1)
             p16 = p.to(gl.float16)
         else:
@@ -383,6 +388,7 @@ def _fp4_kv_attention_hopper_kernel(
     stride_ot,
     stride_oh,
     HAS_CURRENT: gl.constexpr,
+    ABLATE: gl.constexpr,  # 0; timing ablations (wrong results): 1 = no K/V decode, 2 = no exponentials
     num_warps: gl.constexpr,
 ):
     D: gl.constexpr = 2 * kd_desc.block_type.shape[1]
@@ -413,10 +419,10 @@ def _fp4_kv_attention_hopper_kernel(
     gl.warp_specialize([
         (_consumer, (q_ptr, o_ptr, kg_ptr, vg_ptr, cg_ptr, table_ptr, p_smem, k_dec, v_dec, k_ready, k_empty, v_ready,
                      v_empty, qk_scale, Lq, Lc, T, H, B, NTC, stride_qb, stride_qt, stride_qh, stride_ob, stride_ot,
-                     stride_oh, HAS_CURRENT)),
+                     stride_oh, HAS_CURRENT, ABLATE)),
         (_producer, (kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, cg_ptr, table_ptr, k_pk, k_sc, v_pk, v_sc,
                      k_dec, v_dec, pk_ready, cur_bars, k_ready, k_empty, v_ready, v_empty, Lc, T, H, B, NTC,
-                     HAS_CURRENT)),
+                     HAS_CURRENT, ABLATE)),
     ], [_PRODUCER_WARPS], [_PRODUCER_REGS])
 
 
@@ -476,9 +482,10 @@ def _bf16_tile_layout():
     return gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.bfloat16)
 
 
-def attention(q, view, current_k, current_v, softmax_scale: float) -> torch.Tensor:
+def attention(q, view, current_k, current_v, softmax_scale: float, *, _ablate: int = 0) -> torch.Tensor:
     """Run the Gluon kernel (arguments as ``fp4_kv_attention._attention_triton``; check
-    :func:`supported` first). Returns [B, Lq, H, D] bf16."""
+    :func:`supported` first). Returns [B, Lq, H, D] bf16. ``_ablate`` (timing probes only, wrong
+    results): 1 skips the K/V decode, 2 the softmax's exponentials, 3 both (``tools/probe_gluon_attention.py``)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     b, lq, h, d = q.shape
@@ -511,7 +518,7 @@ def attention(q, view, current_k, current_v, softmax_scale: float) -> torch.Tens
         q, out, kd_desc, ks_desc, vd_desc, vs_desc, ck_desc, cv_desc, kg, vg, cg, view.table,
         softmax_scale * _LOG2E, lq, lc, t, h, b, ntc,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        HAS_CURRENT=has_cur, num_warps=NUM_WARPS,
+        HAS_CURRENT=has_cur, ABLATE=_ablate, num_warps=NUM_WARPS,
     )
     return out
 

@@ -200,7 +200,7 @@ def setmaxnreg_regions(sass: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def compile_report(has_current: bool = True) -> dict:
+def compile_report(has_current: bool = True, ablate: int = 0) -> dict:
     """Compile the kernel for sm_90a (as a launch at the model shape would), run ptxas -v and
     cuobjdump: registers, spills, shared memory, wgmma count and SASS instruction histogram of the
     consumer loop. Must run in a process without TRITON_INTERPRET."""
@@ -238,7 +238,7 @@ def compile_report(has_current: bool = True) -> dict:
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, v in sig.items()
              if (isinstance(v, str) and v.startswith("*")) or a in ("stride_qt", "stride_qh", "stride_ot",
                                                                      "stride_oh", "T", "Lc")}
-    constexprs = {"HAS_CURRENT": has_current, "num_warps": num_warps}
+    constexprs = {"HAS_CURRENT": has_current, "ABLATE": ablate, "num_warps": num_warps}
     for c in constexprs:
         sig[c] = "constexpr"
     src = GluonASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)

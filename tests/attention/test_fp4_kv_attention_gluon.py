@@ -55,6 +55,30 @@ def test_gluon_kernel_compiles_for_sm90a():
         assert rep["ex2_before_pv_wait"] >= 64, rep["ex2_before_pv_wait"]  # the softmax overlaps PV
 
 
+def test_gluon_timing_ablations_remove_what_they_name():
+    """bench_kv_cache.py --gluon-ablations times the kernel without parts of its work: ablation 1 must
+    compile without the decode's HMUL2, 2 without the loop's MUFU.EX2 (the prologue tile keeps 64),
+    and the default (0) must keep both."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json\n"
+            "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
+            "print(json.dumps({a: [h.compile_report(False, ablate=a)[n] for n in ('hmul2', 'mufu_ex2', 'spills')]\n"
+            "                  for a in (0, 1, 2)}))\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
+                          check=False, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    (h0, e0, s0), (h1, e1, _), (h2, e2, _) = rep["0"], rep["1"], rep["2"]
+    assert h0 > 0 and h1 == 0 and h2 == h0, rep
+    assert e1 == e0 and 64 <= e2 < e0, rep
+    assert not s0, rep
+
+
 def _gluon_or_skip():
     """Skip without an sm_90 GPU; fail (without running the kernel in this process) when the probe,
     a child process killed after 300 s, did not pass: a hang cannot take the test session down."""
