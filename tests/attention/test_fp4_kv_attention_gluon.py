@@ -15,35 +15,42 @@ from longlive_kernels.testing import rel_err
 from ._fp4_kv_attention_helpers import _check_against_reference, _rand, attn_mod, hopper, hopper_check
 
 
-def test_gluon_kernel_compiles_for_sm90a():
-    """Compiled for sm_90a here (fresh process: the interpreter patches triton.language): no spills,
-    wgmma asynchronous (no ptxas 'serialized' warning), 32 HGMMA.64x128x16 (QKᵀ and PV, 8 k-steps
-    each: prologue S, loop S + PV, epilogue PV), shared memory within 227 KB, the producer within its
-    setmaxnreg budget, the PV wait after the softmax (ptxas hoists it to the top of its basic block:
-    the kernel gives the softmax a block of its own), and no register operand of an in-flight wgmma
-    rewritten (the SASS walk of tests/fp4/test_gemm.py)."""
+def _compile_in_child(code: str) -> list[dict]:
+    """Run ``code`` (which prints one JSON object per line) in a fresh process without
+    TRITON_INTERPRET (the interpreter patches triton.language) and return the parsed lines."""
     import json
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json, re\n"
-            "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
-            "from tests.fp4._gemm_helpers import wgmma_register_a_hazards\n"
-            "for cur in (True, False):\n"
-            "    r = h.compile_report(cur); sass = r.pop('sass')\n"
-            "    r['hazards'] = wgmma_register_a_hazards(sass)\n"
-            "    ins = [l for l in sass.splitlines() if re.match(r'\\s+/\\*[0-9a-f]{4,}\\*/', l)]\n"
-            "    pv = [i for i, l in enumerate(ins) if 'HGMMA' in l and 'tnspB' in l and 'gsb0' in l]\n"
-            "    w0 = next(i for i in range(pv[0], len(ins)) if 'DEPBAR.LE gsb0, 0x0' in ins[i])\n"
-            "    r['ex2_before_pv_wait'] = sum('MUFU.EX2' in l for l in ins[pv[0]:w0])\n"
-            "    print(json.dumps(r))\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
                           check=False, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for line in proc.stdout.strip().splitlines()[-2:]:
-        rep = json.loads(line)
+    return [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+
+
+def test_gluon_kernel_compiles_for_sm90a():
+    """Compiled for sm_90a here: no spills,
+    wgmma asynchronous (no ptxas 'serialized' warning), 32 HGMMA.64x128x16 (QKᵀ and PV, 8 k-steps
+    each: prologue S, loop S + PV, epilogue PV), shared memory within 227 KB, the producer within its
+    setmaxnreg budget, the PV wait after the softmax (ptxas hoists it to the top of its basic block:
+    the kernel gives the softmax a block of its own), and no register operand of an in-flight wgmma
+    rewritten (the SASS walk of tests/fp4/test_gemm.py)."""
+    reports = _compile_in_child(
+        "import json, re\n"
+        "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
+        "from tests.fp4._gemm_helpers import wgmma_register_a_hazards\n"
+        "for cur in (True, False):\n"
+        "    r = h.compile_report(cur); sass = r.pop('sass')\n"
+        "    r['hazards'] = wgmma_register_a_hazards(sass)\n"
+        "    ins = [l for l in sass.splitlines() if re.match(r'\\s+/\\*[0-9a-f]{4,}\\*/', l)]\n"
+        "    pv = [i for i, l in enumerate(ins) if 'HGMMA' in l and 'tnspB' in l and 'gsb0' in l]\n"
+        "    w0 = next(i for i in range(pv[0], len(ins)) if 'DEPBAR.LE gsb0, 0x0' in ins[i])\n"
+        "    r['ex2_before_pv_wait'] = sum('MUFU.EX2' in l for l in ins[pv[0]:w0])\n"
+        "    print(json.dumps(r))\n")
+    assert len(reports) == 2
+    for rep in reports:
         assert not rep["spills"] and not rep["serialized"], rep["ptxas"]
         assert rep["registers"] <= 168, rep["ptxas"]
         assert rep["hgmma"] == 32
@@ -59,20 +66,11 @@ def test_gluon_timing_ablations_remove_what_they_name():
     """bench_kv_cache.py --gluon-ablations times the kernel without parts of its work: ablation 1 must
     compile without the decode's HMUL2, 2 without the loop's MUFU.EX2 (the prologue tile keeps 64),
     and the default (0) must keep both."""
-    import json
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import json\n"
-            "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
-            "print(json.dumps({a: [h.compile_report(False, ablate=a)[n] for n in ('hmul2', 'mufu_ex2', 'spills')]\n"
-            "                  for a in (0, 1, 2)}))\n")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root,
-                          check=False, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    (rep,) = _compile_in_child(
+        "import json\n"
+        "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
+        "print(json.dumps({a: [h.compile_report(False, ablate=a)[n] for n in ('hmul2', 'mufu_ex2', 'spills')]\n"
+        "                  for a in (0, 1, 2)}))\n")
     (h0, e0, s0), (h1, e1, _), (h2, e2, _) = rep["0"], rep["1"], rep["2"]
     assert h0 > 0 and h1 == 0 and h2 == h0, rep
     assert e1 == e0 and 64 <= e2 < e0, rep
