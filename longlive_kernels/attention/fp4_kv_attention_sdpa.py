@@ -31,6 +31,12 @@ _PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.
              SDPBackend.MATH]
 
 
+# cuDNN's FP8 SDPA on an H100 at Lq 7040, Lk 28160, 24 heads: 2.393 ms with [B, H, L, D] q/K/V in
+# memory against 2.462 ms token-major (tools/probe_fp8_sdpa.py --layouts), so the FP8 workspace, q's
+# codes and O are head-major; bench_kv_cache.py times both (this switch) in one run.
+FP8_HEADS_MAJOR = True
+
+
 def cudnn_first(device: torch.device) -> contextlib.AbstractContextManager:
     """Context that puts cuDNN attention first in SDPA's priority on Hopper (sm_90), where it measured
     2× FlashAttention-2 (bench/RESULTS.md, issue 5 table); a no-op elsewhere."""
@@ -48,15 +54,20 @@ def sdpa_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: 
     return o.transpose(1, 2).contiguous()
 
 
-def _workspace(cache, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V workspace views [B, rows, H, D] owned by ``cache``; grown (re-allocated) only when a call
-    needs more rows or another dtype."""
+def _workspace(cache, rows: int, dtype: torch.dtype,
+               heads_major: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V workspace views [B, rows, H, D] owned by ``cache``, token-major in memory or (``heads_major``)
+    [B, H, rows, D]; grown (re-allocated) only when a call needs more rows, another dtype or layout."""
     ws = getattr(cache, "_sdpa_workspace", None)
-    if ws is None or ws.dtype != dtype or ws.shape[2] < rows:
+    layout = getattr(cache, "_sdpa_workspace_heads_major", None)
+    if ws is None or ws.dtype != dtype or layout != heads_major or ws.shape[3 if heads_major else 2] < rows:
         cap = max(rows, cache.max_chunks * cache.chunk_tokens)  # every context chunk + a current one
-        ws = torch.empty((2, cache.batch_size, cap, cache.num_heads, cache.head_dim), dtype=dtype,
-                         device=cache.device)
-        cache._sdpa_workspace = ws
+        b, h, d = cache.batch_size, cache.num_heads, cache.head_dim
+        shape = (2, b, h, cap, d) if heads_major else (2, b, cap, h, d)
+        ws = torch.empty(shape, dtype=dtype, device=cache.device)
+        cache._sdpa_workspace, cache._sdpa_workspace_heads_major = ws, heads_major
+    if heads_major:
+        return ws[0, :, :, :rows].transpose(1, 2), ws[1, :, :, :rows].transpose(1, 2)
     return ws[0, :, :rows], ws[1, :, :rows]
 
 
@@ -82,7 +93,8 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     """:func:`attention` with FP8 E4M3 math (cuDNN FP8 SDPA, :mod:`fp8_sdpa`): the FP4 window is decoded
     straight into an FP8 workspace with one scale per K and V, ``6 · max`` of the layer's FP32 tile
     scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
-    current chunk are quantized with per-tensor scales. Inputs are checked by :func:`fp4_kv_attention`."""
+    current chunk are quantized with per-tensor scales. The workspace, q's codes and O are head-major in
+    memory (``FP8_HEADS_MAJOR``). Inputs are checked by :func:`fp4_kv_attention`."""
     from ..fp4.format import E2M1_MAX, E4M3_MAX
     from .fp8_sdpa import amax, fp8_sdpa, quantize_fp8_per_tensor, scale_cast
     from .kv_cache_ops import _dequantize_triton
@@ -90,7 +102,7 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     n_ctx = len(cache.context_chunks())
     ctx_rows = n_ctx * cache.chunk_tokens
     cur_rows = cache.chunk_tokens if current_k is None else current_k.shape[1]
-    k8, v8 = _workspace(cache, ctx_rows + cur_rows, torch.float8_e4m3fn)
+    k8, v8 = _workspace(cache, ctx_rows + cur_rows, torch.float8_e4m3fn, heads_major=FP8_HEADS_MAJOR)
     gs = cache.global_scale[layer]  # [2, S, B, H, NT]: every slot of this layer, so no host sync
     # |value| ≤ E2M1_MAX · E4M3_MAX · tile scale, so descale = E2M1_MAX · max tile scale maps it into E4M3
     descale = (gs.flatten(1).amax(1) * E2M1_MAX).clamp_min(torch.finfo(torch.float32).tiny)
@@ -103,5 +115,6 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     if current_k is not None:
         scale_cast(current_k, descale[0:1], k8[:, ctx_rows:], divide=True)
         scale_cast(current_v, descale[1:2], v8[:, ctx_rows:], divide=True)
-    q8, descale_q = quantize_fp8_per_tensor(q)
+    q8, descale_q = quantize_fp8_per_tensor(
+        q, out=None if FP8_HEADS_MAJOR else torch.empty(q.shape, dtype=torch.float8_e4m3fn, device=q.device))
     return fp8_sdpa(q8, k8, v8, descale_q, descale[0:1], descale[1:2], softmax_scale, out_dtype=q.dtype)

@@ -26,7 +26,9 @@ import triton
 
 from ..fp4.format import E4M3_MAX
 
-__all__ = ["amax", "cudnn_fp8_sdpa_available", "fp8_sdpa", "quantize_fp8_per_tensor", "scale_cast"]
+__all__ = [
+    "amax", "cudnn_fp8_sdpa_available", "fp8_sdpa", "heads_major", "quantize_fp8_per_tensor", "scale_cast",
+]
 
 
 @functools.cache
@@ -53,33 +55,48 @@ def amax(x: torch.Tensor) -> torch.Tensor:
 def scale_cast(x: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, *, divide: bool) -> torch.Tensor:
     """``out = (x / scale if divide else x · scale)`` rounded to ``out``'s dtype (RNE), in one pass.
 
-    x, out : [B, L, H, D] of one shape, (H, D) contiguous in both (any batch and token strides);
-    scale : [1] fp32 device tensor. CUDA: a Triton kernel; elsewhere torch ops."""
-    if x.is_cuda and x.stride(3) == 1 and x.stride(2) == x.shape[3] and out.stride(3) == 1 \
-            and out.stride(2) == out.shape[3]:
+    x, out : [B, L, H, D] of one shape, D contiguous in both (any batch, token and head strides: e.g.
+    token-major q into the head-major FP8 workspace); scale : [1] fp32 device tensor. CUDA: a Triton
+    kernel; elsewhere torch ops."""
+    if x.is_cuda and x.stride(3) == 1 and out.stride(3) == 1:
         from .fp8_sdpa_triton import _scale_cast_kernel
 
         b, seq, h, d = x.shape
         c = h * d
         grid = (triton.cdiv(seq, 32), triton.cdiv(c, 256), b)
-        _scale_cast_kernel[grid](x, out, scale, seq, c, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-                                 INVERT=divide, BL=32, BC=256, num_warps=4)
+        _scale_cast_kernel[grid](x, out, scale, seq, c, x.stride(0), x.stride(1), x.stride(2), out.stride(0),
+                                 out.stride(1), out.stride(2), INVERT=divide, D=d, BL=32, BC=256, num_warps=4)
         return out
     y = x.float() / scale if divide else x.float() * scale
     out.copy_(y.to(out.dtype))
     return out
 
 
+def heads_major(shape: tuple[int, int, int, int], dtype: torch.dtype, device) -> torch.Tensor:
+    """An uninitialised [B, L, H, D] view whose memory is [B, H, L, D] (each head's tokens contiguous):
+    the layout in which cuDNN's FP8 SDPA runs fastest on Hopper (``tools/probe_fp8_sdpa.py --layouts``)."""
+    b, seq, h, d = shape
+    return torch.empty((b, h, seq, d), dtype=dtype, device=device).transpose(1, 2)
+
+
 def quantize_fp8_per_tensor(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` [B, L, H, D] → (E4M3 codes, descale): codes = RNE(x · 448 / amax(|x|)), descale = amax / 448
-    ([1] fp32). ``out`` (float8_e4m3fn, x's shape) receives the codes in place."""
+    ([1] fp32). ``out`` (float8_e4m3fn, x's shape, any strides with D contiguous) receives the codes in
+    place; by default a :func:`heads_major` tensor."""
     descale = (amax(x) / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
     if out is None:
-        out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+        out = heads_major(tuple(x.shape), torch.float8_e4m3fn, x.device)
     return scale_cast(x, descale, out, divide=True), descale
 
 
 _GRAPHS: dict[tuple, tuple] = {}
+
+
+def _out_like(q8: torch.Tensor) -> torch.Tensor:
+    """cuDNN's FP8 output buffer: [B, Lq, H, D] in q8's memory layout (head- or token-major)."""
+    if q8.stride(1) == q8.shape[3] and q8.stride(2) == q8.shape[1] * q8.shape[3]:
+        return heads_major(tuple(q8.shape), torch.float8_e4m3fn, q8.device)
+    return torch.empty(q8.shape, dtype=torch.float8_e4m3fn, device=q8.device)
 
 
 def _graph(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, softmax_scale: float):
@@ -99,8 +116,8 @@ def _graph(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, softmax_scale: 
                                       scale_s=ss, scale_o=so, is_inference=True, attn_scale=softmax_scale,
                                       use_causal_mask=False)
     b, lq, h, d = q8.shape
-    o.set_output(True).set_dim([b, h, lq, d]).set_stride([lq * h * d, d, h * d, 1]).set_data_type(
-        cudnn.data_type.FP8_E4M3)
+    o_strides = list(_out_like(q8).transpose(1, 2).stride())
+    o.set_output(True).set_dim([b, h, lq, d]).set_stride(o_strides).set_data_type(cudnn.data_type.FP8_E4M3)
     for t in (amax_s, amax_o):
         t.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
     g.validate()
@@ -161,7 +178,7 @@ def fp8_sdpa(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: to
     g, handle, workspace, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o), c = _graph(
         q8, k8, v8, float(softmax_scale))
     _cudnn().set_stream(handle=handle, stream=torch.cuda.current_stream(q8.device).cuda_stream)  # graphs, side streams
-    o8 = torch.empty(q8.shape, dtype=torch.float8_e4m3fn, device=q8.device)
+    o8 = _out_like(q8)
     scale_o = (1.0 / descale_v.float()).reshape(1, 1, 1, 1)
     g.execute({tq: q8.transpose(1, 2), tk: k8.transpose(1, 2), tv: v8.transpose(1, 2),
                dq: descale_q.reshape(1, 1, 1, 1), dk: descale_k.reshape(1, 1, 1, 1),

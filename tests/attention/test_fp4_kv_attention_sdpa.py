@@ -65,6 +65,55 @@ def test_sdpa_backend_refuses_fp8_compute():
         fp4_kv_attention(_rand(2, 1, 8, 2, 32), cache, 1, compute="fp8", backend="sdpa")
 
 
+@pytest.mark.parametrize("to_heads_major", [True, False])
+def test_scale_cast_kernel_between_token_and_head_major_layouts(to_heads_major):
+    """The one-pass scale-and-cast kernel of the FP8 path reads and writes any (batch, token, head)
+    strides: token-major → a slice of a head-major workspace and back; x / s rounded once, and the
+    NaN-poisoned rows around the slice stay untouched. (Triton interpreter on the CPU, fp32 buffers: the
+    interpreter's bf16/fp8 casts are not RNE; the GPU test below checks those roundings.)"""
+    from longlive_kernels._backend import interpret_mode
+    from longlive_kernels.attention.fp8_sdpa_triton import _scale_cast_kernel
+
+    if not interpret_mode() and not torch.cuda.is_available():
+        pytest.skip("needs the Triton interpreter or a GPU")
+    dev = "cuda" if torch.cuda.is_available() and not interpret_mode() else "cpu"
+    b, seq, h, d = 2, 37, 3, 64
+    x = (torch.randn(b, seq, h, d, generator=torch.Generator().manual_seed(4)) * 5).to(dev)
+    s = torch.tensor([0.37], device=dev)
+    ws = torch.full((b, h, seq + 13, d), float("nan"), device=dev)  # head-major
+    slot = ws[:, :, 5:5 + seq].transpose(1, 2)  # [B, L, H, D] view, rows 5..41 of every head
+    src, dst = x, slot
+    if not to_heads_major:
+        slot.copy_(x)
+        src, dst = slot, torch.full((b, seq, h, d), float("nan"), device=dev)
+    grid = ((seq + 31) // 32, (h * d + 255) // 256, b)
+    _scale_cast_kernel[grid](src, dst, s, seq, h * d, *src.stride()[:3], *dst.stride()[:3], INVERT=True, D=d,
+                             BL=32, BC=256)
+    assert torch.equal(dst, src / s)
+    assert ws[:, :, :5].isnan().all() and ws[:, :, 5 + seq:].isnan().all()
+
+
+def test_kv_decode_into_a_head_major_workspace_equals_token_major():
+    """The FP8 path decodes the window into head-major workspace views ([B, L, H, D] over [B, H, L, D]
+    memory): the same values as the token-major decode, and the workspace is re-allocated on a layout
+    change instead of being reinterpreted."""
+    from longlive_kernels.attention.fp4_kv_attention_sdpa import _workspace
+    from longlive_kernels.attention.kv_cache_ops import _dequantize_triton
+
+    cache = _cache(11, 3, "fp4")
+    rows = 3 * cache.chunk_tokens
+    args = (cache.data[1], cache.scale[1], cache.global_scale[1], cache.table, 3, torch.float32)
+    want_k, want_v = _dequantize_triton(*args)
+    tok_k, _ = _workspace(cache, rows, torch.float32)
+    k, v = _workspace(cache, rows, torch.float32, heads_major=True)
+    assert k.stride(1) == cache.head_dim and k.stride(2) > k.stride(1)
+    assert k.data_ptr() != tok_k.data_ptr()  # a new (head-major) buffer
+    k.fill_(float("nan"))
+    v.fill_(float("nan"))
+    _dequantize_triton(*args, k, v)
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)
+
+
 def _fp8_sdpa_or_skip():
     from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available
 
@@ -73,12 +122,17 @@ def _fp8_sdpa_or_skip():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("heads_major", [True, False])
 @pytest.mark.parametrize("with_current", [True, False])
-def test_gpu_cudnn_fp8_compute_error_and_stale_rows(with_current):
-    """compute="fp8" on Hopper (cuDNN FP8 SDPA over the FP8-decoded window): within the error of five
-    E4M3 roundings (Q, K, V, P, O: 2^-4 each) of the BF16 path, really FP8 (not bit-equal to BF16), the
-    workspace's stale rows (NaN-poisoned) never read, and the same result when replayed in a CUDA graph."""
+def test_gpu_cudnn_fp8_compute_error_and_stale_rows(with_current, heads_major, monkeypatch):
+    """compute="fp8" on Hopper (cuDNN FP8 SDPA over the FP8-decoded window, head- or token-major): within
+    the error of five E4M3 roundings (Q, K, V, P, O: 2^-4 each) of the BF16 path, really FP8 (not
+    bit-equal to BF16), the workspace's stale rows (NaN-poisoned) never read, and the same result when
+    replayed in a CUDA graph."""
     _fp8_sdpa_or_skip()
+    from longlive_kernels.attention import fp4_kv_attention_sdpa
+
+    monkeypatch.setattr(fp4_kv_attention_sdpa, "FP8_HEADS_MAJOR", heads_major)
     dev = torch.device("cuda")
     h, d, t = 4, 128, 256
     cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
