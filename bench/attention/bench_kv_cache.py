@@ -131,13 +131,13 @@ def _ref_subset(q, kk, vv):
     return ref.attention(sub(q[:, :1024]), sub(kk), sub(vv), block_q=256), sub
 
 
-def _token_major(fn):
-    """``fn`` with the FP8 path's workspace, q codes and O token-major ([B, L, H, D] in memory), the
-    layout before the thirteenth session, to compare with the head-major default in the same run."""
+def _heads_major(fn):
+    """``fn`` with the FP8 path's workspace, q codes and O head-major ([B, H, L, D] in memory), to
+    compare with the token-major default in the same run."""
     from longlive_kernels.attention import fp4_kv_attention_sdpa as sdpa_path
 
     def run():
-        saved, sdpa_path.FP8_HEADS_MAJOR = sdpa_path.FP8_HEADS_MAJOR, False
+        saved, sdpa_path.FP8_HEADS_MAJOR = sdpa_path.FP8_HEADS_MAJOR, True
         try:
             return fn()
         finally:
@@ -208,8 +208,8 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
          (lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8")) if fp8_ok else None),
         ("fp4_kv_attention fp8 (auto) +cache-current",
          (lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
-        ("fp4_kv_attention fp8 (auto) +cache-current, token-major FP8 workspace",
-         _token_major(lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
+        ("fp4_kv_attention fp8 (auto) +cache-current, head-major FP8 workspace",
+         _heads_major(lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
     ] + (
         # where the Gluon kernel's time goes: the same pipeline without parts of its work
         [(f"Gluon ablation *(timing only, wrong output)*: {what}",

@@ -32,9 +32,10 @@ _PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.
 
 
 # cuDNN's FP8 SDPA on an H100 at Lq 7040, Lk 28160, 24 heads: 2.393 ms with [B, H, L, D] q/K/V in
-# memory against 2.462 ms token-major (tools/probe_fp8_sdpa.py --layouts), so the FP8 workspace, q's
-# codes and O are head-major; bench_kv_cache.py times both (this switch) in one run.
-FP8_HEADS_MAJOR = True
+# memory against 2.462 ms token-major (tools/probe_fp8_sdpa.py --layouts). True makes the FP8
+# workspace, q's codes and O head-major; it stays off until the whole path has run on a GPU in that
+# layout (bench_kv_cache.py times both in one run; the GPU test covers both).
+FP8_HEADS_MAJOR = False
 
 
 def cudnn_first(device: torch.device) -> contextlib.AbstractContextManager:
@@ -56,11 +57,13 @@ def sdpa_bshd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: 
 
 def _workspace(cache, rows: int, dtype: torch.dtype,
                heads_major: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """K and V workspace views [B, rows, H, D] owned by ``cache``, token-major in memory or (``heads_major``)
-    [B, H, rows, D]; grown (re-allocated) only when a call needs more rows, another dtype or layout."""
+    """K and V workspace views [B, rows, H, D] owned by ``cache``, token-major in memory or (with
+    ``heads_major``) [B, H, rows, D]; grown (re-allocated) only when a call needs more rows, another
+    dtype or another layout."""
     ws = getattr(cache, "_sdpa_workspace", None)
     layout = getattr(cache, "_sdpa_workspace_heads_major", None)
-    if ws is None or ws.dtype != dtype or layout != heads_major or ws.shape[3 if heads_major else 2] < rows:
+    too_short = ws is not None and ws.shape[3 if heads_major else 2] < rows
+    if ws is None or ws.dtype != dtype or layout != heads_major or too_short:
         cap = max(rows, cache.max_chunks * cache.chunk_tokens)  # every context chunk + a current one
         b, h, d = cache.batch_size, cache.num_heads, cache.head_dim
         shape = (2, b, h, cap, d) if heads_major else (2, b, cap, h, d)
@@ -93,10 +96,10 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     """:func:`attention` with FP8 E4M3 math (cuDNN FP8 SDPA, :mod:`fp8_sdpa`): the FP4 window is decoded
     straight into an FP8 workspace with one scale per K and V, ``6 · max`` of the layer's FP32 tile
     scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
-    current chunk are quantized with per-tensor scales. The workspace, q's codes and O are head-major in
-    memory (``FP8_HEADS_MAJOR``). Inputs are checked by :func:`fp4_kv_attention`."""
+    current chunk are quantized with per-tensor scales. The workspace, q's codes and O are token-major
+    in memory, or head-major with ``FP8_HEADS_MAJOR``. Inputs are checked by :func:`fp4_kv_attention`."""
     from ..fp4.format import E2M1_MAX, E4M3_MAX
-    from .fp8_sdpa import amax, fp8_sdpa, quantize_fp8_per_tensor, scale_cast
+    from .fp8_sdpa import amax, fp8_sdpa, heads_major, quantize_fp8_per_tensor, scale_cast
     from .kv_cache_ops import _dequantize_triton
 
     n_ctx = len(cache.context_chunks())
@@ -116,5 +119,5 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
         scale_cast(current_k, descale[0:1], k8[:, ctx_rows:], divide=True)
         scale_cast(current_v, descale[1:2], v8[:, ctx_rows:], divide=True)
     q8, descale_q = quantize_fp8_per_tensor(
-        q, out=None if FP8_HEADS_MAJOR else torch.empty(q.shape, dtype=torch.float8_e4m3fn, device=q.device))
+        q, out=heads_major(tuple(q.shape), torch.float8_e4m3fn, q.device) if FP8_HEADS_MAJOR else None)
     return fp8_sdpa(q8, k8, v8, descale_q, descale[0:1], descale[1:2], softmax_scale, out_dtype=q.dtype)

@@ -82,10 +82,10 @@ def heads_major(shape: tuple[int, int, int, int], dtype: torch.dtype, device) ->
 def quantize_fp8_per_tensor(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` [B, L, H, D] → (E4M3 codes, descale): codes = RNE(x · 448 / amax(|x|)), descale = amax / 448
     ([1] fp32). ``out`` (float8_e4m3fn, x's shape, any strides with D contiguous) receives the codes in
-    place; by default a :func:`heads_major` tensor."""
+    place; by default a new token-major tensor."""
     descale = (amax(x) / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
     if out is None:
-        out = heads_major(tuple(x.shape), torch.float8_e4m3fn, x.device)
+        out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
     return scale_cast(x, descale, out, divide=True), descale
 
 
