@@ -92,16 +92,10 @@ def quantize_fp8_per_tensor(x: torch.Tensor, out: torch.Tensor | None = None) ->
 _GRAPHS: dict[tuple, tuple] = {}
 
 
-def _out_like(q8: torch.Tensor) -> torch.Tensor:
-    """cuDNN's FP8 output buffer: [B, Lq, H, D] in q8's memory layout (head- or token-major)."""
-    if q8.stride(1) == q8.shape[3] and q8.stride(2) == q8.shape[1] * q8.shape[3]:
-        return heads_major(tuple(q8.shape), torch.float8_e4m3fn, q8.device)
-    return torch.empty(q8.shape, dtype=torch.float8_e4m3fn, device=q8.device)
-
-
-def _graph(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, softmax_scale: float):
+def _graph(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, o8: torch.Tensor, softmax_scale: float):
     """Build (once per shape, strides, scale and device) the cuDNN FP8 SDPA graph on [B, L, H, D] views."""
-    key = (tuple(q8.shape), q8.stride(), tuple(k8.shape), k8.stride(), v8.stride(), softmax_scale, q8.device)
+    key = (tuple(q8.shape), q8.stride(), tuple(k8.shape), k8.stride(), v8.stride(), o8.stride(), softmax_scale,
+           q8.device)
     hit = _GRAPHS.get(key)
     if hit is not None:
         return hit
@@ -116,8 +110,8 @@ def _graph(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, softmax_scale: 
                                       scale_s=ss, scale_o=so, is_inference=True, attn_scale=softmax_scale,
                                       use_causal_mask=False)
     b, lq, h, d = q8.shape
-    o_strides = list(_out_like(q8).transpose(1, 2).stride())
-    o.set_output(True).set_dim([b, h, lq, d]).set_stride(o_strides).set_data_type(cudnn.data_type.FP8_E4M3)
+    o.set_output(True).set_dim([b, h, lq, d]).set_stride(list(o8.transpose(1, 2).stride())).set_data_type(
+        cudnn.data_type.FP8_E4M3)
     for t in (amax_s, amax_o):
         t.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
     g.validate()
@@ -175,10 +169,10 @@ def fp8_sdpa(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: to
                              f"strides {t.stride()}")
     if k8.shape != v8.shape or k8.shape[0] != q8.shape[0] or k8.shape[2:] != q8.shape[2:]:
         raise ValueError(f"q8 {list(q8.shape)}, k8 {list(k8.shape)}, v8 {list(v8.shape)} disagree on B, H, D")
+    o8 = torch.empty_like(q8)  # q8's memory layout (head- or token-major) where q8 is dense, else contiguous
     g, handle, workspace, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o), c = _graph(
-        q8, k8, v8, float(softmax_scale))
+        q8, k8, v8, o8, float(softmax_scale))
     _cudnn().set_stream(handle=handle, stream=torch.cuda.current_stream(q8.device).cuda_stream)  # graphs, side streams
-    o8 = _out_like(q8)
     scale_o = (1.0 / descale_v.float()).reshape(1, 1, 1, 1)
     g.execute({tq: q8.transpose(1, 2), tk: k8.transpose(1, 2), tv: v8.transpose(1, 2),
                dq: descale_q.reshape(1, 1, 1, 1), dk: descale_k.reshape(1, 1, 1, 1),
