@@ -22,7 +22,8 @@ def _scale_cast_kernel(x_ptr, out_ptr, scale_ptr, L, C, sxb, sxl, sxh, sob, sol,
     mask = (rows[:, None] < L) & (cols[None, :] < C)
     x = tl.load(x_ptr + b * sxb + rows[:, None] * sxl + (head * sxh + elem)[None, :], mask=mask, other=0.0)
     s = tl.load(scale_ptr)
-    y = x.to(tl.float32) / s if INVERT else x.to(tl.float32) * s
+    # div_rn: Triton's `/` is the approximate div.full.f32 on the GPU; the cast must see x / s rounded once
+    y = tl.div_rn(x.to(tl.float32), s) if INVERT else x.to(tl.float32) * s
     tl.store(out_ptr + b * sob + rows[:, None] * sol + (head * soh + elem)[None, :],
              y.to(out_ptr.dtype.element_ty), mask=mask)
 
