@@ -1,5 +1,8 @@
 """Probe (device): cuDNN FP8 SDPA forward through cudnn-frontend vs cuDNN BF16 SDPA at the 5B chunk shapes.
 
+``--plans``: instead, every execution plan cuDNN offers for the FP8 graph (heuristics A, B and
+fallback, all built), each timed, BSHD and BHSD.
+
 ``--layouts``: instead, the FP8 kernel's time for memory layouts of q, k, v (BSHD as the KV workspace,
 BHSD, and V stored transposed [B, H, D, S], which the FP8 P·V product wants K-major)."""
 import sys
@@ -34,7 +37,7 @@ def to_fp8(x):
     return (x.float() * scale).to(torch.float8_e4m3fn), (1.0 / scale).reshape(1, 1, 1, 1)
 
 
-def build(q8, k8, v8, out_dtype, sm_scale, views=None):
+def build(q8, k8, v8, out_dtype, sm_scale, views=None, all_plans=False):
     handle = cudnn.create_handle()
     g = cudnn.pygraph(io_data_type=cudnn.data_type.FP8_E4M3, intermediate_data_type=cudnn.data_type.FLOAT,
                       compute_data_type=cudnn.data_type.FLOAT, handle=handle)
@@ -50,7 +53,11 @@ def build(q8, k8, v8, out_dtype, sm_scale, views=None):
     amax_s.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
     amax_o.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(cudnn.data_type.FLOAT)
     g.validate(); g.build_operation_graph()
-    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK]); g.check_support(); g.build_plans()
+    if all_plans:
+        g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.B, cudnn.heur_mode.FALLBACK]); g.check_support()
+        g.build_plans(cudnn.build_plan_policy.ALL)
+    else:
+        g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK]); g.check_support(); g.build_plans()
     ws = torch.empty(g.get_workspace_size(), device=dev, dtype=torch.uint8)
     return g, handle, ws, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o)
 
@@ -96,6 +103,53 @@ def layouts(h=24, sq=7040, skv=28160):
         print(f"  {name}: {t:.3f} ms {flops / t / 1e9:.0f} TFLOP/s = {t_bf16 / t:.2f}x bf16, rel err {err:.4f}",
               flush=True)
 
+
+def plans(h=24, sq=7040, skv=28160):
+    """Every built execution plan of the FP8 graph, timed (fp8 output), BSHD and BHSD q/k/v."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, s, h, 128, device=dev, dtype=torch.bfloat16) for s in (sq, skv, skv))
+    flops = 4 * sq * skv * h * 128
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+        t_bf16 = timeit(lambda: F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                               v.transpose(1, 2)))
+    print(f"H={h}: cuDNN bf16 (torch SDPA) {t_bf16:.3f} ms", flush=True)
+    (q8, dqv), (k8, dkv), (v8, dvv) = to_fp8(q), to_fp8(k), to_fp8(v)
+    for name, views in (("BSHD", [t.transpose(1, 2) for t in (q8, k8, v8)]),
+                        ("BHSD", [t.transpose(1, 2).contiguous() for t in (q8, k8, v8)])):
+        try:
+            g, handle, ws, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o) = build(
+                q8, k8, v8, cudnn.data_type.FP8_E4M3, 128 ** -0.5, views, all_plans=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"  {name}: build failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+            continue
+        n = g.get_execution_plan_count()
+        ws = torch.empty(max(g.get_workspace_size_plan_at_index(i) for i in range(n)) if n else 0, device=dev,
+                         dtype=torch.uint8)
+        out = torch.empty(1, sq, h, 128, device=dev, dtype=torch.float8_e4m3fn)
+        s_scale = torch.full((1, 1, 1, 1), E4M3_MAX, device=dev)
+        o_scale = torch.full((1, 1, 1, 1), E4M3_MAX / 4, device=dev)
+        a_s, a_o = torch.zeros(1, 1, 1, 1, device=dev), torch.zeros(1, 1, 1, 1, device=dev)
+        pack = {tq: views[0], tk: views[1], tv: views[2], dq: dqv, dk: dkv, dv: dvv, ds: 1.0 / s_scale, ss: s_scale,
+                so: o_scale, o: out.transpose(1, 2), amax_s: a_s, amax_o: a_o}
+        print(f"  {name}: {n} plans; default plan {timeit(lambda: g.execute(pack, ws, handle=handle)):.3f} ms",
+              flush=True)
+        for i in range(n):
+            try:
+                t = timeit(lambda: g.execute_plan_at_index(pack, ws, i, handle=handle))
+            except Exception as e:  # noqa: BLE001
+                print(f"    plan {i}: failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                continue
+            tag = ""
+            try:
+                tag = g.get_plan_name_at_index(i)
+            except Exception:  # noqa: BLE001
+                pass
+            print(f"    plan {i} {tag}: {t:.3f} ms {flops / t / 1e9:.0f} TFLOP/s = {t_bf16 / t:.2f}x bf16", flush=True)
+
+
+if "--plans" in sys.argv:
+    plans()
+    sys.exit(0)
 
 if "--layouts" in sys.argv:
     layouts()

@@ -1,0 +1,35 @@
+"""Probe (device): where the time of ``fp4_kv_attention(..., compute="fp8")`` goes, kernel by kernel.
+
+Lq 7040 over 3 context chunks + the current chunk from its slot (Lk 28160), 24 heads × 128, H100/H200.
+Prints torch.profiler's CUDA time per kernel (averaged over the profiled calls) next to cuDNN BF16 SDPA."""
+import sys
+
+import torch
+
+sys.path.insert(0, "bench/attention")
+from bench_kv_cache import _filled  # noqa: E402
+
+from longlive_kernels.attention import fp4_kv_attention  # noqa: E402
+from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd  # noqa: E402
+
+N = 10
+cache, k, v = _filled(3)
+q = torch.randn(1, 7040, 24, 128, device="cuda", dtype=torch.bfloat16)
+kk, vv = cache.dequantize(0, include_current=True)
+runs = {
+    "fp8 path": lambda: fp4_kv_attention(q, cache, 0, compute="fp8"),
+    "cuDNN bf16": lambda: sdpa_bshd(q, kk, vv, 128 ** -0.5),
+}
+for name, fn in runs.items():
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(N):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time_total for e in events) / N / 1e3
+    print(f"{name}: {total:.3f} ms of kernels per call")
+    for e in sorted(events, key=lambda e: -e.device_time_total):
+        print(f"  {e.device_time_total / N:9.1f} us  x{e.count // N:<3d} {e.key[:110]}")
