@@ -1,7 +1,10 @@
 """Probe (device): where the time of ``fp4_kv_attention(..., compute="fp8")`` goes, kernel by kernel.
 
 Lq 7040 over 3 context chunks + the current chunk from its slot (Lk 28160), 24 heads × 128, H100/H200.
-Prints torch.profiler's CUDA time per kernel (averaged over the profiled calls) next to cuDNN BF16 SDPA."""
+Prints torch.profiler's CUDA time per kernel (averaged over the profiled calls) next to cuDNN BF16 SDPA.
+
+``--decode-sweep``: also times the FP4 → FP8 (and → bf16) window decode for several launch shapes
+(rows per program × warps), device time with L2 flushed, as a fraction of copy bandwidth."""
 import sys
 
 import torch
@@ -11,6 +14,8 @@ from bench_kv_cache import _filled  # noqa: E402
 
 from longlive_kernels.attention import fp4_kv_attention  # noqa: E402
 from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd  # noqa: E402
+from longlive_kernels.attention.kv_cache_ops import _dequantize_triton  # noqa: E402
+from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms  # noqa: E402
 
 N = 10
 cache, k, v = _filled(3)
@@ -33,3 +38,23 @@ for name, fn in runs.items():
     print(f"{name}: {total:.3f} ms of kernels per call")
     for e in sorted(events, key=lambda e: -e.device_time_total):
         print(f"  {e.device_time_total / N:9.1f} us  x{e.count // N:<3d} {e.key[:110]}")
+
+if "--decode-sweep" in sys.argv:
+    copy = copy_bandwidth_gbs()
+    lay = (cache.data[0], cache.scale[0], cache.global_scale[0], cache.table, 4)
+    inv = torch.ones(2, device="cuda")
+    fp4_bytes = cache.data[0].numel() + cache.scale[0].numel()  # 4 slots of K and V = the decoded chunks
+    for dtype in (torch.float8_e4m3fn, torch.bfloat16):
+        ok, ov = _dequantize_triton(*lay, dtype)
+        nbytes = fp4_bytes + 2 * ok.numel() * ok.element_size()
+        want = ok.clone()
+        for br in (32, 64, 128):
+            for warps in (4, 8):
+                fn = lambda: _dequantize_triton(*lay, dtype, ok, ov, inv if dtype != torch.bfloat16 else None,  # noqa: E731
+                                                rows_per_program=br, num_warps=warps)
+                fn()
+                same = torch.equal(ok.view(torch.uint8), want.view(torch.uint8))
+                ms = cuda_time_ms(fn, hide_host=True)
+                gbs = nbytes / (ms * 1e-3) / 1e9
+                print(f"decode -> {str(dtype)[6:]}: rows {br:3d} warps {warps}: {ms * 1e3:6.1f} us "
+                      f"{gbs:6.0f} GB/s = {gbs / copy:.2f}x copy ({copy:.0f}) same={same}", flush=True)

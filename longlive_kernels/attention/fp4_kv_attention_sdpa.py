@@ -98,8 +98,7 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
     current chunk are quantized with per-tensor scales. The workspace, q's codes and O are token-major
     in memory, or head-major with ``FP8_HEADS_MAJOR``. Inputs are checked by :func:`fp4_kv_attention`."""
-    from ..fp4.format import E2M1_MAX, E4M3_MAX
-    from .fp8_sdpa import amax, fp8_sdpa, heads_major, quantize_fp8_per_tensor, scale_cast
+    from .fp8_sdpa import amax_bits, fp8_descales, fp8_sdpa, heads_major, scale_cast
     from .kv_cache_ops import _dequantize_triton
 
     n_ctx = len(cache.context_chunks())
@@ -107,17 +106,20 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     cur_rows = cache.chunk_tokens if current_k is None else current_k.shape[1]
     k8, v8 = _workspace(cache, ctx_rows + cur_rows, torch.float8_e4m3fn, heads_major=FP8_HEADS_MAJOR)
     gs = cache.global_scale[layer]  # [2, S, B, H, NT]: every slot of this layer, so no host sync
-    # |value| ≤ E2M1_MAX · E4M3_MAX · tile scale, so descale = E2M1_MAX · max tile scale maps it into E4M3
-    descale = (gs.flatten(1).amax(1) * E2M1_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    bits = torch.zeros(3, dtype=torch.int32, device=q.device)  # amax of q, current K, current V
+    amax_bits(q, bits[0:1])
     if current_k is not None:
-        descale = torch.maximum(descale, torch.cat([amax(current_k), amax(current_v)]) / E4M3_MAX)
+        amax_bits(current_k, bits[1:2])
+        amax_bits(current_v, bits[2:3])
+    sc = fp8_descales(gs, bits, current_k is not None)  # descale k, v; 1/descale k, v; descale q; 1/descale v
     n = n_ctx + (current_k is None)
     if n:
         _dequantize_triton(cache.data[layer], cache.scale[layer], gs, cache.table, n, torch.float8_e4m3fn,
-                           k8[:, : n * cache.chunk_tokens], v8[:, : n * cache.chunk_tokens], 1.0 / descale)
+                           k8[:, : n * cache.chunk_tokens], v8[:, : n * cache.chunk_tokens], sc[2:4])
     if current_k is not None:
-        scale_cast(current_k, descale[0:1], k8[:, ctx_rows:], divide=True)
-        scale_cast(current_v, descale[1:2], v8[:, ctx_rows:], divide=True)
-    q8, descale_q = quantize_fp8_per_tensor(
-        q, out=heads_major(tuple(q.shape), torch.float8_e4m3fn, q.device) if FP8_HEADS_MAJOR else None)
-    return fp8_sdpa(q8, k8, v8, descale_q, descale[0:1], descale[1:2], softmax_scale, out_dtype=q.dtype)
+        scale_cast(current_k, sc[0:1], k8[:, ctx_rows:], divide=True)
+        scale_cast(current_v, sc[1:2], v8[:, ctx_rows:], divide=True)
+    q8 = heads_major(tuple(q.shape), torch.float8_e4m3fn, q.device) if FP8_HEADS_MAJOR else torch.empty(
+        q.shape, dtype=torch.float8_e4m3fn, device=q.device)
+    scale_cast(q, sc[4:5], q8, divide=True)
+    return fp8_sdpa(q8, k8, v8, sc[4:5], sc[0:1], sc[1:2], softmax_scale, out_dtype=q.dtype, scale_o=sc[5:6])

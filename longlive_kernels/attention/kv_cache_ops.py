@@ -94,21 +94,25 @@ def _dequantize_torch(data, scale, gs, table, n_chunks, dtype):
     return outs[0], outs[1]
 
 
-def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_v=None, inv_scale=None):
+def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_v=None, inv_scale=None, *,
+                       rows_per_program: int = 32, num_warps: int = 4):
     """Decode ``n_chunks`` chunks (context, then the current slot); with ``inv_scale`` ([2] fp32 on the
     device) the values are multiplied by ``inv_scale[0]`` (K) / ``inv_scale[1]`` (V) before the store
-    (FP8 outputs with a per-tensor scale)."""
+    (FP8 outputs with a per-tensor scale). ``rows_per_program`` (a power of two dividing the 128-token
+    scale tile) and ``num_warps`` are launch shapes (same result)."""
     _, s, b, h, t, half_d = data.shape
     d = 2 * half_d
     if out_k is None:
         out_k = torch.empty((b, n_chunks * t, h, d), dtype=dtype, device=data.device)
         out_v = torch.empty_like(out_k)
-    br = 32
+    br = rows_per_program
+    if br < 1 or br & (br - 1) or KV_SCALE_TILE % br:
+        raise ValueError(f"rows_per_program must be a power of two dividing {KV_SCALE_TILE}, got {br}")
     grid = (triton.cdiv(t, br), 2 * n_chunks, b * h)
     _kv_dequantize_kernel[grid](
         data, scale, gs, table, out_k, out_v, gs if inv_scale is None else inv_scale, t, h, b, s,
         out_k.stride(0), out_k.stride(1), out_k.stride(2),
-        D=d, TILE=KV_SCALE_TILE, BR=br, SCALED=inv_scale is not None, num_warps=4, enable_fp_fusion=False,
+        D=d, TILE=KV_SCALE_TILE, BR=br, SCALED=inv_scale is not None, num_warps=num_warps, enable_fp_fusion=False,
     )
     return out_k, out_v
 

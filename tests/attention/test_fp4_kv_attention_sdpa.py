@@ -99,8 +99,8 @@ def test_kv_decode_into_a_head_major_workspace_equals_token_major():
     """The FP8 path decodes the window into head-major workspace views ([B, L, H, D] over [B, H, L, D]
     memory): the same values as the token-major decode, and the workspace is re-allocated on a layout
     change instead of being reinterpreted."""
-    from longlive_kernels.attention.fp4_kv_attention_sdpa import _workspace
     from longlive_kernels._backend import interpret_mode
+    from longlive_kernels.attention.fp4_kv_attention_sdpa import _workspace
     from longlive_kernels.attention.kv_cache_ops import _dequantize_triton
 
     if not interpret_mode() and not torch.cuda.is_available():
@@ -189,3 +189,67 @@ def test_gpu_scale_cast_is_one_rne_rounding_into_strided_rows():
     assert ws[:, :10].float().isnan().all() and ws[:, 87:].float().isnan().all()
     back = scale_cast(ws[:, 10:87], s, torch.empty(x.shape, dtype=torch.bfloat16, device=dev), divide=False)
     assert torch.equal(back, (want.float() * s).to(torch.bfloat16))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _triton_device_or_skip() -> str:
+    from longlive_kernels._backend import interpret_mode
+
+    if interpret_mode():
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    pytest.skip("needs the Triton interpreter or a GPU")
+
+
+@given(seed=st.integers(0, 2**31 - 1), seq=st.integers(1, 70), h=st.sampled_from([1, 3]),
+       poison=st.sampled_from(["none", "inf", "nan"]))
+@settings(max_examples=10, deadline=None)
+def test_amax_bits_kernel_is_the_exact_amax_of_a_strided_tensor(seed, seq, h, poison):
+    """The FP8 path's amax pass: max |x| of a [B, L, H, D] view with free token/head strides, as fp32
+    bits by atomic max into a running value; exact (a max has no rounding), NaN and Inf propagate, and
+    it only raises the running value."""
+    from longlive_kernels.attention.fp8_sdpa_triton import _amax_bits_kernel
+
+    dev = _triton_device_or_skip()
+    g = torch.Generator().manual_seed(seed)
+    big = (torch.randn(2, h, seq + 5, 64, generator=g) * torch.exp2(torch.randint(-8, 8, (1,), generator=g)))
+    big = big.bfloat16()
+    x = big[:, :, 3:3 + seq].transpose(1, 2).to(dev)  # head-major memory, [B, L, H, D] view
+    if poison != "none":
+        x[1, seq // 2, h - 1, 7] = float(poison)
+    out = torch.full((1,), 1, dtype=torch.int32, device=dev)  # a tiny running value, below every |x|
+    _amax_bits_kernel[(_cdiv(seq, 32), _cdiv(h * 64, 256), 2)](
+        x, out, seq, h * 64, x.stride(0), x.stride(1), x.stride(2), D=64, BL=32, BC=256)
+    got = out.view(torch.float32).item()
+    want = x.float().abs().max().item()
+    if poison == "nan":
+        assert got != got  # noqa: PLR0124
+    else:
+        assert got == want
+
+
+@given(seed=st.integers(0, 2**31 - 1), has_current=st.booleans(), zero=st.booleans())
+@settings(max_examples=10, deadline=None)
+def test_fp8_descales_kernel_equals_the_torch_formula(seed, has_current, zero):
+    """The one-launch scale kernel of the FP8 path equals the same formula in torch ops, bit for bit:
+    descale_{k,v} = max(6 · max tile scale, amax(current)/448), descale_q = amax(q)/448, the reciprocals,
+    and the clamp of an all-zero tensor to the smallest normal fp32 (never a zero or Inf scale)."""
+    from longlive_kernels.attention import fp8_sdpa
+    from longlive_kernels.attention.fp8_sdpa_triton import _fp8_descales_kernel
+
+    dev = _triton_device_or_skip()
+    g = torch.Generator().manual_seed(seed)
+    gs = torch.exp2(torch.empty(2, 3, 1, 2, 1100).uniform_(-20, 5, generator=g))  # > one 1024 block per K/V
+    if zero:
+        gs.zero_()
+    am = torch.exp2(torch.empty(3).uniform_(-10, 12, generator=g)) * (0 if zero else 1)
+    bits = am.view(torch.int32).to(dev)
+    want = fp8_sdpa.fp8_descales(gs, bits.cpu(), has_current)  # torch formula (CPU tensors)
+    out = torch.full((6,), float("nan"), device=dev)
+    _fp8_descales_kernel[(1,)](gs.to(dev), gs[0].numel(), bits, out, HAS_CURRENT=has_current, BLOCK=1024)
+    assert torch.equal(out.cpu(), want), (out, want)
+    assert (want > 0).all() and want.isfinite().all()
