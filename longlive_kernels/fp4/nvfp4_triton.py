@@ -91,9 +91,14 @@ def e2m1_magnitude(mag_code):
 
 @triton.jit
 def e2m1_decode(code):
-    """E2M1 code 0..15 → signed fp32 value (code 8 = −0)."""
-    m = e2m1_magnitude(code & 7).to(tl.int32, bitcast=True)
-    return (m | ((code & 8) << 28)).to(tl.float32, bitcast=True)  # sign bit, so code 8 is −0.0
+    """E2M1 code 0..15 (int32) → signed fp32 value (code 8 = −0).
+
+    Built from the bits, no int→float conversion: a normal magnitude code m = e1 e0 m0 (m ≥ 2) is
+    2^(e−1)·(1 + m0/2), i.e. fp32 bits (m << 22) + (126 << 23); the subnormals 0 and 0.5 are m · 0.5's
+    bits, m · 0x3F000000."""
+    m = code & 7
+    bits = tl.where(m >= 2, (m << 22) + (126 << 23), m * 0x3F000000)
+    return (bits | ((code & 8) << 28)).to(tl.float32, bitcast=True)  # sign bit, so code 8 is −0.0
 
 
 @triton.jit
