@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import cuda_extension, has_cuda_extension
+from .._backend import cuda_extension, has_cuda_extension, interpret_mode
 from ..fp4.format import SCALE_RULES
 from . import reference
 from .kv_cache_triton import _kv_dequantize_kernel, _kv_update_kernel
@@ -129,6 +129,7 @@ def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_
         data, scale, gs, table, pair_k, pair_v, gs if inv_scale is None else inv_scale, t, h, b, s,
         pair_k.stride(0), pair_k.stride(1), pair_k.stride(2),
         D=d, TILE=KV_SCALE_TILE, BR=br, SCALED=inv_scale is not None, OUT=_TL_DTYPES[out_k.dtype],
+        PTX=not interpret_mode(),
         num_warps=num_warps, enable_fp_fusion=False,
     )
     return out_k, out_v

@@ -123,6 +123,7 @@ def _kv_dequantize_kernel(
     BR: tl.constexpr,
     SCALED: tl.constexpr = False,
     OUT: tl.constexpr = tl.bfloat16,  # the output element dtype (fp8e4nv, bf16, fp16 or fp32)
+    PTX: tl.constexpr = True,  # False under the interpreter (no inline PTX)
 ):
     # Every tensor is [BR rows, NB blocks, 8 bytes]: each packed byte (two E2M1 codes) becomes one
     # word holding both decoded elements, so loads and stores stay in the packed layout (no nibble
@@ -155,7 +156,12 @@ def _kv_dequantize_kernel(
         inv = tl.load(inv_scale_ptr + kv)
         lo = lo * inv
         hi = hi * inv
-    if OUT.primitive_bitwidth == 8:
+    if OUT.primitive_bitwidth == 8 and PTX:
+        # one cvt per pair: d = {hi → upper byte, lo → lower byte}, RNE, finite values saturate at ±448
+        # (Triton's own fp32 → E4M3 conversion mis-ordered elements in this layout on sm_90a: GPU-tested)
+        word = tl.inline_asm_elementwise("cvt.rn.satfinite.e4m3x2.f32 $0, $2, $1;", "=h,r,r", [lo, hi],
+                                         dtype=tl.int16, is_pure=True, pack=1)
+    elif OUT.primitive_bitwidth == 8:  # the interpreter (no PTX)
         word = (lo.to(OUT).to(tl.uint8, bitcast=True).to(tl.int32)
                 | (hi.to(OUT).to(tl.uint8, bitcast=True).to(tl.int32) << 8)).to(tl.int16)
     elif OUT.primitive_bitwidth == 16:
@@ -192,6 +198,7 @@ for _pair, _scaled, _dtype in (("*i32", False, tl.bfloat16), ("*i16", True, tl.f
         signature={"data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32", "table_ptr": "*i32",
                    "out_k_ptr": _pair, "out_v_ptr": _pair, "inv_scale_ptr": "*fp32", "T": "i32", "H": "i32",
                    "B": "i32", "S": "i32", "stride_ob": "i64", "stride_ot": "i64", "stride_oh": "i64"},
-        constexprs={"D": 128, "TILE": KV_SCALE_TILE, "BR": 32, "SCALED": _scaled, "OUT": _dtype},
+        constexprs={"D": 128, "TILE": KV_SCALE_TILE, "BR": 32, "SCALED": _scaled, "OUT": _dtype,
+                    "PTX": True},
         options={"enable_fp_fusion": False},
     )
