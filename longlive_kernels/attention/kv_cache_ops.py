@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 import triton
-import triton.language as tl
 
-from .._backend import cuda_extension, has_cuda_extension, interpret_mode
+from .._backend import cuda_extension, has_cuda_extension
 from ..fp4.format import SCALE_RULES
 from . import reference
 from .kv_cache_triton import _kv_dequantize_kernel, _kv_update_kernel
@@ -95,26 +94,13 @@ def _dequantize_torch(data, scale, gs, table, n_chunks, dtype):
     return outs[0], outs[1]
 
 
-_PAIR_DTYPES = {1: torch.int16, 2: torch.int32, 4: torch.int64}
-_TL_DTYPES = {torch.float8_e4m3fn: tl.float8e4nv, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
-              torch.float32: tl.float32}
-
-
-def _element_pairs(out: torch.Tensor, name: str) -> torch.Tensor:
-    """[B, L, H, D] output → its [B, L, H, D/2] view as words of two elements (the kernel stores pairs)."""
-    try:
-        return out.view(_PAIR_DTYPES[out.element_size()])
-    except RuntimeError as exc:  # an odd stride or storage offset: no pair view exists
-        raise ValueError(f"{name} must have even strides and storage offset (the decode stores element "
-                         f"pairs), got strides {out.stride()}, offset {out.storage_offset()}") from exc
-
-
 def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_v=None, inv_scale=None, *,
-                       rows_per_program: int = 32, num_warps: int = 4):
+                       rows_per_program: int = 64, num_warps: int = 4):
     """Decode ``n_chunks`` chunks (context, then the current slot); with ``inv_scale`` ([2] fp32 on the
     device) the values are multiplied by ``inv_scale[0]`` (K) / ``inv_scale[1]`` (V) before the store
     (FP8 outputs with a per-tensor scale). ``rows_per_program`` (a power of two dividing the 128-token
-    scale tile) and ``num_warps`` are launch shapes (same result)."""
+    scale tile) and ``num_warps`` are launch shapes (same result; 64 × 4 was the fastest of 32/64/128 rows
+    × 4/8 warps for FP8 and bf16 outputs on an H100, ``tools/probe_fp8_path.py --decode-sweep``)."""
     _, s, b, h, t, half_d = data.shape
     d = 2 * half_d
     if out_k is None:
@@ -124,13 +110,10 @@ def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_
     if br < 1 or br & (br - 1) or KV_SCALE_TILE % br:
         raise ValueError(f"rows_per_program must be a power of two dividing {KV_SCALE_TILE}, got {br}")
     grid = (triton.cdiv(t, br), 2 * n_chunks, b * h)
-    pair_k, pair_v = _element_pairs(out_k, "out_k"), _element_pairs(out_v, "out_v")
     _kv_dequantize_kernel[grid](
-        data, scale, gs, table, pair_k, pair_v, gs if inv_scale is None else inv_scale, t, h, b, s,
-        pair_k.stride(0), pair_k.stride(1), pair_k.stride(2),
-        D=d, TILE=KV_SCALE_TILE, BR=br, SCALED=inv_scale is not None, OUT=_TL_DTYPES[out_k.dtype],
-        PTX=not interpret_mode(),
-        num_warps=num_warps, enable_fp_fusion=False,
+        data, scale, gs, table, out_k, out_v, gs if inv_scale is None else inv_scale, t, h, b, s,
+        out_k.stride(0), out_k.stride(1), out_k.stride(2),
+        D=d, TILE=KV_SCALE_TILE, BR=br, SCALED=inv_scale is not None, num_warps=num_warps, enable_fp_fusion=False,
     )
     return out_k, out_v
 

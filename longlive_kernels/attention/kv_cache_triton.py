@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from .._aot import register_aot
-from ..fp4.nvfp4_triton import e2m1_decode, e4m3_decode, pack_nibbles
+from ..fp4.nvfp4_triton import e2m1_decode, e4m3_decode, pack_nibbles, unpack_nibbles
 from ..fp4.quantize import _quantize_blocks
 from .reference import KV_SCALE_TILE
 
@@ -108,26 +108,21 @@ def _kv_dequantize_kernel(
     scale_ptr,  # [2, S, B, H, T, D/16] uint8
     gs_ptr,  # [2, S, B, H, NT] fp32
     table_ptr,  # [2 + S] int32 device index table
-    out_k_ptr,  # [B, n_chunks·T, H, D/2] element PAIRS of the output (int16 / int32 / int64 words)
-    out_v_ptr,  # [B, n_chunks·T, H, D/2] element pairs
+    out_k_ptr,  # [B, n_chunks·T, H, D] out
+    out_v_ptr,  # [B, n_chunks·T, H, D] out
     inv_scale_ptr,  # [2] fp32 multipliers for K and V (read only when SCALED: FP8 outputs)
     T,
     H,
     B,
     S,
-    stride_ob,  # strides of the pair views (in pairs)
+    stride_ob,
     stride_ot,
     stride_oh,
     D: tl.constexpr,
     TILE: tl.constexpr,
     BR: tl.constexpr,
     SCALED: tl.constexpr = False,
-    OUT: tl.constexpr = tl.bfloat16,  # the output element dtype (fp8e4nv, bf16, fp16 or fp32)
-    PTX: tl.constexpr = True,  # False under the interpreter (no inline PTX)
 ):
-    # Every tensor is [BR rows, NB blocks, 8 bytes]: each packed byte (two E2M1 codes) becomes one
-    # word holding both decoded elements, so loads and stores stay in the packed layout (no nibble
-    # interleave, no register shuffles) and each 16-element block's scale broadcasts along the last dim.
     NB: tl.constexpr = D // 16
     pid_t = tl.program_id(0)
     pid_ckv = tl.program_id(1)
@@ -142,40 +137,23 @@ def _kv_dequantize_kernel(
     plane = ((kv * S + slot) * B + b) * H + h
     nt = tl.cdiv(T, TILE)
     rows = pid_t * BR + tl.arange(0, BR)
-    r3 = rows[:, None, None]
-    blk = tl.arange(0, NB)[None, :, None]
-    byte = blk * 8 + tl.arange(0, 8)[None, None, :]  # [1, NB, 8] byte of the packed row
-    mask = r3 < T
-    row64 = plane * T + r3.to(tl.int64)
-    packed = tl.load(data_ptr + row64 * (D // 2) + byte, mask=mask, other=0).to(tl.int32)
-    s = e4m3_decode(tl.load(scale_ptr + row64 * NB + blk, mask=mask, other=0).to(tl.int32))  # [BR, NB, 1]
+    mask = rows[:, None] < T
+    row64 = plane * T + rows[:, None].to(tl.int64)
+    packed = tl.load(data_ptr + row64 * (D // 2) + tl.arange(0, D // 2)[None, :], mask=mask, other=0)
+    scode = tl.load(scale_ptr + row64 * NB + tl.arange(0, NB)[None, :], mask=mask, other=0)
     gs = tl.load(gs_ptr + plane * nt + (pid_t * BR) // TILE)
-    lo = (e2m1_decode(packed & 0xF) * s) * gs  # element 2i: e2m1 · E4M3 exact, one rounding by gs
-    hi = (e2m1_decode(packed >> 4) * s) * gs  # element 2i + 1
-    if SCALED:  # per-tensor FP8: x / descale, rounded once (RNE) by the conversion below
-        inv = tl.load(inv_scale_ptr + kv)
-        lo = lo * inv
-        hi = hi * inv
-    if OUT.primitive_bitwidth == 8 and PTX:
-        # one cvt per pair: d = {hi → upper byte, lo → lower byte}, RNE, finite values saturate at ±448
-        # (Triton's own fp32 → E4M3 conversion mis-ordered elements in this layout on sm_90a: GPU-tested)
-        word = tl.inline_asm_elementwise("cvt.rn.satfinite.e4m3x2.f32 $0, $2, $1;", "=h,r,r", [lo, hi],
-                                         dtype=tl.int16, is_pure=True, pack=1)
-    elif OUT.primitive_bitwidth == 8:  # the interpreter (no PTX)
-        word = (lo.to(OUT).to(tl.uint8, bitcast=True).to(tl.int32)
-                | (hi.to(OUT).to(tl.uint8, bitcast=True).to(tl.int32) << 8)).to(tl.int16)
-    elif OUT.primitive_bitwidth == 16:
-        word = (lo.to(OUT).to(tl.uint16, bitcast=True).to(tl.int32)
-                | (hi.to(OUT).to(tl.uint16, bitcast=True).to(tl.int32) << 16))
-    else:
-        word = (lo.to(tl.uint32, bitcast=True).to(tl.int64)
-                | (hi.to(tl.uint32, bitcast=True).to(tl.int64) << 32))
-    out_rows = (c * T + r3).to(tl.int64)
-    offs = b.to(tl.int64) * stride_ob + out_rows * stride_ot + h * stride_oh + byte
+    vals = e2m1_decode(unpack_nibbles(packed, BR, D // 2))
+    s = e4m3_decode(scode.to(tl.int32))
+    x = tl.reshape((tl.reshape(vals, (BR, NB, 16)) * s[:, :, None]) * gs, (BR, D))
+    if SCALED:  # per-tensor FP8: x / descale, rounded once (RNE) by the store's conversion
+        x = x * tl.load(inv_scale_ptr + kv)
+    out_rows = (c * T + rows).to(tl.int64)
+    offs = b.to(tl.int64) * stride_ob + out_rows[:, None] * stride_ot
+    offs += h * stride_oh + tl.arange(0, D)[None, :]
     if kv == 0:
-        tl.store(out_k_ptr + offs, word, mask=mask)
+        tl.store(out_k_ptr + offs, x.to(out_k_ptr.dtype.element_ty), mask=mask)
     else:
-        tl.store(out_v_ptr + offs, word, mask=mask)
+        tl.store(out_v_ptr + offs, x.to(out_v_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,14 +169,12 @@ register_aot(
                 "BR": 32},
     options={"enable_fp_fusion": False},
 )
-# bf16 window (int32 pairs); FP8 window for cuDNN FP8 SDPA (int16 pairs)
-for _pair, _scaled, _dtype in (("*i32", False, tl.bfloat16), ("*i16", True, tl.float8e4nv)):
+for _out, _scaled in (("*bf16", False), ("*fp8e4nv", True)):  # bf16 window; FP8 window (cuDNN FP8 SDPA)
     register_aot(
         _kv_dequantize_kernel,
         signature={"data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32", "table_ptr": "*i32",
-                   "out_k_ptr": _pair, "out_v_ptr": _pair, "inv_scale_ptr": "*fp32", "T": "i32", "H": "i32",
+                   "out_k_ptr": _out, "out_v_ptr": _out, "inv_scale_ptr": "*fp32", "T": "i32", "H": "i32",
                    "B": "i32", "S": "i32", "stride_ob": "i64", "stride_ot": "i64", "stride_oh": "i64"},
-        constexprs={"D": 128, "TILE": KV_SCALE_TILE, "BR": 32, "SCALED": _scaled, "OUT": _dtype,
-                    "PTX": True},
+        constexprs={"D": 128, "TILE": KV_SCALE_TILE, "BR": 64, "SCALED": _scaled},
         options={"enable_fp_fusion": False},
     )
