@@ -33,8 +33,9 @@ _PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.
 
 # cuDNN's FP8 SDPA on an H100 at Lq 7040, Lk 28160, 24 heads: 2.393 ms with [B, H, L, D] q/K/V in
 # memory against 2.462 ms token-major (tools/probe_fp8_sdpa.py --layouts). True makes the FP8
-# workspace, q's codes and O head-major; it stays off until the whole path has run on a GPU in that
-# layout (bench_kv_cache.py times both in one run; the GPU test covers both).
+# workspace, q's codes and O head-major. GPU-tested in both layouts; the whole path measured within
+# run-to-run noise of token-major (2.645 vs 2.642, 2.478 vs 2.564, 2.454 vs 2.479 ms; RESULTS.md,
+# fourteenth session), so it stays off.
 FP8_HEADS_MAJOR = False
 
 
