@@ -94,3 +94,22 @@ def test_fp8_linear_matches_the_two_op_path(lead, n, k, prequantized):
     assert_bitwise_equal(out, expect, "fp8_linear vs quantize + fp8_gemm")
     ref_out = fp8_linear(x, wq, ws, bias=bias, out_dtype=torch.float32, backend="torch")
     assert rel_err(out, ref_out) <= FP8_MMA_TOL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows,k", [(7040, 3072), (5, 3072), (300, 14336), (3, 4096), (33, 200), (2, 20000)])
+def test_gpu_fp8_quantize_launch_shapes_bit_exact(rows, k):
+    """Every launch shape ``_quant_config`` picks on a GPU (two passes over 1024-column chunks for
+    K = 3072, one 16-warp pass for K = 14336, several short rows per program, the > 16384 two-pass
+    path) gives the reference's codes and scales bit for bit, NaN rows and zero rows included."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from longlive_kernels.fp4 import gemm_fp8
+
+    x = _rand(rows + k, rows, k, spread=8.0).bfloat16()
+    x[rows // 2] = 0.0
+    x[-1, k // 3] = float("nan")
+    q1, s1 = ref.quantize_fp8_rowwise(x)
+    q2, s2 = gemm_fp8._quantize(x.cuda())
+    assert_bitwise_equal(q1.view(torch.uint8), q2.cpu().view(torch.uint8), "fp8 codes")
+    assert_bitwise_equal(s1, s2.cpu(), "row scales")
