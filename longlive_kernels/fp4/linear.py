@@ -243,11 +243,13 @@ class NVFP4Linear(nn.Module):
         if w.dtype not in _checks.FLOAT_DTYPES:
             w = w.float()
         w = w.contiguous()
+        # a meta weight (from_linear's placeholder) only needs shapes: a compiled backend cannot take it
+        backend = "torch" if w.device.type == "meta" else self.backend
         if self.mode == "fp8":
-            q, s = quantize_fp8_rowwise(w, backend=self.backend)
+            q, s = quantize_fp8_rowwise(w, backend=backend)
             return {"weight_fp8": q, "weight_scale": s}
         wq = quantize_nvfp4(w, scale_rule=self.recipe.weight_scale_rule, block_2d=self.recipe.weight_2d(False),
-                            backend=self.backend)
+                            backend=backend)
         return {"weight_data": wq.data, "weight_scale": wq.scale,
                 "weight_global_scale": wq.global_scale.reshape(1).float()}
 
