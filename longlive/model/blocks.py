@@ -341,7 +341,16 @@ class DiTBlock(nn.Module):
         x, h = residual_layernorm(x, y, e[2], self.norm3, frame_len=fl, eps=eps, ops=ops, backend=be)
         y = self.cross_attn(h, context)
         x, h = residual_adaln(x, y, e[3], e[4], frame_len=fl, eps=eps, ops=ops, backend=be)
-        return gated_residual(x, self.ffn(h), e[5], frame_len=fl, ops=ops, backend=be)
+        return gated_residual(x, self._ffn(h), e[5], frame_len=fl, ops=ops, backend=be)
+
+    def _ffn(self, h: torch.Tensor) -> torch.Tensor:
+        """``ffn.2(gelu_tanh(ffn.0(h)))``; a second linear that takes the GELU as its input activation
+        (``NVFP4Linear``: fused into its FP8 quantization) gets it, so the GELU is no pass of its own."""
+        up, act, down = self.ffn
+        if "gelu_tanh" in getattr(down, "INPUT_ACTIVATIONS", ()) and isinstance(act, nn.GELU) \
+                and act.approximate == "tanh":
+            return down(up(h), input_activation="gelu_tanh")
+        return self.ffn(h)
 
 
 class Head(nn.Module):

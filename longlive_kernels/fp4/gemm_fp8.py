@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -60,6 +61,19 @@ def _row_amax_scale(amax):
 
 
 @triton.jit
+def _input(ptrs, mask, GELU: tl.constexpr):
+    """A tile of the activation in fp32; with GELU, ``gelu_tanh(x)`` rounded to x's dtype first (what
+    the unfused ``F.gelu(x, approximate="tanh")`` would have stored), as ``x / (1 + e^(-2u))``,
+    u = √(2/π)·(x + 0.044715·x³) (= ½x(1 + tanh u))."""
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    xf = x.to(tl.float32)
+    if GELU:
+        u = 0.7978845608028654 * (xf + 0.044715 * xf * xf * xf)
+        xf = (xf / (1.0 + tl.exp(-2.0 * u))).to(x.dtype).to(tl.float32)
+    return xf
+
+
+@triton.jit
 def _fp8_rowwise_kernel(
     x_ptr,  # [rows, K] float, row stride stride_x
     q_ptr,  # [rows, K] uint8 out: E4M3 codes, contiguous
@@ -72,6 +86,7 @@ def _fp8_rowwise_kernel(
     VEC: tl.constexpr,  # contiguous elements per thread (16-byte loads of bf16/fp16)
     SINGLE_PASS: tl.constexpr,
     FAST: tl.constexpr,
+    GELU: tl.constexpr = False,  # quantize gelu_tanh(x) (rounded to x's dtype) instead of x
 ):
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     rmask = r < rows
@@ -80,7 +95,7 @@ def _fp8_rowwise_kernel(
     c = tl.max_contiguous(tl.multiple_of(tl.arange(0, BK), VEC), VEC)
     if SINGLE_PASS:  # the whole row in registers: one HBM read
         m = rmask[:, None] & (c < K)[None, :]
-        x = tl.load(x_rows + c[None, :], mask=m, other=0.0).to(tl.float32)
+        x = _input(x_rows + c[None, :], m, GELU)
         amax = tl.max(_abs_nan_inf(x), axis=1)
         scale = _row_amax_scale(amax)
         code = _e4m3_signed_code(tl.math.div_rn(x, scale[:, None]), FAST)
@@ -89,12 +104,12 @@ def _fp8_rowwise_kernel(
         amax = tl.zeros((BR,), dtype=tl.float32)
         for k in range(0, K, BK):
             m = rmask[:, None] & (k + c < K)[None, :]
-            x = tl.load(x_rows + (k + c)[None, :], mask=m, other=0.0).to(tl.float32)
+            x = _input(x_rows + (k + c)[None, :], m, GELU)
             amax = tl.maximum(amax, tl.max(_abs_nan_inf(x), axis=1))
         scale = _row_amax_scale(amax)
         for k in range(0, K, BK):
             m = rmask[:, None] & (k + c < K)[None, :]
-            x = tl.load(x_rows + (k + c)[None, :], mask=m, other=0.0).to(tl.float32)
+            x = _input(x_rows + (k + c)[None, :], m, GELU)
             code = _e4m3_signed_code(tl.math.div_rn(x, scale[:, None]), FAST)
             tl.store(q_rows + (k + c)[None, :], code.to(tl.uint8), mask=m)
     tl.store(scale_ptr + r, scale, mask=rmask)
@@ -128,7 +143,7 @@ def _quant_config(rows: int, k: int, elem_bytes: int, interp: bool) -> tuple[int
     return br, bk, vec, True, warps
 
 
-def _quantize(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(x2d: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     rows, k = x2d.shape
     q = torch.empty((rows, k), dtype=torch.uint8, device=x2d.device)
     scale = torch.empty((rows,), dtype=torch.float32, device=x2d.device)
@@ -136,27 +151,28 @@ def _quantize(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     br, bk, vec, single, warps = _quant_config(rows, k, x2d.element_size(), interp)
     _fp8_rowwise_kernel[(-(-rows // br),)](
         x2d, q, scale, rows, k, x2d.stride(0), BR=br, BK=bk, VEC=vec, SINGLE_PASS=single, FAST=not interp,
-        num_warps=warps, enable_fp_fusion=False,
+        GELU=gelu, num_warps=warps, enable_fp_fusion=False,
     )
     return q.view(torch.float8_e4m3fn), scale
 
 
 @torch.library.custom_op("longlive_kernels::fp8_linear", mutates_args=())
 def _linear_op(x: torch.Tensor, x_scale: torch.Tensor | None, w: torch.Tensor, w_scale: torch.Tensor,
-               bias: torch.Tensor | None, out_dtype: torch.dtype, use_scaled_mm: bool, backend: str) -> torch.Tensor:
+               bias: torch.Tensor | None, out_dtype: torch.dtype, use_scaled_mm: bool, gelu: bool,
+               backend: str) -> torch.Tensor:
     if backend == "torch":
         if x_scale is None:
-            x, x_scale = reference.quantize_fp8_rowwise(x)
+            x, x_scale = reference.quantize_fp8_rowwise(F.gelu(x, approximate="tanh") if gelu else x)
         return reference.fp8_gemm(x, x_scale, w, w_scale, bias, out_dtype=out_dtype)
     if x_scale is None:
-        x, x_scale = _quantize(x)
+        x, x_scale = _quantize(x, gelu)
     if use_scaled_mm:
         return _scaled_mm_rowwise(x, x_scale, w, w_scale, bias, out_dtype)
     return _fp8_gemm_triton(x, x_scale, w, w_scale, bias.contiguous() if bias is not None else None, out_dtype)
 
 
 @_linear_op.register_fake
-def _(x, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, backend):
+def _(x, x_scale, w, w_scale, bias, out_dtype, use_scaled_mm, gelu, backend):
     return x.new_empty((x.shape[0], w.shape[0]), dtype=out_dtype)
 
 
@@ -177,6 +193,7 @@ def fp8_linear(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     use_scaled_mm: bool | None = None,
+    input_activation: str | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """``quantize_rowwise(x) @ (w · w_scale)ᵀ + bias`` — the FP8 path of a linear layer in one call.
@@ -199,6 +216,11 @@ def fp8_linear(
     use_scaled_mm : bool, optional
         cuBLAS through ``torch._scaled_mm`` (default on sm_89+ when K and N are multiples of 16 and
         ``out_dtype`` is bf16), else the Triton FP8 kernel of ``fp8.py``.
+    input_activation : {None, "gelu_tanh"}
+        Apply ``F.gelu(x, approximate="tanh")`` to ``x`` first, fused into the quantization (one read
+        of ``x`` instead of a GELU pass plus the quantization's read: the Wan FFN's second linear).
+        The GELU value is rounded to ``x``'s dtype before quantizing, as the unfused pair stores it;
+        the Triton kernel's exp-based GELU may differ from torch's tanh in that rounding's last bit.
     backend : {"auto", "triton", "torch"}
 
     Returns
@@ -226,6 +248,11 @@ def fp8_linear(
                          f"x of {x.dtype} and x_scale {'None' if x_scale is None else tuple(x_scale.shape)}")
     if not fp8_x:
         _checks.check_dtype("x", x)
+    if input_activation not in (None, "gelu_tanh"):
+        raise ValueError(f"input_activation must be None or 'gelu_tanh', got {input_activation!r}")
+    if input_activation is not None and fp8_x:
+        raise ValueError("input_activation needs unquantized x (it is applied before the quantization), got "
+                         "float8_e4m3fn x with x_scale")
     if x.dim() == 0:
         raise ValueError("x must have at least 1 dim, got a scalar")
     if x.shape[-1] != k:
@@ -255,16 +282,21 @@ def fp8_linear(
     if x2d.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
     xs = x_scale.reshape(-1).contiguous() if x_scale is not None else None
-    out = _linear_eager(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm), be)
+    out = _linear_eager(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm),
+                        input_activation == "gelu_tanh", be)
     return out.reshape(*lead, n)
 
 
-register_aot(
-    _fp8_rowwise_kernel,
-    signature={"x_ptr": "*bf16", "q_ptr": "*u8", "scale_ptr": "*fp32", "rows": "i32", "K": "i32",
-               "stride_x": "i32"},
-    constexprs={"BR": 2, "BK": 4096, "VEC": 8, "SINGLE_PASS": True, "FAST": True},
-    options={"enable_fp_fusion": False, "num_warps": 8},
-)
+# the DiT's activations: K = 3072 in 1024-column chunks; the FFN hidden K = 14336 with the fused GELU
+for _cfg in ({"BR": 1, "BK": 1024, "SINGLE_PASS": False, "GELU": False, "num_warps": 4},
+             {"BR": 1, "BK": 16384, "SINGLE_PASS": True, "GELU": True, "num_warps": 16}):
+    register_aot(
+        _fp8_rowwise_kernel,
+        signature={"x_ptr": "*bf16", "q_ptr": "*u8", "scale_ptr": "*fp32", "rows": "i32", "K": "i32",
+                   "stride_x": "i32"},
+        constexprs={"BR": _cfg["BR"], "BK": _cfg["BK"], "VEC": 8, "SINGLE_PASS": _cfg["SINGLE_PASS"], "FAST": True,
+                    "GELU": _cfg["GELU"]},
+        options={"enable_fp_fusion": False, "num_warps": _cfg["num_warps"]},
+    )
 
 __all__ = ["fp8_linear"]

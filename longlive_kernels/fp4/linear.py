@@ -326,7 +326,20 @@ class NVFP4Linear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # activations ``forward(x, input_activation=...)`` applies to x first (fused into the FP8 quantization)
+    INPUT_ACTIVATIONS = ("gelu_tanh",)
+
+    def forward(self, x: torch.Tensor, *, input_activation: str | None = None) -> torch.Tensor:
+        """``linear(act(x))``; ``input_activation="gelu_tanh"`` is ``F.gelu(x, approximate="tanh")``,
+        fused into the row-wise quantization in ``fp8`` mode (the FFN's GELU pass disappears), applied
+        by torch in the other modes."""
+        if input_activation is not None:
+            if input_activation not in self.INPUT_ACTIVATIONS:
+                raise ValueError(f"input_activation must be None or one of {self.INPUT_ACTIVATIONS}, got "
+                                 f"{input_activation!r}")
+            if self.mode != "fp8" or self.trainable or x.dtype not in _checks.FLOAT_DTYPES:
+                x = F.gelu(x, approximate="tanh")
+                input_activation = None
         if self.mode == "bf16":
             return F.linear(x, self.weight, self.bias)
         if x.shape[-1] != self.in_features:
@@ -344,7 +357,7 @@ class NVFP4Linear(nn.Module):
             # one call, two launches (row-wise quantize, cuBLAS FP8 GEMM); the same bits as
             # fp8_gemm(*quantize_fp8_rowwise(x2d), ...) with less host time per call
             y = fp8_linear(x2d, self.weight_fp8, self.weight_scale, bias=bias, out_dtype=out_dtype,
-                           backend=self.backend)
+                           input_activation=input_activation, backend=self.backend)
         elif self.mode == "nvfp4":
             xq = quantize_nvfp4(x2d, scale_rule=self.recipe.act_scale_rule, backend=self.backend)
             y = nvfp4_gemm(xq, self.packed_weight(), bias=bias, out_dtype=out_dtype, algorithm=self.gemm_algorithm,

@@ -113,3 +113,48 @@ def test_gpu_fp8_quantize_launch_shapes_bit_exact(rows, k):
     q2, s2 = gemm_fp8._quantize(x.cuda())
     assert_bitwise_equal(q1.view(torch.uint8), q2.cpu().view(torch.uint8), "fp8 codes")
     assert_bitwise_equal(s1, s2.cpu(), "row scales")
+
+
+# --- the FFN's GELU fused into the quantization (input_activation="gelu_tanh") ---------------------
+
+
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 6), k=st.sampled_from([64, 200, 1040, 2064]))
+def test_fused_gelu_quantization_equals_gelu_then_quantize(seed, rows, k):
+    """``_quantize(x, gelu=True)`` = ``quantize_fp8_rowwise(F.gelu(x, "tanh"))`` up to the bf16 rounding
+    of the GELU value: the kernel's exp-based GELU may round the other way in the last bf16 bit, which
+    moves a code by at most one E4M3 step (2^-3 relative) and a row scale by at most one bf16 step of
+    the row's amax (2^-7 relative; every code of that row may then round anew, so the whole tile moves
+    by about the E4M3 rounding error, 2^-4 at most); a real mistake (no GELU, a wrong constant) is
+    far outside these."""
+    import torch.nn.functional as F
+
+    from longlive_kernels.fp4 import gemm_fp8
+
+    x = _rand(seed, rows, k, spread=3.0).bfloat16()
+    q_ref, s_ref = ref.quantize_fp8_rowwise(F.gelu(x, approximate="tanh"))
+    q, s = gemm_fp8._quantize(x, gelu=True)
+    torch.testing.assert_close(s.cpu(), s_ref.cpu(), rtol=2**-7, atol=0)
+    got = q.float().cpu() * s.cpu()[:, None]
+    want = q_ref.float().cpu() * s_ref.cpu()[:, None]
+    torch.testing.assert_close(got, want, rtol=2**-3 + 2**-7, atol=float(s_ref.max()) * 2**-9)
+    assert rel_err(got, want) < 2**-4
+
+
+def test_fp8_linear_input_activation_and_its_bad_input():
+    """fp8_linear(x, input_activation="gelu_tanh") ≈ fp8_linear(F.gelu(x)); unknown activations and an
+    activation on already-quantized x are refused with the argument named."""
+    import torch.nn.functional as F
+
+    from longlive_kernels.fp4.gemm_fp8 import fp8_linear
+
+    x = _rand(3, 7, 96).bfloat16()
+    w8, ws = quantize_fp8_rowwise(_rand(4, 40, 96).bfloat16())
+    fused = fp8_linear(x, w8, ws, input_activation="gelu_tanh")
+    plain = fp8_linear(F.gelu(x, approximate="tanh"), w8, ws)
+    assert rel_err(fused.float(), plain.float()) < 2**-5
+    assert rel_err(fused.float(), fp8_linear(x, w8, ws).float()) > 0.1  # the GELU really happened
+    with pytest.raises(ValueError, match="input_activation"):
+        fp8_linear(x, w8, ws, input_activation="relu")
+    x8, xs = quantize_fp8_rowwise(x)
+    with pytest.raises(ValueError, match="input_activation"):
+        fp8_linear(x8, w8, ws, x_scale=xs, input_activation="gelu_tanh")

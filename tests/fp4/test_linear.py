@@ -325,3 +325,23 @@ def test_gpu_inference_modes(mode):
     assert cosine(mod(x), lin(x)) >= FWD_COS[mode]
     ref_mod = NVFP4Linear.from_linear(lin, mode, backend="torch")
     assert rel_err(mod(x[:64]), ref_mod(x[:64])) <= 2.0**-6
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp8", "w4a16", "nvfp4"])
+def test_input_activation_is_gelu_then_linear(mode):
+    """``NVFP4Linear(x, input_activation="gelu_tanh")`` = the module on ``F.gelu(x, "tanh")`` (fused into
+    the FP8 quantization in fp8 mode, within the rounding of the GELU value; torch's GELU elsewhere,
+    exactly); an unknown activation is refused."""
+    import torch.nn.functional as F
+
+    lin = _linear(3, 64, 24).to(DEV).bfloat16()
+    x = torch.randn(3, 5, 64).to(DEV).bfloat16()
+    mod = NVFP4Linear.from_linear(lin, mode)
+    got = mod(x, input_activation="gelu_tanh")
+    want = mod(F.gelu(x, approximate="tanh"))
+    if mode == "fp8":
+        assert cosine(got, want) >= 0.999
+    else:
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="input_activation"):
+        mod(x, input_activation="silu")

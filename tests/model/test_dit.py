@@ -241,3 +241,27 @@ def test_balanced_sequence_parallel_matches_single_process():
     assert rel_err(tf, ref) < 1e-5
     chunked = torch.cat([torch.cat([r[1][n] for r in results], dim=2) for n in range(4)], dim=2)
     assert rel_err(chunked, ref) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["fp8", "nvfp4", None])
+def test_ffn_gelu_goes_into_the_second_linear_when_it_takes_it(mode, monkeypatch):
+    """After ``quantize_model`` the block's FFN calls ``ffn.2(ffn.0(h), input_activation="gelu_tanh")``
+    (in fp8 mode the GELU is fused into the FP8 quantization); with plain ``nn.Linear`` it runs the
+    Sequential. Either way the output is ``ffn.2(gelu_tanh(ffn.0(h)))`` (torch backend: exactly)."""
+    from longlive_kernels.fp4 import NVFP4Linear, quantize_model
+
+    cfg = _tiny()
+    m = _model(cfg, dtype=torch.bfloat16)
+    if mode is not None:
+        quantize_model(m, mode, backend="torch")
+    block = m.blocks[0]
+    seen = []
+    forward = NVFP4Linear.forward
+    monkeypatch.setattr(NVFP4Linear, "forward",
+                        lambda self, x, **kw: seen.append(kw.get("input_activation")) or forward(self, x, **kw))
+    h = torch.randn(1, 12, cfg.dim).bfloat16()
+    got = block._ffn(h)
+    up, _, down = block.ffn
+    want = down(torch.nn.functional.gelu(up(h), approximate="tanh"))
+    assert torch.equal(got, want)
+    assert ("gelu_tanh" in seen) == (mode is not None)
