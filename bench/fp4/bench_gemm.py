@@ -17,6 +17,8 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
 - ``w4a16 port`` / ``w4a4 port``: the portable Triton kernel (``algorithm="portable"``), to show
   what the Gluon kernels buy,
 - ``w4a16 gemv`` / ``w4a4 gemv`` (M ≤ 64): the small-M Gluon kernel (``algorithm="gemv"``).
+- ``--producer``: ``gelu+bf16`` (torch's tanh GELU, then cuBLAS BF16: the Wan FFN's second linear
+  with its producer) and ``fp8 linear gelu`` (the GELU fused into the FP8 row-wise quantization).
 
 The Gluon kernels are off by default in ``nvfp4_gemm``; ``--gluon`` turns both on for the default
 columns (``w4a16``, ``w4a4``, ...). ``--timing graph`` replays each call from a CUDA graph (device time
@@ -53,6 +55,9 @@ QUICK = ((16, 3072, 3072), (64, 3072, 14336), (1760, 3072, 3072), (7040, 3072, 1
          (14080, 3072, 3072))
 SMALL = tuple((m, k, n) for k, n in KN_VALUES for m in (16, 64))
 SMALL_COLUMNS = ("bf16", "fp8 mm", "deq+bf16", "w4a16", "w4a16 gemv", "w4a4", "w4a4 gemv")
+# --producer: the FFN's second linear with its GELU: torch GELU + cuBLAS BF16 against the GELU fused into
+# the FP8 quantization (fp8_linear(..., input_activation="gelu_tanh"))
+PRODUCER_COLUMNS = ("bf16", "fp8 linear", "gelu+bf16", "fp8 linear gelu")
 COLUMNS = ("bf16", "fp8 mm", "fp8 path", "fp8 linear", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a4 predec",
            "w4a16 port", "w4a4 port", "w4a16 gemv", "w4a4 gemv")
 
@@ -80,6 +85,8 @@ def _methods(m: int, k: int, n: int) -> dict:
                                            out_dtype=torch.bfloat16, use_fast_accum=True),
         "fp8 path": lambda: fp8_gemm(*quantize_fp8_rowwise(x), w8, ws8),
         "fp8 linear": lambda: fp8_linear(x, w8, ws8),
+        "gelu+bf16": lambda: F.linear(F.gelu(x, approximate="tanh"), w),
+        "fp8 linear gelu": lambda: fp8_linear(x, w8, ws8, input_activation="gelu_tanh"),
         "deq+bf16": lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)),
         "w4a16": lambda: nvfp4_gemm(x, wq),
         "w4a4": lambda: nvfp4_gemm(xq, wq),
@@ -149,12 +156,17 @@ def run(shapes, iters: int, columns=COLUMNS, timing: str = "events", launches: b
 def markdown(rows, columns=COLUMNS) -> str:
     head = "| M | K | N | " + " | ".join(f"{c} TFLOP/s" for c in columns) + " | " + " | ".join(
         f"{c}/bf16" for c in columns[1:]) + " |"
-    sep = "|" + "---|" * (3 + 2 * len(columns) - 1)
+    gelu_pair = "gelu+bf16" in columns and "fp8 linear gelu" in columns
+    if gelu_pair:
+        head += " fp8 linear gelu / gelu+bf16 |"
+    sep = "|" + "---|" * (3 + 2 * len(columns) - 1 + gelu_pair)
     lines = [head, sep]
     for r in rows:
         base = r["bf16"]
         vals = [f"{r.get(c, float('nan')):.0f}" for c in columns]
         vals += [f"{r.get(c, float('nan')) / base:.2f}" for c in columns[1:]]
+        if "gelu+bf16" in columns and "fp8 linear gelu" in columns:
+            vals.append(f"{r.get('fp8 linear gelu', float('nan')) / r.get('gelu+bf16', float('nan')):.2f}")
         lines.append(f"| {r['M']} | {r['K']} | {r['N']} | " + " | ".join(vals) + " |")
     if any(f"{c} launches" in r for r in rows for c in columns):
         lines += ["", "| M | K | N | " + " | ".join(f"{c} launches" for c in columns) + " |",
@@ -175,6 +187,8 @@ def main(argv=None) -> int:
                     help="events: eager calls (host time shows); graph: CUDA-graph replay (device time + "
                          "~12 µs replay floor); device: kernels only (host hidden behind a GPU spin)")
     ap.add_argument("--launches", action="store_true", help="also count kernel launches per call")
+    ap.add_argument("--producer", action="store_true",
+                    help="only bf16, fp8 linear, and the FFN pair: GELU + cuBLAS BF16 vs the GELU fused into fp8_linear")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gemm: needs a CUDA GPU", file=sys.stderr)
@@ -185,7 +199,7 @@ def main(argv=None) -> int:
     if args.gluon:  # the flags live (and are read) in gemm_ops
         gemm_ops._HOPPER_ENABLED = gemm_ops._GEMV_ENABLED = True
     shapes = SMALL if args.small else QUICK if args.quick else [(m, k, n) for k, n in KN_VALUES for m in M_VALUES]
-    columns = SMALL_COLUMNS if args.small else COLUMNS
+    columns = SMALL_COLUMNS if args.small else PRODUCER_COLUMNS if args.producer else COLUMNS
     rows = run(shapes, args.iters, columns=columns, timing=args.timing, launches=args.launches)
     print(f"\n{device_header()} | timing {args.timing} | gluon {'on' if args.gluon else 'off'}\n")
     print(markdown(rows, columns))
