@@ -62,6 +62,19 @@ def build(q8, k8, v8, out_dtype, sm_scale, views=None, all_plans=False):
     return g, handle, ws, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o)
 
 
+def fp8_out_pack(views, descales, tensors):
+    """(E4M3 output [1, Sq, H, 128], its scale, the variant pack) for q/k/v ``views`` [B, H, S, D]."""
+    tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o = tensors
+    b, h, sq, d = views[0].shape
+    out = torch.empty(b, sq, h, d, device=dev, dtype=torch.float8_e4m3fn)
+    s_scale = torch.full((1, 1, 1, 1), E4M3_MAX, device=dev)  # P in [0, 1] -> full E4M3 range
+    o_scale = torch.full((1, 1, 1, 1), E4M3_MAX / 4, device=dev)
+    a_s, a_o = torch.zeros(1, 1, 1, 1, device=dev), torch.zeros(1, 1, 1, 1, device=dev)
+    pack = {tq: views[0], tk: views[1], tv: views[2], dq: descales[0], dk: descales[1], dv: descales[2],
+            ds: 1.0 / s_scale, ss: s_scale, so: o_scale, o: out.transpose(1, 2), amax_s: a_s, amax_o: a_o}
+    return out, o_scale, pack
+
+
 def layouts(h=24, sq=7040, skv=28160):
     """FP8 kernel time per q/k/v memory layout (fp8 output), against cuDNN BF16 over BSHD."""
     torch.manual_seed(0)
@@ -90,12 +103,8 @@ def layouts(h=24, sq=7040, skv=28160):
         except Exception as e:  # noqa: BLE001
             print(f"  {name}: not supported: {type(e).__name__}: {str(e)[:200]}", flush=True)
             continue
-        out = torch.empty(1, sq, h, 128, device=dev, dtype=torch.float8_e4m3fn)
-        s_scale = torch.full((1, 1, 1, 1), E4M3_MAX, device=dev)
-        o_scale = torch.full((1, 1, 1, 1), E4M3_MAX / 4, device=dev)
-        a_s, a_o = torch.zeros(1, 1, 1, 1, device=dev), torch.zeros(1, 1, 1, 1, device=dev)
-        pack = {tq: views[0], tk: views[1], tv: views[2], dq: dqv, dk: dkv, dv: dvv, ds: 1.0 / s_scale, ss: s_scale,
-                so: o_scale, o: out.transpose(1, 2), amax_s: a_s, amax_o: a_o}
+        out, o_scale, pack = fp8_out_pack(views, (dqv, dkv, dvv),
+                                          (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o))
         run = lambda: g.execute(pack, ws, handle=handle)
         run(); torch.cuda.synchronize()
         err = ((out.float() / o_scale.reshape(1) - ref).norm() / ref.norm()).item()
@@ -125,12 +134,7 @@ def plans(h=24, sq=7040, skv=28160):
         n = g.get_execution_plan_count()
         ws = torch.empty(max(g.get_workspace_size_plan_at_index(i) for i in range(n)) if n else 0, device=dev,
                          dtype=torch.uint8)
-        out = torch.empty(1, sq, h, 128, device=dev, dtype=torch.float8_e4m3fn)
-        s_scale = torch.full((1, 1, 1, 1), E4M3_MAX, device=dev)
-        o_scale = torch.full((1, 1, 1, 1), E4M3_MAX / 4, device=dev)
-        a_s, a_o = torch.zeros(1, 1, 1, 1, device=dev), torch.zeros(1, 1, 1, 1, device=dev)
-        pack = {tq: views[0], tk: views[1], tv: views[2], dq: dqv, dk: dkv, dv: dvv, ds: 1.0 / s_scale, ss: s_scale,
-                so: o_scale, o: out.transpose(1, 2), amax_s: a_s, amax_o: a_o}
+        _, _, pack = fp8_out_pack(views, (dqv, dkv, dvv), (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o))
         print(f"  {name}: {n} plans; default plan {timeit(lambda: g.execute(pack, ws, handle=handle)):.3f} ms",
               flush=True)
         for i in range(n):
@@ -139,11 +143,7 @@ def plans(h=24, sq=7040, skv=28160):
             except Exception as e:  # noqa: BLE001
                 print(f"    plan {i}: failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
                 continue
-            tag = ""
-            try:
-                tag = g.get_plan_name_at_index(i)
-            except Exception:  # noqa: BLE001
-                pass
+            tag = g.get_plan_name_at_index(i) if hasattr(g, "get_plan_name_at_index") else ""
             print(f"    plan {i} {tag}: {t:.3f} ms {flops / t / 1e9:.0f} TFLOP/s = {t_bf16 / t:.2f}x bf16", flush=True)
 
 
