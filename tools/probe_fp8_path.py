@@ -10,12 +10,12 @@ import sys
 import torch
 
 sys.path.insert(0, "bench/attention")
-from bench_kv_cache import _filled  # noqa: E402
+from bench_kv_cache import _filled
 
-from longlive_kernels.attention import fp4_kv_attention  # noqa: E402
-from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd  # noqa: E402
-from longlive_kernels.attention.kv_cache_ops import _dequantize_triton  # noqa: E402
-from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms  # noqa: E402
+from longlive_kernels.attention import fp4_kv_attention
+from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd
+from longlive_kernels.attention.kv_cache_ops import _dequantize_triton
+from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms
 
 N = 10
 cache, k, v = _filled(3)
@@ -50,7 +50,7 @@ if "--decode-sweep" in sys.argv:
         want = ok.clone()
         for br in (32, 64, 128):
             for warps in (4, 8):
-                fn = lambda: _dequantize_triton(*lay, dtype, ok, ov, inv if dtype != torch.bfloat16 else None,  # noqa: E731
+                fn = lambda: _dequantize_triton(*lay, dtype, ok, ov, inv if dtype != torch.bfloat16 else None,
                                                 rows_per_program=br, num_warps=warps)
                 fn()
                 same = torch.equal(ok.view(torch.uint8), want.view(torch.uint8))

@@ -25,7 +25,7 @@ for rows, k in ((7040, 3072), (14080, 3072), (7040, 14336), (1760, 3072)):
     for br, w, bk, single in configs:
         q = torch.empty_like(ref_q)
         s = torch.empty_like(ref_s)
-        fn = lambda: _fp8_rowwise_kernel[(-(-rows // br),)](  # noqa: E731
+        fn = lambda: _fp8_rowwise_kernel[(-(-rows // br),)](
             x, q, s, rows, k, k, BR=br, BK=bk, VEC=vec, SINGLE_PASS=single, FAST=True, num_warps=w,
             enable_fp_fusion=False)
         try:

@@ -6,12 +6,10 @@ fallback, all built), each timed, BSHD and BHSD.
 ``--layouts``: instead, the FP8 kernel's time for memory layouts of q, k, v (BSHD as the KV workspace,
 BHSD, and V stored transposed [B, H, D, S], which the FP8 P·V product wants K-major)."""
 import sys
-import time
-
-import torch
-import torch.nn.functional as F
 
 import cudnn
+import torch
+import torch.nn.functional as F
 
 print("cudnn frontend", cudnn.__version__, "backend", cudnn.backend_version(), torch.backends.cudnn.version())
 dev = torch.device("cuda")
