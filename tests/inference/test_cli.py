@@ -136,8 +136,7 @@ def test_train_and_bench_delegate(monkeypatch, capsys):
 
 
 def test_ctrl_c_leaves_playable_mp4_of_finished_chunks(tmp_path, micro):
-    # 5000 micro chunks: with 500 the child could finish them all (exit 0) before a loaded test
-    # process had read "chunk 3" from the pipe and sent the SIGINT
+    # far more micro chunks than can run before the SIGINT lands, even on a loaded machine
     out = tmp_path / "v.mp4"
     cmd = (
         [sys.executable, "-m", "longlive.cli"]
@@ -145,8 +144,12 @@ def test_ctrl_c_leaves_playable_mp4_of_finished_chunks(tmp_path, micro):
         + ["--config", micro, "--chunks", "5000", "--out", str(out), "-v"]
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # SIGINT back to its default in the child: an ignored disposition is inherited through exec (a
+    # shell starts background jobs with SIGINT ignored, e.g. `bash .ci/run &`), and a Python started
+    # with SIGINT ignored never raises KeyboardInterrupt: the child ran all its chunks and exited 0
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path)
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     try:
