@@ -165,7 +165,7 @@ def markdown(rows, columns=COLUMNS) -> str:
         base = r["bf16"]
         vals = [f"{r.get(c, float('nan')):.0f}" for c in columns]
         vals += [f"{r.get(c, float('nan')) / base:.2f}" for c in columns[1:]]
-        if "gelu+bf16" in columns and "fp8 linear gelu" in columns:
+        if gelu_pair:
             vals.append(f"{r.get('fp8 linear gelu', float('nan')) / r.get('gelu+bf16', float('nan')):.2f}")
         lines.append(f"| {r['M']} | {r['K']} | {r['N']} | " + " | ".join(vals) + " |")
     if any(f"{c} launches" in r for r in rows for c in columns):

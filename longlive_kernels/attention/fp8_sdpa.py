@@ -26,10 +26,7 @@ import triton
 
 from ..fp4.format import E2M1_MAX, E4M3_MAX
 
-__all__ = [
-    "amax", "amax_bits", "cudnn_fp8_sdpa_available", "fp8_descales", "fp8_sdpa", "heads_major",
-    "quantize_fp8_per_tensor", "scale_cast",
-]
+__all__ = ["amax_bits", "cudnn_fp8_sdpa_available", "fp8_descales", "fp8_sdpa", "heads_major", "scale_cast"]
 
 
 @functools.cache
@@ -65,11 +62,6 @@ def amax_bits(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return out
     m = torch.linalg.vector_norm(x, float("inf")).float().reshape(1).view(torch.int32)
     return torch.maximum(out, m, out=out)
-
-
-def amax(x: torch.Tensor) -> torch.Tensor:
-    """max |x| as a [1] fp32 device tensor (one read-only pass, no |x| temporary)."""
-    return amax_bits(x, torch.zeros(1, dtype=torch.int32, device=x.device)).view(torch.float32)
 
 
 def fp8_descales(gs: torch.Tensor, amax_bits: torch.Tensor, has_current: bool) -> torch.Tensor:
@@ -128,16 +120,6 @@ def heads_major(shape: tuple[int, int, int, int], dtype: torch.dtype, device) ->
     the layout in which cuDNN's FP8 SDPA runs fastest on Hopper (``tools/probe_fp8_sdpa.py --layouts``)."""
     b, seq, h, d = shape
     return torch.empty((b, h, seq, d), dtype=dtype, device=device).transpose(1, 2)
-
-
-def quantize_fp8_per_tensor(x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` [B, L, H, D] → (E4M3 codes, descale): codes = RNE(x · 448 / amax(|x|)), descale = amax / 448
-    ([1] fp32). ``out`` (float8_e4m3fn, x's shape, any strides with D contiguous) receives the codes in
-    place; by default a new token-major tensor."""
-    descale = (amax(x) / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
-    if out is None:
-        out = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
-    return scale_cast(x, descale, out, divide=True), descale
 
 
 _GRAPHS: dict[tuple, tuple] = {}
