@@ -3,6 +3,8 @@
 Lq 7040 over 3 context chunks + the current chunk from its slot (Lk 28160), 24 heads × 128, H100/H200.
 Prints torch.profiler's CUDA time per kernel (averaged over the profiled calls) next to cuDNN BF16 SDPA.
 
+``--cast-sweep``: also times the amax of q and the scale-and-cast passes over launch shapes.
+
 ``--decode-sweep``: also times the FP4 → FP8 (and → bf16) window decode for several launch shapes
 (rows per program × warps), device time with L2 flushed, as a fraction of copy bandwidth."""
 import sys
@@ -58,3 +60,39 @@ if "--decode-sweep" in sys.argv:
                 gbs = nbytes / (ms * 1e-3) / 1e9
                 print(f"decode -> {str(dtype)[6:]}: rows {br:3d} warps {warps}: {ms * 1e3:6.1f} us "
                       f"{gbs:6.0f} GB/s = {gbs / copy:.2f}x copy ({copy:.0f}) same={same}", flush=True)
+
+if "--cast-sweep" in sys.argv:
+    # q's amax pass and the two scale-and-cast passes (q in, O out) over launch shapes, device time,
+    # L2 flushed, as a fraction of copy bandwidth; every variant checked bit-equal to the default
+    from longlive_kernels.attention import fp8_sdpa
+
+    copy = copy_bandwidth_gbs()
+    n = q.numel()
+    want_bits = fp8_sdpa.amax_bits(q, torch.zeros(1, dtype=torch.int32, device="cuda")).clone()
+    for bl, bc in ((32, 256), (16, 512), (64, 128), (8, 1024), (16, 256)):
+        for warps in (4, 8):
+            for per_sm in (2, 4, 8, 16):
+                bits = torch.zeros(1, dtype=torch.int32, device="cuda")
+                fn = lambda bits=bits, launch=(bl, bc, warps, per_sm): fp8_sdpa.amax_bits(q, bits, launch=launch)
+                ms = cuda_time_ms(fn, hide_host=True)
+                gbs = 2 * n / (ms * 1e-3) / 1e9
+                print(f"amax: tile {bl}x{bc} warps {warps} {per_sm:2d}/SM: {ms * 1e3:6.1f} us {gbs:6.0f} GB/s read "
+                      f"= {gbs / copy:.2f}x copy same={torch.equal(bits, want_bits)}", flush=True)
+    s = torch.tensor([0.0173], device="cuda")
+    q8 = torch.empty(q.shape, dtype=torch.float8_e4m3fn, device="cuda")
+    ob = torch.empty_like(q)
+    want8 = fp8_sdpa.scale_cast(q, s, q8, divide=True).clone()
+    wantb = fp8_sdpa.scale_cast(want8, s, ob, divide=False).clone()
+    for bl, bc in ((32, 256), (16, 512), (64, 128), (8, 1024), (32, 512), (64, 256), (16, 1024), (128, 128)):
+        for warps in (4, 8):
+            launch = (bl, bc, warps)
+            for name, fn, want, got in (
+                ("q bf16->fp8", lambda lc=launch: fp8_sdpa.scale_cast(q, s, q8, divide=True, launch=lc), want8, q8),
+                ("O fp8->bf16", lambda lc=launch: fp8_sdpa.scale_cast(want8, s, ob, divide=False, launch=lc), wantb,
+                 ob),
+            ):
+                ms = cuda_time_ms(fn, hide_host=True)
+                gbs = 3 * n / (ms * 1e-3) / 1e9
+                same = torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+                print(f"cast {name}: tile {bl}x{bc} warps {warps}: {ms * 1e3:6.1f} us {gbs:6.0f} GB/s "
+                      f"= {gbs / copy:.2f}x copy same={same}", flush=True)

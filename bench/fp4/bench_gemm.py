@@ -17,8 +17,11 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
 - ``w4a16 port`` / ``w4a4 port``: the portable Triton kernel (``algorithm="portable"``), to show
   what the Gluon kernels buy,
 - ``w4a16 gemv`` / ``w4a4 gemv`` (M ≤ 64): the small-M Gluon kernel (``algorithm="gemv"``).
-- ``--producer``: ``gelu+bf16`` (torch's tanh GELU, then cuBLAS BF16: the Wan FFN's second linear
-  with its producer) and ``fp8 linear gelu`` (the GELU fused into the FP8 row-wise quantization).
+- ``--producer``: each FP8 linear with the op that makes its activation: ``gelu+bf16`` (torch's tanh
+  GELU, then cuBLAS BF16: the Wan FFN's second linear with its producer) against ``fp8 linear gelu``
+  (the GELU fused into the FP8 row-wise quantization), and, for K = 3072 (q/k/v, cross-q, ffn.0),
+  ``adaln+bf16`` (the fused adaLN kernel writing bf16 h, then cuBLAS BF16) against ``fp8 linear
+  adaln`` (the adaLN kernel writing row-wise E4M3 h, ``out_fp8=True``, then cuBLAS FP8).
 
 The Gluon kernels are off by default in ``nvfp4_gemm``; ``--gluon`` turns both on for the default
 columns (``w4a16``, ``w4a4``, ...). ``--timing graph`` replays each call from a CUDA graph (device time
@@ -57,12 +60,14 @@ SMALL = tuple((m, k, n) for k, n in KN_VALUES for m in (16, 64))
 SMALL_COLUMNS = ("bf16", "fp8 mm", "deq+bf16", "w4a16", "w4a16 gemv", "w4a4", "w4a4 gemv")
 # --producer: the FFN's second linear with its GELU: torch GELU + cuBLAS BF16 against the GELU fused into
 # the FP8 quantization (fp8_linear(..., input_activation="gelu_tanh"))
-PRODUCER_COLUMNS = ("bf16", "fp8 linear", "gelu+bf16", "fp8 linear gelu")
+PRODUCER_COLUMNS = ("bf16", "fp8 linear", "gelu+bf16", "fp8 linear gelu", "adaln+bf16", "fp8 linear adaln")
+PRODUCER_PAIRS = (("fp8 linear gelu", "gelu+bf16"), ("fp8 linear adaln", "adaln+bf16"))  # (ours, baseline)
 COLUMNS = ("bf16", "fp8 mm", "fp8 path", "fp8 linear", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a4 predec",
            "w4a16 port", "w4a4 port", "w4a16 gemv", "w4a4 gemv")
 
 
 def _methods(m: int, k: int, n: int) -> dict:
+    from longlive_kernels.attention import adaln_modulate
     from longlive_kernels.fp4 import (
         dequantize_nvfp4,
         fp8_gemm,
@@ -79,6 +84,13 @@ def _methods(m: int, k: int, n: int) -> dict:
     xq = quantize_nvfp4(x)
     w8, ws8 = quantize_fp8_rowwise(w)
     x8, xs8 = quantize_fp8_rowwise(x)
+    fl = 880 if m % 880 == 0 else m  # the 5B model's tokens per latent frame
+    shift, scale = (0.5 * torch.randn(1, m // fl, k, device="cuda", generator=g) for _ in range(2))
+
+    def adaln_fp8():
+        codes, row_scale = adaln_modulate(x[None], shift, scale, frame_len=fl, out_fp8=True)
+        return fp8_linear(codes[0], w8, ws8, x_scale=row_scale[0])
+
     return {
         "bf16": lambda: F.linear(x, w),
         "fp8 mm": lambda: torch._scaled_mm(x8, w8.t(), scale_a=xs8.reshape(-1, 1), scale_b=ws8.reshape(1, -1),
@@ -87,6 +99,8 @@ def _methods(m: int, k: int, n: int) -> dict:
         "fp8 linear": lambda: fp8_linear(x, w8, ws8),
         "gelu+bf16": lambda: F.linear(F.gelu(x, approximate="tanh"), w),
         "fp8 linear gelu": lambda: fp8_linear(x, w8, ws8, input_activation="gelu_tanh"),
+        **({"adaln+bf16": lambda: F.linear(adaln_modulate(x[None], shift, scale, frame_len=fl)[0], w),
+            "fp8 linear adaln": adaln_fp8} if k == 3072 else {}),
         "deq+bf16": lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)),
         "w4a16": lambda: nvfp4_gemm(x, wq),
         "w4a4": lambda: nvfp4_gemm(xq, wq),
@@ -156,17 +170,15 @@ def run(shapes, iters: int, columns=COLUMNS, timing: str = "events", launches: b
 def markdown(rows, columns=COLUMNS) -> str:
     head = "| M | K | N | " + " | ".join(f"{c} TFLOP/s" for c in columns) + " | " + " | ".join(
         f"{c}/bf16" for c in columns[1:]) + " |"
-    gelu_pair = "gelu+bf16" in columns and "fp8 linear gelu" in columns
-    if gelu_pair:
-        head += " fp8 linear gelu / gelu+bf16 |"
-    sep = "|" + "---|" * (3 + 2 * len(columns) - 1 + gelu_pair)
+    pairs = [(a, b) for a, b in PRODUCER_PAIRS if a in columns and b in columns]
+    head += "".join(f" {a} / {b} |" for a, b in pairs)
+    sep = "|" + "---|" * (3 + 2 * len(columns) - 1 + len(pairs))
     lines = [head, sep]
     for r in rows:
         base = r["bf16"]
         vals = [f"{r.get(c, float('nan')):.0f}" for c in columns]
         vals += [f"{r.get(c, float('nan')) / base:.2f}" for c in columns[1:]]
-        if gelu_pair:
-            vals.append(f"{r.get('fp8 linear gelu', float('nan')) / r.get('gelu+bf16', float('nan')):.2f}")
+        vals += [f"{r.get(a, float('nan')) / r.get(b, float('nan')):.2f}" for a, b in pairs]
         lines.append(f"| {r['M']} | {r['K']} | {r['N']} | " + " | ".join(vals) + " |")
     if any(f"{c} launches" in r for r in rows for c in columns):
         lines += ["", "| M | K | N | " + " | ".join(f"{c} launches" for c in columns) + " |",
@@ -188,7 +200,8 @@ def main(argv=None) -> int:
                          "~12 µs replay floor); device: kernels only (host hidden behind a GPU spin)")
     ap.add_argument("--launches", action="store_true", help="also count kernel launches per call")
     ap.add_argument("--producer", action="store_true",
-                    help="only bf16, fp8 linear, and the FFN pair: GELU + cuBLAS BF16 vs the GELU fused into fp8_linear")
+                    help="only bf16, fp8 linear and the producer pairs: GELU / adaLN + cuBLAS BF16 against the "
+                         "GELU fused into fp8_linear / the adaLN writing FP8 h")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_gemm: needs a CUDA GPU", file=sys.stderr)

@@ -112,15 +112,18 @@ def adaln_torch(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *, fr
 
 
 def adaln(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *, frame_len: int, eps: float,
-          ops: str = "kernels", backend: str = "auto") -> torch.Tensor:
-    """Fused LayerNorm (no affine) + per-frame modulation; ``longlive_kernels`` ``adaln_modulate``."""
+          ops: str = "kernels", backend: str = "auto", out_fp8: bool = False):
+    """Fused LayerNorm (no affine) + per-frame modulation; ``longlive_kernels`` ``adaln_modulate``.
+
+    ``out_fp8`` asks for h as row-wise E4M3 ``(codes, row_scale)`` from the same pass (inference,
+    for FP8 linears); the torch ops return the bf16 h instead (every consumer takes both)."""
     if x.shape[1] != shift.shape[1] * frame_len:
         raise ValueError(
             f"adaln: x has {x.shape[1]} tokens, expected frames·frame_len = {shift.shape[1]}·{frame_len}"
         )
     fn = _kernel("adaln_modulate") if ops == "kernels" else None
     if fn is not None:
-        return fn(x, shift, scale, frame_len=frame_len, eps=eps, backend=backend)
+        return fn(x, shift, scale, frame_len=frame_len, eps=eps, backend=backend, out_fp8=out_fp8)
     return adaln_torch(x, shift, scale, frame_len=frame_len, eps=eps)
 
 
@@ -137,14 +140,16 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, *, fram
 
 
 def residual_layernorm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, norm: nn.LayerNorm | None, *,
-                       frame_len: int, eps: float, ops: str = "kernels",
-                       backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                       frame_len: int, eps: float, ops: str = "kernels", backend: str = "auto",
+                       out_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``r = x + y·gate`` then ``h = LN3(r)`` (affine LayerNorm, or identity when ``norm`` is None).
 
-    One pass with ``longlive_kernels`` ``gated_residual_layernorm``; returns (r, h)."""
+    One pass with ``longlive_kernels`` ``gated_residual_layernorm``; returns (r, h). ``out_fp8``: as
+    :func:`adaln`."""
     fn = _kernel("gated_residual_layernorm") if ops == "kernels" and norm is not None else None
     if fn is not None:
-        return fn(x, y, gate, norm.weight, norm.bias, frame_len=frame_len, eps=eps, backend=backend)
+        return fn(x, y, gate, norm.weight, norm.bias, frame_len=frame_len, eps=eps, backend=backend,
+                  out_fp8=out_fp8)
     r = gated_residual(x, y, gate, frame_len=frame_len, ops=ops, backend=backend)
     if norm is None:
         return r, r
@@ -153,14 +158,14 @@ def residual_layernorm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, nor
 
 
 def residual_adaln(x: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *,
-                   frame_len: int, eps: float, ops: str = "kernels",
-                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                   frame_len: int, eps: float, ops: str = "kernels", backend: str = "auto",
+                   out_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``r = x + y`` (ungated) then ``h = LN(r)·(1 + scale) + shift``; returns (r, h).
 
-    One pass with ``longlive_kernels`` ``gated_residual_adaln``."""
+    One pass with ``longlive_kernels`` ``gated_residual_adaln``. ``out_fp8``: as :func:`adaln`."""
     fn = _kernel("gated_residual_adaln") if ops == "kernels" else None
     if fn is not None:
-        return fn(x, y, None, shift, scale, frame_len=frame_len, eps=eps, backend=backend)
+        return fn(x, y, None, shift, scale, frame_len=frame_len, eps=eps, backend=backend, out_fp8=out_fp8)
     r = (x.float() + y.float()).to(x.dtype)
     return r, adaln(r, shift, scale, frame_len=frame_len, eps=eps, ops=ops, backend=backend)
 
@@ -259,6 +264,17 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
 
 
+def _takes_fp8(*linears: nn.Module) -> bool:
+    """Whether h may reach these linears as row-wise FP8 ``(codes, row_scale)`` (inference, every
+    one an FP8-mode ``NVFP4Linear``): its producer then quantizes it in its own pass, once for all."""
+    return not torch.is_grad_enabled() and all(getattr(m, "takes_fp8_input", False) for m in linears)
+
+
+def _linear(mod: nn.Module, h, **kw) -> torch.Tensor:
+    """``mod(h)`` for a bf16 h or a row-wise FP8 ``(codes, row_scale)`` pair."""
+    return mod(h[0], x_scale=h[1], **kw) if isinstance(h, tuple) else mod(h, **kw)
+
+
 class _AttentionProjections(nn.Module):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
         super().__init__()
@@ -277,11 +293,11 @@ class SelfAttention(_AttentionProjections):
 
     def forward(self, x: torch.Tensor, *, attn, layer: int, layout: TokenLayout, theta: float,
                 ops: str, backend: str) -> torch.Tensor:
-        b, n, _ = x.shape
+        b, n, _ = (x[0] if isinstance(x, tuple) else x).shape
         shape = (b, n, self.num_heads, self.head_dim)
-        q = self.q(x).view(shape)
-        k = self.k(x).view(shape)
-        v = self.v(x).view(shape)
+        q = _linear(self.q, x).view(shape)
+        k = _linear(self.k, x).view(shape)
+        v = _linear(self.v, x).view(shape)
         q, k = rope_qk(
             q, k, layout=layout, theta=theta,
             norm_weight_q=self.norm_q.weight if self.norm_q is not None else None,
@@ -299,11 +315,11 @@ class CrossAttention(_AttentionProjections):
     attends only prompt s (multi-shot prompts, one per chunk)."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+        b, n, c = (x[0] if isinstance(x, tuple) else x).shape
         s, lt = context.shape[1], context.shape[2]
         if n % s:
             raise ValueError(f"cross-attention: {n} tokens cannot be split into {s} prompt segments")
-        q = self.q(x)
+        q = _linear(self.q, x)
         k = self.k(context)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
@@ -336,21 +352,26 @@ class DiTBlock(nn.Module):
         """x [B, L, C]; e0 [B, frames, 6, C] fp32; context [B, S, Lt, C] (projected text)."""
         ops, be, fl, eps = self.ops, self.kernel_backend, layout.frame_len, self.eps
         e = (self.modulation.float().unsqueeze(0) + e0.float()).unbind(2)  # 6 x [B, frames, C]
-        h = adaln(x, e[0], e[1], frame_len=fl, eps=eps, ops=ops, backend=be)
-        y = self.self_attn(h, attn=attn, layer=layer, layout=layout, theta=theta, ops=ops, backend=be)
-        x, h = residual_layernorm(x, y, e[2], self.norm3, frame_len=fl, eps=eps, ops=ops, backend=be)
-        y = self.cross_attn(h, context)
-        x, h = residual_adaln(x, y, e[3], e[4], frame_len=fl, eps=eps, ops=ops, backend=be)
+        sa, ca = self.self_attn, self.cross_attn
+        # with FP8 linears each norm hands its consumers row-wise E4M3 (one quantization, in its pass)
+        h = adaln(x, e[0], e[1], frame_len=fl, eps=eps, ops=ops, backend=be, out_fp8=_takes_fp8(sa.q, sa.k, sa.v))
+        y = sa(h, attn=attn, layer=layer, layout=layout, theta=theta, ops=ops, backend=be)
+        x, h = residual_layernorm(x, y, e[2], self.norm3, frame_len=fl, eps=eps, ops=ops, backend=be,
+                                  out_fp8=_takes_fp8(ca.q))
+        y = ca(h, context)
+        x, h = residual_adaln(x, y, e[3], e[4], frame_len=fl, eps=eps, ops=ops, backend=be,
+                              out_fp8=_takes_fp8(self.ffn[0]))
         return gated_residual(x, self._ffn(h), e[5], frame_len=fl, ops=ops, backend=be)
 
-    def _ffn(self, h: torch.Tensor) -> torch.Tensor:
+    def _ffn(self, h) -> torch.Tensor:
         """``ffn.2(gelu_tanh(ffn.0(h)))``; a second linear that takes the GELU as its input activation
-        (``NVFP4Linear``: fused into its FP8 quantization) gets it, so the GELU is no pass of its own."""
+        (``NVFP4Linear``: fused into its FP8 quantization) gets it, so the GELU is no pass of its own.
+        h: bf16, or row-wise FP8 ``(codes, row_scale)`` for an FP8 ``ffn.0``."""
         up, act, down = self.ffn
         if "gelu_tanh" in getattr(down, "INPUT_ACTIVATIONS", ()) and isinstance(act, nn.GELU) \
                 and act.approximate == "tanh":
-            return down(up(h), input_activation="gelu_tanh")
-        return self.ffn(h)
+            return down(_linear(up, h), input_activation="gelu_tanh")
+        return down(act(_linear(up, h)))
 
 
 class Head(nn.Module):

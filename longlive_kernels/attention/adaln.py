@@ -22,12 +22,13 @@ import torch
 
 from .. import _checks
 from .._backend import eager_op, resolve_backend
-from .adaln_ops import _gated_residual_op, _ln_mod_op, _res_ln_mod_op
+from .adaln_ops import _gated_residual_op, _ln_mod_fp8_op, _ln_mod_op, _res_ln_mod_op
 
 # eager inference calls skip the dispatcher (same computation; see _backend.direct_call_ok)
 _ln_mod = eager_op(_ln_mod_op)
 _gated_residual = eager_op(_gated_residual_op)
 _res_ln_mod = eager_op(_res_ln_mod_op)
+_ln_mod_fp8 = eager_op(_ln_mod_fp8_op)
 
 _SUPPORTED = ("triton", "torch")
 
@@ -91,6 +92,15 @@ def _check_residual_branch(x: torch.Tensor, y: torch.Tensor, be: str) -> None:
     _checks.check_same_device(x=x, y=y)
 
 
+def _fp8_out(x, y, gate, scale, shift, frame_len, eps, plus_one, be):
+    """(r | None, (codes, row scales)) of the ``out_fp8=True`` variants (inference only)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, y, gate, scale, shift)):
+        raise ValueError("out_fp8=True has no backward: run it under torch.no_grad() (or pass tensors that "
+                         "do not require grad)")
+    r, codes, hs = _ln_mod_fp8(x, y, gate, scale, shift, frame_len, eps, plus_one, be)
+    return (r if y is not None else None), (codes, hs)
+
+
 def adaln_modulate(
     x: torch.Tensor,
     shift: torch.Tensor,
@@ -99,7 +109,8 @@ def adaln_modulate(
     frame_len: int,
     eps: float = 1e-6,
     backend: str = "auto",
-) -> torch.Tensor:
+    out_fp8: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """adaLN: ``LayerNorm(x)·(1 + scale) + shift`` with per-latent-frame shift/scale.
 
     Parameters
@@ -114,12 +125,17 @@ def adaln_modulate(
     eps : float
         Added to the variance inside the rsqrt (1e-6 in Wan).
     backend : {"auto", "triton", "torch"}
+    out_fp8 : bool
+        See below (Returns).
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or (torch.Tensor, torch.Tensor)
         [B, L, C] contiguous, x's dtype. Statistics (biased variance) and products in fp32,
-        rounded once.
+        rounded once. With ``out_fp8``, ``(codes, row_scale)``: float8_e4m3fn [B, L, C] and fp32
+        [B, L], bit for bit ``quantize_fp8_rowwise`` of that h, from the same pass (the row is in
+        registers, so its amax costs no extra read): the input of ``fp8_linear(codes, w, ws,
+        x_scale=row_scale)``. Inference only (ValueError where autograd would need a backward).
 
     Raises
     ------
@@ -140,6 +156,8 @@ def adaln_modulate(
     _check_frame_len(frame_len, x.shape[1])
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    if out_fp8:
+        return _fp8_out(x, None, None, scale, shift, frame_len, _check_eps(eps), True, be)[1]
     return _ln_mod(x, scale, shift, frame_len, _check_eps(eps), True, be)[0]
 
 
@@ -191,6 +209,7 @@ def gated_residual_adaln(
     frame_len: int,
     eps: float = 1e-6,
     backend: str = "auto",
+    out_fp8: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add then adaLN in one pass: ``r = x + gate·y`` (``x + y`` when gate is None),
     ``h = LayerNorm(r)·(1 + scale) + shift``.
@@ -206,6 +225,8 @@ def gated_residual_adaln(
     frame_len : int
     eps : float
     backend : {"auto", "triton", "torch"}
+    out_fp8 : bool
+        h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
 
     Returns
     -------
@@ -231,6 +252,8 @@ def gated_residual_adaln(
         gate = _per_frame_vector("gate", gate, x, frame_len, be)
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    if out_fp8:
+        return _fp8_out(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)
     return _res_ln_mod(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)[:2]
 
 
@@ -244,6 +267,7 @@ def gated_residual_layernorm(
     frame_len: int | None = None,
     eps: float = 1e-6,
     backend: str = "auto",
+    out_fp8: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add then affine LayerNorm in one pass: ``r = x + gate·y``,
     ``h = LayerNorm(r)·weight + bias``.
@@ -260,6 +284,8 @@ def gated_residual_layernorm(
         Tokens per frame; required with a gate (default: L).
     eps : float
     backend : {"auto", "triton", "torch"}
+    out_fp8 : bool
+        h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
 
     Returns
     -------
@@ -300,4 +326,6 @@ def gated_residual_layernorm(
         # one [C] vector for every frame: the backward sums its gradient over the frames in fp32
         # (in the same launch as the per-frame sums) and autograd rounds once to its dtype
         vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)))
+    if out_fp8:
+        return _fp8_out(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)
     return _res_ln_mod(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)[:2]

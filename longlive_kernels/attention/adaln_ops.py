@@ -35,7 +35,7 @@ _BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, max
                                    (4, 4, 4, None), (4, 2, 8, None))]
 _INTERPRETER_CONFIG = {"PROGS_PER_SM": 2, "STAGES": 3}
 # size_class: a tuning per power of 2 of B·L; MOD_GRAD (backward only) is skipped by the forward
-_KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM", "PLUS_ONE", "MOD_GRAD"]
+_KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM", "PLUS_ONE", "MOD_GRAD", "FP8_OUT"]
 
 
 @functools.cache
@@ -99,9 +99,9 @@ def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
+def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=False):
     """(r or None, h or None, [B, L, 2] fp32 (mean, rstd) or None) for the residual / norm
-    variants."""
+    variants; with ``fp8`` (norm variants) h is ``(E4M3 codes [B, L, C], row scales [B, L])``."""
     bsz, n_tok, c = x.shape
     n_frames = n_tok // frame_len
     residual, gated, norm = y is not None, gate is not None, scale is not None
@@ -111,13 +111,17 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one):
     scale = _last_dim_unit(scale) if norm else x
     shift = _last_dim_unit(shift) if norm else x
     r = _new_out((bsz, n_tok, c), x.dtype, x.device) if residual else x
-    h = _new_out((bsz, n_tok, c), x.dtype, x.device) if norm else x
+    h = _new_out((bsz, n_tok, c), torch.uint8 if fp8 else x.dtype, x.device) if norm else x
     stats = _new_out((bsz, n_tok, 2), torch.float32, x.device) if norm else x
-    args = (x, y, gate, scale, shift, r, h, stats, n_tok, c, frame_len,
+    hs = _new_out((bsz, n_tok), torch.float32, x.device) if fp8 else stats
+    args = (x, y, gate, scale, shift, r, h, stats, hs, n_tok, c, frame_len,
             *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
             *_row_strides(shift), eps, (bsz * n_tok).bit_length())
-    meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one, **_col_tiles(c)}
+    meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one, "FP8_OUT": fp8,
+            "FP8_FAST": not interpret_mode(), **_col_tiles(c)}
     _launch(_residual_norm_fwd_kernel, False, frame_len, n_frames, bsz, x.device, args, meta)
+    if fp8:
+        h = (h.view(torch.float8_e4m3fn), hs)
     return (r if residual else None), (h if norm else None), (stats if norm else None)
 
 
@@ -408,3 +412,33 @@ def _res_ln_mod_backward(ctx, grad_r, grad_h, _grad_stats):
 
 
 _res_ln_mod_op.register_autograd(_res_ln_mod_backward, setup_context=_res_ln_mod_setup)
+
+
+@torch.library.custom_op("longlive_kernels::layernorm_modulate_fp8", mutates_args=())
+def _ln_mod_fp8_op(
+    x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None, scale: torch.Tensor,
+    shift: torch.Tensor, frame_len: int, eps: float, plus_one: bool, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inference: (r | empty without y, E4M3 codes of h [B, L, C], fp32 row scales [B, L]) — h (or
+    r = x + gate·y, then h of r) as ``quantize_fp8_rowwise`` of the h the unfused op returns."""
+    if backend == "torch":
+        from ..fp4.reference import quantize_fp8_rowwise
+
+        sc, sh = _per_frame(scale, x, frame_len), _per_frame(shift, x, frame_len)
+        if y is None:
+            r = _empty(x, x.dtype)
+            h = reference.layernorm_modulate(x, sc, sh, frame_len=frame_len, eps=eps, plus_one=plus_one)
+        else:
+            r, h = reference.residual_layernorm_modulate(x, y, gate, sc, sh, frame_len=frame_len, eps=eps,
+                                                         plus_one=plus_one)
+        codes, hs = quantize_fp8_rowwise(h.reshape(-1, h.shape[-1]))
+        return r, codes.view(h.shape), hs.view(h.shape[:-1])
+    r, (codes, hs), _ = _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=True)
+    return (r if r is not None else _empty(x, x.dtype)), codes, hs
+
+
+@_ln_mod_fp8_op.register_fake
+def _(x, y, gate, scale, shift, frame_len, eps, plus_one, backend):
+    r = torch.empty_like(x, memory_format=torch.contiguous_format) if y is not None else x.new_empty((0,))
+    return (r, torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
+            x.new_empty(x.shape[:2], dtype=torch.float32))

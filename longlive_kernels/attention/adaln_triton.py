@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 
 from .._aot import register_aot
+from ..fp4.fp8 import _e4m3_signed_code
+from ..fp4.gemm_fp8 import _abs_nan_inf, _row_amax_scale
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -100,6 +102,19 @@ def _modulate_tile(d, rstd, m, a, h_row, cols, cmask):
 
 
 @triton.jit
+def _modulated(d, rstd, m, a, dtype: tl.constexpr):
+    """h = (x − mean)·rstd·m + a of one tile, rounded to ``dtype`` (what the bf16 output would
+    store) and back to fp32."""
+    return (d * rstd * m + a).to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _store_fp8_tile(v, q_row, cols, cmask, qs, FAST: tl.constexpr):
+    """E4M3 codes of v / qs (correctly rounded division, RNE, saturating) stored to ``q_row``."""
+    tl.store(q_row + cols, _e4m3_signed_code(tl.math.div_rn(v, qs), FAST).to(tl.uint8), mask=cmask)
+
+
+@triton.jit
 def _residual_norm_fwd_kernel(
     x_ptr,  # [B, L, C] float (strides stride_xb, stride_xl, 1)
     y_ptr,  # [B, L, C] float (strides stride_yb, stride_yl, 1); RESIDUAL
@@ -107,8 +122,9 @@ def _residual_norm_fwd_kernel(
     scale_ptr,  # [B, F, C] per-frame scale (strides stride_sb, stride_sf, 1); NORM
     shift_ptr,  # [B, F, C] per-frame shift (strides stride_tb, stride_tf, 1); NORM
     r_ptr,  # [B, L, C] out, contiguous: x + gate·y; RESIDUAL
-    h_ptr,  # [B, L, C] out, contiguous: LN(r)·m + shift; NORM
+    h_ptr,  # [B, L, C] out, contiguous: LN(r)·m + shift; NORM (FP8_OUT: uint8 E4M3 codes of it)
     stats_ptr,  # [B, L, 2] fp32 out: (mean, rstd) of each normalized row, for the backward; NORM
+    hs_ptr,  # [B, L] fp32 out: FP8 row decode scale amax(h)/448; FP8_OUT
     L,
     C,
     frame_len,
@@ -125,6 +141,8 @@ def _residual_norm_fwd_kernel(
     EVEN: tl.constexpr,  # C == NCG·CG (no masked columns)
     STAGES: tl.constexpr,  # software-pipeline depth of the row loop
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
+    FP8_OUT: tl.constexpr = False,  # h as row-wise E4M3 (quantize_fp8_rowwise of the rounded h)
+    FP8_FAST: tl.constexpr = True,  # hardware fp32 → E4M3 conversion (not in the interpreter)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
@@ -185,10 +203,26 @@ def _residual_norm_fwd_kernel(
                 sq = sq + d1 * d1 + d2 * d2
             rstd = _inv_sqrt(_mean(sq, c_f) + eps)
             h_row = h_ptr + out_off
-            _modulate_tile(d0, rstd, m0, a0, h_row, c0, k0)
-            if NCG == 3:
-                _modulate_tile(d1, rstd, m1, a1, h_row, c1, k1)
-                _modulate_tile(d2, rstd, m2, a2, h_row, c2, k2)
+            if FP8_OUT:  # the row is in registers: its amax and codes cost no extra pass
+                hdt: tl.constexpr = x_ptr.dtype.element_ty
+                v0 = _modulated(d0, rstd, m0, a0, hdt)  # masked lanes: 0·rstd·0 + 0
+                amax = tl.max(_abs_nan_inf(v0), axis=0)
+                if NCG == 3:
+                    v1 = _modulated(d1, rstd, m1, a1, hdt)
+                    v2 = _modulated(d2, rstd, m2, a2, hdt)
+                    amax = tl.maximum(amax, tl.maximum(tl.max(_abs_nan_inf(v1), axis=0),
+                                                       tl.max(_abs_nan_inf(v2), axis=0)))
+                qs = _row_amax_scale(amax)
+                _store_fp8_tile(v0, h_row, c0, k0, qs, FP8_FAST)
+                if NCG == 3:
+                    _store_fp8_tile(v1, h_row, c1, k1, qs, FP8_FAST)
+                    _store_fp8_tile(v2, h_row, c2, k2, qs, FP8_FAST)
+                tl.store(hs_ptr + b * L + t, qs)
+            else:
+                _modulate_tile(d0, rstd, m0, a0, h_row, c0, k0)
+                if NCG == 3:
+                    _modulate_tile(d1, rstd, m1, a1, h_row, c1, k1)
+                    _modulate_tile(d2, rstd, m2, a2, h_row, c2, k2)
             tl.store(stats_ptr + (b * L + t) * 2, mean)
             tl.store(stats_ptr + (b * L + t) * 2 + 1, rstd)
 
@@ -263,6 +297,8 @@ def _residual_norm_bwd_kernel(
     EVEN: tl.constexpr,  # C == NCG·CG (no masked columns)
     STAGES: tl.constexpr,  # software-pipeline depth of the row loop
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
+    FP8_OUT: tl.constexpr = False,  # h as row-wise E4M3 (quantize_fp8_rowwise of the rounded h)
+    FP8_FAST: tl.constexpr = True,  # hardware fp32 → E4M3 conversion (not in the interpreter)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
@@ -379,7 +415,8 @@ def _residual_norm_bwd_kernel(
 
 _FWD_SIG = {
     "x_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32",
-    "r_ptr": "*bf16", "h_ptr": "*bf16", "stats_ptr": "*fp32", "L": "i32", "C": "i32", "frame_len": "i32",
+    "r_ptr": "*bf16", "h_ptr": "*bf16", "stats_ptr": "*fp32", "hs_ptr": "*fp32", "L": "i32", "C": "i32",
+    "frame_len": "i32",
     **{s: "i64" for s in ("stride_xb", "stride_xl", "stride_yb", "stride_yl", "stride_gb", "stride_gf",
                           "stride_sb", "stride_sf", "stride_tb", "stride_tf")},
     "eps": "fp32", "size_class": "i32",
@@ -399,6 +436,12 @@ for _res, _gated, _norm in _VARIANTS:  # (RESIDUAL, GATED, NORM)
                              "CG": 1024, "NCG": 3, "EVEN": True, "STAGES": 4,
                              "PROGS_PER_SM": 2},
                  options={"num_warps": 8})
+    if _norm:  # h as FP8 codes + row scales (inference, fed to fp8_linear)
+        register_aot(_residual_norm_fwd_kernel, signature={**_FWD_SIG, "h_ptr": "*u8"},
+                     constexprs={"RESIDUAL": _res, "GATED": _gated, "NORM": True, "PLUS_ONE": True,
+                                 "CG": 1024, "NCG": 3, "EVEN": True, "STAGES": 4, "PROGS_PER_SM": 2,
+                                 "FP8_OUT": True, "FP8_FAST": True},
+                     options={"num_warps": 8})
     register_aot(_residual_norm_bwd_kernel, signature=_BWD_SIG,
                  constexprs={"NORM": _norm, "RESIDUAL": _res, "GATED": _gated, "PLUS_ONE": True,
                              "MOD_GRAD": True, "CG": 1024, "NCG": 3, "EVEN": True, "STAGES": 3,

@@ -36,17 +36,22 @@ def _scale_cast_kernel(x_ptr, out_ptr, scale_ptr, L, C, sxb, sxl, sxh, sob, sol,
 
 
 @triton.jit
-def _amax_bits_kernel(x_ptr, out_ptr, L, C, sxb, sxl, sxh, D: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr):
-    pid_l = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    rows = (pid_l * BL + tl.arange(0, BL)).to(tl.int64)
-    cols = pid_c * BC + tl.arange(0, BC)
-    head = (cols // D).to(tl.int64)
-    mask = (rows[:, None] < L) & (cols[None, :] < C)
-    x = tl.load(x_ptr + b * sxb + rows[:, None] * sxl + (head * sxh + cols % D)[None, :], mask=mask, other=0.0)
-    bits = x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    tl.atomic_max(out_ptr, tl.max(tl.max(bits, axis=1), axis=0), sem="relaxed")
+def _amax_bits_kernel(x_ptr, out_ptr, B, L, C, sxb, sxl, sxh, D: tl.constexpr, BL: tl.constexpr, BC: tl.constexpr):
+    # a few programs per SM stride over the [BL, BC] tiles (columns fastest) with one atomic each:
+    # one atomic per tile (2,640 on one word for the 5B chunk's q) serialized at the L2
+    n_l = tl.cdiv(L, BL)
+    n_c = tl.cdiv(C, BC)
+    m = tl.zeros((BL, BC), dtype=tl.int32)
+    for t in range(tl.program_id(0), B * n_l * n_c, tl.num_programs(0)):
+        b = (t // (n_l * n_c)).to(tl.int64)
+        rows = ((t // n_c) % n_l * BL + tl.arange(0, BL)).to(tl.int64)
+        cols = (t % n_c) * BC + tl.arange(0, BC)
+        head = (cols // D).to(tl.int64)
+        mask = (rows[:, None] < L) & (cols[None, :] < C)
+        x = tl.load(x_ptr + b * sxb + rows[:, None] * sxl + (head * sxh + cols % D)[None, :], mask=mask,
+                    other=0.0)
+        m = tl.maximum(m, x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF)
+    tl.atomic_max(out_ptr, tl.max(tl.max(m, axis=1), axis=0), sem="relaxed")
 
 
 @triton.jit
@@ -82,8 +87,8 @@ def _fp8_descales_kernel(gs_ptr, n_per_kv, amax_ptr, out_ptr, HAS_CURRENT: tl.co
 
 register_aot(
     _amax_bits_kernel,
-    signature={"x_ptr": "*bf16", "out_ptr": "*i32", "L": "i32", "C": "i32", "sxb": "i64", "sxl": "i64",
-               "sxh": "i64"},
+    signature={"x_ptr": "*bf16", "out_ptr": "*i32", "B": "i32", "L": "i32", "C": "i32", "sxb": "i64",
+               "sxl": "i64", "sxh": "i64"},
     constexprs={"D": 128, "BL": 32, "BC": 256},
 )
 for _cur in (True, False):
@@ -98,5 +103,5 @@ for _src, _dst, _invert in (("*bf16", "*fp8e4nv", True), ("*fp8e4nv", "*bf16", F
         _scale_cast_kernel,
         signature={"x_ptr": _src, "out_ptr": _dst, "scale_ptr": "*fp32", "L": "i32", "C": "i32", "sxb": "i64",
                    "sxl": "i64", "sxh": "i64", "sob": "i64", "sol": "i64", "soh": "i64"},
-        constexprs={"INVERT": _invert, "D": 128, "BL": 32, "BC": 256},
+        constexprs={"INVERT": _invert, "D": 128, "BL": 64 if _invert else 128, "BC": 128},
     )

@@ -329,10 +329,33 @@ class NVFP4Linear(nn.Module):
     # activations ``forward(x, input_activation=...)`` applies to x first (fused into the FP8 quantization)
     INPUT_ACTIVATIONS = ("gelu_tanh",)
 
-    def forward(self, x: torch.Tensor, *, input_activation: str | None = None) -> torch.Tensor:
+    @property
+    def takes_fp8_input(self) -> bool:
+        """True when ``forward(codes, x_scale=...)`` feeds already quantized row-wise E4M3
+        activations straight to the FP8 GEMM (``fp8`` mode, not trainable); other modes accept them
+        too but decode them to bf16 first."""
+        return self.mode == "fp8" and not self.trainable
+
+    def forward(self, x: torch.Tensor, *, input_activation: str | None = None,
+                x_scale: torch.Tensor | None = None) -> torch.Tensor:
         """``linear(act(x))``; ``input_activation="gelu_tanh"`` is ``F.gelu(x, approximate="tanh")``,
         fused into the row-wise quantization in ``fp8`` mode (the FFN's GELU pass disappears), applied
-        by torch in the other modes."""
+        by torch in the other modes.
+
+        With ``x_scale`` [...] fp32, ``x`` [..., K] is float8_e4m3fn row-wise codes (``x ≈ codes ·
+        x_scale[..., None]``, e.g. from ``adaln_modulate(..., out_fp8=True)``): in ``fp8`` mode
+        they go to the GEMM as they are (no quantization pass; the output is bf16); other modes
+        decode them to bf16 first."""
+        if x_scale is not None:
+            if x.dtype != torch.float8_e4m3fn:
+                raise TypeError(f"x_scale needs float8_e4m3fn x (row-wise codes), got x of {x.dtype}")
+            if input_activation is not None:
+                raise ValueError("input_activation cannot apply to already quantized x (x_scale given)")
+            if tuple(x_scale.shape) != tuple(x.shape[:-1]):
+                raise ValueError(f"x_scale must have shape {tuple(x.shape[:-1])}, got {tuple(x_scale.shape)}")
+            if not self.takes_fp8_input:
+                dt = self.weight.dtype if self.mode == "bf16" else torch.bfloat16
+                x, x_scale = (x.float() * x_scale.float().unsqueeze(-1)).to(dt), None
         if input_activation is not None:
             if input_activation not in self.INPUT_ACTIVATIONS:
                 raise ValueError(f"input_activation must be None or one of {self.INPUT_ACTIVATIONS}, got "
@@ -356,7 +379,8 @@ class NVFP4Linear(nn.Module):
         elif self.mode == "fp8":
             # one call, two launches (row-wise quantize, cuBLAS FP8 GEMM); the same bits as
             # fp8_gemm(*quantize_fp8_rowwise(x2d), ...) with less host time per call
-            y = fp8_linear(x2d, self.weight_fp8, self.weight_scale, bias=bias, out_dtype=out_dtype,
+            xs = None if x_scale is None else x_scale.reshape(-1)
+            y = fp8_linear(x2d, self.weight_fp8, self.weight_scale, x_scale=xs, bias=bias, out_dtype=out_dtype,
                            input_activation=input_activation, backend=self.backend)
         elif self.mode == "nvfp4":
             xq = quantize_nvfp4(x2d, scale_rule=self.recipe.act_scale_rule, backend=self.backend)

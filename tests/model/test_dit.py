@@ -265,3 +265,36 @@ def test_ffn_gelu_goes_into_the_second_linear_when_it_takes_it(mode, monkeypatch
     want = down(torch.nn.functional.gelu(up(h), approximate="tanh"))
     assert torch.equal(got, want)
     assert ("gelu_tanh" in seen) == (mode is not None)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.gpu), "torch"])  # interpreter: 100 s
+def test_fp8_linears_take_fp8_from_their_norms(backend, monkeypatch):
+    """fp8 mode, inference: q/k/v, cross-q and ffn.0 receive row-wise E4M3 ``(codes, x_scale)`` made
+    by the adaLN / LN3 / LN2 pass (no quantization of their own), and the model's output is bit for
+    bit the one where every norm hands them bf16 h and each linear quantizes it (the same rounding
+    chain). Under autograd (training) the norms keep returning bf16."""
+    from longlive.model import blocks
+    from longlive_kernels.fp4 import NVFP4Linear, quantize_model
+
+    if backend == "triton" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = "cuda" if backend == "triton" else "cpu"
+    cfg = _tiny()
+    m = quantize_model(_model(cfg, dtype=torch.bfloat16).to(dev), "fp8", backend=backend)
+    for blk in m.blocks:
+        blk.kernel_backend = backend
+    clean, noisy, t_noisy, ctx = (t.to(dev) for t in _inputs(cfg, frames=2, dtype=torch.bfloat16))
+    seen = []
+    forward = NVFP4Linear.forward
+    monkeypatch.setattr(NVFP4Linear, "forward",
+                        lambda self, x, **kw: seen.append(kw.get("x_scale") is not None) or forward(self, x, **kw))
+    with torch.no_grad():
+        fused = m.forward_teacher_forcing(clean, noisy, t_noisy, ctx)
+        n_fp8 = sum(seen)
+        monkeypatch.setattr(blocks, "_takes_fp8", lambda *mods: False)
+        unfused = m.forward_teacher_forcing(clean, noisy, t_noisy, ctx)
+    assert n_fp8 == 5 * cfg.num_layers  # q, k, v, cross q, ffn.0 of every block
+    assert torch.equal(fused, unfused)
+    monkeypatch.undo()
+    assert not blocks._takes_fp8(m.blocks[0].self_attn.q)  # grad enabled: training keeps bf16
+

@@ -1,0 +1,112 @@
+"""adaLN / residual + norm with ``out_fp8=True``: h leaves the kernel as row-wise E4M3 codes + fp32
+row scales, bit for bit ``quantize_fp8_rowwise`` of the bf16 h the same op returns without it (the
+spec is exact: one rounding of h to x's dtype, amax/448 correctly rounded, RNE codes), r unchanged;
+poisoned outputs catch unwritten elements; inference only. GPU: the 5B shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from longlive_kernels._backend import interpret_mode
+from longlive_kernels.attention import (
+    adaln_modulate,
+    adaln_ops,
+    gated_residual_adaln,
+    gated_residual_layernorm,
+)
+from longlive_kernels.fp4.reference import quantize_fp8_rowwise
+from longlive_kernels.testing import poison_like
+
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() and not interpret_mode() else "cpu"
+VARIANTS = ("adaln", "residual_adaln", "residual_adaln_ungated", "residual_ln", "residual_ln_ungated")
+
+
+def _inputs(seed, bsz, n_frames, frame_len, c, dtype, device):
+    """x with a per-row offset and spread; one all-constant row whose frame has zero shift (an h
+    row of zeros: scale 1, codes 0) and, in frame 0, a large shift (rows near the E4M3 limits)."""
+    g = torch.Generator().manual_seed(seed)
+    n_tok = n_frames * frame_len
+    x = torch.randn(bsz, n_tok, c, generator=g) * torch.exp2(torch.randint(-3, 4, (bsz, n_tok, 1), generator=g))
+    x = x + torch.randn(bsz, n_tok, 1, generator=g)
+    e = torch.randn(bsz, n_frames, 6, c, generator=g) * 0.5
+    e[:, 0, 0] *= 40.0
+    if n_frames > 1:
+        e[:, -1, 0] = 0.0  # shift of the last frame (adaLN) / bias-free LN3 row below
+        x[:, -1] = 3.0  # a constant row: LayerNorm gives 0
+    y = torch.randn(bsz, n_tok, c, generator=g)
+    if n_frames > 1:
+        y[:, -1] = 0.0
+    w = torch.randn(c, generator=g) * 0.3 + 1
+    b = torch.randn(c, generator=g) * 0.3
+    to = {"device": device}
+    return (x.to(dtype=dtype, **to), y.to(dtype=dtype, **to), e.to(**to), w.to(**to), b.to(**to))
+
+
+def _call(variant, x, y, e, w, b, frame_len, backend, out_fp8):
+    shift, scale, gate = e[:, :, 0], e[:, :, 1], e[:, :, 2]
+    gate = None if variant.endswith("ungated") else gate
+    kw = {"frame_len": frame_len, "backend": backend, "out_fp8": out_fp8}
+    if variant == "adaln":
+        return None, adaln_modulate(x, shift, scale, **kw)
+    if variant.startswith("residual_adaln"):
+        return gated_residual_adaln(x, y, gate, shift, scale, **kw)
+    bias = b if variant == "residual_ln" else None
+    return gated_residual_layernorm(x, y, gate, w, bias, **kw)
+
+
+def _check(seed, variant, bsz, n_frames, frame_len, c, dtype, backend, device, monkeypatch):
+    x, y, e, w, b = _inputs(seed, bsz, n_frames, frame_len, c, dtype, device)
+    monkeypatch.setattr(adaln_ops, "_new_out", lambda s, d, dev: poison_like(torch.empty(s, dtype=d, device=dev)))
+    with torch.no_grad():
+        r, h = _call(variant, x, y, e, w, b, frame_len, backend, False)
+        r8, (codes, row_scale) = _call(variant, x, y, e, w, b, frame_len, backend, True)
+    want_codes, want_scale = quantize_fp8_rowwise(h.reshape(-1, c))
+    assert codes.dtype == torch.float8_e4m3fn and codes.shape == x.shape and codes.is_contiguous()
+    assert row_scale.dtype == torch.float32 and row_scale.shape == x.shape[:2]
+    assert torch.equal(codes.reshape(-1, c).view(torch.uint8), want_codes.view(torch.uint8))
+    assert torch.equal(row_scale.reshape(-1), want_scale)
+    assert (r is None) == (r8 is None)
+    if r is not None:
+        assert torch.equal(r8, r)
+    if n_frames > 1 and variant in ("adaln", "residual_adaln", "residual_adaln_ungated"):
+        assert (row_scale[:, -1] == 1.0).all() and (codes[:, -1].view(torch.uint8) == 0).all()  # h row = 0
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    variant=st.sampled_from(VARIANTS),
+    bsz=st.integers(1, 2),
+    n_frames=st.integers(1, 3),
+    frame_len=st.integers(1, 5),
+    c=st.sampled_from([48, 64, 80, 96]),  # 3 tiles (48, 96), one power-of-2 tile, one padded tile
+    dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
+    backend=st.sampled_from(["triton", "torch"]),
+)
+@settings(max_examples=30, deadline=None)
+def test_fp8_output_is_the_rowwise_quantization_of_h(seed, variant, bsz, n_frames, frame_len, c, dtype, backend):
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    if backend == "triton" and device == "cpu" and not interpret_mode():
+        pytest.skip("needs the Triton interpreter or a GPU")
+    with pytest.MonkeyPatch.context() as mp:
+        _check(seed, variant, bsz, n_frames, frame_len, c, dtype, backend, device, mp)
+
+
+def test_fp8_output_needs_no_grad():
+    x = torch.randn(1, 4, 32)
+    e = torch.randn(1, 2, 32, requires_grad=True)
+    with pytest.raises(ValueError, match="out_fp8=True has no backward"):
+        adaln_modulate(x, e, e.detach(), frame_len=2, backend="torch", out_fp8=True)
+    with torch.no_grad():
+        codes, scale = adaln_modulate(x, e, e.detach(), frame_len=2, backend="torch", out_fp8=True)
+    assert codes.shape == (1, 4, 32) and scale.shape == (1, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_model_shape(variant, monkeypatch):
+    """x [1, 7040, 3072] bf16, 880 tokens per frame: the GPU build (hardware E4M3 conversion, autotuned
+    launch) gives the same bits as the reference quantization of its own bf16 h."""
+    _check(7, variant, 1, 8, 880, 3072, torch.bfloat16, "triton", "cuda", monkeypatch)
