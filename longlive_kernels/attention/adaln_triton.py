@@ -109,9 +109,14 @@ def _modulated(d, rstd, m, a, dtype: tl.constexpr):
 
 
 @triton.jit
-def _store_fp8_tile(v, q_row, cols, cmask, qs, FAST: tl.constexpr):
-    """E4M3 codes of v / qs (correctly rounded division, RNE, saturating) stored to ``q_row``."""
-    tl.store(q_row + cols, _e4m3_signed_code(tl.math.div_rn(v, qs), FAST).to(tl.uint8), mask=cmask)
+def _store_fp8_tile(v, q_row, cols, cmask, qs, inv, FAST: tl.constexpr):
+    """E4M3 codes of v / qs (RNE, saturating) stored to ``q_row``. The quotient is v·inv with one
+    Markstein correction (inv = 1/qs correctly rounded): the correctly rounded fp32 v / qs wherever
+    it is normal, for two FMAs instead of a division per element; a subnormal quotient
+    (|v| < 2⁻¹²⁶·qs ≤ amax·2⁻¹³⁴) encodes as a signed zero either way."""
+    q0 = v * inv
+    q = tl.fma(tl.fma(-q0, qs, v), inv, q0)
+    tl.store(q_row + cols, _e4m3_signed_code(q, FAST).to(tl.uint8), mask=cmask)
 
 
 @triton.jit
@@ -213,10 +218,11 @@ def _residual_norm_fwd_kernel(
                     amax = tl.maximum(amax, tl.maximum(tl.max(_abs_nan_inf(v1), axis=0),
                                                        tl.max(_abs_nan_inf(v2), axis=0)))
                 qs = _row_amax_scale(amax)
-                _store_fp8_tile(v0, h_row, c0, k0, qs, FP8_FAST)
+                inv = tl.math.div_rn(1.0, qs)
+                _store_fp8_tile(v0, h_row, c0, k0, qs, inv, FP8_FAST)
                 if NCG == 3:
-                    _store_fp8_tile(v1, h_row, c1, k1, qs, FP8_FAST)
-                    _store_fp8_tile(v2, h_row, c2, k2, qs, FP8_FAST)
+                    _store_fp8_tile(v1, h_row, c1, k1, qs, inv, FP8_FAST)
+                    _store_fp8_tile(v2, h_row, c2, k2, qs, inv, FP8_FAST)
                 tl.store(hs_ptr + b * L + t, qs)
             else:
                 _modulate_tile(d0, rstd, m0, a0, h_row, c0, k0)
