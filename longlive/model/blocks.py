@@ -260,6 +260,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and self.weight.dtype == x.dtype:
+            # torch's fused kernel: the same fp32 statistics and products, rounded once, in one pass
+            # (tools/probe_rms_norm.py, H100, the cross-attention's q [7040, 3072] bf16: 33 µs against
+            # 365 µs for the seven eager ops below; 87 of 21.6M outputs differ by one bf16 ulp, the
+            # sum's order; the same max error against fp64)
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
 

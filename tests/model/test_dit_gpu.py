@@ -85,3 +85,32 @@ def test_5b_teacher_forcing_training_step_on_gpu_reports_memory():
     assert model.blocks[0].self_attn.q.weight.grad is not None
     print(f"\n[5B TF] 28,160 tokens fwd+bwd (first call, incl. compile) {time.perf_counter() - t0:.1f} s, "
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rmsnorm_fused_on_gpu_matches_the_fp32_formula(dtype):
+    """``RMSNorm`` on CUDA runs torch's fused ``F.rms_norm`` (one pass): against Wan's fp32 formula
+    (x·rsqrt(mean x² + eps)·w in fp32, one rounding) every output is within one ulp of the output
+    dtype, and its error against fp64 is no larger than the formula's plus that ulp. On a row of
+    zeros both give zeros."""
+    from longlive.model.blocks import RMSNorm
+
+    torch.manual_seed(3)
+    norm = RMSNorm(3072).cuda().to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(3072) * 0.3 + 1)
+        x = (torch.randn(2, 777, 3072, device="cuda") * torch.exp2(torch.randint(-6, 7, (2, 777, 1),
+                                                                                  device="cuda")) + 0.25).to(dtype)
+        x[0, 5] = 0.0
+        got = norm(x)
+        xf = x.float()
+        formula = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.float()).to(dtype)
+        xd = x.double()
+        truth = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight.double()
+    ulp = torch.finfo(dtype).eps * formula.double().abs().clamp_min(torch.finfo(dtype).tiny)
+    assert ((got.double() - formula.double()).abs() <= ulp).all()
+    assert (got[0, 5] == 0).all()
+    err_got = (got.double() - truth).abs().max().item()
+    err_formula = (formula.double() - truth).abs().max().item()
+    assert err_got <= err_formula + ulp.max().item()
