@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .._aot import register_aot
 from ..fp4.fp8 import _e4m3_signed_code
-from ..fp4.gemm_fp8 import _abs_nan_inf, _row_amax_scale
+from ..fp4.gemm_fp8 import _abs_nan_inf, _div_by_scale, _row_amax_scale
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -110,13 +110,9 @@ def _modulated(d, rstd, m, a, dtype: tl.constexpr):
 
 @triton.jit
 def _store_fp8_tile(v, q_row, cols, cmask, qs, inv, FAST: tl.constexpr):
-    """E4M3 codes of v / qs (RNE, saturating) stored to ``q_row``. The quotient is v·inv with one
-    Markstein correction (inv = 1/qs correctly rounded): the correctly rounded fp32 v / qs wherever
-    it is normal, for two FMAs instead of a division per element; a subnormal quotient
-    (|v| < 2⁻¹²⁶·qs ≤ amax·2⁻¹³⁴) encodes as a signed zero either way."""
-    q0 = v * inv
-    q = tl.fma(tl.fma(-q0, qs, v), inv, q0)
-    tl.store(q_row + cols, _e4m3_signed_code(q, FAST).to(tl.uint8), mask=cmask)
+    """E4M3 codes of v / qs (the correctly rounded quotient, RNE, saturating; inv = 1/qs) stored to
+    ``q_row``: the row-wise FP8 quantizer's encode."""
+    tl.store(q_row + cols, _e4m3_signed_code(_div_by_scale(v, qs, inv, FAST), FAST).to(tl.uint8), mask=cmask)
 
 
 @triton.jit

@@ -26,13 +26,16 @@ VARIANTS = ("adaln", "residual_adaln", "residual_adaln_ungated", "residual_ln", 
 
 def _inputs(seed, bsz, n_frames, frame_len, c, dtype, device):
     """x with a per-row offset and spread; one all-constant row whose frame has zero shift (an h
-    row of zeros: scale 1, codes 0) and, in frame 0, a large shift (rows near the E4M3 limits)."""
+    row of zeros: scale 1, codes 0), in frame 0 a large shift (rows near the E4M3 limits), with
+    three frames an infinite shift element in frame 1."""
     g = torch.Generator().manual_seed(seed)
     n_tok = n_frames * frame_len
     x = torch.randn(bsz, n_tok, c, generator=g) * torch.exp2(torch.randint(-3, 4, (bsz, n_tok, 1), generator=g))
     x = x + torch.randn(bsz, n_tok, 1, generator=g)
     e = torch.randn(bsz, n_frames, 6, c, generator=g) * 0.5
     e[:, 0, 0] *= 40.0
+    if n_frames > 2:
+        e[:, 1, 0, 3] = float("inf")  # frame 1's h rows hold +Inf: row scale Inf, finite codes 0, NaN 0x7F
     if n_frames > 1:
         e[:, -1, 0] = 0.0  # shift of the last frame (adaLN) / bias-free LN3 row below
         x[:, -1] = 3.0  # a constant row: LayerNorm gives 0
@@ -79,7 +82,7 @@ def _check(seed, variant, bsz, n_frames, frame_len, c, dtype, backend, device, m
     seed=st.integers(0, 2**31 - 1),
     variant=st.sampled_from(VARIANTS),
     bsz=st.integers(1, 2),
-    n_frames=st.integers(1, 3),
+    n_frames=st.integers(1, 4),
     frame_len=st.integers(1, 5),
     c=st.sampled_from([48, 64, 80, 96]),  # 3 tiles (48, 96), one power-of-2 tile, one padded tile
     dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),

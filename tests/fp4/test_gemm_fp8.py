@@ -101,7 +101,8 @@ def test_fp8_linear_matches_the_two_op_path(lead, n, k, prequantized):
 def test_gpu_fp8_quantize_launch_shapes_bit_exact(rows, k):
     """Every launch shape ``_quant_config`` picks on a GPU (two passes over 1024-column chunks for
     K = 3072, one 16-warp pass for K = 14336, several short rows per program, the > 16384 two-pass
-    path) gives the reference's codes and scales bit for bit, NaN rows and zero rows included."""
+    path) gives the reference's codes and scales bit for bit, NaN rows, zero rows and a row whose
+    +Inf makes its scale infinite (finite values then encode as zero) included."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from longlive_kernels.fp4 import gemm_fp8
@@ -109,6 +110,7 @@ def test_gpu_fp8_quantize_launch_shapes_bit_exact(rows, k):
     x = _rand(rows + k, rows, k, spread=8.0).cpu().bfloat16()  # the reference on the CPU
     x[rows // 2] = 0.0
     x[-1, k // 3] = float("nan")
+    x[0, k // 2] = float("inf")
     q1, s1 = ref.quantize_fp8_rowwise(x)
     q2, s2 = gemm_fp8._quantize(x.cuda())
     assert_bitwise_equal(q1.view(torch.uint8), q2.cpu().view(torch.uint8), "fp8 codes")
