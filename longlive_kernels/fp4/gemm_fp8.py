@@ -66,11 +66,12 @@ def _div_by_scale(x, scale, inv, FAST: tl.constexpr):
     one Markstein FMA correction, inv = 1/scale correctly rounded — exact wherever the quotient is a
     normal fp32 (checked against exact rationals); a subnormal quotient (|x| < 2⁻¹²⁶·scale) encodes
     as a signed zero either way, and an infinite scale (inv = 0) keeps x·0 (0, or NaN for ±Inf/NaN
-    x: x / Inf). Two FMAs instead of a division per element. Otherwise (the interpreter, whose FMA
-    rounds twice) the division."""
+    x: x / Inf), as does a zero x·inv (the correction's +0 residual would drop the sign of −0). Two
+    FMAs instead of a division per element. Otherwise (the interpreter, whose FMA rounds twice) the
+    division."""
     if FAST:
         q0 = x * inv
-        return tl.where(inv == 0.0, q0, tl.fma(tl.fma(-q0, scale, x), inv, q0))
+        return tl.where((inv == 0.0) | (q0 == 0.0), q0, tl.fma(tl.fma(-q0, scale, x), inv, q0))
     else:
         return tl.math.div_rn(x, scale)
 
