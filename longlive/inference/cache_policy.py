@@ -263,12 +263,14 @@ def cached_kv(cache, layer: int, chunks) -> tuple[torch.Tensor, torch.Tensor]:
     return k.index_select(1, idx), v.index_select(1, idx)
 
 
-def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str = "bf16") -> torch.Tensor:
+def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str = "bf16", out_fp8: bool = False):
     """Softmax attention of q over [cached ``chunks`` | current k, v] (all [B, L, H, D]).
 
     ``chunks=None`` attends every context chunk through ``fp4_kv_attention`` (``compute`` = its
     MMA precision) when the cache is an ``FP4KVCache`` and q is bf16/fp16; otherwise (fp32 on a
-    CPU, BF16KVCache, a subset of chunks) the cached K/V are dequantized and SDPA runs."""
+    CPU, BF16KVCache, a subset of chunks) the cached K/V are dequantized and SDPA runs.
+    ``out_fp8`` asks ``fp4_kv_attention`` with FP8 compute for its E4M3 output ``(codes, scale)``
+    (for an FP8 output projection); every other path returns the 16-bit o."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     if chunks is None and not isinstance(cache, BF16KVCache) and q.dtype in (torch.bfloat16, torch.float16):
         try:
@@ -284,6 +286,7 @@ def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str =
                 current_v=v,
                 softmax_scale=scale,
                 compute=compute if cache.storage == "fp4" else "bf16",
+                out_fp8=out_fp8 and compute == "fp8" and cache.storage == "fp4",
             )
     if chunks is None:
         chunks = cache.context_chunks()
@@ -300,9 +303,14 @@ class CacheAttention(AttentionBackend):
     def __init__(self, cache, *, compute: str = "bf16"):
         self.cache, self.compute = cache, compute
 
-    def __call__(self, q, k, v, *, layer):
+    @property
+    def fp8_output(self) -> bool:
+        """Whether ``__call__(..., out_fp8=True)`` can hand back FP8 attention output (FP8 compute)."""
+        return self.compute == "fp8"
+
+    def __call__(self, q, k, v, *, layer, out_fp8: bool = False):
         self.cache.update(layer, k, v)
-        return attend_with_cache(q, k, v, self.cache, layer, compute=self.compute)
+        return attend_with_cache(q, k, v, self.cache, layer, compute=self.compute, out_fp8=out_fp8)
 
 
 class RecacheAttention(AttentionBackend):

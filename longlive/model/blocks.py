@@ -295,7 +295,8 @@ class _AttentionProjections(nn.Module):
 
 
 class SelfAttention(_AttentionProjections):
-    """q/k/v/o projections, fused qk-RMSNorm + 3D RoPE, attention through a backend."""
+    """q/k/v/o projections, fused qk-RMSNorm + 3D RoPE, attention through a backend. A backend with
+    ``fp8_output`` (FP8 attention) hands an FP8 ``o`` projection its E4M3 output and one scale."""
 
     def forward(self, x: torch.Tensor, *, attn, layer: int, layout: TokenLayout, theta: float,
                 ops: str, backend: str) -> torch.Tensor:
@@ -310,7 +311,13 @@ class SelfAttention(_AttentionProjections):
             norm_weight_k=self.norm_k.weight if self.norm_k is not None else None,
             eps=self.norm_q.eps if self.norm_q is not None else 1e-6, ops=ops, backend=backend,
         )
-        o = attn(q, k, v, layer=layer)
+        if getattr(attn, "fp8_output", False) and _takes_fp8(self.o):
+            o = attn(q, k, v, layer=layer, out_fp8=True)  # E4M3 codes + scale straight into the FP8 GEMM
+        else:
+            o = attn(q, k, v, layer=layer)
+        if isinstance(o, tuple):
+            codes, scale = o
+            return self.o(codes.reshape(b, n, -1), x_scale=scale.reshape(()).expand(b, n))
         return self.o(o.reshape(b, n, -1))
 
 

@@ -453,7 +453,8 @@ def fp4_kv_attention(
     softmax_scale: float | None = None,
     compute: str = "bf16",
     backend: str = "auto",
-) -> torch.Tensor:
+    out_fp8: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over every context chunk of ``cache`` plus the current chunk.
 
     Parameters
@@ -484,12 +485,18 @@ def fp4_kv_attention(
         window with plain torch ops and calls SDPA (LongLive's way; ignores ``compute``). ``"auto"``:
         ``"sdpa"`` on Hopper GPUs for ``compute="bf16"`` (measured 2× the fused kernel there,
         bench/RESULTS.md), ``"triton"`` on other GPUs, ``"torch"`` on the CPU.
+    out_fp8 : bool
+        Return O as float8_e4m3fn codes with one fp32 scale, for an FP8 consumer (the output
+        projection). On the cuDNN FP8 path these are cuDNN's own E4M3 output (no conversion pass and
+        no second rounding); elsewhere the 16-bit output quantized per tensor (amax/448).
 
     Returns
     -------
-    torch.Tensor
+    torch.Tensor or (torch.Tensor, torch.Tensor)
         [B, Lq, H, D] in q's dtype. Keys: ``cache.context_chunks()`` in attention order, then the
-        current chunk; no mask (bidirectional within the chunk).
+        current chunk; no mask (bidirectional within the chunk). With ``out_fp8``: ``(codes, scale)``,
+        float8_e4m3fn [B, Lq, H, D] and [1] fp32, O ≈ codes·scale; the 16-bit output of the same
+        call is ``(codes.float() · scale)`` rounded once to q's dtype on the cuDNN FP8 path.
 
     Raises
     ------
@@ -540,7 +547,20 @@ def fp4_kv_attention(
         from .fp8_sdpa import cudnn_fp8_sdpa_available
 
         if cudnn_fp8_sdpa_available(q.device):
-            return fp4_kv_attention_sdpa.attention_fp8(q, cache, layer, current_k, current_v, scale)
+            return fp4_kv_attention_sdpa.attention_fp8(q, cache, layer, current_k, current_v, scale, out_fp8)
+    o = _attention_16bit_out(q, cache, layer, current_k, current_v, scale, compute, backend)
+    return _per_tensor_fp8(o) if out_fp8 else o
+
+
+def _per_tensor_fp8(o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E4M3 codes of o / s, s) with s = amax(|o|)/448 (the smallest normal fp32 for an all-zero o)."""
+    s = (o.abs().amax().float() / 448.0).clamp_min(torch.finfo(torch.float32).tiny).reshape(1)
+    return (o.float() / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+
+
+def _attention_16bit_out(q, cache, layer, current_k, current_v, scale, compute, backend) -> torch.Tensor:
+    """The non-cuDNN-FP8 paths of :func:`fp4_kv_attention` (inputs already checked)."""
+    d = q.shape[-1]
     if backend == "sdpa" or (backend == "auto" and compute == "bf16" and q.is_cuda
                              and torch.cuda.get_device_capability(q.device)[0] == 9):
         if compute != "bf16":

@@ -93,12 +93,13 @@ def attention(q, cache, layer, current_k, current_v, softmax_scale):
     return sdpa_bshd(q, k, v, softmax_scale)
 
 
-def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
+def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=False):
     """:func:`attention` with FP8 E4M3 math (cuDNN FP8 SDPA, :mod:`fp8_sdpa`): the FP4 window is decoded
     straight into an FP8 workspace with one scale per K and V, ``6 · max`` of the layer's FP32 tile
     scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
     current chunk are quantized with per-tensor scales. The workspace, q's codes and O are token-major
-    in memory, or head-major with ``FP8_HEADS_MAJOR``. Inputs are checked by :func:`fp4_kv_attention`."""
+    in memory, or head-major with ``FP8_HEADS_MAJOR``. ``out_fp8``: cuDNN's E4M3 output and its
+    scale, unconverted. Inputs are checked by :func:`fp4_kv_attention`."""
     from .fp8_sdpa import amax_bits, fp8_descales, fp8_sdpa, heads_major, scale_cast
     from .kv_cache_ops import _dequantize_triton
 
@@ -123,4 +124,5 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale):
     q8 = heads_major(tuple(q.shape), torch.float8_e4m3fn, q.device) if FP8_HEADS_MAJOR else torch.empty(
         q.shape, dtype=torch.float8_e4m3fn, device=q.device)
     scale_cast(q, sc[4:5], q8, divide=True)
-    return fp8_sdpa(q8, k8, v8, sc[4:5], sc[0:1], sc[1:2], softmax_scale, out_dtype=q.dtype, scale_o=sc[5:6])
+    return fp8_sdpa(q8, k8, v8, sc[4:5], sc[0:1], sc[1:2], softmax_scale, out_dtype=q.dtype, scale_o=sc[5:6],
+                    out_fp8=out_fp8)

@@ -179,7 +179,8 @@ def _graph(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, o8: torch.Tenso
 
 def fp8_sdpa(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: torch.Tensor,
              descale_k: torch.Tensor, descale_v: torch.Tensor, softmax_scale: float,
-             out_dtype: torch.dtype = torch.bfloat16, scale_o: torch.Tensor | None = None) -> torch.Tensor:
+             out_dtype: torch.dtype = torch.bfloat16, scale_o: torch.Tensor | None = None,
+             out_fp8: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention (no mask) of FP8 E4M3 q over k, v with per-tensor descales, by cuDNN.
 
     Parameters
@@ -195,11 +196,14 @@ def fp8_sdpa(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: to
         bf16 or fp16.
     scale_o : torch.Tensor, optional
         [1] fp32 ``1 / descale_v`` when the caller has it (saves a launch).
+    out_fp8 : bool
+        Return cuDNN's E4M3 output as it is, ``(o8, descale_v)``, instead of converting it.
 
     Returns
     -------
-    torch.Tensor
-        [B, Lq, H, D] in ``out_dtype``.
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        [B, Lq, H, D] in ``out_dtype`` = ``o8 · descale_v`` rounded once; with ``out_fp8`` the
+        float8_e4m3fn [B, Lq, H, D] codes (q8's memory layout) and the [1] fp32 scale.
 
     Raises
     ------
@@ -227,5 +231,7 @@ def fp8_sdpa(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: to
                dq: descale_q.reshape(1, 1, 1, 1), dk: descale_k.reshape(1, 1, 1, 1),
                dv: descale_v.reshape(1, 1, 1, 1), ds: c["descale_s"], ss: c["scale_s"], so: scale_o,
                o: o8.transpose(1, 2), amax_s: c["amax_s"], amax_o: c["amax_o"]}, workspace, handle=handle)
+    if out_fp8:
+        return o8, descale_v.float().reshape(1)
     return scale_cast(o8, descale_v.float().reshape(1), torch.empty(q8.shape, dtype=out_dtype, device=q8.device),
                       divide=False)

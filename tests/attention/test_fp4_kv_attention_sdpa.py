@@ -254,3 +254,39 @@ def test_fp8_descales_kernel_equals_the_torch_formula(seed, has_current, zero):
     _fp8_descales_kernel[(1,)](gs.to(dev), gs[0].numel(), bits, out, HAS_CURRENT=has_current, BLOCK=1024)
     assert torch.equal(out.cpu(), want), (out, want)
     assert (want > 0).all() and want.isfinite().all()
+
+
+@pytest.mark.parametrize("with_current", [True, False])
+def test_fp8_output_is_the_output_quantized_per_tensor(with_current):
+    """``out_fp8=True`` off the cuDNN FP8 path (here the torch backend): ``(codes, scale)`` with
+    scale = amax|o|/448, the largest |code| 448, and codes·scale within one E4M3 rounding of the
+    16-bit output (half a step: 2^-4 relative, or 2^-10·scale below the normal range)."""
+    cache = _cache(5, 3, "fp4")
+    q = _rand(6, 1, 24, 2, 32)
+    kw = {"current_k": _rand(7, 1, 10, 2, 32), "current_v": _rand(8, 1, 10, 2, 32)} if with_current else {}
+    o = fp4_kv_attention(q, cache, 1, backend="torch", **kw).float()  # _cache fills layer 1
+    codes, scale = fp4_kv_attention(q, cache, 1, backend="torch", out_fp8=True, **kw)
+    assert codes.dtype == torch.float8_e4m3fn and codes.shape == q.shape and scale.shape == (1,)
+    assert scale.item() == pytest.approx(o.abs().max().item() / 448, rel=2**-20)
+    assert codes.float().abs().max().item() == 448.0
+    err = (codes.float() * scale - o).abs()
+    assert (err <= 2**-4 * o.abs() + 2**-10 * scale).all()
+
+
+@pytest.mark.gpu
+def test_gpu_cudnn_fp8_output_unconverted():
+    """On the cuDNN FP8 path ``out_fp8=True`` returns cuDNN's E4M3 output and scale as they are: the
+    16-bit output of the same call is exactly ``(codes · scale)`` rounded once to bf16."""
+    _fp8_sdpa_or_skip()
+    dev = torch.device("cuda")
+    h, d, t = 4, 128, 256
+    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    for n in range(3):
+        cache.start_chunk(n)
+        cache.update(0, *(torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2)))
+    q = (torch.randn(1, t, h, d, generator=g) * 2).to(dev, torch.bfloat16)
+    out = fp4_kv_attention(q, cache, 0, compute="fp8")
+    codes, scale = fp4_kv_attention(q, cache, 0, compute="fp8", out_fp8=True)
+    assert codes.dtype == torch.float8_e4m3fn and codes.shape == q.shape
+    assert torch.equal((codes.float() * scale).to(torch.bfloat16), out)

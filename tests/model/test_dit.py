@@ -298,3 +298,46 @@ def test_fp8_linears_take_fp8_from_their_norms(backend, monkeypatch):
     monkeypatch.undo()
     assert not blocks._takes_fp8(m.blocks[0].self_attn.q)  # grad enabled: training keeps bf16
 
+
+
+def test_fp8_attention_output_goes_into_the_fp8_o_projection(monkeypatch):
+    """With FP8 linears, a backend that offers ``fp8_output`` (FP8 attention) is asked for its E4M3
+    output and the ``o`` projection takes the codes with the one scale as every row's x_scale (no
+    conversion to bf16, no row-wise re-quantization); a backend without it is called as before. The
+    block output stays within FP8 rounding of the 16-bit-o path."""
+    from longlive.model.blocks import DiTBlock, TokenLayout
+    from longlive_kernels.attention.fp4_kv_attention import _per_tensor_fp8
+    from longlive_kernels.fp4 import NVFP4Linear, quantize_model
+
+    class Attn:
+        def __init__(self, fp8_output):
+            self.fp8_output, self.asked = fp8_output, 0
+
+        def __call__(self, q, k, v, *, layer, **kw):
+            o = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
+            o = o.transpose(1, 2)
+            if kw.get("out_fp8"):
+                self.asked += 1
+                return _per_tensor_fp8(o)
+            return o
+
+    torch.manual_seed(0)
+    blk = quantize_model(DiTBlock(64, 128, 4).bfloat16(), "fp8", backend="torch")
+    layout = TokenLayout(grid=(2, 2, 4))
+    x = torch.randn(1, layout.tokens, 64).bfloat16()
+    e0, ctx = torch.randn(1, 2, 6, 64) * 0.1, torch.randn(1, 1, 7, 64).bfloat16()
+    seen = []
+    forward = NVFP4Linear.forward
+    monkeypatch.setattr(NVFP4Linear, "forward", lambda self, x, **kw: seen.append(
+        (self is blk.self_attn.o, kw.get("x_scale"))) or forward(self, x, **kw))
+    with torch.no_grad():
+        fp8_attn, plain = Attn(True), Attn(False)
+        y8 = blk(x, e0, ctx, attn=fp8_attn, layer=0, layout=layout, theta=1e4)
+        o_calls = [s for is_o, s in seen if is_o]
+        seen.clear()
+        y16 = blk(x, e0, ctx, attn=plain, layer=0, layout=layout, theta=1e4)
+    assert fp8_attn.asked == 1 and plain.asked == 0
+    assert len(o_calls) == 1 and o_calls[0] is not None and o_calls[0].shape == (1, layout.tokens)
+    assert (o_calls[0] == o_calls[0][0, 0]).all()  # one scale for every row
+    assert [s for is_o, s in seen if is_o] == [None]
+    assert rel_err(y8.float(), y16.float()) < 2**-4
