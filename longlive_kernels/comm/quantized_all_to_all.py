@@ -32,7 +32,7 @@ from .._backend import eager_op, resolve_backend
 from ..fp4.format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from ..fp4.reference import div_rn
 from .quantized_all_to_all_ops import _amax_op, _pack_op, _unpack_op
-from .reference import FORMATS, payload_layout
+from .reference import E4M3_MAX, FORMATS, payload_layout
 from .ulysses import (
     AllToAllHandle,
     all_to_all_buffer,
@@ -53,6 +53,73 @@ TENSOR_SCALES = ("auto", "group", "per_source")
 # ---------------------------------------------------------------------------------------------
 # Public function
 # ---------------------------------------------------------------------------------------------
+
+
+class DelayedScaling:
+    """NVFP4 tensor scales for the repeated all-to-alls of one call site (e.g. one layer's K and V),
+    derived from amaxes the collective observes itself: no amax pass and no all-reduce after the
+    first call (Transformer Engine's delayed-scaling recipe, the amax history carried in the payload).
+
+    Call *t* quantizes with the state's scale. Its unpack takes the amax of what this rank received
+    (``reference.observed_amax``: 6 · max block scale · decode scale) and puts it in the header of
+    the chunks of call *t + 1*, so every rank learns every rank's observation without a collective.
+    The group maximum G that arrives with call *t + 1* sets the scale of call *t + 2* to
+    ``G · margin / (6 · 448)`` (the rule's denominator). All ranks hold the same scale, so an
+    ``output="nvfp4"`` receiver gets one decode scale. The first call, with no history, takes the
+    group amax A in the call (``tensor_scale="group"``); call 2 quantizes with ``A · margin / (6 ·
+    448)``.
+
+    Parameters
+    ----------
+    margin : float
+        Headroom over the observed amax (a power of two keeps ``G · margin`` exact). If a later
+        chunk's amax exceeds ``margin · G``, its largest blocks saturate at the E4M3 limit (448):
+        they are clipped to 6 · 448 · scale, and ``saturated()`` reports it. The clipped blocks'
+        observed amax then raises the scale by ``margin`` every two calls until the data fits (a
+        jump of 6× with margin 2: four clipped calls).
+
+    Notes
+    -----
+    One object per call site: it keeps its own wire buffers, and its calls must not overlap (wait
+    for an ``async_op`` handle before the next call). A change of shape, dtype, device, group
+    size, tensor count or scale rule starts it over.
+    """
+
+    def __init__(self, margin: float = 2.0):
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not margin >= 1.0:
+            raise ValueError(f"margin must be a number >= 1, got {margin!r}")
+        self.margin = float(margin)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the history: the next call takes its amax in the call."""
+        self.scale = None  # [n] fp32 device: the decode scales the next call quantizes with
+        self._key = self._send = self._recv = self._last_gs = None
+
+    def saturated(self) -> torch.Tensor:
+        """0-d bool device tensor (no host sync): did the last call, quantizing with a delayed scale,
+        receive a block whose scale sat at the E4M3 maximum (its observed amax reached 6 · 448 ·
+        decode scale), i.e. possibly clipped data? False after a call that took its amax in the call
+        (its largest block fits exactly). Valid between a completed call and the next call."""
+        if self._last_gs is None:
+            raise RuntimeError("saturated() needs a completed call")
+        if not self._last_delayed:
+            return torch.zeros((), dtype=torch.bool, device=self._send.device)
+        n = len(self._last_gs)
+        observed = self._send.view(torch.int32)[0, n:2 * n].view(torch.float32)
+        return (observed >= torch.cat(self._last_gs) * E4M3_MAX * 6.0).any()  # the observation's rounding order
+
+    def _buffers(self, key, p: int, chunk_bytes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The persistent (send, recv) wire buffers; a new key starts the history over."""
+        if key != self._key:
+            self.reset()
+            self._key = key
+            self._send = torch.zeros((p, chunk_bytes), dtype=torch.uint8, device=device)  # amax words 0
+            self._recv = torch.empty_like(self._send)
+        return self._send, self._recv
+
+    _last_gs = None
+    _last_delayed = False
 
 
 def _as_list(name: str, v, n: int, single: bool) -> list:
@@ -109,6 +176,7 @@ def quantized_all_to_all(
     async_op: bool = False,
     check_ranks: bool = False,
     backend: str = "auto",
+    delayed: DelayedScaling | None = None,
 ):
     """Ulysses all-to-all of quantized data: quantize + pack at the source (one kernel), one
     ``all_to_all_single`` of a uint8 buffer, unpack at the destination (one kernel).
@@ -154,6 +222,10 @@ def quantized_all_to_all(
         ``"cuda"``: the CUDA quantize kernel of ``csrc/fp4`` for the NVFP4 pack where each
         destination chunk is a row-strided matrix (B = 1 or contiguous inputs), Triton for the rest. ``"auto"``: CUDA where the extension is built,
         else Triton on GPUs; the reference (``comm/reference.py``) on CPU.
+    delayed : DelayedScaling, optional
+        NVFP4 tensor scales from the amaxes this call site's earlier calls observed (no amax pass,
+        no all-reduce after the first call; see :class:`DelayedScaling`). Excludes
+        ``global_scale`` and ``tensor_scale="per_source"``.
 
     Returns
     -------
@@ -198,6 +270,14 @@ def quantized_all_to_all(
         if g.numel() != 1:
             raise ValueError(f"global_scale must have 1 element, got shape {tuple(g.shape)}")
         _checks.check_same_device(x=x0, global_scale=g)
+    if delayed is not None:
+        if not isinstance(delayed, DelayedScaling):
+            raise TypeError(f"delayed must be a DelayedScaling, got {type(delayed).__name__}")
+        if format != "nvfp4" or global_scale is not None or tensor_scale == "per_source":
+            raise ValueError("delayed scaling needs format='nvfp4', no global_scale and tensor_scale 'auto' or "
+                             f"'group'; got format={format!r}, global_scale {'given' if global_scale is not None else 'None'}, "
+                             f"tensor_scale={tensor_scale!r}")
+        tensor_scale = "group"  # the first call's
     if tensor_scale == "auto":
         tensor_scale = "group" if output == "nvfp4" else "per_source"
     if output == "nvfp4" and tensor_scale == "per_source" and global_scale is None:
@@ -215,12 +295,20 @@ def quantized_all_to_all(
                          prefer=("cuda", "triton"))
     if check_ranks and p > 1:
         opts = [sd, gd, FORMATS.index(format), OUTPUTS.index(output), n, global_scale is None,
-                TENSOR_SCALES.index(tensor_scale), tuple(SCALE_RULES).index(scale_rule)]
+                TENSOR_SCALES.index(tensor_scale), tuple(SCALE_RULES).index(scale_rule), delayed is not None]
         check_ranks_agree(group, x0.device, tensor_signature(x0) + opts, "quantized_all_to_all")
 
-    # NVFP4 decode scales: given, or the amax (one pass per tensor) + optional all-reduce(max).
+    # NVFP4 decode scales: given, delayed, or the amax (one pass per tensor) + optional all-reduce(max).
+    layout = payload_layout(format, n, chunk_shape)
     gs_all = [None] * n
-    if format == "nvfp4" and global_scale is not None:
+    if delayed is not None:
+        send, recv = delayed._buffers((p, layout.chunk_bytes, n, x0.dtype, x0.device, scale_rule, sd),
+                                      p, layout.chunk_bytes, x0.device)
+    if delayed is not None:
+        delayed._last_delayed = delayed.scale is not None
+    if delayed is not None and delayed.scale is not None:
+        gs_all = list(delayed.scale.unbind(0))
+    elif format == "nvfp4" and global_scale is not None:
         gs_all = [g.reshape(()).to(torch.float32) for g in gss]
     elif format == "nvfp4":
         amax_bits = torch.zeros(n, dtype=torch.int32, device=x0.device)
@@ -230,37 +318,51 @@ def quantized_all_to_all(
             # fp32 bits of non-negative floats order like int32: MAX of the bits is MAX of the values
             dist.all_reduce(amax_bits, op=dist.ReduceOp.MAX, group=group)
         gs_all = list(div_rn(amax_bits.view(torch.float32), SCALE_RULES[scale_rule][1]).unbind(0))
+        if delayed is not None:  # a delayed site's first call: the next calls' scale until observations arrive
+            delayed.scale = torch.stack(gs_all) * delayed.margin
 
-    layout = payload_layout(format, n, chunk_shape)
-    send = torch.empty((p, layout.chunk_bytes), dtype=torch.uint8, device=x0.device)
+    if delayed is None:
+        send = torch.empty((p, layout.chunk_bytes), dtype=torch.uint8, device=x0.device)
     for i, t in enumerate(xs):
         _pack(t, send, gs_all[i], p, sd, format, scale_rule, layout.data_offset(i), layout.scale_offset(i),
               layout.header_word(i), be)
-    recv = torch.empty_like(send) if p > 1 else send
+    if delayed is None:
+        recv = torch.empty_like(send) if p > 1 else send
+    elif p == 1:
+        recv.copy_(send)  # the unpack raises send's amax words while it reads recv's
     work = all_to_all_buffer(send, recv, group, async_op) if p > 1 else None
 
     def finish():
         results = []
+        if delayed is not None:
+            send.view(torch.int32)[:, n:2 * n].zero_()  # the next call's amax words (the transfer is done)
+            delayed._last_gs = [torch.empty(1, dtype=torch.float32, device=x0.device) for _ in range(n)]
         for i, t in enumerate(xs):
             sections = (layout.data_offset(i), layout.scale_offset(i), layout.header_word(i),
                         layout.data_bytes, layout.scale_bytes, be)
+            obs = () if delayed is None else (send, delayed.scale, delayed._last_gs[i], layout.amax_word(i), i,
+                                              delayed.margin, SCALE_RULES[scale_rule][1])
             if output == "dequantized":
                 dst = outs[i]
                 if dst is None:
                     dst = torch.empty(out_shape, dtype=t.dtype, device=t.device)
-                _unpack(recv, dst, None, p, gd, format, True, *sections)
+                _unpack(recv, dst, None, p, gd, format, True, *sections, *obs)
                 results.append(dst)
                 continue
             data, sc = _quantized_destination(outs[i], format, out_shape, t.device)
-            _unpack(recv, data.view(torch.uint8), sc, p, gd, format, False, *sections)
+            _unpack(recv, data.view(torch.uint8), sc, p, gd, format, False, *sections, *obs)
+            # the decode scale the data was quantized with (delayed: written by the unpack, since the
+            # state's own entry already holds the next call's)
+            used = gs_all[i] if delayed is None else delayed._last_gs[i]
             if format == "fp8":
                 results.append((data, sc))
             elif outs[i] is not None:
-                outs[i].global_scale.copy_(gs_all[i])
+                outs[i].global_scale.copy_(used.reshape(outs[i].global_scale.shape))
                 results.append(outs[i])
             else:
-                results.append(NVFP4Tensor(data=data, scale=sc, global_scale=gs_all[i].clone(),
-                                           shape=torch.Size(out_shape), dtype=t.dtype, scale_rule=scale_rule))
+                results.append(NVFP4Tensor(data=data, scale=sc, global_scale=used.reshape(()).clone() if delayed
+                                           is None else used.reshape(()), shape=torch.Size(out_shape), dtype=t.dtype,
+                                           scale_rule=scale_rule))
         return results[0] if single else results
 
     return AllToAllHandle([work], finish) if async_op else finish()

@@ -111,7 +111,7 @@ def _pack_triton(x, buf, gs, world_size, scatter_dim, fmt, scale_rule, data_off,
 
 
 def _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off,
-                   hdr_word):
+                   hdr_word, delayed=None):
     b, so, ho = out.shape[:3]
     rows = b * so * ho
     _check_rows(rows)
@@ -119,10 +119,12 @@ def _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d,
     br, bd = _tile(d)
     o = out if dequant else out.view(torch.uint8)
     osc = o if dequant else (out_scale.view(torch.uint8) if fmt == "nvfp4" else out_scale.view(torch.int32))
+    send, state, out_gs, amax_word, index, margin, den = delayed or (buf, buf, buf, 0, 0, 1.0, 1.0)
     _unpack_kernel[(triton.cdiv(rows, br),)](
-        buf, buf.view(torch.int32), o, osc, rows, so, ho, sc, hc, *_strides3(o), *_strides3(osc),
-        buf.shape[1], data_off, scale_off, hdr_word, D=d,
-        FP8=fmt == "fp8", DEQUANT=dequant, BR=br, BD=bd, num_warps=_NUM_WARPS, enable_fp_fusion=False,
+        buf, buf.view(torch.int32), o, osc, send.view(torch.int32), state, out_gs, rows, so, ho, sc, hc,
+        *_strides3(o), *_strides3(osc), buf.shape[1], data_off, scale_off, hdr_word, amax_word, index, world_size,
+        margin, den, D=d, FP8=fmt == "fp8", DEQUANT=dequant, BR=br, BD=bd, OBSERVE=delayed is not None,
+        num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
 
 
@@ -180,7 +182,7 @@ def _(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, 
     return None
 
 
-@torch.library.custom_op("longlive_kernels::a2a_unpack", mutates_args=("out", "out_scale"))
+@torch.library.custom_op("longlive_kernels::a2a_unpack", mutates_args=("out", "out_scale", "send", "state", "out_gs"))
 def _unpack_op(
     buf: torch.Tensor,
     out: torch.Tensor,
@@ -195,17 +197,30 @@ def _unpack_op(
     data_bytes: int,
     scale_bytes: int,
     backend: str,
+    send: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
+    out_gs: torch.Tensor | None = None,
+    amax_word: int = 0,
+    state_index: int = 0,
+    margin: float = 1.0,
+    denominator: float = 1.0,
 ) -> None:
+    """Unpack the received chunks; with ``send`` (NVFP4 delayed scaling, ``DelayedScaling``) also
+    raise the next call's amax words in ``send`` by this call's observed amax, update
+    ``state[state_index]`` from the amaxes the sources reported, and write the used decode scale
+    to ``out_gs``."""
     d = out.shape[-1] if (dequant or fmt == "fp8") else out.shape[-1] * 2
+    delayed = None if send is None else (send, state, out_gs, amax_word, state_index, margin, denominator)
     if backend != "torch":
         _unpack_triton(buf, out, out_scale, world_size, gather_dim, fmt, dequant, d, data_off, scale_off,
-                       hdr_word)
+                       hdr_word, delayed)
         return
     chunk_shape = [*out.shape[:-1], d]
     chunk_shape[gather_dim] //= world_size
     gs = buf[:, 4 * hdr_word:4 * hdr_word + 4].contiguous().view(torch.float32).reshape(-1)
+    scales = buf[:, scale_off:scale_off + scale_bytes]
     res = reference.unpack_tensor(
-        buf[:, data_off:data_off + data_bytes], buf[:, scale_off:scale_off + scale_bytes],
+        buf[:, data_off:data_off + data_bytes], scales,
         gs if fmt == "nvfp4" else None, chunk_shape, gather_dim, fmt=fmt, dequantize=dequant, dtype=out.dtype,
     )
     if dequant:
@@ -213,9 +228,18 @@ def _unpack_op(
     else:
         out.copy_(res[0].view(out.dtype))
         out_scale.copy_(res[1].view(out_scale.dtype))
+    if delayed is not None:
+        words = send.view(torch.int32)[:, amax_word]
+        est = reference.observed_amax(scales, gs).reshape(1).view(torch.int32)
+        words.copy_(torch.maximum(words, est))
+        reported = buf.view(torch.int32)[:, amax_word].view(torch.float32).amax()
+        if reported > 0:
+            state[state_index] = reference.div_rn(reported.reshape(1) * margin, denominator)[0]
+        out_gs.copy_(gs[:1])
 
 
 @_unpack_op.register_fake
 def _(buf, out, out_scale, world_size, gather_dim, fmt, dequant, data_off, scale_off, hdr_word, data_bytes,
-      scale_bytes, backend):
+      scale_bytes, backend, send=None, state=None, out_gs=None, amax_word=0, state_index=0, margin=1.0,
+      denominator=1.0):
     return None

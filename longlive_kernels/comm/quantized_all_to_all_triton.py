@@ -1,7 +1,8 @@
 """Triton kernels of the quantized Ulysses all-to-all (``quantized_all_to_all.py``) and their AOT
 specialisations: the amax pass (atomic max of the fp32 bits), quantize + pack of every row into the
 chunk of its destination rank (NVFP4 or per-row FP8, wire format ``comm/reference.py``) and the
-unpack of the received chunks into the gathered layout (codes + scales, or dequantized).
+unpack of the received chunks into the gathered layout (codes + scales, or dequantized; with NVFP4
+delayed scaling the unpack also observes the chunks' amax for the next call, ``_observe``).
 Launchers: ``quantized_all_to_all_ops.py``.
 """
 
@@ -150,11 +151,37 @@ def _pack_kernel(
 
 
 @triton.jit
+def _observe(scode, smask, gs, rmask, buf32_ptr, send32_ptr, state_ptr, out_gs_ptr, chunk_bytes, hdr_word, amax_word,
+             state_index, P, margin, denominator):
+    """Delayed scaling inside the unpack: (1) this program's observed amax, 6 · max(E4M3 block scale
+    · source decode scale) over its rows, raised into the amax word of every chunk of the next
+    call's wire buffer (atomic max of non-negative fp32 bits); (2) program 0 takes the group amax
+    the P sources reported in this call's headers (each observed in its own previous call) and, when
+    it is positive, sets the delayed decode scale to amax · margin / denominator; it also writes out
+    the decode scale this call's chunks carry."""
+    sf = tl.where(smask & (scode != 0x7F), _e4m3_to_f32(scode), 0.0)
+    est = tl.max(tl.max(sf, axis=1) * tl.where(rmask, gs, 0.0), axis=0) * 6.0
+    words = chunk_bytes // 4
+    for jj in range(P):
+        tl.atomic_max(send32_ptr + jj * words + amax_word, est.to(tl.int32, bitcast=True), sem="relaxed")
+    if tl.program_id(0) == 0:
+        g = 0.0
+        for jj in range(P):
+            g = tl.maximum(g, tl.load(buf32_ptr + jj * words + amax_word).to(tl.float32, bitcast=True))
+        old = tl.load(state_ptr + state_index)
+        tl.store(state_ptr + state_index, tl.where(g > 0.0, tl.math.div_rn(g * margin, denominator), old))
+        tl.store(out_gs_ptr, tl.load(buf32_ptr + hdr_word).to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def _unpack_kernel(
     buf_ptr,  # [P, chunk_bytes] uint8: the received wire buffer (chunk j from rank j)
     buf32_ptr,  # the same buffer as int32 words
     out_ptr,  # DEQUANT: [B, So, Ho, D] float; else NVFP4 data [B, So, Ho, D/2] / FP8 codes [.., D] uint8
     out_scale_ptr,  # NVFP4 scales [B, So, Ho, D/16] uint8 / FP8 scales [B, So, Ho, 1] int32 (not DEQUANT)
+    send32_ptr,  # OBSERVE: the next call's wire buffer as int32 words (its amax words pre-zeroed)
+    state_ptr,  # OBSERVE: [n] fp32 delayed decode scales; entry state_index is updated
+    out_gs_ptr,  # OBSERVE: [1] fp32 out: the decode scale these chunks were quantized with
     rows,
     So,
     Ho,
@@ -170,11 +197,17 @@ def _unpack_kernel(
     data_off,
     scale_off,
     hdr_word,
+    amax_word,
+    state_index,
+    P,
+    margin,
+    denominator,
     D: tl.constexpr,
     FP8: tl.constexpr,
     DEQUANT: tl.constexpr,
     BR: tl.constexpr,
     BD: tl.constexpr,
+    OBSERVE: tl.constexpr = False,  # NVFP4 delayed scaling (``reference.observed_amax``)
 ):
     r = tl.program_id(0) * BR + tl.arange(0, BR)  # int32, as in _pack_kernel
     rmask = r < rows
@@ -203,9 +236,14 @@ def _unpack_kernel(
         smask = rmask[:, None] & (cs < D // 16)[None, :]
         scode = tl.load(buf_ptr + (chunk + scale_off + crow * (D // 16))[:, None] + cs[None, :], mask=smask,
                         other=0)
-        if DEQUANT:
+        gs = 0.0
+        if DEQUANT or OBSERVE:
             gs = tl.load(buf32_ptr + j * (chunk_bytes // 4) + hdr_word, mask=rmask, other=0)
             gs = gs.to(tl.float32, bitcast=True)
+        if OBSERVE:
+            _observe(scode, smask, gs, rmask, buf32_ptr, send32_ptr, state_ptr, out_gs_ptr, chunk_bytes, hdr_word,
+                     amax_word, state_index, P, margin, denominator)
+        if DEQUANT:
             vals = tl.reshape(e2m1_decode(unpack_nibbles(packed, BR, BD // 2)), (BR, NB, 16))
             x = (vals * _e4m3_to_f32(scode)[:, :, None]) * gs[:, None, None]
             c = tl.arange(0, BD)
@@ -238,15 +276,25 @@ for _fp8, _four6 in [(False, False), (False, True), (True, False)]:
                     "BD": 128},
         options={"enable_fp_fusion": False},
     )
+_UNPACK_SIG = {
+    "buf_ptr": "*u8", "buf32_ptr": "*i32", "out_ptr": "*bf16", "out_scale_ptr": "*u8", "send32_ptr": "*i32",
+    "state_ptr": "*fp32", "out_gs_ptr": "*fp32", "rows": "i32", "So": "i32", "Ho": "i32", "Sc": "i32", "Hc": "i32",
+    "ostride_b": "i64", "ostride_s": "i64", "ostride_h": "i64", "sstride_b": "i64", "sstride_s": "i64",
+    "sstride_h": "i64", "chunk_bytes": "i64", "data_off": "i64", "scale_off": "i64", "hdr_word": "i32",
+    "amax_word": "i32", "state_index": "i32", "P": "i32", "margin": "fp32", "denominator": "fp32",
+}
 for _fp8, _deq, _odt in [(False, True, "*bf16"), (False, False, "*u8"), (True, True, "*bf16"),
                          (True, False, "*u8")]:
     register_aot(
         _unpack_kernel,
-        signature={"buf_ptr": "*u8", "buf32_ptr": "*i32", "out_ptr": _odt,
-                   "out_scale_ptr": "*i32" if _fp8 else "*u8", "rows": "i32", "So": "i32", "Ho": "i32",
-                   "Sc": "i32", "Hc": "i32", "ostride_b": "i64", "ostride_s": "i64",
-                   "ostride_h": "i64", "sstride_b": "i64", "sstride_s": "i64", "sstride_h": "i64",
-                   "chunk_bytes": "i64", "data_off": "i64", "scale_off": "i64", "hdr_word": "i32"},
-        constexprs={"D": 128, "FP8": _fp8, "DEQUANT": _deq, "BR": 32, "BD": 128},
+        signature=_UNPACK_SIG | {"out_ptr": _odt, "out_scale_ptr": "*i32" if _fp8 else "*u8"},
+        constexprs={"D": 128, "FP8": _fp8, "DEQUANT": _deq, "BR": 32, "BD": 128, "OBSERVE": False},
+        options={"enable_fp_fusion": False},
+    )
+for _deq, _odt in [(True, "*bf16"), (False, "*u8")]:  # NVFP4 with delayed scaling
+    register_aot(
+        _unpack_kernel,
+        signature=_UNPACK_SIG | {"out_ptr": _odt, "out_scale_ptr": "*u8"},
+        constexprs={"D": 128, "FP8": False, "DEQUANT": _deq, "BR": 32, "BD": 128, "OBSERVE": True},
         options={"enable_fp_fusion": False},
     )

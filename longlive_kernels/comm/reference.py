@@ -18,7 +18,9 @@ moving rows between ranks commutes with quantization. The chunk sent to rank j h
 holds all chunks, chunk j at byte ``j · chunk_bytes``::
 
     chunk = [header | x0 data | x0 scales | x1 data | x1 scales | ...]   (sections 16-byte aligned)
-    NVFP4: header = one fp32 decode scale per tensor (the scale the sender quantized with);
+    NVFP4: header = one fp32 decode scale per tensor (the scale the sender quantized with), then one
+           fp32 observed amax per tensor (delayed scaling: what the sender received in its previous
+           call, see ``observed_amax``; unused otherwise);
            data = packed E2M1 [rows, D/2] (element 2i in the low nibble); scales = E4M3 [rows, D/16]
     FP8:   no header; data = E4M3 [rows, D]; scales = fp32 [rows] (one per row, amax/448)
 
@@ -116,7 +118,7 @@ class PayloadLayout:
 
     @property
     def header_bytes(self) -> int:
-        return _align(4 * self.n) if self.fmt == "nvfp4" else 0
+        return _align(8 * self.n) if self.fmt == "nvfp4" else 0
 
     @property
     def data_bytes(self) -> int:
@@ -142,6 +144,11 @@ class PayloadLayout:
         """Index (in 4-byte words) of tensor ``i``'s fp32 decode scale inside a chunk (NVFP4)."""
         return i
 
+    def amax_word(self, i: int) -> int:
+        """Index (in 4-byte words) of tensor ``i``'s observed amax inside a chunk (NVFP4; delayed
+        scaling; unused otherwise)."""
+        return self.n + i
+
 
 def payload_layout(fmt: str, n: int, chunk_shape: Sequence[int]) -> PayloadLayout:
     """Layout of a chunk carrying ``n`` tensors whose per-destination chunk is ``chunk_shape``."""
@@ -149,6 +156,18 @@ def payload_layout(fmt: str, n: int, chunk_shape: Sequence[int]) -> PayloadLayou
     for s in chunk_shape[:-1]:
         rows *= int(s)
     return PayloadLayout(fmt, n, rows, int(chunk_shape[-1]))
+
+
+def observed_amax(scales: torch.Tensor, global_scales: torch.Tensor) -> torch.Tensor:
+    """Delayed scaling's estimate of the amax of a received NVFP4 chunk set: ``6 · max`` over the
+    blocks of ``e4m3 block scale · decode scale of its source`` — an upper bound of every decoded
+    value (|E2M1| ≤ 6), within one E4M3 rounding of the true amax for the static-6 rule. NaN block
+    scales (poisoned blocks) are skipped. ``scales`` uint8 [P, bytes] (source j in row j),
+    ``global_scales`` fp32 [P]; returns a 0-d fp32 tensor."""
+    s = scales.view(torch.float8_e4m3fn).float()
+    s = torch.where(torch.isnan(s), torch.zeros_like(s), s)
+    per_source = s.amax(dim=1) if s.shape[1] else torch.zeros(s.shape[0])
+    return (per_source * global_scales.float()).amax() * 6.0
 
 
 def pack_tensor(
