@@ -118,6 +118,13 @@ def build_generate_parser() -> argparse.ArgumentParser:
         help="wire format of K/V in the SP all-to-all (torchrun only)",
     )
     r.add_argument(
+        "--kv-scaling",
+        choices=("current", "delayed"),
+        default="current",
+        help="NVFP4 K/V tensor scale on the SP wire: the group amax of each call, or delayed scaling from the "
+        "amaxes earlier calls observed (no amax pass or all-reduce; torchrun only)",
+    )
+    r.add_argument(
         "--sp-transport",
         choices=("nccl", "peer"),
         default="nccl",
@@ -306,7 +313,7 @@ def _generate(a: argparse.Namespace) -> int:
         sp = None
         if world > 1:
             sp, dev = init_from_env(device=a.device)
-            sp.kv_comm, sp.transport = a.kv_comm, a.sp_transport
+            sp.kv_comm, sp.transport, sp.kv_scaling = a.kv_comm, a.sp_transport, a.kv_scaling
             a.device = str(dev)
         kwargs = {
             "policy": policy,

@@ -30,7 +30,13 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
-from longlive_kernels.comm import UlyssesAttention, quantized_all_to_all, sdpa_attention, ulysses_all_to_all
+from longlive_kernels.comm import (
+    DelayedScaling,
+    UlyssesAttention,
+    quantized_all_to_all,
+    sdpa_attention,
+    ulysses_all_to_all,
+)
 from longlive_kernels.comm._spawn import NCCL_SAFE_ENV, run_distributed
 from longlive_kernels.comm.reference import payload_layout
 from longlive_kernels.fp4 import NVFP4Tensor, quantize_nvfp4
@@ -96,6 +102,7 @@ def _bench_k_chunk(p, x, timer, rows):
     out_b, out_n = torch.empty_like(raw_bf16), torch.empty_like(raw_nv)
     a2a = ulysses_all_to_all
     qa = quantized_all_to_all
+    delayed_dense, delayed_kv = DelayedScaling(), DelayedScaling()  # one call site each
     # (name, bytes/rank, fn, is_baseline): speed-ups are against the last baseline above the row
     cases = [
         ("bf16 `ulysses_all_to_all`", bf16_bytes, lambda: a2a(x, scatter_dim=sd, gather_dim=gd), True),
@@ -117,6 +124,12 @@ def _bench_k_chunk(p, x, timer, rows):
             lambda: qa(x, scatter_dim=sd, gather_dim=gd, global_scale=gs),
             False,
         ),
+        (
+            "NVFP4, delayed scale (amax observed in the call, carried in the payload) → bf16",
+            nv_bytes,
+            lambda: qa(x, scatter_dim=sd, gather_dim=gd, delayed=delayed_dense),
+            False,
+        ),
         ("FP8 rows → bf16", f8_bytes, lambda: qa(x, scatter_dim=sd, gather_dim=gd, format="fp8"), False),
         # FP4 KV-cache write: without quantized comm = bf16 all-to-all, then quantize at the receiver
         (
@@ -135,6 +148,12 @@ def _bench_k_chunk(p, x, timer, rows):
             "FP4 KV write: NVFP4, given scale → NVFP4Tensor",
             nv_bytes,
             lambda: qa(x, scatter_dim=sd, gather_dim=gd, output="nvfp4", global_scale=gs),
+            False,
+        ),
+        (
+            "FP4 KV write: NVFP4, delayed scale → NVFP4Tensor",
+            nv_bytes,
+            lambda: qa(x, scatter_dim=sd, gather_dim=gd, output="nvfp4", delayed=delayed_kv),
             False,
         ),
         (

@@ -216,6 +216,8 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--attention-compute", choices=("bf16", "fp8"), default="bf16")
     ap.add_argument("--kv-comm", choices=("bf16", "nvfp4", "fp8"), default="nvfp4", help="SP K/V wire format")
+    ap.add_argument("--kv-scaling", choices=("current", "delayed"), default="current",
+                    help="NVFP4 K/V tensor scale on the SP wire (SPGroup.kv_scaling)")
     ap.add_argument(
         "--sp-transport", choices=("nccl", "peer"), default="nccl", help="SP exchanges: NCCL or peer stores"
     )
@@ -268,7 +270,7 @@ def main(argv=None) -> int:
     sp, dev = init_from_env()
     if sp is not None:
         check_sp_size(cfg, sp.world_size)
-        sp.kv_comm, sp.transport = a.kv_comm, a.sp_transport
+        sp.kv_comm, sp.transport, sp.kv_scaling = a.kv_comm, a.sp_transport, a.kv_scaling
     else:
         dev = torch.device("cuda")
     main_rank = sp is None or sp.is_main

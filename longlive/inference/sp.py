@@ -35,6 +35,7 @@ __all__ = ["KV_COMMS", "SPCacheAttention", "SPGroup", "check_sp_size", "init_fro
 
 KV_COMMS = ("bf16", "nvfp4", "fp8")
 TRANSPORTS = ("nccl", "peer")
+KV_SCALINGS = ("current", "delayed")
 
 
 def check_sp_size(config, world_size: int) -> None:
@@ -72,15 +73,23 @@ class SPGroup:
     transport : {"nccl", "peer"}
         How the exchanges travel: the process group's all-to-all, or stores into the peers'
         symmetric memory (GPUs of one node; bf16 k/v only), see ``UlyssesAttention(transport=)``.
+    kv_scaling : {"current", "delayed"}
+        NVFP4 k/v tensor scale: the group amax of each call (an amax pass and a 4-byte all-reduce
+        per layer call), or delayed scaling per layer from the amaxes earlier calls observed
+        (``DelayedScaling``: no amax pass, no extra collective; a jump of the amax beyond 2× the
+        recent one clips for a few calls).
     """
 
     group: object = None
     kv_comm: str = "bf16"
     transport: str = "nccl"
+    kv_scaling: str = "current"
 
     def __post_init__(self):
         if self.kv_comm not in KV_COMMS:
             raise ValueError(f"kv_comm must be one of {KV_COMMS}, got {self.kv_comm!r}")
+        if self.kv_scaling not in KV_SCALINGS:
+            raise ValueError(f"kv_scaling must be one of {KV_SCALINGS}, got {self.kv_scaling!r}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
 
@@ -174,6 +183,7 @@ class SPCacheAttention(AttentionBackend):
             sp.group,
             kv_format=sp.kv_comm if quantized else None,
             kv_output="nvfp4" if to_cache else "dequantized",
+            tensor_scale="delayed" if sp.kv_scaling == "delayed" and sp.kv_comm == "nvfp4" else "auto",
             check_ranks="never",
             transport=sp.transport,
         )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _checks
-from .quantized_all_to_all import quantized_all_to_all
+from .quantized_all_to_all import DelayedScaling, quantized_all_to_all
 from .ulysses import (
     all_to_all_buffer,
     check_ranks_agree,
@@ -68,7 +68,10 @@ class UlyssesAttention(nn.Module):
     kv_output : {"dequantized", "nvfp4", "fp8"}
         What the local attention receives for k and v when ``kv_format`` is set.
     tensor_scale, scale_rule, backend
-        Passed to :func:`~longlive_kernels.comm.quantized_all_to_all`.
+        Passed to :func:`~longlive_kernels.comm.quantized_all_to_all`. ``tensor_scale="delayed"``
+        (NVFP4 k/v): one :class:`~longlive_kernels.comm.DelayedScaling` per value of the ``layer``
+        keyword the module is called with (one per cache layer), so after the first call of a
+        layer its k/v all-to-all has no amax pass and no all-reduce.
     check_ranks : {"first", "always", "never"}
         Verify that q/k/v shapes and dtypes agree across ranks (one tiny all-gather + host sync)
         on the first call, every call, or never. Every rank raises the same ``ValueError``.
@@ -131,6 +134,9 @@ class UlyssesAttention(nn.Module):
                 f"head_chunks={head_chunks} needs kv_output='dequantized' (dense k/v per head "
                 f"group), got kv_output={kv_output!r}"
             )
+        if tensor_scale == "delayed" and (kv_format != "nvfp4" or head_chunks != 1):
+            raise ValueError(f"tensor_scale='delayed' needs kv_format='nvfp4' and head_chunks=1, got "
+                             f"kv_format={kv_format!r}, head_chunks={head_chunks}")
         _checks.check_choice("transport", transport, ("nccl", "peer"))
         if transport == "peer" and (kv_format is not None or head_chunks != 1):
             raise ValueError(f"transport='peer' sends exact k/v in one exchange: needs kv_format=None and "
@@ -151,6 +157,7 @@ class UlyssesAttention(nn.Module):
         self.head_chunks = head_chunks
         self.transport = transport
         self._checked = False
+        self._delayed: dict = {}  # tensor_scale="delayed": the scaling state of each call site (layer)
 
     @property
     def world_size(self) -> int:
@@ -232,7 +239,7 @@ class UlyssesAttention(nn.Module):
             hv = ulysses_all_to_all(v, self.group, scatter_dim=2, gather_dim=1, async_op=True)
             k_h, v_h = hk.wait(), hv.wait()
         else:
-            k_h, v_h = self._send_kv(k, v)
+            k_h, v_h = self._send_kv(k, v, site=attn_kwargs.get("layer"))
         if kv_out is not None:
             k_h, v_h = kv_out[0].copy_(k_h), kv_out[1].copy_(v_h)
         o_h = self._attend(hq.wait(), k_h, v_h, attn_kwargs)
@@ -305,8 +312,14 @@ class UlyssesAttention(nn.Module):
         return PeerExchange.shared(self.group, batch=b, tokens=t, heads=h, head_dim=d, dtype=q.dtype,
                                    device=q.device, backend=self.backend)
 
-    def _send_kv(self, k, v, *, async_op: bool = False):
-        """k and v seq→head through one quantized all-to-all with this module's wire options."""
+    def _send_kv(self, k, v, *, async_op: bool = False, site=None):
+        """k and v seq→head through one quantized all-to-all with this module's wire options
+        (``site``: the call site whose delayed-scaling state to use)."""
+        delayed = None
+        if self.tensor_scale == "delayed":
+            delayed = self._delayed.get(site)
+            if delayed is None:
+                delayed = self._delayed[site] = DelayedScaling()
         return quantized_all_to_all(
             (k, v),
             self.group,
@@ -314,10 +327,11 @@ class UlyssesAttention(nn.Module):
             gather_dim=1,
             format=self.kv_format,
             output=self.kv_output,
-            tensor_scale=self.tensor_scale,
+            tensor_scale="auto" if delayed is not None else self.tensor_scale,
             scale_rule=self.scale_rule,
             backend=self.backend,
             async_op=async_op,
+            delayed=delayed,
         )
 
     def _forward_head_chunks(self, q, k, v, p: int, attn_kwargs) -> torch.Tensor:

@@ -145,3 +145,19 @@ def test_bad_options():
         DelayedScaling(margin=0.5)
     with pytest.raises(RuntimeError, match="completed call"):
         st_.saturated()
+
+
+def test_ulysses_attention_keeps_one_state_per_layer():
+    """``UlyssesAttention(tensor_scale="delayed")`` keys its DelayedScaling states by the ``layer``
+    keyword; the option needs NVFP4 k/v and one head group."""
+    from longlive_kernels.comm import UlyssesAttention, sdpa_attention
+
+    ua = UlyssesAttention(lambda q, k, v, layer: sdpa_attention(q, k, v), kv_format="nvfp4", tensor_scale="delayed",
+                          backend="torch")
+    q, k, v = (_x(s, (1, 8, 2, 32)).float() for s in (1, 2, 3))
+    for layer in (0, 1, 0):
+        o = ua(q, k, v, layer=layer)
+        assert o.shape == q.shape and torch.isfinite(o).all()
+    assert sorted(ua._delayed) == [0, 1] and all(isinstance(s, DelayedScaling) for s in ua._delayed.values())
+    with pytest.raises(ValueError, match="tensor_scale='delayed' needs kv_format='nvfp4'"):
+        UlyssesAttention(kv_format="fp8", tensor_scale="delayed")

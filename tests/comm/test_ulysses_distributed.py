@@ -15,6 +15,7 @@ from longlive_kernels.comm._spawn import run_distributed
 
 from ._spawn_targets import fail_on_rank_1, hang_on_rank_1
 from ._workers import CASES, run_cases
+from ._workers_delayed import run_delayed
 
 GLOO_TIMEOUT_S = 240.0
 ALL = list(CASES)
@@ -59,6 +60,23 @@ def _gpus() -> int:
 def test_nccl(case):
     world = 4 if _gpus() >= 4 else 2
     _assert_case(_results("nccl", world, ALL, ["triton"]), case)
+
+
+def test_gloo_delayed_scaling():
+    """NVFP4 delayed scaling over a real all-to-all (2 ranks): the schedule and the data, bit for bit."""
+    results = run_distributed(run_delayed, 2, backend="gloo", args=("cpu", GLOO_BACKENDS), timeout_s=GLOO_TIMEOUT_S)
+    for rank, failures in enumerate(results):
+        assert not failures, f"rank {rank}: " + "\n".join(failures)
+
+
+@pytest.mark.multigpu
+def test_nccl_delayed_scaling():
+    if _gpus() < 2:
+        pytest.skip("needs 2+ CUDA GPUs")
+    world = 4 if _gpus() >= 4 else 2
+    results = run_distributed(run_delayed, world, backend="nccl", args=("cuda", ["cuda", "triton"]), timeout_s=300.0)
+    for rank, failures in enumerate(results):
+        assert not failures, f"rank {rank}: " + "\n".join(failures)
 
 
 def test_spawn_reports_rank_failures():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def sp_stream(rank, world, prompts, storage, kv_comm, ops, steps, seed, device="cpu", dtype=None):
+def sp_stream(rank, world, prompts, storage, kv_comm, ops, steps, seed, device="cpu", dtype=None, kv_scaling="current"):
     import torch
 
     from longlive.inference import CachePolicy, SPGroup
@@ -14,7 +14,7 @@ def sp_stream(rank, world, prompts, storage, kv_comm, ops, steps, seed, device="
     dev = f"cuda:{rank}" if device == "cuda" else device
     pipe = micro_pipeline(
         policy=CachePolicy(storage=storage),
-        sp=SPGroup(kv_comm=kv_comm),
+        sp=SPGroup(kv_comm=kv_comm, kv_scaling=kv_scaling),
         ops=ops,
         device=dev,
         dtype=dtype or torch.float32,

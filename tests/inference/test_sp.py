@@ -47,6 +47,19 @@ def test_sp2_nvfp4_wire_into_fp4_cache_close_to_single_rank():
     assert not torch.equal(outs[0], ref)
 
 
+def test_sp2_nvfp4_wire_delayed_scaling_close_to_single_rank():
+    """``SPGroup(kv_scaling="delayed")``: each layer's k/v all-to-all takes its NVFP4 scale from the
+    amaxes earlier calls observed (no amax pass, no all-reduce after a layer's first call). Every
+    rank holds the same video, as close to the 1-rank run as the current-scaling wire."""
+    ref = _single("fp4", "kernels")
+    outs = run_distributed(sp_stream, 2, args=(PROMPTS, "fp4", "nvfp4", "kernels", 2, 4, "cpu", None, "delayed"),
+                           timeout_s=600)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    for n in range(len(PROMPTS)):
+        cos = F.cosine_similarity(outs[0][n].flatten(), ref[n].flatten(), dim=0)
+        assert cos > 0.98, f"chunk {n}: cosine {cos:.4f}"
+
+
 def test_sp_size_checks():
     five = ModelConfig.from_name("wan2.2-ti2v-5b")
     for p in (1, 2, 4, 8):
