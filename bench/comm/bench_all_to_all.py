@@ -380,8 +380,10 @@ def bench(rank: int, world: int, opts: dict) -> str | None:
     if not opts.get("sp_only"):
         with torch.no_grad():
             _bench_k_chunk(world, qkv[1], timer, rows_a2a)
-            _bench_layer_comm(world, qkv, timer, rows_layer)
-    _bench_sp_attention(world, dims, device, timer, rows_sp, opts.get("head_chunks", (1,)))
+            if not opts.get("a2a_only"):
+                _bench_layer_comm(world, qkv, timer, rows_layer)
+    if not opts.get("a2a_only"):
+        _bench_sp_attention(world, dims, device, timer, rows_sp, opts.get("head_chunks", (1,)))
     if rank != 0:
         return None
     header = device_header() if device.type == "cuda" else "cpu / gloo smoke test"
@@ -411,6 +413,7 @@ def main(argv=None) -> int:
         help="UlyssesAttention head_chunks values timed for the SP layer",
     )
     ap.add_argument("--sp-only", action="store_true", help="only the SP attention layer section")
+    ap.add_argument("--a2a-only", action="store_true", help="only the all-to-all of one K chunk")
     args = ap.parse_args(argv)
     opts = {
         "device": args.device,
@@ -418,6 +421,7 @@ def main(argv=None) -> int:
         "smoke": args.smoke or args.device == "cpu",
         "head_chunks": tuple(args.head_chunks),
         "sp_only": args.sp_only,
+        "a2a_only": args.a2a_only,
     }
     backend = "nccl" if args.device == "cuda" else "gloo"
     if "RANK" in os.environ:  # torchrun
