@@ -274,9 +274,9 @@ def quantized_all_to_all(
         if not isinstance(delayed, DelayedScaling):
             raise TypeError(f"delayed must be a DelayedScaling, got {type(delayed).__name__}")
         if format != "nvfp4" or global_scale is not None or tensor_scale == "per_source":
+            given = "given" if global_scale is not None else "None"
             raise ValueError("delayed scaling needs format='nvfp4', no global_scale and tensor_scale 'auto' or "
-                             f"'group'; got format={format!r}, global_scale {'given' if global_scale is not None else 'None'}, "
-                             f"tensor_scale={tensor_scale!r}")
+                             f"'group'; got format={format!r}, global_scale {given}, tensor_scale={tensor_scale!r}")
         tensor_scale = "group"  # the first call's
     if tensor_scale == "auto":
         tensor_scale = "group" if output == "nvfp4" else "per_source"
@@ -304,7 +304,6 @@ def quantized_all_to_all(
     if delayed is not None:
         send, recv = delayed._buffers((p, layout.chunk_bytes, n, x0.dtype, x0.device, scale_rule, sd),
                                       p, layout.chunk_bytes, x0.device)
-    if delayed is not None:
         delayed._last_delayed = delayed.scale is not None
     if delayed is not None and delayed.scale is not None:
         gs_all = list(delayed.scale.unbind(0))
@@ -360,9 +359,9 @@ def quantized_all_to_all(
                 outs[i].global_scale.copy_(used.reshape(outs[i].global_scale.shape))
                 results.append(outs[i])
             else:
-                results.append(NVFP4Tensor(data=data, scale=sc, global_scale=used.reshape(()).clone() if delayed
-                                           is None else used.reshape(()), shape=torch.Size(out_shape), dtype=t.dtype,
-                                           scale_rule=scale_rule))
+                gs_out = used.reshape(()) if delayed is not None else used.reshape(()).clone()  # fresh per call
+                results.append(NVFP4Tensor(data=data, scale=sc, global_scale=gs_out, shape=torch.Size(out_shape),
+                                           dtype=t.dtype, scale_rule=scale_rule))
         return results[0] if single else results
 
     return AllToAllHandle([work], finish) if async_op else finish()
