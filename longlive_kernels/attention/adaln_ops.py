@@ -28,7 +28,8 @@ from .partial_sums import sum_partials
 # per-frame vectors and the backward's fp32 partial sums (P·C·4 bytes per frame and gradient).
 # STAGES is kept as a tuning knob (it changes the generated loop, not the loads in flight).
 _FWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w)
-                for w, s, p in ((4, 3, 4), (4, 4, 3), (4, 3, 6), (8, 3, 3), (8, 4, 2), (16, 4, 2))]
+                for w, s, p in ((4, 3, 4), (4, 4, 3), (4, 3, 6), (8, 3, 3), (8, 4, 2), (16, 4, 2),
+                                (4, 3, 8), (4, 3, 12), (2, 3, 16))]
 _BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, maxnreg=r)
                 for w, s, p, r in ((8, 3, 2, None), (8, 4, 2, None), (8, 3, 3, 80), (4, 3, 3, None),
                                    (4, 3, 2, None), (4, 4, 3, None), (8, 3, 4, None), (4, 3, 6, None),
