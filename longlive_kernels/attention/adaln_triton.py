@@ -206,7 +206,7 @@ def _residual_norm_fwd_kernel(
             h_row = h_ptr + out_off
             if FP8_OUT:  # the row is in registers: its amax and codes cost no extra pass
                 hdt: tl.constexpr = x_ptr.dtype.element_ty
-                v0 = _modulated(d0, rstd, m0, a0, hdt)  # masked lanes: 0·rstd·0 + 0
+                v0 = _modulated(d0, rstd, m0, a0, hdt)  # masked lanes: d = 0 and a = 0, so 0
                 amax = tl.max(_abs_nan_inf(v0), axis=0)
                 if NCG == 3:
                     v1 = _modulated(d1, rstd, m1, a1, hdt)

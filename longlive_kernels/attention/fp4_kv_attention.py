@@ -50,6 +50,7 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import interpret_mode, resolve_backend
 from ..fp4.nvfp4_triton import e4m3_decode, e4m3_rne
+from ..fp4.reference import quantize_fp8_rowwise
 from . import fp4_kv_attention_sdpa
 from .kv_cache import KV_SCALE_TILE, FP4KVCache
 
@@ -553,9 +554,10 @@ def fp4_kv_attention(
 
 
 def _per_tensor_fp8(o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E4M3 codes of o / s, s) with s = amax(|o|)/448 (the smallest normal fp32 for an all-zero o)."""
-    s = (o.abs().amax().float() / 448.0).clamp_min(torch.finfo(torch.float32).tiny).reshape(1)
-    return (o.float() / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn), s
+    """(E4M3 codes of o / s, [1] s): ``quantize_fp8_rowwise`` with the whole tensor as one row
+    (s = amax|o|/448 correctly rounded, 1 for an all-zero o)."""
+    codes, s = quantize_fp8_rowwise(o.reshape(1, -1))
+    return codes.view(o.shape), s
 
 
 def _attention_16bit_out(q, cache, layer, current_k, current_v, scale, compute, backend) -> torch.Tensor:

@@ -107,15 +107,15 @@ class DelayedScaling:
             raise RuntimeError("saturated() needs a completed call")
         if not self._last_delayed:
             return torch.zeros((), dtype=torch.bool, device=self._send.device)
-        n = len(self._last_gs)
-        observed = self._send.view(torch.int32)[0, n:2 * n].view(torch.float32)
+        observed = self._send.view(torch.int32)[0, self._amax_words].view(torch.float32)
         return (observed >= torch.cat(self._last_gs) * E4M3_MAX * 6.0).any()  # the observation's rounding order
 
-    def _buffers(self, key, p: int, chunk_bytes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The persistent (send, recv) wire buffers; a new key starts the history over."""
+    def _buffers(self, key, p: int, chunk_bytes: int, amax_words: slice, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The persistent (send, recv) wire buffers (``amax_words``: the header words, in int32 units,
+        that carry the observed amaxes); a new key starts the history over."""
         if key != self._key:
             self.reset()
-            self._key = key
+            self._key, self._amax_words = key, amax_words
             self._send = torch.zeros((p, chunk_bytes), dtype=torch.uint8, device=device)  # amax words 0
             self._recv = torch.empty_like(self._send)
         return self._send, self._recv
@@ -304,8 +304,9 @@ def quantized_all_to_all(
     layout = payload_layout(format, n, chunk_shape)
     gs_all = [None] * n
     if delayed is not None:
-        send, recv = delayed._buffers((p, layout.chunk_bytes, n, x0.dtype, x0.device, scale_rule, sd),
-                                      p, layout.chunk_bytes, x0.device)
+        send, recv = delayed._buffers((p, layout.chunk_bytes, n, x0.dtype, x0.device, scale_rule, sd), p,
+                                      layout.chunk_bytes, slice(layout.amax_word(0), layout.amax_word(n - 1) + 1),
+                                      x0.device)
         delayed._last_delayed = delayed.scale is not None
     if delayed is not None and delayed.scale is not None:
         gs_all = list(delayed.scale.unbind(0))
@@ -336,7 +337,7 @@ def quantized_all_to_all(
     def finish():
         results = []
         if delayed is not None:
-            send.view(torch.int32)[:, n:2 * n].zero_()  # the next call's amax words (the transfer is done)
+            send.view(torch.int32)[:, delayed._amax_words].zero_()  # the next call's amax words (sent by now)
             delayed._last_gs = [torch.empty(1, dtype=torch.float32, device=x0.device) for _ in range(n)]
         for i, t in enumerate(xs):
             sections = (layout.data_offset(i), layout.scale_offset(i), layout.header_word(i),

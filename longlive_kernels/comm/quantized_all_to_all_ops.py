@@ -232,9 +232,9 @@ def _unpack_op(
         words = send.view(torch.int32)[:, amax_word]
         est = reference.observed_amax(scales, gs).reshape(1).view(torch.int32)
         words.copy_(torch.maximum(words, est))
-        reported = buf.view(torch.int32)[:, amax_word].view(torch.float32).amax()
-        if reported > 0:
-            state[state_index] = reference.div_rn(reported.reshape(1) * margin, denominator)[0]
+        reported = buf.view(torch.int32)[:, amax_word].view(torch.float32).amax().reshape(1)
+        new = reference.div_rn(reported * margin, denominator)
+        state[state_index:state_index + 1] = torch.where(reported > 0, new, state[state_index:state_index + 1])
         out_gs.copy_(gs[:1])
 
 

@@ -166,7 +166,7 @@ def observed_amax(scales: torch.Tensor, global_scales: torch.Tensor) -> torch.Te
     ``global_scales`` fp32 [P]; returns a 0-d fp32 tensor."""
     s = scales.view(torch.float8_e4m3fn).float()
     s = torch.where(torch.isnan(s), torch.zeros_like(s), s)
-    per_source = s.amax(dim=1) if s.shape[1] else torch.zeros(s.shape[0])
+    per_source = s.amax(dim=1) if s.shape[1] else s.new_zeros(s.shape[0])
     return (per_source * global_scales.float()).amax() * 6.0
 
 
