@@ -135,7 +135,9 @@ def adaln_modulate(
         rounded once. With ``out_fp8``, ``(codes, row_scale)``: float8_e4m3fn [B, L, C] and fp32
         [B, L], bit for bit ``quantize_fp8_rowwise`` of that h, from the same pass (the row is in
         registers, so its amax costs no extra read): the input of ``fp8_linear(codes, w, ws,
-        x_scale=row_scale)``. Inference only (ValueError where autograd would need a backward).
+        x_scale=row_scale)``. On the GPU the two outputs are autotuned separately; a launch with
+        another warp count sums a row in another order, so a rare element of its h may differ in
+        the last bit from the bf16 h of another launch. Inference only (ValueError where autograd would need a backward).
 
     Raises
     ------

@@ -14,8 +14,7 @@ import triton
 import triton.language as tl
 
 from .._aot import register_aot
-from ..fp4.fp8 import _e4m3_signed_code
-from ..fp4.gemm_fp8 import _abs_nan_inf, _div_by_scale, _row_amax_scale
+from ..fp4.fp8 import _encode_row, _max_nan, _row_amax, _row_amax_scale
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -109,10 +108,9 @@ def _modulated(d, rstd, m, a, dtype: tl.constexpr):
 
 
 @triton.jit
-def _store_fp8_tile(v, q_row, cols, cmask, qs, inv, FAST: tl.constexpr):
-    """E4M3 codes of v / qs (the correctly rounded quotient, RNE, saturating; inv = 1/qs) stored to
-    ``q_row``: the row-wise FP8 quantizer's encode."""
-    tl.store(q_row + cols, _e4m3_signed_code(_div_by_scale(v, qs, inv, FAST), FAST).to(tl.uint8), mask=cmask)
+def _store_fp8_tile(v, q_row, cols, cmask, inv, FAST: tl.constexpr):
+    """E4M3 codes of v·inv (the row-wise FP8 quantizer's encode, inv = 1/scale) stored to ``q_row``."""
+    tl.store(q_row + cols, _encode_row(v, inv, FAST).to(tl.uint8), mask=cmask)
 
 
 @triton.jit
@@ -207,18 +205,16 @@ def _residual_norm_fwd_kernel(
             if FP8_OUT:  # the row is in registers: its amax and codes cost no extra pass
                 hdt: tl.constexpr = x_ptr.dtype.element_ty
                 v0 = _modulated(d0, rstd, m0, a0, hdt)  # masked lanes: d = 0 and a = 0, so 0
-                amax = tl.max(_abs_nan_inf(v0), axis=0)
+                mag = tl.abs(v0)
                 if NCG == 3:
                     v1 = _modulated(d1, rstd, m1, a1, hdt)
                     v2 = _modulated(d2, rstd, m2, a2, hdt)
-                    amax = tl.maximum(amax, tl.maximum(tl.max(_abs_nan_inf(v1), axis=0),
-                                                       tl.max(_abs_nan_inf(v2), axis=0)))
-                qs = _row_amax_scale(amax)
-                inv = tl.math.div_rn(1.0, qs)
-                _store_fp8_tile(v0, h_row, c0, k0, qs, inv, FP8_FAST)
+                    mag = _max_nan(mag, _max_nan(tl.abs(v1), tl.abs(v2)))
+                qs, inv = _row_amax_scale(_row_amax(mag, 0))
+                _store_fp8_tile(v0, h_row, c0, k0, inv, FP8_FAST)
                 if NCG == 3:
-                    _store_fp8_tile(v1, h_row, c1, k1, qs, inv, FP8_FAST)
-                    _store_fp8_tile(v2, h_row, c2, k2, qs, inv, FP8_FAST)
+                    _store_fp8_tile(v1, h_row, c1, k1, inv, FP8_FAST)
+                    _store_fp8_tile(v2, h_row, c2, k2, inv, FP8_FAST)
                 tl.store(hs_ptr + b * L + t, qs)
             else:
                 _modulate_tile(d0, rstd, m0, a0, h_row, c0, k0)

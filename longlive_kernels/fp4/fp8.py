@@ -43,6 +43,37 @@ def _e4m3_signed_code(v, FAST: tl.constexpr):
 
 
 @triton.jit
+def _max_nan(a, b):
+    """max(a, b), NaN if either is NaN (PTX ``max.NaN``): one instruction per element; the NaN is
+    turned into an infinite scale once per row (``_row_amax_scale``)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _row_amax(x, axis: tl.constexpr):
+    """max |x| along ``axis``; NaN where the row holds a NaN."""
+    return tl.reduce(tl.abs(x), axis, _max_nan)
+
+
+@triton.jit
+def _row_amax_scale(amax):
+    """(decode scale s, encode multiplier 1/s) of a row from its amax: s = amax/448 correctly rounded
+    and at least 2⁻¹²⁶ (so 1/s is finite); 1 for an all-zero row; +Inf for a row holding Inf or NaN
+    (amax Inf or NaN), whose 1/s = 0 then encodes finite values as zeros and the rest as NaN."""
+    s = tl.maximum(tl.math.div_rn(amax, 448.0), 1.1754943508222875e-38)
+    s = tl.where(amax == 0.0, 1.0, s)
+    s = tl.where(amax != amax, float("inf"), s)  # noqa: PLR0124 (the NaN test)
+    return s, tl.math.div_rn(1.0, s)
+
+
+@triton.jit
+def _encode_row(x, inv, FAST: tl.constexpr):
+    """E4M3 codes (int32) of x·inv, the product rounded once to fp32 and then to E4M3 (RNE, saturating):
+    the row-wise quantizer's encode, one multiply per element."""
+    return _e4m3_signed_code(x * inv, FAST)
+
+
+@triton.jit
 def _fp8_quantize_kernel(
     x_ptr,  # [rows, K] float, row stride stride_x
     q_ptr,  # [rows, K] uint8 out (E4M3 bits), contiguous
@@ -62,16 +93,14 @@ def _fp8_quantize_kernel(
         c = k + tl.arange(0, BK)
         m = rmask[:, None] & (c < K)[None, :]
         x = tl.load(x_ptr + r64 * stride_x + c[None, :], mask=m, other=0.0).to(tl.float32)
-        a = tl.abs(x)
-        amax = tl.maximum(amax, tl.max(tl.where(a != a, float("inf"), a), axis=1))
-    scale = tl.math.div_rn(amax, 448.0)
-    scale = tl.where(amax == 0.0, 1.0, scale)
+        amax = _max_nan(amax, _row_amax(x, 1))
+    scale, inv = _row_amax_scale(amax)
     tl.store(scale_ptr + r, scale, mask=rmask)
     for k in range(0, K, BK):
         c = k + tl.arange(0, BK)
         m = rmask[:, None] & (c < K)[None, :]
         x = tl.load(x_ptr + r64 * stride_x + c[None, :], mask=m, other=0.0).to(tl.float32)
-        code = _e4m3_signed_code(tl.math.div_rn(x, scale[:, None]), FAST)
+        code = _encode_row(x, inv[:, None], FAST)
         tl.store(q_ptr + r64 * K + c[None, :], code.to(tl.uint8), mask=m)
 
 

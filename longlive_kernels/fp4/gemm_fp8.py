@@ -8,8 +8,8 @@ round trips and two Python layers per call) during which the GPU idled. Here:
 
 - one row-wise quantization kernel that reads each activation row from HBM once: a program holds
   a whole row in registers (16-byte loads, K ≤ 16384), reduces the row amax, and writes the E4M3 codes
-  (``q = e4m3_rn_sat(x / s)``, ``s = amax/448`` correctly rounded, the quotient as x·(1/s) plus one
-  FMA correction — bit-identical to ``reference.quantize_fp8_rowwise``) and the FP32 row scale. Traffic: M·K·(2 + 1) bytes + 4·M.
+  (``q = e4m3_rn_sat(x · (1/s))``, ``s = amax/448`` correctly rounded — bit-identical to
+  ``reference.quantize_fp8_rowwise``) and the FP32 row scale. Traffic: M·K·(2 + 1) bytes + 4·M.
   Rows longer than 16384, and rows like K = 3072 that a power-of-two tile would pad, take two passes
   over chunks (the second read from L2; see ``_quant_config``).
 - then ``torch._scaled_mm`` (row-wise scales, fast accumulation, bias in cuBLAS's epilogue);
@@ -35,7 +35,7 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import eager_op, interpret_mode, resolve_backend
 from . import reference
-from .fp8 import _e4m3_signed_code, _scaled_mm_by_default
+from .fp8 import _encode_row, _max_nan, _row_amax, _row_amax_scale, _scaled_mm_by_default
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
 from .fp8 import _gemm_triton as _fp8_gemm_triton
 
@@ -44,36 +44,6 @@ MAX_SINGLE_PASS_K = 16384  # longest row held in registers
 # ---------------------------------------------------------------------------------------------
 # Triton kernel
 # ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _abs_nan_inf(x):
-    """|x| with NaN counted as +Inf (a row holding NaN gets scale Inf, as the reference)."""
-    a = tl.abs(x)
-    return tl.where(a != a, float("inf"), a)  # noqa: PLR0124 (the NaN test)
-
-
-@triton.jit
-def _row_amax_scale(amax):
-    """Decode scale amax/448 (correctly rounded; 1 for an all-zero row)."""
-    scale = tl.math.div_rn(amax, 448.0)
-    return tl.where(amax == 0.0, 1.0, scale)
-
-
-@triton.jit
-def _div_by_scale(x, scale, inv, FAST: tl.constexpr):
-    """x / scale, the correctly rounded fp32 quotient, for the E4M3 encode. FAST (GPU): x·inv plus
-    one Markstein FMA correction, inv = 1/scale correctly rounded — exact wherever the quotient is a
-    normal fp32 (checked against exact rationals); a subnormal quotient (|x| < 2⁻¹²⁶·scale) encodes
-    as a signed zero either way, and an infinite scale (inv = 0) keeps x·0 (0, or NaN for ±Inf/NaN
-    x: x / Inf), as does a zero x·inv (the correction's +0 residual would drop the sign of −0). Two
-    FMAs instead of a division per element. Otherwise (the interpreter, whose FMA rounds twice) the
-    division."""
-    if FAST:
-        q0 = x * inv
-        return tl.where((inv == 0.0) | (q0 == 0.0), q0, tl.fma(tl.fma(-q0, scale, x), inv, q0))
-    else:
-        return tl.math.div_rn(x, scale)
 
 
 @triton.jit
@@ -112,23 +82,20 @@ def _fp8_rowwise_kernel(
     if SINGLE_PASS:  # the whole row in registers: one HBM read
         m = rmask[:, None] & (c < K)[None, :]
         x = _input(x_rows + c[None, :], m, GELU)
-        amax = tl.max(_abs_nan_inf(x), axis=1)
-        scale = _row_amax_scale(amax)
-        inv = tl.math.div_rn(1.0, scale)
-        code = _e4m3_signed_code(_div_by_scale(x, scale[:, None], inv[:, None], FAST), FAST)
+        scale, inv = _row_amax_scale(_row_amax(x, 1))
+        code = _encode_row(x, inv[:, None], FAST)
         tl.store(q_rows + c[None, :], code.to(tl.uint8), mask=m)
     else:  # amax over chunks, then quantize them again (the second read mostly hits L2)
         amax = tl.zeros((BR,), dtype=tl.float32)
         for k in range(0, K, BK):
             m = rmask[:, None] & (k + c < K)[None, :]
             x = _input(x_rows + (k + c)[None, :], m, GELU)
-            amax = tl.maximum(amax, tl.max(_abs_nan_inf(x), axis=1))
-        scale = _row_amax_scale(amax)
-        inv = tl.math.div_rn(1.0, scale)
+            amax = _max_nan(amax, _row_amax(x, 1))
+        scale, inv = _row_amax_scale(amax)
         for k in range(0, K, BK):
             m = rmask[:, None] & (k + c < K)[None, :]
             x = _input(x_rows + (k + c)[None, :], m, GELU)
-            code = _e4m3_signed_code(_div_by_scale(x, scale[:, None], inv[:, None], FAST), FAST)
+            code = _encode_row(x, inv[:, None], FAST)
             tl.store(q_rows + (k + c)[None, :], code.to(tl.uint8), mask=m)
     tl.store(scale_ptr + r, scale, mask=rmask)
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .format import BLOCK_SIZE, E2M1_VALUES, SCALE_RULES
 
 _INF = float("inf")
+_FLT_MIN = 2.0**-126  # smallest normal fp32
 _MASK32 = 0xFFFFFFFF
 
 
@@ -350,14 +351,20 @@ def nvfp4_gemm(
 def quantize_fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 E4M3 row-wise quantization of ``x`` [rows, K] (the FP8 path of ``fp4/fp8.py``).
 
-    ``scale = amax(|row|) / 448`` (fp32, correctly rounded; NaN counts as +Inf; 1 for an all-zero
-    row) and ``q = e4m3_rn(clamp(x / scale, ±448))`` (NaN → code 0x7F).
+    ``scale = amax(|row|) / 448`` (fp32, correctly rounded, at least 2⁻¹²⁶ so that 1/scale is
+    finite; 1 for an all-zero row; NaN counts as +Inf) and ``q = e4m3_rn(clamp(x · inv, ±448))`` with
+    ``inv = 1 / scale`` correctly rounded and the product rounded once to fp32 (NaN → code 0x7F). The
+    encode multiplies by the reciprocal, as Transformer Engine's and torchao's FP8 casts do: one
+    multiply per element in the kernels; it differs from a correctly rounded ``x / scale`` only where
+    that quotient lies within one fp32 ulp of an E4M3 rounding midpoint.
     """
     xf = x.float()
     mag = xf.abs()
     amax = torch.where(torch.isnan(mag), torch.full_like(mag, _INF), mag).amax(-1)
-    scale = torch.where(amax == 0, torch.ones_like(amax), div_rn(amax, 448.0))
-    v = (xf / scale.unsqueeze(-1)).clamp(-448.0, 448.0)
+    scale = torch.clamp(div_rn(amax, 448.0), min=_FLT_MIN)
+    scale = torch.where(amax == 0, torch.ones_like(amax), scale)
+    inv = torch.ones_like(scale) / scale  # tensor / tensor: the true division on every device
+    v = (xf * inv.unsqueeze(-1)).clamp(-448.0, 448.0)
     bits = v.to(torch.float8_e4m3fn).view(torch.uint8)
     bits = torch.where(torch.isnan(v), torch.full_like(bits, 0x7F), bits)  # one NaN code, as the GPU
     return bits.view(torch.float8_e4m3fn), scale

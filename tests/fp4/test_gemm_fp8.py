@@ -12,7 +12,7 @@ from longlive_kernels.fp4 import fp8_gemm, nvfp4_gemm, quantize_fp8_rowwise, qua
 from longlive_kernels.fp4 import reference as ref
 from longlive_kernels.testing import assert_bitwise_equal, rel_err
 
-from ._gemm_helpers import FP8_MMA_TOL, _rand
+from ._gemm_helpers import DEV, FP8_MMA_TOL, _rand
 
 
 @given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 9), k=st.sampled_from([16, 48, 200]),
@@ -26,6 +26,51 @@ def test_fp8_quantize_triton_bit_exact(seed, rows, k, dtype):
     assert_bitwise_equal(q1.view(torch.uint8), q2.view(torch.uint8), "fp8 codes")
     assert_bitwise_equal(s1, s2, "row scales")
     assert torch.all(s1[1] == 1.0) if rows > 2 else True
+
+
+def _edge_rows(seed: int, k: int) -> torch.Tensor:
+    """fp32 rows: a random one, an all-zero one, one with −0 and values too small for amax/448 to be
+    a normal fp32 (scale clamped to 2⁻¹²⁶), one with +Inf, one with NaN, one near the fp32 maximum."""
+    x = _rand(seed, 6, k, spread=8.0).float().cpu()
+    x[1] = 0.0
+    x[2] = x[2] * 1e-38
+    x[2, 0] = -0.0
+    x[3, 1] = float("inf")
+    x[4, 2] = float("nan")
+    x[5] = x[5] / x[5].abs().max() * 3e38
+    return x.to(DEV)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fp8_rowwise_definition_on_edge_rows(backend, seed):
+    """The row-wise encode is ``e4m3_rn_sat(x · (1/scale))`` with the reciprocal and the product each
+    rounded once to fp32 (recomputed here in fp64, where the product of two fp32 is exact), and
+    ``scale = amax/448`` clamped below at 2⁻¹²⁶ (1 for a zero row, +Inf for a row holding Inf/NaN,
+    whose finite values then encode as signed zeros and the rest as NaN); every finite code is
+    within half an E4M3 step (2⁻⁴ relative, or the subnormal step 2⁻¹⁰) of the exact x / scale."""
+    k = 48
+    x = _edge_rows(seed, k)
+    q, s = quantize_fp8_rowwise(x, backend=backend)
+    x, q, s = x.cpu(), q.cpu(), s.cpu()
+    amax = x.abs().amax(-1).double()
+    want_s = (amax / 448).float().clamp(min=2.0**-126)
+    want_s[1], want_s[3], want_s[4] = 1.0, float("inf"), float("inf")
+    assert_bitwise_equal(s, want_s, "row scales")
+    assert s[2].item() == 2.0**-126
+    inv = (1.0 / s.double()).float()
+    prod = (x.double() * inv.double()[:, None]).float()
+    want = prod.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    want = torch.where(prod.isnan(), torch.full_like(want, 0x7F), want)
+    assert_bitwise_equal(q.view(torch.uint8), want, "codes")
+    assert q.view(torch.uint8)[2, 0].item() == 0x80, "−0 keeps its sign"
+    finite = torch.isfinite(x) & torch.isfinite(s)[:, None]
+    dec = q.float().double()[finite]
+    exact = (x.double() / s.double()[:, None])[finite]
+    assert torch.all((dec - exact).abs() <= torch.maximum(exact.abs() * 2.0**-4, torch.full_like(exact, 2.0**-10)))
+    nonfinite_rows = q.view(torch.uint8)[3:5]
+    assert torch.all((nonfinite_rows == 0) | (nonfinite_rows == 0x80) | (nonfinite_rows == 0x7F))
+    assert nonfinite_rows[0, 1] == 0x7F and nonfinite_rows[1, 2] == 0x7F
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 24, 64), (37, 50, 96)])
