@@ -119,7 +119,7 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=False):
             *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
             *_row_strides(shift), eps, (bsz * n_tok).bit_length())
     meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one, "FP8_OUT": fp8,
-            "FP8_FAST": not interpret_mode(), **_col_tiles(c)}
+            "FP8_FAST": not interpret_mode(), "enable_fp_fusion": False, **_col_tiles(c)}
     _launch(_residual_norm_fwd_kernel, False, frame_len, n_frames, bsz, x.device, args, meta)
     if fp8:
         h = (h.view(torch.float8_e4m3fn), hs)

@@ -50,9 +50,29 @@ def _max_nan(a, b):
 
 
 @triton.jit
+def _magnitude_bits(x):
+    """|x| as the integer of its bits with the sign bit cleared: ordered as |x| is, NaN above +Inf, so
+    the max of these is the bits of the amax (a NaN where the row holds one). Exact and without a
+    conversion, so a bf16/fp16 row can stay packed in registers until its encode."""
+    if x.dtype.primitive_bitwidth == 16:
+        return x.to(tl.int16, bitcast=True) & 0x7FFF
+    else:
+        return x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+
+
+@triton.jit
+def _amax_of_bits(m, dtype: tl.constexpr):
+    """The amax in fp32 from the max of a ``dtype`` row's ``_magnitude_bits``."""
+    if dtype.primitive_bitwidth == 16:
+        return m.to(tl.int16).to(dtype, bitcast=True).to(tl.float32)
+    else:
+        return m.to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _row_amax(x, axis: tl.constexpr):
-    """max |x| along ``axis``; NaN where the row holds a NaN."""
-    return tl.reduce(tl.abs(x), axis, _max_nan)
+    """max |x| along ``axis`` in fp32 (x float of any width); NaN where the row holds a NaN."""
+    return _amax_of_bits(tl.max(_magnitude_bits(x), axis), x.dtype)
 
 
 @triton.jit
@@ -68,9 +88,9 @@ def _row_amax_scale(amax):
 
 @triton.jit
 def _encode_row(x, inv, FAST: tl.constexpr):
-    """E4M3 codes (int32) of x·inv, the product rounded once to fp32 and then to E4M3 (RNE, saturating):
-    the row-wise quantizer's encode, one multiply per element."""
-    return _e4m3_signed_code(x * inv, FAST)
+    """E4M3 codes (int32) of x·inv (x of any float dtype, taken to fp32), the product rounded once to
+    fp32 and then to E4M3 (RNE, saturating): the row-wise quantizer's encode, one multiply per element."""
+    return _e4m3_signed_code(x.to(tl.float32) * inv, FAST)
 
 
 @triton.jit

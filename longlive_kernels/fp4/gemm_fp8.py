@@ -48,15 +48,15 @@ MAX_SINGLE_PASS_K = 16384  # longest row held in registers
 
 @triton.jit
 def _input(ptrs, mask, GELU: tl.constexpr):
-    """A tile of the activation in fp32; with GELU, ``gelu_tanh(x)`` rounded to x's dtype first (what
-    the unfused ``F.gelu(x, approximate="tanh")`` would have stored), as ``x / (1 + e^(-2u))``,
-    u = √(2/π)·(x + 0.044715·x³) (= ½x(1 + tanh u))."""
+    """A tile of the activation in its own dtype (kept packed until the encode); with GELU,
+    ``gelu_tanh(x)`` rounded to x's dtype (what the unfused ``F.gelu(x, approximate="tanh")`` would
+    have stored), as ``x / (1 + e^(-2u))``, u = √(2/π)·(x + 0.044715·x³) (= ½x(1 + tanh u))."""
     x = tl.load(ptrs, mask=mask, other=0.0)
-    xf = x.to(tl.float32)
     if GELU:
+        xf = x.to(tl.float32)
         u = 0.7978845608028654 * (xf + 0.044715 * xf * xf * xf)
-        xf = (xf / (1.0 + tl.exp(-2.0 * u))).to(x.dtype).to(tl.float32)
-    return xf
+        x = (xf / (1.0 + tl.exp(-2.0 * u))).to(x.dtype)
+    return x
 
 
 @triton.jit
