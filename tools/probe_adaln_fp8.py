@@ -3,6 +3,8 @@ the fused adaLN writing bf16 h against writing row-wise E4M3 h (``out_fp8=True``
 7040 tokens × 3072 (880 tokens per frame), with the launch configuration the autotuner picked; the
 stand-alone row-wise quantizer and the GELU-fused one (``gemm_fp8._quantize``). Run it against two
 checkouts (``PYTHONPATH``) to A/B a kernel change in one device call."""
+import sys
+
 import torch
 
 from longlive_kernels.attention import adaln_modulate, adaln_ops
@@ -33,8 +35,6 @@ ms = cuda_time_ms(lambda: quantize_fp8_rowwise(x), hide_host=True)
 print(f"quantize_fp8_rowwise [1760, 3072]: {ms*1e3:.1f} us", flush=True)
 
 # --sweep: every forward launch configuration (the autotuner's list plus candidates), one at a time
-import sys  # noqa: E402
-
 if "--sweep" in sys.argv:
     import triton
 

@@ -4,6 +4,8 @@ For the DiT's activation shapes ([1760, 7040 or 14080, 3072]; [1760 or 7040, 143
 fused, ``--gelu``), times rows per program ×
 warps (device time, L2 flushed) against a device-to-device copy, and checks every variant's codes and
 scales bit-equal to the default launch. Prints the default's choice first."""
+import sys
+
 import torch
 
 from longlive_kernels.fp4.gemm_fp8 import _fp8_rowwise_kernel, _quant_config
@@ -11,8 +13,6 @@ from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms
 
 copy = copy_bandwidth_gbs()
 print(f"copy {copy:.0f} GB/s")
-import sys  # noqa: E402
-
 gelu = "--gelu" in sys.argv
 shapes = ((1760, 14336), (7040, 14336)) if gelu else ((7040, 3072), (14080, 3072), (7040, 14336), (1760, 3072))
 for rows, k in shapes:

@@ -336,9 +336,11 @@ def quantize_fp8_rowwise(x: torch.Tensor, *, backend: str = "auto") -> tuple[tor
     Returns
     -------
     (q, scale) : (torch.Tensor, torch.Tensor)
-        q float8_e4m3fn [..., K] with ``q = e4m3_rn_sat(x / scale)``; scale fp32 [...] with
-        ``scale = amax(|row|) / 448`` (correctly rounded; 1 for an all-zero row), so ``x ≈ q · scale``.
-        A row holding Inf/NaN gets scale Inf/NaN and decodes to non-finite values.
+        q float8_e4m3fn [..., K] with ``q = e4m3_rn_sat(x · (1/scale))`` (the reciprocal and the
+        product each rounded once to fp32, as Transformer Engine's and torchao's FP8 casts); scale
+        fp32 [...] with ``scale = amax(|row|) / 448`` (correctly rounded, at least 2⁻¹²⁶; 1 for an
+        all-zero row), so ``x ≈ q · scale``. A row holding Inf/NaN gets scale +Inf: its finite
+        values encode as signed zeros, the others as NaN (``reference.quantize_fp8_rowwise``).
 
     Raises
     ------
