@@ -137,7 +137,8 @@ def adaln_modulate(
         registers, so its amax costs no extra read): the input of ``fp8_linear(codes, w, ws,
         x_scale=row_scale)``. On the GPU the two outputs are autotuned separately; a launch with
         another warp count sums a row in another order, so a rare element of its h may differ in
-        the last bit from the bf16 h of another launch. Inference only (ValueError where autograd would need a backward).
+        the last bit from the bf16 h of another launch. Inference only (ValueError where autograd
+        would need a backward).
 
     Raises
     ------
