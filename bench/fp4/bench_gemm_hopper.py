@@ -7,14 +7,17 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
 
 - ``bf16``: cuBLAS BF16 ``x @ wᵀ`` (the baseline of every ratio),
 - ``deq+bf16``: decode the NVFP4 weight to bf16, then cuBLAS (what the kernel must beat),
-- ``w4a16 <tile>/<stages>``: the W4A16 kernel with the default token tile (``auto``: 256 rows for a
-  bf16/fp16 output) or a forced one, and a pipeline depth,
+- ``w4a16 <tile>/<stages>/<split>``: the W4A16 kernel with the default token tile (``auto``: 256 rows
+  for a bf16/fp16 output) or a forced one, a pipeline depth, and the cap on the K-split of the last
+  wave's tiles (``gemm_hopper.tail_split``; 1: every tile whole),
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
-- ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel).
+- ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel), with the
+  default tail split and without it.
 
 Every variant is first checked against the exact dequantize path (relative Frobenius error ≤ 2^-8)
-and against the default variant bit for bit (same K order per output). Prints a markdown table
+and the W4A16 variants with the default split against the default variant bit for bit (same K order
+per output). Prints a markdown table
 of TFLOP/s (2·M·N·K / t) with ratios to BF16.
 
 Usage::
@@ -35,8 +38,9 @@ import torch.nn.functional as F
 SHAPES = [(m, k, n) for k, n in ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
           for m in (1760, 7040, 14080)]
 QUICK = [(1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072)]
-# (token tile, stages) of the W4A16 variants; the first is the default (256 tokens, 4 stages)
-W4A16_VARIANTS = [(None, 4), (128, 4), (256, 3), (128, 3)]
+# (token tile, stages, tail split cap) of the W4A16 variants; the first is the default (256 tokens,
+# 4 stages, gemm_hopper.MAX_TAIL_SPLIT)
+W4A16_VARIANTS = [(None, 4, None), (None, 4, 1), (None, 4, 2), (None, 4, 8), (128, 4, None)]
 # timing-only ablations of the first variant (wrong results, not checked): scales loaded once, no decode
 ABLATIONS = {"scales once": 1, "no decode": 2}
 
@@ -55,19 +59,31 @@ def _variants(m: int, k: int, n: int):
     exact16 = nvfp4_gemm(x, wq, out_dtype=torch.float32, algorithm="dequantize")
     exact4 = nvfp4_gemm(xq, wq, out_dtype=torch.float32, algorithm="dequantize")
 
-    def w4a16(bt, stages, ablate=0):
+    def w4a16(bt, stages, split, ablate=0):
         return lambda: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, token_rows=bt,
-                               stages=stages, ablate=ablate)
+                               stages=stages, ablate=ablate, max_split=split)
+
+    def unsplit(fn):
+        def call():
+            cap, gh.MAX_TAIL_SPLIT = gh.MAX_TAIL_SPLIT, 1
+            try:
+                return fn()
+            finally:
+                gh.MAX_TAIL_SPLIT = cap
+        return call
 
     fns = {"bf16": (lambda: F.linear(x, w), None),
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
-    for bt, st in W4A16_VARIANTS:
-        fns[f"w4a16 {bt or 'auto'}/{st}"] = (w4a16(bt, st), exact16)
+    for bt, st, sp in W4A16_VARIANTS:
+        fns[f"w4a16 {bt or 'auto'}/{st}/{sp or 'auto'}"] = (w4a16(bt, st, sp), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
-    fns["w4a4"] = (lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True),
-                   exact4)
-    fns["w4a4 predec"] = (lambda: nvfp4_gemm(xq, wq, algorithm="predecode"), exact4)
+    w4a4 = lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True)
+    predec = lambda: nvfp4_gemm(xq, wq, algorithm="predecode")
+    fns["w4a4"] = (w4a4, exact4)
+    fns["w4a4 /1"] = (unsplit(w4a4), exact4)
+    fns["w4a4 predec"] = (predec, exact4)
+    fns["w4a4 predec /1"] = (unsplit(predec), exact4)
 
     checks = {}
     ref16 = None
@@ -76,7 +92,7 @@ def _variants(m: int, k: int, n: int):
             continue
         out = fn()
         checks[name] = rel_err(out.float(), exact)
-        if name.startswith("w4a16"):
+        if name.startswith("w4a16") and name.endswith("/auto"):
             ref16 = out if ref16 is None else ref16
             checks[name + " bitwise"] = bool(torch.equal(out, ref16))
     return {name: fn for name, (fn, _) in fns.items()}, checks

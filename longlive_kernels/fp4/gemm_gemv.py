@@ -38,7 +38,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from .gemm_hopper import _scale_pairs, decode_bf16_ptx, decode_fp16_ptx
+from .gemm_hopper import _scale_pairs, _workspace, decode_bf16_ptx, decode_fp16_ptx
 
 MAX_M = 64  # largest M this kernel is used for
 
@@ -414,21 +414,6 @@ def config(m: int, n: int, k: int, sms: int) -> tuple[int, int, int, int]:
     tiles = _cdiv(n, 16 * rt * NUM_WARPS)
     split = max(1, min(_cdiv(k, 4 * kt), _cdiv(CTAS_PER_SM * sms, tiles), 16))
     return bm, rt, kt, split
-
-
-_WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp32 partials, zeroed int32 counters) per (device, stream), grown on demand; kernels leave the
-    counters zeroed, and work on one stream is ordered, so calls can share them."""
-    key = (device, torch.cuda.current_stream(device).cuda_stream)
-    ws, sem = _WORKSPACE.get(key, (None, None))
-    if ws is None or ws.numel() < numel or sem.numel() < tiles:
-        ws = torch.empty(max(numel, 1 << 20), dtype=torch.float32, device=device)
-        sem = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
-        _WORKSPACE[key] = (ws, sem)
-    return ws, sem
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4) -> torch.Tensor:

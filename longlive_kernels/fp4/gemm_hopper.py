@@ -170,6 +170,11 @@ def _hopper_gemm_kernel(
     K,
     stride_ws,
     stride_xs,
+    ws_ptr,  # [tail tiles · split, TW, TT] fp32 partial tiles (TAIL_SPLIT)
+    sem_ptr,  # [tail tiles] int32 arrival counters, zero on entry and on exit (TAIL_SPLIT)
+    n_whole,  # programs [0, n_whole) compute whole tiles; the rest split the last tiles' K (TAIL_SPLIT)
+    split,  # K-splits per tail tile (TAIL_SPLIT)
+    kt_per_split,  # k-tiles of one split (TAIL_SPLIT)
     X_NVFP4: gl.constexpr,
     X_GS: gl.constexpr,  # dense x carries a tensor scale (an NVFP4 activation decoded with scale 1)
     EVEN_K: gl.constexpr,
@@ -178,6 +183,7 @@ def _hopper_gemm_kernel(
     STAGES: gl.constexpr,
     ABLATE: gl.constexpr,  # timing experiments only (wrong results): 1 scales loaded once, 2 no decode
     GROUP: gl.constexpr,
+    TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see _tail_split)
     num_warps: gl.constexpr,
 ):
     TW: gl.constexpr = w_desc.block_type.shape[0]
@@ -203,15 +209,28 @@ def _hopper_gemm_kernel(
                                               [2, 1, 0])
     X_SCALES: gl.constexpr = gl.SliceLayout(2, X_BYTES3)
 
-    # Grouped tile order: GROUP weight tiles sweep the token tiles together (W stays in L2).
+    # K ≥ 32, so at least one k-tile; saying so removes the zero-trip path of the loop, whose
+    # accumulator initialisation ptxas would otherwise see inside the wgmma pipeline (and serialize).
+    k_tiles = gl.maximum((K + TK - 1) // TK, 1)
     pid = gl.program_id(0)
+    tile = pid
+    k_first = pid * 0
+    n_k = k_tiles
+    if TAIL_SPLIT:  # program n_whole + u: split u % split of tail tile n_whole + u // split
+        unit = gl.maximum(pid - n_whole, 0)
+        part = pid >= n_whole
+        tile = gl.where(part, n_whole + unit // split, pid)
+        k_first = gl.where(part, (unit % split) * kt_per_split, 0)
+        n_k = gl.maximum(gl.where(part, gl.minimum(kt_per_split, k_tiles - k_first), k_tiles), 1)
+
+    # Grouped tile order: GROUP weight tiles sweep the token tiles together (W stays in L2).
     num_w = (N + TW - 1) // TW
     num_t = (M + TT - 1) // TT
     per_group = GROUP * num_t
-    first_w = (pid // per_group) * GROUP
+    first_w = (tile // per_group) * GROUP
     group_w = gl.minimum(num_w - first_w, GROUP)
-    off_w = (first_w + (pid % per_group) % group_w) * TW
-    off_t = ((pid % per_group) // group_w) * TT
+    off_w = (first_w + (tile % per_group) % group_w) * TW
+    off_t = ((tile % per_group) // group_w) * TT
 
     w_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES, TW, TK2], w_desc.layout)
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
@@ -226,25 +245,22 @@ def _hopper_gemm_kernel(
     if X_NVFP4:
         x_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], OP_SMEM)
 
-    # K ≥ 32, so at least one k-tile; saying so removes the zero-trip path of the loop, whose
-    # accumulator initialisation ptxas would otherwise see inside the wgmma pipeline (and serialize).
-    k_tiles = gl.maximum((K + TK - 1) // TK, 1)
     nbytes: gl.constexpr = w_desc.block_type.nbytes + x_desc.block_type.nbytes
+    XK: gl.constexpr = x_desc.block_type.shape[1]
     for s in gl.static_range(STAGES - 1):
-        pred = s < k_tiles
+        pred = s < n_k
         mbarrier.expect(bars.index(s), nbytes, pred=pred)
-        tma.async_copy_global_to_shared(w_desc, [off_w, s * TK2], bars.index(s), w_bufs.index(s), pred)
-        tma.async_copy_global_to_shared(x_desc, [off_t, s * x_desc.block_type.shape[1]], bars.index(s),
-                                        x_bufs.index(s), pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, (k_first + s) * TK2], bars.index(s), w_bufs.index(s), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, (k_first + s) * XK], bars.index(s), x_bufs.index(s), pred)
 
     w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES)
-    w_sc = _load_scales(w_srows, 0, K, NB, EVEN_K, W_SCALES)
+    w_sc = _load_scales(w_srows, k_first, K, NB, EVEN_K, W_SCALES)
     if X_NVFP4:
         x_srows = _scale_rows(x_scale_ptr, off_t, M, stride_xs, TT, X_SCALES)
-        x_sc = _load_scales(x_srows, 0, K, NB, EVEN_K, X_SCALES)
+        x_sc = _load_scales(x_srows, k_first, K, NB, EVEN_K, X_SCALES)
 
     acc = gl.zeros((TW, TT), dtype=gl.float32, layout=mma)
-    for i in range(k_tiles):
+    for i in range(n_k):
         slot = i % STAGES
         mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
         # Buffers i%2 were last read by wgmma i-2, retired in every warpgroup before the barrier
@@ -254,7 +270,7 @@ def _hopper_gemm_kernel(
         if X_NVFP4:
             _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % 2), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
         # prefetch the next k-tile's block scales (consumed one iteration later)
-        nk = gl.minimum(i + 1, k_tiles - 1)  # (clamped: never read past the last k-tile)
+        nk = k_first + gl.minimum(i + 1, n_k - 1)  # (clamped: never read past the last k-tile)
         if ABLATE == 0:
             w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
         if X_NVFP4:
@@ -273,16 +289,55 @@ def _hopper_gemm_kernel(
         gl.thread_barrier()
         nxt = i + STAGES - 1
         nslot = nxt % STAGES
-        pred = nxt < k_tiles
+        pred = nxt < n_k
         mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
-        tma.async_copy_global_to_shared(w_desc, [off_w, nxt * TK2], bars.index(nslot), w_bufs.index(nslot), pred)
-        tma.async_copy_global_to_shared(x_desc, [off_t, nxt * x_desc.block_type.shape[1]], bars.index(nslot),
+        tma.async_copy_global_to_shared(w_desc, [off_w, (k_first + nxt) * TK2], bars.index(nslot),
+                                        w_bufs.index(nslot), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, (k_first + nxt) * XK], bars.index(nslot),
                                         x_bufs.index(nslot), pred)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     gl.thread_barrier()  # no warpgroup still reads the operand tiles the epilogue tile may alias
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
+    finish = pid >= 0
+    if TAIL_SPLIT:
+        acc, finish = _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW, TT, mma)
+    if finish:
+        _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, X_NVFP4, X_GS, HAS_BIAS,
+                  OP_DTYPE, TW, TT, mma)
 
+
+@gluon.jit
+def _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexpr, TT: gl.constexpr,
+                MMA: gl.constexpr):
+    """A split program stores its FP32 partial tile; the last of a tile's ``split`` programs to arrive
+    (an atomic counter per tail tile, reset by it) sums all partials in split order — deterministic,
+    whichever arrives last — and returns (sum, True); the others return (acc, False). Whole-tile
+    programs return (acc, True)."""
+    finish = pid >= 0
+    if pid >= n_whole:
+        t = tile - n_whole
+        rows = gl.arange(0, TW, layout=gl.SliceLayout(1, MMA))
+        cols = gl.arange(0, TT, layout=gl.SliceLayout(0, MMA))
+        offs = gl.expand_dims(rows * TT, 1) + gl.expand_dims(cols, 0)
+        base = ws_ptr + (t * split).to(gl.int64) * (TW * TT)
+        gl.store(base + ((pid - n_whole) % split) * (TW * TT) + offs, acc)
+        gl.thread_barrier()
+        arrived = gl.atomic_add(sem_ptr + t, 1, sem="acq_rel", scope="gpu")
+        finish = arrived == split - 1
+        if finish:
+            acc = gl.zeros((TW, TT), dtype=gl.float32, layout=MMA)
+            for s in range(split):  # fixed order: deterministic
+                acc += gl.load(base + s * (TW * TT) + offs, cache_modifier=".cg")
+            gl.store(sem_ptr + t, 0)
+    return acc, finish
+
+
+@gluon.jit
+def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, X_NVFP4: gl.constexpr,
+              X_GS: gl.constexpr, HAS_BIAS: gl.constexpr, OP_DTYPE: gl.constexpr, TW: gl.constexpr,
+              TT: gl.constexpr, mma: gl.constexpr):
+    """Tensor scales and bias in FP32, one rounding, the tile out through shared memory and TMA."""
     if OP_DTYPE == gl.bfloat16:
         alpha = gl.load(w_gs_ptr) * 256.0  # undo the 2^-8 of the bf16-decoded weights
     else:
@@ -343,11 +398,56 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)  # (triton.cdiv costs microseconds per host call)
 
 
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+# Each K-split of a tail tile keeps at least this many k-tiles (a pipeline's worth of TMA loads), and
+# a tail tile is split at most MAX_TAIL_SPLIT ways: every split costs a 128 KB FP32 partial written
+# and read back by the tile's last program (bench/fp4/bench_gemm_hopper.py times the choice).
+MIN_SPLIT_K_TILES = 4
+MAX_TAIL_SPLIT = 4
+
+
+def tail_split(tiles: int, k_tiles: int, slots: int, max_split: int = MAX_TAIL_SPLIT) -> tuple[int, int, int]:
+    """(n_whole, split, k-tiles per split) for ``tiles`` output tiles on ``slots`` concurrent CTAs.
+
+    With one CTA per tile, ``tiles % slots`` tiles run in a last, partly empty wave (M = 1760 with
+    N = 3072 on an H100: 168 tiles of 128 × 256 on 132 SMs, 1.27 waves timed as 2). The whole waves
+    keep one program per tile; each tile of the last wave is split along K into up to
+    ``slots // tail`` programs (at most ``max_split``), so that wave takes about 1/split of a tile's
+    time plus the sum of the partials. ``split == 1`` means no split (``n_whole == tiles``)."""
+    tail = tiles % slots
+    split = min(max_split, slots // tail if tail else 1, k_tiles // MIN_SPLIT_K_TILES)
+    if tail == 0 or split < 2:
+        return tiles, 1, k_tiles
+    per = _cdiv(k_tiles, split)
+    return tiles - tail, _cdiv(k_tiles, per), per
+
+
+_WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 partials, zeroed int32 counters) per (device, stream), grown on demand (shared by this
+    kernel and the GEMV's split K); kernels leave the counters zeroed, and work on one stream is
+    ordered, so calls can share them."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream)
+    ws, sem = _WORKSPACE.get(key, (None, None))
+    if ws is None or ws.numel() < numel or sem.numel() < tiles:
+        ws = torch.empty(max(numel, 1 << 20), dtype=torch.float32, device=device)
+        sem = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
+        _WORKSPACE[key] = (ws, sem)
+    return ws, sem
+
+
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, ablate=0) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0, max_split=None) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
-    ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``ablate`` 1 / 2 (wrong
+    ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
+    K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split); ``ablate`` 1 / 2 (wrong
     results: timing experiments of ``bench/fp4/bench_gemm_hopper.py``) loads the weight scales once /
     skips the weight decode."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -374,13 +474,19 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
-    grid = (_cdiv(n, BW) * _cdiv(m, bt),)
-    _hopper_gemm_kernel[grid](
+    tiles = _cdiv(n, BW) * _cdiv(m, bt)
+    dev = a.device
+    slots = _num_sms(dev.index if dev.index is not None else torch.cuda.current_device()) * (256 // bt)
+    n_whole, split, per = tail_split(tiles, _cdiv(k, BK), slots, MAX_TAIL_SPLIT if max_split is None else max_split)
+    if split > 1:
+        ws, sem = _workspace(dev, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
+    else:
+        ws = sem = b_gs  # unused
+    _hopper_gemm_kernel[(n_whole + (tiles - n_whole) * split,)](
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs,
         a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs),
-        m, n, k, w_scale.stride(0), x_scale.stride(0),
-        X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None, OP_DTYPE=op_dtype, STAGES=stages,
-        ABLATE=ablate,
-        GROUP=GROUP, num_warps=NUM_WARPS,
+        m, n, k, w_scale.stride(0), x_scale.stride(0), ws, sem, n_whole, split, per,
+        X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
+        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS,
     )
     return out

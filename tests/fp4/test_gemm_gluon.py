@@ -15,10 +15,11 @@ from ._gemm_helpers import FP32_TOL, _rand, _report_in_fresh_process, wgmma_regi
 # --- the Gluon Hopper kernel: compiled for sm_90a here, run on the GPU --------------------------------
 
 
-@pytest.mark.parametrize("bt,out", [(256, "bfloat16"), (128, "bfloat16"), (128, "float32")],
-                         ids=["256-bf16", "128-bf16", "128-fp32"])
+@pytest.mark.parametrize("bt,out,tail", [(256, "bfloat16", False), (128, "bfloat16", False), (128, "float32", False),
+                                         (256, "bfloat16", True), (128, "float32", True)],
+                         ids=["256-bf16", "128-bf16", "128-fp32", "256-bf16-tailsplit", "128-fp32-tailsplit"])
 @pytest.mark.parametrize("x_kind", ["bfloat16", "float16", "nvfp4"], ids=["w4a16", "w4a16fp16", "w4a4"])
-def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out):
+def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out, tail):
     """wgmma in SASS, no spills, fits in shared memory, ptxas keeps the wgmma asynchronous (no C7515
     'wgmma.mma_async instructions are serialized' warning), and no wgmma register operand can be
     overwritten while the wgmma runs (operands come from shared memory; the SASS walk finds no
@@ -27,7 +28,7 @@ def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out):
 
     x_nvfp4 = x_kind == "nvfp4"
     x_dtype = "bfloat16" if x_nvfp4 else x_kind
-    report = _report_in_fresh_process(f"_hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r})")
+    report = _report_in_fresh_process(f"_hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r}, {tail})")
     assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
     assert "serialized" not in report["ptxas"], report["ptxas"]
     assert report["wgmma"]
@@ -39,11 +40,14 @@ def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["nvfp4", "bf16", "fp16"])
 @pytest.mark.parametrize("m,k,n", [(129, 3072, 3072), (300, 96, 1000), (1760, 3072, 9216), (7040, 14336, 3072),
-                                   (2048, 3072, 14336)])
+                                   (2048, 3072, 14336), (600, 1056, 1000)])
 @pytest.mark.parametrize("has_bias", [True, False])
 def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
     """The Gluon kernel (called directly, no fallback) against the exact dequantize path, bit-identical
-    over repeated calls. (M ≤ 256 is not the default path's kernel: split-K sums in another order.)"""
+    over repeated calls; where the last wave's tiles are split along K (129 × 3072², 7040 × 14336 →
+    3072, and 600 × 1056 → 1000 with a shorter last split), the split-K counters are left zeroed and
+    the result is within one rounding of the unsplit kernel's. (M ≤ 256 is not the default path's
+    kernel: split-K sums in another order.)"""
     from longlive_kernels.fp4 import gemm_hopper as gh
 
     x = torch.randn(m, k, device="cuda")
@@ -68,6 +72,17 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
     assert rel_err(out, expect) <= 2.0**-8
     for _ in range(3):  # a race shows up as run-to-run differences
         assert_bitwise_equal(direct(), out, "repeated Hopper kernel call")
+    bt = 128 if out_dtype == torch.float32 else 256
+    slots = torch.cuda.get_device_properties(0).multi_processor_count * (256 // bt)
+    tiles = -(-n // gh.BW) * -(-m // bt)
+    split = gh.tail_split(tiles, -(-k // gh.BK), slots)[1]
+    assert (split > 1) == ((m, k, n) in ((129, 3072, 3072), (7040, 14336, 3072), (600, 1056, 1000)))
+    if split > 1:
+        for _, sem in gh._WORKSPACE.values():
+            assert int(sem.abs().sum()) == 0
+        whole = gh.gemm(args[0], args[1], args[2], b.data, b.scale, b.global_scale.reshape(1).float(), bias,
+                        out_dtype, args[3], max_split=1)
+        assert rel_err(out.float(), whole.float()) <= 2.0**-8
     if m > gemm_mod.SPLIT_K_MAX_M:  # the default path takes the same kernel when it is enabled
         monkeypatch.setattr(gemm_ops, "_HOPPER_ENABLED", True)  # read by gemm_ops._try_hopper
         algo = "fused" if kind == "nvfp4" else "auto"  # (auto W4A4 is predecode on Hopper)
@@ -146,6 +161,7 @@ def test_gpu_gemv_kernel(kind, m, k, n):
     output: FP32 summation order only), its low-precision outputs one rounding away, bit-identical over
     repeated calls, split-K counters left zeroed; ``algorithm="gemv"`` takes the same kernel."""
     from longlive_kernels.fp4 import gemm_gemv as gv
+    from longlive_kernels.fp4 import gemm_hopper as gh
 
     g = torch.Generator(device="cuda").manual_seed(m * 7 + k + n)
     x = torch.randn(m, k, device="cuda", generator=g)
@@ -169,7 +185,7 @@ def test_gpu_gemv_kernel(kind, m, k, n):
     assert rel_err(out, expect) <= FP32_TOL
     for _ in range(2):
         assert_bitwise_equal(direct(torch.float32), out, "repeated small-M kernel call")
-    for _, sem in gv._WORKSPACE.values():
+    for _, sem in gh._WORKSPACE.values():
         assert int(sem.abs().sum()) == 0
     low = torch.bfloat16 if kind != "fp16" else torch.float16
     assert rel_err(direct(low), out) <= 2.0**-8
