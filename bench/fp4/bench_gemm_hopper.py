@@ -16,8 +16,7 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
   default tail split and without it.
 
 Every variant is first checked against the exact dequantize path (relative Frobenius error ≤ 2^-8)
-and the W4A16 variants with the default split against the default variant bit for bit (same K order
-per output). Prints a markdown table
+and against a repeat of itself, bit for bit. Prints a markdown table
 of TFLOP/s (2·M·N·K / t) with ratios to BF16.
 
 Usage::
@@ -86,15 +85,12 @@ def _variants(m: int, k: int, n: int):
     fns["w4a4 predec /1"] = (unsplit(predec), exact4)
 
     checks = {}
-    ref16 = None
     for name, (fn, exact) in fns.items():
         if exact is None:
             continue
         out = fn()
         checks[name] = rel_err(out.float(), exact)
-        if name.startswith("w4a16") and name.endswith("/auto"):
-            ref16 = out if ref16 is None else ref16
-            checks[name + " bitwise"] = bool(torch.equal(out, ref16))
+        checks[name + " bitwise"] = bool(torch.equal(fn(), out))  # a race shows as a repeat that differs
     return {name: fn for name, (fn, _) in fns.items()}, checks
 
 

@@ -181,7 +181,8 @@ def _hopper_gemm_kernel(
     HAS_BIAS: gl.constexpr,
     OP_DTYPE: gl.constexpr,
     STAGES: gl.constexpr,
-    ABLATE: gl.constexpr,  # timing experiments only (wrong results): 1 scales loaded once, 2 no decode
+    ABLATE: gl.constexpr,  # timing experiments only (wrong results): 1 scales loaded once, 2 no decode,
+    # 3 split programs store their partial as the output, 4 the last split program sums no partials
     GROUP: gl.constexpr,
     TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see _tail_split)
     num_warps: gl.constexpr,
@@ -271,7 +272,7 @@ def _hopper_gemm_kernel(
             _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % 2), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
         # prefetch the next k-tile's block scales (consumed one iteration later)
         nk = k_first + gl.minimum(i + 1, n_k - 1)  # (clamped: never read past the last k-tile)
-        if ABLATE == 0:
+        if ABLATE != 1:
             w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
         if X_NVFP4:
             x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
@@ -300,8 +301,8 @@ def _hopper_gemm_kernel(
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
     finish = pid >= 0
-    if TAIL_SPLIT:
-        acc, finish = _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW, TT, mma)
+    if TAIL_SPLIT and ABLATE != 3:
+        acc, finish = _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW, TT, mma, ABLATE == 4)
     if finish:
         _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, X_NVFP4, X_GS, HAS_BIAS,
                   OP_DTYPE, TW, TT, mma)
@@ -309,26 +310,29 @@ def _hopper_gemm_kernel(
 
 @gluon.jit
 def _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexpr, TT: gl.constexpr,
-                MMA: gl.constexpr):
+                MMA: gl.constexpr, SKIP_SUM: gl.constexpr):
     """A split program stores its FP32 partial tile; the last of a tile's ``split`` programs to arrive
     (an atomic counter per tail tile, reset by it) sums all partials in split order — deterministic,
-    whichever arrives last — and returns (sum, True); the others return (acc, False). Whole-tile
-    programs return (acc, True)."""
+    whichever arrives last; its own partial is re-read too (keeping it in registers beside the sum
+    spills) — and returns (sum, True); the others return (acc, False). Whole-tile programs return
+    (acc, True). SKIP_SUM (timing only, wrong results): the last program returns its own partial."""
     finish = pid >= 0
     if pid >= n_whole:
         t = tile - n_whole
+        own = (pid - n_whole) % split
         rows = gl.arange(0, TW, layout=gl.SliceLayout(1, MMA))
         cols = gl.arange(0, TT, layout=gl.SliceLayout(0, MMA))
         offs = gl.expand_dims(rows * TT, 1) + gl.expand_dims(cols, 0)
         base = ws_ptr + (t * split).to(gl.int64) * (TW * TT)
-        gl.store(base + ((pid - n_whole) % split) * (TW * TT) + offs, acc)
+        gl.store(base + own * (TW * TT) + offs, acc)
         gl.thread_barrier()
         arrived = gl.atomic_add(sem_ptr + t, 1, sem="acq_rel", scope="gpu")
         finish = arrived == split - 1
         if finish:
-            acc = gl.zeros((TW, TT), dtype=gl.float32, layout=MMA)
-            for s in range(split):  # fixed order: deterministic
-                acc += gl.load(base + s * (TW * TT) + offs, cache_modifier=".cg")
+            if not SKIP_SUM:
+                acc = gl.zeros((TW, TT), dtype=gl.float32, layout=MMA)
+                for s in range(split):  # fixed order: deterministic
+                    acc += gl.load(base + s * (TW * TT) + offs, cache_modifier=".cg")
             gl.store(sem_ptr + t, 0)
     return acc, finish
 
