@@ -309,35 +309,24 @@ def _hopper_gemm_kernel(
 
 
 @gluon.jit
-def _partial_offsets(TW: gl.constexpr, TT: gl.constexpr, MMA: gl.constexpr):
-    """Offsets [TW, TT] of a partial tile in its workspace slot, in register order of the wgmma
-    accumulator layout (warp w holds rows 16w..16w+15; lane 4g + q holds rows g and g + 8 and columns
-    8j + 2q, 8j + 2q + 1 for every j): offset = ((w·TT/8 + j)·2 + h)·64 + (4g + q)·2 + e for row
-    16w + 8h + g and column 8j + 2q + e. So each warp store or load moves 256 contiguous bytes (a
-    row-major tile would touch eight 32-byte pieces of eight rows), and the sum over splits reads
-    the slots in the same layout. The offset separates into a row part and a column part."""
-    r = gl.arange(0, TW, layout=gl.SliceLayout(1, MMA))
-    c = gl.arange(0, TT, layout=gl.SliceLayout(0, MMA))
-    row_part = (r // 16) * (TT * 16) + ((r % 16) // 8) * 64 + (r % 8) * 8
-    col_part = (c // 8) * 128 + ((c % 8) // 2) * 2 + c % 2
-    return gl.expand_dims(row_part, 1) + gl.expand_dims(col_part, 0)
-
-
-@gluon.jit
 def _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexpr, TT: gl.constexpr,
                 MMA: gl.constexpr, SKIP_SUM: gl.constexpr):
     """A split program stores its FP32 partial tile; the last of a tile's ``split`` programs to arrive
     (an atomic counter per tail tile, reset by it) sums the partials and returns (sum, True); the
-    others return (acc, False). Whole-tile programs return (acc, True). The sum is deterministic,
-    whichever program arrives last: with two splits it adds the other partial to its own (fp32
-    addition commutes); with more it re-reads all of them in split order (its own kept in registers
-    beside the running sum would spill). SKIP_SUM (timing only, wrong results): the last program
-    returns its own partial."""
+    others return (acc, False). Whole-tile programs return (acc, True). The sum re-reads every
+    partial, its own too, in split order: deterministic whichever program arrives last. Partials are
+    row-major tiles. (Tried and not kept, tools/probe_tail_split.py on an H100: partials in the
+    accumulator's register order, for 256-byte warp accesses, ran the W4A16 split waves ~3 % faster;
+    in that build, which also added the other partial to its own with two splits (no faster), the
+    W4A16 kernel took 255 registers and the fused W4A4 kernel ran 7-12 % slower with its tail split
+    than without.) SKIP_SUM (timing only, wrong results): the last program returns its own partial."""
     finish = pid >= 0
     if pid >= n_whole:
         t = tile - n_whole
         own = (pid - n_whole) % split
-        offs = _partial_offsets(TW, TT, MMA)
+        rows = gl.arange(0, TW, layout=gl.SliceLayout(1, MMA))
+        cols = gl.arange(0, TT, layout=gl.SliceLayout(0, MMA))
+        offs = gl.expand_dims(rows * TT, 1) + gl.expand_dims(cols, 0)
         base = ws_ptr + (t * split).to(gl.int64) * (TW * TT)
         gl.store(base + own * (TW * TT) + offs, acc)
         gl.thread_barrier()
@@ -345,12 +334,9 @@ def _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexp
         finish = arrived == split - 1
         if finish:
             if not SKIP_SUM:
-                if split == 2:
-                    acc += gl.load(base + (1 - own) * (TW * TT) + offs, cache_modifier=".cg")
-                else:
-                    acc = gl.zeros((TW, TT), dtype=gl.float32, layout=MMA)
-                    for s in range(split):  # fixed order
-                        acc += gl.load(base + s * (TW * TT) + offs, cache_modifier=".cg")
+                acc = gl.zeros((TW, TT), dtype=gl.float32, layout=MMA)
+                for s in range(split):  # fixed order: deterministic
+                    acc += gl.load(base + s * (TW * TT) + offs, cache_modifier=".cg")
             gl.store(sem_ptr + t, 0)
     return acc, finish
 
