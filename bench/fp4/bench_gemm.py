@@ -23,8 +23,9 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
   ``adaln+bf16`` (the fused adaLN kernel writing bf16 h, then cuBLAS BF16) against ``fp8 linear
   adaln`` (the adaLN kernel writing row-wise E4M3 h, ``out_fp8=True``, then cuBLAS FP8).
 
-The Gluon kernels are off by default in ``nvfp4_gemm``; ``--gluon`` turns both on for the default
-columns (``w4a16``, ``w4a4``, ...). ``--timing graph`` replays each call from a CUDA graph (device time
+In ``nvfp4_gemm`` the Gluon Hopper kernel is on by default for M > 256 (``LONGLIVE_GEMM_GLUON=0``
+turns it off) and the small-M GEMV is off; ``--gluon`` turns both on for the default columns
+(``w4a16``, ``w4a4``, ...). ``--timing graph`` replays each call from a CUDA graph (device time
 plus the replay's own ~12 µs floor, which is as long as an M ≤ 64 GEMM); ``--timing device`` queues a
 ~1 ms GPU spin before the start event so that the events hold only the call's kernels (device time,
 the inputs still read from HBM after the L2 flush: the right clock for M ≤ 64, where a network runs
@@ -214,7 +215,8 @@ def main(argv=None) -> int:
     shapes = SMALL if args.small else QUICK if args.quick else [(m, k, n) for k, n in KN_VALUES for m in M_VALUES]
     columns = SMALL_COLUMNS if args.small else PRODUCER_COLUMNS if args.producer else COLUMNS
     rows = run(shapes, args.iters, columns=columns, timing=args.timing, launches=args.launches)
-    print(f"\n{device_header()} | timing {args.timing} | gluon {'on' if args.gluon else 'off'}\n")
+    print(f"\n{device_header()} | timing {args.timing} | Gluon Hopper kernel "
+          f"{'on' if gemm_ops._HOPPER_ENABLED else 'off'}, GEMV {'on' if gemm_ops._GEMV_ENABLED else 'off'}\n")
     print(markdown(rows, columns))
     return 0
 

@@ -21,6 +21,11 @@ One CTA computes a [BW=128 weight rows × BT=256 tokens] tile with 8 warps (2 wa
   wait(≤1 pending) → barrier (wgmma i-1 retired in both warpgroups) → TMA refill of slot i-1.
 - TMA zero-fills out-of-range rows/columns and clips the output store, so any M, any N and K not
   a multiple of the tile need no masks (scales and bias use masked loads).
+- One CTA per SM (256-token tiles): where the tiles leave a partial last wave (N = 3072: 168 tiles
+  at M = 1760, 672 at M = 7040, on 132 SMs), the last wave's tiles are split along K into up to 4
+  programs (:func:`tail_split`); each stores an FP32 partial tile and the tile's last program to
+  arrive sums them in split order (deterministic) before the epilogue. Whole tiles come first in
+  the grid, so the split programs run as the whole ones finish.
 - Block scales come from global memory (prefetched one k-tile ahead); the decoded operands are
   ``e2m1 · s_block · 2^-8`` (exact, ``gemm_dequant.py``), the tensor scales and bias are applied in
   the epilogue, and the tile leaves through shared memory and a TMA store.
