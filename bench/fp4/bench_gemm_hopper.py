@@ -12,6 +12,8 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
   wave's tiles (``gemm_hopper.tail_split``; 1: every tile whole),
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
+- ``w4a16 ws`` / ``w4a16 ws /1``: the warp-specialized kernel (``gemm_hopper_ws.py``), with the
+  default tail split and without it,
 - ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel), with the
   default tail split and without it.
 
@@ -39,7 +41,7 @@ SHAPES = [(m, k, n) for k, n in ((3072, 3072), (3072, 9216), (3072, 14336), (143
 QUICK = [(1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072)]
 # (token tile, stages, tail split cap) of the W4A16 variants; the first is the default (256 tokens,
 # 4 stages, gemm_hopper.MAX_TAIL_SPLIT)
-W4A16_VARIANTS = [(None, 4, None), (None, 4, 1), (None, 4, 2), (None, 4, 8), (128, 4, None)]
+W4A16_VARIANTS = [(None, 4, None), (None, 4, 1), (None, 4, 2)]
 # timing-only ablations of the first variant (wrong results, not checked): scales loaded once, no decode
 ABLATIONS = {"scales once": 1, "no decode": 2}
 
@@ -75,6 +77,10 @@ def _variants(m: int, k: int, n: int):
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
     for bt, st, sp in W4A16_VARIANTS:
         fns[f"w4a16 {bt or 'auto'}/{st}/{sp or 'auto'}"] = (w4a16(bt, st, sp), exact16)
+    fns["w4a16 ws"] = (lambda: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, ws=True),
+                       exact16)
+    fns["w4a16 ws /1"] = (lambda: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, ws=True,
+                                          max_split=1), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
     w4a4 = lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True)

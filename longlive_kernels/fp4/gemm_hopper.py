@@ -161,6 +161,34 @@ def _decode_to_smem(src, scale_codes, dst, R: gl.constexpr, TK2: gl.constexpr, O
 
 
 @gluon.jit
+def _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW: gl.constexpr, TT: gl.constexpr,
+                 TK: gl.constexpr, GROUP: gl.constexpr, TAIL_SPLIT: gl.constexpr):
+    """(off_w, off_t, first k-tile, k-tiles, tile) of program ``pid``. Grouped tile order: GROUP
+    weight tiles sweep the token tiles together (W stays in L2). With TAIL_SPLIT, program
+    n_whole + u computes split u % split (k-tiles [k_first, k_first + n_k)) of tile n_whole + u // split.
+    K ≥ 32, so at least one k-tile; saying so removes the zero-trip path of the k-loop, whose
+    accumulator initialisation ptxas would otherwise see inside the wgmma pipeline (and serialize)."""
+    k_tiles = gl.maximum((K + TK - 1) // TK, 1)
+    tile = pid
+    k_first = pid * 0
+    n_k = k_tiles
+    if TAIL_SPLIT:
+        unit = gl.maximum(pid - n_whole, 0)
+        part = pid >= n_whole
+        tile = gl.where(part, n_whole + unit // split, pid)
+        k_first = gl.where(part, (unit % split) * kt_per_split, 0)
+        n_k = gl.maximum(gl.where(part, gl.minimum(kt_per_split, k_tiles - k_first), k_tiles), 1)
+    num_w = (N + TW - 1) // TW
+    num_t = (M + TT - 1) // TT
+    per_group = GROUP * num_t
+    first_w = (tile // per_group) * GROUP
+    group_w = gl.minimum(num_w - first_w, GROUP)
+    off_w = (first_w + (tile % per_group) % group_w) * TW
+    off_t = ((tile % per_group) // group_w) * TT
+    return off_w, off_t, k_first, n_k, tile
+
+
+@gluon.jit
 def _hopper_gemm_kernel(
     w_desc,  # TMA over W packed codes [N, K/2] uint8, box [BW, BK/2]
     x_desc,  # TMA over x [M, K] bf16/fp16 (box [BT, BK]) or its packed codes [M, K/2] (box [BT, BK/2])
@@ -215,28 +243,9 @@ def _hopper_gemm_kernel(
                                               [2, 1, 0])
     X_SCALES: gl.constexpr = gl.SliceLayout(2, X_BYTES3)
 
-    # K ≥ 32, so at least one k-tile; saying so removes the zero-trip path of the loop, whose
-    # accumulator initialisation ptxas would otherwise see inside the wgmma pipeline (and serialize).
-    k_tiles = gl.maximum((K + TK - 1) // TK, 1)
     pid = gl.program_id(0)
-    tile = pid
-    k_first = pid * 0
-    n_k = k_tiles
-    if TAIL_SPLIT:  # program n_whole + u: split u % split of tail tile n_whole + u // split
-        unit = gl.maximum(pid - n_whole, 0)
-        part = pid >= n_whole
-        tile = gl.where(part, n_whole + unit // split, pid)
-        k_first = gl.where(part, (unit % split) * kt_per_split, 0)
-        n_k = gl.maximum(gl.where(part, gl.minimum(kt_per_split, k_tiles - k_first), k_tiles), 1)
-
-    # Grouped tile order: GROUP weight tiles sweep the token tiles together (W stays in L2).
-    num_w = (N + TW - 1) // TW
-    num_t = (M + TT - 1) // TT
-    per_group = GROUP * num_t
-    first_w = (tile // per_group) * GROUP
-    group_w = gl.minimum(num_w - first_w, GROUP)
-    off_w = (first_w + (tile % per_group) % group_w) * TW
-    off_t = ((tile % per_group) // group_w) * TT
+    off_w, off_t, k_first, n_k, tile = _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW, TT, TK, GROUP,
+                                                    TAIL_SPLIT)
 
     w_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES, TW, TK2], w_desc.layout)
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
@@ -309,8 +318,9 @@ def _hopper_gemm_kernel(
     if TAIL_SPLIT and ABLATE != 3:
         acc, finish = _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW, TT, mma, ABLATE == 4)
     if finish:
-        _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, X_NVFP4, X_GS, HAS_BIAS,
-                  OP_DTYPE, TW, TT, mma)
+        c_smem = gl.allocate_shared_memory(out_desc.dtype, [TT, TW], out_desc.layout)
+        _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_smem, X_NVFP4, X_GS, HAS_BIAS,
+                  OP_DTYPE, TW, mma)
 
 
 @gluon.jit
@@ -347,10 +357,11 @@ def _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexp
 
 
 @gluon.jit
-def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, X_NVFP4: gl.constexpr,
+def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_smem, X_NVFP4: gl.constexpr,
               X_GS: gl.constexpr, HAS_BIAS: gl.constexpr, OP_DTYPE: gl.constexpr, TW: gl.constexpr,
-              TT: gl.constexpr, mma: gl.constexpr):
-    """Tensor scales and bias in FP32, one rounding, the tile out through shared memory and TMA."""
+              mma: gl.constexpr):
+    """Tensor scales and bias in FP32, one rounding, the tile out through shared memory (``c_smem``,
+    [TT, TW] in the output's TMA layout) and TMA."""
     if OP_DTYPE == gl.bfloat16:
         alpha = gl.load(w_gs_ptr) * 256.0  # undo the 2^-8 of the bf16-decoded weights
     else:
@@ -362,7 +373,6 @@ def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, X_NV
         rows = off_w + gl.arange(0, TW, layout=gl.SliceLayout(1, mma))
         bias = gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
         acc = acc + gl.expand_dims(bias, 1)
-    c_smem = gl.allocate_shared_memory(out_desc.dtype, [TT, TW], out_desc.layout)
     c_smem.permute((1, 0)).store(acc.to(out_desc.dtype))
     fence_async_shared()
     gl.thread_barrier()  # the whole tile is in shared memory before one thread issues the TMA store
@@ -421,6 +431,8 @@ def _num_sms(device_index: int) -> int:
 # and read back by the tile's last program (bench/fp4/bench_gemm_hopper.py times the choice).
 MIN_SPLIT_K_TILES = 4
 MAX_TAIL_SPLIT = 4
+# Dense activations with a 256-token tile take the warp-specialized kernel (gemm_hopper_ws.py).
+WARP_SPECIALIZED = False
 
 
 def tail_split(tiles: int, k_tiles: int, slots: int, max_split: int = MAX_TAIL_SPLIT) -> tuple[int, int, int]:
@@ -456,13 +468,14 @@ def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tens
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, ablate=0, max_split=None) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0, max_split=None, ws=None) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
     ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
     K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split); ``ablate`` 1 / 2 (wrong
     results: timing experiments of ``bench/fp4/bench_gemm_hopper.py``) loads the weight scales once /
-    skips the weight decode."""
+    skips the weight decode. ``ws`` runs the warp-specialized kernel of ``gemm_hopper_ws.py`` (dense
+    ``a`` with a bf16/fp16 output only; default ``WARP_SPECIALIZED``)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     m = a.shape[0]
@@ -492,13 +505,22 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     slots = _num_sms(dev.index if dev.index is not None else torch.cuda.current_device()) * (256 // bt)
     n_whole, split, per = tail_split(tiles, _cdiv(k, BK), slots, MAX_TAIL_SPLIT if max_split is None else max_split)
     if split > 1:
-        ws, sem = _workspace(dev, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
+        part, sem = _workspace(dev, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
     else:
-        ws = sem = b_gs  # unused
-    _hopper_gemm_kernel[(n_whole + (tiles - n_whole) * split,)](
-        w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs,
-        a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs),
-        m, n, k, w_scale.stride(0), x_scale.stride(0), ws, sem, n_whole, split, per,
+        part = sem = b_gs  # unused
+    grid = (n_whole + (tiles - n_whole) * split,)
+    x_gs = a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs)
+    if (WARP_SPECIALIZED if ws is None else ws) and not a_nvfp4 and bt == 256 and ablate == 0:
+        from .gemm_hopper_ws import _hopper_gemm_ws_kernel
+
+        _hopper_gemm_ws_kernel[grid](
+            w_desc, x_desc, out_desc, w_scale, bias if bias is not None else b_gs, b_gs, x_gs, part, sem,
+            m, n, k, w_scale.stride(0), n_whole, split, per, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0,
+            HAS_BIAS=bias is not None, OP_DTYPE=op_dtype, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS)
+        return out
+    _hopper_gemm_kernel[grid](
+        w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
+        m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, n_whole, split, per,
         X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
         OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS,
     )
