@@ -8,8 +8,8 @@ Here one CTA (the same 128 weight rows × 256 tokens tile, the same math and res
 partitions (``gl.warp_specialize``):
 
 - **producer** (4 warps, ``setmaxnreg`` PRODUCER_REGS): TMA loads the packed codes of W and the
-  activation tile of each k-tile into a ring of STAGES raw stages, decodes W (32 rows per step,
-  the inline-PTX decode of ``gemm_hopper``) into a ring of NDEC 128B-swizzled bf16/fp16 tiles,
+  activation tile of each k-tile into a ring of STAGES raw stages, decodes W (DECODE_ROWS rows per
+  step, the inline-PTX decode of ``gemm_hopper``) into a ring of NDEC 128B-swizzled bf16/fp16 tiles,
   and signals each one through an mbarrier; it refills a raw stage once the consumers release it.
 - **consumers** (8 warps, 2 warpgroups × 64 weight rows): wait for the decoded W and the
   activation tile, issue the asynchronous wgmma, and release the buffers of k-tile i-1 once
@@ -44,7 +44,7 @@ STAGES = gl.constexpr(3)  # raw (TMA) stages: 3 × (4 KB W + 32 KB x) + 2 × 16 
 NDEC = gl.constexpr(2)  # decoded W buffers
 PRODUCER_WARPS = gl.constexpr(4)
 PRODUCER_REGS = gl.constexpr(96)
-SUB = gl.constexpr(32)  # weight rows per decode step of the producer
+DECODE_ROWS = 128  # weight rows per decode step of the producer (one thread per row: 8 words in flight)
 
 
 @gluon.jit
@@ -58,7 +58,7 @@ def _load_raw(w_desc, x_desc, w_raw, x_raw, bar, off_w, off_t, kt, pred):
 @gluon.jit
 def _producer(w_desc, x_desc, w_scale_ptr, w_raw, x_raw, w_dec, raw_ready, raw_empty, dec_ready, dec_empty,
               M, N, K, stride_ws, n_whole, split, kt_per_split, EVEN_K: gl.constexpr, OP_DTYPE: gl.constexpr,
-              GROUP: gl.constexpr, TAIL_SPLIT: gl.constexpr):
+              GROUP: gl.constexpr, TAIL_SPLIT: gl.constexpr, SUB: gl.constexpr):
     TW: gl.constexpr = w_desc.block_type.shape[0]
     TK2: gl.constexpr = w_desc.block_type.shape[1]
     TT: gl.constexpr = x_desc.block_type.shape[0]
@@ -76,30 +76,52 @@ def _producer(w_desc, x_desc, w_scale_ptr, w_raw, x_raw, w_dec, raw_ready, raw_e
     for p in gl.static_range(NSTAGE):
         _load_raw(w_desc, x_desc, w_raw.index(p), x_raw.index(p), raw_ready.index(p), off_w, off_t, k_first + p,
                   p < n_k)
+    # decode steps of SUB rows (NSUB = 1, 2 or 4); each step's scales are prefetched a k-tile ahead
+    NSUB: gl.constexpr = TW // SUB
+    gl.static_assert(NSUB == 1 or NSUB == 2 or NSUB == 4, "1, 2 or 4 decode steps per tile")
     rows0 = _scale_rows(w_scale_ptr, off_w, N, stride_ws, SUB, SCALES)
-    rows1 = _scale_rows(w_scale_ptr, off_w + SUB, N, stride_ws, SUB, SCALES)
-    rows2 = _scale_rows(w_scale_ptr, off_w + 2 * SUB, N, stride_ws, SUB, SCALES)
-    rows3 = _scale_rows(w_scale_ptr, off_w + 3 * SUB, N, stride_ws, SUB, SCALES)
+    rows1 = rows0
+    if NSUB >= 2:
+        rows1 = _scale_rows(w_scale_ptr, off_w + SUB, N, stride_ws, SUB, SCALES)
+    rows2 = rows0
+    rows3 = rows1
+    if NSUB == 4:
+        rows2 = _scale_rows(w_scale_ptr, off_w + 2 * SUB, N, stride_ws, SUB, SCALES)
+        rows3 = _scale_rows(w_scale_ptr, off_w + 3 * SUB, N, stride_ws, SUB, SCALES)
     sc0 = _load_scales(rows0, k_first, K, NB, EVEN_K, SCALES)
-    sc1 = _load_scales(rows1, k_first, K, NB, EVEN_K, SCALES)
-    sc2 = _load_scales(rows2, k_first, K, NB, EVEN_K, SCALES)
-    sc3 = _load_scales(rows3, k_first, K, NB, EVEN_K, SCALES)
+    sc1 = sc0
+    if NSUB >= 2:
+        sc1 = _load_scales(rows1, k_first, K, NB, EVEN_K, SCALES)
+    sc2 = sc0
+    sc3 = sc1
+    if NSUB == 4:
+        sc2 = _load_scales(rows2, k_first, K, NB, EVEN_K, SCALES)
+        sc3 = _load_scales(rows3, k_first, K, NB, EVEN_K, SCALES)
     for i in range(n_k):
         s = i % NSTAGE
         d = i % ND
         nk = k_first + gl.minimum(i + 1, n_k - 1)  # next k-tile's scales (clamped: never past the last)
         nsc0 = _load_scales(rows0, nk, K, NB, EVEN_K, SCALES)
-        nsc1 = _load_scales(rows1, nk, K, NB, EVEN_K, SCALES)
-        nsc2 = _load_scales(rows2, nk, K, NB, EVEN_K, SCALES)
-        nsc3 = _load_scales(rows3, nk, K, NB, EVEN_K, SCALES)
+        nsc1 = nsc0
+        if NSUB >= 2:
+            nsc1 = _load_scales(rows1, nk, K, NB, EVEN_K, SCALES)
+        nsc2 = nsc0
+        nsc3 = nsc1
+        if NSUB == 4:
+            nsc2 = _load_scales(rows2, nk, K, NB, EVEN_K, SCALES)
+            nsc3 = _load_scales(rows3, nk, K, NB, EVEN_K, SCALES)
         mbarrier.wait(raw_ready.index(s), (i // NSTAGE) & 1)
         mbarrier.wait(dec_empty.index(d), ((i // ND) & 1) ^ 1)
         src = w_raw.index(s)
         dst = w_dec.index(d)
         _decode_to_smem(src.slice(0, SUB), sc0, dst.slice(0, SUB), SUB, TK2, OP_DTYPE, BYTES, BYTES3)
-        _decode_to_smem(src.slice(SUB, SUB), sc1, dst.slice(SUB, SUB), SUB, TK2, OP_DTYPE, BYTES, BYTES3)
-        _decode_to_smem(src.slice(2 * SUB, SUB), sc2, dst.slice(2 * SUB, SUB), SUB, TK2, OP_DTYPE, BYTES, BYTES3)
-        _decode_to_smem(src.slice(3 * SUB, SUB), sc3, dst.slice(3 * SUB, SUB), SUB, TK2, OP_DTYPE, BYTES, BYTES3)
+        if NSUB >= 2:
+            _decode_to_smem(src.slice(SUB, SUB), sc1, dst.slice(SUB, SUB), SUB, TK2, OP_DTYPE, BYTES, BYTES3)
+        if NSUB == 4:
+            _decode_to_smem(src.slice(2 * SUB, SUB), sc2, dst.slice(2 * SUB, SUB), SUB, TK2, OP_DTYPE, BYTES,
+                            BYTES3)
+            _decode_to_smem(src.slice(3 * SUB, SUB), sc3, dst.slice(3 * SUB, SUB), SUB, TK2, OP_DTYPE, BYTES,
+                            BYTES3)
         fence_async_shared()  # generic-proxy stores → the consumers' wgmma (async proxy)
         gl.thread_barrier()  # every producer warp has stored its rows (and read stage s)
         mbarrier.arrive(dec_ready.index(d), count=1)
@@ -174,6 +196,7 @@ def _hopper_gemm_ws_kernel(
     OP_DTYPE: gl.constexpr,
     GROUP: gl.constexpr,
     TAIL_SPLIT: gl.constexpr,
+    SUB: gl.constexpr,  # weight rows per decode step of the producer (32, 64 or 128)
     num_warps: gl.constexpr,
 ):
     TW: gl.constexpr = w_desc.block_type.shape[0]
@@ -200,5 +223,5 @@ def _hopper_gemm_ws_kernel(
                      raw_ready, raw_empty, dec_ready, dec_empty, M, N, K, n_whole, split, kt_per_split, X_GS,
                      HAS_BIAS, OP_DTYPE, GROUP, TAIL_SPLIT)),
         (_producer, (w_desc, x_desc, w_scale_ptr, w_raw, x_raw, w_dec, raw_ready, raw_empty, dec_ready, dec_empty,
-                     M, N, K, stride_ws, n_whole, split, kt_per_split, EVEN_K, OP_DTYPE, GROUP, TAIL_SPLIT)),
+                     M, N, K, stride_ws, n_whole, split, kt_per_split, EVEN_K, OP_DTYPE, GROUP, TAIL_SPLIT, SUB)),
     ], [PRODUCER_WARPS], [PRODUCER_REGS])

@@ -123,7 +123,7 @@ def _report_in_fresh_process(call: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _compile_hopper_ws_kernel(tail_split: bool, x_dtype=torch.bfloat16):
+def _compile_hopper_ws_kernel(tail_split: bool, x_dtype=torch.bfloat16, sub: int = 128):
     """AOT-compile gemm_hopper_ws's kernel for sm_90a (256-token tiles, bf16 output)."""
     import os
 
@@ -151,7 +151,7 @@ def _compile_hopper_ws_kernel(tail_split: bool, x_dtype=torch.bfloat16):
            "sem_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "n_whole": "i32",
            "split": "i32", "kt_per_split": "i32"}
     constexprs = {"X_GS": False, "EVEN_K": True, "HAS_BIAS": True, "OP_DTYPE": x_gl, "GROUP": gh.GROUP,
-                  "TAIL_SPLIT": tail_split, "num_warps": gh.NUM_WARPS}
+                  "TAIL_SPLIT": tail_split, "SUB": sub, "num_warps": gh.NUM_WARPS}
     names = list(ghw._hopper_gemm_ws_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
              if t.startswith("*") or a == "stride_ws"}
@@ -163,9 +163,9 @@ def _compile_hopper_ws_kernel(tail_split: bool, x_dtype=torch.bfloat16):
     return compiled, bindir
 
 
-def _hopper_ws_compile_report(tail_split: bool, x_dtype: str = "bfloat16") -> dict:
+def _hopper_ws_compile_report(tail_split: bool, x_dtype: str = "bfloat16", sub: int = 128) -> dict:
     """The warp-specialized kernel's compile report (run in a subprocess)."""
-    compiled, bindir = _compile_hopper_ws_kernel(tail_split, getattr(torch, x_dtype))
+    compiled, bindir = _compile_hopper_ws_kernel(tail_split, getattr(torch, x_dtype), sub)
     info, sass = _ptxas_and_sass(compiled, bindir)
     hgmma = [i for i in _sass_instructions(sass) if i[1].startswith("HGMMA")]
     return {"ptxas": info, "wgmma": "HGMMA.64x256x16.F32" in sass, "smem": compiled.metadata.shared,
