@@ -12,8 +12,6 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
   wave's tiles (``gemm_hopper.tail_split``; 1: every tile whole),
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
-- ``w4a16 ws`` / ``w4a16 ws rows <r>``: the warp-specialized kernel (``gemm_hopper_ws.py``), its
-  producer decoding 128 (default) or r weight rows per step,
 - ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel), with the
   default tail split and without it.
 
@@ -77,12 +75,6 @@ def _variants(m: int, k: int, n: int):
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
     for bt, st, sp in W4A16_VARIANTS:
         fns[f"w4a16 {bt or 'auto'}/{st}/{sp or 'auto'}"] = (w4a16(bt, st, sp), exact16)
-    fns["w4a16 ws"] = (lambda: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, ws=True),
-                       exact16)
-    for rows in (32, 64):
-        fns[f"w4a16 ws rows {rows}"] = (
-            lambda rows=rows: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, ws=True,
-                                      decode_rows=rows), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
     w4a4 = lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True)

@@ -431,8 +431,6 @@ def _num_sms(device_index: int) -> int:
 # and read back by the tile's last program (bench/fp4/bench_gemm_hopper.py times the choice).
 MIN_SPLIT_K_TILES = 4
 MAX_TAIL_SPLIT = 4
-# Dense activations with a 256-token tile take the warp-specialized kernel (gemm_hopper_ws.py).
-WARP_SPECIALIZED = False
 
 
 def tail_split(tiles: int, k_tiles: int, slots: int, max_split: int = MAX_TAIL_SPLIT) -> tuple[int, int, int]:
@@ -468,15 +466,13 @@ def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tens
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, ablate=0, max_split=None, ws=None, decode_rows=None) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0, max_split=None) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
     ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
     K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split); ``ablate`` 1 / 2 (wrong
     results: timing experiments of ``bench/fp4/bench_gemm_hopper.py``) loads the weight scales once /
-    skips the weight decode. ``ws`` runs the warp-specialized kernel of ``gemm_hopper_ws.py`` (dense
-    ``a`` with a bf16/fp16 output only; default ``WARP_SPECIALIZED``), its producer decoding
-    ``decode_rows`` weight rows per step (default ``gemm_hopper_ws.DECODE_ROWS``)."""
+    skips the weight decode."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     m = a.shape[0]
@@ -511,15 +507,6 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         part = sem = b_gs  # unused
     grid = (n_whole + (tiles - n_whole) * split,)
     x_gs = a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs)
-    if (WARP_SPECIALIZED if ws is None else ws) and not a_nvfp4 and bt == 256 and ablate == 0:
-        from .gemm_hopper_ws import DECODE_ROWS, _hopper_gemm_ws_kernel
-
-        _hopper_gemm_ws_kernel[grid](
-            w_desc, x_desc, out_desc, w_scale, bias if bias is not None else b_gs, b_gs, x_gs, part, sem,
-            m, n, k, w_scale.stride(0), n_whole, split, per, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0,
-            HAS_BIAS=bias is not None, OP_DTYPE=op_dtype, GROUP=GROUP, TAIL_SPLIT=split > 1,
-            SUB=decode_rows or DECODE_ROWS, num_warps=NUM_WARPS)
-        return out
     _hopper_gemm_kernel[grid](
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
         m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, n_whole, split, per,

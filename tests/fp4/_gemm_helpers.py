@@ -123,56 +123,6 @@ def _report_in_fresh_process(call: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _compile_hopper_ws_kernel(tail_split: bool, x_dtype=torch.bfloat16, sub: int = 128):
-    """AOT-compile gemm_hopper_ws's kernel for sm_90a (256-token tiles, bf16 output)."""
-    import os
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
-    from longlive_kernels.fp4 import gemm_hopper as gh
-    from longlive_kernels.fp4 import gemm_hopper_ws as ghw
-
-    m, n, k, bt = 512, 256, 256, 256
-
-    def desc(shape, dtype, block, layout):
-        return mangle_type(TensorDescriptor.from_tensor(torch.empty(shape, dtype=dtype), block, layout))
-
-    x_gl = gh._gl_dtype(x_dtype)
-    u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
-    sig = {"w_desc": desc((n, k // 2), torch.uint8, [gh.BW, gh.BK // 2], u8),
-           "x_desc": desc((m, k), x_dtype, [bt, gh.BK], gl.NVMMASharedLayout.get_default_for([bt, gh.BK], x_gl)),
-           "out_desc": desc((m, n), x_dtype, [bt, gh.BW], gl.NVMMASharedLayout.get_default_for([bt, gh.BW], x_gl)),
-           "w_scale_ptr": "*u8", "bias_ptr": "*bf16", "w_gs_ptr": "*fp32", "x_gs_ptr": "*fp32", "ws_ptr": "*fp32",
-           "sem_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "n_whole": "i32",
-           "split": "i32", "kt_per_split": "i32"}
-    constexprs = {"X_GS": False, "EVEN_K": True, "HAS_BIAS": True, "OP_DTYPE": x_gl, "GROUP": gh.GROUP,
-                  "TAIL_SPLIT": tail_split, "SUB": sub, "num_warps": gh.NUM_WARPS}
-    names = list(ghw._hopper_gemm_ws_kernel.arg_names)
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
-             if t.startswith("*") or a == "stride_ws"}
-    for c in constexprs:
-        sig[c] = "constexpr"
-    src = GluonASTSource(fn=ghw._hopper_gemm_ws_kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": gh.NUM_WARPS})
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    return compiled, bindir
-
-
-def _hopper_ws_compile_report(tail_split: bool, x_dtype: str = "bfloat16", sub: int = 128) -> dict:
-    """The warp-specialized kernel's compile report (run in a subprocess)."""
-    compiled, bindir = _compile_hopper_ws_kernel(tail_split, getattr(torch, x_dtype), sub)
-    info, sass = _ptxas_and_sass(compiled, bindir)
-    hgmma = [i for i in _sass_instructions(sass) if i[1].startswith("HGMMA")]
-    return {"ptxas": info, "wgmma": "HGMMA.64x256x16.F32" in sass, "smem": compiled.metadata.shared,
-            "register_a": sum(1 for _, _, args in hgmma if len(args) > 1 and args[1].startswith("R")),
-            "hazards": wgmma_register_a_hazards(sass), "setmaxnreg": sass.count("USETMAXREG")}
-
-
 def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfloat16",
                            tail_split: bool = False) -> dict:
     """Compile, run ptxas -v and cuobjdump; returns what the test checks (run in a subprocess)."""

@@ -37,48 +37,6 @@ def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out, tail):
     assert report["hazards"] == [], report["hazards"]
 
 
-@pytest.mark.parametrize("tail", [False, True], ids=["whole", "tailsplit"])
-@pytest.mark.parametrize("x_dtype", ["bfloat16", "float16"])
-def test_hopper_ws_kernel_compiles_for_sm90a(x_dtype, tail):
-    """The warp-specialized kernel: wgmma in SASS and asynchronous, no spills, operands from shared
-    memory, setmaxnreg for the two partitions, fits in shared memory."""
-    report = _report_in_fresh_process(f"_hopper_ws_compile_report({tail}, {x_dtype!r})")
-    assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
-    assert "serialized" not in report["ptxas"], report["ptxas"]
-    assert report["wgmma"]
-    assert report["setmaxnreg"] > 0
-    assert report["smem"] <= 227 * 1024
-    assert report["register_a"] == 0
-    assert report["hazards"] == [], report["hazards"]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-@pytest.mark.parametrize("m,k,n", [(300, 96, 1000), (1760, 3072, 3072), (7040, 14336, 3072), (600, 1056, 1000),
-                                   (2048, 3072, 9216)])
-def test_gpu_hopper_ws_kernel_equals_plain_kernel(dtype, m, k, n):
-    """The warp-specialized kernel runs the same math in the same order as gemm_hopper's kernel, so
-    their outputs are bit-identical (with and without the tail split, ragged M/N/K), and repeats of
-    it too (a missed barrier shows as a difference)."""
-    from longlive_kernels.fp4 import gemm_hopper as gh
-
-    g = torch.Generator(device="cuda").manual_seed(m + k + n)
-    dt = torch.bfloat16 if dtype == "bf16" else torch.float16
-    x = torch.randn(m, k, device="cuda", generator=g).to(dt)
-    b = quantize_nvfp4(torch.randn(n, k, device="cuda", generator=g) / k**0.5)
-    bias = torch.randn(n, device="cuda", generator=g)
-    gs = b.global_scale.reshape(1).float()
-
-    def run(ws):
-        return gh.gemm(x, None, None, b.data, b.scale, gs, bias, dt, False, ws=ws)
-
-    plain = run(False)
-    assert rel_err(plain.float(), nvfp4_gemm(x, b, bias=bias, out_dtype=torch.float32,
-                                             algorithm="dequantize")) <= 2.0**-8
-    for _ in range(3):
-        assert_bitwise_equal(run(True), plain, "warp-specialized vs plain Hopper kernel")
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["nvfp4", "bf16", "fp16"])
 @pytest.mark.parametrize("m,k,n", [(129, 3072, 3072), (300, 96, 1000), (1760, 3072, 9216), (7040, 14336, 3072),
