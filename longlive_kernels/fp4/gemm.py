@@ -6,8 +6,9 @@ to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
 
 - Hopper, M > 256 (default; ``LONGLIVE_GEMM_GLUON=0`` turns it off): the Gluon kernel of
   ``gemm_hopper.py`` (TMA pipeline, weight and W4A4 activation tiles decoded into shared memory while
-  the previous wgmmas run). W4A4 there defaults to ``predecode`` (the activation decoded once to
-  bf16, exactly, then the W4A16 kernel): faster on the H100 than decoding both operands per tile.
+  the previous wgmmas run; a partial last wave of tiles is split along K, deterministically). W4A4
+  there defaults to ``predecode`` (the activation decoded once to bf16, exactly, then the W4A16
+  kernel): faster on the H100 than decoding both operands per tile.
 - sm_80+, M ≤ 64 (opt-in: ``LONGLIVE_GEMM_GEMV=1`` or ``algorithm="gemv"``): the Gluon GEMV-style
   kernel of ``gemm_gemv.py`` (weight rows streamed once from global memory straight into
   ``mma.sync`` registers, K permuted so every thread's loads are contiguous; one launch). Correct on
