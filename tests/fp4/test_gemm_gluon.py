@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from longlive_kernels.fp4 import gemm as gemm_mod
 from longlive_kernels.fp4 import gemm_ops, nvfp4_gemm, quantize_nvfp4
@@ -35,6 +37,27 @@ def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out, tail):
     assert report["smem"] <= 227 * 1024
     assert report["register_a"] == 0, "wgmma takes A from registers (RS): see gemm_hopper's docstring"
     assert report["hazards"] == [], report["hazards"]
+
+
+@given(tiles=st.integers(1, 5000), k_tiles=st.integers(1, 400), slots=st.integers(1, 300),
+       cap=st.integers(1, 8))
+def test_tail_split_plan_covers_every_tile_and_k_tile_once(tiles, k_tiles, slots, cap):
+    """The Hopper kernel's tail split (``gemm_hopper.tail_split``): the whole tiles are the full
+    waves; the tail tiles' split programs fit in one wave, each split holds ≥ MIN_SPLIT_K_TILES
+    k-tiles except a shorter last one, and the splits cover K exactly once."""
+    from longlive_kernels.fp4 import gemm_hopper as gh
+
+    n_whole, split, per = gh.tail_split(tiles, k_tiles, slots, cap)
+    assert 1 <= split <= cap or split == 1
+    if split == 1:
+        assert n_whole == tiles and per == k_tiles
+        return
+    tail = tiles - n_whole
+    assert n_whole % slots == 0 and 0 < tail < slots and tail * split <= slots
+    assert per >= gh.MIN_SPLIT_K_TILES and (split - 1) * per < k_tiles <= split * per
+    starts = [s * per for s in range(split)]
+    counts = [min(per, k_tiles - s0) for s0 in starts]  # the kernel's n_k of each split
+    assert min(counts) >= 1 and sum(counts) == k_tiles
 
 
 @pytest.mark.gpu
