@@ -13,9 +13,7 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
 - ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel), with the
-  default tail split and without it,
-- ``w4a16 tail K-split`` / ``w4a16 tail halves``: the last wave always split along K / always run as
-  128-token halves in a second launch (the default picks halves up to ``HALVES_MAX_K_TILES`` k-tiles).
+  default tail split and without it.
 
 Every variant is first checked against the exact dequantize path (relative Frobenius error ≤ 2^-8)
 and against a repeat of itself, bit for bit. Prints a markdown table
@@ -77,9 +75,6 @@ def _variants(m: int, k: int, n: int):
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
     for bt, st, sp in W4A16_VARIANTS:
         fns[f"w4a16 {bt or 'auto'}/{st}/{sp or 'auto'}"] = (w4a16(bt, st, sp), exact16)
-    for hk, label in ((0, "K-split"), (10**6, "halves")):  # the last wave always one way
-        fns[f"w4a16 tail {label}"] = (lambda hk=hk: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16,
-                                                         False, halves_max_k=hk), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
     w4a4 = lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True)

@@ -162,21 +162,16 @@ def _decode_to_smem(src, scale_codes, dst, R: gl.constexpr, TK2: gl.constexpr, O
 
 @gluon.jit
 def _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW: gl.constexpr, TT: gl.constexpr,
-                 TK: gl.constexpr, GROUP: gl.constexpr, TAIL_SPLIT: gl.constexpr, HALVES: gl.constexpr):
+                 TK: gl.constexpr, GROUP: gl.constexpr, TAIL_SPLIT: gl.constexpr):
     """(off_w, off_t, first k-tile, k-tiles, tile) of program ``pid``. Grouped tile order: GROUP
     weight tiles sweep the token tiles together (W stays in L2). With TAIL_SPLIT, program
     n_whole + u computes split u % split (k-tiles [k_first, k_first + n_k)) of tile n_whole + u // split.
-    With HALVES = 2 (the tail launch of 128-token tiles), program p computes token half p % 2 of the
-    256-token tile n_whole + p // 2 of the same order.
     K ≥ 32, so at least one k-tile; saying so removes the zero-trip path of the k-loop, whose
     accumulator initialisation ptxas would otherwise see inside the wgmma pipeline (and serialize)."""
-    TT_MAP: gl.constexpr = TT * HALVES
     k_tiles = gl.maximum((K + TK - 1) // TK, 1)
     tile = pid
     k_first = pid * 0
     n_k = k_tiles
-    if HALVES == 2:
-        tile = n_whole + pid // 2
     if TAIL_SPLIT:
         unit = gl.maximum(pid - n_whole, 0)
         part = pid >= n_whole
@@ -184,12 +179,12 @@ def _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW: gl.constexpr, T
         k_first = gl.where(part, (unit % split) * kt_per_split, 0)
         n_k = gl.maximum(gl.where(part, gl.minimum(kt_per_split, k_tiles - k_first), k_tiles), 1)
     num_w = (N + TW - 1) // TW
-    num_t = (M + TT_MAP - 1) // TT_MAP
+    num_t = (M + TT - 1) // TT
     per_group = GROUP * num_t
     first_w = (tile // per_group) * GROUP
     group_w = gl.minimum(num_w - first_w, GROUP)
     off_w = (first_w + (tile % per_group) % group_w) * TW
-    off_t = ((tile % per_group) // group_w) * TT_MAP + (pid % HALVES) * TT
+    off_t = ((tile % per_group) // group_w) * TT
     return off_w, off_t, k_first, n_k, tile
 
 
@@ -222,8 +217,7 @@ def _hopper_gemm_kernel(
     ABLATE: gl.constexpr,  # timing experiments only (wrong results): 1 scales loaded once, 2 no decode,
     # 3 split programs store their partial as the output, 4 the last split program sums no partials
     GROUP: gl.constexpr,
-    TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see tail_split)
-    HALVES: gl.constexpr,  # 2: the tail launch, 128-token halves of 256-token tiles n_whole.. (see gemm)
+    TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see _tail_split)
     num_warps: gl.constexpr,
 ):
     TW: gl.constexpr = w_desc.block_type.shape[0]
@@ -251,7 +245,7 @@ def _hopper_gemm_kernel(
 
     pid = gl.program_id(0)
     off_w, off_t, k_first, n_k, tile = _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW, TT, TK, GROUP,
-                                                    TAIL_SPLIT, HALVES)
+                                                    TAIL_SPLIT)
 
     w_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES, TW, TK2], w_desc.layout)
     x_bufs = gl.allocate_shared_memory(x_desc.dtype, [STAGES] + x_desc.block_type.shape, x_desc.layout)
@@ -437,10 +431,6 @@ def _num_sms(device_index: int) -> int:
 # and read back by the tile's last program (bench/fp4/bench_gemm_hopper.py times the choice).
 MIN_SPLIT_K_TILES = 4
 MAX_TAIL_SPLIT = 4
-# Up to this many k-tiles (K ≤ 4096) the last wave runs as 128-token halves of its tiles in a second
-# launch rather than split along K: no FP32 partials, whose round trip costs about as much as a short
-# K-split wave (tools/probe_tail_split.py).
-HALVES_MAX_K_TILES = 64
 
 
 def tail_split(tiles: int, k_tiles: int, slots: int, max_split: int = MAX_TAIL_SPLIT) -> tuple[int, int, int]:
@@ -476,13 +466,11 @@ def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tens
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, ablate=0, max_split=None, halves_max_k=None) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0, max_split=None) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
     ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
-    K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split), and
-    up to ``halves_max_k`` k-tiles (default ``HALVES_MAX_K_TILES``) that wave runs as 128-token halves
-    in a second launch instead; ``ablate`` 1 / 2 (wrong
+    K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split); ``ablate`` 1 / 2 (wrong
     results: timing experiments of ``bench/fp4/bench_gemm_hopper.py``) loads the weight scales once /
     skips the weight decode."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -512,35 +500,17 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     tiles = _cdiv(n, BW) * _cdiv(m, bt)
     dev = a.device
     slots = _num_sms(dev.index if dev.index is not None else torch.cuda.current_device()) * (256 // bt)
-    k_tiles = _cdiv(k, BK)
-    n_whole, split, per = tail_split(tiles, k_tiles, slots, MAX_TAIL_SPLIT if max_split is None else max_split)
-    halves = split > 1 and bt == 256 and k_tiles <= (HALVES_MAX_K_TILES if halves_max_k is None else halves_max_k)
-    if split > 1 and not halves:
+    n_whole, split, per = tail_split(tiles, _cdiv(k, BK), slots, MAX_TAIL_SPLIT if max_split is None else max_split)
+    if split > 1:
         part, sem = _workspace(dev, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
     else:
         part = sem = b_gs  # unused
+    grid = (n_whole + (tiles - n_whole) * split,)
     x_gs = a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs)
-
-    def launch(grid, x_d, out_d, first, tail_split_, halves_, stages_):
-        _hopper_gemm_kernel[grid](
-            w_desc, x_d, out_d, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
-            m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, first, split, per,
-            X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
-            OP_DTYPE=op_dtype, STAGES=stages_, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=tail_split_, HALVES=halves_,
-            num_warps=NUM_WARPS)
-
-    if not halves:
-        launch((n_whole + (tiles - n_whole) * split,), x_desc, out_desc, n_whole, split > 1, 1, stages)
-        return out
-    # Short K: the tail tiles run as 128-token halves in a second launch (two CTAs per SM, no FP32
-    # partials), after the whole waves of 256-token tiles.
-    launch((n_whole,), x_desc, out_desc, 0, False, 1, stages)
-    half = bt // 2
-    if a_nvfp4:
-        x_half = TensorDescriptor.from_tensor(a, [half, BK // 2], u8)
-    else:
-        x_half = TensorDescriptor.from_tensor(a, [half, BK], gl.NVMMASharedLayout.get_default_for([half, BK], op_dtype))
-    out_half = TensorDescriptor.from_tensor(out, [half, BW], gl.NVMMASharedLayout.get_default_for(
-        [half, BW], _gl_dtype(out_dtype)))
-    launch(((tiles - n_whole) * 2,), x_half, out_half, n_whole, False, 2, stages)
+    _hopper_gemm_kernel[grid](
+        w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
+        m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, n_whole, split, per,
+        X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
+        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS,
+    )
     return out
