@@ -217,7 +217,7 @@ def _hopper_gemm_kernel(
     ABLATE: gl.constexpr,  # timing experiments only (wrong results): 1 scales loaded once, 2 no decode,
     # 3 split programs store their partial as the output, 4 the last split program sums no partials
     GROUP: gl.constexpr,
-    TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see _tail_split)
+    TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see tail_split)
     num_warps: gl.constexpr,
 ):
     TW: gl.constexpr = w_desc.block_type.shape[0]
