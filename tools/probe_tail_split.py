@@ -28,15 +28,15 @@ VARIANTS = {"split off": (1, 0), "cap 2": (2, 0), "cap 4 (default)": (4, 0), "ca
             "store as output": (4, 3), "no sum": (4, 4), "no decode, off": (1, 2), "no decode, cap 4": (4, 2)}
 
 
-def _row(m: int, k: int, n: int, sms: int) -> str:
+def _row(m: int, k: int, n: int) -> str:
     g = torch.Generator(device="cuda").manual_seed(m + k + n)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=g)
     w = (torch.randn(n, k, device="cuda", generator=g) / math.sqrt(k)).to(torch.bfloat16)
     wq = quantize_nvfp4(w)
     gs = wq.global_scale.reshape(1).float()
     flop = 2.0 * m * n * k
-    tiles = -(-n // gh.BW) * -(-m // 256)
-    plan = gh.tail_split(tiles, -(-k // gh.BK), sms)
+    tiles, *plan = gh.launch_plan(m, n, k, 256, x.device)
+    plan = tuple(plan)
     t_bf16 = cuda_time_ms(lambda: F.linear(x, w), iters=30, hide_host=True)
 
     def kernel(cap: int, ablate: int):
@@ -52,10 +52,9 @@ def _row(m: int, k: int, n: int, sms: int) -> str:
 
 def main() -> int:
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for m, k, n in SHAPES:
-        rows.append(_row(m, k, n, sms))
+        rows.append(_row(m, k, n))
         print(rows[-1], flush=True)
     print("\n| M | K | N | tiles | (whole, split, k-tiles/split) at cap 4 | bf16 TFLOP/s | "
           + " | ".join(VARIANTS) + " |")

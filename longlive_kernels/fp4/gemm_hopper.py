@@ -449,6 +449,15 @@ def tail_split(tiles: int, k_tiles: int, slots: int, max_split: int = MAX_TAIL_S
     return tiles - tail, _cdiv(k_tiles, per), per
 
 
+def launch_plan(m: int, n: int, k: int, bt: int, device: torch.device,
+                max_split: int | None = None) -> tuple[int, int, int, int]:
+    """(tiles, n_whole, split, k-tiles per split) of a launch with ``bt``-token tiles on ``device``:
+    one CTA per SM for 256-token tiles, two for 128 (:func:`tail_split`)."""
+    tiles = _cdiv(n, BW) * _cdiv(m, bt)
+    slots = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) * (256 // bt)
+    return (tiles, *tail_split(tiles, _cdiv(k, BK), slots, MAX_TAIL_SPLIT if max_split is None else max_split))
+
+
 _WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -497,12 +506,9 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
-    tiles = _cdiv(n, BW) * _cdiv(m, bt)
-    dev = a.device
-    slots = _num_sms(dev.index if dev.index is not None else torch.cuda.current_device()) * (256 // bt)
-    n_whole, split, per = tail_split(tiles, _cdiv(k, BK), slots, MAX_TAIL_SPLIT if max_split is None else max_split)
+    tiles, n_whole, split, per = launch_plan(m, n, k, bt, a.device, max_split)
     if split > 1:
-        part, sem = _workspace(dev, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
+        part, sem = _workspace(a.device, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
     else:
         part = sem = b_gs  # unused
     grid = (n_whole + (tiles - n_whole) * split,)

@@ -95,10 +95,7 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
     assert rel_err(out, expect) <= 2.0**-8
     for _ in range(3):  # a race shows up as run-to-run differences
         assert_bitwise_equal(direct(), out, "repeated Hopper kernel call")
-    bt = 128 if out_dtype == torch.float32 else 256
-    slots = torch.cuda.get_device_properties(0).multi_processor_count * (256 // bt)
-    tiles = -(-n // gh.BW) * -(-m // bt)
-    split = gh.tail_split(tiles, -(-k // gh.BK), slots)[1]
+    split = gh.launch_plan(m, n, k, 128 if out_dtype == torch.float32 else 256, x.device)[2]
     assert (split > 1) == ((m, k, n) in ((129, 3072, 3072), (7040, 14336, 3072), (600, 1056, 1000)))
     if split > 1:
         for _, sem in gh._WORKSPACE.values():
