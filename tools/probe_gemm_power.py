@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=14336)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args(argv)
-    from longlive_kernels.fp4 import quantize_nvfp4
     from longlive_kernels.fp4 import gemm_hopper as gh
+    from longlive_kernels.fp4 import quantize_nvfp4
     from longlive_kernels.testing import device_header
 
     m, k, n = args.m, args.k, args.n
