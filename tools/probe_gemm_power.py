@@ -25,6 +25,9 @@ import torch.nn.functional as F
 
 def _sample(seconds: float, fn) -> tuple[float, list[str]]:
     """(calls per second, nvidia-smi CSV lines) while ``fn`` runs for ``seconds``."""
+    for _ in range(3):  # compile / autotune outside the window
+        fn()
+    torch.cuda.synchronize()
     query = "clocks.sm,power.draw,clocks_event_reasons.active"
     smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-lms", "100"],
                            stdout=subprocess.PIPE, text=True)
