@@ -70,8 +70,8 @@ def main(argv=None) -> int:
 
     x0 = torch.zeros_like(x)
     variants = {"cuBLAS bf16": lambda: F.linear(x, w), "cuBLAS bf16 (zero x)": lambda: F.linear(x0, w),
-                "w4a16 SS": hopper(a_regs=False), "w4a16 RS": hopper(a_regs=True),
-                "SS without decode (timing only)": hopper(a_regs=False, ablate=2)}
+                "w4a16 (Gluon Hopper kernel)": hopper(),
+                "w4a16 without its decode (timing only)": hopper(ablate=2)}
     print(device_header())
     print(f"\nM={m} K={k} N={n}, {args.seconds:.0f} s each, nvidia-smi every 100 ms (medians)\n")
     print("| variant | TFLOP/s | SM MHz | W | clock-event reasons (most frequent) |")

@@ -161,21 +161,6 @@ def _decode_to_smem(src, scale_codes, dst, R: gl.constexpr, TK2: gl.constexpr, O
 
 
 @gluon.jit
-def _decode_to_regs(src, scale_codes, R: gl.constexpr, TK2: gl.constexpr, OP_DTYPE: gl.constexpr,
-                    FRAG: gl.constexpr, FRAG3: gl.constexpr, A_LAYOUT: gl.constexpr):
-    """Packed E2M1 codes [R, TK2] (shared, unswizzled) × E4M3 block-scale codes [R, TK2/8] (registers,
-    ``FRAG3``'s block layout) → the decoded wgmma A operand [R, 2·TK2] in registers (``A_LAYOUT``).
-    Every thread loads exactly the packed bytes of its A fragment (``FRAG``): each 32-bit A register
-    holds the elements (k, k+1) of one packed byte, so the decoded pairs need no repacking."""
-    NB: gl.constexpr = TK2 // 8
-    codes = gl.convert_layout(src.load(FRAG).reshape([R, NB, 8]), FRAG3, assert_trivial=True)
-    sc = gl.convert_layout(scale_codes, gl.SliceLayout(2, FRAG3), assert_trivial=True)
-    pairs = _decode_pairs(codes, gl.expand_dims(_scale_pairs(sc, OP_DTYPE), 2), OP_DTYPE)
-    lo, hi = _split_pairs(pairs, OP_DTYPE)
-    return gl.convert_layout(gl.join(lo, hi).reshape([R, 2 * TK2]), A_LAYOUT, assert_trivial=True)
-
-
-@gluon.jit
 def _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW: gl.constexpr, TT: gl.constexpr,
                  TK: gl.constexpr, GROUP: gl.constexpr, TAIL_SPLIT: gl.constexpr):
     """(off_w, off_t, first k-tile, k-tiles, tile) of program ``pid``. Grouped tile order: GROUP
@@ -233,7 +218,6 @@ def _hopper_gemm_kernel(
     # 3 split programs store their partial as the output, 4 the last split program sums no partials
     GROUP: gl.constexpr,
     TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see tail_split)
-    A_REGS: gl.constexpr,  # the decoded weight stays in registers (wgmma RS; needs ptxas >= 13.3)
     num_warps: gl.constexpr,
 ):
     TW: gl.constexpr = w_desc.block_type.shape[0]
@@ -258,23 +242,6 @@ def _hopper_gemm_kernel(
     X_BYTES3: gl.constexpr = gl.BlockedLayout([1, NB // X_TPR, 8], [32 // X_TPR, X_TPR, 1], [num_warps, 1, 1],
                                               [2, 1, 0])
     X_SCALES: gl.constexpr = gl.SliceLayout(2, X_BYTES3)
-    # wgmma RS: the A fragment of a thread is rows r, r+8 (r = 16·warp + lane/4) and k pairs 2q + 8t
-    # (q = lane % 4, t < 8), i.e. packed bytes q + 4t of both rows; the 4 block scales of a row are
-    # loaded as one 32-bit word (the four lanes of a quad share them).
-    A_LAYOUT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    W_FRAG: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[8, 0], [0, 4], [0, 8], [0, 16]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
-        warp_bases=[[16, 0], [32, 0], [64, 0]], block_bases=[], shape=[TW, TK2])
-    W_FRAG3: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[8, 0, 0], [0, 0, 4], [0, 1, 0], [0, 2, 0]],
-        lane_bases=[[0, 0, 1], [0, 0, 2], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
-        warp_bases=[[16, 0, 0], [32, 0, 0], [64, 0, 0]], block_bases=[], shape=[TW, NB, 8])
-    if A_REGS:
-        W_SC: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
-            warp_bases=[[16, 0], [32, 0], [64, 0]], block_bases=[], shape=[TW, NB])
-    else:
-        W_SC: gl.constexpr = W_SCALES
 
     pid = gl.program_id(0)
     off_w, off_t, k_first, n_k, tile = _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW, TT, TK, GROUP,
@@ -289,83 +256,60 @@ def _hopper_gemm_kernel(
     # buffer (i-1)%2 while buffer i%2 is written. A register A operand (wgmma RS) is not used: ptxas
     # 12.x reuses the A registers of an in-flight wgmma (the wrong tiles and run-to-run differences
     # measured on the H100; tests/fp4/test_gemm.py checks the SASS for it).
-    if not A_REGS:
-        w_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TW, TK], OP_SMEM)
+    w_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TW, TK], OP_SMEM)
     if X_NVFP4:
         x_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], OP_SMEM)
 
     nbytes: gl.constexpr = w_desc.block_type.nbytes + x_desc.block_type.nbytes
     XK: gl.constexpr = x_desc.block_type.shape[1]
-    # wgmma RS: the A registers of wgmma i must not be rewritten before the wait that retires it
-    # (one step later), so the loop is unrolled by two and consecutive k-tiles decode into different
-    # registers. An odd count gets one step more on a k-tile past K: TMA fills it with zeros, and its
-    # (finite) scales are the last k-tile's, so it adds exact zeros (a branch around the step instead
-    # makes ptxas serialize every wgmma).
-    UNROLL: gl.constexpr = 2 if A_REGS else 1
-    n_steps = n_k + n_k % UNROLL
-    past_k = (K + TK - 1) // TK
     for s in gl.static_range(STAGES - 1):
-        pred = s < n_steps
-        kt = gl.where(s < n_k, k_first + s, past_k)
+        pred = s < n_k
         mbarrier.expect(bars.index(s), nbytes, pred=pred)
-        tma.async_copy_global_to_shared(w_desc, [off_w, kt * TK2], bars.index(s), w_bufs.index(s), pred)
-        tma.async_copy_global_to_shared(x_desc, [off_t, kt * XK], bars.index(s), x_bufs.index(s), pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, (k_first + s) * TK2], bars.index(s), w_bufs.index(s), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, (k_first + s) * XK], bars.index(s), x_bufs.index(s), pred)
 
-    w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SC)
-    w_sc = _load_scales(w_srows, k_first, K, NB, EVEN_K, W_SC)
+    w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES)
+    w_sc = _load_scales(w_srows, k_first, K, NB, EVEN_K, W_SCALES)
     if X_NVFP4:
         x_srows = _scale_rows(x_scale_ptr, off_t, M, stride_xs, TT, X_SCALES)
         x_sc = _load_scales(x_srows, k_first, K, NB, EVEN_K, X_SCALES)
 
     acc = gl.zeros((TW, TT), dtype=gl.float32, layout=mma)
-    if A_REGS:
-        a_prev = gl.zeros((TW, TK), dtype=OP_DTYPE, layout=A_LAYOUT)
-    for i0 in range(0, n_steps, UNROLL):
-        for u in gl.static_range(UNROLL):
-            i = i0 + u
-            slot = i % STAGES
-            mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
-            # Buffers i%2 were last read by wgmma i-2, retired in every warpgroup before the barrier
-            # that ended iteration i-1.
-            if A_REGS:
-                a = _decode_to_regs(w_bufs.index(slot), w_sc, TW, TK2, OP_DTYPE, W_FRAG, W_FRAG3, A_LAYOUT)
-            elif ABLATE != 2:
-                _decode_to_smem(w_bufs.index(slot), w_sc, w_dec.index(i % 2), TW, TK2, OP_DTYPE, W_BYTES, W_BYTES3)
-            if X_NVFP4:
-                _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % 2), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
-            # prefetch the next k-tile's block scales (consumed one iteration later)
-            nk = k_first + gl.minimum(i + 1, n_k - 1)  # (clamped: never read past the last k-tile)
-            if ABLATE != 1:
-                w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SC)
-            if X_NVFP4:
-                x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
-                b_op = x_dec.index(i % 2).permute((1, 0))
-            else:
-                b_op = x_bufs.index(slot).permute((1, 0))
-            if X_NVFP4 or not A_REGS:
-                # every thread's decoded stores are visible to the async proxy before any wgmma reads them
-                fence_async_shared()
-                gl.thread_barrier()
-            if A_REGS:
-                acc = warpgroup_mma(a, b_op, acc, use_acc=i > 0, is_async=True)
-                acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
-                a_prev = a
-            else:
-                acc = warpgroup_mma(w_dec.index(i % 2), b_op, acc, use_acc=i > 0, is_async=True)
-                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-            # wgmma i-1 is complete in both warpgroups and slot i-1 was read by every thread: order the
-            # generic-proxy reads before the TMA refill of that slot with k-tile i + STAGES - 1.
-            fence_async_shared()
-            gl.thread_barrier()
-            nxt = i + STAGES - 1
-            nslot = nxt % STAGES
-            pred = nxt < n_steps
-            kt = gl.where(nxt < n_k, k_first + nxt, past_k)
-            mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
-            tma.async_copy_global_to_shared(w_desc, [off_w, kt * TK2], bars.index(nslot), w_bufs.index(nslot),
-                                            pred)
-            tma.async_copy_global_to_shared(x_desc, [off_t, kt * XK], bars.index(nslot), x_bufs.index(nslot),
-                                            pred)
+    for i in range(n_k):
+        slot = i % STAGES
+        mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
+        # Buffers i%2 were last read by wgmma i-2, retired in every warpgroup before the barrier
+        # that ended iteration i-1.
+        if ABLATE != 2:
+            _decode_to_smem(w_bufs.index(slot), w_sc, w_dec.index(i % 2), TW, TK2, OP_DTYPE, W_BYTES, W_BYTES3)
+        if X_NVFP4:
+            _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % 2), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
+        # prefetch the next k-tile's block scales (consumed one iteration later)
+        nk = k_first + gl.minimum(i + 1, n_k - 1)  # (clamped: never read past the last k-tile)
+        if ABLATE != 1:
+            w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
+        if X_NVFP4:
+            x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
+            b_op = x_dec.index(i % 2).permute((1, 0))
+        else:
+            b_op = x_bufs.index(slot).permute((1, 0))
+        # every thread's decoded stores are visible to the async proxy before any wgmma reads them
+        fence_async_shared()
+        gl.thread_barrier()
+        acc = warpgroup_mma(w_dec.index(i % 2), b_op, acc, use_acc=i > 0, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+        # wgmma i-1 is complete in both warpgroups and slot i-1 was read by every thread: order the
+        # generic-proxy reads before the TMA refill of that slot with k-tile i + STAGES - 1.
+        fence_async_shared()
+        gl.thread_barrier()
+        nxt = i + STAGES - 1
+        nslot = nxt % STAGES
+        pred = nxt < n_k
+        mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, (k_first + nxt) * TK2], bars.index(nslot),
+                                        w_bufs.index(nslot), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, (k_first + nxt) * XK], bars.index(nslot),
+                                        x_bufs.index(nslot), pred)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     gl.thread_barrier()  # no warpgroup still reads the operand tiles the epilogue tile may alias
     for s in gl.static_range(STAGES):
@@ -441,9 +385,6 @@ def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_sm
 # ---------------------------------------------------------------------------------------------
 
 STAGES_W4A16 = 4  # 4 × (32 KB x + 4 KB W) + 2 × 16 KB decoded W (epilogue tile aliased): ~176 KB
-STAGES_W4A16_RS = 5  # the weight decoded into registers: 5 × (32 KB x + 4 KB W): ~180 KB
-# Decode the weight into wgmma's A registers (RS) instead of shared memory (SS); gemm(a_regs=None).
-A_REGS = False
 STAGES_W4A4 = 4  # 4 × (8 KB x + 4 KB W) + 2 × (32 KB decoded x + 16 KB decoded W): ~144 KB
 GROUP = 8
 
@@ -534,7 +475,7 @@ def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tens
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, ablate=0, max_split=None, a_regs=None) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0, max_split=None) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
     ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
@@ -543,7 +484,6 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     skips the weight decode."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    a_regs = A_REGS if a_regs is None else a_regs
     m = a.shape[0]
     n, k2 = b_data.shape
     k = 2 * k2
@@ -562,8 +502,7 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         op_dtype = _gl_dtype(a.dtype)
         x_desc = TensorDescriptor.from_tensor(a, [bt, BK], gl.NVMMASharedLayout.get_default_for([bt, BK], op_dtype))
         x_scale = b_data  # unused
-        # bt=128: ~112 KB, two CTAs per SM (bt=256: one)
-        stages = stages or (STAGES_W4A16_RS if a_regs else STAGES_W4A16)
+        stages = stages or STAGES_W4A16  # bt=128: ~112 KB, two CTAs per SM (bt=256: one)
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
@@ -578,7 +517,6 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
         m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, n_whole, split, per,
         X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
-        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, A_REGS=a_regs,
-        num_warps=NUM_WARPS,
+        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS,
     )
     return out

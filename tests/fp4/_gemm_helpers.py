@@ -43,7 +43,7 @@ def _make_a(kind: str, x: torch.Tensor, seed: int):
 
 
 def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=torch.bfloat16,
-                           tail_split: bool = False, a_regs: bool = False):
+                           tail_split: bool = False):
     """AOT-compile gemm_hopper's kernel for sm_90a (as a JIT launch with aligned operands would);
     ``x_dtype`` is the dense activation dtype of W4A16 (bf16 or fp16); ``tail_split`` compiles the
     variant whose last-wave tiles are split along K."""
@@ -76,7 +76,7 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=t
                   "OP_DTYPE": gl.float16 if x_nvfp4 else x_gl,
                   "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16,
                   "ABLATE": 0,
-                  "GROUP": gh.GROUP, "TAIL_SPLIT": tail_split, "A_REGS": a_regs, "num_warps": gh.NUM_WARPS}
+                  "GROUP": gh.GROUP, "TAIL_SPLIT": tail_split, "num_warps": gh.NUM_WARPS}
     names = list(gh._hopper_gemm_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
              if t.startswith("*") or a in ("stride_ws", "stride_xs")}
@@ -99,6 +99,7 @@ def _ptxas_and_sass(compiled, bindir: str) -> tuple[str, str]:
             f.write(compiled.asm["ptx"])
         import triton
 
+        # the ptxas Triton compiled with (TRITON_PTXAS_PATH may name another one)
         info = subprocess.run([triton.knobs.nvidia.ptxas.path, "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o",
                                os.path.join(d, "k.o")], capture_output=True, text=True, check=False).stderr
         with open(os.path.join(d, "k.cubin"), "wb") as f:
@@ -126,11 +127,11 @@ def _report_in_fresh_process(call: str) -> dict:
 
 
 def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfloat16",
-                           tail_split: bool = False, a_regs: bool = False) -> dict:
+                           tail_split: bool = False) -> dict:
     """Compile, run ptxas -v and cuobjdump; returns what the test checks (run in a subprocess)."""
 
     compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, getattr(torch, out), getattr(torch, x_dtype),
-                                              tail_split, a_regs)
+                                              tail_split)
     info, sass = _ptxas_and_sass(compiled, bindir)
     hgmma = [i for i in _sass_instructions(sass) if i[1].startswith("HGMMA")]
     return {"ptxas": info, "wgmma": f"HGMMA.64x{bt}x16.F32" in sass, "smem": compiled.metadata.shared,

@@ -17,33 +17,25 @@ from ._gemm_helpers import FP32_TOL, _rand, _report_in_fresh_process, wgmma_regi
 # --- the Gluon Hopper kernel: compiled for sm_90a here, run on the GPU --------------------------------
 
 
-@pytest.mark.parametrize("bt,out,tail,rs", [
-    (256, "bfloat16", False, False), (128, "bfloat16", False, False), (128, "float32", False, False),
-    (256, "bfloat16", True, False), (128, "float32", True, False), (256, "bfloat16", False, True),
-    (256, "bfloat16", True, True), (128, "float32", True, True)],
-    ids=["256-bf16", "128-bf16", "128-fp32", "256-bf16-tailsplit", "128-fp32-tailsplit", "256-bf16-rs",
-         "256-bf16-tailsplit-rs", "128-fp32-tailsplit-rs"])
+@pytest.mark.parametrize("bt,out,tail", [(256, "bfloat16", False), (128, "bfloat16", False), (128, "float32", False),
+                                         (256, "bfloat16", True), (128, "float32", True)],
+                         ids=["256-bf16", "128-bf16", "128-fp32", "256-bf16-tailsplit", "128-fp32-tailsplit"])
 @pytest.mark.parametrize("x_kind", ["bfloat16", "float16", "nvfp4"], ids=["w4a16", "w4a16fp16", "w4a4"])
-def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out, tail, rs):
+def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out, tail):
     """wgmma in SASS, no spills, fits in shared memory, ptxas keeps the wgmma asynchronous (no C7515
     'wgmma.mma_async instructions are serialized' warning), and no wgmma register operand can be
-    overwritten while the wgmma runs: the SS kernel's operands come from shared memory (no HGMMA
-    reads registers); the RS kernel's A registers are not rewritten before the wait that retires
-    their wgmma (the SASS walk finds no hazard). Compiled in a fresh process: Triton's CPU
-    interpreter (used by the other tests) patches triton.language process-wide."""
+    overwritten while the wgmma runs (operands come from shared memory; the SASS walk finds no
+    hazard). Compiled in a fresh process: Triton's CPU interpreter (used by the other tests)
+    patches triton.language process-wide."""
 
     x_nvfp4 = x_kind == "nvfp4"
     x_dtype = "bfloat16" if x_nvfp4 else x_kind
-    report = _report_in_fresh_process(
-        f"_hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r}, {tail}, {rs})")
+    report = _report_in_fresh_process(f"_hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r}, {tail})")
     assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
     assert "serialized" not in report["ptxas"], report["ptxas"]
     assert report["wgmma"]
     assert report["smem"] <= 227 * 1024
-    if rs:
-        assert report["register_a"] > 0, "the RS kernel's wgmma should read A from registers"
-    else:
-        assert report["register_a"] == 0, "wgmma takes A from registers (RS): see gemm_hopper's docstring"
+    assert report["register_a"] == 0, "wgmma takes A from registers (RS): see gemm_hopper's docstring"
     assert report["hazards"] == [], report["hazards"]
 
 
@@ -73,18 +65,13 @@ def test_tail_split_plan_covers_every_tile_and_k_tile_once(tiles, k_tiles, slots
 @pytest.mark.parametrize("m,k,n", [(129, 3072, 3072), (300, 96, 1000), (1760, 3072, 9216), (7040, 14336, 3072),
                                    (2048, 3072, 14336), (600, 1056, 1000), (513, 160, 264)])
 @pytest.mark.parametrize("has_bias", [True, False])
-@pytest.mark.parametrize("a_regs", [False, True], ids=["ss", "rs"])
-def test_gpu_hopper_kernel(kind, m, k, n, has_bias, a_regs, monkeypatch):
+def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
     """The Gluon kernel (called directly, no fallback) against the exact dequantize path, bit-identical
     over repeated calls; where the last wave's tiles are split along K (129 × 3072², 7040 × 14336 →
     3072, and 600 × 1056 → 1000 with a shorter last split), the split-K counters are left zeroed and
     the result is within one rounding of the unsplit kernel's. (M ≤ 256 is not the default path's
-    kernel: split-K sums in another order.) Both weight decodes: into shared memory (SS) and into
-    wgmma's A registers (RS), whose odd k-tile counts (K = 1056: 17, K = 160: 3) add a zero k-tile;
-    the two agree bit for bit (same products, same order)."""
+    kernel: split-K sums in another order.)"""
     from longlive_kernels.fp4 import gemm_hopper as gh
-
-    monkeypatch.setattr(gh, "A_REGS", a_regs)
 
     x = torch.randn(m, k, device="cuda")
     w = torch.randn(n, k, device="cuda") / k**0.5
@@ -108,10 +95,6 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias, a_regs, monkeypatch):
     assert rel_err(out, expect) <= 2.0**-8
     for _ in range(3):  # a race shows up as run-to-run differences
         assert_bitwise_equal(direct(), out, "repeated Hopper kernel call")
-    if a_regs:
-        other = gh.gemm(args[0], args[1], args[2], b.data, b.scale, b.global_scale.reshape(1).float(), bias,
-                        out_dtype, args[3], a_regs=False)
-        assert_bitwise_equal(out, other, "RS vs SS kernel")
     split = gh.launch_plan(m, n, k, 128 if out_dtype == torch.float32 else 256, x.device)[2]
     assert (split > 1) == ((m, k, n) in ((129, 3072, 3072), (7040, 14336, 3072), (600, 1056, 1000)))
     if split > 1:
