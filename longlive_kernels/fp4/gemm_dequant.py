@@ -28,11 +28,11 @@ from .nvfp4_triton import e2m1_decode, e4m3_decode, unpack_nibbles
 OPERAND_EXP = 8
 OPERAND_SCALE = tl.constexpr(2.0**OPERAND_EXP)  # the same, for kernels
 
-# bf16 lane from a clean nibble X (bits 0-3 of each 16-bit lane): take (X<<6) where the mask is set
-# (bits 6-8: magnitude; bits 12-14: known zero there) and (X<<12) elsewhere (bit 15: sign).
+# bf16 lane from a clean nibble X (bits 0-3 of each 16-bit lane): X · 0x1040 = X<<6 | X<<12 (no
+# overlap, no carry into the next lane); mask 0x81C0 keeps bits 6-8 (magnitude) and 15 (sign).
 _ASM_BF16 = tl.constexpr("""
 {
-.reg .b32 l, h, x0, x1, y0, y1, u, v;
+.reg .b32 l, h, x0, x1, y0, y1;
 and.b32 l, $4, 0x0F0F0F0F;
 shr.u32 h, $4, 4;
 and.b32 h, h, 0x0F0F0F0F;
@@ -40,10 +40,10 @@ prmt.b32 x0, l, 0, 0x4140;
 prmt.b32 x1, l, 0, 0x4342;
 prmt.b32 y0, h, 0, 0x4140;
 prmt.b32 y1, h, 0, 0x4342;
-shl.b32 u, x0, 6; shl.b32 v, x0, 12; lop3.b32 x0, u, v, 0x71C071C0, 0xE4;
-shl.b32 u, x1, 6; shl.b32 v, x1, 12; lop3.b32 x1, u, v, 0x71C071C0, 0xE4;
-shl.b32 u, y0, 6; shl.b32 v, y0, 12; lop3.b32 y0, u, v, 0x71C071C0, 0xE4;
-shl.b32 u, y1, 6; shl.b32 v, y1, 12; lop3.b32 y1, u, v, 0x71C071C0, 0xE4;
+mul.lo.u32 x0, x0, 0x1040; and.b32 x0, x0, 0x81C081C0;
+mul.lo.u32 x1, x1, 0x1040; and.b32 x1, x1, 0x81C081C0;
+mul.lo.u32 y0, y0, 0x1040; and.b32 y0, y0, 0x81C081C0;
+mul.lo.u32 y1, y1, 0x1040; and.b32 y1, y1, 0x81C081C0;
 mul.rn.bf16x2 $0, x0, $5;
 mul.rn.bf16x2 $1, x1, $6;
 mul.rn.bf16x2 $2, y0, $5;

@@ -57,19 +57,20 @@ NUM_WARPS = 8
 
 # 4 packed bytes ($8) and 4 per-byte scale pairs ($4..$7... see constraints) → 4 registers, each the
 # bf16x2 (element 2j, element 2j+1) of byte j times its scale. Lane trick: a clean nibble X in the
-# low bits of each 16-bit lane becomes bf16 bits sign<<15 | mag<<6 = e2m1·2^-126 by taking X<<6 on
-# bits 6-8 and 12-14 (mask 0x71C0) and X<<12 elsewhere; the scale pair carries s·2^118.
+# low bits of each 16-bit lane becomes bf16 bits sign<<15 | mag<<6 = e2m1·2^-126 as
+# (X · 0x1040) & 0x81C0: the product is X<<6 | X<<12 (the two copies do not overlap, nor reach the
+# next lane), whose bits 6-8 are the magnitude and bit 15 the sign; the scale pair carries s·2^118.
 # PRMT builds X_j = (lo nibble of byte j) | (hi nibble of byte j) << 16 from L = q & 0x0F0F0F0F and
 # H = (q >> 4) & 0x0F0F0F0F; selector nibbles 8|j copy the (zero) sign bit of an L byte → 0x00.
 def decode_bf16_ptx(scales: tuple[str, str, str, str]) -> str:
     """The bf16 decode of the packed word ``$4`` into ``$0..$3``, byte j scaled by ``scales[j]``."""
     sel = ("0x8480", "0x9591", "0xA6A2", "0xB7B3")
     rows = "".join(
-        f"prmt.b32 x, l, h, {sel[j]}; shl.b32 u, x, 6; shl.b32 v, x, 12; "
-        f"lop3.b32 x, u, v, 0x71C071C0, 0xE4; mul.rn.bf16x2 ${j}, x, {scales[j]};\n"
+        f"prmt.b32 x, l, h, {sel[j]}; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0; "
+        f"mul.rn.bf16x2 ${j}, x, {scales[j]};\n"
         for j in range(4)
     )
-    return ("\n{\n.reg .b32 l, h, x, u, v;\nand.b32 l, $4, 0x0F0F0F0F;\nshr.u32 h, $4, 4;\n"
+    return ("\n{\n.reg .b32 l, h, x;\nand.b32 l, $4, 0x0F0F0F0F;\nshr.u32 h, $4, 4;\n"
             "and.b32 h, h, 0x0F0F0F0F;\n" + rows + "}\n")
 
 

@@ -17,7 +17,7 @@ _M32 = 0xFFFFFFFF
 
 
 def _run_ptx(asm: str, operands: list[int]) -> list[int]:
-    """Interpret the straight-line PTX of a decode routine (and, shl, shr, prmt, lop3, mad.lo,
+    """Interpret the straight-line PTX of a decode routine (and, shl, shr, prmt, lop3, mad.lo, mul.lo,
     mul.rn.{bf16,f16}x2, cvt.rn.f16x2.e4m3x2, mov.b32 {h, h}) on 32-bit operands ``$i``."""
     import re
 
@@ -54,6 +54,8 @@ def _run_ptx(asm: str, operands: list[int]) -> list[int]:
             r = (src[0] << src[1]) & _M32
         elif op == "mad.lo.u32":
             r = (src[0] * src[1] + src[2]) & _M32
+        elif op == "mul.lo.u32":
+            r = (src[0] * src[1]) & _M32
         elif op == "prmt.b32":
             pool = [(src[0] >> 8 * i) & 0xFF for i in range(4)] + [(src[1] >> 8 * i) & 0xFF for i in range(4)]
             r = 0
