@@ -299,9 +299,10 @@ def _hopper_gemm_kernel(
         gl.thread_barrier()
         acc = warpgroup_mma(w_dec.index(i % 2), b_op, acc, use_acc=i > 0, is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-        # wgmma i-1 is complete in both warpgroups and slot i-1 was read by every thread: order the
-        # generic-proxy reads before the TMA refill of that slot with k-tile i + STAGES - 1.
-        fence_async_shared()
+        # wgmma i-1 is complete in both warpgroups and every thread has its values of slot i-1 in
+        # registers (its decoded stores used them): after the barrier, TMA may refill that slot with
+        # k-tile i + STAGES - 1. No proxy fence: reads that have returned cannot see the later async
+        # write, and the fence's MEMBAR would wait for the scale loads just issued (~L2 latency).
         gl.thread_barrier()
         nxt = i + STAGES - 1
         nslot = nxt % STAGES
