@@ -51,7 +51,7 @@ MAX_M = 64  # largest M this kernel is used for
 # of them. inline_asm_elementwise sees the word broadcast over its 8 elements (pack=8: operands
 # $4..$11 are copies of the word, $12..$19 of the scale pair) and returns the 8 elements as the four
 # bf16x2/f16x2 registers $0..$3 (byte i → elements 2i, 2i+1), which are the MMA operand registers.
-_WORD_BF16 = gl.constexpr(decode_bf16_ptx(("$12",) * 4))
+_WORD_BF16 = gl.constexpr(decode_bf16_ptx(("$12",) * 4, multiply=False))
 _WORD_FP16 = gl.constexpr(decode_fp16_ptx(("$12",) * 4))
 _WORD_CONSTRAINTS = gl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 16))
 

@@ -62,15 +62,16 @@ NUM_WARPS = 8
 # next lane), whose bits 6-8 are the magnitude and bit 15 the sign; the scale pair carries s·2^118.
 # PRMT builds X_j = (lo nibble of byte j) | (hi nibble of byte j) << 16 from L = q & 0x0F0F0F0F and
 # H = (q >> 4) & 0x0F0F0F0F; selector nibbles 8|j copy the (zero) sign bit of an L byte → 0x00.
-def decode_bf16_ptx(scales: tuple[str, str, str, str]) -> str:
-    """The bf16 decode of the packed word ``$4`` into ``$0..$3``, byte j scaled by ``scales[j]``."""
+def decode_bf16_ptx(scales: tuple[str, str, str, str], multiply: bool = True) -> str:
+    """The bf16 decode of the packed word ``$4`` into ``$0..$3``, byte j scaled by ``scales[j]``.
+    ``multiply=False`` builds each lane as ``(X<<6 on mask 0x71C0) | (X<<12 elsewhere)`` (two shifts
+    and a LOP3 instead of an IMAD and an AND): the GEMV keeps it, whose 64-token configuration
+    spills registers with the IMAD form (ptxas 12.8)."""
     sel = ("0x8480", "0x9591", "0xA6A2", "0xB7B3")
-    rows = "".join(
-        f"prmt.b32 x, l, h, {sel[j]}; mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0; "
-        f"mul.rn.bf16x2 ${j}, x, {scales[j]};\n"
-        for j in range(4)
-    )
-    return ("\n{\n.reg .b32 l, h, x;\nand.b32 l, $4, 0x0F0F0F0F;\nshr.u32 h, $4, 4;\n"
+    lane = ("mul.lo.u32 x, x, 0x1040; and.b32 x, x, 0x81C081C0;" if multiply else
+            "shl.b32 u, x, 6; shl.b32 v, x, 12; lop3.b32 x, u, v, 0x71C071C0, 0xE4;")
+    rows = "".join(f"prmt.b32 x, l, h, {sel[j]}; {lane} mul.rn.bf16x2 ${j}, x, {scales[j]};\n" for j in range(4))
+    return ("\n{\n.reg .b32 l, h, x, u, v;\nand.b32 l, $4, 0x0F0F0F0F;\nshr.u32 h, $4, 4;\n"
             "and.b32 h, h, 0x0F0F0F0F;\n" + rows + "}\n")
 
 
