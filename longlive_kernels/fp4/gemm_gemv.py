@@ -15,9 +15,9 @@ the kernel streams each weight row once, straight from global memory into MMA re
   (16-byte loads). A dot product does not depend on the order of its terms, so the result is the
   plain GEMM; reshape/permute of the loaded registers reach the MMA operand layouts without moving
   data (checked at compile time: ``convert_layout(..., assert_trivial=True)``).
-- The packed codes are decoded by the same inline-PTX routines as the large-M kernel
-  (``gemm_hopper.py``: bf16x2/f16x2 pairs ``e2m1 · s_block`` (· 2^-8 for bf16), exact), then fed to
-  ``mma.sync`` — a synchronous MMA, so register operands carry no asynchronous-read hazard.
+- The packed codes are decoded by the large-M kernel's inline-PTX generators (``gemm_hopper.py``,
+  bf16 in their two-shift lane form: bf16x2/f16x2 pairs ``e2m1 · s_block`` (· 2^-8 for bf16), exact),
+  then fed to ``mma.sync`` — a synchronous MMA, so register operands carry no asynchronous-read hazard.
 - A CTA of W warps owns 16·RT·W weight rows (each warp 16·RT rows); all warps read the same
   activation slice (L1 serves the repeats). When the row tiles alone do not fill the GPU, K is
   split over the grid's second axis and the last CTA of each row tile (an atomic counter per tile,

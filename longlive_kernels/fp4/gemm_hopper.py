@@ -482,9 +482,10 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
     ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
-    K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split); ``ablate`` 1 / 2 (wrong
-    results: timing experiments of ``bench/fp4/bench_gemm_hopper.py``) loads the weight scales once /
-    skips the weight decode."""
+    K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split).
+    ``ablate`` (wrong results: timing experiments of ``bench/fp4/bench_gemm_hopper.py`` and
+    ``tools/probe_tail_split.py``): 1 loads the weight scales once, 2 skips the weight decode, 3 / 4
+    store the split programs' partials as the output / sum none of them."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     m = a.shape[0]

@@ -94,11 +94,11 @@ def _ptxas_and_sass(compiled, bindir: str) -> tuple[str, str]:
     import subprocess
     import tempfile
 
+    import triton
+
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "k.ptx"), "w") as f:
             f.write(compiled.asm["ptx"])
-        import triton
-
         # the ptxas Triton compiled with (TRITON_PTXAS_PATH may name another one)
         info = subprocess.run([triton.knobs.nvidia.ptxas.path, "-arch=sm_90a", "-v", os.path.join(d, "k.ptx"), "-o",
                                os.path.join(d, "k.o")], capture_output=True, text=True, check=False).stderr
