@@ -10,7 +10,6 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
 - ``w4a16 <tile>/<stages>/<split>``: the W4A16 kernel with the default token tile (``auto``: 256 rows
   for a bf16/fp16 output) or a forced one, a pipeline depth, and the cap on the K-split of the last
   wave's tiles (``gemm_hopper.tail_split``; 1: every tile whole),
-- ``w4a16 ws <stages>/<decoded stages>/<decode-warp rows>``: the warp-specialized W4A16 kernel (``gemm_hopper_ws.py``),
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
 - ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel), with the
@@ -41,9 +40,6 @@ QUICK = [(1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072)]
 # (token tile, stages, tail split cap) of the W4A16 variants; the first is the default (256 tokens,
 # 4 stages, gemm_hopper.MAX_TAIL_SPLIT)
 W4A16_VARIANTS = [(None, 4, None), (None, 4, 1), (None, 4, 2)]
-# (stages, decoded-W stages, W rows decoded by the decode warps) of the warp-specialized W4A16
-# kernel (gemm_hopper_ws.py)
-WS_VARIANTS = [(4, 2, 64), (4, 3, 64), (4, 2, 128)]
 # timing-only ablations of the first variant (wrong results, not checked): scales loaded once, no decode
 ABLATIONS = {"scales once": 1, "no decode": 2}
 
@@ -51,7 +47,6 @@ ABLATIONS = {"scales once": 1, "no decode": 2}
 def _variants(m: int, k: int, n: int):
     from longlive_kernels.fp4 import dequantize_nvfp4, nvfp4_gemm, quantize_nvfp4
     from longlive_kernels.fp4 import gemm_hopper as gh
-    from longlive_kernels.fp4 import gemm_hopper_ws as ws
     from longlive_kernels.testing import rel_err
 
     g = torch.Generator(device="cuda").manual_seed(m * 131 + n * 7 + k)
@@ -80,9 +75,6 @@ def _variants(m: int, k: int, n: int):
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
     for bt, st, sp in W4A16_VARIANTS:
         fns[f"w4a16 {bt or 'auto'}/{st}/{sp or 'auto'}"] = (w4a16(bt, st, sp), exact16)
-    for st, ds, dr in WS_VARIANTS:
-        fns[f"w4a16 ws {st}/{ds}/{dr}"] = (lambda st=st, ds=ds, dr=dr: ws.gemm(
-            x, wq.data, wq.scale, wgs, None, torch.bfloat16, stages=st, dec_stages=ds, dec_rows=dr), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
     w4a4 = lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True)

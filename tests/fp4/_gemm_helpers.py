@@ -88,47 +88,6 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=t
     return compiled, bindir
 
 
-def _compile_hopper_ws_kernel(bt: int = 256, out=torch.bfloat16, x_dtype=torch.bfloat16, tail_split: bool = False,
-                              dec_rows: int = 64):
-    """AOT-compile gemm_hopper_ws's warp-specialized W4A16 kernel for sm_90a (see above)."""
-    import os
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
-    from longlive_kernels.fp4 import gemm_hopper as gh
-    from longlive_kernels.fp4 import gemm_hopper_ws as ws
-
-    m, n, k = 512, 256, 256
-
-    def desc(shape, dtype, block, layout):
-        return mangle_type(TensorDescriptor.from_tensor(torch.empty(shape, dtype=dtype), block, layout))
-
-    u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
-    x_gl = gh._gl_dtype(x_dtype)
-    sig = {"w_desc": desc((n, k // 2), torch.uint8, [gh.BW, gh.BK // 2], u8),
-           "x_desc": desc((m, k), x_dtype, [bt, gh.BK], gl.NVMMASharedLayout.get_default_for([bt, gh.BK], x_gl)),
-           "out_desc": desc((m, n), out, [bt, gh.BW], gl.NVMMASharedLayout.get_default_for([bt, gh.BW], gh._gl_dtype(out))),
-           "w_scale_ptr": "*u8", "bias_ptr": "*bf16", "w_gs_ptr": "*fp32", "x_gs_ptr": "*fp32",
-           "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "ws_ptr": "*fp32",
-           "sem_ptr": "*i32", "n_whole": "i32", "split": "i32", "kt_per_split": "i32"}
-    constexprs = {"X_GS": False, "HAS_BIAS": True, "STAGES": ws.STAGES, "DEC_STAGES": ws.DEC_STAGES,
-                  "DEC_WARPS": ws.DEC_WARPS, "DEC_REGS": ws.DEC_REGS, "DEC_ROWS": dec_rows, "GROUP": gh.GROUP, "TAIL_SPLIT": tail_split,
-                  "num_warps": gh.NUM_WARPS}
-    names = list(ws._hopper_ws_gemm_kernel.arg_names)
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*") or a == "stride_ws"}
-    for c in constexprs:
-        sig[c] = "constexpr"
-    src = GluonASTSource(fn=ws._hopper_ws_gemm_kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": gh.NUM_WARPS, "maxnreg": ws.maxnreg(ws.DEC_WARPS)})
-    return compiled, os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-
-
 def _ptxas_and_sass(compiled, bindir: str) -> tuple[str, str]:
     """(``ptxas -v`` report for sm_90a, ``cuobjdump -sass`` text) of a compiled Triton/Gluon kernel."""
     import os
