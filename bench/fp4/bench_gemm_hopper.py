@@ -10,8 +10,6 @@ in one run (CUDA events, L2 flushed before every call, median of ``--iters`` aft
 - ``w4a16 <tile>/<stages>/<split>``: the W4A16 kernel with the default token tile (``auto``: 256 rows
   for a bf16/fp16 output) or a forced one, a pipeline depth, and the cap on the K-split of the last
   wave's tiles (``gemm_hopper.tail_split``; 1: every tile whole),
-- ``w4a16 ldg-scales`` / ``w4a4 ldg-scales``: the block scales by per-k-tile global loads instead of
-  riding with the TMA loads (the default where K % 256 == 0),
 - ``(scales once)`` / ``(no decode)``: timing ablations of the first variant (wrong results): what the
   per-k-tile scale loads and the decode cost,
 - ``w4a4`` and ``w4a4 predec`` (activation decoded to bf16 once, then the W4A16 kernel), with the
@@ -60,9 +58,9 @@ def _variants(m: int, k: int, n: int):
     exact16 = nvfp4_gemm(x, wq, out_dtype=torch.float32, algorithm="dequantize")
     exact4 = nvfp4_gemm(xq, wq, out_dtype=torch.float32, algorithm="dequantize")
 
-    def w4a16(bt, stages, split, ablate=0, scales_tma=None):
+    def w4a16(bt, stages, split, ablate=0):
         return lambda: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, token_rows=bt,
-                               stages=stages, ablate=ablate, max_split=split, scales_tma=scales_tma)
+                               stages=stages, ablate=ablate, max_split=split)
 
     def unsplit(fn):
         def call():
@@ -77,15 +75,12 @@ def _variants(m: int, k: int, n: int):
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
     for bt, st, sp in W4A16_VARIANTS:
         fns[f"w4a16 {bt or 'auto'}/{st}/{sp or 'auto'}"] = (w4a16(bt, st, sp), exact16)
-    fns["w4a16 ldg-scales"] = (w4a16(*W4A16_VARIANTS[0], scales_tma=False), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
     w4a4 = lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True)
     predec = lambda: nvfp4_gemm(xq, wq, algorithm="predecode")
     fns["w4a4"] = (w4a4, exact4)
     fns["w4a4 /1"] = (unsplit(w4a4), exact4)
-    fns["w4a4 ldg-scales"] = (lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16,
-                                              True, scales_tma=False), exact4)
     fns["w4a4 predec"] = (predec, exact4)
     fns["w4a4 predec /1"] = (unsplit(predec), exact4)
 

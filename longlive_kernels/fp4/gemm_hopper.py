@@ -26,8 +26,7 @@ One CTA computes a [BW=128 weight rows × BT=256 tokens] tile with 8 warps (2 wa
   programs (:func:`tail_split`); each stores an FP32 partial tile and the tile's last program to
   arrive sums them in split order (deterministic) before the epilogue. Whole tiles come first in
   the grid, so the split programs run as the whole ones finish.
-- Block scales ride with the k-tile's TMA loads (16-byte boxes, when K % 256 == 0 and the tile is
-  256 tokens; else loads from global memory prefetched one k-tile ahead); the decoded operands are
+- Block scales come from global memory (prefetched one k-tile ahead); the decoded operands are
   ``e2m1 · s_block · 2^-8`` (exact, ``gemm_dequant.py``), the tensor scales and bias are applied in
   the epilogue, and the tile leaves through shared memory and a TMA store.
 
@@ -150,24 +149,6 @@ def _load_scales(row_ptrs, k_tile, K, NB: gl.constexpr, EVEN_K: gl.constexpr, LA
 
 
 @gluon.jit
-def _box_scales(box, k_tile, R: gl.constexpr, NB: gl.constexpr, LAYOUT: gl.constexpr, num_warps: gl.constexpr):
-    """[R, NB] uint8 block-scale codes (``LAYOUT``) of k-tile ``k_tile`` from a TMA box [R, 16] of
-    scale bytes holding k-tiles 4q..4q+3: int32 word ``k_tile % 4`` of each row, picked in registers."""
-    gl.static_assert(NB == 4, "one int32 word of scales per row and k-tile")
-    TPR: gl.constexpr = 32 * num_warps // R
-    WORDS: gl.constexpr = gl.BlockedLayout([1, 4], [32 // TPR, TPR], [num_warps, 1], [1, 0])
-    WORDS_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32)
-    words = box._reinterpret(gl.int32, [R, 4], WORDS_SMEM).load(WORDS)
-    even, odd = words.reshape([R, 2, 2]).split()  # words (0, 2) and (1, 3)
-    pair = gl.where((k_tile & 1) == 1, odd, even)
-    first, second = pair.split()
-    word = gl.convert_layout(gl.where((k_tile & 2) == 2, second, first), gl.SliceLayout(1, LAYOUT),
-                             assert_trivial=True)
-    shift = 8 * gl.arange(0, NB, layout=gl.SliceLayout(0, LAYOUT))
-    return ((gl.expand_dims(word, 1) >> gl.expand_dims(shift, 0)) & 0xFF).to(gl.uint8)
-
-
-@gluon.jit
 def _decode_to_smem(src, scale_codes, dst, R: gl.constexpr, TK2: gl.constexpr, OP_DTYPE: gl.constexpr,
                     BYTES: gl.constexpr, BYTES3: gl.constexpr):
     """Packed E2M1 codes [R, TK2] (shared, unswizzled) × E4M3 block-scale codes [R, TK2/8] (registers,
@@ -210,33 +191,12 @@ def _tile_coords(pid, M, N, K, n_whole, split, kt_per_split, TW: gl.constexpr, T
 
 
 @gluon.jit
-def _issue_loads(w_desc, x_desc, ws_desc, xs_desc, w_bufs, x_bufs, ws_bufs, xs_bufs, bars, slot, k_tile, off_w,
-                 off_t, pred, nbytes: gl.constexpr, X_NVFP4: gl.constexpr, SCALES_TMA: gl.constexpr):
-    """TMA loads of k-tile ``k_tile`` (W codes, x, and with SCALES_TMA their block scales) into
-    ``slot``, all counted on that slot's mbarrier; nothing is issued where ``pred`` is false."""
-    bar = bars.index(slot)
-    mbarrier.expect(bar, nbytes, pred=pred)
-    tma.async_copy_global_to_shared(w_desc, [off_w, k_tile * w_desc.block_type.shape[1]], bar, w_bufs.index(slot),
-                                    pred)
-    tma.async_copy_global_to_shared(x_desc, [off_t, k_tile * x_desc.block_type.shape[1]], bar, x_bufs.index(slot),
-                                    pred)
-    if SCALES_TMA:
-        # the 16-byte box holding k-tile k's 4 scale bytes: boxes start at 16-byte aligned columns
-        # (an unaligned start is an illegal instruction on the H100)
-        tma.async_copy_global_to_shared(ws_desc, [off_w, (k_tile // 4) * 16], bar, ws_bufs.index(slot), pred)
-        if X_NVFP4:
-            tma.async_copy_global_to_shared(xs_desc, [off_t, (k_tile // 4) * 16], bar, xs_bufs.index(slot), pred)
-
-
-@gluon.jit
 def _hopper_gemm_kernel(
     w_desc,  # TMA over W packed codes [N, K/2] uint8, box [BW, BK/2]
     x_desc,  # TMA over x [M, K] bf16/fp16 (box [BT, BK]) or its packed codes [M, K/2] (box [BT, BK/2])
     out_desc,  # TMA over out [M, N] bf16/fp16, box [BT, BW]
     w_scale_ptr,  # [N, K/16] uint8 E4M3, row stride stride_ws
     x_scale_ptr,  # [M, K/16] uint8 E4M3 (X_NVFP4), row stride stride_xs
-    ws_desc,  # TMA over the W block scales [N, K/16] uint8, box [BW, 16] (SCALES_TMA)
-    xs_desc,  # TMA over the x block scales [M, K/16] uint8, box [BT, 16] (SCALES_TMA and X_NVFP4)
     bias_ptr,  # [N] (HAS_BIAS)
     w_gs_ptr,  # [1] fp32 tensor scale of W
     x_gs_ptr,  # [1] fp32 tensor scale of x (X_NVFP4 or X_GS)
@@ -260,7 +220,6 @@ def _hopper_gemm_kernel(
     # 3 split programs store their partial as the output, 4 the last split program sums no partials
     GROUP: gl.constexpr,
     TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see tail_split)
-    SCALES_TMA: gl.constexpr,  # block scales ride with the k-tile's TMA loads (else prefetched by loads)
     num_warps: gl.constexpr,
 ):
     TW: gl.constexpr = w_desc.block_type.shape[0]
@@ -303,52 +262,36 @@ def _hopper_gemm_kernel(
     if X_NVFP4:
         x_dec = gl.allocate_shared_memory(OP_DTYPE, [2, TT, TK], OP_SMEM)
 
-    ws_bufs = w_bufs  # (placeholders where unused)
-    xs_bufs = w_bufs
-    if SCALES_TMA:
-        # TMA boxes are at least 16 bytes wide: slot s holds the scales of k-tiles k..k+3 and uses
-        # those of k (4 bytes a row); the over-fetch (2 KB a W tile) costs less than per-k-tile
-        # global loads, whose latency the loop waited on (bench/RESULTS.md, nineteenth session).
-        gl.static_assert(ws_desc.block_type.shape[0] == TW)
-        ws_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES] + ws_desc.block_type.shape, ws_desc.layout)
-        if X_NVFP4:
-            gl.static_assert(xs_desc.block_type.shape[0] == TT)
-            xs_bufs = gl.allocate_shared_memory(gl.uint8, [STAGES] + xs_desc.block_type.shape, xs_desc.layout)
-    nbytes: gl.constexpr = (w_desc.block_type.nbytes + x_desc.block_type.nbytes
-                            + SCALES_TMA * (ws_desc.block_type.nbytes + X_NVFP4 * xs_desc.block_type.nbytes))
+    nbytes: gl.constexpr = w_desc.block_type.nbytes + x_desc.block_type.nbytes
+    XK: gl.constexpr = x_desc.block_type.shape[1]
     for s in gl.static_range(STAGES - 1):
-        _issue_loads(w_desc, x_desc, ws_desc, xs_desc, w_bufs, x_bufs, ws_bufs, xs_bufs, bars, s, k_first + s,
-                     off_w, off_t, s < n_k, nbytes, X_NVFP4, SCALES_TMA)
+        pred = s < n_k
+        mbarrier.expect(bars.index(s), nbytes, pred=pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, (k_first + s) * TK2], bars.index(s), w_bufs.index(s), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, (k_first + s) * XK], bars.index(s), x_bufs.index(s), pred)
 
-    if not SCALES_TMA or ABLATE == 5:
-        w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES)
-        w_sc = _load_scales(w_srows, k_first, K, NB, EVEN_K, W_SCALES)
-        if X_NVFP4:
-            x_srows = _scale_rows(x_scale_ptr, off_t, M, stride_xs, TT, X_SCALES)
-            x_sc = _load_scales(x_srows, k_first, K, NB, EVEN_K, X_SCALES)
+    w_srows = _scale_rows(w_scale_ptr, off_w, N, stride_ws, TW, W_SCALES)
+    w_sc = _load_scales(w_srows, k_first, K, NB, EVEN_K, W_SCALES)
+    if X_NVFP4:
+        x_srows = _scale_rows(x_scale_ptr, off_t, M, stride_xs, TT, X_SCALES)
+        x_sc = _load_scales(x_srows, k_first, K, NB, EVEN_K, X_SCALES)
 
     acc = gl.zeros((TW, TT), dtype=gl.float32, layout=mma)
     for i in range(n_k):
         slot = i % STAGES
         mbarrier.wait(bars.index(slot), (i // STAGES) & 1)
-        if SCALES_TMA and ABLATE != 5:
-            w_sc = _box_scales(ws_bufs.index(slot), k_first + i, TW, NB, W_SCALES, num_warps)
-            if X_NVFP4:
-                x_sc = _box_scales(xs_bufs.index(slot), k_first + i, TT, NB, X_SCALES, num_warps)
         # Buffers i%2 were last read by wgmma i-2, retired in every warpgroup before the barrier
         # that ended iteration i-1.
         if ABLATE != 2:
             _decode_to_smem(w_bufs.index(slot), w_sc, w_dec.index(i % 2), TW, TK2, OP_DTYPE, W_BYTES, W_BYTES3)
         if X_NVFP4:
             _decode_to_smem(x_bufs.index(slot), x_sc, x_dec.index(i % 2), TT, TK2, OP_DTYPE, X_BYTES, X_BYTES3)
-        if not SCALES_TMA:
-            # prefetch the next k-tile's block scales (consumed one iteration later)
-            nk = k_first + gl.minimum(i + 1, n_k - 1)  # (clamped: never read past the last k-tile)
-            if ABLATE != 1:
-                w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
-            if X_NVFP4:
-                x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
+        # prefetch the next k-tile's block scales (consumed one iteration later)
+        nk = k_first + gl.minimum(i + 1, n_k - 1)  # (clamped: never read past the last k-tile)
+        if ABLATE != 1:
+            w_sc = _load_scales(w_srows, nk, K, NB, EVEN_K, W_SCALES)
         if X_NVFP4:
+            x_sc = _load_scales(x_srows, nk, K, NB, EVEN_K, X_SCALES)
             b_op = x_dec.index(i % 2).permute((1, 0))
         else:
             b_op = x_bufs.index(slot).permute((1, 0))
@@ -363,8 +306,13 @@ def _hopper_gemm_kernel(
         # write, and the fence's MEMBAR would wait for the scale loads just issued (~L2 latency).
         gl.thread_barrier()
         nxt = i + STAGES - 1
-        _issue_loads(w_desc, x_desc, ws_desc, xs_desc, w_bufs, x_bufs, ws_bufs, xs_bufs, bars, nxt % STAGES,
-                     k_first + nxt, off_w, off_t, nxt < n_k, nbytes, X_NVFP4, SCALES_TMA)
+        nslot = nxt % STAGES
+        pred = nxt < n_k
+        mbarrier.expect(bars.index(nslot), nbytes, pred=pred)
+        tma.async_copy_global_to_shared(w_desc, [off_w, (k_first + nxt) * TK2], bars.index(nslot),
+                                        w_bufs.index(nslot), pred)
+        tma.async_copy_global_to_shared(x_desc, [off_t, (k_first + nxt) * XK], bars.index(nslot),
+                                        x_bufs.index(nslot), pred)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     gl.thread_barrier()  # no warpgroup still reads the operand tiles the epilogue tile may alias
     for s in gl.static_range(STAGES):
@@ -442,7 +390,6 @@ def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_sm
 STAGES_W4A16 = 4  # 4 × (32 KB x + 4 KB W) + 2 × 16 KB decoded W (epilogue tile aliased): ~176 KB
 STAGES_W4A4 = 4  # 4 × (8 KB x + 4 KB W) + 2 × (32 KB decoded x + 16 KB decoded W): ~144 KB
 GROUP = 8
-SCALE_BOX = 16  # block-scale bytes per row in a TMA box (the minimum: 16 bytes)
 
 
 def _gl_dtype(dtype: torch.dtype):
@@ -471,13 +418,6 @@ def supported(a: torch.Tensor, a_nvfp4: bool, b_data: torch.Tensor, out_dtype: t
     if a_nvfp4:
         return a.dtype == torch.uint8 and _aligned(a)
     return a.dtype in (torch.bfloat16, torch.float16) and _aligned(a)
-
-
-def scales_by_tma(w_scale: torch.Tensor, x_scale: torch.Tensor | None, bt: int) -> bool:
-    """Whether the block scales ([rows, K/16] uint8 views; ``x_scale`` None for dense x) can ride with
-    the k-tiles' TMA loads: their rows must be 16-byte aligned (K % 256 == 0), and the 16-byte boxes'
-    shared memory (+2 KB, +4 KB per stage) fits only with one CTA per SM (256-token tiles)."""
-    return bt == 256 and _aligned(w_scale) and (x_scale is None or _aligned(x_scale))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -538,12 +478,11 @@ def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tens
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, ablate=0, max_split=None, scales_tma=None) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0, max_split=None) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
     ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
     K-split of the last wave's tiles (:func:`tail_split`; default ``MAX_TAIL_SPLIT``, 1: no split).
-    ``scales_tma`` forces the block scales' path (default: TMA where :func:`scales_by_tma` allows).
     ``ablate`` (wrong results: timing experiments of ``bench/fp4/bench_gemm_hopper.py`` and
     ``tools/probe_tail_split.py``): 1 loads the weight scales once, 2 skips the weight decode, 3 / 4
     store the split programs' partials as the output / sum none of them."""
@@ -571,13 +510,6 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
-    if scales_tma is None:
-        scales_tma = ablate != 1 and scales_by_tma(w_scale, x_scale if a_nvfp4 else None, bt)
-    if scales_tma:
-        ws_desc = TensorDescriptor.from_tensor(w_scale, [BW, SCALE_BOX], u8)
-        xs_desc = TensorDescriptor.from_tensor(x_scale, [bt, SCALE_BOX], u8) if a_nvfp4 else ws_desc
-    else:
-        ws_desc = xs_desc = w_desc  # unused
     tiles, n_whole, split, per = launch_plan(m, n, k, bt, a.device, max_split)
     if split > 1:
         part, sem = _workspace(a.device, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
@@ -586,10 +518,9 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     grid = (n_whole + (tiles - n_whole) * split,)
     x_gs = a_gs if a_gs is not None else (a_tensor_scale if a_tensor_scale is not None else b_gs)
     _hopper_gemm_kernel[grid](
-        w_desc, x_desc, out_desc, w_scale, x_scale, ws_desc, xs_desc, bias if bias is not None else b_gs, b_gs, x_gs,
+        w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
         m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, n_whole, split, per,
         X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
-        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1,
-        SCALES_TMA=scales_tma, num_warps=NUM_WARPS,
+        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS,
     )
     return out

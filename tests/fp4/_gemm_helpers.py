@@ -43,7 +43,7 @@ def _make_a(kind: str, x: torch.Tensor, seed: int):
 
 
 def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=torch.bfloat16,
-                           tail_split: bool = False, scales_tma: bool = False):
+                           tail_split: bool = False):
     """AOT-compile gemm_hopper's kernel for sm_90a (as a JIT launch with aligned operands would);
     ``x_dtype`` is the dense activation dtype of W4A16 (bf16 or fp16); ``tail_split`` compiles the
     variant whose last-wave tiles are split along K."""
@@ -67,22 +67,16 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=t
     x_gl = gh._gl_dtype(x_dtype)
     x_desc = desc((m, k // 2), torch.uint8, [bt, gh.BK // 2], u8) if x_nvfp4 else desc(
         (m, k), x_dtype, [bt, gh.BK], gl.NVMMASharedLayout.get_default_for([bt, gh.BK], x_gl))
-    w_desc = desc((n, k // 2), torch.uint8, [gh.BW, gh.BK // 2], u8)
-    ws_desc = xs_desc = w_desc  # (unused without scales_tma)
-    if scales_tma:
-        ws_desc = desc((n, k // 16), torch.uint8, [gh.BW, 16], u8)
-        xs_desc = desc((m, k // 16), torch.uint8, [bt, 16], u8) if x_nvfp4 else ws_desc
-    sig = {"w_desc": w_desc, "x_desc": x_desc,
+    sig = {"w_desc": desc((n, k // 2), torch.uint8, [gh.BW, gh.BK // 2], u8), "x_desc": x_desc,
            "out_desc": desc((m, n), out, [bt, gh.BW], gl.NVMMASharedLayout.get_default_for([bt, gh.BW], gh._gl_dtype(out))),
-           "w_scale_ptr": "*u8", "x_scale_ptr": "*u8", "ws_desc": ws_desc, "xs_desc": xs_desc, "bias_ptr": "*bf16", "w_gs_ptr": "*fp32", "x_gs_ptr": "*fp32",
+           "w_scale_ptr": "*u8", "x_scale_ptr": "*u8", "bias_ptr": "*bf16", "w_gs_ptr": "*fp32", "x_gs_ptr": "*fp32",
            "M": "i32", "N": "i32", "K": "i32", "stride_ws": "i32", "stride_xs": "i32", "ws_ptr": "*fp32",
            "sem_ptr": "*i32", "n_whole": "i32", "split": "i32", "kt_per_split": "i32"}
     constexprs = {"X_NVFP4": x_nvfp4, "X_GS": False, "EVEN_K": True, "HAS_BIAS": True,
                   "OP_DTYPE": gl.float16 if x_nvfp4 else x_gl,
                   "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16,
                   "ABLATE": 0,
-                  "GROUP": gh.GROUP, "TAIL_SPLIT": tail_split, "SCALES_TMA": scales_tma,
-                  "num_warps": gh.NUM_WARPS}
+                  "GROUP": gh.GROUP, "TAIL_SPLIT": tail_split, "num_warps": gh.NUM_WARPS}
     names = list(gh._hopper_gemm_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
              if t.startswith("*") or a in ("stride_ws", "stride_xs")}
@@ -133,11 +127,11 @@ def _report_in_fresh_process(call: str) -> dict:
 
 
 def _hopper_compile_report(x_nvfp4: bool, bt: int, out: str, x_dtype: str = "bfloat16",
-                           tail_split: bool = False, scales_tma: bool = False) -> dict:
+                           tail_split: bool = False) -> dict:
     """Compile, run ptxas -v and cuobjdump; returns what the test checks (run in a subprocess)."""
 
     compiled, bindir = _compile_hopper_kernel(x_nvfp4, bt, getattr(torch, out), getattr(torch, x_dtype),
-                                              tail_split, scales_tma)
+                                              tail_split)
     info, sass = _ptxas_and_sass(compiled, bindir)
     hgmma = [i for i in _sass_instructions(sass) if i[1].startswith("HGMMA")]
     return {"ptxas": info, "wgmma": f"HGMMA.64x{bt}x16.F32" in sass, "smem": compiled.metadata.shared,

@@ -17,21 +17,20 @@ from ._gemm_helpers import FP32_TOL, _rand, _report_in_fresh_process, wgmma_regi
 # --- the Gluon Hopper kernel: compiled for sm_90a here, run on the GPU --------------------------------
 
 
-@pytest.mark.parametrize("bt,out,tail,scales_tma", [
-    (256, "bfloat16", False, True), (256, "bfloat16", False, False), (128, "bfloat16", False, False),
-    (128, "float32", False, False), (256, "bfloat16", True, True), (128, "float32", True, False)],
-    ids=["256-bf16", "256-bf16-ldgscales", "128-bf16", "128-fp32", "256-bf16-tailsplit", "128-fp32-tailsplit"])
+@pytest.mark.parametrize("bt,out,tail", [(256, "bfloat16", False), (128, "bfloat16", False), (128, "float32", False),
+                                         (256, "bfloat16", True), (128, "float32", True)],
+                         ids=["256-bf16", "128-bf16", "128-fp32", "256-bf16-tailsplit", "128-fp32-tailsplit"])
 @pytest.mark.parametrize("x_kind", ["bfloat16", "float16", "nvfp4"], ids=["w4a16", "w4a16fp16", "w4a4"])
-def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out, tail, scales_tma):
+def test_hopper_kernel_compiles_for_sm90a(x_kind, bt, out, tail):
     """wgmma in SASS, no spills, fits in shared memory, ptxas keeps the wgmma asynchronous (no C7515
     'wgmma.mma_async instructions are serialized' warning), and no wgmma register operand can be
     overwritten while the wgmma runs (operands come from shared memory; the SASS walk finds no
-    hazard); with the block scales by TMA (K % 256 == 0) or by loads. Compiled in a fresh process:
-    Triton's CPU interpreter (used by the other tests) patches triton.language process-wide."""
+    hazard). Compiled in a fresh process: Triton's CPU interpreter (used by the other tests)
+    patches triton.language process-wide."""
 
     x_nvfp4 = x_kind == "nvfp4"
     x_dtype = "bfloat16" if x_nvfp4 else x_kind
-    report = _report_in_fresh_process(f"_hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r}, {tail}, {scales_tma})")
+    report = _report_in_fresh_process(f"_hopper_compile_report({x_nvfp4}, {bt}, {out!r}, {x_dtype!r}, {tail})")
     assert "0 bytes spill stores" in report["ptxas"], report["ptxas"]
     assert "serialized" not in report["ptxas"], report["ptxas"]
     assert report["wgmma"]
@@ -70,9 +69,8 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
     """The Gluon kernel (called directly, no fallback) against the exact dequantize path, bit-identical
     over repeated calls; where the last wave's tiles are split along K (129 × 3072², 7040 × 14336 →
     3072, and 600 × 1056 → 1000 with a shorter last split), the split-K counters are left zeroed and
-    the result is within one rounding of the unsplit kernel's; where the block scales ride with the
-    TMA loads (K % 256 == 0, 256-token tiles), the result equals the scale-load path's bit for bit.
-    (M ≤ 256 is not the default path's kernel: split-K sums in another order.)"""
+    the result is within one rounding of the unsplit kernel's. (M ≤ 256 is not the default path's
+    kernel: split-K sums in another order.)"""
     from longlive_kernels.fp4 import gemm_hopper as gh
 
     x = torch.randn(m, k, device="cuda")
@@ -88,20 +86,15 @@ def test_gpu_hopper_kernel(kind, m, k, n, has_bias, monkeypatch):
     out_dtype = torch.float32 if m == 2048 else (torch.bfloat16 if kind != "fp16" else torch.float16)
     assert gh.supported(args[0], args[3], b.data, out_dtype)
 
-    def direct(**kw):
+    def direct():
         return gh.gemm(args[0], args[1], args[2], b.data, b.scale, b.global_scale.reshape(1).float(), bias,
-                       out_dtype, args[3], **kw)
+                       out_dtype, args[3])
 
     out = direct()
     expect = nvfp4_gemm(a, b, bias=bias, out_dtype=torch.float32, algorithm="dequantize")
     assert rel_err(out, expect) <= 2.0**-8
     for _ in range(3):  # a race shows up as run-to-run differences
         assert_bitwise_equal(direct(), out, "repeated Hopper kernel call")
-    by_tma = gh.scales_by_tma(b.scale.view(torch.uint8), args[1].view(torch.uint8) if args[3] else None,
-                              128 if out_dtype == torch.float32 else 256)
-    assert by_tma == (k % 256 == 0 and out_dtype != torch.float32)
-    if by_tma:  # the block scales by TMA and by loads: the same products in the same order
-        assert_bitwise_equal(direct(scales_tma=False), out, "block scales by loads vs by TMA")
     split = gh.launch_plan(m, n, k, 128 if out_dtype == torch.float32 else 256, x.device)[2]
     assert (split > 1) == ((m, k, n) in ((129, 3072, 3072), (7040, 14336, 3072), (600, 1056, 1000)))
     if split > 1:
