@@ -40,8 +40,6 @@ QUICK = [(1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072)]
 # (token tile, stages, tail split cap) of the W4A16 variants; the first is the default (256 tokens,
 # 4 stages, gemm_hopper.MAX_TAIL_SPLIT)
 W4A16_VARIANTS = [(None, 4, None), (None, 4, 1), (None, 4, 2)]
-# (stages, tail split cap) of the W4A16 kernel on 128-wide k-tiles (two stages fit: 208 KB)
-K128_VARIANTS = [(2, None), (2, 1)]
 # timing-only ablations of the first variant (wrong results, not checked): scales loaded once, no decode
 ABLATIONS = {"scales once": 1, "no decode": 2}
 
@@ -60,9 +58,9 @@ def _variants(m: int, k: int, n: int):
     exact16 = nvfp4_gemm(x, wq, out_dtype=torch.float32, algorithm="dequantize")
     exact4 = nvfp4_gemm(xq, wq, out_dtype=torch.float32, algorithm="dequantize")
 
-    def w4a16(bt, stages, split, ablate=0, k_tile=None):
+    def w4a16(bt, stages, split, ablate=0):
         return lambda: gh.gemm(x, None, None, wq.data, wq.scale, wgs, None, torch.bfloat16, False, token_rows=bt,
-                               stages=stages, ablate=ablate, max_split=split, k_tile=k_tile)
+                               stages=stages, ablate=ablate, max_split=split)
 
     def unsplit(fn):
         def call():
@@ -77,8 +75,6 @@ def _variants(m: int, k: int, n: int):
            "deq+bf16": (lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)), None)}
     for bt, st, sp in W4A16_VARIANTS:
         fns[f"w4a16 {bt or 'auto'}/{st}/{sp or 'auto'}"] = (w4a16(bt, st, sp), exact16)
-    for st, sp in K128_VARIANTS:
-        fns[f"w4a16 k128/{st}/{sp or 'auto'}"] = (w4a16(None, st, sp, k_tile=128), exact16)
     for name, ablate in ABLATIONS.items():
         fns[f"({name})"] = (w4a16(*W4A16_VARIANTS[0], ablate=ablate), None)
     w4a4 = lambda: gh.gemm(xq.data, xq.scale, xgs, wq.data, wq.scale, wgs, None, torch.bfloat16, True)

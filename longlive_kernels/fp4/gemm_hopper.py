@@ -227,7 +227,7 @@ def _hopper_gemm_kernel(
     TK: gl.constexpr = 2 * TK2
     TT: gl.constexpr = out_desc.block_type.shape[0]
     NB: gl.constexpr = TK // 16
-    gl.static_assert(TW == 128 and (TK == 64 or TK == 128) and num_warps == 8, "128 × 64|128 A tiles, 8 warps")
+    gl.static_assert(TW == 128 and TK == 64 and num_warps == 8, "layouts below assume a 128×64 A tile, 8 warps")
     gl.static_assert(TT == 128 or TT == 256, "token tile of 128 or 256 rows")
 
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[8, 1], instr_shape=[16, TT, 16])
@@ -453,12 +453,12 @@ def tail_split(tiles: int, k_tiles: int, slots: int, max_split: int = MAX_TAIL_S
 
 
 def launch_plan(m: int, n: int, k: int, bt: int, device: torch.device,
-                max_split: int | None = None, bk: int = BK) -> tuple[int, int, int, int]:
+                max_split: int | None = None) -> tuple[int, int, int, int]:
     """(tiles, n_whole, split, k-tiles per split) of a launch with ``bt``-token tiles on ``device``:
     one CTA per SM for 256-token tiles, two for 128 (:func:`tail_split`)."""
     tiles = _cdiv(n, BW) * _cdiv(m, bt)
     slots = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) * (256 // bt)
-    return (tiles, *tail_split(tiles, _cdiv(k, bk), slots, MAX_TAIL_SPLIT if max_split is None else max_split))
+    return (tiles, *tail_split(tiles, _cdiv(k, BK), slots, MAX_TAIL_SPLIT if max_split is None else max_split))
 
 
 _WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -478,7 +478,7 @@ def _workspace(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tens
 
 
 def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_tensor_scale=None, *,
-         token_rows=None, stages=None, ablate=0, max_split=None, k_tile=None) -> torch.Tensor:
+         token_rows=None, stages=None, ablate=0, max_split=None) -> torch.Tensor:
     """``out = a @ bᵀ (+ bias)`` on Hopper (arguments as ``gemm._gemm_op``; check :func:`supported`).
     ``a_tensor_scale`` ([1] fp32, dense ``a`` only) multiplies the result (a pre-decoded NVFP4 ``a``).
     ``token_rows`` / ``stages`` override the token tile and the pipeline depth; ``max_split`` caps the
@@ -496,22 +496,21 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     bt = token_rows or (128 if out_dtype == torch.float32 else 256)
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
-    bk = k_tile or BK
-    w_desc = TensorDescriptor.from_tensor(b_data, [BW, bk // 2], u8)
+    w_desc = TensorDescriptor.from_tensor(b_data, [BW, BK // 2], u8)
     if a_nvfp4:
         op_dtype = gl.float16
-        x_desc = TensorDescriptor.from_tensor(a, [bt, bk // 2], u8)
+        x_desc = TensorDescriptor.from_tensor(a, [bt, BK // 2], u8)
         x_scale = a_scale.view(torch.uint8)
         stages = stages or STAGES_W4A4
     else:
         op_dtype = _gl_dtype(a.dtype)
-        x_desc = TensorDescriptor.from_tensor(a, [bt, bk], gl.NVMMASharedLayout.get_default_for([bt, bk], op_dtype))
+        x_desc = TensorDescriptor.from_tensor(a, [bt, BK], gl.NVMMASharedLayout.get_default_for([bt, BK], op_dtype))
         x_scale = b_data  # unused
         stages = stages or STAGES_W4A16  # bt=128: ~112 KB, two CTAs per SM (bt=256: one)
     o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
     out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
     w_scale = b_scale.view(torch.uint8)
-    tiles, n_whole, split, per = launch_plan(m, n, k, bt, a.device, max_split, bk)
+    tiles, n_whole, split, per = launch_plan(m, n, k, bt, a.device, max_split)
     if split > 1:
         part, sem = _workspace(a.device, (tiles - n_whole) * split * BW * bt, tiles - n_whole)
     else:
@@ -521,7 +520,7 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     _hopper_gemm_kernel[grid](
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
         m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, n_whole, split, per,
-        X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % bk == 0, HAS_BIAS=bias is not None,
+        X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
         OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS,
     )
     return out
