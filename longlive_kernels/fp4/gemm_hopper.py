@@ -220,6 +220,7 @@ def _hopper_gemm_kernel(
     # 3 split programs store their partial as the output, 4 the last split program sums no partials
     GROUP: gl.constexpr,
     TAIL_SPLIT: gl.constexpr,  # the last partial wave of tiles is split along K (see tail_split)
+    SPLIT_LOADS: gl.constexpr,  # a power of two ≥ split: the partial loads unrolled in the split sum
     num_warps: gl.constexpr,
 ):
     TW: gl.constexpr = w_desc.block_type.shape[0]
@@ -319,25 +320,23 @@ def _hopper_gemm_kernel(
         mbarrier.invalidate(bars.index(s))
     finish = pid >= 0
     if TAIL_SPLIT and ABLATE != 3:
-        acc, finish = _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW, TT, mma, ABLATE == 4)
+        finish = _arrive_split(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW, TT, mma)
     if finish:
         c_smem = gl.allocate_shared_memory(out_desc.dtype, [TT, TW], out_desc.layout)
-        _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_smem, X_NVFP4, X_GS, HAS_BIAS,
-                  OP_DTYPE, TW, mma)
+        if TAIL_SPLIT and ABLATE < 3 and pid >= n_whole:
+            _split_epilogue(ws_ptr, tile - n_whole, split, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc,
+                            c_smem, X_NVFP4, X_GS, HAS_BIAS, OP_DTYPE, TW, TT, SPLIT_LOADS, num_warps)
+        else:
+            _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_smem, X_NVFP4, X_GS, HAS_BIAS,
+                      OP_DTYPE, TW, mma)
 
 
 @gluon.jit
-def _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexpr, TT: gl.constexpr,
-                MMA: gl.constexpr, SKIP_SUM: gl.constexpr):
-    """A split program stores its FP32 partial tile; the last of a tile's ``split`` programs to arrive
-    (an atomic counter per tail tile, reset by it) sums the partials and returns (sum, True); the
-    others return (acc, False). Whole-tile programs return (acc, True). The sum re-reads every
-    partial, its own too, in split order: deterministic whichever program arrives last. Partials are
-    row-major tiles. (Tried and not kept, tools/probe_tail_split.py on an H100: partials in the
-    accumulator's register order, for 256-byte warp accesses, ran the W4A16 split waves ~3 % faster;
-    in that build, which also added the other partial to its own with two splits (no faster), the
-    W4A16 kernel took 255 registers and the fused W4A4 kernel ran 7-12 % slower with its tail split
-    than without.) SKIP_SUM (timing only, wrong results): the last program returns its own partial."""
+def _arrive_split(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexpr, TT: gl.constexpr,
+                  MMA: gl.constexpr):
+    """A split program stores its FP32 partial tile (row-major) and counts itself in (an atomic
+    counter per tail tile); True for the tile's last program to arrive, which resets the counter and
+    then sums the partials (:func:`_split_epilogue`), and for whole-tile programs."""
     finish = pid >= 0
     if pid >= n_whole:
         t = tile - n_whole
@@ -345,18 +344,57 @@ def _sum_splits(acc, pid, n_whole, tile, split, ws_ptr, sem_ptr, TW: gl.constexp
         rows = gl.arange(0, TW, layout=gl.SliceLayout(1, MMA))
         cols = gl.arange(0, TT, layout=gl.SliceLayout(0, MMA))
         offs = gl.expand_dims(rows * TT, 1) + gl.expand_dims(cols, 0)
-        base = ws_ptr + (t * split).to(gl.int64) * (TW * TT)
-        gl.store(base + own * (TW * TT) + offs, acc)
+        gl.store(ws_ptr + ((t * split + own).to(gl.int64) * (TW * TT)) + offs, acc)
         gl.thread_barrier()
         arrived = gl.atomic_add(sem_ptr + t, 1, sem="acq_rel", scope="gpu")
         finish = arrived == split - 1
         if finish:
-            if not SKIP_SUM:
-                acc = gl.zeros((TW, TT), dtype=gl.float32, layout=MMA)
-                for s in range(split):  # fixed order: deterministic
-                    acc += gl.load(base + s * (TW * TT) + offs, cache_modifier=".cg")
             gl.store(sem_ptr + t, 0)
-    return acc, finish
+    return finish
+
+
+@gluon.jit
+def _alpha(w_gs_ptr, x_gs_ptr, X_NVFP4: gl.constexpr, X_GS: gl.constexpr, OP_DTYPE: gl.constexpr):
+    """The epilogue's FP32 factor: the tensor scales (and 2^8 for bf16-decoded weights)."""
+    if OP_DTYPE == gl.bfloat16:
+        alpha = gl.load(w_gs_ptr) * 256.0  # undo the 2^-8 of the bf16-decoded weights
+    else:
+        alpha = gl.load(w_gs_ptr)
+    if X_NVFP4 or X_GS:
+        alpha = alpha * gl.load(x_gs_ptr)  # W4A4 always decodes to fp16 (no extra factor)
+    return alpha
+
+
+@gluon.jit
+def _split_epilogue(ws_ptr, t, split, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_smem,
+                    X_NVFP4: gl.constexpr, X_GS: gl.constexpr, HAS_BIAS: gl.constexpr, OP_DTYPE: gl.constexpr,
+                    TW: gl.constexpr, TT: gl.constexpr, SPLIT_LOADS: gl.constexpr, num_warps: gl.constexpr):
+    """The last program of tail tile ``t`` sums the ``split`` partials in split order (deterministic,
+    whichever program arrived last) and runs :func:`_epilogue`'s arithmetic, 64 tokens at a time:
+    every partial's 16-byte loads of a chunk are in flight together. (Summing the whole tile in the
+    accumulator's layout left too few registers for more than a few loads in flight: 12-18 µs per
+    split tile on the H100, seventeenth session.)"""
+    RT: gl.constexpr = 64
+    L: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (RT // 4), RT // 4], [num_warps, 1], [1, 0])
+    alpha = _alpha(w_gs_ptr, x_gs_ptr, X_NVFP4, X_GS, OP_DTYPE)
+    rows = gl.arange(0, TW, layout=gl.SliceLayout(1, L))
+    offs = gl.expand_dims(rows * TT, 1) + gl.expand_dims(gl.arange(0, RT, layout=gl.SliceLayout(0, L)), 0)
+    if HAS_BIAS:
+        bias = gl.load(bias_ptr + off_w + rows, mask=off_w + rows < N, other=0.0).to(gl.float32)
+    base = ws_ptr + (t * split).to(gl.int64) * (TW * TT)
+    for c in gl.static_range(0, TT, RT):
+        acc = gl.zeros((TW, RT), dtype=gl.float32, layout=L)
+        for s in gl.static_range(SPLIT_LOADS):  # absent splits add -0.0: x + (-0.0) == x bit for bit
+            acc += gl.load(base + s * (TW * TT) + c + offs, mask=(offs >= 0) & (s < split), other=-0.0,
+                           cache_modifier=".cg")
+        acc = acc * alpha
+        if HAS_BIAS:
+            acc = acc + gl.expand_dims(bias, 1)
+        c_smem.slice(c, RT, dim=0).permute((1, 0)).store(acc.to(out_desc.dtype))
+    fence_async_shared()
+    gl.thread_barrier()  # the whole tile is in shared memory before one thread issues the TMA store
+    tma.async_copy_shared_to_global(out_desc, [off_t, off_w], c_smem)
+    tma.store_wait(pendings=0)
 
 
 @gluon.jit
@@ -365,13 +403,7 @@ def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_sm
               mma: gl.constexpr):
     """Tensor scales and bias in FP32, one rounding, the tile out through shared memory (``c_smem``,
     [TT, TW] in the output's TMA layout) and TMA."""
-    if OP_DTYPE == gl.bfloat16:
-        alpha = gl.load(w_gs_ptr) * 256.0  # undo the 2^-8 of the bf16-decoded weights
-    else:
-        alpha = gl.load(w_gs_ptr)
-    if X_NVFP4 or X_GS:
-        alpha = alpha * gl.load(x_gs_ptr)  # W4A4 always decodes to fp16 (no extra factor)
-    acc = acc * alpha
+    acc = acc * _alpha(w_gs_ptr, x_gs_ptr, X_NVFP4, X_GS, OP_DTYPE)
     if HAS_BIAS:
         rows = off_w + gl.arange(0, TW, layout=gl.SliceLayout(1, mma))
         bias = gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
@@ -521,6 +553,7 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         w_desc, x_desc, out_desc, w_scale, x_scale, bias if bias is not None else b_gs, b_gs, x_gs,
         m, n, k, w_scale.stride(0), x_scale.stride(0), part, sem, n_whole, split, per,
         X_NVFP4=a_nvfp4, X_GS=a_tensor_scale is not None, EVEN_K=k % BK == 0, HAS_BIAS=bias is not None,
-        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1, num_warps=NUM_WARPS,
+        OP_DTYPE=op_dtype, STAGES=stages, ABLATE=ablate, GROUP=GROUP, TAIL_SPLIT=split > 1,
+        SPLIT_LOADS=1 << (split - 1).bit_length(), num_warps=NUM_WARPS,
     )
     return out

@@ -76,7 +76,8 @@ def _compile_hopper_kernel(x_nvfp4: bool, bt: int, out=torch.bfloat16, x_dtype=t
                   "OP_DTYPE": gl.float16 if x_nvfp4 else x_gl,
                   "STAGES": gh.STAGES_W4A4 if x_nvfp4 else gh.STAGES_W4A16,
                   "ABLATE": 0,
-                  "GROUP": gh.GROUP, "TAIL_SPLIT": tail_split, "num_warps": gh.NUM_WARPS}
+                  "GROUP": gh.GROUP, "TAIL_SPLIT": tail_split, "SPLIT_LOADS": 4 if tail_split else 1,
+                  "num_warps": gh.NUM_WARPS}
     names = list(gh._hopper_gemm_kernel.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items()
              if t.startswith("*") or a in ("stride_ws", "stride_xs")}
