@@ -366,6 +366,15 @@ def _alpha(w_gs_ptr, x_gs_ptr, X_NVFP4: gl.constexpr, X_GS: gl.constexpr, OP_DTY
 
 
 @gluon.jit
+def _tma_store_tile(out_desc, c_smem, off_t, off_w):
+    """The output tile, written into ``c_smem`` by every thread, out by one TMA store."""
+    fence_async_shared()
+    gl.thread_barrier()  # the whole tile is in shared memory before one thread issues the TMA store
+    tma.async_copy_shared_to_global(out_desc, [off_t, off_w], c_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
 def _split_epilogue(ws_ptr, t, split, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_smem,
                     X_NVFP4: gl.constexpr, X_GS: gl.constexpr, HAS_BIAS: gl.constexpr, OP_DTYPE: gl.constexpr,
                     TW: gl.constexpr, TT: gl.constexpr, SPLIT_LOADS: gl.constexpr, num_warps: gl.constexpr):
@@ -391,10 +400,7 @@ def _split_epilogue(ws_ptr, t, split, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_
         if HAS_BIAS:
             acc = acc + gl.expand_dims(bias, 1)
         c_smem.slice(c, RT, dim=0).permute((1, 0)).store(acc.to(out_desc.dtype))
-    fence_async_shared()
-    gl.thread_barrier()  # the whole tile is in shared memory before one thread issues the TMA store
-    tma.async_copy_shared_to_global(out_desc, [off_t, off_w], c_smem)
-    tma.store_wait(pendings=0)
+    _tma_store_tile(out_desc, c_smem, off_t, off_w)
 
 
 @gluon.jit
@@ -409,10 +415,7 @@ def _epilogue(acc, off_w, off_t, N, bias_ptr, w_gs_ptr, x_gs_ptr, out_desc, c_sm
         bias = gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
         acc = acc + gl.expand_dims(bias, 1)
     c_smem.permute((1, 0)).store(acc.to(out_desc.dtype))
-    fence_async_shared()
-    gl.thread_barrier()  # the whole tile is in shared memory before one thread issues the TMA store
-    tma.async_copy_shared_to_global(out_desc, [off_t, off_w], c_smem)
-    tma.store_wait(pendings=0)
+    _tma_store_tile(out_desc, c_smem, off_t, off_w)
 
 
 # ---------------------------------------------------------------------------------------------
