@@ -16,7 +16,7 @@ from bench_kv_cache import _filled
 
 from longlive_kernels.attention import fp4_kv_attention
 from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd
-from longlive_kernels.attention.kv_cache_ops import _dequantize_triton
+from longlive_kernels.attention.kv_cache_ops import _dequantize_triton, dequantize_fp8_into
 from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms
 
 N = 10
@@ -44,10 +44,25 @@ for name, fn in runs.items():
 if "--decode-sweep" in sys.argv:
     copy = copy_bandwidth_gbs()
     lay = (cache.data[0], cache.scale[0], cache.global_scale[0], cache.table, 4)
-    inv = torch.ones(2, device="cuda")
+    gs_max = cache.global_scale[0].amax().item()
+    inv = torch.full((2,), 448.0 / (6 * 448 * gs_max), device="cuda")  # the FP8 path's descale rule
     fp4_bytes = cache.data[0].numel() + cache.scale[0].numel()  # 4 slots of K and V = the decoded chunks
+    # the CUDA table decode (items per thread) against the Triton kernel, bit for bit
+    ok, ov = _dequantize_triton(*lay, torch.float8_e4m3fn, inv_scale=inv)
+    want = (ok.clone(), ov.clone())
+    nbytes = fp4_bytes + 2 * ok.numel()
+    for items in (1, 2, 4):
+        fn = lambda items=items: dequantize_fp8_into(*lay[:4], ok, ov, inv, backend="cuda", items_per_thread=items)
+        ok.zero_(), ov.zero_()
+        fn()
+        same = torch.equal(ok.view(torch.uint8), want[0].view(torch.uint8)) and torch.equal(
+            ov.view(torch.uint8), want[1].view(torch.uint8))
+        ms = cuda_time_ms(fn, hide_host=True)
+        gbs = nbytes / (ms * 1e-3) / 1e9
+        print(f"decode -> float8_e4m3fn CUDA table: items {items}: {ms * 1e3:6.1f} us {gbs:6.0f} GB/s = "
+              f"{gbs / copy:.2f}x copy ({copy:.0f}) same_as_triton={same}", flush=True)
     for dtype in (torch.float8_e4m3fn, torch.bfloat16):
-        ok, ov = _dequantize_triton(*lay, dtype)
+        ok, ov = _dequantize_triton(*lay, dtype, inv_scale=inv if dtype != torch.bfloat16 else None)
         nbytes = fp4_bytes + 2 * ok.numel() * ok.element_size()
         want = ok.clone()
         for br in (32, 64, 128):

@@ -195,6 +195,7 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
     from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available
 
     fp8_ok = cudnn_fp8_sdpa_available(q.device)
+    q_amax, k_amax = q.abs().amax().item(), k.abs().amax().item()
     cases = [
         ("cuDNN SDPA, BF16 cache", lambda: cudnn(q, kk, vv)),
         ("dequant + cuDNN SDPA", dequant_then_cudnn),
@@ -208,6 +209,15 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
         # cuDNN FP8 SDPA over the FP8-decoded window (Hopper + nvidia-cudnn-frontend), q/K/V/O conversions included
         ("fp4_kv_attention fp8 (auto: cuDNN FP8)",
          (lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8")) if fp8_ok else None),
+        # the DiT's call: q's and the current K's scales from the caller's bounds (the qk-RMSNorm's
+        # √C·max|γ| there; the exact amaxes here, known before the timed call), then also O left in E4M3
+        # for the FP8 o projection (which reads it as it is; the BF16 baseline's projection reads bf16)
+        ("fp4_kv_attention fp8, q/K amax bounds",
+         (lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8", q_amax=q_amax,
+                                   current_k_amax=k_amax)) if fp8_ok else None),
+        ("fp4_kv_attention fp8, q/K amax bounds, E4M3 output (the DiT's call)",
+         (lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8", q_amax=q_amax,
+                                   current_k_amax=k_amax, out_fp8=True)) if fp8_ok else None),
         ("fp4_kv_attention fp8 (auto) +cache-current",
          (lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
         ("fp4_kv_attention fp8 (auto) +cache-current, head-major FP8 workspace",
@@ -233,6 +243,8 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
             continue
         try:
             out = fn()
+            if isinstance(out, tuple):  # E4M3 output: (codes, scale)
+                out = (out[0].float() * out[1]).to(q.dtype)
             if "+cache-current" in name or "ablation" in name:  # attends to the quantized current chunk: its own reference
                 kq, vq = cache.dequantize(0, include_current=True, dtype=torch.float32)
                 err = rel_err(sub(out[:, :1024]), _ref_subset(q, kq, vq)[0])

@@ -263,14 +263,17 @@ def cached_kv(cache, layer: int, chunks) -> tuple[torch.Tensor, torch.Tensor]:
     return k.index_select(1, idx), v.index_select(1, idx)
 
 
-def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str = "bf16", out_fp8: bool = False):
+def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str = "bf16", out_fp8: bool = False,
+                      q_amax=None, k_amax=None):
     """Softmax attention of q over [cached ``chunks`` | current k, v] (all [B, L, H, D]).
 
     ``chunks=None`` attends every context chunk through ``fp4_kv_attention`` (``compute`` = its
     MMA precision) when the cache is an ``FP4KVCache`` and q is bf16/fp16; otherwise (fp32 on a
     CPU, BF16KVCache, a subset of chunks) the cached K/V are dequantized and SDPA runs.
     ``out_fp8`` asks ``fp4_kv_attention`` with FP8 compute for its E4M3 output ``(codes, scale)``
-    (for an FP8 output projection); every other path returns the 16-bit o."""
+    (for an FP8 output projection); every other path returns the 16-bit o. ``q_amax`` / ``k_amax``:
+    bounds of max|q|, max|k| for the FP8 path's scales (``fp4_kv_attention``'s ``q_amax`` /
+    ``current_k_amax``)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     if chunks is None and not isinstance(cache, BF16KVCache) and q.dtype in (torch.bfloat16, torch.float16):
         try:
@@ -287,6 +290,8 @@ def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str =
                 softmax_scale=scale,
                 compute=compute if cache.storage == "fp4" else "bf16",
                 out_fp8=out_fp8 and compute == "fp8" and cache.storage == "fp4",
+                q_amax=q_amax,
+                current_k_amax=k_amax,
             )
     if chunks is None:
         chunks = cache.context_chunks()
@@ -308,9 +313,10 @@ class CacheAttention(AttentionBackend):
         """Whether ``__call__(..., out_fp8=True)`` can hand back FP8 attention output (FP8 compute)."""
         return self.compute == "fp8"
 
-    def __call__(self, q, k, v, *, layer, out_fp8: bool = False):
+    def __call__(self, q, k, v, *, layer, out_fp8: bool = False, q_amax=None, k_amax=None):
         self.cache.update(layer, k, v)
-        return attend_with_cache(q, k, v, self.cache, layer, compute=self.compute, out_fp8=out_fp8)
+        return attend_with_cache(q, k, v, self.cache, layer, compute=self.compute, out_fp8=out_fp8, q_amax=q_amax,
+                                 k_amax=k_amax)
 
 
 class RecacheAttention(AttentionBackend):

@@ -269,6 +269,15 @@ class RMSNorm(nn.Module):
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
 
+    def amax_bound(self) -> torch.Tensor:
+        """[1] fp32 on the weight's device: an upper bound of max|y| for y = this norm's output over
+        C = ``weight.numel()`` values, also after RoPE: |x_i| ≤ ‖x‖₂ = √C·rms(x), so |y_i| ≤ √C·|w_i|;
+        RoPE rotates pairs (keeping each pair's norm), so every output is ≤ √C·max|w|. The factor 1.01
+        covers the fp32 arithmetic and the final 16-bit rounding (≤ 2⁻⁸ relative). FP8 attention takes
+        it as q's / k's amax instead of a pass over them (``fp4_kv_attention(q_amax=...)``)."""
+        w = self.weight.detach()
+        return (torch.linalg.vector_norm(w.float(), float("inf")) * (1.01 * math.sqrt(w.numel()))).reshape(1)
+
 
 def _takes_fp8(*linears: nn.Module) -> bool:
     """Whether h may reach these linears as row-wise FP8 ``(codes, row_scale)`` (inference, every
@@ -311,10 +320,13 @@ class SelfAttention(_AttentionProjections):
             norm_weight_k=self.norm_k.weight if self.norm_k is not None else None,
             eps=self.norm_q.eps if self.norm_q is not None else 1e-6, ops=ops, backend=backend,
         )
-        if getattr(attn, "fp8_output", False) and _takes_fp8(self.o):
-            o = attn(q, k, v, layer=layer, out_fp8=True)  # E4M3 codes + scale straight into the FP8 GEMM
-        else:
-            o = attn(q, k, v, layer=layer)
+        kw = {}
+        if getattr(attn, "fp8_output", False):  # FP8 attention: q's and k's scales from the norms' bounds
+            if self.norm_q is not None:
+                kw = {"q_amax": self.norm_q.amax_bound(), "k_amax": self.norm_k.amax_bound()}
+            if _takes_fp8(self.o):
+                kw["out_fp8"] = True  # E4M3 codes + scale straight into the FP8 GEMM
+        o = attn(q, k, v, layer=layer, **kw)
         if isinstance(o, tuple):
             codes, scale = o
             return self.o(codes.reshape(b, n, -1), x_scale=scale.reshape(()).expand(b, n))

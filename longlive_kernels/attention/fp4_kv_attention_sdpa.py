@@ -93,31 +93,45 @@ def attention(q, cache, layer, current_k, current_v, softmax_scale):
     return sdpa_bshd(q, k, v, softmax_scale)
 
 
-def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=False):
+def _amax_into(x: torch.Tensor, bound, out: torch.Tensor) -> None:
+    """``out`` ([1] fp32) = the caller's bound of max|x| if given, else max|x| (one pass over x)."""
+    from .fp8_sdpa import amax_bits
+
+    if bound is None:
+        amax_bits(x, out.view(torch.int32))
+    elif isinstance(bound, torch.Tensor):
+        out.copy_(bound.reshape(1))
+    else:
+        out.fill_(float(bound))
+
+
+def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=False, *, q_amax=None,
+                  k_amax=None):
     """:func:`attention` with FP8 E4M3 math (cuDNN FP8 SDPA, :mod:`fp8_sdpa`): the FP4 window is decoded
     straight into an FP8 workspace with one scale per K and V, ``6 · max`` of the layer's FP32 tile
     scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
-    current chunk are quantized with per-tensor scales. The workspace, q's codes and O are token-major
+    current chunk are quantized with per-tensor scales, from their amax or from the caller's bounds
+    ``q_amax`` / ``k_amax`` (no pass over the tensor). The workspace, q's codes and O are token-major
     in memory, or head-major with ``FP8_HEADS_MAJOR``. ``out_fp8``: cuDNN's E4M3 output and its
     scale, unconverted. Inputs are checked by :func:`fp4_kv_attention`."""
-    from .fp8_sdpa import amax_bits, fp8_descales, fp8_sdpa, heads_major, scale_cast
-    from .kv_cache_ops import _dequantize_triton
+    from .fp8_sdpa import fp8_descales, fp8_sdpa, heads_major, scale_cast
+    from .kv_cache_ops import dequantize_fp8_into
 
     n_ctx = len(cache.context_chunks())
     ctx_rows = n_ctx * cache.chunk_tokens
     cur_rows = cache.chunk_tokens if current_k is None else current_k.shape[1]
     k8, v8 = _workspace(cache, ctx_rows + cur_rows, torch.float8_e4m3fn, heads_major=FP8_HEADS_MAJOR)
     gs = cache.global_scale[layer]  # [2, S, B, H, NT]: every slot of this layer, so no host sync
-    bits = torch.zeros(3, dtype=torch.int32, device=q.device)  # amax of q, current K, current V
-    amax_bits(q, bits[0:1])
+    amax = torch.zeros(3, dtype=torch.float32, device=q.device)  # of q, current K, current V
+    _amax_into(q, q_amax, amax[0:1])
     if current_k is not None:
-        amax_bits(current_k, bits[1:2])
-        amax_bits(current_v, bits[2:3])
-    sc = fp8_descales(gs, bits, current_k is not None)  # descale k, v; 1/descale k, v; descale q; 1/descale v
+        _amax_into(current_k, k_amax, amax[1:2])
+        _amax_into(current_v, None, amax[2:3])
+    sc = fp8_descales(gs, amax.view(torch.int32), current_k is not None)  # descale k, v; their inverses; q; 1/v
     n = n_ctx + (current_k is None)
     if n:
-        _dequantize_triton(cache.data[layer], cache.scale[layer], gs, cache.table, n, torch.float8_e4m3fn,
-                           k8[:, : n * cache.chunk_tokens], v8[:, : n * cache.chunk_tokens], sc[2:4])
+        dequantize_fp8_into(cache.data[layer], cache.scale[layer], gs, cache.table, k8[:, : n * cache.chunk_tokens],
+                            v8[:, : n * cache.chunk_tokens], sc[2:4])
     if current_k is not None:
         scale_cast(current_k, sc[0:1], k8[:, ctx_rows:], divide=True)
         scale_cast(current_v, sc[1:2], v8[:, ctx_rows:], divide=True)

@@ -118,6 +118,29 @@ def _dequantize_triton(data, scale, gs, table, n_chunks, dtype, out_k=None, out_
     return out_k, out_v
 
 
+def dequantize_fp8_into(data, scale, gs, table, out_k, out_v, inv_scale, *, backend: str = "auto",
+                        items_per_thread: int = 2) -> None:
+    """Decode the first ``out_k.shape[1] // T`` chunks in attention order (context, then the current
+    slot) into the FP8 window of ``compute="fp8"``: each code is RNE_E4M3(decoded value · inv_scale[K|V]),
+    saturating (bit-identical between the backends).
+
+    data, scale, gs : one layer's cache buffers ([2, S, B, H, T, D/2] uint8, [.., D/16] uint8,
+    [.., ceil(T/128)] fp32). out_k, out_v : float8_e4m3fn [B, n·T, H, D], D contiguous, same strides.
+    inv_scale : [2] fp32 on the device. backend : ``"cuda"`` (the extension's table decode: each block's 8
+    magnitudes converted once, every code one byte permute; needs 16-byte aligned rows), ``"triton"``, or
+    ``"auto"`` (CUDA where it applies). items_per_thread : CUDA launch shape (1, 2 or 4; same result)."""
+    aligned = all(x.data_ptr() % 16 == 0 and all(st % 16 == 0 for st in x.stride()[:3]) for x in (out_k, out_v))
+    use_cuda = backend == "cuda" or (backend == "auto" and aligned and out_k.is_cuda
+                                     and _cuda_op_available("kv_cache_dequantize_fp8_cuda"))
+    if use_cuda:
+        cuda_extension()
+        torch.ops.longlive_kernels.kv_cache_dequantize_fp8_cuda(data, scale, gs, table, out_k, out_v, inv_scale,
+                                                                items_per_thread)
+        return
+    _dequantize_triton(data, scale, gs, table, out_k.shape[1] // data.shape[4], torch.float8_e4m3fn, out_k, out_v,
+                       inv_scale)
+
+
 def _dequantize_cuda(data, scale, gs, table, n_chunks, dtype):
     _, _, b, h, t, half_d = data.shape
     out_k = torch.empty((b, n_chunks * t, h, 2 * half_d), dtype=dtype, device=data.device)

@@ -290,3 +290,61 @@ def test_gpu_cudnn_fp8_output_unconverted():
     codes, scale = fp4_kv_attention(q, cache, 0, compute="fp8", out_fp8=True)
     assert codes.dtype == torch.float8_e4m3fn and codes.shape == q.shape
     assert torch.equal((codes.float() * scale).to(torch.bfloat16), out)
+
+
+@pytest.mark.parametrize("bound, exc, match", [
+    (0.0, ValueError, "positive finite"), (-1.0, ValueError, "positive finite"),
+    (float("inf"), ValueError, "positive finite"), (float("nan"), ValueError, "positive finite"),
+    ("1.0", TypeError, "float or a one-element tensor"), (True, TypeError, "float or a one-element tensor"),
+    (torch.ones(2), ValueError, "one-element floating"), (torch.ones(1, dtype=torch.int32), ValueError, "floating"),
+])
+def test_amax_bounds_are_checked(bound, exc, match):
+    cache = _cache(1, 2, "fp4")
+    q = _rand(2, 1, 8, 2, 32)
+    for name in ("q_amax", "current_k_amax"):
+        with pytest.raises(exc, match=f"{name}.*{match}|{match}"):
+            fp4_kv_attention(q, cache, 1, backend="torch", **{name: bound})
+
+
+@pytest.mark.gpu
+def test_amax_bound_on_another_device_is_refused():
+    cache = _cache(1, 2, "fp4", device="cuda")
+    with pytest.raises(ValueError, match="q_amax is on cpu"):
+        fp4_kv_attention(_rand(2, 1, 8, 2, 32).cuda(), cache, 1, q_amax=torch.ones(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("as_tensor", [True, False])
+def test_gpu_cudnn_fp8_amax_bounds(as_tensor):
+    """The caller's bounds replace the amax passes of q and the current K: the exact amaxes give the same
+    bits as no bounds (the same scales), and 8× looser bounds stay within the FP8 path's own error of the
+    fp64 reference of the decoded cache (E4M3 keeps its 3 mantissa bits over 15 binades, so a scale 3
+    binades too large only costs precision below 2⁻⁶ of it)."""
+    _fp8_sdpa_or_skip()
+    dev = torch.device("cuda")
+    h, d, t = 4, 128, 256
+    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
+    g = torch.Generator(device="cpu").manual_seed(3)
+    for n in range(3):
+        cache.start_chunk(n)
+        cache.update(0, *(torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2)))
+    q = (torch.randn(1, t, h, d, generator=g) * 2).to(dev, torch.bfloat16)
+    ck, cv = ((torch.randn(1, t, h, d, generator=g) * s).to(dev, torch.bfloat16) for s in (3, 1))
+    kw = {"current_k": ck, "current_v": cv, "compute": "fp8"}
+
+    def bound(x, f):
+        b = x.abs().amax().float() * f
+        return b.reshape(1) if as_tensor else b.item()
+
+    base = fp4_kv_attention(q, cache, 0, **kw)
+    exact = fp4_kv_attention(q, cache, 0, q_amax=bound(q, 1), current_k_amax=bound(ck, 1), **kw)
+    assert torch.equal(exact, base)
+    loose = fp4_kv_attention(q, cache, 0, q_amax=bound(q, 8), current_k_amax=bound(ck, 8), **kw)
+    kk, vv = cache.dequantize(0, dtype=torch.float32)
+    k64, v64 = torch.cat([kk, ck.float()], 1).double(), torch.cat([vv, cv.float()], 1).double()
+    ref = torch.nn.functional.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q.double(), k64, v64)))
+    ref = ref.transpose(1, 2)
+    e_base = ((base.double() - ref).norm() / ref.norm()).item()
+    e_loose = ((loose.double() - ref).norm() / ref.norm()).item()
+    assert not torch.equal(loose, base)  # the scales did change
+    assert e_loose <= 1.25 * e_base, (e_loose, e_base)

@@ -104,3 +104,57 @@ def test_gpu_cuda_update_any_shape_bit_exact_and_in_its_slot(seed, t, d, rule, d
     cache.update(0, k_dev, v_dev, backend="cuda")
     _assert_only_slot_written(cache, before, 0, cache.slot_of(1))
     _assert_slot_is_quantization(cache, 0, 1, k, v)
+
+
+@pytest.mark.gpu
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    t=st.sampled_from([1, 40, 136, 300]),
+    d=st.sampled_from([16, 48, 64, 128]),
+    b=st.sampled_from([1, 2]),
+    heads_major=st.booleans(),
+    items=st.sampled_from([1, 2, 4]),
+    specials=st.booleans(),
+)
+@settings(max_examples=30, deadline=None)
+def test_gpu_cuda_fp8_window_equals_triton_and_the_formula(seed, t, d, b, heads_major, items, specials):
+    """The CUDA FP8 window decode (a per-block table of 8 E4M3 codes, one byte permute per code) equals
+    the Triton kernel and RNE_E4M3(decoded · inv_scale) bit for bit, for every chunk in attention order,
+    head_dim with and without a compile-time block count, batch > 1, token- and head-major strided
+    windows, and leaves the rows after the window poisoned."""
+    from longlive_kernels._backend import has_cuda_extension
+    from longlive_kernels.attention.kv_cache_ops import dequantize_fp8_into
+
+    if not has_cuda_extension():
+        pytest.skip("CUDA extension not built")
+    h, n = 3, 3
+    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=n, batch_size=b,
+                       device="cuda")
+    for c in range(n):
+        cache.start_chunk(c)
+        k, v = _chunk(seed + 2 * c, b, t, h, d), _chunk(seed + 2 * c + 1, b, t, h, d)
+        if specials and c == 1:  # a saturating block (|value| · inv > 448) and a -0 block
+            k[0, 0, 0, :16] *= 64
+            v[-1, t - 1, h - 1, :16] = -0.0
+        cache.update(0, k.cuda(), v.cuda())
+    ref32 = cache.dequantize(0, include_current=True, dtype=torch.float32, backend="torch")
+    inv = torch.tensor([448.0 / ref32[0].abs().amax().item(), 300.0 / ref32[1].abs().amax().item()], device="cuda")
+    if specials:
+        inv[0] *= 8  # K's outlier block saturates to ±448
+    rows = n * t + 5
+    shape = (2, b, h, rows, d) if heads_major else (2, b, rows, h, d)
+    poison = torch.full(shape, -3.0, device="cuda").to(torch.float8_e4m3fn)
+    got = {}
+    for backend in ("triton", "cuda") if d & (d - 1) == 0 else ("cuda",):  # Triton: power-of-two head_dim
+        buf = poison.clone()
+        ws = buf.transpose(2, 3) if heads_major else buf
+        dequantize_fp8_into(cache.data[0], cache.scale[0], cache.global_scale[0], cache.table, ws[0, :, : n * t],
+                            ws[1, :, : n * t], inv, backend=backend, items_per_thread=items)
+        got[backend] = ws
+        assert_bitwise_equal(ws[:, :, n * t:].view(torch.uint8), (poison.transpose(2, 3) if heads_major else poison)[
+            :, :, n * t:].view(torch.uint8), f"{backend}: rows after the window")
+    for i in range(2):
+        want = (ref32[i] * inv[i]).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)  # saturating
+        assert_bitwise_equal(got["cuda"][i, :, : n * t].view(torch.uint8), want.view(torch.uint8), f"cuda {i}")
+        if "triton" in got:
+            assert_bitwise_equal(got["cuda"][i].view(torch.uint8), got["triton"][i].view(torch.uint8), f"triton {i}")

@@ -341,3 +341,66 @@ def test_fp8_attention_output_goes_into_the_fp8_o_projection(monkeypatch):
     assert (o_calls[0] == o_calls[0][0, 0]).all()  # one scale for every row
     assert [s for is_o, s in seen if is_o] == [None]
     assert rel_err(y8.float(), y16.float()) < 2**-4
+
+
+@pytest.mark.parametrize("ops", ["torch", "kernels"])
+def test_rms_norm_amax_bound_holds_after_rope_and_is_nearly_tight(ops):
+    """``RMSNorm.amax_bound`` bounds every output of qk-RMSNorm + RoPE (the FP8 attention scale of q and
+    k): on random rows and on rows with all their energy in one element, where the bound is reached up
+    to its 1.01 margin and the RoPE rotation (so a looser or wrong bound fails)."""
+    from longlive.model.blocks import RMSNorm, TokenLayout, rope_qk
+
+    torch.manual_seed(0)
+    h, d = 4, 16
+    norm = RMSNorm(h * d)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(h * d) * 2)
+    layout = TokenLayout(grid=(2, 2, 4))
+    x = torch.randn(1, layout.tokens, h, d) * torch.exp2(torch.randint(-4, 5, (1, layout.tokens, 1, 1)).float())
+    spike = torch.zeros_like(x)
+    j = int(norm.weight.abs().argmax())  # one-hot rows at the largest weight: |y_j| = √C·|w_j|
+    spike.view(1, layout.tokens, h * d)[..., j] = torch.linspace(-3, 5, layout.tokens)
+    spike[0, 0] = torch.randn(h, d)  # (a zero row is not a valid RMSNorm input at eps ~ 0)
+    bound = norm.amax_bound()
+    assert bound.shape == (1,) and bound.dtype == torch.float32
+    for inp in (x, spike):
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k = rope_qk(inp.to(dtype), inp.to(dtype), layout=layout, theta=1e4, norm_weight_q=norm.weight.to(dtype),
+                           norm_weight_k=norm.weight.to(dtype), eps=1e-12, ops=ops)
+            assert q.abs().max().item() <= bound.item() and k.abs().max().item() <= bound.item()
+    q, _ = rope_qk(spike, spike, layout=layout, theta=1e4, norm_weight_q=norm.weight, norm_weight_k=norm.weight,
+                   eps=1e-12, ops=ops)
+    assert q.abs().max().item() >= 0.95 * bound.item() / 1.01
+
+
+def test_fp8_attention_is_given_the_qk_norm_bounds():
+    """A backend with ``fp8_output`` gets ``q_amax`` / ``k_amax`` = the qk-norms' bounds, which bound the q
+    and k it is called with; a backend without it gets neither."""
+    from longlive.model.blocks import DiTBlock, TokenLayout
+
+    class Attn:
+        def __init__(self, fp8_output):
+            self.fp8_output, self.kw = fp8_output, None
+
+        def __call__(self, q, k, v, *, layer, **kw):
+            self.kw, self.qk = kw, (q, k)
+            return torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(
+                1, 2)
+
+    torch.manual_seed(0)
+    blk = DiTBlock(64, 128, 4)
+    with torch.no_grad():
+        blk.self_attn.norm_q.weight.mul_(torch.rand(64) * 3)
+        blk.self_attn.norm_k.weight.mul_(-torch.rand(64))
+    layout = TokenLayout(grid=(2, 2, 4))
+    x = torch.randn(1, layout.tokens, 64) * 4
+    e0, ctx = torch.randn(1, 2, 6, 64) * 0.1, torch.randn(1, 1, 7, 64)
+    fp8_attn, plain = Attn(True), Attn(False)
+    with torch.no_grad():
+        for attn in (fp8_attn, plain):
+            blk(x, e0, ctx, attn=attn, layer=0, layout=layout, theta=1e4)
+    assert "q_amax" not in plain.kw and "k_amax" not in plain.kw
+    q, k = fp8_attn.qk
+    for name, t, norm in (("q_amax", q, blk.self_attn.norm_q), ("k_amax", k, blk.self_attn.norm_k)):
+        assert torch.equal(fp8_attn.kw[name], norm.amax_bound())
+        assert 0 < t.abs().max() <= fp8_attn.kw[name].item()

@@ -69,4 +69,15 @@ struct KVCacheDequantizeParams {
 };
 cudaError_t kv_cache_dequantize(const KVCacheDequantizeParams& p, cudaStream_t stream);
 
+// The FP8 window of compute="fp8": code = RNE_E4M3(((e2m1 * s_block) * gs) * inv_scale[K|V]), saturating,
+// written at out + b*stride_b + (c*T + t)*stride_t + h*stride_h (bytes; D contiguous; pointers and
+// strides multiples of 16). out_dtype is ignored.
+struct KVCacheDequantizeFP8Params {
+  KVCacheDequantizeParams base;
+  const float* inv_scale = nullptr;  // [2] device: multipliers of K and V
+  int64_t stride_b = 0, stride_t = 0, stride_h = 0;
+  int items_per_thread = 2;  // 1, 2 or 4 blocks in flight per thread (a launch shape; same result)
+};
+cudaError_t kv_cache_dequantize_fp8(const KVCacheDequantizeFP8Params& p, cudaStream_t stream);
+
 }  // namespace longlive
