@@ -28,6 +28,34 @@ int main() {
   d.rows = 2;
   d.k = 8;
   expect(longlive::nvfp4_dequantize(d, nullptr) == cudaErrorInvalidValue, "dequantize rejects K % 16 != 0");
+
+  longlive::KVCacheDequantizeFP8Params f;  // a valid shape, then one bad field at a time
+  alignas(16) static unsigned char out[16];
+  static float inv[2] = {1.0f, 1.0f};
+  f.base.batch = f.base.tokens = f.base.heads = f.base.slots = f.base.n_chunks = 1;
+  f.base.head_dim = 128;
+  f.base.out_k = f.base.out_v = out;
+  f.inv_scale = inv;
+  f.stride_b = f.stride_t = f.stride_h = 128;
+  f.inv_scale = nullptr;
+  expect(longlive::kv_cache_dequantize_fp8(f, nullptr) == cudaErrorInvalidValue, "fp8 decode rejects no inv_scale");
+  f.inv_scale = inv;
+  f.stride_t = 120;
+  expect(longlive::kv_cache_dequantize_fp8(f, nullptr) == cudaErrorInvalidValue,
+         "fp8 decode rejects a stride that is not a multiple of 16 bytes");
+  f.stride_t = 128;
+  f.base.out_v = out + 8;
+  expect(longlive::kv_cache_dequantize_fp8(f, nullptr) == cudaErrorInvalidValue, "fp8 decode rejects unaligned out_v");
+  f.base.out_v = out;
+  f.items_per_thread = 3;
+  expect(longlive::kv_cache_dequantize_fp8(f, nullptr) == cudaErrorInvalidValue, "fp8 decode rejects 3 items per thread");
+  f.items_per_thread = 2;
+  f.base.head_dim = 24;
+  expect(longlive::kv_cache_dequantize_fp8(f, nullptr) == cudaErrorInvalidValue, "fp8 decode rejects head_dim % 16 != 0");
+  f.base.head_dim = 128;
+  f.base.tokens = int64_t(1) << 29;
+  expect(longlive::kv_cache_dequantize_fp8(f, nullptr) == cudaErrorInvalidValue,
+         "fp8 decode rejects a plane past 32-bit block indices");
   if (failures == 0) std::printf("test_launchers: all passed\n");
   return failures == 0 ? 0 : 1;
 }
