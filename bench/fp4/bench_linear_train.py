@@ -12,6 +12,7 @@ Usage::
 
     python bench/fp4/bench_linear_train.py           # M = 7040, 20 timed steps
     python bench/fp4/bench_linear_train.py --quick   # 5 timed steps (< 1 min)
+    python bench/fp4/bench_linear_train.py --quick --profile   # + the nvfp4 step's kernels (torch.profiler)
 """
 
 from __future__ import annotations
@@ -86,6 +87,25 @@ def measure(mode: str, m: int, steps: int) -> dict:
             "peak_mb": peak / 2**20}
 
 
+def profile(mode: str, m: int, top: int = 30) -> None:
+    """Print the CUDA kernels of one training step of ``mode`` by total time (torch.profiler, 3 steps)."""
+    block = Block(mode)
+    x = torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grads = [torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
+    for _ in range(2):
+        torch.autograd.backward(block(x), grads)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            torch.autograd.backward(block(x), grads)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time_total for e in events) / 3
+    print(f"\n{mode} step: {total / 1e3:.2f} ms of kernels")
+    for e in sorted(events, key=lambda e: -e.device_time_total)[:top]:
+        print(f"  {e.device_time_total / 3 / 1e3:7.3f} ms  x{e.count // 3:<3d} {e.key[:100]}")
+
+
 def markdown(rows) -> str:
     base = rows[0]
     lines = ["| mode | step ms | fwd ms | TFLOP/s | peak MB (above weights) | time / bf16 | peak / bf16 |",
@@ -101,6 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, default=7040, help="tokens (7040 = one 8-latent-frame chunk)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="5 timed steps")
+    ap.add_argument("--profile", action="store_true", help="also list the nvfp4 step's kernels")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_linear_train: needs a CUDA GPU", file=sys.stderr)
@@ -111,6 +132,8 @@ def main(argv=None) -> int:
     rows = [measure(mode, args.m, steps) for mode in ("bf16", "nvfp4")]
     print(f"\n{device_header()} | M={args.m}\n")
     print(markdown(rows))
+    if args.profile:
+        profile("nvfp4", args.m)
     return 0
 
 

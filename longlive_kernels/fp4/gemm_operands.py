@@ -1,5 +1,6 @@
-"""GEMM operand preparation for NVFP4 training: ``transpose_nvfp4`` (Q(W)ᵀ without re-quantizing)
-and ``dequantize_nvfp4_t`` (the decoded transpose of a 1×16-block activation, for the wgrad GEMM).
+"""GEMM operand preparation for NVFP4 training: ``transpose_nvfp4`` (Q(W)ᵀ without re-quantizing),
+``dequantize_nvfp4_t`` (the decoded transpose of a 1×16-block activation, for the wgrad GEMM) and
+``transpose_pad_rows`` (dYᵀ for the wgrad GEMM, token dimension padded).
 
 With 16×16 weight blocks the quantization of Wᵀ is the transpose of the quantization of W: every
 element is divided by the same tile scale and tensor scale (Transformer Engine's reason for 2-D
@@ -222,6 +223,89 @@ def dequantize_nvfp4_t(t: NVFP4Tensor, *, pad_rows_to: int = 1, dtype: torch.dty
     return _dequantize_t_op(t.data.contiguous(), t.scale.contiguous(), t.global_scale, mp, dtype, be)
 
 
+@triton.jit
+def _transpose_pad_kernel(
+    x_ptr,  # [M, N] (row stride stride_m, unit column stride)
+    out_ptr,  # [N, MP] out: xᵀ, columns M..MP zero
+    M,
+    N,
+    MP,
+    stride_m,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    r = pid_m * BM + tl.arange(0, BM)
+    c = pid_n * BN + tl.arange(0, BN)
+    x = tl.load(x_ptr + r.to(tl.int64)[:, None] * stride_m + c[None, :], mask=(r < M)[:, None] & (c < N)[None, :],
+                other=0.0)
+    tl.store(out_ptr + c.to(tl.int64)[:, None] * MP + r[None, :], tl.trans(x), mask=(c < N)[:, None] & (r < MP)[None, :])
+
+
+@torch.library.custom_op("longlive_kernels::transpose_pad_rows", mutates_args=())
+def _transpose_pad_op(x: torch.Tensor, rows_padded: int, backend: str) -> torch.Tensor:
+    m, n = x.shape
+    if backend == "torch":
+        out = x.new_zeros((n, rows_padded))
+        out[:, :m] = x.t()
+        return out
+    out = torch.empty((n, rows_padded), dtype=x.dtype, device=x.device)
+    bm, bn = 64, 64
+    grid = (triton.cdiv(rows_padded, bm), triton.cdiv(n, bn))
+    _transpose_pad_kernel[grid](x, out, m, n, rows_padded, x.stride(0), BM=bm, BN=bn, num_warps=4)
+    return out
+
+
+@_transpose_pad_op.register_fake
+def _(x, rows_padded, backend):
+    return x.new_empty((x.shape[1], rows_padded))
+
+
+def transpose_pad_rows(x: torch.Tensor, *, pad_rows_to: int = 1, backend: str = "auto") -> torch.Tensor:
+    """``xᵀ`` of a 2-D tensor [M, N] as a contiguous [N, M'] tensor, M' = M rounded up to ``pad_rows_to``,
+    the extra columns zero: the wgrad operand ``dYᵀ`` (token dimension last, padded to the GEMM's K
+    tile) in one pass.
+
+    On an H100 torch's ``x.t().contiguous()`` runs its generic strided copy at ~0.5 TB/s (2.05 ms of
+    the NVFP4 training step of one 5B block's linears, ``bench/fp4/bench_linear_train.py --profile``);
+    this tiled kernel reads and writes whole 64 × 64 tiles.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        [M, N] bf16, fp16 or fp32 with a contiguous last dim.
+    pad_rows_to : int
+        M' is a multiple of it (≥ 1).
+    backend : {"auto", "triton", "torch"}
+
+    Returns
+    -------
+    torch.Tensor
+        [N, M'] of x's dtype, equal to ``F.pad(x, (0, 0, 0, M' - M)).t()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a float tensor, not 2-D, a strided last dim, ``pad_rows_to < 1``, or a backend that cannot run
+        here.
+    """
+    _checks.check_tensor("x", x)
+    _checks.check_dtype("x", x, _checks.FLOAT_DTYPES)
+    _checks.check_ndim("x", x, 2)
+    _checks.check_last_dim_contiguous("x", x)
+    if isinstance(pad_rows_to, bool) or not isinstance(pad_rows_to, int) or pad_rows_to < 1:
+        raise ValueError(f"pad_rows_to must be an int >= 1, got {pad_rows_to!r}")
+    mp = -(-x.shape[0] // pad_rows_to) * pad_rows_to
+    be = resolve_backend(backend, x.device, op="transpose_pad_rows", supported=("triton", "torch"))
+    return _transpose_pad_op(x, mp, be)
+
+
+register_aot(
+    _transpose_pad_kernel,
+    signature={"x_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32", "MP": "i32", "stride_m": "i64"},
+    constexprs={"BM": 64, "BN": 64},
+)
 register_aot(
     _dequantize_t_kernel,
     signature={"data_ptr": "*u8", "scale_ptr": "*u8", "gs_ptr": "*fp32", "out_ptr": "*bf16", "M": "i32", "K": "i32",

@@ -42,7 +42,7 @@ from .format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from .fp8 import quantize_fp8_rowwise
 from .gemm import nvfp4_gemm
 from .gemm_fp8 import fp8_linear
-from .gemm_operands import dequantize_nvfp4_t, transpose_nvfp4
+from .gemm_operands import dequantize_nvfp4_t, transpose_nvfp4, transpose_pad_rows
 from .quantize import quantize_nvfp4
 
 MODES = ("bf16", "nvfp4", "w4a16", "fp8")
@@ -80,11 +80,6 @@ class NVFP4Recipe:
 def _draw_seed() -> int:
     """Philox key for stochastic rounding, from torch's CPU generator (no device sync)."""
     return int(torch.randint(0, 2**62, (1,)).item())
-
-
-def _pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    pad = (-x.shape[0]) % multiple
-    return F.pad(x, (0, 0, 0, pad)) if pad else x
 
 
 class _NVFP4LinearFn(torch.autograd.Function):
@@ -126,13 +121,14 @@ class _NVFP4LinearFn(torch.autograd.Function):
             xt = dequantize_nvfp4_t(xq, pad_rows_to=64, backend=be)
             xtq = quantize_nvfp4(xt, scale_rule=r.act_scale_rule, hadamard=r.hadamard_wgrad, backend=be)
             del xt
-            dyt = _pad_rows(dy, 64).t().contiguous()
+            dyt = transpose_pad_rows(dy, pad_rows_to=64, backend=be)
             dytq = quantize_nvfp4(dyt, scale_rule=r.grad_scale_rule, rounding=rounding, seed=_draw_seed(),
                                   hadamard=r.hadamard_wgrad, backend=be)
             del dyt
-            dw = nvfp4_gemm(dytq, xtq, out_dtype=torch.float32, backend=be).to(weight.dtype)
+            # the GEMM rounds its FP32 sum once to any output dtype: no FP32 [N, K] round trip
+            dw = nvfp4_gemm(dytq, xtq, out_dtype=weight.dtype, backend=be)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.float().sum(0)
+            db = dy.sum(0, dtype=torch.float32)
         return dx, dw, db, None, None
 
 

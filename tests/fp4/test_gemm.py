@@ -173,12 +173,43 @@ def test_custom_ops_fake_tensor_and_autograd_registration():
                              "triton")),
         (fp8_mod._quantize_op, (x, "torch")),
         (gemm_operands._transpose_op, (wq.data, wq.scale, "torch")),
+        (gemm_operands._transpose_pad_op, (x, 64, "torch")),
     ]
     q, s = quantize_fp8_rowwise(x, backend="torch")
     checks.append((fp8_mod._gemm_op, (q, s, q[:3].contiguous(), s[:3].contiguous(), None, torch.float32, False, "torch")))
     for op, args in checks:
         result = torch.library.opcheck(op, args, test_utils=utils)
         assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 150), n=st.integers(1, 140), pad=st.sampled_from([1, 16, 64]),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]), row_stride_extra=st.sampled_from([0, 5]))
+def test_transpose_pad_rows_is_the_padded_transpose(seed, m, n, pad, dtype, row_stride_extra):
+    """Bit for bit ``F.pad(x).t()`` for ragged M and N around the 64 × 64 tiles, any padding, a row-strided x;
+    the padding columns are zeros."""
+    from longlive_kernels.fp4.gemm_operands import transpose_pad_rows
+
+    x = _rand(seed, m, n + row_stride_extra, spread=6.0).to(dtype)[:, :n]
+    mp = -(-m // pad) * pad
+    want = torch.nn.functional.pad(x, (0, 0, 0, mp - m)).t()
+    for backend in ("torch", "triton"):
+        out = transpose_pad_rows(x, pad_rows_to=pad, backend=backend)
+        assert out.shape == (n, mp) and out.dtype == dtype and out.is_contiguous()
+        assert torch.equal(out, want), backend
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: torch.ones(4, 4, dtype=torch.int32), TypeError, "x"),
+    (lambda: torch.ones(2, 4, 4), ValueError, "x"),
+    (lambda: torch.ones(4, 8)[:, ::2], ValueError, "x"),
+])
+def test_transpose_pad_rows_bad_input(make, exc, match):
+    from longlive_kernels.fp4.gemm_operands import transpose_pad_rows
+
+    with pytest.raises(exc, match=match):
+        transpose_pad_rows(make())
+    with pytest.raises(ValueError, match="pad_rows_to"):
+        transpose_pad_rows(torch.ones(4, 4), pad_rows_to=0)
 
 
 @given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 70), kb=st.integers(1, 6), pad=st.sampled_from([1, 16, 64]),

@@ -316,6 +316,23 @@ def test_gpu_block_linear_training_matches_reference(k, n):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n,k,m", [(3072, 3072, 7040), (3072, 14336, 7040), (14336, 3072, 1792), (200, 96, 192)])
+def test_gpu_wgrad_gemm_in_the_weight_dtype_is_the_fp32_gemm_rounded(n, k, m):
+    """The wgrad GEMM ``Q(dYᵀ)·Q(X̂ᵀ)ᵀ`` (tokens contracted) written in bf16 equals its FP32 output rounded
+    to bf16 bit for bit, so the backward writes dW in the weight's dtype directly (no FP32 [N, K] round
+    trip); shapes with and without the last-wave K split."""
+    from longlive_kernels.fp4 import nvfp4_gemm
+
+    g = torch.Generator(device="cuda").manual_seed(n + k + m)
+    a = quantize_nvfp4(torch.randn(n, m, device="cuda", generator=g).bfloat16(), hadamard=True)
+    b = quantize_nvfp4(torch.randn(k, m, device="cuda", generator=g).bfloat16(), hadamard=True)
+    out32 = nvfp4_gemm(a, b, out_dtype=torch.float32)
+    out16 = nvfp4_gemm(a, b, out_dtype=torch.bfloat16)
+    assert out16.dtype == torch.bfloat16 and out32.abs().max() > 0
+    assert torch.equal(out16, out32.to(torch.bfloat16))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["nvfp4", "w4a16", "fp8"])
 def test_gpu_inference_modes(mode):
     torch.manual_seed(0)
