@@ -95,15 +95,22 @@ def profile(mode: str, m: int, top: int = 30) -> None:
     for _ in range(2):
         torch.autograd.backward(block(x), grads)
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
         for _ in range(3):
             torch.autograd.backward(block(x), grads)
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    avg = prof.key_averages()
+    events = [e for e in avg if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.device_time_total for e in events) / 3
     print(f"\n{mode} step: {total / 1e3:.2f} ms of kernels")
     for e in sorted(events, key=lambda e: -e.device_time_total)[:top]:
         print(f"  {e.device_time_total / 3 / 1e3:7.3f} ms  x{e.count // 3:<3d} {e.key[:100]}")
+    # the host side: which calls the step's Python/dispatch time goes to (self CPU time per step)
+    cpu = [e for e in avg if e.device_type == torch.autograd.DeviceType.CPU]
+    print(f"\n{mode} step: {sum(e.self_cpu_time_total for e in cpu) / 3 / 1e3:.2f} ms of host time (self CPU)")
+    for e in sorted(cpu, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"  {e.self_cpu_time_total / 3 / 1e3:7.3f} ms  x{e.count // 3:<4d} {e.key[:100]}")
 
 
 def markdown(rows) -> str:

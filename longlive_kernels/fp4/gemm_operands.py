@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import resolve_backend
+from .._backend import eager_op, resolve_backend
 from .format import BLOCK_SIZE, NVFP4Tensor
 from .nvfp4_triton import e2m1_decode, e4m3_decode, pack_nibbles, unpack_nibbles
 
@@ -88,6 +88,9 @@ def _(data, scale, backend):
     return (data.new_empty((c, r // 2)), data.new_empty((c, r // BLOCK_SIZE), dtype=torch.float8_e4m3fn))
 
 
+_transpose_eager = eager_op(_transpose_op)  # eager calls skip the dispatcher (_backend.direct_call_ok)
+
+
 def transpose_nvfp4(t: NVFP4Tensor, *, backend: str = "auto") -> NVFP4Tensor:
     """The NVFP4 tensor of ``Wᵀ`` from the 16×16-block quantization of a 2-D ``W`` [R, C].
 
@@ -124,7 +127,7 @@ def transpose_nvfp4(t: NVFP4Tensor, *, backend: str = "auto") -> NVFP4Tensor:
     r, c = t.shape
     _checks.check_multiple("t.shape[0]", r, BLOCK_SIZE, "rows")
     be = resolve_backend(backend, t.device, op="transpose_nvfp4", supported=("triton", "torch"))
-    data, scale = _transpose_op(t.data.contiguous(), t.scale.contiguous(), be)
+    data, scale = _transpose_eager(t.data.contiguous(), t.scale.contiguous(), be)
     return dataclasses.replace(t, data=data, scale=scale, shape=torch.Size((c, r)))
 
 
@@ -182,6 +185,9 @@ def _(data, scale, global_scale, rows_padded, dtype, backend):
     return data.new_empty((data.shape[1] * 2, rows_padded), dtype=dtype)
 
 
+_dequantize_t_eager = eager_op(_dequantize_t_op)
+
+
 def dequantize_nvfp4_t(t: NVFP4Tensor, *, pad_rows_to: int = 1, dtype: torch.dtype | None = None,
                        backend: str = "auto") -> torch.Tensor:
     """Decode a 2-D NVFP4 tensor [M, K] straight into its transpose [K, M'] (one pass, no [M, K] copy).
@@ -220,7 +226,7 @@ def dequantize_nvfp4_t(t: NVFP4Tensor, *, pad_rows_to: int = 1, dtype: torch.dty
     m = t.shape[0]
     mp = -(-m // pad_rows_to) * pad_rows_to
     be = resolve_backend(backend, t.device, op="dequantize_nvfp4_t", supported=("triton", "torch"))
-    return _dequantize_t_op(t.data.contiguous(), t.scale.contiguous(), t.global_scale, mp, dtype, be)
+    return _dequantize_t_eager(t.data.contiguous(), t.scale.contiguous(), t.global_scale, mp, dtype, be)
 
 
 @triton.jit
@@ -262,6 +268,9 @@ def _(x, rows_padded, backend):
     return x.new_empty((x.shape[1], rows_padded))
 
 
+_transpose_pad_eager = eager_op(_transpose_pad_op)
+
+
 def transpose_pad_rows(x: torch.Tensor, *, pad_rows_to: int = 1, backend: str = "auto") -> torch.Tensor:
     """``xᵀ`` of a 2-D tensor [M, N] as a contiguous [N, M'] tensor, M' = M rounded up to ``pad_rows_to``,
     the extra columns zero: the wgrad operand ``dYᵀ`` (token dimension last, padded to the GEMM's K
@@ -298,7 +307,7 @@ def transpose_pad_rows(x: torch.Tensor, *, pad_rows_to: int = 1, backend: str = 
         raise ValueError(f"pad_rows_to must be an int >= 1, got {pad_rows_to!r}")
     mp = -(-x.shape[0] // pad_rows_to) * pad_rows_to
     be = resolve_backend(backend, x.device, op="transpose_pad_rows", supported=("triton", "torch"))
-    return _transpose_pad_op(x, mp, be)
+    return _transpose_pad_eager(x, mp, be)
 
 
 register_aot(
