@@ -93,11 +93,8 @@ __global__ void __launch_bounds__(kThreads) quantize_kernel(NVFP4QuantizeParams 
   const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
   const bool zero = bamax == 0.0f;
 
-  float u[kBlock];
-#pragma unroll
-  for (int i = 0; i < kBlock; ++i) {
-    u[i] = kStochastic ? fp4::philox_uniform(p.seed, uint64_t(row * p.k + cb * kBlock + i)) : 0.0f;
-  }
+  float u[kBlock] = {};
+  if (kStochastic) fp4::philox_uniform16(p.seed, uint64_t(row * p.k + cb * kBlock), u);
 
   fp4::Candidate c, c4;
   if (kFourOverSix) {
@@ -183,8 +180,7 @@ __global__ void __launch_bounds__(kFlatThreads, kFourOverSix || kStochastic ? 8 
       const bool poison = (bamax == __int_as_float(0x7f800000)) || ts.bad;
       const fp4::Candidate c = fp4::make_candidate(bamax, ts, target, poison, bamax == 0.0f);
       float u[kBlock];
-#pragma unroll
-      for (int i = 0; i < kBlock; ++i) u[i] = fp4::philox_uniform(p.seed, uint64_t(b * kBlock + i));
+      fp4::philox_uniform16(p.seed, uint64_t(b * kBlock), u);
       float xq[kBlock];
       fp4::encode16<true>(x, c, u, packed, xq);
       scale = c.scale;

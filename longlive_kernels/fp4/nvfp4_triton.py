@@ -102,10 +102,16 @@ def e2m1_decode(code):
 
 
 @triton.jit
-def philox_uniform(seed, offset):
-    """Uniform fp32 in [0, 1) with 24 random bits from ``tl.randint(seed, offset)``."""
-    r = tl.randint(seed, offset).to(tl.uint32, bitcast=True)
-    return (r >> 8).to(tl.float32) * 5.9604644775390625e-08
+def philox_uniform16(seed, groups, R: tl.constexpr, G: tl.constexpr):
+    """[R, G·8] fp32 uniforms in [0, 1) with 16 random bits for the 8 elements of each group counter in
+    ``groups`` [R, G] (``reference.uniform16_from_philox``): one ``tl.randint4x`` per group, element j
+    takes half j % 2 (low first) of word j // 2."""
+    w0, w1, w2, w3 = tl.randint4x(seed, groups)
+    j = tl.arange(0, 8)[None, None, :]
+    w = tl.where(j < 4, tl.where(j < 2, w0[:, :, None], w1[:, :, None]),
+                 tl.where(j < 6, w2[:, :, None], w3[:, :, None]))
+    half = (w >> ((j & 1) * 16).to(tl.uint32)) & 0xFFFF
+    return tl.reshape(half.to(tl.float32) * (1.0 / 65536.0), (R, G * 8))
 
 
 @triton.jit

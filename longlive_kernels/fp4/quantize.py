@@ -32,7 +32,7 @@ from .nvfp4_triton import (
     pack_nibbles,
     pairwise_sum_last,
     pairwise_sum_rows16,
-    philox_uniform,
+    philox_uniform16,
     rht16,
 )
 
@@ -150,7 +150,7 @@ def _quantize_kernel(
     NB: tl.constexpr = BK // 16
     pid_r = tl.program_id(0)
     pid_k = tl.program_id(1)
-    x, r, c, mask = _load_tile(x_ptr, rows, K, stride_row, pid_r, pid_k, BR, BK)
+    x, r, _, mask = _load_tile(x_ptr, rows, K, stride_row, pid_r, pid_k, BR, BK)
     xb = tl.reshape(x, (BR, NB, 16))
     if HADAMARD:
         xb = rht16(xb, hadamard_mask, BR, NB)
@@ -171,9 +171,9 @@ def _quantize_kernel(
     zero = bamax == 0.0
 
     u = xb  # unused unless STOCHASTIC
-    if STOCHASTIC:
-        offs = r[:, None].to(tl.int64) * K + c[None, :]
-        u = tl.reshape(philox_uniform(seed, offs), (BR, NB, 16))
+    if STOCHASTIC:  # one Philox call per 8 elements: counter = (row·K + col) / 8
+        groups = r[:, None].to(tl.int64) * (K // 8) + (pid_k * (BK // 8) + tl.arange(0, BK // 8))[None, :]
+        u = tl.reshape(philox_uniform16(seed, groups, BR, BK // 8), (BR, NB, 16))
 
     codes, scode = _quantize_blocks(xb, bamax, gs, u, poison, zero, TARGET, FOUR_OVER_SIX, STOCHASTIC, BR, NB,
                                     BLOCK_2D)
@@ -333,9 +333,10 @@ def quantize_nvfp4(
         (Four Over Six, arXiv 2512.02010; ``nvfp4-hopper.md`` §2); the error is measured on the
         scaled values, where the rounding happens (``reference._four_over_six_error``).
     rounding : {"rne", "stochastic"}
-        Round to nearest even, or stochastic rounding with Philox4x32-10 (unbiased; used for
-        gradients). Element ``(row, col)`` of the flattened [rows, K] input draws counter
-        ``row·K + col``.
+        Round to nearest even, or stochastic rounding with Philox4x32-10 (unbiased to 2⁻¹⁶ of a
+        step; used for gradients). Element e = row·K + col of the flattened [rows, K] input takes 16
+        bits of the Philox call with counter ⌊e/8⌋ (``reference.uniform16_from_philox``): one call per
+        8 elements.
     seed : int, optional
         Philox key for stochastic rounding (default 0). Same seed → same result.
     hadamard : bool

@@ -22,7 +22,7 @@ from longlive_kernels.fp4 import (
 )
 from longlive_kernels.fp4 import reference as ref
 from longlive_kernels.fp4.format import SCALE_RULES, from_blocked, to_blocked
-from longlive_kernels.fp4.nvfp4_triton import e2m1_rne_code, e4m3_rne
+from longlive_kernels.fp4.nvfp4_triton import e2m1_rne_code, e4m3_rne, philox_uniform16
 from longlive_kernels.testing import assert_bitwise_equal, triton_device
 
 DEV = triton_device()
@@ -215,6 +215,37 @@ def test_philox_reference_matches_triton_randint():
     out = torch.empty(offs.shape, dtype=torch.int64, device=DEV)
     _randint_kernel[(triton.cdiv(offs.numel(), 512),)](offs.to(DEV), out, offs.numel(), 123456789012, BLOCK=512)
     assert torch.equal(out.cpu(), ref.philox_randint(123456789012, offs))
+
+
+def test_philox4_reference_matches_triton_randint4x_and_the_uniforms():
+    """All four Philox words equal ``tl.randint4x``; the stochastic-rounding uniforms (16 bits per element,
+    one call per 8 elements) equal the Triton helper's, are multiples of 2⁻¹⁶ in [0, 1), and use every
+    word and both halves (a wrong word or half order would repeat or drop values)."""
+    seed, g = 987654321987, 64
+    groups = torch.arange(g, dtype=torch.int64) + (1 << 33)
+    out = torch.empty(4, g, dtype=torch.int64, device=DEV)
+    u = torch.empty(g * 8, dtype=torch.float32, device=DEV)
+    _randint4x_kernel[(1,)](groups.to(DEV), out, u, seed, G=g)
+    assert torch.equal(out.cpu(), torch.stack(ref.philox4(seed, groups)))
+    want = ref.philox_uniform16(seed, groups).reshape(-1)
+    assert torch.equal(u.cpu(), want)
+    words = torch.stack(ref.philox4(seed, groups), -1)  # [G, 4]
+    assert torch.equal((want * 65536).long().view(g, 4, 2), torch.stack([words & 0xFFFF, words >> 16], -1))
+    assert want.min() >= 0 and want.max() < 1 and want.unique().numel() > 0.99 * want.numel()
+    assert torch.equal(ref.uniform16_from_philox(seed, 24), ref.philox_uniform16(seed, torch.arange(3)).reshape(-1))
+
+
+@triton.jit
+def _randint4x_kernel(grp_ptr, out_ptr, u_ptr, seed, G: tl.constexpr):
+    i = tl.arange(0, G)
+    gr = tl.load(grp_ptr + i)
+    w0, w1, w2, w3 = tl.randint4x(seed, gr)
+    tl.store(out_ptr + i, w0.to(tl.int64))
+    tl.store(out_ptr + G + i, w1.to(tl.int64))
+    tl.store(out_ptr + 2 * G + i, w2.to(tl.int64))
+    tl.store(out_ptr + 3 * G + i, w3.to(tl.int64))
+    u = tl.reshape(philox_uniform16(seed, gr[None, :], 1, G), (G * 8,))
+    tl.store(u_ptr + tl.arange(0, G * 8), u)
 
 
 @triton.jit

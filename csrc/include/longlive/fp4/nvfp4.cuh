@@ -130,7 +130,8 @@ __device__ __forceinline__ float e4m3_decode(uint8_t code) {
 
 // ---- Philox4x32-10 (= Triton's tl.randint(seed, offset)) -------------------------------------------
 
-__device__ __forceinline__ uint32_t philox_randint(uint64_t seed, uint64_t offset) {
+// The four outputs (c0, c1, c2, c3) of Philox4x32-10 with key seed, counter (offset_lo, offset_hi, 0, 0).
+__device__ __forceinline__ uint4 philox4(uint64_t seed, uint64_t offset) {
   uint32_t c0 = static_cast<uint32_t>(offset), c1 = static_cast<uint32_t>(offset >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
 #pragma unroll
@@ -144,11 +145,22 @@ __device__ __forceinline__ uint32_t philox_randint(uint64_t seed, uint64_t offse
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  return make_uint4(c0, c1, c2, c3);
 }
 
-__device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t offset) {
-  return static_cast<float>(philox_randint(seed, offset) >> 8) * 5.9604644775390625e-08f;
+// Stochastic rounding's uniforms of the 16 elements first..first+15 (first % 16 == 0) of a row-major
+// tensor: elements 8g..8g+7 share the Philox call with counter g, element 8g + j takes half j % 2 (low
+// first) of word j / 2 (= reference.uniform16_from_philox). Two calls per block, not sixteen.
+__device__ __forceinline__ void philox_uniform16(uint64_t seed, uint64_t first, float (&u)[kBlock]) {
+#pragma unroll
+  for (int g = 0; g < 2; ++g) {
+    const uint4 w = philox4(seed, first / 8 + g);
+    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      u[8 * g + j] = static_cast<float>((words[j / 2] >> (16 * (j % 2))) & 0xFFFFu) * 1.52587890625e-05f;
+    }
+  }
 }
 
 // ---- random Hadamard transform ----------------------------------------------------------------------
