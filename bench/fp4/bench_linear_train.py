@@ -5,8 +5,9 @@ v, o and cross-attention q, o (3072→3072), FFN 3072→14336→3072 (GELU betwe
 same [M=7040, 3072] bf16 token matrix (attention itself is left out). One step = forward of all
 linears + backward with random output gradients. Reported: median step time (CUDA events, L2
 flushed) and peak memory above the model's resident weights, for ``NVFP4Linear`` in mode ``bf16``
-(plain ``F.linear``) and ``nvfp4`` (trainable: master weights bf16, NVFP4 forward/dgrad/wgrad, only
-the FP4 copy of each input saved), plus the nvfp4/bf16 ratios.
+(plain ``F.linear``), ``nvfp4`` (trainable: master weights bf16, NVFP4 forward/dgrad/wgrad, only
+the FP4 copy of each input saved) and ``w4a16`` (weight-only QAT: NVFP4 weight in the forward,
+straight-through 16-bit gradients), with the ratios to bf16.
 
 Usage::
 
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     from longlive_kernels.testing import device_header
 
     steps = 5 if args.quick else args.steps
-    rows = [measure(mode, args.m, steps) for mode in ("bf16", "nvfp4")]
+    rows = [measure(mode, args.m, steps) for mode in ("bf16", "nvfp4", "w4a16")]
     print(f"\n{device_header()} | M={args.m}\n")
     print(markdown(rows))
     if args.profile:

@@ -333,6 +333,24 @@ def test_gpu_wgrad_gemm_in_the_weight_dtype_is_the_fp32_gemm_rounded(n, k, m):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("w_dtype", [torch.bfloat16, torch.float32])
+def test_gpu_w4a16_wgrad_is_the_fp32_accumulated_product(w_dtype):
+    """Weight-only QAT: dW = dYᵀ·X from one 16-bit tensor-core GEMM with FP32 accumulation, in the master
+    weight's dtype: within FP32 summation error of the fp64 product for an FP32 master weight, within one
+    bf16 rounding for a bf16 one; db is the FP32 sum of dY."""
+    torch.manual_seed(0)
+    mod = NVFP4Linear(512, 384, mode="w4a16", trainable=True, device="cuda", dtype=w_dtype)
+    x = torch.randn(1000, 512, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(1000, 384, device="cuda", dtype=torch.bfloat16)
+    mod(x).backward(g)
+    want = g.double().t() @ x.double()
+    assert mod.weight.grad.dtype == w_dtype
+    tol = 1e-6 if w_dtype == torch.float32 else 2.0**-8
+    assert rel_err(mod.weight.grad.double(), want) <= tol
+    assert rel_err(mod.bias.grad.double(), g.double().sum(0)) <= tol
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["nvfp4", "w4a16", "fp8"])
 def test_gpu_inference_modes(mode):
     torch.manual_seed(0)
