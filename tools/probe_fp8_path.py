@@ -1,6 +1,7 @@
 """Probe (device): where the time of ``fp4_kv_attention(..., compute="fp8")`` goes, kernel by kernel.
 
-Lq 7040 over 3 context chunks + the current chunk from its slot (Lk 28160), 24 heads × 128, H100/H200.
+Lq 7040 over 3 context chunks + the current chunk from its slot (Lk 28160), 24 heads × 128, H100/H200;
+and the DiT's call (the current chunk passed in bf16, q/K amax bounds, E4M3 output).
 Prints torch.profiler's CUDA time per kernel (averaged over the profiled calls) next to cuDNN BF16 SDPA.
 
 ``--cast-sweep``: also times the amax of q and the scale-and-cast passes over launch shapes.
@@ -23,8 +24,12 @@ N = 10
 cache, k, v = _filled(3)
 q = torch.randn(1, 7040, 24, 128, device="cuda", dtype=torch.bfloat16)
 kk, vv = cache.dequantize(0, include_current=True)
+qa, ka = q.abs().amax().item(), k.abs().amax().item()
 runs = {
     "fp8 path": lambda: fp4_kv_attention(q, cache, 0, compute="fp8"),
+    # the DiT's call: current chunk in bf16, q/K scales from the caller's bounds, O left in E4M3
+    "fp8 path, the DiT's call": lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8",
+                                                         q_amax=qa, current_k_amax=ka, out_fp8=True),
     "cuDNN bf16": lambda: sdpa_bshd(q, kk, vv, 128 ** -0.5),
 }
 for name, fn in runs.items():
