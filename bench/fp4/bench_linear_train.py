@@ -4,7 +4,8 @@ The linears of one DiT block (``longlive-spec.md`` §1.1, dim 3072, FFN 14336): 
 v, o and cross-attention q, o (3072→3072), FFN 3072→14336→3072 (GELU between), all fed with the
 same [M=7040, 3072] bf16 token matrix (attention itself is left out). One step = forward of all
 linears + backward with random output gradients. Reported: median step time (CUDA events, L2
-flushed) and peak memory above the model's resident weights, for ``NVFP4Linear`` in mode ``bf16``
+flushed; the GPU starts each step idle), the CPU's time to enqueue the step (``host ms``: where it is
+close to the step time, the step is bound by the host's Python and launch overhead, not the GPU) and peak memory above the model's resident weights, for ``NVFP4Linear`` in mode ``bf16``
 (plain ``F.linear``), ``nvfp4`` (trainable: master weights bf16, NVFP4 forward/dgrad/wgrad, only
 the FP4 copy of each input saved) and ``w4a16`` (weight-only QAT: NVFP4 weight in the forward,
 straight-through 16-bit gradients), with the ratios to bf16.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -60,15 +62,18 @@ def measure(mode: str, m: int, steps: int) -> dict:
         step()
     torch.cuda.synchronize()
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-    times, fwd = [], []
+    times, fwd, host = [], [], []
     for _ in range(steps):
         flush.zero_()
+        torch.cuda.synchronize()
         e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+        t0 = time.perf_counter()
         e0.record()
         outs = block(x)
         e1.record()
         torch.autograd.backward(outs, grads)
         e2.record()
+        host.append((time.perf_counter() - t0) * 1e3)  # the CPU's time to enqueue the step
         e2.synchronize()
         times.append(e0.elapsed_time(e2))
         fwd.append(e0.elapsed_time(e1))
@@ -84,8 +89,8 @@ def measure(mode: str, m: int, steps: int) -> dict:
     peak = torch.cuda.max_memory_allocated() - base
     flops = 3 * 2 * m * sum(k * n for k, n in LINEARS.values())  # fwd + dgrad + wgrad
     ms = statistics.median(times)
-    return {"mode": mode, "ms": ms, "fwd_ms": statistics.median(fwd), "tflops": flops / (ms * 1e-3) / 1e12,
-            "peak_mb": peak / 2**20}
+    return {"mode": mode, "ms": ms, "fwd_ms": statistics.median(fwd), "host_ms": statistics.median(host),
+            "tflops": flops / (ms * 1e-3) / 1e12, "peak_mb": peak / 2**20}
 
 
 def profile(mode: str, m: int, top: int = 30) -> None:
@@ -116,10 +121,11 @@ def profile(mode: str, m: int, top: int = 30) -> None:
 
 def markdown(rows) -> str:
     base = rows[0]
-    lines = ["| mode | step ms | fwd ms | TFLOP/s | peak MB (above weights) | time / bf16 | peak / bf16 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| mode | step ms | fwd ms | host ms | TFLOP/s | peak MB (above weights) | time / bf16 | peak / bf16 |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['ms']:.2f} | {r['fwd_ms']:.2f} | {r['tflops']:.0f} | {r['peak_mb']:.0f} | "
+        lines.append(f"| {r['mode']} | {r['ms']:.2f} | {r['fwd_ms']:.2f} | {r['host_ms']:.2f} | {r['tflops']:.0f} | "
+                     f"{r['peak_mb']:.0f} | "
                      f"{r['ms'] / base['ms']:.2f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
     return "\n".join(lines)
 
