@@ -496,6 +496,15 @@ def launch_plan(m: int, n: int, k: int, bt: int, device: torch.device,
     return (tiles, *tail_split(tiles, _cdiv(k, BK), slots, MAX_TAIL_SPLIT if max_split is None else max_split))
 
 
+@functools.cache
+def _smem_layout(block: tuple[int, int] | None, dtype: torch.dtype | None):
+    """The shared-memory layout of a TMA block (``None``: unswizzled bytes, the packed operands).
+    Cached: building Gluon layouts (dataclasses with validation) is host time on every launch."""
+    if block is None:
+        return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
+    return gl.NVMMASharedLayout.get_default_for(list(block), _gl_dtype(dtype))
+
+
 _WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -530,7 +539,7 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
     # H100, wave quantization included (bench_gemm_hopper.py); fp32 output keeps 128 (64 KB staging).
     bt = token_rows or (128 if out_dtype == torch.float32 else 256)
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    u8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8)
+    u8 = _smem_layout(None, None)
     w_desc = TensorDescriptor.from_tensor(b_data, [BW, BK // 2], u8)
     if a_nvfp4:
         op_dtype = gl.float16
@@ -539,11 +548,10 @@ def gemm(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, a_te
         stages = stages or STAGES_W4A4
     else:
         op_dtype = _gl_dtype(a.dtype)
-        x_desc = TensorDescriptor.from_tensor(a, [bt, BK], gl.NVMMASharedLayout.get_default_for([bt, BK], op_dtype))
+        x_desc = TensorDescriptor.from_tensor(a, [bt, BK], _smem_layout((bt, BK), a.dtype))
         x_scale = b_data  # unused
         stages = stages or STAGES_W4A16  # bt=128: ~112 KB, two CTAs per SM (bt=256: one)
-    o_layout = gl.NVMMASharedLayout.get_default_for([bt, BW], _gl_dtype(out_dtype))
-    out_desc = TensorDescriptor.from_tensor(out, [bt, BW], o_layout)
+    out_desc = TensorDescriptor.from_tensor(out, [bt, BW], _smem_layout((bt, BW), out_dtype))
     w_scale = b_scale.view(torch.uint8)
     tiles, n_whole, split, per = launch_plan(m, n, k, bt, a.device, max_split)
     if split > 1:
