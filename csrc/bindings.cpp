@@ -153,22 +153,26 @@ void kv_cache_update_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor& 
   check_launch(kv_cache_update(p, at::cuda::getCurrentCUDAStream()), "kv_cache_update");
 }
 
-void kv_cache_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& global_scale,
-                              const at::Tensor& table, at::Tensor& out_k, at::Tensor& out_v) {
+// The checks and launcher fields shared by both decodes: the cache buffers, the index table, and
+// out_k / out_v as [B, n*T, H, D] (n > 0) with a contiguous last dim, on the cache's device, alike.
+KVCacheDequantizeParams kv_dequantize_params(const at::Tensor& data, const at::Tensor& scale,
+                                             const at::Tensor& global_scale, const at::Tensor& table,
+                                             const at::Tensor& out_k, const at::Tensor& out_v) {
   check_kv_buffers(data, scale, global_scale);
   const int64_t slots = data.size(1), batch = data.size(2), heads = data.size(3), tokens = data.size(4);
   const int64_t d = data.size(5) * 2;
   TORCH_CHECK(table.scalar_type() == at::kInt && table.is_contiguous() && table.numel() == 2 + slots &&
                   table.device() == data.device(),
               "table must be int32 [2 + S] on the cache's device");
-  TORCH_CHECK(out_k.is_contiguous() && out_k.dim() == 4 && out_k.size(0) == batch && out_k.size(2) == heads &&
-                  out_k.size(3) == d && out_k.size(1) % tokens == 0 && out_k.size(1) > 0,
-              "out_k must be contiguous [B, n*T, H, D]");
-  TORCH_CHECK(out_v.sizes() == out_k.sizes() && out_v.is_contiguous() && out_v.scalar_type() == out_k.scalar_type(),
+  TORCH_CHECK(out_k.dim() == 4 && out_k.size(0) == batch && out_k.size(2) == heads && out_k.size(3) == d &&
+                  out_k.size(1) % tokens == 0 && out_k.size(1) > 0 && out_k.stride(3) == 1 &&
+                  out_k.device() == data.device(),
+              "out_k must be [B, n*T, H, D] with a contiguous last dim, on the cache's device");
+  TORCH_CHECK(out_v.sizes() == out_k.sizes() && out_v.strides() == out_k.strides() &&
+                  out_v.scalar_type() == out_k.scalar_type() && out_v.device() == data.device(),
               "out_v must be like out_k");
   check_aligned16(out_k, "out_k");
   check_aligned16(out_v, "out_v");
-  const c10::cuda::CUDAGuard guard(data.device());
   KVCacheDequantizeParams p;
   p.data = data.data_ptr<uint8_t>();
   p.scale = scale.data_ptr<uint8_t>();
@@ -176,59 +180,41 @@ void kv_cache_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, c
   p.table = table.data_ptr<int32_t>();
   p.out_k = out_k.data_ptr();
   p.out_v = out_v.data_ptr();
-  p.out_dtype = to_dtype(out_k, "out_k");
   p.batch = batch;
   p.tokens = tokens;
   p.heads = heads;
   p.head_dim = d;
   p.slots = slots;
   p.n_chunks = out_k.size(1) / tokens;
+  return p;
+}
+
+void kv_cache_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& global_scale,
+                              const at::Tensor& table, at::Tensor& out_k, at::Tensor& out_v) {
+  KVCacheDequantizeParams p = kv_dequantize_params(data, scale, global_scale, table, out_k, out_v);
+  TORCH_CHECK(out_k.is_contiguous() && out_v.is_contiguous(), "out_k and out_v must be contiguous");
+  p.out_dtype = to_dtype(out_k, "out_k");
+  const c10::cuda::CUDAGuard guard(data.device());
   check_launch(kv_cache_dequantize(p, at::cuda::getCurrentCUDAStream()), "kv_cache_dequantize");
 }
 
 void kv_cache_dequantize_fp8_cuda(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& global_scale,
                                   const at::Tensor& table, at::Tensor& out_k, at::Tensor& out_v,
                                   const at::Tensor& inv_scale, int64_t items_per_thread) {
-  check_kv_buffers(data, scale, global_scale);
-  const int64_t slots = data.size(1), batch = data.size(2), heads = data.size(3), tokens = data.size(4);
-  const int64_t d = data.size(5) * 2;
-  TORCH_CHECK(table.scalar_type() == at::kInt && table.is_contiguous() && table.numel() == 2 + slots &&
-                  table.device() == data.device(),
-              "table must be int32 [2 + S] on the cache's device");
-  TORCH_CHECK(out_k.scalar_type() == at::kFloat8_e4m3fn && out_k.dim() == 4 && out_k.size(0) == batch &&
-                  out_k.size(2) == heads && out_k.size(3) == d && out_k.size(1) % tokens == 0 && out_k.size(1) > 0 &&
-                  out_k.stride(3) == 1,
-              "out_k must be float8_e4m3fn [B, n*T, H, D] with a contiguous last dim");
-  TORCH_CHECK(out_v.sizes() == out_k.sizes() && out_v.strides() == out_k.strides() &&
-                  out_v.scalar_type() == out_k.scalar_type() && out_v.device() == data.device() &&
-                  out_k.device() == data.device(),
-              "out_v must be like out_k, on the cache's device");
+  KVCacheDequantizeFP8Params p;
+  p.base = kv_dequantize_params(data, scale, global_scale, table, out_k, out_v);
+  TORCH_CHECK(out_k.scalar_type() == at::kFloat8_e4m3fn, "out_k must be float8_e4m3fn, got ", out_k.scalar_type());
   TORCH_CHECK(out_k.stride(0) % 16 == 0 && out_k.stride(1) % 16 == 0 && out_k.stride(2) % 16 == 0,
               "out_k/out_v strides must be multiples of 16 bytes");
-  check_aligned16(out_k, "out_k");
-  check_aligned16(out_v, "out_v");
   TORCH_CHECK(inv_scale.scalar_type() == at::kFloat && inv_scale.numel() == 2 && inv_scale.is_contiguous() &&
                   inv_scale.device() == data.device(),
               "inv_scale must be contiguous fp32 [2] on the cache's device");
-  const c10::cuda::CUDAGuard guard(data.device());
-  KVCacheDequantizeFP8Params p;
-  p.base.data = data.data_ptr<uint8_t>();
-  p.base.scale = scale.data_ptr<uint8_t>();
-  p.base.global_scale = global_scale.data_ptr<float>();
-  p.base.table = table.data_ptr<int32_t>();
-  p.base.out_k = out_k.data_ptr();
-  p.base.out_v = out_v.data_ptr();
-  p.base.batch = batch;
-  p.base.tokens = tokens;
-  p.base.heads = heads;
-  p.base.head_dim = d;
-  p.base.slots = slots;
-  p.base.n_chunks = out_k.size(1) / tokens;
   p.inv_scale = inv_scale.data_ptr<float>();
   p.stride_b = out_k.stride(0);
   p.stride_t = out_k.stride(1);
   p.stride_h = out_k.stride(2);
   p.items_per_thread = static_cast<int>(items_per_thread);
+  const c10::cuda::CUDAGuard guard(data.device());
   check_launch(kv_cache_dequantize_fp8(p, at::cuda::getCurrentCUDAStream()), "kv_cache_dequantize_fp8");
 }
 

@@ -273,19 +273,25 @@ def test_fp8_output_is_the_output_quantized_per_tensor(with_current):
     assert (err <= 2**-4 * o.abs() + 2**-10 * scale).all()
 
 
-@pytest.mark.gpu
-def test_gpu_cudnn_fp8_output_unconverted():
-    """On the cuDNN FP8 path ``out_fp8=True`` returns cuDNN's E4M3 output and scale as they are: the
-    16-bit output of the same call is exactly ``(codes · scale)`` rounded once to bf16."""
+def _fp8_cache_and_q(seed: int):
+    """(FP4 cache with 3 chunks of 256 tokens × 4 heads × 128 on the GPU, a bf16 q, the CPU generator) for
+    the cuDNN FP8 path's GPU tests; skips without it."""
     _fp8_sdpa_or_skip()
     dev = torch.device("cuda")
     h, d, t = 4, 128, 256
     cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
-    g = torch.Generator(device="cpu").manual_seed(1)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     for n in range(3):
         cache.start_chunk(n)
         cache.update(0, *(torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2)))
-    q = (torch.randn(1, t, h, d, generator=g) * 2).to(dev, torch.bfloat16)
+    return cache, (torch.randn(1, t, h, d, generator=g) * 2).to(dev, torch.bfloat16), g
+
+
+@pytest.mark.gpu
+def test_gpu_cudnn_fp8_output_unconverted():
+    """On the cuDNN FP8 path ``out_fp8=True`` returns cuDNN's E4M3 output and scale as they are: the
+    16-bit output of the same call is exactly ``(codes · scale)`` rounded once to bf16."""
+    cache, q, _ = _fp8_cache_and_q(1)
     out = fp4_kv_attention(q, cache, 0, compute="fp8")
     codes, scale = fp4_kv_attention(q, cache, 0, compute="fp8", out_fp8=True)
     assert codes.dtype == torch.float8_e4m3fn and codes.shape == q.shape
@@ -320,16 +326,8 @@ def test_gpu_cudnn_fp8_amax_bounds(as_tensor):
     bits as no bounds (the same scales), and 8× looser bounds stay within the FP8 path's own error of the
     fp64 reference of the decoded cache (E4M3 keeps its 3 mantissa bits over 15 binades, so a scale 3
     binades too large only costs precision below 2⁻⁶ of it)."""
-    _fp8_sdpa_or_skip()
-    dev = torch.device("cuda")
-    h, d, t = 4, 128, 256
-    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
-    g = torch.Generator(device="cpu").manual_seed(3)
-    for n in range(3):
-        cache.start_chunk(n)
-        cache.update(0, *(torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2)))
-    q = (torch.randn(1, t, h, d, generator=g) * 2).to(dev, torch.bfloat16)
-    ck, cv = ((torch.randn(1, t, h, d, generator=g) * s).to(dev, torch.bfloat16) for s in (3, 1))
+    cache, q, g = _fp8_cache_and_q(3)
+    ck, cv = ((torch.randn(q.shape, generator=g) * s).to(q.device, torch.bfloat16) for s in (3, 1))
     kw = {"current_k": ck, "current_v": cv, "compute": "fp8"}
 
     def bound(x, f):
