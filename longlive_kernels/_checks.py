@@ -3,6 +3,7 @@ argument, what it got and what was expected."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -56,3 +57,21 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_positive_bound(name: str, bound: object, device: torch.device) -> None:
+    """``bound`` is None, a positive finite number, or a one-element floating tensor on ``device`` (a
+    caller-known upper bound, e.g. of a tensor's amax)."""
+    if bound is None:
+        return
+    if isinstance(bound, torch.Tensor):
+        if not bound.is_floating_point() or bound.numel() != 1:
+            raise ValueError(f"{name} must be a one-element floating tensor, got {bound.dtype} of shape "
+                             f"{list(bound.shape)}")
+        if bound.device != device:
+            raise ValueError(f"{name} is on {bound.device}, q on {device}")
+        return
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+        raise TypeError(f"{name} must be a float or a one-element tensor, got {type(bound).__name__}")
+    if not (math.isfinite(bound) and bound > 0):
+        raise ValueError(f"{name} must be a positive finite upper bound, got {bound}")

@@ -12,12 +12,10 @@ import time
 import torch
 
 sys.path.insert(0, "bench/fp4")
-from bench_linear_train import DIM, Block
+from bench_linear_train import setup
 
 M = int(sys.argv[1]) if len(sys.argv) > 1 else 7040
-block = Block("nvfp4")
-x = torch.randn(M, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-grads = [torch.randn(M, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
+block, x, grads = setup("nvfp4", M)
 
 
 def step():

@@ -46,11 +46,16 @@ class Block(torch.nn.Module):
         return outs
 
 
-def measure(mode: str, m: int, steps: int) -> dict:
+def setup(mode: str, m: int) -> tuple[Block, torch.Tensor, list[torch.Tensor]]:
+    """(the block in ``mode``, its [m, DIM] bf16 input with requires_grad, one gradient per output)."""
     torch.manual_seed(0)
     block = Block(mode)
     x = torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    grads = [torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
+    return block, x, [torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
+
+
+def measure(mode: str, m: int, steps: int) -> dict:
+    block, x, grads = setup(mode, m)
 
     def step():
         outs = block(x)
@@ -95,9 +100,7 @@ def measure(mode: str, m: int, steps: int) -> dict:
 
 def profile(mode: str, m: int, top: int = 30) -> None:
     """Print the CUDA kernels of one training step of ``mode`` by total time (torch.profiler, 3 steps)."""
-    block = Block(mode)
-    x = torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    grads = [torch.randn(m, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(5)]
+    block, x, grads = setup(mode, m)
     for _ in range(2):
         torch.autograd.backward(block(x), grads)
     torch.cuda.synchronize()

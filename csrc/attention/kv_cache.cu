@@ -111,8 +111,7 @@ __global__ void __launch_bounds__(kThreads) kv_dequantize_kernel(KVCacheDequanti
   const int per_token = static_cast<int>(p.heads) * nb;
   const int64_t kv_idx = blockIdx.z;
   const int64_t c = blockIdx.y % p.n_chunks, b = blockIdx.y / p.n_chunks;
-  int slot = kv::slot_at(p.table, c);
-  slot = slot < 0 ? 0 : (slot >= p.slots ? static_cast<int>(p.slots - 1) : slot);
+  const int slot = kv::slot_at_clamped(p.table, c, p.slots);
   const int64_t n_tiles = (p.tokens + kTileTokens - 1) / kTileTokens;
   T* out = static_cast<T*>(kv_idx == 0 ? p.out_k : p.out_v);
   for (int i = threadIdx.x; i < kTokensPerCta * per_token; i += kThreads) {
@@ -170,8 +169,7 @@ __global__ void __launch_bounds__(kThreads) kv_dequantize_fp8_kernel(KVCacheDequ
   const int kv_idx = blockIdx.y & 1, c = blockIdx.y >> 1;
   const int heads = static_cast<int>(q.heads);
   const int b = blockIdx.z / heads, h = blockIdx.z - b * heads;
-  int slot = kv::slot_at(q.table, c);
-  slot = slot < 0 ? 0 : (slot >= q.slots ? static_cast<int>(q.slots - 1) : slot);
+  const int slot = kv::slot_at_clamped(q.table, c, q.slots);
   const int64_t plane = kv::plane_index(kv_idx, slot, b, h, q.slots, q.batch, q.heads);
   const int64_t n_tiles = (q.tokens + kTileTokens - 1) / kTileTokens;
   const uint2* data = reinterpret_cast<const uint2*>(q.data) + plane * plane_blocks;

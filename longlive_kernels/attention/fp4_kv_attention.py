@@ -39,7 +39,6 @@ Block config override for sweeps: ``LONGLIVE_FP4_KV_ATTN_CONFIG=BM,BN,warps,stag
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 
@@ -499,9 +498,8 @@ def fp4_kv_attention(
         path only: the per-tensor scale becomes ``bound / 448`` and that tensor's amax pass (~18 µs
         for the 5B chunk on an H100) is skipped. A bound below the true amax saturates the largest
         values to ±448 codes; a loose one costs precision only where values fall under E4M3's
-        normal range (2⁻⁶ of the scale). The DiT passes ``√C · max|γ|`` of its qk-RMSNorm:
-        RMSNorm bounds every element of a C-wide row by √C times its weight, and RoPE rotates pairs,
-        keeping each pair's norm (``longlive.model.blocks.RMSNorm.amax_bound``).
+        normal range (2⁻⁶ of the scale). The DiT passes its qk-RMSNorm's bound
+        (``longlive.model.blocks.RMSNorm.amax_bound``).
 
     Returns
     -------
@@ -557,8 +555,8 @@ def fp4_kv_attention(
         raise ValueError("no current chunk: call cache.start_chunk() and cache.update(), or pass current_k/v")
     if compute == "fp8" and cache.storage != "fp4":
         raise ValueError("compute='fp8' needs storage='fp4'")
-    _check_bound("q_amax", q_amax, q.device)
-    _check_bound("current_k_amax", current_k_amax, q.device)
+    _checks.check_positive_bound("q_amax", q_amax, q.device)
+    _checks.check_positive_bound("current_k_amax", current_k_amax, q.device)
     scale = d**-0.5 if softmax_scale is None else float(softmax_scale)
     if compute == "fp8" and backend in ("auto", "sdpa") and q.is_cuda:
         from .fp8_sdpa import cudnn_fp8_sdpa_available
@@ -568,22 +566,6 @@ def fp4_kv_attention(
                                                        q_amax=q_amax, k_amax=current_k_amax)
     o = _attention_16bit_out(q, cache, layer, current_k, current_v, scale, compute, backend)
     return _per_tensor_fp8(o) if out_fp8 else o
-
-
-def _check_bound(name: str, bound, device: torch.device) -> None:
-    if bound is None:
-        return
-    if isinstance(bound, torch.Tensor):
-        if not bound.is_floating_point() or bound.numel() != 1:
-            raise ValueError(f"{name} must be a one-element floating tensor, got {bound.dtype} of shape "
-                             f"{list(bound.shape)}")
-        if bound.device != device:
-            raise ValueError(f"{name} is on {bound.device}, q on {device}")
-        return
-    if isinstance(bound, bool) or not isinstance(bound, (int, float)):
-        raise TypeError(f"{name} must be a float or a one-element tensor, got {type(bound).__name__}")
-    if not (math.isfinite(bound) and bound > 0):
-        raise ValueError(f"{name} must be a positive finite upper bound, got {bound}")
 
 
 def _per_tensor_fp8(o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

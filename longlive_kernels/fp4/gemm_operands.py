@@ -91,6 +91,13 @@ def _(data, scale, backend):
 _transpose_eager = eager_op(_transpose_op)  # eager calls skip the dispatcher (_backend.direct_call_ok)
 
 
+def _padded_rows(m: int, pad_rows_to: int) -> int:
+    """M rounded up to a multiple of ``pad_rows_to`` (an int ≥ 1, else ValueError)."""
+    if isinstance(pad_rows_to, bool) or not isinstance(pad_rows_to, int) or pad_rows_to < 1:
+        raise ValueError(f"pad_rows_to must be an int >= 1, got {pad_rows_to!r}")
+    return -(-m // pad_rows_to) * pad_rows_to
+
+
 def transpose_nvfp4(t: NVFP4Tensor, *, backend: str = "auto") -> NVFP4Tensor:
     """The NVFP4 tensor of ``Wᵀ`` from the 16×16-block quantization of a 2-D ``W`` [R, C].
 
@@ -221,10 +228,7 @@ def dequantize_nvfp4_t(t: NVFP4Tensor, *, pad_rows_to: int = 1, dtype: torch.dty
     dtype = dtype or t.dtype
     if dtype not in _checks.FLOAT_DTYPES:
         raise TypeError(f"dtype must be bf16, fp16 or fp32, got {dtype}")
-    if pad_rows_to < 1:
-        raise ValueError(f"pad_rows_to must be >= 1, got {pad_rows_to}")
-    m = t.shape[0]
-    mp = -(-m // pad_rows_to) * pad_rows_to
+    mp = _padded_rows(t.shape[0], pad_rows_to)
     be = resolve_backend(backend, t.device, op="dequantize_nvfp4_t", supported=("triton", "torch"))
     return _dequantize_t_eager(t.data.contiguous(), t.scale.contiguous(), t.global_scale, mp, dtype, be)
 
@@ -303,9 +307,7 @@ def transpose_pad_rows(x: torch.Tensor, *, pad_rows_to: int = 1, backend: str = 
     _checks.check_dtype("x", x, _checks.FLOAT_DTYPES)
     _checks.check_ndim("x", x, 2)
     _checks.check_last_dim_contiguous("x", x)
-    if isinstance(pad_rows_to, bool) or not isinstance(pad_rows_to, int) or pad_rows_to < 1:
-        raise ValueError(f"pad_rows_to must be an int >= 1, got {pad_rows_to!r}")
-    mp = -(-x.shape[0] // pad_rows_to) * pad_rows_to
+    mp = _padded_rows(x.shape[0], pad_rows_to)
     be = resolve_backend(backend, x.device, op="transpose_pad_rows", supported=("triton", "torch"))
     return _transpose_pad_eager(x, mp, be)
 

@@ -30,6 +30,12 @@ __device__ __forceinline__ int slot_at(const int32_t* table, int64_t c) {
   return c < n_ctx ? table[2 + c] : table[1];
 }
 
+// slot_at clamped into [0, slots): the decodes never read outside the buffers, whatever the table holds.
+__device__ __forceinline__ int slot_at_clamped(const int32_t* table, int64_t c, int64_t slots) {
+  const int slot = slot_at(table, c);
+  return slot < 0 ? 0 : (slot >= slots ? static_cast<int>(slots - 1) : slot);
+}
+
 // Max over the CTA of a non-negative float (every thread gets the result). `red` holds one float per warp.
 template <int kThreads>
 __device__ __forceinline__ float cta_max(float v, float* red) {
