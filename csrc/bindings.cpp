@@ -98,6 +98,67 @@ void nvfp4_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, cons
   check_launch(nvfp4_dequantize(p, c10::cuda::getCurrentCUDAStream()), "nvfp4_dequantize");
 }
 
+void check_on(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(), ", got ", t.device());
+}
+
+void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
+                     const at::Tensor& w_global_scale, const std::optional<at::Tensor>& x_global_scale,
+                     const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t splits, int64_t variant) {
+  check_cuda(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16,
+              "x must be bf16 [M, K] with a contiguous last dim, got ", x.scalar_type(), " ", x.sizes());
+  const int64_t m = x.size(0), k = x.size(1);
+  TORCH_CHECK(m >= 1 && m <= 64, "x: M must be in [1, 64], got ", m);
+  TORCH_CHECK(k >= 128 && k % 128 == 0, "x: K must be a positive multiple of 128, got ", k);
+  check_aligned16(x, "x");
+  TORCH_CHECK(x.stride(0) >= k && x.stride(0) % 8 == 0, "x: row stride must be >= K and a multiple of 8 elements");
+  check_on(w, x, "w");
+  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kByte && w.size(1) * 2 == k,
+              "w must be contiguous uint8 [N, K/2] for K=", k, ", got ", w.scalar_type(), " ", w.sizes());
+  const int64_t n = w.size(0);
+  check_aligned16(w, "w");
+  check_on(w_scale, x, "w_scale");
+  TORCH_CHECK(w_scale.is_contiguous() && w_scale.scalar_type() == at::kByte && w_scale.numel() == n * k / 16,
+              "w_scale must be contiguous uint8 [N, K/16]");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(w_scale.data_ptr()) % 8 == 0, "w_scale must be 8-byte aligned");
+  check_on(w_global_scale, x, "w_global_scale");
+  TORCH_CHECK(w_global_scale.scalar_type() == at::kFloat && w_global_scale.numel() == 1,
+              "w_global_scale must be fp32 [1]");
+  if (x_global_scale) {
+    check_on(*x_global_scale, x, "x_global_scale");
+    TORCH_CHECK(x_global_scale->scalar_type() == at::kFloat && x_global_scale->numel() == 1,
+                "x_global_scale must be fp32 [1]");
+  }
+  if (bias) {
+    check_on(*bias, x, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), "bias must be contiguous [N]");
+  }
+  check_on(out, x, "out");
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.is_contiguous(),
+              "out must be contiguous [M, N] = [", m, ", ", n, "]");
+  TORCH_CHECK(splits >= 0 && splits <= 8, "splits must be in [0, 8], got ", splits);
+  TORCH_CHECK(variant >= 0 && variant <= 4, "variant must be in [0, 4], got ", variant);
+  const c10::cuda::CUDAGuard guard(x.device());
+  NVFP4GemvParams p;
+  p.x = x.data_ptr();
+  p.stride_x = x.stride(0);
+  p.w = w.data_ptr<uint8_t>();
+  p.w_scale = static_cast<const uint8_t*>(w_scale.data_ptr());
+  p.w_global_scale = w_global_scale.data_ptr<float>();
+  p.x_global_scale = x_global_scale ? x_global_scale->data_ptr<float>() : nullptr;
+  p.bias = bias ? bias->data_ptr() : nullptr;
+  p.bias_dtype = bias ? to_dtype(*bias, "bias") : DType::kF32;
+  p.out = out.data_ptr();
+  p.out_dtype = to_dtype(out, "out");
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.splits = static_cast<int>(splits);
+  p.variant = static_cast<int>(variant);
+  check_launch(nvfp4_gemv(p, at::cuda::getCurrentCUDAStream()), "nvfp4_gemv");
+}
+
 void check_kv_buffers(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& gs) {
   check_cuda(data, "data");
   TORCH_CHECK(data.dim() == 6 && data.size(0) == 2 && data.is_contiguous() && data.scalar_type() == at::kByte,
@@ -238,6 +299,9 @@ TORCH_LIBRARY(longlive_kernels, m) {
   m.def(
       "kv_cache_dequantize_fp8_cuda(Tensor data, Tensor scale, Tensor global_scale, Tensor table, "
       "Tensor(a!) out_k, Tensor(b!) out_v, Tensor inv_scale, int items_per_thread) -> ()");
+  m.def(
+      "nvfp4_gemv_cuda(Tensor x, Tensor w, Tensor w_scale, Tensor w_global_scale, Tensor? x_global_scale, "
+      "Tensor? bias, Tensor(a!) out, int splits, int variant) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {
@@ -246,6 +310,7 @@ TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {
   m.impl("kv_cache_dequantize_fp8_cuda", &longlive::kv_cache_dequantize_fp8_cuda);
   m.impl("nvfp4_quantize_cuda", &longlive::nvfp4_quantize_cuda);
   m.impl("nvfp4_dequantize_cuda", &longlive::nvfp4_dequantize_cuda);
+  m.impl("nvfp4_gemv_cuda", &longlive::nvfp4_gemv_cuda);
 }
 
 // A plain Python module so `import longlive_kernels._C` loads the library (ops live in torch.ops).

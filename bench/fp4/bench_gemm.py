@@ -17,6 +17,10 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
 - ``w4a16 port`` / ``w4a4 port``: the portable Triton kernel (``algorithm="portable"``), to show
   what the Gluon kernels buy,
 - ``w4a16 gemv`` / ``w4a4 gemv`` (M ≤ 64): the small-M Gluon kernel (``algorithm="gemv"``).
+- ``w4a16 cuda`` / ``w4a4 cuda`` (M ≤ 64): the CUDA small-M kernel (``backend="cuda"``,
+  ``csrc/fp4/nvfp4_gemv.cu``; W4A4 decodes the activation to bf16 first); ``w4a16 triton`` /
+  ``w4a4 triton``: the Triton split-K kernel (``backend="triton"``). With the extension built,
+  ``w4a16`` / ``w4a4`` at M ≤ 64 run the CUDA kernel.
 - ``--producer``: each FP8 linear with the op that makes its activation: ``gelu+bf16`` (torch's tanh
   GELU, then cuBLAS BF16: the Wan FFN's second linear with its producer) against ``fp8 linear gelu``
   (the GELU fused into the FP8 row-wise quantization), and, for K = 3072 (q/k/v, cross-q, ffn.0),
@@ -58,7 +62,8 @@ KN_VALUES = ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
 QUICK = ((16, 3072, 3072), (64, 3072, 14336), (1760, 3072, 3072), (7040, 3072, 14336), (7040, 14336, 3072),
          (14080, 3072, 3072))
 SMALL = tuple((m, k, n) for k, n in KN_VALUES for m in (16, 64))
-SMALL_COLUMNS = ("bf16", "fp8 mm", "deq+bf16", "w4a16", "w4a16 gemv", "w4a4", "w4a4 gemv")
+SMALL_COLUMNS = ("bf16", "fp8 mm", "deq+bf16", "w4a16 cuda", "w4a16 triton", "w4a16 gemv", "w4a4 cuda",
+                 "w4a4 triton", "w4a4 gemv")
 # --producer: the FFN's second linear with its GELU: torch GELU + cuBLAS BF16 against the GELU fused into
 # the FP8 quantization (fp8_linear(..., input_activation="gelu_tanh"))
 PRODUCER_COLUMNS = ("bf16", "fp8 linear", "gelu+bf16", "fp8 linear gelu", "adaln+bf16", "fp8 linear adaln")
@@ -110,7 +115,11 @@ def _methods(m: int, k: int, n: int) -> dict:
         "w4a16 port": lambda: nvfp4_gemm(x, wq, algorithm="portable"),
         "w4a4 port": lambda: nvfp4_gemm(xq, wq, algorithm="portable"),
         **({"w4a16 gemv": lambda: nvfp4_gemm(x, wq, algorithm="gemv"),
-            "w4a4 gemv": lambda: nvfp4_gemm(xq, wq, algorithm="gemv")} if m <= 64 else {}),
+            "w4a4 gemv": lambda: nvfp4_gemm(xq, wq, algorithm="gemv"),
+            "w4a16 cuda": lambda: nvfp4_gemm(x, wq, backend="cuda"),
+            "w4a4 cuda": lambda: nvfp4_gemm(xq, wq, backend="cuda"),
+            "w4a16 triton": lambda: nvfp4_gemm(x, wq, backend="triton"),
+            "w4a4 triton": lambda: nvfp4_gemm(xq, wq, backend="triton")} if m <= 64 else {}),
     }
 
 

@@ -56,6 +56,45 @@ int main() {
   f.base.tokens = int64_t(1) << 29;
   expect(longlive::kv_cache_dequantize_fp8(f, nullptr) == cudaErrorInvalidValue,
          "fp8 decode rejects a plane past 32-bit block indices");
+  longlive::NVFP4GemvParams g;  // a valid shape, then one bad field at a time
+  alignas(16) static unsigned char w[64 * 8], ws[64], x[2 * 128 * 2], o[2 * 4 * 4];
+  static float gs = 1.0f;
+  g.x = x;
+  g.stride_x = 128;
+  g.w = w;
+  g.w_scale = ws;
+  g.w_global_scale = &gs;
+  g.out = o;
+  g.m = 2;
+  g.n = 4;
+  g.k = 128;
+  g.m = 65;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects M > 64");
+  g.m = 0;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects M == 0");
+  g.m = 2;
+  g.k = 144;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects K % 128 != 0");
+  g.k = 128;
+  g.stride_x = 100;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects a row stride below K");
+  g.stride_x = 132;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects rows not 16-byte aligned");
+  g.stride_x = 128;
+  g.w = w + 8;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects an unaligned weight");
+  g.w = w;
+  g.w_scale = ws + 4;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects unaligned scales");
+  g.w_scale = ws;
+  g.out = nullptr;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects no output");
+  g.out = o;
+  g.splits = 9;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects 9 splits");
+  g.splits = 0;
+  g.variant = 5;
+  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects variant 5");
   if (failures == 0) std::printf("test_launchers: all passed\n");
   return failures == 0 ? 0 : 1;
 }

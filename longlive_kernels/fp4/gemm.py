@@ -38,11 +38,13 @@ Gluon dispatch and the ``longlive_kernels::nvfp4_gemm`` op in ``gemm_ops.py``.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from .. import _checks
-from .._backend import eager_op, resolve_backend
+from .._backend import eager_op, has_cuda_extension, resolve_backend
+from . import gemm_ops
 from .format import BLOCK_SIZE, NVFP4Tensor
 from .gemm_ops import (
     SPLIT_K_MAX_M,  # noqa: F401 (defined in gemm_ops: still importable from here)
@@ -56,6 +58,9 @@ _gemm_eager = eager_op(_gemm_op)  # eager calls skip the dispatcher (_backend.di
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DENSE_A_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
 ALGORITHMS = ("auto", "fused", "gemv", "portable", "predecode", "dequantize", "scaled_mm")
+# backend="auto" takes the CUDA small-M kernel where it applies (bench/RESULTS.md: faster than the
+# Triton and Gluon small-M kernels on the H100); LONGLIVE_GEMM_CUDA_GEMV=0 keeps Triton.
+_CUDA_GEMV_AUTO = os.environ.get("LONGLIVE_GEMM_CUDA_GEMV", "1") == "1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +107,26 @@ def _resolve_algorithm(algorithm: str, device: torch.device, a_nvfp4: bool, back
     if a_nvfp4 and device.type == "cuda":
         return "predecode"  # (itself "fused" where the Hopper kernel does not apply)
     return "fused"
+
+
+def _small_m_backend(backend: str, be: str, algorithm: str, m: int, k: int, a, a_scale, a_nvfp4: bool) -> str:
+    """``cuda`` where the CUDA small-M kernel runs the GEMM: asked for (else a ValueError naming what it
+    takes; algorithms ``auto`` / ``fused`` / ``gemv``), or by ``auto`` (``LONGLIVE_GEMM_CUDA_GEMV=0``
+    turns that off) on a CUDA device with the extension built, for the ``auto`` / ``fused`` algorithms
+    (``gemv`` names the Gluon kernel)."""
+    dense = a if not a_nvfp4 else a.data
+    applies = (algorithm in ("auto", "fused", "gemv") and not _has_native_fp4(dense.device)
+               and gemm_ops.cuda_gemv_applies(m, k, dense, a_scale, a_nvfp4))
+    if be == "cuda" and not applies:
+        got = "NVFP4" if a_nvfp4 else f"{dense.dtype}" + (" with a_scale" if a_scale is not None else "")
+        raise ValueError(
+            f"nvfp4_gemm: backend='cuda' runs the small-M kernel only: M ≤ {gemm_ops.CUDA_MAX_M}, K a multiple "
+            f"of {gemm_ops.CUDA_K_MULTIPLE}, `a` bf16 or NVFP4, algorithm 'auto'/'fused'/'gemv'; got M={m}, "
+            f"K={k}, `a` {got}, algorithm={algorithm!r}")
+    if (backend == "auto" and be == "triton" and applies and algorithm != "gemv" and _CUDA_GEMV_AUTO
+            and dense.device.type == "cuda" and has_cuda_extension()):
+        return "cuda"
+    return be
 
 
 def _has_native_fp4(device: torch.device) -> bool:
@@ -218,9 +243,10 @@ def nvfp4_gemm(
         a=a.data if a_nvfp4 else a, b=b.data, bias=bias, a_scale=a_scale,
         b_global_scale=b.global_scale, a_global_scale=a.global_scale if a_nvfp4 else None,
     )
-    be = resolve_backend(backend, dev, op="nvfp4_gemm", supported=("triton", "torch"), prefer=("triton",))
-    algo = _resolve_algorithm(algorithm, dev, a_nvfp4, be)
+    be = resolve_backend(backend, dev, op="nvfp4_gemm", supported=("triton", "cuda", "torch"), prefer=("triton",))
     m = math.prod(lead)
+    be = _small_m_backend(backend, be, algorithm, m, k, a, a_scale, a_nvfp4)
+    algo = _resolve_algorithm(algorithm, dev, a_nvfp4, be)
     if m == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
     bd = _rows2d(b.data, k // 2)

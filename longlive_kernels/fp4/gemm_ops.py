@@ -257,6 +257,31 @@ def _gemm_predecode(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype):
     return _hopper.gemm(x_hat, None, None, b_data, b_scale, b_gs, bias, out_dtype, False, a_tensor_scale=a_gs)
 
 
+CUDA_MAX_M = 64  # the CUDA small-M kernel (csrc/fp4/nvfp4_gemv.cu): M ≤ 64, K % 128 == 0
+CUDA_K_MULTIPLE = 128
+
+
+def cuda_gemv_applies(m: int, k: int, a: torch.Tensor, a_scale, a_nvfp4: bool) -> bool:
+    """True when the CUDA small-M kernel runs this GEMM: M ≤ 64, K % 128 == 0, and a bf16 (W4A16) or
+    NVFP4 (W4A4, decoded once to bf16) activation."""
+    dense_ok = not a_nvfp4 and a.dtype == torch.bfloat16 and a_scale is None
+    return 1 <= m <= CUDA_MAX_M and k % CUDA_K_MULTIPLE == 0 and (a_nvfp4 or dense_ok)
+
+
+def _gemm_cuda(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, splits=0, variant=0):
+    """The CUDA small-M kernel (``csrc/fp4/nvfp4_gemv.cu``; the caller checked ``cuda_gemv_applies``).
+    W4A4 decodes ``a`` once to bf16 with tensor scale 1 (exact) and passes its tensor scale to the
+    epilogue. ``splits`` / ``variant`` (0: the launcher's choice) exist for the launch-shape probe."""
+    if a_nvfp4:
+        x, x_gs = _unit_scale(a, a_scale, torch.bfloat16), a_gs
+    else:
+        x, x_gs = a, None
+    out = torch.empty((x.shape[0], b_data.shape[0]), dtype=out_dtype, device=x.device)
+    torch.ops.longlive_kernels.nvfp4_gemv_cuda(x, b_data, b_scale.view(torch.uint8), b_gs, x_gs, bias, out,
+                                               splits, variant)
+    return out
+
+
 def _gemm_scaled_mm(a_data, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype):
     """sm_100+: cuBLAS block-scaled FP4 GEMM (``torch._scaled_mm``, swizzled 128×4 scales).
     Guarded; never run on the Hopper machines of this project."""
@@ -295,6 +320,8 @@ def _gemm_op(
     if backend == "torch":
         return reference.nvfp4_gemm(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias,
                                     out_dtype=out_dtype, a_nvfp4=a_nvfp4)
+    if backend == "cuda":
+        return _gemm_cuda(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype, a_nvfp4)
     if algorithm == "predecode" and a_nvfp4:
         out = _gemm_predecode(a, a_scale, a_global_scale, b_data, b_scale, b_global_scale, bias, out_dtype)
         if out is not None:

@@ -40,6 +40,30 @@ struct NVFP4DequantizeParams {
 };
 cudaError_t nvfp4_dequantize(const NVFP4DequantizeParams& p, cudaStream_t stream);
 
+// ---- fp4/nvfp4_gemv.cu (small-M W4A16 GEMM, sm_90a) ----------------------------------------------
+// out[m, n] = (x · Ŵᵀ) · w_global_scale (· x_global_scale) + bias, Ŵ = e2m1 · s_block, FP32 sums,
+// rounded once to out_dtype. The launcher picks a launch shape (variant) and the K split from m, n
+// and the SM count unless given; every choice gives the same sum up to FP32 summation order, and one
+// choice always the same bits.
+struct NVFP4GemvParams {
+  const void* x = nullptr;            // [m, k] bf16, row stride stride_x elements; 16-byte aligned rows
+  int64_t stride_x = 0;
+  const uint8_t* w = nullptr;         // [n, k/2] packed E2M1, contiguous, 16-byte aligned
+  const uint8_t* w_scale = nullptr;   // [n, k/16] E4M3 bits, contiguous, 8-byte aligned
+  const float* w_global_scale = nullptr;  // [1]
+  const float* x_global_scale = nullptr;  // [1] or nullptr: a further factor (a W4A4 activation's)
+  const void* bias = nullptr;         // [n] bias_dtype, or nullptr
+  DType bias_dtype = DType::kF32;
+  void* out = nullptr;                // [m, n] out_dtype, contiguous
+  DType out_dtype = DType::kBF16;
+  int64_t m = 0, n = 0, k = 0;        // 1 <= m <= 64; k % 128 == 0
+  int num_sms = 0;                    // 0: asked from the current device
+  int splits = 0;                     // K split over a cluster, 1..8; 0: chosen
+  int variant = 0;                    // 1..4: (16-row bands per warp, warps) = (1,4) (1,8) (2,4) (2,8); 0: chosen
+};
+int nvfp4_gemv_default_variant(int64_t m);
+cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream);
+
 // ---- attention/kv_cache.cu (FP4 KV cache: in-place update, decode) ---------------------------------
 // One layer's buffers: data uint8 [2, S, B, H, T, D/2], scale uint8 [2, S, B, H, T, D/16],
 // global_scale fp32 [2, S, B, H, ceil(T/128)] (index 0 = K, 1 = V).
