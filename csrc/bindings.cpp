@@ -104,7 +104,8 @@ void check_on(const at::Tensor& t, const at::Tensor& ref, const char* name) {
 
 void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
                      const at::Tensor& w_global_scale, const std::optional<at::Tensor>& x_global_scale,
-                     const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t splits, int64_t variant) {
+                     const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t splits, int64_t variant,
+                     int64_t k_unroll) {
   check_cuda(x, "x");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16,
               "x must be bf16 [M, K] with a contiguous last dim, got ", x.scalar_type(), " ", x.sizes());
@@ -138,7 +139,10 @@ void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.is_contiguous(),
               "out must be contiguous [M, N] = [", m, ", ", n, "]");
   TORCH_CHECK(splits >= 0 && splits <= 8, "splits must be in [0, 8], got ", splits);
-  TORCH_CHECK(variant >= 0 && variant <= 4, "variant must be in [0, 4], got ", variant);
+  TORCH_CHECK(variant >= 0 && variant <= 3, "variant must be in [0, 3], got ", variant);
+  TORCH_CHECK(k_unroll == 0 || k_unroll == 1 || k_unroll == 2 || k_unroll == 4,
+              "k_unroll must be 0, 1, 2 or 4, got ", k_unroll);
+  TORCH_CHECK(k_unroll == 0 || (k / 128) % k_unroll == 0, "k_unroll=", k_unroll, " must divide K/128 = ", k / 128);
   const c10::cuda::CUDAGuard guard(x.device());
   NVFP4GemvParams p;
   p.x = x.data_ptr();
@@ -156,6 +160,7 @@ void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.k = k;
   p.splits = static_cast<int>(splits);
   p.variant = static_cast<int>(variant);
+  p.k_unroll = static_cast<int>(k_unroll);
   check_launch(nvfp4_gemv(p, at::cuda::getCurrentCUDAStream()), "nvfp4_gemv");
 }
 
@@ -301,7 +306,7 @@ TORCH_LIBRARY(longlive_kernels, m) {
       "Tensor(a!) out_k, Tensor(b!) out_v, Tensor inv_scale, int items_per_thread) -> ()");
   m.def(
       "nvfp4_gemv_cuda(Tensor x, Tensor w, Tensor w_scale, Tensor w_global_scale, Tensor? x_global_scale, "
-      "Tensor? bias, Tensor(a!) out, int splits, int variant) -> ()");
+      "Tensor? bias, Tensor(a!) out, int splits, int variant, int k_unroll) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {

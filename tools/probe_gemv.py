@@ -6,9 +6,10 @@ to ``F.linear`` in BF16 of the same run, with the result's relative error agains
 configuration (split-K changes only the summation order).
 
 - default: the Gluon GEMV (``gemm_gemv.py``, ``algorithm="gemv"``), (warps per CTA, CTAs per SM).
-- ``--cuda``: the CUDA kernel (``csrc/fp4/nvfp4_gemv.cu``), (variant, K splits) with variant
-  1..4 = (16-row bands per warp, warps) (1,4) (1,8) (2,4) (2,8) and splits 0 = the launcher's choice;
-  the last column is ``backend="cuda"`` as ``nvfp4_gemm`` calls it (the launcher's own choice).
+- ``--cuda``: the CUDA kernel (``csrc/fp4/nvfp4_gemv.cu``), (variant, sub-steps per stage, K splits)
+  with variant 1..3 = (16-row bands per warp, warps) (1,4) (1,8) (2,8), 1/2/4 sub-steps of 128 K per
+  pipeline stage, and splits 0 = the launcher's choice; the last column is ``backend="cuda"`` as
+  ``nvfp4_gemm`` calls it (the launcher's own choices).
 
 Usage::
 
@@ -30,7 +31,7 @@ from longlive_kernels.testing import cuda_time_ms
 
 KN = ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
 GLUON_SWEEP = list(itertools.product((4, 8), (1, 2, 4, 8)))
-CUDA_SWEEP = [(v, s) for v in (1, 2, 3, 4) for s in (0, 1, 2, 4, 8)]
+CUDA_SWEEP = [(v, u, s) for v in (1, 2, 3) for u in (1, 2, 4) for s in (0, 1, 2, 4)]
 
 
 def _gluon(x, wq, cfg):
@@ -40,7 +41,7 @@ def _gluon(x, wq, cfg):
 
 def _cuda(x, wq, cfg):
     args = (x, None, None, wq.data, wq.scale, wq.global_scale.reshape(1).float(), None, torch.bfloat16, False)
-    return lambda: gemm_ops._gemm_cuda(*args, splits=cfg[1], variant=cfg[0])
+    return lambda: gemm_ops._gemm_cuda(*args, variant=cfg[0], k_unroll=cfg[1], splits=cfg[2])
 
 
 def main(argv=None) -> int:
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sweep, make = (CUDA_SWEEP, _cuda) if args.cuda else (GLUON_SWEEP, _gluon)
     ms_values = (1, 16, 32, 64) if args.cuda else (16, 64)
-    label = (lambda c: f"v{c[0]} s{c[1]}") if args.cuda else (lambda c: f"{c[0]}w × {c[1]}/SM")
+    label = (lambda c: f"v{c[0]} u{c[1]} s{c[2]}") if args.cuda else (lambda c: f"{c[0]}w × {c[1]}/SM")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
     extra = " auto |" if args.cuda else ""
     print("| M | K | N | bf16 µs | " + " | ".join(label(c) for c in sweep) + " |" + extra)

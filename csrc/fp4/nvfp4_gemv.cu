@@ -34,26 +34,38 @@ namespace {
 
 namespace cg = cooperative_groups;
 
-constexpr int kStepK = 128;                 // K elements per pipeline stage
-constexpr int kStepBytes = kStepK / 2;      // packed bytes of one weight row per stage
-constexpr int kStepScales = kStepK / 16;    // E4M3 block scales of one weight row per stage
-constexpr int kTokenBytes = kStepK * 2;     // bytes of one bf16 token row per stage
-constexpr int kStages = 4;
+constexpr int kSubK = 128;                  // K elements of one sub-step (4 quads × 32)
+constexpr int kSubBytes = kSubK / 2;        // packed bytes of one weight row per sub-step
+constexpr int kSubScales = kSubK / 16;      // E4M3 block scales of one weight row per sub-step
+constexpr int kSubTokenBytes = kSubK * 2;   // bytes of one bf16 token row per sub-step
+constexpr int kStageBudget = 110 * 1024;    // shared memory the ring may take (2..4 stages)
 constexpr int kMaxSplits = 8;               // portable cluster size
 constexpr int kMaxM = 64;
 
-template <int MT, int RB, int WARPS>
+// MT n-tiles of 8 tokens; RB 16-row bands per warp; KU sub-steps of 128 K elements per stage (the
+// bytes each weight row contributes to a stage: 64·KU contiguous, a whole cache line from KU = 2).
+template <int MT, int RB, int WARPS, int KU>
 struct Shape {
-  static constexpr int kMT = MT;            // n-tiles of 8 tokens
-  static constexpr int kRB = RB;            // 16-row bands per warp
+  static constexpr int kMT = MT;
+  static constexpr int kRB = RB;
+  static constexpr int kKU = KU;
   static constexpr int kThreads = 32 * WARPS;
   static constexpr int kRows = 16 * RB * WARPS;
   static constexpr int kTokens = 8 * MT;
-  static constexpr int kWBytes = kRows * kStepBytes;
-  static constexpr int kSBytes = kRows * kStepScales;
+  static constexpr int kStepK = kSubK * KU;
+  static constexpr int kRowBytes = kSubBytes * KU;      // weight bytes of a row in a stage
+  static constexpr int kRowScales = kSubScales * KU;    // scale bytes of a row in a stage
+  static constexpr int kTokenBytes = kSubTokenBytes * KU;
+  static constexpr int kWBytes = kRows * kRowBytes;
+  static constexpr int kSBytes = kRows * kRowScales;
   static constexpr int kXBytes = kTokens * kTokenBytes;
   static constexpr int kStageBytes = kWBytes + kSBytes + kXBytes;
-  static constexpr int kXChunksPerThread = (kTokens * 16 + kThreads - 1) / kThreads;
+  static constexpr int kStages = kStageBudget / kStageBytes >= 4 ? 4 : (kStageBudget / kStageBytes >= 3 ? 3 : 2);
+  static constexpr int kWChunksPerThread = kRows * kRowBytes / 16 / kThreads;  // = 2·RB·KU
+  static constexpr int kSChunk = KU == 1 ? 8 : 16;                              // cp.async size of scales
+  static constexpr int kSChunksPerRow = kRowScales / kSChunk;
+  static constexpr int kSChunksPerThread = (kRows * kSChunksPerRow + kThreads - 1) / kThreads;
+  static constexpr int kXChunksPerThread = (kTokens * kTokenBytes / 16 + kThreads - 1) / kThreads;
   static constexpr int kRedStride = kRows + 4;  // floats per token row of the partial tile (banks)
   static constexpr int kRedBytes = kTokens * kRedStride * 4;
   static constexpr int kSmem = kStages * kStageBytes > kRedBytes ? kStages * kStageBytes : kRedBytes;
@@ -127,29 +139,39 @@ __device__ __forceinline__ int x_chunk(int t, int c) { return c ^ (((c >> 3) & 1
 
 // ---- pipeline ---------------------------------------------------------------------------------------
 
-// This thread's cp.async sources at the CTA's first K step, and their places in a stage.
+// This thread's cp.async sources at the CTA's first stage, and their places in a stage.
 template <class S>
 struct Sources {
-  const uint8_t* w[2 * S::kRB];  // weight chunks (rows past N clamped to N - 1: loaded, never stored)
-  int w_dst[2 * S::kRB];
-  const uint8_t* s;              // scale row, or nullptr
-  int s_dst;
-  const char* x;                 // activation rows
+  const uint8_t* w[S::kWChunksPerThread];  // weight chunks (rows past N clamped to N - 1: never stored)
+  int w_dst[S::kWChunksPerThread];
+  const uint8_t* s[S::kSChunksPerThread];  // scale chunks, or nullptr
+  int s_dst[S::kSChunksPerThread];
+  const char* x;                           // activation rows
   int64_t x_row_bytes;
   int m;
 };
 
+template <int kBytes>
+__device__ __forceinline__ void cp_async(void* dst, const void* src) {
+  if constexpr (kBytes == 16) cp_async16(dst, src);
+  else cp_async8(dst, src);
+}
+
 template <class S>
 __device__ __forceinline__ void load_stage(uint8_t* stage, const Sources<S>& src, int ks, int tid) {
 #pragma unroll
-  for (int i = 0; i < 2 * S::kRB; ++i) cp_async16(stage + src.w_dst[i], src.w[i] + int64_t(ks) * kStepBytes);
-  if (src.s != nullptr) cp_async8(stage + src.s_dst, src.s + int64_t(ks) * kStepScales);
-  uint8_t* sx = stage + S::kWBytes + S::kSBytes;
-  const char* x = src.x + int64_t(ks) * kTokenBytes;
+  for (int i = 0; i < S::kWChunksPerThread; ++i)
+    cp_async16(stage + src.w_dst[i], src.w[i] + int64_t(ks) * S::kRowBytes);
 #pragma unroll
-  for (int i = 0; i < S::kXChunksPerThread; ++i) {  // chunk tid + i·kThreads of the m × 16 chunks
-    const int chunk = tid + i * S::kThreads, t = chunk >> 4, c = chunk & 15;
-    if (t < src.m) cp_async16(sx + t * kTokenBytes + x_chunk(t, c) * 16, x + t * src.x_row_bytes + c * 16);
+  for (int i = 0; i < S::kSChunksPerThread; ++i)
+    if (src.s[i] != nullptr) cp_async<S::kSChunk>(stage + src.s_dst[i], src.s[i] + int64_t(ks) * S::kRowScales);
+  uint8_t* sx = stage + S::kWBytes + S::kSBytes;
+  const char* x = src.x + int64_t(ks) * S::kTokenBytes;
+#pragma unroll
+  for (int i = 0; i < S::kXChunksPerThread; ++i) {  // chunk tid + i·kThreads of the tokens' chunks
+    const int chunk = tid + i * S::kThreads, t = chunk / (16 * S::kKU), c = chunk % (16 * S::kKU);
+    if (t < src.m)
+      cp_async16(sx + t * S::kTokenBytes + ((c & ~15) | x_chunk(t, c & 15)) * 16, x + t * src.x_row_bytes + c * 16);
   }
 }
 
@@ -160,35 +182,39 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 template <class S>
 __device__ __forceinline__ void compute_stage(const uint8_t* stage, float (&acc)[S::kRB][S::kMT][4], int warp,
                                               int g, int q) {
-  const uint8_t* sw = stage;
-  const uint8_t* ss = stage + S::kWBytes;
-  const uint8_t* sx = ss + S::kSBytes;
-  uint4 wlo[S::kRB], whi[S::kRB];
-  uint32_t sp[S::kRB][2][2];
 #pragma unroll
-  for (int b = 0; b < S::kRB; ++b) {
-    const int r = (warp * S::kRB + b) * 16 + g;
-    wlo[b] = *reinterpret_cast<const uint4*>(sw + r * kStepBytes + q * 16);
-    whi[b] = *reinterpret_cast<const uint4*>(sw + (r + 8) * kStepBytes + q * 16);
-    scale_pairs(*reinterpret_cast<const uint16_t*>(ss + r * kStepScales + 2 * q), sp[b][0]);
-    scale_pairs(*reinterpret_cast<const uint16_t*>(ss + (r + 8) * kStepScales + 2 * q), sp[b][1]);
-  }
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {  // word t of the thread's 16 bytes: MMAs s = 2t, 2t + 1
-    uint32_t alo[S::kRB][4], ahi[S::kRB][4];
+  for (int u = 0; u < S::kKU; ++u) {  // sub-step u: bytes [64u, 64u + 64) of every row in the stage
+    const uint8_t* sw = stage + u * kSubBytes;
+    const uint8_t* ss = stage + S::kWBytes + u * kSubScales;
+    const uint8_t* sx = stage + S::kWBytes + S::kSBytes + u * kSubTokenBytes;
+    uint4 wlo[S::kRB], whi[S::kRB];
+    uint32_t sp[S::kRB][2][2];
 #pragma unroll
     for (int b = 0; b < S::kRB; ++b) {
-      decode_word(word_of(wlo[b], t), sp[b][0][t >> 1], alo[b]);
-      decode_word(word_of(whi[b], t), sp[b][1][t >> 1], ahi[b]);
+      const int r = (warp * S::kRB + b) * 16 + g;
+      wlo[b] = *reinterpret_cast<const uint4*>(sw + r * S::kRowBytes + q * 16);
+      whi[b] = *reinterpret_cast<const uint4*>(sw + (r + 8) * S::kRowBytes + q * 16);
+      scale_pairs(*reinterpret_cast<const uint16_t*>(ss + r * S::kRowScales + 2 * q), sp[b][0]);
+      scale_pairs(*reinterpret_cast<const uint16_t*>(ss + (r + 8) * S::kRowScales + 2 * q), sp[b][1]);
     }
 #pragma unroll
-    for (int nt = 0; nt < S::kMT; ++nt) {
-      const int tok = nt * 8 + g;
-      const uint4 xv = *reinterpret_cast<const uint4*>(sx + tok * kTokenBytes + x_chunk(tok, 4 * q + t) * 16);
+    for (int t = 0; t < 4; ++t) {  // word t of the thread's 16 bytes: MMAs s = 2t, 2t + 1
+      uint32_t alo[S::kRB][4], ahi[S::kRB][4];
 #pragma unroll
       for (int b = 0; b < S::kRB; ++b) {
-        mma_bf16(acc[b][nt], alo[b][0], ahi[b][0], alo[b][1], ahi[b][1], xv.x, xv.y);
-        mma_bf16(acc[b][nt], alo[b][2], ahi[b][2], alo[b][3], ahi[b][3], xv.z, xv.w);
+        decode_word(word_of(wlo[b], t), sp[b][0][t >> 1], alo[b]);
+        decode_word(word_of(whi[b], t), sp[b][1][t >> 1], ahi[b]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < S::kMT; ++nt) {
+        const int tok = nt * 8 + g;
+        const uint4 xv =
+            *reinterpret_cast<const uint4*>(sx + tok * S::kTokenBytes + x_chunk(tok, 4 * q + t) * 16);
+#pragma unroll
+        for (int b = 0; b < S::kRB; ++b) {
+          mma_bf16(acc[b][nt], alo[b][0], ahi[b][0], alo[b][1], ahi[b][1], xv.x, xv.y);
+          mma_bf16(acc[b][nt], alo[b][2], ahi[b][2], alo[b][3], ahi[b][3], xv.z, xv.w);
+        }
       }
     }
   }
@@ -218,24 +244,25 @@ __global__ void __launch_bounds__(S::kThreads) gemv_kernel(const NVFP4GemvParams
   const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, q = tid & 3;
   const int splits = gridDim.x, split = blockIdx.x;
   const int64_t row0 = int64_t(blockIdx.y) * S::kRows;
-  const int nks = static_cast<int>(p.k / kStepK);
+  const int nks = static_cast<int>(p.k / S::kStepK);
   const int ks0 = split * nks / splits, steps = (split + 1) * nks / splits - ks0;
 
   Sources<S> src;
 #pragma unroll
-  for (int i = 0; i < 2 * S::kRB; ++i) {  // chunk tid + i·kThreads of the kRows × 4 weight chunks
-    const int chunk = tid + i * S::kThreads, r = chunk >> 2, c = chunk & 3;
+  for (int i = 0; i < S::kWChunksPerThread; ++i) {  // chunk tid + i·kThreads of the rows' 16-byte chunks
+    const int chunk = tid + i * S::kThreads, r = chunk / (S::kRowBytes / 16), c = chunk % (S::kRowBytes / 16);
     const int64_t row = row0 + r < p.n ? row0 + r : p.n - 1;
-    src.w[i] = p.w + row * (p.k / 2) + int64_t(ks0) * kStepBytes + c * 16;
-    src.w_dst[i] = r * kStepBytes + c * 16;
+    src.w[i] = p.w + row * (p.k / 2) + int64_t(ks0) * S::kRowBytes + c * 16;
+    src.w_dst[i] = r * S::kRowBytes + c * 16;
   }
-  src.s = nullptr;
-  src.s_dst = S::kWBytes + tid * kStepScales;
-  if (tid < S::kRows) {
-    const int64_t row = row0 + tid < p.n ? row0 + tid : p.n - 1;
-    src.s = p.w_scale + row * (p.k / 16) + int64_t(ks0) * kStepScales;
+#pragma unroll
+  for (int i = 0; i < S::kSChunksPerThread; ++i) {
+    const int chunk = tid + i * S::kThreads, r = chunk / S::kSChunksPerRow, c = chunk % S::kSChunksPerRow;
+    const int64_t row = row0 + r < p.n ? row0 + r : p.n - 1;
+    src.s[i] = r < S::kRows ? p.w_scale + row * (p.k / 16) + int64_t(ks0) * S::kRowScales + c * S::kSChunk : nullptr;
+    src.s_dst[i] = S::kWBytes + r * S::kRowScales + c * S::kSChunk;
   }
-  src.x = static_cast<const char*>(p.x) + int64_t(ks0) * kTokenBytes;
+  src.x = static_cast<const char*>(p.x) + int64_t(ks0) * S::kTokenBytes;
   src.x_row_bytes = p.stride_x * 2;
   src.m = static_cast<int>(p.m);
 
@@ -248,17 +275,17 @@ __global__ void __launch_bounds__(S::kThreads) gemv_kernel(const NVFP4GemvParams
       for (int i = 0; i < 4; ++i) acc[b][nt][i] = 0.0f;
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < S::kStages - 1; ++s) {
     if (s < steps) load_stage<S>(smem + s * S::kStageBytes, src, s, tid);
     cp_async_commit();
   }
   for (int i = 0; i < steps; ++i) {
-    cp_async_wait<kStages - 2>();
+    cp_async_wait<S::kStages - 2>();
     __syncthreads();  // stage i landed for every thread; stage i - 1 is free for refilling
-    const int j = i + kStages - 1;
-    if (j < steps) load_stage<S>(smem + (j % kStages) * S::kStageBytes, src, j, tid);
+    const int j = i + S::kStages - 1;
+    if (j < steps) load_stage<S>(smem + (j % S::kStages) * S::kStageBytes, src, j, tid);
     cp_async_commit();
-    compute_stage<S>(smem + (i % kStages) * S::kStageBytes, acc, warp, g, q);
+    compute_stage<S>(smem + (i % S::kStages) * S::kStageBytes, acc, warp, g, q);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -330,7 +357,7 @@ cudaError_t launch(const NVFP4GemvParams& p, int splits, cudaStream_t stream) {
     const int64_t slots = int64_t(sms) * per_sm;
     splits = static_cast<int>(slots / tiles);
   }
-  const int nks = static_cast<int>(p.k / kStepK);
+  const int nks = static_cast<int>(p.k / S::kStepK);
   splits = splits < 1 ? 1 : splits;
   splits = splits > kMaxSplits ? kMaxSplits : splits;
   splits = splits > nks ? nks : splits;
@@ -351,13 +378,22 @@ cudaError_t launch(const NVFP4GemvParams& p, int splits, cudaStream_t stream) {
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-template <int MT>
+template <int MT, int KU>
 cudaError_t launch_variant(const NVFP4GemvParams& p, int variant, cudaStream_t stream) {
   switch (variant) {
-    case 1: return launch<Shape<MT, 1, 4>>(p, p.splits, stream);
-    case 2: return launch<Shape<MT, 1, 8>>(p, p.splits, stream);
-    case 3: return launch<Shape<MT, 2, 4>>(p, p.splits, stream);
-    case 4: return launch<Shape<MT, 2, 8>>(p, p.splits, stream);
+    case 1: return launch<Shape<MT, 1, 4, KU>>(p, p.splits, stream);
+    case 2: return launch<Shape<MT, 1, 8, KU>>(p, p.splits, stream);
+    case 3: return launch<Shape<MT, 2, 8, KU>>(p, p.splits, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int MT>
+cudaError_t launch_ku(const NVFP4GemvParams& p, int variant, int ku, cudaStream_t stream) {
+  switch (ku) {
+    case 1: return launch_variant<MT, 1>(p, variant, stream);
+    case 2: return launch_variant<MT, 2>(p, variant, stream);
+    case 4: return launch_variant<MT, 4>(p, variant, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -366,21 +402,27 @@ bool aligned(const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr
 
 }  // namespace
 
-int nvfp4_gemv_default_variant(int64_t m) { return m <= 16 ? 1 : (m <= 32 ? 2 : 4); }
+int nvfp4_gemv_default_variant(int64_t m) { return m <= 16 ? 1 : (m <= 32 ? 2 : 3); }
 
 cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream) {
-  if (p.m < 1 || p.m > kMaxM || p.n < 1 || p.k < kStepK || p.k % kStepK != 0) return cudaErrorInvalidValue;
+  if (p.m < 1 || p.m > kMaxM || p.n < 1 || p.k < kSubK || p.k % kSubK != 0) return cudaErrorInvalidValue;
   if (p.x == nullptr || p.w == nullptr || p.w_scale == nullptr || p.w_global_scale == nullptr || p.out == nullptr)
     return cudaErrorInvalidValue;
   if (!aligned(p.x, 16) || (p.stride_x * 2) % 16 != 0 || p.stride_x < p.k || !aligned(p.w, 16) ||
       !aligned(p.w_scale, 8))
     return cudaErrorInvalidValue;
-  if (p.splits < 0 || p.splits > kMaxSplits || p.variant < 0 || p.variant > 4) return cudaErrorInvalidValue;
+  if (p.splits < 0 || p.splits > kMaxSplits || p.variant < 0 || p.variant > 3) return cudaErrorInvalidValue;
+  if (p.k_unroll != 0 && p.k_unroll != 1 && p.k_unroll != 2 && p.k_unroll != 4) return cudaErrorInvalidValue;
   const int variant = p.variant > 0 ? p.variant : nvfp4_gemv_default_variant(p.m);
-  if (p.m <= 8) return launch_variant<1>(p, variant, stream);
-  if (p.m <= 16) return launch_variant<2>(p, variant, stream);
-  if (p.m <= 32) return launch_variant<4>(p, variant, stream);
-  return launch_variant<8>(p, variant, stream);
+  // The largest sub-step count that divides the K steps (16-byte scale loads need 16-byte alignment).
+  const int64_t subs = p.k / kSubK;
+  int ku = p.k_unroll;
+  if (ku == 0) ku = subs % 2 == 0 && aligned(p.w_scale, 16) ? 2 : 1;
+  if (subs % ku != 0 || (ku > 1 && !aligned(p.w_scale, 16))) return cudaErrorInvalidValue;
+  if (p.m <= 8) return launch_ku<1>(p, variant, ku, stream);
+  if (p.m <= 16) return launch_ku<2>(p, variant, ku, stream);
+  if (p.m <= 32) return launch_ku<4>(p, variant, ku, stream);
+  return launch_ku<8>(p, variant, ku, stream);
 }
 
 }  // namespace longlive

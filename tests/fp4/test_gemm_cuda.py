@@ -33,7 +33,7 @@ def _operands(seed: int, m: int, n: int, k: int, kind: str, spread: float = 3.0)
     return a, quantize_nvfp4(w), g
 
 
-def _raw(a, b, bias, out_dtype, splits, variant):
+def _raw(a, b, bias, out_dtype, splits, variant, k_unroll=0):
     """The raw op into a NaN-poisoned buffer with a guard band; returns (out, guard)."""
     m, n = a.shape[0], b.shape[0]
     buf = torch.full((m * n + GUARD,), float("nan"), device="cuda", dtype=out_dtype)
@@ -43,28 +43,29 @@ def _raw(a, b, bias, out_dtype, splits, variant):
     else:
         x, x_gs = gemm_ops._unit_scale(a.data, a.scale, torch.bfloat16), a.global_scale.reshape(1).float()
     torch.ops.longlive_kernels.nvfp4_gemv_cuda(x, b.data, b.scale.view(torch.uint8),
-                                               b.global_scale.reshape(1).float(), x_gs, bias, out, splits, variant)
+                                               b.global_scale.reshape(1).float(), x_gs, bias, out, splits, variant,
+                                               k_unroll)
     return out, buf[m * n:]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(m=st.integers(1, 64), n=st.integers(1, 700), kb=st.integers(1, 12), kind=st.sampled_from(["bf16", "nvfp4"]),
-       variant=st.integers(0, 4), splits=st.sampled_from([0, 1, 2, 3, 5, 8]),
+@given(m=st.integers(1, 64), n=st.integers(1, 700), kb=st.integers(1, 6), kind=st.sampled_from(["bf16", "nvfp4"]),
+       variant=st.integers(0, 3), ku=st.sampled_from([0, 1, 2, 4]), splits=st.sampled_from([0, 1, 2, 3, 5, 8]),
        bias=st.sampled_from([None, torch.bfloat16, torch.float32]), seed=st.integers(0, 2**31 - 1))
-def test_gpu_cuda_gemv_matches_the_exact_path(m, n, kb, kind, variant, splits, bias, seed):
-    """Every launch shape and K split: FP32 output within FP32 summation order of the exact dequantize
+def test_gpu_cuda_gemv_matches_the_exact_path(m, n, kb, kind, variant, ku, splits, bias, seed):
+    """Every launch shape, stage depth and K split: FP32 output within FP32 summation order of the exact dequantize
     path, every output element written and nothing past it, repeated calls bit-identical, and the
     bf16 output the FP32 output rounded once (the same sums)."""
-    k = 128 * kb
+    k = 128 * kb * max(ku, 1)
     a, b, g = _operands(seed, m, n, k, kind)
     bias_t = None if bias is None else torch.randn(n, device="cuda", generator=g).to(bias)
-    out, guard = _raw(a, b, bias_t, torch.float32, splits, variant)
+    out, guard = _raw(a, b, bias_t, torch.float32, splits, variant, ku)
     expect = nvfp4_gemm(a, b, bias=bias_t, out_dtype=torch.float32, algorithm="dequantize")
     assert not torch.isnan(out).any(), "an output element was not written"
     assert torch.isnan(guard).all(), "the kernel wrote past the output"
     assert rel_err(out, expect) <= FP32_TOL
-    assert_bitwise_equal(_raw(a, b, bias_t, torch.float32, splits, variant)[0], out, "repeated call")
-    low, low_guard = _raw(a, b, bias_t, torch.bfloat16, splits, variant)
+    assert_bitwise_equal(_raw(a, b, bias_t, torch.float32, splits, variant, ku)[0], out, "repeated call")
+    low, low_guard = _raw(a, b, bias_t, torch.bfloat16, splits, variant, ku)
     assert torch.isnan(low_guard).all()
     assert_bitwise_equal(low, out.to(torch.bfloat16), "bf16 output vs FP32 output rounded")
 
@@ -102,10 +103,10 @@ def test_gpu_cuda_gemv_rejects_what_it_cannot_run():
     out = torch.empty(4, 256, device="cuda", dtype=torch.bfloat16)
     op = torch.ops.longlive_kernels.nvfp4_gemv_cuda
     with pytest.raises(RuntimeError, match="w must be contiguous uint8"):
-        op(x, b.data[:, :64], b.scale.view(torch.uint8), gs, None, None, out, 0, 0)
+        op(x, b.data[:, :64], b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0)
     with pytest.raises(RuntimeError, match="out must be contiguous"):
-        op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out[:, :128], 0, 0)
+        op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out[:, :128], 0, 0, 0)
     with pytest.raises(RuntimeError, match="splits must be in"):
-        op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out, 9, 0)
+        op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out, 9, 0, 0)
     with pytest.raises(RuntimeError, match="bias must be contiguous"):
-        op(x, b.data, b.scale.view(torch.uint8), gs, None, torch.zeros(255, device="cuda"), out, 0, 0)
+        op(x, b.data, b.scale.view(torch.uint8), gs, None, torch.zeros(255, device="cuda"), out, 0, 0, 0)
