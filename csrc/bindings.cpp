@@ -105,7 +105,7 @@ void check_on(const at::Tensor& t, const at::Tensor& ref, const char* name) {
 void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
                      const at::Tensor& w_global_scale, const std::optional<at::Tensor>& x_global_scale,
                      const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t splits, int64_t variant,
-                     int64_t k_unroll) {
+                     int64_t k_unroll, int64_t ablate) {
   check_cuda(x, "x");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16,
               "x must be bf16 [M, K] with a contiguous last dim, got ", x.scalar_type(), " ", x.sizes());
@@ -161,6 +161,7 @@ void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.splits = static_cast<int>(splits);
   p.variant = static_cast<int>(variant);
   p.k_unroll = static_cast<int>(k_unroll);
+  p.ablate = static_cast<int>(ablate);
   check_launch(nvfp4_gemv(p, at::cuda::getCurrentCUDAStream()), "nvfp4_gemv");
 }
 
@@ -306,7 +307,7 @@ TORCH_LIBRARY(longlive_kernels, m) {
       "Tensor(a!) out_k, Tensor(b!) out_v, Tensor inv_scale, int items_per_thread) -> ()");
   m.def(
       "nvfp4_gemv_cuda(Tensor x, Tensor w, Tensor w_scale, Tensor w_global_scale, Tensor? x_global_scale, "
-      "Tensor? bias, Tensor(a!) out, int splits, int variant, int k_unroll) -> ()");
+      "Tensor? bias, Tensor(a!) out, int splits, int variant, int k_unroll, int ablate=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {

@@ -32,6 +32,7 @@ from longlive_kernels.testing import cuda_time_ms
 KN = ((3072, 3072), (3072, 9216), (3072, 14336), (14336, 3072))
 GLUON_SWEEP = list(itertools.product((4, 8), (1, 2, 4, 8)))
 CUDA_SWEEP = [(v, u, s) for v in (1, 2, 3) for u in (1, 2, 4) for s in (0, 1, 2, 4)]
+ABLATE = 0  # --ablate: the CUDA kernel streams its operands but skips the MMAs (a bound, wrong results)
 
 
 def _gluon(x, wq, cfg):
@@ -41,15 +42,21 @@ def _gluon(x, wq, cfg):
 
 def _cuda(x, wq, cfg):
     args = (x, None, None, wq.data, wq.scale, wq.global_scale.reshape(1).float(), None, torch.bfloat16, False)
-    return lambda: gemm_ops._gemm_cuda(*args, variant=cfg[0], k_unroll=cfg[1], splits=cfg[2])
+    return lambda: gemm_ops._gemm_cuda(*args, variant=cfg[0], k_unroll=cfg[1], splits=cfg[2], ablate=ABLATE)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cuda", action="store_true", help="sweep the CUDA kernel instead of the Gluon one")
+    ap.add_argument("--ablate", action="store_true", help="--cuda: skip the MMAs (memory-pipeline bound)")
+    ap.add_argument("--variants", default="1,2,3", help="--cuda: variants to sweep")
+    ap.add_argument("--m", default=None, help="comma-separated M values")
     args = ap.parse_args(argv)
+    global ABLATE, CUDA_SWEEP
+    ABLATE = int(args.ablate)
+    CUDA_SWEEP = [c for c in CUDA_SWEEP if str(c[0]) in args.variants.split(",")]
     sweep, make = (CUDA_SWEEP, _cuda) if args.cuda else (GLUON_SWEEP, _gluon)
-    ms_values = (1, 16, 32, 64) if args.cuda else (16, 64)
+    ms_values = tuple(int(v) for v in args.m.split(",")) if args.m else (1, 16, 32, 64) if args.cuda else (16, 64)
     label = (lambda c: f"v{c[0]} u{c[1]} s{c[2]}") if args.cuda else (lambda c: f"{c[0]}w × {c[1]}/SM")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
     extra = " auto |" if args.cuda else ""
@@ -70,7 +77,7 @@ def main(argv=None) -> int:
             try:
                 err = ((fn().float() - ref).norm() / ref.norm()).item()
                 ms = cuda_time_ms(fn, warmup=5, iters=50, hide_host=True)
-                cells.append(f"{bf16 / ms:.2f}×" + ("" if err < 4e-3 else f" (err {err:.1e})"))
+                cells.append(f"{bf16 / ms:.2f}×" + ("" if err < 4e-3 or ABLATE else f" (err {err:.1e})"))
             except Exception as exc:  # noqa: BLE001 - a configuration that cannot launch: report it
                 cells.append(f"fails: {type(exc).__name__}: {str(exc)[:60]}")
         print(f"| {m} | {k} | {n} | {bf16 * 1e3:.1f} | " + " | ".join(cells) + " |", flush=True)

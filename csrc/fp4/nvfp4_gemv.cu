@@ -66,6 +66,9 @@ struct Shape {
   static constexpr int kSChunksPerRow = kRowScales / kSChunk;
   static constexpr int kSChunksPerThread = (kRows * kSChunksPerRow + kThreads - 1) / kThreads;
   static constexpr int kXChunksPerThread = (kTokens * kTokenBytes / 16 + kThreads - 1) / kThreads;
+  // Independent accumulators per (band, n-tile): the MMAs of one k-step alternate between them, so
+  // that small tiles are not one chain of dependent mma.sync (each ~30 cycles of latency).
+  static constexpr int kAcc = MT * RB <= 2 ? 4 : (MT * RB <= 4 ? 2 : 1);
   static constexpr int kRedStride = kRows + 4;  // floats per token row of the partial tile (banks)
   static constexpr int kRedBytes = kTokens * kRedStride * 4;
   static constexpr int kSmem = kStages * kStageBytes > kRedBytes ? kStages * kStageBytes : kRedBytes;
@@ -180,7 +183,7 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 }
 
 template <class S>
-__device__ __forceinline__ void compute_stage(const uint8_t* stage, float (&acc)[S::kRB][S::kMT][4], int warp,
+__device__ __forceinline__ void compute_stage(const uint8_t* stage, float (&acc)[S::kAcc][S::kRB][S::kMT][4], int warp,
                                               int g, int q) {
 #pragma unroll
   for (int u = 0; u < S::kKU; ++u) {  // sub-step u: bytes [64u, 64u + 64) of every row in the stage
@@ -212,8 +215,9 @@ __device__ __forceinline__ void compute_stage(const uint8_t* stage, float (&acc)
             *reinterpret_cast<const uint4*>(sx + tok * S::kTokenBytes + x_chunk(tok, 4 * q + t) * 16);
 #pragma unroll
         for (int b = 0; b < S::kRB; ++b) {
-          mma_bf16(acc[b][nt], alo[b][0], ahi[b][0], alo[b][1], ahi[b][1], xv.x, xv.y);
-          mma_bf16(acc[b][nt], alo[b][2], ahi[b][2], alo[b][3], ahi[b][3], xv.z, xv.w);
+          const int c0 = (2 * t) % S::kAcc, c1 = (2 * t + 1) % S::kAcc;  // constant once unrolled
+          mma_bf16(acc[c0][b][nt], alo[b][0], ahi[b][0], alo[b][1], ahi[b][1], xv.x, xv.y);
+          mma_bf16(acc[c1][b][nt], alo[b][2], ahi[b][2], alo[b][3], ahi[b][3], xv.z, xv.w);
         }
       }
     }
@@ -266,13 +270,15 @@ __global__ void __launch_bounds__(S::kThreads) gemv_kernel(const NVFP4GemvParams
   src.x_row_bytes = p.stride_x * 2;
   src.m = static_cast<int>(p.m);
 
-  float acc[S::kRB][S::kMT][4];
+  float acc[S::kAcc][S::kRB][S::kMT][4];
 #pragma unroll
-  for (int b = 0; b < S::kRB; ++b)
+  for (int c = 0; c < S::kAcc; ++c)
 #pragma unroll
-    for (int nt = 0; nt < S::kMT; ++nt)
+    for (int b = 0; b < S::kRB; ++b)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[b][nt][i] = 0.0f;
+      for (int nt = 0; nt < S::kMT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[c][b][nt][i] = 0.0f;
 
 #pragma unroll
   for (int s = 0; s < S::kStages - 1; ++s) {
@@ -285,22 +291,30 @@ __global__ void __launch_bounds__(S::kThreads) gemv_kernel(const NVFP4GemvParams
     const int j = i + S::kStages - 1;
     if (j < steps) load_stage<S>(smem + (j % S::kStages) * S::kStageBytes, src, j, tid);
     cp_async_commit();
-    compute_stage<S>(smem + (i % S::kStages) * S::kStageBytes, acc, warp, g, q);
+    if (!(p.ablate & 1)) compute_stage<S>(smem + (i % S::kStages) * S::kStageBytes, acc, warp, g, q);
   }
   cp_async_wait<0>();
   __syncthreads();
 
   // FP32 partial tile [token][row] in this CTA's shared memory.
+#pragma unroll
+  for (int c = 1; c < S::kAcc; ++c)
+#pragma unroll
+    for (int b = 0; b < S::kRB; ++b)
+#pragma unroll
+      for (int nt = 0; nt < S::kMT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[0][b][nt][i] += acc[c][b][nt][i];
   float* red = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int b = 0; b < S::kRB; ++b)
 #pragma unroll
     for (int nt = 0; nt < S::kMT; ++nt) {
       const int r = (warp * S::kRB + b) * 16 + g, t = nt * 8 + 2 * q;
-      red[t * S::kRedStride + r] = acc[b][nt][0];
-      red[(t + 1) * S::kRedStride + r] = acc[b][nt][1];
-      red[t * S::kRedStride + r + 8] = acc[b][nt][2];
-      red[(t + 1) * S::kRedStride + r + 8] = acc[b][nt][3];
+      red[t * S::kRedStride + r] = acc[0][b][nt][0];
+      red[(t + 1) * S::kRedStride + r] = acc[0][b][nt][1];
+      red[t * S::kRedStride + r + 8] = acc[0][b][nt][2];
+      red[(t + 1) * S::kRedStride + r + 8] = acc[0][b][nt][3];
     }
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
@@ -378,12 +392,25 @@ cudaError_t launch(const NVFP4GemvParams& p, int splits, cudaStream_t stream) {
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
+constexpr int kMaxSmem = 227 * 1024;
+
+// The shape with the most sub-steps per stage, up to KU, whose ring fits in shared memory (KU = 1
+// always fits).
+template <int MT, int RB, int WARPS, int KU>
+cudaError_t launch_fitting(const NVFP4GemvParams& p, cudaStream_t stream) {
+  if constexpr (KU > 1 && Shape<MT, RB, WARPS, KU>::kSmem > kMaxSmem) {
+    return launch_fitting<MT, RB, WARPS, KU / 2>(p, stream);
+  } else {
+    return launch<Shape<MT, RB, WARPS, KU>>(p, p.splits, stream);
+  }
+}
+
 template <int MT, int KU>
 cudaError_t launch_variant(const NVFP4GemvParams& p, int variant, cudaStream_t stream) {
   switch (variant) {
-    case 1: return launch<Shape<MT, 1, 4, KU>>(p, p.splits, stream);
-    case 2: return launch<Shape<MT, 1, 8, KU>>(p, p.splits, stream);
-    case 3: return launch<Shape<MT, 2, 8, KU>>(p, p.splits, stream);
+    case 1: return launch_fitting<MT, 1, 4, KU>(p, stream);
+    case 2: return launch_fitting<MT, 1, 8, KU>(p, stream);
+    case 3: return launch_fitting<MT, 2, 8, KU>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -269,18 +269,18 @@ def cuda_gemv_applies(m: int, k: int, a: torch.Tensor, a_scale, a_nvfp4: bool) -
 
 
 def _gemm_cuda(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, splits=0, variant=0,
-               k_unroll=0):
+               k_unroll=0, ablate=0):
     """The CUDA small-M kernel (``csrc/fp4/nvfp4_gemv.cu``; the caller checked ``cuda_gemv_applies``).
     W4A4 decodes ``a`` once to bf16 with tensor scale 1 (exact) and passes its tensor scale to the
-    epilogue. ``splits`` / ``variant`` / ``k_unroll`` (0: the launcher's choice) exist for the launch-shape
-    probe (``tools/probe_gemv.py --cuda``)."""
+    epilogue. ``splits`` / ``variant`` / ``k_unroll`` (0: the launcher's choice) and ``ablate`` (1: skip
+    the MMAs, a wrong result) exist for the launch-shape probe (``tools/probe_gemv.py --cuda``)."""
     if a_nvfp4:
         x, x_gs = _unit_scale(a, a_scale, torch.bfloat16), a_gs
     else:
         x, x_gs = a, None
     out = torch.empty((x.shape[0], b_data.shape[0]), dtype=out_dtype, device=x.device)
     torch.ops.longlive_kernels.nvfp4_gemv_cuda(x, b_data, b_scale.view(torch.uint8), b_gs, x_gs, bias, out,
-                                               splits, variant, k_unroll)
+                                               splits, variant, k_unroll, ablate)
     return out
 
 

@@ -61,6 +61,7 @@ struct NVFP4GemvParams {
   int splits = 0;                     // K split over a cluster, 1..8; 0: chosen
   int variant = 0;                    // 1..3: (16-row bands per warp, warps) = (1,4) (1,8) (2,8); 0: chosen
   int k_unroll = 0;                   // 1, 2 or 4 sub-steps of 128 K per pipeline stage; 0: chosen
+  int ablate = 0;                     // probe only: 1 = stream the operands but skip the MMAs
 };
 int nvfp4_gemv_default_variant(int64_t m);
 cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream);

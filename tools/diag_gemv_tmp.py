@@ -1,0 +1,16 @@
+import sys, torch, longlive_kernels._C
+from longlive_kernels.fp4 import quantize_nvfp4
+op = torch.ops.longlive_kernels.nvfp4_gemv_cuda
+x = torch.randn(4, 256, device="cuda").bfloat16()
+b = quantize_nvfp4(torch.randn(256, 256, device="cuda"))
+gs = b.global_scale.reshape(1).float()
+out = torch.empty(4, 256, device="cuda", dtype=torch.bfloat16)
+case = sys.argv[1]
+try:
+    if case == "ok": op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0); torch.cuda.synchronize(); print("ok ran")
+    if case == "w": op(x, b.data[:, :64], b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0)
+    if case == "splits": op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out, 9, 0, 0)
+    if case == "xdtype": op(x.float(), b.data, b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0)
+    if case == "m": op(torch.randn(65, 256, device="cuda").bfloat16(), b.data, b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0)
+except RuntimeError as e:
+    print(case, "raised:", str(e).splitlines()[0][:100])
