@@ -49,14 +49,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cuda", action="store_true", help="sweep the CUDA kernel instead of the Gluon one")
     ap.add_argument("--ablate", action="store_true", help="--cuda: skip the MMAs (memory-pipeline bound)")
-    ap.add_argument("--variants", default="1,2,3", help="--cuda: variants to sweep")
-    ap.add_argument("--m", default=None, help="comma-separated M values")
+    ap.add_argument("--variants", default="1+2+3", help="--cuda: variants to sweep, e.g. 1+2")
+    ap.add_argument("--m", default=None, help="M values, e.g. 1+16")
     args = ap.parse_args(argv)
     global ABLATE, CUDA_SWEEP
     ABLATE = int(args.ablate)
-    CUDA_SWEEP = [c for c in CUDA_SWEEP if str(c[0]) in args.variants.split(",")]
+    CUDA_SWEEP = [c for c in CUDA_SWEEP if str(c[0]) in args.variants.split("+")]
     sweep, make = (CUDA_SWEEP, _cuda) if args.cuda else (GLUON_SWEEP, _gluon)
-    ms_values = tuple(int(v) for v in args.m.split(",")) if args.m else (1, 16, 32, 64) if args.cuda else (16, 64)
+    ms_values = tuple(int(v) for v in args.m.split("+")) if args.m else (1, 16, 32, 64) if args.cuda else (16, 64)
     label = (lambda c: f"v{c[0]} u{c[1]} s{c[2]}") if args.cuda else (lambda c: f"{c[0]}w × {c[1]}/SM")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
     extra = " auto |" if args.cuda else ""
