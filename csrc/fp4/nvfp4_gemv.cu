@@ -71,11 +71,7 @@ struct Shape {
   static constexpr int kAcc = MT * RB <= 2 ? 4 : (MT * RB <= 4 ? 2 : 1);
   static constexpr int kRedStride = kRows + 4;  // floats per token row of the partial tile (banks)
   static constexpr int kRedBytes = kTokens * kRedStride * 4;
-  // From KU = 2 the weight and scale bytes of a stage arrive by TMA bulk copies (one per row and
-  // operand, completing on the stage's mbarrier); the activations and KU = 1 stages use cp.async.
-  static constexpr bool kTma = KU >= 2;
-  static constexpr int kBarOffset = kStages * kStageBytes > kRedBytes ? kStages * kStageBytes : kRedBytes;
-  static constexpr int kSmem = kBarOffset + 8 * kStages;
+  static constexpr int kSmem = kStages * kStageBytes > kRedBytes ? kStages * kStageBytes : kRedBytes;
 };
 
 // ---- PTX wrappers ----------------------------------------------------------------------------------
@@ -93,30 +89,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nretry:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra retry;\n}\n" ::"r"(smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-}
-// A TMA bulk copy of `bytes` contiguous bytes (multiple of 16, both ends 16-byte aligned) into this
-// CTA's shared memory, counted on `bar`.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
 }
 
 template <int kSel>
@@ -188,31 +160,14 @@ __device__ __forceinline__ void cp_async(void* dst, const void* src) {
   else cp_async8(dst, src);
 }
 
-// The weight and scale bytes of stage `ks` (relative to the CTA's first) by TMA, issued by warp 0:
-// lane 0 arms the stage's mbarrier with the byte count first, then each lane copies its rows.
-template <class S>
-__device__ __forceinline__ void issue_weight_copies(uint8_t* stage, uint64_t* bar, const NVFP4GemvParams& p,
-                                                    int64_t row0, int ks_abs, int lane) {
-  if (lane == 0) mbar_arrive_expect_tx(bar, S::kWBytes + S::kSBytes);
-  __syncwarp();
-  for (int r = lane; r < S::kRows; r += 32) {
-    const int64_t row = row0 + r < p.n ? row0 + r : p.n - 1;  // rows past N: loaded, never stored
-    bulk_copy(stage + r * S::kRowBytes, p.w + row * (p.k / 2) + int64_t(ks_abs) * S::kRowBytes, S::kRowBytes, bar);
-    bulk_copy(stage + S::kWBytes + r * S::kRowScales, p.w_scale + row * (p.k / 16) + int64_t(ks_abs) * S::kRowScales,
-              S::kRowScales, bar);
-  }
-}
-
 template <class S>
 __device__ __forceinline__ void load_stage(uint8_t* stage, const Sources<S>& src, int ks, int tid) {
-  if constexpr (!S::kTma) {
 #pragma unroll
-    for (int i = 0; i < S::kWChunksPerThread; ++i)
-      cp_async16(stage + src.w_dst[i], src.w[i] + int64_t(ks) * S::kRowBytes);
+  for (int i = 0; i < S::kWChunksPerThread; ++i)
+    cp_async16(stage + src.w_dst[i], src.w[i] + int64_t(ks) * S::kRowBytes);
 #pragma unroll
-    for (int i = 0; i < S::kSChunksPerThread; ++i)
-      if (src.s[i] != nullptr) cp_async<S::kSChunk>(stage + src.s_dst[i], src.s[i] + int64_t(ks) * S::kRowScales);
-  }
+  for (int i = 0; i < S::kSChunksPerThread; ++i)
+    if (src.s[i] != nullptr) cp_async<S::kSChunk>(stage + src.s_dst[i], src.s[i] + int64_t(ks) * S::kRowScales);
   uint8_t* sx = stage + S::kWBytes + S::kSBytes;
   const char* x = src.x + int64_t(ks) * S::kTokenBytes;
 #pragma unroll
@@ -325,41 +280,17 @@ __global__ void __launch_bounds__(S::kThreads) gemv_kernel(const NVFP4GemvParams
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[c][b][nt][i] = 0.0f;
 
-  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + S::kBarOffset);
-  if constexpr (S::kTma) {
-    if (tid == 0) {
-      for (int s = 0; s < S::kStages; ++s) mbar_init(bars + s, 1);
-      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-  }
 #pragma unroll
   for (int s = 0; s < S::kStages - 1; ++s) {
-    if (s < steps) {
-      if constexpr (S::kTma) {
-        if (warp == 0) issue_weight_copies<S>(smem + s * S::kStageBytes, bars + s, p, row0, ks0 + s, tid);
-      }
-      load_stage<S>(smem + s * S::kStageBytes, src, s, tid);
-    }
+    if (s < steps) load_stage<S>(smem + s * S::kStageBytes, src, s, tid);
     cp_async_commit();
   }
   for (int i = 0; i < steps; ++i) {
     cp_async_wait<S::kStages - 2>();
     __syncthreads();  // stage i landed for every thread; stage i - 1 is free for refilling
     const int j = i + S::kStages - 1;
-    if (j < steps) {
-      if constexpr (S::kTma) {
-        if (warp == 0) {
-          // The slot was last read through the generic proxy; TMA writes through the async proxy.
-          asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-          issue_weight_copies<S>(smem + (j % S::kStages) * S::kStageBytes, bars + j % S::kStages, p, row0, ks0 + j,
-                                 tid);
-        }
-      }
-      load_stage<S>(smem + (j % S::kStages) * S::kStageBytes, src, j, tid);
-    }
+    if (j < steps) load_stage<S>(smem + (j % S::kStages) * S::kStageBytes, src, j, tid);
     cp_async_commit();
-    if constexpr (S::kTma) mbar_wait(bars + i % S::kStages, (i / S::kStages) & 1);
     if (!(p.ablate & 1)) compute_stage<S>(smem + (i % S::kStages) * S::kStageBytes, acc, warp, g, q);
   }
   cp_async_wait<0>();
