@@ -7,10 +7,11 @@ gs = b.global_scale.reshape(1).float()
 out = torch.empty(4, 256, device="cuda", dtype=torch.bfloat16)
 case = sys.argv[1]
 try:
-    if case == "ok": op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0); torch.cuda.synchronize(); print("ok ran")
-    if case == "w": op(x, b.data[:, :64], b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0)
-    if case == "splits": op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out, 9, 0, 0)
-    if case == "xdtype": op(x.float(), b.data, b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0)
+    if case == "oldfmt":
+        xx = torch.randn(4, 24, device="cuda")
+        u8 = torch.zeros(48, dtype=torch.uint8, device="cuda")
+        torch.ops.longlive_kernels.nvfp4_quantize_cuda(xx, u8, u8[:6], gs.clone(), gs, torch.zeros(1, dtype=torch.int32, device="cuda"), 0, False, 0, -1, False, False)
     if case == "m": op(torch.randn(65, 256, device="cuda").bfloat16(), b.data, b.scale.view(torch.uint8), gs, None, None, out, 0, 0, 0)
 except RuntimeError as e:
     print(case, "raised:", str(e).splitlines()[0][:100])
+print(case, "done")

@@ -29,6 +29,9 @@
 
 #include "longlive/launchers.h"
 
+// Shapes whose ring does not fit are only instantiated to read their size (launch_fitting).
+#pragma nv_diag_suppress 177
+
 namespace longlive {
 namespace {
 
@@ -359,17 +362,15 @@ cudaError_t launch(const NVFP4GemvParams& p, int splits, cudaStream_t stream) {
   const int64_t tiles = (p.n + S::kRows - 1) / S::kRows;
   if (tiles > 65535) return cudaErrorInvalidValue;
   if (splits <= 0) {
+    // From the H100 sweep (tools/probe_gemv.py --cuda): up to 16 tokens the kernel is bound by the
+    // weight stream and wants ~2.25 CTAs per SM; with more tokens it is bound by its MMAs, and extra
+    // splits only add activation re-reads and partial sums: one CTA per SM. Beyond 4 splits no
+    // shape gained.
     int sms = p.num_sms;
     if (sms <= 0 && (err = current_device_sms(&sms)) != cudaSuccess) return err;
-    static int per_sm = 0;  // CTAs per SM; a speed choice only, so one value for every device is fine
-    if (per_sm == 0) {
-      int v = 0;
-      if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, S::kThreads, S::kSmem)) != cudaSuccess)
-        return err;
-      per_sm = v > 0 ? v : 1;
-    }
-    const int64_t slots = int64_t(sms) * per_sm;
-    splits = static_cast<int>(slots / tiles);
+    const int64_t target = S::kMT <= 2 ? (int64_t(sms) * 9 + 2) / 4 : sms;
+    splits = static_cast<int>(S::kMT <= 2 ? (target + tiles / 2) / tiles : target / tiles);
+    splits = splits > 4 ? 4 : splits;
   }
   const int nks = static_cast<int>(p.k / S::kStepK);
   splits = splits < 1 ? 1 : splits;
@@ -429,7 +430,7 @@ bool aligned(const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr
 
 }  // namespace
 
-int nvfp4_gemv_default_variant(int64_t m) { return m <= 16 ? 1 : (m <= 32 ? 2 : 3); }
+int nvfp4_gemv_default_variant(int64_t m) { return m <= 16 ? 1 : 2; }
 
 cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > kMaxM || p.n < 1 || p.k < kSubK || p.k % kSubK != 0) return cudaErrorInvalidValue;
@@ -444,7 +445,11 @@ cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream) {
   // The largest sub-step count that divides the K steps (16-byte scale loads need 16-byte alignment).
   const int64_t subs = p.k / kSubK;
   int ku = p.k_unroll;
-  if (ku == 0) ku = subs % 2 == 0 && aligned(p.w_scale, 16) ? 2 : 1;
+  if (ku == 0) {  // 128 contiguous bytes per row and stage; 256 for large weights streamed by few tokens
+    const bool large = p.m <= 16 && p.n * p.k >= (int64_t(40) << 20);
+    ku = subs % 4 == 0 && large ? 4 : (subs % 2 == 0 ? 2 : 1);
+    if (!aligned(p.w_scale, 16)) ku = 1;
+  }
   if (subs % ku != 0 || (ku > 1 && !aligned(p.w_scale, 16))) return cudaErrorInvalidValue;
   if (p.m <= 8) return launch_ku<1>(p, variant, ku, stream);
   if (p.m <= 16) return launch_ku<2>(p, variant, ku, stream);
