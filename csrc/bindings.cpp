@@ -3,34 +3,52 @@
 // TORCH_LIBRARY(longlive_kernels); the Python custom ops in longlive_kernels/ call them.
 #include <Python.h>
 
+#include <cstdio>
+
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "longlive/launchers.h"
 
+// Messages with values are formatted by snprintf and reach TORCH_CHECK as one C string: on the GPU
+// image, c10::str's ostream insertion of a number crashed inside this extension (the libstdc++ the
+// extension's compiler built against is not the one the torch process loads), while a single C
+// string is passed through without a stream.
+#define LL_CHECK(cond, ...)                                        \
+  do {                                                             \
+    if (!(cond)) {                                                 \
+      char ll_msg_[512];                                           \
+      std::snprintf(ll_msg_, sizeof(ll_msg_), __VA_ARGS__);        \
+      TORCH_CHECK(false, static_cast<const char*>(ll_msg_));       \
+    }                                                              \
+  } while (0)
+
 namespace longlive {
 namespace {
+
+const char* dtype_name(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
+long long dim_or(const at::Tensor& t, int d) { return t.dim() > d ? static_cast<long long>(t.size(d)) : -1; }
 
 DType to_dtype(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
     case at::kBFloat16: return DType::kBF16;
     case at::kHalf: return DType::kF16;
     case at::kFloat: return DType::kF32;
-    default: TORCH_CHECK(false, name, " must be bf16, fp16 or fp32, got ", t.scalar_type());
+    default: LL_CHECK(false, "%s must be bf16, fp16 or fp32, got %s", name, dtype_name(t));
   }
 }
 
 void check_cuda(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  LL_CHECK(t.is_cuda(), "%s must be a CUDA tensor", name);
 }
 
 void check_aligned16(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, name, " must be 16-byte aligned");
+  LL_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "%s must be 16-byte aligned", name);
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, " failed: ", cudaGetErrorString(err));
+  LL_CHECK(err == cudaSuccess, "%s failed: %s", op, cudaGetErrorString(err));
 }
 
 void nvfp4_quantize_cuda(const at::Tensor& x, at::Tensor& data, at::Tensor& scale, at::Tensor& global_scale,
@@ -39,7 +57,7 @@ void nvfp4_quantize_cuda(const at::Tensor& x, at::Tensor& data, at::Tensor& scal
   check_cuda(x, "x");
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [rows, K] with a contiguous last dim");
   const int64_t rows = x.size(0), k = x.size(1);
-  TORCH_CHECK(k % 16 == 0, "x: K must be a multiple of 16, got ", k);
+  LL_CHECK(k % 16 == 0, "x: K must be a multiple of 16, got %lld", static_cast<long long>(k));
   check_aligned16(x, "x");
   TORCH_CHECK((x.stride(0) * x.element_size()) % 16 == 0, "x: row stride must be a multiple of 16 bytes");
   TORCH_CHECK(data.is_contiguous() && data.scalar_type() == at::kByte && data.numel() == rows * k / 2,
@@ -99,7 +117,9 @@ void nvfp4_dequantize_cuda(const at::Tensor& data, const at::Tensor& scale, cons
 }
 
 void check_on(const at::Tensor& t, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(), ", got ", t.device());
+  LL_CHECK(t.device() == ref.device(), "%s must be on x's device (cuda:%d), got %s:%d", name,
+           static_cast<int>(ref.device().index()), t.is_cuda() ? "cuda" : "a non-CUDA device",
+           static_cast<int>(t.device().index()));
 }
 
 void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
@@ -107,16 +127,18 @@ void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
                      const std::optional<at::Tensor>& bias, at::Tensor& out, int64_t splits, int64_t variant,
                      int64_t k_unroll, int64_t ablate) {
   check_cuda(x, "x");
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16,
-              "x must be bf16 [M, K] with a contiguous last dim, got ", x.scalar_type(), " ", x.sizes());
+  LL_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16,
+           "x must be bf16 [M, K] with a contiguous last dim, got %s with %d dims", dtype_name(x),
+           static_cast<int>(x.dim()));
   const int64_t m = x.size(0), k = x.size(1);
-  TORCH_CHECK(m >= 1 && m <= 64, "x: M must be in [1, 64], got ", m);
-  TORCH_CHECK(k >= 128 && k % 128 == 0, "x: K must be a positive multiple of 128, got ", k);
+  LL_CHECK(m >= 1 && m <= 64, "x: M must be in [1, 64], got %lld", static_cast<long long>(m));
+  LL_CHECK(k >= 128 && k % 128 == 0, "x: K must be a positive multiple of 128, got %lld", static_cast<long long>(k));
   check_aligned16(x, "x");
   TORCH_CHECK(x.stride(0) >= k && x.stride(0) % 8 == 0, "x: row stride must be >= K and a multiple of 8 elements");
   check_on(w, x, "w");
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kByte && w.size(1) * 2 == k,
-              "w must be contiguous uint8 [N, K/2] for K=", k, ", got ", w.scalar_type(), " ", w.sizes());
+  LL_CHECK(w.dim() == 2 && w.is_contiguous() && w.scalar_type() == at::kByte && w.size(1) * 2 == k,
+           "w must be contiguous uint8 [N, K/2] for K=%lld, got %s [%lld, %lld]%s", static_cast<long long>(k),
+           dtype_name(w), dim_or(w, 0), dim_or(w, 1), w.is_contiguous() ? "" : " (not contiguous)");
   const int64_t n = w.size(0);
   check_aligned16(w, "w");
   check_on(w_scale, x, "w_scale");
@@ -136,13 +158,14 @@ void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), "bias must be contiguous [N]");
   }
   check_on(out, x, "out");
-  TORCH_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.is_contiguous(),
-              "out must be contiguous [M, N] = [", m, ", ", n, "]");
-  TORCH_CHECK(splits >= 0 && splits <= 8, "splits must be in [0, 8], got ", splits);
-  TORCH_CHECK(variant >= 0 && variant <= 3, "variant must be in [0, 3], got ", variant);
-  TORCH_CHECK(k_unroll == 0 || k_unroll == 1 || k_unroll == 2 || k_unroll == 4,
-              "k_unroll must be 0, 1, 2 or 4, got ", k_unroll);
-  TORCH_CHECK(k_unroll == 0 || (k / 128) % k_unroll == 0, "k_unroll=", k_unroll, " must divide K/128 = ", k / 128);
+  LL_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.is_contiguous(),
+           "out must be contiguous [M, N] = [%lld, %lld]", static_cast<long long>(m), static_cast<long long>(n));
+  LL_CHECK(splits >= 0 && splits <= 8, "splits must be in [0, 8], got %lld", static_cast<long long>(splits));
+  LL_CHECK(variant >= 0 && variant <= 3, "variant must be in [0, 3], got %lld", static_cast<long long>(variant));
+  LL_CHECK(k_unroll == 0 || k_unroll == 1 || k_unroll == 2 || k_unroll == 4,
+           "k_unroll must be 0, 1, 2 or 4, got %lld", static_cast<long long>(k_unroll));
+  LL_CHECK(k_unroll == 0 || (k / 128) % k_unroll == 0, "k_unroll=%lld must divide K/128 = %lld",
+           static_cast<long long>(k_unroll), static_cast<long long>(k / 128));
   const c10::cuda::CUDAGuard guard(x.device());
   NVFP4GemvParams p;
   p.x = x.data_ptr();
@@ -270,7 +293,7 @@ void kv_cache_dequantize_fp8_cuda(const at::Tensor& data, const at::Tensor& scal
                                   const at::Tensor& inv_scale, int64_t items_per_thread) {
   KVCacheDequantizeFP8Params p;
   p.base = kv_dequantize_params(data, scale, global_scale, table, out_k, out_v);
-  TORCH_CHECK(out_k.scalar_type() == at::kFloat8_e4m3fn, "out_k must be float8_e4m3fn, got ", out_k.scalar_type());
+  LL_CHECK(out_k.scalar_type() == at::kFloat8_e4m3fn, "out_k must be float8_e4m3fn, got %s", dtype_name(out_k));
   TORCH_CHECK(out_k.stride(0) % 16 == 0 && out_k.stride(1) % 16 == 0 && out_k.stride(2) % 16 == 0,
               "out_k/out_v strides must be multiples of 16 bytes");
   TORCH_CHECK(inv_scale.scalar_type() == at::kFloat && inv_scale.numel() == 2 && inv_scale.is_contiguous() &&

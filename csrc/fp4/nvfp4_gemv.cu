@@ -363,14 +363,14 @@ cudaError_t launch(const NVFP4GemvParams& p, int splits, cudaStream_t stream) {
   if (tiles > 65535) return cudaErrorInvalidValue;
   if (splits <= 0) {
     // From the H100 sweep (tools/probe_gemv.py --cuda): up to 16 tokens the kernel is bound by the
-    // weight stream and wants ~2.25 CTAs per SM; with more tokens it is bound by its MMAs, and extra
-    // splits only add activation re-reads and partial sums: one CTA per SM. Beyond 4 splits no
-    // shape gained.
+    // weight stream and wants ~2.25 CTAs per SM (beyond 4 splits no shape gained); with more tokens
+    // it is bound by its MMAs, and extra splits only add activation re-reads and partial sums: one
+    // CTA per SM.
     int sms = p.num_sms;
     if (sms <= 0 && (err = current_device_sms(&sms)) != cudaSuccess) return err;
     const int64_t target = S::kMT <= 2 ? (int64_t(sms) * 9 + 2) / 4 : sms;
     splits = static_cast<int>(S::kMT <= 2 ? (target + tiles / 2) / tiles : target / tiles);
-    splits = splits > 4 ? 4 : splits;
+    if (S::kMT <= 2 && splits > 4) splits = 4;
   }
   const int nks = static_cast<int>(p.k / S::kStepK);
   splits = splits < 1 ? 1 : splits;
@@ -430,7 +430,7 @@ bool aligned(const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr
 
 }  // namespace
 
-int nvfp4_gemv_default_variant(int64_t m) { return m <= 16 ? 1 : 2; }
+int nvfp4_gemv_default_variant(int64_t m) { return m <= 16 ? 1 : (m <= 32 ? 2 : 3); }
 
 cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream) {
   if (p.m < 1 || p.m > kMaxM || p.n < 1 || p.k < kSubK || p.k % kSubK != 0) return cudaErrorInvalidValue;

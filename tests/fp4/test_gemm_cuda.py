@@ -110,3 +110,21 @@ def test_gpu_cuda_gemv_rejects_what_it_cannot_run():
         op(x, b.data, b.scale.view(torch.uint8), gs, None, None, out, 9, 0, 0)
     with pytest.raises(RuntimeError, match="bias must be contiguous"):
         op(x, b.data, b.scale.view(torch.uint8), gs, None, torch.zeros(255, device="cuda"), out, 0, 0, 0)
+
+
+def test_gpu_extension_check_failures_raise():
+    """A failed argument check with a formatted message is a RuntimeError, not a crash (a number
+    formatted through c10::str crashed inside the extension on the GPU image; bindings.cpp formats
+    with snprintf)."""
+    x = torch.randn(4, 24, device="cuda")  # K = 24: not a multiple of 16
+    u8 = torch.zeros(48, dtype=torch.uint8, device="cuda")
+    one = torch.ones(1, device="cuda")
+    with pytest.raises(RuntimeError, match="K must be a multiple of 16, got 24"):
+        torch.ops.longlive_kernels.nvfp4_quantize_cuda(x, u8, u8[:6], one.clone(), one,
+                                                       torch.zeros(1, dtype=torch.int32, device="cuda"), 0, False, 0,
+                                                       -1, False, False)
+    a, b, _ = _operands(1, 65, 128, 128, "bf16")
+    out = torch.empty(65, 128, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"M must be in \[1, 64\], got 65"):
+        torch.ops.longlive_kernels.nvfp4_gemv_cuda(a, b.data, b.scale.view(torch.uint8), b.global_scale.reshape(1).float(),
+                                                   None, None, out, 0, 0, 0)
