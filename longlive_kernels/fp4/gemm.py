@@ -9,6 +9,10 @@ to the FP32 summation order, ``nvfp4-hopper.md`` §3.4):
   the previous wgmmas run; a partial last wave of tiles is split along K, deterministically). W4A4
   there defaults to ``predecode`` (the activation decoded once to bf16, exactly, then the W4A16
   kernel): faster on the H100 than decoding both operands per tile.
+- CUDA extension built, M ≤ 64, K % 128 == 0 (default for W4A16 bf16 ``a``; ``backend="cuda"`` also
+  takes W4A4, decoding ``a`` to bf16 first): the CUDA kernel of ``csrc/fp4/nvfp4_gemv.cu`` (weight
+  rows streamed through a cp.async ring in 128-256-byte runs, ``mma.sync`` with weights on the M side,
+  K split over a thread-block cluster and reduced in distributed shared memory; one launch).
 - sm_80+, M ≤ 64 (opt-in: ``LONGLIVE_GEMM_GEMV=1`` or ``algorithm="gemv"``): the Gluon GEMV-style
   kernel of ``gemm_gemv.py`` (weight rows streamed once from global memory straight into
   ``mma.sync`` registers, K permuted so every thread's loads are contiguous; one launch). Correct on
@@ -58,8 +62,8 @@ _gemm_eager = eager_op(_gemm_op)  # eager calls skip the dispatcher (_backend.di
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DENSE_A_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn)
 ALGORITHMS = ("auto", "fused", "gemv", "portable", "predecode", "dequantize", "scaled_mm")
-# backend="auto" takes the CUDA small-M kernel where it applies (bench/RESULTS.md: faster than the
-# Triton and Gluon small-M kernels on the H100); LONGLIVE_GEMM_CUDA_GEMV=0 keeps Triton.
+# backend="auto" takes the CUDA small-M kernel for W4A16 where it applies (bench/RESULTS.md: the
+# fastest small-M kernel at all 8 shapes on the H100); LONGLIVE_GEMM_CUDA_GEMV=0 keeps Triton.
 _CUDA_GEMV_AUTO = os.environ.get("LONGLIVE_GEMM_CUDA_GEMV", "1") == "1"
 
 
@@ -112,8 +116,9 @@ def _resolve_algorithm(algorithm: str, device: torch.device, a_nvfp4: bool, back
 def _small_m_backend(backend: str, be: str, algorithm: str, m: int, k: int, a, a_scale, a_nvfp4: bool) -> str:
     """``cuda`` where the CUDA small-M kernel runs the GEMM: asked for (else a ValueError naming what it
     takes; algorithms ``auto`` / ``fused`` / ``gemv``), or by ``auto`` (``LONGLIVE_GEMM_CUDA_GEMV=0``
-    turns that off) on a CUDA device with the extension built, for the ``auto`` / ``fused`` algorithms
-    (``gemv`` names the Gluon kernel)."""
+    turns that off) for W4A16 on a CUDA device with the extension built, for the ``auto`` / ``fused``
+    algorithms (``gemv`` names the Gluon kernel). W4A4 stays on Triton under ``auto``: the CUDA path
+    decodes the activation in a launch of its own and lost at 3 of the 4 M = 16 shapes."""
     dense = a if not a_nvfp4 else a.data
     applies = (algorithm in ("auto", "fused", "gemv") and not _has_native_fp4(dense.device)
                and gemm_ops.cuda_gemv_applies(m, k, dense, a_scale, a_nvfp4))
@@ -123,8 +128,8 @@ def _small_m_backend(backend: str, be: str, algorithm: str, m: int, k: int, a, a
             f"nvfp4_gemm: backend='cuda' runs the small-M kernel only: M ≤ {gemm_ops.CUDA_MAX_M}, K a multiple "
             f"of {gemm_ops.CUDA_K_MULTIPLE}, `a` bf16 or NVFP4, algorithm 'auto'/'fused'/'gemv'; got M={m}, "
             f"K={k}, `a` {got}, algorithm={algorithm!r}")
-    if (backend == "auto" and be == "triton" and applies and algorithm != "gemv" and _CUDA_GEMV_AUTO
-            and dense.device.type == "cuda" and has_cuda_extension()):
+    if (backend == "auto" and be == "triton" and applies and not a_nvfp4 and algorithm != "gemv"
+            and _CUDA_GEMV_AUTO and dense.device.type == "cuda" and has_cuda_extension()):
         return "cuda"
     return be
 
@@ -173,8 +178,11 @@ def nvfp4_gemm(
         ``scaled_mm``: sm_100+ only, W4A4 through ``torch._scaled_mm`` with FP4 operands (not run
         on Hopper; rounds to bf16 before the tensor scales are applied). ``auto`` picks
         ``scaled_mm`` on sm_100+ for W4A4, ``predecode`` for W4A4 on other GPUs, else ``fused``.
-    backend : {"auto", "triton", "torch"}
+    backend : {"auto", "triton", "cuda", "torch"}
         ``torch`` is the reference (``reference.nvfp4_gemm``: fp64 products of the decoded values).
+        ``cuda``: the small-M CUDA kernel (``csrc/fp4/nvfp4_gemv.cu``): M ≤ 64, K % 128 == 0, bf16
+        or NVFP4 ``a`` (decoded once to bf16, exactly), algorithm ``auto`` / ``fused`` / ``gemv``;
+        anything else is a ValueError. ``auto`` takes it for W4A16 where it applies.
 
     Returns
     -------
@@ -189,7 +197,7 @@ def nvfp4_gemm(
     ValueError
         K mismatch, K not a multiple of 16, swizzled scales, mismatched Hadamard masks, tensors on
         different devices, ``a_scale`` with a non-fp8 ``a`` or of the wrong size, unknown algorithm,
-        or a backend that cannot run here.
+        a backend that cannot run here, or ``backend="cuda"`` outside the small-M kernel's domain.
 
     Notes
     -----
