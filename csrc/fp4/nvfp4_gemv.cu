@@ -2,11 +2,14 @@
 //
 // At M ≤ 64 the GEMM is bound by reading W once (a 3072 × 14336 NVFP4 weight is 24.8 MB: 8 µs at
 // 3 TB/s, against 88 MB for the same weight in bf16), so this kernel is built to keep HBM busy:
-// - A CTA owns 16·RB·WARPS weight rows and a contiguous range of K steps of 128 elements; every
-//   stage (weight bytes, their E4M3 scales, the bf16 activation tile) is fetched with cp.async into a
-//   4-deep shared-memory ring, so each SM keeps tens of KB of weight bytes in flight without
-//   spending registers on them (the Gluon GEMV of gemm_gemv.py double-buffers in registers and
-//   streams at 0.5-1.3 TB/s).
+// - A CTA owns 16·RB·WARPS weight rows and a contiguous range of K; every stage (KU sub-steps of 128
+//   elements: 64·KU contiguous bytes of each weight row, their E4M3 scales, the bf16 activation
+//   tile) is fetched with cp.async into a 2-4-stage shared-memory ring, so each SM keeps tens of KB
+//   of weight bytes in flight without spending registers on them (the Gluon GEMV of gemm_gemv.py
+//   double-buffers in registers and streams at 0.5-1.3 TB/s).
+// - Measured on an H100 (bench/RESULTS.md, twenty-second session): 1.35-1.76x cuBLAS BF16 at M = 16,
+//   0.70-1.12x at M = 64. The cp.async stream alone (MMAs ablated) reaches ~1.8 TB/s, and the decode
+//   plus MMAs cost about as much again; TMA 1D bulk copies per row were 2-7x slower.
 // - Roles are swapped (outᵀ = W · xᵀ): weight rows are the M side of mma.sync m16n8k16, tokens its N
 //   side (8 per n-tile), so M = 1 wastes 7/8 of a cheap instruction, not 63/64 of a wgmma tile.
 // - K is permuted inside each step so that a thread's A fragment is one contiguous 16-byte run (32
