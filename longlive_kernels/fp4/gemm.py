@@ -113,7 +113,8 @@ def _resolve_algorithm(algorithm: str, device: torch.device, a_nvfp4: bool, back
     return "fused"
 
 
-def _small_m_backend(backend: str, be: str, algorithm: str, m: int, k: int, a, a_scale, a_nvfp4: bool) -> str:
+def _small_m_backend(backend: str, be: str, algorithm: str, m: int, k: int, a, a_scale, a_nvfp4: bool,
+                     b: NVFP4Tensor) -> str:
     """``cuda`` where the CUDA small-M kernel runs the GEMM: asked for (else a ValueError naming what it
     takes; algorithms ``auto`` / ``fused`` / ``gemv``), or by ``auto`` (``LONGLIVE_GEMM_CUDA_GEMV=0``
     turns that off) for W4A16 on a CUDA device with the extension built, for the ``auto`` / ``fused``
@@ -121,13 +122,13 @@ def _small_m_backend(backend: str, be: str, algorithm: str, m: int, k: int, a, a
     decodes the activation in a launch of its own and lost at 3 of the 4 M = 16 shapes."""
     dense = a if not a_nvfp4 else a.data
     applies = (algorithm in ("auto", "fused", "gemv") and not _has_native_fp4(dense.device)
-               and gemm_ops.cuda_gemv_applies(m, k, dense, a_scale, a_nvfp4))
+               and gemm_ops.cuda_gemv_applies(m, k, dense, a_scale, a_nvfp4, b.data, b.scale))
     if be == "cuda" and not applies:
         got = "NVFP4" if a_nvfp4 else f"{dense.dtype}" + (" with a_scale" if a_scale is not None else "")
         raise ValueError(
             f"nvfp4_gemm: backend='cuda' runs the small-M kernel only: M ≤ {gemm_ops.CUDA_MAX_M}, K a multiple "
-            f"of {gemm_ops.CUDA_K_MULTIPLE}, `a` bf16 or NVFP4, algorithm 'auto'/'fused'/'gemv'; got M={m}, "
-            f"K={k}, `a` {got}, algorithm={algorithm!r}")
+            f"of {gemm_ops.CUDA_K_MULTIPLE}, `a` bf16 (16-byte aligned rows) or NVFP4, `b` contiguous and "
+            f"aligned, algorithm 'auto'/'fused'/'gemv'; got M={m}, K={k}, `a` {got}, algorithm={algorithm!r}")
     if (backend == "auto" and be == "triton" and applies and not a_nvfp4 and algorithm != "gemv"
             and _CUDA_GEMV_AUTO and dense.device.type == "cuda" and has_cuda_extension()):
         return "cuda"
@@ -253,7 +254,7 @@ def nvfp4_gemm(
     )
     be = resolve_backend(backend, dev, op="nvfp4_gemm", supported=("triton", "cuda", "torch"), prefer=("triton",))
     m = math.prod(lead)
-    be = _small_m_backend(backend, be, algorithm, m, k, a, a_scale, a_nvfp4)
+    be = _small_m_backend(backend, be, algorithm, m, k, a, a_scale, a_nvfp4, b)
     algo = _resolve_algorithm(algorithm, dev, a_nvfp4, be)
     if m == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)

@@ -261,11 +261,20 @@ CUDA_MAX_M = 64  # the CUDA small-M kernel (csrc/fp4/nvfp4_gemv.cu): M ≤ 64, K
 CUDA_K_MULTIPLE = 128
 
 
-def cuda_gemv_applies(m: int, k: int, a: torch.Tensor, a_scale, a_nvfp4: bool) -> bool:
-    """True when the CUDA small-M kernel runs this GEMM: M ≤ 64, K % 128 == 0, and a bf16 (W4A16) or
-    NVFP4 (W4A4, decoded once to bf16) activation."""
-    dense_ok = not a_nvfp4 and a.dtype == torch.bfloat16 and a_scale is None
-    return 1 <= m <= CUDA_MAX_M and k % CUDA_K_MULTIPLE == 0 and (a_nvfp4 or dense_ok)
+def cuda_gemv_applies(m: int, k: int, a: torch.Tensor, a_scale, a_nvfp4: bool, b_data: torch.Tensor,
+                      b_scale: torch.Tensor) -> bool:
+    """True when the CUDA small-M kernel runs this GEMM: M ≤ 64, K % 128 == 0, a bf16 (W4A16) or NVFP4
+    (W4A4, decoded once to bf16) activation, and the alignments its loads need (bf16 rows 16-byte
+    aligned, the weight bytes 16-byte and its scales 8-byte aligned and contiguous)."""
+    if not (1 <= m <= CUDA_MAX_M and k % CUDA_K_MULTIPLE == 0):
+        return False
+    if not a_nvfp4:
+        a2 = a.reshape(-1, k)
+        if not (a.dtype == torch.bfloat16 and a_scale is None and a2.stride(0) % 8 == 0
+                and a2.data_ptr() % 16 == 0):
+            return False
+    return (b_data.is_contiguous() and b_scale.is_contiguous() and b_data.data_ptr() % 16 == 0
+            and b_scale.data_ptr() % 8 == 0)
 
 
 def _gemm_cuda(a, a_scale, a_gs, b_data, b_scale, b_gs, bias, out_dtype, a_nvfp4, splits=0, variant=0,

@@ -128,3 +128,16 @@ def test_gpu_extension_check_failures_raise():
     with pytest.raises(RuntimeError, match=r"M must be in \[1, 64\], got 65"):
         torch.ops.longlive_kernels.nvfp4_gemv_cuda(a, b.data, b.scale.view(torch.uint8), b.global_scale.reshape(1).float(),
                                                    None, None, out, 0, 0, 0)
+
+
+def test_gpu_cuda_gemv_misaligned_rows_fall_back():
+    """bf16 rows that are not 16-byte aligned: ``auto`` takes the Triton kernel (same result), an
+    explicit ``backend="cuda"`` is a ValueError naming the alignment."""
+    a, b, _ = _operands(2, 16, 256, 256, "bf16")
+    big = torch.zeros(16, 260, device="cuda", dtype=torch.bfloat16)  # row stride 520 bytes
+    big[:, :256] = a
+    view = big[:, :256]
+    expect = nvfp4_gemm(a, b, out_dtype=torch.float32, algorithm="dequantize")
+    assert rel_err(nvfp4_gemm(view, b, out_dtype=torch.float32), expect) <= FP32_TOL
+    with pytest.raises(ValueError, match="16-byte aligned rows"):
+        nvfp4_gemm(view, b, backend="cuda")
