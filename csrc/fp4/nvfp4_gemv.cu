@@ -276,15 +276,7 @@ __global__ void __launch_bounds__(S::kThreads) gemv_kernel(const NVFP4GemvParams
   src.x_row_bytes = p.stride_x * 2;
   src.m = static_cast<int>(p.m);
 
-  float acc[S::kAcc][S::kRB][S::kMT][4];
-#pragma unroll
-  for (int c = 0; c < S::kAcc; ++c)
-#pragma unroll
-    for (int b = 0; b < S::kRB; ++b)
-#pragma unroll
-      for (int nt = 0; nt < S::kMT; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[c][b][nt][i] = 0.0f;
+  float acc[S::kAcc][S::kRB][S::kMT][4] = {};
 
 #pragma unroll
   for (int s = 0; s < S::kStages - 1; ++s) {

@@ -120,17 +120,21 @@ def _small_m_backend(backend: str, be: str, algorithm: str, m: int, k: int, a, a
     turns that off) for W4A16 on a CUDA device with the extension built, for the ``auto`` / ``fused``
     algorithms (``gemv`` names the Gluon kernel). W4A4 stays on Triton under ``auto``: the CUDA path
     decodes the activation in a launch of its own and lost at 3 of the 4 M = 16 shapes."""
+    if backend not in ("auto", "cuda") or be == "torch":
+        return be  # an explicit triton / torch call pays for none of the checks below
     dense = a if not a_nvfp4 else a.data
-    applies = (algorithm in ("auto", "fused", "gemv") and not _has_native_fp4(dense.device)
-               and gemm_ops.cuda_gemv_applies(m, k, dense, a_scale, a_nvfp4, b.data, b.scale))
+    applies = (algorithm in ("auto", "fused", "gemv")
+               and gemm_ops.cuda_gemv_applies(m, k, dense, a_scale, a_nvfp4, b.data, b.scale)
+               and not _has_native_fp4(dense.device))
     if be == "cuda" and not applies:
         got = "NVFP4" if a_nvfp4 else f"{dense.dtype}" + (" with a_scale" if a_scale is not None else "")
         raise ValueError(
             f"nvfp4_gemm: backend='cuda' runs the small-M kernel only: M ≤ {gemm_ops.CUDA_MAX_M}, K a multiple "
             f"of {gemm_ops.CUDA_K_MULTIPLE}, `a` bf16 (16-byte aligned rows) or NVFP4, `b` contiguous and "
             f"aligned, algorithm 'auto'/'fused'/'gemv'; got M={m}, K={k}, `a` {got}, algorithm={algorithm!r}")
+    # (auto resolves to triton only on a CUDA device)
     if (backend == "auto" and be == "triton" and applies and not a_nvfp4 and algorithm != "gemv"
-            and _CUDA_GEMV_AUTO and dense.device.type == "cuda" and has_cuda_extension()):
+            and _CUDA_GEMV_AUTO and has_cuda_extension()):
         return "cuda"
     return be
 
