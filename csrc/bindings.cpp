@@ -161,7 +161,7 @@ void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   LL_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.is_contiguous(),
            "out must be contiguous [M, N] = [%lld, %lld]", static_cast<long long>(m), static_cast<long long>(n));
   LL_CHECK(splits >= 0 && splits <= 8, "splits must be in [0, 8], got %lld", static_cast<long long>(splits));
-  LL_CHECK(variant >= 0 && variant <= 6, "variant must be in [0, 6], got %lld", static_cast<long long>(variant));
+  LL_CHECK(variant >= 0 && variant <= 3, "variant must be in [0, 3], got %lld", static_cast<long long>(variant));
   LL_CHECK(k_unroll == 0 || k_unroll == 1 || k_unroll == 2 || k_unroll == 4,
            "k_unroll must be 0, 1, 2 or 4, got %lld", static_cast<long long>(k_unroll));
   LL_CHECK(k_unroll == 0 || (k / 128) % k_unroll == 0, "k_unroll=%lld must divide K/128 = %lld",

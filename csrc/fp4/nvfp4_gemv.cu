@@ -10,6 +10,11 @@
 // - Measured on an H100 (bench/RESULTS.md, twenty-second session): 1.35-1.76x cuBLAS BF16 at M = 16,
 //   0.70-1.12x at M = 64. The cp.async stream alone (MMAs ablated) reaches ~1.8 TB/s, and the decode
 //   plus MMAs cost about as much again; TMA 1D bulk copies per row were 2-7x slower.
+// - Twenty-third session: any way of reading a 22 MB weight (a linear read, this ring, 2D tensor-map
+//   TMA, 1D bulk copies of a pre-tiled layout) takes ~11 us (tools/probe_weight_stream.cu), so the
+//   stream is not what to change. Under ncu the kernel issues on ~40 % of cycles, stalled on the
+//   decode's dependent ALU chains; twice the warps per CTA (warp groups splitting each stage's K)
+//   lifted issue to ~45 % and no shape got faster, so it was dropped.
 // - Roles are swapped (outᵀ = W · xᵀ): weight rows are the M side of mma.sync m16n8k16, tokens its N
 //   side (8 per n-tile), so M = 1 wastes 7/8 of a cheap instruction, not 63/64 of a wgmma tile.
 // - K is permuted inside each step so that a thread's A fragment is one contiguous 16-byte run (32
@@ -47,22 +52,15 @@ constexpr int kSubTokenBytes = kSubK * 2;   // bytes of one bf16 token row per s
 constexpr int kStageBudget = 110 * 1024;    // shared memory the ring may take (2..4 stages)
 constexpr int kMaxSplits = 8;               // portable cluster size
 constexpr int kMaxM = 64;
-constexpr int kNumVariants = 6;
 
-// MT n-tiles of 8 tokens; RB 16-row bands per warp; WARPS warps along the rows; KU sub-steps of 128 K
-// elements per stage (the bytes each weight row contributes to a stage: 64·KU contiguous, a whole cache
-// line from KU = 2); KW groups of WARPS warps split each stage's sub-steps (u ≡ group mod KW) and sum
-// their tiles at the end: more warps to hide latency with the same ring.
-template <int MT, int RB, int WARPS, int KU, int KW = 1>
+// MT n-tiles of 8 tokens; RB 16-row bands per warp; KU sub-steps of 128 K elements per stage (the
+// bytes each weight row contributes to a stage: 64·KU contiguous, a whole cache line from KU = 2).
+template <int MT, int RB, int WARPS, int KU>
 struct Shape {
-  static_assert(KU % KW == 0, "each warp group takes whole sub-steps");
   static constexpr int kMT = MT;
   static constexpr int kRB = RB;
   static constexpr int kKU = KU;
-  static constexpr int kKW = KW;
-  static constexpr int kWarps = WARPS;
-  static constexpr int kThreads = 32 * WARPS * KW;
-  static constexpr int kMinBlocks = KW > 1 ? 512 / kThreads : 1;  // ≤ 128 registers, ≥ 16 warps per SM
+  static constexpr int kThreads = 32 * WARPS;
   static constexpr int kRows = 16 * RB * WARPS;
   static constexpr int kTokens = 8 * MT;
   static constexpr int kStepK = kSubK * KU;
@@ -197,10 +195,9 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 
 template <class S>
 __device__ __forceinline__ void compute_stage(const uint8_t* stage, float (&acc)[S::kAcc][S::kRB][S::kMT][4], int warp,
-                                              int kw, int g, int q) {
+                                              int g, int q) {
 #pragma unroll
-  for (int uu = 0; uu < S::kKU / S::kKW; ++uu) {  // sub-step u: bytes [64u, 64u + 64) of every row in the stage
-    const int u = uu * S::kKW + kw;
+  for (int u = 0; u < S::kKU; ++u) {  // sub-step u: bytes [64u, 64u + 64) of every row in the stage
     const uint8_t* sw = stage + u * kSubBytes;
     const uint8_t* ss = stage + S::kWBytes + u * kSubScales;
     const uint8_t* sx = stage + S::kWBytes + S::kSBytes + u * kSubTokenBytes;
@@ -257,10 +254,9 @@ __device__ __forceinline__ void store_from_float(void* p, DType t, int64_t i, fl
 // Grid (splits, row tiles), cluster (splits, 1, 1): CTA (r, y) owns rows [y·kRows, (y+1)·kRows) and the
 // r-th of `splits` contiguous ranges of K steps.
 template <class S>
-__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemv_kernel(const NVFP4GemvParams p) {
+__global__ void __launch_bounds__(S::kThreads) gemv_kernel(const NVFP4GemvParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
-  const int tid = threadIdx.x, warp = (tid >> 5) % S::kWarps, kw = (tid >> 5) / S::kWarps;
-  const int g = (tid & 31) >> 2, q = tid & 3;
+  const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, q = tid & 3;
   const int splits = gridDim.x, split = blockIdx.x;
   const int64_t row0 = int64_t(blockIdx.y) * S::kRows;
   const int nks = static_cast<int>(p.k / S::kStepK);
@@ -298,7 +294,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemv_kernel(const 
     const int j = i + S::kStages - 1;
     if (j < steps) load_stage<S>(smem + (j % S::kStages) * S::kStageBytes, src, j, tid);
     cp_async_commit();
-    if (!(p.ablate & 1)) compute_stage<S>(smem + (i % S::kStages) * S::kStageBytes, acc, warp, kw, g, q);
+    if (!(p.ablate & 1)) compute_stage<S>(smem + (i % S::kStages) * S::kStageBytes, acc, warp, g, q);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -314,21 +310,15 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemv_kernel(const 
         for (int i = 0; i < 4; ++i) acc[0][b][nt][i] += acc[c][b][nt][i];
   float* red = reinterpret_cast<float*>(smem);
 #pragma unroll
-  for (int group = 0; group < S::kKW; ++group) {  // the K groups add their tiles in order: deterministic
-    if (kw == group) {
+  for (int b = 0; b < S::kRB; ++b)
 #pragma unroll
-      for (int b = 0; b < S::kRB; ++b)
-#pragma unroll
-        for (int nt = 0; nt < S::kMT; ++nt) {
-          const int r = (warp * S::kRB + b) * 16 + g, t = nt * 8 + 2 * q;
-          const int at[4] = {t * S::kRedStride + r, (t + 1) * S::kRedStride + r, t * S::kRedStride + r + 8,
-                             (t + 1) * S::kRedStride + r + 8};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) red[at[i]] = group == 0 ? acc[0][b][nt][i] : red[at[i]] + acc[0][b][nt][i];
-        }
+    for (int nt = 0; nt < S::kMT; ++nt) {
+      const int r = (warp * S::kRB + b) * 16 + g, t = nt * 8 + 2 * q;
+      red[t * S::kRedStride + r] = acc[0][b][nt][0];
+      red[(t + 1) * S::kRedStride + r] = acc[0][b][nt][1];
+      red[t * S::kRedStride + r + 8] = acc[0][b][nt][2];
+      red[(t + 1) * S::kRedStride + r + 8] = acc[0][b][nt][3];
     }
-    if (S::kKW > 1) __syncthreads();
-  }
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
 
@@ -407,14 +397,12 @@ constexpr int kMaxSmem = 227 * 1024;
 
 // The shape with the most sub-steps per stage, up to KU, whose ring fits in shared memory (KU = 1
 // always fits).
-template <int MT, int RB, int WARPS, int KU, int KW = 1>
+template <int MT, int RB, int WARPS, int KU>
 cudaError_t launch_fitting(const NVFP4GemvParams& p, cudaStream_t stream) {
-  if constexpr (KU < KW) {
-    return cudaErrorInvalidValue;  // the launcher raised KU to KW; only reached through instantiation
-  } else if constexpr (KU > KW && Shape<MT, RB, WARPS, KU, KW>::kSmem > kMaxSmem) {
-    return launch_fitting<MT, RB, WARPS, KU / 2, KW>(p, stream);
+  if constexpr (KU > 1 && Shape<MT, RB, WARPS, KU>::kSmem > kMaxSmem) {
+    return launch_fitting<MT, RB, WARPS, KU / 2>(p, stream);
   } else {
-    return launch<Shape<MT, RB, WARPS, KU, KW>>(p, p.splits, stream);
+    return launch<Shape<MT, RB, WARPS, KU>>(p, p.splits, stream);
   }
 }
 
@@ -424,9 +412,6 @@ cudaError_t launch_variant(const NVFP4GemvParams& p, int variant, cudaStream_t s
     case 1: return launch_fitting<MT, 1, 4, KU>(p, stream);
     case 2: return launch_fitting<MT, 1, 8, KU>(p, stream);
     case 3: return launch_fitting<MT, 2, 8, KU>(p, stream);
-    case 4: return launch_fitting<MT, 1, 4, KU, 2>(p, stream);
-    case 5: return launch_fitting<MT, 1, 4, KU, 4>(p, stream);
-    case 6: return launch_fitting<MT, 1, 8, KU, 2>(p, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -454,7 +439,7 @@ cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream) {
   if (!aligned(p.x, 16) || (p.stride_x * 2) % 16 != 0 || p.stride_x < p.k || !aligned(p.w, 16) ||
       !aligned(p.w_scale, 8))
     return cudaErrorInvalidValue;
-  if (p.splits < 0 || p.splits > kMaxSplits || p.variant < 0 || p.variant > kNumVariants) return cudaErrorInvalidValue;
+  if (p.splits < 0 || p.splits > kMaxSplits || p.variant < 0 || p.variant > 3) return cudaErrorInvalidValue;
   if (p.k_unroll != 0 && p.k_unroll != 1 && p.k_unroll != 2 && p.k_unroll != 4) return cudaErrorInvalidValue;
   const int variant = p.variant > 0 ? p.variant : nvfp4_gemv_default_variant(p.m);
   // The largest sub-step count that divides the K steps (16-byte scale loads need 16-byte alignment).
@@ -465,9 +450,7 @@ cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream) {
     ku = subs % 4 == 0 && large ? 4 : (subs % 2 == 0 ? 2 : 1);
     if (!aligned(p.w_scale, 16)) ku = 1;
   }
-  const int kw = variant == 5 ? 4 : (variant == 4 || variant == 6 ? 2 : 1);  // warp groups along K
-  if (ku < kw && p.k_unroll == 0 && subs % kw == 0 && aligned(p.w_scale, 16)) ku = kw;
-  if (subs % ku != 0 || ku < kw || (ku > 1 && !aligned(p.w_scale, 16))) return cudaErrorInvalidValue;
+  if (subs % ku != 0 || (ku > 1 && !aligned(p.w_scale, 16))) return cudaErrorInvalidValue;
   if (p.m <= 8) return launch_ku<1>(p, variant, ku, stream);
   if (p.m <= 16) return launch_ku<2>(p, variant, ku, stream);
   if (p.m <= 32) return launch_ku<4>(p, variant, ku, stream);

@@ -50,7 +50,7 @@ def _raw(a, b, bias, out_dtype, splits, variant, k_unroll=0):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(m=st.integers(1, 64), n=st.integers(1, 700), kb=st.integers(1, 6), kind=st.sampled_from(["bf16", "nvfp4"]),
-       variant=st.integers(0, 6), ku=st.sampled_from([0, 1, 2, 4]), splits=st.sampled_from([0, 1, 2, 3, 5, 8]),
+       variant=st.integers(0, 3), ku=st.sampled_from([0, 1, 2, 4]), splits=st.sampled_from([0, 1, 2, 3, 5, 8]),
        bias=st.sampled_from([None, torch.bfloat16, torch.float32]), seed=st.integers(0, 2**31 - 1))
 def test_gpu_cuda_gemv_matches_the_exact_path(m, n, kb, kind, variant, ku, splits, bias, seed):
     """Every launch shape, stage depth and K split: FP32 output within FP32 summation order of the exact dequantize

@@ -59,8 +59,7 @@ struct NVFP4GemvParams {
   int64_t m = 0, n = 0, k = 0;        // 1 <= m <= 64; k % 128 == 0
   int num_sms = 0;                    // 0: asked from the current device
   int splits = 0;                     // K split over a cluster, 1..8; 0: chosen
-  int variant = 0;                    // 1..6: (16-row bands per warp, warps, K groups) = (1,4,1) (1,8,1) (2,8,1)
-                                      // (1,4,2) (1,4,4) (1,8,2); 0: chosen
+  int variant = 0;                    // 1..3: (16-row bands per warp, warps) = (1,4) (1,8) (2,8); 0: chosen
   int k_unroll = 0;                   // 1, 2 or 4 sub-steps of 128 K per pipeline stage; 0: chosen
   int ablate = 0;                     // probe only: 1 = stream the operands but skip the MMAs
 };
