@@ -9,7 +9,7 @@ Attention rows (Lq = 7040 queries of the current chunk; Lk = context chunks + th
   to BF16, append the BF16 current chunk, then cuDNN SDPA (timed end to end);
 - ``dequant + FA2 SDPA (LongLive)``: the same with FlashAttention-2 (``SDPBackend.FLASH_ATTENTION``),
   the kernel LongLive actually runs on Hopper (spec §2.3: FA3 is off by default);
-- ``fused portable bf16|fp8``: the portable Triton kernel (``fp4_kv_attention.py``), context tiles
+- ``fused portable bf16|fp8``: the portable Triton kernel (``fp4_kv_attention_triton.py``), context tiles
   decoded in registers, BF16 current chunk (``+cache-current``: the current chunk read from its FP4
   slot too);
 - ``fused Gluon bf16``: the Hopper kernel (``fp4_kv_attention_hopper.py``: producer warpgroup decodes
@@ -50,7 +50,7 @@ from longlive_kernels.attention import fp4_kv_attention_hopper_check as hopper_c
 from longlive_kernels.attention import reference as ref
 from longlive_kernels.testing import copy_bandwidth_gbs, cuda_time_ms, device_header, rel_err
 
-attn_mod = importlib.import_module("longlive_kernels.attention.fp4_kv_attention")  # (not the function)
+attn_mod = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_triton")
 H, D, T = 24, 128, 7040
 DEVICE = "cuda"
 
@@ -181,7 +181,7 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
 
     def portable(compute, current=True):
         ck, cv = (k, v) if current else (None, None)
-        return lambda: attn_mod._attention_triton(q, cache.layer_view(0), ck, cv, D**-0.5, compute, portable=True)
+        return lambda: attn_mod.attention(q, cache.layer_view(0), ck, cv, D**-0.5, compute)
 
     def gluon(current=True, ablate=0):
         ck, cv = (k, v) if current else (None, None)
@@ -305,7 +305,7 @@ def sweep_rows(iters: int) -> list[dict]:
         for compute in ("bf16", "fp8"):
 
             def fn(c=compute):  # the portable kernel (the Gluon kernel has no block-config knob)
-                return attn_mod._attention_triton(q, cache.layer_view(0), k, v, D**-0.5, c, portable=True)
+                return attn_mod.attention(q, cache.layer_view(0), k, v, D**-0.5, c)
 
             try:
                 fn()

@@ -483,7 +483,7 @@ def _bf16_tile_layout():
 
 
 def attention(q, view, current_k, current_v, softmax_scale: float, *, _ablate: int = 0) -> torch.Tensor:
-    """Run the Gluon kernel (arguments as ``fp4_kv_attention._attention_triton``; check
+    """Run the Gluon kernel (arguments as ``fp4_kv_attention_triton.attention``; check
     :func:`supported` first). Returns [B, Lq, H, D] bf16. ``_ablate`` (timing probes only, wrong
     results): 1 skips the K/V decode, 2 the softmax's exponentials, 3 both
     (``bench/attention/bench_kv_cache.py --gluon-ablations``)."""

@@ -133,7 +133,7 @@ def _probe_main() -> int:
     import time
 
     # importlib: the package attribute `fp4_kv_attention` is the function, not the module
-    portable = importlib.import_module("longlive_kernels.attention.fp4_kv_attention")
+    portable = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_triton")
     from .kv_cache import FP4KVCache
 
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def _probe_main() -> int:
         ck, cv = cur.get("current_k"), cur.get("current_v")
         assert _kernel().supported(q, view, ck, cv, "bf16"), name
         got = _kernel().attention(q, view, ck, cv, 128**-0.5)
-        want = portable._attention_triton(q, view, ck, cv, 128**-0.5, "bf16", portable=True)
+        want = portable.attention(q, view, ck, cv, 128**-0.5, "bf16")
         torch.cuda.synchronize()
         err = ((got.double() - want.double()).norm() / want.double().norm()).item()
         worst = max(worst, err)

@@ -18,9 +18,7 @@ import torch
 from longlive_kernels.attention import reference as ref
 from longlive_kernels.testing import rel_err
 
-attn_mod = importlib.import_module(
-    "longlive_kernels.attention.fp4_kv_attention"
-)  # (the package re-exports the function)
+attn_mod = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_triton")
 hopper = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_hopper")
 hopper_operands = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_hopper_operands")
 hopper_check = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_hopper_check")

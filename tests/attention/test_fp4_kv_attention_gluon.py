@@ -131,7 +131,7 @@ def test_gpu_gluon_matches_portable_and_fp64(t, n_chunks, lq, lc, h, b):
     ck, cv = cur if cur else (None, None)
     assert hopper.supported(q, view, ck, cv, "bf16")
     got = hopper.attention(q, view, ck, cv, 128**-0.5)
-    want = attn_mod._attention_triton(q, view, ck, cv, 128**-0.5, "bf16", portable=True)
+    want = attn_mod.attention(q, view, ck, cv, 128**-0.5, "bf16")
     assert rel_err(got, want) <= 5e-3
     for _ in range(2):  # a race shows up as run-to-run differences
         assert torch.equal(hopper.attention(q, view, ck, cv, 128**-0.5), got)
@@ -156,7 +156,7 @@ def test_gpu_gluon_current_chunk_sliced_from_fused_qkv():
     assert not k_view.is_contiguous() and hopper.supported(q, view, k_view, v_view, "bf16")
     got = fp4_kv_attention(q, cache, 0, current_k=k_view, current_v=v_view, backend="triton")
     assert torch.equal(got, hopper.attention(q, view, ck, cv, 128**-0.5))  # same as contiguous copies
-    want = attn_mod._attention_triton(q, view, ck, cv, 128**-0.5, "bf16", portable=True)
+    want = attn_mod.attention(q, view, ck, cv, 128**-0.5, "bf16")
     assert rel_err(got, want) <= 5e-3
 
 
@@ -174,5 +174,5 @@ def test_gpu_gluon_unsupported_calls_fall_back():
     for qq, k, v, compute in cases:
         assert not hopper.supported(qq, view, k, v, compute)
         got = fp4_kv_attention(qq, cache, 0, current_k=k, current_v=v, compute=compute, backend="triton")
-        want = attn_mod._attention_triton(qq, view, k, v, 128**-0.5, compute, portable=True)
+        want = attn_mod.attention(qq, view, k, v, 128**-0.5, compute)
         assert torch.equal(got, want)

@@ -193,8 +193,8 @@ def test_gpu_model_size_vs_sdpa(compute, with_current, path):
     if path == "auto":
         out = fp4_kv_attention(q, cache, 0, compute=compute, **kw)
     else:
-        out = attn_mod._attention_triton(q, cache.layer_view(0), kw.get("current_k"), kw.get("current_v"),
-                                         128**-0.5, compute, portable=True)
+        out = attn_mod.attention(q, cache.layer_view(0), kw.get("current_k"), kw.get("current_v"), 128**-0.5,
+                                 compute)
     sdpa_path = path == "auto" and compute == "bf16" and torch.cuda.get_device_capability()[0] == 9
     _check_model_size(out, q, cache, 0, k, v, with_current, compute, [0, 7, 23], 1024, fused=not sdpa_path)
 
