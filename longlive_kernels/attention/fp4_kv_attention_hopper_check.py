@@ -13,7 +13,6 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
@@ -132,8 +131,7 @@ def _probe_cases():
 def _probe_main() -> int:
     import time
 
-    # importlib: the package attribute `fp4_kv_attention` is the function, not the module
-    portable = importlib.import_module("longlive_kernels.attention.fp4_kv_attention_triton")
+    from . import fp4_kv_attention_triton as portable
     from .kv_cache import FP4KVCache
 
     torch.manual_seed(0)
