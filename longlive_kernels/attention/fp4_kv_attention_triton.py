@@ -104,6 +104,17 @@ def _fp8(x, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _round(x, dtype: tl.constexpr, EMULATE: tl.constexpr):
+    """fp32 ``x`` rounded to nearest even in ``dtype``. The interpreter's fp32 → bf16 cast truncates
+    (up to 2× the RNE error, biased), so there the rounding is done on the bits first."""
+    if EMULATE and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _mma16(x, EMULATE: tl.constexpr):
     """A bf16/fp16 MMA operand; fp32 in the interpreter (its bf16 tl.dot is wrong)."""
     if EMULATE:
@@ -302,7 +313,7 @@ def _fp4_kv_attention_kernel(
                 p_c = p.to(tl.float16)
         else:
             g_new = 1.0
-            p_c = _mma16(p.to(q.dtype), EMULATE)
+            p_c = _mma16(_round(p, q.dtype, EMULATE), EMULATE)
         acc = acc * (alpha * (g_acc / g_new))[:, None]
         acc = tl.dot(p_c, v_t, acc)
         g_acc = g_new
@@ -324,12 +335,12 @@ def _fp4_kv_attention_kernel(
             l_i = l_i * alpha + tl.sum(p, axis=1)
             m_i = m_new
             acc = acc * (alpha * g_acc)[:, None]
-            acc = tl.dot(_mma16(p.to(v_t.dtype), EMULATE), _mma16(v_t, EMULATE), acc)
+            acc = tl.dot(_mma16(_round(p, v_t.dtype, EMULATE), EMULATE), _mma16(v_t, EMULATE), acc)
             g_acc = 1.0
 
     out = acc * (g_acc / l_i)[:, None]
     o_off = b.to(tl.int64) * stride_ob + m_rows[:, None].to(tl.int64) * stride_ot + h * stride_oh + d[None, :]
-    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(o_ptr + o_off, _round(out, o_ptr.dtype.element_ty, EMULATE), mask=q_mask)
 
 
 def _use_asm() -> bool:

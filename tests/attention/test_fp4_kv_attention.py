@@ -67,6 +67,7 @@ def _keys(cache, k, v, with_current):
 @settings(max_examples=6)
 @example(seed=1, t=48, n_chunks=4, lq=40, with_current=True, h=2, b=1)
 @example(seed=2, t=40, n_chunks=3, lq=16, with_current=False, h=1, b=2)
+@example(seed=1223, t=48, n_chunks=1, lq=5, with_current=True, h=1, b=1)  # failed while the interpreter truncated to bf16
 def test_kernel_matches_fp64_attention_on_dequantized_cache(seed, t, n_chunks, lq, with_current, h, b):
     cache, k, v = _filled_cache(
         seed, b=b, h=h, d=64, t=t, n_chunks=n_chunks, device=TRITON_DEV, pin=1 if n_chunks > 2 else None
