@@ -2,7 +2,8 @@
 //
 // The small-M W4A16 kernel (csrc/fp4/nvfp4_gemv.cu) with its MMAs ablated streams a 3072 × 14336 NVFP4
 // weight at only ~1.8 TB/s. This probe times the weight stream alone, with no decode and no MMA, for
-// four ways of moving the same bytes, so that the next kernel is built on the fastest one:
+// four ways of moving the same bytes (H100, bench/RESULTS.md, twenty-third session: all four within ~5 %
+// of each other, ~11 us for 22 MB, so the stream is not what limits that kernel):
 //   linear   every thread reads 16-byte words of the whole buffer (grid-stride): the read ceiling
 //   cp       the kernel's pattern: per stage, B contiguous bytes of each of R rows by cp.async, a
 //            ring of S stages, plus the bf16 activation tile of M tokens from L2
