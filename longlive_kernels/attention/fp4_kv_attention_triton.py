@@ -46,36 +46,20 @@ _LOG2E = 1.4426950408889634
 # low nibble (from ``q << 4``) and the high nibble at bits 12-15 of the two 16-bit lanes; the sign
 # stays at bit 15 and (exp, mantissa) move to bits 9-11: the fp16 bits of ``e2m1·2^-14``; one
 # ``mul.f16x2`` by the scale is exact (<= 5 significant bits).
-_E2M1_F16_ASM = tl.constexpr("""
-{
-.reg .b32 q4, x, t;
-shl.b32 q4, $4, 4;
-prmt.b32 x, q4, $4, 0x4000;
+# Byte j: ``prmt`` selector 0x4000 + 0x1111·j (the low nibble of byte j from q4 into lane 0's top, the
+# high nibble from $4 into lane 1's top), then the bit move and the scale multiply into $j.
+_E2M1_F16_LANE = """prmt.b32 x, q4, $4, {selector:#06x};
 and.b32 t, x, 0x70007000;
 shr.b32 t, t, 3;
 and.b32 x, x, 0x80008000;
 or.b32 x, x, t;
-mul.rn.f16x2 $0, x, $5;
-prmt.b32 x, q4, $4, 0x5111;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $1, x, $6;
-prmt.b32 x, q4, $4, 0x6222;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $2, x, $7;
-prmt.b32 x, q4, $4, 0x7333;
-and.b32 t, x, 0x70007000;
-shr.b32 t, t, 3;
-and.b32 x, x, 0x80008000;
-or.b32 x, x, t;
-mul.rn.f16x2 $3, x, $8;
-}
-""")
+mul.rn.f16x2 ${j}, x, ${scale};
+"""
+_E2M1_F16_ASM = tl.constexpr(
+    "\n{\n.reg .b32 q4, x, t;\nshl.b32 q4, $4, 4;\n"
+    + "".join(_E2M1_F16_LANE.format(selector=0x4000 + 0x1111 * j, j=j, scale=5 + j) for j in range(4))
+    + "}\n"
+)
 
 
 
