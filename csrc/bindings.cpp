@@ -188,6 +188,35 @@ void nvfp4_gemv_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   check_launch(nvfp4_gemv(p, at::cuda::getCurrentCUDAStream()), "nvfp4_gemv");
 }
 
+void fp8_rowwise_quantize_cuda(const at::Tensor& x, at::Tensor& q, at::Tensor& scale, bool gelu, int64_t iters) {
+  check_cuda(x, "x");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [rows, K] with a contiguous last dim");
+  LL_CHECK(x.scalar_type() == at::kBFloat16, "x must be bf16, got %s", dtype_name(x));
+  const int64_t rows = x.size(0), k = x.size(1);
+  LL_CHECK(k % 8 == 0 && x.stride(0) % 8 == 0, "x: K and the row stride must be multiples of 8, got %lld and %lld",
+           static_cast<long long>(k), static_cast<long long>(x.stride(0)));
+  check_aligned16(x, "x");
+  check_on(q, x, "q");
+  LL_CHECK((q.scalar_type() == at::kByte || q.scalar_type() == at::kFloat8_e4m3fn) && q.is_contiguous() &&
+               q.dim() == 2 && q.size(0) == rows && q.size(1) == k,
+           "q must be contiguous uint8/float8_e4m3fn [%lld, %lld], got %s of %lld dims",
+           static_cast<long long>(rows), static_cast<long long>(k), dtype_name(q), static_cast<long long>(q.dim()));
+  check_on(scale, x, "scale");
+  LL_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == rows,
+           "scale must be contiguous fp32 with %lld elements", static_cast<long long>(rows));
+  FP8RowwiseQuantizeParams p;
+  p.x = x.data_ptr();
+  p.rows = rows;
+  p.k = k;
+  p.stride_row = x.stride(0);
+  p.q = static_cast<uint8_t*>(q.data_ptr());
+  p.scale = scale.data_ptr<float>();
+  p.gelu = gelu;
+  p.iters = static_cast<int>(iters);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(fp8_rowwise_quantize(p, at::cuda::getCurrentCUDAStream()), "fp8_rowwise_quantize");
+}
+
 void check_kv_buffers(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& gs) {
   check_cuda(data, "data");
   TORCH_CHECK(data.dim() == 6 && data.size(0) == 2 && data.is_contiguous() && data.scalar_type() == at::kByte,
@@ -328,6 +357,7 @@ TORCH_LIBRARY(longlive_kernels, m) {
   m.def(
       "kv_cache_dequantize_fp8_cuda(Tensor data, Tensor scale, Tensor global_scale, Tensor table, "
       "Tensor(a!) out_k, Tensor(b!) out_v, Tensor inv_scale, int items_per_thread) -> ()");
+  m.def("fp8_rowwise_quantize_cuda(Tensor x, Tensor(a!) q, Tensor(b!) scale, bool gelu, int iters) -> ()");
   m.def(
       "nvfp4_gemv_cuda(Tensor x, Tensor w, Tensor w_scale, Tensor w_global_scale, Tensor? x_global_scale, "
       "Tensor? bias, Tensor(a!) out, int splits, int variant, int k_unroll, int ablate=0) -> ()");
@@ -340,6 +370,7 @@ TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {
   m.impl("nvfp4_quantize_cuda", &longlive::nvfp4_quantize_cuda);
   m.impl("nvfp4_dequantize_cuda", &longlive::nvfp4_dequantize_cuda);
   m.impl("nvfp4_gemv_cuda", &longlive::nvfp4_gemv_cuda);
+  m.impl("fp8_rowwise_quantize_cuda", &longlive::fp8_rowwise_quantize_cuda);
 }
 
 // A plain Python module so `import longlive_kernels._C` loads the library (ops live in torch.ops).

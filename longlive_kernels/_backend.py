@@ -76,6 +76,12 @@ def has_cuda_extension() -> bool:
     return _EXTENSION is not None
 
 
+def cuda_op_available(name: str) -> bool:
+    """True when the built extension registers ``torch.ops.longlive_kernels.<name>`` (an extension
+    built from an older tree may lack newer ops)."""
+    return has_cuda_extension() and hasattr(torch.ops.longlive_kernels, name)
+
+
 def resolve_backend(
     backend: str,
     device: torch.device,

@@ -43,9 +43,9 @@ import dataclasses
 import torch
 
 from .. import _checks
-from .._backend import eager_op, resolve_backend
+from .._backend import cuda_op_available, eager_op, resolve_backend
 from ..fp4.format import SCALE_RULES, NVFP4Tensor
-from .kv_cache_ops import _cuda_op_available, _dequantize_into_op, _dequantize_op, _update_op
+from .kv_cache_ops import _dequantize_into_op, _dequantize_op, _update_op
 from .kv_cache_slots import _SlotRing
 from .reference import KV_SCALE_TILE
 
@@ -291,7 +291,7 @@ class FP4KVCache:
             for i, x in enumerate((k, v)):
                 self.values[layer, i].index_copy_(0, slot, x.permute(0, 2, 1, 3).to(torch.bfloat16)[None])
             return
-        supported = ("triton", "torch") + (("cuda",) if _cuda_op_available("kv_cache_update_cuda") else ())
+        supported = ("triton", "torch") + (("cuda",) if cuda_op_available("kv_cache_update_cuda") else ())
         be = resolve_backend(backend, self.device, op="FP4KVCache.update", supported=supported,
                              prefer=("cuda", "triton"))
         _update(k, v, self.data[layer], self.scale[layer], self.global_scale[layer], self.table, idx,
@@ -423,7 +423,7 @@ class FP4KVCache:
             empty = torch.empty((self.batch_size, 0, self.num_heads, self.head_dim), dtype=dtype,
                                 device=self.device)
             return empty, empty.clone()
-        has_cuda = _cuda_op_available("kv_cache_dequantize_cuda")
+        has_cuda = cuda_op_available("kv_cache_dequantize_cuda")
         supported = ("triton", "torch") + (("cuda",) if has_cuda else ())
         be = resolve_backend(backend, self.device, op="FP4KVCache.dequantize", supported=supported,
                              prefer=("triton", "cuda"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from .._backend import cuda_extension, has_cuda_extension
+from .._backend import cuda_extension, cuda_op_available
 from ..fp4.format import SCALE_RULES
 from . import reference
 from .kv_cache_triton import _kv_dequantize_kernel, _kv_update_kernel
@@ -18,10 +18,6 @@ from .reference import KV_SCALE_TILE
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-
-
-def _cuda_op_available(name: str) -> bool:
-    return has_cuda_extension() and hasattr(torch.ops.longlive_kernels, name)
 
 
 def _update_triton(k, v, data, scale, gs, table, slot_index, scale_rule):
@@ -131,7 +127,7 @@ def dequantize_fp8_into(data, scale, gs, table, out_k, out_v, inv_scale, *, back
     ``"auto"`` (CUDA where it applies). items_per_thread : CUDA launch shape (1, 2 or 4; same result)."""
     aligned = all(x.data_ptr() % 16 == 0 and all(st % 16 == 0 for st in x.stride()[:3]) for x in (out_k, out_v))
     use_cuda = backend == "cuda" or (backend == "auto" and aligned and out_k.is_cuda
-                                     and _cuda_op_available("kv_cache_dequantize_fp8_cuda"))
+                                     and cuda_op_available("kv_cache_dequantize_fp8_cuda"))
     if use_cuda:
         cuda_extension()
         torch.ops.longlive_kernels.kv_cache_dequantize_fp8_cuda(data, scale, gs, table, out_k, out_v, inv_scale,

@@ -66,6 +66,20 @@ struct NVFP4GemvParams {
 int nvfp4_gemv_default_variant(int64_t m);
 cudaError_t nvfp4_gemv(const NVFP4GemvParams& p, cudaStream_t stream);
 
+// ---- fp4/fp8_quantize.cu (row-wise E4M3 activations, optionally of gelu_tanh(x)) ------------------
+// q[r, :] = e4m3_rn_satfinite(h[r, :] · rn(1/s[r])), s[r] = max(amax(h[r, :]) / 448, 2^-126) (1 for an
+// all-zero row, +Inf for a row holding NaN/Inf), h = x or bf16_rn(gelu_tanh(x)); one CTA per row.
+struct FP8RowwiseQuantizeParams {
+  const void* x = nullptr;   // [rows, k] bf16, row stride stride_row elements, 16-byte aligned
+  int64_t rows = 0, k = 0, stride_row = 0;  // k % 8 == 0, stride_row % 8 == 0, k <= 8 · 512 · iters
+  uint8_t* q = nullptr;      // [rows, k] out: E4M3 codes, contiguous, 8-byte aligned
+  float* scale = nullptr;    // [rows] out: the decode scale s
+  bool gelu = false;
+  int iters = 0;             // 16-byte vectors per thread: 1, 2, 3, 4, 6 or 8; 0: chosen from k
+};
+int fp8_rowwise_default_iters(int64_t k);
+cudaError_t fp8_rowwise_quantize(const FP8RowwiseQuantizeParams& p, cudaStream_t stream);
+
 // ---- attention/kv_cache.cu (FP4 KV cache: in-place update, decode) ---------------------------------
 // One layer's buffers: data uint8 [2, S, B, H, T, D/2], scale uint8 [2, S, B, H, T, D/16],
 // global_scale fp32 [2, S, B, H, ceil(T/128)] (index 0 = K, 1 = V).
