@@ -95,6 +95,39 @@ int main() {
   g.splits = 0;
   g.variant = 5;
   expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects variant 5");
+  longlive::FP8RowwiseQuantizeParams r;
+  alignas(16) static unsigned char rx[2 * 64 * 2], rq[2 * 64];
+  static float rs[2];
+  r.x = rx;
+  r.q = rq;
+  r.scale = rs;
+  r.rows = 2;
+  r.k = 64;
+  r.stride_row = 64;
+  r.k = 60;
+  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects K % 8 != 0");
+  r.k = 64;
+  r.stride_row = 56;
+  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects stride < K");
+  r.stride_row = 64;
+  r.x = rx + 8;
+  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects unaligned x");
+  r.x = rx;
+  r.q = nullptr;
+  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects no output");
+  r.q = rq;
+  r.iters = 5;
+  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects 5 vectors/thread");
+  r.iters = 1;
+  r.k = r.stride_row = 8 * 512 + 8;
+  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue,
+         "fp8 rowwise rejects a row over 512 threads");
+  r.iters = 0;
+  r.rows = 0;
+  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaSuccess, "fp8 rowwise: no rows, nothing launched");
+  expect(longlive::fp8_rowwise_default_iters(3072) == 3 && longlive::fp8_rowwise_default_iters(14336) == 8 &&
+             longlive::fp8_rowwise_default_iters(8) == 1,
+         "fp8 rowwise default vectors per thread (3072: 3, 14336: 8, 8: 1)");
   if (failures == 0) std::printf("test_launchers: all passed\n");
   return failures == 0 ? 0 : 1;
 }

@@ -142,24 +142,61 @@ def test_fp8_linear_matches_the_two_op_path(lead, n, k, prequantized):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
 @pytest.mark.parametrize("rows,k", [(7040, 3072), (5, 3072), (300, 14336), (3, 4096), (33, 200), (2, 20000)])
-def test_gpu_fp8_quantize_launch_shapes_bit_exact(rows, k):
+def test_gpu_fp8_quantize_launch_shapes_bit_exact(rows, k, impl):
     """Every launch shape ``_quant_config`` picks on a GPU (two passes over 1024-column chunks for
     K = 3072, one 16-warp pass for K = 14336, several short rows per program, the > 16384 two-pass
-    path) gives the reference's codes and scales bit for bit, NaN rows, zero rows and a row whose
-    +Inf makes its scale infinite (finite values then encode as zero) included."""
+    path), and the CUDA kernel's default vectors per thread, give the reference's codes and scales
+    bit for bit, NaN rows, zero rows and a row whose +Inf makes its scale infinite (finite values
+    then encode as zero) included."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     from longlive_kernels.fp4 import gemm_fp8
 
+    if impl == "cuda" and not gemm_fp8._cuda_quantize_ok(torch.empty(1, k, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("the CUDA extension is not built")
     x = _rand(rows + k, rows, k, spread=8.0).cpu().bfloat16()  # the reference on the CPU
     x[rows // 2] = 0.0
     x[-1, k // 3] = float("nan")
     x[0, k // 2] = float("inf")
     q1, s1 = ref.quantize_fp8_rowwise(x)
-    q2, s2 = gemm_fp8._quantize(x.cuda())
+    q2, s2 = gemm_fp8._quantize(x.cuda(), impl=impl)
     assert_bitwise_equal(q1.view(torch.uint8), q2.cpu().view(torch.uint8), "fp8 codes")
     assert_bitwise_equal(s1, s2.cpu(), "row scales")
+
+
+@pytest.mark.gpu
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 70), k8=st.integers(1, 4096), pad=st.sampled_from([0, 8, 24]),
+       gelu=st.booleans(), iters=st.sampled_from([0, 1, 2, 3, 4, 6, 8]))
+@example(seed=0, rows=3, k8=1792, pad=0, gelu=True, iters=0)  # the FFN's K = 14336
+def test_gpu_cuda_fp8_quantizer_equals_triton(seed, rows, k8, pad, gelu, iters):
+    """The CUDA row-wise quantizer (``csrc/fp4/fp8_quantize.cu``) writes the Triton kernel's codes and
+    scales bit for bit, with and without the fused GELU (same fp32 steps, ``ex2.approx`` and
+    ``div.full`` as Triton lowers them), for any K % 8 == 0, any vectors-per-thread choice that fits,
+    rows read through a padded row stride, NaN / Inf / zero / −0 rows, into poisoned outputs."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from longlive_kernels.fp4 import gemm_fp8
+
+    k = 8 * k8
+    if not gemm_fp8._cuda_quantize_ok(torch.empty(1, k, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("the CUDA extension is not built")
+    threads = -(-(-(-k // 8) // max(iters, 1)) // 32) * 32
+    if iters and threads > 512:
+        return  # the launcher rejects it (ctest)
+    wide = _rand(seed, rows, k + pad, spread=4.0).bfloat16().cuda()
+    x = wide[:, :k]
+    x[rows // 2, seed % k] = float("nan")
+    x[(rows - 1) // 3] = -0.0
+    if rows > 2:
+        x[1, (seed // 7) % k] = float("-inf")
+    q_t, s_t = gemm_fp8._quantize(x, gelu, impl="triton")
+    q = torch.full((rows, k), 0x55, dtype=torch.uint8, device="cuda").view(torch.float8_e4m3fn)
+    s = torch.full((rows,), -7.0, device="cuda")
+    torch.ops.longlive_kernels.fp8_rowwise_quantize_cuda(x, q, s, gelu, iters)
+    assert_bitwise_equal(q.view(torch.uint8), q_t.view(torch.uint8), "fp8 codes")
+    assert_bitwise_equal(s, s_t, "row scales")
 
 
 # --- the FFN's GELU fused into the quantization (input_activation="gelu_tanh") ---------------------
