@@ -17,9 +17,14 @@ if "TRITON_INTERPRET" not in os.environ:
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is imported
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from longlive_kernels.testing import interpreter_rounds_bf16
+
+# The interpreter's bf16 casts round as the GPU's do (stock Triton 3.6 truncates them).
+interpreter_rounds_bf16()
 
 settings.register_profile(
     "ci",
