@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import eager_op, interpret_mode, resolve_backend
+from .._backend import cuda_op_available, eager_op, interpret_mode, resolve_backend
 from . import reference
 from .nvfp4_triton import e4m3_rne
 
@@ -196,6 +196,25 @@ def _quantize_triton(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.view(torch.float8_e4m3fn), scale
 
 
+def _cuda_quantize_ok(x2d: torch.Tensor) -> bool:
+    """The CUDA quantizer (``csrc/fp4/fp8_quantize.cu``) takes this activation: bf16 on a GPU, rows of
+    16-byte vectors (K and the row stride multiples of 8, 16-byte aligned), K ≤ 32768."""
+    k = x2d.shape[1]
+    return (x2d.is_cuda and x2d.dtype == torch.bfloat16 and k % 8 == 0 and k <= 32768
+            and x2d.stride(0) % 8 == 0 and x2d.data_ptr() % 16 == 0
+            and cuda_op_available("fp8_rowwise_quantize_cuda"))
+
+
+def _quantize_cuda(x2d: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise E4M3 codes and scales by the CUDA kernel (one CTA per row; ``gelu``: of
+    ``gelu_tanh(x2d)`` rounded to bf16), bit-identical to the Triton kernels."""
+    rows, k = x2d.shape
+    q = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x2d.device)
+    scale = torch.empty((rows,), dtype=torch.float32, device=x2d.device)
+    torch.ops.longlive_kernels.fp8_rowwise_quantize_cuda(x2d, q, scale, gelu, 0)
+    return q, scale
+
+
 # Hopper's FP8 MMA accumulates with ~13 mantissa bits, truncating (DeepSeek-V3 §3.5.2; SageAttention2
 # measured FP22). Triton's default on sm_90 never promotes, so the error grows with K (1e-3 relative at
 # K = 3072); promoting to an fp32 register sum after every BK = 128 products (DeepGEMM's interval)
@@ -290,6 +309,8 @@ def _quantize_op(x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Ten
     x2d = x.reshape(-1, k)
     if backend == "torch":
         q, s = reference.quantize_fp8_rowwise(x2d)
+    elif backend == "cuda":
+        q, s = _quantize_cuda(x2d)
     else:
         q, s = _quantize_triton(x2d)
     return q.reshape(x.shape), s.reshape(x.shape[:-1])
@@ -331,7 +352,10 @@ def quantize_fp8_rowwise(x: torch.Tensor, *, backend: str = "auto") -> tuple[tor
     ----------
     x : torch.Tensor
         [..., K] bf16/fp16/fp32, last dim contiguous, non-empty.
-    backend : {"auto", "triton", "torch"}
+    backend : {"auto", "triton", "cuda", "torch"}
+        ``"cuda"`` (``csrc/fp4/fp8_quantize.cu``, one CTA per row) takes bf16 rows with K % 8 == 0,
+        K ≤ 32768, 16-byte aligned; ``"auto"`` picks it on a GPU where it applies, else Triton. All
+        give the same bits.
 
     Returns
     -------
@@ -345,14 +369,23 @@ def quantize_fp8_rowwise(x: torch.Tensor, *, backend: str = "auto") -> tuple[tor
     Raises
     ------
     TypeError, ValueError
-        Wrong dtype, scalar or empty input, non-contiguous last dim, backend unavailable.
+        Wrong dtype, scalar or empty input, non-contiguous last dim, backend unavailable, or
+        ``backend="cuda"`` for rows it does not take.
     """
     _checks.check_dtype("x", x)
     _checks.check_nonempty("x", x)
     if x.dim() == 0:
         raise ValueError("x must have at least 1 dim, got a scalar")
     _checks.check_last_dim_contiguous("x", x)
-    be = resolve_backend(backend, x.device, op="quantize_fp8_rowwise", supported=("triton", "torch"))
+    be = resolve_backend(backend, x.device, op="quantize_fp8_rowwise", supported=("triton", "cuda", "torch"),
+                         prefer=("cuda", "triton"))
+    if be == "cuda" and not _cuda_quantize_ok(x.reshape(-1, x.shape[-1])):
+        if backend == "cuda":
+            raise ValueError(
+                "quantize_fp8_rowwise: backend='cuda' takes bf16 rows with K % 8 == 0, K <= 32768, 16-byte "
+                f"aligned (and the extension's fp8_rowwise_quantize_cuda); got {x.dtype} x of shape "
+                f"{tuple(x.shape)}")
+        be = "triton"
     return _quantize_eager(x, be)
 
 

@@ -37,9 +37,17 @@ import triton.language as tl
 
 from .. import _checks
 from .._aot import register_aot
-from .._backend import cuda_op_available, eager_op, interpret_mode, resolve_backend
+from .._backend import eager_op, interpret_mode, resolve_backend
 from . import reference
-from .fp8 import _encode_row, _max_nan, _row_amax, _row_amax_scale, _scaled_mm_by_default
+from .fp8 import (
+    _cuda_quantize_ok,
+    _encode_row,
+    _max_nan,
+    _quantize_cuda,
+    _row_amax,
+    _row_amax_scale,
+    _scaled_mm_by_default,
+)
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
 from .fp8 import _gemm_triton as _fp8_gemm_triton
 
@@ -132,24 +140,13 @@ def _quant_config(rows: int, k: int, elem_bytes: int, interp: bool) -> tuple[int
     return br, bk, vec, True, warps
 
 
-def _cuda_quantize_ok(x2d: torch.Tensor) -> bool:
-    """The CUDA quantizer (``csrc/fp4/fp8_quantize.cu``) takes this activation: bf16 on a GPU, rows of
-    16-byte vectors (K and the row stride multiples of 8, 16-byte aligned), K ≤ 32768."""
-    k = x2d.shape[1]
-    return (x2d.is_cuda and x2d.dtype == torch.bfloat16 and k % 8 == 0 and k <= 32768
-            and x2d.stride(0) % 8 == 0 and x2d.data_ptr() % 16 == 0
-            and cuda_op_available("fp8_rowwise_quantize_cuda"))
-
-
 def _quantize(x2d: torch.Tensor, gelu: bool = False, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise E4M3 codes and scales of x2d (of ``gelu_tanh(x2d)`` with ``gelu``). ``impl``: "cuda",
     "triton", or "auto" (CUDA where ``_cuda_quantize_ok``; same bits either way)."""
+    if impl == "cuda" or (impl == "auto" and _cuda_quantize_ok(x2d)):
+        return _quantize_cuda(x2d, gelu)
     rows, k = x2d.shape
     scale = torch.empty((rows,), dtype=torch.float32, device=x2d.device)
-    if impl == "cuda" or (impl == "auto" and _cuda_quantize_ok(x2d)):
-        q = torch.empty((rows, k), dtype=torch.float8_e4m3fn, device=x2d.device)
-        torch.ops.longlive_kernels.fp8_rowwise_quantize_cuda(x2d, q, scale, gelu, 0)
-        return q, scale
     q = torch.empty((rows, k), dtype=torch.uint8, device=x2d.device)
     interp = interpret_mode() or not x2d.is_cuda
     br, bk, vec, single, warps = _quant_config(rows, k, x2d.element_size(), interp)

@@ -41,16 +41,23 @@ def _edge_rows(seed: int, k: int) -> torch.Tensor:
     return x.to(DEV)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fp8_rowwise_definition_on_edge_rows(backend, seed):
     """The row-wise encode is ``e4m3_rn_sat(x · (1/scale))`` with the reciprocal and the product each
     rounded once to fp32 (recomputed here in fp64, where the product of two fp32 is exact), and
     ``scale = amax/448`` clamped below at 2⁻¹²⁶ (1 for a zero row, +Inf for a row holding Inf/NaN,
     whose finite values then encode as signed zeros and the rest as NaN); every finite code is
-    within half an E4M3 step (2⁻⁴ relative, or the subnormal step 2⁻¹⁰) of the exact x / scale."""
+    within half an E4M3 step (2⁻⁴ relative, or the subnormal step 2⁻¹⁰) of the exact x / scale.
+    The CUDA kernel takes bf16 rows: the same rows rounded to bf16."""
     k = 48
     x = _edge_rows(seed, k)
+    if backend == "cuda":
+        from longlive_kernels.fp4 import fp8
+
+        if not (x.is_cuda and fp8._cuda_quantize_ok(x.bfloat16())):
+            pytest.skip("needs a GPU and the CUDA extension")
+        x = x.bfloat16()
     q, s = quantize_fp8_rowwise(x, backend=backend)
     x, q, s = x.cpu(), q.cpu(), s.cpu()
     amax = x.abs().amax(-1).double()
@@ -222,6 +229,24 @@ def test_fused_gelu_quantization_equals_gelu_then_quantize(seed, rows, k):
     want = q_ref.float().cpu() * s_ref.cpu()[:, None]
     torch.testing.assert_close(got, want, rtol=2**-3 + 2**-7, atol=float(s_ref.max()) * 2**-9)
     assert rel_err(got, want) < 2**-4
+
+
+def test_quantize_fp8_rowwise_cuda_backend_bad_input():
+    """``backend="cuda"`` names what it needs: CUDA tensors, bf16 rows with K % 8 == 0 (``"auto"``
+    falls back to Triton for those rows instead)."""
+    with pytest.raises(ValueError, match="cuda"):
+        quantize_fp8_rowwise(torch.ones(2, 16), backend="cuda")
+    if DEV != "cuda":
+        return
+    from longlive_kernels._backend import cuda_op_available
+
+    if not cuda_op_available("fp8_rowwise_quantize_cuda"):
+        pytest.skip("the CUDA extension is not built")
+    for bad in (torch.ones(2, 16, device="cuda", dtype=torch.float16), torch.ones(2, 12, device="cuda").bfloat16()):
+        with pytest.raises(ValueError, match="K % 8"):
+            quantize_fp8_rowwise(bad, backend="cuda")
+        q, s = quantize_fp8_rowwise(bad)  # auto: the Triton kernel
+        assert torch.equal(q.float(), torch.full(bad.shape, 448.0, device="cuda")) and torch.all(s == 1 / 448)
 
 
 def test_fp8_linear_input_activation_and_its_bad_input():
