@@ -27,6 +27,10 @@ for rows, k, gelu in ((1760, 14336, True), (7040, 14336, True), (1760, 3072, Fal
     q_t, s_t = _quantize(x, gelu, impl="triton")
     t_tri = cuda_time_ms(lambda: _quantize(x, gelu, impl="triton"), hide_host=True, iters=100)
     line = f"[{rows}, {k}] gelu={gelu}: triton {t_tri * 1e3:6.1f} us ({nbytes / t_tri / 1e6 / copy:.2f}x copy)"
+    if gelu:  # against quantizing torch's bf16 F.gelu(x, "tanh"): the fused GELU's last-bit differences
+        q_r, s_r = _quantize(F.gelu(x, approximate="tanh"), False, impl="triton")
+        diff = (q_r.view(torch.uint8) != q_t.view(torch.uint8)).float().mean().item()
+        line += f"; vs quantize(torch gelu): {diff:.2e} of codes, {(s_r != s_t).float().mean().item():.2e} of scales differ"
     print(line, flush=True)
     for iters in (0, 1, 2, 3, 4, 6, 8):
         threads = -(-(-(-k // 8) // iters) // 32) * 32 if iters else 0

@@ -6,9 +6,9 @@
 // row runs as a 16384-wide tile with an eighth of its lanes masked; here a row is ITERS 16-byte
 // vectors per thread over exactly K / (8·ITERS) threads (K = 14336: 448 threads × 4 vectors).
 //
-// Math, per element (each step rounded to fp32, no contraction, as the Triton kernel compiles):
-//   g = x / (1 + 2^(log2e · (-2 · (0.7978845608 · (x + ((0.044715 · x) · x) · x)))))   (GELU only;
-//       2^· is ex2.approx.f32, / is div.full.f32: Triton's lowering of tl.exp and fp32 '/')
+// Math, per element (each step rounded to fp32, the one FMA written out, as the Triton kernel has it):
+//   g = x · rcp(1 + ex2(x · fma(x·x, B, A)))   (GELU only: gelu_tanh = x·sigmoid(2u); A = −2·log2(e)·√(2/π),
+//       B = 0.044715·A; ex2 and rcp are the .approx.ftz MUFU instructions)
 //   h = bf16_rn(g)                      (what the unfused GELU would store)
 //   amax = max of |h| over the row, taken on the sign-cleared bits (NaN above +Inf)
 //   s = max(amax / 448, 2^-126) (div.rn); 1 for an all-zero row; +Inf for a row holding NaN/Inf
@@ -24,23 +24,22 @@ namespace {
 
 constexpr int kVec = 8;  // bf16 values per 16-byte load
 
-__device__ __forceinline__ float ex2_approx(float x) {
+__device__ __forceinline__ float ex2_approx_ftz(float x) {
   float y;
-  asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
 
-__device__ __forceinline__ float div_full(float a, float b) {
+__device__ __forceinline__ float rcp_approx_ftz(float x) {
   float y;
-  asm("div.full.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
 
+// x · sigmoid(2u) = x / (1 + 2^(x·(A + B·x²))), A = −2·log2(e)·√(2/π), B = 0.044715·A
 __device__ __forceinline__ float gelu_tanh(float x) {
-  const float c = __fmul_rn(__fmul_rn(__fmul_rn(x, 0.044715f), x), x);
-  const float u = __fmul_rn(__fadd_rn(c, x), 0.7978845608028654f);
-  const float e = ex2_approx(__fmul_rn(__fmul_rn(u, -2.0f), 1.4426950408889634f));
-  return div_full(x, __fadd_rn(e, 1.0f));
+  const float w = __fmul_rn(x, __fmaf_rn(__fmul_rn(x, x), -0.1029432395800235f, -2.302208198144325f));
+  return __fmul_rn(x, rcp_approx_ftz(__fadd_rn(ex2_approx_ftz(w), 1.0f)));
 }
 
 __device__ __forceinline__ uint32_t gelu_pair(uint32_t w) {

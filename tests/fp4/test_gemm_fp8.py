@@ -212,7 +212,7 @@ def test_gpu_cuda_fp8_quantizer_equals_triton(seed, rows, k8, pad, gelu, iters):
 @given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 6), k=st.sampled_from([64, 200, 1040, 2064]))
 def test_fused_gelu_quantization_equals_gelu_then_quantize(seed, rows, k):
     """``_quantize(x, gelu=True)`` = ``quantize_fp8_rowwise(F.gelu(x, "tanh"))`` up to the bf16 rounding
-    of the GELU value: the kernel's exp-based GELU may round the other way in the last bf16 bit, which
+    of the GELU value: the kernel's sigmoid-form GELU may round the other way in the last bf16 bit, which
     moves a code by at most one E4M3 step (2^-3 relative) and a row scale by at most one bf16 step of
     the row's amax (2^-7 relative; every code of that row may then round anew, so the whole tile moves
     by about the E4M3 rounding error, 2^-4 at most); a real mistake (no GELU, a wrong constant) is
