@@ -88,17 +88,6 @@ def _fp8(x, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _round(x, dtype: tl.constexpr, EMULATE: tl.constexpr):
-    """fp32 ``x`` rounded to nearest even in ``dtype``. The interpreter's fp32 → bf16 cast truncates
-    (up to 2× the RNE error, biased), so there the rounding is done on the bits first."""
-    if EMULATE and dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
-
-
-@triton.jit
 def _mma16(x, EMULATE: tl.constexpr):
     """A bf16/fp16 MMA operand; fp32 in the interpreter (its bf16 tl.dot is wrong)."""
     if EMULATE:
@@ -155,6 +144,22 @@ def _fp4_tile(
         if OUT_FP8:
             x = _fp8(x.to(tl.float32) * 16.0, EMULATE)
     return x
+
+
+@triton.jit
+def _kv_tile(data_ptr, scale_ptr, gs_ptr, bf16_ptr, row, gidx, valid, d, dtype: tl.constexpr, D: tl.constexpr,
+             BN: tl.constexpr, MASKED: tl.constexpr, USE_ASM: tl.constexpr, OUT_FP8: tl.constexpr, FP4: tl.constexpr,
+             EMULATE: tl.constexpr):
+    """One K or V tile of BN cache rows and its FP32 tile scale: decoded from the FP4 buffers
+    (``_fp4_tile``), or loaded from the BF16 storage mode (scale 1)."""
+    if FP4:
+        t = _fp4_tile(data_ptr, scale_ptr, row, valid, D, BN, MASKED, USE_ASM, OUT_FP8, EMULATE)
+        g = tl.load(gs_ptr + gidx)
+    else:
+        t = tl.load(bf16_ptr + row[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
+        t = _mma16(t.to(dtype), EMULATE)
+        g = 1.0
+    return t, g
 
 
 @triton.jit
@@ -258,21 +263,12 @@ def _fp4_kv_attention_kernel(
             plane = (slot * B + b) * H + h
             row = tl.where(valid, plane * T + t_in, 0)
             gidx = tl.where(valid, plane * NT + t_in // TILE, 0)
-        if FP4:
-            k_t = _fp4_tile(kd_ptr, ks_ptr, row, valid, D, BN, not ALIGNED, USE_ASM, FP8, EMULATE)
-            gk = tl.load(kg_ptr + gidx)
-        else:
-            k_t = tl.load(kb_ptr + row[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
-            k_t = _mma16(k_t.to(q.dtype), EMULATE)
-            gk = 1.0
+        k_t, gk = _kv_tile(kd_ptr, ks_ptr, kg_ptr, kb_ptr, row, gidx, valid, d, q.dtype, D, BN, not ALIGNED, USE_ASM,
+                           FP8, FP4, EMULATE)
         s = tl.dot(q_c, tl.trans(k_t))
         # decode the V tile while the QKᵀ wgmma runs
-        if FP4:
-            v_t = _fp4_tile(vd_ptr, vs_ptr, row, valid, D, BN, not ALIGNED, USE_ASM, FP8, EMULATE)
-            gv = tl.load(vg_ptr + gidx)
-        else:
-            v_t = tl.load(vb_ptr + row[:, None] * D + d[None, :], mask=valid[:, None], other=0.0)
-            v_t = _mma16(v_t.to(q.dtype), EMULATE)
+        v_t, gv = _kv_tile(vd_ptr, vs_ptr, vg_ptr, vb_ptr, row, gidx, valid, d, q.dtype, D, BN, not ALIGNED, USE_ASM,
+                           FP8, FP4, EMULATE)
         if ALIGNED:
             sc = qk_scale * k_unit * gk  # >= 0
             m_new = tl.maximum(m_i, tl.max(s, axis=1) * sc)
@@ -297,7 +293,7 @@ def _fp4_kv_attention_kernel(
                 p_c = p.to(tl.float16)
         else:
             g_new = 1.0
-            p_c = _mma16(_round(p, q.dtype, EMULATE), EMULATE)
+            p_c = _mma16(p.to(q.dtype), EMULATE)
         acc = acc * (alpha * (g_acc / g_new))[:, None]
         acc = tl.dot(p_c, v_t, acc)
         g_acc = g_new
@@ -319,12 +315,12 @@ def _fp4_kv_attention_kernel(
             l_i = l_i * alpha + tl.sum(p, axis=1)
             m_i = m_new
             acc = acc * (alpha * g_acc)[:, None]
-            acc = tl.dot(_mma16(_round(p, v_t.dtype, EMULATE), EMULATE), _mma16(v_t, EMULATE), acc)
+            acc = tl.dot(_mma16(p.to(v_t.dtype), EMULATE), _mma16(v_t, EMULATE), acc)
             g_acc = 1.0
 
     out = acc * (g_acc / l_i)[:, None]
     o_off = b.to(tl.int64) * stride_ob + m_rows[:, None].to(tl.int64) * stride_ot + h * stride_oh + d[None, :]
-    tl.store(o_ptr + o_off, _round(out, o_ptr.dtype.element_ty, EMULATE), mask=q_mask)
+    tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=q_mask)
 
 
 def _use_asm() -> bool:
