@@ -4,7 +4,7 @@
 //
 // Why a CUDA kernel next to the Triton one: Triton tiles are powers of two, so the FFN's K = 14336
 // row runs as a 16384-wide tile with an eighth of its lanes masked; here a row is ITERS 16-byte
-// vectors per thread over exactly K / (8·ITERS) threads (K = 14336: 448 threads × 4 vectors).
+// vectors per thread over exactly K / (8·ITERS) threads (K = 14336: 224 threads × 8 vectors).
 //
 // Math, per element (each step rounded to fp32, the one FMA written out, as the Triton kernel has it):
 //   g = x · rcp(1 + ex2(x · fma(x·x, B, A)))   (GELU only: gelu_tanh = x·sigmoid(2u); A = −2·log2(e)·√(2/π),
@@ -112,6 +112,9 @@ __global__ void __launch_bounds__(512) fp8_rowwise_kernel(const __nv_bfloat16* _
   }
 }
 
+// threads of a row's CTA: ITERS vectors each over `vecs` vectors, whole warps
+int64_t row_threads(int64_t vecs, int iters) { return ((vecs + iters - 1) / iters + 31) / 32 * 32; }
+
 template <int ITERS>
 cudaError_t launch(const FP8RowwiseQuantizeParams& p, int threads, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(p.rows));
@@ -128,13 +131,14 @@ cudaError_t launch(const FP8RowwiseQuantizeParams& p, int threads, cudaStream_t 
 
 int fp8_rowwise_default_iters(int64_t k) {
   // The fewest idle lanes, then the most vectors per thread that keep >= 128 threads per row
-  // (H100, tools/probe_fp8_quantize_cuda.py: K = 3072 → 3 × 128 threads, 1.13× the Triton kernel at
-  // 7040 rows against 0.96× for 1 × 384; K = 14336 → 8 × 224, 1.04–1.07×, against 4 × 448, 1.04–1.06×).
+  // (H100, tools/probe_fp8_quantize_cuda.py: K = 3072 → 3 × 128 threads, 1.14× the Triton kernel at
+  // 7040 rows against 0.96× for 1 × 384; K = 14336 with the GELU → 8 × 224, 27.6 / 99.4 µs at
+  // 1760 / 7040 rows, against 29.3 / 102.1 µs for 4 × 448).
   const int64_t vecs = (k + kVec - 1) / kVec;
   int best = 0;
   int64_t best_idle = INT64_MAX;
   for (int it : {1, 2, 3, 4, 6, 8}) {
-    const int64_t threads = ((vecs + it - 1) / it + 31) / 32 * 32;
+    const int64_t threads = row_threads(vecs, it);
     if (threads > 512 || (threads < 128 && best != 0)) continue;
     const int64_t idle = threads * it - vecs;
     if (idle <= best_idle) {
@@ -155,7 +159,7 @@ cudaError_t fp8_rowwise_quantize(const FP8RowwiseQuantizeParams& p, cudaStream_t
   if (p.rows == 0) return cudaSuccess;
   const int iters = p.iters > 0 ? p.iters : fp8_rowwise_default_iters(p.k);
   const int64_t vecs = p.k / kVec;
-  const int64_t threads = ((vecs + iters - 1) / iters + 31) / 32 * 32;
+  const int64_t threads = row_threads(vecs, iters);
   if (threads > 512) return cudaErrorInvalidValue;  // iters too few for this K
   switch (iters) {
     case 1: return launch<1>(p, static_cast<int>(threads), stream);
