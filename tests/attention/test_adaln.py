@@ -213,58 +213,17 @@ def _check_variant(
     mod_grad=st.booleans(),
     offset=st.sampled_from([0.5, 64.0]),
 )
-@example(  # the interpreter truncated the stored residual, which the norm then read back (0.5 at 64)
-    seed=0,
-    variant="residual_adaln",
-    bsz=1,
-    n_frames=2,
-    frame_len=3,
-    c=40,
-    dtype=torch.bfloat16,
-    mod_dtype=torch.float32,
-    strided=False,
-    mod_grad=True,
-    offset=64.0,
-)
-@example(  # the fp64 truth once normalized the unrounded r; eager's double-rounded r landed closer
-    seed=258,
-    variant="residual_ln",
-    bsz=1,
-    n_frames=3,
-    frame_len=3,
-    c=24,
-    dtype=torch.float16,
-    mod_dtype=torch.bfloat16,
-    strided=False,
-    mod_grad=False,
-    offset=0.5,
-)
-@example(
-    seed=3,
-    variant="residual_adaln",
-    bsz=2,
-    n_frames=3,
-    frame_len=5,
-    c=40,
-    dtype=torch.bfloat16,
-    mod_dtype=torch.float32,
-    strided=True,
-    mod_grad=True,
-    offset=0.5,
-)
-@example(  # one fp16 rounding of dx at the worst element, where eager happened to round well
-    seed=1,
-    variant="residual_adaln_ungated",
-    bsz=1,
-    n_frames=1,
-    frame_len=1,
-    c=40,
-    dtype=torch.float16,
-    mod_dtype=torch.float32,
-    strided=True,
-    mod_grad=False,
-    offset=0.5,
-)
+# the interpreter truncated the stored residual, which the norm then read back (0.5 at 64)
+@example(seed=0, variant="residual_adaln", bsz=1, n_frames=2, frame_len=3, c=40, dtype=torch.bfloat16,
+         mod_dtype=torch.float32, strided=False, mod_grad=True, offset=64.0)
+# the fp64 truth once normalized the unrounded r; eager's double-rounded r landed closer
+@example(seed=258, variant="residual_ln", bsz=1, n_frames=3, frame_len=3, c=24, dtype=torch.float16,
+         mod_dtype=torch.bfloat16, strided=False, mod_grad=False, offset=0.5)
+@example(seed=3, variant="residual_adaln", bsz=2, n_frames=3, frame_len=5, c=40, dtype=torch.bfloat16,
+         mod_dtype=torch.float32, strided=True, mod_grad=True, offset=0.5)
+# one fp16 rounding of dx at the worst element, where eager happened to round well
+@example(seed=1, variant="residual_adaln_ungated", bsz=1, n_frames=1, frame_len=1, c=40, dtype=torch.float16,
+         mod_dtype=torch.float32, strided=True, mod_grad=False, offset=0.5)
 def test_triton_matches_fp64_reference(
     seed, variant, bsz, n_frames, frame_len, c, dtype, mod_dtype, strided, mod_grad, offset
 ):
