@@ -22,7 +22,7 @@ import torch
 
 from .. import _checks
 from .._backend import eager_op, resolve_backend
-from .adaln_ops import _gated_residual_op, _ln_mod_fp8_op, _ln_mod_op, _res_ln_mod_op
+from .adaln_ops import CUDA_MAX_C, _gated_residual_op, _ln_mod_fp8_op, _ln_mod_op, _res_ln_mod_op, cuda_fwd_ok
 
 # eager inference calls skip the dispatcher (same computation; see _backend.direct_call_ok)
 _ln_mod = eager_op(_ln_mod_op)
@@ -31,17 +31,33 @@ _res_ln_mod = eager_op(_res_ln_mod_op)
 _ln_mod_fp8 = eager_op(_ln_mod_fp8_op)
 
 _SUPPORTED = ("triton", "torch")
+_NORM_SUPPORTED = ("cuda", "triton", "torch")  # the norm forwards also have a CUDA kernel
 
 
 @torch.compiler.assume_constant_result
-def _resolve_for(backend: str, device_type: str, op: str) -> str:
+def _resolve_for(backend: str, device_type: str, op: str, norm: bool) -> str:
     # evaluated eagerly under torch.compile: resolve_backend probes imports Dynamo cannot trace
-    return resolve_backend(backend, torch.device(device_type), op=op, supported=_SUPPORTED,
-                           prefer=("triton",))
+    return resolve_backend(backend, torch.device(device_type), op=op,
+                           supported=_NORM_SUPPORTED if norm else _SUPPORTED,
+                           prefer=("cuda", "triton") if norm else ("triton",))
 
 
-def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
-    return _resolve_for(backend, x.device.type, op)
+def _resolve(backend: str, x: torch.Tensor, op: str, norm: bool = False) -> str:
+    return _resolve_for(backend, x.device.type, op, norm)
+
+
+def _norm_backend(be: str, backend: str, op: str, x: torch.Tensor, y: torch.Tensor | None) -> str:
+    """``"cuda"`` only for tokens the CUDA forward takes (``adaln_ops.cuda_fwd_ok``): ``"auto"``
+    falls back to Triton, an explicit ``backend="cuda"`` raises. The backward is Triton's either way
+    (it reads the same (mean, rstd) statistics)."""
+    if be != "cuda" or cuda_fwd_ok(x, y):
+        return be
+    if backend == "cuda":
+        raise ValueError(
+            f"{op}: backend='cuda' takes bf16 x (and y) with C % 8 == 0 and C <= {CUDA_MAX_C}, and an extension "
+            f"built with adaln_forward_cuda; got {x.dtype} x with C = {x.shape[-1]}"
+            + ("" if y is None else f", {y.dtype} y"))
+    return "triton"
 
 
 def _check_tokens(name: str, x: torch.Tensor, be: str) -> None:
@@ -124,7 +140,9 @@ def adaln_modulate(
         Tokens per latent frame (880 for 704×1280 with the 5B model).
     eps : float
         Added to the variance inside the rsqrt (1e-6 in Wan).
-    backend : {"auto", "triton", "torch"}
+    backend : {"auto", "cuda", "triton", "torch"}
+        ``"cuda"`` (``csrc/attention/adaln.cu``, one warp per row; what ``"auto"`` runs on a GPU where it
+        applies): bf16 x, C % 8 == 0, C ≤ 4096; otherwise ``"auto"`` runs the Triton kernel.
     out_fp8 : bool
         See below (Returns).
 
@@ -154,11 +172,12 @@ def adaln_modulate(
     §4.2 (LongLive's inference-only Triton kernel). Differentiable in x, shift and scale.
     """
     _checks.check_tensor("x", x)
-    be = _resolve(backend, x, "adaln_modulate")
+    be = _resolve(backend, x, "adaln_modulate", norm=True)
     _check_tokens("x", x, be)
     _check_frame_len(frame_len, x.shape[1])
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    be = _norm_backend(be, backend, "adaln_modulate", x, None)
     if out_fp8:
         return _fp8_out(x, None, None, scale, shift, frame_len, _check_eps(eps), True, be)[1]
     return _ln_mod(x, scale, shift, frame_len, _check_eps(eps), True, be)[0]
@@ -227,7 +246,8 @@ def gated_residual_adaln(
         [B, F, C] per-frame adaLN vectors (e3, e4 for LN2).
     frame_len : int
     eps : float
-    backend : {"auto", "triton", "torch"}
+    backend : {"auto", "cuda", "triton", "torch"}
+        As :func:`adaln_modulate` (``"cuda"`` also needs y in bf16).
     out_fp8 : bool
         h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
 
@@ -247,7 +267,7 @@ def gated_residual_adaln(
     Spec §1.1 block: ``x = x + CrossAttn(·)`` followed by ``LN2(x)·(1 + e4) + e3``.
     """
     _checks.check_tensor("x", x)
-    be = _resolve(backend, x, "gated_residual_adaln")
+    be = _resolve(backend, x, "gated_residual_adaln", norm=True)
     _check_tokens("x", x, be)
     _check_residual_branch(x, y, be)
     _check_frame_len(frame_len, x.shape[1])
@@ -255,6 +275,7 @@ def gated_residual_adaln(
         gate = _per_frame_vector("gate", gate, x, frame_len, be)
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    be = _norm_backend(be, backend, "gated_residual_adaln", x, y)
     if out_fp8:
         return _fp8_out(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)
     return _res_ln_mod(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)[:2]
@@ -286,7 +307,8 @@ def gated_residual_layernorm(
     frame_len : int, optional
         Tokens per frame; required with a gate (default: L).
     eps : float
-    backend : {"auto", "triton", "torch"}
+    backend : {"auto", "cuda", "triton", "torch"}
+        As :func:`gated_residual_adaln`.
     out_fp8 : bool
         h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
 
@@ -306,7 +328,7 @@ def gated_residual_layernorm(
     with affine). Differentiable in x, y, gate, weight and bias.
     """
     _checks.check_tensor("x", x)
-    be = _resolve(backend, x, "gated_residual_layernorm")
+    be = _resolve(backend, x, "gated_residual_layernorm", norm=True)
     _check_tokens("x", x, be)
     _check_residual_branch(x, y, be)
     _, n_tok, c = x.shape
@@ -329,6 +351,7 @@ def gated_residual_layernorm(
         # one [C] vector for every frame: the backward sums its gradient over the frames in fp32
         # (in the same launch as the per-frame sums) and autograd rounds once to its dtype
         vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)))
+    be = _norm_backend(be, backend, "gated_residual_layernorm", x, y)
     if out_fp8:
         return _fp8_out(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)
     return _res_ln_mod(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)[:2]
