@@ -217,88 +217,6 @@ void fp8_rowwise_quantize_cuda(const at::Tensor& x, at::Tensor& q, at::Tensor& s
   check_launch(fp8_rowwise_quantize(p, at::cuda::getCurrentCUDAStream()), "fp8_rowwise_quantize");
 }
 
-// strides (batch, frame) of a [B, F, C] fp32 vector with a contiguous last dim; (0, 0) for one [C] vector
-void vector_strides(const at::Tensor& v, const at::Tensor& x, int64_t frames, const char* name, int64_t& sb,
-                    int64_t& sf) {
-  check_on(v, x, name);
-  const int64_t c = x.size(2);
-  LL_CHECK(v.scalar_type() == at::kFloat && v.stride(-1) == 1, "%s must be fp32 with a contiguous last dim, got %s",
-           name, dtype_name(v));
-  if (v.dim() == 1) {
-    LL_CHECK(v.size(0) == c, "%s must have %lld elements, got %lld", name, static_cast<long long>(c), dim_or(v, 0));
-    sb = sf = 0;
-    return;
-  }
-  LL_CHECK(v.dim() == 3 && v.size(0) == x.size(0) && v.size(1) == frames && v.size(2) == c,
-           "%s must be [%lld, %lld, %lld], got %lld dims", name, static_cast<long long>(x.size(0)),
-           static_cast<long long>(frames), static_cast<long long>(c), static_cast<long long>(v.dim()));
-  sb = v.stride(0);
-  sf = v.stride(1);
-}
-
-void adaln_forward_cuda(const at::Tensor& x, const std::optional<at::Tensor>& y, const std::optional<at::Tensor>& gate,
-                        const at::Tensor& scale, const at::Tensor& shift, at::Tensor& r, at::Tensor& h,
-                        at::Tensor& h_scale, at::Tensor& stats, int64_t frame_len, double eps, bool plus_one) {
-  check_cuda(x, "x");
-  LL_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.scalar_type() == at::kBFloat16,
-           "x must be bf16 [B, L, C] with a contiguous last dim, got %s of %lld dims", dtype_name(x),
-           static_cast<long long>(x.dim()));
-  const int64_t bsz = x.size(0), tokens = x.size(1), c = x.size(2);
-  LL_CHECK(frame_len > 0 && tokens % frame_len == 0, "frame_len must divide L = %lld, got %lld",
-           static_cast<long long>(tokens), static_cast<long long>(frame_len));
-  const int64_t frames = tokens / frame_len;
-  const bool fp8 = h.scalar_type() != at::kBFloat16;
-  AdaLNForwardParams p;
-  p.x = x.data_ptr();
-  p.batch = bsz;
-  p.tokens = tokens;
-  p.c = c;
-  p.frame_len = frame_len;
-  p.stride_xb = x.stride(0);
-  p.stride_xl = x.stride(1);
-  vector_strides(scale, x, frames, "scale", p.stride_sb, p.stride_sf);
-  vector_strides(shift, x, frames, "shift", p.stride_tb, p.stride_tf);
-  p.scale = scale.data_ptr<float>();
-  p.shift = shift.data_ptr<float>();
-  if (y.has_value()) {
-    check_on(*y, x, "y");
-    LL_CHECK(y->scalar_type() == at::kBFloat16 && y->sizes() == x.sizes() && y->stride(2) == 1,
-             "y must be bf16 shaped like x with a contiguous last dim, got %s", dtype_name(*y));
-    p.y = y->data_ptr();
-    p.stride_yb = y->stride(0);
-    p.stride_yl = y->stride(1);
-    check_on(r, x, "r");
-    LL_CHECK(r.scalar_type() == at::kBFloat16 && r.is_contiguous() && r.sizes() == x.sizes(),
-             "r must be contiguous bf16 shaped like x, got %s", dtype_name(r));
-    p.r = r.data_ptr();
-    if (gate.has_value()) {
-      vector_strides(*gate, x, frames, "gate", p.stride_gb, p.stride_gf);
-      p.gate = gate->data_ptr<float>();
-    }
-  } else {
-    LL_CHECK(!gate.has_value(), "gate needs y");
-  }
-  check_on(h, x, "h");
-  LL_CHECK((h.scalar_type() == at::kBFloat16 || h.scalar_type() == at::kFloat8_e4m3fn) && h.is_contiguous() &&
-               h.sizes() == x.sizes(),
-           "h must be contiguous bf16 or float8_e4m3fn shaped like x, got %s", dtype_name(h));
-  if (fp8) {
-    check_on(h_scale, x, "h_scale");
-    LL_CHECK(h_scale.scalar_type() == at::kFloat && h_scale.is_contiguous() && h_scale.numel() == bsz * tokens,
-             "h_scale must be contiguous fp32 with B·L = %lld elements", static_cast<long long>(bsz * tokens));
-    p.h_scale = h_scale.data_ptr<float>();
-  }
-  check_on(stats, x, "stats");
-  LL_CHECK(stats.scalar_type() == at::kFloat && stats.is_contiguous() && stats.numel() == 2 * bsz * tokens,
-           "stats must be contiguous fp32 [B, L, 2]");
-  p.h = h.data_ptr();
-  p.stats = stats.data_ptr<float>();
-  p.eps = static_cast<float>(eps);
-  p.plus_one = plus_one;
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_launch(adaln_forward(p, at::cuda::getCurrentCUDAStream()), "adaln_forward");
-}
-
 void check_kv_buffers(const at::Tensor& data, const at::Tensor& scale, const at::Tensor& gs) {
   check_cuda(data, "data");
   TORCH_CHECK(data.dim() == 6 && data.size(0) == 2 && data.is_contiguous() && data.scalar_type() == at::kByte,
@@ -439,9 +357,6 @@ TORCH_LIBRARY(longlive_kernels, m) {
   m.def(
       "kv_cache_dequantize_fp8_cuda(Tensor data, Tensor scale, Tensor global_scale, Tensor table, "
       "Tensor(a!) out_k, Tensor(b!) out_v, Tensor inv_scale, int items_per_thread) -> ()");
-  m.def(
-      "adaln_forward_cuda(Tensor x, Tensor? y, Tensor? gate, Tensor scale, Tensor shift, Tensor(a!) r, "
-      "Tensor(b!) h, Tensor(c!) h_scale, Tensor(d!) stats, int frame_len, float eps, bool plus_one) -> ()");
   m.def("fp8_rowwise_quantize_cuda(Tensor x, Tensor(a!) q, Tensor(b!) scale, bool gelu, int iters) -> ()");
   m.def(
       "nvfp4_gemv_cuda(Tensor x, Tensor w, Tensor w_scale, Tensor w_global_scale, Tensor? x_global_scale, "
@@ -456,7 +371,6 @@ TORCH_LIBRARY_IMPL(longlive_kernels, CUDA, m) {
   m.impl("nvfp4_dequantize_cuda", &longlive::nvfp4_dequantize_cuda);
   m.impl("nvfp4_gemv_cuda", &longlive::nvfp4_gemv_cuda);
   m.impl("fp8_rowwise_quantize_cuda", &longlive::fp8_rowwise_quantize_cuda);
-  m.impl("adaln_forward_cuda", &longlive::adaln_forward_cuda);
 }
 
 // A plain Python module so `import longlive_kernels._C` loads the library (ops live in torch.ops).

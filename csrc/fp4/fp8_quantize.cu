@@ -17,7 +17,6 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "longlive/fp4/fp8_rowwise.cuh"
 #include "longlive/launchers.h"
 
 namespace longlive {
@@ -49,6 +48,19 @@ __device__ __forceinline__ uint32_t gelu_pair(uint32_t w) {
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
+__device__ __forceinline__ uint32_t magnitude_max(uint32_t m, uint32_t w) {
+  return max(m, max(w & 0x7FFFu, (w >> 16) & 0x7FFFu));
+}
+
+// two bf16 (one 32-bit word) times inv → two E4M3 codes, the first value in the low byte
+__device__ __forceinline__ uint32_t encode_pair(uint32_t w, float inv) {
+  const float lo = __fmul_rn(__uint_as_float(w << 16), inv);
+  const float hi = __fmul_rn(__uint_as_float(w & 0xFFFF0000u), inv);
+  uint16_t codes;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(codes) : "f"(hi), "f"(lo));
+  return codes;
+}
+
 template <int ITERS, bool GELU>
 __global__ void __launch_bounds__(512) fp8_rowwise_kernel(const __nv_bfloat16* __restrict__ x, int64_t stride_row,
                                                            int64_t k, uint8_t* __restrict__ q,
@@ -71,7 +83,7 @@ __global__ void __launch_bounds__(512) fp8_rowwise_kernel(const __nv_bfloat16* _
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (GELU) w[j] = gelu_pair(w[j]);
-      mag = fp8::magnitude_max(mag, w[j]);
+      mag = magnitude_max(mag, w[j]);
     }
   }
   mag = __reduce_max_sync(0xFFFFFFFFu, mag);
@@ -80,15 +92,21 @@ __global__ void __launch_bounds__(512) fp8_rowwise_kernel(const __nv_bfloat16* _
   __syncthreads();
   for (int i = 0; i < warps; ++i) mag = max(mag, warp_max[i]);
 
-  float s, inv;
-  fp8::row_scale(mag, s, inv);
+  const float amax = __uint_as_float(mag << 16);
+  float s = fmaxf(__fdiv_rn(amax, 448.0f), 1.1754943508222875e-38f);
+  if (mag == 0) s = 1.0f;
+  if (mag > 0x7F80u) s = __int_as_float(0x7F800000);  // a NaN in the row
+  const float inv = __fdiv_rn(1.0f, s);
   if (threadIdx.x == 0) scale[row] = s;
 
 #pragma unroll
   for (int i = 0; i < ITERS; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * kVec;
     if (c < k) {
-      const uint2 out = fp8::encode_vec(v[i], inv);
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(&v[i]);
+      uint2 out;
+      out.x = encode_pair(w[0], inv) | (encode_pair(w[1], inv) << 16);
+      out.y = encode_pair(w[2], inv) | (encode_pair(w[3], inv) << 16);
       *reinterpret_cast<uint2*>(qr + c) = out;
     }
   }

@@ -128,66 +128,6 @@ int main() {
   expect(longlive::fp8_rowwise_default_iters(3072) == 3 && longlive::fp8_rowwise_default_iters(14336) == 8 &&
              longlive::fp8_rowwise_default_iters(8) == 1,
          "fp8 rowwise default vectors per thread (3072: 3, 14336: 8, 8: 1)");
-
-  // adaln_forward: host pointers stand in for device ones (only their values are checked)
-  alignas(16) static uint16_t ax[2 * 64], ay[2 * 64], ah[2 * 64];
-  alignas(16) static float avec[64], astats[4], ahs[2];
-  longlive::AdaLNForwardParams a;
-  a.x = ax;
-  a.batch = 1;
-  a.tokens = 2;
-  a.c = 64;
-  a.frame_len = 2;
-  a.stride_xb = 128;
-  a.stride_xl = 64;
-  a.scale = a.shift = avec;  // strides (0, 0): one [c] vector
-  a.h = ah;
-  a.stats = astats;
-  a.batch = 0;
-  expect(longlive::adaln_forward(a, nullptr) == cudaSuccess, "adaln: no rows, nothing launched");
-  a.batch = 1;
-  a.c = 60;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects C % 8 != 0");
-  a.c = 4104;
-  a.stride_xl = 4104;
-  a.stride_xb = 2 * 4104;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects C > 4096");
-  a.c = 64;
-  a.stride_xl = 64;
-  a.stride_xb = 128;
-  a.frame_len = 3;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects L % frame_len != 0");
-  a.frame_len = 2;
-  a.stride_xl = 60;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects a row stride < C");
-  a.stride_xl = 64;
-  a.x = ax + 4;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects unaligned x");
-  a.x = ax;
-  a.scale = avec + 2;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects an unaligned scale");
-  a.scale = avec;
-  a.stride_sf = 6;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects a scale stride % 4 != 0");
-  a.stride_sf = 0;
-  a.gate = avec;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects a gate without y");
-  a.gate = nullptr;
-  a.y = ay;
-  a.stride_yb = 128;
-  a.stride_yl = 64;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects y without an r output");
-  a.y = nullptr;
-  a.eps = 0.0f;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects eps <= 0");
-  a.eps = 1e-6f;
-  a.h_scale = ahs;
-  a.h = reinterpret_cast<uint8_t*>(ah) + 4;
-  expect(longlive::adaln_forward(a, nullptr) == cudaErrorInvalidValue, "adaln rejects FP8 h not 8-byte aligned");
-  expect(longlive::adaln_forward_iters(3072) == 3 && longlive::adaln_forward_iters(1536) == 1 &&
-             longlive::adaln_forward_iters(8) == 1 && longlive::adaln_forward_iters(4096) == 4 &&
-             longlive::adaln_forward_iters(4104) == 0,
-         "adaln vectors per thread (3072: 3, 1536: 1, 8: 1, 4096: 4, 4104: none)");
   if (failures == 0) std::printf("test_launchers: all passed\n");
   return failures == 0 ? 0 : 1;
 }

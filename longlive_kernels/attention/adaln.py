@@ -22,7 +22,7 @@ import torch
 
 from .. import _checks
 from .._backend import eager_op, resolve_backend
-from .adaln_ops import CUDA_MAX_C, _gated_residual_op, _ln_mod_fp8_op, _ln_mod_op, _res_ln_mod_op, cuda_fwd_ok
+from .adaln_ops import _gated_residual_op, _ln_mod_fp8_op, _ln_mod_op, _res_ln_mod_op
 
 # eager inference calls skip the dispatcher (same computation; see _backend.direct_call_ok)
 _ln_mod = eager_op(_ln_mod_op)
@@ -31,33 +31,17 @@ _res_ln_mod = eager_op(_res_ln_mod_op)
 _ln_mod_fp8 = eager_op(_ln_mod_fp8_op)
 
 _SUPPORTED = ("triton", "torch")
-_NORM_SUPPORTED = ("cuda", "triton", "torch")  # the norm forwards also have a CUDA kernel
 
 
 @torch.compiler.assume_constant_result
-def _resolve_for(backend: str, device_type: str, op: str, norm: bool) -> str:
+def _resolve_for(backend: str, device_type: str, op: str) -> str:
     # evaluated eagerly under torch.compile: resolve_backend probes imports Dynamo cannot trace
-    return resolve_backend(backend, torch.device(device_type), op=op,
-                           supported=_NORM_SUPPORTED if norm else _SUPPORTED,
-                           prefer=("cuda", "triton") if norm else ("triton",))
+    return resolve_backend(backend, torch.device(device_type), op=op, supported=_SUPPORTED,
+                           prefer=("triton",))
 
 
-def _resolve(backend: str, x: torch.Tensor, op: str, norm: bool = False) -> str:
-    return _resolve_for(backend, x.device.type, op, norm)
-
-
-def _norm_backend(be: str, backend: str, op: str, x: torch.Tensor, y: torch.Tensor | None) -> str:
-    """``"cuda"`` only for tokens the CUDA forward takes (``adaln_ops.cuda_fwd_ok``): ``"auto"``
-    falls back to Triton, an explicit ``backend="cuda"`` raises. The backward is Triton's either way
-    (it reads the same (mean, rstd) statistics)."""
-    if be != "cuda" or cuda_fwd_ok(x, y):
-        return be
-    if backend == "cuda":
-        raise ValueError(
-            f"{op}: backend='cuda' takes bf16 x (and y) with C % 8 == 0 and C <= {CUDA_MAX_C}, and an extension "
-            f"built with adaln_forward_cuda; got {x.dtype} x with C = {x.shape[-1]}"
-            + ("" if y is None else f", {y.dtype} y"))
-    return "triton"
+def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
+    return _resolve_for(backend, x.device.type, op)
 
 
 def _check_tokens(name: str, x: torch.Tensor, be: str) -> None:
@@ -140,9 +124,7 @@ def adaln_modulate(
         Tokens per latent frame (880 for 704×1280 with the 5B model).
     eps : float
         Added to the variance inside the rsqrt (1e-6 in Wan).
-    backend : {"auto", "cuda", "triton", "torch"}
-        ``"cuda"`` (``csrc/attention/adaln.cu``, one warp per row; what ``"auto"`` runs on a GPU where it
-        applies): bf16 x, C % 8 == 0, C ≤ 4096; otherwise ``"auto"`` runs the Triton kernel.
+    backend : {"auto", "triton", "torch"}
     out_fp8 : bool
         See below (Returns).
 
@@ -172,12 +154,11 @@ def adaln_modulate(
     §4.2 (LongLive's inference-only Triton kernel). Differentiable in x, shift and scale.
     """
     _checks.check_tensor("x", x)
-    be = _resolve(backend, x, "adaln_modulate", norm=True)
+    be = _resolve(backend, x, "adaln_modulate")
     _check_tokens("x", x, be)
     _check_frame_len(frame_len, x.shape[1])
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
-    be = _norm_backend(be, backend, "adaln_modulate", x, None)
     if out_fp8:
         return _fp8_out(x, None, None, scale, shift, frame_len, _check_eps(eps), True, be)[1]
     return _ln_mod(x, scale, shift, frame_len, _check_eps(eps), True, be)[0]
@@ -246,8 +227,7 @@ def gated_residual_adaln(
         [B, F, C] per-frame adaLN vectors (e3, e4 for LN2).
     frame_len : int
     eps : float
-    backend : {"auto", "cuda", "triton", "torch"}
-        As :func:`adaln_modulate` (``"cuda"`` also needs y in bf16).
+    backend : {"auto", "triton", "torch"}
     out_fp8 : bool
         h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
 
@@ -267,7 +247,7 @@ def gated_residual_adaln(
     Spec §1.1 block: ``x = x + CrossAttn(·)`` followed by ``LN2(x)·(1 + e4) + e3``.
     """
     _checks.check_tensor("x", x)
-    be = _resolve(backend, x, "gated_residual_adaln", norm=True)
+    be = _resolve(backend, x, "gated_residual_adaln")
     _check_tokens("x", x, be)
     _check_residual_branch(x, y, be)
     _check_frame_len(frame_len, x.shape[1])
@@ -275,7 +255,6 @@ def gated_residual_adaln(
         gate = _per_frame_vector("gate", gate, x, frame_len, be)
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
-    be = _norm_backend(be, backend, "gated_residual_adaln", x, y)
     if out_fp8:
         return _fp8_out(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)
     return _res_ln_mod(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)[:2]
@@ -307,8 +286,7 @@ def gated_residual_layernorm(
     frame_len : int, optional
         Tokens per frame; required with a gate (default: L).
     eps : float
-    backend : {"auto", "cuda", "triton", "torch"}
-        As :func:`gated_residual_adaln`.
+    backend : {"auto", "triton", "torch"}
     out_fp8 : bool
         h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
 
@@ -328,7 +306,7 @@ def gated_residual_layernorm(
     with affine). Differentiable in x, y, gate, weight and bias.
     """
     _checks.check_tensor("x", x)
-    be = _resolve(backend, x, "gated_residual_layernorm", norm=True)
+    be = _resolve(backend, x, "gated_residual_layernorm")
     _check_tokens("x", x, be)
     _check_residual_branch(x, y, be)
     _, n_tok, c = x.shape
@@ -351,7 +329,6 @@ def gated_residual_layernorm(
         # one [C] vector for every frame: the backward sums its gradient over the frames in fp32
         # (in the same launch as the per-frame sums) and autograd rounds once to its dtype
         vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)))
-    be = _norm_backend(be, backend, "gated_residual_layernorm", x, y)
     if out_fp8:
         return _fp8_out(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)
     return _res_ln_mod(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)[:2]

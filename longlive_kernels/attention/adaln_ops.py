@@ -10,7 +10,7 @@ import functools
 import torch
 import triton
 
-from .._backend import autotune_enabled, cuda_op_available, interpret_mode, num_sms
+from .._backend import autotune_enabled, interpret_mode, num_sms
 from . import reference
 from .adaln_triton import _residual_norm_bwd_kernel, _residual_norm_fwd_kernel
 from .partial_sums import sum_partials
@@ -126,46 +126,6 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=False):
     return (r if residual else None), (h if norm else None), (stats if norm else None)
 
 
-CUDA_MAX_C = 4096  # csrc/attention/adaln.cu keeps a row in one warp's registers (16 vectors per lane)
-
-
-def cuda_fwd_ok(x: torch.Tensor, y: torch.Tensor | None) -> bool:
-    """The CUDA forward (``csrc/attention/adaln.cu``) takes these tokens: bf16 x (and y) on a GPU,
-    C a multiple of 8 and at most 4096, and an extension that has the op. Strides, alignment and
-    the vectors' dtypes are handled by :func:`_fwd_cuda`."""
-    c = x.shape[-1]
-    return (x.is_cuda and x.dtype == torch.bfloat16 and (y is None or y.dtype == torch.bfloat16)
-            and c % 8 == 0 and c <= CUDA_MAX_C and cuda_op_available("adaln_forward_cuda"))
-
-
-def _cuda_rows(t: torch.Tensor) -> torch.Tensor:
-    """t as the CUDA kernel reads rows: 16-byte aligned runs of 8 along C (else a contiguous copy)."""
-    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in t.stride()[:-1])
-    return t if ok else t.contiguous()
-
-
-def _cuda_vector(v: torch.Tensor) -> torch.Tensor:
-    """A per-frame or shared vector as fp32 (exact: the kernels compute in fp32) with aligned rows."""
-    v = v.float()
-    ok = v.stride(-1) == 1 and v.data_ptr() % 16 == 0 and all(s % 4 == 0 for s in v.stride()[:-1])
-    return v if ok else v.contiguous()
-
-
-def _fwd_cuda(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=False):
-    """As :func:`_fwd_triton` for the norm variants (``cuda_fwd_ok`` inputs), one warp per row."""
-    bsz, n_tok, c = x.shape
-    x = _cuda_rows(x)
-    y = _cuda_rows(y) if y is not None else None
-    gate = _cuda_vector(gate) if gate is not None else None
-    r = _new_out((bsz, n_tok, c), x.dtype, x.device) if y is not None else _empty(x, x.dtype)
-    h = _new_out((bsz, n_tok, c), torch.float8_e4m3fn if fp8 else x.dtype, x.device)
-    hs = _new_out((bsz, n_tok), torch.float32, x.device) if fp8 else _empty(x, torch.float32)
-    stats = _new_out((bsz, n_tok, 2), torch.float32, x.device)
-    torch.ops.longlive_kernels.adaln_forward_cuda(x, y, gate, _cuda_vector(scale), _cuda_vector(shift), r, h, hs,
-                                                  stats, frame_len, eps, plus_one)
-    return (r if y is not None else None), ((h, hs) if fp8 else h), stats
-
-
 def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, mod_grad, acc_dtype,
                 dx_dtype, dy_dtype):
     """(dx or None, dy or None, list of per-frame grads (dscale, dshift | dgate) or None): [B, F, C],
@@ -210,12 +170,6 @@ def _bwd_triton(grad_h, grad_r, r, y, gate, scale, stats, frame_len, plus_one, m
 # ---------------------------------------------------------------------------------------------
 
 
-def _fwd(backend: str):
-    """The forward launcher of a resolved compiled backend (``"cuda"``: only ever chosen for
-    :func:`cuda_fwd_ok` inputs, by ``adaln.py``)."""
-    return _fwd_cuda if backend == "cuda" else _fwd_triton
-
-
 def _acc_dtype(*ts: torch.Tensor | None) -> torch.dtype:
     """dtype of the per-frame gradient outputs of the backward ops (fp64 only for fp64 inputs)."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
@@ -249,7 +203,7 @@ def _ln_mod_op(
     if backend == "torch":
         h = reference.layernorm_modulate(x, scale, shift, frame_len=frame_len, eps=eps, plus_one=plus_one)
         return h, _stats_like(x, backend)
-    _, h, stats = _fwd(backend)(x, None, None, scale, shift, frame_len, eps, plus_one)
+    _, h, stats = _fwd_triton(x, None, None, scale, shift, frame_len, eps, plus_one)
     return h, stats
 
 
@@ -374,7 +328,7 @@ def _res_ln_mod_op(
             eps=eps, plus_one=plus_one,
         )
         return r, h, _stats_like(x, backend)
-    return _fwd(backend)(x, y, gate, scale, shift, frame_len, eps, plus_one)
+    return _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one)
 
 
 @_res_ln_mod_op.register_fake
@@ -480,7 +434,7 @@ def _ln_mod_fp8_op(
                                                          plus_one=plus_one)
         codes, hs = quantize_fp8_rowwise(h.reshape(-1, h.shape[-1]))
         return r, codes.view(h.shape), hs.view(h.shape[:-1])
-    r, (codes, hs), _ = _fwd(backend)(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=True)
+    r, (codes, hs), _ = _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=True)
     return (r if r is not None else _empty(x, x.dtype)), codes, hs
 
 

@@ -80,32 +80,6 @@ struct FP8RowwiseQuantizeParams {
 int fp8_rowwise_default_iters(int64_t k);
 cudaError_t fp8_rowwise_quantize(const FP8RowwiseQuantizeParams& p, cudaStream_t stream);
 
-// ---- attention/adaln.cu (fused adaLN forward, h as bf16 or row-wise E4M3) -------------------------
-// Per token row (b, t) of frame f = t / frame_len: r = bf16(x + gate·y) (when y is given), then
-// h = bf16(fma((r − mean)·rstd, m, a)), m = scale (+ 1 with plus_one), a = shift, statistics in fp32;
-// with h_scale the row-wise E4M3 codes of h and its decode scale (fp4/fp8_rowwise.cuh). One CTA per row.
-struct AdaLNForwardParams {
-  const void* x = nullptr;        // [batch, tokens, c] bf16, strides (stride_xb, stride_xl, 1), 16-byte aligned
-  int64_t batch = 0, tokens = 0, c = 0, frame_len = 0;  // c % 8 == 0, c <= 4096, tokens % frame_len == 0
-  int64_t stride_xb = 0, stride_xl = 0;                 // multiples of 8
-  const void* y = nullptr;        // [batch, tokens, c] bf16 branch output, or nullptr (no residual)
-  int64_t stride_yb = 0, stride_yl = 0;
-  const float* gate = nullptr;    // [batch, frames, c] fp32 (strides (stride_gb, stride_gf, 1)), or nullptr
-  int64_t stride_gb = 0, stride_gf = 0;
-  const float* scale = nullptr;   // [batch, frames, c] fp32; strides (0, 0): one [c] vector for all rows
-  int64_t stride_sb = 0, stride_sf = 0;
-  const float* shift = nullptr;   // as scale
-  int64_t stride_tb = 0, stride_tf = 0;
-  float eps = 1e-6f;
-  bool plus_one = true;
-  void* r = nullptr;              // [batch, tokens, c] bf16 out, contiguous (with y)
-  void* h = nullptr;              // [batch, tokens, c] out, contiguous: bf16, or E4M3 codes with h_scale
-  float* h_scale = nullptr;       // [batch, tokens] fp32 out: the FP8 row decode scales, or nullptr (bf16 h)
-  float* stats = nullptr;         // [batch, tokens, 2] fp32 out: (mean, rstd)
-};
-int adaln_forward_iters(int64_t c);  // 16-byte vectors per thread for c; 0 when c is too wide
-cudaError_t adaln_forward(const AdaLNForwardParams& p, cudaStream_t stream);
-
 // ---- attention/kv_cache.cu (FP4 KV cache: in-place update, decode) ---------------------------------
 // One layer's buffers: data uint8 [2, S, B, H, T, D/2], scale uint8 [2, S, B, H, T, D/16],
 // global_scale fp32 [2, S, B, H, ceil(T/128)] (index 0 = K, 1 = V).
