@@ -13,6 +13,14 @@ static void expect(bool ok, const char* what) {
   }
 }
 
+// `valid` with the fields `bad` changes must be rejected before any device work
+template <typename Params, typename Launcher, typename Change>
+static void expect_rejects(const Params& valid, Launcher launch, Change bad, const char* what) {
+  Params p = valid;
+  bad(p);
+  expect(launch(p, nullptr) == cudaErrorInvalidValue, what);
+}
+
 int main() {
   longlive::NVFP4QuantizeParams q;
   q.rows = 4;
@@ -68,33 +76,17 @@ int main() {
   g.m = 2;
   g.n = 4;
   g.k = 128;
-  g.m = 65;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects M > 64");
-  g.m = 0;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects M == 0");
-  g.m = 2;
-  g.k = 144;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects K % 128 != 0");
-  g.k = 128;
-  g.stride_x = 100;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects a row stride below K");
-  g.stride_x = 132;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects rows not 16-byte aligned");
-  g.stride_x = 128;
-  g.w = w + 8;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects an unaligned weight");
-  g.w = w;
-  g.w_scale = ws + 4;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects unaligned scales");
-  g.w_scale = ws;
-  g.out = nullptr;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects no output");
-  g.out = o;
-  g.splits = 9;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects 9 splits");
-  g.splits = 0;
-  g.variant = 5;
-  expect(longlive::nvfp4_gemv(g, nullptr) == cudaErrorInvalidValue, "gemv rejects variant 5");
+  const auto gemv = longlive::nvfp4_gemv;
+  expect_rejects(g, gemv, [](auto& p) { p.m = 65; }, "gemv rejects M > 64");
+  expect_rejects(g, gemv, [](auto& p) { p.m = 0; }, "gemv rejects M == 0");
+  expect_rejects(g, gemv, [](auto& p) { p.k = 144; }, "gemv rejects K % 128 != 0");
+  expect_rejects(g, gemv, [](auto& p) { p.stride_x = 100; }, "gemv rejects a row stride below K");
+  expect_rejects(g, gemv, [](auto& p) { p.stride_x = 132; }, "gemv rejects rows not 16-byte aligned");
+  expect_rejects(g, gemv, [](auto& p) { p.w = w + 8; }, "gemv rejects an unaligned weight");
+  expect_rejects(g, gemv, [](auto& p) { p.w_scale = ws + 4; }, "gemv rejects unaligned scales");
+  expect_rejects(g, gemv, [](auto& p) { p.out = nullptr; }, "gemv rejects no output");
+  expect_rejects(g, gemv, [](auto& p) { p.splits = 9; }, "gemv rejects 9 splits");
+  expect_rejects(g, gemv, [](auto& p) { p.variant = 5; }, "gemv rejects variant 5");
   longlive::FP8RowwiseQuantizeParams r;
   alignas(16) static unsigned char rx[2 * 64 * 2], rq[2 * 64];
   static float rs[2];
@@ -104,25 +96,14 @@ int main() {
   r.rows = 2;
   r.k = 64;
   r.stride_row = 64;
-  r.k = 60;
-  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects K % 8 != 0");
-  r.k = 64;
-  r.stride_row = 56;
-  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects stride < K");
-  r.stride_row = 64;
-  r.x = rx + 8;
-  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects unaligned x");
-  r.x = rx;
-  r.q = nullptr;
-  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects no output");
-  r.q = rq;
-  r.iters = 5;
-  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue, "fp8 rowwise rejects 5 vectors/thread");
-  r.iters = 1;
-  r.k = r.stride_row = 8 * 512 + 8;
-  expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaErrorInvalidValue,
-         "fp8 rowwise rejects a row over 512 threads");
-  r.iters = 0;
+  const auto rowwise = longlive::fp8_rowwise_quantize;
+  expect_rejects(r, rowwise, [](auto& p) { p.k = 60; }, "fp8 rowwise rejects K % 8 != 0");
+  expect_rejects(r, rowwise, [](auto& p) { p.stride_row = 56; }, "fp8 rowwise rejects stride < K");
+  expect_rejects(r, rowwise, [](auto& p) { p.x = rx + 8; }, "fp8 rowwise rejects unaligned x");
+  expect_rejects(r, rowwise, [](auto& p) { p.q = nullptr; }, "fp8 rowwise rejects no output");
+  expect_rejects(r, rowwise, [](auto& p) { p.iters = 5; }, "fp8 rowwise rejects 5 vectors/thread");
+  expect_rejects(r, rowwise, [](auto& p) { p.iters = 1, p.k = p.stride_row = 8 * 512 + 8; },
+                 "fp8 rowwise rejects a row over 512 threads");
   r.rows = 0;
   expect(longlive::fp8_rowwise_quantize(r, nullptr) == cudaSuccess, "fp8 rowwise: no rows, nothing launched");
   expect(longlive::fp8_rowwise_default_iters(3072) == 3 && longlive::fp8_rowwise_default_iters(14336) == 8 &&
