@@ -23,3 +23,20 @@ for m in (1760, 7040, 14080):
         fl = 2 * m * k * n
         print(f"| {m} | {k} | {n} | {fl / t_bf / 1e9:.0f} | {t_bf / t_row:.2f} | {t_bf / t_ten:.2f} | "
               f"{t_row / t_ten:.2f} |", flush=True)
+
+# the adaLN producer: bf16 h, row-wise FP8 h, per-tensor FP8 h (no row amax), and the scale's own cost
+from longlive_kernels.attention import adaln_modulate, layernorm_fp8_scale
+
+print("\n| tokens | adaLN bf16 h µs | FP8 h row-wise µs | FP8 h per-tensor µs | layernorm_fp8_scale µs |")
+print("|---|---|---|---|---|")
+with torch.no_grad():
+    for m in (1760, 7040, 14080):
+        x = torch.randn(1, m, 3072, device="cuda", dtype=torch.bfloat16)
+        sh, sc = (torch.randn(1, m // 880, 3072, device="cuda") * 0.5 for _ in range(2))
+        s = layernorm_fp8_scale(sc, sh)
+        t = [cuda_time_ms(lambda **kw: adaln_modulate(x, sh, sc, frame_len=880, **kw), hide_host=True)]
+        t.append(cuda_time_ms(lambda: adaln_modulate(x, sh, sc, frame_len=880, out_fp8=True), hide_host=True))
+        t.append(cuda_time_ms(lambda: adaln_modulate(x, sh, sc, frame_len=880, out_fp8=True, fp8_scale=s),
+                              hide_host=True))
+        t.append(cuda_time_ms(lambda: layernorm_fp8_scale(sc, sh), hide_host=True))
+        print(f"| {m} | " + " | ".join(f"{v * 1e3:.1f}" for v in t) + " |", flush=True)

@@ -25,7 +25,11 @@ events, L2 flushed before every call, median of ``--iters`` runs after warm-up; 
   GELU, then cuBLAS BF16: the Wan FFN's second linear with its producer) against ``fp8 linear gelu``
   (the GELU fused into the FP8 row-wise quantization), and, for K = 3072 (q/k/v, cross-q, ffn.0),
   ``adaln+bf16`` (the fused adaLN kernel writing bf16 h, then cuBLAS BF16) against ``fp8 linear
-  adaln`` (the adaLN kernel writing row-wise E4M3 h, ``out_fp8=True``, then cuBLAS FP8).
+  adaln`` (the adaLN kernel writing row-wise E4M3 h, ``out_fp8=True``, then cuBLAS FP8) and ``fp8
+  linear adaln/t`` (per-tensor: the adaLN kernel encoding h with ``layernorm_fp8_scale`` of its
+  vectors, no row amax, then cuBLAS's per-tensor FP8 kernel with a per-tensor weight where
+  ``tensorwise_kernel_faster``; the scale is computed once per set of vectors outside the timed call,
+  as the weights are quantized once).
 
 In ``nvfp4_gemm`` the Gluon Hopper kernel is on by default for M > 256 (``LONGLIVE_GEMM_GLUON=0``
 turns it off) and the small-M GEMV is off; ``--gluon`` turns both on for the default columns
@@ -66,19 +70,22 @@ SMALL_COLUMNS = ("bf16", "fp8 mm", "deq+bf16", "w4a16 cuda", "w4a16 triton", "w4
                  "w4a4 triton", "w4a4 gemv")
 # --producer: the FFN's second linear with its GELU: torch GELU + cuBLAS BF16 against the GELU fused into
 # the FP8 quantization (fp8_linear(..., input_activation="gelu_tanh"))
-PRODUCER_COLUMNS = ("bf16", "fp8 linear", "gelu+bf16", "fp8 linear gelu", "adaln+bf16", "fp8 linear adaln")
-PRODUCER_PAIRS = (("fp8 linear gelu", "gelu+bf16"), ("fp8 linear adaln", "adaln+bf16"))  # (ours, baseline)
+PRODUCER_COLUMNS = ("bf16", "fp8 linear", "gelu+bf16", "fp8 linear gelu", "adaln+bf16", "fp8 linear adaln",
+                    "fp8 linear adaln/t")
+PRODUCER_PAIRS = (("fp8 linear gelu", "gelu+bf16"), ("fp8 linear adaln", "adaln+bf16"),
+                  ("fp8 linear adaln/t", "adaln+bf16"))  # (ours, baseline)
 COLUMNS = ("bf16", "fp8 mm", "fp8 path", "fp8 linear", "deq+bf16", "w4a16", "w4a4", "w4a4 e2e", "w4a4 predec",
            "w4a16 port", "w4a4 port", "w4a16 gemv", "w4a4 gemv")
 
 
 def _methods(m: int, k: int, n: int) -> dict:
-    from longlive_kernels.attention import adaln_modulate
+    from longlive_kernels.attention import adaln_modulate, layernorm_fp8_scale
     from longlive_kernels.fp4 import (
         dequantize_nvfp4,
         fp8_gemm,
         nvfp4_gemm,
         quantize_fp8_rowwise,
+        quantize_fp8_tensorwise,
         quantize_nvfp4,
     )
     from longlive_kernels.fp4.gemm_fp8 import fp8_linear
@@ -97,6 +104,13 @@ def _methods(m: int, k: int, n: int) -> dict:
         codes, row_scale = adaln_modulate(x[None], shift, scale, frame_len=fl, out_fp8=True)
         return fp8_linear(codes[0], w8, ws8, x_scale=row_scale[0])
 
+    w8t, ws8t = quantize_fp8_tensorwise(w)
+    h_scale = layernorm_fp8_scale(scale, shift)
+
+    def adaln_fp8_tensor():
+        codes, s = adaln_modulate(x[None], shift, scale, frame_len=fl, out_fp8=True, fp8_scale=h_scale)
+        return fp8_linear(codes[0], w8t, ws8t, x_scale=s)
+
     return {
         "bf16": lambda: F.linear(x, w),
         "fp8 mm": lambda: torch._scaled_mm(x8, w8.t(), scale_a=xs8.reshape(-1, 1), scale_b=ws8.reshape(1, -1),
@@ -106,7 +120,7 @@ def _methods(m: int, k: int, n: int) -> dict:
         "gelu+bf16": lambda: F.linear(F.gelu(x, approximate="tanh"), w),
         "fp8 linear gelu": lambda: fp8_linear(x, w8, ws8, input_activation="gelu_tanh"),
         **({"adaln+bf16": lambda: F.linear(adaln_modulate(x[None], shift, scale, frame_len=fl)[0], w),
-            "fp8 linear adaln": adaln_fp8} if k == 3072 else {}),
+            "fp8 linear adaln": adaln_fp8, "fp8 linear adaln/t": adaln_fp8_tensor} if k == 3072 else {}),
         "deq+bf16": lambda: F.linear(x, dequantize_nvfp4(wq, torch.bfloat16)),
         "w4a16": lambda: nvfp4_gemm(x, wq),
         "w4a4": lambda: nvfp4_gemm(xq, wq),

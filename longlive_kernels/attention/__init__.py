@@ -1,6 +1,12 @@
 """Fused RoPE and adaLN (forward + backward), the FP4 KV cache and attention that reads it."""
 
-from .adaln import adaln_modulate, gated_residual, gated_residual_adaln, gated_residual_layernorm
+from .adaln import (
+    adaln_modulate,
+    gated_residual,
+    gated_residual_adaln,
+    gated_residual_layernorm,
+    layernorm_fp8_scale,
+)
 from .fp4_kv_attention import fp4_kv_attention
 from .kv_cache import FP4KVCache
 from .rope import apply_rope_3d
@@ -13,4 +19,5 @@ __all__ = [
     "gated_residual",
     "gated_residual_adaln",
     "gated_residual_layernorm",
+    "layernorm_fp8_scale",
 ]

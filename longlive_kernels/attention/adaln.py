@@ -22,6 +22,8 @@ import torch
 
 from .. import _checks
 from .._backend import eager_op, resolve_backend
+from ..fp4 import reference as fp8_reference
+from ..fp4.fp8_tensorwise import check_fp8_scale
 from .adaln_ops import _gated_residual_op, _ln_mod_fp8_op, _ln_mod_op, _res_ln_mod_op
 
 # eager inference calls skip the dispatcher (same computation; see _backend.direct_call_ok)
@@ -92,13 +94,89 @@ def _check_residual_branch(x: torch.Tensor, y: torch.Tensor, be: str) -> None:
     _checks.check_same_device(x=x, y=y)
 
 
-def _fp8_out(x, y, gate, scale, shift, frame_len, eps, plus_one, be):
-    """(r | None, (codes, row scales)) of the ``out_fp8=True`` variants (inference only)."""
+def _fp8_out(x, y, gate, scale, shift, frame_len, eps, plus_one, be, fp8_scale):
+    """(r | None, (codes, row scales | the per-tensor scale)) of the ``out_fp8=True`` variants
+    (inference only)."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, y, gate, scale, shift)):
         raise ValueError("out_fp8=True has no backward: run it under torch.no_grad() (or pass tensors that "
                          "do not require grad)")
-    r, codes, hs = _ln_mod_fp8(x, y, gate, scale, shift, frame_len, eps, plus_one, be)
-    return (r if y is not None else None), (codes, hs)
+    fs = check_fp8_scale("fp8_scale", fp8_scale, x.device)
+    r, codes, hs = _ln_mod_fp8(x, y, gate, scale, shift, frame_len, eps, plus_one, be, fs)
+    return (r if y is not None else None), (codes, hs if fs is None else fs)
+
+
+def _no_fp8_scale(fp8_scale: object, out_fp8: bool) -> None:
+    if fp8_scale is not None and not out_fp8:
+        raise ValueError("fp8_scale is the per-tensor scale of FP8 h: it needs out_fp8=True")
+
+
+def layernorm_fp8_scale(
+    scale: torch.Tensor | None, shift: torch.Tensor | None, *, plus_one: bool = True, margin: float = 1.01
+) -> torch.Tensor:
+    """Per-tensor E4M3 decode scale that bounds every ``h = LayerNorm(x)·m + a``, from the vectors alone.
+
+    A LayerNorm output obeys ``|x̂_i| ≤ √(C − 1)`` for any row (the deviations d sum to zero, so
+    Cauchy–Schwarz on ``d_i = −Σ_{j≠i} d_j`` gives ``d_i² ≤ (C − 1)/C · Σ d²``; eps only shrinks x̂).
+    Hence ``|h_i| ≤ √(C − 1)·|m_i| + |a_i|`` whatever the tokens, and one scale
+    ``margin · max_i(√(C − 1)·|m_i| + |a_i|) / 448`` encodes every h of these vectors without
+    saturating and without reading h: the ``fp8_scale`` of :func:`adaln_modulate` and the residual
+    variants, whose codes then feed cuBLAS's per-tensor FP8 GEMM (``fp4.fp8_tensorwise``). The
+    bound is loose (a Gaussian row of 3072 reaches ~4.5 of √3071 ≈ 55), which costs precision only
+    below 2⁻⁶·448·scale, where E4M3 turns subnormal (bench/RESULTS.md, twenty-sixth session).
+
+    Parameters
+    ----------
+    scale : torch.Tensor or None
+        [..., C] float: the adaLN scale (``m = 1 + scale`` with ``plus_one``) or the LayerNorm
+        weight (``m = weight``); None means m = 1. Any leading dims (e.g. [B, F, C] per frame): the
+        bound is their maximum.
+    shift : torch.Tensor or None
+        [..., C] float: adaLN shift or LayerNorm bias; None means 0.
+    plus_one : bool
+        ``m = 1 + scale`` (adaLN) rather than ``m = scale`` (affine LayerNorm).
+    margin : float
+        ≥ 1: covers the fp32 statistics and the rounding of h to bf16 (2⁻⁸) before the encode.
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim fp32 on the vectors' device: ``bound / 448`` (the row-wise rule's scale of an amax equal
+        to the bound: at least 2⁻¹²⁶; +Inf if a vector holds Inf/NaN).
+
+    Raises
+    ------
+    TypeError
+        Non-float vectors, or a non-float margin.
+    ValueError
+        Both vectors None, vectors of different last dims or devices or that do not broadcast,
+        C < 2, margin < 1.
+    """
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
+    if not margin >= 1.0:
+        raise ValueError(f"margin must be >= 1, got {margin!r}")
+    given = {k: v for k, v in (("scale", scale), ("shift", shift)) if v is not None}
+    if not given:
+        raise ValueError("layernorm_fp8_scale needs scale or shift (both None bounds nothing but LayerNorm)")
+    for name, v in given.items():
+        _checks.check_dtype(name, v, _checks.FLOAT_DTYPES + (torch.float64,))
+    c = {v.shape[-1] if v.dim() else 1 for v in given.values()}
+    if len(c) != 1:
+        raise ValueError(f"scale and shift must share their last dim C, got {sorted(c)}")
+    (c,) = c
+    if c < 2:
+        raise ValueError(f"the LayerNorm bound needs C >= 2 features, got C = {c}")
+    dev = _checks.check_same_device(**given)
+    root = (c - 1) ** 0.5
+    m = torch.ones((), device=dev) if scale is None else (scale.float() + 1.0 if plus_one else scale.float())
+    a = torch.zeros((), device=dev) if shift is None else shift.float()
+    try:
+        torch.broadcast_shapes(m.shape, a.shape)
+    except RuntimeError:
+        raise ValueError(f"scale {list(m.shape)} and shift {list(a.shape)} must broadcast (pairs of one element)"
+                         ) from None
+    return fp8_reference.fp8_scale_of_amax((m.abs() * root + a.abs()).amax() * margin)
+
 
 
 def adaln_modulate(
@@ -110,6 +188,7 @@ def adaln_modulate(
     eps: float = 1e-6,
     backend: str = "auto",
     out_fp8: bool = False,
+    fp8_scale: torch.Tensor | float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """adaLN: ``LayerNorm(x)·(1 + scale) + shift`` with per-latent-frame shift/scale.
 
@@ -127,6 +206,10 @@ def adaln_modulate(
     backend : {"auto", "triton", "torch"}
     out_fp8 : bool
         See below (Returns).
+    fp8_scale : torch.Tensor or float, optional
+        With ``out_fp8``: encode h with this one per-tensor decode scale (a one-element fp32 tensor
+        on x's device, or a positive float) instead of row scales, e.g.
+        :func:`layernorm_fp8_scale` of the same vectors; no row amax is taken.
 
     Returns
     -------
@@ -137,16 +220,20 @@ def adaln_modulate(
         registers, so its amax costs no extra read): the input of ``fp8_linear(codes, w, ws,
         x_scale=row_scale)``. On the GPU the two outputs are autotuned separately; a launch with
         another warp count sums a row in another order, so a rare element of its h may differ in
-        the last bit from the bf16 h of another launch. Inference only (ValueError where autograd
-        would need a backward).
+        the last bit from the bf16 h of another launch. With ``fp8_scale``, ``(codes, scale)``:
+        ``quantize_fp8_tensorwise(h, scale=fp8_scale)`` and the 0-dim fp32 scale, the input of
+        ``fp8_linear(codes, w, ws, x_scale=scale)`` (cuBLAS's per-tensor FP8 GEMM with a per-tensor
+        ``ws``). Inference only (ValueError where autograd would need a backward).
 
     Raises
     ------
     TypeError
-        Non-float tensors (fp64 only with ``backend="torch"``), non-int ``frame_len``.
+        Non-float tensors (fp64 only with ``backend="torch"``), non-int ``frame_len``, an
+        ``fp8_scale`` that is not fp32 or a float.
     ValueError
         x not 3-D or empty, L not a multiple of ``frame_len``, shift/scale not [B, L/frame_len, C],
-        tensors on different devices, ``eps`` ≤ 0, a backend that cannot run here.
+        tensors on different devices, ``eps`` ≤ 0, a backend that cannot run here, ``fp8_scale``
+        without ``out_fp8`` or not one positive element.
 
     Notes
     -----
@@ -159,8 +246,9 @@ def adaln_modulate(
     _check_frame_len(frame_len, x.shape[1])
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    _no_fp8_scale(fp8_scale, out_fp8)
     if out_fp8:
-        return _fp8_out(x, None, None, scale, shift, frame_len, _check_eps(eps), True, be)[1]
+        return _fp8_out(x, None, None, scale, shift, frame_len, _check_eps(eps), True, be, fp8_scale)[1]
     return _ln_mod(x, scale, shift, frame_len, _check_eps(eps), True, be)[0]
 
 
@@ -213,6 +301,7 @@ def gated_residual_adaln(
     eps: float = 1e-6,
     backend: str = "auto",
     out_fp8: bool = False,
+    fp8_scale: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add then adaLN in one pass: ``r = x + gate·y`` (``x + y`` when gate is None),
     ``h = LayerNorm(r)·(1 + scale) + shift``.
@@ -230,6 +319,8 @@ def gated_residual_adaln(
     backend : {"auto", "triton", "torch"}
     out_fp8 : bool
         h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
+    fp8_scale : torch.Tensor or float, optional
+        h as ``(codes, fp8_scale)`` with this per-tensor scale, as in :func:`adaln_modulate`.
 
     Returns
     -------
@@ -255,8 +346,9 @@ def gated_residual_adaln(
         gate = _per_frame_vector("gate", gate, x, frame_len, be)
     shift = _per_frame_vector("shift", shift, x, frame_len, be)
     scale = _per_frame_vector("scale", scale, x, frame_len, be)
+    _no_fp8_scale(fp8_scale, out_fp8)
     if out_fp8:
-        return _fp8_out(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)
+        return _fp8_out(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be, fp8_scale)
     return _res_ln_mod(x, y, gate, scale, shift, frame_len, _check_eps(eps), True, be)[:2]
 
 
@@ -271,6 +363,7 @@ def gated_residual_layernorm(
     eps: float = 1e-6,
     backend: str = "auto",
     out_fp8: bool = False,
+    fp8_scale: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add then affine LayerNorm in one pass: ``r = x + gate·y``,
     ``h = LayerNorm(r)·weight + bias``.
@@ -289,6 +382,8 @@ def gated_residual_layernorm(
     backend : {"auto", "triton", "torch"}
     out_fp8 : bool
         h as ``(codes, row_scale)``, as in :func:`adaln_modulate` (inference only).
+    fp8_scale : torch.Tensor or float, optional
+        h as ``(codes, fp8_scale)`` with this per-tensor scale, as in :func:`adaln_modulate`.
 
     Returns
     -------
@@ -329,6 +424,7 @@ def gated_residual_layernorm(
         # one [C] vector for every frame: the backward sums its gradient over the frames in fp32
         # (in the same launch as the per-frame sums) and autograd rounds once to its dtype
         vecs.append(v.to(torch.promote_types(v.dtype, torch.float32)))
+    _no_fp8_scale(fp8_scale, out_fp8)
     if out_fp8:
-        return _fp8_out(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)
+        return _fp8_out(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be, fp8_scale)
     return _res_ln_mod(x, y, gate, vecs[0], vecs[1], frame_len, _check_eps(eps), False, be)[:2]

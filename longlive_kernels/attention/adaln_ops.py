@@ -36,7 +36,7 @@ _BWD_CONFIGS = [triton.Config({"PROGS_PER_SM": p, "STAGES": s}, num_warps=w, max
                                    (4, 4, 4, None), (4, 2, 8, None))]
 _INTERPRETER_CONFIG = {"PROGS_PER_SM": 2, "STAGES": 3}
 # size_class: a tuning per power of 2 of B·L; MOD_GRAD (backward only) is skipped by the forward
-_KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM", "PLUS_ONE", "MOD_GRAD", "FP8_OUT"]
+_KEY = ["C", "size_class", "RESIDUAL", "GATED", "NORM", "PLUS_ONE", "MOD_GRAD", "FP8_OUT", "FP8_TENSOR"]
 
 
 @functools.cache
@@ -100,9 +100,10 @@ def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=False):
+def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=False, fp8_scale=None):
     """(r or None, h or None, [B, L, 2] fp32 (mean, rstd) or None) for the residual / norm
-    variants; with ``fp8`` (norm variants) h is ``(E4M3 codes [B, L, C], row scales [B, L])``."""
+    variants; with ``fp8`` (norm variants) h is ``(E4M3 codes [B, L, C], row scales [B, L])``, or
+    ``(codes, fp8_scale)`` when a per-tensor ``fp8_scale`` (one fp32 element) is given."""
     bsz, n_tok, c = x.shape
     n_frames = n_tok // frame_len
     residual, gated, norm = y is not None, gate is not None, scale is not None
@@ -114,12 +115,14 @@ def _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=False):
     r = _new_out((bsz, n_tok, c), x.dtype, x.device) if residual else x
     h = _new_out((bsz, n_tok, c), torch.uint8 if fp8 else x.dtype, x.device) if norm else x
     stats = _new_out((bsz, n_tok, 2), torch.float32, x.device) if norm else x
-    hs = _new_out((bsz, n_tok), torch.float32, x.device) if fp8 else stats
+    tensor = fp8 and fp8_scale is not None
+    hs = fp8_scale.reshape(1).contiguous() if tensor else (
+        _new_out((bsz, n_tok), torch.float32, x.device) if fp8 else stats)
     args = (x, y, gate, scale, shift, r, h, stats, hs, n_tok, c, frame_len,
             *_row_strides(x), *_row_strides(y), *_row_strides(gate), *_row_strides(scale),
             *_row_strides(shift), eps, (bsz * n_tok).bit_length())
     meta = {"RESIDUAL": residual, "GATED": gated, "NORM": norm, "PLUS_ONE": plus_one, "FP8_OUT": fp8,
-            "FP8_FAST": not interpret_mode(), "enable_fp_fusion": False, **_col_tiles(c)}
+            "FP8_FAST": not interpret_mode(), "FP8_TENSOR": tensor, "enable_fp_fusion": False, **_col_tiles(c)}
     _launch(_residual_norm_fwd_kernel, False, frame_len, n_frames, bsz, x.device, args, meta)
     if fp8:
         h = (h.view(torch.float8_e4m3fn), hs)
@@ -419,11 +422,14 @@ _res_ln_mod_op.register_autograd(_res_ln_mod_backward, setup_context=_res_ln_mod
 def _ln_mod_fp8_op(
     x: torch.Tensor, y: torch.Tensor | None, gate: torch.Tensor | None, scale: torch.Tensor,
     shift: torch.Tensor, frame_len: int, eps: float, plus_one: bool, backend: str,
+    fp8_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inference: (r | empty without y, E4M3 codes of h [B, L, C], fp32 row scales [B, L]) — h (or
-    r = x + gate·y, then h of r) as ``quantize_fp8_rowwise`` of the h the unfused op returns."""
+    r = x + gate·y, then h of r) as ``quantize_fp8_rowwise`` of the h the unfused op returns; with a
+    per-tensor ``fp8_scale`` (one fp32 element), the codes are ``quantize_fp8_tensorwise(h,
+    fp8_scale)`` and the third output is empty (the scale is the caller's)."""
     if backend == "torch":
-        from ..fp4.reference import quantize_fp8_rowwise
+        from ..fp4.reference import quantize_fp8_rowwise, quantize_fp8_tensorwise
 
         sc, sh = _per_frame(scale, x, frame_len), _per_frame(shift, x, frame_len)
         if y is None:
@@ -432,14 +438,19 @@ def _ln_mod_fp8_op(
         else:
             r, h = reference.residual_layernorm_modulate(x, y, gate, sc, sh, frame_len=frame_len, eps=eps,
                                                          plus_one=plus_one)
+        if fp8_scale is not None:
+            return r, quantize_fp8_tensorwise(h, fp8_scale)[0], _empty(x, torch.float32)
         codes, hs = quantize_fp8_rowwise(h.reshape(-1, h.shape[-1]))
         return r, codes.view(h.shape), hs.view(h.shape[:-1])
-    r, (codes, hs), _ = _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=True)
+    r, (codes, hs), _ = _fwd_triton(x, y, gate, scale, shift, frame_len, eps, plus_one, fp8=True,
+                                    fp8_scale=fp8_scale)
+    hs = _empty(x, torch.float32) if fp8_scale is not None else hs  # an output may not alias an input
     return (r if r is not None else _empty(x, x.dtype)), codes, hs
 
 
 @_ln_mod_fp8_op.register_fake
-def _(x, y, gate, scale, shift, frame_len, eps, plus_one, backend):
+def _(x, y, gate, scale, shift, frame_len, eps, plus_one, backend, fp8_scale=None):
     r = torch.empty_like(x, memory_format=torch.contiguous_format) if y is not None else x.new_empty((0,))
-    return (r, torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device),
-            x.new_empty(x.shape[:2], dtype=torch.float32))
+    hs = x.new_empty((0,), dtype=torch.float32) if fp8_scale is not None else x.new_empty(x.shape[:2],
+                                                                                          dtype=torch.float32)
+    return r, torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device), hs

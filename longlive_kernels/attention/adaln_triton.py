@@ -128,7 +128,7 @@ def _residual_norm_fwd_kernel(
     r_ptr,  # [B, L, C] out, contiguous: x + gate·y; RESIDUAL
     h_ptr,  # [B, L, C] out, contiguous: LN(r)·m + shift; NORM (FP8_OUT: uint8 E4M3 codes of it)
     stats_ptr,  # [B, L, 2] fp32 out: (mean, rstd) of each normalized row, for the backward; NORM
-    hs_ptr,  # [B, L] fp32 out: FP8 row decode scale amax(h)/448; FP8_OUT
+    hs_ptr,  # [B, L] fp32 out: FP8 row decode scale amax(h)/448; FP8_OUT (FP8_TENSOR: [1] fp32 in, the scale)
     L,
     C,
     frame_len,
@@ -147,6 +147,7 @@ def _residual_norm_fwd_kernel(
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
     FP8_OUT: tl.constexpr = False,  # h as row-wise E4M3 (quantize_fp8_rowwise of the rounded h)
     FP8_FAST: tl.constexpr = True,  # hardware fp32 → E4M3 conversion (not in the interpreter)
+    FP8_TENSOR: tl.constexpr = False,  # FP8_OUT with the given per-tensor scale *hs_ptr (no row amax)
 ):
     pid_p = tl.program_id(0)
     f = tl.program_id(1).to(tl.int64)
@@ -156,6 +157,8 @@ def _residual_norm_fwd_kernel(
     if NCG == 3:
         c1, k1 = _tile_cols(1, C, CG, NCG, EVEN)
         c2, k2 = _tile_cols(2, C, CG, NCG, EVEN)
+    if FP8_TENSOR:  # the encode multiplier of the per-tensor scale, as _row_amax_scale forms it
+        inv_t = tl.math.div_rn(1.0, tl.load(hs_ptr))
 
     # the frame's vectors, once per program (unused ones are never read)
     g0 = 0.0
@@ -210,17 +213,21 @@ def _residual_norm_fwd_kernel(
             if FP8_OUT:  # the row is in registers: its amax and codes cost no extra pass
                 hdt: tl.constexpr = x_ptr.dtype.element_ty
                 v0 = _modulated(d0, rstd, m0, a0, hdt)  # masked lanes: d = 0 and a = 0, so 0
-                mag = _magnitude_bits(v0)
                 if NCG == 3:
                     v1 = _modulated(d1, rstd, m1, a1, hdt)
                     v2 = _modulated(d2, rstd, m2, a2, hdt)
-                    mag = tl.maximum(mag, tl.maximum(_magnitude_bits(v1), _magnitude_bits(v2)))
-                qs, inv = _row_amax_scale(_amax_of_bits(tl.max(mag, 0), hdt))
+                if FP8_TENSOR:  # no third row reduction: the scale is known
+                    inv = inv_t
+                else:
+                    mag = _magnitude_bits(v0)
+                    if NCG == 3:
+                        mag = tl.maximum(mag, tl.maximum(_magnitude_bits(v1), _magnitude_bits(v2)))
+                    qs, inv = _row_amax_scale(_amax_of_bits(tl.max(mag, 0), hdt))
+                    tl.store(hs_ptr + b * L + t, qs)
                 _store_fp8_tile(v0, h_row, c0, k0, inv, FP8_FAST)
                 if NCG == 3:
                     _store_fp8_tile(v1, h_row, c1, k1, inv, FP8_FAST)
                     _store_fp8_tile(v2, h_row, c2, k2, inv, FP8_FAST)
-                tl.store(hs_ptr + b * L + t, qs)
             else:
                 _modulate_tile(d0, rstd, m0, a0, h_row, c0, k0)
                 if NCG == 3:
@@ -439,11 +446,11 @@ for _res, _gated, _norm in _VARIANTS:  # (RESIDUAL, GATED, NORM)
                              "CG": 1024, "NCG": 3, "EVEN": True, "STAGES": 4,
                              "PROGS_PER_SM": 2},
                  options={"num_warps": 8, "enable_fp_fusion": False})
-    if _norm:  # h as FP8 codes + row scales (inference, fed to fp8_linear)
+    for _tensor in (False, True) if _norm else ():  # h as FP8 codes + row / per-tensor scales (inference)
         register_aot(_residual_norm_fwd_kernel, signature={**_FWD_SIG, "h_ptr": "*u8"},
                      constexprs={"RESIDUAL": _res, "GATED": _gated, "NORM": True, "PLUS_ONE": True,
                                  "CG": 1024, "NCG": 3, "EVEN": True, "STAGES": 4, "PROGS_PER_SM": 2,
-                                 "FP8_OUT": True, "FP8_FAST": True},
+                                 "FP8_OUT": True, "FP8_FAST": True, "FP8_TENSOR": _tensor},
                      options={"num_warps": 8, "enable_fp_fusion": False})
     register_aot(_residual_norm_bwd_kernel, signature=_BWD_SIG,
                  constexprs={"NORM": _norm, "RESIDUAL": _res, "GATED": _gated, "PLUS_ONE": True,

@@ -21,6 +21,7 @@ from .. import _checks
 from .._aot import register_aot
 from .._backend import cuda_op_available, eager_op, interpret_mode, resolve_backend
 from . import reference
+from .fp8_tensorwise import broadcast_scale, check_scale_shape, tensorwise_kernel_faster
 from .nvfp4_triton import e4m3_rne
 
 E4M3_MAX = 448.0
@@ -229,6 +230,7 @@ _FP8_TUNED: dict[tuple, tuple] = {}
 def _gemm_triton(a, a_scale, b, b_scale, bias, out_dtype):
     m, k = a.shape
     n = b.shape[0]
+    a_scale, b_scale = broadcast_scale(a_scale, m), broadcast_scale(b_scale, n)
     out = torch.empty((m, n), dtype=out_dtype, device=a.device)
     interp = interpret_mode() or not a.is_cuda
     bias_in = bias.contiguous() if bias is not None else None
@@ -274,19 +276,27 @@ def _scaled_mm_by_default(backend: str, dev: torch.device, k: int, n: int, out_d
             and out_dtype == torch.bfloat16 and _scaled_mm_works(dev.index or 0))
 
 
-# (M, N, K, device) that cuBLAS has no row-wise FP8 algorithm for (CUBLAS_STATUS_NOT_SUPPORTED from its
+# (M, N, K, device, per-tensor) that cuBLAS has no FP8 algorithm for (CUBLAS_STATUS_NOT_SUPPORTED from its
 # heuristic, e.g. M = 64, K = 20480, N = 256 on an H200): those run the Triton kernel.
 _SCALED_MM_UNSUPPORTED: set[tuple[int, int, int, int]] = set()
 
 
 def _gemm_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
-    """cuBLAS row-wise scaled FP8 GEMM (``torch._scaled_mm``, fast accumulation), bf16 output;
-    the Triton kernel for shapes cuBLAS does not support."""
-    key = (a.shape[0], b.shape[0], a.shape[1], a.device.index)
+    """cuBLAS scaled FP8 GEMM (``torch._scaled_mm``, fast accumulation), bf16 output: per-tensor
+    where both scales are one element and that kernel is the faster one
+    (``fp8_tensorwise.tensorwise_kernel_faster``), else row-wise (a one-element scale broadcast to
+    its rows); the Triton kernel for shapes cuBLAS does not support."""
+    (m, k), n = a.shape, b.shape[0]
+    tensorwise = a_scale.numel() == 1 and b_scale.numel() == 1 and tensorwise_kernel_faster(m, n, k)
+    key = (m, n, k, a.device.index, tensorwise)
+    if tensorwise:
+        a_scale, b_scale = a_scale.reshape(()), b_scale.reshape(())
+    else:
+        a_scale, b_scale = broadcast_scale(a_scale, m).reshape(-1, 1), broadcast_scale(b_scale, n).reshape(1, -1)
     if key not in _SCALED_MM_UNSUPPORTED:
         try:
             out = torch._scaled_mm(
-                a, b.t(), scale_a=a_scale.reshape(-1, 1), scale_b=b_scale.reshape(1, -1),
+                a, b.t(), scale_a=a_scale, scale_b=b_scale,
                 bias=bias.to(torch.bfloat16) if bias is not None else None, out_dtype=torch.bfloat16,
                 use_fast_accum=True,
             )
@@ -407,11 +417,12 @@ def fp8_gemm(
     a : torch.Tensor
         [..., K] float8_e4m3fn (e.g. from :func:`quantize_fp8_rowwise`).
     a_scale : torch.Tensor
-        [...] fp32 row scales of ``a``.
+        [...] fp32 row scales of ``a``, or one element (shape () or (1,)): a per-tensor scale.
     b : torch.Tensor
-        [N, K] float8_e4m3fn (a weight, row-wise quantized).
+        [N, K] float8_e4m3fn (a weight, row-wise or per-tensor quantized).
     b_scale : torch.Tensor
-        [N] fp32.
+        [N] fp32, or one element (per-tensor). With both scales per-tensor, cuBLAS runs its
+        per-tensor kernel where that is the faster one (``fp8_tensorwise.tensorwise_kernel_faster``).
     bias : torch.Tensor, optional
         [N] float.
     out_dtype : {torch.bfloat16, torch.float16, torch.float32}
@@ -445,10 +456,8 @@ def fp8_gemm(
     if a.shape[-1] != k:
         raise ValueError(f"K mismatch: a has K={a.shape[-1]}, b has K={k} (b is [N, K])")
     lead = a.shape[:-1]
-    if a_scale.shape != lead:
-        raise ValueError(f"a_scale must have shape {tuple(lead)}, got {tuple(a_scale.shape)}")
-    if b_scale.shape != (n,):
-        raise ValueError(f"b_scale must have shape ({n},), got {tuple(b_scale.shape)}")
+    check_scale_shape("a_scale", a_scale, tuple(lead))
+    check_scale_shape("b_scale", b_scale, (n,))
     if bias is not None:
         _checks.check_dtype("bias", bias)
         if bias.shape != (n,):
@@ -462,7 +471,7 @@ def fp8_gemm(
     a2 = a.reshape(-1, k)
     if a2.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
-    out = _gemm_eager(a2, a_scale.reshape(-1).contiguous(), b, b_scale.contiguous(), bias, out_dtype,
+    out = _gemm_eager(a2, a_scale.reshape(-1).contiguous(), b, b_scale.reshape(-1).contiguous(), bias, out_dtype,
                       bool(use_scaled_mm), be)
     return out.reshape(*lead, n)
 

@@ -50,6 +50,7 @@ from .fp8 import (
 )
 from .fp8 import _gemm_scaled_mm as _scaled_mm_rowwise
 from .fp8 import _gemm_triton as _fp8_gemm_triton
+from .fp8_tensorwise import check_scale_shape
 
 MAX_SINGLE_PASS_K = 16384  # longest row held in registers
 
@@ -226,11 +227,16 @@ def fp8_linear(
         [..., K] bf16/fp16/fp32 activations (quantized here, row-wise E4M3, the numerics of
         :func:`~longlive_kernels.fp4.quantize_fp8_rowwise`), or float8_e4m3fn codes with ``x_scale``.
     w : torch.Tensor
-        [N, K] float8_e4m3fn weight (from :func:`~longlive_kernels.fp4.quantize_fp8_rowwise`).
+        [N, K] float8_e4m3fn weight (from :func:`~longlive_kernels.fp4.quantize_fp8_rowwise` or
+        :func:`~longlive_kernels.fp4.quantize_fp8_tensorwise`).
     w_scale : torch.Tensor
-        [N] fp32 row scales of ``w``.
+        [N] fp32 row scales of ``w``, or one element (shape () or (1,)): a per-tensor scale.
     x_scale : torch.Tensor, optional
-        [...] fp32 row scales, only with a float8_e4m3fn ``x`` (already quantized activations).
+        [...] fp32 row scales, or one element (per-tensor codes, e.g. from ``adaln_modulate(...,
+        out_fp8=True, fp8_scale=...)``), only with a float8_e4m3fn ``x`` (already quantized
+        activations). With both scales per-tensor, cuBLAS runs its per-tensor FP8 kernel where that
+        is the faster one (``fp8_tensorwise.tensorwise_kernel_faster``: N ≤ 4096 with M ≤ 2048 or
+        K ≥ 8192); a float ``x`` is always quantized row-wise.
     bias : torch.Tensor, optional
         [N] float.
     out_dtype : {torch.bfloat16, torch.float16, torch.float32}, optional
@@ -285,10 +291,8 @@ def fp8_linear(
     lead = tuple(x.shape[:-1])
     if x_scale is not None:
         _checks.check_dtype("x_scale", x_scale, (torch.float32,))
-        if tuple(x_scale.shape) != lead:
-            raise ValueError(f"x_scale must have shape {lead}, got {tuple(x_scale.shape)}")
-    if w_scale.shape != (n,):
-        raise ValueError(f"w_scale must have shape ({n},), got {tuple(w_scale.shape)}")
+        check_scale_shape("x_scale", x_scale, lead)
+    check_scale_shape("w_scale", w_scale, (n,))
     if bias is not None:
         _checks.check_dtype("bias", bias)
         if bias.shape != (n,):
@@ -305,7 +309,7 @@ def fp8_linear(
     if x2d.shape[0] == 0:
         return torch.empty((*lead, n), dtype=out_dtype, device=dev)
     xs = x_scale.reshape(-1).contiguous() if x_scale is not None else None
-    out = _linear_eager(x2d, xs, w, w_scale.contiguous(), bias, out_dtype, bool(use_scaled_mm),
+    out = _linear_eager(x2d, xs, w, w_scale.reshape(-1).contiguous(), bias, out_dtype, bool(use_scaled_mm),
                         input_activation == "gelu_tanh", be)
     return out.reshape(*lead, n)
 

@@ -40,6 +40,7 @@ from torch import nn
 from .. import _checks
 from .format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from .fp8 import quantize_fp8_rowwise
+from .fp8_tensorwise import check_scale_shape, quantize_fp8_tensorwise
 from .gemm import nvfp4_gemm
 from .gemm_fp8 import fp8_linear
 from .gemm_operands import dequantize_nvfp4_t, transpose_nvfp4, transpose_pad_rows
@@ -191,20 +192,29 @@ class NVFP4Linear(nn.Module):
         Scale rules, 2-D weight blocks, stochastic rounding and RHT (default: TE's NVFP4 recipe).
     backend : {"auto", "triton", "torch"}
         Passed to every quantize/GEMM op.
+    fp8_scaling : {"row", "tensor"}
+        ``fp8`` mode: one E4M3 scale per weight row, or one for the whole weight
+        (``quantize_fp8_tensorwise``). A per-tensor weight fed per-tensor activation codes
+        (``forward(codes, x_scale=<one element>)``, e.g. from ``adaln_modulate(..., fp8_scale=...)``)
+        runs cuBLAS's per-tensor FP8 GEMM where it is the faster one (M = 1760, N = 3072: 1.09–1.22×
+        the row-wise kernel); any other input runs the row-wise kernel with the scale broadcast.
     device, dtype :
         Of the master weight / bias (default fp32 master weights for ``trainable``; bf16 otherwise).
 
     Raises
     ------
     ValueError
-        Unknown mode, sizes that are not multiples of 16 where required, ``trainable`` with ``fp8``.
+        Unknown mode or ``fp8_scaling``, sizes that are not multiples of 16 where required,
+        ``trainable`` with ``fp8``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, mode: str = "nvfp4",
                  trainable: bool = False, recipe: NVFP4Recipe | None = None, backend: str = "auto",
-                 device=None, dtype=None):
+                 fp8_scaling: str = "row", device=None, dtype=None):
         super().__init__()
         _checks.check_choice("mode", mode, MODES)
+        _checks.check_choice("fp8_scaling", fp8_scaling, ("row", "tensor"))
+        self.fp8_scaling = fp8_scaling
         if mode in ("nvfp4", "w4a16") and in_features % BLOCK_SIZE != 0:
             raise ValueError(f"mode={mode!r} needs in_features % 16 == 0, got {in_features}")
         if mode == "nvfp4" and trainable and out_features % BLOCK_SIZE != 0:
@@ -254,7 +264,8 @@ class NVFP4Linear(nn.Module):
         # a meta weight (from_linear's placeholder) only needs shapes: a compiled backend cannot take it
         backend = "torch" if w.device.type == "meta" else self.backend
         if self.mode == "fp8":
-            q, s = quantize_fp8_rowwise(w, backend=backend)
+            tensor = self.fp8_scaling == "tensor"
+            q, s = quantize_fp8_tensorwise(w) if tensor else quantize_fp8_rowwise(w, backend=backend)
             return {"weight_fp8": q, "weight_scale": s}
         wq = quantize_nvfp4(w, scale_rule=self.recipe.weight_scale_rule, block_2d=self.recipe.weight_2d(False),
                             backend=backend)
@@ -313,13 +324,14 @@ class NVFP4Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mode: str = "nvfp4", *, trainable: bool = False,
-                    recipe: NVFP4Recipe | None = None, backend: str = "auto") -> NVFP4Linear:
+                    recipe: NVFP4Recipe | None = None, backend: str = "auto", fp8_scaling: str = "row"
+                    ) -> NVFP4Linear:
         """Build from an ``nn.Linear`` (its weight is quantized once unless ``trainable``)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         w = linear.weight
         mod = cls(linear.in_features, linear.out_features, linear.bias is not None, mode=mode, trainable=trainable,
-                  recipe=recipe, backend=backend, device="meta", dtype=w.dtype)
+                  recipe=recipe, backend=backend, fp8_scaling=fp8_scaling, device="meta", dtype=w.dtype)
         if w.device.type == "meta":
             return mod
         with torch.no_grad():
@@ -351,7 +363,8 @@ class NVFP4Linear(nn.Module):
         by torch in the other modes.
 
         With ``x_scale`` [...] fp32, ``x`` [..., K] is float8_e4m3fn row-wise codes (``x ≈ codes ·
-        x_scale[..., None]``, e.g. from ``adaln_modulate(..., out_fp8=True)``): in ``fp8`` mode
+        x_scale[..., None]``, e.g. from ``adaln_modulate(..., out_fp8=True)``), or per-tensor codes
+        with a one-element ``x_scale`` (``out_fp8=True, fp8_scale=...``): in ``fp8`` mode
         they go to the GEMM as they are (no quantization pass; the output is bf16); other modes
         decode them to bf16 first."""
         if x_scale is not None:
@@ -359,8 +372,7 @@ class NVFP4Linear(nn.Module):
                 raise TypeError(f"x_scale needs float8_e4m3fn x (row-wise codes), got x of {x.dtype}")
             if input_activation is not None:
                 raise ValueError("input_activation cannot apply to already quantized x (x_scale given)")
-            if tuple(x_scale.shape) != tuple(x.shape[:-1]):
-                raise ValueError(f"x_scale must have shape {tuple(x.shape[:-1])}, got {tuple(x_scale.shape)}")
+            check_scale_shape("x_scale", x_scale, tuple(x.shape[:-1]))
             if not self.takes_fp8_input:
                 dt = self.weight.dtype if self.mode == "bf16" else torch.bfloat16
                 x, x_scale = (x.float() * x_scale.float().unsqueeze(-1)).to(dt), None
@@ -400,8 +412,9 @@ class NVFP4Linear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
+        fp8 = f", fp8_scaling={self.fp8_scaling}" if self.mode == "fp8" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, mode={self.mode}, trainable={self.trainable}")
+                f"bias={self.bias is not None}, mode={self.mode}{fp8}, trainable={self.trainable}")
 
 
 def quantize_model(
@@ -412,6 +425,7 @@ def quantize_model(
     trainable: bool = False,
     recipe: NVFP4Recipe | None = None,
     backend: str = "auto",
+    fp8_tensor: tuple[str, ...] | list[str] = (),
 ) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` by an :class:`NVFP4Linear` (in place; returns model).
 
@@ -425,6 +439,10 @@ def quantize_model(
         handle (in_features % 16, or out_features % 16 when training NVFP4) are kept as well.
     trainable, recipe, backend :
         As :class:`NVFP4Linear`.
+    fp8_tensor : sequence of str
+        ``fp8`` mode: ``fnmatch`` patterns of the linears whose weight gets one per-tensor scale
+        (``fp8_scaling="tensor"``: those fed by a LayerNorm producer with a known bound); the
+        others are row-wise.
 
     Returns
     -------
@@ -447,6 +465,7 @@ def quantize_model(
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        scaling = "tensor" if any(fnmatch.fnmatchcase(name, p) for p in fp8_tensor) else "row"
         setattr(parent, child, NVFP4Linear.from_linear(getattr(parent, child), mode, trainable=trainable,
-                                                       recipe=recipe, backend=backend))
+                                                       recipe=recipe, backend=backend, fp8_scaling=scaling))
     return model

@@ -368,6 +368,24 @@ def nvfp4_gemm(
     return out.to(out_dtype)
 
 
+def fp8_scale_of_amax(amax: torch.Tensor) -> torch.Tensor:
+    """Decode scale of an amax: ``amax / 448`` correctly rounded, at least 2⁻¹²⁶ (so 1/scale is
+    finite), 1 for a zero amax, +Inf for an Inf/NaN amax."""
+    amax = torch.where(torch.isnan(amax), torch.full_like(amax, _INF), amax)
+    scale = torch.clamp(div_rn(amax, 448.0), min=_FLT_MIN)
+    return torch.where(amax == 0, torch.ones_like(amax), scale)
+
+
+def _fp8_encode(xf: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """E4M3 codes of fp32 ``xf · (1/scale)`` (``scale`` broadcast against ``xf``): the reciprocal and
+    the product each rounded once to fp32, then RNE saturating at ±448; NaN → 0x7F."""
+    inv = torch.ones_like(scale) / scale  # tensor / tensor: the true division on every device
+    v = (xf * inv).clamp(-448.0, 448.0)
+    bits = v.to(torch.float8_e4m3fn).view(torch.uint8)
+    bits = torch.where(torch.isnan(v), torch.full_like(bits, 0x7F), bits)  # one NaN code, as the GPU
+    return bits.view(torch.float8_e4m3fn)
+
+
 def quantize_fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """FP8 E4M3 row-wise quantization of ``x`` [rows, K] (the FP8 path of ``fp4/fp8.py``).
 
@@ -379,15 +397,20 @@ def quantize_fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     that quotient lies within one fp32 ulp of an E4M3 rounding midpoint.
     """
     xf = x.float()
-    mag = xf.abs()
-    amax = torch.where(torch.isnan(mag), torch.full_like(mag, _INF), mag).amax(-1)
-    scale = torch.clamp(div_rn(amax, 448.0), min=_FLT_MIN)
-    scale = torch.where(amax == 0, torch.ones_like(amax), scale)
-    inv = torch.ones_like(scale) / scale  # tensor / tensor: the true division on every device
-    v = (xf * inv.unsqueeze(-1)).clamp(-448.0, 448.0)
-    bits = v.to(torch.float8_e4m3fn).view(torch.uint8)
-    bits = torch.where(torch.isnan(v), torch.full_like(bits, 0x7F), bits)  # one NaN code, as the GPU
-    return bits.view(torch.float8_e4m3fn), scale
+    scale = fp8_scale_of_amax(xf.abs().amax(-1))
+    return _fp8_encode(xf, scale.unsqueeze(-1)), scale
+
+
+def quantize_fp8_tensorwise(x: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 E4M3 quantization of all of ``x`` with one fp32 scale: the row-wise rule of
+    :func:`quantize_fp8_rowwise` applied to the whole tensor (``scale = amax(|x|) / 448``), or to a
+    given decode ``scale`` (a bound known without reading ``x``: values beyond ``448·scale``
+    saturate). Returns (codes shaped as ``x``, 0-dim fp32 scale)."""
+    xf = x.float()
+    if scale is None:
+        scale = fp8_scale_of_amax(xf.abs().amax() if xf.numel() else xf.new_zeros(()))
+    scale = scale.reshape(()).float()
+    return _fp8_encode(xf, scale), scale
 
 
 def fp8_gemm(

@@ -267,3 +267,93 @@ def test_fp8_linear_input_activation_and_its_bad_input():
     x8, xs = quantize_fp8_rowwise(x)
     with pytest.raises(ValueError, match="input_activation"):
         fp8_linear(x8, w8, ws, x_scale=xs, input_activation="gelu_tanh")
+
+
+# --- per-tensor scales (fp8_tensorwise): cuBLAS's per-tensor kernel where it is faster -------------
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("m,n,k", [(1, 24, 64), (37, 50, 96)])
+def test_fp8_gemm_per_tensor_scales_equal_broadcast_row_scales(backend, m, n, k):
+    """One-element scales (shape () or (1,)) mean the same products as row scales repeating them:
+    bit for bit on each backend; codes from quantize_fp8_tensorwise."""
+    from longlive_kernels.fp4 import quantize_fp8_tensorwise
+
+    xq, xs = quantize_fp8_tensorwise(_rand(41, m, k, spread=4.0))
+    wq, ws = quantize_fp8_tensorwise(_rand(42, n, k))
+    assert xs.shape == () and ws.shape == ()
+    bias = _rand(43, n)
+    out = fp8_gemm(xq, xs, wq, ws.reshape(1), bias=bias, out_dtype=torch.float32, backend=backend)
+    rows = fp8_gemm(xq, xs.expand(m).contiguous(), wq, ws.expand(n).contiguous(), bias=bias,
+                    out_dtype=torch.float32, backend=backend)
+    assert_bitwise_equal(out, rows, "per-tensor vs broadcast row scales")
+    assert rel_err(out, ref.fp8_gemm(xq, xs, wq, ws, bias, out_dtype=torch.float32)) <= FP8_MMA_TOL
+
+
+def test_fp8_per_tensor_error_documented():
+    """Documents what one scale per tensor costs against one per row, on a LayerNorm-modulated
+    activation encoded with the LayerNorm bound (``layernorm_fp8_scale``: 123 against an amax of 8)
+    and a weight whose row magnitudes spread over 2⁻³..2³: 3.757e-2 relative against 3.747e-2
+    (row-wise), +0.3 %: the same E4M3 rounding error (3 mantissa bits) wherever values stay normal."""
+    from longlive_kernels.attention import adaln_modulate, layernorm_fp8_scale
+    from longlive_kernels.fp4 import quantize_fp8_tensorwise
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 256, 3072, generator=g) * 2 + 1
+    shift, scale = torch.randn(1, 1, 3072, generator=g) * 0.3, torch.randn(1, 1, 3072, generator=g) * 0.3
+    h = adaln_modulate(x, shift, scale, frame_len=256, backend="torch").reshape(256, 3072)
+    w = torch.randn(512, 3072, generator=g) * torch.exp2(torch.randint(-3, 4, (512, 1), generator=g).float()) * 0.02
+    exact = h.double() @ w.double().T
+    hq, hs = quantize_fp8_rowwise(h, backend="torch")
+    wq, ws = quantize_fp8_rowwise(w, backend="torch")
+    err_row = rel_err(fp8_gemm(hq, hs, wq, ws, out_dtype=torch.float32, backend="torch"), exact)
+    bound = layernorm_fp8_scale(scale, shift)
+    assert bound * 448 > 8 * h.abs().max()  # the bound is loose...
+    hq_t, hs_t = quantize_fp8_tensorwise(h, scale=bound)
+    wq_t, ws_t = quantize_fp8_tensorwise(w)
+    err_tensor = rel_err(fp8_gemm(hq_t, hs_t, wq_t, ws_t, out_dtype=torch.float32, backend="torch"), exact)
+    assert 0.01 < err_row < 0.05
+    assert err_tensor < 1.02 * err_row  # ...and costs < 2 % more error
+
+
+def test_fp8_scale_shapes_bad_input():
+    from longlive_kernels.fp4.gemm_fp8 import fp8_linear
+
+    xq, xs = quantize_fp8_rowwise(_rand(51, 4, 32), backend="torch")
+    wq, ws = quantize_fp8_rowwise(_rand(52, 8, 32), backend="torch")
+    with pytest.raises(ValueError, match=r"b_scale must have shape \(8,\) \(row-wise\) or \(\) / \(1,\)"):
+        fp8_gemm(xq, xs, wq, ws[:2], backend="torch")
+    with pytest.raises(ValueError, match="a_scale must have shape"):
+        fp8_gemm(xq, xs[:2], wq, ws, backend="torch")
+    with pytest.raises(ValueError, match="x_scale must have shape"):
+        fp8_linear(xq, wq, ws, x_scale=xs[:3], backend="torch")
+    with pytest.raises(ValueError, match="w_scale must have shape"):
+        fp8_linear(xq, wq, ws.reshape(2, 4), x_scale=xs, backend="torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(1760, 3072, 3072), (1760, 14336, 3072), (7040, 3072, 3072), (300, 520, 1000)])
+def test_gpu_fp8_gemm_per_tensor_kernel(m, k, n, monkeypatch):
+    """cuBLAS's per-tensor kernel (where ``tensorwise_kernel_faster``) and the row-wise kernel with the
+    scales broadcast (elsewhere) both give the reference's products within the FP8 MMA tolerance, and
+    the per-tensor pair takes the kernel the rule names."""
+    from longlive_kernels.fp4 import fp8 as fp8_mod
+    from longlive_kernels.fp4 import quantize_fp8_tensorwise
+    from longlive_kernels.fp4.fp8_tensorwise import tensorwise_kernel_faster
+
+    g = torch.Generator(device="cuda").manual_seed(m + n)
+    x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(n, k, device="cuda", generator=g) / k**0.5).bfloat16()
+    xq, xs = quantize_fp8_tensorwise(x)
+    wq, ws = quantize_fp8_tensorwise(w)
+    bias = torch.randn(n, device="cuda", generator=g)
+    calls = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **kw: calls.append(kw["scale_a"].dim()) or real(*a, **kw))
+    out = fp8_gemm(xq, xs, wq, ws, bias=bias)
+    assert calls == [0 if tensorwise_kernel_faster(m, n, k) else 2]
+    want = ref.fp8_gemm(xq, xs, wq, ws, bias, out_dtype=torch.float32)
+    assert rel_err(out.float(), want) <= FP8_MMA_TOL + 2.0**-8  # + the bf16 output's rounding
+    rows = fp8_mod._gemm_scaled_mm(xq, xs.expand(m).contiguous(), wq, ws.expand(n).contiguous(), bias,
+                                   torch.bfloat16)
+    assert rel_err(out.float(), rows.float()) <= FP8_MMA_TOL + 2.0**-8

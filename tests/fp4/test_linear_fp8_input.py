@@ -57,3 +57,43 @@ def test_bad_pairs_are_rejected():
         mod(codes, x_scale=scale[:3])
     with pytest.raises(ValueError, match="input_activation"):
         mod(codes, x_scale=scale, input_activation="gelu_tanh")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_per_tensor_weight_takes_per_tensor_codes(backend):
+    """fp8_scaling="tensor": one weight scale; per-tensor activation codes (one-element x_scale) give
+    ``(codes·s_x) @ (W8·s_w)ᵀ + b``; a bf16 input is quantized row-wise and runs the row-wise kernel
+    with the weight scale broadcast; the packed weight round-trips through the state dict."""
+    dev = DEV if backend == "triton" else "cpu"
+    torch.manual_seed(3)
+    lin = nn.Linear(64, 48).to(dev)
+    mod = NVFP4Linear.from_linear(lin, "fp8", backend=backend, fp8_scaling="tensor")
+    assert mod.weight_scale.shape == () and "fp8_scaling=tensor" in repr(mod)
+    wq, ws = ref.quantize_fp8_tensorwise(lin.weight.detach())
+    assert torch.equal(mod.weight_fp8.view(torch.uint8), wq.view(torch.uint8)) and torch.equal(mod.weight_scale, ws)
+    x = torch.randn(2, 7, 64).bfloat16().to(dev)
+    codes, xs = ref.quantize_fp8_tensorwise(x, torch.tensor(0.05, device=dev))
+    want = ref.fp8_gemm(codes.reshape(-1, 64), xs, wq, ws, lin.bias.detach(), out_dtype=torch.float32)
+    got = mod(codes, x_scale=xs)
+    assert got.shape == (2, 7, 48)
+    assert (got.float().reshape(-1, 48) - want).abs().max() <= 2e-2 * want.abs().max()
+    rows, rs = _pair(x)
+    want_rows = ref.fp8_gemm(rows.reshape(-1, 64), rs.reshape(-1), wq, ws, lin.bias.detach(), out_dtype=torch.float32)
+    assert (mod(x).float().reshape(-1, 48) - want_rows).abs().max() <= 2e-2 * want_rows.abs().max()
+    again = NVFP4Linear(64, 48, mode="fp8", backend=backend, fp8_scaling="tensor", device=dev, dtype=torch.float32)
+    again.load_state_dict(mod.state_dict())
+    assert torch.equal(again(codes, x_scale=xs), got)
+    row_mod = NVFP4Linear(64, 48, mode="fp8", backend=backend, device=dev)
+    with pytest.raises(RuntimeError, match="weight_scale"):  # a per-tensor checkpoint into a row-wise module
+        row_mod.load_state_dict(mod.state_dict())
+
+
+def test_quantize_model_fp8_tensor_patterns():
+    from longlive_kernels.fp4 import quantize_model
+
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 16))
+    quantize_model(model, "fp8", backend="torch", fp8_tensor=("0",))
+    assert model[0].fp8_scaling == "tensor" and model[0].weight_scale.shape == ()
+    assert model[1].fp8_scaling == "row" and model[1].weight_scale.shape == (16,)
+    with pytest.raises(ValueError, match="fp8_scaling"):
+        NVFP4Linear(32, 16, mode="fp8", fp8_scaling="block")
