@@ -5,10 +5,10 @@ from .adaln import (
     gated_residual,
     gated_residual_adaln,
     gated_residual_layernorm,
-    layernorm_fp8_scale,
 )
 from .fp4_kv_attention import fp4_kv_attention
 from .kv_cache import FP4KVCache
+from .layernorm_fp8_scale import layernorm_fp8_scale
 from .rope import apply_rope_3d
 
 __all__ = [

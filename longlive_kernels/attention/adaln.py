@@ -22,7 +22,6 @@ import torch
 
 from .. import _checks
 from .._backend import eager_op, resolve_backend
-from ..fp4 import reference as fp8_reference
 from ..fp4.fp8_tensorwise import check_fp8_scale
 from .adaln_ops import _gated_residual_op, _ln_mod_fp8_op, _ln_mod_op, _res_ln_mod_op
 
@@ -108,75 +107,6 @@ def _fp8_out(x, y, gate, scale, shift, frame_len, eps, plus_one, be, fp8_scale):
 def _no_fp8_scale(fp8_scale: object, out_fp8: bool) -> None:
     if fp8_scale is not None and not out_fp8:
         raise ValueError("fp8_scale is the per-tensor scale of FP8 h: it needs out_fp8=True")
-
-
-def layernorm_fp8_scale(
-    scale: torch.Tensor | None, shift: torch.Tensor | None, *, plus_one: bool = True, margin: float = 1.01
-) -> torch.Tensor:
-    """Per-tensor E4M3 decode scale that bounds every ``h = LayerNorm(x)·m + a``, from the vectors alone.
-
-    A LayerNorm output obeys ``|x̂_i| ≤ √(C − 1)`` for any row (the deviations d sum to zero, so
-    Cauchy–Schwarz on ``d_i = −Σ_{j≠i} d_j`` gives ``d_i² ≤ (C − 1)/C · Σ d²``; eps only shrinks x̂).
-    Hence ``|h_i| ≤ √(C − 1)·|m_i| + |a_i|`` whatever the tokens, and one scale
-    ``margin · max_i(√(C − 1)·|m_i| + |a_i|) / 448`` encodes every h of these vectors without
-    saturating and without reading h: the ``fp8_scale`` of :func:`adaln_modulate` and the residual
-    variants, whose codes then feed cuBLAS's per-tensor FP8 GEMM (``fp4.fp8_tensorwise``). The
-    bound is loose (a Gaussian row of 3072 reaches ~4.5 of √3071 ≈ 55), which costs precision only
-    below 2⁻⁶·448·scale, where E4M3 turns subnormal (bench/RESULTS.md, twenty-sixth session).
-
-    Parameters
-    ----------
-    scale : torch.Tensor or None
-        [..., C] float: the adaLN scale (``m = 1 + scale`` with ``plus_one``) or the LayerNorm
-        weight (``m = weight``); None means m = 1. Any leading dims (e.g. [B, F, C] per frame): the
-        bound is their maximum.
-    shift : torch.Tensor or None
-        [..., C] float: adaLN shift or LayerNorm bias; None means 0.
-    plus_one : bool
-        ``m = 1 + scale`` (adaLN) rather than ``m = scale`` (affine LayerNorm).
-    margin : float
-        ≥ 1: covers the fp32 statistics and the rounding of h to bf16 (2⁻⁸) before the encode.
-
-    Returns
-    -------
-    torch.Tensor
-        0-dim fp32 on the vectors' device: ``bound / 448`` (the row-wise rule's scale of an amax equal
-        to the bound: at least 2⁻¹²⁶; +Inf if a vector holds Inf/NaN).
-
-    Raises
-    ------
-    TypeError
-        Non-float vectors, or a non-float margin.
-    ValueError
-        Both vectors None, vectors of different last dims or devices or that do not broadcast,
-        C < 2, margin < 1.
-    """
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
-    if not margin >= 1.0:
-        raise ValueError(f"margin must be >= 1, got {margin!r}")
-    given = {k: v for k, v in (("scale", scale), ("shift", shift)) if v is not None}
-    if not given:
-        raise ValueError("layernorm_fp8_scale needs scale or shift (both None bounds nothing but LayerNorm)")
-    for name, v in given.items():
-        _checks.check_dtype(name, v, _checks.FLOAT_DTYPES + (torch.float64,))
-    c = {v.shape[-1] if v.dim() else 1 for v in given.values()}
-    if len(c) != 1:
-        raise ValueError(f"scale and shift must share their last dim C, got {sorted(c)}")
-    (c,) = c
-    if c < 2:
-        raise ValueError(f"the LayerNorm bound needs C >= 2 features, got C = {c}")
-    dev = _checks.check_same_device(**given)
-    root = (c - 1) ** 0.5
-    m = torch.ones((), device=dev) if scale is None else (scale.float() + 1.0 if plus_one else scale.float())
-    a = torch.zeros((), device=dev) if shift is None else shift.float()
-    try:
-        torch.broadcast_shapes(m.shape, a.shape)
-    except RuntimeError:
-        raise ValueError(f"scale {list(m.shape)} and shift {list(a.shape)} must broadcast (pairs of one element)"
-                         ) from None
-    return fp8_reference.fp8_scale_of_amax((m.abs() * root + a.abs()).amax() * margin)
-
 
 
 def adaln_modulate(

@@ -164,16 +164,6 @@ def test_fp8_scale_bad_input():
                 adaln_modulate(x, e, e, frame_len=2, backend="torch", out_fp8=True, fp8_scale=bad)
         codes, s = adaln_modulate(x, e, e, frame_len=2, backend="torch", out_fp8=True, fp8_scale=0.5)
         assert s.shape == () and s.item() == 0.5 and codes.shape == x.shape
-    with pytest.raises(ValueError, match="needs scale or shift"):
-        layernorm_fp8_scale(None, None)
-    with pytest.raises(ValueError, match="last dim"):
-        layernorm_fp8_scale(torch.ones(4), torch.ones(5))
-    with pytest.raises(ValueError, match="C >= 2"):
-        layernorm_fp8_scale(torch.ones(1), None)
-    with pytest.raises(ValueError, match="margin"):
-        layernorm_fp8_scale(torch.ones(4), None, margin=0.5)
-    with pytest.raises(ValueError, match="broadcast"):
-        layernorm_fp8_scale(torch.ones(2, 4), torch.ones(3, 4))
 
 
 @given(
