@@ -278,7 +278,7 @@ def _scaled_mm_by_default(backend: str, dev: torch.device, k: int, n: int, out_d
 
 # (M, N, K, device, per-tensor) that cuBLAS has no FP8 algorithm for (CUBLAS_STATUS_NOT_SUPPORTED from its
 # heuristic, e.g. M = 64, K = 20480, N = 256 on an H200): those run the Triton kernel.
-_SCALED_MM_UNSUPPORTED: set[tuple[int, int, int, int]] = set()
+_SCALED_MM_UNSUPPORTED: set[tuple[int, int, int, int | None, bool]] = set()
 
 
 def _gemm_scaled_mm(a, a_scale, b, b_scale, bias, out_dtype):
