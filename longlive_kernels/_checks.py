@@ -69,7 +69,7 @@ def check_positive_bound(name: str, bound: object, device: torch.device) -> None
             raise ValueError(f"{name} must be a one-element floating tensor, got {bound.dtype} of shape "
                              f"{list(bound.shape)}")
         if bound.device != device:
-            raise ValueError(f"{name} is on {bound.device}, q on {device}")
+            raise ValueError(f"{name} is on {bound.device}, the tensors it bounds on {device}")
         return
     if isinstance(bound, bool) or not isinstance(bound, (int, float)):
         raise TypeError(f"{name} must be a float or a one-element tensor, got {type(bound).__name__}")

@@ -67,19 +67,13 @@ def check_fp8_scale(name: str, scale: torch.Tensor | float | None, device: torch
     ValueError
         A tensor of more than one element or on another device; a float that is not positive and finite.
     """
+    if isinstance(scale, torch.Tensor):
+        _checks.check_dtype(name, scale, (torch.float32,))
+    _checks.check_positive_bound(name, scale, device)
     if scale is None:
         return None
     if isinstance(scale, torch.Tensor):
-        _checks.check_dtype(name, scale, (torch.float32,))
-        if scale.numel() != 1:
-            raise ValueError(f"{name} must hold one element (a per-tensor scale), got shape {tuple(scale.shape)}")
-        if scale.device != device:
-            raise ValueError(f"{name} must be on {device}, got {scale.device}")
         return scale.reshape(())
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"{name} must be a one-element fp32 tensor or a float, got {type(scale).__name__}")
-    if not 0.0 < float(scale) < float("inf"):
-        raise ValueError(f"{name} must be positive and finite, got {scale!r}")
     return torch.tensor(float(scale), dtype=torch.float32, device=device)
 
 
