@@ -31,7 +31,7 @@ from .. import _checks
 from .._backend import eager_op, resolve_backend
 from ..fp4.format import BLOCK_SIZE, SCALE_RULES, NVFP4Tensor
 from ..fp4.reference import div_rn
-from .quantized_all_to_all_ops import _amax_op, _pack_op, _unpack_op
+from .quantized_all_to_all_ops import NOT_DELAYED, _amax_op, _pack_op, _unpack_op
 from .reference import E4M3_MAX, FORMATS, payload_layout
 from .ulysses import (
     AllToAllHandle,
@@ -342,7 +342,7 @@ def quantized_all_to_all(
         for i, t in enumerate(xs):
             sections = (layout.data_offset(i), layout.scale_offset(i), layout.header_word(i),
                         layout.data_bytes, layout.scale_bytes, be)
-            obs = () if delayed is None else (send, delayed.scale, delayed._last_gs[i], layout.amax_word(i), i,
+            obs = NOT_DELAYED if delayed is None else (send, delayed.scale, delayed._last_gs[i], layout.amax_word(i), i,
                                               delayed.margin, SCALE_RULES[scale_rule][1])
             if output == "dequantized":
                 dst = outs[i]

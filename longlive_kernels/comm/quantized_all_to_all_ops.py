@@ -182,6 +182,11 @@ def _(x, buf, global_scale, world_size, scatter_dim, fmt, scale_rule, data_off, 
     return None
 
 
+# ``_unpack_op``'s last seven arguments (send, state, out_gs, amax_word, state_index, margin,
+# denominator) when the call does not use delayed scaling.
+NOT_DELAYED = (None, None, None, 0, 0, 1.0, 1.0)
+
+
 @torch.library.custom_op("longlive_kernels::a2a_unpack", mutates_args=("out", "out_scale", "send", "state", "out_gs"))
 def _unpack_op(
     buf: torch.Tensor,
@@ -197,18 +202,20 @@ def _unpack_op(
     data_bytes: int,
     scale_bytes: int,
     backend: str,
-    send: torch.Tensor | None = None,
-    state: torch.Tensor | None = None,
-    out_gs: torch.Tensor | None = None,
-    amax_word: int = 0,
-    state_index: int = 0,
-    margin: float = 1.0,
-    denominator: float = 1.0,
+    send: torch.Tensor | None,
+    state: torch.Tensor | None,
+    out_gs: torch.Tensor | None,
+    amax_word: int,
+    state_index: int,
+    margin: float,
+    denominator: float,
 ) -> None:
     """Unpack the received chunks; with ``send`` (NVFP4 delayed scaling, ``DelayedScaling``) also
     raise the next call's amax words in ``send`` by this call's observed amax, update
     ``state[state_index]`` from the amaxes the sources reported, and write the used decode scale
-    to ``out_gs``."""
+    to ``out_gs``; without it, pass :data:`NOT_DELAYED` for the last seven arguments. They have no
+    defaults because torch 2.11's in-place dispatch indexes every mutated argument among the ones
+    given (an omitted ``send`` raised IndexError on the GPU)."""
     d = out.shape[-1] if (dequant or fmt == "fp8") else out.shape[-1] * 2
     delayed = None if send is None else (send, state, out_gs, amax_word, state_index, margin, denominator)
     if backend != "torch":
@@ -240,6 +247,5 @@ def _unpack_op(
 
 @_unpack_op.register_fake
 def _(buf, out, out_scale, world_size, gather_dim, fmt, dequant, data_off, scale_off, hdr_word, data_bytes,
-      scale_bytes, backend, send=None, state=None, out_gs=None, amax_word=0, state_index=0, margin=1.0,
-      denominator=1.0):
+      scale_bytes, backend, send, state, out_gs, amax_word, state_index, margin, denominator):
     return None

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from longlive_kernels._backend import has_cuda_extension
 from longlive_kernels.comm import UlyssesAttention, quantized_all_to_all, sdpa_attention, ulysses_all_to_all
 from longlive_kernels.comm import reference as ref
+from longlive_kernels.comm.quantized_all_to_all_ops import NOT_DELAYED
 from longlive_kernels.fp4 import dequantize_nvfp4, quantize_nvfp4
 from longlive_kernels.fp4.format import SCALE_RULES
 from longlive_kernels.fp4.reference import div_rn
@@ -95,6 +96,7 @@ def _simulate(xs, sd, gd, *, fmt, dequant, tensor_scale, rule, backend, out_dtyp
             lay.data_bytes,
             lay.scale_bytes,
             backend,
+            *NOT_DELAYED,
         )
         results.append(o.cpu() if dequant else (o.cpu(), s.cpu()))
     return results, gs.cpu()
@@ -385,5 +387,15 @@ def test_opcheck(backend):
     gs = torch.tensor(0.01, device=dev)
     torch.library.opcheck(qa2a._pack_op, (x, buf, gs, 2, 2, "nvfp4", "static6", *sections, backend))
     out = torch.empty(1, 4, 2, 32, device=dev)
-    args = (buf, out, None, 2, 1, "nvfp4", True, *sections, lay.data_bytes, lay.scale_bytes, backend)
+    args = (buf, out, None, 2, 1, "nvfp4", True, *sections, lay.data_bytes, lay.scale_bytes, backend,
+            *NOT_DELAYED)
     torch.library.opcheck(qa2a._unpack_op, args)
+
+
+def test_unpack_schema_has_no_defaults():
+    """Every argument of the unpack op is passed explicitly: torch 2.11's in-place dispatch indexes the
+    mutated arguments (``send``, ``state``, ``out_gs``) among those given, so an omitted one with a
+    default raised IndexError on the GPU."""
+    schema = torch.ops.longlive_kernels.a2a_unpack.default._schema
+    assert [a.name for a in schema.arguments if a.has_default_value()] == []
+    assert len(NOT_DELAYED) == len(schema.arguments) - 13
