@@ -64,9 +64,10 @@ def build_generate_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--precision",
-        choices=("bf16", "nvfp4", "w4a16", "fp8"),
+        choices=("bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor"),
         default="bf16",
-        help="linear layers of the DiT blocks",
+        help="linear layers of the DiT blocks (fp8: row-wise scales; fp8_tensor: per-tensor scales for "
+        "the linears behind a LayerNorm)",
     )
     m.add_argument(
         "--kv-cache", choices=("bf16", "fp4"), default=None, help="KV-cache storage (default: config)"

@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="leading chunks excluded from FPS")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument(
-        "--modes", default=ALL_MODES, help="comma list of precision:kv (precision bf16|nvfp4|w4a16|fp8)"
+        "--modes", default=ALL_MODES, help="comma list of precision:kv (precision bf16|nvfp4|w4a16|fp8|fp8_tensor)"
     )
     ap.add_argument(
         "--decode",
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
 
     modes = [tuple(m.split(":")) for m in a.modes.split(",") if m]
     for prec, kv in modes:
-        if prec not in ("bf16", "nvfp4", "w4a16", "fp8") or kv not in ("bf16", "fp4"):
+        if prec not in ("bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor") or kv not in ("bf16", "fp4"):
             ap.error(f"bad mode {prec}:{kv}")
     cfg = ModelConfig.from_name("wan2.2-ti2v-5b")
     if a.layers:

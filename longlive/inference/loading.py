@@ -16,7 +16,7 @@ from longlive.config import ModelConfig
 
 __all__ = ["PRECISIONS", "peek_config"]
 
-PRECISIONS = ("bf16", "nvfp4", "w4a16", "fp8")
+PRECISIONS = ("bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor")
 
 
 def _default_device(device) -> torch.device:

@@ -207,8 +207,9 @@ class Pipeline:
             :func:`longlive.model.load_pretrained`). Required unless ``random_weights``.
         config : str, path or ModelConfig, optional
             Preset name or YAML; default from the checkpoint (required with ``random_weights``).
-        precision : {"bf16", "nvfp4", "w4a16", "fp8"}
-            Linear layers of the 30 blocks (spec §3.2 keeps embeddings and head in BF16).
+        precision : {"bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor"}
+            Linear layers of the 30 blocks (spec §3.2 keeps embeddings and head in BF16); see
+            :meth:`longlive.model.CausalDiT.quantize_`.
         kv_cache : {"fp4", "bf16"}, optional
             KV-cache storage (default ``config.ar.kv_storage``).
         device, dtype :

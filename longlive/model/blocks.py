@@ -111,19 +111,25 @@ def adaln_torch(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *, fr
     return out.view(b, n, c).to(x.dtype)
 
 
+def _fp8_kw(out_fp8: bool, fp8_scale) -> dict:
+    return {"out_fp8": out_fp8} if fp8_scale is None or not out_fp8 else {"out_fp8": True, "fp8_scale": fp8_scale}
+
+
 def adaln(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *, frame_len: int, eps: float,
-          ops: str = "kernels", backend: str = "auto", out_fp8: bool = False):
+          ops: str = "kernels", backend: str = "auto", out_fp8: bool = False, fp8_scale=None):
     """Fused LayerNorm (no affine) + per-frame modulation; ``longlive_kernels`` ``adaln_modulate``.
 
     ``out_fp8`` asks for h as row-wise E4M3 ``(codes, row_scale)`` from the same pass (inference,
-    for FP8 linears); the torch ops return the bf16 h instead (every consumer takes both)."""
+    for FP8 linears), or with ``fp8_scale`` (a one-element fp32 tensor, ``layernorm_fp8_scale`` of
+    the same vectors) as per-tensor ``(codes, fp8_scale)``; the torch ops return the bf16 h instead
+    (every consumer takes both)."""
     if x.shape[1] != shift.shape[1] * frame_len:
         raise ValueError(
             f"adaln: x has {x.shape[1]} tokens, expected frames·frame_len = {shift.shape[1]}·{frame_len}"
         )
     fn = _kernel("adaln_modulate") if ops == "kernels" else None
     if fn is not None:
-        return fn(x, shift, scale, frame_len=frame_len, eps=eps, backend=backend, out_fp8=out_fp8)
+        return fn(x, shift, scale, frame_len=frame_len, eps=eps, backend=backend, **_fp8_kw(out_fp8, fp8_scale))
     return adaln_torch(x, shift, scale, frame_len=frame_len, eps=eps)
 
 
@@ -141,15 +147,15 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, *, fram
 
 def residual_layernorm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, norm: nn.LayerNorm | None, *,
                        frame_len: int, eps: float, ops: str = "kernels", backend: str = "auto",
-                       out_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       out_fp8: bool = False, fp8_scale=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``r = x + y·gate`` then ``h = LN3(r)`` (affine LayerNorm, or identity when ``norm`` is None).
 
-    One pass with ``longlive_kernels`` ``gated_residual_layernorm``; returns (r, h). ``out_fp8``: as
-    :func:`adaln`."""
+    One pass with ``longlive_kernels`` ``gated_residual_layernorm``; returns (r, h). ``out_fp8``,
+    ``fp8_scale``: as :func:`adaln`."""
     fn = _kernel("gated_residual_layernorm") if ops == "kernels" and norm is not None else None
     if fn is not None:
         return fn(x, y, gate, norm.weight, norm.bias, frame_len=frame_len, eps=eps, backend=backend,
-                  out_fp8=out_fp8)
+                  **_fp8_kw(out_fp8, fp8_scale))
     r = gated_residual(x, y, gate, frame_len=frame_len, ops=ops, backend=backend)
     if norm is None:
         return r, r
@@ -159,13 +165,15 @@ def residual_layernorm(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, nor
 
 def residual_adaln(x: torch.Tensor, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, *,
                    frame_len: int, eps: float, ops: str = "kernels", backend: str = "auto",
-                   out_fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   out_fp8: bool = False, fp8_scale=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``r = x + y`` (ungated) then ``h = LN(r)·(1 + scale) + shift``; returns (r, h).
 
-    One pass with ``longlive_kernels`` ``gated_residual_adaln``. ``out_fp8``: as :func:`adaln`."""
+    One pass with ``longlive_kernels`` ``gated_residual_adaln``. ``out_fp8``, ``fp8_scale``: as
+    :func:`adaln`."""
     fn = _kernel("gated_residual_adaln") if ops == "kernels" else None
     if fn is not None:
-        return fn(x, y, None, shift, scale, frame_len=frame_len, eps=eps, backend=backend, out_fp8=out_fp8)
+        return fn(x, y, None, shift, scale, frame_len=frame_len, eps=eps, backend=backend,
+                  **_fp8_kw(out_fp8, fp8_scale))
     r = (x.float() + y.float()).to(x.dtype)
     return r, adaln(r, shift, scale, frame_len=frame_len, eps=eps, ops=ops, backend=backend)
 
@@ -286,7 +294,7 @@ def _takes_fp8(*linears: nn.Module) -> bool:
 
 
 def _linear(mod: nn.Module, h, **kw) -> torch.Tensor:
-    """``mod(h)`` for a bf16 h or a row-wise FP8 ``(codes, row_scale)`` pair."""
+    """``mod(h)`` for a bf16 h or an FP8 ``(codes, scale)`` pair (row-wise or one per-tensor scale)."""
     return mod(h[0], x_scale=h[1], **kw) if isinstance(h, tuple) else mod(h, **kw)
 
 
@@ -373,19 +381,23 @@ class DiTBlock(nn.Module):
         self.kernel_backend = "auto"
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, *, attn, layer: int,
-                layout: TokenLayout, theta: float) -> torch.Tensor:
-        """x [B, L, C]; e0 [B, frames, 6, C] fp32; context [B, S, Lt, C] (projected text)."""
+                layout: TokenLayout, theta: float, fp8_scales: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, C]; e0 [B, frames, 6, C] fp32; context [B, S, Lt, C] (projected text).
+        ``fp8_scales`` [3] fp32: per-tensor E4M3 scales of the adaLN, LN3 and LN2 outputs for FP8
+        linears (``CausalDiT._norm_fp8_scales``); None: row-wise scales from each norm's pass."""
         ops, be, fl, eps = self.ops, self.kernel_backend, layout.frame_len, self.eps
         e = (self.modulation.float().unsqueeze(0) + e0.float()).unbind(2)  # 6 x [B, frames, C]
         sa, ca = self.self_attn, self.cross_attn
-        # with FP8 linears each norm hands its consumers row-wise E4M3 (one quantization, in its pass)
-        h = adaln(x, e[0], e[1], frame_len=fl, eps=eps, ops=ops, backend=be, out_fp8=_takes_fp8(sa.q, sa.k, sa.v))
+        fs = (None, None, None) if fp8_scales is None else fp8_scales.unbind(0)
+        # with FP8 linears each norm hands its consumers E4M3 codes (one quantization, in its pass)
+        h = adaln(x, e[0], e[1], frame_len=fl, eps=eps, ops=ops, backend=be, out_fp8=_takes_fp8(sa.q, sa.k, sa.v),
+                  fp8_scale=fs[0])
         y = sa(h, attn=attn, layer=layer, layout=layout, theta=theta, ops=ops, backend=be)
         x, h = residual_layernorm(x, y, e[2], self.norm3, frame_len=fl, eps=eps, ops=ops, backend=be,
-                                  out_fp8=_takes_fp8(ca.q))
+                                  out_fp8=_takes_fp8(ca.q), fp8_scale=fs[1])
         y = ca(h, context)
         x, h = residual_adaln(x, y, e[3], e[4], frame_len=fl, eps=eps, ops=ops, backend=be,
-                              out_fp8=_takes_fp8(self.ffn[0]))
+                              out_fp8=_takes_fp8(self.ffn[0]), fp8_scale=fs[2])
         return gated_residual(x, self._ffn(h), e[5], frame_len=fl, ops=ops, backend=be)
 
     def _ffn(self, h) -> torch.Tensor:

@@ -393,7 +393,7 @@ def load_pretrained(path: str | os.PathLike, config: ModelConfig | str | None = 
         matches the weights (``wan2.2-ti2v-5b`` for the official checkpoint).
     device, dtype :
         Target device and floating dtype of the high-precision parameters.
-    mode : {"bf16", "nvfp4", "w4a16", "fp8"}
+    mode : {"bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor"}
         Linear mode. A BF16 checkpoint is quantized on load (``model.quantize_(mode)`` after
         loading); a checkpoint saved from a quantized model in the same mode loads its packed
         weights directly.

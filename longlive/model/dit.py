@@ -30,7 +30,15 @@ from .masks import TeacherForcingLayout
 
 __all__ = ["LINEAR_MODES", "CausalDiT", "sinusoidal_embedding"]
 
-LINEAR_MODES = ("bf16", "nvfp4", "w4a16", "fp8")
+LINEAR_MODES = ("bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor")
+
+# The linears fed by a LayerNorm (adaLN, LN3, LN2): in "fp8_tensor" mode their weights and inputs
+# take one E4M3 scale per tensor; their inputs' scales bound the norms' outputs from the modulation
+# vectors alone (``layernorm_fp8_scale``), so the norm's pass skips its row amax and cuBLAS runs
+# its per-tensor FP8 kernel where that is faster (M ≤ 2048 at N = 3072: bench/RESULTS.md,
+# twenty-sixth session).
+FP8_TENSOR_LINEARS = ("blocks.*.self_attn.q", "blocks.*.self_attn.k", "blocks.*.self_attn.v",
+                      "blocks.*.cross_attn.q", "blocks.*.ffn.0")
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -112,9 +120,11 @@ class CausalDiT(nn.Module):
 
     def quantize_(self, mode: str, **kwargs) -> CausalDiT:
         """Swap the block linears to ``mode`` in place via ``longlive_kernels.fp4.quantize_model``
-        (``"nvfp4"`` W4A4, ``"w4a16"``, ``"fp8"`` W8A8; ``"bf16"`` = no-op), keeping
-        ``text_embedding``, ``patch_embedding``, ``time_embedding``, ``time_projection``, ``head`` in
-        high precision (spec §3.2). Extra kwargs go to ``quantize_model``."""
+        (``"nvfp4"`` W4A4, ``"w4a16"``, ``"fp8"`` W8A8 with row-wise scales; ``"fp8_tensor"``: the
+        same with per-tensor scales for the linears behind a LayerNorm, :data:`FP8_TENSOR_LINEARS`;
+        ``"bf16"`` = no-op), keeping ``text_embedding``, ``patch_embedding``, ``time_embedding``,
+        ``time_projection``, ``head`` in high precision (spec §3.2). Extra kwargs go to
+        ``quantize_model``."""
         if mode not in LINEAR_MODES:
             raise ValueError(f"CausalDiT.quantize_: mode must be one of {LINEAR_MODES}, got {mode!r}")
         if mode == "bf16":
@@ -128,7 +138,9 @@ class CausalDiT(nn.Module):
                 f"CausalDiT.quantize_({mode!r}) needs longlive_kernels.fp4.quantize_model, which is not available"
             ) from exc
         skip = [pat for name in QUANT_SKIP_MODULES for pat in (name, f"{name}.*")]  # fnmatch patterns
-        quantize_model(self, mode, skip=skip, **kwargs)
+        if mode == "fp8_tensor":
+            kwargs["fp8_tensor"] = FP8_TENSOR_LINEARS
+        quantize_model(self, "fp8" if mode == "fp8_tensor" else mode, skip=skip, **kwargs)
         self.linear_mode = mode
         return self
 
@@ -207,14 +219,40 @@ class CausalDiT(nn.Module):
         return e.float(), e0.float()
 
     # ---- core -----------------------------------------------------------------------------------
+    def _norm_fp8_scales(self, e0: torch.Tensor) -> torch.Tensor | None:
+        """[num_layers, 3] fp32: every block's per-tensor E4M3 scale of its adaLN, LN3 and LN2 outputs
+        for this forward's time embedding e0 [B, F, 6, C], in one launch per norm (``fp8_tensor``
+        mode, inference, fused kernels); None otherwise. The modulation is summed as each block sums
+        it, and :func:`layernorm_fp8_scale` bounds any LayerNorm row, so no h can saturate."""
+        if self.linear_mode != "fp8_tensor" or torch.is_grad_enabled() or self.ops != "kernels":
+            return None
+        try:
+            from longlive_kernels.attention import layernorm_fp8_scale
+        except ImportError:
+            return None
+        n, be = len(self.blocks), self.blocks[0].kernel_backend
+        mod = torch.stack([b.modulation for b in self.blocks]).float()  # [N, 1, 6, C]
+        e = mod.unsqueeze(1) + e0.float().unsqueeze(0)  # [N, B, F, 6, C]
+        scales = [layernorm_fp8_scale(e[..., 1, :], e[..., 0, :], groups=n, backend=be),
+                  torch.ones(n, device=e0.device),  # no LN3 (cross_attn_norm=False): h is not quantized there
+                  layernorm_fp8_scale(e[..., 4, :], e[..., 3, :], groups=n, backend=be)]
+        norms = [b.norm3 for b in self.blocks]
+        if all(nm is not None for nm in norms):
+            scales[1] = layernorm_fp8_scale(torch.stack([nm.weight for nm in norms]),
+                                            torch.stack([nm.bias for nm in norms]), plus_one=False, groups=n,
+                                            backend=be)
+        return torch.stack(scales, 1)
+
     def _run_blocks(self, x, e0, context, *, attn: AttentionBackend, layout: TokenLayout) -> torch.Tensor:
         theta = self.config.rope_theta
+        fp8_scales = self._norm_fp8_scales(e0)
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, e0, context, attn=attn, layer=i, layout=layout, theta=theta,
                                use_reentrant=False)
             else:
-                x = block(x, e0, context, attn=attn, layer=i, layout=layout, theta=theta)
+                x = block(x, e0, context, attn=attn, layer=i, layout=layout, theta=theta,
+                          fp8_scales=None if fp8_scales is None else fp8_scales[i])
         return x
 
     def _head(self, x: torch.Tensor, e: torch.Tensor, grid) -> torch.Tensor:

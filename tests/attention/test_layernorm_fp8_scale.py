@@ -46,6 +46,34 @@ def test_triton_equals_torch(seed, c, frames, kind, plus_one):
         assert got.item() == 1.0
 
 
+@given(seed=st.integers(0, 2**31 - 1), c=st.sampled_from([2, 96, 1100, 3072]), frames=st.integers(1, 9),
+       groups=st.integers(1, 5), kind=st.sampled_from(["both", "scale", "shared_shift", "nan"]))
+@settings(max_examples=25, deadline=None)
+def test_groups_equal_one_call_per_group(seed, c, frames, groups, kind):
+    """``groups=G``: entry g is bit for bit the scale of group g's vectors alone (the DiT's every-block
+    launch over strided per-frame modulation views, and a [G, 1, C] LayerNorm-style row)."""
+    if DEV == "cpu" and not interpret_mode():
+        pytest.skip("needs the Triton interpreter or a GPU")
+    g = torch.Generator().manual_seed(seed)
+    mod = torch.randn(groups, 1, 6, c, generator=g) * torch.exp2(torch.randint(-6, 6, (groups, 1, 1, 1), generator=g))
+    e = (mod + torch.randn(1, frames, 6, c, generator=g)).to(DEV)  # [G, F, 6, C]
+    scale, shift = e[:, :, 1], e[:, :, 4]
+    if kind == "scale":
+        shift = None
+    elif kind == "shared_shift":
+        shift = e[:, :1, 0]
+    elif kind == "nan":
+        e[groups - 1, frames // 2, 1, c - 1] = float("nan")
+    for be in ("triton", "torch"):
+        got = layernorm_fp8_scale(scale, shift, groups=groups, backend=be)
+        assert got.shape == (groups,) and got.dtype == torch.float32
+        want = torch.stack([layernorm_fp8_scale(scale[i], None if shift is None else shift[i], backend="torch")
+                            for i in range(groups)])
+        assert torch.equal(got, want), (be, got, want)
+    if kind == "nan":
+        assert torch.isinf(got[-1]) and torch.isfinite(got[:-1]).all()
+
+
 def test_bad_input():
     v = torch.ones(2, 8)
     with pytest.raises(ValueError, match="needs scale or shift"):
@@ -64,3 +92,7 @@ def test_bad_input():
         layernorm_fp8_scale(torch.ones(()), None)
     with pytest.raises(TypeError, match="scale"):
         layernorm_fp8_scale(torch.ones(4, dtype=torch.int32), None)
+    with pytest.raises(ValueError, match="groups must be"):
+        layernorm_fp8_scale(v, None, groups=0)
+    with pytest.raises(ValueError, match=r"groups=3, shift must be \[groups"):
+        layernorm_fp8_scale(torch.ones(3, 2, 8), torch.ones(2, 8), groups=3)

@@ -75,7 +75,7 @@ def test_generate_on_gpu_writes_mp4(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["nvfp4", "fp8"])
+@pytest.mark.parametrize("precision", ["nvfp4", "fp8", "fp8_tensor"])
 def test_5b_width_slice_streams(precision):
     # the 5B block geometry (3072 wide, 24 heads, 704x1280 chunks of 7040 tokens) with 2 blocks
     cfg = __import__("longlive.config", fromlist=["ModelConfig"]).ModelConfig.from_name("wan2.2-ti2v-5b")

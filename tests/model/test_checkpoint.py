@@ -221,3 +221,17 @@ def test_load_pretrained_quantizes_on_load(model, tmp_path):
     assert packed_keys
     for k in packed_keys:
         assert s3[k].dtype == s1[k].dtype and torch.equal(s3[k].view(torch.uint8), s1[k].view(torch.uint8)), k
+
+
+def test_fp8_tensor_checkpoint_round_trip(model, tmp_path):
+    """A packed ``fp8_tensor`` model (0-dim weight scales behind the norms, row-wise elsewhere) loads
+    back bit for bit, and only into its own mode."""
+    path = save_checkpoint(model, tmp_path / "dit.safetensors")
+    q = load_pretrained(path, mode="fp8_tensor", dtype=torch.bfloat16)
+    blk = q.blocks[0]
+    assert q.linear_mode == "fp8_tensor"
+    assert blk.ffn[0].weight_scale.dim() == 0 and blk.ffn[2].weight_scale.dim() == 1
+    packed = save_checkpoint(q, tmp_path / "packed.safetensors")
+    with pytest.raises(CheckpointMismatchError, match="fp8_tensor"):
+        load_pretrained(packed, mode="fp8", dtype=torch.bfloat16)
+    _assert_same(q, load_pretrained(packed, mode="fp8_tensor", dtype=torch.bfloat16))

@@ -2,6 +2,7 @@
 cache agree), the masks, balanced sequence parallelism. Presets, parameter count, spec formulas, bad
 inputs, compile: ``test_dit_structure.py``; the 5B model on the GPU: ``test_dit_gpu.py``."""
 
+import copy
 import math
 
 import pytest
@@ -404,3 +405,51 @@ def test_fp8_attention_is_given_the_qk_norm_bounds():
     for name, t, norm in (("q_amax", q, blk.self_attn.norm_q), ("k_amax", k, blk.self_attn.norm_k)):
         assert torch.equal(fp8_attn.kw[name], norm.amax_bound())
         assert 0 < t.abs().max() <= fp8_attn.kw[name].item()
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=pytest.mark.gpu), "torch"])
+def test_fp8_tensor_mode_hands_per_tensor_codes(backend, monkeypatch):
+    """``quantize_("fp8_tensor")``, inference: q/k/v, cross-q and ffn.0 hold per-tensor FP8 weights and
+    receive per-tensor E4M3 codes from their norm's pass, with exactly the scale
+    ``layernorm_fp8_scale`` gives for that block's own vectors (one launch for all blocks); the other
+    linears stay row-wise, and the output is as close to the BF16 model as the row-wise FP8 model's."""
+    from longlive_kernels.attention import layernorm_fp8_scale
+    from longlive_kernels.fp4 import NVFP4Linear
+
+    if backend == "triton" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dev = "cuda" if backend == "triton" else "cpu"
+    cfg = _tiny()
+    base = _model(cfg, dtype=torch.bfloat16).to(dev)
+    for blk in base.blocks:
+        blk.kernel_backend = backend
+    models = {mode: copy.deepcopy(base).quantize_(mode, backend=backend) for mode in ("fp8", "fp8_tensor")}
+    m = models["fp8_tensor"]
+    per_tensor = {n for n, mod in m.named_modules() if isinstance(mod, NVFP4Linear) and mod.weight_scale.dim() == 0}
+    assert per_tensor == {f"blocks.{i}.{s}" for i in range(cfg.num_layers)
+                          for s in ("self_attn.q", "self_attn.k", "self_attn.v", "cross_attn.q", "ffn.0")}
+    _, noisy, t_noisy, ctx = (t.to(dev) for t in _inputs(cfg, frames=2, dtype=torch.bfloat16))
+    seen = []
+    forward = NVFP4Linear.forward
+    monkeypatch.setattr(NVFP4Linear, "forward",
+                        lambda self, x, **kw: seen.append(kw.get("x_scale")) or forward(self, x, **kw))
+    with torch.no_grad():
+        outs = {mode: mod(noisy, t_noisy, ctx) for mode, mod in models.items()}
+        n_row = len(seen) // 2
+        got = [s for s in seen[n_row:] if s is not None]
+        ref = base(noisy, t_noisy, ctx)
+        e0 = m.embed_time(t_noisy, 1, noisy.shape[2])[1]
+    monkeypatch.undo()
+    want = []
+    for blk in m.blocks:
+        e = blk.modulation.float().unsqueeze(0) + e0
+        s1 = layernorm_fp8_scale(e[:, :, 1], e[:, :, 0], backend="torch")
+        s3 = layernorm_fp8_scale(blk.norm3.weight, blk.norm3.bias, plus_one=False, backend="torch")
+        want += [s1, s1, s1, s3, layernorm_fp8_scale(e[:, :, 4], e[:, :, 3], backend="torch")]
+    assert len(got) == len(want) == 5 * cfg.num_layers
+    assert all(g.numel() == 1 and torch.equal(g.reshape(()), w) for g, w in zip(got, want)), (got, want)
+    err = {mode: rel_err(o.float(), ref.float()) for mode, o in outs.items()}
+    assert 0 < err["fp8_tensor"] <= 1.25 * err["fp8"] + 1e-3, err
+    with torch.no_grad():  # the torch ops (no fused norms) feed bf16 h: no per-tensor scales to compute
+        assert m.set_ops("torch")._norm_fp8_scales(e0) is None
+    assert m.set_ops("kernels")._norm_fp8_scales(e0) is None  # grad enabled: training keeps bf16
