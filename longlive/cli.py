@@ -78,7 +78,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
         default="bf16",
         help="MMA precision of the attention over the FP4 KV cache; fp8 on Hopper with "
         "nvidia-cudnn-frontend (pip install longlive[fp8-attention]) runs cuDNN FP8 attention: "
-        "DiT loop 35.8 vs 29.4 FPS on an H100, attention rel. error ~0.1 (bench/RESULTS.md)",
+        "DiT loop 35.8 vs 29.4 FPS on an H100, attention rel. error ~0.1 (bench/RESULTS.md); "
+        "without that package it falls back to bf16 there, with a warning",
     )
     m.add_argument(
         "--random-weights",

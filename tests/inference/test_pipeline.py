@@ -336,3 +336,24 @@ def test_random_lightvae_is_selected_by_name():
     assert vae.dtype == torch.bfloat16 and vae.spatial_stride == 16
     full = _build_vae(cfg, _vae_path(cfg, None, None, random_weights=True), torch.device("meta"), torch.bfloat16, {})
     assert full.config.dec_dim == 256
+
+
+@pytest.mark.parametrize(("capability", "cudnn_fp8", "want"), [((9, 0), False, "bf16"), ((9, 0), True, "fp8"),
+                                                              ((8, 9), False, "fp8")])
+def test_fp8_attention_falls_back_on_hopper_without_cudnn_fp8(monkeypatch, capability, cudnn_fp8, want):
+    """attention_compute='fp8' on Hopper without cuDNN's FP8 attention runs BF16 (with a warning):
+    the Triton FP8 kernel left there is 2.4x slower than dequantize + cuDNN BF16 SDPA. Elsewhere, and
+    with cuDNN FP8, the choice stands; bf16 and CPU devices are never touched."""
+    from longlive.inference import pipeline
+    from longlive_kernels.attention import fp8_sdpa
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(fp8_sdpa, "cudnn_fp8_sdpa_available", lambda device: cudnn_fp8)
+    cuda = torch.device("cuda", 0)
+    if want == "bf16":
+        with pytest.warns(RuntimeWarning, match="nvidia-cudnn-frontend"):
+            assert pipeline._usable_attention_compute("fp8", cuda) == "bf16"
+    else:
+        assert pipeline._usable_attention_compute("fp8", cuda) == want
+    assert pipeline._usable_attention_compute("bf16", cuda) == "bf16"
+    assert pipeline._usable_attention_compute("fp8", torch.device("cpu")) == "fp8"
