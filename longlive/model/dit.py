@@ -36,7 +36,8 @@ LINEAR_MODES = ("bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor")
 # take one E4M3 scale per tensor; their inputs' scales bound the norms' outputs from the modulation
 # vectors alone (``layernorm_fp8_scale``), so the norm's pass skips its row amax and cuBLAS runs
 # its per-tensor FP8 kernel where that is faster (M ≤ 2048 at N = 3072: bench/RESULTS.md,
-# twenty-sixth session).
+# twenty-sixth session). Opt-in: at 7040 tokens per GPU it ran 1-4 % slower end to end than "fp8"
+# (twenty-seventh session); it is meant for sequence-parallel ranks of ≤ 2048 tokens.
 FP8_TENSOR_LINEARS = ("blocks.*.self_attn.q", "blocks.*.self_attn.k", "blocks.*.self_attn.v",
                       "blocks.*.cross_attn.q", "blocks.*.ffn.0")
 

@@ -1,5 +1,5 @@
 """The per-tensor FP8 scale of a LayerNorm's output from its vectors alone (``layernorm_fp8_scale``):
-public function, its ``longlive_kernels::`` op and the one-program Triton kernel.
+public function, its ``longlive_kernels::`` op and the Triton kernel (one program per group).
 
 One kernel launch, one program per group of vectors: the DiT needs a scale per block and denoising
 step, and computes every block's in one launch per norm before its blocks run (the same formula as a

@@ -342,8 +342,9 @@ def quantized_all_to_all(
         for i, t in enumerate(xs):
             sections = (layout.data_offset(i), layout.scale_offset(i), layout.header_word(i),
                         layout.data_bytes, layout.scale_bytes, be)
-            obs = NOT_DELAYED if delayed is None else (send, delayed.scale, delayed._last_gs[i], layout.amax_word(i), i,
-                                              delayed.margin, SCALE_RULES[scale_rule][1])
+            obs = NOT_DELAYED if delayed is None else (
+                send, delayed.scale, delayed._last_gs[i], layout.amax_word(i), i, delayed.margin,
+                SCALE_RULES[scale_rule][1])
             if output == "dequantized":
                 dst = outs[i]
                 if dst is None:
