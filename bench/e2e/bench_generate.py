@@ -253,6 +253,7 @@ def main(argv=None) -> int:
 
     from longlive.config import ModelConfig
     from longlive.inference import CachePolicy, Pipeline, check_sp_size
+    from longlive.inference.loading import PRECISIONS
     from longlive.inference.pipeline import _default_dtype
     from longlive.inference.sp import init_from_env
     from longlive.model import HashTextEncoder, load_vae
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
 
     modes = [tuple(m.split(":")) for m in a.modes.split(",") if m]
     for prec, kv in modes:
-        if prec not in ("bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor") or kv not in ("bf16", "fp4"):
+        if prec not in PRECISIONS or kv not in ("bf16", "fp4"):
             ap.error(f"bad mode {prec}:{kv}")
     cfg = ModelConfig.from_name("wan2.2-ti2v-5b")
     if a.layers:

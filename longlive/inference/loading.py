@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 
 from longlive.config import ModelConfig
+from longlive.model.dit import LINEAR_MODES
 
 __all__ = ["PRECISIONS", "peek_config"]
 
-PRECISIONS = ("bf16", "nvfp4", "w4a16", "fp8", "fp8_tensor")
+PRECISIONS = LINEAR_MODES  # the DiT's linear modes (CausalDiT.quantize_)
 
 
 def _default_device(device) -> torch.device:

@@ -234,15 +234,14 @@ class CausalDiT(nn.Module):
         n, be = len(self.blocks), self.blocks[0].kernel_backend
         mod = torch.stack([b.modulation for b in self.blocks]).float()  # [N, 1, 6, C]
         e = mod.unsqueeze(1) + e0.float().unsqueeze(0)  # [N, B, F, 6, C]
-        scales = [layernorm_fp8_scale(e[..., 1, :], e[..., 0, :], groups=n, backend=be),
-                  torch.ones(n, device=e0.device),  # no LN3 (cross_attn_norm=False): h is not quantized there
-                  layernorm_fp8_scale(e[..., 4, :], e[..., 3, :], groups=n, backend=be)]
         norms = [b.norm3 for b in self.blocks]
         if all(nm is not None for nm in norms):
-            scales[1] = layernorm_fp8_scale(torch.stack([nm.weight for nm in norms]),
-                                            torch.stack([nm.bias for nm in norms]), plus_one=False, groups=n,
-                                            backend=be)
-        return torch.stack(scales, 1)
+            ln3 = layernorm_fp8_scale(torch.stack([nm.weight for nm in norms]), torch.stack([nm.bias for nm in norms]),
+                                      plus_one=False, groups=n, backend=be)
+        else:  # no LN3 (cross_attn_norm=False): its h is not quantized, the entry is unused
+            ln3 = torch.ones(n, device=e0.device)
+        return torch.stack([layernorm_fp8_scale(e[..., 1, :], e[..., 0, :], groups=n, backend=be), ln3,
+                            layernorm_fp8_scale(e[..., 4, :], e[..., 3, :], groups=n, backend=be)], 1)
 
     def _run_blocks(self, x, e0, context, *, attn: AttentionBackend, layout: TokenLayout) -> torch.Tensor:
         theta = self.config.rope_theta

@@ -50,3 +50,13 @@ def test_generate_random_weights_two_chunks(tmp_path):
             "--steps", "1", "--out", "random.mp4", "-q"]
     assert "wrote 2 chunks" in _longlive(args, cwd=tmp_path)
     _check_video(tmp_path / "random.mp4", ModelConfig.from_name("tiny"), 2)
+
+
+def test_precision_choices_are_the_dit_linear_modes():
+    """The CLI spells its --precision choices out (its parser imports no torch, for a fast --help);
+    they stay the modes ``CausalDiT.quantize_`` takes."""
+    from longlive.cli import build_generate_parser
+    from longlive.inference.loading import PRECISIONS
+
+    (action,) = [a for a in build_generate_parser()._actions if a.dest == "precision"]
+    assert tuple(action.choices) == PRECISIONS
