@@ -34,6 +34,7 @@ t = 0 re-run. A scene cut never re-caches (the new shot starts fresh from the si
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -264,7 +265,7 @@ def cached_kv(cache, layer: int, chunks) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str = "bf16", out_fp8: bool = False,
-                      q_amax=None, k_amax=None):
+                      q_amax=None, k_amax=None, q_scale=None):
     """Softmax attention of q over [cached ``chunks`` | current k, v] (all [B, L, H, D]).
 
     ``chunks=None`` attends every context chunk through ``fp4_kv_attention`` (``compute`` = its
@@ -273,9 +274,14 @@ def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str =
     ``out_fp8`` asks ``fp4_kv_attention`` with FP8 compute for its E4M3 output ``(codes, scale)``
     (for an FP8 output projection); every other path returns the 16-bit o. ``q_amax`` / ``k_amax``:
     bounds of max|q|, max|k| for the FP8 path's scales (``fp4_kv_attention``'s ``q_amax`` /
-    ``current_k_amax``)."""
+    ``current_k_amax``). ``q_scale``: q is float8_e4m3fn codes, q ≈ codes · q_scale (from
+    :meth:`CacheAttention.fp8_q_buffer`'s caller); paths other than FP8 attention decode it first."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    if chunks is None and not isinstance(cache, BF16KVCache) and q.dtype in (torch.bfloat16, torch.float16):
+    fp8_attention = compute == "fp8" and chunks is None and not isinstance(cache, BF16KVCache)
+    if q_scale is not None and not fp8_attention:
+        q, q_scale = (q.float() * q_scale.reshape(())).to(k.dtype), None
+    if chunks is None and not isinstance(cache, BF16KVCache) and q.dtype in (torch.bfloat16, torch.float16,
+                                                                              torch.float8_e4m3fn):
         try:
             from longlive_kernels.attention import fp4_kv_attention
         except ImportError:
@@ -292,6 +298,7 @@ def attend_with_cache(q, k, v, cache, layer: int, chunks=None, *, compute: str =
                 out_fp8=out_fp8 and compute == "fp8" and cache.storage == "fp4",
                 q_amax=q_amax,
                 current_k_amax=k_amax,
+                q_scale=q_scale,
             )
     if chunks is None:
         chunks = cache.context_chunks()
@@ -313,10 +320,31 @@ class CacheAttention(AttentionBackend):
         """Whether ``__call__(..., out_fp8=True)`` can hand back FP8 attention output (FP8 compute)."""
         return self.compute == "fp8"
 
-    def __call__(self, q, k, v, *, layer, out_fp8: bool = False, q_amax=None, k_amax=None):
+    def fp8_q_buffer(self, shape: tuple[int, int, int, int], device: torch.device) -> torch.Tensor | None:
+        """An empty float8_e4m3fn [B, L, H, D] for q's codes, in the memory layout FP8 attention reads
+        (token- or head-major), when this backend runs cuDNN's FP8 attention (FP8 compute, FP4 cache,
+        Hopper with nvidia-cudnn-frontend); else None, and q should stay 16-bit. The caller writes
+        the codes (the fused qk-norm + RoPE does, ``apply_rope_3d(q_fp8_out=...)``) and passes the
+        scale as ``q_scale``: no cast pass over q follows."""
+        if self.compute != "fp8" or getattr(self.cache, "storage", None) != "fp4" or torch.device(device).type != "cuda":
+            return None
+        if os.environ.get("LONGLIVE_FP8_Q", "1") == "0":  # A/B switch of the benches: q cast in the attention
+            return None
+        try:
+            from longlive_kernels.attention import fp4_kv_attention_sdpa
+            from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available, heads_major
+        except ImportError:
+            return None
+        if not cudnn_fp8_sdpa_available(device):
+            return None
+        if fp4_kv_attention_sdpa.FP8_HEADS_MAJOR:
+            return heads_major(tuple(shape), torch.float8_e4m3fn, device)
+        return torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)
+
+    def __call__(self, q, k, v, *, layer, out_fp8: bool = False, q_amax=None, k_amax=None, q_scale=None):
         self.cache.update(layer, k, v)
         return attend_with_cache(q, k, v, self.cache, layer, compute=self.compute, out_fp8=out_fp8, q_amax=q_amax,
-                                 k_amax=k_amax)
+                                 k_amax=k_amax, q_scale=q_scale)
 
 
 class RecacheAttention(AttentionBackend):

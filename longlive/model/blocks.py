@@ -237,22 +237,35 @@ def rope_qk_torch(q: torch.Tensor, k: torch.Tensor, *, layout: TokenLayout, thet
 
 def rope_qk(q: torch.Tensor, k: torch.Tensor, *, layout: TokenLayout, theta: float,
             norm_weight_q: torch.Tensor | None, norm_weight_k: torch.Tensor | None, eps: float,
-            ops: str = "kernels", backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+            ops: str = "kernels", backend: str = "auto",
+            q_fp8: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """qk-RMSNorm + 3D RoPE on q, k [B, L, H, D]; the kernel's ``apply_rope_3d`` when available.
 
     Several copies of the grid (teacher forcing) are folded into the batch dimension, which is
-    exact because RMSNorm and RoPE act per token."""
+    exact because RMSNorm and RoPE act per token. ``q_fp8 = (scale, out)`` (one copy of the grid,
+    inference): q's result goes to ``out`` (float8_e4m3fn [B, L, H, D], any strides) as the E4M3
+    codes of q / scale, and ``out`` is returned in q's place."""
     if q.shape[1] != layout.tokens:
         raise ValueError(f"rope: q has {q.shape[1]} tokens, layout {layout} has {layout.tokens}")
+    if q_fp8 is not None and layout.copies != 1:
+        raise ValueError(f"rope: an FP8 q needs one copy of the grid, the layout has {layout.copies}")
     fn = _kernel("apply_rope_3d") if ops == "kernels" else None
     if fn is None:
-        return rope_qk_torch(q, k, layout=layout, theta=theta, norm_weight_q=norm_weight_q,
-                             norm_weight_k=norm_weight_k, eps=eps)
+        qo, ko = rope_qk_torch(q, k, layout=layout, theta=theta, norm_weight_q=norm_weight_q,
+                               norm_weight_k=norm_weight_k, eps=eps)
+        if q_fp8 is not None:  # the 16-bit result, rounded again: only the kernel skips that rounding
+            scale, out = q_fp8
+            out.copy_((qo.float() / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn))
+            qo = out
+        return qo, ko
     b, n, nh, d = q.shape
     c = layout.copies
+    fp8_kw = {} if q_fp8 is None else {"q_fp8_scale": q_fp8[0], "q_fp8_out": q_fp8[1]}
     qo, ko = fn(q.reshape(b * c, n // c, nh, d), k.reshape(b * c, n // c, nh, d), grid=layout.grid,
                 frame_offset=layout.frame_offset, theta=theta, norm_weight_q=norm_weight_q,
-                norm_weight_k=norm_weight_k, eps=eps, backend=backend)
+                norm_weight_k=norm_weight_k, eps=eps, backend=backend, **fp8_kw)
+    if q_fp8 is not None:
+        return qo, ko.reshape(b, n, nh, d)
     return qo.reshape(b, n, nh, d), ko.reshape(b, n, nh, d)
 
 
@@ -322,23 +335,41 @@ class SelfAttention(_AttentionProjections):
         q = _linear(self.q, x).view(shape)
         k = _linear(self.k, x).view(shape)
         v = _linear(self.v, x).view(shape)
+        kw, q_fp8 = {}, None
+        if getattr(attn, "fp8_output", False):  # FP8 attention: q's and k's scales from the norms' bounds
+            if self.norm_q is not None:
+                kw = {"q_amax": self.norm_q.amax_bound(), "k_amax": self.norm_k.amax_bound()}
+                q_fp8 = self._fp8_q(attn, shape, kw, layout)
+            if _takes_fp8(self.o):
+                kw["out_fp8"] = True  # E4M3 codes + scale straight into the FP8 GEMM
         q, k = rope_qk(
             q, k, layout=layout, theta=theta,
             norm_weight_q=self.norm_q.weight if self.norm_q is not None else None,
             norm_weight_k=self.norm_k.weight if self.norm_k is not None else None,
-            eps=self.norm_q.eps if self.norm_q is not None else 1e-6, ops=ops, backend=backend,
+            eps=self.norm_q.eps if self.norm_q is not None else 1e-6, ops=ops, backend=backend, q_fp8=q_fp8,
         )
-        kw = {}
-        if getattr(attn, "fp8_output", False):  # FP8 attention: q's and k's scales from the norms' bounds
-            if self.norm_q is not None:
-                kw = {"q_amax": self.norm_q.amax_bound(), "k_amax": self.norm_k.amax_bound()}
-            if _takes_fp8(self.o):
-                kw["out_fp8"] = True  # E4M3 codes + scale straight into the FP8 GEMM
         o = attn(q, k, v, layer=layer, **kw)
         if isinstance(o, tuple):
             codes, scale = o
             return self.o(codes.reshape(b, n, -1), x_scale=scale.reshape(()).expand(b, n))
         return self.o(o.reshape(b, n, -1))
+
+
+    @staticmethod
+    def _fp8_q(attn, shape, kw: dict, layout: TokenLayout):
+        """(scale, codes buffer) when the attention backend reads q as FP8 codes (``fp8_q_buffer``);
+        moves q's bound in ``kw`` to the scale bound/448, which the bound keeps from saturating."""
+        buf_fn = getattr(attn, "fp8_q_buffer", None)
+        if buf_fn is None or layout.copies != 1 or torch.is_grad_enabled():
+            return None
+        bound = kw["q_amax"]
+        buf = buf_fn(shape, bound.device)
+        if buf is None:
+            return None
+        scale = bound / torch.full_like(bound, 448.0)  # E4M3's largest finite value; a true division
+        del kw["q_amax"]
+        kw["q_scale"] = scale
+        return scale, buf
 
 
 class CrossAttention(_AttentionProjections):

@@ -96,13 +96,17 @@ def fp4_kv_attention(
     out_fp8: bool = False,
     q_amax: float | torch.Tensor | None = None,
     current_k_amax: float | torch.Tensor | None = None,
+    q_scale: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of ``q`` over every context chunk of ``cache`` plus the current chunk.
 
     Parameters
     ----------
     q : torch.Tensor
-        [B, Lq, H, D] bf16/fp16 (already RoPE'd), last dim contiguous; B, H, D as the cache.
+        [B, Lq, H, D] bf16/fp16 (already RoPE'd), last dim contiguous; B, H, D as the cache. Or
+        float8_e4m3fn codes with ``q_scale`` (``compute="fp8"`` only), e.g. written by
+        ``apply_rope_3d(q_fp8_scale=...)``: the cuDNN FP8 path then reads them as they are (any
+        token/head strides, head-major included); the other paths decode them to bf16 first.
     cache : FP4KVCache
     layer : int
     current_k, current_v : torch.Tensor, optional
@@ -139,11 +143,13 @@ def fp4_kv_attention(
         values to ±448 codes; a loose one costs precision only where values fall under E4M3's
         normal range (2⁻⁶ of the scale). The DiT passes its qk-RMSNorm's bound
         (``longlive.model.blocks.RMSNorm.amax_bound``).
+    q_scale : torch.Tensor, optional
+        [1] fp32 on q's device: q ≈ codes · q_scale. Required for, and only for, an FP8 q.
 
     Returns
     -------
     torch.Tensor or (torch.Tensor, torch.Tensor)
-        [B, Lq, H, D] in q's dtype. Keys: ``cache.context_chunks()`` in attention order, then the
+        [B, Lq, H, D] in q's dtype (for an FP8 q: current_k's dtype, or bf16). Keys: ``cache.context_chunks()`` in attention order, then the
         current chunk; no mask (bidirectional within the chunk). With ``out_fp8``: ``(codes, scale)``,
         float8_e4m3fn [B, Lq, H, D] and [1] fp32, O ≈ codes·scale; the 16-bit output of the same
         call is ``(codes.float() · scale)`` rounded once to q's dtype on the cuDNN FP8 path.
@@ -151,18 +157,21 @@ def fp4_kv_attention(
     Raises
     ------
     TypeError
-        q not bf16/fp16, current K/V of another dtype, ``cache`` not an FP4KVCache.
+        q not bf16/fp16/float8_e4m3fn, current K/V of another dtype (not bf16/fp16 for an FP8 q),
+        ``cache`` not an FP4KVCache, ``q_scale`` not fp32.
     ValueError
         A bound (``q_amax``, ``current_k_amax``) that is not positive and finite, or a bound tensor
         with more than one element or on another device.
         Shape/head/head_dim/batch mismatch, only one of current_k/current_v, no current chunk
         while current_k is omitted, layer out of range, bad ``compute``/``backend``,
         ``compute="fp8"`` with BF16 storage or with ``backend="sdpa"``, head_dim not in {64, 128}
-        for the Triton kernel.
+        for the Triton kernel; an FP8 q without ``q_scale`` or with ``compute="bf16"`` or ``q_amax``,
+        ``q_scale`` with a 16-bit q or of more than one element.
     """
     if not isinstance(cache, FP4KVCache):
         raise TypeError(f"cache must be an FP4KVCache, got {type(cache).__name__}")
-    _checks.check_dtype("q", q, (torch.bfloat16, torch.float16))
+    _checks.check_dtype("q", q, (torch.bfloat16, torch.float16, torch.float8_e4m3fn))
+    out_dtype = _check_q_scale(q, q_scale, compute, q_amax, current_k)
     _checks.check_ndim("q", q, 4)
     _checks.check_nonempty("q", q)
     _checks.check_last_dim_contiguous("q", q)
@@ -179,8 +188,9 @@ def fp4_kv_attention(
     if current_k is not None:
         for name, x in (("current_k", current_k), ("current_v", current_v)):
             _checks.check_tensor(name, x)
-            if x.dtype != q.dtype:
-                raise TypeError(f"{name} must have q's dtype {q.dtype}, got {x.dtype}")
+            if x.dtype != out_dtype:
+                raise TypeError(f"{name} must have q's dtype {q.dtype}, got {x.dtype}" if q_scale is None else
+                                f"{name} must be bf16 or fp16 (q is FP8), got {x.dtype}")
             _checks.check_ndim(name, x, 4)
             if x.shape[0] != b or x.shape[2:] != q.shape[2:] or x.shape[1] == 0:
                 raise ValueError(f"{name} must be [B, Lc, H, D] with B, H, D of q {list(q.shape)}, "
@@ -202,9 +212,33 @@ def fp4_kv_attention(
 
         if cudnn_fp8_sdpa_available(q.device):
             return fp4_kv_attention_sdpa.attention_fp8(q, cache, layer, current_k, current_v, scale, out_fp8,
-                                                       q_amax=q_amax, k_amax=current_k_amax)
+                                                       q_amax=q_amax, k_amax=current_k_amax, q_scale=q_scale,
+                                                       out_dtype=out_dtype)
+    if q_scale is not None:  # the FP8 kernels below take 16-bit q
+        q = (q.float() * q_scale.reshape(())).to(out_dtype)
     o = _attention_16bit_out(q, cache, layer, current_k, current_v, scale, compute, backend)
     return _per_tensor_fp8(o) if out_fp8 else o
+
+
+def _check_q_scale(q, q_scale, compute, q_amax, current_k) -> torch.dtype:
+    """Check an FP8 q's arguments; returns the output dtype (q's, or for an FP8 q current_k's or bf16)."""
+    if q.dtype != torch.float8_e4m3fn:
+        if q_scale is not None:
+            raise ValueError(f"q_scale is for an FP8 q (float8_e4m3fn codes), q is {q.dtype}")
+        return q.dtype
+    if q_scale is None:
+        raise ValueError("q is float8_e4m3fn: pass its per-tensor scale q_scale ([1] fp32, q ≈ codes · q_scale)")
+    _checks.check_dtype("q_scale", q_scale, (torch.float32,))
+    if q_scale.numel() != 1:
+        raise ValueError(f"q_scale must have one element, got shape {list(q_scale.shape)}")
+    _checks.check_same_device(q=q, q_scale=q_scale)
+    if compute != "fp8":
+        raise ValueError(f"an FP8 q needs compute='fp8', got compute={compute!r}")
+    if q_amax is not None:
+        raise ValueError("q_amax bounds a 16-bit q; an FP8 q comes with its q_scale")
+    if isinstance(current_k, torch.Tensor) and current_k.dtype in (torch.bfloat16, torch.float16):
+        return current_k.dtype
+    return torch.bfloat16
 
 
 def _per_tensor_fp8(o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

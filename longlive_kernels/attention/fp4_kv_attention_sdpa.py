@@ -21,6 +21,7 @@ fp16 and applies the FP32 tile scale in fp32) reaches 1.73e-3.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -33,10 +34,11 @@ _PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.
 
 # cuDNN's FP8 SDPA on an H100 at Lq 7040, Lk 28160, 24 heads: 2.393 ms with [B, H, L, D] q/K/V in
 # memory against 2.462 ms token-major (tools/probe_fp8_sdpa.py --layouts). True makes the FP8
-# workspace, q's codes and O head-major. GPU-tested in both layouts; the whole path measured within
-# run-to-run noise of token-major (2.645 vs 2.642, 2.478 vs 2.564, 2.454 vs 2.479 ms; RESULTS.md,
-# fourteenth session), so it stays off.
-FP8_HEADS_MAJOR = False
+# workspace and q's codes head-major (O stays token-major since the 28th session). GPU-tested in both
+# layouts; the whole path measured within run-to-run noise of token-major (2.645 vs 2.642, 2.478 vs
+# 2.564, 2.454 vs 2.479 ms; RESULTS.md, fourteenth session, O then head-major too), so it stays off.
+# LONGLIVE_FP8_HEADS_MAJOR=1 turns it on (A/B runs of the benches).
+FP8_HEADS_MAJOR = os.environ.get("LONGLIVE_FP8_HEADS_MAJOR", "0") == "1"
 
 
 def cudnn_first(device: torch.device) -> contextlib.AbstractContextManager:
@@ -106,14 +108,15 @@ def _amax_into(x: torch.Tensor, bound, out: torch.Tensor) -> None:
 
 
 def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=False, *, q_amax=None,
-                  k_amax=None):
+                  k_amax=None, q_scale=None, out_dtype=torch.bfloat16):
     """:func:`attention` with FP8 E4M3 math (cuDNN FP8 SDPA, :mod:`fp8_sdpa`): the FP4 window is decoded
     straight into an FP8 workspace with one scale per K and V, ``6 · max`` of the layer's FP32 tile
     scales (an NVFP4 value is at most 6 · 448 · its tile scale, so every code fits E4M3); q and the
     current chunk are quantized with per-tensor scales, from their amax or from the caller's bounds
-    ``q_amax`` / ``k_amax`` (no pass over the tensor). The workspace, q's codes and O are token-major
-    in memory, or head-major with ``FP8_HEADS_MAJOR``. ``out_fp8``: cuDNN's E4M3 output and its
-    scale, unconverted. Inputs are checked by :func:`fp4_kv_attention`."""
+    ``q_amax`` / ``k_amax`` (no pass over the tensor), or q arrives as E4M3 codes with ``q_scale``
+    (no pass at all). The workspace and q's codes are token-major in memory, or head-major with
+    ``FP8_HEADS_MAJOR``; O is token-major. ``out_fp8``: cuDNN's E4M3 output and its scale,
+    unconverted; else O in ``out_dtype``. Inputs are checked by :func:`fp4_kv_attention`."""
     from .fp8_sdpa import fp8_descales, fp8_sdpa, heads_major, scale_cast
     from .kv_cache_ops import dequantize_fp8_into
 
@@ -122,8 +125,10 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=
     cur_rows = cache.chunk_tokens if current_k is None else current_k.shape[1]
     k8, v8 = _workspace(cache, ctx_rows + cur_rows, torch.float8_e4m3fn, heads_major=FP8_HEADS_MAJOR)
     gs = cache.global_scale[layer]  # [2, S, B, H, NT]: every slot of this layer, so no host sync
+    q_is_fp8 = q.dtype == torch.float8_e4m3fn  # codes with the caller's q_scale (the fused RoPE's output)
     amax = torch.zeros(3, dtype=torch.float32, device=q.device)  # of q, current K, current V
-    _amax_into(q, q_amax, amax[0:1])
+    if not q_is_fp8:
+        _amax_into(q, q_amax, amax[0:1])
     if current_k is not None:
         _amax_into(current_k, k_amax, amax[1:2])
         _amax_into(current_v, None, amax[2:3])
@@ -135,8 +140,12 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=
     if current_k is not None:
         scale_cast(current_k, sc[0:1], k8[:, ctx_rows:], divide=True)
         scale_cast(current_v, sc[1:2], v8[:, ctx_rows:], divide=True)
-    q8 = heads_major(tuple(q.shape), torch.float8_e4m3fn, q.device) if FP8_HEADS_MAJOR else torch.empty(
-        q.shape, dtype=torch.float8_e4m3fn, device=q.device)
-    scale_cast(q, sc[4:5], q8, divide=True)
-    return fp8_sdpa(q8, k8, v8, sc[4:5], sc[0:1], sc[1:2], softmax_scale, out_dtype=q.dtype, scale_o=sc[5:6],
+    if q_is_fp8:
+        q8, descale_q = q, q_scale.reshape(1)
+    else:
+        q8 = heads_major(tuple(q.shape), torch.float8_e4m3fn, q.device) if FP8_HEADS_MAJOR else torch.empty(
+            q.shape, dtype=torch.float8_e4m3fn, device=q.device)
+        descale_q = sc[4:5]
+        scale_cast(q, descale_q, q8, divide=True)
+    return fp8_sdpa(q8, k8, v8, descale_q, sc[0:1], sc[1:2], softmax_scale, out_dtype=out_dtype, scale_o=sc[5:6],
                     out_fp8=out_fp8)

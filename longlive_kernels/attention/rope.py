@@ -25,9 +25,10 @@ import torch
 
 from .. import _checks
 from .._backend import eager_op, resolve_backend
-from .rope_ops import RopeTableBuffers, _rope_op, rope_tables  # noqa: F401 (tables: re-exported)
+from .rope_ops import RopeTableBuffers, _rope_fp8q_op, _rope_op, rope_tables  # noqa: F401 (tables: re-exported)
 
 _rope = eager_op(_rope_op)  # eager inference calls skip the dispatcher (_backend.direct_call_ok)
+_rope_fp8q = eager_op(_rope_fp8q_op)
 
 
 @torch.compiler.assume_constant_result
@@ -54,6 +55,8 @@ def apply_rope_3d(
     norm_weight_k: torch.Tensor | None = None,
     eps: float = 1e-6,
     backend: str = "auto",
+    q_fp8_scale: torch.Tensor | None = None,
+    q_fp8_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """3D rotary embedding of q and k, optionally fused with Wan's qk-RMSNorm.
 
@@ -77,11 +80,22 @@ def apply_rope_3d(
     eps : float
         RMSNorm epsilon (1e-6 in Wan).
     backend : {"auto", "triton", "torch"}
+    q_fp8_scale : torch.Tensor, optional
+        [1] fp32 on q's device, positive: return q as FP8 E4M3 codes of (fp32 result) / q_fp8_scale
+        (the division correctly rounded, RNE, magnitudes beyond 448 saturated), for FP8 attention
+        (``fp4_kv_attention(q, ..., q_scale=q_fp8_scale)``): the kernel writes 1 byte per value
+        instead of 2, and no cast pass over q follows. Inference only (no gradient). With the
+        qk-RMSNorm, ``RMSNorm.amax_bound() / 448`` of the DiT is a scale that never saturates.
+    q_fp8_out : torch.Tensor, optional
+        float8_e4m3fn [B, L, heads, head_dim] buffer (unit last stride, any other strides, e.g. a
+        head-major view) that receives q's codes; default a new contiguous tensor. Needs
+        ``q_fp8_scale``.
 
     Returns
     -------
     (q_out, k_out) : tuple of torch.Tensor
-        [B, L, heads, head_dim] contiguous, in q's / k's dtype; fp32 math, one rounding.
+        [B, L, heads, head_dim] contiguous, in q's / k's dtype; fp32 math, one rounding. With
+        ``q_fp8_scale``: q_out is the float8_e4m3fn codes (``q_fp8_out`` when given).
 
     Raises
     ------
@@ -90,7 +104,9 @@ def apply_rope_3d(
     ValueError
         q/k not 4-D, shapes differ, empty, head_dim odd or < 6, F·H·W != L, weights not
         [heads·head_dim], theta/eps not positive, tensors on different devices, a backend that
-        cannot run here.
+        cannot run here; ``q_fp8_scale`` not a one-element fp32 tensor on q's device,
+        ``q_fp8_out`` without it or not a float8_e4m3fn tensor of q's shape with a unit last stride,
+        an FP8 output requested while a gradient is being recorded.
 
     Notes
     -----
@@ -140,5 +156,31 @@ def apply_rope_3d(
         norm_weight_q = norm_weight_q.contiguous()
     if norm_weight_k is not None and norm_weight_k.stride(-1) != 1:
         norm_weight_k = norm_weight_k.contiguous()
+    if q_fp8_scale is not None or q_fp8_out is not None:
+        q_fp8_out = _check_fp8_out(q, k, norm_weight_q, norm_weight_k, q_fp8_scale, q_fp8_out)
+        ko = _rope_fp8q(q, k, norm_weight_q, norm_weight_k, q_fp8_scale, q_fp8_out, fhw[0], fhw[1], fhw[2],
+                        frame_offset, float(theta), float(eps), be)
+        return q_fp8_out, ko
     return _rope(q, k, norm_weight_q, norm_weight_k, fhw[0], fhw[1], fhw[2], frame_offset,
                  float(theta), float(eps), be)[:2]
+
+
+def _check_fp8_out(q, k, wq, wk, scale, out) -> torch.Tensor:
+    """Check :func:`apply_rope_3d`'s FP8 arguments; returns the codes buffer (a new one if none)."""
+    if scale is None:
+        raise ValueError("q_fp8_out needs q_fp8_scale (the per-tensor scale of the codes)")
+    _checks.check_dtype("q_fp8_scale", scale, (torch.float32,))
+    if scale.numel() != 1:
+        raise ValueError(f"q_fp8_scale must have one element, got shape {list(scale.shape)}")
+    _checks.check_same_device(q=q, q_fp8_scale=scale)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, wq, wk)):
+        raise ValueError("q_fp8_scale: the FP8 output of q is inference-only; call it under torch.no_grad()")
+    if out is None:
+        return torch.empty(q.shape, dtype=torch.float8_e4m3fn, device=q.device)
+    _checks.check_tensor("q_fp8_out", out)
+    _checks.check_dtype("q_fp8_out", out, (torch.float8_e4m3fn,))
+    if out.shape != q.shape:
+        raise ValueError(f"q_fp8_out must have q's shape {list(q.shape)}, got {list(out.shape)}")
+    _checks.check_last_dim_contiguous("q_fp8_out", out)
+    _checks.check_same_device(q=q, q_fp8_out=out)
+    return out

@@ -14,6 +14,7 @@ import torch
 import triton
 
 from .._backend import autotune_enabled, interpret_mode, num_sms
+from ..fp4.format import E4M3_MAX
 from . import reference
 from .partial_sums import sum_partials
 from .rope_triton import _rope_bwd_kernel, _rope_fwd_kernel
@@ -46,7 +47,7 @@ def _tuned(kernel, bwd: bool):
     config)."""
     if interpret_mode() or not autotune_enabled():
         return None
-    return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY)(kernel)
+    return triton.autotune(configs=_BWD_CONFIGS if bwd else _FWD_CONFIGS, key=_KEY if bwd else _KEY + ["Q_FP8"])(kernel)
 
 
 def _programs(progs_per_sm: int, bsz: int, n_tok: int, device: torch.device) -> int:
@@ -212,20 +213,29 @@ def _launch_meta(q: torch.Tensor):
             "BLOCK_D": max(2, triton.next_power_of_2(d))}
 
 
-def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps):
-    """(q_out, k_out, [2, B, L] fp32 1/rms of each token of q, k — or None without RMSNorm)."""
+def _rope_fwd_triton(q, k, wq, wk, grid_fhw, frame_offset, theta, eps, q_scale=None, q_out=None):
+    """(q_out, k_out, [2, B, L] fp32 1/rms of each token of q, k — or None without RMSNorm).
+
+    With ``q_scale`` ([1] fp32), q_out holds the E4M3 codes of q / q_scale: written into ``q_out``
+    (float8_e4m3fn [B, L, H, D], any strides with a unit last one) when given, else a new contiguous
+    tensor."""
     q, k = _unit_last(q), _unit_last(k)
     bsz, n_tok, nh, d = q.shape
     cos, sin = rope_tables(*grid_fhw, d, frame_offset, theta, q.device)
-    qo = _new_out((bsz, n_tok, nh, d), q.dtype, q.device)
+    if q_scale is None:
+        qo = _new_out((bsz, n_tok, nh, d), q.dtype, q.device)
+    else:
+        qo = q_out if q_out is not None else _new_out((bsz, n_tok, nh, d), torch.float8_e4m3fn, q.device)
     ko = _new_out((bsz, n_tok, nh, d), k.dtype, k.device)
     norm = wq is not None or wk is not None
     rstd = _new_out((2, bsz, n_tok), torch.float32, q.device) if norm else None
-    args = (q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, qo, ko,
-            qo if rstd is None else rstd, n_tok, nh, grid_fhw[0], grid_fhw[1], grid_fhw[2],
-            *_head_strides(q), *_head_strides(k), eps, (bsz * n_tok).bit_length())
+    q_dst = qo.view(torch.uint8) if q_scale is not None and interpret_mode() else qo  # see rope_triton._out
+    args = (q, k, q if wq is None else wq, k if wk is None else wk, cos, sin, q_dst, ko,
+            qo if rstd is None else rstd, cos if q_scale is None else q_scale, n_tok, nh, grid_fhw[0],
+            grid_fhw[1], grid_fhw[2], *_head_strides(q), *_head_strides(k), *_head_strides(qo), eps,
+            (bsz * n_tok).bit_length())
     _launch(_rope_fwd_kernel, False, n_tok, bsz, q.device, args,
-            dict(NORM_Q=wq is not None, NORM_K=wk is not None, **_launch_meta(q)))
+            dict(NORM_Q=wq is not None, NORM_K=wk is not None, Q_FP8=q_scale is not None, **_launch_meta(q)))
     if norm and (wq is None or wk is None):  # the plane of the tensor without RMSNorm: defined
         rstd[0 if wq is None else 1].zero_()
     return qo, ko, rstd
@@ -295,6 +305,28 @@ def _rope_op(
 @_rope_op.register_fake
 def _(q, k, weight_q, weight_k, frames, height, width, frame_offset, theta, eps, backend):
     return (q.new_empty(q.shape), k.new_empty(k.shape), _stats_like(q, weight_q, weight_k, backend))
+
+
+@torch.library.custom_op("longlive_kernels::rope_3d_fp8q", mutates_args=("q_out",))
+def _rope_fp8q_op(
+    q: torch.Tensor, k: torch.Tensor, weight_q: torch.Tensor | None, weight_k: torch.Tensor | None,
+    q_scale: torch.Tensor, q_out: torch.Tensor, frames: int, height: int, width: int, frame_offset: int,
+    theta: float, eps: float, backend: str,
+) -> torch.Tensor:
+    """k_out; ``q_out`` (float8_e4m3fn [B, L, H, D], any strides) ← the E4M3 codes of the fp32 result
+    for q divided by ``q_scale`` (correctly rounded, RNE, saturated to ±448). Inference only."""
+    grid = (frames, height, width)
+    if backend == "torch":
+        qf, ko = reference.apply_rope_3d(q.float(), k, grid=grid, frame_offset=frame_offset, theta=theta,
+                                         norm_weight_q=weight_q, norm_weight_k=weight_k, eps=eps)
+        q_out.copy_((qf / q_scale.float()).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn))
+        return ko.contiguous()
+    return _rope_fwd_triton(q, k, weight_q, weight_k, grid, frame_offset, theta, eps, q_scale, q_out)[1]
+
+
+@_rope_fp8q_op.register_fake
+def _(q, k, weight_q, weight_k, q_scale, q_out, frames, height, width, frame_offset, theta, eps, backend):
+    return k.new_empty(k.shape)
 
 
 @torch.library.custom_op("longlive_kernels::rope_3d_backward", mutates_args=())

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .._aot import register_aot
+from ..fp4.nvfp4_triton import e4m3_rne
 
 # ---------------------------------------------------------------------------------------------
 # Triton kernels
@@ -67,6 +68,21 @@ def _group_mask(heads, ch, g, NH, D: tl.constexpr, HG: tl.constexpr, NHG: tl.con
     return (g * HG + heads < bound)[:, None] & (ch < D)[None, :]
 
 
+@triton.jit
+def _out(y, scale, o_ptr, FP8: tl.constexpr):
+    """y in the output's dtype; FP8: the E4M3 codes of y / scale, the division correctly rounded
+    (Triton's ``/`` is the approximate div.full.f32 on the GPU), RNE, ±448 for larger magnitudes
+    (the GPU's satfinite conversion). A uint8 output (the launcher's choice in the interpreter, whose
+    fp8 casts are not E4M3 RNE) gets the code bits computed here."""
+    if FP8:
+        y = tl.div_rn(y, tl.broadcast_to(scale, y.shape))
+        if o_ptr.dtype.element_ty == tl.uint8:
+            _, code = e4m3_rne(tl.minimum(tl.abs(y), 448.0))
+            code = tl.where(y != y, 0x7F, code) | ((y.to(tl.int32, bitcast=True) >> 24) & 0x80)
+            return code.to(tl.uint8)
+    return y.to(o_ptr.dtype.element_ty)
+
+
 # Work split (both kernels): grid (P, B); program p takes tokens p, p + P, p + 2P, ... of its batch
 # row, so the P programs stream through adjacent tokens together, and the token loads are
 # software-pipelined (``tl.range(num_stages=STAGES)``: cp.async into shared memory, STAGES - 1
@@ -79,12 +95,13 @@ def _group_mask(heads, ch, g, NH, D: tl.constexpr, HG: tl.constexpr, NHG: tl.con
 @triton.jit
 def _rope_fwd_rows(
     x_ptr, w_ptr, o_ptr, rstd_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
-    sxb, sxl, sxh, eps,
+    sxb, sxl, sxh, sob, sol, soh, scale_ptr, eps,
     D: tl.constexpr, NT: tl.constexpr, NHP: tl.constexpr, NORM: tl.constexpr,
-    HG: tl.constexpr, NHG: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
+    HG: tl.constexpr, NHG: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr, FP8: tl.constexpr,
 ):
     """Tokens pid, pid + n_p, ... of batch ``b`` of one tensor (q or k): RMSNorm over all heads
-    (NORM; 1/rms of each token to ``rstd_ptr`` for the backward), rotate, store."""
+    (NORM; 1/rms of each token to ``rstd_ptr`` for the backward), rotate, store (output strides
+    sob, sol, soh). FP8: store the E4M3 codes of value / ``scale_ptr[0]`` (RNE, saturating)."""
     HALF: tl.constexpr = D // 2
     heads = tl.arange(0, HG)
     ch = tl.arange(0, BLOCK_D)
@@ -93,7 +110,10 @@ def _rope_fwd_rows(
     n = NH * D
     n_f = n.to(tl.float32)
     x_in = x_ptr + b * sxb
-    out = o_ptr + b * L * n
+    out = o_ptr + b * sob
+    scale = 1.0
+    if FP8:
+        scale = tl.load(scale_ptr)
     m0 = _group_mask(heads, ch, 0, NH, D, HG, NHG)
     if NORM:
         w0 = tl.load(w_ptr + _offsets(heads, ch, 0, D, HG), mask=m0, other=0.0).to(tl.float32)
@@ -127,14 +147,14 @@ def _rope_fwd_rows(
             if NHG == 3:
                 x1 = x1 * rstd * w1
                 x2 = x2 * rstd * w2
-        orow = out + t64 * n
-        ty = o_ptr.dtype.element_ty
-        tl.store(orow + _offsets(heads, ch, 0, D, HG), _rotate_pairs(x0, c, s, HG, BLOCK_D).to(ty), mask=m0)
+        orow = out + t64 * sol
+        tl.store(orow + _offsets(heads, ch, 0, soh, HG), _out(_rotate_pairs(x0, c, s, HG, BLOCK_D), scale, o_ptr, FP8),
+                 mask=m0)
         if NHG == 3:
-            tl.store(orow + _offsets(heads, ch, 1, D, HG), _rotate_pairs(x1, c, s, HG, BLOCK_D).to(ty),
-                     mask=m1)
-            tl.store(orow + _offsets(heads, ch, 2, D, HG), _rotate_pairs(x2, c, s, HG, BLOCK_D).to(ty),
-                     mask=m2)
+            tl.store(orow + _offsets(heads, ch, 1, soh, HG),
+                     _out(_rotate_pairs(x1, c, s, HG, BLOCK_D), scale, o_ptr, FP8), mask=m1)
+            tl.store(orow + _offsets(heads, ch, 2, soh, HG),
+                     _out(_rotate_pairs(x2, c, s, HG, BLOCK_D), scale, o_ptr, FP8), mask=m2)
 
 
 @triton.jit
@@ -145,15 +165,16 @@ def _rope_fwd_kernel(
     wk_ptr,  # [NH·D] RMSNorm weight of k; NORM_K
     cos_ptr,  # [F + GH + GW, D/2] fp32
     sin_ptr,  # [F + GH + GW, D/2] fp32
-    qo_ptr,  # [B, L, NH, D] out, contiguous
+    qo_ptr,  # [B, L, NH, D] out (strides sqob, sqol, sqoh, 1): q's dtype, or E4M3 codes (Q_FP8)
     ko_ptr,  # [B, L, NH, D] out, contiguous
     rstd_ptr,  # [2, B, L] fp32 out: 1/rms of each token of q (plane 0) and k (plane 1); NORM_Q/K
+    q_scale_ptr,  # [1] fp32: q's per-tensor FP8 scale (Q_FP8)
     L,
     NH,
     n_frames,
     GH,
     GW,
-    sqb, sql, sqh, skb, skl, skh,
+    sqb, sql, sqh, skb, skl, skh, sqob, sqol, sqoh,
     eps,
     size_class,  # bit length of B·L: autotune key only (unused)
     D: tl.constexpr,
@@ -166,15 +187,19 @@ def _rope_fwd_kernel(
     BLOCK_D: tl.constexpr,
     STAGES: tl.constexpr,  # software-pipeline depth of the token loops
     PROGS_PER_SM: tl.constexpr,  # tuning knob of the launch grid (unused here)
+    Q_FP8: tl.constexpr = False,  # q out as E4M3 codes of q / q_scale (inference, FP8 attention)
 ):
     pid = tl.program_id(0)
     n_p = tl.num_programs(0)
     b = tl.program_id(1).to(tl.int64)
     plane = tl.num_programs(1) * L
+    n = NH * D
     _rope_fwd_rows(q_ptr, wq_ptr, qo_ptr, rstd_ptr, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames, GH, GW,
-                   sqb, sql, sqh, eps, D, NT, NHP, NORM_Q, HG, NHG, BLOCK_D, STAGES)
+                   sqb, sql, sqh, sqob, sqol, sqoh, q_scale_ptr, eps, D, NT, NHP, NORM_Q, HG, NHG, BLOCK_D,
+                   STAGES, Q_FP8)
     _rope_fwd_rows(k_ptr, wk_ptr, ko_ptr, rstd_ptr + plane, cos_ptr, sin_ptr, b, pid, n_p, L, NH, n_frames,
-                   GH, GW, skb, skl, skh, eps, D, NT, NHP, NORM_K, HG, NHG, BLOCK_D, STAGES)
+                   GH, GW, skb, skl, skh, L * n, n, D, q_scale_ptr, eps, D, NT, NHP, NORM_K, HG, NHG, BLOCK_D,
+                   STAGES, False)
 
 
 @triton.jit
@@ -316,15 +341,16 @@ def _rope_bwd_kernel(
 _STRIDES = ("sqb", "sql", "sqh", "skb", "skl", "skh")
 _COMMON = {"L": "i32", "NH": "i32", "n_frames": "i32", "GH": "i32", "GW": "i32"}
 _META = {"D": 128, "NT": 22, "NHP": 21, "HG": 8, "NHG": 3, "BLOCK_D": 128, "STAGES": 3, "PROGS_PER_SM": 2}
-for _norm in (True, False):
+for _norm, _fp8 in ((True, False), (False, False), (True, True)):
     register_aot(
         _rope_fwd_kernel,
         signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "wq_ptr": "*bf16", "wk_ptr": "*bf16",
-                   "cos_ptr": "*fp32", "sin_ptr": "*fp32", "qo_ptr": "*bf16", "ko_ptr": "*bf16",
-                   "rstd_ptr": "*fp32", **_COMMON, **{s: "i64" for s in _STRIDES}, "eps": "fp32",
-                   "size_class": "i32"},
-        constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm},
+                   "cos_ptr": "*fp32", "sin_ptr": "*fp32", "qo_ptr": "*fp8e4nv" if _fp8 else "*bf16",
+                   "ko_ptr": "*bf16", "rstd_ptr": "*fp32", "q_scale_ptr": "*fp32", **_COMMON,
+                   **{s: "i64" for s in _STRIDES + ("sqob", "sqol", "sqoh")}, "eps": "fp32", "size_class": "i32"},
+        constexprs={**_META, "NORM_Q": _norm, "NORM_K": _norm, "Q_FP8": _fp8},
     )
+for _norm in (True, False):
     register_aot(
         _rope_bwd_kernel,
         signature={"gq_ptr": "*bf16", "gk_ptr": "*bf16", "q_ptr": "*bf16", "k_ptr": "*bf16",

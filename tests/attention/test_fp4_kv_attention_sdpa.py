@@ -346,3 +346,79 @@ def test_gpu_cudnn_fp8_amax_bounds(as_tensor):
     e_loose = ((loose.double() - ref).norm() / ref.norm()).item()
     assert not torch.equal(loose, base)  # the scales did change
     assert e_loose <= 1.25 * e_base, (e_loose, e_base)
+
+
+# ---- q as FP8 codes with its scale (the fused RoPE's output) ------------------------------------
+
+
+def _q8(q: torch.Tensor, scale: torch.Tensor, heads_major: bool = False) -> torch.Tensor:
+    codes = (q.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    if heads_major:
+        return codes.transpose(1, 2).contiguous().transpose(1, 2)
+    return codes
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("with_current", [True, False])
+def test_fp8_q_equals_its_decoded_bf16_q_off_cudnn(backend, with_current):
+    """Off the cuDNN FP8 path an FP8 q is decoded (codes · q_scale, rounded to the output dtype) and then
+    takes the 16-bit q's path: bit for bit the call with that decoded q."""
+    cache = _cache(11, 3, "fp4", d=64)
+    q = _rand(12, 1, 24, 2, 64)
+    s = (q.float().abs().amax() / 448).reshape(1)
+    kw = {"current_k": _rand(13, 1, 24, 2, 64), "current_v": _rand(14, 1, 24, 2, 64)} if with_current else {}
+    got = fp4_kv_attention(_q8(q, s), cache, 1, compute="fp8", backend=backend, q_scale=s, **kw)
+    want = fp4_kv_attention((_q8(q, s).float() * s).bfloat16(), cache, 1, compute="fp8", backend=backend, **kw)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "kw, exc, words",
+    [
+        ({}, ValueError, "q_scale"),
+        ({"q_scale": torch.ones(1), "compute": "bf16"}, ValueError, "compute='fp8'"),
+        ({"q_scale": torch.ones(1, dtype=torch.float64)}, TypeError, "q_scale"),
+        ({"q_scale": torch.ones(2)}, ValueError, "one element"),
+        ({"q_scale": torch.ones(1), "q_amax": 3.0}, ValueError, "q_amax"),
+        ({"q_scale": torch.ones(1), "current_k": _rand(1, 1, 8, 2, 32).float(),
+          "current_v": _rand(2, 1, 8, 2, 32).float()}, TypeError, "bf16 or fp16"),
+    ],
+)
+def test_fp8_q_bad_arguments(kw, exc, words):
+    cache = _cache(1, 2, "fp4")
+    q8 = _rand(2, 1, 8, 2, 32).to(torch.float8_e4m3fn)
+    with pytest.raises(exc, match=words):
+        fp4_kv_attention(q8, cache, 1, **{"compute": "fp8", **kw})
+    with pytest.raises(ValueError, match="FP8 q"):
+        fp4_kv_attention(_rand(2, 1, 8, 2, 32), cache, 1, compute="fp8", q_scale=torch.ones(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("q_heads_major", [True, False])
+@pytest.mark.parametrize("ws_heads_major", [True, False])
+def test_gpu_cudnn_fp8_q_codes_read_as_they_are(q_heads_major, ws_heads_major, monkeypatch):
+    """cuDNN FP8 path: FP8 q codes with q_scale (token- or head-major, either workspace layout) give bit
+    for bit the output of the 16-bit q whose bound makes the same scale (a power of two: bound/448 is
+    exact) and so the same codes; O is token-major in every layout."""
+    _fp8_sdpa_or_skip()
+    from longlive_kernels.attention import fp4_kv_attention_sdpa
+
+    monkeypatch.setattr(fp4_kv_attention_sdpa, "FP8_HEADS_MAJOR", ws_heads_major)
+    dev = torch.device("cuda")
+    h, d, t = 4, 128, 256
+    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
+    g = torch.Generator(device="cpu").manual_seed(4)
+    for n in range(4):
+        cache.start_chunk(n)
+        k, v = (torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2))
+        cache.update(0, k, v)
+    q = (torch.randn(1, t, h, d, generator=g) * 3).to(dev, torch.bfloat16)
+    s = torch.exp2(torch.ceil(torch.log2(q.float().abs().amax() / 448))).reshape(1)
+    kw = {"current_k": k, "current_v": v, "compute": "fp8"}
+    want = fp4_kv_attention(q, cache, 0, q_amax=s * 448, **kw)
+    got = fp4_kv_attention(_q8(q, s, q_heads_major), cache, 0, q_scale=s, **kw)
+    assert torch.equal(got, want)
+    codes, o_scale = fp4_kv_attention(_q8(q, s, q_heads_major), cache, 0, q_scale=s, out_fp8=True, **kw)
+    assert codes.is_contiguous()
+    assert torch.equal((codes.float() * o_scale).bfloat16(), want)
