@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, "bench/attention")
-from bench_kv_cache import _filled
+from bench_kv_cache import _filled, _heads_major
 
 from longlive_kernels.attention import fp4_kv_attention
 from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd
@@ -25,11 +25,20 @@ cache, k, v = _filled(3)
 q = torch.randn(1, 7040, 24, 128, device="cuda", dtype=torch.bfloat16)
 kk, vv = cache.dequantize(0, include_current=True)
 qa, ka = q.abs().amax().item(), k.abs().amax().item()
+qs = torch.tensor([qa / 448.0], device="cuda")
+q8 = (q.float() / qs).to(torch.float8_e4m3fn)
+q8h = q8.transpose(1, 2).contiguous().transpose(1, 2)
 runs = {
     "fp8 path": lambda: fp4_kv_attention(q, cache, 0, compute="fp8"),
     # the DiT's call: current chunk in bf16, q/K scales from the caller's bounds, O left in E4M3
     "fp8 path, the DiT's call": lambda: fp4_kv_attention(q, cache, 0, current_k=k, current_v=v, compute="fp8",
                                                          q_amax=qa, current_k_amax=ka, out_fp8=True),
+    # since the 28th session: q arrives as E4M3 codes written by the fused qk-norm + RoPE (token- or
+    # head-major, the FP8 workspace in the same layout)
+    "fp8 path, the DiT's call with q codes": lambda: fp4_kv_attention(
+        q8, cache, 0, current_k=k, current_v=v, compute="fp8", q_scale=qs, current_k_amax=ka, out_fp8=True),
+    "fp8 path, the DiT's call with q codes, head-major": lambda: _heads_major(lambda: fp4_kv_attention(
+        q8h, cache, 0, current_k=k, current_v=v, compute="fp8", q_scale=qs, current_k_amax=ka, out_fp8=True))(),
     "cuDNN bf16": lambda: sdpa_bshd(q, kk, vv, 128 ** -0.5),
 }
 for name, fn in runs.items():

@@ -363,10 +363,12 @@ def _q8(q: torch.Tensor, scale: torch.Tensor, heads_major: bool = False) -> torc
 def test_fp8_q_equals_its_decoded_bf16_q_off_cudnn(backend, with_current):
     """Off the cuDNN FP8 path an FP8 q is decoded (codes · q_scale, rounded to the output dtype) and then
     takes the 16-bit q's path: bit for bit the call with that decoded q."""
-    cache = _cache(11, 3, "fp4", d=64)
-    q = _rand(12, 1, 24, 2, 64)
+    dev = _triton_device_or_skip() if backend == "triton" else "cpu"
+    cache = _cache(11, 3, "fp4", d=64, device=dev)
+    q = _rand(12, 1, 24, 2, 64).to(dev)
     s = (q.float().abs().amax() / 448).reshape(1)
-    kw = {"current_k": _rand(13, 1, 24, 2, 64), "current_v": _rand(14, 1, 24, 2, 64)} if with_current else {}
+    kw = {"current_k": _rand(13, 1, 24, 2, 64).to(dev), "current_v": _rand(14, 1, 24, 2, 64).to(dev)} \
+        if with_current else {}
     got = fp4_kv_attention(_q8(q, s), cache, 1, compute="fp8", backend=backend, q_scale=s, **kw)
     want = fp4_kv_attention((_q8(q, s).float() * s).bfloat16(), cache, 1, compute="fp8", backend=backend, **kw)
     assert got.dtype == torch.bfloat16
