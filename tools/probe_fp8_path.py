@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, "bench/attention")
-from bench_kv_cache import _filled, _heads_major
+from bench_kv_cache import _filled, fp8_layout
 
 from longlive_kernels.attention import fp4_kv_attention
 from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd
@@ -35,10 +35,10 @@ runs = {
                                                          q_amax=qa, current_k_amax=ka, out_fp8=True),
     # since the 28th session: q arrives as E4M3 codes written by the fused qk-norm + RoPE (token- or
     # head-major, the FP8 workspace in the same layout)
-    "fp8 path, the DiT's call with q codes": lambda: fp4_kv_attention(
-        q8, cache, 0, current_k=k, current_v=v, compute="fp8", q_scale=qs, current_k_amax=ka, out_fp8=True),
-    "fp8 path, the DiT's call with q codes, head-major": lambda: _heads_major(lambda: fp4_kv_attention(
-        q8h, cache, 0, current_k=k, current_v=v, compute="fp8", q_scale=qs, current_k_amax=ka, out_fp8=True))(),
+    "fp8 path, the DiT's call with q codes (head-major, the default)": fp8_layout(lambda: fp4_kv_attention(
+        q8h, cache, 0, current_k=k, current_v=v, compute="fp8", q_scale=qs, current_k_amax=ka, out_fp8=True), True),
+    "fp8 path, the DiT's call with q codes, token-major": fp8_layout(lambda: fp4_kv_attention(
+        q8, cache, 0, current_k=k, current_v=v, compute="fp8", q_scale=qs, current_k_amax=ka, out_fp8=True), False),
     "cuDNN bf16": lambda: sdpa_bshd(q, kk, vv, 128 ** -0.5),
 }
 for name, fn in runs.items():

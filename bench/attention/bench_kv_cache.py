@@ -133,13 +133,13 @@ def _ref_subset(q, kk, vv):
     return ref.attention(sub(q[:, :1024]), sub(kk), sub(vv), block_q=256), sub
 
 
-def _heads_major(fn):
-    """``fn`` with the FP8 path's workspace, q codes and O head-major ([B, H, L, D] in memory), to
-    compare with the token-major default in the same run."""
+def fp8_layout(fn, heads_major: bool):
+    """``fn`` with the FP8 path's workspace and q codes head-major ([B, H, L, D] in memory, the default)
+    or token-major, to compare both in the same run."""
     from longlive_kernels.attention import fp4_kv_attention_sdpa as sdpa_path
 
     def run():
-        saved, sdpa_path.FP8_HEADS_MAJOR = sdpa_path.FP8_HEADS_MAJOR, True
+        saved, sdpa_path.FP8_HEADS_MAJOR = sdpa_path.FP8_HEADS_MAJOR, heads_major
         try:
             return fn()
         finally:
@@ -224,16 +224,17 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
         # since the 28th session the DiT's fused qk-norm + RoPE writes q's E4M3 codes itself (the
         # scale bound/448): q arrives as codes, no pass over it here
         ("fp4_kv_attention fp8, q as E4M3 codes, K bound, E4M3 output (the DiT's call)",
-         (lambda: fp4_kv_attention(q8_tok, cache, 0, current_k=k, current_v=v, compute="fp8", q_scale=q_scale,
-                                   current_k_amax=k_amax, out_fp8=True)) if fp8_ok else None),
-        ("the same, head-major FP8 workspace and q codes",
-         _heads_major(lambda: fp4_kv_attention(q8_heads, cache, 0, current_k=k, current_v=v, compute="fp8",
-                                               q_scale=q_scale, current_k_amax=k_amax, out_fp8=True))
+         fp8_layout(lambda: fp4_kv_attention(q8_heads, cache, 0, current_k=k, current_v=v, compute="fp8",
+                                             q_scale=q_scale, current_k_amax=k_amax, out_fp8=True), True)
+         if fp8_ok else None),
+        ("the same, token-major FP8 workspace and q codes",
+         fp8_layout(lambda: fp4_kv_attention(q8_tok, cache, 0, current_k=k, current_v=v, compute="fp8",
+                                             q_scale=q_scale, current_k_amax=k_amax, out_fp8=True), False)
          if fp8_ok else None),
         ("fp4_kv_attention fp8 (auto) +cache-current",
          (lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
-        ("fp4_kv_attention fp8 (auto) +cache-current, head-major FP8 workspace",
-         _heads_major(lambda: fp4_kv_attention(q, cache, 0, compute="fp8")) if fp8_ok else None),
+        ("fp4_kv_attention fp8 (auto) +cache-current, token-major FP8 workspace",
+         fp8_layout(lambda: fp4_kv_attention(q, cache, 0, compute="fp8"), False) if fp8_ok else None),
     ] + (
         # where the Gluon kernel's time goes: the same pipeline without parts of its work
         [(f"Gluon ablation *(timing only, wrong output)*: {what}",

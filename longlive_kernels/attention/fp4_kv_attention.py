@@ -214,10 +214,27 @@ def fp4_kv_attention(
             return fp4_kv_attention_sdpa.attention_fp8(q, cache, layer, current_k, current_v, scale, out_fp8,
                                                        q_amax=q_amax, k_amax=current_k_amax, q_scale=q_scale,
                                                        out_dtype=out_dtype)
+        _warn_slow_fp8(q.device)
     if q_scale is not None:  # the FP8 kernels below take 16-bit q
         q = (q.float() * q_scale.reshape(())).to(out_dtype)
     o = _attention_16bit_out(q, cache, layer, current_k, current_v, scale, compute, backend)
     return _per_tensor_fp8(o) if out_fp8 else o
+
+
+_WARNED_SLOW_FP8: set = set()
+
+
+def _warn_slow_fp8(device: torch.device) -> None:
+    """Once per device: on Hopper without cuDNN's FP8 attention, compute="fp8" takes the portable Triton
+    FP8 kernel, 8.7 ms per 5B call on an H100 against ~3.8 ms for compute="bf16" (RESULTS.md, 27th
+    session). The ``Pipeline`` switches to BF16 itself; direct callers are told here."""
+    if device.type != "cuda" or device in _WARNED_SLOW_FP8 or torch.cuda.get_device_capability(device)[0] != 9:
+        return
+    _WARNED_SLOW_FP8.add(device)
+    warnings.warn("fp4_kv_attention(compute='fp8') on Hopper without the nvidia-cudnn-frontend package runs the "
+                  "portable Triton FP8 kernel, ~2.3x slower than compute='bf16'; install it (pip install "
+                  "longlive[fp8-attention]) for cuDNN's FP8 attention, ~1.4x faster than BF16", RuntimeWarning,
+                  stacklevel=3)
 
 
 def _check_q_scale(q, q_scale, compute, q_amax, current_k) -> torch.dtype:

@@ -32,13 +32,14 @@ _PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.
              SDPBackend.MATH]
 
 
-# cuDNN's FP8 SDPA on an H100 at Lq 7040, Lk 28160, 24 heads: 2.393 ms with [B, H, L, D] q/K/V in
-# memory against 2.462 ms token-major (tools/probe_fp8_sdpa.py --layouts). True makes the FP8
-# workspace and q's codes head-major (O stays token-major since the 28th session). GPU-tested in both
-# layouts; the whole path measured within run-to-run noise of token-major (2.645 vs 2.642, 2.478 vs
-# 2.564, 2.454 vs 2.479 ms; RESULTS.md, fourteenth session, O then head-major too), so it stays off.
-# LONGLIVE_FP8_HEADS_MAJOR=1 turns it on (A/B runs of the benches).
-FP8_HEADS_MAJOR = os.environ.get("LONGLIVE_FP8_HEADS_MAJOR", "0") == "1"
+# The FP8 workspace and q's codes head-major ([B, H, L, D] in memory; O stays token-major, which the
+# output projection reads). cuDNN's FP8 SDPA at Lq 7040, Lk 28160, 24 heads on an H100: 2.263 ms
+# against 2.268-2.303 token-major, the whole DiT call 2.409 against 2.454 ms of kernels
+# (tools/probe_fp8_path.py), the DiT loop 40.9 / 41.4 FPS against 40.2 / 41.1 in alternating runs
+# (RESULTS.md, 28th session). Until then O followed q into head-major memory and the output projection
+# needed a copy: the whole path measured within noise (fourteenth session). Both layouts GPU-tested;
+# LONGLIVE_FP8_HEADS_MAJOR=0 selects token-major (A/B runs of the benches).
+FP8_HEADS_MAJOR = os.environ.get("LONGLIVE_FP8_HEADS_MAJOR", "1") != "0"
 
 
 def cudnn_first(device: torch.device) -> contextlib.AbstractContextManager:

@@ -78,7 +78,7 @@ def _out(y, scale, o_ptr, FP8: tl.constexpr):
         y = tl.div_rn(y, tl.broadcast_to(scale, y.shape))
         if o_ptr.dtype.element_ty == tl.uint8:
             _, code = e4m3_rne(tl.minimum(tl.abs(y), 448.0))
-            code = tl.where(y != y, 0x7F, code) | ((y.to(tl.int32, bitcast=True) >> 24) & 0x80)
+            code = tl.where(y != y, 0x7F, code) | ((y.to(tl.int32, bitcast=True) >> 24) & 0x80)  # noqa: PLR0124 (NaN)
             return code.to(tl.uint8)
     return y.to(o_ptr.dtype.element_ty)
 

@@ -424,3 +424,23 @@ def test_gpu_cudnn_fp8_q_codes_read_as_they_are(q_heads_major, ws_heads_major, m
     codes, o_scale = fp4_kv_attention(_q8(q, s, q_heads_major), cache, 0, q_scale=s, out_fp8=True, **kw)
     assert codes.is_contiguous()
     assert torch.equal((codes.float() * o_scale).bfloat16(), want)
+
+
+def test_slow_fp8_warning_once_per_hopper_device(monkeypatch):
+    """compute="fp8" on Hopper without cuDNN's FP8 attention warns (once per device) that it runs the
+    slow portable kernel; other GPUs and the CPU stay silent."""
+    import importlib
+    import warnings
+
+    mod = importlib.import_module("longlive_kernels.attention.fp4_kv_attention")  # the module, not the function
+
+    monkeypatch.setattr(mod, "_WARNED_SLOW_FP8", set())
+    cap = {0: (9, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: cap[torch.device(d).index])
+    with pytest.warns(RuntimeWarning, match="nvidia-cudnn-frontend"):
+        mod._warn_slow_fp8(torch.device("cuda", 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mod._warn_slow_fp8(torch.device("cuda", 0))  # already told
+        mod._warn_slow_fp8(torch.device("cuda", 1))  # not Hopper: the Triton FP8 kernel is the fast path there
+        mod._warn_slow_fp8(torch.device("cpu"))

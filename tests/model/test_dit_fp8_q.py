@@ -82,3 +82,17 @@ def test_no_fp8_q_under_autograd_or_without_a_buffer():
         blk(x, e0, ctx, attn=none, layer=0, layout=layout, theta=1e4)
     q, kw = none.calls[0]
     assert q.dtype == torch.bfloat16 and "q_scale" not in kw
+
+
+def test_cache_attention_offers_a_q_buffer_only_for_cudnn_fp8():
+    """``CacheAttention.fp8_q_buffer``: None for BF16 compute, a BF16 cache or a CPU device (the paths that
+    would only decode the codes again)."""
+    from longlive.inference.cache_policy import CacheAttention
+    from longlive.model.attention import make_kv_cache
+
+    kw = {"num_layers": 1, "num_heads": 2, "head_dim": 64, "chunk_tokens": 8, "max_chunks": 2, "sink_chunks": 1}
+    fp4, bf16 = make_kv_cache(storage="fp4", **kw), make_kv_cache(storage="bf16", **kw)
+    shape = (1, 8, 2, 64)
+    assert CacheAttention(fp4, compute="bf16").fp8_q_buffer(shape, "cpu") is None
+    assert CacheAttention(bf16, compute="fp8").fp8_q_buffer(shape, "cpu") is None
+    assert CacheAttention(fp4, compute="fp8").fp8_q_buffer(shape, "cpu") is None
