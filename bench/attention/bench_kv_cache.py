@@ -32,7 +32,7 @@ Run: python bench/attention/bench_kv_cache.py [--quick] [--attention-only | --ba
      (--granularity runs on the CPU: the error table of the global-scale granularity choice;
       every attention row is printed as soon as it is timed, so a failure keeps the rows before it;
       --gluon-ablations adds timing-only rows of the Gluon kernel without its K/V decode and/or its
-      exponentials, to see which part of its work bounds it)
+      exponentials, or with half its decode, to see which part of its work bounds it)
 """
 
 from __future__ import annotations
@@ -239,7 +239,9 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
         # where the Gluon kernel's time goes: the same pipeline without parts of its work
         [(f"Gluon ablation *(timing only, wrong output)*: {what}",
           gluon(current=False, ablate=a) if gluon_ok else None)
-         for a, what in ((1, "no K/V decode"), (2, "no exponentials"), (3, "neither"))]
+         for a, what in ((1, "no K/V decode"), (2, "no exponentials"), (3, "neither"),
+                        (4, "half the K/V decode (a CTA pair sharing decoded tiles, at best)"),
+                        (6, "half the K/V decode, no exponentials"))]
         if gluon_ablations else []
     ) + (
         [("Triton, BF16 cache", lambda: fp4_kv_attention(q, bf16_cache, 0, current_k=k, current_v=v))]

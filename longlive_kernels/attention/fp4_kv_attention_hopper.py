@@ -189,7 +189,9 @@ def _produce(x, j, n_cache, n_tiles, Lc, b, h, B, H, NTC, cg_ptr, pk, sc, dec, r
         pk_rows = pk.index(s)._reinterpret(gl.uint8, [128, D // 2], row_major)
         sc_rows = sc.index(s)._reinterpret(gl.uint8, [128, D // 16], row_major)
         if (ABLATE & 1) == 0:
-            for r in gl.static_range(0, 128, _SUB):
+            # ablation 4 decodes half the rows: what a CTA pair sharing each decoded tile would do
+            dec_rows: gl.constexpr = 128 // (1 + ((ABLATE >> 2) & 1))
+            for r in gl.static_range(0, dec_rows, _SUB):
                 _decode_rows(pk_rows.slice(r, _SUB), sc_rows.slice(r, _SUB), buf.slice(r, _SUB), _SUB, D, PK3, DEC)
     fence_async_shared()  # generic-proxy writes → the consumers' wgmma (async proxy)
     mbarrier.arrive(ready.index(j % 2), count=1)
@@ -388,7 +390,8 @@ def _fp4_kv_attention_hopper_kernel(
     stride_ot,
     stride_oh,
     HAS_CURRENT: gl.constexpr,
-    ABLATE: gl.constexpr,  # 0; timing ablations (wrong results): 1 = no K/V decode, 2 = no exponentials
+    ABLATE: gl.constexpr,  # 0; timing ablations (wrong results): 1 = no K/V decode, 2 = no exponentials,
+    # 4 = half the K/V decode
     num_warps: gl.constexpr,
 ):
     D: gl.constexpr = 2 * kd_desc.block_type.shape[1]
@@ -485,8 +488,8 @@ def _bf16_tile_layout():
 def attention(q, view, current_k, current_v, softmax_scale: float, *, _ablate: int = 0) -> torch.Tensor:
     """Run the Gluon kernel (arguments as ``fp4_kv_attention_triton.attention``; check
     :func:`supported` first). Returns [B, Lq, H, D] bf16. ``_ablate`` (timing probes only, wrong
-    results): 1 skips the K/V decode, 2 the softmax's exponentials, 3 both
-    (``bench/attention/bench_kv_cache.py --gluon-ablations``)."""
+    results): 1 skips the K/V decode, 2 the softmax's exponentials, 3 both, 4 decodes half of
+    every tile (``bench/attention/bench_kv_cache.py --gluon-ablations``)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     b, lq, h, d = q.shape

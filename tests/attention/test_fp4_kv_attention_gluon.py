@@ -65,14 +65,14 @@ def test_gluon_kernel_compiles_for_sm90a():
 def test_gluon_timing_ablations_remove_what_they_name():
     """bench_kv_cache.py --gluon-ablations times the kernel without parts of its work: ablation 1 must
     compile without the decode's HMUL2, 2 without the loop's MUFU.EX2 (the prologue tile keeps 64),
-    and the default (0) must keep both."""
+    4 with half the HMUL2 (half of every tile decoded), and the default (0) must keep both."""
     (rep,) = _compile_in_child(
         "import json\n"
         "from longlive_kernels.attention import fp4_kv_attention_hopper as h\n"
         "print(json.dumps({a: [h.compile_report(False, ablate=a)[n] for n in ('hmul2', 'mufu_ex2', 'spills')]\n"
-        "                  for a in (0, 1, 2)}))\n")
-    (h0, e0, s0), (h1, e1, _), (h2, e2, _) = rep["0"], rep["1"], rep["2"]
-    assert h0 > 0 and h1 == 0 and h2 == h0, rep
+        "                  for a in (0, 1, 2, 4)}))\n")
+    (h0, e0, s0), (h1, e1, _), (h2, e2, _), (h4, e4, _) = rep["0"], rep["1"], rep["2"], rep["4"]
+    assert h0 > 0 and h1 == 0 and h2 == h0 and 2 * h4 == h0 and e4 == e0, rep
     assert e1 == e0 and 64 <= e2 < e0, rep
     assert not s0, rep
 
