@@ -59,6 +59,16 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
+def check_scale_tensor(name: str, scale: object, like_name: str, like: torch.Tensor) -> torch.Tensor:
+    """``scale`` is a one-element fp32 tensor on ``like``'s device (a per-tensor FP8 scale)."""
+    check_tensor(name, scale)
+    check_dtype(name, scale, (torch.float32,))
+    if scale.numel() != 1:
+        raise ValueError(f"{name} must have one element, got shape {list(scale.shape)}")
+    check_same_device(**{like_name: like, name: scale})
+    return scale
+
+
 def check_positive_bound(name: str, bound: object, device: torch.device) -> None:
     """``bound`` is None, a positive finite number, or a one-element floating tensor on ``device`` (a
     caller-known upper bound, e.g. of a tensor's amax)."""

@@ -245,10 +245,7 @@ def _check_q_scale(q, q_scale, compute, q_amax, current_k) -> torch.dtype:
         return q.dtype
     if q_scale is None:
         raise ValueError("q is float8_e4m3fn: pass its per-tensor scale q_scale ([1] fp32, q ≈ codes · q_scale)")
-    _checks.check_dtype("q_scale", q_scale, (torch.float32,))
-    if q_scale.numel() != 1:
-        raise ValueError(f"q_scale must have one element, got shape {list(q_scale.shape)}")
-    _checks.check_same_device(q=q, q_scale=q_scale)
+    _checks.check_scale_tensor("q_scale", q_scale, "q", q)
     if compute != "fp8":
         raise ValueError(f"an FP8 q needs compute='fp8', got compute={compute!r}")
     if q_amax is not None:

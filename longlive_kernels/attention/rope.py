@@ -169,10 +169,7 @@ def _check_fp8_out(q, k, wq, wk, scale, out) -> torch.Tensor:
     """Check :func:`apply_rope_3d`'s FP8 arguments; returns the codes buffer (a new one if none)."""
     if scale is None:
         raise ValueError("q_fp8_out needs q_fp8_scale (the per-tensor scale of the codes)")
-    _checks.check_dtype("q_fp8_scale", scale, (torch.float32,))
-    if scale.numel() != 1:
-        raise ValueError(f"q_fp8_scale must have one element, got shape {list(scale.shape)}")
-    _checks.check_same_device(q=q, q_fp8_scale=scale)
+    _checks.check_scale_tensor("q_fp8_scale", scale, "q", q)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, wq, wk)):
         raise ValueError("q_fp8_scale: the FP8 output of q is inference-only; call it under torch.no_grad()")
     if out is None:

@@ -127,6 +127,19 @@ def _fp8_sdpa_or_skip():
 
 
 @pytest.mark.gpu
+def _filled_gpu_cache(chunks: int, seed: int, h: int = 4, d: int = 128, t: int = 256):
+    """A one-layer FP4 cache on the GPU after ``chunks`` random bf16 chunks (4 slots: the oldest
+    evicted past 4); returns (cache, last chunk's k, v [1, t, h, d], the generator for more)."""
+    dev = torch.device("cuda")
+    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    for n in range(chunks):
+        cache.start_chunk(n)
+        k, v = (torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2))
+        cache.update(0, k, v)
+    return cache, k, v, g
+
+
 @pytest.mark.parametrize("heads_major", [True, False])
 @pytest.mark.parametrize("with_current", [True, False])
 def test_gpu_cudnn_fp8_compute_error_and_stale_rows(with_current, heads_major, monkeypatch):
@@ -138,15 +151,9 @@ def test_gpu_cudnn_fp8_compute_error_and_stale_rows(with_current, heads_major, m
     from longlive_kernels.attention import fp4_kv_attention_sdpa
 
     monkeypatch.setattr(fp4_kv_attention_sdpa, "FP8_HEADS_MAJOR", heads_major)
-    dev = torch.device("cuda")
-    h, d, t = 4, 128, 256
-    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    for n in range(5):  # 3 context chunks after eviction + the current one
-        cache.start_chunk(n)
-        k, v = (torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2))
-        cache.update(0, k, v)
-    q = (torch.randn(1, t, h, d, generator=g) * 2).to(dev, torch.bfloat16)
+    cache, k, v, g = _filled_gpu_cache(chunks=5, seed=0)  # 3 context chunks after eviction + the current one
+    t = k.shape[1]
+    q = (torch.randn(k.shape, generator=g) * 2).to(k.device, torch.bfloat16)
     # a current chunk of half a slot: the window is shorter than the workspace, stale rows follow it
     kw = {"current_k": k[:, : t // 2], "current_v": v[:, : t // 2]} if with_current else {}
     ref = fp4_kv_attention(q, cache, 0, backend="sdpa", **kw).float()
@@ -382,6 +389,7 @@ def test_fp8_q_equals_its_decoded_bf16_q_off_cudnn(backend, with_current):
         ({"q_scale": torch.ones(1), "compute": "bf16"}, ValueError, "compute='fp8'"),
         ({"q_scale": torch.ones(1, dtype=torch.float64)}, TypeError, "q_scale"),
         ({"q_scale": torch.ones(2)}, ValueError, "one element"),
+        ({"q_scale": 0.5}, TypeError, "q_scale must be a torch.Tensor"),
         ({"q_scale": torch.ones(1), "q_amax": 3.0}, ValueError, "q_amax"),
         ({"q_scale": torch.ones(1), "current_k": _rand(1, 1, 8, 2, 32).float(),
           "current_v": _rand(2, 1, 8, 2, 32).float()}, TypeError, "bf16 or fp16"),
@@ -407,15 +415,8 @@ def test_gpu_cudnn_fp8_q_codes_read_as_they_are(q_heads_major, ws_heads_major, m
     from longlive_kernels.attention import fp4_kv_attention_sdpa
 
     monkeypatch.setattr(fp4_kv_attention_sdpa, "FP8_HEADS_MAJOR", ws_heads_major)
-    dev = torch.device("cuda")
-    h, d, t = 4, 128, 256
-    cache = FP4KVCache(num_layers=1, num_heads=h, head_dim=d, chunk_tokens=t, max_chunks=4, device=dev)
-    g = torch.Generator(device="cpu").manual_seed(4)
-    for n in range(4):
-        cache.start_chunk(n)
-        k, v = (torch.randn(1, t, h, d, generator=g).to(dev, torch.bfloat16) for _ in range(2))
-        cache.update(0, k, v)
-    q = (torch.randn(1, t, h, d, generator=g) * 3).to(dev, torch.bfloat16)
+    cache, k, v, g = _filled_gpu_cache(chunks=4, seed=4)
+    q = (torch.randn(k.shape, generator=g) * 3).to(k.device, torch.bfloat16)
     s = torch.exp2(torch.ceil(torch.log2(q.float().abs().amax() / 448))).reshape(1)
     kw = {"current_k": k, "current_v": v, "compute": "fp8"}
     want = fp4_kv_attention(q, cache, 0, q_amax=s * 448, **kw)
