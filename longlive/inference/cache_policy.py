@@ -326,7 +326,8 @@ class CacheAttention(AttentionBackend):
         Hopper with nvidia-cudnn-frontend); else None, and q should stay 16-bit. The caller writes
         the codes (the fused qk-norm + RoPE does, ``apply_rope_3d(q_fp8_out=...)``) and passes the
         scale as ``q_scale``: no cast pass over q follows."""
-        if self.compute != "fp8" or getattr(self.cache, "storage", None) != "fp4" or torch.device(device).type != "cuda":
+        fp8_fp4 = self.compute == "fp8" and getattr(self.cache, "storage", None) == "fp4"
+        if not fp8_fp4 or torch.device(device).type != "cuda":
             return None
         if os.environ.get("LONGLIVE_FP8_Q", "1") == "0":  # A/B switch of the benches: q cast in the attention
             return None

@@ -354,7 +354,6 @@ class SelfAttention(_AttentionProjections):
             return self.o(codes.reshape(b, n, -1), x_scale=scale.reshape(()).expand(b, n))
         return self.o(o.reshape(b, n, -1))
 
-
     @staticmethod
     def _fp8_q(attn, shape, kw: dict, layout: TokenLayout):
         """(scale, codes buffer) when the attention backend reads q as FP8 codes (``fp8_q_buffer``);

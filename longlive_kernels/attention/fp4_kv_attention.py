@@ -149,8 +149,8 @@ def fp4_kv_attention(
     Returns
     -------
     torch.Tensor or (torch.Tensor, torch.Tensor)
-        [B, Lq, H, D] in q's dtype (for an FP8 q: current_k's dtype, or bf16). Keys: ``cache.context_chunks()`` in attention order, then the
-        current chunk; no mask (bidirectional within the chunk). With ``out_fp8``: ``(codes, scale)``,
+        [B, Lq, H, D] in q's dtype (for an FP8 q: current_k's dtype, or bf16). Keys:
+        ``cache.context_chunks()`` in attention order, then the current chunk; no mask (bidirectional within the chunk). With ``out_fp8``: ``(codes, scale)``,
         float8_e4m3fn [B, Lq, H, D] and [1] fp32, O ≈ codes·scale; the 16-bit output of the same
         call is ``(codes.float() · scale)`` rounded once to q's dtype on the cuDNN FP8 path.
 
@@ -228,7 +228,9 @@ def _warn_slow_fp8(device: torch.device) -> None:
     """Once per device: on Hopper without cuDNN's FP8 attention, compute="fp8" takes the portable Triton
     FP8 kernel, 8.7 ms per 5B call on an H100 against ~3.8 ms for compute="bf16" (RESULTS.md, 27th
     session). The ``Pipeline`` switches to BF16 itself; direct callers are told here."""
-    if device.type != "cuda" or device in _WARNED_SLOW_FP8 or torch.cuda.get_device_capability(device)[0] != 9:
+    if device.type != "cuda" or device in _WARNED_SLOW_FP8:
+        return
+    if torch.cuda.get_device_capability(device)[0] != 9:
         return
     _WARNED_SLOW_FP8.add(device)
     warnings.warn("fp4_kv_attention(compute='fp8') on Hopper without the nvidia-cudnn-frontend package runs the "

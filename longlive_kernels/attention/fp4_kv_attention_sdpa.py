@@ -33,11 +33,10 @@ _PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.
 
 
 # The FP8 workspace and q's codes head-major ([B, H, L, D] in memory; O stays token-major, which the
-# output projection reads). cuDNN's FP8 SDPA at Lq 7040, Lk 28160, 24 heads on an H100: 2.263 ms
-# against 2.268-2.303 token-major, the whole DiT call 2.409 against 2.454 ms of kernels
-# (tools/probe_fp8_path.py), the DiT loop 40.9 / 41.4 FPS against 40.2 / 41.1 in alternating runs
-# (RESULTS.md, 28th session). Until then O followed q into head-major memory and the output projection
-# needed a copy: the whole path measured within noise (fourteenth session). Both layouts GPU-tested;
+# output projection reads). By kernel time the DiT's call is within the ±2 % spread of cuDNN's kernel
+# either way (H100, tools/probe_fp8_path.py: 2.409 against 2.454 ms token-major in one run, 2.473
+# against 2.422 in another), but the DiT loop was ahead in three alternating pairs (40.6 / 40.9 / 41.4
+# FPS against 39.2 / 40.2 / 41.1; RESULTS.md, 28th-29th sessions). Both layouts are GPU-tested;
 # LONGLIVE_FP8_HEADS_MAJOR=0 selects token-major (A/B runs of the benches).
 FP8_HEADS_MAJOR = os.environ.get("LONGLIVE_FP8_HEADS_MAJOR", "1") != "0"
 

@@ -223,8 +223,8 @@ def fp8_sdpa(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: to
     if k8.shape != v8.shape or k8.shape[0] != q8.shape[0] or k8.shape[2:] != q8.shape[2:]:
         raise ValueError(f"q8 {list(q8.shape)}, k8 {list(k8.shape)}, v8 {list(v8.shape)} disagree on B, H, D")
     # token-major O whatever q8's layout: the output projection reads [B·Lq, H·D] rows, and cuDNN's
-    # kernel is as fast with head-major q/K/V and token-major O (2.393 ms against 2.462 all
-    # token-major, tools/probe_fp8_sdpa.py --layouts, H100)
+    # kernel is as fast with head-major q/K/V and token-major O (2263-2327 µs against 2269-2303 all
+    # token-major, tools/probe_fp8_path.py, H100, 28th-29th sessions)
     o8 = torch.empty(q8.shape, dtype=q8.dtype, device=q8.device)
     g, handle, workspace, (tq, tk, tv, dq, dk, dv, ds, ss, so, o, amax_s, amax_o), c = _graph(
         q8, k8, v8, o8, float(softmax_scale))
