@@ -333,14 +333,12 @@ class CacheAttention(AttentionBackend):
             return None
         try:
             from longlive_kernels.attention import fp4_kv_attention_sdpa
-            from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available, heads_major
+            from longlive_kernels.attention.fp8_sdpa import cudnn_fp8_sdpa_available
         except ImportError:
             return None
         if not cudnn_fp8_sdpa_available(device):
             return None
-        if fp4_kv_attention_sdpa.FP8_HEADS_MAJOR:
-            return heads_major(tuple(shape), torch.float8_e4m3fn, device)
-        return torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)
+        return fp4_kv_attention_sdpa.q_codes_buffer(shape, device)
 
     def __call__(self, q, k, v, *, layer, out_fp8: bool = False, q_amax=None, k_amax=None, q_scale=None):
         self.cache.update(layer, k, v)

@@ -107,6 +107,17 @@ def _amax_into(x: torch.Tensor, bound, out: torch.Tensor) -> None:
         out.fill_(float(bound))
 
 
+def q_codes_buffer(shape: tuple[int, int, int, int], device) -> torch.Tensor:
+    """An empty float8_e4m3fn [B, L, H, D] for q's codes, in the FP8 workspace's memory layout
+    (head-major with ``FP8_HEADS_MAJOR``, else token-major): where :func:`attention_fp8` casts q, and
+    what the DiT's fused RoPE writes into (``CacheAttention.fp8_q_buffer``)."""
+    from .fp8_sdpa import heads_major
+
+    if FP8_HEADS_MAJOR:
+        return heads_major(tuple(shape), torch.float8_e4m3fn, device)
+    return torch.empty(shape, dtype=torch.float8_e4m3fn, device=device)
+
+
 def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=False, *, q_amax=None,
                   k_amax=None, q_scale=None, out_dtype=torch.bfloat16):
     """:func:`attention` with FP8 E4M3 math (cuDNN FP8 SDPA, :mod:`fp8_sdpa`): the FP4 window is decoded
@@ -117,7 +128,7 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=
     (no pass at all). The workspace and q's codes are token-major in memory, or head-major with
     ``FP8_HEADS_MAJOR``; O is token-major. ``out_fp8``: cuDNN's E4M3 output and its scale,
     unconverted; else O in ``out_dtype``. Inputs are checked by :func:`fp4_kv_attention`."""
-    from .fp8_sdpa import fp8_descales, fp8_sdpa, heads_major, scale_cast
+    from .fp8_sdpa import fp8_descales, fp8_sdpa, scale_cast
     from .kv_cache_ops import dequantize_fp8_into
 
     n_ctx = len(cache.context_chunks())
@@ -143,8 +154,7 @@ def attention_fp8(q, cache, layer, current_k, current_v, softmax_scale, out_fp8=
     if q_is_fp8:
         q8, descale_q = q, q_scale.reshape(1)
     else:
-        q8 = heads_major(tuple(q.shape), torch.float8_e4m3fn, q.device) if FP8_HEADS_MAJOR else torch.empty(
-            q.shape, dtype=torch.float8_e4m3fn, device=q.device)
+        q8 = q_codes_buffer(q.shape, q.device)
         descale_q = sc[4:5]
         scale_cast(q, descale_q, q8, divide=True)
     return fp8_sdpa(q8, k8, v8, descale_q, sc[0:1], sc[1:2], softmax_scale, out_dtype=out_dtype, scale_o=sc[5:6],
