@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, "bench/attention")
-from bench_kv_cache import _filled, fp8_layout
+from bench_kv_cache import _filled, fp8_layout, q_codes
 
 from longlive_kernels.attention import fp4_kv_attention
 from longlive_kernels.attention.fp4_kv_attention_sdpa import sdpa_bshd
@@ -25,9 +25,7 @@ cache, k, v = _filled(3)
 q = torch.randn(1, 7040, 24, 128, device="cuda", dtype=torch.bfloat16)
 kk, vv = cache.dequantize(0, include_current=True)
 qa, ka = q.abs().amax().item(), k.abs().amax().item()
-qs = torch.tensor([qa / 448.0], device="cuda")
-q8 = (q.float() / qs).to(torch.float8_e4m3fn)
-q8h = q8.transpose(1, 2).contiguous().transpose(1, 2)
+qs, q8, q8h = q_codes(q, qa)
 runs = {
     "fp8 path": lambda: fp4_kv_attention(q, cache, 0, compute="fp8"),
     # the DiT's call: current chunk in bf16, q/K scales from the caller's bounds, O left in E4M3

@@ -133,6 +133,14 @@ def _ref_subset(q, kk, vv):
     return ref.attention(sub(q[:, :1024]), sub(kk), sub(vv), block_q=256), sub
 
 
+def q_codes(q: torch.Tensor, q_amax: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale [1] fp32 = q_amax/448, q's E4M3 codes token-major, the same codes head-major): what the
+    DiT's fused qk-norm + RoPE hands FP8 attention, made outside the timing."""
+    scale = torch.tensor([q_amax / 448.0], device=q.device)
+    tok = (q.float() / scale).to(torch.float8_e4m3fn)
+    return scale, tok, tok.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def fp8_layout(fn, heads_major: bool):
     """``fn`` with the FP8 path's workspace and q codes head-major ([B, H, L, D] in memory, the default)
     or token-major, to compare both in the same run."""
@@ -196,9 +204,7 @@ def attention_rows(n_ctx: int, iters: int, with_bf16_storage: bool = True,
 
     fp8_ok = cudnn_fp8_sdpa_available(q.device)
     q_amax, k_amax = q.abs().amax().item(), k.abs().amax().item()
-    q_scale = torch.tensor([q_amax / 448.0], device=q.device)
-    q8_tok = (q.float() / q_scale).to(torch.float8_e4m3fn)  # what the fused RoPE writes (outside the timing)
-    q8_heads = q8_tok.transpose(1, 2).contiguous().transpose(1, 2)
+    q_scale, q8_tok, q8_heads = q_codes(q, q_amax)
     cases = [
         ("cuDNN SDPA, BF16 cache", lambda: cudnn(q, kk, vv)),
         ("dequant + cuDNN SDPA", dequant_then_cudnn),
